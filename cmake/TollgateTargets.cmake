@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: Apache-2.0
+# Helpers so every target gets the same warnings, include root and C++ standard.
+
+set(TOLLGATE_WARNINGS -Wall -Wextra -Wpedantic)
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  # GCC 12 false positive on Asio's awaitable frame allocator (operator new/delete pairs match).
+  list(APPEND TOLLGATE_WARNINGS -Wno-mismatched-new-delete)
+endif()
+if(TOLLGATE_WERROR)
+  list(APPEND TOLLGATE_WARNINGS -Werror)
+endif()
+
+# tollgate_add_library(NAME SRCS a.cpp b.cpp DEPS dep1 dep2)
+function(tollgate_add_library name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SRCS})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_compile_options(${name} PRIVATE ${TOLLGATE_WARNINGS})
+  # Asio and Beast are compiled once, in gateway/core/asio_impl.cpp (separate compilation).
+  target_compile_definitions(${name} PUBLIC BOOST_ASIO_SEPARATE_COMPILATION BOOST_BEAST_SEPARATE_COMPILATION
+                                            BOOST_ASIO_NO_DEPRECATED BOOST_BEAST_USE_STD_STRING_VIEW)
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS})
+endfunction()
+
+# tollgate_add_executable(NAME SRCS ... DEPS ...)
+function(tollgate_add_executable name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  target_compile_options(${name} PRIVATE ${TOLLGATE_WARNINGS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+endfunction()

@@ -1,0 +1,296 @@
+// SPDX-License-Identifier: Apache-2.0
+// YAML → plain structs. yaml-cpp throws; this file is the only place that catches YAML
+// exceptions (control plane only). Every error names the YAML path and the line.
+#include "config/loader.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "config/secrets.hpp"
+
+namespace tollgate::config {
+namespace {
+
+struct config_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+int line_of(const YAML::Node& n) { return n.Mark().line >= 0 ? n.Mark().line + 1 : 0; }
+
+[[noreturn]] void fail(const std::string& path, const YAML::Node& n, const std::string& what) {
+  std::string msg = path + ": " + what;
+  if (int l = line_of(n); l > 0) msg += " (line " + std::to_string(l) + ")";
+  throw config_error(msg);
+}
+
+std::string join(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+
+/// Rejects keys that are not in `allowed`, naming the path and line.
+void check_keys(const YAML::Node& map, const std::string& path, std::initializer_list<const char*> allowed) {
+  if (!map.IsMap()) fail(path.empty() ? "<root>" : path, map, "expected a mapping");
+  std::set<std::string> ok(allowed.begin(), allowed.end());
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    auto key = it->first.as<std::string>();
+    if (!ok.count(key)) fail(join(path, key), it->first, "unknown key");
+  }
+}
+
+std::string get_string(const YAML::Node& n, const std::string& path) {
+  if (!n.IsScalar()) fail(path, n, "expected a string");
+  return n.as<std::string>();
+}
+
+template <class Int>
+Int get_uint(const YAML::Node& n, const std::string& path, Int max = std::numeric_limits<Int>::max()) {
+  if (!n.IsScalar()) fail(path, n, "expected a non-negative integer");
+  const std::string s = n.Scalar();
+  unsigned long long v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size() || v > max)
+    fail(path, n, "expected a non-negative integer up to " + std::to_string(max) + ", got '" + s + "'");
+  return static_cast<Int>(v);
+}
+
+bool get_bool(const YAML::Node& n, const std::string& path) {
+  if (!n.IsScalar()) fail(path, n, "expected true or false");
+  const std::string& s = n.Scalar();
+  if (s == "true") return true;
+  if (s == "false") return false;
+  fail(path, n, "expected true or false, got '" + s + "'");
+}
+
+double get_double(const YAML::Node& n, const std::string& path) {
+  if (!n.IsScalar()) fail(path, n, "expected a number");
+  try {
+    std::size_t used = 0;
+    double v = std::stod(n.Scalar(), &used);
+    if (used != n.Scalar().size() || v < 0) throw std::invalid_argument("");
+    return v;
+  } catch (const std::exception&) {
+    fail(path, n, "expected a non-negative number, got '" + n.Scalar() + "'");
+  }
+}
+
+std::string get_secret(const YAML::Node& n, const std::string& path) {
+  std::string why;
+  auto v = resolve_secret(get_string(n, path), why);
+  if (!v) fail(path, n, why);
+  return *v;
+}
+
+endpoint parse_endpoint(const YAML::Node& n, const std::string& path) {
+  std::string s = get_string(n, path);
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) fail(path, n, "expected host:port, got '" + s + "'");
+  endpoint e;
+  e.host = s.substr(0, colon);
+  if (e.host.size() > 2 && e.host.front() == '[' && e.host.back() == ']') e.host = e.host.substr(1, e.host.size() - 2);
+  YAML::Node port_node(s.substr(colon + 1));
+  e.port = get_uint<std::uint16_t>(port_node, path + " (port)");
+  return e;
+}
+
+void parse_server(const YAML::Node& n, server_config& s) {
+  const std::string p = "server";
+  check_keys(n, p, {"workers", "listen", "admin_listen", "tls", "limits", "timeouts", "access_log"});
+  if (auto v = n["workers"]) s.workers = get_uint<unsigned>(v, p + ".workers", 1024);
+  if (auto v = n["listen"]) s.listen = parse_endpoint(v, p + ".listen");
+  if (auto v = n["admin_listen"]) s.admin_listen = parse_endpoint(v, p + ".admin_listen");
+  if (auto v = n["access_log"]) s.access_log = get_string(v, p + ".access_log");
+  if (auto t = n["tls"]) {
+    check_keys(t, p + ".tls", {"cert_file", "key_file"});
+    if (auto v = t["cert_file"]) s.tls.cert_file = get_string(v, p + ".tls.cert_file");
+    if (auto v = t["key_file"]) s.tls.key_file = get_string(v, p + ".tls.key_file");
+  }
+  if (auto l = n["limits"]) {
+    const std::string lp = p + ".limits";
+    check_keys(l, lp, {"max_header_bytes", "max_header_count", "max_url_bytes", "max_body_bytes"});
+    if (auto v = l["max_header_bytes"]) s.limits.max_header_bytes = get_uint<std::size_t>(v, lp + ".max_header_bytes");
+    if (auto v = l["max_header_count"]) s.limits.max_header_count = get_uint<std::size_t>(v, lp + ".max_header_count");
+    if (auto v = l["max_url_bytes"]) s.limits.max_url_bytes = get_uint<std::size_t>(v, lp + ".max_url_bytes");
+    if (auto v = l["max_body_bytes"]) s.limits.max_body_bytes = get_uint<std::size_t>(v, lp + ".max_body_bytes");
+  }
+  if (auto t = n["timeouts"]) {
+    const std::string tp = p + ".timeouts";
+    check_keys(t, tp, {"header_read_ms", "body_read_ms", "idle_ms", "drain_ms"});
+    if (auto v = t["header_read_ms"]) s.timeouts.header_read_ms = get_uint<std::uint32_t>(v, tp + ".header_read_ms");
+    if (auto v = t["body_read_ms"]) s.timeouts.body_read_ms = get_uint<std::uint32_t>(v, tp + ".body_read_ms");
+    if (auto v = t["idle_ms"]) s.timeouts.idle_ms = get_uint<std::uint32_t>(v, tp + ".idle_ms");
+    if (auto v = t["drain_ms"]) s.timeouts.drain_ms = get_uint<std::uint32_t>(v, tp + ".drain_ms");
+  }
+}
+
+provider_config parse_provider(const YAML::Node& n, const std::string& p) {
+  provider_config c;
+  c.line = line_of(n);
+  if (!n.IsMap()) fail(p, n, "expected a mapping");
+  if (!n["name"]) fail(p + ".name", n, "required");
+  if (!n["type"]) fail(p + ".type", n, "required");
+  c.name = get_string(n["name"], p + ".name");
+  c.type = get_string(n["type"], p + ".type");
+  if (c.type == "openai_compatible") {
+    check_keys(n, p, {"name", "type", "base_url", "api_key", "headers", "timeouts", "tls", "proxy",
+                      "max_idle_connections"});
+    if (!n["base_url"]) fail(p + ".base_url", n, "required for type openai_compatible");
+    c.base_url = get_string(n["base_url"], p + ".base_url");
+    if (auto v = n["api_key"]) c.api_key = get_secret(v, p + ".api_key");
+    if (auto h = n["headers"]) {
+      if (!h.IsMap()) fail(p + ".headers", h, "expected a mapping of header names to values");
+      for (auto it = h.begin(); it != h.end(); ++it) {
+        auto key = it->first.as<std::string>();
+        c.headers.emplace_back(key, get_secret(it->second, p + ".headers." + key));
+      }
+    }
+    if (auto t = n["timeouts"]) {
+      const std::string tp = p + ".timeouts";
+      check_keys(t, tp, {"connect_ms", "first_byte_ms", "idle_ms"});
+      if (auto v = t["connect_ms"]) c.timeouts.connect_ms = get_uint<std::uint32_t>(v, tp + ".connect_ms");
+      if (auto v = t["first_byte_ms"]) c.timeouts.first_byte_ms = get_uint<std::uint32_t>(v, tp + ".first_byte_ms");
+      if (auto v = t["idle_ms"]) c.timeouts.idle_ms = get_uint<std::uint32_t>(v, tp + ".idle_ms");
+    }
+    if (auto t = n["tls"]) {
+      check_keys(t, p + ".tls", {"verify", "ca_file"});
+      if (auto v = t["verify"]) c.tls.verify = get_bool(v, p + ".tls.verify");
+      if (auto v = t["ca_file"]) c.tls.ca_file = get_string(v, p + ".tls.ca_file");
+    }
+    if (auto v = n["proxy"]) c.proxy = get_string(v, p + ".proxy");
+    if (auto v = n["max_idle_connections"]) c.max_idle_connections = get_uint<unsigned>(v, p + ".max_idle_connections");
+  } else if (c.type == "mock") {
+    check_keys(n, p, {"name", "type", "ttft_ms", "tokens_per_second", "completion_tokens", "embedding_dimensions",
+                      "fault"});
+    if (auto v = n["ttft_ms"]) c.ttft_ms = get_uint<std::uint32_t>(v, p + ".ttft_ms");
+    if (auto v = n["tokens_per_second"]) c.tokens_per_second = get_double(v, p + ".tokens_per_second");
+    if (auto v = n["completion_tokens"]) c.completion_tokens = get_uint<unsigned>(v, p + ".completion_tokens", 1'000'000);
+    if (auto v = n["embedding_dimensions"])
+      c.embedding_dimensions = get_uint<unsigned>(v, p + ".embedding_dimensions", 65'536);
+    if (auto f = n["fault"]) {
+      const std::string fp = p + ".fault";
+      check_keys(f, fp, {"kind", "status", "after_tokens"});
+      if (auto v = f["kind"]) {
+        auto k = get_string(v, fp + ".kind");
+        if (k == "none") c.fault.what = mock_fault::kind::none;
+        else if (k == "error") c.fault.what = mock_fault::kind::error;
+        else if (k == "reset") c.fault.what = mock_fault::kind::reset;
+        else if (k == "stall") c.fault.what = mock_fault::kind::stall;
+        else fail(fp + ".kind", v, "expected none, error, reset or stall, got '" + k + "'");
+      }
+      if (auto v = f["status"]) c.fault.status = get_uint<unsigned>(v, fp + ".status", 599);
+      if (auto v = f["after_tokens"]) c.fault.after_tokens = get_uint<unsigned>(v, fp + ".after_tokens");
+    }
+  } else {
+    fail(p + ".type", n["type"], "unknown provider type '" + c.type + "' (expected openai_compatible or mock)");
+  }
+  return c;
+}
+
+target_config parse_target(const YAML::Node& n, const std::string& p, const std::string& default_model) {
+  check_keys(n, p, {"provider", "upstream_model"});
+  target_config t;
+  if (!n["provider"]) fail(p + ".provider", n, "required");
+  t.provider = get_string(n["provider"], p + ".provider");
+  t.upstream_model = n["upstream_model"] ? get_string(n["upstream_model"], p + ".upstream_model") : default_model;
+  return t;
+}
+
+gateway_config parse_root(const YAML::Node& root) {
+  gateway_config cfg;
+  if (!root || root.IsNull()) throw config_error("<root>: the file is empty");
+  check_keys(root, "", {"server", "providers", "models"});
+  if (auto s = root["server"]) parse_server(s, cfg.server);
+  if (auto ps = root["providers"]) {
+    if (!ps.IsSequence()) fail("providers", ps, "expected a list");
+    for (std::size_t i = 0; i < ps.size(); ++i)
+      cfg.providers.push_back(parse_provider(ps[i], "providers[" + std::to_string(i) + "]"));
+  }
+  if (auto ms = root["models"]) {
+    if (!ms.IsSequence()) fail("models", ms, "expected a list");
+    for (std::size_t i = 0; i < ms.size(); ++i) {
+      const std::string p = "models[" + std::to_string(i) + "]";
+      const YAML::Node& m = ms[i];
+      check_keys(m, p, {"name", "provider", "upstream_model", "fallbacks"});
+      model_config mc;
+      mc.line = line_of(m);
+      if (!m["name"]) fail(p + ".name", m, "required");
+      mc.name = get_string(m["name"], p + ".name");
+      if (!m["provider"]) fail(p + ".provider", m, "required");
+      mc.primary.provider = get_string(m["provider"], p + ".provider");
+      mc.primary.upstream_model = m["upstream_model"] ? get_string(m["upstream_model"], p + ".upstream_model") : mc.name;
+      if (auto fb = m["fallbacks"]) {
+        if (!fb.IsSequence()) fail(p + ".fallbacks", fb, "expected a list");
+        for (std::size_t j = 0; j < fb.size(); ++j)
+          mc.fallbacks.push_back(parse_target(fb[j], p + ".fallbacks[" + std::to_string(j) + "]", mc.name));
+      }
+      cfg.models.push_back(std::move(mc));
+    }
+  }
+  return cfg;
+}
+
+load_result finish(gateway_config cfg, const std::string& origin) {
+  cfg.source_path = origin;
+  if (auto err = validate(cfg); !err.empty()) return {nullptr, err};
+  return {std::make_shared<const gateway_config>(std::move(cfg)), {}};
+}
+
+}  // namespace
+
+std::string validate(const gateway_config& cfg) {
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < cfg.providers.size(); ++i) {
+    const auto& p = cfg.providers[i];
+    const std::string path = "providers[" + std::to_string(i) + "]";
+    if (p.name.empty()) return path + ".name: must not be empty (line " + std::to_string(p.line) + ")";
+    if (!names.insert(p.name).second)
+      return path + ".name: duplicate provider name '" + p.name + "' (line " + std::to_string(p.line) + ")";
+    if (p.type == "openai_compatible" && p.base_url.rfind("http://", 0) != 0 && p.base_url.rfind("https://", 0) != 0)
+      return path + ".base_url: must start with http:// or https:// (line " + std::to_string(p.line) + ")";
+  }
+  std::set<std::string> models;
+  for (std::size_t i = 0; i < cfg.models.size(); ++i) {
+    const auto& m = cfg.models[i];
+    const std::string path = "models[" + std::to_string(i) + "]";
+    const std::string at = " (line " + std::to_string(m.line) + ")";
+    if (m.name.empty()) return path + ".name: must not be empty" + at;
+    if (!models.insert(m.name).second) return path + ".name: duplicate model name '" + m.name + "'" + at;
+    if (!cfg.find_provider(m.primary.provider))
+      return path + ".provider: model '" + m.name + "' refers to unknown provider '" + m.primary.provider + "'" + at;
+    for (std::size_t j = 0; j < m.fallbacks.size(); ++j)
+      if (!cfg.find_provider(m.fallbacks[j].provider))
+        return path + ".fallbacks[" + std::to_string(j) + "].provider: model '" + m.name +
+               "' refers to unknown provider '" + m.fallbacks[j].provider + "'" + at;
+  }
+  const auto& l = cfg.server.limits;
+  if (l.max_header_bytes < 256) return "server.limits.max_header_bytes: must be at least 256";
+  if (l.max_url_bytes >= l.max_header_bytes) return "server.limits.max_url_bytes: must be below max_header_bytes";
+  if (l.max_header_count == 0) return "server.limits.max_header_count: must be at least 1";
+  if (cfg.server.tls.cert_file.empty() != cfg.server.tls.key_file.empty())
+    return "server.tls: cert_file and key_file must be set together";
+  return {};
+}
+
+load_result load_string(const std::string& yaml, const std::string& origin) {
+  try {
+    return finish(parse_root(YAML::Load(yaml)), origin);
+  } catch (const config_error& e) {
+    return {nullptr, origin + ": " + e.what()};
+  } catch (const YAML::Exception& e) {
+    return {nullptr, origin + ": invalid YAML: " + e.msg + " (line " + std::to_string(e.mark.line + 1) + ")"};
+  }
+}
+
+load_result load_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return {nullptr, path + ": cannot open file"};
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return load_string(ss.str(), path);
+}
+
+}  // namespace tollgate::config

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/core/error.hpp"
+
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+namespace tollgate {
+namespace {
+
+struct category final : boost::system::error_category {
+  const char* name() const noexcept override { return "tollgate"; }
+  std::string message(int ev) const override {
+    return std::string(map_error(static_cast<errc>(ev)).code);
+  }
+};
+
+}  // namespace
+
+const boost::system::error_category& tollgate_category() noexcept {
+  static const category c;
+  return c;
+}
+
+error_mapping map_error(errc e) noexcept {
+  switch (e) {
+    case errc::ok: return {200, "", ""};
+    case errc::invalid_json: return {400, "invalid_request_error", "invalid_json"};
+    case errc::invalid_type: return {400, "invalid_request_error", "invalid_type"};
+    case errc::missing_parameter: return {400, "invalid_request_error", "missing_required_parameter"};
+    case errc::invalid_value: return {400, "invalid_request_error", "invalid_value"};
+    case errc::bad_request: return {400, "invalid_request_error", "bad_request"};
+    case errc::not_found: return {404, "invalid_request_error", "not_found"};
+    case errc::model_not_found: return {404, "invalid_request_error", "model_not_found"};
+    case errc::method_not_allowed: return {405, "invalid_request_error", "method_not_allowed"};
+    case errc::request_timeout: return {408, "invalid_request_error", "request_timeout"};
+    case errc::request_too_large: return {413, "invalid_request_error", "request_too_large"};
+    case errc::uri_too_long: return {414, "invalid_request_error", "uri_too_long"};
+    case errc::unsupported_media_type: return {415, "invalid_request_error", "unsupported_media_type"};
+    case errc::header_fields_too_large: return {431, "invalid_request_error", "request_header_fields_too_large"};
+    case errc::internal: return {500, "server_error", "internal_error"};
+    case errc::upstream_error: return {502, "server_error", "upstream_error"};
+    case errc::shutting_down: return {503, "server_error", "shutting_down"};
+    case errc::upstream_timeout: return {504, "server_error", "upstream_timeout"};
+    case errc::upstream_status: return {502, "server_error", "upstream_error"};
+    case errc::client_disconnected: return {499, "", "client_disconnected"};
+  }
+  return {500, "server_error", "internal_error"};
+}
+
+std::string openai_error_body(std::string_view message, std::string_view type, std::string_view param,
+                              std::string_view code) {
+  boost::json::object err;
+  err["message"] = message;
+  err["type"] = type;
+  err["param"] = param.empty() ? boost::json::value(nullptr) : boost::json::value(param);
+  err["code"] = code.empty() ? boost::json::value(nullptr) : boost::json::value(code);
+  boost::json::object root;
+  root["error"] = std::move(err);
+  return boost::json::serialize(root);
+}
+
+failure make_failure(errc e, std::string message, std::string param, error_source src) {
+  return failure{make_error_code(e), src, false, std::move(message), std::move(param)};
+}
+
+}  // namespace tollgate

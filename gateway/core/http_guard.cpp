@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/core/http_guard.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+namespace tollgate {
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return std::tolower((unsigned char)x) == std::tolower((unsigned char)y); });
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool is_tchar(char c) {
+  return std::isalnum((unsigned char)c) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+constexpr head_verdict bad(std::string_view why) { return {errc::bad_request, why}; }
+
+}  // namespace
+
+std::size_t find_head_end(std::string_view buf) noexcept {
+  for (std::size_t i = 0; i < buf.size(); ++i) {
+    if (buf[i] != '\n') continue;
+    if (i + 2 < buf.size() + 0 && buf[i + 1] == '\r' && i + 2 < buf.size() && buf[i + 2] == '\n') return i + 3;
+    if (i + 1 < buf.size() && buf[i + 1] == '\n') return i + 2;  // bare LF blank line: refused later
+  }
+  return 0;
+}
+
+head_verdict check_head(std::string_view head, const head_limits& limits) noexcept {
+  if (head.size() > limits.max_header_bytes) return {errc::header_fields_too_large, "request head too large"};
+  std::size_t pos = 0, line_no = 0, fields = 0;
+  bool has_cl = false, has_te = false;
+  std::string_view cl_value;
+  while (pos < head.size()) {
+    std::size_t nl = head.find('\n', pos);
+    if (nl == std::string_view::npos) return bad("unterminated header line");
+    if (nl == pos || head[nl - 1] != '\r') return bad("bare LF line ending");
+    std::string_view line = head.substr(pos, nl - 1 - pos);
+    pos = nl + 1;
+    if (line.find('\r') != std::string_view::npos) return bad("bare CR in header");
+    if (line_no++ == 0) {
+      // request-line = method SP request-target SP HTTP-version
+      auto sp1 = line.find(' ');
+      auto sp2 = line.rfind(' ');
+      if (sp1 == std::string_view::npos || sp2 == sp1) return bad("malformed request line");
+      if (sp2 - sp1 - 1 > limits.max_url_bytes) return {errc::uri_too_long, "request target too long"};
+      continue;
+    }
+    if (line.empty()) break;  // end of head
+    if (line.front() == ' ' || line.front() == '\t') return bad("obsolete line folding");
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) return bad("malformed header field");
+    std::string_view name = line.substr(0, colon);
+    if (!std::all_of(name.begin(), name.end(), is_tchar)) return bad("invalid header field name");
+    std::string_view value = trim(line.substr(colon + 1));
+    for (char c : value)
+      if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return bad("control character in header value");
+    if (++fields > limits.max_header_count) return {errc::header_fields_too_large, "too many header fields"};
+    if (iequals(name, "content-length")) {
+      // Several fields, or a list, are allowed only when every value is the same number.
+      std::size_t start = 0;
+      while (start <= value.size()) {
+        std::size_t comma = value.find(',', start);
+        std::string_view v = trim(value.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
+        if (v.empty() || v.size() > 18 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+          return bad("invalid Content-Length");
+        if (has_cl && v != cl_value) return bad("conflicting Content-Length values");
+        has_cl = true;
+        cl_value = v;
+        if (comma == std::string_view::npos) break;
+        start = comma + 1;
+      }
+    } else if (iequals(name, "transfer-encoding")) {
+      if (has_te) return bad("repeated Transfer-Encoding");
+      has_te = true;
+      // The final coding must be chunked, and chunked must appear only there (RFC 9112 §6.1).
+      std::size_t start = 0;
+      std::string_view last;
+      int chunked = 0;
+      while (true) {
+        std::size_t comma = value.find(',', start);
+        std::string_view coding = trim(value.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
+        if (coding.empty()) return bad("invalid Transfer-Encoding");
+        if (iequals(coding, "chunked")) ++chunked;
+        last = coding;
+        if (comma == std::string_view::npos) break;
+        start = comma + 1;
+      }
+      if (!iequals(last, "chunked") || chunked != 1) return bad("Transfer-Encoding must end in chunked");
+    }
+  }
+  if (has_cl && has_te) return bad("both Content-Length and Transfer-Encoding");
+  return {};
+}
+
+}  // namespace tollgate

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// Per-request state, built at the start of each request on a connection and destroyed at its
+/// end. Phases receive it by reference. Worker-thread only.
+#include <boost/json/object.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tollgate {
+
+class snapshot;
+class provider_adapter;
+struct model_route;
+struct route_target;
+
+enum class endpoint_kind { chat_completions, embeddings, models, other };
+
+/// Token counts of one call. `reported` is true when they came from the provider's usage.
+struct usage_counts {
+  std::uint64_t prompt = 0;
+  std::uint64_t completion = 0;
+  std::uint64_t cached = 0;
+  bool reported = false;
+};
+
+/// Who is calling. Filled by the authenticate phase (keys and mTLS come with the policy module).
+struct caller_identity {
+  std::string team;
+  std::string key_id;
+  bool anonymous = true;
+};
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+struct request_context {
+  using clock = std::chrono::steady_clock;
+
+  std::uint64_t id = 0;
+  std::string id_hex;
+  unsigned worker = 0;
+  std::shared_ptr<const snapshot> snap;  ///< config in force for this whole request
+
+  // From the caller.
+  std::string method, path, client_addr, user_agent;
+  endpoint_kind endpoint = endpoint_kind::other;
+  std::string body;
+  boost::json::object request_json;  ///< decoded body (chat/embeddings)
+  caller_identity identity;
+
+  // Decoded request.
+  std::string model;
+  bool stream = false;
+  bool caller_wants_usage = false;  ///< stream_options.include_usage as the caller sent it
+  std::uint64_t prompt_estimate = 0;
+  std::uint64_t max_output_tokens = 0;  ///< 0: not given
+
+  // Routing.
+  const model_route* route = nullptr;
+  const route_target* target = nullptr;
+  unsigned attempts = 0;
+
+  // Outcome.
+  usage_counts usage;
+  std::uint64_t relayed_completion_chars = 0;  ///< text relayed, for streams without usage
+  unsigned status = 0;
+  std::string error_code;  ///< OpenAI `code` of an error answer, if any
+  std::string details;     ///< lower_snake reason for logs (`upstream_timeout`, `client_disconnected`, ...)
+  bool response_started = false;  ///< some response bytes went out: errors can no longer be a status
+  bool client_gone = false;
+  bool close_after = false;       ///< close the connection after this response
+
+  clock::time_point start = clock::now();
+  clock::time_point first_byte{};  ///< first body byte/token to the caller
+  std::chrono::system_clock::time_point wall_start = std::chrono::system_clock::now();
+
+  /// Set by whoever waits on an upstream (HTTP connection or mock timer): aborts that wait at once.
+  /// Called when the caller disconnects. Worker-thread only.
+  std::function<void()> cancel_upstream;
+};
+
+}  // namespace tollgate

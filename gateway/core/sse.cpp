@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/core/sse.hpp"
+
+namespace tollgate::sse {
+
+bool parser::feed(std::string_view in, std::vector<event>& out) {
+  std::size_t i = 0;
+  if (!bom_checked_ && !in.empty()) {
+    // A UTF-8 BOM at the very start of the stream is ignored (spec). Only checked when the first
+    // three bytes arrive together; a BOM split over reads is vanishingly rare from real servers.
+    if (in.size() >= 3 && in.substr(0, 3) == "\xEF\xBB\xBF") i = 3;
+    bom_checked_ = true;
+  }
+  if (skip_lf_ && i < in.size()) {
+    if (in[i] == '\n') ++i;
+    skip_lf_ = false;
+  }
+  while (i < in.size()) {
+    std::size_t j = in.find_first_of("\r\n", i);
+    if (j == std::string_view::npos) {
+      line_.append(in.substr(i));
+      if (line_.size() + cur_.data.size() > max_) return false;
+      return true;
+    }
+    if (line_.empty()) {
+      on_line(in.substr(i, j - i), out);
+    } else {
+      line_.append(in.substr(i, j - i));
+      on_line(line_, out);
+      line_.clear();
+    }
+    if (cur_.data.size() > max_) return false;
+    if (in[j] == '\r') {
+      if (j + 1 < in.size()) {
+        i = (in[j + 1] == '\n') ? j + 2 : j + 1;
+      } else {
+        skip_lf_ = true;
+        i = j + 1;
+      }
+    } else {
+      i = j + 1;
+    }
+  }
+  return true;
+}
+
+void parser::on_line(std::string_view line, std::vector<event>& out) {
+  if (line.empty()) {
+    if (has_data_) out.push_back(std::move(cur_));
+    cur_ = event{};
+    has_data_ = false;
+    return;
+  }
+  if (line.front() == ':') return;  // comment
+  std::string_view field = line, value;
+  if (auto c = line.find(':'); c != std::string_view::npos) {
+    field = line.substr(0, c);
+    value = line.substr(c + 1);
+    if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  }
+  if (field == "data") {
+    if (has_data_) cur_.data.push_back('\n');
+    cur_.data.append(value);
+    has_data_ = true;
+  } else if (field == "event") {
+    cur_.name.assign(value);
+  } else if (field == "id") {
+    if (value.find('\0') == std::string_view::npos) cur_.id.assign(value);
+  } else if (field == "error") {
+    // llama.cpp sends `error: {json}` mid-stream instead of a data line.
+    cur_.name = "error";
+    if (has_data_) cur_.data.push_back('\n');
+    cur_.data.append(value);
+    has_data_ = true;
+  }
+  // `retry` and unknown fields are ignored, as the spec says.
+}
+
+std::string format_data(std::string_view payload) {
+  std::string s;
+  s.reserve(payload.size() + 8);
+  s.append("data: ").append(payload).append("\n\n");
+  return s;
+}
+
+std::string format_event(std::string_view name, std::string_view payload) {
+  std::string s;
+  s.reserve(name.size() + payload.size() + 16);
+  s.append("event: ").append(name).append("\ndata: ").append(payload).append("\n\n");
+  return s;
+}
+
+}  // namespace tollgate::sse

@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: Apache-2.0
+// The fixed request pipeline. Keep docs/life-of-a-request.md in step with this file.
+#include "gateway/pipeline.hpp"
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/fields.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <array>
+
+#include "gateway/metrics.hpp"
+#include "policy/policy.hpp"
+#include "providers/unified.hpp"
+
+namespace tollgate::gateway {
+namespace http = beast::http;
+namespace json = boost::json;
+namespace {
+
+constexpr std::size_t max_upstream_body = 64 * 1024 * 1024;
+
+std::string_view endpoint_label(endpoint_kind e) {
+  switch (e) {
+    case endpoint_kind::chat_completions: return "chat_completions";
+    case endpoint_kind::embeddings: return "embeddings";
+    case endpoint_kind::models: return "models";
+    case endpoint_kind::other: return "other";
+  }
+  return "other";
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::tolower((unsigned char)a[i]) != std::tolower((unsigned char)b[i])) return false;
+  return true;
+}
+
+/// Keeps ctx.details/error_code for an upstream failure and counts it.
+void count_upstream_error(request_context& ctx, std::string_view kind) {
+  gateway_metrics::get().upstream_errors.counter({ctx.target->provider->name(), std::string(kind)}).inc();
+}
+
+struct stream_gauge {
+  stream_gauge() { gateway_metrics::get().open_streams.gauge({}).add(1); }
+  ~stream_gauge() { gateway_metrics::get().open_streams.gauge({}).add(-1); }
+};
+
+/// Phase 10 for a streamed success: upstream bytes → translator → caller, chunk by chunk.
+awaitable<phase_result> relay_stream(request_context& ctx, response_sink& sink, upstream_exchange& ex) {
+  auto translator = ctx.target->provider->make_stream_translator(ctx);
+  if (!translator) co_return make_failure(errc::internal, "provider has no stream translator", "", error_source::internal);
+  header_list extra = passthrough_headers(ex.headers());
+  extra.emplace_back("Cache-Control", "no-cache");
+  stream_gauge gauge;
+  if (!co_await sink.start_stream(ex.status(), "text/event-stream", extra))
+    co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+  std::string in, out;
+  for (;;) {
+    auto ec = co_await ex.read_some(in);
+    if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    if (ec) {
+      const bool timeout = ec == errc::upstream_timeout;
+      count_upstream_error(ctx, timeout ? "stream_timeout" : "stream_reset");
+      translator->finish(false, timeout ? "timeout" : "connection closed before the end of the stream", out);
+    } else if (in.empty()) {
+      translator->finish(true, {}, out);
+    } else {
+      translator->feed(in, out);
+    }
+    if (!out.empty()) {
+      if (!co_await sink.send_chunk(out))
+        co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+      out.clear();
+    }
+    if (ec || in.empty() || translator->failed()) break;
+  }
+  if (translator->failed()) count_upstream_error(ctx, "stream_error");
+  co_await sink.end_stream();
+  if (!translator->failed() && ex.done()) ex.release();
+  co_return flow::responded;
+}
+
+/// Phases 6–10 for one route: targets in order; a failure before any byte reached the caller
+/// (connect error, timeout, 429, 5xx) moves on to the next target.
+awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& sink) {
+  const auto& targets = ctx.route->targets;
+  std::optional<failure> last;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    ctx.target = &targets[i];
+    ++ctx.attempts;
+    const bool more = i + 1 < targets.size();
+    const provider_adapter& p = *ctx.target->provider;
+    if (p.is_local()) {
+      co_await p.serve(ctx, sink);
+      co_return flow::responded;
+    }
+    auto req = p.encode(ctx);
+    if (!req) co_return make_failure(errc::internal, "could not build the upstream request", "", error_source::internal);
+    upstream_exchange ex(w.pool(), ctx);
+    if (auto f = co_await ex.start(*req)) {
+      if (ctx.client_gone) co_return *f;
+      count_upstream_error(ctx, f->code == errc::upstream_timeout ? "timeout" : "connect");
+      ctx.details = f->code == errc::upstream_timeout ? "upstream_timeout" : "upstream_connect_failed";
+      last = std::move(f);
+      if (more) continue;
+      co_return *last;
+    }
+    const unsigned status = ex.status();
+    if ((status == 429 || status >= 500) && more) {
+      count_upstream_error(ctx, "status_" + std::to_string(status));
+      continue;  // nothing went to the caller yet: try the fallback
+    }
+    const std::string_view ct = ex.headers()[http::field::content_type];
+    if (status / 100 == 2 && ctx.stream && ct.find("text/event-stream") != std::string_view::npos)
+      co_return co_await relay_stream(ctx, sink, ex);
+
+    std::string body;
+    if (auto ec = co_await ex.read_all(body, max_upstream_body)) {
+      if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+      count_upstream_error(ctx, ec == errc::upstream_timeout ? "timeout" : "body");
+      auto f = make_failure(ec == errc::upstream_timeout ? errc::upstream_timeout : errc::upstream_error,
+                            "The upstream response could not be read.", "", error_source::upstream);
+      if (more) {
+        last = std::move(f);
+        continue;
+      }
+      co_return f;
+    }
+    if (status / 100 != 2) {
+      count_upstream_error(ctx, "status_" + std::to_string(status));
+      ctx.details = "upstream_status";
+    }
+    std::string out = p.decode_body(ctx, status, std::move(body));
+    if (status / 100 != 2) {
+      // Keep the upstream's error code for the log.
+      boost::system::error_code jec;
+      auto v = json::parse(out, jec);
+      if (!jec && v.is_object())
+        if (auto e = v.get_object().if_contains("error"); e && e->is_object())
+          if (auto c = e->get_object().if_contains("code"); c && c->is_string()) ctx.error_code = std::string(c->get_string());
+      if (ctx.error_code.empty()) ctx.error_code = "upstream_error";
+    }
+    header_list extra = passthrough_headers(ex.headers());
+    ex.release();
+    co_await sink.send_full(status, ct.empty() ? std::string_view("application/json") : ct, std::move(out), extra);
+    co_return flow::responded;
+  }
+  co_return last ? *last : make_failure(errc::internal, "model has no targets", "", error_source::internal);
+}
+
+/// Phases 2–10 in table order.
+awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sink& sink) {
+  if (auto r = policy::authenticate(ctx); !r || *r == flow::responded) co_return r;
+  if (auto r = providers::decode_request(ctx); !r) co_return r;
+  ctx.route = ctx.snap->find_model(ctx.model);
+  if (!ctx.route)
+    co_return make_failure(errc::model_not_found,
+                           "The model '" + ctx.model + "' does not exist or you do not have access to it.", "model");
+  if (auto r = policy::admit(ctx); !r || *r == flow::responded) co_return r;
+  if (w.draining()) ctx.close_after = true;
+  co_return co_await proxy(w, ctx, sink);
+}
+
+/// The only place failures become responses.
+awaitable<void> fail(request_context& ctx, response_sink& sink, const failure& f) {
+  if (f.code == errc::client_disconnected || ctx.client_gone) {
+    ctx.client_gone = true;
+    if (!ctx.response_started) ctx.status = 499;
+    ctx.details = "client_disconnected";
+    co_return;
+  }
+  if (ctx.response_started) {
+    // Mid-response: the status is gone; end the connection so the caller sees a broken answer.
+    if (ctx.details.empty()) ctx.details = std::string(map_error(static_cast<errc>(f.code.value())).code);
+    sink.abort();
+    co_return;
+  }
+  errc e = f.code.category() == tollgate_category() ? static_cast<errc>(f.code.value()) : errc::internal;
+  if (ctx.details.empty()) ctx.details = std::string(map_error(e).code);
+  co_await answer_error(ctx, sink, e, f.message, f.param);
+}
+
+awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
+  phase_result r = co_await run_phases(w, ctx, sink);
+  if (!r) co_await fail(ctx, sink, r.error());
+  policy::settle(ctx);
+  log_request(w, ctx);
+}
+
+// Takes the body as a view: GCC 12 miscompiles string literals converted to a std::string
+// coroutine parameter ("array used as initializer").
+awaitable<void> answer_json(request_context&, response_sink& sink, unsigned status, std::string_view body) {
+  co_await sink.send_full(status, "application/json", std::string(body));
+}
+
+std::string models_body(const snapshot& snap) {
+  json::array data;
+  for (const model_route* m : snap.model_order) {
+    data.push_back(json::object{{"id", m->name}, {"object", "model"}, {"created", 0},
+                                {"owned_by", m->targets.front().provider->name()}});
+  }
+  return json::serialize(json::object{{"object", "list"}, {"data", std::move(data)}});
+}
+
+}  // namespace
+
+header_list passthrough_headers(const http::fields& upstream) {
+  static constexpr std::array<std::string_view, 19> dropped = {
+      "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+      "proxy-authenticate", "proxy-authorization", "content-length", "content-type", "date", "server",
+      "set-cookie", "alt-svc", "strict-transport-security", "cf-ray", "cf-cache-status", "x-request-id"};
+  std::vector<std::string> named_by_connection;
+  for (auto& f : upstream)
+    if (iequals(f.name_string(), "connection")) {
+      std::string_view v = f.value();
+      while (!v.empty()) {
+        auto comma = v.find(',');
+        std::string_view tok = v.substr(0, comma);
+        while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
+        while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
+        named_by_connection.emplace_back(tok);
+        if (comma == std::string_view::npos) break;
+        v.remove_prefix(comma + 1);
+      }
+    }
+  header_list out;
+  for (auto& f : upstream) {
+    std::string_view name = f.name_string();
+    bool drop = false;
+    for (auto d : dropped) drop = drop || iequals(name, d);
+    for (auto& d : named_by_connection) drop = drop || iequals(name, d);
+    if (drop) continue;
+    out.emplace_back(std::string(name), std::string(f.value()));
+  }
+  for (auto& f : upstream)
+    if (iequals(f.name_string(), "x-request-id")) out.emplace_back("x-upstream-request-id", std::string(f.value()));
+  return out;
+}
+
+awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc code, std::string_view message,
+                             std::string_view param, const header_list& extra) {
+  auto m = map_error(code);
+  ctx.error_code = std::string(m.code);
+  co_await sink.send_full(m.status, "application/json", openai_error_body(message, m.type, param, m.code), extra);
+}
+
+void log_request(worker& w, request_context& ctx) {
+  auto& m = gateway_metrics::get();
+  const std::string model = ctx.route ? ctx.route->name : "";
+  const std::string provider = ctx.target ? ctx.target->provider->name() : "";
+  const std::string ep(endpoint_label(ctx.endpoint));
+  m.requests.counter({ep, model, provider, std::to_string(ctx.status)}).inc();
+  const double secs = std::chrono::duration<double>(request_context::clock::now() - ctx.start).count();
+  m.request_duration.observe({ep, model, provider}, secs);
+  if (ctx.stream && ctx.first_byte != request_context::clock::time_point{})
+    m.ttft.observe({model, provider}, std::chrono::duration<double>(ctx.first_byte - ctx.start).count());
+  if (ctx.usage.prompt) m.tokens.counter({model, provider, "prompt"}).inc(double(ctx.usage.prompt));
+  if (ctx.usage.completion) m.tokens.counter({model, provider, "completion"}).inc(double(ctx.usage.completion));
+  w.log().write(ctx);
+}
+
+awaitable<void> handle_caller_request(worker& w, request_context& ctx, response_sink& sink) {
+  const bool post = ctx.method == "POST", get = ctx.method == "GET";
+  if (ctx.path == "/v1/chat/completions" || ctx.path == "/v1/embeddings") {
+    ctx.endpoint = ctx.path == "/v1/embeddings" ? endpoint_kind::embeddings : endpoint_kind::chat_completions;
+    if (!post) {
+      static const header_list allow{{"Allow", "POST"}};
+      co_await answer_error(ctx, sink, errc::method_not_allowed, "Use POST for " + ctx.path + ".", "", allow);
+    } else if (w.draining()) {
+      ctx.close_after = true;
+      static const header_list retry{{"Retry-After", "1"}};
+      co_await answer_error(ctx, sink, errc::shutting_down, "The gateway is shutting down; retry on another instance.", "",
+                            retry);
+    } else {
+      co_await run_api(w, ctx, sink);
+      co_return;
+    }
+  } else if (ctx.path == "/v1/models") {
+    ctx.endpoint = endpoint_kind::models;
+    static const header_list allow{{"Allow", "GET"}};
+    if (!get) co_await answer_error(ctx, sink, errc::method_not_allowed, "Use GET for /v1/models.", "", allow);
+    else {
+      std::string body = models_body(*ctx.snap);
+      co_await answer_json(ctx, sink, 200, body);
+    }
+  } else if (ctx.path == "/healthz") {
+    co_await answer_json(ctx, sink, 200, R"({"status":"ok"})");
+  } else if (ctx.path == "/readyz") {
+    if (w.draining()) co_await answer_json(ctx, sink, 503, R"({"status":"draining"})");
+    else co_await answer_json(ctx, sink, 200, R"({"status":"ready"})");
+  } else {
+    co_await answer_error(ctx, sink, errc::not_found, "Unknown request URL: " + ctx.method + " " + ctx.path + ".");
+  }
+  log_request(w, ctx);
+}
+
+awaitable<void> handle_admin_request(worker& w, request_context& ctx, response_sink& sink) {
+  if (ctx.path == "/metrics" && ctx.method == "GET") {
+    co_await sink.send_full(200, "text/plain; version=0.0.4; charset=utf-8", gateway_metrics::get().registry.expose());
+  } else if (ctx.path == "/healthz") {
+    co_await answer_json(ctx, sink, 200, R"({"status":"ok"})");
+  } else if (ctx.path == "/readyz") {
+    if (w.draining()) co_await answer_json(ctx, sink, 503, R"({"status":"draining"})");
+    else co_await answer_json(ctx, sink, 200, R"({"status":"ready"})");
+  } else {
+    co_await answer_error(ctx, sink, errc::not_found, "Unknown admin URL: " + ctx.method + " " + ctx.path + ".");
+  }
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/server.hpp"
+
+#include <unistd.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <cstdio>
+#include <fstream>
+
+#include "config/loader.hpp"
+#include "gateway/metrics.hpp"
+#include "gateway/session.hpp"
+#include "providers/registry.hpp"
+
+namespace tollgate::gateway {
+namespace json = boost::json;
+using boost::system::error_code;
+using namespace std::chrono;
+using signal_set_t = net::signal_set::rebind_executor<executor_t>::other;
+
+namespace {
+
+std::unique_ptr<acceptor_t> bind(net::io_context& ioc, const config::endpoint& ep, std::string& error) {
+  error_code ec;
+  auto addr = net::ip::make_address(ep.host, ec);
+  if (ec) {
+    // A host name: resolve it synchronously once, at start-up.
+    net::ip::tcp::resolver r(ioc);
+    auto res = r.resolve(ep.host, std::to_string(ep.port), ec);
+    if (ec || res.empty()) {
+      error = "cannot resolve listen address " + ep.host + ": " + ec.message();
+      return nullptr;
+    }
+    addr = res.begin()->endpoint().address();
+  }
+  net::ip::tcp::endpoint endpoint(addr, ep.port);
+  auto a = std::make_unique<acceptor_t>(executor_t(ioc.get_executor()));
+  a->open(endpoint.protocol(), ec);
+  if (!ec) a->set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a->bind(endpoint, ec);
+  if (!ec) a->listen(net::socket_base::max_listen_connections, ec);
+  if (ec) {
+    error = "cannot listen on " + ep.host + ":" + std::to_string(ep.port) + ": " + ec.message();
+    return nullptr;
+  }
+  return a;
+}
+
+json::object endpoint_json(const acceptor_t& a) {
+  error_code ec;
+  auto ep = a.local_endpoint(ec);
+  return json::object{{"address", ep.address().to_string()}, {"port", ep.port()}};
+}
+
+}  // namespace
+
+server::server(std::shared_ptr<const snapshot> snap, server_options opts) : snap_(std::move(snap)), opts_(std::move(opts)) {}
+
+server::~server() = default;
+
+bool server::write_ready_file(std::string& error) {
+  if (opts_.ready_file.empty()) return true;
+  json::object o{{"pid", ::getpid()}, {"listen", endpoint_json(*caller_)}, {"admin", endpoint_json(*admin_)},
+                 {"workers", workers_.size()}};
+  const std::string tmp = opts_.ready_file + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << json::serialize(o) << "\n";
+    if (!out) {
+      error = "cannot write ready file " + tmp;
+      return false;
+    }
+  }
+  if (std::rename(tmp.c_str(), opts_.ready_file.c_str()) != 0) {
+    error = "cannot rename ready file to " + opts_.ready_file;
+    return false;
+  }
+  return true;
+}
+
+int server::run() {
+  const auto& cfg = *snap_->cfg;
+  std::string error;
+  if (!log_.open(cfg.server.access_log, error)) {
+    log_event("error", error);
+    return 1;
+  }
+  if (cfg.server.tls.enabled()) {
+    server_tls_ = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+    server_tls_->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                             net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
+    error_code ec;
+    server_tls_->use_certificate_chain_file(cfg.server.tls.cert_file, ec);
+    if (!ec) server_tls_->use_private_key_file(cfg.server.tls.key_file, net::ssl::context::pem, ec);
+    if (ec) {
+      log_event("error", "cannot load TLS certificate or key: " + ec.message());
+      return 1;
+    }
+  }
+  caller_ = bind(control_, cfg.server.listen, error);
+  if (caller_) admin_ = bind(control_, cfg.server.admin_listen, error);
+  if (!caller_ || !admin_) {
+    log_event("error", error);
+    return 1;
+  }
+
+  unsigned n = cfg.server.workers ? cfg.server.workers : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
+  for (unsigned i = 0; i < n; ++i) {
+    workers_.push_back(std::make_unique<worker>(i, snap_, log_));
+    guards.emplace_back(workers_.back()->ioc().get_executor());
+  }
+  for (auto& w : workers_) w->thread = std::thread([&ioc = w->ioc()] { ioc.run(); });
+
+  net::co_spawn(control_, accept_loop(*caller_, false), net::detached);
+  net::co_spawn(control_, accept_loop(*admin_, true), net::detached);
+  net::co_spawn(control_, signal_loop(), net::detached);
+
+  if (!write_ready_file(error)) log_event("error", error);
+  log_event("info", "tollgate listening",
+            "\"listen\":" + json::serialize(endpoint_json(*caller_)) + ",\"admin\":" + json::serialize(endpoint_json(*admin_)) +
+                ",\"workers\":" + std::to_string(n) + ",\"tls\":" + (server_tls_ ? "true" : "false"));
+
+  control_.run();
+
+  guards.clear();
+  for (auto& w : workers_) {
+    w->ioc().stop();
+    if (w->thread.joinable()) w->thread.join();
+  }
+  log_event("info", "tollgate stopped");
+  return 0;
+}
+
+awaitable<void> server::accept_loop(acceptor_t& acceptor, bool admin) {
+  while (!stopping_) {
+    worker& w = *workers_[next_worker_++ % workers_.size()];
+    auto [ec, socket] = co_await acceptor.async_accept(w.executor());
+    if (ec) {
+      if (ec == net::error::operation_aborted || stopping_) break;
+      // EMFILE and friends: back off briefly rather than spin.
+      steady_timer_t t(co_await net::this_coro::executor);
+      t.expires_after(milliseconds(50));
+      co_await t.async_wait();
+      continue;
+    }
+    auto kind = admin ? listener_kind::admin : listener_kind::caller;
+    auto on_done = [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log_event("error", "session ended by exception (bug)", "\"what\":" + json::serialize(json::value(ex.what())));
+      }
+    };
+    if (server_tls_ && !admin)
+      net::co_spawn(w.ioc(), run_tls_session(w, std::move(socket), *server_tls_, kind), on_done);
+    else
+      net::co_spawn(w.ioc(), run_session(w, std::move(socket), kind), on_done);
+  }
+}
+
+awaitable<void> server::signal_loop() {
+  signal_set_t signals(co_await net::this_coro::executor, SIGTERM, SIGINT, SIGHUP);
+  for (;;) {
+    auto [ec, sig] = co_await signals.async_wait();
+    if (ec) co_return;
+    if (sig == SIGHUP) {
+      reload();
+      continue;
+    }
+    log_event("info", "stop signal received: draining", "\"signal\":" + std::to_string(sig));
+    co_await drain();
+    co_return;
+  }
+}
+
+void server::reload() {
+  auto& m = gateway_metrics::get();
+  auto loaded = config::load_file(opts_.config_path);
+  std::string error = loaded.error;
+  std::shared_ptr<const snapshot> snap;
+  if (loaded) snap = providers::build_snapshot(loaded.config, error);
+  if (!snap) {
+    m.reloads.counter({"failure"}).inc();
+    log_event("error", "config reload failed; keeping the current config",
+              "\"reason\":" + json::serialize(json::value(error)));
+    return;
+  }
+  const auto& old = snap_->cfg->server;
+  const auto& now = snap->cfg->server;
+  if (old.listen.host != now.listen.host || old.listen.port != now.listen.port || old.workers != now.workers ||
+      old.admin_listen.port != now.admin_listen.port || old.access_log != now.access_log)
+    log_event("warn", "listen addresses, workers and access_log change only on restart");
+  snap_ = snap;
+  for (auto& w : workers_) net::post(w->ioc(), [wp = w.get(), snap] { wp->set_snapshot(snap); });
+  m.reloads.counter({"success"}).inc();
+  log_event("info", "config reloaded", "\"models\":" + std::to_string(snap->models.size()));
+}
+
+awaitable<void> server::drain() {
+  stopping_ = true;
+  error_code ec;
+  caller_->close(ec);
+  admin_->close(ec);
+  for (auto& w : workers_) net::post(w->ioc(), [wp = w.get()] { wp->start_drain(); });
+  const auto deadline = steady_clock::now() + milliseconds(snap_->cfg->server.timeouts.drain_ms);
+  steady_timer_t t(co_await net::this_coro::executor);
+  auto live = [&] {
+    int n = 0;
+    for (auto& w : workers_) n += w->live_sessions.load();
+    return n;
+  };
+  while (live() > 0 && steady_clock::now() < deadline) {
+    t.expires_after(milliseconds(20));
+    co_await t.async_wait();
+  }
+  if (int n = live(); n > 0) {
+    log_event("warn", "drain deadline passed; closing remaining connections", "\"connections\":" + std::to_string(n));
+    for (auto& w : workers_) net::post(w->ioc(), [wp = w.get()] { wp->close_all(); });
+    // Give the sessions a moment to unwind (settle and log run) after their sockets close.
+    const auto grace = steady_clock::now() + milliseconds(500);
+    while (live() > 0 && steady_clock::now() < grace) {
+      t.expires_after(milliseconds(10));
+      co_await t.async_wait();
+    }
+  }
+  control_.stop();
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// Owns the worker threads, the listeners, and the process signals: SIGTERM/SIGINT drain and
+/// stop, SIGHUP reloads the config (a bad new config keeps the old one).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gateway/access_log.hpp"
+#include "gateway/worker.hpp"
+
+namespace tollgate::gateway {
+
+struct server_options {
+  std::string config_path;
+  std::string ready_file;
+};
+
+class server {
+ public:
+  server(std::shared_ptr<const snapshot> snap, server_options opts);
+  ~server();
+  /// Binds, serves until a stop signal, drains, and returns the process exit code.
+  int run();
+
+ private:
+  awaitable<void> accept_loop(acceptor_t& acceptor, bool admin);
+  awaitable<void> signal_loop();
+  awaitable<void> drain();
+  void reload();
+  bool write_ready_file(std::string& error);
+
+  std::shared_ptr<const snapshot> snap_;
+  server_options opts_;
+  access_log log_;
+  net::io_context control_{1};  ///< signals and accept loops
+  std::vector<std::unique_ptr<worker>> workers_;
+  std::unique_ptr<acceptor_t> caller_, admin_;
+  std::unique_ptr<net::ssl::context> server_tls_;
+  std::size_t next_worker_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace tollgate::gateway

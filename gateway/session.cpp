@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/session.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/chunk_encode.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include "gateway/core/http_guard.hpp"
+#include "gateway/metrics.hpp"
+#include "gateway/pipeline.hpp"
+
+namespace tollgate::gateway {
+namespace http = beast::http;
+using boost::system::error_code;
+using namespace std::chrono;
+
+namespace {
+
+/// The caller's connection as the pipeline writes to it.
+template <class Stream>
+class session_sink final : public response_sink {
+ public:
+  session_sink(Stream& s, request_context& ctx, bool keep_alive) : s_(s), ctx_(ctx), keep_alive_(keep_alive) {}
+
+  awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
+                            const header_list& extra) override {
+    http::response<http::string_body> res{http::int_to_status(status) == http::status::unknown
+                                              ? http::status::bad_gateway : http::status(status), 11};
+    if (http::int_to_status(status) == http::status::unknown) res.result(status);
+    set_common(res, content_type, extra);
+    res.body() = std::move(body);
+    res.prepare_payload();
+    begin(status);
+    auto [ec, n] = co_await http::async_write(s_, res);
+    co_return done(ec);
+  }
+
+  awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
+    http::response<http::empty_body> res{http::status::ok, 11};
+    res.result(status);
+    set_common(res, content_type, extra);
+    res.chunked(true);
+    begin(status);
+    http::response_serializer<http::empty_body> sr(res);
+    auto [ec, n] = co_await http::async_write_header(s_, sr);
+    co_return done(ec);
+  }
+
+  awaitable<bool> send_chunk(std::string_view data) override {
+    if (data.empty()) co_return true;
+    if (ctx_.first_byte == request_context::clock::time_point{}) ctx_.first_byte = request_context::clock::now();
+    auto [ec, n] = co_await net::async_write(s_, http::make_chunk(net::buffer(data.data(), data.size())));
+    co_return done(ec);
+  }
+
+  awaitable<bool> end_stream() override {
+    auto [ec, n] = co_await net::async_write(s_, http::make_chunk_last());
+    co_return done(ec);
+  }
+
+  void abort() override {
+    ctx_.close_after = true;
+    error_code ec;
+    beast::get_lowest_layer(s_).socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
+    beast::get_lowest_layer(s_).close();
+  }
+
+  bool keep_alive() const { return keep_alive_ && !ctx_.close_after; }
+
+ private:
+  template <class Res>
+  void set_common(Res& res, std::string_view content_type, const header_list& extra) {
+    res.set(http::field::content_type, content_type);
+    res.set("x-request-id", ctx_.id_hex);
+    for (auto& [k, v] : extra) res.insert(k, v);
+    res.keep_alive(keep_alive());
+  }
+  void begin(unsigned status) {
+    ctx_.status = status;
+    ctx_.response_started = true;
+    if (ctx_.first_byte == request_context::clock::time_point{}) ctx_.first_byte = request_context::clock::now();
+  }
+  bool done(const error_code& ec) {
+    if (ec) {
+      ctx_.client_gone = true;
+      ctx_.close_after = true;
+    }
+    return !ec;
+  }
+
+  Stream& s_;
+  request_context& ctx_;
+  bool keep_alive_;
+};
+
+/// Connection gauge and drain registration for one session's lifetime.
+struct session_guard {
+  session_guard(worker& w, stream_t& lowest, listener_kind kind) : w_(w), kind_(kind) {
+    it_ = w.sessions().insert(w.sessions().end(), session_slot{&lowest, true});
+    w.live_sessions.fetch_add(1);
+    gauge().add(1);
+  }
+  ~session_guard() {
+    w_.sessions().erase(it_);
+    w_.live_sessions.fetch_sub(1);
+    gauge().add(-1);
+  }
+  metrics::gauge_cell& gauge() {
+    return gateway_metrics::get().open_connections.gauge({kind_ == listener_kind::caller ? "caller" : "admin"});
+  }
+  session_slot& slot() { return *it_; }
+
+  worker& w_;
+  listener_kind kind_;
+  std::list<session_slot>::iterator it_;
+};
+
+std::string client_address(stream_t& s) {
+  error_code ec;
+  auto ep = s.socket().remote_endpoint(ec);
+  return ec ? std::string("unknown") : ep.address().to_string();
+}
+
+template <class Stream>
+class session {
+ public:
+  session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind) {}
+
+  awaitable<void> run() {
+    stream_t& low = beast::get_lowest_layer(s_);
+    session_guard guard(w_, low, kind_);
+    peer_ = client_address(low);
+    bool first = true;
+    while (!w_.draining() || first) {
+      guard.slot().idle = true;
+      if (w_.draining()) break;
+      auto head = co_await read_head(first);
+      first = false;
+      guard.slot().idle = false;
+      if (!head) break;
+      if (!co_await serve_one(*head)) break;
+    }
+    co_await close();
+  }
+
+ private:
+  const config::server_config& server() const { return w_.snap()->cfg->server; }
+
+  /// An error answered before the pipeline (framing, limits, timeouts); closes the connection.
+  awaitable<void> refuse(errc code, std::string_view reason) {
+    request_context ctx;
+    ctx.id = w_.next_id();
+    ctx.id_hex = snowflake::to_hex(ctx.id);
+    ctx.worker = w_.index();
+    ctx.snap = w_.snap();
+    ctx.client_addr = peer_;
+    ctx.close_after = true;
+    ctx.details = std::string(reason);
+    session_sink<Stream> sink(s_, ctx, false);
+    gateway_metrics::get().rejections.counter({std::string(map_error(code).code)}).inc();
+    co_await answer_error(ctx, sink, code, std::string(reason) + ".");
+    log_request(w_, ctx);
+  }
+
+  /// Reads bytes until a whole request head is buffered; returns its size, or nullopt when the
+  /// connection should end (closed, idle timeout, or refused).
+  awaitable<std::optional<std::size_t>> read_head(bool first) {
+    stream_t& low = beast::get_lowest_layer(s_);
+    const auto& lim = server().limits;
+    bool started = buf_.size() > 0;
+    low.expires_after(milliseconds(started || first ? server().timeouts.header_read_ms : server().timeouts.idle_ms));
+    for (;;) {
+      auto data = buf_.cdata();
+      std::string_view sv(static_cast<const char*>(data.data()), data.size());
+      // Tolerate the empty line some clients send after a body (RFC 9112 §2.2).
+      while (sv.starts_with("\r\n")) {
+        buf_.consume(2);
+        sv.remove_prefix(2);
+      }
+      if (std::size_t n = find_head_end(sv)) co_return n;
+      if (sv.size() > lim.max_header_bytes) {
+        co_await refuse(errc::header_fields_too_large, "Request head exceeds " + std::to_string(lim.max_header_bytes) + " bytes");
+        co_return std::nullopt;
+      }
+      auto [ec, n] = co_await s_.async_read_some(buf_.prepare(4096));
+      if (ec) {
+        if (ec == beast::error::timeout && (started || buf_.size())) co_await refuse(errc::request_timeout, "Request head not received in time");
+        co_return std::nullopt;  // closed, reset, idle timeout or drain: just close
+      }
+      buf_.commit(n);
+      if (!started) {
+        started = true;
+        low.expires_after(milliseconds(server().timeouts.header_read_ms));
+      }
+    }
+  }
+
+  /// Reads the body and runs the request. Returns false when the connection must close.
+  awaitable<bool> serve_one(std::size_t head_size) {
+    stream_t& low = beast::get_lowest_layer(s_);
+    const auto& srv = server();
+    {
+      auto data = buf_.cdata();
+      std::string_view head(static_cast<const char*>(data.data()), head_size);
+      head_limits hl{srv.limits.max_header_bytes, srv.limits.max_header_count, srv.limits.max_url_bytes};
+      if (auto v = check_head(head, hl); !v) {
+        co_await refuse(v.code, v.reason);
+        co_return false;
+      }
+    }
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(std::uint32_t(srv.limits.max_header_bytes + 1024));
+    parser.body_limit(srv.limits.max_body_bytes);
+    low.expires_after(milliseconds(srv.timeouts.body_read_ms));
+    auto [ec, n] = co_await http::async_read(s_, buf_, parser);
+    if (ec) {
+      if (ec == http::error::body_limit)
+        co_await refuse(errc::request_too_large, "Request body exceeds " + std::to_string(srv.limits.max_body_bytes) + " bytes");
+      else if (ec == beast::error::timeout)
+        co_await refuse(errc::request_timeout, "Request body not received in time");
+      else if (ec.category() == make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
+               ec != http::error::partial_message)
+        co_await refuse(errc::bad_request, "Malformed HTTP request: " + ec.message());
+      co_return false;
+    }
+    low.expires_never();
+    auto req = parser.release();
+
+    request_context ctx;
+    ctx.id = w_.next_id();
+    ctx.id_hex = snowflake::to_hex(ctx.id);
+    ctx.worker = w_.index();
+    ctx.snap = w_.snap();  // the config in force for this whole request, even across a reload
+    ctx.client_addr = peer_;
+    ctx.method = std::string(req.method_string());
+    std::string_view target = req.target();
+    ctx.path = std::string(target.substr(0, target.find('?')));
+    ctx.user_agent = std::string(req[http::field::user_agent]);
+    if (w_.draining()) ctx.close_after = true;
+    session_sink<Stream> sink(s_, ctx, req.keep_alive());
+
+    if (kind_ == listener_kind::admin) {
+      co_await handle_admin_request(w_, ctx, sink);
+    } else {
+      auto ct = req[http::field::content_type];
+      if (req.method() == http::verb::post && !ct.empty() && ct.find("json") == std::string_view::npos) {
+        co_await answer_error(ctx, sink, errc::unsupported_media_type,
+                              "Content-Type must be application/json, got '" + std::string(ct.substr(0, 100)) + "'.");
+        log_request(w_, ctx);
+      } else {
+        ctx.body = std::move(req.body());
+        co_await with_disconnect_watch(ctx, sink);
+      }
+    }
+    co_return sink.keep_alive() && !ctx.client_gone && !w_.draining();
+  }
+
+  /// Runs the caller pipeline while watching the caller's socket: if the caller disconnects
+  /// mid-request, the upstream request is cancelled at once (ctx.cancel_upstream).
+  awaitable<void> with_disconnect_watch(request_context& ctx, session_sink<Stream>& sink) {
+    if constexpr (std::is_same_v<Stream, stream_t>) {
+      using namespace net::experimental::awaitable_operators;
+      steady_timer_t done_timer(s_.get_executor());
+      done_timer.expires_at(steady_timer_t::time_point::max());
+      bool done = false;
+      auto work = [&]() -> awaitable<void> {
+        co_await handle_caller_request(w_, ctx, sink);
+        done = true;
+        s_.socket().cancel();  // ends the watch read below
+        done_timer.cancel();
+      };
+      auto watch = [&]() -> awaitable<void> {
+        auto [ec, n] = co_await s_.async_read_some(buf_.prepare(4096));
+        if (done) co_return;
+        if (ec) {
+          ctx.client_gone = true;
+          ctx.close_after = true;
+          if (ctx.cancel_upstream) ctx.cancel_upstream();
+          co_return;
+        }
+        buf_.commit(n);  // a pipelined next request: keep it for later, and wait for the pipeline
+        co_await done_timer.async_wait();
+      };
+      co_await (work() && watch());
+    } else {
+      co_await handle_caller_request(w_, ctx, sink);
+    }
+  }
+
+  awaitable<void> close() {
+    stream_t& low = beast::get_lowest_layer(s_);
+    if constexpr (!std::is_same_v<Stream, stream_t>) {
+      low.expires_after(seconds(2));
+      co_await s_.async_shutdown();
+    }
+    error_code ec;
+    low.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);
+    low.close();
+  }
+
+  worker& w_;
+  Stream& s_;
+  listener_kind kind_;
+  beast::flat_buffer buf_;
+  std::string peer_;
+};
+
+}  // namespace
+
+awaitable<void> run_session(worker& w, socket_t socket, listener_kind kind) {
+  stream_t stream(std::move(socket));
+  stream.socket().set_option(net::ip::tcp::no_delay(true));
+  session<stream_t> s(w, stream, kind);
+  co_await s.run();
+}
+
+awaitable<void> run_tls_session(worker& w, socket_t socket, net::ssl::context& tls, listener_kind kind) {
+  net::ssl::stream<stream_t> stream(stream_t(std::move(socket)), tls);
+  stream.next_layer().socket().set_option(net::ip::tcp::no_delay(true));
+  stream.next_layer().expires_after(milliseconds(w.snap()->cfg->server.timeouts.header_read_ms));
+  auto [ec] = co_await stream.async_handshake(net::ssl::stream_base::server);
+  if (ec) co_return;
+  session<net::ssl::stream<stream_t>> s(w, stream, kind);
+  co_await s.run();
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,291 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/upstream_client.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/url/parse.hpp>
+
+#include <openssl/ssl.h>
+
+#include <cstdlib>
+
+#include "gateway/metrics.hpp"
+
+namespace tollgate::gateway {
+namespace {
+
+using namespace std::chrono;
+using boost::system::error_code;
+
+std::string peer_key(const upstream_request& r, const proxy_choice& p) {
+  const auto& tls = r.settings->tls;
+  return r.scheme + "://" + r.host + ":" + r.port + "|v=" + (tls.verify ? "1" : "0") + "|ca=" + tls.ca_file +
+         "|proxy=" + p.host + ":" + p.port;
+}
+
+bool is_timeout(const error_code& ec) { return ec == beast::error::timeout; }
+
+failure upstream_failure(bool timeout, std::string what) {
+  failure f = make_failure(timeout ? errc::upstream_timeout : errc::upstream_error, std::move(what), "",
+                           error_source::upstream);
+  f.retryable = true;
+  return f;
+}
+
+template <class Stream>
+awaitable<error_code> write_request(Stream& s, const upstream_request& r, bool absolute_host) {
+  std::string head;
+  head.reserve(256 + r.target.size());
+  head.append("POST ").append(r.target).append(" HTTP/1.1\r\nHost: ").append(r.host);
+  if (!((r.scheme == "https" && r.port == "443") || (r.scheme == "http" && r.port == "80")) || absolute_host)
+    head.append(":").append(r.port);
+  head.append("\r\nContent-Length: ").append(std::to_string(r.body.size()));
+  head.append("\r\nUser-Agent: tollgate/0.1\r\n");
+  for (auto& [k, v] : r.headers) head.append(k).append(": ").append(v).append("\r\n");
+  head.append("\r\n");
+  std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(r.body)};
+  auto [ec, n] = co_await net::async_write(s, bufs);
+  co_return ec;
+}
+
+bool host_in_no_proxy(const std::string& host) {
+  const char* np = std::getenv("NO_PROXY");
+  if (!np) np = std::getenv("no_proxy");
+  if (!np) return false;
+  std::string_view list(np);
+  while (!list.empty()) {
+    auto comma = list.find(',');
+    std::string_view item = list.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (item == "*") return true;
+    if (!item.empty() && item.front() == '.') item.remove_prefix(1);
+    if (!item.empty() && (host == item || (host.size() > item.size() && host.ends_with(item) &&
+                                           host[host.size() - item.size() - 1] == '.')))
+      return true;
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+}  // namespace
+
+proxy_choice choose_proxy(const config::provider_config& s, const std::string& scheme, const std::string& host) {
+  if (scheme != "https" || s.proxy == "none") return {};
+  std::string url;
+  if (s.proxy == "env") {
+    if (host_in_no_proxy(host)) return {};
+    const char* v = std::getenv("HTTPS_PROXY");
+    if (!v) v = std::getenv("https_proxy");
+    if (!v || !*v) return {};
+    url = v;
+  } else {
+    url = s.proxy;
+  }
+  if (url.find("://") == std::string::npos) url = "http://" + url;
+  auto u = boost::urls::parse_uri(url);
+  if (!u || u->host().empty()) return {};
+  return {std::string(u->host_name().empty() ? u->encoded_host_address() : u->host_name()),
+          u->has_port() ? std::string(u->port()) : "80"};
+}
+
+std::unique_ptr<upstream_connection> upstream_pool::take(const std::string& key) {
+  auto it = idle_.find(key);
+  if (it == idle_.end() || it->second.empty()) return nullptr;
+  auto c = std::move(it->second.back());
+  it->second.pop_back();
+  return c;
+}
+
+void upstream_pool::give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle) {
+  auto& v = idle_[c->key];
+  if (v.size() >= max_idle) return;  // dropping it closes it
+  c->lowest().expires_never();
+  v.push_back(std::move(c));
+}
+
+net::ssl::context& upstream_pool::tls_context(const config::upstream_tls& tls, std::string& error) {
+  auto& slot = contexts_[{tls.verify, tls.ca_file}];
+  if (!slot) {
+    auto ctx = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
+    ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                     net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
+    error_code ec;
+    ctx->set_default_verify_paths(ec);
+    if (!tls.ca_file.empty()) {
+      ctx->load_verify_file(tls.ca_file, ec);
+      if (ec) error = "cannot load ca_file " + tls.ca_file + ": " + ec.message();
+    }
+    ctx->set_verify_mode(tls.verify ? net::ssl::verify_peer : net::ssl::verify_none);
+    slot = std::move(ctx);
+  }
+  return *slot;
+}
+
+upstream_exchange::~upstream_exchange() { ctx_.cancel_upstream = nullptr; }
+
+void upstream_exchange::cancel() {
+  if (conn_) {
+    error_code ec;
+    conn_->lowest().socket().shutdown(net::ip::tcp::socket::shutdown_both, ec);
+    conn_->lowest().close();
+  }
+}
+
+void upstream_exchange::release() {
+  ctx_.cancel_upstream = nullptr;
+  if (conn_ && parser_ && parser_->is_done() && parser_->get().keep_alive())
+    pool_.give_back(std::move(conn_), req_->settings->max_idle_connections);
+  conn_.reset();
+}
+
+awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_request& req) {
+  const auto& s = *req.settings;
+  const proxy_choice proxy = choose_proxy(s, req.scheme, req.host);
+  const std::string key = peer_key(req, proxy);
+  auto& m = gateway_metrics::get();
+  if (auto c = pool_.take(key)) {
+    conn_ = std::move(c);
+    reused_ = true;
+    m.upstream_connects.counter({s.name, "true"}).inc();
+    co_return std::nullopt;
+  }
+  reused_ = false;
+  m.upstream_connects.counter({s.name, "false"}).inc();
+  auto ex = co_await net::this_coro::executor;
+  auto c = std::make_unique<upstream_connection>();
+  c->key = key;
+  auto tcp = std::make_unique<stream_t>(ex);
+  ctx_.cancel_upstream = [raw = tcp.get()] { raw->close(); };
+  const auto deadline = milliseconds(s.timeouts.connect_ms);
+
+  // DNS: the resolver runs getaddrinfo off the event loop; a timer bounds it.
+  resolver_t resolver(ex);
+  steady_timer_t guard(ex);
+  guard.expires_after(deadline);
+  bool resolve_timed_out = false;
+  guard.async_wait([&](error_code ec) {
+    if (!ec) {
+      resolve_timed_out = true;
+      resolver.cancel();
+    }
+  });
+  const std::string& host = proxy.host.empty() ? req.host : proxy.host;
+  const std::string& port = proxy.host.empty() ? req.port : proxy.port;
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, port);
+  guard.cancel();
+  if (rec) co_return upstream_failure(resolve_timed_out, "Could not resolve upstream host '" + host + "': " + rec.message());
+
+  tcp->expires_after(deadline);
+  auto [cec, ep] = co_await tcp->async_connect(endpoints);
+  if (cec) co_return upstream_failure(is_timeout(cec), "Could not connect to the upstream: " + cec.message());
+  tcp->socket().set_option(net::ip::tcp::no_delay(true));
+
+  if (!proxy.host.empty()) {
+    // HTTPS through an HTTP proxy: CONNECT host:port, expect 2xx, then TLS inside the tunnel.
+    std::string hello = "CONNECT " + req.host + ":" + req.port + " HTTP/1.1\r\nHost: " + req.host + ":" + req.port + "\r\n\r\n";
+    auto [wec, wn] = co_await net::async_write(*tcp, net::buffer(hello));
+    if (wec) co_return upstream_failure(is_timeout(wec), "Could not reach the HTTPS proxy: " + wec.message());
+    http::response_parser<http::empty_body> p;
+    p.skip(true);  // a 2xx answer to CONNECT has no body (RFC 9110 §9.3.6)
+    auto [pec, pn] = co_await http::async_read_header(*tcp, c->buffer, p);
+    if (pec) co_return upstream_failure(is_timeout(pec), "The HTTPS proxy did not answer CONNECT: " + pec.message());
+    if (p.get().result_int() / 100 != 2)
+      co_return upstream_failure(false, "The HTTPS proxy refused CONNECT with status " + std::to_string(p.get().result_int()));
+  }
+
+  if (req.scheme == "https") {
+    std::string err;
+    auto& tls_ctx = pool_.tls_context(s.tls, err);
+    if (!err.empty()) co_return upstream_failure(false, err);
+    auto tls = std::make_unique<ssl_stream_t>(std::move(*tcp), tls_ctx);
+    ctx_.cancel_upstream = [raw = tls.get()] { raw->next_layer().close(); };
+    if (!SSL_set_tlsext_host_name(tls->native_handle(), req.host.c_str()))
+      co_return upstream_failure(false, "Could not set TLS server name");
+    if (s.tls.verify) tls->set_verify_callback(net::ssl::host_name_verification(req.host));
+    tls->next_layer().expires_after(deadline);
+    auto [hec] = co_await tls->async_handshake(net::ssl::stream_base::client);
+    if (hec) co_return upstream_failure(is_timeout(hec), "TLS handshake with the upstream failed: " + hec.message());
+    c->tls = std::move(tls);
+  } else {
+    c->tcp = std::move(tcp);
+  }
+  conn_ = std::move(c);
+  co_return std::nullopt;
+}
+
+awaitable<error_code> upstream_exchange::send_and_read_head(const upstream_request& req) {
+  const auto& s = *req.settings;
+  auto& low = conn_->lowest();
+  ctx_.cancel_upstream = [this] { cancel(); };
+  parser_.emplace();
+  parser_->body_limit(boost::none);
+  low.expires_after(milliseconds(s.timeouts.first_byte_ms));
+  error_code ec;
+  if (conn_->tls) {
+    ec = co_await write_request(*conn_->tls, req, false);
+    if (!ec) ec = std::get<0>(co_await http::async_read_header(*conn_->tls, conn_->buffer, *parser_));
+  } else {
+    ec = co_await write_request(*conn_->tcp, req, false);
+    if (!ec) ec = std::get<0>(co_await http::async_read_header(*conn_->tcp, conn_->buffer, *parser_));
+  }
+  co_return ec;
+}
+
+awaitable<std::optional<failure>> upstream_exchange::start(const upstream_request& req) {
+  req_ = &req;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (auto f = co_await connect(req)) co_return f;
+    error_code ec = co_await send_and_read_head(req);
+    if (!ec) co_return std::nullopt;
+    if (ctx_.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    // A pooled connection the peer closed while idle fails at once: try once more on a fresh one.
+    const bool stale = reused_ && !is_timeout(ec) && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
+                                                      ec == net::error::eof || ec == net::error::broken_pipe);
+    conn_.reset();
+    if (stale) continue;
+    co_return upstream_failure(is_timeout(ec), is_timeout(ec) ? "The upstream did not answer in time."
+                                                              : "The upstream connection failed: " + ec.message());
+  }
+  co_return upstream_failure(false, "The upstream closed the connection.");
+}
+
+awaitable<error_code> upstream_exchange::read_some(std::string& out) {
+  out.clear();
+  // Loops because a read can make progress on framing alone (chunk sizes) without body bytes.
+  while (!parser_->is_done()) {
+    out.resize(16 * 1024);
+    auto& body = parser_->get().body();
+    body.data = out.data();
+    body.size = out.size();
+    conn_->lowest().expires_after(milliseconds(req_->settings->timeouts.idle_ms));
+    error_code ec;
+    if (conn_->tls) ec = std::get<0>(co_await http::async_read_some(*conn_->tls, conn_->buffer, *parser_));
+    else ec = std::get<0>(co_await http::async_read_some(*conn_->tcp, conn_->buffer, *parser_));
+    if (ec == http::error::need_buffer) ec = {};
+    out.resize(out.size() - body.size);
+    if (ec) {
+      out.clear();
+      co_return make_error_code(is_timeout(ec) ? errc::upstream_timeout : errc::upstream_error);
+    }
+    if (!out.empty()) break;
+  }
+  co_return error_code{};
+}
+
+awaitable<error_code> upstream_exchange::read_all(std::string& out, std::size_t limit) {
+  out.clear();
+  std::string piece;
+  while (!parser_->is_done()) {
+    if (auto ec = co_await read_some(piece)) co_return ec;
+    out.append(piece);
+    if (out.size() > limit) co_return make_error_code(errc::upstream_error);
+  }
+  co_return error_code{};
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// The upstream HTTP/1.1 client: a keep-alive pool per worker keyed by full peer identity
+/// (scheme, host, port, TLS settings, proxy), async DNS, TLS with SNI and certificate plus
+/// host-name verification, HTTPS_PROXY through CONNECT, and timeouts for connect, first byte
+/// and idle between body reads. Worker-thread only.
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gateway/core/provider.hpp"
+
+namespace tollgate::gateway {
+
+namespace http = beast::http;
+using ssl_stream_t = net::ssl::stream<stream_t>;
+
+/// One connection to a peer, plain or TLS.
+struct upstream_connection {
+  std::string key;
+  std::unique_ptr<stream_t> tcp;     ///< set when plain
+  std::unique_ptr<ssl_stream_t> tls; ///< set when TLS (owns its TCP stream)
+  beast::flat_buffer buffer;
+  stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
+};
+
+/// Where to connect for a request: the peer itself or a CONNECT proxy in front of it.
+struct proxy_choice {
+  std::string host, port;  ///< empty: connect directly
+};
+/// Applies `proxy:` (env / none / URL), HTTPS_PROXY and NO_PROXY for an https peer. Pure except
+/// for reading the environment.
+proxy_choice choose_proxy(const config::provider_config& settings, const std::string& scheme, const std::string& host);
+
+class upstream_pool {
+ public:
+  std::unique_ptr<upstream_connection> take(const std::string& key);
+  void give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle);
+  /// TLS client context for these settings (system CA store, optional extra CA file).
+  net::ssl::context& tls_context(const config::upstream_tls& tls, std::string& error);
+  void clear() { idle_.clear(); }
+
+ private:
+  std::unordered_map<std::string, std::vector<std::unique_ptr<upstream_connection>>> idle_;
+  std::map<std::pair<bool, std::string>, std::unique_ptr<net::ssl::context>> contexts_;
+};
+
+/// One request/response exchange with an upstream. Usage: start() → status()/header() →
+/// read_some() until done (or read_all()) → release(). Destroying it without release() closes
+/// the connection (RAII: only a fully read keep-alive response returns it to the pool).
+class upstream_exchange {
+ public:
+  upstream_exchange(upstream_pool& pool, request_context& ctx) : pool_(pool), ctx_(ctx) {}
+  ~upstream_exchange();
+
+  /// Connects (or reuses), sends the request and reads the response head. A failure is an
+  /// upstream failure (502 upstream_error / 504 upstream_timeout), retryable when nothing was sent
+  /// to the caller yet.
+  awaitable<std::optional<failure>> start(const upstream_request& req);
+
+  unsigned status() const { return parser_->get().result_int(); }
+  const http::fields& headers() const { return parser_->get().base(); }
+  bool done() const { return parser_->is_done(); }
+
+  /// Next piece of the body into `out` (replaced). Empty `out` with no error means the body ended.
+  /// Errors: errc::upstream_timeout (idle), errc::upstream_error (reset, bad framing).
+  awaitable<boost::system::error_code> read_some(std::string& out);
+  /// The whole body, up to `limit` bytes.
+  awaitable<boost::system::error_code> read_all(std::string& out, std::size_t limit);
+
+  /// Returns the connection to the pool if the response was complete and keep-alive.
+  void release();
+  /// Closes the connection now (caller left, or shutdown): pending reads finish at once.
+  void cancel();
+
+ private:
+  awaitable<std::optional<failure>> connect(const upstream_request& req);
+  awaitable<boost::system::error_code> send_and_read_head(const upstream_request& req);
+
+  upstream_pool& pool_;
+  request_context& ctx_;
+  const upstream_request* req_ = nullptr;
+  std::unique_ptr<upstream_connection> conn_;
+  std::optional<http::response_parser<http::buffer_body>> parser_;
+  bool reused_ = false;
+};
+
+}  // namespace tollgate::gateway

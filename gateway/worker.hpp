@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// One worker: an io_context run by one thread, and everything only that thread touches:
+/// its config snapshot slot, request-id generator, upstream pool and live sessions.
+#include <atomic>
+#include <list>
+#include <memory>
+#include <thread>
+
+#include "gateway/access_log.hpp"
+#include "gateway/core/net.hpp"
+#include "gateway/core/provider.hpp"
+#include "gateway/core/snowflake.hpp"
+#include "gateway/upstream_client.hpp"
+
+namespace tollgate::gateway {
+
+/// A live connection, as the worker sees it for drain: its socket and whether it is between
+/// requests (idle connections are closed at once on drain; busy ones finish their request).
+struct session_slot {
+  stream_t* lowest = nullptr;
+  bool idle = true;
+};
+
+class worker {
+ public:
+  worker(unsigned index, std::shared_ptr<const snapshot> snap, access_log& log)
+      : index_(index), snap_(std::move(snap)), ids_(index), log_(log) {}
+
+  unsigned index() const { return index_; }
+  net::io_context& ioc() { return ioc_; }
+  executor_t executor() { return executor_t(ioc_.get_executor()); }
+
+  // Worker-thread only from here on.
+  const std::shared_ptr<const snapshot>& snap() const { return snap_; }
+  void set_snapshot(std::shared_ptr<const snapshot> s) { snap_ = std::move(s); }
+  std::uint64_t next_id() { return ids_.next(); }
+  upstream_pool& pool() { return pool_; }
+  access_log& log() { return log_; }
+
+  bool draining() const { return draining_; }
+  /// Stops keep-alive: idle sessions close now, busy ones after their current response.
+  void start_drain() {
+    draining_ = true;
+    for (auto& s : sessions_)
+      if (s.idle) s.lowest->cancel();
+  }
+  /// Closes every session's socket (drain deadline passed).
+  void close_all() {
+    for (auto& s : sessions_) s.lowest->close();
+    pool_.clear();
+  }
+  std::list<session_slot>& sessions() { return sessions_; }
+  /// Live sessions, readable from any thread (drain waits for zero).
+  std::atomic<int> live_sessions{0};
+
+  std::thread thread;
+
+ private:
+  unsigned index_;
+  std::shared_ptr<const snapshot> snap_;
+  snowflake ids_;
+  upstream_pool pool_;
+  access_log& log_;
+  bool draining_ = false;
+  std::list<session_slot> sessions_;
+  // Last member, so destroyed first: pending coroutine frames it destroys still see the members above.
+  net::io_context ioc_{1};
+};
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/openai/openai_compatible_adapter.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+#include <boost/url/parse.hpp>
+
+#include <stdexcept>
+
+#include "gateway/core/sse.hpp"
+#include "providers/unified.hpp"
+
+namespace tollgate::providers {
+namespace json = boost::json;
+namespace {
+
+std::string_view default_type_for(unsigned status) {
+  if (status == 401) return "authentication_error";
+  if (status == 403) return "permission_error";
+  if (status == 404) return "not_found_error";
+  if (status == 429) return "rate_limit_error";
+  if (status >= 500) return "server_error";
+  return "invalid_request_error";
+}
+
+json::value code_value(const json::value* c) {
+  if (!c || c->is_null()) return nullptr;
+  if (c->is_string()) return *c;
+  if (c->is_int64()) return json::string(std::to_string(c->get_int64()));
+  if (c->is_uint64()) return json::string(std::to_string(c->get_uint64()));
+  return json::string(json::serialize(*c));
+}
+
+json::object error_object(std::string_view message, std::string_view type, const json::value* param,
+                          const json::value* code) {
+  json::object e;
+  e["message"] = message;
+  e["type"] = type;
+  e["param"] = (param && param->is_string()) ? *param : json::value(nullptr);
+  e["code"] = code_value(code);
+  return e;
+}
+
+/// Error object (the inner one) from any known shape; nullopt if `v` is not an error.
+std::optional<json::object> extract_error(unsigned status, const json::value& v) {
+  if (!v.is_object()) return std::nullopt;
+  const auto& o = v.get_object();
+  if (auto e = o.if_contains("error")) {
+    if (e->is_object()) {
+      const auto& eo = e->get_object();
+      auto msg = eo.if_contains("message");
+      auto type = eo.if_contains("type");
+      return error_object(msg && msg->is_string() ? std::string_view(msg->get_string()) : "upstream error",
+                          type && type->is_string() ? std::string_view(type->get_string()) : default_type_for(status),
+                          eo.if_contains("param"), eo.if_contains("code"));
+    }
+    if (e->is_string()) {  // TGI: {"error":"…","error_type":"validation"}
+      auto et = o.if_contains("error_type");
+      return error_object(e->get_string(), et && et->is_string() ? std::string_view(et->get_string()) : default_type_for(status),
+                          nullptr, nullptr);
+    }
+  }
+  if (auto obj = o.if_contains("object"); obj && obj->is_string() && obj->get_string() == "error") {
+    // Older vLLM: top-level {"object":"error","message","type","param","code":400}
+    auto msg = o.if_contains("message");
+    auto type = o.if_contains("type");
+    return error_object(msg && msg->is_string() ? std::string_view(msg->get_string()) : "upstream error",
+                        type && type->is_string() ? std::string_view(type->get_string()) : default_type_for(status),
+                        o.if_contains("param"), o.if_contains("code"));
+  }
+  return std::nullopt;
+}
+
+std::string wrap(json::object err) {
+  json::object root;
+  root["error"] = std::move(err);
+  return json::serialize(root);
+}
+
+std::uint64_t delta_chars(const json::object& chunk) {
+  std::uint64_t n = 0;
+  auto choices = chunk.if_contains("choices");
+  if (!choices || !choices->is_array()) return 0;
+  for (auto& c : choices->get_array()) {
+    if (!c.is_object()) continue;
+    auto d = c.get_object().if_contains("delta");
+    if (!d || !d->is_object()) continue;
+    const auto& dobj = d->get_object();
+    for (auto key : {"content", "reasoning", "reasoning_content", "refusal"})
+      if (auto t = dobj.if_contains(key); t && t->is_string()) n += t->get_string().size();
+    if (auto tc = dobj.if_contains("tool_calls"); tc && tc->is_array())
+      for (auto& call : tc->get_array())
+        if (call.is_object())
+          if (auto f = call.get_object().if_contains("function"); f && f->is_object())
+            for (auto key : {"name", "arguments"})
+              if (auto t = f->get_object().if_contains(key); t && t->is_string()) n += t->get_string().size();
+  }
+  return n;
+}
+
+class openai_stream final : public stream_translator {
+ public:
+  explicit openai_stream(request_context& ctx) : ctx_(ctx) {}
+
+  void feed(std::string_view bytes, std::string& out) override {
+    if (done_ || failed_) return;  // anything after [DONE] or an error is ignored, as the SDK does
+    events_.clear();
+    if (!parser_.feed(bytes, events_)) {
+      emit_error(out, "upstream stream event too large", "upstream_error");
+      return;
+    }
+    for (auto& ev : events_) {
+      on_event(ev, out);
+      if (done_ || failed_) break;
+    }
+  }
+
+  void finish(bool complete, std::string_view why, std::string& out) override {
+    if (done_ || failed_) return;
+    if (complete) {
+      // Some servers end the body without [DONE]; the caller still gets a well-formed end.
+      out += "data: [DONE]\n\n";
+      done_ = true;
+      return;
+    }
+    emit_error(out, "The upstream stream ended unexpectedly: " + std::string(why) + ".",
+               why == "timeout" ? "upstream_timeout" : "upstream_error");
+  }
+
+  bool failed() const override { return failed_; }
+
+ private:
+  void emit_error(std::string& out, std::string message, std::string_view code) {
+    failed_ = true;
+    ctx_.details = std::string(code);
+    ctx_.error_code = std::string(code);
+    out += sse::format_event("error", openai_error_body(message, "server_error", "", code));
+  }
+
+  void on_event(sse::event& ev, std::string& out) {
+    if (ev.data == "[DONE]") {
+      done_ = true;
+      out += "data: [DONE]\n\n";
+      return;
+    }
+    boost::system::error_code ec;
+    json::value v = json::parse(ev.data, ec);
+    if (ev.name == "error" || (!ec && v.is_object() && v.get_object().contains("error"))) {
+      std::optional<json::object> err;
+      if (!ec) err = extract_error(500, v);
+      if (!err && !ec && v.is_object()) {
+        // llama.cpp: `error: {"code":500,"message":"…","type":"server_error"}`, the error object itself.
+        const auto& o = v.get_object();
+        auto msg = o.if_contains("message");
+        auto type = o.if_contains("type");
+        if (msg && msg->is_string())
+          err = error_object(msg->get_string(), type && type->is_string() ? std::string_view(type->get_string()) : "server_error",
+                             o.if_contains("param"), o.if_contains("code"));
+      }
+      failed_ = true;
+      ctx_.details = "upstream_stream_error";
+      ctx_.error_code = "upstream_error";
+      out += sse::format_event("error", wrap(err ? std::move(*err) : error_object(ev.data, "server_error", nullptr, nullptr)));
+      return;
+    }
+    if (ec || !v.is_object()) {
+      emit_error(out, "The upstream sent a stream event that is not JSON.", "upstream_error");
+      return;
+    }
+    auto& chunk = v.get_object();
+    ctx_.relayed_completion_chars += delta_chars(chunk);
+    auto u = chunk.find("usage");
+    const bool has_usage_key = u != chunk.end();
+    if (has_usage_key && !u->value().is_null()) read_usage(u->value(), ctx_.usage);
+    if (ctx_.caller_wants_usage || !has_usage_key) {
+      out += sse::format_data(ev.data);  // the upstream's bytes, untouched
+      return;
+    }
+    // The caller did not ask for usage: drop the usage-only chunk, strip `usage` elsewhere.
+    auto ch = chunk.find("choices");
+    const bool no_choices = ch == chunk.end() || ch->value().is_null() ||
+                            (ch->value().is_array() && ch->value().get_array().empty());
+    if (no_choices && !u->value().is_null()) return;
+    chunk.erase(u);
+    out += sse::format_data(json::serialize(chunk));
+  }
+
+  request_context& ctx_;
+  sse::parser parser_;
+  std::vector<sse::event> events_;
+  bool done_ = false;
+  bool failed_ = false;
+};
+
+}  // namespace
+
+bool read_usage(const json::value& v, usage_counts& out) {
+  if (!v.is_object()) return false;
+  const auto& o = v.get_object();
+  auto num = [](const json::value* x) -> std::uint64_t {
+    if (!x) return 0;
+    if (x->is_uint64()) return x->get_uint64();
+    if (x->is_int64() && x->get_int64() > 0) return std::uint64_t(x->get_int64());
+    return 0;
+  };
+  out.prompt = num(o.if_contains("prompt_tokens"));
+  out.completion = num(o.if_contains("completion_tokens"));
+  out.cached = 0;
+  if (auto d = o.if_contains("prompt_tokens_details"); d && d->is_object())
+    out.cached = num(d->get_object().if_contains("cached_tokens"));
+  out.reported = true;
+  return true;
+}
+
+std::string normalize_error_body(unsigned status, std::string_view body) {
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (!ec) {
+    if (auto e = extract_error(status, v)) return wrap(std::move(*e));
+  }
+  std::string text(body.substr(0, 1000));
+  if (text.empty()) text = "upstream answered status " + std::to_string(status);
+  return wrap(error_object(text, default_type_for(status), nullptr, nullptr));
+}
+
+openai_compatible_adapter::openai_compatible_adapter(const config::provider_config& cfg) : provider_adapter(cfg) {
+  auto u = boost::urls::parse_uri(cfg.base_url);
+  if (!u || (u->scheme() != "http" && u->scheme() != "https") || u->host().empty())
+    throw std::invalid_argument("base_url is not an http(s) URL: " + cfg.base_url);
+  scheme_ = std::string(u->scheme());
+  host_ = std::string(u->host_name().empty() ? u->encoded_host_address() : u->host_name());
+  port_ = u->has_port() ? std::string(u->port()) : (scheme_ == "https" ? "443" : "80");
+  base_path_ = std::string(u->encoded_path());
+  while (!base_path_.empty() && base_path_.back() == '/') base_path_.pop_back();
+}
+
+result<upstream_request> openai_compatible_adapter::encode(const request_context& ctx) const {
+  upstream_request r;
+  r.scheme = scheme_;
+  r.host = host_;
+  r.port = port_;
+  r.settings = &cfg_;
+  r.target = base_path_ + (ctx.endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions");
+  json::object body = ctx.request_json;
+  body["model"] = ctx.target->upstream_model;
+  if (ctx.stream) {
+    // Always ask for usage so streams are billed exactly; hidden again if the caller did not ask.
+    auto& so = body["stream_options"];
+    if (!so.is_object()) so = json::object();
+    so.get_object()["include_usage"] = true;
+  }
+  r.body = json::serialize(body);
+  r.headers.reserve(4 + cfg_.headers.size());
+  r.headers.emplace_back("Content-Type", "application/json");
+  r.headers.emplace_back("Accept", ctx.stream ? "text/event-stream" : "application/json");
+  if (!cfg_.api_key.empty()) r.headers.emplace_back("Authorization", "Bearer " + cfg_.api_key);
+  for (auto& h : cfg_.headers) r.headers.push_back(h);
+  return r;
+}
+
+std::unique_ptr<stream_translator> openai_compatible_adapter::make_stream_translator(request_context& ctx) const {
+  return std::make_unique<openai_stream>(ctx);
+}
+
+std::string openai_compatible_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
+  if (status >= 200 && status < 300) {
+    boost::system::error_code ec;
+    json::value v = json::parse(body, ec);
+    if (!ec && v.is_object())
+      if (auto u = v.get_object().if_contains("usage")) read_usage(*u, ctx.usage);
+    return body;
+  }
+  return normalize_error_body(status, body);
+}
+
+}  // namespace tollgate::providers

@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// `openai_compatible`: OpenAI itself and local servers (vLLM, llama.cpp, Ollama, TGI). The body
+/// passes through with `model` rewritten; streams always ask for usage
+/// (`stream_options.include_usage`) and hide it again when the caller did not ask for it.
+#include "gateway/core/provider.hpp"
+
+namespace tollgate::providers {
+
+class openai_compatible_adapter final : public provider_adapter {
+ public:
+  /// Throws std::invalid_argument for a base_url that is not an http(s) URL (config load only).
+  explicit openai_compatible_adapter(const config::provider_config& cfg);
+
+  result<upstream_request> encode(const request_context& ctx) const override;
+  std::unique_ptr<stream_translator> make_stream_translator(request_context& ctx) const override;
+  std::string decode_body(request_context& ctx, unsigned status, std::string body) const override;
+
+ private:
+  std::string scheme_, host_, port_, base_path_;
+};
+
+/// Rewrites an error body from any OpenAI-compatible server into OpenAI's shape
+/// `{"error":{"message","type","param","code"}}` (code always a string or null). Pure.
+std::string normalize_error_body(unsigned status, std::string_view body);
+
+/// Reads OpenAI `usage` into counts; false when `v` is not a usage object.
+bool read_usage(const boost::json::value& v, usage_counts& out);
+
+}  // namespace tollgate::providers

@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/unified.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+
+namespace tollgate::providers {
+namespace json = boost::json;
+namespace {
+
+failure bad(errc e, std::string msg, std::string param) {
+  return make_failure(e, std::move(msg), std::move(param));
+}
+
+std::string_view kind_name(const json::value& v) {
+  switch (v.kind()) {
+    case json::kind::null: return "null";
+    case json::kind::bool_: return "boolean";
+    case json::kind::int64:
+    case json::kind::uint64: return "integer";
+    case json::kind::double_: return "number";
+    case json::kind::string: return "string";
+    case json::kind::array: return "array";
+    case json::kind::object: return "object";
+  }
+  return "value";
+}
+
+failure wrong_type(const std::string& param, std::string_view expected, const json::value& got) {
+  return bad(errc::invalid_type,
+             "Invalid type for '" + param + "': expected " + std::string(expected) + ", but got " +
+                 std::string(kind_name(got)) + ".",
+             param);
+}
+
+/// Optional field of a given kind (null counts as absent, as OpenAI's nullable fields do).
+const json::value* opt(const json::object& o, std::string_view key) {
+  auto it = o.find(key);
+  if (it == o.end() || it->value().is_null()) return nullptr;
+  return &it->value();
+}
+
+std::uint64_t text_length(const json::value& content) {
+  if (content.is_string()) return content.get_string().size();
+  std::uint64_t n = 0;
+  if (content.is_array())
+    for (auto& part : content.get_array())
+      if (part.is_object())
+        if (auto t = part.get_object().if_contains("text"); t && t->is_string()) n += t->get_string().size();
+  return n;
+}
+
+boost::system::result<std::uint64_t, failure> non_negative_int(const json::object& o, std::string_view key) {
+  const json::value* v = opt(o, key);
+  if (!v) return 0;
+  if (v->is_int64() && v->get_int64() >= 0) return std::uint64_t(v->get_int64());
+  if (v->is_uint64()) return v->get_uint64();
+  if (v->is_int64()) return bad(errc::invalid_value, "'" + std::string(key) + "' must be at least 0.", std::string(key));
+  return wrong_type(std::string(key), "integer", *v);
+}
+
+phase_result decode_chat(request_context& ctx, const json::object& o) {
+  const json::value* msgs = opt(o, "messages");
+  if (!msgs) return bad(errc::missing_parameter, "Missing required parameter: 'messages'.", "messages");
+  if (!msgs->is_array()) return wrong_type("messages", "array", *msgs);
+  const auto& arr = msgs->get_array();
+  if (arr.empty()) return bad(errc::invalid_value, "'messages' must contain at least one message.", "messages");
+  std::uint64_t chars = 0;
+  for (std::size_t i = 0; i < arr.size(); ++i) {
+    const std::string p = "messages[" + std::to_string(i) + "]";
+    if (!arr[i].is_object()) return wrong_type(p, "object", arr[i]);
+    const auto& m = arr[i].get_object();
+    const json::value* role = opt(m, "role");
+    if (!role) return bad(errc::missing_parameter, "Missing required parameter: '" + p + ".role'.", p + ".role");
+    if (!role->is_string()) return wrong_type(p + ".role", "string", *role);
+    if (const json::value* c = opt(m, "content")) {
+      if (!c->is_string() && !c->is_array()) return wrong_type(p + ".content", "string or array", *c);
+      chars += text_length(*c);
+    }
+    chars += 16;  // role and framing tokens, roughly four per message
+  }
+  if (const json::value* s = opt(o, "stream")) {
+    if (!s->is_bool()) return wrong_type("stream", "boolean", *s);
+    ctx.stream = s->get_bool();
+  }
+  if (const json::value* so = opt(o, "stream_options")) {
+    if (!so->is_object()) return wrong_type("stream_options", "object", *so);
+    if (const json::value* iu = opt(so->get_object(), "include_usage")) {
+      if (!iu->is_bool()) return wrong_type("stream_options.include_usage", "boolean", *iu);
+      ctx.caller_wants_usage = iu->get_bool();
+    }
+  }
+  auto mt = non_negative_int(o, "max_completion_tokens");
+  if (!mt) return mt.error();
+  auto mt_old = non_negative_int(o, "max_tokens");
+  if (!mt_old) return mt_old.error();
+  ctx.max_output_tokens = *mt ? *mt : *mt_old;
+  auto n = non_negative_int(o, "n");
+  if (!n) return n.error();
+  if (const json::value* t = opt(o, "temperature"); t && !t->is_number()) return wrong_type("temperature", "number", *t);
+  if (const json::value* t = opt(o, "top_p"); t && !t->is_number()) return wrong_type("top_p", "number", *t);
+  if (const json::value* t = opt(o, "tools"); t && !t->is_array()) return wrong_type("tools", "array", *t);
+  ctx.prompt_estimate = estimate_tokens_from_chars(chars);
+  return flow::next;
+}
+
+phase_result decode_embeddings(request_context& ctx, const json::object& o) {
+  const json::value* in = opt(o, "input");
+  if (!in) return bad(errc::missing_parameter, "Missing required parameter: 'input'.", "input");
+  std::uint64_t chars = 0;
+  if (in->is_string()) {
+    chars = in->get_string().size();
+  } else if (in->is_array()) {
+    if (in->get_array().empty()) return bad(errc::invalid_value, "'input' must not be empty.", "input");
+    for (auto& item : in->get_array()) {
+      if (item.is_string()) chars += item.get_string().size();
+      else if (item.is_int64() || item.is_uint64()) chars += 4;  // a token id
+      else if (item.is_array()) chars += 4 * item.get_array().size();
+      else return wrong_type("input", "string or array of strings or tokens", item);
+    }
+  } else {
+    return wrong_type("input", "string or array", *in);
+  }
+  if (const json::value* d = opt(o, "dimensions"); d && !(d->is_int64() && d->get_int64() > 0) && !d->is_uint64())
+    return bad(errc::invalid_value, "'dimensions' must be a positive integer.", "dimensions");
+  ctx.prompt_estimate = estimate_tokens_from_chars(chars);
+  return flow::next;
+}
+
+}  // namespace
+
+phase_result decode_request(request_context& ctx) {
+  boost::system::error_code ec;
+  json::value v = json::parse(ctx.body, ec);
+  if (ec) return bad(errc::invalid_json, "We could not parse the JSON body of your request: " + ec.message() + ".", "");
+  if (!v.is_object()) return bad(errc::invalid_json, "The request body must be a JSON object.", "");
+  ctx.request_json = std::move(v.get_object());
+  const json::object& o = ctx.request_json;
+  const json::value* model = opt(o, "model");
+  if (!model) return bad(errc::missing_parameter, "Missing required parameter: 'model'.", "model");
+  if (!model->is_string()) return wrong_type("model", "string", *model);
+  ctx.model = std::string(model->get_string());
+  if (ctx.model.empty()) return bad(errc::invalid_value, "'model' must not be empty.", "model");
+  return ctx.endpoint == endpoint_kind::embeddings ? decode_embeddings(ctx, o) : decode_chat(ctx, o);
+}
+
+}  // namespace tollgate::providers
