@@ -130,7 +130,7 @@ std::string client_address(stream_t& s) {
 template <class Stream>
 class session {
  public:
-  session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind) {}
+  session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind), deadline_(s.get_executor()) {}
 
   awaitable<void> run() {
     stream_t& low = beast::get_lowest_layer(s_);
@@ -163,18 +163,33 @@ class session {
     ctx.close_after = true;
     ctx.details = std::string(reason);
     session_sink<Stream> sink(s_, ctx, false);
+    beast::get_lowest_layer(s_).expires_after(seconds(5));  // a caller that will not read its error
     gateway_metrics::get().rejections.counter({std::string(map_error(code).code)}).inc();
     co_await answer_error(ctx, sink, code, std::string(reason) + ".");
     log_request(w_, ctx);
   }
 
+  /// Arms the read deadline. Not beast's expires_after: a beast timeout closes the socket, and a
+  /// slow caller must still receive its 408. Cancelling the socket's operations leaves it usable.
+  void arm_deadline(milliseconds d) {
+    timed_out_ = false;
+    beast::get_lowest_layer(s_).expires_never();
+    deadline_.expires_after(d);
+    deadline_.async_wait([this](error_code ec) {
+      if (ec) return;  // re-armed or cancelled; `this` may be gone, so touch nothing
+      timed_out_ = true;
+      error_code ignored;
+      beast::get_lowest_layer(s_).socket().cancel(ignored);
+    });
+  }
+  void disarm_deadline() { deadline_.cancel(); }
+
   /// Reads bytes until a whole request head is buffered; returns its size, or nullopt when the
   /// connection should end (closed, idle timeout, or refused).
   awaitable<std::optional<std::size_t>> read_head(bool first) {
-    stream_t& low = beast::get_lowest_layer(s_);
     const auto& lim = server().limits;
     bool started = buf_.size() > 0;
-    low.expires_after(milliseconds(started || first ? server().timeouts.header_read_ms : server().timeouts.idle_ms));
+    arm_deadline(milliseconds(started || first ? server().timeouts.header_read_ms : server().timeouts.idle_ms));
     for (;;) {
       auto data = buf_.cdata();
       std::string_view sv(static_cast<const char*>(data.data()), data.size());
@@ -183,20 +198,25 @@ class session {
         buf_.consume(2);
         sv.remove_prefix(2);
       }
-      if (std::size_t n = find_head_end(sv)) co_return n;
+      if (std::size_t n = find_head_end(sv)) {
+        disarm_deadline();
+        co_return n;
+      }
       if (sv.size() > lim.max_header_bytes) {
+        disarm_deadline();
         co_await refuse(errc::header_fields_too_large, "Request head exceeds " + std::to_string(lim.max_header_bytes) + " bytes");
         co_return std::nullopt;
       }
       auto [ec, n] = co_await s_.async_read_some(buf_.prepare(4096));
       if (ec) {
-        if (ec == beast::error::timeout && (started || buf_.size())) co_await refuse(errc::request_timeout, "Request head not received in time");
+        disarm_deadline();
+        if (timed_out_ && (started || buf_.size())) co_await refuse(errc::request_timeout, "Request head not received in time");
         co_return std::nullopt;  // closed, reset, idle timeout or drain: just close
       }
       buf_.commit(n);
       if (!started) {
         started = true;
-        low.expires_after(milliseconds(server().timeouts.header_read_ms));
+        arm_deadline(milliseconds(server().timeouts.header_read_ms));
       }
     }
   }
@@ -217,12 +237,13 @@ class session {
     http::request_parser<http::string_body> parser;
     parser.header_limit(std::uint32_t(srv.limits.max_header_bytes + 1024));
     parser.body_limit(srv.limits.max_body_bytes);
-    low.expires_after(milliseconds(srv.timeouts.body_read_ms));
+    arm_deadline(milliseconds(srv.timeouts.body_read_ms));
     auto [ec, n] = co_await http::async_read(s_, buf_, parser);
+    disarm_deadline();
     if (ec) {
       if (ec == http::error::body_limit)
         co_await refuse(errc::request_too_large, "Request body exceeds " + std::to_string(srv.limits.max_body_bytes) + " bytes");
-      else if (ec == beast::error::timeout)
+      else if (timed_out_)
         co_await refuse(errc::request_timeout, "Request body not received in time");
       else if (ec.category() == make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
                ec != http::error::partial_message)
@@ -309,6 +330,8 @@ class session {
   listener_kind kind_;
   beast::flat_buffer buf_;
   std::string peer_;
+  steady_timer_t deadline_;
+  bool timed_out_ = false;
 };
 
 }  // namespace
