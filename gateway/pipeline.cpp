@@ -94,6 +94,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     const bool more = i + 1 < targets.size();
     const provider_adapter& p = *ctx.target->provider;
     if (p.is_local()) {
+      ctx.upstream_answered = true;
       co_await p.serve(ctx, sink);
       co_return flow::responded;
     }
@@ -109,6 +110,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       co_return *last;
     }
     const unsigned status = ex.status();
+    ctx.upstream_answered = status / 100 == 2;
     if ((status == 429 || status >= 500) && more) {
       count_upstream_error(ctx, "status_" + std::to_string(status));
       continue;  // nothing went to the caller yet: try the fallback
@@ -186,6 +188,7 @@ awaitable<void> fail(request_context& ctx, response_sink& sink, const failure& f
 awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
   phase_result r = co_await run_phases(w, ctx, sink);
   if (!r) co_await fail(ctx, sink, r.error());
+  if (ctx.client_gone && ctx.details.empty()) ctx.details = "client_disconnected";
   policy::settle(ctx);
   log_request(w, ctx);
 }

@@ -293,7 +293,8 @@ class session {
       auto work = [&]() -> awaitable<void> {
         co_await handle_caller_request(w_, ctx, sink);
         done = true;
-        s_.socket().cancel();  // ends the watch read below
+        error_code ignored;
+        s_.socket().cancel(ignored);  // ends the watch read below (the socket may be closed already)
         done_timer.cancel();
       };
       auto watch = [&]() -> awaitable<void> {

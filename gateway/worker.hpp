@@ -43,11 +43,17 @@ class worker {
   void start_drain() {
     draining_ = true;
     for (auto& s : sessions_)
-      if (s.idle) s.lowest->cancel();
+      if (s.idle) {
+        boost::system::error_code ec;
+        s.lowest->socket().cancel(ec);
+      }
   }
   /// Closes every session's socket (drain deadline passed).
   void close_all() {
-    for (auto& s : sessions_) s.lowest->close();
+    for (auto& s : sessions_) {
+      boost::system::error_code ec;
+      s.lowest->socket().close(ec);
+    }
     pool_.clear();
   }
   std::list<session_slot>& sessions() { return sessions_; }

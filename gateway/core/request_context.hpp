@@ -70,6 +70,7 @@ struct request_context {
   unsigned status = 0;
   std::string error_code;  ///< OpenAI `code` of an error answer, if any
   std::string details;     ///< lower_snake reason for logs (`upstream_timeout`, `client_disconnected`, ...)
+  bool upstream_answered = false;  ///< a provider produced an answer (billable even if cut short)
   bool response_started = false;  ///< some response bytes went out: errors can no longer be a status
   bool client_gone = false;
   bool close_after = false;       ///< close the connection after this response
