@@ -233,6 +233,11 @@ class session {
         co_await refuse(v.code, v.reason);
         co_return false;
       }
+      if (expects_continue(head) && buf_.size() == head_size) {
+        static constexpr std::string_view interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        auto [wec, wn] = co_await net::async_write(s_, net::buffer(interim.data(), interim.size()));
+        if (wec) co_return false;
+      }
     }
     http::request_parser<http::string_body> parser;
     parser.header_limit(std::uint32_t(srv.limits.max_header_bytes + 1024));

@@ -102,4 +102,16 @@ head_verdict check_head(std::string_view head, const head_limits& limits) noexce
   return {};
 }
 
+bool expects_continue(std::string_view head) noexcept {
+  std::size_t pos = head.find("\r\n");
+  while (pos != std::string_view::npos && pos + 2 < head.size()) {
+    std::size_t next = head.find("\r\n", pos + 2);
+    std::string_view line = head.substr(pos + 2, next == std::string_view::npos ? std::string_view::npos : next - pos - 2);
+    if (auto colon = line.find(':'); colon != std::string_view::npos && iequals(line.substr(0, colon), "expect"))
+      return iequals(trim(line.substr(colon + 1)), "100-continue");
+    pos = next;
+  }
+  return false;
+}
+
 }  // namespace tollgate

@@ -31,4 +31,8 @@ std::size_t find_head_end(std::string_view buf) noexcept;
 /// `head` is the request line and fields including the terminating empty line.
 head_verdict check_head(std::string_view head, const head_limits& limits) noexcept;
 
+/// True when a (checked) head carries `Expect: 100-continue` (curl sends it for bodies over 1 KiB
+/// and waits a second for the interim answer before sending the body).
+bool expects_continue(std::string_view head) noexcept;
+
 }  // namespace tollgate
