@@ -4,13 +4,25 @@
 namespace tollgate::sse {
 
 bool parser::feed(std::string_view in, std::vector<event>& out) {
-  std::size_t i = 0;
-  if (!bom_checked_ && !in.empty()) {
-    // A UTF-8 BOM at the very start of the stream is ignored (spec). Only checked when the first
-    // three bytes arrive together; a BOM split over reads is vanishingly rare from real servers.
-    if (in.size() >= 3 && in.substr(0, 3) == "\xEF\xBB\xBF") i = 3;
+  if (!bom_checked_) {
+    // A UTF-8 BOM at the very start of the stream is ignored (spec), even when split over reads.
+    static constexpr std::string_view bom = "\xEF\xBB\xBF";
+    const std::size_t take = std::min(in.size(), bom.size() - bom_buf_.size());
+    bom_buf_.append(in.substr(0, take));
+    in.remove_prefix(take);
+    if (bom_buf_.size() < bom.size() && bom.starts_with(bom_buf_)) return true;  // need more bytes
     bom_checked_ = true;
+    if (bom_buf_ != bom) {
+      std::string head = std::move(bom_buf_);
+      if (!feed_lines(head, out)) return false;
+    }
+    bom_buf_.clear();
   }
+  return feed_lines(in, out);
+}
+
+bool parser::feed_lines(std::string_view in, std::vector<event>& out) {
+  std::size_t i = 0;
   if (skip_lf_ && i < in.size()) {
     if (in[i] == '\n') ++i;
     skip_lf_ = false;

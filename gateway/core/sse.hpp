@@ -29,6 +29,7 @@ class parser {
   std::size_t buffered() const { return line_.size() + cur_.data.size(); }
 
  private:
+  bool feed_lines(std::string_view bytes, std::vector<event>& out);
   void on_line(std::string_view line, std::vector<event>& out);
 
   std::size_t max_;
@@ -37,6 +38,7 @@ class parser {
   bool has_data_ = false;
   bool skip_lf_ = false;  ///< last byte fed was CR: a following LF belongs to it
   bool bom_checked_ = false;
+  std::string bom_buf_;  ///< the first bytes, until it is known whether they are a BOM
 };
 
 /// `data: <payload>\n\n` (payload must not contain newlines; JSON from a serializer never does).
