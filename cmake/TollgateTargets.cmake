@@ -18,7 +18,7 @@ function(tollgate_add_library name)
   target_compile_options(${name} PRIVATE ${TOLLGATE_WARNINGS})
   # Asio and Beast are compiled once, in gateway/core/asio_impl.cpp (separate compilation).
   target_compile_definitions(${name} PUBLIC BOOST_ASIO_SEPARATE_COMPILATION BOOST_BEAST_SEPARATE_COMPILATION
-                                            BOOST_ASIO_NO_DEPRECATED BOOST_BEAST_USE_STD_STRING_VIEW)
+                                            BOOST_ASIO_NO_DEPRECATED)
   target_link_libraries(${name} PUBLIC ${ARG_DEPS})
 endfunction()
 

@@ -235,7 +235,7 @@ gateway_config parse_root(const YAML::Node& root) {
 
 load_result finish(gateway_config cfg, const std::string& origin) {
   cfg.source_path = origin;
-  if (auto err = validate(cfg); !err.empty()) return {nullptr, err};
+  if (auto err = validate(cfg); !err.empty()) return {nullptr, origin + ": " + err};
   return {std::make_shared<const gateway_config>(std::move(cfg)), {}};
 }
 

@@ -30,9 +30,9 @@ class session_sink final : public response_sink {
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
-    http::response<http::string_body> res{http::int_to_status(status) == http::status::unknown
-                                              ? http::status::bad_gateway : http::status(status), 11};
-    if (http::int_to_status(status) == http::status::unknown) res.result(status);
+    http::response<http::string_body> res;
+    res.version(11);
+    res.result(status);  // the integer form keeps statuses Beast has no name for
     set_common(res, content_type, extra);
     res.body() = std::move(body);
     res.prepare_payload();
@@ -42,7 +42,8 @@ class session_sink final : public response_sink {
   }
 
   awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
-    http::response<http::empty_body> res{http::status::ok, 11};
+    http::response<http::empty_body> res;
+    res.version(11);
     res.result(status);
     set_common(res, content_type, extra);
     res.chunked(true);
