@@ -90,6 +90,7 @@ struct provider_config {
 struct target_config {
   std::string provider;
   std::string upstream_model;
+  int line = 0;  ///< YAML line of the `provider:` key, for error messages
 };
 
 /// One `models[]` entry: a public model name and the providers that serve it, in order.

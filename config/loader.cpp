@@ -195,6 +195,7 @@ target_config parse_target(const YAML::Node& n, const std::string& p, const std:
   target_config t;
   if (!n["provider"]) fail(p + ".provider", n, "required");
   t.provider = get_string(n["provider"], p + ".provider");
+  t.line = line_of(n["provider"]);
   t.upstream_model = n["upstream_model"] ? get_string(n["upstream_model"], p + ".upstream_model") : default_model;
   return t;
 }
@@ -221,6 +222,7 @@ gateway_config parse_root(const YAML::Node& root) {
       mc.name = get_string(m["name"], p + ".name");
       if (!m["provider"]) fail(p + ".provider", m, "required");
       mc.primary.provider = get_string(m["provider"], p + ".provider");
+      mc.primary.line = line_of(m["provider"]);
       mc.primary.upstream_model = m["upstream_model"] ? get_string(m["upstream_model"], p + ".upstream_model") : mc.name;
       if (auto fb = m["fallbacks"]) {
         if (!fb.IsSequence()) fail(p + ".fallbacks", fb, "expected a list");
@@ -259,12 +261,14 @@ std::string validate(const gateway_config& cfg) {
     const std::string at = " (line " + std::to_string(m.line) + ")";
     if (m.name.empty()) return path + ".name: must not be empty" + at;
     if (!models.insert(m.name).second) return path + ".name: duplicate model name '" + m.name + "'" + at;
+    auto line = [](const target_config& t) { return " (line " + std::to_string(t.line) + ")"; };
     if (!cfg.find_provider(m.primary.provider))
-      return path + ".provider: model '" + m.name + "' refers to unknown provider '" + m.primary.provider + "'" + at;
+      return path + ".provider: model '" + m.name + "' refers to unknown provider '" + m.primary.provider + "'" +
+             line(m.primary);
     for (std::size_t j = 0; j < m.fallbacks.size(); ++j)
       if (!cfg.find_provider(m.fallbacks[j].provider))
         return path + ".fallbacks[" + std::to_string(j) + "].provider: model '" + m.name +
-               "' refers to unknown provider '" + m.fallbacks[j].provider + "'" + at;
+               "' refers to unknown provider '" + m.fallbacks[j].provider + "'" + line(m.fallbacks[j]);
   }
   const auto& l = cfg.server.limits;
   if (l.max_header_bytes < 256) return "server.limits.max_header_bytes: must be at least 256";

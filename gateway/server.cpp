@@ -115,7 +115,10 @@ int server::run() {
     workers_.push_back(std::make_unique<worker>(i, snap_, log_));
     guards.emplace_back(workers_.back()->ioc().get_executor());
   }
-  for (auto& w : workers_) w->thread = std::thread([&ioc = w->ioc()] { ioc.run(); });
+  for (auto& w : workers_) {
+    net::co_spawn(w->ioc(), w->sweep_deadlines(milliseconds(50)), net::detached);
+    w->thread = std::thread([&ioc = w->ioc()] { ioc.run(); });
+  }
 
   net::co_spawn(control_, accept_loop(*caller_, false), net::detached);
   net::co_spawn(control_, accept_loop(*admin_, true), net::detached);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/session.hpp"
 
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <sys/socket.h>
+
+#include <boost/asio/post.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -10,6 +12,8 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+
+#include <cerrno>
 
 #include "gateway/core/http_guard.hpp"
 #include "gateway/metrics.hpp"
@@ -131,11 +135,12 @@ std::string client_address(stream_t& s) {
 template <class Stream>
 class session {
  public:
-  session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind), deadline_(s.get_executor()) {}
+  session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind) {}
 
   awaitable<void> run() {
     stream_t& low = beast::get_lowest_layer(s_);
     session_guard guard(w_, low, kind_);
+    slot_ = &guard.slot();
     peer_ = client_address(low);
     bool first = true;
     while (!w_.draining() || first) {
@@ -170,20 +175,15 @@ class session {
     log_request(w_, ctx);
   }
 
-  /// Arms the read deadline. Not beast's expires_after: a beast timeout closes the socket, and a
-  /// slow caller must still receive its 408. Cancelling the socket's operations leaves it usable.
+  /// Arms the read deadline (checked by the worker's sweeper). Not beast's expires_after: a beast
+  /// timeout closes the socket, and a slow caller must still receive its 408. Cancelling the
+  /// socket's operations leaves it usable.
   void arm_deadline(milliseconds d) {
-    timed_out_ = false;
-    beast::get_lowest_layer(s_).expires_never();
-    deadline_.expires_after(d);
-    deadline_.async_wait([this](error_code ec) {
-      if (ec) return;  // re-armed or cancelled; `this` may be gone, so touch nothing
-      timed_out_ = true;
-      error_code ignored;
-      beast::get_lowest_layer(s_).socket().cancel(ignored);
-    });
+    slot_->timed_out = false;
+    slot_->deadline = std::chrono::steady_clock::now() + d;
   }
-  void disarm_deadline() { deadline_.cancel(); }
+  void disarm_deadline() { slot_->deadline = std::chrono::steady_clock::time_point::max(); }
+  bool timed_out() const { return slot_->timed_out; }
 
   /// Reads bytes until a whole request head is buffered; returns its size, or nullopt when the
   /// connection should end (closed, idle timeout, or refused).
@@ -211,7 +211,7 @@ class session {
       auto [ec, n] = co_await s_.async_read_some(buf_.prepare(4096));
       if (ec) {
         disarm_deadline();
-        if (timed_out_ && (started || buf_.size())) co_await refuse(errc::request_timeout, "Request head not received in time");
+        if (timed_out() && (started || buf_.size())) co_await refuse(errc::request_timeout, "Request head not received in time");
         co_return std::nullopt;  // closed, reset, idle timeout or drain: just close
       }
       buf_.commit(n);
@@ -249,7 +249,7 @@ class session {
     if (ec) {
       if (ec == http::error::body_limit)
         co_await refuse(errc::request_too_large, "Request body exceeds " + std::to_string(srv.limits.max_body_bytes) + " bytes");
-      else if (timed_out_)
+      else if (timed_out())
         co_await refuse(errc::request_timeout, "Request body not received in time");
       else if (ec.category() == make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
                ec != http::error::partial_message)
@@ -290,32 +290,32 @@ class session {
 
   /// Runs the caller pipeline while watching the caller's socket: if the caller disconnects
   /// mid-request, the upstream request is cancelled at once (ctx.cancel_upstream).
+  /// The watch is a readiness wait, not a read: it costs no syscall, and bytes of a pipelined
+  /// next request stay in the kernel for the next read_head.
   awaitable<void> with_disconnect_watch(request_context& ctx, session_sink<Stream>& sink) {
     if constexpr (std::is_same_v<Stream, stream_t>) {
-      using namespace net::experimental::awaitable_operators;
-      steady_timer_t done_timer(s_.get_executor());
-      done_timer.expires_at(steady_timer_t::time_point::max());
-      bool done = false;
-      auto work = [&]() -> awaitable<void> {
-        co_await handle_caller_request(w_, ctx, sink);
-        done = true;
-        error_code ignored;
-        s_.socket().cancel(ignored);  // ends the watch read below (the socket may be closed already)
-        done_timer.cancel();
-      };
-      auto watch = [&]() -> awaitable<void> {
-        auto [ec, n] = co_await s_.async_read_some(buf_.prepare(4096));
-        if (done) co_return;
-        if (ec) {
-          ctx.client_gone = true;
+      auto& sock = s_.socket();
+      bool done = false, pending = true;
+      sock.async_wait(net::socket_base::wait_read, [&](error_code ec) {
+        pending = false;
+        if (done || ec) return;
+        char c;
+        const ssize_t n = ::recv(sock.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+          ctx.client_gone = true;  // orderly close or reset: nobody is waiting for this answer
           ctx.close_after = true;
           if (ctx.cancel_upstream) ctx.cancel_upstream();
-          co_return;
         }
-        buf_.commit(n);  // a pipelined next request: keep it for later, and wait for the pipeline
-        co_await done_timer.async_wait();
-      };
-      co_await (work() && watch());
+        // Otherwise the caller pipelined its next request: leave it for read_head.
+      });
+      co_await handle_caller_request(w_, ctx, sink);
+      done = true;
+      if (pending) {
+        error_code ignored;
+        sock.cancel(ignored);  // the socket may be closed already (a reset fault)
+        // The cancelled wait completes through the queue; let it run before `pending` goes away.
+        while (pending) co_await net::post(co_await net::this_coro::executor, net::use_awaitable);
+      }
     } else {
       co_await handle_caller_request(w_, ctx, sink);
     }
@@ -337,8 +337,7 @@ class session {
   listener_kind kind_;
   beast::flat_buffer buf_;
   std::string peer_;
-  steady_timer_t deadline_;
-  bool timed_out_ = false;
+  session_slot* slot_ = nullptr;  ///< this session's entry in the worker's registry
 };
 
 }  // namespace

@@ -20,6 +20,11 @@ namespace tollgate::gateway {
 struct session_slot {
   stream_t* lowest = nullptr;
   bool idle = true;
+  /// Read deadline of the caller's connection (head or body). The worker's sweeper checks it a
+  /// few times a second: a per-request timer would cost a timer-queue update and often a
+  /// timerfd syscall on every request, for timeouts measured in seconds.
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  bool timed_out = false;
 };
 
 class worker {
@@ -57,6 +62,25 @@ class worker {
     pool_.clear();
   }
   std::list<session_slot>& sessions() { return sessions_; }
+
+  /// Every `tick`, cancels the reads of sessions past their deadline (they answer 408 or close).
+  /// Runs until the io_context stops.
+  awaitable<void> sweep_deadlines(std::chrono::milliseconds tick) {
+    steady_timer_t timer(co_await net::this_coro::executor);
+    for (;;) {
+      timer.expires_after(tick);
+      auto [ec] = co_await timer.async_wait();
+      if (ec) co_return;
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& s : sessions_) {
+        if (s.deadline > now) continue;
+        s.deadline = std::chrono::steady_clock::time_point::max();
+        s.timed_out = true;
+        boost::system::error_code ignored;
+        s.lowest->socket().cancel(ignored);
+      }
+    }
+  }
   /// Live sessions, readable from any thread (drain waits for zero).
   std::atomic<int> live_sessions{0};
 

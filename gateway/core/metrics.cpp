@@ -31,8 +31,9 @@ family::family(std::string name, std::string help, kind k, std::vector<std::stri
     : name_(std::move(name)), help_(std::move(help)), kind_(k), label_names_(std::move(label_names)),
       bounds_(std::move(bounds)) {}
 
-family::cell& family::find(const labels& values) {
-  std::string key;
+family::cell& family::find(label_values values) {
+  thread_local std::string key;  // reused: no allocation per lookup once warm
+  key.clear();
   for (auto& v : values) key.append(v).push_back('\x1f');
   {
     std::shared_lock lock(mu_);
@@ -42,7 +43,7 @@ family::cell& family::find(const labels& values) {
   auto& slot = cells_[key];
   if (!slot) {
     slot = std::make_unique<cell>();
-    slot->values = values;
+    slot->values.assign(values.begin(), values.end());
     slot->values.resize(label_names_.size());
     if (kind_ == kind::counter) slot->c = std::make_unique<counter_cell>();
     if (kind_ == kind::gauge) slot->g = std::make_unique<gauge_cell>();
@@ -51,11 +52,11 @@ family::cell& family::find(const labels& values) {
   return *slot;
 }
 
-counter_cell& family::counter(const labels& v) { return *find(v).c; }
-gauge_cell& family::gauge(const labels& v) { return *find(v).g; }
-histogram_cell& family::histogram(const labels& v) { return *find(v).h; }
+counter_cell& family::counter(label_values v) { return *find(v).c; }
+gauge_cell& family::gauge(label_values v) { return *find(v).g; }
+histogram_cell& family::histogram(label_values v) { return *find(v).h; }
 
-void family::observe(const labels& values, double v) {
+void family::observe(label_values values, double v) {
   auto& h = histogram(values);
   for (std::size_t i = 0; i < bounds_.size(); ++i) {
     if (v <= bounds_[i]) {

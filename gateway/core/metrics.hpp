@@ -5,6 +5,7 @@
 /// Thread-safe: families are created at start-up; cells are found under a shared lock (created
 /// under an exclusive one on first use) and updated with atomics, so workers never block each other.
 #include <atomic>
+#include <initializer_list>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -44,10 +45,12 @@ class family {
          std::vector<double> bounds = {});
   const std::string& name() const { return name_; }
 
-  counter_cell& counter(const labels& values);
-  gauge_cell& gauge(const labels& values);
-  histogram_cell& histogram(const labels& values);
-  void observe(const labels& values, double v);
+  using label_values = std::initializer_list<std::string_view>;
+  /// Finds (or creates) the cell for these label values. Allocation-free once the cell exists.
+  counter_cell& counter(label_values values);
+  gauge_cell& gauge(label_values values);
+  histogram_cell& histogram(label_values values);
+  void observe(label_values values, double v);
 
   void expose(std::string& out) const;
 
@@ -58,7 +61,7 @@ class family {
     std::unique_ptr<gauge_cell> g;
     std::unique_ptr<histogram_cell> h;
   };
-  cell& find(const labels& values);
+  cell& find(label_values values);
   std::string label_block(const labels& values, std::string_view extra_name = {}, std::string_view extra = {}) const;
 
   std::string name_, help_;

@@ -1,0 +1,261 @@
+// Streaming relay at the SSE level: framing, pacing, client disconnects, upstream stalls and
+// resets, and the mock provider's faults.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { LLAMA_STREAM_ERROR, fixtureStreamChunks, loadFixtures, shortChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
+import { assertOpenAIError, eventually, fetchT, postJson, serverYaml, startGateway } from './lib/gateway.mjs';
+import { parseMetrics } from './lib/prom.mjs';
+import { contentOf, readSse } from './lib/sse.mjs';
+
+const fx = loadFixtures();
+const KEY = 'sk-streaming-provider-key';
+const SLOW_MS = 100;
+const IDLE_MS = 800;
+const msgs = [{ role: 'user', content: 'stream please' }];
+
+let fake;
+let gw;
+
+before(async () => {
+  fake = await startFakeOpenAI({ apiKey: KEY, slowChunkMs: SLOW_MS });
+  gw = await startGateway(
+    serverYaml({ workers: 2, timeouts: { drain_ms: 2000 } }) +
+      `providers:
+  - name: fake
+    type: openai_compatible
+    base_url: ${fake.baseURL}
+    api_key: ${KEY}
+    proxy: none
+    timeouts:
+      first_byte_ms: ${IDLE_MS}
+      idle_ms: ${IDLE_MS}
+  - name: mock-reset
+    type: mock
+    fault:
+      kind: reset
+      after_tokens: 3
+  - name: mock-error
+    type: mock
+    fault:
+      kind: error
+      status: 503
+  - name: mock-stall
+    type: mock
+    fault:
+      kind: stall
+      after_tokens: 2
+  - name: mock-paced
+    type: mock
+    ttft_ms: 50
+    tokens_per_second: 20
+    completion_tokens: 10
+models:
+  - name: gpt-fixture
+    provider: fake
+    upstream_model: fixture-text
+  - name: gpt-slow
+    provider: fake
+    upstream_model: slow-stream
+  - name: gpt-endless
+    provider: fake
+    upstream_model: endless-stream
+  - name: gpt-stall
+    provider: fake
+    upstream_model: stall-mid-stream
+  - name: gpt-hang
+    provider: fake
+    upstream_model: hang
+  - name: gpt-reset
+    provider: fake
+    upstream_model: reset-mid-stream
+  - name: gpt-llama-error
+    provider: fake
+    upstream_model: llama-error-line
+  - name: mock-reset
+    provider: mock-reset
+  - name: mock-error
+    provider: mock-error
+  - name: mock-stall
+    provider: mock-stall
+  - name: mock-paced
+    provider: mock-paced
+`,
+  );
+});
+
+after(async () => {
+  try {
+    if (gw?.alive) await gw.stopClean();
+  } finally {
+    await gw?.kill();
+    await fake?.close();
+  }
+});
+
+function streamRequest(model, body = {}, init = {}) {
+  return fetchT(`${gw.baseURL}/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model, messages: msgs, stream: true, ...body }),
+    ...init,
+  }, 20000);
+}
+
+const dataEvents = (sse) => sse.events.filter((e) => e.json !== undefined && e.event === undefined);
+const errorEvents = (sse) => sse.events.filter((e) => e.event === 'error');
+
+async function openStreams() {
+  const r = await fetchT(`${gw.adminUrl}/metrics`);
+  const m = parseMetrics(await r.text());
+  const s = m.samples.filter((x) => x.name === 'tollgate_open_streams');
+  assert.ok(s.length > 0, 'tollgate_open_streams missing from /metrics');
+  return s.reduce((a, x) => a + x.value, 0);
+}
+
+/** Asserts a well-formed terminal error event and a cleanly closed body. */
+function assertErrorEvent(sse, { code, message } = {}) {
+  assert.ok(sse.ended && !sse.error && !sse.timedOut, `stream must end cleanly (error=${sse.error}, timedOut=${sse.timedOut})`);
+  assert.equal(sse.rest, '', 'no half event at the end');
+  const errs = errorEvents(sse);
+  assert.equal(errs.length, 1, `one error event expected; raw tail: ${sse.rawText.slice(-400)}`);
+  const last = sse.events.filter((e) => e.data !== '[DONE]').at(-1);
+  assert.equal(last, errs[0], 'the error event is the last event');
+  assert.ok(!sse.done, 'no [DONE] after an error');
+  const body = JSON.parse(errs[0].data);
+  for (const k of ['message', 'type', 'param', 'code']) assert.ok(k in body.error, `error.${k} missing in ${errs[0].data}`);
+  if (code !== undefined) assert.equal(body.error.code, code, errs[0].data);
+  if (message !== undefined) assert.match(body.error.message, message);
+  return body.error;
+}
+
+describe('SSE relay', () => {
+  test('exact framing: recorded chunks relayed one data event each, [DONE] last, event-stream', async () => {
+    const r = await streamRequest('gpt-fixture', { stream_options: { include_usage: true } });
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type'), /^text\/event-stream/);
+    assert.match(r.headers.get('x-request-id'), /^[0-9a-f]{16}$/);
+    const sse = await readSse(r);
+    assert.ok(sse.ended && sse.done && sse.rest === '');
+    assert.equal(sse.events.at(-1).data, '[DONE]');
+    assert.ok(sse.events.every((e) => e.event === undefined), 'chat chunks carry no event name');
+    const got = dataEvents(sse).map((e) => e.json);
+    const want = fixtureStreamChunks({ stream_options: { include_usage: true } });
+    assert.equal(got.length, want.length);
+    got.forEach((c, i) => assert.deepEqual(c, want[i], `chunk ${i}`));
+  });
+
+  test('chunks are relayed as they come: the first reaches the client before the upstream finished', async () => {
+    fake.reset();
+    const r = await streamRequest('gpt-slow');
+    const sse = await readSse(r);
+    assert.ok(sse.done);
+    const rec = await fake.waitForRequest((q) => q.body?.model === 'slow-stream');
+    assert.ok(rec.finishedAt, 'upstream finished');
+    const data = dataEvents(sse);
+    assert.equal(contentOf(data.map((e) => e.json)), contentOf(shortChunks(12)));
+    const first = data[0].at;
+    assert.ok(first < rec.finishedAt - 5 * SLOW_MS, `first chunk at +${first - rec.receivedAt} ms, upstream done at +${rec.finishedAt - rec.receivedAt} ms`);
+    const spread = data.at(-1).at - first;
+    assert.ok(spread >= 8 * SLOW_MS, `chunks arrived within ${spread} ms: buffered, not relayed`);
+  });
+
+  test('client disconnect mid-stream cancels the upstream request promptly', async () => {
+    fake.reset();
+    const ac = new AbortController();
+    const r = await streamRequest('gpt-endless', {}, { signal: ac.signal });
+    const sse = await readSse(r, { onEvent: (_e, res) => dataEvents(res).length < 3 });
+    assert.ok(sse.stopped);
+    ac.abort();
+    const cutAt = Date.now();
+    const rec = await fake.waitForRequest((q) => q.body?.model === 'endless-stream');
+    await fake.waitClosed(rec, 2000);
+    assert.equal(rec.closedEarly, true);
+    assert.ok(rec.closedAt - cutAt < 2000, `upstream closed ${rec.closedAt - cutAt} ms after the client left`);
+    await eventually(async () => (await openStreams()) === 0, { timeoutMs: 3000, what: 'open streams back to 0' });
+  });
+
+  test('upstream stall mid-stream → error event (upstream_timeout) after the idle timeout; upstream closed', async () => {
+    fake.reset();
+    const r = await streamRequest('gpt-stall');
+    assert.equal(r.status, 200);
+    const sse = await readSse(r, { timeoutMs: 10000 });
+    assert.equal(dataEvents(sse).length, 3, 'the chunks sent before the stall are relayed');
+    assertErrorEvent(sse, { code: 'upstream_timeout' });
+    const gap = errorEvents(sse)[0].at - dataEvents(sse).at(-1).at;
+    assert.ok(gap >= IDLE_MS - 100 && gap < IDLE_MS + 2000, `error event ${gap} ms after the last chunk; idle_ms is ${IDLE_MS}`);
+    const rec = await fake.waitForRequest((q) => q.body?.model === 'stall-mid-stream');
+    await fake.waitClosed(rec, 2000);
+  });
+
+  test('upstream sends no response head → 504 upstream_timeout after first_byte_ms (stream and not)', async () => {
+    for (const stream of [false, true]) {
+      const t0 = Date.now();
+      const r = await postJson(`${gw.baseURL}/chat/completions`, { model: 'gpt-hang', messages: msgs, stream });
+      const took = Date.now() - t0;
+      assertOpenAIError(r, { status: 504, code: 'upstream_timeout' });
+      assert.ok(took >= IDLE_MS - 100 && took < IDLE_MS + 2000, `504 after ${took} ms; first_byte_ms is ${IDLE_MS}`);
+    }
+  });
+
+  test('upstream reset mid-stream → error event (upstream_error), stream closed properly', async () => {
+    const sse = await readSse(await streamRequest('gpt-reset'));
+    assert.ok(dataEvents(sse).length >= 1);
+    assertErrorEvent(sse, { code: 'upstream_error' });
+  });
+
+  test('llama.cpp `error:` line → standard error event carrying its message', async () => {
+    const sse = await readSse(await streamRequest('gpt-llama-error'));
+    assert.equal(dataEvents(sse).length, 5);
+    assertErrorEvent(sse, { message: new RegExp(LLAMA_STREAM_ERROR.message) });
+    assert.ok(sse.events.every((e) => !('error' in e.fields)), 'the non-standard field must not be relayed');
+  });
+});
+
+describe('mock provider faults and pacing', () => {
+  test('paced mock stream arrives token by token', async () => {
+    const sse = await readSse(await streamRequest('mock-paced', { stream_options: { include_usage: true } }));
+    assert.ok(sse.done);
+    const tokens = dataEvents(sse).filter((e) => (e.json.choices?.[0]?.delta?.content ?? '') !== '');
+    assert.equal(tokens.length, 10);
+    const spread = tokens.at(-1).at - tokens[0].at;
+    assert.ok(spread >= 300, `10 tokens at 20/s arrived within ${spread} ms`);
+    assert.equal(dataEvents(sse).at(-1).json.usage.completion_tokens, 10);
+  });
+
+  // docs/configuration.md: `reset` = "close the connection without the final chunk", i.e. the
+  // caller sees its connection cut (no error event, no terminating chunk): it simulates a network
+  // reset for clients under test, unlike an upstream reset, which the gateway turns into an event.
+  test('fault reset: tokens up to after_tokens, then the connection is cut without the final chunk', async () => {
+    const sse = await readSse(await streamRequest('mock-reset'));
+    const tokens = dataEvents(sse).filter((e) => (e.json.choices?.[0]?.delta?.content ?? '') !== '');
+    assert.equal(tokens.length, 3);
+    assert.ok(!sse.done, 'no [DONE]');
+    assert.ok(sse.error && !sse.timedOut, `the body must end abnormally (error=${sse.error}, ended=${sse.ended})`);
+    assert.ok(!dataEvents(sse).some((e) => e.json.choices?.[0]?.finish_reason), 'no finish chunk');
+    const ok = await postJson(`${gw.baseURL}/chat/completions`, { model: 'mock-paced', messages: msgs, max_tokens: 1 });
+    assert.equal(ok.status, 200, 'the gateway keeps serving');
+  });
+
+  test('fault error: the configured status with an OpenAI error body, stream or not', async () => {
+    for (const stream of [false, true]) {
+      const r = await postJson(`${gw.baseURL}/chat/completions`, { model: 'mock-error', messages: msgs, stream });
+      assertOpenAIError(r, { status: 503 });
+      assert.match(r.headers.get('content-type'), /^application\/json/);
+    }
+  });
+
+  test('fault stall: the client can leave; the gateway releases the stream and keeps serving', async () => {
+    const ac = new AbortController();
+    const r = await streamRequest('mock-stall', {}, { signal: ac.signal });
+    const sse = await readSse(r, {
+      onEvent: (_e, res) => dataEvents(res).filter((e) => (e.json.choices?.[0]?.delta?.content ?? '') !== '').length < 2,
+    });
+    assert.ok(sse.stopped, 'two tokens arrived before the stall');
+    ac.abort();
+    await eventually(async () => (await openStreams()) === 0, { timeoutMs: 3000, what: 'open streams back to 0' });
+    const ok = await postJson(`${gw.baseURL}/chat/completions`, { model: 'gpt-fixture', messages: msgs });
+    assert.equal(ok.status, 200);
+    assert.equal(ok.json.choices[0].message.content, fx.chatText.choices[0].message.content);
+  });
+});
