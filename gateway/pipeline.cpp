@@ -8,8 +8,6 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
-#include <array>
-
 #include "gateway/metrics.hpp"
 #include "policy/policy.hpp"
 #include "providers/unified.hpp"
@@ -211,35 +209,57 @@ std::string models_body(const snapshot& snap) {
 }  // namespace
 
 header_list passthrough_headers(const http::fields& upstream) {
-  static constexpr std::array<std::string_view, 19> dropped = {
-      "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-      "proxy-authenticate", "proxy-authorization", "content-length", "content-type", "date", "server",
-      "set-cookie", "alt-svc", "strict-transport-security", "cf-ray", "cf-cache-status", "x-request-id"};
-  std::vector<std::string> named_by_connection;
-  for (auto& f : upstream)
-    if (iequals(f.name_string(), "connection")) {
-      std::string_view v = f.value();
-      while (!v.empty()) {
-        auto comma = v.find(',');
-        std::string_view tok = v.substr(0, comma);
-        while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
-        while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
-        named_by_connection.emplace_back(tok);
-        if (comma == std::string_view::npos) break;
-        v.remove_prefix(comma + 1);
+  // Known fields compare by Beast's field enum (no string work); the rest by name.
+  auto dropped = [](const http::fields::value_type& f) {
+    switch (f.name()) {
+      case http::field::connection:
+      case http::field::keep_alive:
+      case http::field::proxy_connection:
+      case http::field::transfer_encoding:
+      case http::field::te:
+      case http::field::trailer:
+      case http::field::upgrade:
+      case http::field::proxy_authenticate:
+      case http::field::proxy_authorization:
+      case http::field::content_length:
+      case http::field::content_type:
+      case http::field::date:
+      case http::field::server:
+      case http::field::set_cookie:
+      case http::field::strict_transport_security:
+        return true;
+      case http::field::unknown: {
+        auto n = f.name_string();
+        return iequals(n, "alt-svc") || iequals(n, "cf-ray") || iequals(n, "cf-cache-status") || iequals(n, "x-request-id");
       }
+      default:
+        return false;
     }
+  };
+  std::vector<std::string_view> named_by_connection;
+  for (auto [it, end] = upstream.equal_range(http::field::connection); it != end; ++it) {
+    std::string_view v = it->value();
+    while (!v.empty()) {
+      auto comma = v.find(',');
+      std::string_view tok = v.substr(0, comma);
+      while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
+      while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
+      if (!tok.empty()) named_by_connection.push_back(tok);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+  }
   header_list out;
   for (auto& f : upstream) {
-    std::string_view name = f.name_string();
-    bool drop = false;
-    for (auto d : dropped) drop = drop || iequals(name, d);
-    for (auto& d : named_by_connection) drop = drop || iequals(name, d);
-    if (drop) continue;
-    out.emplace_back(std::string(name), std::string(f.value()));
+    if (dropped(f)) {
+      if (f.name() == http::field::unknown && iequals(f.name_string(), "x-request-id"))
+        out.emplace_back("x-upstream-request-id", std::string(f.value()));
+      continue;
+    }
+    bool named = false;
+    for (auto n : named_by_connection) named = named || iequals(f.name_string(), n);
+    if (!named) out.emplace_back(std::string(f.name_string()), std::string(f.value()));
   }
-  for (auto& f : upstream)
-    if (iequals(f.name_string(), "x-request-id")) out.emplace_back("x-upstream-request-id", std::string(f.value()));
   return out;
 }
 

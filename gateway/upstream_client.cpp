@@ -6,7 +6,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/read.hpp>
-#include <boost/url/parse.hpp>
 
 #include <openssl/ssl.h>
 
@@ -19,12 +18,6 @@ namespace {
 
 using namespace std::chrono;
 using boost::system::error_code;
-
-std::string peer_key(const upstream_request& r, const proxy_choice& p) {
-  const auto& tls = r.settings->tls;
-  return r.scheme + "://" + r.host + ":" + r.port + "|v=" + (tls.verify ? "1" : "0") + "|ca=" + tls.ca_file +
-         "|proxy=" + p.host + ":" + p.port;
-}
 
 bool is_timeout(const error_code& ec) { return ec == beast::error::timeout; }
 
@@ -51,47 +44,7 @@ awaitable<error_code> write_request(Stream& s, const upstream_request& r, bool a
   co_return ec;
 }
 
-bool host_in_no_proxy(const std::string& host) {
-  const char* np = std::getenv("NO_PROXY");
-  if (!np) np = std::getenv("no_proxy");
-  if (!np) return false;
-  std::string_view list(np);
-  while (!list.empty()) {
-    auto comma = list.find(',');
-    std::string_view item = list.substr(0, comma);
-    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-    if (item == "*") return true;
-    if (!item.empty() && item.front() == '.') item.remove_prefix(1);
-    if (!item.empty() && (host == item || (host.size() > item.size() && host.ends_with(item) &&
-                                           host[host.size() - item.size() - 1] == '.')))
-      return true;
-    if (comma == std::string_view::npos) break;
-    list.remove_prefix(comma + 1);
-  }
-  return false;
-}
-
 }  // namespace
-
-proxy_choice choose_proxy(const config::provider_config& s, const std::string& scheme, const std::string& host) {
-  if (scheme != "https" || s.proxy == "none") return {};
-  std::string url;
-  if (s.proxy == "env") {
-    if (host_in_no_proxy(host)) return {};
-    const char* v = std::getenv("HTTPS_PROXY");
-    if (!v) v = std::getenv("https_proxy");
-    if (!v || !*v) return {};
-    url = v;
-  } else {
-    url = s.proxy;
-  }
-  if (url.find("://") == std::string::npos) url = "http://" + url;
-  auto u = boost::urls::parse_uri(url);
-  if (!u || u->host().empty()) return {};
-  return {std::string(u->host_name().empty() ? u->encoded_host_address() : u->host_name()),
-          u->has_port() ? std::string(u->port()) : "80"};
-}
 
 std::unique_ptr<upstream_connection> upstream_pool::take(const std::string& key) {
   auto it = idle_.find(key);
@@ -145,8 +98,8 @@ void upstream_exchange::release() {
 
 awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_request& req) {
   const auto& s = *req.settings;
-  const proxy_choice proxy = choose_proxy(s, req.scheme, req.host);
-  const std::string key = peer_key(req, proxy);
+  const proxy_choice& proxy = *req.proxy;
+  const std::string& key = *req.pool_key;
   auto& m = gateway_metrics::get();
   if (auto c = pool_.take(key)) {
     conn_ = std::move(c);
@@ -255,23 +208,21 @@ awaitable<std::optional<failure>> upstream_exchange::start(const upstream_reques
 }
 
 awaitable<error_code> upstream_exchange::read_some(std::string& out) {
+  constexpr std::size_t scratch_size = 16 * 1024;
   out.clear();
+  if (!scratch_) scratch_.reset(new char[scratch_size]);
   // Loops because a read can make progress on framing alone (chunk sizes) without body bytes.
   while (!parser_->is_done()) {
-    out.resize(16 * 1024);
     auto& body = parser_->get().body();
-    body.data = out.data();
-    body.size = out.size();
+    body.data = scratch_.get();
+    body.size = scratch_size;
     conn_->lowest().expires_after(milliseconds(req_->settings->timeouts.idle_ms));
     error_code ec;
     if (conn_->tls) ec = std::get<0>(co_await http::async_read_some(*conn_->tls, conn_->buffer, *parser_));
     else ec = std::get<0>(co_await http::async_read_some(*conn_->tcp, conn_->buffer, *parser_));
     if (ec == http::error::need_buffer) ec = {};
-    out.resize(out.size() - body.size);
-    if (ec) {
-      out.clear();
-      co_return make_error_code(is_timeout(ec) ? errc::upstream_timeout : errc::upstream_error);
-    }
+    if (ec) co_return make_error_code(is_timeout(ec) ? errc::upstream_timeout : errc::upstream_error);
+    out.assign(scratch_.get(), scratch_size - body.size);
     if (!out.empty()) break;
   }
   co_return error_code{};
@@ -279,10 +230,12 @@ awaitable<error_code> upstream_exchange::read_some(std::string& out) {
 
 awaitable<error_code> upstream_exchange::read_all(std::string& out, std::size_t limit) {
   out.clear();
+  if (auto n = parser_->content_length(); n && *n <= limit) out.reserve(std::size_t(*n));
   std::string piece;
   while (!parser_->is_done()) {
     if (auto ec = co_await read_some(piece)) co_return ec;
-    out.append(piece);
+    if (out.empty()) out.swap(piece);
+    else out.append(piece);
     if (out.size() > limit) co_return make_error_code(errc::upstream_error);
   }
   co_return error_code{};

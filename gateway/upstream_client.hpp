@@ -33,14 +33,6 @@ struct upstream_connection {
   stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
 };
 
-/// Where to connect for a request: the peer itself or a CONNECT proxy in front of it.
-struct proxy_choice {
-  std::string host, port;  ///< empty: connect directly
-};
-/// Applies `proxy:` (env / none / URL), HTTPS_PROXY and NO_PROXY for an https peer. Pure except
-/// for reading the environment.
-proxy_choice choose_proxy(const config::provider_config& settings, const std::string& scheme, const std::string& host);
-
 class upstream_pool {
  public:
   std::unique_ptr<upstream_connection> take(const std::string& key);
@@ -92,6 +84,7 @@ class upstream_exchange {
   std::unique_ptr<upstream_connection> conn_;
   std::optional<http::response_parser<http::buffer_body>> parser_;
   bool reused_ = false;
+  std::unique_ptr<char[]> scratch_;  ///< body read buffer (not zero-filled per read)
 };
 
 }  // namespace tollgate::gateway

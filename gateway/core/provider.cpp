@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/core/provider.hpp"
 
+#include <boost/url/parse.hpp>
+
+#include <stdexcept>
+
 namespace tollgate {
 
 // Defaults for the half of the interface an adapter does not use. Reaching one is a bug in the
@@ -14,7 +18,7 @@ awaitable<void> provider_adapter::serve(request_context& ctx, response_sink& sin
                           openai_error_body("provider cannot serve in process", m.type, "", m.code));
 }
 
-result<upstream_request> provider_adapter::encode(const request_context&) const {
+result<upstream_request> provider_adapter::encode(request_context&) const {
   return make_error_code(errc::internal);
 }
 
@@ -23,5 +27,21 @@ std::unique_ptr<stream_translator> provider_adapter::make_stream_translator(requ
 }
 
 std::string provider_adapter::decode_body(request_context&, unsigned, std::string body) const { return body; }
+
+upstream_peer make_upstream_peer(const config::provider_config& cfg) {
+  auto u = boost::urls::parse_uri(cfg.base_url);
+  if (!u || (u->scheme() != "http" && u->scheme() != "https") || u->host().empty())
+    throw std::invalid_argument("base_url is not an http(s) URL: " + cfg.base_url);
+  upstream_peer p;
+  p.scheme = std::string(u->scheme());
+  p.host = std::string(u->host_name().empty() ? u->encoded_host_address() : u->host_name());
+  p.port = u->has_port() ? std::string(u->port()) : (p.scheme == "https" ? "443" : "80");
+  p.base_path = std::string(u->encoded_path());
+  while (!p.base_path.empty() && p.base_path.back() == '/') p.base_path.pop_back();
+  p.proxy = choose_proxy(cfg, p.scheme, p.host);
+  p.pool_key = p.scheme + "://" + p.host + ":" + p.port + "|verify=" + (cfg.tls.verify ? "1" : "0") +
+               "|ca=" + cfg.tls.ca_file + "|proxy=" + p.proxy.host + ":" + p.proxy.port;
+  return p;
+}
 
 }  // namespace tollgate

@@ -11,6 +11,7 @@
 #include "config/config.hpp"
 #include "gateway/core/error.hpp"
 #include "gateway/core/net.hpp"
+#include "gateway/core/proxy.hpp"
 #include "gateway/core/request_context.hpp"
 
 namespace tollgate {
@@ -41,7 +42,20 @@ struct upstream_request {
   header_list headers;  ///< without Host, Content-Length and hop-by-hop fields
   std::string body;
   const config::provider_config* settings = nullptr;  ///< timeouts, TLS, proxy
+  const proxy_choice* proxy = nullptr;  ///< decided at config load (reads the environment)
+  const std::string* pool_key = nullptr;  ///< full peer identity: connections are pooled per key
 };
+
+/// The fixed part of an HTTP provider's upstream requests, computed once at config load.
+struct upstream_peer {
+  std::string scheme, host, port, base_path;
+  proxy_choice proxy;
+  std::string pool_key;  ///< scheme, host, port, TLS settings and proxy (Pingora's pooling rule)
+};
+
+/// Parses `base_url` and decides proxying. Throws std::invalid_argument for a URL that is not
+/// http(s) (config load only).
+upstream_peer make_upstream_peer(const config::provider_config& settings);
 
 /// Turns an upstream stream body into the bytes the caller receives, incrementally: bytes in,
 /// SSE bytes out, never buffering more than one event. Records usage in the request context it
@@ -76,8 +90,9 @@ class provider_adapter {
   /// ctx.cancel_upstream while it waits, so a caller that leaves ends the wait.
   virtual awaitable<void> serve(request_context& ctx, response_sink& sink) const;
 
-  /// HTTP adapters: the request to send for ctx (model already routed to ctx.target).
-  virtual result<upstream_request> encode(const request_context& ctx) const;
+  /// HTTP adapters: the request to send for ctx (model already routed to ctx.target). May edit
+  /// ctx.request_json in place (it is not used again except by a later encode for a fallback).
+  virtual result<upstream_request> encode(request_context& ctx) const;
 
   /// HTTP adapters: a translator for a successful (2xx) streamed answer.
   virtual std::unique_ptr<stream_translator> make_stream_translator(request_context& ctx) const;

@@ -3,8 +3,8 @@
 
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
+#include <boost/json/stream_parser.hpp>
 #include <boost/json/value.hpp>
-#include <boost/url/parse.hpp>
 
 #include <stdexcept>
 
@@ -224,25 +224,19 @@ std::string normalize_error_body(unsigned status, std::string_view body) {
   return wrap(error_object(text, default_type_for(status), nullptr, nullptr));
 }
 
-openai_compatible_adapter::openai_compatible_adapter(const config::provider_config& cfg) : provider_adapter(cfg) {
-  auto u = boost::urls::parse_uri(cfg.base_url);
-  if (!u || (u->scheme() != "http" && u->scheme() != "https") || u->host().empty())
-    throw std::invalid_argument("base_url is not an http(s) URL: " + cfg.base_url);
-  scheme_ = std::string(u->scheme());
-  host_ = std::string(u->host_name().empty() ? u->encoded_host_address() : u->host_name());
-  port_ = u->has_port() ? std::string(u->port()) : (scheme_ == "https" ? "443" : "80");
-  base_path_ = std::string(u->encoded_path());
-  while (!base_path_.empty() && base_path_.back() == '/') base_path_.pop_back();
-}
+openai_compatible_adapter::openai_compatible_adapter(const config::provider_config& cfg)
+    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {}
 
-result<upstream_request> openai_compatible_adapter::encode(const request_context& ctx) const {
+result<upstream_request> openai_compatible_adapter::encode(request_context& ctx) const {
   upstream_request r;
-  r.scheme = scheme_;
-  r.host = host_;
-  r.port = port_;
+  r.scheme = peer_.scheme;
+  r.host = peer_.host;
+  r.port = peer_.port;
   r.settings = &cfg_;
-  r.target = base_path_ + (ctx.endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions");
-  json::object body = ctx.request_json;
+  r.proxy = &peer_.proxy;
+  r.pool_key = &peer_.pool_key;
+  r.target = peer_.base_path + (ctx.endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions");
+  json::object& body = ctx.request_json;  // edited in place: no deep copy per request
   body["model"] = ctx.target->upstream_model;
   if (ctx.stream) {
     // Always ask for usage so streams are billed exactly; hidden again if the caller did not ask.
@@ -263,12 +257,30 @@ std::unique_ptr<stream_translator> openai_compatible_adapter::make_stream_transl
   return std::make_unique<openai_stream>(ctx);
 }
 
+bool scan_usage(std::string_view body, usage_counts& out) {
+  // Quotes inside JSON strings are escaped, so `"usage"` followed by `:` can only be a key.
+  // Only the usage object is parsed: a full parse of every response would cost more than the
+  // rest of the proxying.
+  auto ws = [&](std::size_t i) {
+    while (i < body.size() && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t')) ++i;
+    return i;
+  };
+  for (std::size_t pos = body.find("\"usage\""); pos != std::string_view::npos; pos = body.find("\"usage\"", pos + 7)) {
+    std::size_t i = ws(pos + 7);
+    if (i >= body.size() || body[i] != ':') continue;
+    i = ws(i + 1);
+    if (i >= body.size() || body[i] != '{') continue;
+    json::stream_parser p;
+    boost::system::error_code ec;
+    p.write_some(body.data() + i, body.size() - i, ec);
+    if (!ec && p.done()) return read_usage(p.release(), out);
+  }
+  return false;
+}
+
 std::string openai_compatible_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
   if (status >= 200 && status < 300) {
-    boost::system::error_code ec;
-    json::value v = json::parse(body, ec);
-    if (!ec && v.is_object())
-      if (auto u = v.get_object().if_contains("usage")) read_usage(*u, ctx.usage);
+    scan_usage(body, ctx.usage);
     return body;
   }
   return normalize_error_body(status, body);

@@ -12,17 +12,21 @@ class openai_compatible_adapter final : public provider_adapter {
   /// Throws std::invalid_argument for a base_url that is not an http(s) URL (config load only).
   explicit openai_compatible_adapter(const config::provider_config& cfg);
 
-  result<upstream_request> encode(const request_context& ctx) const override;
+  result<upstream_request> encode(request_context& ctx) const override;
   std::unique_ptr<stream_translator> make_stream_translator(request_context& ctx) const override;
   std::string decode_body(request_context& ctx, unsigned status, std::string body) const override;
 
  private:
-  std::string scheme_, host_, port_, base_path_;
+  upstream_peer peer_;
 };
 
 /// Rewrites an error body from any OpenAI-compatible server into OpenAI's shape
 /// `{"error":{"message","type","param","code"}}` (code always a string or null). Pure.
 std::string normalize_error_body(unsigned status, std::string_view body);
+
+/// Finds the top-level `"usage": {...}` of a complete response body and reads it, parsing only
+/// that object. False when there is none.
+bool scan_usage(std::string_view body, usage_counts& out);
 
 /// Reads OpenAI `usage` into counts; false when `v` is not a usage object.
 bool read_usage(const boost::json::value& v, usage_counts& out);
