@@ -7,17 +7,18 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/chunk_encode.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 
+#include <array>
 #include <cerrno>
+#include <cstdio>
 
 #include "gateway/core/http_guard.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/pipeline.hpp"
+#include "gateway/response_head.hpp"
 
 namespace tollgate::gateway {
 namespace http = beast::http;
@@ -30,42 +31,46 @@ namespace {
 template <class Stream>
 class session_sink final : public response_sink {
  public:
-  session_sink(Stream& s, request_context& ctx, bool keep_alive) : s_(s), ctx_(ctx), keep_alive_(keep_alive) {}
+  session_sink(Stream& s, request_context& ctx, bool keep_alive, bool http11 = true)
+      : s_(s), ctx_(ctx), keep_alive_(keep_alive), http11_(http11) {}
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
-    http::response<http::string_body> res;
-    res.version(11);
-    res.result(status);  // the integer form keeps statuses Beast has no name for
-    set_common(res, content_type, extra);
-    res.body() = std::move(body);
-    res.prepare_payload();
+    const bool ka = keep_alive();
+    std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false});
     begin(status);
-    auto [ec, n] = co_await http::async_write(s_, res);
+    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
+    auto [ec, n] = co_await net::async_write(s_, bufs);
     co_return done(ec);
   }
 
   awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
-    http::response<http::empty_body> res;
-    res.version(11);
-    res.result(status);
-    set_common(res, content_type, extra);
-    res.chunked(true);
+    // HTTP/1.0 callers get a close-delimited body; chunked coding is HTTP/1.1 only.
+    if (!http11_) ctx_.close_after = true;
+    std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, std::nullopt, keep_alive(), http11_});
     begin(status);
-    http::response_serializer<http::empty_body> sr(res);
-    auto [ec, n] = co_await http::async_write_header(s_, sr);
+    auto [ec, n] = co_await net::async_write(s_, net::buffer(head));
     co_return done(ec);
   }
 
   awaitable<bool> send_chunk(std::string_view data) override {
     if (data.empty()) co_return true;
     if (ctx_.first_byte == request_context::clock::time_point{}) ctx_.first_byte = request_context::clock::now();
-    auto [ec, n] = co_await net::async_write(s_, http::make_chunk(net::buffer(data.data(), data.size())));
+    if (!http11_) {
+      auto [ec, n] = co_await net::async_write(s_, net::buffer(data.data(), data.size()));
+      co_return done(ec);
+    }
+    char size_line[24];
+    int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+    std::array<net::const_buffer, 3> bufs{net::buffer(size_line, std::size_t(len)), net::buffer(data.data(), data.size()),
+                                          net::buffer("\r\n", 2)};
+    auto [ec, n] = co_await net::async_write(s_, bufs);
     co_return done(ec);
   }
 
   awaitable<bool> end_stream() override {
-    auto [ec, n] = co_await net::async_write(s_, http::make_chunk_last());
+    if (!http11_) co_return true;
+    auto [ec, n] = co_await net::async_write(s_, net::buffer("0\r\n\r\n", 5));
     co_return done(ec);
   }
 
@@ -79,13 +84,6 @@ class session_sink final : public response_sink {
   bool keep_alive() const { return keep_alive_ && !ctx_.close_after; }
 
  private:
-  template <class Res>
-  void set_common(Res& res, std::string_view content_type, const header_list& extra) {
-    res.set(http::field::content_type, content_type);
-    res.set("x-request-id", ctx_.id_hex);
-    for (auto& [k, v] : extra) res.insert(k, v);
-    res.keep_alive(keep_alive());
-  }
   void begin(unsigned status) {
     ctx_.status = status;
     ctx_.response_started = true;
@@ -102,6 +100,7 @@ class session_sink final : public response_sink {
   Stream& s_;
   request_context& ctx_;
   bool keep_alive_;
+  bool http11_;
 };
 
 /// Connection gauge and drain registration for one session's lifetime.
@@ -141,6 +140,7 @@ class session {
     stream_t& low = beast::get_lowest_layer(s_);
     session_guard guard(w_, low, kind_);
     slot_ = &guard.slot();
+    buf_.reserve(8 * 1024);
     peer_ = client_address(low);
     bool first = true;
     while (!w_.draining() || first) {
@@ -270,7 +270,7 @@ class session {
     ctx.path = std::string(target.substr(0, target.find('?')));
     ctx.user_agent = std::string(req[http::field::user_agent]);
     if (w_.draining()) ctx.close_after = true;
-    session_sink<Stream> sink(s_, ctx, req.keep_alive());
+    session_sink<Stream> sink(s_, ctx, req.keep_alive(), req.version() >= 11);
 
     if (kind_ == listener_kind::admin) {
       co_await handle_admin_request(w_, ctx, sink);

@@ -112,6 +112,9 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
   auto ex = co_await net::this_coro::executor;
   auto c = std::make_unique<upstream_connection>();
   c->key = key;
+  // Beast reads at most the buffer's free capacity (512 bytes when empty): a larger buffer takes a
+  // typical response head and body in one read instead of two.
+  c->buffer.reserve(16 * 1024);
   auto tcp = std::make_unique<stream_t>(ex);
   ctx_.cancel_upstream = [raw = tcp.get()] { raw->close(); };
   const auto deadline = milliseconds(s.timeouts.connect_ms);
