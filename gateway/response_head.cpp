@@ -6,7 +6,11 @@
 namespace tollgate::gateway {
 namespace {
 
-bool clean(std::string_view s) { return s.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos; }
+bool clean(std::string_view s) {
+  for (char c : s)
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  return true;
+}
 
 }  // namespace
 

@@ -39,6 +39,7 @@ class session_sink final : public response_sink {
     const bool ka = keep_alive();
     std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false});
     begin(status);
+    if (first_chunk_time_unset()) ctx_.first_byte = request_context::clock::now();
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
     auto [ec, n] = co_await net::async_write(s_, bufs);
     co_return done(ec);
@@ -47,30 +48,35 @@ class session_sink final : public response_sink {
   awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
     // HTTP/1.0 callers get a close-delimited body; chunked coding is HTTP/1.1 only.
     if (!http11_) ctx_.close_after = true;
-    std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, std::nullopt, keep_alive(), http11_});
+    // The head waits for the first chunk: one write (one wake-up of the caller) instead of two.
+    pending_head_ = format_response_head({status, content_type, ctx_.id_hex, &extra, std::nullopt, keep_alive(), http11_});
     begin(status);
-    auto [ec, n] = co_await net::async_write(s_, net::buffer(head));
-    co_return done(ec);
+    co_return true;
   }
 
   awaitable<bool> send_chunk(std::string_view data) override {
     if (data.empty()) co_return true;
-    if (ctx_.first_byte == request_context::clock::time_point{}) ctx_.first_byte = request_context::clock::now();
+    if (first_chunk_time_unset()) ctx_.first_byte = request_context::clock::now();
+    std::string head = std::move(pending_head_);
+    pending_head_.clear();
     if (!http11_) {
-      auto [ec, n] = co_await net::async_write(s_, net::buffer(data.data(), data.size()));
+      std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(data.data(), data.size())};
+      auto [ec, n] = co_await net::async_write(s_, bufs);
       co_return done(ec);
     }
     char size_line[24];
     int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
-    std::array<net::const_buffer, 3> bufs{net::buffer(size_line, std::size_t(len)), net::buffer(data.data(), data.size()),
-                                          net::buffer("\r\n", 2)};
+    std::array<net::const_buffer, 4> bufs{net::buffer(head), net::buffer(size_line, std::size_t(len)),
+                                          net::buffer(data.data(), data.size()), net::buffer("\r\n", 2)};
     auto [ec, n] = co_await net::async_write(s_, bufs);
     co_return done(ec);
   }
 
   awaitable<bool> end_stream() override {
-    if (!http11_) co_return true;
-    auto [ec, n] = co_await net::async_write(s_, net::buffer("0\r\n\r\n", 5));
+    std::string head = std::move(pending_head_);  // a stream that ended before any chunk
+    pending_head_.clear();
+    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer("0\r\n\r\n", http11_ ? 5 : 0)};
+    auto [ec, n] = co_await net::async_write(s_, bufs);
     co_return done(ec);
   }
 
@@ -87,8 +93,8 @@ class session_sink final : public response_sink {
   void begin(unsigned status) {
     ctx_.status = status;
     ctx_.response_started = true;
-    if (ctx_.first_byte == request_context::clock::time_point{}) ctx_.first_byte = request_context::clock::now();
   }
+  bool first_chunk_time_unset() const { return ctx_.first_byte == request_context::clock::time_point{}; }
   bool done(const error_code& ec) {
     if (ec) {
       ctx_.client_gone = true;
@@ -101,6 +107,7 @@ class session_sink final : public response_sink {
   request_context& ctx_;
   bool keep_alive_;
   bool http11_;
+  std::string pending_head_;  ///< stream head not written yet
 };
 
 /// Connection gauge and drain registration for one session's lifetime.

@@ -1,7 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/core/sse.hpp"
 
+#include <cstring>
+
 namespace tollgate::sse {
+namespace {
+
+/// Position of the next CR or LF at or after `from`, or npos. Two vectorised memchr calls:
+/// std::string_view::find_first_of calls memchr on the two-byte set once per input byte.
+std::size_t find_line_end(std::string_view in, std::size_t from) {
+  const char* base = in.data();
+  const std::size_t n = in.size() - from;
+  const void* lf = std::memchr(base + from, '\n', n);
+  const std::size_t lf_pos = lf ? std::size_t(static_cast<const char*>(lf) - base) : in.size();
+  const void* cr = std::memchr(base + from, '\r', lf_pos - from);
+  if (cr) return std::size_t(static_cast<const char*>(cr) - base);
+  return lf ? lf_pos : std::string_view::npos;
+}
+
+}  // namespace
 
 bool parser::feed(std::string_view in, std::vector<event>& out) {
   if (!bom_checked_) {
@@ -28,7 +45,7 @@ bool parser::feed_lines(std::string_view in, std::vector<event>& out) {
     skip_lf_ = false;
   }
   while (i < in.size()) {
-    std::size_t j = in.find_first_of("\r\n", i);
+    std::size_t j = find_line_end(in, i);
     if (j == std::string_view::npos) {
       line_.append(in.substr(i));
       if (line_.size() + cur_.data.size() > max_) return false;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "providers/openai/openai_compatible_adapter.hpp"
 
+#include <boost/json/monotonic_resource.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/stream_parser.hpp>
@@ -145,7 +146,10 @@ class openai_stream final : public stream_translator {
       return;
     }
     boost::system::error_code ec;
-    json::value v = json::parse(ev.data, ec);
+    // Chunks are small and short-lived: parse into a stack buffer instead of the heap.
+    unsigned char scratch[8192];
+    json::monotonic_resource mr(scratch, sizeof scratch);
+    json::value v = json::parse(ev.data, ec, &mr);
     if (ev.name == "error" || (!ec && v.is_object() && v.get_object().contains("error"))) {
       std::optional<json::object> err;
       if (!ec) err = extract_error(500, v);
@@ -178,6 +182,15 @@ class openai_stream final : public stream_translator {
       return;
     }
     // The caller did not ask for usage: drop the usage-only chunk, strip `usage` elsewhere.
+    if (u->value().is_null()) {
+      // Most chunks carry `"usage":null`; cut it from the upstream's bytes rather than
+      // re-serialising. Quotes inside JSON strings are escaped, so the match is the key itself.
+      if (auto at = ev.data.find(",\"usage\":null"); at != std::string::npos) {
+        ev.data.erase(at, 13);
+        out += sse::format_data(ev.data);
+        return;
+      }
+    }
     auto ch = chunk.find("choices");
     const bool no_choices = ch == chunk.end() || ch->value().is_null() ||
                             (ch->value().is_array() && ch->value().get_array().empty());

@@ -1,0 +1,6 @@
+-- wrk script: POST the chat request in BENCH_BODY (a file) with a JSON content type.
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
