@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "config/loader.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace tollgate::config {
+namespace {
+
+load_result load(const std::string& yaml) { return load_string(yaml, "test.yaml"); }
+
+constexpr const char* minimal = R"(providers:
+  - {name: mock, type: mock}
+models:
+  - {name: m, provider: mock}
+)";
+
+TEST(ConfigLoaderTest, MinimalConfigGetsDefaults) {
+  auto r = load(minimal);
+  ASSERT_TRUE(r) << r.error;
+  const auto& c = *r.config;
+  EXPECT_EQ(c.server.listen.host, "127.0.0.1");
+  EXPECT_EQ(c.server.listen.port, 8080);
+  EXPECT_EQ(c.server.admin_listen.port, 9090);
+  EXPECT_EQ(c.server.limits.max_body_bytes, 4u * 1024 * 1024);
+  EXPECT_EQ(c.server.timeouts.drain_ms, 30000u);
+  ASSERT_EQ(c.models.size(), 1u);
+  EXPECT_EQ(c.models[0].primary.upstream_model, "m");  // defaults to the public name
+}
+
+TEST(ConfigLoaderTest, UnknownKeysNameTheirPathAndLine) {
+  struct {
+    const char* yaml;
+    const char* expected;
+  } cases[] = {
+      {"serverr: {}\n", "test.yaml: serverr: unknown key (line 1)"},
+      {"server:\n  limtis: {}\n", "server.limtis: unknown key (line 2)"},
+      {"server:\n  limits:\n    max_body: 5\n", "server.limits.max_body: unknown key (line 3)"},
+      {"providers:\n  - name: a\n    type: mock\n    ttft: 5\n", "providers[0].ttft: unknown key (line 4)"},
+      {"providers:\n  - name: a\n    type: mock\n    fault: {kind: error, statuss: 5}\n", "providers[0].fault.statuss: unknown key (line 4)"},
+      {"providers:\n  - {name: a, type: mock}\nmodels:\n  - {name: m, provider: a, rate_limt: 5}\n",
+       "models[0].rate_limt: unknown key (line 4)"},
+  };
+  for (auto& c : cases) {
+    auto r = load(c.yaml);
+    EXPECT_FALSE(r) << c.yaml;
+    EXPECT_NE(r.error.find(c.expected), std::string::npos) << "got: " << r.error;
+  }
+}
+
+TEST(ConfigLoaderTest, WrongTypesAndValuesAreRefused) {
+  struct {
+    const char* yaml;
+    const char* expected;
+  } cases[] = {
+      {"server:\n  workers: many\n", "server.workers: expected a non-negative integer"},
+      {"server:\n  workers: -1\n", "server.workers: expected a non-negative integer"},
+      {"server:\n  listen: nowhere\n", "server.listen: expected host:port"},
+      {"server:\n  listen: 127.0.0.1:99999\n", "server.listen (port): expected a non-negative integer up to 65535"},
+      {"server:\n  limits: [1, 2]\n", "server.limits: expected a mapping"},
+      {"providers:\n  - {name: a, type: openai_compatible, base_url: http://x, tls: {verify: maybe}}\n",
+       "providers[0].tls.verify: expected true or false"},
+      {"providers:\n  - {name: a, type: bedrok}\n", "providers[0].type: unknown provider type 'bedrok'"},
+      {"providers:\n  - {name: a, type: openai_compatible}\n", "providers[0].base_url: required"},
+      {"providers:\n  - {name: a, type: openai_compatible, base_url: ftp://x}\n", "must start with http:// or https://"},
+      {"providers:\n  - {type: mock}\n", "providers[0].name: required"},
+      {"providers: {a: 1}\n", "providers: expected a list"},
+      {"providers:\n  - {name: a, type: mock, fault: {kind: explode}}\n", "providers[0].fault.kind: expected none, error, reset or stall"},
+  };
+  for (auto& c : cases) {
+    auto r = load(c.yaml);
+    EXPECT_FALSE(r) << c.yaml;
+    EXPECT_NE(r.error.find(c.expected), std::string::npos) << "yaml: " << c.yaml << "\ngot: " << r.error;
+  }
+}
+
+TEST(ConfigLoaderTest, MissingProviderReferenceNamesModelProviderAndLine) {
+  auto r = load("providers:\n  - {name: a, type: mock}\nmodels:\n  - name: chat\n    provider: bedrok\n");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error.find("models[0].provider: model 'chat' refers to unknown provider 'bedrok' (line 5)"), std::string::npos)
+      << r.error;
+  auto f = load("providers:\n  - {name: a, type: mock}\nmodels:\n  - name: chat\n    provider: a\n    fallbacks:\n      - provider: zz\n");
+  ASSERT_FALSE(f);
+  EXPECT_NE(f.error.find("models[0].fallbacks[0].provider: model 'chat' refers to unknown provider 'zz' (line 7)"),
+            std::string::npos)
+      << f.error;
+}
+
+TEST(ConfigLoaderTest, DuplicatesAndSanityAreRefused) {
+  EXPECT_NE(load("providers:\n  - {name: a, type: mock}\n  - {name: a, type: mock}\n").error.find("duplicate provider name 'a'"),
+            std::string::npos);
+  EXPECT_NE(load(std::string(minimal) + "  - {name: m, provider: mock}\n").error.find("duplicate model name 'm'"),
+            std::string::npos);
+  EXPECT_NE(load("server:\n  limits: {max_header_bytes: 100}\n").error.find("max_header_bytes: must be at least 256"),
+            std::string::npos);
+  EXPECT_NE(load("server:\n  tls: {cert_file: a.pem}\n").error.find("cert_file and key_file must be set together"),
+            std::string::npos);
+}
+
+TEST(ConfigLoaderTest, BadYamlAndEmptyFilesAreRefusedWithALine) {
+  auto r = load("server: [\n");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error.find("invalid YAML"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("(line "), std::string::npos) << r.error;
+  EXPECT_NE(load("").error.find("the file is empty"), std::string::npos);
+  EXPECT_NE(load_file("/nonexistent/tollgate.yaml").error.find("cannot open file"), std::string::npos);
+}
+
+TEST(ConfigLoaderTest, SecretsComeFromTheEnvironmentOrFilesAndAreNeverEchoed) {
+  ::setenv("TOLLGATE_TEST_KEY", "sk-from-env", 1);
+  auto r = load("providers:\n  - {name: a, type: openai_compatible, base_url: http://x, api_key: \"${env:TOLLGATE_TEST_KEY}\"}\n");
+  ASSERT_TRUE(r) << r.error;
+  EXPECT_EQ(r.config->providers[0].api_key, "sk-from-env");
+
+  ::unsetenv("TOLLGATE_TEST_MISSING");
+  auto m = load("providers:\n  - {name: a, type: openai_compatible, base_url: http://x, api_key: \"${env:TOLLGATE_TEST_MISSING}\"}\n");
+  ASSERT_FALSE(m);
+  EXPECT_NE(m.error.find("environment variable TOLLGATE_TEST_MISSING is not set"), std::string::npos) << m.error;
+
+  auto path = std::filesystem::temp_directory_path() / "tollgate-secret-test";
+  std::ofstream(path) << "sk-from-file\n";
+  auto f = load("providers:\n  - name: a\n    type: openai_compatible\n    base_url: http://x\n    api_key: file:" + path.string() +
+                "\n    headers: {X-Team: \"${env:TOLLGATE_TEST_KEY}\"}\n");
+  ASSERT_TRUE(f) << f.error;
+  EXPECT_EQ(f.config->providers[0].api_key, "sk-from-file");  // trailing newline stripped
+  ASSERT_EQ(f.config->providers[0].headers.size(), 1u);
+  EXPECT_EQ(f.config->providers[0].headers[0].second, "sk-from-env");
+  std::filesystem::remove(path);
+
+  auto bad = load("providers:\n  - {name: a, type: openai_compatible, base_url: http://x, api_key: file:/nonexistent/secret}\n");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error.find("cannot read secret file /nonexistent/secret"), std::string::npos);
+}
+
+TEST(ConfigLoaderTest, ShippedExamplesAreValid) {
+  for (const char* f : {"config/examples/quickstart.yaml", "config/examples/minimal.yaml"}) {
+    auto r = load_file(std::string(TOLLGATE_SOURCE_DIR) + "/" + f);
+    EXPECT_TRUE(r) << f << ": " << r.error;
+  }
+}
+
+}  // namespace
+}  // namespace tollgate::config

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/core/http_guard.hpp"
+
+#include <gtest/gtest.h>
+
+namespace tollgate {
+namespace {
+
+const head_limits limits{2048, 10, 64};
+
+errc verdict(std::string_view head) { return check_head(head, limits).code; }
+
+TEST(HttpGuardTest, FindsTheEndOfTheHead) {
+  EXPECT_EQ(find_head_end("GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), 27u);
+  EXPECT_EQ(find_head_end("GET / HTTP/1.1\r\nHost: x\r\n"), 0u);
+  EXPECT_EQ(find_head_end("GET / HTTP/1.1\nHost: x\n\n"), 24u);  // bare LF: found, then refused
+}
+
+TEST(HttpGuardTest, AcceptsOrdinaryRequests) {
+  EXPECT_EQ(verdict("GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"), errc::ok);
+  EXPECT_EQ(verdict("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\n"), errc::ok);
+  EXPECT_EQ(verdict("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), errc::ok);
+  EXPECT_EQ(verdict("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), errc::ok);
+  EXPECT_EQ(verdict("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), errc::ok);  // equal duplicates
+  EXPECT_EQ(verdict("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), errc::ok);
+  EXPECT_EQ(verdict("GET / HTTP/1.1\r\nX-Tab:\tv\r\n\r\n"), errc::ok);
+}
+
+TEST(HttpGuardTest, RefusesEverySmugglingShape) {
+  const char* bad[] = {
+      "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: ,chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+      "GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",          // obs-fold
+      "GET / HTTP/1.1\r\nX-A: a\r\n\tb\r\n\r\n",         // obs-fold with a tab
+      "GET / HTTP/1.1\nHost: x\r\n\r\n",                 // bare LF after the request line
+      "GET / HTTP/1.1\r\nHost: x\n\r\n",                 // bare LF after a field
+      "GET / HTTP/1.1\r\nHo\rst: x\r\n\r\n",             // bare CR
+      "GET / HTTP/1.1\r\nHost : x\r\n\r\n",              // space before the colon
+      "GET / HTTP/1.1\r\n: x\r\n\r\n",                   // empty field name
+      "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+      "GET / HTTP/1.1\r\nX: a\x01" "b\r\n\r\n",          // control character
+      "GET /HTTP/1.1\r\n\r\n",                           // request line without two spaces
+  };
+  for (const char* h : bad) EXPECT_EQ(verdict(h), errc::bad_request) << h;
+}
+
+TEST(HttpGuardTest, EnforcesUrlHeaderCountAndSizeLimits) {
+  EXPECT_EQ(verdict("GET /" + std::string(64, 'a') + " HTTP/1.1\r\n\r\n"), errc::uri_too_long);
+  EXPECT_EQ(verdict("GET /" + std::string(63, 'a') + " HTTP/1.1\r\n\r\n"), errc::ok);
+  std::string many = "GET / HTTP/1.1\r\n";
+  for (int i = 0; i < 11; ++i) many += "X-" + std::to_string(i) + ": v\r\n";
+  EXPECT_EQ(verdict(many + "\r\n"), errc::header_fields_too_large);
+  EXPECT_EQ(verdict("GET / HTTP/1.1\r\nX: " + std::string(3000, 'v') + "\r\n\r\n"), errc::header_fields_too_large);
+}
+
+TEST(HttpGuardTest, DetectsExpectContinue) {
+  EXPECT_TRUE(expects_continue("POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+  EXPECT_TRUE(expects_continue("POST / HTTP/1.1\r\nexpect:  100-Continue \r\n\r\n"));
+  EXPECT_FALSE(expects_continue("POST / HTTP/1.1\r\nX-Expect: 100-continue\r\n\r\n"));
+  EXPECT_FALSE(expects_continue("POST / HTTP/1.1\r\n\r\n"));
+}
+
+}  // namespace
+}  // namespace tollgate

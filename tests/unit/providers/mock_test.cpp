@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/mock/mock_adapter.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "policy/policy.hpp"
+
+namespace tollgate::providers {
+namespace {
+
+TEST(MockAdapterTest, WordsAreDeterministicAndOfTheRequestedLength) {
+  auto a = mock_adapter::words_for("hello", 16);
+  auto b = mock_adapter::words_for("hello", 16);
+  auto c = mock_adapter::words_for("goodbye", 16);
+  ASSERT_EQ(a.size(), 16u);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_TRUE(mock_adapter::words_for("x", 0).empty());
+}
+
+TEST(MockAdapterTest, EmbeddingsAreDeterministicUnitVectors) {
+  auto a = mock_adapter::embedding_for("text", 64);
+  auto b = mock_adapter::embedding_for("text", 64);
+  ASSERT_EQ(a.size(), 64u);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, mock_adapter::embedding_for("other", 64));
+  double norm = 0;
+  for (float x : a) norm += double(x) * x;
+  EXPECT_NEAR(std::sqrt(norm), 1.0, 1e-5);
+}
+
+TEST(PolicySettleTest, UnreportedUsageIsCountedFromRelayedText) {
+  request_context ctx;
+  ctx.endpoint = endpoint_kind::chat_completions;
+  ctx.upstream_answered = true;
+  ctx.status = 200;
+  ctx.prompt_estimate = 12;
+  ctx.relayed_completion_chars = 41;  // a stream cut short, without a usage chunk
+  policy::settle(ctx);
+  EXPECT_EQ(ctx.usage.prompt, 12u);
+  EXPECT_EQ(ctx.usage.completion, 11u);  // ceil(41 / 4)
+  EXPECT_FALSE(ctx.usage.reported);
+}
+
+TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
+  request_context reported;
+  reported.endpoint = endpoint_kind::chat_completions;
+  reported.upstream_answered = true;
+  reported.status = 200;
+  reported.usage = {7, 9, 0, true};
+  reported.relayed_completion_chars = 1000;
+  policy::settle(reported);
+  EXPECT_EQ(reported.usage.prompt, 7u);
+  EXPECT_EQ(reported.usage.completion, 9u);
+
+  request_context refused;  // connect failed: the provider produced nothing
+  refused.endpoint = endpoint_kind::chat_completions;
+  refused.status = 502;
+  refused.prompt_estimate = 50;
+  policy::settle(refused);
+  EXPECT_EQ(refused.usage.prompt, 0u);
+
+  request_context error_status;  // the provider answered 429
+  error_status.endpoint = endpoint_kind::chat_completions;
+  error_status.upstream_answered = true;
+  error_status.status = 429;
+  error_status.prompt_estimate = 50;
+  policy::settle(error_status);
+  EXPECT_EQ(error_status.usage.prompt, 0u);
+}
+
+}  // namespace
+}  // namespace tollgate::providers

@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/openai/openai_compatible_adapter.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "gateway/core/sse.hpp"
+#include "providers/unified.hpp"
+
+namespace tollgate::providers {
+namespace {
+namespace json = boost::json;
+
+std::string read_fixture(const std::string& rel) {
+  std::ifstream in(std::string(TOLLGATE_TESTDATA) + "/vercel-ai-fixtures/packages/openai/src/chat/__fixtures__/" + rel);
+  EXPECT_TRUE(in) << rel;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// The recorded stream as OpenAI framed it (the fixture asked for usage, so its last chunk has it).
+std::string recorded_stream() {
+  std::istringstream in(read_fixture("openai-text.chunks.txt"));
+  std::string line, s;
+  while (std::getline(in, line))
+    if (!line.empty()) s += "data: " + line + "\n\n";
+  return s + "data: [DONE]\n\n";
+}
+
+struct fixture {
+  config::provider_config cfg;
+  std::unique_ptr<openai_compatible_adapter> adapter;
+  route_target target;
+  explicit fixture(std::string base = "https://api.example.com/v1/") {
+    cfg.name = "openai";
+    cfg.type = "openai_compatible";
+    cfg.base_url = std::move(base);
+    cfg.api_key = "sk-provider";
+    cfg.proxy = "none";
+    cfg.headers = {{"OpenAI-Organization", "org-1"}};
+    adapter = std::make_unique<openai_compatible_adapter>(cfg);
+    target = {adapter.get(), "gpt-4.1-nano"};
+  }
+  request_context ctx(std::string body, endpoint_kind e = endpoint_kind::chat_completions) {
+    request_context c;
+    c.endpoint = e;
+    c.body = std::move(body);
+    EXPECT_TRUE(decode_request(c));
+    c.target = &target;
+    return c;
+  }
+};
+
+std::string header(const upstream_request& r, std::string_view name) {
+  for (auto& [k, v] : r.headers)
+    if (k == name) return v;
+  return {};
+}
+
+TEST(OpenAIAdapterTest, EncodeRewritesModelAndForcesUsageOnStreams) {
+  fixture f;
+  auto ctx = f.ctx(R"({"model":"public","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_obfuscation":false}})");
+  auto r = f.adapter->encode(ctx);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->scheme, "https");
+  EXPECT_EQ(r->host, "api.example.com");
+  EXPECT_EQ(r->port, "443");
+  EXPECT_EQ(r->target, "/v1/chat/completions");
+  auto body = json::parse(r->body).as_object();
+  EXPECT_EQ(body.at("model").as_string(), "gpt-4.1-nano");
+  EXPECT_EQ(body.at("stream_options").at("include_usage").as_bool(), true);
+  EXPECT_EQ(body.at("stream_options").at("include_obfuscation").as_bool(), false);  // kept
+  EXPECT_EQ(header(*r, "Authorization"), "Bearer sk-provider");
+  EXPECT_EQ(header(*r, "OpenAI-Organization"), "org-1");
+  EXPECT_EQ(header(*r, "Accept"), "text/event-stream");
+}
+
+TEST(OpenAIAdapterTest, EncodeEmbeddingsPathAndPorts) {
+  fixture f("http://127.0.0.1:8000/v1");
+  auto ctx = f.ctx(R"({"model":"e","input":"x"})", endpoint_kind::embeddings);
+  auto r = f.adapter->encode(ctx);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->port, "8000");
+  EXPECT_EQ(r->target, "/v1/embeddings");
+  EXPECT_FALSE(json::parse(r->body).as_object().contains("stream_options"));
+  EXPECT_THROW(fixture("ftp://x"), std::invalid_argument);
+}
+
+TEST(OpenAIAdapterTest, ErrorBodiesOfEveryServerBecomeOpenAIShape) {
+  auto check = [](unsigned status, std::string_view body, std::string_view message, std::string_view type, json::value code) {
+    auto v = json::parse(normalize_error_body(status, body));
+    auto& e = v.at("error");
+    EXPECT_EQ(e.at("message").as_string(), message) << body;
+    EXPECT_EQ(e.at("type").as_string(), type) << body;
+    EXPECT_EQ(e.at("code"), code) << body;
+    EXPECT_TRUE(e.as_object().contains("param")) << body;
+  };
+  check(429, R"({"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}})",
+        "You exceeded your current quota", "insufficient_quota", "insufficient_quota");
+  check(400, R"({"object":"error","message":"bad input","type":"BadRequestError","param":null,"code":400})", "bad input",
+        "BadRequestError", "400");  // older vLLM, numeric code
+  check(503, R"({"error":{"code":503,"message":"Loading model","type":"unavailable_error"}})", "Loading model",
+        "unavailable_error", "503");  // llama.cpp
+  check(422, R"({"error":"Input validation error","error_type":"validation"})", "Input validation error", "validation", nullptr);  // TGI
+  check(502, "<html>bad gateway</html>", "<html>bad gateway</html>", "server_error", nullptr);
+  check(401, "", "upstream answered status 401", "authentication_error", nullptr);
+}
+
+TEST(OpenAIAdapterTest, RecordedFixtureErrorsKeepTheirFields) {
+  auto body = read_fixture("reasoning-model-legacy-parameter-error.json");
+  auto v = json::parse(body);
+  const json::value* err = v.is_object() ? v.as_object().if_contains("error") : nullptr;
+  ASSERT_NE(err, nullptr) << body;
+  auto out = json::parse(normalize_error_body(400, json::serialize(v)));
+  EXPECT_EQ(out.at("error").at("code").as_string(), "unsupported_parameter");
+  EXPECT_EQ(out.at("error").at("param").as_string(), "max_tokens");
+}
+
+std::string translate(fixture& f, request_context& ctx, std::string_view in, std::mt19937* rng) {
+  auto t = f.adapter->make_stream_translator(ctx);
+  std::string out;
+  std::size_t pos = 0;
+  while (pos < in.size()) {
+    std::size_t n = rng ? 1 + (*rng)() % 300 : in.size();
+    t->feed(in.substr(pos, n), out);
+    pos += n;
+  }
+  t->finish(true, {}, out);
+  EXPECT_FALSE(t->failed());
+  return out;
+}
+
+TEST(OpenAIAdapterTest, StreamWithUsageRequestedPassesBytesThroughAndReadsUsage) {
+  fixture f;
+  const auto in = recorded_stream();
+  std::mt19937 rng(7);
+  for (int round = 0; round < 20; ++round) {
+    auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
+    auto out = translate(f, ctx, in, round ? &rng : nullptr);
+    EXPECT_EQ(out, in);
+    EXPECT_TRUE(ctx.usage.reported);
+    EXPECT_GT(ctx.usage.prompt, 0u);
+    EXPECT_GT(ctx.usage.completion, 0u);
+    EXPECT_GT(ctx.relayed_completion_chars, 0u);
+  }
+}
+
+TEST(OpenAIAdapterTest, StreamWithoutUsageRequestedHidesItButStillCountsIt) {
+  fixture f;
+  const auto in = recorded_stream();
+  std::mt19937 rng(11);
+  auto ctx_full = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
+  translate(f, ctx_full, in, nullptr);
+  for (int round = 0; round < 20; ++round) {
+    auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+    auto out = translate(f, ctx, in, round ? &rng : nullptr);
+    sse::parser p;
+    std::vector<sse::event> events;
+    ASSERT_TRUE(p.feed(out, events));
+    ASSERT_FALSE(events.empty());
+    EXPECT_EQ(events.back().data, "[DONE]");
+    std::string text;
+    for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+      auto v = json::parse(events[i].data).as_object();
+      EXPECT_FALSE(v.contains("usage")) << events[i].data;
+      EXPECT_FALSE(v.at("choices").as_array().empty()) << "usage-only chunk must be dropped";
+      for (auto& c : v.at("choices").as_array())
+        if (auto d = c.as_object().at("delta").as_object().if_contains("content"); d && d->is_string()) text += d->as_string();
+    }
+    EXPECT_FALSE(text.empty());
+    EXPECT_EQ(ctx.usage.prompt, ctx_full.usage.prompt);
+    EXPECT_EQ(ctx.usage.completion, ctx_full.usage.completion);
+  }
+}
+
+TEST(OpenAIAdapterTest, MidStreamErrorsBecomeErrorEvents) {
+  fixture f;
+  for (std::string bad : {std::string("data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":\"x\"}}\n\n"),
+                          std::string("error: {\"code\":500,\"message\":\"llama boom\",\"type\":\"server_error\"}\n\n")}) {
+    auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+    auto t = f.adapter->make_stream_translator(ctx);
+    std::string out;
+    t->feed("data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n" + bad + "data: [DONE]\n\n", out);
+    EXPECT_TRUE(t->failed());
+    sse::parser p;
+    std::vector<sse::event> ev;
+    ASSERT_TRUE(p.feed(out, ev));
+    ASSERT_EQ(ev.size(), 2u) << out;  // the content chunk, then the error; nothing after it
+    EXPECT_EQ(ev[1].name, "error");
+    auto err = json::parse(ev[1].data).at("error");
+    EXPECT_TRUE(err.at("message").as_string() == "overloaded" || err.at("message").as_string() == "llama boom");
+  }
+}
+
+TEST(OpenAIAdapterTest, BrokenOrUnterminatedStreamsEndProperly) {
+  fixture f;
+  auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+  auto t = f.adapter->make_stream_translator(ctx);
+  std::string out;
+  t->feed("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abcd\"}}]}\n\n", out);
+  t->finish(false, "timeout", out);
+  EXPECT_TRUE(t->failed());
+  EXPECT_NE(out.find("event: error\ndata: {\"error\":{"), std::string::npos) << out;
+  EXPECT_NE(out.find("upstream_timeout"), std::string::npos);
+  EXPECT_EQ(ctx.relayed_completion_chars, 4u);
+
+  auto ctx2 = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+  auto t2 = f.adapter->make_stream_translator(ctx2);
+  std::string out2;
+  t2->feed("data: {\"choices\":[]}\n\n", out2);
+  t2->finish(true, {}, out2);  // ended cleanly without [DONE]
+  EXPECT_FALSE(t2->failed());
+  EXPECT_TRUE(out2.ends_with("data: [DONE]\n\n"));
+
+  auto ctx3 = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+  auto t3 = f.adapter->make_stream_translator(ctx3);
+  std::string out3;
+  t3->feed("data: not json\n\n", out3);
+  EXPECT_TRUE(t3->failed());
+}
+
+TEST(OpenAIAdapterTest, NonStreamUsageIsReadFromTheRecordedResponse) {
+  fixture f;
+  auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}]})");
+  auto body = read_fixture("openai-text.json");
+  auto out = f.adapter->decode_body(ctx, 200, body);
+  EXPECT_EQ(out, body);  // success bodies pass through untouched
+  auto expected = json::parse(body).at("usage");
+  EXPECT_TRUE(ctx.usage.reported);
+  EXPECT_EQ(ctx.usage.prompt, expected.at("prompt_tokens").to_number<std::uint64_t>());
+  EXPECT_EQ(ctx.usage.completion, expected.at("completion_tokens").to_number<std::uint64_t>());
+}
+
+TEST(OpenAIAdapterTest, UsageScanIgnoresLookalikesInsideStrings) {
+  usage_counts u;
+  EXPECT_TRUE(scan_usage(R"({"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\":99}"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}})", u));
+  EXPECT_EQ(u.prompt, 3u);
+  EXPECT_EQ(u.completion, 4u);
+  usage_counts none;
+  EXPECT_FALSE(scan_usage(R"({"choices":[]})", none));
+  EXPECT_FALSE(scan_usage(R"({"usage":null})", none));
+}
+
+}  // namespace
+}  // namespace tollgate::providers

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/unified.hpp"
+
+#include <gtest/gtest.h>
+
+namespace tollgate::providers {
+namespace {
+
+struct outcome {
+  bool ok;
+  std::string code, param;
+  request_context ctx;
+};
+
+outcome decode(std::string body, endpoint_kind e = endpoint_kind::chat_completions) {
+  outcome o{};
+  o.ctx.endpoint = e;
+  o.ctx.body = std::move(body);
+  auto r = decode_request(o.ctx);
+  o.ok = bool(r);
+  if (!r) {
+    o.code = r.error().code.message();
+    o.param = r.error().param;
+  }
+  return o;
+}
+
+TEST(UnifiedDecodeTest, ValidChatRequest) {
+  auto o = decode(R"({"model":"m","messages":[{"role":"user","content":"hello world"}],"stream":true,
+                      "stream_options":{"include_usage":true},"max_completion_tokens":50,"max_tokens":10})");
+  ASSERT_TRUE(o.ok) << o.code;
+  EXPECT_EQ(o.ctx.model, "m");
+  EXPECT_TRUE(o.ctx.stream);
+  EXPECT_TRUE(o.ctx.caller_wants_usage);
+  EXPECT_EQ(o.ctx.max_output_tokens, 50u);  // max_completion_tokens wins over the deprecated max_tokens
+  EXPECT_GT(o.ctx.prompt_estimate, 0u);
+}
+
+TEST(UnifiedDecodeTest, BadBodiesNameTheField) {
+  struct {
+    const char* body;
+    const char* code;
+    const char* param;
+  } cases[] = {
+      {"{bad", "invalid_json", ""},
+      {"[1,2]", "invalid_json", ""},
+      {R"({"messages":[{"role":"user","content":"x"}]})", "missing_required_parameter", "model"},
+      {R"({"model":5,"messages":[]})", "invalid_type", "model"},
+      {R"({"model":""})", "invalid_value", "model"},
+      {R"({"model":"m"})", "missing_required_parameter", "messages"},
+      {R"({"model":"m","messages":"hi"})", "invalid_type", "messages"},
+      {R"({"model":"m","messages":[]})", "invalid_value", "messages"},
+      {R"({"model":"m","messages":["hi"]})", "invalid_type", "messages[0]"},
+      {R"({"model":"m","messages":[{"content":"x"}]})", "missing_required_parameter", "messages[0].role"},
+      {R"({"model":"m","messages":[{"role":1}]})", "invalid_type", "messages[0].role"},
+      {R"({"model":"m","messages":[{"role":"user","content":5}]})", "invalid_type", "messages[0].content"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"})", "invalid_type", "stream"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}})", "invalid_type",
+       "stream_options.include_usage"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1})", "invalid_value", "max_tokens"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"10"})", "invalid_type", "max_tokens"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})", "invalid_type", "temperature"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}})", "invalid_type", "tools"},
+  };
+  for (auto& c : cases) {
+    auto o = decode(c.body);
+    EXPECT_FALSE(o.ok) << c.body;
+    EXPECT_EQ(o.code, c.code) << c.body;
+    EXPECT_EQ(o.param, c.param) << c.body;
+  }
+}
+
+TEST(UnifiedDecodeTest, NullOptionalFieldsCountAsAbsent) {
+  auto o = decode(R"({"model":"m","messages":[{"role":"assistant","content":null}],"stream":null,"max_tokens":null})");
+  EXPECT_TRUE(o.ok) << o.code << " " << o.param;
+  EXPECT_FALSE(o.ctx.stream);
+}
+
+TEST(UnifiedDecodeTest, EmbeddingInputs) {
+  EXPECT_TRUE(decode(R"({"model":"e","input":"text"})", endpoint_kind::embeddings).ok);
+  EXPECT_TRUE(decode(R"({"model":"e","input":["a","b"]})", endpoint_kind::embeddings).ok);
+  EXPECT_TRUE(decode(R"({"model":"e","input":[1,2,3]})", endpoint_kind::embeddings).ok);
+  EXPECT_TRUE(decode(R"({"model":"e","input":[[1,2],[3]]})", endpoint_kind::embeddings).ok);
+  auto missing = decode(R"({"model":"e"})", endpoint_kind::embeddings);
+  EXPECT_EQ(missing.param, "input");
+  EXPECT_EQ(decode(R"({"model":"e","input":[]})", endpoint_kind::embeddings).code, "invalid_value");
+  EXPECT_EQ(decode(R"({"model":"e","input":{}})", endpoint_kind::embeddings).code, "invalid_type");
+  EXPECT_EQ(decode(R"({"model":"e","input":"x","dimensions":0})", endpoint_kind::embeddings).param, "dimensions");
+}
+
+}  // namespace
+}  // namespace tollgate::providers
