@@ -9,6 +9,9 @@
 
 #include <openssl/ssl.h>
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <cstdlib>
 
 #include "gateway/metrics.hpp"
@@ -48,16 +51,28 @@ awaitable<error_code> write_request(Stream& s, const upstream_request& r, bool a
 
 std::unique_ptr<upstream_connection> upstream_pool::take(const std::string& key) {
   auto it = idle_.find(key);
-  if (it == idle_.end() || it->second.empty()) return nullptr;
-  auto c = std::move(it->second.back());
-  it->second.pop_back();
-  return c;
+  if (it == idle_.end()) return nullptr;
+  auto& v = it->second;
+  while (!v.empty()) {
+    auto c = std::move(v.back());
+    v.pop_back();
+    // A peer may have closed an idle connection (keep-alive timeouts: nginx 75 s, Node 5 s).
+    // One non-blocking peek tells: EOF or any byte means the connection is not reusable. A
+    // connection back in the pool for under 250 ms is taken without the syscall; should its
+    // peer have closed it anyway, start() retries once on a new connection.
+    if (std::chrono::steady_clock::now() - c->idle_since < std::chrono::milliseconds(250)) return c;
+    char byte;
+    const ssize_t n = ::recv(c->lowest().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return c;
+  }
+  return nullptr;
 }
 
 void upstream_pool::give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle) {
   auto& v = idle_[c->key];
   if (v.size() >= max_idle) return;  // dropping it closes it
   c->lowest().expires_never();
+  c->idle_since = std::chrono::steady_clock::now();
   v.push_back(std::move(c));
 }
 
@@ -96,12 +111,12 @@ void upstream_exchange::release() {
   conn_.reset();
 }
 
-awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_request& req) {
+awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_request& req, bool fresh) {
   const auto& s = *req.settings;
   const proxy_choice& proxy = *req.proxy;
   const std::string& key = *req.pool_key;
   auto& m = gateway_metrics::get();
-  if (auto c = pool_.take(key)) {
+  if (auto c = fresh ? nullptr : pool_.take(key)) {
     conn_ = std::move(c);
     reused_ = true;
     m.upstream_connects.counter({s.name, "true"}).inc();
@@ -195,11 +210,12 @@ awaitable<error_code> upstream_exchange::send_and_read_head(const upstream_reque
 awaitable<std::optional<failure>> upstream_exchange::start(const upstream_request& req) {
   req_ = &req;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (auto f = co_await connect(req)) co_return f;
+    if (auto f = co_await connect(req, attempt > 0)) co_return f;
     error_code ec = co_await send_and_read_head(req);
     if (!ec) co_return std::nullopt;
     if (ctx_.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
-    // A pooled connection the peer closed while idle fails at once: try once more on a fresh one.
+    // A pooled connection the peer closed while idle fails at once (the peek in take() can race
+    // with the peer's close): try once more, on a new connection.
     const bool stale = reused_ && !is_timeout(ec) && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
                                                       ec == net::error::eof || ec == net::error::broken_pipe);
     conn_.reset();

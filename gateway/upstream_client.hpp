@@ -30,11 +30,13 @@ struct upstream_connection {
   std::unique_ptr<stream_t> tcp;     ///< set when plain
   std::unique_ptr<ssl_stream_t> tls; ///< set when TLS (owns its TCP stream)
   beast::flat_buffer buffer;
+  std::chrono::steady_clock::time_point idle_since{};  ///< when it went back to the pool
   stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
 };
 
 class upstream_pool {
  public:
+  /// A live idle connection for `key`, or null. Connections the peer closed are dropped.
   std::unique_ptr<upstream_connection> take(const std::string& key);
   void give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle);
   /// TLS client context for these settings (system CA store, optional extra CA file).
@@ -75,7 +77,8 @@ class upstream_exchange {
   void cancel();
 
  private:
-  awaitable<std::optional<failure>> connect(const upstream_request& req);
+  /// Leases a pooled connection, or opens a new one (always new when `fresh`).
+  awaitable<std::optional<failure>> connect(const upstream_request& req, bool fresh);
   awaitable<boost::system::error_code> send_and_read_head(const upstream_request& req);
 
   upstream_pool& pool_;

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -47,6 +48,11 @@ struct state {
   std::deque<clock_type::time_point> due;  // scheduled send times not yet taken by a connection
   std::vector<sample> samples;
   std::size_t errors = 0, sent = 0;
+  std::map<std::string, std::size_t> error_kinds;  // why requests failed, for the report
+  void fail(const std::string& why) {
+    ++errors;
+    ++error_kinds[why];
+  }
   clock_type::time_point start, measure_from, stop;
   bool producing = true;
   std::vector<net::steady_timer*> idle;  // connections waiting for a send time
@@ -60,25 +66,34 @@ struct state {
 
 /// Reads one response (Content-Length or chunked) and returns when complete. Sets ttfb when the
 /// first body byte arrives.
-net::awaitable<bool> read_response(tcp::socket& s, std::string& buf, clock_type::time_point& first_body) {
+net::awaitable<bool> read_response(tcp::socket& s, std::string& buf, clock_type::time_point& first_body, std::string& why) {
   auto token = net::as_tuple(net::use_awaitable);
   std::size_t head_end;
   while ((head_end = buf.find("\r\n\r\n")) == std::string::npos) {
     char tmp[16384];
     auto [ec, n] = co_await s.async_read_some(net::buffer(tmp), token);
-    if (ec) co_return false;
+    if (ec) {
+      why = "read head: " + ec.message();
+      co_return false;
+    }
     buf.append(tmp, n);
   }
   std::string head = buf.substr(0, head_end + 4);
   buf.erase(0, head_end + 4);
   for (auto& c : head) c = char(std::tolower(static_cast<unsigned char>(c)));
-  if (head.rfind("http/1.1 2", 0) != 0) co_return false;
+  if (head.rfind("http/1.1 2", 0) != 0) {
+    why = "status " + head.substr(9, 3);
+    co_return false;
+  }
   auto cl = head.find("content-length:");
   const bool chunked = head.find("transfer-encoding: chunked") != std::string::npos;
   auto need_more = [&]() -> net::awaitable<bool> {
     char tmp[16384];
     auto [ec, n] = co_await s.async_read_some(net::buffer(tmp), token);
-    if (ec) co_return false;
+    if (ec) {
+      why = "read body: " + ec.message();
+      co_return false;
+    }
     if (first_body == clock_type::time_point{}) first_body = clock_type::now();
     buf.append(tmp, n);
     co_return true;
@@ -128,7 +143,7 @@ net::awaitable<void> connection(state& st, tcp::resolver::results_type endpoints
     if (!connected) {
       auto [ec, ep] = co_await net::async_connect(s, endpoints, token);
       if (ec) {
-        ++st.errors;
+        st.fail("connect: " + ec.message());
         continue;
       }
       s.set_option(tcp::no_delay(true));
@@ -137,10 +152,11 @@ net::awaitable<void> connection(state& st, tcp::resolver::results_type endpoints
     ++st.sent;
     auto [wec, wn] = co_await net::async_write(s, net::buffer(st.request), token);
     clock_type::time_point first_body{};
-    bool ok = !wec && co_await read_response(s, buf, first_body);
+    std::string why = wec ? "write: " + wec.message() : "";
+    bool ok = !wec && co_await read_response(s, buf, first_body, why);
     auto now = clock_type::now();
     if (!ok) {
-      ++st.errors;
+      st.fail(why.empty() ? "malformed response" : why);
       error_code ignored;
       s.close(ignored);
       s = tcp::socket(ex);
@@ -260,5 +276,6 @@ int main(int argc, char** argv) {
       "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"ttfb_p50_ms\":%.3f,\"ttfb_p99_ms\":%.3f}\n",
       st.samples.size(), st.errors, o.rate, achieved, pct(total, 50), pct(total, 90), pct(total, 99), pct(total, 99.9), mx,
       pct(ttfb, 50), pct(ttfb, 99));
+  for (auto& [why, n] : st.error_kinds) std::fprintf(stderr, "loadgen: %zu failed: %s\n", n, why.c_str());
   return st.errors ? 1 : 0;
 }
