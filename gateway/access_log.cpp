@@ -62,53 +62,97 @@ access_log::~access_log() {
   if (owns_ && fd_ >= 0) ::close(fd_);
 }
 
-std::string access_log::format(const request_context& ctx) {
-  using namespace std::chrono;
-  const auto now = request_context::clock::now();
-  json::object o;
-  o["ts"] = iso8601(ctx.wall_start);
-  o["request_id"] = ctx.id_hex;
-  o["worker"] = ctx.worker;
-  o["client"] = ctx.client_addr;
-  o["method"] = ctx.method;
-  o["path"] = ctx.path;
-  o["status"] = ctx.status;
-  if (!ctx.model.empty()) o["model"] = ctx.model;
-  if (ctx.target) {
-    o["provider"] = ctx.target->provider->name();
-    o["upstream_model"] = ctx.target->upstream_model;
+namespace {
+
+/// Appends `v` as a JSON string (quotes, backslashes and control characters escaped).
+void put_string(std::string& out, std::string_view v) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (char ch : v) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(ch);
+    } else if (c < 0x20) {
+      out.append("\\u00").push_back(hex[c >> 4]);
+      out.push_back(hex[c & 0xf]);
+    } else {
+      out.push_back(ch);
+    }
   }
-  if (ctx.endpoint == endpoint_kind::chat_completions) o["stream"] = ctx.stream;
-  if (!ctx.identity.anonymous) {
-    o["team"] = ctx.identity.team;
-    o["key_id"] = ctx.identity.key_id;
-  }
-  if (ctx.usage.prompt || ctx.usage.completion) {
-    o["prompt_tokens"] = ctx.usage.prompt;
-    o["completion_tokens"] = ctx.usage.completion;
-    o["usage_source"] = ctx.usage.reported ? "provider" : "counted";
-  }
-  if (ctx.attempts > 1) o["attempts"] = ctx.attempts;
-  if (!ctx.error_code.empty()) o["error_code"] = ctx.error_code;
-  if (!ctx.details.empty()) o["details"] = ctx.details;
-  if (!ctx.user_agent.empty()) o["user_agent"] = ctx.user_agent.substr(0, 256);
-  std::string line = json::serialize(o);
-  // Durations in milliseconds with microsecond precision, written as plain decimals (Boost.JSON
-  // would print 1.071E0).
-  char extra[96];
-  int n = std::snprintf(extra, sizeof extra, ",\"duration_ms\":%.3f",
-                        double(duration_cast<microseconds>(now - ctx.start).count()) / 1000.0);
-  if (ctx.first_byte != request_context::clock::time_point{})
-    n += std::snprintf(extra + n, sizeof extra - std::size_t(n), ",\"ttfb_ms\":%.3f",
-                       double(duration_cast<microseconds>(ctx.first_byte - ctx.start).count()) / 1000.0);
-  line.insert(line.size() - 1, extra, std::size_t(n));
-  line.push_back('\n');
-  return line;
+  out.push_back('"');
 }
 
-void access_log::write(const request_context& ctx) {
+void put_field(std::string& out, std::string_view key, std::string_view value) {
+  out.append(",\"").append(key).append("\":");
+  put_string(out, value);
+}
+
+void put_number(std::string& out, std::string_view key, std::uint64_t v) {
+  out.append(",\"").append(key).append("\":").append(std::to_string(v));
+}
+
+void put_millis(std::string& out, std::string_view key, request_context::clock::duration d) {
+  char buf[48];
+  const int n = std::snprintf(buf, sizeof buf, ",\"%.*s\":%.3f", int(key.size()), key.data(),
+                              double(std::chrono::duration_cast<std::chrono::microseconds>(d).count()) / 1000.0);
+  out.append(buf, std::size_t(n));
+}
+
+}  // namespace
+
+// Written by hand rather than through a json::object: the access line is built for every
+// request, and the object's allocations cost more than the rest of the log phase.
+std::string access_log::format(const request_context& ctx) {
+  const auto now = request_context::clock::now();
+  std::string o;
+  o.reserve(512);
+  o.append("{\"ts\":");
+  put_string(o, iso8601(ctx.wall_start));
+  put_field(o, "request_id", ctx.id_hex);
+  put_number(o, "worker", ctx.worker);
+  put_field(o, "client", ctx.client_addr);
+  put_field(o, "method", ctx.method);
+  put_field(o, "path", ctx.path);
+  put_number(o, "status", ctx.status);
+  if (!ctx.model.empty()) put_field(o, "model", ctx.model);
+  if (ctx.target) {
+    put_field(o, "provider", ctx.target->provider->name());
+    put_field(o, "upstream_model", ctx.target->upstream_model);
+  }
+  if (ctx.endpoint == endpoint_kind::chat_completions) o.append(ctx.stream ? ",\"stream\":true" : ",\"stream\":false");
+  if (!ctx.identity.anonymous) {
+    put_field(o, "team", ctx.identity.team);
+    put_field(o, "key_id", ctx.identity.key_id);
+  }
+  if (ctx.usage.prompt || ctx.usage.completion) {
+    put_number(o, "prompt_tokens", ctx.usage.prompt);
+    put_number(o, "completion_tokens", ctx.usage.completion);
+    put_field(o, "usage_source", ctx.usage.reported ? "provider" : "counted");
+  }
+  if (ctx.attempts > 1) put_number(o, "attempts", ctx.attempts);
+  if (!ctx.error_code.empty()) put_field(o, "error_code", ctx.error_code);
+  if (!ctx.details.empty()) put_field(o, "details", ctx.details);
+  if (!ctx.user_agent.empty()) put_field(o, "user_agent", std::string_view(ctx.user_agent).substr(0, 256));
+  put_millis(o, "duration_ms", now - ctx.start);
+  if (ctx.first_byte != request_context::clock::time_point{}) put_millis(o, "ttfb_ms", ctx.first_byte - ctx.start);
+  o.append("}\n");
+  return o;
+}
+
+void access_log::append(std::string& buffer, const request_context& ctx) {
   if (fd_ < 0) return;
-  write_all(fd_, format(ctx));
+  buffer += format(ctx);
+  if (buffer.size() >= 32 * 1024) flush(buffer);
+}
+
+void access_log::flush(std::string& buffer) {
+  if (fd_ < 0 || buffer.empty()) return;
+  {
+    std::lock_guard lock(write_mu_);
+    write_all(fd_, buffer);
+  }
+  buffer.clear();
 }
 
 void log_event(std::string_view level, std::string_view msg, std::string_view extra) {

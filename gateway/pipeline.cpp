@@ -282,7 +282,7 @@ void log_request(worker& w, request_context& ctx) {
     m.ttft.observe({model, provider}, std::chrono::duration<double>(ctx.first_byte - ctx.start).count());
   if (ctx.usage.prompt) m.tokens.counter({model, provider, "prompt"}).inc(double(ctx.usage.prompt));
   if (ctx.usage.completion) m.tokens.counter({model, provider, "completion"}).inc(double(ctx.usage.completion));
-  w.log().write(ctx);
+  w.log().append(w.log_buffer(), ctx);
 }
 
 awaitable<void> handle_caller_request(worker& w, request_context& ctx, response_sink& sink) {

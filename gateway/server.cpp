@@ -135,6 +135,7 @@ int server::run() {
   for (auto& w : workers_) {
     w->ioc().stop();
     if (w->thread.joinable()) w->thread.join();
+    log_.flush(w->log_buffer());  // the worker thread is gone: its buffer is ours now
   }
   log_event("info", "tollgate stopped");
   return 0;

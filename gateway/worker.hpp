@@ -42,6 +42,8 @@ class worker {
   std::uint64_t next_id() { return ids_.next(); }
   upstream_pool& pool() { return pool_; }
   access_log& log() { return log_; }
+  /// This worker's access-log lines not written yet (flushed on each sweep tick and at exit).
+  std::string& log_buffer() { return log_buffer_; }
 
   bool draining() const { return draining_; }
   /// Stops keep-alive: idle sessions close now, busy ones after their current response.
@@ -71,6 +73,7 @@ class worker {
       timer.expires_after(tick);
       auto [ec] = co_await timer.async_wait();
       if (ec) co_return;
+      log_.flush(log_buffer_);
       const auto now = std::chrono::steady_clock::now();
       for (auto& s : sessions_) {
         if (s.deadline > now) continue;
@@ -93,6 +96,7 @@ class worker {
   upstream_pool pool_;
   access_log& log_;
   bool draining_ = false;
+  std::string log_buffer_;
   std::list<session_slot> sessions_;
   // Last member, so destroyed first: pending coroutine frames it destroys still see the members above.
   net::io_context ioc_{1};

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <boost/beast/http/fields.hpp>
+#include <boost/json/parse.hpp>
 
 #include "gateway/access_log.hpp"
 #include "gateway/core/provider.hpp"
@@ -85,6 +86,30 @@ TEST(AccessLogTest, OneJsonLineWithoutSecrets) {
   EXPECT_EQ(line.find("E-"), std::string::npos) << "durations must be plain decimals: " << line;
   EXPECT_EQ(line.find("sk-super-secret"), std::string::npos);
   EXPECT_EQ(line.find("my prompt text"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tollgate::gateway
+
+namespace tollgate::gateway {
+namespace {
+
+TEST(AccessLogTest, HostileStringsStayValidJson) {
+  request_context ctx;
+  ctx.id_hex = "0000000000000001";
+  ctx.method = "GET";
+  ctx.path = "/v1/\"models\\";
+  ctx.user_agent = std::string("evil\"agent\n\x01\x1f") + "\t";
+  ctx.status = 404;
+  auto line = access_log::format(ctx);
+  ASSERT_EQ(line.back(), '\n');
+  line.pop_back();
+  boost::system::error_code ec;
+  auto v = boost::json::parse(line, ec);
+  ASSERT_FALSE(ec) << line;
+  EXPECT_EQ(v.at("user_agent").as_string(), ctx.user_agent);
+  EXPECT_EQ(v.at("path").as_string(), ctx.path);
+  EXPECT_EQ(v.at("status").as_int64(), 404);
 }
 
 }  // namespace
