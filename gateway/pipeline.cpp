@@ -8,6 +8,7 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
 #include "policy/policy.hpp"
 #include "providers/unified.hpp"
@@ -29,12 +30,7 @@ std::string_view endpoint_label(endpoint_kind e) {
   return "other";
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower((unsigned char)a[i]) != std::tolower((unsigned char)b[i])) return false;
-  return true;
-}
+using text::iequals;
 
 /// Keeps ctx.details/error_code for an upstream failure and counts it.
 void count_upstream_error(request_context& ctx, std::string_view kind) {
@@ -237,18 +233,11 @@ header_list passthrough_headers(const http::fields& upstream) {
     }
   };
   std::vector<std::string_view> named_by_connection;
-  for (auto [it, end] = upstream.equal_range(http::field::connection); it != end; ++it) {
-    std::string_view v = it->value();
-    while (!v.empty()) {
-      auto comma = v.find(',');
-      std::string_view tok = v.substr(0, comma);
-      while (!tok.empty() && tok.front() == ' ') tok.remove_prefix(1);
-      while (!tok.empty() && tok.back() == ' ') tok.remove_suffix(1);
+  for (auto [it, end] = upstream.equal_range(http::field::connection); it != end; ++it)
+    text::for_each_item(it->value(), [&](std::string_view tok) {
       if (!tok.empty()) named_by_connection.push_back(tok);
-      if (comma == std::string_view::npos) break;
-      v.remove_prefix(comma + 1);
-    }
-  }
+      return true;
+    });
   header_list out;
   for (auto& f : upstream) {
     if (dropped(f)) {

@@ -1,22 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/core/http_guard.hpp"
 
+#include "gateway/core/text.hpp"
+
 #include <algorithm>
 #include <cctype>
 
 namespace tollgate {
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() &&
-         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return std::tolower((unsigned char)x) == std::tolower((unsigned char)y); });
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
+using text::iequals;
+using text::trim;
 
 bool is_tchar(char c) {
   return std::isalnum((unsigned char)c) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
@@ -67,34 +61,28 @@ head_verdict check_head(std::string_view head, const head_limits& limits) noexce
     if (++fields > limits.max_header_count) return {errc::header_fields_too_large, "too many header fields"};
     if (iequals(name, "content-length")) {
       // Several fields, or a list, are allowed only when every value is the same number.
-      std::size_t start = 0;
-      while (start <= value.size()) {
-        std::size_t comma = value.find(',', start);
-        std::string_view v = trim(value.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
+      bool ok = text::for_each_item(value, [&](std::string_view v) {
         if (v.empty() || v.size() > 18 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
-          return bad("invalid Content-Length");
-        if (has_cl && v != cl_value) return bad("conflicting Content-Length values");
+          return false;
+        if (has_cl && v != cl_value) return false;
         has_cl = true;
         cl_value = v;
-        if (comma == std::string_view::npos) break;
-        start = comma + 1;
-      }
+        return true;
+      });
+      if (!ok) return bad("invalid or conflicting Content-Length");
     } else if (iequals(name, "transfer-encoding")) {
       if (has_te) return bad("repeated Transfer-Encoding");
       has_te = true;
       // The final coding must be chunked, and chunked must appear only there (RFC 9112 §6.1).
-      std::size_t start = 0;
       std::string_view last;
       int chunked = 0;
-      while (true) {
-        std::size_t comma = value.find(',', start);
-        std::string_view coding = trim(value.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
-        if (coding.empty()) return bad("invalid Transfer-Encoding");
+      bool ok = text::for_each_item(value, [&](std::string_view coding) {
+        if (coding.empty()) return false;
         if (iequals(coding, "chunked")) ++chunked;
         last = coding;
-        if (comma == std::string_view::npos) break;
-        start = comma + 1;
-      }
+        return true;
+      });
+      if (!ok) return bad("invalid Transfer-Encoding");
       if (!iequals(last, "chunked") || chunked != 1) return bad("Transfer-Encoding must end in chunked");
     }
   }

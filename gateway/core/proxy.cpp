@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/core/proxy.hpp"
 
+#include "gateway/core/text.hpp"
+
 #include <boost/url/parse.hpp>
 
 #include <cstdlib>
@@ -13,21 +15,13 @@ bool host_in_no_proxy(const std::string& host) {
   const char* np = std::getenv("NO_PROXY");
   if (!np) np = std::getenv("no_proxy");
   if (!np) return false;
-  std::string_view list(np);
-  while (!list.empty()) {
-    auto comma = list.find(',');
-    std::string_view item = list.substr(0, comma);
-    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-    if (item == "*") return true;
+  return !text::for_each_item(np, [&](std::string_view item) {
+    if (item == "*") return false;  // stop: matched
     if (!item.empty() && item.front() == '.') item.remove_prefix(1);
-    if (!item.empty() && (host == item || (host.size() > item.size() && host.ends_with(item) &&
-                                           host[host.size() - item.size() - 1] == '.')))
-      return true;
-    if (comma == std::string_view::npos) break;
-    list.remove_prefix(comma + 1);
-  }
-  return false;
+    const bool match = !item.empty() && (host == item || (host.size() > item.size() && host.ends_with(item) &&
+                                                           host[host.size() - item.size() - 1] == '.'));
+    return !match;
+  });
 }
 
 }  // namespace
