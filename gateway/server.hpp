@@ -33,8 +33,10 @@ class server {
   std::shared_ptr<const snapshot> snap_;
   server_options opts_;
   access_log log_;
-  net::io_context control_{1};  ///< signals and accept loops
+  // Workers are declared before the control context so they outlive it: a pending accept on the
+  // control context owns a socket bound to a worker's io_context (ASan caught the reverse order).
   std::vector<std::unique_ptr<worker>> workers_;
+  net::io_context control_{1};  ///< signals and accept loops
   std::unique_ptr<acceptor_t> caller_, admin_;
   std::unique_ptr<net::ssl::context> server_tls_;
   std::size_t next_worker_ = 0;

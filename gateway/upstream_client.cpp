@@ -106,7 +106,9 @@ void upstream_exchange::cancel() {
 
 void upstream_exchange::release() {
   ctx_.cancel_upstream = nullptr;
-  if (conn_ && parser_ && parser_->is_done() && parser_->get().keep_alive())
+  // A caller that left as the answer ended may have closed this connection through
+  // cancel_upstream: a closed socket must never go back to the pool.
+  if (conn_ && conn_->lowest().socket().is_open() && parser_ && parser_->is_done() && parser_->get().keep_alive())
     pool_.give_back(std::move(conn_), req_->settings->max_idle_connections);
   conn_.reset();
 }
@@ -217,7 +219,8 @@ awaitable<std::optional<failure>> upstream_exchange::start(const upstream_reques
     // A pooled connection the peer closed while idle fails at once (the peek in take() can race
     // with the peer's close): try once more, on a new connection.
     const bool stale = reused_ && !is_timeout(ec) && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
-                                                      ec == net::error::eof || ec == net::error::broken_pipe);
+                                                      ec == net::error::eof || ec == net::error::broken_pipe ||
+                                                      ec == net::error::bad_descriptor);
     conn_.reset();
     if (stale) continue;
     co_return upstream_failure(is_timeout(ec), is_timeout(ec) ? "The upstream did not answer in time."

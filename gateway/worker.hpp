@@ -93,13 +93,16 @@ class worker {
   unsigned index_;
   std::shared_ptr<const snapshot> snap_;
   snowflake ids_;
-  upstream_pool pool_;
   access_log& log_;
   bool draining_ = false;
   std::string log_buffer_;
   std::list<session_slot> sessions_;
-  // Last member, so destroyed first: pending coroutine frames it destroys still see the members above.
+  // Destroyed after the pool below and before everything above: coroutine frames that the
+  // io_context destroys still see the session list and the log.
   net::io_context ioc_{1};
+  // Declared after the io_context so it is destroyed first: its idle sockets must close while
+  // the io_context's socket service still exists (ASan caught a use-after-free at exit).
+  upstream_pool pool_;
 };
 
 }  // namespace tollgate::gateway
