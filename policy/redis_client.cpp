@@ -1,0 +1,521 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/redis_client.hpp"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <array>
+#include <deque>
+#include <utility>
+
+/// How this file is put together (hiredis 0.14.1, no SSL):
+///  - A `redis_link` owns one redisAsyncContext: the Asio waits on its socket (the "event adapter"), the
+///    FIFO of commands in flight and the timer for the oldest one. It lives in a shared_ptr; every
+///    Asio handler holds a reference and every call into hiredis is made while one is held, so the
+///    `redis_link*` that hiredis hands back to the C callbacks is always alive.
+///  - hiredis frees the context by itself (EOF, I/O error, failed connect) from inside
+///    redisAsyncHandleRead/Write. It calls ev.cleanup first; there the redis_link forgets `ac`, releases
+///    (does not close: hiredis owns the fd) the descriptor and wakes the supervisor.
+///  - No user code runs inside hiredis: replies are copied out and their completion is posted; pub/sub
+///    payloads are posted; connect/subscribe confirmations only set flags and cancel a timer.
+///  - `impl::supervise` is one coroutine per connection: connect, handshake, up, wait for loss,
+///    back off, again, until close().
+namespace tollgate::policy::redis {
+namespace {
+
+using clock = std::chrono::steady_clock;
+using error_code = boost::system::error_code;
+using result_t = boost::system::result<reply>;
+using descriptor_t = net::posix::basic_stream_descriptor<executor_t>;
+using signature = void(error_code, reply);
+
+result_t failed(net::error::basic_errors e) { return result_t(error_code(net::error::make_error_code(e))); }
+
+reply convert(const redisReply* r) {
+  reply out;
+  switch (r->type) {
+    case REDIS_REPLY_STRING:
+      out.type = reply::kind::string;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_STATUS:
+      out.type = reply::kind::status;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_ERROR:
+      out.type = reply::kind::error;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.type = reply::kind::integer;
+      out.integer = r->integer;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.type = reply::kind::array;
+      out.elements.reserve(r->elements);
+      for (std::size_t i = 0; i < r->elements; ++i) out.elements.push_back(convert(r->element[i]));
+      break;
+    default:  // REDIS_REPLY_NIL
+      break;
+  }
+  return out;
+}
+
+/// A type-erased completion handler for one command. complete() posts it to its executor, so it
+/// never runs inside hiredis.
+struct completion {
+  virtual ~completion() = default;
+  virtual void complete(error_code ec, reply r) = 0;
+};
+
+template <class Handler>
+struct completion_for final : completion {
+  completion_for(Handler h, executor_t fallback) : handler_(std::move(h)), fallback_(std::move(fallback)) {}
+  void complete(error_code ec, reply r) override {
+    auto ex = net::get_associated_executor(handler_, fallback_);
+    net::post(ex, [h = std::move(handler_), ec, r = std::move(r)]() mutable { std::move(h)(ec, std::move(r)); });
+  }
+  Handler handler_;
+  executor_t fallback_;
+};
+
+struct pending_command {
+  clock::time_point deadline;
+  std::unique_ptr<completion> done;
+};
+
+void ev_add_read(void* p);
+void ev_del_read(void* p);
+void ev_add_write(void* p);
+void ev_del_write(void* p);
+void ev_cleanup(void* p);
+void on_connected(const redisAsyncContext* ac, int status);
+void on_reply(redisAsyncContext* ac, void* r, void* privdata);
+void on_sub_reply(redisAsyncContext* ac, void* r, void* privdata);
+
+/// One hiredis async context and its Asio event adapter.
+struct redis_link : std::enable_shared_from_this<redis_link> {
+  explicit redis_link(executor_t e) : ex(e), fd(e), deadline_timer(e), event(e) {}
+  redis_link(const redis_link&) = delete;
+  redis_link& operator=(const redis_link&) = delete;
+  ~redis_link() {
+    // The supervisor and close() free every context; a context still here would dangle into us.
+    if (ac != nullptr) {
+      ac->ev.addRead = ac->ev.delRead = ac->ev.addWrite = ac->ev.delWrite = ac->ev.cleanup = nullptr;
+      ac->ev.data = ac->data = nullptr;
+      release_fd();
+      redisAsyncContext* c = std::exchange(ac, nullptr);
+      pending.clear();  // the NULL-reply callbacks below find nothing to complete
+      redisAsyncFree(c);
+    }
+  }
+
+  executor_t ex;
+  redisAsyncContext* ac = nullptr;  ///< null once hiredis has cleaned up (or before open)
+  descriptor_t fd;
+  steady_timer_t deadline_timer;  ///< the oldest pending command's deadline
+  steady_timer_t event;           ///< the supervisor waits on it; cancelled on connect/subscribe/loss
+  std::deque<pending_command> pending;
+  error_code fail_code;  ///< why we dropped it (timed_out, operation_aborted); empty: lost by itself
+  std::function<void(std::string)> deliver;  ///< subscriber: hands a payload to the owner (posted)
+  bool want_read = false, want_write = false, read_waiting = false, write_waiting = false;
+  bool timer_armed = false, connected = false, subscribed = false, gone = false;
+  int depth = 0;  ///< > 0 while inside redisAsyncHandleRead/Write: hiredis must not be freed then
+
+  bool live() const { return ac != nullptr && connected && !gone; }
+
+  /// Starts a non-blocking connect. False: failed at once (the redis_link is then gone).
+  bool open(const options& o) {
+    redisAsyncContext* c = o.unix_path.empty() ? redisAsyncConnect(o.host.c_str(), o.port)
+                                               : redisAsyncConnectUnix(o.unix_path.c_str());
+    if (c == nullptr || c->err != 0) {
+      if (c != nullptr) redisAsyncFree(c);
+      gone = true;
+      return false;
+    }
+    ac = c;
+    c->data = this;
+    c->ev.data = this;
+    c->ev.addRead = ev_add_read;
+    c->ev.delRead = ev_del_read;
+    c->ev.addWrite = ev_add_write;
+    c->ev.delWrite = ev_del_write;
+    c->ev.cleanup = ev_cleanup;
+    error_code ec;
+    fd.assign(c->c.fd, ec);
+    if (ec) {
+      drop(ec);
+      return false;
+    }
+    // Arms the first write wait: writability is how hiredis learns the connect finished.
+    redisAsyncSetConnectCallback(c, on_connected);
+    return true;
+  }
+
+  void arm_read() {
+    if (read_waiting || gone || ac == nullptr) return;
+    read_waiting = true;
+    fd.async_wait(descriptor_t::wait_read, [self = shared_from_this()](error_code ec) { self->on_ready(ec, true); });
+  }
+
+  void arm_write() {
+    if (write_waiting || gone || ac == nullptr) return;
+    write_waiting = true;
+    fd.async_wait(descriptor_t::wait_write, [self = shared_from_this()](error_code ec) { self->on_ready(ec, false); });
+  }
+
+  void on_ready(error_code ec, bool read) {
+    (read ? read_waiting : write_waiting) = false;
+    if (ac == nullptr || gone) return;  // released at cleanup: the wait was cancelled
+    if (ec) {
+      if (ec != net::error::operation_aborted) drop(net::error::connection_reset);
+      return;
+    }
+    if (read ? want_read : want_write) {
+      ++depth;
+      if (read)
+        redisAsyncHandleRead(ac);  // may free the context (then ev_cleanup has run)
+      else
+        redisAsyncHandleWrite(ac);
+      --depth;
+    }
+    if (read ? want_read : want_write) read ? arm_read() : arm_write();
+  }
+
+  /// Called by hiredis (ev.cleanup) just before it frees the context, after it has run every
+  /// pending reply callback with a NULL reply.
+  void on_gone() {
+    if (gone) return;
+    gone = true;
+    connected = false;
+    ac = nullptr;
+    release_fd();
+    deadline_timer.cancel();
+    event.cancel();
+    // Nothing should be left (hiredis failed them all just before), but never strand a caller.
+    while (!pending.empty()) {
+      auto p = std::move(pending.front());
+      pending.pop_front();
+      p.done->complete(loss_code(), {});
+    }
+  }
+
+  void release_fd() {
+    if (fd.is_open()) (void)fd.release();  // cancels our waits; hiredis closes the fd itself
+  }
+
+  error_code loss_code() const {
+    return fail_code ? fail_code : error_code(net::error::make_error_code(net::error::connection_reset));
+  }
+
+  /// Frees the context now: pending commands fail with `why`, the supervisor wakes and reconnects.
+  void drop(error_code why) {
+    if (ac == nullptr || gone) return;
+    if (!fail_code) fail_code = why;
+    if (depth > 0) {  // inside hiredis: it would use the context after we return
+      net::post(ex, [self = shared_from_this()] { self->drop(self->fail_code); });
+      return;
+    }
+    auto keep = shared_from_this();
+    redisAsyncFree(ac);  // NULL-reply callbacks for every pending command, then ev_cleanup
+    on_gone();           // no-op unless hiredis skipped the cleanup hook
+  }
+
+  /// Writes one command into hiredis' output buffer; `done` completes with the reply or an error.
+  void send(std::span<const std::string_view> argv, clock::duration timeout, std::unique_ptr<completion> done) {
+    if (!live()) {
+      done->complete(net::error::not_connected, {});
+      return;
+    }
+    constexpr std::size_t inline_args = 8;
+    std::array<const char*, inline_args> ptr_inline{};
+    std::array<std::size_t, inline_args> len_inline{};
+    std::vector<const char*> ptr_heap;
+    std::vector<std::size_t> len_heap;
+    const char** ptrs = ptr_inline.data();
+    std::size_t* lens = len_inline.data();
+    if (argv.size() > inline_args) {
+      ptr_heap.resize(argv.size());
+      len_heap.resize(argv.size());
+      ptrs = ptr_heap.data();
+      lens = len_heap.data();
+    }
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+      ptrs[i] = argv[i].data() != nullptr ? argv[i].data() : "";
+      lens[i] = argv[i].size();
+    }
+    if (redisAsyncCommandArgv(ac, on_reply, this, static_cast<int>(argv.size()), ptrs, lens) != REDIS_OK) {
+      done->complete(net::error::not_connected, {});
+      return;
+    }
+    pending.push_back({clock::now() + timeout, std::move(done)});
+    arm_deadline();
+  }
+
+  /// SUBSCRIBE channel; confirmations and messages arrive in on_sub_reply.
+  bool send_subscribe(const std::string& channel) {
+    if (!live()) return false;
+    std::array<const char*, 2> ptrs{"SUBSCRIBE", channel.c_str()};
+    std::array<std::size_t, 2> lens{9, channel.size()};
+    return redisAsyncCommandArgv(ac, on_sub_reply, this, 2, ptrs.data(), lens.data()) == REDIS_OK;
+  }
+
+  /// One timer for the whole FIFO: armed for the oldest command's deadline. Replies do not re-arm
+  /// it; when it fires it re-arms for the command now oldest, or drops the connection.
+  void arm_deadline() {
+    if (timer_armed || pending.empty() || gone) return;
+    timer_armed = true;
+    deadline_timer.expires_at(pending.front().deadline);
+    deadline_timer.async_wait([self = shared_from_this()](error_code ec) { self->on_deadline(ec); });
+  }
+
+  void on_deadline(error_code ec) {
+    timer_armed = false;
+    if (ec || gone || pending.empty()) return;
+    if (pending.front().deadline > clock::now()) {
+      arm_deadline();
+      return;
+    }
+    drop(net::error::timed_out);
+  }
+};
+
+redis_link* from(void* p) { return static_cast<redis_link*>(p); }
+
+void ev_add_read(void* p) {
+  from(p)->want_read = true;
+  from(p)->arm_read();
+}
+void ev_del_read(void* p) { from(p)->want_read = false; }
+void ev_add_write(void* p) {
+  from(p)->want_write = true;
+  from(p)->arm_write();
+}
+void ev_del_write(void* p) { from(p)->want_write = false; }
+void ev_cleanup(void* p) { from(p)->on_gone(); }
+
+void on_connected(const redisAsyncContext* ac, int status) {
+  redis_link* l = from(ac->data);
+  if (l == nullptr) return;
+  if (status == REDIS_OK) l->connected = true;  // on REDIS_ERR hiredis frees the context next
+  l->event.cancel();
+}
+
+void on_reply(redisAsyncContext*, void* r, void* privdata) {
+  redis_link* l = from(privdata);
+  if (l->pending.empty()) return;
+  auto p = std::move(l->pending.front());
+  l->pending.pop_front();
+  if (r != nullptr)
+    p.done->complete({}, convert(static_cast<const redisReply*>(r)));
+  else
+    p.done->complete(l->loss_code(), {});
+}
+
+void on_sub_reply(redisAsyncContext*, void* r, void* privdata) {
+  redis_link* l = from(privdata);
+  auto* rep = static_cast<const redisReply*>(r);
+  if (rep == nullptr || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) return;
+  const redisReply* kind = rep->element[0];
+  const std::string_view k(kind->str, kind->len);
+  if (k == "subscribe") {
+    l->subscribed = true;
+    l->event.cancel();
+  } else if (k == "message" && rep->element[2]->type == REDIS_REPLY_STRING && l->deliver) {
+    l->deliver(std::string(rep->element[2]->str, rep->element[2]->len));
+  }
+}
+
+bool accepted(const result_t& r) { return r && r->type != reply::kind::error; }
+
+}  // namespace
+
+struct connection::impl : std::enable_shared_from_this<impl> {
+  impl(executor_t e, options o) : ex(e), opt(std::move(o)), backoff_timer(e) {}
+  impl(const impl&) = delete;
+  impl& operator=(const impl&) = delete;
+  ~impl() {
+    if (cur) cur->drop(net::error::operation_aborted);
+  }
+
+  executor_t ex;
+  options opt;
+  steady_timer_t backoff_timer;
+  std::shared_ptr<redis_link> cur;
+  bool started = false, closed = false, is_up = false, attempting = false, in_hook = false;
+  std::string channel;
+  std::function<void(std::string_view)> message_cb;
+  std::function<void(bool)> state_cb;
+  std::function<awaitable<bool>()> hook;
+
+  bool up() const { return is_up && cur && cur->live(); }
+
+  void close() {
+    if (closed) return;
+    closed = true;
+    is_up = false;
+    backoff_timer.cancel();
+    if (cur) cur->drop(net::error::operation_aborted);
+  }
+
+  /// Sends on `l` without the `up` check (the handshake uses it before the connection is up).
+  static awaitable<result_t> send_on(std::shared_ptr<redis_link> l, std::span<const std::string_view> argv,
+                                     clock::duration timeout) {
+    auto token = net::as_tuple(net::use_awaitable);
+    auto [ec, r] = co_await net::async_initiate<decltype(token), signature>(
+        [&l, argv, timeout](auto handler) {
+          using handler_t = decltype(handler);
+          l->send(argv, timeout, std::make_unique<completion_for<handler_t>>(std::move(handler), l->ex));
+        },
+        token);
+    if (ec) co_return result_t(ec);
+    co_return result_t(std::move(r));
+  }
+
+  /// Waits until `l->*flag` is set, the redis_link is gone, close() ran, or `deadline` passes.
+  awaitable<void> wait_on(std::shared_ptr<redis_link> l, clock::time_point deadline, bool redis_link::*flag) {
+    while (!closed && !l->gone && !((*l).*flag) && clock::now() < deadline) {
+      l->event.expires_at(deadline);
+      co_await l->event.async_wait();
+    }
+  }
+
+  /// One connect + handshake. True: the connection is up.
+  awaitable<bool> attempt() {
+    auto l = std::make_shared<redis_link>(ex);
+    if (!channel.empty()) {
+      l->deliver = [w = weak_from_this(), e = ex](std::string payload) {
+        net::post(e, [w, payload = std::move(payload)] {
+          if (auto s = w.lock(); s && !s->closed && s->message_cb) s->message_cb(payload);
+        });
+      };
+    }
+    cur = l;
+    if (!l->open(opt)) co_return false;
+
+    const clock::duration step = opt.connect_timeout;
+    co_await wait_on(l, clock::now() + step, &redis_link::connected);
+    if (closed || !l->live()) co_return false;
+
+    if (!opt.password.empty()) {
+      std::array<std::string_view, 3> a{"AUTH", opt.username, opt.password};
+      if (opt.username.empty()) a[1] = opt.password;  // AUTH password (Redis < 6 form)
+      std::span<const std::string_view> args(a.data(), opt.username.empty() ? 2 : 3);
+      if (!accepted(co_await send_on(l, args, step))) co_return false;
+    }
+    if (opt.db != 0) {
+      const std::string db = std::to_string(opt.db);
+      std::array<std::string_view, 2> a{"SELECT", db};
+      std::span<const std::string_view> args(a);
+      if (!accepted(co_await send_on(l, args, step))) co_return false;
+    }
+    if (opt.password.empty() && opt.db == 0) {  // nothing above proved the server answers
+      std::array<std::string_view, 1> a{"PING"};
+      std::span<const std::string_view> args(a);
+      if (!accepted(co_await send_on(l, args, step))) co_return false;
+    }
+    if (hook) {
+      bool ok = false;
+      in_hook = true;
+      try {
+        ok = co_await hook();
+      } catch (...) {
+        ok = false;
+      }
+      in_hook = false;
+      if (!ok || closed || !l->live()) co_return false;
+    }
+    if (!channel.empty()) {
+      if (!l->send_subscribe(channel)) co_return false;
+      co_await wait_on(l, clock::now() + step, &redis_link::subscribed);
+      if (!l->subscribed) co_return false;
+    }
+    co_return !closed && l->live();
+  }
+
+  static awaitable<void> supervise(std::shared_ptr<impl> self) {
+    using std::chrono::milliseconds;
+    const auto floor = std::max(self->opt.backoff_min, milliseconds(1));
+    const auto ceiling = std::max(self->opt.backoff_max, floor);
+    auto backoff = floor;
+    while (!self->closed) {
+      self->attempting = true;
+      const bool ok = co_await self->attempt();
+      self->attempting = false;
+      if (self->closed) break;
+      auto l = self->cur;
+      if (ok) {
+        backoff = floor;
+        self->is_up = true;
+        if (self->state_cb) self->state_cb(true);
+        co_await self->wait_on(l, clock::time_point::max(), &redis_link::gone);
+        self->is_up = false;
+        if (self->closed) break;
+        if (self->state_cb) self->state_cb(false);
+        if (self->closed) break;
+      } else if (l) {
+        l->drop(net::error::connection_reset);
+      }
+      self->backoff_timer.expires_after(backoff);
+      co_await self->backoff_timer.async_wait();
+      backoff = std::min(backoff * 2, ceiling);
+    }
+    self->is_up = false;
+  }
+};
+
+connection::connection(executor_t ex, options o) : impl_(std::make_shared<impl>(std::move(ex), std::move(o))) {}
+
+connection::~connection() {
+  if (impl_) impl_->close();
+}
+
+void connection::start() {
+  if (impl_->started || impl_->closed) return;
+  impl_->started = true;
+  net::co_spawn(impl_->ex, impl::supervise(impl_), net::detached);
+}
+
+void connection::close() { impl_->close(); }
+
+state connection::current() const {
+  if (impl_->up()) return state::up;
+  if (impl_->attempting && !impl_->closed) return state::connecting;
+  return state::down;
+}
+
+bool connection::up() const { return impl_->up(); }
+
+awaitable<boost::system::result<reply>> connection::command(std::span<const std::string_view> argv) {
+  auto self = impl_;
+  if (argv.empty()) co_return failed(net::error::invalid_argument);
+  if (!self->channel.empty()) co_return failed(net::error::operation_not_supported);
+  if (!self->up()) co_return failed(net::error::not_connected);
+  auto l = self->cur;
+  co_return co_await impl::send_on(l, argv, self->opt.timeout);
+}
+
+awaitable<boost::system::result<reply>> connection::setup_command(std::span<const std::string_view> argv) {
+  auto self = impl_;
+  if (argv.empty()) co_return failed(net::error::invalid_argument);
+  if (!self->in_hook || !self->cur || !self->cur->live()) co_return failed(net::error::not_connected);
+  auto l = self->cur;
+  co_return co_await impl::send_on(l, argv, self->opt.connect_timeout);
+}
+
+void connection::subscribe(std::string channel, std::function<void(std::string_view)> on_message) {
+  impl_->channel = std::move(channel);
+  impl_->message_cb = std::move(on_message);
+}
+
+void connection::on_state(std::function<void(bool)> cb) { impl_->state_cb = std::move(cb); }
+
+void connection::on_connect(std::function<awaitable<bool>()> hook) { impl_->hook = std::move(hook); }
+
+}  // namespace tollgate::policy::redis

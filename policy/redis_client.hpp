@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// One Redis connection adapted to Asio coroutines: hiredis' async context driven by Asio waits on
+/// its socket, commands pipelined on that socket, reconnect with exponential backoff.
+///
+/// Errors (all `boost::asio::error` codes, so callers compare against the usual names):
+///   - net::error::not_connected        the connection is not up (fails at once, never waits)
+///   - net::error::timed_out            no reply within options.timeout; the connection is dropped
+///                                      and reconnected, and every command in flight fails the same way
+///   - net::error::connection_reset     the connection was lost (I/O error, EOF, protocol error)
+///                                      while the command was in flight
+///   - net::error::operation_aborted    close() or the destructor ran while the command was in flight
+///   - net::error::invalid_argument     empty argv
+///   - net::error::operation_not_supported  command() on a connection in subscriber mode
+/// A Redis error reply (`-ERR ...`) is not a failure: it is a reply of kind::error.
+#include <boost/system/result.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gateway/core/net.hpp"
+
+namespace tollgate::policy::redis {
+
+/// A RESP2 reply, copied out of hiredis (which frees its own reply when the callback returns).
+struct reply {
+  enum class kind { nil, integer, string, status, error, array };
+  kind type = kind::nil;
+  long long integer = 0;
+  std::string str;              ///< string, status, error text
+  std::vector<reply> elements;  ///< array
+};
+
+struct options {
+  std::string host = "127.0.0.1";  ///< an IP address: hiredis resolves host names with a blocking getaddrinfo
+  std::uint16_t port = 6379;
+  std::string unix_path;             ///< non-empty: connect over this unix socket instead
+  std::string username, password;    ///< AUTH [username] password after connect when password is set
+  unsigned db = 0;                   ///< SELECT when non-zero
+  std::chrono::milliseconds timeout{50};  ///< per command
+  std::chrono::milliseconds connect_timeout{200};  ///< TCP connect, then each handshake step
+  std::chrono::milliseconds backoff_min{50}, backoff_max{2000};
+};
+
+enum class state { connecting, up, down };
+
+/// One Redis connection on one executor (a worker's io_context). Not thread-safe: every call on the
+/// executor's thread. Callbacks (on_message, on_state) and command completions run on the executor,
+/// never inside hiredis, so they may call any member, close() included.
+///
+/// Connecting is: TCP/unix connect (connect_timeout) → AUTH when a password is set, SELECT when db is
+/// non-zero, or a PING when neither (so `up` always means the server answered) → the on_connect hook
+/// → SUBSCRIBE in subscriber mode → up. A failure at any step drops the connection and retries after
+/// a backoff that doubles from backoff_min to backoff_max and resets after each time it is up.
+class connection {
+ public:
+  connection(executor_t ex, options o);
+  /// Closes; pending commands complete with operation_aborted.
+  ~connection();
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  /// Connects now; on failure or loss reconnects with exponential backoff (min..max) forever until
+  /// close(). Call once, after subscribe()/on_state()/on_connect().
+  void start();
+  /// Drops the connection and stops reconnecting; pending commands complete with operation_aborted.
+  /// on_state is not called. Idempotent.
+  void close();
+  state current() const;
+  bool up() const;
+
+  /// Sends one command given as argv (binary-safe, redisAsyncCommandArgv). Many may be in flight:
+  /// they pipeline on the one socket and complete in order. `argv` is copied into the send buffer
+  /// before the first suspension. Completes with the reply or an error code (see the file comment):
+  /// not up → not_connected at once; no reply within options.timeout → timed_out, and the connection
+  /// is dropped and reconnected (a Redis that is slow is treated as down); connection lost →
+  /// connection_reset.
+  awaitable<boost::system::result<reply>> command(std::span<const std::string_view> argv);
+
+  /// Subscriber mode (use a dedicated connection; command() is then refused): SUBSCRIBE `channel`
+  /// after every (re)connect; `on_message(payload)` per message. The connection is up only once the
+  /// subscription is confirmed. Call before start().
+  void subscribe(std::string channel, std::function<void(std::string_view)> on_message);
+  /// Called with true after each successful connect+AUTH+SELECT(+hook)(+SUBSCRIBE), and with false
+  /// when such a connection is lost. Call before start().
+  void on_state(std::function<void(bool)> cb);
+  /// Optional hook run after each connect+AUTH+SELECT and before the connection reports up, e.g. to
+  /// SCRIPT LOAD. It sends with setup_command(). Returning false drops the connection, which is then
+  /// retried with backoff. Call before start(); may be left unset.
+  void on_connect(std::function<awaitable<bool>()> hook);
+  /// command() for the on_connect hook: accepted only while the hook runs (not_connected otherwise).
+  /// Its timeout is options.connect_timeout.
+  awaitable<boost::system::result<reply>> setup_command(std::span<const std::string_view> argv);
+
+ private:
+  struct impl;
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace tollgate::policy::redis

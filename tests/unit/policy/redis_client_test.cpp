@@ -1,0 +1,664 @@
+// SPDX-License-Identifier: Apache-2.0
+// Integration tests for policy/redis_client: each runs against a real redis-server started on a
+// free port in a temporary directory.
+#include "policy/redis_client.hpp"
+
+#include "tests/unit/policy/redis_server.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/io_context.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tollgate::policy::redis {
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+using result_t = boost::system::result<reply>;
+
+using tollgate::testing::free_port;
+using tollgate::testing::redis_server;
+
+/// Runs `ioc` until `done()` or `limit`. The connection keeps the context busy (timers, waits), so
+/// run() would never return by itself.
+template <class Pred>
+bool pump(net::io_context& ioc, Pred done, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = clock_type::now() + limit;
+  while (!done() && clock_type::now() < deadline) {
+    if (ioc.stopped()) ioc.restart();
+    ioc.run_one_for(10ms);
+  }
+  return done();
+}
+
+/// Runs one awaitable to completion on `ioc`; nullopt if it did not finish within `limit`.
+template <class T>
+std::optional<T> run(net::io_context& ioc, awaitable<T> a, std::chrono::milliseconds limit = 10s) {
+  auto out = std::make_shared<std::optional<T>>();
+  net::co_spawn(ioc, std::move(a), [out](std::exception_ptr e, T v) {
+    if (!e) out->emplace(std::move(v));
+  });
+  pump(ioc, [&] { return out->has_value(); }, limit);
+  return std::move(*out);
+}
+
+/// One command, run to completion.
+result_t cmd(net::io_context& ioc, connection& c, std::vector<std::string> args) {
+  std::vector<std::string_view> argv(args.begin(), args.end());
+  std::span<const std::string_view> span(argv);
+  auto r = run(ioc, c.command(span));
+  if (!r) return result_t(boost::system::error_code(net::error::would_block));  // never completed
+  return std::move(*r);
+}
+
+options options_for(const redis_server& s) {
+  options o;
+  o.port = s.port();
+  o.timeout = 2s;  // generous: the tests below are about behaviour, not latency (ASan builds too)
+  o.connect_timeout = 1s;
+  o.backoff_min = 20ms;
+  o.backoff_max = 200ms;
+  return o;
+}
+
+executor_t executor_of(net::io_context& ioc) { return executor_t(ioc.get_executor()); }
+
+bool wait_up(net::io_context& ioc, connection& c, std::chrono::milliseconds limit = 5s) {
+  return pump(ioc, [&] { return c.up(); }, limit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One server for the suite: plain round trips, pipelining, timeouts, SELECT, unix socket.
+
+class RedisClientTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::vector<std::string> extra{"--enable-debug-command", "yes"};
+    server_ = new redis_server(extra);
+    ASSERT_TRUE(server_->start()) << "redis-server did not start";
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(server_, nullptr); }
+
+  static redis_server* server_;
+};
+redis_server* RedisClientTest::server_ = nullptr;
+
+TEST_F(RedisClientTest, RoundTripsEveryReplyKind) {
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(*server_));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  EXPECT_EQ(c.current(), state::up);
+
+  auto r = cmd(ioc, c, {"SET", "rt:k", "v"});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->type, reply::kind::status);
+  EXPECT_EQ(r->str, "OK");
+
+  r = cmd(ioc, c, {"GET", "rt:k"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::string);
+  EXPECT_EQ(r->str, "v");
+
+  r = cmd(ioc, c, {"GET", "rt:missing"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::nil);
+
+  r = cmd(ioc, c, {"INCR", "rt:n"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::integer);
+  EXPECT_EQ(r->integer, 1);
+  r = cmd(ioc, c, {"INCRBY", "rt:n", "41"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->integer, 42);
+
+  // Binary-safe: NUL, CR/LF and an empty argument survive the round trip.
+  const std::string binary("a\0b\r\nc", 6);
+  r = cmd(ioc, c, {"SET", "rt:bin", binary});
+  ASSERT_TRUE(r);
+  r = cmd(ioc, c, {"GET", "rt:bin"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, binary);
+  r = cmd(ioc, c, {"SET", "rt:empty", ""});
+  ASSERT_TRUE(r);
+  r = cmd(ioc, c, {"STRLEN", "rt:empty"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->integer, 0);
+
+  r = cmd(ioc, c, {"RPUSH", "rt:list", "a", "b", "c", "d", "e", "f", "g", "h", "i"});  // > 8 args
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->integer, 9);
+  r = cmd(ioc, c, {"LRANGE", "rt:list", "0", "2"});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->type, reply::kind::array);
+  ASSERT_EQ(r->elements.size(), 3u);
+  EXPECT_EQ(r->elements[0].str, "a");
+  EXPECT_EQ(r->elements[1].str, "b");
+  EXPECT_EQ(r->elements[2].str, "c");
+  r = cmd(ioc, c, {"LRANGE", "rt:nolist", "0", "-1"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::array);
+  EXPECT_TRUE(r->elements.empty());
+
+  // Nested array with mixed kinds.
+  r = cmd(ioc, c, {"EVAL", "return {1, 'two', {3}, redis.status_reply('FINE')}", "0"});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->type, reply::kind::array);
+  ASSERT_EQ(r->elements.size(), 4u);
+  EXPECT_EQ(r->elements[0].type, reply::kind::integer);
+  EXPECT_EQ(r->elements[1].str, "two");
+  ASSERT_EQ(r->elements[2].type, reply::kind::array);
+  EXPECT_EQ(r->elements[2].elements.at(0).integer, 3);
+  EXPECT_EQ(r->elements[3].type, reply::kind::status);
+  EXPECT_EQ(r->elements[3].str, "FINE");
+
+  // A Redis error reply is a reply, not a failure; the connection stays up.
+  r = cmd(ioc, c, {"SET", "rt:text", "abc"});
+  ASSERT_TRUE(r);
+  r = cmd(ioc, c, {"INCR", "rt:text"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::error);
+  EXPECT_EQ(r->str.rfind("ERR", 0), 0u) << r->str;
+  r = cmd(ioc, c, {"NOSUCHCOMMAND"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::error);
+  EXPECT_TRUE(c.up());
+  r = cmd(ioc, c, {"GET", "rt:k"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "v");
+}
+
+TEST_F(RedisClientTest, RoundTripsAValueLargerThanTheSocketBuffers) {
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(*server_));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  std::string big(4 << 20, '\0');  // 4 MiB: many partial writes and reads
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
+  auto r = cmd(ioc, c, {"SET", "big:k", big});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->str, "OK");
+  r = cmd(ioc, c, {"GET", "big:k"});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->str.size(), big.size());
+  EXPECT_TRUE(r->str == big);
+}
+
+TEST_F(RedisClientTest, EmptyArgvIsRefused) {
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(*server_));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  auto r = cmd(ioc, c, {});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), net::error::invalid_argument);
+  EXPECT_TRUE(c.up());
+}
+
+TEST_F(RedisClientTest, PipelinesAThousandCommandsInOrder) {
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(*server_));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  ASSERT_TRUE(cmd(ioc, c, {"DEL", "pipe:n"}));
+
+  constexpr int count = 1000;
+  std::vector<long long> values(count, -1);
+  std::vector<int> completion_order;
+  int in_flight = 0, max_in_flight = 0, failures = 0;
+  const std::string key = "pipe:n";
+  for (int i = 0; i < count; ++i) {
+    net::co_spawn(
+        ioc,
+        [&, i]() -> awaitable<void> {
+          std::array<std::string_view, 2> argv{"INCR", key};
+          std::span<const std::string_view> span(argv);
+          ++in_flight;
+          max_in_flight = std::max(max_in_flight, in_flight);
+          auto r = co_await c.command(span);
+          --in_flight;
+          completion_order.push_back(i);
+          if (r && r->type == reply::kind::integer)
+            values[static_cast<std::size_t>(i)] = r->integer;
+          else
+            ++failures;
+        },
+        net::detached);
+  }
+  ASSERT_TRUE(pump(ioc, [&] { return completion_order.size() == count; }, 20s));
+  EXPECT_EQ(failures, 0);
+  for (int i = 0; i < count; ++i) {
+    EXPECT_EQ(values[static_cast<std::size_t>(i)], i + 1) << "command " << i;
+    EXPECT_EQ(completion_order[static_cast<std::size_t>(i)], i);
+  }
+  // All were written before the first reply came back: one socket, many in flight.
+  EXPECT_GT(max_in_flight, count / 2) << "max in flight " << max_in_flight;
+  EXPECT_TRUE(c.up());
+}
+
+TEST_F(RedisClientTest, SlowServerTimesOutEveryPendingCommandAndReconnects) {
+  net::io_context ioc;
+  options o = options_for(*server_);
+  o.timeout = 50ms;
+  o.connect_timeout = 200ms;
+  connection c(executor_of(ioc), o);
+  std::vector<bool> states;
+  c.on_state([&](bool up) { states.push_back(up); });
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+
+  // DEBUG SLEEP blocks the server for 300 ms; the GET pipelined behind it is failed with it.
+  std::optional<result_t> slow, behind;
+  clock_type::time_point slow_done{};
+  const auto sent = clock_type::now();
+  net::co_spawn(
+      ioc,
+      [&]() -> awaitable<void> {
+        std::array<std::string_view, 3> argv{"DEBUG", "SLEEP", "0.3"};
+        std::span<const std::string_view> span(argv);
+        slow = co_await c.command(span);
+        slow_done = clock_type::now();
+      },
+      net::detached);
+  net::co_spawn(
+      ioc,
+      [&]() -> awaitable<void> {
+        std::array<std::string_view, 2> argv{"GET", "to:k"};
+        std::span<const std::string_view> span(argv);
+        behind = co_await c.command(span);
+      },
+      net::detached);
+  ASSERT_TRUE(pump(ioc, [&] { return slow && behind; }, 5s));
+  ASSERT_FALSE(*slow);
+  EXPECT_EQ(slow->error(), net::error::timed_out);
+  ASSERT_FALSE(*behind);
+  EXPECT_EQ(behind->error(), net::error::timed_out);
+  EXPECT_LT(slow_done - sent, 250ms) << "the timeout must not wait for the server";
+  EXPECT_FALSE(c.up()) << "a server that is slow is treated as down";
+
+  // The connection comes back by itself once the server has finished sleeping.
+  ASSERT_TRUE(wait_up(ioc, c, 5s));
+  auto r = cmd(ioc, c, {"SET", "to:k", "after"});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->str, "OK");
+  ASSERT_GE(states.size(), 3u);
+  EXPECT_EQ(states[0], true);
+  EXPECT_EQ(states[1], false);
+  EXPECT_EQ(states[2], true);
+}
+
+TEST_F(RedisClientTest, CloseCompletesPendingCommandsWithOperationAborted) {
+  net::io_context ioc;
+  auto c = std::make_unique<connection>(executor_of(ioc), options_for(*server_));
+  c->start();
+  ASSERT_TRUE(wait_up(ioc, *c));
+  std::optional<result_t> r;
+  net::co_spawn(
+      ioc,
+      [&]() -> awaitable<void> {
+        std::array<std::string_view, 3> argv{"DEBUG", "SLEEP", "0.1"};
+        std::span<const std::string_view> span(argv);
+        r = co_await c->command(span);
+      },
+      net::detached);
+  pump(ioc, [] { return false; }, 20ms);  // sent, not answered
+  ASSERT_FALSE(r);
+  c.reset();  // the destructor closes
+  ASSERT_TRUE(pump(ioc, [&] { return r.has_value(); }, 2s));
+  ASSERT_FALSE(*r);
+  EXPECT_EQ(r->error(), net::error::operation_aborted);
+  pump(ioc, [] { return false; }, 200ms);  // let everything that still refers to it run (ASan)
+}
+
+TEST_F(RedisClientTest, SelectsTheConfiguredDatabase) {
+  net::io_context ioc;
+  options o3 = options_for(*server_);
+  o3.db = 3;
+  connection c3(executor_of(ioc), o3);
+  connection c0(executor_of(ioc), options_for(*server_));
+  c3.start();
+  c0.start();
+  ASSERT_TRUE(wait_up(ioc, c3));
+  ASSERT_TRUE(wait_up(ioc, c0));
+  ASSERT_TRUE(cmd(ioc, c3, {"SET", "db:k", "three"}));
+  auto r = cmd(ioc, c0, {"GET", "db:k"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::nil);
+  r = cmd(ioc, c3, {"GET", "db:k"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "three");
+}
+
+TEST_F(RedisClientTest, ConnectsOverAUnixSocket) {
+  net::io_context ioc;
+  options o = options_for(*server_);
+  o.port = 1;  // unused: the unix socket wins
+  o.unix_path = server_->unix_path();
+  connection c(executor_of(ioc), o);
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  auto r = cmd(ioc, c, {"PING"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "PONG");
+}
+
+TEST_F(RedisClientTest, EvalShaOfAScriptLoadedByTheConnectHook) {
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(*server_));
+  std::string sha;
+  int hook_runs = 0;
+  c.on_connect([&]() -> awaitable<bool> {
+    ++hook_runs;
+    std::array<std::string_view, 3> argv{"SCRIPT", "LOAD", "return ARGV[1] .. '!' .. redis.call('INCR', KEYS[1])"};
+    std::span<const std::string_view> span(argv);
+    auto r = co_await c.setup_command(span);
+    if (!r || r->type != reply::kind::string) co_return false;
+    sha = r->str;
+    co_return true;
+  });
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  EXPECT_EQ(hook_runs, 1);
+  ASSERT_EQ(sha.size(), 40u);
+  ASSERT_TRUE(cmd(ioc, c, {"DEL", "sha:n"}));
+  auto r = cmd(ioc, c, {"EVALSHA", sha, "1", "sha:n", "hi"});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->type, reply::kind::string);
+  EXPECT_EQ(r->str, "hi!1");
+  // Outside the hook, setup_command is refused.
+  std::array<std::string_view, 1> ping{"PING"};
+  std::span<const std::string_view> span(ping);
+  auto s = run(ioc, c.setup_command(span));
+  ASSERT_TRUE(s);
+  ASSERT_FALSE(*s);
+  EXPECT_EQ(s->error(), net::error::not_connected);
+}
+
+TEST_F(RedisClientTest, SubscriberConnectionRefusesCommands) {
+  net::io_context ioc;
+  connection sub(executor_of(ioc), options_for(*server_));
+  sub.subscribe("refuse", [](std::string_view) {});
+  sub.start();
+  ASSERT_TRUE(wait_up(ioc, sub));
+  auto r = cmd(ioc, sub, {"GET", "x"});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), net::error::operation_not_supported);
+}
+
+// ---------------------------------------------------------------------------------------------
+// No server at all, or one that accepts but never answers.
+
+TEST(RedisClientNoServerTest, CommandFailsAtOnceWhenNothingListens) {
+  net::io_context ioc;
+  options o;
+  o.port = free_port();
+  o.timeout = 2s;
+  connection c(executor_of(ioc), o);
+  c.start();
+  pump(ioc, [] { return false; }, 100ms);  // a few connect attempts
+  EXPECT_FALSE(c.up());
+  EXPECT_NE(c.current(), state::up);
+  const auto t0 = clock_type::now();
+  auto r = cmd(ioc, c, {"PING"});
+  EXPECT_LT(clock_type::now() - t0, 1s);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), net::error::not_connected);
+}
+
+TEST(RedisClientNoServerTest, ServerThatNeverAnswersIsNeverUp) {
+  // A listening socket that nobody reads: TCP connects (kernel backlog), PING gets no answer.
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(s, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(s, 16), 0);
+  ASSERT_EQ(::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  {
+    net::io_context ioc;
+    options o;
+    o.port = ntohs(a.sin_port);
+    o.connect_timeout = 100ms;
+    o.backoff_min = 10ms;
+    o.backoff_max = 50ms;
+    connection c(executor_of(ioc), o);
+    bool ever_up = false;
+    c.on_state([&](bool up) { ever_up = ever_up || up; });
+    c.start();
+    pump(ioc, [] { return false; }, 600ms);
+    EXPECT_FALSE(ever_up);
+    EXPECT_FALSE(c.up());
+    auto r = cmd(ioc, c, {"PING"});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), net::error::not_connected);
+  }
+  ::close(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests that kill and restart their own server.
+
+TEST(RedisClientRestartTest, CommandFailsAtOnceWhileTheServerIsStopped) {
+  redis_server server;
+  ASSERT_TRUE(server.start());
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(server));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  server.kill();
+  ASSERT_TRUE(pump(ioc, [&] { return !c.up(); }, 5s));
+  const auto t0 = clock_type::now();
+  auto r = cmd(ioc, c, {"SET", "k", "v"});
+  EXPECT_LT(clock_type::now() - t0, 1s);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), net::error::not_connected);
+}
+
+TEST(RedisClientRestartTest, LossFailsPendingCommandsWithConnectionReset) {
+  redis_server server;
+  ASSERT_TRUE(server.start());
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(server));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  std::vector<result_t> results;
+  for (int i = 0; i < 3; ++i) {
+    net::co_spawn(
+        ioc,
+        [&]() -> awaitable<void> {
+          std::array<std::string_view, 3> argv{"BLPOP", "loss:nolist", "1.5"};  // blocks server-side
+          std::span<const std::string_view> span(argv);
+          results.push_back(co_await c.command(span));
+        },
+        net::detached);
+  }
+  pump(ioc, [] { return false; }, 50ms);
+  ASSERT_TRUE(results.empty());
+  const auto t0 = clock_type::now();
+  server.kill();
+  ASSERT_TRUE(pump(ioc, [&] { return results.size() == 3; }, 1s));
+  EXPECT_LT(clock_type::now() - t0, 500ms);
+  for (auto& r : results) {
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), net::error::connection_reset);
+  }
+  EXPECT_FALSE(c.up());
+}
+
+TEST(RedisClientRestartTest, CloseFromTheStateCallbackStopsReconnecting) {
+  redis_server server;
+  ASSERT_TRUE(server.start());
+  net::io_context ioc;
+  auto c = std::make_unique<connection>(executor_of(ioc), options_for(server));
+  int downs = 0, ups = 0;
+  c->on_state([&](bool up) {
+    if (up) {
+      ++ups;
+      return;
+    }
+    ++downs;
+    c.reset();  // destroy it from inside its own callback
+  });
+  c->start();
+  ASSERT_TRUE(pump(ioc, [&] { return ups == 1; }, 5s));
+  server.kill();
+  ASSERT_TRUE(pump(ioc, [&] { return downs == 1; }, 5s));
+  EXPECT_EQ(c, nullptr);
+  ASSERT_TRUE(server.start());
+  pump(ioc, [] { return false; }, 300ms);
+  EXPECT_EQ(ups, 1) << "closed: no reconnect";
+}
+
+TEST(RedisClientRestartTest, ComesBackAfterKillAndRestartAndRerunsTheConnectHook) {
+  redis_server server;
+  ASSERT_TRUE(server.start());
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(server));
+  std::vector<bool> states;
+  c.on_state([&](bool up) { states.push_back(up); });
+  std::string sha;
+  c.on_connect([&]() -> awaitable<bool> {
+    std::array<std::string_view, 3> argv{"SCRIPT", "LOAD", "return 'script:' .. ARGV[1]"};
+    std::span<const std::string_view> span(argv);
+    auto r = co_await c.setup_command(span);
+    if (!r || r->type != reply::kind::string) co_return false;
+    sha = r->str;
+    co_return true;
+  });
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  ASSERT_TRUE(cmd(ioc, c, {"SET", "k", "before"}));
+
+  server.kill();
+  ASSERT_TRUE(pump(ioc, [&] { return !c.up(); }, 5s));
+  pump(ioc, [] { return false; }, 300ms);  // a few failed reconnects (backoff grows)
+  ASSERT_TRUE(server.start());             // same port, empty dataset and script cache
+
+  ASSERT_TRUE(wait_up(ioc, c, 5s)) << "did not reconnect by itself";
+  auto r = cmd(ioc, c, {"GET", "k"});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->type, reply::kind::nil);  // a new server: nothing was saved
+  r = cmd(ioc, c, {"SET", "k", "after"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "OK");
+  r = cmd(ioc, c, {"EVALSHA", sha, "0", "again"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "script:again") << "the hook loaded the script into the new server";
+  ASSERT_EQ(states.size(), 3u);
+  EXPECT_EQ(states[0], true);
+  EXPECT_EQ(states[1], false);
+  EXPECT_EQ(states[2], true);
+}
+
+TEST(RedisClientRestartTest, PubSubResubscribesAfterRestart) {
+  redis_server server;
+  ASSERT_TRUE(server.start());
+  net::io_context ioc;
+  connection pub(executor_of(ioc), options_for(server));
+  connection sub(executor_of(ioc), options_for(server));
+  std::vector<std::string> got;
+  int sub_ups = 0;
+  sub.subscribe("tollgate:events", [&](std::string_view payload) { got.emplace_back(payload); });
+  sub.on_state([&](bool up) { sub_ups += up ? 1 : 0; });
+  pub.start();
+  sub.start();
+  ASSERT_TRUE(wait_up(ioc, pub));
+  ASSERT_TRUE(wait_up(ioc, sub));  // up only once the subscription is confirmed
+
+  auto r = cmd(ioc, pub, {"PUBLISH", "tollgate:events", "first"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->integer, 1) << "one subscriber";
+  r = cmd(ioc, pub, {"PUBLISH", "other", "ignored"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->integer, 0);
+  ASSERT_TRUE(pump(ioc, [&] { return !got.empty(); }, 2s));
+  EXPECT_EQ(got.front(), "first");
+
+  server.kill();
+  ASSERT_TRUE(pump(ioc, [&] { return !sub.up() && !pub.up(); }, 5s));
+  ASSERT_TRUE(server.start());
+  ASSERT_TRUE(wait_up(ioc, pub, 5s));
+  ASSERT_TRUE(wait_up(ioc, sub, 5s));
+  EXPECT_EQ(sub_ups, 2);
+
+  const std::string binary("sec\0ond", 7);
+  r = cmd(ioc, pub, {"PUBLISH", "tollgate:events", binary});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->integer, 1) << "re-subscribed after the restart";
+  ASSERT_TRUE(pump(ioc, [&] { return got.size() >= 2; }, 2s));
+  EXPECT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[1], binary);
+}
+
+TEST(RedisClientAuthTest, AuthenticatesWithThePasswordAndRefusesAWrongOne) {
+  std::vector<std::string> extra{"--requirepass", "secret"};
+  redis_server server(extra);
+  ASSERT_TRUE(server.start());
+  net::io_context ioc;
+
+  options good = options_for(server);
+  good.password = "secret";
+  connection ok(executor_of(ioc), good);
+  options named = good;
+  named.username = "default";  // AUTH username password (Redis 6 ACL form)
+  connection ok_named(executor_of(ioc), named);
+  options bad = options_for(server);
+  bad.password = "wrong";
+  connection refused(executor_of(ioc), bad);
+  options none = options_for(server);
+  connection anonymous(executor_of(ioc), none);
+  bool bad_ever_up = false, none_ever_up = false;
+  refused.on_state([&](bool up) { bad_ever_up = bad_ever_up || up; });
+  anonymous.on_state([&](bool up) { none_ever_up = none_ever_up || up; });
+
+  ok.start();
+  ok_named.start();
+  refused.start();
+  anonymous.start();
+  ASSERT_TRUE(wait_up(ioc, ok));
+  ASSERT_TRUE(wait_up(ioc, ok_named));
+  auto r = cmd(ioc, ok, {"SET", "auth:k", "v"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "OK");
+  r = cmd(ioc, ok_named, {"GET", "auth:k"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "v");
+
+  pump(ioc, [] { return false; }, 500ms);  // several attempts each
+  EXPECT_FALSE(bad_ever_up);
+  EXPECT_FALSE(refused.up());
+  EXPECT_FALSE(none_ever_up) << "PING without AUTH gets -NOAUTH: not up";
+  EXPECT_FALSE(anonymous.up());
+  r = cmd(ioc, refused, {"GET", "auth:k"});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), net::error::not_connected);
+}
+
+}  // namespace
+}  // namespace tollgate::policy::redis
