@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tollgate::config {
@@ -19,6 +20,7 @@ struct endpoint {
 struct tls_server {
   std::string cert_file;
   std::string key_file;
+  std::string client_ca_file;      ///< set: callers must present a certificate signed by this CA (mTLS)
   bool enabled() const { return !cert_file.empty(); }
 };
 
@@ -101,10 +103,98 @@ struct model_config {
   int line = 0;
 };
 
+/// Requests, tokens and in-flight limits of one scope (team or key). 0: no limit of that kind.
+struct limits_config {
+  std::uint64_t rpm = 0;          ///< requests admitted in any sliding 60 s window
+  std::uint64_t tpm = 0;          ///< tokens (reserved, then corrected to usage) in any sliding 60 s window
+  std::uint64_t concurrency = 0;  ///< requests in flight
+  bool any() const { return rpm || tpm || concurrency; }
+};
+
+enum class budget_period { daily, monthly, total };
+
+/// A USD budget. Amounts are kept in nano-USD (1e-9 $) so that sums are exact integers.
+struct budget_config {
+  std::int64_t limit_nano = -1;  ///< -1: no budget
+  budget_period period = budget_period::monthly;
+  double soft = 0.8;             ///< fraction that raises the soft-threshold event once per period; 0: none
+  bool set() const { return limit_nano >= 0; }
+};
+
+/// USD per million tokens. Integer nano-USD per token would lose the sub-nano part of cheap
+/// models, so prices stay as doubles and the cost of one call is rounded up to a nano-USD once.
+struct price_config {
+  std::string pattern;  ///< model name or glob (`*`)
+  double input = 0, cached_input = 0, output = 0;
+  int line = 0;
+};
+
+struct team_config {
+  std::string name;
+  std::vector<std::string> models;      ///< allowed model patterns; empty: all
+  limits_config limits;
+  budget_config budget;
+  std::vector<std::string> identities;  ///< mTLS SAN values (URI or DNS) that authenticate as this team
+  int line = 0;
+};
+
+/// A key declared in config (keys created through the admin API live in the policy store).
+struct key_config {
+  std::string id, team, name;
+  std::string digest;                   ///< "sha256:<hex>" or "hmac-sha256:<hex>"
+  std::vector<std::string> models;      ///< allowed model patterns; empty: the team's
+  std::int64_t expires_unix = 0;        ///< 0: never
+  bool enabled = true;
+  limits_config limits;
+  budget_config budget;
+  int line = 0;
+};
+
+struct redis_config {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 6379;
+  std::string unix_path;
+  std::string username, password;  ///< resolved secret; never logged
+  unsigned db = 0;
+  std::string key_prefix = "tollgate:";
+  std::uint32_t timeout_ms = 50;
+  std::uint32_t connect_timeout_ms = 200;
+};
+
+enum class on_store_failure { fail_closed, fail_open, local };
+
+struct store_config {
+  std::string type = "memory";  ///< "memory" or "redis"
+  redis_config redis;
+  unsigned replicas = 1;        ///< replicas sharing the store: local fallback limits are divided by it
+  on_store_failure budgets = on_store_failure::fail_closed;     ///< fail_closed or fail_open
+  on_store_failure rate_limits = on_store_failure::local;       ///< local, fail_closed or fail_open
+  std::uint32_t lease_ms = 300'000;       ///< reservations of a dead gateway expire after this
+  std::uint64_t default_max_tokens = 4096;  ///< output reserved when the caller gives no max_tokens
+};
+
+struct admin_token_config {
+  std::string name;
+  std::string digest;  ///< "sha256:<hex>"
+};
+
+struct auth_config {
+  bool required = true;          ///< false: callers without credentials run as the anonymous team
+  std::string pepper;            ///< HMAC key for key digests (resolved secret)
+  std::uint32_t key_cache_ms = 1000;
+  bool demo_key = false;         ///< create team "demo" and a key at start, and print it (quickstart)
+  std::vector<admin_token_config> admin_tokens;
+};
+
 struct gateway_config {
   server_config server;
   std::vector<provider_config> providers;
   std::vector<model_config> models;
+  std::vector<price_config> prices;
+  std::vector<team_config> teams;
+  std::vector<key_config> keys;
+  auth_config auth;
+  store_config store;
   std::string source_path;  ///< file it was loaded from (for reload)
 
   const provider_config* find_provider(std::string_view name) const {
@@ -112,6 +202,16 @@ struct gateway_config {
       if (p.name == name) return &p;
     return nullptr;
   }
+  const team_config* find_team(std::string_view name) const {
+    for (auto& t : teams)
+      if (t.name == name) return &t;
+    return nullptr;
+  }
+  /// The price entry for a model: an exact name first, then the longest matching glob.
+  const price_config* find_price(std::string_view model) const;
 };
+
+/// `*` matches any run of characters; everything else matches itself.
+bool glob_match(std::string_view pattern, std::string_view text) noexcept;
 
 }  // namespace tollgate::config

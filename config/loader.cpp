@@ -6,6 +6,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
+#include <ctime>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -105,8 +106,9 @@ void parse_server(const YAML::Node& n, server_config& s) {
   if (auto v = n["admin_listen"]) s.admin_listen = parse_endpoint(v, p + ".admin_listen");
   if (auto v = n["access_log"]) s.access_log = get_string(v, p + ".access_log");
   if (auto t = n["tls"]) {
-    check_keys(t, p + ".tls", {"cert_file", "key_file"});
+    check_keys(t, p + ".tls", {"cert_file", "key_file", "client_ca_file"});
     if (auto v = t["cert_file"]) s.tls.cert_file = get_string(v, p + ".tls.cert_file");
+    if (auto v = t["client_ca_file"]) s.tls.client_ca_file = get_string(v, p + ".tls.client_ca_file");
     if (auto v = t["key_file"]) s.tls.key_file = get_string(v, p + ".tls.key_file");
   }
   if (auto l = n["limits"]) {
@@ -200,11 +202,187 @@ target_config parse_target(const YAML::Node& n, const std::string& p, const std:
   return t;
 }
 
+std::vector<std::string> get_string_list(const YAML::Node& n, const std::string& path) {
+  std::vector<std::string> out;
+  if (n.IsScalar()) {
+    out.push_back(n.Scalar());
+    return out;
+  }
+  if (!n.IsSequence()) fail(path, n, "expected a list of strings");
+  for (std::size_t i = 0; i < n.size(); ++i) out.push_back(get_string(n[i], path + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+limits_config parse_limits(const YAML::Node& n, const std::string& p) {
+  check_keys(n, p, {"rpm", "tpm", "concurrency"});
+  limits_config l;
+  if (auto v = n["rpm"]) l.rpm = get_uint<std::uint64_t>(v, p + ".rpm", 1'000'000'000);
+  if (auto v = n["tpm"]) l.tpm = get_uint<std::uint64_t>(v, p + ".tpm", 1'000'000'000'000);
+  if (auto v = n["concurrency"]) l.concurrency = get_uint<std::uint64_t>(v, p + ".concurrency", 1'000'000);
+  return l;
+}
+
+budget_config parse_budget(const YAML::Node& n, const std::string& p) {
+  check_keys(n, p, {"usd", "period", "soft"});
+  budget_config b;
+  if (!n["usd"]) fail(p + ".usd", n, "required (the budget in US dollars)");
+  const double usd = get_double(n["usd"], p + ".usd");
+  if (usd > 1e9) fail(p + ".usd", n["usd"], "must be at most 1e9");
+  b.limit_nano = static_cast<std::int64_t>(usd * 1e9 + 0.5);
+  if (auto v = n["period"]) {
+    auto s = get_string(v, p + ".period");
+    if (s == "daily") b.period = budget_period::daily;
+    else if (s == "monthly") b.period = budget_period::monthly;
+    else if (s == "total") b.period = budget_period::total;
+    else fail(p + ".period", v, "expected daily, monthly or total, got '" + s + "'");
+  }
+  if (auto v = n["soft"]) {
+    b.soft = get_double(v, p + ".soft");
+    if (b.soft > 1) fail(p + ".soft", v, "expected a fraction between 0 and 1 (for example 0.8)");
+  }
+  return b;
+}
+
+/// RFC 3339 UTC time (2027-01-31T00:00:00Z) or a date (2027-01-31, midnight UTC).
+std::int64_t get_time(const YAML::Node& n, const std::string& path) {
+  const std::string s = get_string(n, path);
+  std::tm tm{};
+  const char* end = ::strptime(s.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (!end || *end) {
+    tm = {};
+    end = ::strptime(s.c_str(), "%Y-%m-%d", &tm);
+  }
+  if (!end || *end) fail(path, n, "expected a UTC time like 2027-01-31T00:00:00Z or a date like 2027-01-31, got '" + s + "'");
+  return static_cast<std::int64_t>(::timegm(&tm));
+}
+
+void parse_auth(const YAML::Node& n, auth_config& a) {
+  const std::string p = "auth";
+  check_keys(n, p, {"required", "pepper", "key_cache_ms", "demo_key", "admin_tokens"});
+  if (auto v = n["required"]) a.required = get_bool(v, p + ".required");
+  if (auto v = n["pepper"]) a.pepper = get_secret(v, p + ".pepper");
+  if (auto v = n["key_cache_ms"]) a.key_cache_ms = get_uint<std::uint32_t>(v, p + ".key_cache_ms", 60'000);
+  if (auto v = n["demo_key"]) a.demo_key = get_bool(v, p + ".demo_key");
+  if (auto ts = n["admin_tokens"]) {
+    if (!ts.IsSequence()) fail(p + ".admin_tokens", ts, "expected a list");
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      const std::string tp = p + ".admin_tokens[" + std::to_string(i) + "]";
+      check_keys(ts[i], tp, {"name", "digest"});
+      if (!ts[i]["name"] || !ts[i]["digest"]) fail(tp, ts[i], "name and digest are required");
+      a.admin_tokens.push_back({get_string(ts[i]["name"], tp + ".name"), get_string(ts[i]["digest"], tp + ".digest")});
+    }
+  }
+}
+
+on_store_failure get_failure_mode(const YAML::Node& n, const std::string& path, bool local_ok) {
+  auto s = get_string(n, path);
+  if (s == "fail_closed") return on_store_failure::fail_closed;
+  if (s == "fail_open") return on_store_failure::fail_open;
+  if (s == "local" && local_ok) return on_store_failure::local;
+  fail(path, n, std::string("expected fail_closed") + (local_ok ? ", fail_open or local" : " or fail_open") + ", got '" + s + "'");
+}
+
+void parse_store(const YAML::Node& n, store_config& s) {
+  const std::string p = "store";
+  check_keys(n, p, {"type", "redis", "replicas", "on_unavailable", "lease_ms", "default_max_tokens"});
+  if (auto v = n["type"]) {
+    s.type = get_string(v, p + ".type");
+    if (s.type != "memory" && s.type != "redis") fail(p + ".type", v, "expected memory or redis, got '" + s.type + "'");
+  }
+  if (auto r = n["redis"]) {
+    const std::string rp = p + ".redis";
+    check_keys(r, rp, {"address", "username", "password", "db", "key_prefix", "timeout_ms", "connect_timeout_ms"});
+    if (auto v = r["address"]) {
+      auto a = get_string(v, rp + ".address");
+      if (a.rfind("unix:", 0) == 0) s.redis.unix_path = a.substr(5);
+      else {
+        auto e = parse_endpoint(v, rp + ".address");
+        s.redis.host = e.host;
+        s.redis.port = e.port;
+      }
+    }
+    if (auto v = r["username"]) s.redis.username = get_secret(v, rp + ".username");
+    if (auto v = r["password"]) s.redis.password = get_secret(v, rp + ".password");
+    if (auto v = r["db"]) s.redis.db = get_uint<unsigned>(v, rp + ".db", 15);
+    if (auto v = r["key_prefix"]) s.redis.key_prefix = get_string(v, rp + ".key_prefix");
+    if (auto v = r["timeout_ms"]) s.redis.timeout_ms = get_uint<std::uint32_t>(v, rp + ".timeout_ms", 60'000);
+    if (auto v = r["connect_timeout_ms"])
+      s.redis.connect_timeout_ms = get_uint<std::uint32_t>(v, rp + ".connect_timeout_ms", 60'000);
+  }
+  if (auto v = n["replicas"]) s.replicas = get_uint<unsigned>(v, p + ".replicas", 10'000);
+  if (auto u = n["on_unavailable"]) {
+    const std::string up = p + ".on_unavailable";
+    check_keys(u, up, {"budgets", "rate_limits"});
+    if (auto v = u["budgets"]) s.budgets = get_failure_mode(v, up + ".budgets", false);
+    if (auto v = u["rate_limits"]) s.rate_limits = get_failure_mode(v, up + ".rate_limits", true);
+  }
+  if (auto v = n["lease_ms"]) s.lease_ms = get_uint<std::uint32_t>(v, p + ".lease_ms", 86'400'000);
+  if (auto v = n["default_max_tokens"]) s.default_max_tokens = get_uint<std::uint64_t>(v, p + ".default_max_tokens");
+}
+
+void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
+  if (!n.IsMap()) fail("prices", n, "expected a mapping of model names (or globs) to prices");
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    price_config pc;
+    pc.pattern = it->first.as<std::string>();
+    const std::string p = "prices." + pc.pattern;
+    pc.line = line_of(it->first);
+    check_keys(it->second, p, {"input", "cached_input", "output"});
+    if (!it->second["input"] || !it->second["output"]) fail(p, it->second, "input and output (USD per million tokens) are required");
+    pc.input = get_double(it->second["input"], p + ".input");
+    pc.output = get_double(it->second["output"], p + ".output");
+    pc.cached_input = it->second["cached_input"] ? get_double(it->second["cached_input"], p + ".cached_input") : pc.input;
+    out.push_back(std::move(pc));
+  }
+}
+
+team_config parse_team(const YAML::Node& n, const std::string& p) {
+  check_keys(n, p, {"name", "models", "limits", "budget", "identities"});
+  team_config t;
+  t.line = line_of(n);
+  if (!n["name"]) fail(p + ".name", n, "required");
+  t.name = get_string(n["name"], p + ".name");
+  if (auto v = n["models"]) t.models = get_string_list(v, p + ".models");
+  if (auto v = n["limits"]) t.limits = parse_limits(v, p + ".limits");
+  if (auto v = n["budget"]) t.budget = parse_budget(v, p + ".budget");
+  if (auto v = n["identities"]) t.identities = get_string_list(v, p + ".identities");
+  return t;
+}
+
+key_config parse_key(const YAML::Node& n, const std::string& p) {
+  check_keys(n, p, {"id", "team", "name", "digest", "models", "expires", "enabled", "limits", "budget"});
+  key_config k;
+  k.line = line_of(n);
+  for (const char* req : {"id", "team", "digest"})
+    if (!n[req]) fail(p + "." + req, n, "required");
+  k.id = get_string(n["id"], p + ".id");
+  k.team = get_string(n["team"], p + ".team");
+  k.digest = get_string(n["digest"], p + ".digest");
+  if (auto v = n["name"]) k.name = get_string(v, p + ".name");
+  if (auto v = n["models"]) k.models = get_string_list(v, p + ".models");
+  if (auto v = n["expires"]) k.expires_unix = get_time(v, p + ".expires");
+  if (auto v = n["enabled"]) k.enabled = get_bool(v, p + ".enabled");
+  if (auto v = n["limits"]) k.limits = parse_limits(v, p + ".limits");
+  if (auto v = n["budget"]) k.budget = parse_budget(v, p + ".budget");
+  return k;
+}
+
 gateway_config parse_root(const YAML::Node& root) {
   gateway_config cfg;
   if (!root || root.IsNull()) throw config_error("<root>: the file is empty");
-  check_keys(root, "", {"server", "providers", "models"});
+  check_keys(root, "", {"server", "providers", "models", "prices", "teams", "keys", "auth", "store"});
   if (auto s = root["server"]) parse_server(s, cfg.server);
+  if (auto a = root["auth"]) parse_auth(a, cfg.auth);
+  if (auto s = root["store"]) parse_store(s, cfg.store);
+  if (auto pr = root["prices"]) parse_prices(pr, cfg.prices);
+  if (auto ts = root["teams"]) {
+    if (!ts.IsSequence()) fail("teams", ts, "expected a list");
+    for (std::size_t i = 0; i < ts.size(); ++i) cfg.teams.push_back(parse_team(ts[i], "teams[" + std::to_string(i) + "]"));
+  }
+  if (auto ks = root["keys"]) {
+    if (!ks.IsSequence()) fail("keys", ks, "expected a list");
+    for (std::size_t i = 0; i < ks.size(); ++i) cfg.keys.push_back(parse_key(ks[i], "keys[" + std::to_string(i) + "]"));
+  }
   if (auto ps = root["providers"]) {
     if (!ps.IsSequence()) fail("providers", ps, "expected a list");
     for (std::size_t i = 0; i < ps.size(); ++i)
@@ -270,6 +448,41 @@ std::string validate(const gateway_config& cfg) {
         return path + ".fallbacks[" + std::to_string(j) + "].provider: model '" + m.name +
                "' refers to unknown provider '" + m.fallbacks[j].provider + "'" + line(m.fallbacks[j]);
   }
+  for (std::size_t i = 0; i < cfg.models.size(); ++i)
+    if (!cfg.find_price(cfg.models[i].name))
+      return "models[" + std::to_string(i) + "]: model '" + cfg.models[i].name +
+             "' has no price; add it (or a glob that matches it) under prices: with input and output USD per million "
+             "tokens (line " + std::to_string(cfg.models[i].line) + ")";
+  std::set<std::string> teams;
+  for (std::size_t i = 0; i < cfg.teams.size(); ++i) {
+    const auto& t = cfg.teams[i];
+    const std::string at = " (line " + std::to_string(t.line) + ")";
+    if (t.name.empty()) return "teams[" + std::to_string(i) + "].name: must not be empty" + at;
+    if (!teams.insert(t.name).second) return "teams[" + std::to_string(i) + "].name: duplicate team '" + t.name + "'" + at;
+  }
+  std::set<std::string> keys;
+  for (std::size_t i = 0; i < cfg.keys.size(); ++i) {
+    const auto& k = cfg.keys[i];
+    const std::string path = "keys[" + std::to_string(i) + "]";
+    const std::string at = " (line " + std::to_string(k.line) + ")";
+    if (k.id.empty() || k.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != std::string::npos)
+      return path + ".id: must be letters and digits only (it is the middle of tg_<id>_<secret>)" + at;
+    if (!keys.insert(k.id).second) return path + ".id: duplicate key id '" + k.id + "'" + at;
+    if (!cfg.find_team(k.team)) return path + ".team: unknown team '" + k.team + "'" + at;
+    const bool hex64 = [&] {
+      auto colon = k.digest.find(':');
+      if (colon == std::string::npos) return false;
+      auto hex = std::string_view(k.digest).substr(colon + 1);
+      return hex.size() == 64 && hex.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+    }();
+    if (!hex64 || (k.digest.rfind("sha256:", 0) != 0 && k.digest.rfind("hmac-sha256:", 0) != 0))
+      return path + ".digest: expected sha256:<64 lowercase hex> or hmac-sha256:<64 lowercase hex> (tollgatectl key digest prints it)" + at;
+    if (k.digest.rfind("hmac-sha256:", 0) == 0 && cfg.auth.pepper.empty())
+      return path + ".digest: an hmac-sha256 digest needs auth.pepper" + at;
+  }
+  if (cfg.store.replicas == 0) return "store.replicas: must be at least 1";
+  if (cfg.store.lease_ms < 1000) return "store.lease_ms: must be at least 1000";
+  if (cfg.store.type == "redis" && cfg.store.redis.timeout_ms == 0) return "store.redis.timeout_ms: must be at least 1";
   const auto& l = cfg.server.limits;
   if (l.max_header_bytes < 256) return "server.limits.max_header_bytes: must be at least 256";
   if (l.max_url_bytes >= l.max_header_bytes) return "server.limits.max_url_bytes: must be below max_header_bytes";
@@ -277,6 +490,36 @@ std::string validate(const gateway_config& cfg) {
   if (cfg.server.tls.cert_file.empty() != cfg.server.tls.key_file.empty())
     return "server.tls: cert_file and key_file must be set together";
   return {};
+}
+
+const price_config* gateway_config::find_price(std::string_view model) const {
+  const price_config* best = nullptr;
+  for (auto& p : prices) {
+    if (p.pattern == model) return &p;
+    if (glob_match(p.pattern, model) && (!best || p.pattern.size() > best->pattern.size())) best = &p;
+  }
+  return best;
+}
+
+bool glob_match(std::string_view pat, std::string_view s) noexcept {
+  // Iterative matcher with one backtrack point: linear for patterns with `*` only.
+  std::size_t p = 0, t = 0, star = std::string_view::npos, mark = 0;
+  while (t < s.size()) {
+    if (p < pat.size() && pat[p] != '*' && pat[p] == s[t]) {
+      ++p;
+      ++t;
+    } else if (p < pat.size() && pat[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pat.size() && pat[p] == '*') ++p;
+  return p == pat.size();
 }
 
 load_result load_string(const std::string& yaml, const std::string& origin) {

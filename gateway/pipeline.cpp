@@ -149,13 +149,13 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
 
 /// Phases 2–10 in table order.
 awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sink& sink) {
-  if (auto r = policy::authenticate(ctx); !r || *r == flow::responded) co_return r;
+  if (auto r = co_await w.policy().authenticate(ctx); !r || *r == flow::responded) co_return r;
   if (auto r = providers::decode_request(ctx); !r) co_return r;
   ctx.route = ctx.snap->find_model(ctx.model);
   if (!ctx.route)
     co_return make_failure(errc::model_not_found,
                            "The model '" + ctx.model + "' does not exist or you do not have access to it.", "model");
-  if (auto r = policy::admit(ctx); !r || *r == flow::responded) co_return r;
+  if (auto r = co_await w.policy().admit(ctx); !r || *r == flow::responded) co_return r;
   if (w.draining()) ctx.close_after = true;
   co_return co_await proxy(w, ctx, sink);
 }
@@ -176,14 +176,14 @@ awaitable<void> fail(request_context& ctx, response_sink& sink, const failure& f
   }
   errc e = f.code.category() == tollgate_category() ? static_cast<errc>(f.code.value()) : errc::internal;
   if (ctx.details.empty()) ctx.details = std::string(map_error(e).code);
-  co_await answer_error(ctx, sink, e, f.message, f.param);
+  co_await answer_error(ctx, sink, e, f.message, f.param, f.headers);
 }
 
 awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
   phase_result r = co_await run_phases(w, ctx, sink);
   if (!r) co_await fail(ctx, sink, r.error());
   if (ctx.client_gone && ctx.details.empty()) ctx.details = "client_disconnected";
-  policy::settle(ctx);
+  w.policy().settle(ctx, w.executor());
   log_request(w, ctx);
 }
 
@@ -193,9 +193,10 @@ awaitable<void> answer_json(request_context&, response_sink& sink, unsigned stat
   co_await sink.send_full(status, "application/json", std::string(body));
 }
 
-std::string models_body(const snapshot& snap) {
+std::string models_body(const request_context& ctx) {
   json::array data;
-  for (const model_route* m : snap.model_order) {
+  for (const model_route* m : ctx.snap->model_order) {
+    if (!policy::engine::may_list(ctx, m->name)) continue;
     data.push_back(json::object{{"id", m->name}, {"object", "model"}, {"created", 0},
                                 {"owned_by", m->targets.front().provider->name()}});
   }
@@ -294,8 +295,10 @@ awaitable<void> handle_caller_request(worker& w, request_context& ctx, response_
     ctx.endpoint = endpoint_kind::models;
     static const header_list allow{{"Allow", "GET"}};
     if (!get) co_await answer_error(ctx, sink, errc::method_not_allowed, "Use GET for /v1/models.", "", allow);
-    else {
-      std::string body = models_body(*ctx.snap);
+    else if (auto r = co_await w.policy().authenticate(ctx); !r) {
+      co_await fail(ctx, sink, r.error());
+    } else {
+      std::string body = models_body(ctx);
       co_await answer_json(ctx, sink, 200, body);
     }
   } else if (ctx.path == "/healthz") {
@@ -317,6 +320,8 @@ awaitable<void> handle_admin_request(worker& w, request_context& ctx, response_s
   } else if (ctx.path == "/readyz") {
     if (w.draining()) co_await answer_json(ctx, sink, 503, R"({"status":"draining"})");
     else co_await answer_json(ctx, sink, 200, R"({"status":"ready"})");
+  } else if (ctx.path.starts_with("/admin/")) {
+    co_await handle_admin_api(w, ctx, sink);
   } else {
     co_await answer_error(ctx, sink, errc::not_found, "Unknown admin URL: " + ctx.method + " " + ctx.path + ".");
   }

@@ -18,6 +18,9 @@ awaitable<void> handle_caller_request(worker& w, request_context& ctx, response_
 /// Handles one request on the admin listener (/metrics, /healthz, /readyz).
 awaitable<void> handle_admin_request(worker& w, request_context& ctx, response_sink& sink);
 
+/// The admin API under /admin/v1/ (docs/admin-api.md): keys and budgets. Admin tokens only.
+awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink& sink);
+
 /// Answers a gateway error in OpenAI's shape and records it in ctx.
 /// `message` and `param` must stay valid until the returned awaitable completes.
 awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc code, std::string_view message,

@@ -15,7 +15,10 @@
 #include "config/loader.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/session.hpp"
+#include "policy/memory_store.hpp"
+#include "policy/redis_store.hpp"
 #include "providers/registry.hpp"
+#include <boost/asio/use_future.hpp>
 
 namespace tollgate::gateway {
 namespace json = boost::json;
@@ -101,6 +104,15 @@ int server::run() {
       log_event("error", "cannot load TLS certificate or key: " + ec.message());
       return 1;
     }
+    if (!cfg.server.tls.client_ca_file.empty()) {
+      // mTLS: a caller without a certificate signed by this CA fails the handshake.
+      server_tls_->load_verify_file(cfg.server.tls.client_ca_file, ec);
+      if (ec) {
+        log_event("error", "cannot load the client CA file: " + ec.message());
+        return 1;
+      }
+      server_tls_->set_verify_mode(net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert);
+    }
   }
   caller_ = bind(control_, cfg.server.listen, error);
   if (caller_) admin_ = bind(control_, cfg.server.admin_listen, error);
@@ -110,11 +122,22 @@ int server::run() {
   }
 
   unsigned n = cfg.server.workers ? cfg.server.workers : std::max(1u, std::thread::hardware_concurrency());
+  std::shared_ptr<policy::store> store;
+  if (cfg.store.type == "redis") store = std::make_shared<policy::redis_store>(cfg.store.redis);
+  else store = std::make_shared<policy::memory_store>();
+  policy_ = std::make_unique<policy::engine>(store, gateway_metrics::get().registry,
+                                             [](std::string_view level, std::string_view msg, std::string_view extra) {
+                                               log_event(level, msg, extra);
+                                             });
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
+  std::vector<executor_t> executors;
   for (unsigned i = 0; i < n; ++i) {
-    workers_.push_back(std::make_unique<worker>(i, snap_, log_));
+    workers_.push_back(std::make_unique<worker>(i, snap_, log_, *policy_));
     guards.emplace_back(workers_.back()->ioc().get_executor());
+    executors.push_back(workers_.back()->executor());
   }
+  // Store connections start on the workers' io_contexts before their threads run.
+  policy_->start(executors);
   for (auto& w : workers_) {
     net::co_spawn(w->ioc(), w->sweep_deadlines(milliseconds(50)), net::detached);
     w->thread = std::thread([&ioc = w->ioc()] { ioc.run(); });
@@ -124,6 +147,7 @@ int server::run() {
   net::co_spawn(control_, accept_loop(*admin_, true), net::detached);
   net::co_spawn(control_, signal_loop(), net::detached);
 
+  if (cfg.auth.demo_key) create_demo_key();
   if (!write_ready_file(error)) log_event("error", error);
   log_event("info", "tollgate listening",
             "\"listen\":" + json::serialize(endpoint_json(*caller_)) + ",\"admin\":" + json::serialize(endpoint_json(*admin_)) +
@@ -132,6 +156,7 @@ int server::run() {
   control_.run();
 
   guards.clear();
+  policy_->stop();
   for (auto& w : workers_) {
     w->ioc().stop();
     if (w->thread.joinable()) w->thread.join();
@@ -139,6 +164,25 @@ int server::run() {
   }
   log_event("info", "tollgate stopped");
   return 0;
+}
+
+void server::create_demo_key() {
+  policy::key_record proto;
+  proto.team = "demo";
+  proto.name = "quickstart demo key";
+  auto fut = net::co_spawn(workers_.front()->ioc(), policy_->create_key(0, *snap_->cfg, proto), net::use_future);
+  if (fut.wait_for(seconds(5)) != std::future_status::ready) {
+    log_event("error", "demo key: the policy store did not answer");
+    return;
+  }
+  auto r = fut.get();
+  if (!r) {
+    log_event("error", "demo key not created: " + r.error());
+    return;
+  }
+  // The one place a secret is printed: the quickstart's own key, on the terminal, never in a log.
+  std::fprintf(stdout, "\nDemo API key (team demo, shown once): %s\n\n", r->full.c_str());
+  std::fflush(stdout);
 }
 
 awaitable<void> server::accept_loop(acceptor_t& acceptor, bool admin) {
@@ -201,6 +245,11 @@ void server::reload() {
   if (old.listen.host != now.listen.host || old.listen.port != now.listen.port || old.workers != now.workers ||
       old.admin_listen.port != now.admin_listen.port || old.access_log != now.access_log)
     log_event("warn", "listen addresses, workers and access_log change only on restart");
+  const auto& os = snap_->cfg->store;
+  const auto& ns = snap->cfg->store;
+  if (os.type != ns.type || os.redis.host != ns.redis.host || os.redis.port != ns.redis.port ||
+      os.redis.unix_path != ns.redis.unix_path || os.redis.key_prefix != ns.redis.key_prefix)
+    log_event("warn", "the policy store (type, address, key_prefix) changes only on restart");
   snap_ = snap;
   for (auto& w : workers_) net::post(w->ioc(), [wp = w.get(), snap] { wp->set_snapshot(snap); });
   m.reloads.counter({"success"}).inc();
@@ -220,7 +269,7 @@ awaitable<void> server::drain() {
     for (auto& w : workers_) n += w->live_sessions.load();
     return n;
   };
-  while (live() > 0 && steady_clock::now() < deadline) {
+  while ((live() > 0 || policy_->pending() > 0) && steady_clock::now() < deadline) {
     t.expires_after(milliseconds(20));
     co_await t.async_wait();
   }

@@ -29,10 +29,12 @@ class server {
   awaitable<void> drain();
   void reload();
   bool write_ready_file(std::string& error);
+  void create_demo_key();
 
   std::shared_ptr<const snapshot> snap_;
   server_options opts_;
   access_log log_;
+  std::unique_ptr<policy::engine> policy_;  ///< outlives the workers (their settlements use it)
   // Workers are declared before the control context so they outlive it: a pending accept on the
   // control context owns a socket bound to a worker's io_context (ASan caught the reverse order).
   std::vector<std::unique_ptr<worker>> workers_;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/session.hpp"
 
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 
 #include <boost/asio/post.hpp>
@@ -16,6 +18,7 @@
 #include <cstdio>
 
 #include "gateway/core/http_guard.hpp"
+#include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/pipeline.hpp"
 #include "gateway/response_head.hpp"
@@ -138,10 +141,49 @@ std::string client_address(stream_t& s) {
   return ec ? std::string("unknown") : ep.address().to_string();
 }
 
+/// The API key a caller presented: `Authorization: Bearer <key>` (OpenAI SDKs), else `api-key`
+/// (Azure SDKs), else `x-api-key` (Anthropic SDKs). Empty when none.
+std::string presented_credential(const http::request<http::string_body>& req) {
+  auto auth = req[http::field::authorization];
+  if (!auth.empty()) {
+    auto v = text::trim(auth);
+    if (v.size() > 7 && text::iequals(v.substr(0, 7), "bearer ")) return std::string(text::trim(v.substr(7)));
+    return {};  // another scheme: not an API key
+  }
+  for (std::string_view name : {std::string_view("api-key"), std::string_view("x-api-key")})
+    if (auto it = req.find(name); it != req.end()) return std::string(text::trim(it->value()));
+  return {};
+}
+
+/// URI and DNS subject-alternative names of the peer's certificate, which OpenSSL has already
+/// verified against the configured client CA (SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
+std::vector<std::string> certificate_names(SSL* ssl) {
+  std::vector<std::string> out;
+  X509* cert = SSL_get1_peer_certificate(ssl);
+  if (!cert) return out;
+  if (SSL_get_verify_result(ssl) == X509_V_OK) {
+    auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+    if (names) {
+      for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
+        const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
+        if (n->type != GEN_URI && n->type != GEN_DNS) continue;
+        const ASN1_IA5STRING* v = n->type == GEN_URI ? n->d.uniformResourceIdentifier : n->d.dNSName;
+        out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)), std::size_t(ASN1_STRING_length(v)));
+      }
+      GENERAL_NAMES_free(names);
+    }
+  }
+  X509_free(cert);
+  return out;
+}
+
 template <class Stream>
 class session {
  public:
   session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind) {}
+
+  /// SANs of the verified client certificate (mTLS listeners).
+  void set_peer_names(std::vector<std::string> names) { peer_names_ = std::move(names); }
 
   awaitable<void> run() {
     stream_t& low = beast::get_lowest_layer(s_);
@@ -276,10 +318,14 @@ class session {
     std::string_view target = req.target();
     ctx.path = std::string(target.substr(0, target.find('?')));
     ctx.user_agent = std::string(req[http::field::user_agent]);
+    ctx.credential = presented_credential(req);
+    ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
     session_sink<Stream> sink(s_, ctx, req.keep_alive(), req.version() >= 11);
 
     if (kind_ == listener_kind::admin) {
+      ctx.body = std::move(req.body());
+      ctx.query = std::string(target.substr(std::min(target.size(), target.find('?') == std::string_view::npos ? target.size() : target.find('?') + 1)));
       co_await handle_admin_request(w_, ctx, sink);
     } else {
       auto ct = req[http::field::content_type];
@@ -344,6 +390,7 @@ class session {
   listener_kind kind_;
   beast::flat_buffer buf_;
   std::string peer_;
+  std::vector<std::string> peer_names_;
   session_slot* slot_ = nullptr;  ///< this session's entry in the worker's registry
 };
 
@@ -363,6 +410,7 @@ awaitable<void> run_tls_session(worker& w, socket_t socket, net::ssl::context& t
   auto [ec] = co_await stream.async_handshake(net::ssl::stream_base::server);
   if (ec) co_return;
   session<net::ssl::stream<stream_t>> s(w, stream, kind);
+  s.set_peer_names(certificate_names(stream.native_handle()));
   co_await s.run();
 }
 

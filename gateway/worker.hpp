@@ -12,6 +12,7 @@
 #include "gateway/core/provider.hpp"
 #include "gateway/core/snowflake.hpp"
 #include "gateway/upstream_client.hpp"
+#include "policy/policy.hpp"
 
 namespace tollgate::gateway {
 
@@ -29,8 +30,8 @@ struct session_slot {
 
 class worker {
  public:
-  worker(unsigned index, std::shared_ptr<const snapshot> snap, access_log& log)
-      : index_(index), snap_(std::move(snap)), ids_(index), log_(log) {}
+  worker(unsigned index, std::shared_ptr<const snapshot> snap, access_log& log, policy::engine& policy)
+      : index_(index), snap_(std::move(snap)), ids_(index), log_(log), policy_(policy) {}
 
   unsigned index() const { return index_; }
   net::io_context& ioc() { return ioc_; }
@@ -42,6 +43,7 @@ class worker {
   std::uint64_t next_id() { return ids_.next(); }
   upstream_pool& pool() { return pool_; }
   access_log& log() { return log_; }
+  policy::engine& policy() { return policy_; }
   /// This worker's access-log lines not written yet (flushed on each sweep tick and at exit).
   std::string& log_buffer() { return log_buffer_; }
 
@@ -94,6 +96,7 @@ class worker {
   std::shared_ptr<const snapshot> snap_;
   snowflake ids_;
   access_log& log_;
+  policy::engine& policy_;
   bool draining_ = false;
   std::string log_buffer_;
   std::list<session_slot> sessions_;

@@ -1,24 +1,458 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "policy/policy.hpp"
 
+#include <openssl/rand.h>
+
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <cmath>
+#include <ctime>
+
+#include "gateway/core/provider.hpp"
 #include "gateway/core/tokens.hpp"
+#include "policy/keys.hpp"
 
 namespace tollgate::policy {
+namespace json = boost::json;
+using namespace std::chrono;
 
-phase_result authenticate(request_context& ctx) {
-  ctx.identity = caller_identity{};
-  return flow::next;
+namespace {
+
+bool any_match(const std::vector<std::string>& patterns, std::string_view model) {
+  if (patterns.empty()) return true;
+  for (auto& p : patterns)
+    if (config::glob_match(p, model)) return true;
+  return false;
 }
 
-phase_result admit(request_context&) { return flow::next; }
+std::string random_hex(std::size_t bytes) {
+  std::string raw(bytes, '\0');
+  RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), int(bytes));
+  static constexpr char d[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : raw) {
+    out.push_back(d[c >> 4]);
+    out.push_back(d[c & 15]);
+  }
+  return out;
+}
 
-void settle(request_context& ctx) noexcept {
-  if (ctx.usage.reported) return;
-  if (ctx.endpoint != endpoint_kind::chat_completions && ctx.endpoint != endpoint_kind::embeddings) return;
-  // Only answers the provider produced are billed: a refused connect or an error status is not.
-  if (!ctx.upstream_answered || ctx.status / 100 != 2) return;
+std::string quote(std::string_view s) { return json::serialize(json::value(json::string(s))); }
+
+template <class T>
+boost::system::result<T, std::string> as_error(std::string message) {
+  return {boost::system::in_place_error, std::move(message)};
+}
+
+std::int64_t seconds_ceil(std::int64_t ms) { return std::max<std::int64_t>(1, (ms + 999) / 1000); }
+
+const char* verdict_name(verdict v) {
+  switch (v) {
+    case verdict::admitted: return "admitted";
+    case verdict::rpm: return "rpm";
+    case verdict::tpm: return "tpm";
+    case verdict::concurrency: return "concurrency";
+    case verdict::budget: return "budget";
+    case verdict::unavailable: return "unavailable";
+  }
+  return "unavailable";
+}
+
+config::limits_config divided(const config::limits_config& l, unsigned n) {
+  auto d = [n](std::uint64_t v) { return v == 0 ? 0 : std::max<std::uint64_t>(1, v / n); };
+  return {d(l.rpm), d(l.tpm), d(l.concurrency)};
+}
+
+/// One scope as the store sees it; nullopt when it limits nothing.
+std::optional<scope_spec> make_scope(std::string id, const std::string& team, const config::limits_config& l,
+                                     const config::budget_config& b) {
+  if (!l.any() && !b.set()) return std::nullopt;
+  return scope_spec{std::move(id), team, l, b};
+}
+
+failure refusal(errc e, std::string msg, std::int64_t retry_ms = 0, bool retry_useless = false) {
+  auto f = make_failure(e, std::move(msg), "", error_source::policy);
+  if (retry_ms > 0) {
+    f.headers.emplace_back("Retry-After", std::to_string(seconds_ceil(retry_ms)));
+    f.headers.emplace_back("retry-after-ms", std::to_string(retry_ms));
+  }
+  // The OpenAI SDKs honour x-should-retry: a spent budget does not come back in seconds.
+  if (retry_useless) f.headers.emplace_back("x-should-retry", "false");
+  return f;
+}
+
+}  // namespace
+
+bool grant::may_use(std::string_view model) const {
+  return any_match(team_models, model) && any_match(key_models, model);
+}
+
+bool engine::may_list(const request_context& ctx, std::string_view model) {
+  return !ctx.grant || ctx.grant->may_use(model);
+}
+
+std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion) {
+  cached = std::min(cached, prompt);
+  // USD per million tokens × tokens × 1e9 nano-USD / 1e6 = × 1000.
+  const double nano = (p.input * double(prompt - cached) + p.cached_input * double(cached) + p.output * double(completion)) * 1000.0;
+  return static_cast<std::int64_t>(std::ceil(nano - 1e-6));
+}
+
+engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
+    : store_(std::move(st)),
+      log_(std::move(log)),
+      instance_(random_hex(6)),
+      decisions_(reg.add("tollgate_policy_decisions_total",
+                         "Admission decisions: admitted, rpm, tpm, concurrency, budget, unavailable, local (admitted by "
+                         "the per-instance fallback), open (admitted unchecked by fail_open).",
+                         metrics::kind::counter, {"decision"})),
+      degraded_(reg.add("tollgate_policy_store_degraded",
+                        "1 while the policy store is unreachable and the degraded policy applies.", metrics::kind::gauge)),
+      settlements_(reg.add("tollgate_policy_settlements_total",
+                           "Settlements by result: applied, duplicate, retried, lost, local.", metrics::kind::counter,
+                           {"result"})),
+      soft_(reg.add("tollgate_budget_soft_threshold_total",
+                    "Budgets that crossed their soft threshold (once per period), by team and scope (team or key).",
+                    metrics::kind::counter, {"team", "scope"})),
+      auth_(reg.add("tollgate_auth_total", "Authentication results: key, mtls, anonymous, missing, invalid, revoked, "
+                                           "expired, unavailable.",
+                    metrics::kind::counter, {"result"})) {
+  degraded_.gauge({}).set(0);
+  store_->on_invalidation([this](std::string_view id) { forget(id); });
+}
+
+engine::~engine() = default;
+
+void engine::start(const std::vector<executor_t>& workers) { store_->start(workers); }
+void engine::stop() { store_->stop(); }
+
+void engine::forget(std::string_view id) {
+  std::lock_guard lock(cache_mu_);
+  cache_.erase(std::string(id));
+}
+
+awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id) {
+  for (auto& k : cfg.keys)
+    if (k.id == id) {
+      key_record r{k.id, k.team, k.name, k.digest, k.models, k.expires_unix, 0, k.enabled, k.limits, k.budget};
+      co_return key_lookup{true, std::move(r)};
+    }
+  const auto now = steady_clock::now();
+  const auto ttl = milliseconds(cfg.auth.key_cache_ms);
+  {
+    std::lock_guard lock(cache_mu_);
+    if (auto it = cache_.find(std::string(id)); it != cache_.end() && now - it->second.at < ttl)
+      co_return key_lookup{true, it->second.key};
+  }
+  key_lookup r = co_await store_->get_key(worker, std::string(id));
+  if (r.reachable) {
+    std::lock_guard lock(cache_mu_);
+    if (cache_.size() > 100'000) cache_.clear();  // bound memory under a flood of random ids
+    cache_[std::string(id)] = {r.key, now};
+  }
+  co_return r;
+}
+
+awaitable<key_lookup> engine::find_key(unsigned worker, const config::gateway_config& cfg, std::string id) {
+  forget(id);
+  co_return co_await lookup(worker, cfg, id);
+}
+
+awaitable<phase_result> engine::authenticate(request_context& ctx) {
+  const auto& cfg = *ctx.snap->cfg;
+  auto g = std::make_shared<grant>();
+  auto from_team = [&](const config::team_config& t) {
+    g->team = t.name;
+    g->team_models = t.models;
+    g->team_limits = t.limits;
+    g->team_budget = t.budget;
+  };
+  if (ctx.credential.empty()) {
+    // A verified client certificate whose SAN maps to a team.
+    for (auto& name : ctx.peer_names)
+      for (auto& t : cfg.teams)
+        for (auto& id : t.identities)
+          if (id == name) {
+            from_team(t);
+            g->subject = name;
+            ctx.identity.team = t.name;
+            ctx.identity.subject = name;
+            ctx.identity.anonymous = false;
+            ctx.grant = std::move(g);
+            auth_.counter({"mtls"}).inc();
+            co_return flow::next;
+          }
+    if (!cfg.auth.required) {
+      g->anonymous = true;
+      ctx.grant = std::move(g);
+      auth_.counter({"anonymous"}).inc();
+      co_return flow::next;
+    }
+    auth_.counter({"missing"}).inc();
+    co_return make_failure(errc::invalid_api_key,
+                           "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in an api-key "
+                           "or x-api-key header).",
+                           "", error_source::policy);
+  }
+  const auto invalid = [&] {
+    auth_.counter({"invalid"}).inc();
+    return make_failure(errc::invalid_api_key, "Incorrect API key provided.", "", error_source::policy);
+  };
+  auto parsed = parse_key(ctx.credential);
+  if (!parsed && !cfg.auth.required) {
+    // An open gateway ignores credentials that are not Tollgate keys (SDK placeholders); a
+    // Tollgate key is still checked, so a revoked key cannot slip through as anonymous.
+    g->anonymous = true;
+    ctx.grant = std::move(g);
+    auth_.counter({"anonymous"}).inc();
+    co_return flow::next;
+  }
+  if (!parsed) co_return invalid();
+  auto found = co_await lookup(ctx.worker, cfg, parsed->id);
+  if (!found.reachable) {
+    auth_.counter({"unavailable"}).inc();
+    co_return make_failure(errc::policy_store_unavailable,
+                           "The policy store is unavailable; the key cannot be checked. Retry shortly.", "",
+                           error_source::policy);
+  }
+  if (!found.key || !verify_secret(parsed->secret, found.key->digest, cfg.auth.pepper)) co_return invalid();
+  const key_record& k = *found.key;
+  if (!k.enabled) {
+    auth_.counter({"revoked"}).inc();
+    co_return make_failure(errc::invalid_api_key, "This API key has been revoked.", "", error_source::policy);
+  }
+  if (k.expires_unix && k.expires_unix <= std::time(nullptr)) {
+    auth_.counter({"expired"}).inc();
+    co_return make_failure(errc::invalid_api_key, "This API key has expired.", "", error_source::policy);
+  }
+  const config::team_config* t = cfg.find_team(k.team);
+  if (!t) {
+    auth_.counter({"invalid"}).inc();
+    co_return make_failure(errc::invalid_api_key, "This API key's team no longer exists.", "", error_source::policy);
+  }
+  from_team(*t);
+  g->key_id = k.id;
+  g->key_models = k.models;
+  g->key_limits = k.limits;
+  g->key_budget = k.budget;
+  ctx.identity.team = t->name;
+  ctx.identity.key_id = k.id;
+  ctx.identity.anonymous = false;
+  ctx.grant = std::move(g);
+  auth_.counter({"key"}).inc();
+  co_return flow::next;
+}
+
+awaitable<phase_result> engine::admit(request_context& ctx) {
+  const auto& cfg = *ctx.snap->cfg;
+  const grant& g = *ctx.grant;
+  if (!g.may_use(ctx.model))
+    co_return make_failure(errc::permission_denied,
+                           "This API key may not use the model '" + ctx.model + "'.", "model", error_source::policy);
+  auto r = std::make_shared<reservation>();
+  r->price = cfg.find_price(ctx.model);
+  if (g.anonymous) {
+    ctx.reservation = std::move(r);
+    co_return flow::next;
+  }
+  admission& a = r->adm;
+  if (auto s = make_scope("t", g.team, g.team_limits, g.team_budget)) a.scopes.push_back(std::move(*s));
+  if (!g.key_id.empty())
+    if (auto s = make_scope("k:" + g.key_id, g.team, g.key_limits, g.key_budget)) a.scopes.push_back(std::move(*s));
+  if (a.scopes.empty()) {  // nothing to enforce: no round trip
+    ctx.reservation = std::move(r);
+    co_return flow::next;
+  }
+  const std::uint64_t out = ctx.endpoint == endpoint_kind::embeddings ? 0
+                            : ctx.max_output_tokens                   ? ctx.max_output_tokens
+                                                                      : cfg.store.default_max_tokens;
+  a.lease = instance_ + "-" + ctx.id_hex;
+  a.tokens = ctx.prompt_estimate + out;
+  a.cost_nano = r->price ? cost_nano(*r->price, ctx.prompt_estimate, 0, out) : 0;
+  a.lease_ms = cfg.store.lease_ms;
+
+  admit_result res = co_await store_->admit(ctx.worker, a);
+  if (res.v == verdict::unavailable) {
+    degraded_.gauge({}).set(1);
+    bool has_budget = false;
+    for (auto& s : a.scopes) has_budget = has_budget || s.budget.set();
+    const auto closed = [&] {
+      decisions_.counter({"unavailable"}).inc();
+      return refusal(errc::policy_store_unavailable,
+                     "The policy store is unavailable and this call's limits cannot be checked. Retry shortly.", 1000);
+    };
+    if (has_budget && cfg.store.budgets == config::on_store_failure::fail_closed) co_return closed();
+    if (cfg.store.rate_limits == config::on_store_failure::fail_closed) co_return closed();
+    if (cfg.store.rate_limits == config::on_store_failure::fail_open) {
+      decisions_.counter({"open"}).inc();
+      ctx.reservation = std::move(r);
+      co_return flow::next;
+    }
+    // Per-instance limits: each replica takes its share of the limit; budgets (fail_open) unchecked.
+    admission local = a;
+    for (auto& s : local.scopes) {
+      s.limits = divided(s.limits, cfg.store.replicas);
+      s.budget = {};
+    }
+    local.cost_nano = 0;
+    res = local_.admit_now(local);
+    r->local = true;
+    r->adm = std::move(local);
+    if (res.v == verdict::admitted) {
+      decisions_.counter({"local"}).inc();
+      r->periods = std::move(res.periods);
+      ctx.reservation = std::move(r);
+      co_return flow::next;
+    }
+  } else {
+    degraded_.gauge({}).set(0);
+  }
+  decisions_.counter({verdict_name(res.v)}).inc();
+  if (res.v == verdict::admitted) {
+    r->periods = std::move(res.periods);
+    ctx.reservation = std::move(r);
+    co_return flow::next;
+  }
+  const scope_spec& s = r->adm.scopes[res.scope];
+  const bool is_key = s.id != "t";
+  const std::string who = is_key ? "key " + g.key_id : "team " + g.team;
+  switch (res.v) {
+    case verdict::rpm:
+      co_return refusal(errc::rate_limited, "Rate limit reached for requests per minute on " + who + ": limit " +
+                                                std::to_string(s.limits.rpm) + ". Retry after the time in Retry-After.",
+                        res.retry_after_ms);
+    case verdict::tpm:
+      co_return refusal(errc::rate_limited,
+                        "Rate limit reached for tokens per minute on " + who + ": limit " + std::to_string(s.limits.tpm) +
+                            ", this call reserves " + std::to_string(a.tokens) + " (prompt estimate plus max_tokens).",
+                        res.retry_after_ms, a.tokens > s.limits.tpm);
+    case verdict::concurrency:
+      co_return refusal(errc::rate_limited, "Too many requests in flight on " + who + ": limit " +
+                                                std::to_string(s.limits.concurrency) + ".",
+                        res.retry_after_ms);
+    case verdict::budget:
+      co_return refusal(errc::budget_exceeded,
+                        "The USD budget of " + who + " for this period is exhausted (or this call's worst-case cost "
+                        "would exceed it).",
+                        0, true);
+    default:
+      co_return refusal(errc::policy_store_unavailable, "The policy store is unavailable. Retry shortly.", 1000);
+  }
+}
+
+bool billable(const request_context& ctx) noexcept {
+  // Only answers a provider produced are billed: a refused connect or an error status is not. A
+  // stream cut short keeps its 200 (the status went out before the cut) and is billed.
+  return ctx.upstream_answered && ctx.status / 100 == 2 &&
+         (ctx.endpoint == endpoint_kind::chat_completions || ctx.endpoint == endpoint_kind::embeddings);
+}
+
+void fill_usage(request_context& ctx) noexcept {
+  if (ctx.usage.reported || !billable(ctx)) return;
+  // Prompt from the estimate, completion counted from what was relayed to the caller.
   ctx.usage.prompt = ctx.prompt_estimate;
   ctx.usage.completion = estimate_tokens_from_chars(ctx.relayed_completion_chars);
+}
+
+void engine::settle(request_context& ctx, executor_t ex) {
+  fill_usage(ctx);
+  auto r = ctx.reservation;
+  if (!r || r->adm.scopes.empty()) return;
+  settlement s;
+  s.adm = r->adm;
+  s.periods = r->periods;
+  if (billable(ctx)) {
+    s.tokens = ctx.usage.prompt + ctx.usage.completion;
+    s.cost_nano = r->price ? cost_nano(*r->price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion) : 0;
+  }
+  if (r->local) {
+    s.cost_nano = 0;
+    local_.settle_now(s);
+    settlements_.counter({"local"}).inc();
+    return;
+  }
+  ++pending_;
+  net::co_spawn(ex, settle_in_background(ctx.worker, std::move(s), ctx.identity.team), net::detached);
+}
+
+awaitable<void> engine::settle_in_background(unsigned worker, settlement s, std::string team) {
+  struct done_guard {
+    std::atomic<int>& n;
+    ~done_guard() { --n; }
+  } guard{pending_};
+  steady_timer_t timer(co_await net::this_coro::executor);
+  auto delay = milliseconds(100);
+  const auto give_up = steady_clock::now() + minutes(10);
+  for (unsigned attempt = 0;; ++attempt) {
+    settle_result r = co_await store_->settle(worker, s);
+    if (r.reachable) {
+      settlements_.counter({r.applied ? "applied" : "duplicate"}).inc();
+      if (r.applied) report_soft(s, r);
+      co_return;
+    }
+    if (steady_clock::now() >= give_up) break;
+    settlements_.counter({"retried"}).inc();
+    timer.expires_after(delay);
+    if (auto [ec] = co_await timer.async_wait(); ec) break;
+    delay = std::min(delay * 2, duration_cast<milliseconds>(seconds(5)));
+  }
+  settlements_.counter({"lost"}).inc();
+  log_("error", "settlement lost: the policy store stayed unreachable",
+       "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +
+           std::to_string(double(s.cost_nano) / 1e9));
+}
+
+void engine::report_soft(const settlement& s, const settle_result& r) {
+  for (std::size_t i = 0; i < r.soft_crossed.size() && i < s.adm.scopes.size(); ++i) {
+    if (!r.soft_crossed[i]) continue;
+    const auto& sc = s.adm.scopes[i];
+    const bool key = sc.id != "t";
+    soft_.counter({sc.team, key ? "key" : "team"}).inc();
+    log_("warn", "budget soft threshold crossed",
+         "\"team\":" + quote(sc.team) + (key ? ",\"key_id\":" + quote(sc.id.substr(2)) : std::string()) +
+             ",\"spent_usd\":" + std::to_string(double(r.spent[i]) / 1e9) + ",\"budget_usd\":" +
+             std::to_string(double(sc.budget.limit_nano) / 1e9) + ",\"soft\":" + std::to_string(sc.budget.soft));
+  }
+}
+
+awaitable<boost::system::result<engine::created_key, std::string>> engine::create_key(unsigned worker,
+                                                                                     const config::gateway_config& cfg,
+                                                                                     key_record proto) {
+  if (!cfg.find_team(proto.team)) co_return as_error<created_key>("unknown team '" + proto.team + "'");
+  created_key out;
+  for (int tries = 0; tries < 3; ++tries) {
+    auto k = generate_key();
+    auto existing = co_await lookup(worker, cfg, k.id);
+    if (!existing.reachable) co_return as_error<created_key>(std::string("the policy store is unavailable"));
+    if (existing.key) continue;
+    proto.id = k.id;
+    proto.digest = digest_secret(k.secret, cfg.auth.pepper);
+    proto.created_unix = std::time(nullptr);
+    if (!co_await store_->put_key(worker, proto)) co_return as_error<created_key>(std::string("the policy store is unavailable"));
+    forget(proto.id);
+    out.full = std::move(k.full);
+    out.record = std::move(proto);
+    co_return out;
+  }
+  co_return as_error<created_key>(std::string("could not draw an unused key id"));
+}
+
+awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(unsigned worker,
+                                                                            const config::gateway_config& cfg,
+                                                                            std::string id) {
+  for (auto& k : cfg.keys)
+    if (k.id == id) co_return as_error<key_record>("key '" + id + "' is declared in the config file; remove it there");
+  forget(id);
+  auto found = co_await store_->get_key(worker, id);
+  if (!found.reachable) co_return as_error<key_record>(std::string("the policy store is unavailable"));
+  if (!found.key) co_return as_error<key_record>(std::string("no key with id '" + id + "'"));
+  key_record k = *found.key;
+  k.enabled = false;
+  if (!co_await store_->put_key(worker, k)) co_return as_error<key_record>(std::string("the policy store is unavailable"));
+  forget(id);
+  co_await store_->publish_invalidation(worker, id);
+  co_return k;
 }
 
 }  // namespace tollgate::policy

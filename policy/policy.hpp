@@ -1,25 +1,117 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 /// The policy phases of the pipeline. Each is called exactly once per request, in this order:
-///  - authenticate(): after the request is read; sets ctx.identity. May refuse (401/403).
-///  - admit(): after routing; reserves rate-limit and budget capacity. May refuse (429) or answer.
-///  - settle(): after the response (success or failure); commits actual usage, releases
-///    reservations. Never fails the request; counts and logs its own errors.
-/// Today only the usage accounting of settle() does work: keys, limits and budgets arrive with
-/// the callers/limits issue and plug in here without touching the pipeline.
+///  - authenticate(): after the request is read; sets ctx.identity and ctx.grant. May refuse (401).
+///  - admit(): after routing; checks the model grant (403), then reserves rate-limit and budget
+///    capacity in every scope in one store round trip. May refuse (429) or fail closed (503).
+///  - settle(): after the response (success or failure); fills usage, then charges the actual
+///    cost and releases the reservations in the background, off the response path. Never fails
+///    the request; retries an unreachable store (settlement is idempotent) and counts losses.
+/// docs/policy.md describes the algorithms, the error bounds and the degraded modes.
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "config/config.hpp"
 #include "gateway/core/error.hpp"
+#include "gateway/core/metrics.hpp"
+#include "gateway/core/net.hpp"
 #include "gateway/core/request_context.hpp"
+#include "policy/memory_store.hpp"
+#include "policy/store.hpp"
 
 namespace tollgate::policy {
 
-/// Anonymous callers are admitted while no key store is configured.
-phase_result authenticate(request_context& ctx);
+/// What an authenticated caller may do. Copied from config and the key record at authentication.
+struct grant {
+  std::string team, key_id, subject;
+  bool anonymous = false;
+  std::vector<std::string> team_models, key_models;  ///< patterns; empty: any
+  config::limits_config team_limits, key_limits;
+  config::budget_config team_budget, key_budget;
+  bool may_use(std::string_view model) const;
+};
 
-/// Admits everything while no limits are configured.
-phase_result admit(request_context& ctx);
+/// What admit() reserved, kept on the request for settle().
+struct reservation {
+  admission adm;
+  std::vector<std::string> periods;
+  bool local = false;  ///< admitted by the per-instance fallback (Redis was unreachable)
+  const config::price_config* price = nullptr;  ///< points into ctx.snap's config
+};
 
-/// Fills usage for calls whose provider reported none: prompt from the estimate, completion
-/// counted from what was relayed to the caller (streams that ended early are still billed).
-void settle(request_context& ctx) noexcept;
+using log_fn = std::function<void(std::string_view level, std::string_view msg, std::string_view extra_json)>;
+
+/// Cost in nano-USD of `prompt` (of which `cached`) and `completion` tokens, rounded up.
+std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion);
+
+/// Whether a finished call is charged: a provider produced a 2xx answer (even one cut short).
+bool billable(const request_context& ctx) noexcept;
+/// Usage the provider did not report: prompt from the estimate, completion counted from what
+/// was relayed (streams that ended early or without a usage chunk are still billed).
+void fill_usage(request_context& ctx) noexcept;
+
+class engine {
+ public:
+  engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log);
+  ~engine();
+
+  /// Binds the store to the workers' executors. Call once before serving.
+  void start(const std::vector<executor_t>& workers);
+  void stop();
+
+  awaitable<phase_result> authenticate(request_context& ctx);
+  awaitable<phase_result> admit(request_context& ctx);
+  /// Fills usage the provider did not report, then settles in the background on `ex`.
+  void settle(request_context& ctx, executor_t ex);
+  /// Settlements not finished yet (shutdown waits for them).
+  int pending() const { return pending_.load(); }
+
+  /// The models this caller may list (GET /v1/models).
+  static bool may_list(const request_context& ctx, std::string_view model);
+
+  struct created_key {
+    std::string full;  ///< tg_<id>_<secret>: shown once, never stored
+    key_record record;
+  };
+  /// Creates a key in the store. Fails with a message when the team is unknown or the store is down.
+  awaitable<boost::system::result<created_key, std::string>> create_key(unsigned worker, const config::gateway_config& cfg,
+                                                                        key_record proto);
+  /// Disables a key in the store and tells every replica. Fails when unknown or unreachable.
+  awaitable<boost::system::result<key_record, std::string>> revoke_key(unsigned worker, const config::gateway_config& cfg,
+                                                                       std::string id);
+  awaitable<key_lookup> find_key(unsigned worker, const config::gateway_config& cfg, std::string id);
+  awaitable<budget_state> budget(unsigned worker, const scope_spec& s) { co_return co_await store_->budget(worker, s); }
+
+  store& backing() { return *store_; }
+  const std::string& instance() const { return instance_; }
+
+ private:
+  struct cached_key {
+    std::optional<key_record> key;
+    std::chrono::steady_clock::time_point at;
+  };
+  awaitable<key_lookup> lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id);
+  void forget(std::string_view id);
+  awaitable<void> settle_in_background(unsigned worker, settlement s, std::string team);
+  void report_soft(const settlement& s, const settle_result& r);
+
+  std::shared_ptr<store> store_;
+  memory_store local_;  ///< per-instance rate limits while the store is unreachable
+  log_fn log_;
+  std::string instance_;  ///< random per process: leases of two replicas never collide
+  std::atomic<int> pending_{0};
+  std::mutex cache_mu_;
+  std::unordered_map<std::string, cached_key> cache_;
+
+  metrics::family& decisions_;    ///< {decision}
+  metrics::family& degraded_;     ///< gauge
+  metrics::family& settlements_;  ///< {result}
+  metrics::family& soft_;         ///< {team, scope}
+  metrics::family& auth_;         ///< {result}
+};
 
 }  // namespace tollgate::policy

@@ -43,6 +43,11 @@ error_mapping map_error(errc e) noexcept {
     case errc::upstream_timeout: return {504, "server_error", "upstream_timeout"};
     case errc::upstream_status: return {502, "server_error", "upstream_error"};
     case errc::client_disconnected: return {499, "", "client_disconnected"};
+    case errc::invalid_api_key: return {401, "invalid_request_error", "invalid_api_key"};
+    case errc::permission_denied: return {403, "permission_denied", "model_not_allowed"};
+    case errc::rate_limited: return {429, "rate_limit_exceeded", "rate_limit_exceeded"};
+    case errc::budget_exceeded: return {429, "insufficient_quota", "budget_exceeded"};
+    case errc::policy_store_unavailable: return {503, "server_error", "policy_store_unavailable"};
   }
   return {500, "server_error", "internal_error"};
 }
@@ -60,7 +65,7 @@ std::string openai_error_body(std::string_view message, std::string_view type, s
 }
 
 failure make_failure(errc e, std::string message, std::string param, error_source src) {
-  return failure{make_error_code(e), src, false, std::move(message), std::move(param)};
+  return failure{make_error_code(e), src, false, std::move(message), std::move(param), {}};
 }
 
 }  // namespace tollgate

@@ -7,6 +7,8 @@
 
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace tollgate {
 
@@ -32,6 +34,11 @@ enum class errc {
   upstream_timeout,          ///< 504
   upstream_status,           ///< the upstream answered an error status; passed on as mapped
   client_disconnected,       ///< 499 in logs; no response
+  invalid_api_key,           ///< 401: missing, malformed, unknown, revoked or expired credentials
+  permission_denied,         ///< 403: the caller may not use this model
+  rate_limited,              ///< 429: requests, tokens or concurrency limit; Retry-After
+  budget_exceeded,           ///< 429 insufficient_quota: the USD budget of the period is spent
+  policy_store_unavailable,  ///< 503: the policy store cannot be reached and the policy fails closed
 };
 
 const boost::system::error_category& tollgate_category() noexcept;
@@ -48,6 +55,7 @@ struct failure {
   bool retryable = false;
   std::string message;  ///< human-readable, safe to send to the caller (no secrets)
   std::string param;    ///< OpenAI `param` (field name) or empty
+  std::vector<std::pair<std::string, std::string>> headers;  ///< extra response headers (Retry-After)
 };
 
 /// Phases either continue or have already answered the caller.

@@ -28,10 +28,16 @@ struct usage_counts {
   bool reported = false;
 };
 
-/// Who is calling. Filled by the authenticate phase (keys and mTLS come with the policy module).
+namespace policy {
+struct grant;
+struct reservation;
+}  // namespace policy
+
+/// Who is calling. Filled by the authenticate phase. Never holds a secret or a digest.
 struct caller_identity {
   std::string team;
-  std::string key_id;
+  std::string key_id;   ///< public key id, when a key authenticated
+  std::string subject;  ///< mTLS SAN, when a certificate authenticated
   bool anonymous = true;
 };
 
@@ -47,10 +53,16 @@ struct request_context {
 
   // From the caller.
   std::string method, path, client_addr, user_agent;
+  std::string query;  ///< after '?', admin listener only
   endpoint_kind endpoint = endpoint_kind::other;
   std::string body;
   boost::json::object request_json;  ///< decoded body (chat/embeddings)
+  /// The presented API key (Authorization: Bearer, api-key or x-api-key). A secret: never log it.
+  std::string credential;
+  std::vector<std::string> peer_names;  ///< SANs (URI, DNS) of a verified client certificate
   caller_identity identity;
+  std::shared_ptr<const policy::grant> grant;     ///< what the caller may do (authenticate)
+  std::shared_ptr<policy::reservation> reservation;  ///< what admit reserved, for settle
 
   // Decoded request.
   std::string model;

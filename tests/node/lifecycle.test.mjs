@@ -95,6 +95,8 @@ describe('--check', () => {
 models:
   - name: mock-gpt
     provider: mock
+prices:
+  mock-gpt: {input: 0, output: 0}
 `;
 
   test('a good config: exit 0, "config ok"', async () => {

@@ -38,9 +38,17 @@ export function requireBinary() {
   }
 }
 
-/** Server block used by most tests: both listeners on free loopback ports. */
-export function serverYaml({ workers = 2, limits = {}, timeouts = {}, accessLog } = {}) {
-  const lines = ['server:', '  listen: 127.0.0.1:0', '  admin_listen: 127.0.0.1:0', `  workers: ${workers}`];
+/**
+ * Server block used by most tests: both listeners on free loopback ports. Unless told otherwise it
+ * also opens the gateway to callers without keys (`auth.required: false`) and prices every model at
+ * $0 (a model without a price is a config error), so tests about other things need no keys.
+ */
+export function serverYaml({ workers = 2, limits = {}, timeouts = {}, accessLog, openAuth = true, freePrices = true } = {}) {
+  // auth and prices first: tests append more `server:` keys after this block.
+  const lines = [];
+  if (openAuth) lines.push('auth:', '  required: false');
+  if (freePrices) lines.push('prices:', '  "*": {input: 0, output: 0}');
+  lines.push('server:', '  listen: 127.0.0.1:0', '  admin_listen: 127.0.0.1:0', `  workers: ${workers}`);
   const block = (name, obj) => {
     const keys = Object.keys(obj);
     if (!keys.length) return;

@@ -16,6 +16,8 @@ constexpr const char* minimal = R"(providers:
   - {name: mock, type: mock}
 models:
   - {name: m, provider: mock}
+prices:
+  m: {input: 1, output: 2}
 )";
 
 TEST(ConfigLoaderTest, MinimalConfigGetsDefaults) {
@@ -92,7 +94,9 @@ TEST(ConfigLoaderTest, MissingProviderReferenceNamesModelProviderAndLine) {
 TEST(ConfigLoaderTest, DuplicatesAndSanityAreRefused) {
   EXPECT_NE(load("providers:\n  - {name: a, type: mock}\n  - {name: a, type: mock}\n").error.find("duplicate provider name 'a'"),
             std::string::npos);
-  EXPECT_NE(load(std::string(minimal) + "  - {name: m, provider: mock}\n").error.find("duplicate model name 'm'"),
+  EXPECT_NE(load("providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: m, provider: mock}\n  - {name: m, provider: mock}\n"
+                 "prices:\n  m: {input: 0, output: 0}\n")
+                .error.find("duplicate model name 'm'"),
             std::string::npos);
   EXPECT_NE(load("server:\n  limits: {max_header_bytes: 100}\n").error.find("max_header_bytes: must be at least 256"),
             std::string::npos);
@@ -140,6 +144,107 @@ TEST(ConfigLoaderTest, ShippedExamplesAreValid) {
     auto r = load_file(std::string(TOLLGATE_SOURCE_DIR) + "/" + f);
     EXPECT_TRUE(r) << f << ": " << r.error;
   }
+}
+
+TEST(ConfigLoaderTest, EveryRoutedModelNeedsAPriceAndGlobsMayProvideIt) {
+  auto r = load("providers:\n  - {name: a, type: mock}\nmodels:\n  - {name: gpt-x, provider: a}\n");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error.find("models[0]: model 'gpt-x' has no price"), std::string::npos) << r.error;
+  auto g = load("providers:\n  - {name: a, type: mock}\nmodels:\n  - {name: gpt-x, provider: a}\n"
+                "prices:\n  \"gpt-*\": {input: 1, output: 2}\n  gpt-x: {input: 3, output: 4, cached_input: 1.5}\n");
+  ASSERT_TRUE(g) << g.error;
+  const price_config* p = g.config->find_price("gpt-x");
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(p->input, 3);  // the exact name wins over the glob
+  EXPECT_EQ(p->cached_input, 1.5);
+  EXPECT_EQ(g.config->find_price("gpt-y")->input, 1);
+  EXPECT_EQ(g.config->find_price("gpt-y")->cached_input, 1);  // defaults to the input price
+  EXPECT_EQ(g.config->find_price("claude"), nullptr);
+  auto half = load("prices:\n  m: {input: 1}\n");
+  EXPECT_NE(half.error.find("prices.m: input and output (USD per million tokens) are required"), std::string::npos)
+      << half.error;
+}
+
+TEST(ConfigLoaderTest, TeamsKeysBudgetsAndStoreParse) {
+  auto r = load(std::string(minimal) + R"(teams:
+  - name: search
+    models: ["gpt-*", m]
+    limits: {rpm: 60, tpm: 1000, concurrency: 3}
+    budget: {usd: 12.5, period: daily, soft: 0.9}
+    identities: ["spiffe://corp/ns/search/sa/api"]
+keys:
+  - id: abc123
+    team: search
+    digest: sha256:)" + std::string(64, 'a') + R"(
+    expires: 2027-01-31
+    limits: {rpm: 5}
+store:
+  type: redis
+  redis: {address: 10.0.0.5:6380, password: pw, key_prefix: "tg:", timeout_ms: 20}
+  replicas: 3
+  on_unavailable: {budgets: fail_open, rate_limits: fail_closed}
+  lease_ms: 60000
+auth:
+  pepper: pep
+  key_cache_ms: 500
+  admin_tokens: [{name: ops, digest: "sha256:)" + std::string(64, 'b') + R"("}]
+)");
+  ASSERT_TRUE(r) << r.error;
+  const auto& c = *r.config;
+  ASSERT_EQ(c.teams.size(), 1u);
+  EXPECT_EQ(c.teams[0].limits.rpm, 60u);
+  EXPECT_EQ(c.teams[0].limits.concurrency, 3u);
+  EXPECT_EQ(c.teams[0].budget.limit_nano, 12'500'000'000);
+  EXPECT_EQ(c.teams[0].budget.period, budget_period::daily);
+  EXPECT_EQ(c.teams[0].identities.at(0), "spiffe://corp/ns/search/sa/api");
+  EXPECT_EQ(c.keys.at(0).expires_unix, 1801353600);  // 2027-01-31T00:00:00Z
+  EXPECT_EQ(c.keys.at(0).limits.rpm, 5u);
+  EXPECT_EQ(c.store.type, "redis");
+  EXPECT_EQ(c.store.redis.host, "10.0.0.5");
+  EXPECT_EQ(c.store.redis.port, 6380);
+  EXPECT_EQ(c.store.replicas, 3u);
+  EXPECT_EQ(c.store.budgets, on_store_failure::fail_open);
+  EXPECT_EQ(c.store.rate_limits, on_store_failure::fail_closed);
+  EXPECT_EQ(c.auth.admin_tokens.at(0).name, "ops");
+  EXPECT_TRUE(c.auth.required);
+}
+
+TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
+  const std::string base = minimal;
+  const std::string digest = "sha256:" + std::string(64, 'a');
+  struct bad {
+    std::string yaml, expected;
+  } cases[] = {
+      {base + "teams:\n  - {name: t, budget: {usd: 5, period: weekly}}\n", "teams[0].budget.period: expected daily, monthly or total"},
+      {base + "teams:\n  - {name: t, budget: {period: daily}}\n", "teams[0].budget.usd: required"},
+      {base + "teams:\n  - {name: t, budget: {usd: 5, soft: 80}}\n", "teams[0].budget.soft: expected a fraction"},
+      {base + "teams:\n  - {name: t, limits: {rpn: 5}}\n", "teams[0].limits.rpn: unknown key"},
+      {base + "teams:\n  - {name: t}\n  - {name: t}\n", "duplicate team 't'"},
+      {base + "keys:\n  - {id: a1, team: nobody, digest: " + digest + "}\n", "keys[0].team: unknown team 'nobody'"},
+      {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a_1, team: t, digest: " + digest + "}\n", "keys[0].id: must be letters and digits"},
+      {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a1, team: t, digest: md5:abc}\n", "keys[0].digest: expected sha256:"},
+      {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a1, team: t, digest: hmac-" + digest + "}\n", "needs auth.pepper"},
+      {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a1, team: t, digest: " + digest + ", expires: soon}\n", "keys[0].expires: expected a UTC time"},
+      {base + "store: {type: etcd}\n", "store.type: expected memory or redis"},
+      {base + "store: {on_unavailable: {budgets: local}}\n", "store.on_unavailable.budgets: expected fail_closed or fail_open"},
+      {base + "store: {replicas: 0}\n", "store.replicas: must be at least 1"},
+      {base + "store: {redis: {adress: x}}\n", "store.redis.adress: unknown key"},
+  };
+  for (auto& c : cases) {
+    auto r = load(c.yaml);
+    EXPECT_FALSE(r) << c.yaml;
+    EXPECT_NE(r.error.find(c.expected), std::string::npos) << "got: " << r.error;
+  }
+}
+
+TEST(ConfigLoaderTest, GlobMatchesStarsOnly) {
+  EXPECT_TRUE(glob_match("gpt-*", "gpt-4o"));
+  EXPECT_TRUE(glob_match("*", ""));
+  EXPECT_TRUE(glob_match("*-mini", "gpt-4o-mini"));
+  EXPECT_TRUE(glob_match("a*b*c", "aXXbYYc"));
+  EXPECT_FALSE(glob_match("a*b*c", "aXXbYY"));
+  EXPECT_FALSE(glob_match("gpt-4o", "gpt-4o-mini"));
+  EXPECT_FALSE(glob_match("gpt?", "gpt4"));  // ? is literal
 }
 
 }  // namespace

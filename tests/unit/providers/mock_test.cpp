@@ -38,7 +38,7 @@ TEST(PolicySettleTest, UnreportedUsageIsCountedFromRelayedText) {
   ctx.status = 200;
   ctx.prompt_estimate = 12;
   ctx.relayed_completion_chars = 41;  // a stream cut short, without a usage chunk
-  policy::settle(ctx);
+  policy::fill_usage(ctx);
   EXPECT_EQ(ctx.usage.prompt, 12u);
   EXPECT_EQ(ctx.usage.completion, 11u);  // ceil(41 / 4)
   EXPECT_FALSE(ctx.usage.reported);
@@ -51,7 +51,7 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   reported.status = 200;
   reported.usage = {7, 9, 0, true};
   reported.relayed_completion_chars = 1000;
-  policy::settle(reported);
+  policy::fill_usage(reported);
   EXPECT_EQ(reported.usage.prompt, 7u);
   EXPECT_EQ(reported.usage.completion, 9u);
 
@@ -59,7 +59,7 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   refused.endpoint = endpoint_kind::chat_completions;
   refused.status = 502;
   refused.prompt_estimate = 50;
-  policy::settle(refused);
+  policy::fill_usage(refused);
   EXPECT_EQ(refused.usage.prompt, 0u);
 
   request_context error_status;  // the provider answered 429
@@ -67,7 +67,7 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   error_status.upstream_answered = true;
   error_status.status = 429;
   error_status.prompt_estimate = 50;
-  policy::settle(error_status);
+  policy::fill_usage(error_status);
   EXPECT_EQ(error_status.usage.prompt, 0u);
 }
 

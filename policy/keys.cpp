@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/keys.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <array>
+#include <stdexcept>
+
+namespace tollgate::policy {
+namespace {
+
+constexpr std::string_view alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+bool is_alnum(std::string_view s) { return !s.empty() && s.find_first_not_of(alnum) == std::string_view::npos; }
+
+std::string to_hex(const unsigned char* p, std::size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+  return out;
+}
+
+std::array<unsigned char, 32> sha256(std::string_view data) {
+  std::array<unsigned char, 32> md{};
+  unsigned len = 0;
+  EVP_Digest(data.data(), data.size(), md.data(), &len, EVP_sha256(), nullptr);
+  return md;
+}
+
+std::array<unsigned char, 32> hmac_sha256(std::string_view key, std::string_view data) {
+  std::array<unsigned char, 32> md{};
+  unsigned len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
+       data.size(), md.data(), &len);
+  return md;
+}
+
+/// Random characters from `alnum` without modulo bias (rejection sampling on bytes < 248).
+std::string random_alnum(std::size_t n) {
+  std::string out;
+  out.reserve(n);
+  unsigned char buf[64];
+  while (out.size() < n) {
+    if (RAND_bytes(buf, sizeof buf) != 1) throw std::runtime_error("RAND_bytes failed");
+    for (unsigned char b : buf)
+      if (b < 248 && out.size() < n) out.push_back(alnum[b % 62]);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<parsed_key> parse_key(std::string_view s) noexcept {
+  if (!s.starts_with("tg_")) return std::nullopt;
+  s.remove_prefix(3);
+  auto sep = s.find('_');
+  if (sep == std::string_view::npos) return std::nullopt;
+  parsed_key k{s.substr(0, sep), s.substr(sep + 1)};
+  if (!is_alnum(k.id) || k.id.size() > 64 || !is_alnum(k.secret) || k.secret.size() > 256) return std::nullopt;
+  return k;
+}
+
+std::string digest_secret(std::string_view secret, std::string_view pepper) {
+  if (!pepper.empty()) {
+    auto md = hmac_sha256(pepper, secret);
+    return "hmac-sha256:" + to_hex(md.data(), md.size());
+  }
+  auto md = sha256(secret);
+  return "sha256:" + to_hex(md.data(), md.size());
+}
+
+bool verify_secret(std::string_view secret, std::string_view stored, std::string_view pepper) noexcept {
+  std::array<unsigned char, 32> md{};
+  std::string_view hex;
+  if (stored.starts_with("hmac-sha256:")) {
+    if (pepper.empty()) return false;
+    md = hmac_sha256(pepper, secret);
+    hex = stored.substr(12);
+  } else if (stored.starts_with("sha256:")) {
+    md = sha256(secret);
+    hex = stored.substr(7);
+  } else {
+    return false;
+  }
+  if (hex.size() != 64) return false;
+  const std::string mine = to_hex(md.data(), md.size());
+  return CRYPTO_memcmp(mine.data(), hex.data(), 64) == 0;
+}
+
+new_key generate_key() {
+  new_key k;
+  k.id = random_alnum(12);
+  k.secret = random_alnum(43);
+  k.full = "tg_" + k.id + "_" + k.secret;
+  return k;
+}
+
+std::string sha256_hex(std::string_view data) {
+  auto md = sha256(data);
+  return to_hex(md.data(), md.size());
+}
+
+}  // namespace tollgate::policy

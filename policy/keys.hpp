@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// API keys: `tg_<id>_<secret>`. The id is public (logs, audit, admin API); the secret is shown
+/// once at creation and only its digest is stored: HMAC-SHA-256 keyed with the server's pepper
+/// when one is configured (a stolen store is then useless without the pepper), plain SHA-256
+/// otherwise. Digests are compared in constant time.
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate::policy {
+
+struct parsed_key {
+  std::string_view id;
+  std::string_view secret;
+};
+
+/// Splits `tg_<id>_<secret>`; nullopt when the shape is wrong (never echo the input).
+std::optional<parsed_key> parse_key(std::string_view presented) noexcept;
+
+/// "hmac-sha256:<hex>" when `pepper` is set, else "sha256:<hex>".
+std::string digest_secret(std::string_view secret, std::string_view pepper);
+
+/// Constant-time check of `secret` against a stored digest of either kind.
+bool verify_secret(std::string_view secret, std::string_view stored_digest, std::string_view pepper) noexcept;
+
+struct new_key {
+  std::string id, secret, full;  ///< full = tg_<id>_<secret>
+};
+/// A fresh key from the OS CSPRNG: 12 id characters, 43 secret characters (256 bits).
+new_key generate_key();
+
+/// Lower-case hex SHA-256 of `data` (admin token digests).
+std::string sha256_hex(std::string_view data);
+
+}  // namespace tollgate::policy

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// The embedded store: the same semantics as the Redis scripts (admit.lua, settle.lua), in
+/// process, under one mutex. Used by quickstart and single-node deployments, and as the
+/// per-instance fallback for rate limits while Redis is unreachable.
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+
+#include "policy/store.hpp"
+
+namespace tollgate::policy {
+
+class memory_store final : public store {
+ public:
+  using clock_fn = std::function<std::int64_t()>;  ///< milliseconds since the epoch
+  explicit memory_store(clock_fn now = {}, std::int64_t window_ms = 60'000);
+
+  std::string_view kind() const override { return "memory"; }
+  awaitable<admit_result> admit(unsigned, const admission& a) override { co_return admit_now(a); }
+  awaitable<settle_result> settle(unsigned, const settlement& s) override { co_return settle_now(s); }
+  awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return budget_now(s); }
+  awaitable<key_lookup> get_key(unsigned, std::string id) override;
+  awaitable<bool> put_key(unsigned, key_record k) override;
+  awaitable<bool> publish_invalidation(unsigned, std::string id) override;
+  void on_invalidation(std::function<void(std::string_view)> cb) override;
+
+  // Synchronous forms (the local fallback calls these directly).
+  admit_result admit_now(const admission& a);
+  settle_result settle_now(const settlement& s);
+  budget_state budget_now(const scope_spec& s);
+
+ private:
+  struct window {
+    std::multimap<std::int64_t, std::string> log;        ///< time -> lease
+    std::unordered_map<std::string, std::uint64_t> amount;  ///< lease -> tokens (TPM)
+    std::uint64_t sum = 0;
+  };
+  struct leases {
+    std::multimap<std::int64_t, std::string> by_expiry;
+    std::unordered_map<std::string, std::int64_t> amount;
+    std::int64_t reserved = 0;
+    void expire(std::int64_t now);
+    void add(const std::string& lease, std::int64_t expiry, std::int64_t amt);
+    std::optional<std::int64_t> take(const std::string& lease);
+  };
+  struct budget_cell {
+    std::int64_t spent = 0;
+    bool soft_sent = false;
+    leases held;
+  };
+  struct scope_state {
+    window rpm, tpm;
+    leases conc;
+    std::map<std::string, budget_cell> budgets;  ///< by period id
+  };
+  std::int64_t now() const { return now_(); }
+  void expire_window(window& w, std::int64_t now);
+
+  clock_fn now_;
+  std::int64_t window_ms_;
+  std::mutex mu_;
+  std::unordered_map<std::string, scope_state> scopes_;
+  std::unordered_map<std::string, std::int64_t> settled_;  ///< lease -> time settled
+  std::unordered_map<std::string, key_record> keys_;
+  std::vector<std::function<void(std::string_view)>> listeners_;
+};
+
+}  // namespace tollgate::policy

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// The policy store: where limits, budgets and created keys live. Two implementations with the
+/// same semantics (one conformance suite, tests/unit/policy/store_conformance.hpp):
+///  - memory_store: one process, the embedded default;
+///  - redis_store: every replica shares one Redis; admission is one EVALSHA round trip.
+///
+/// Algorithms (docs/policy.md gives the error bounds):
+///  - requests and tokens per minute: a sliding log over the last 60 s of the store's clock;
+///    a request is admitted only if the window, with it, stays within the limit: exact;
+///  - concurrency: a set of leases, each expiring `lease_ms` after admission;
+///  - budgets: spent + reserved + this call's worst case <= limit, reservations being leases.
+/// Admission checks every scope and every kind, then reserves in all of them: all or nothing.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "gateway/core/net.hpp"
+
+namespace tollgate::policy {
+
+/// One scope (a team or a key) with its limits, as admission needs them.
+struct scope_spec {
+  std::string id;    ///< "t:<team>" or "k:<key id>" (store key suffix)
+  std::string team;  ///< hash tag: every scope of one team lives in one Redis Cluster slot
+  config::limits_config limits;
+  config::budget_config budget;
+};
+
+struct admission {
+  std::string lease;  ///< unique per call (gateway instance + request id)
+  std::vector<scope_spec> scopes;
+  std::uint64_t tokens = 0;    ///< reserved against TPM
+  std::int64_t cost_nano = 0;  ///< reserved against budgets (worst case)
+  std::uint32_t lease_ms = 300'000;
+};
+
+enum class verdict { admitted, rpm, tpm, concurrency, budget, unavailable };
+
+struct admit_result {
+  verdict v = verdict::unavailable;
+  std::size_t scope = 0;              ///< which scope refused
+  std::int64_t retry_after_ms = 0;    ///< for rpm/tpm/concurrency
+  std::vector<std::string> periods;   ///< budget period id per scope ("" : no budget), for settle
+};
+
+struct settlement {
+  admission adm;                     ///< as admitted
+  std::vector<std::string> periods;  ///< from admit_result
+  std::uint64_t tokens = 0;          ///< actual tokens (prompt + completion)
+  std::int64_t cost_nano = 0;        ///< actual cost
+};
+
+struct settle_result {
+  bool reachable = false;               ///< false: try again later (idempotent)
+  bool applied = false;                 ///< false when it had been applied already
+  std::vector<std::int64_t> spent;      ///< per scope, after this charge (0 without budget)
+  std::vector<bool> soft_crossed;       ///< per scope: this charge crossed the soft threshold first
+};
+
+/// A key created through the admin API (config keys are turned into the same record).
+struct key_record {
+  std::string id, team, name, digest;
+  std::vector<std::string> models;
+  std::int64_t expires_unix = 0;
+  std::int64_t created_unix = 0;
+  bool enabled = true;
+  config::limits_config limits;
+  config::budget_config budget;
+};
+
+struct key_lookup {
+  bool reachable = false;
+  std::optional<key_record> key;
+};
+
+struct budget_state {
+  bool reachable = false;
+  std::int64_t spent = 0, reserved = 0;
+};
+
+class store {
+ public:
+  virtual ~store() = default;
+  virtual std::string_view kind() const = 0;
+  /// Binds to the workers' executors (one connection each for Redis). Before any other call.
+  virtual void start(const std::vector<executor_t>&) {}
+  virtual void stop() {}
+  /// Whether the last operations reached the store (false: degraded).
+  virtual bool healthy() const { return true; }
+
+  virtual awaitable<admit_result> admit(unsigned worker, const admission& a) = 0;
+  virtual awaitable<settle_result> settle(unsigned worker, const settlement& s) = 0;
+  virtual awaitable<budget_state> budget(unsigned worker, const scope_spec& scope) = 0;
+
+  virtual awaitable<key_lookup> get_key(unsigned worker, std::string id) = 0;
+  /// Creates or replaces; false when the store is unreachable.
+  virtual awaitable<bool> put_key(unsigned worker, key_record k) = 0;
+  /// Tells every replica (pub/sub for Redis) that `id` changed: their caches drop it.
+  virtual awaitable<bool> publish_invalidation(unsigned worker, std::string id) = 0;
+  /// Called (on any thread) with the id of a key some replica changed.
+  virtual void on_invalidation(std::function<void(std::string_view)> cb) = 0;
+};
+
+/// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".
+std::string period_id(config::budget_period p, std::int64_t now_ms);
+
+/// key_record <-> JSON (the Redis representation; no secret in it, only the digest).
+std::string key_to_json(const key_record& k);
+std::optional<key_record> key_from_json(std::string_view s);
+
+}  // namespace tollgate::policy

@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: Apache-2.0
+// The store conformance suite on the memory store, with a clock the test moves.
+#include "policy/memory_store.hpp"
+
+#include "tests/unit/policy/store_conformance.hpp"
+
+namespace tollgate::policy::testing {
+namespace {
+
+std::atomic<std::int64_t> fake_now{1'790'000'000'000};
+
+struct memory_backend {
+  static constexpr std::int64_t window_ms = 60'000;
+  static std::unique_ptr<store> make(std::int64_t window) {
+    return std::make_unique<memory_store>([] { return fake_now.load(); }, window);
+  }
+  static void advance(store&, std::int64_t ms) { fake_now += ms; }
+  static void wait_ready(store&, net::io_context&) {}
+  template <class F>
+  static void wait_for(F&&, net::io_context&) {}  // listeners run synchronously
+};
+
+INSTANTIATE_TYPED_TEST_SUITE_P(Memory, StoreConformance, memory_backend);
+
+TEST(PeriodId, CalendarPeriodsInUtc) {
+  // 2026-11-24T23:59:59.999Z and one millisecond later.
+  const std::int64_t before = 1'795'564'799'999, after = before + 1;
+  EXPECT_EQ(period_id(config::budget_period::monthly, before), "m202611");
+  EXPECT_EQ(period_id(config::budget_period::daily, before), "d20781");
+  EXPECT_EQ(period_id(config::budget_period::daily, after), "d20782");
+  EXPECT_EQ(period_id(config::budget_period::total, after), "all");
+  // Month and year boundaries, and a leap day.
+  EXPECT_EQ(period_id(config::budget_period::monthly, 1'796'083'199'999), "m202611");  // 2026-11-30T23:59:59.999Z
+  EXPECT_EQ(period_id(config::budget_period::monthly, 1'796'083'200'000), "m202612");
+  EXPECT_EQ(period_id(config::budget_period::monthly, 1'798'761'600'000), "m202701");  // 2027-01-01
+  EXPECT_EQ(period_id(config::budget_period::monthly, 1'709'164'800'000), "m202402");  // 2024-02-29
+  EXPECT_EQ(period_id(config::budget_period::monthly, 1'709'251'200'000), "m202403");  // 2024-03-01
+}
+
+TEST(MemoryStore, DailyBudgetStartsAgainTheNextDay) {
+  std::int64_t now = 1'795'564'000'000;  // 2026-11-24, late in the day
+  memory_store st([&] { return now; });
+  config::budget_config b;
+  b.limit_nano = 10;
+  b.period = config::budget_period::daily;
+  admission a;
+  a.lease = "x1";
+  a.scopes = {scope_spec{"t", "team", {}, b}};
+  a.cost_nano = 10;
+  auto r = st.admit_now(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  settlement s{a, r.periods, 1, 10};
+  ASSERT_TRUE(st.settle_now(s).applied);
+  a.lease = "x2";
+  EXPECT_EQ(st.admit_now(a).v, verdict::budget);
+  now += 86'400'000;
+  EXPECT_EQ(st.admit_now(a).v, verdict::admitted);
+}
+
+}  // namespace
+}  // namespace tollgate::policy::testing

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// One conformance suite for every policy store. A backend provides:
+//   static std::unique_ptr<policy::store> make(std::int64_t window_ms);
+//   static void advance(policy::store&, std::int64_t ms);   // lets that much store time pass
+//   static constexpr std::int64_t window_ms;                // short for real-time backends
+// and instantiates: INSTANTIATE_TYPED_TEST_SUITE_P(Name, StoreConformance, Backend);
+#include <gtest/gtest.h>
+
+#include <boost/asio/use_future.hpp>
+
+#include "policy/store.hpp"
+
+namespace tollgate::policy::testing {
+
+template <class T>
+T run_sync(net::io_context& ioc, awaitable<T> a) {
+  auto fut = net::co_spawn(ioc, std::move(a), net::use_future);
+  ioc.restart();
+  while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) ioc.run_one_for(std::chrono::milliseconds(5));
+  return fut.get();
+}
+
+inline scope_spec scope(std::string id, config::limits_config l, config::budget_config b = {}) {
+  return scope_spec{std::move(id), "team-a", l, b};
+}
+
+inline config::budget_config budget_of(std::int64_t nano, double soft = 0) {
+  config::budget_config b;
+  b.limit_nano = nano;
+  b.soft = soft;
+  return b;
+}
+
+template <class Backend>
+class StoreConformance : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    st = Backend::make(Backend::window_ms);
+    if (!st) GTEST_SKIP() << "backend unavailable";
+    std::vector<executor_t> ex{executor_t(ioc.get_executor())};
+    st->start(ex);
+    Backend::wait_ready(*st, ioc);
+  }
+  void TearDown() override {
+    if (st) st->stop();
+  }
+
+  admission adm(std::vector<scope_spec> scopes, std::uint64_t tokens = 1, std::int64_t cost = 0,
+                std::uint32_t lease_ms = 60'000) {
+    admission a;
+    a.lease = "lease-" + std::to_string(next_++) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    a.scopes = std::move(scopes);
+    a.tokens = tokens;
+    a.cost_nano = cost;
+    a.lease_ms = lease_ms;
+    return a;
+  }
+  admit_result admit(const admission& a) { return run_sync(ioc, st->admit(0, a)); }
+  settle_result settle(const admission& a, const admit_result& r, std::uint64_t tokens, std::int64_t cost) {
+    settlement s;
+    s.adm = a;
+    s.periods = r.periods;
+    s.tokens = tokens;
+    s.cost_nano = cost;
+    return run_sync(ioc, st->settle(0, s));
+  }
+  budget_state budget(const scope_spec& s) { return run_sync(ioc, st->budget(0, s)); }
+  void advance(std::int64_t ms) { Backend::advance(*st, ms); }
+
+  net::io_context ioc;
+  std::unique_ptr<store> st;
+  int next_ = 0;
+};
+
+TYPED_TEST_SUITE_P(StoreConformance);
+
+TYPED_TEST_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow) {
+  auto s = scope("t", {3, 0, 0});
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted) << i;
+  auto refused = this->admit(this->adm({s}));
+  EXPECT_EQ(refused.v, verdict::rpm);
+  EXPECT_EQ(refused.scope, 0u);
+  EXPECT_GT(refused.retry_after_ms, 0);
+  EXPECT_LE(refused.retry_after_ms, TypeParam::window_ms);
+  this->advance(TypeParam::window_ms + 20);
+  EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
+}
+
+TYPED_TEST_P(StoreConformance, TokensPerMinuteReservesThenCorrectsToUsage) {
+  auto s = scope("t", {0, 100, 0});
+  auto a1 = this->adm({s}, 60);
+  auto r1 = this->admit(a1);
+  ASSERT_EQ(r1.v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 60)).v, verdict::tpm);  // 60 + 60 > 100
+  // The call used only 10 tokens: the window now holds 10, and 60 more fit.
+  ASSERT_TRUE(this->settle(a1, r1, 10, 0).applied);
+  EXPECT_EQ(this->admit(this->adm({s}, 60)).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 31)).v, verdict::tpm);  // 10 + 60 + 31 > 100
+  EXPECT_EQ(this->admit(this->adm({s}, 30)).v, verdict::admitted);
+}
+
+TYPED_TEST_P(StoreConformance, ConcurrencyIsReleasedBySettlement) {
+  auto s = scope("t", {0, 0, 2});
+  auto a1 = this->adm({s}), a2 = this->adm({s});
+  auto r1 = this->admit(a1);
+  ASSERT_EQ(r1.v, verdict::admitted);
+  ASSERT_EQ(this->admit(a2).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s})).v, verdict::concurrency);
+  this->settle(a1, r1, 0, 0);
+  EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
+}
+
+TYPED_TEST_P(StoreConformance, BudgetReservesWorstCaseAndChargesActual) {
+  auto s = scope("t", {}, budget_of(100));
+  std::vector<std::pair<admission, admit_result>> held;
+  for (int i = 0; i < 3; ++i) {
+    auto a = this->adm({s}, 1, 30);
+    auto r = this->admit(a);
+    ASSERT_EQ(r.v, verdict::admitted) << i;
+    held.emplace_back(a, r);
+  }
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 30)).v, verdict::budget);  // 90 reserved + 30 > 100
+  auto b = this->budget(s);
+  ASSERT_TRUE(b.reachable);
+  EXPECT_EQ(b.reserved, 90);
+  EXPECT_EQ(b.spent, 0);
+  for (auto& [a, r] : held) ASSERT_TRUE(this->settle(a, r, 1, 10).applied);
+  b = this->budget(s);
+  EXPECT_EQ(b.spent, 30);
+  EXPECT_EQ(b.reserved, 0);
+  // 30 spent: two more worst cases of 30 fit (90), a third does not (120).
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 30)).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 30)).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 30)).v, verdict::budget);
+}
+
+TYPED_TEST_P(StoreConformance, AdmissionIsAllOrNothingAcrossScopes) {
+  auto team = scope("t", {2, 0, 0});
+  auto key = scope("k:abc", {1, 0, 0});
+  ASSERT_EQ(this->admit(this->adm({team, key})).v, verdict::admitted);
+  auto r = this->admit(this->adm({team, key}));
+  EXPECT_EQ(r.v, verdict::rpm);
+  EXPECT_EQ(r.scope, 1u);  // the key refused
+  // The refused call reserved nothing in the team scope: one team slot is still free.
+  EXPECT_EQ(this->admit(this->adm({team})).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({team})).v, verdict::rpm);
+}
+
+TYPED_TEST_P(StoreConformance, LeasesOfADeadGatewayExpire) {
+  auto s = scope("t", {0, 0, 1}, budget_of(50));
+  auto a = this->adm({s}, 1, 50, 300);  // never settled: its gateway "died"
+  ASSERT_EQ(this->admit(a).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::concurrency);
+  this->advance(400);
+  auto b = this->budget(s);
+  EXPECT_EQ(b.reserved, 0);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 50)).v, verdict::admitted);
+}
+
+TYPED_TEST_P(StoreConformance, SettlementAppliedTwiceChargesOnce) {
+  auto s = scope("t", {}, budget_of(1000));
+  auto a = this->adm({s}, 1, 100);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  auto first = this->settle(a, r, 1, 70);
+  auto second = this->settle(a, r, 1, 70);
+  EXPECT_TRUE(first.reachable);
+  EXPECT_TRUE(first.applied);
+  EXPECT_TRUE(second.reachable);
+  EXPECT_FALSE(second.applied);
+  EXPECT_EQ(this->budget(s).spent, 70);
+}
+
+TYPED_TEST_P(StoreConformance, SoftThresholdIsReportedOncePerPeriod) {
+  auto s = scope("t", {}, budget_of(100, 0.5));
+  std::vector<bool> crossed;
+  for (int i = 0; i < 4; ++i) {
+    auto a = this->adm({s}, 1, 20);
+    auto r = this->admit(a);
+    ASSERT_EQ(r.v, verdict::admitted);
+    auto st = this->settle(a, r, 1, 20);
+    ASSERT_EQ(st.soft_crossed.size(), 1u);
+    crossed.push_back(st.soft_crossed[0]);
+  }
+  // 20, 40, 60 (crosses 50), 80.
+  EXPECT_EQ(crossed, (std::vector<bool>{false, false, true, false}));
+}
+
+TYPED_TEST_P(StoreConformance, LargeAmountsStayExact) {
+  // $5,000,000 in nano-USD is 5e15: beyond 14 significant digits, exact as integers.
+  const std::int64_t limit = 5'000'000'000'000'000;
+  auto s = scope("t", {}, budget_of(limit));
+  auto a = this->adm({s}, 1, limit - 1);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 2)).v, verdict::budget);
+  ASSERT_TRUE(this->settle(a, r, 1, limit - 3).applied);
+  EXPECT_EQ(this->budget(s).spent, limit - 3);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 3)).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::budget);
+}
+
+TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
+  std::vector<std::string> seen;
+  std::mutex mu;
+  this->st->on_invalidation([&](std::string_view id) {
+    std::lock_guard l(mu);
+    seen.emplace_back(id);
+  });
+  key_record k;
+  k.id = "abc123";
+  k.team = "team-a";
+  k.name = "ci";
+  k.digest = "sha256:" + std::string(64, 'a');
+  k.models = {"gpt-*"};
+  k.limits.rpm = 7;
+  k.budget = budget_of(9);
+  ASSERT_TRUE(run_sync(this->ioc, this->st->put_key(0, k)));
+  auto got = run_sync(this->ioc, this->st->get_key(0, "abc123"));
+  ASSERT_TRUE(got.reachable);
+  ASSERT_TRUE(got.key);
+  EXPECT_EQ(got.key->team, "team-a");
+  EXPECT_EQ(got.key->models, std::vector<std::string>{"gpt-*"});
+  EXPECT_EQ(got.key->limits.rpm, 7u);
+  EXPECT_EQ(got.key->budget.limit_nano, 9);
+  EXPECT_FALSE(run_sync(this->ioc, this->st->get_key(0, "nope")).key);
+  ASSERT_TRUE(run_sync(this->ioc, this->st->publish_invalidation(0, "abc123")));
+  TypeParam::wait_for([&] {
+    std::lock_guard l(mu);
+    return std::find(seen.begin(), seen.end(), "abc123") != seen.end();
+  }, this->ioc);
+  std::lock_guard l(mu);
+  EXPECT_NE(std::find(seen.begin(), seen.end(), "abc123"), seen.end());
+}
+
+REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
+                            TokensPerMinuteReservesThenCorrectsToUsage, ConcurrencyIsReleasedBySettlement,
+                            BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
+                            LeasesOfADeadGatewayExpire, SettlementAppliedTwiceChargesOnce,
+                            SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
+                            KeysRoundTripAndInvalidationsReachListeners);
+
+}  // namespace tollgate::policy::testing
