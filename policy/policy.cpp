@@ -117,7 +117,14 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                     metrics::kind::counter, {"team", "scope"})),
       auth_(reg.add("tollgate_auth_total", "Authentication results: key, mtls, anonymous, missing, invalid, revoked, "
                                            "expired, unavailable.",
-                    metrics::kind::counter, {"result"})) {
+                    metrics::kind::counter, {"result"})),
+      calls_(reg.add("tollgate_policy_store_calls_total",
+                     "Policy store round trips by operation: admit and key_lookup happen before the upstream call, "
+                     "settle after the response.",
+                     metrics::kind::counter, {"op"})),
+      call_admit_(calls_.counter({"admit"})),
+      call_key_(calls_.counter({"key_lookup"})),
+      call_settle_(calls_.counter({"settle"})) {
   degraded_.gauge({}).set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
 }
@@ -145,6 +152,7 @@ awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_conf
     if (auto it = cache_.find(std::string(id)); it != cache_.end() && now - it->second.at < ttl)
       co_return key_lookup{true, it->second.key};
   }
+  call_key_.inc();
   key_lookup r = co_await store_->get_key(worker, std::string(id));
   if (r.reachable) {
     std::lock_guard lock(cache_mu_);
@@ -272,6 +280,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   a.cost_nano = r->price ? cost_nano(*r->price, ctx.prompt_estimate, 0, out) : 0;
   a.lease_ms = cfg.store.lease_ms;
 
+  call_admit_.inc();
   admit_result res = co_await store_->admit(ctx.worker, a);
   if (res.v == verdict::unavailable) {
     degraded_.gauge({}).set(1);
@@ -385,6 +394,7 @@ awaitable<void> engine::settle_in_background(unsigned worker, settlement s, std:
   auto delay = milliseconds(100);
   const auto give_up = steady_clock::now() + minutes(10);
   for (unsigned attempt = 0;; ++attempt) {
+    call_settle_.inc();
     settle_result r = co_await store_->settle(worker, s);
     if (r.reachable) {
       settlements_.counter({r.applied ? "applied" : "duplicate"}).inc();

@@ -112,6 +112,10 @@ class engine {
   metrics::family& settlements_;  ///< {result}
   metrics::family& soft_;         ///< {team, scope}
   metrics::family& auth_;         ///< {result}
+  metrics::family& calls_;        ///< {op}: store round trips (admit and key_lookup are on the critical path)
+  metrics::counter_cell& call_admit_;
+  metrics::counter_cell& call_key_;
+  metrics::counter_cell& call_settle_;
 };
 
 }  // namespace tollgate::policy

@@ -1,0 +1,91 @@
+// mTLS service identity: the caller listener requires client certificates from a configured CA,
+// and a certificate's SAN (a SPIFFE URI or a DNS name) authenticates as a team without any key.
+// Certificates are made per run with the openssl CLI.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { serverYaml, startGateway } from './lib/gateway.mjs';
+
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-mtls-'));
+const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' });
+
+/** A CA, and a leaf signed by it with the given SAN (subjectAltName syntax). */
+function makeCa(name) {
+  const key = join(dir, `${name}.key`), cert = join(dir, `${name}.pem`);
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`);
+  return { key, cert };
+}
+function makeLeaf(name, ca, san) {
+  const key = join(dir, `${name}.key`), csr = join(dir, `${name}.csr`), cert = join(dir, `${name}.pem`), ext = join(dir, `${name}.ext`);
+  writeFileSync(ext, `subjectAltName=${san}\n`);
+  openssl('req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`);
+  openssl('x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', ext);
+  return { key: readFileSync(key), cert: readFileSync(cert) };
+}
+
+function call(port, path, { client, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: '127.0.0.1', port, path, method: body ? 'POST' : 'GET', rejectUnauthorized: false, agent: false,
+      headers: body ? { 'content-type': 'application/json' } : {}, ...(client ?? {}),
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d) => (text += d)).on('end', () => resolve({ status: res.statusCode, text }));
+    });
+    req.setTimeout(10000, () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end(body ? JSON.stringify(body) : undefined);
+  });
+}
+
+describe('mTLS identities', () => {
+  let gw, search, stranger, rogue;
+  before(async () => {
+    const ca = makeCa('clients-ca');
+    const otherCa = makeCa('other-ca');
+    const server = makeLeaf('server', makeCa('server-ca'), 'IP:127.0.0.1');
+    search = makeLeaf('search', ca, 'URI:spiffe://corp.example/ns/search/sa/api');
+    stranger = makeLeaf('stranger', ca, 'URI:spiffe://corp.example/ns/other/sa/api');
+    rogue = makeLeaf('rogue', otherCa, 'URI:spiffe://corp.example/ns/search/sa/api');
+    writeFileSync(join(dir, 'server.key.pem'), server.key);
+    writeFileSync(join(dir, 'server.cert.pem'), server.cert);
+    gw = await startGateway(serverYaml({ openAuth: false }) +
+      `  tls:\n    cert_file: ${join(dir, 'server.cert.pem')}\n    key_file: ${join(dir, 'server.key.pem')}\n    client_ca_file: ${ca.cert}\n` +
+      `providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n  - {name: secret-model, provider: mock}\n` +
+      `teams:\n  - name: search\n    models: [mock-gpt]\n    identities: ["spiffe://corp.example/ns/search/sa/api"]\n`);
+  });
+  after(async () => {
+    await gw?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('a certificate whose SPIFFE ID maps to a team is admitted as that team, within its models', async () => {
+    const client = { key: search.key, cert: search.cert };
+    const ok = await call(gw.port, '/v1/chat/completions', { client, body: { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 } });
+    assert.equal(ok.status, 200, ok.text);
+    const denied = await call(gw.port, '/v1/chat/completions', { client, body: { model: 'secret-model', messages: [{ role: 'user', content: 'hi' }] } });
+    assert.equal(denied.status, 403, denied.text);
+    assert.equal(JSON.parse(denied.text).error.code, 'model_not_allowed');
+    const models = JSON.parse((await call(gw.port, '/v1/models', { client })).text);
+    assert.deepEqual(models.data.map((m) => m.id), ['mock-gpt']);
+  });
+
+  test('a valid certificate whose SAN maps to no team gets 401, not access', async () => {
+    const r = await call(gw.port, '/v1/chat/completions', { client: { key: stranger.key, cert: stranger.cert }, body: { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] } });
+    assert.equal(r.status, 401, r.text);
+    assert.equal(JSON.parse(r.text).error.code, 'invalid_api_key');
+  });
+
+  test('no certificate, or one from another CA, fails the handshake', async () => {
+    await assert.rejects(call(gw.port, '/v1/models'), /certificate|handshake|alert|socket hang up|ECONNRESET/i);
+    await assert.rejects(call(gw.port, '/v1/models', { client: { key: rogue.key, cert: rogue.cert } }), /certificate|unknown ca|alert|socket hang up|ECONNRESET/i);
+    // The gateway keeps serving good callers afterwards.
+    const again = await call(gw.port, '/v1/models', { client: { key: search.key, cert: search.cert } });
+    assert.equal(again.status, 200);
+  });
+});

@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: Apache-2.0
+// The policy engine's phases (authenticate, admit, settle) on the memory store, and its
+// degraded mode on a store that cannot be reached. No sockets.
+#include "policy/policy.hpp"
+
+#include <gtest/gtest.h>
+
+#include "config/loader.hpp"
+#include "gateway/core/provider.hpp"
+#include "policy/keys.hpp"
+#include "tests/unit/policy/store_conformance.hpp"
+
+namespace tollgate::policy::testing {
+namespace {
+
+/// A store that is never reachable (a dead Redis).
+struct dead_store final : store {
+  std::string_view kind() const override { return "dead"; }
+  bool healthy() const override { return false; }
+  awaitable<admit_result> admit(unsigned, const admission&) override { co_return admit_result{}; }
+  awaitable<settle_result> settle(unsigned, const settlement&) override { co_return settle_result{}; }
+  awaitable<budget_state> budget(unsigned, const scope_spec&) override { co_return budget_state{}; }
+  awaitable<key_lookup> get_key(unsigned, std::string) override { co_return key_lookup{}; }
+  awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
+  awaitable<bool> publish_invalidation(unsigned, std::string) override { co_return false; }
+  void on_invalidation(std::function<void(std::string_view)>) override {}
+};
+
+const std::string secret = "S3cretS3cretS3cretS3cretS3cretS3cretS3cret1";
+const std::string full_key = "tg_abc123_" + secret;
+
+std::string yaml(const std::string& extra = {}) {
+  return R"(providers:
+  - {name: mock, type: mock}
+models:
+  - {name: mock-gpt, provider: mock}
+  - {name: other, provider: mock}
+prices:
+  "*": {input: 1000, output: 2000}
+teams:
+  - name: search
+    models: ["mock-*"]
+    limits: {rpm: 2}
+  - name: rich
+    budget: {usd: 0.030, period: total, soft: 0.5}
+  - name: spiffe
+    identities: ["spiffe://corp/ns/x/sa/api"]
+keys:
+  - {id: abc123, team: search, digest: ")" +
+         digest_secret(secret, "") + R"("}
+  - {id: old1, team: search, digest: ")" +
+         digest_secret(secret, "") + R"(", expires: 2020-01-01}
+  - {id: off1, team: search, enabled: false, digest: ")" +
+         digest_secret(secret, "") + R"("}
+  - {id: rich1, team: rich, digest: ")" +
+         digest_secret(secret, "") + R"("}
+)" + extra;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void make(const std::string& extra = {}, std::shared_ptr<store> st = nullptr) {
+    auto loaded = config::load_string(yaml(extra));
+    ASSERT_TRUE(loaded) << loaded.error;
+    auto s = std::make_shared<snapshot>();
+    s->cfg = loaded.config;
+    snap = s;
+    if (!st) st = std::make_shared<memory_store>();
+    eng = std::make_unique<engine>(st, reg, [this](std::string_view lvl, std::string_view msg, std::string_view extra_json) {
+      logs.push_back(std::string(lvl) + " " + std::string(msg) + " " + std::string(extra_json));
+    });
+    eng->start({executor_t(ioc.get_executor())});
+  }
+  request_context ctx(std::string credential, std::string model = "mock-gpt") {
+    request_context c;
+    c.id = ++next_id;
+    c.id_hex = std::to_string(c.id);
+    c.snap = snap;
+    c.credential = std::move(credential);
+    c.endpoint = endpoint_kind::chat_completions;
+    c.model = std::move(model);
+    c.prompt_estimate = 5;
+    c.max_output_tokens = 5;
+    return c;
+  }
+  phase_result auth(request_context& c) { return run_sync(ioc, eng->authenticate(c)); }
+  phase_result admit(request_context& c) { return run_sync(ioc, eng->admit(c)); }
+  /// Authenticates and admits; the error code value, or 0 when admitted.
+  errc call(request_context& c) {
+    auto a = auth(c);
+    if (!a) return static_cast<errc>(a.error().code.value());
+    auto r = admit(c);
+    return r ? errc::ok : static_cast<errc>(r.error().code.value());
+  }
+  /// A finished, billed call: usage as reported, then settlement runs to the end.
+  void finish(request_context& c, std::uint64_t prompt, std::uint64_t completion) {
+    c.status = 200;
+    c.upstream_answered = true;
+    c.usage = {prompt, completion, 0, true};
+    eng->settle(c, executor_t(ioc.get_executor()));
+    ioc.restart();
+    while (eng->pending() > 0) ioc.run_one_for(std::chrono::milliseconds(5));
+  }
+
+  metrics::registry reg;
+  net::io_context ioc;
+  std::shared_ptr<const snapshot> snap;
+  std::unique_ptr<engine> eng;
+  std::vector<std::string> logs;
+  std::uint64_t next_id = 0;
+};
+
+TEST(CostTest, PricesArePerMillionTokensAndRoundUpToANanoDollar) {
+  config::price_config p{"m", 0.15, 0.075, 0.60, 0};
+  // 1000 prompt tokens at $0.15/M = $0.00015 = 150000 nano; 500 output at $0.60/M = 300000 nano.
+  EXPECT_EQ(cost_nano(p, 1000, 0, 500), 450'000);
+  // 400 of the prompt were cached: 600*0.15 + 400*0.075 = 90000 + 30000 nano.
+  EXPECT_EQ(cost_nano(p, 1000, 400, 0), 120'000);
+  // One token of a $0.0001/M model is 0.1 nano: rounded up, never free.
+  config::price_config cheap{"c", 0.0001, 0.0001, 0.0001, 0};
+  EXPECT_EQ(cost_nano(cheap, 1, 0, 0), 1);
+  EXPECT_EQ(cost_nano(cheap, 0, 0, 0), 0);
+}
+
+TEST_F(EngineTest, MissingMalformedUnknownAndWrongKeysAre401WithoutEchoingThem) {
+  make();
+  for (std::string cred : {std::string(), std::string("sk-not-ours"), std::string("tg_nope_") + secret,
+                           std::string("tg_abc123_wrongwrongwrong")}) {
+    auto c = ctx(cred);
+    auto r = auth(c);
+    ASSERT_FALSE(r) << cred;
+    EXPECT_EQ(r.error().code, errc::invalid_api_key) << cred;
+    if (!cred.empty()) {
+      EXPECT_EQ(r.error().message.find(cred), std::string::npos);
+    }
+  }
+  auto good = ctx(full_key);
+  ASSERT_TRUE(auth(good));
+  EXPECT_EQ(good.identity.team, "search");
+  EXPECT_EQ(good.identity.key_id, "abc123");
+}
+
+TEST_F(EngineTest, RevokedAndExpiredKeysAreRefusedWithTheirReason) {
+  make();
+  auto off = ctx("tg_off1_" + secret);
+  auto r = auth(off);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("revoked"), std::string::npos);
+  auto old = ctx("tg_old1_" + secret);
+  r = auth(old);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("expired"), std::string::npos);
+}
+
+TEST_F(EngineTest, CreatedKeysWorkUntilRevoked) {
+  make();
+  key_record proto;
+  proto.team = "search";
+  proto.name = "ci";
+  auto created = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+  ASSERT_TRUE(created) << created.error();
+  ASSERT_TRUE(parse_key(created->full));
+  EXPECT_EQ(created->record.digest.find(parse_key(created->full)->secret), std::string::npos);
+  auto c1 = ctx(created->full);
+  ASSERT_TRUE(auth(c1));
+  ASSERT_TRUE(run_sync(ioc, eng->revoke_key(0, *snap->cfg, created->record.id)));
+  auto c2 = ctx(created->full);
+  auto r = auth(c2);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("revoked"), std::string::npos);
+  EXPECT_FALSE(run_sync(ioc, eng->revoke_key(0, *snap->cfg, "abc123")));  // a config key: edit the file
+  key_record stray;
+  stray.team = "nosuchteam";
+  EXPECT_FALSE(run_sync(ioc, eng->create_key(0, *snap->cfg, stray)));
+}
+
+TEST_F(EngineTest, ClientCertificateNamesMapToTheirTeam) {
+  make();
+  auto c = ctx("");
+  c.peer_names = {"dns.example", "spiffe://corp/ns/x/sa/api"};
+  ASSERT_TRUE(auth(c));
+  EXPECT_EQ(c.identity.team, "spiffe");
+  EXPECT_EQ(c.identity.subject, "spiffe://corp/ns/x/sa/api");
+  auto stranger = ctx("");
+  stranger.peer_names = {"spiffe://corp/ns/y/sa/api"};
+  EXPECT_FALSE(auth(stranger));
+}
+
+TEST_F(EngineTest, ModelsOutsideTheGrantAre403AndUnlisted) {
+  make();
+  auto c = ctx(full_key, "other");
+  EXPECT_EQ(call(c), errc::permission_denied);
+  EXPECT_FALSE(engine::may_list(c, "other"));
+  EXPECT_TRUE(engine::may_list(c, "mock-gpt"));
+}
+
+TEST_F(EngineTest, RateLimitRefusalCarriesRetryAfter) {
+  make();
+  for (int i = 0; i < 2; ++i) {
+    auto c = ctx(full_key);
+    EXPECT_EQ(call(c), errc::ok);
+  }
+  auto c = ctx(full_key);
+  ASSERT_TRUE(auth(c));
+  auto r = admit(c);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, errc::rate_limited);
+  bool retry_after = false;
+  for (auto& [k, v] : r.error().headers)
+    if (k == "Retry-After") retry_after = std::stoi(v) >= 1 && std::stoi(v) <= 60;
+  EXPECT_TRUE(retry_after);
+}
+
+TEST_F(EngineTest, BudgetChargesActualCostAndRefusesWhenSpentWithNoRetry) {
+  make();
+  // rich: $0.030 = 30e6 nano. Prices $1000/M in, $2000/M out are 1e6 and 2e6 nano a token, so
+  // each call reserves 5 prompt + 5 output tokens = 15e6 nano: two fit, the third does not.
+  auto c1 = ctx("tg_rich1_" + secret), c2 = ctx("tg_rich1_" + secret), c3 = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(c1), errc::ok);
+  EXPECT_EQ(call(c2), errc::ok);
+  ASSERT_TRUE(auth(c3));
+  auto r = admit(c3);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, errc::budget_exceeded);
+  bool no_retry = false;
+  for (auto& [k, v] : r.error().headers) no_retry = no_retry || (k == "x-should-retry" && v == "false");
+  EXPECT_TRUE(no_retry);
+  // c1 used less than reserved: 2 prompt + 1 completion = 4e6 nano. The soft threshold (50%) is crossed by c2.
+  finish(c1, 2, 1);
+  finish(c2, 5, 5);
+  auto b = run_sync(ioc, eng->budget(0, scope_spec{"t", "rich", {}, snap->cfg->find_team("rich")->budget}));
+  EXPECT_EQ(b.spent, 4'000'000 + 15'000'000);
+  EXPECT_EQ(b.reserved, 0);
+  std::size_t soft = 0;
+  for (auto& l : logs) soft += l.find("budget soft threshold crossed") != std::string::npos;
+  EXPECT_EQ(soft, 1u);
+  for (auto& l : logs) EXPECT_EQ(l.find(secret), std::string::npos) << l;
+}
+
+TEST_F(EngineTest, UnreachableStoreFailsBudgetsClosedAndLimitsLocally) {
+  make("store: {replicas: 2}\n", std::make_shared<dead_store>());
+  // A config key still authenticates; the budget team's call fails closed.
+  auto rich = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(rich), errc::policy_store_unavailable);
+  // search has rpm 2 shared by 2 replicas: 1 per instance while degraded.
+  auto a = ctx(full_key), b = ctx(full_key);
+  EXPECT_EQ(call(a), errc::ok);
+  EXPECT_EQ(call(b), errc::rate_limited);
+  // A key that only the store knows cannot be checked: 503, not 401.
+  auto unknown = ctx("tg_zzz999_" + secret);
+  EXPECT_EQ(call(unknown), errc::policy_store_unavailable);
+}
+
+TEST_F(EngineTest, UnreachableStoreWithFailOpenBudgetsAdmitsUnderLocalLimits) {
+  make("store: {on_unavailable: {budgets: fail_open}}\n", std::make_shared<dead_store>());
+  auto rich = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(rich), errc::ok);
+}
+
+TEST_F(EngineTest, OpenGatewayIgnoresForeignCredentialsButChecksTollgateKeys) {
+  make("auth: {required: false}\n");
+  auto none = ctx("");
+  EXPECT_EQ(call(none), errc::ok);
+  auto sdk_placeholder = ctx("sk-placeholder");
+  EXPECT_EQ(call(sdk_placeholder), errc::ok);
+  auto revoked = ctx("tg_off1_" + secret);
+  EXPECT_EQ(call(revoked), errc::invalid_api_key);
+}
+
+TEST(KeysTest, ParseDigestVerify) {
+  auto k = generate_key();
+  EXPECT_EQ(k.full, "tg_" + k.id + "_" + k.secret);
+  EXPECT_EQ(k.id.size(), 12u);
+  EXPECT_EQ(k.secret.size(), 43u);
+  auto p = parse_key(k.full);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->id, k.id);
+  EXPECT_EQ(p->secret, k.secret);
+  for (auto bad : {"", "tg_", "tg__x", "tg_id_", "sk_id_secret", "tg_i-d_secret", "tg_id_sec ret"}) EXPECT_FALSE(parse_key(bad)) << bad;
+  const auto plain = digest_secret(k.secret, "");
+  const auto peppered = digest_secret(k.secret, "pepper");
+  EXPECT_TRUE(plain.starts_with("sha256:"));
+  EXPECT_TRUE(peppered.starts_with("hmac-sha256:"));
+  EXPECT_NE(plain.substr(7), peppered.substr(12));
+  EXPECT_TRUE(verify_secret(k.secret, plain, ""));
+  EXPECT_TRUE(verify_secret(k.secret, peppered, "pepper"));
+  EXPECT_FALSE(verify_secret(k.secret, peppered, "other"));
+  EXPECT_FALSE(verify_secret(k.secret, peppered, ""));
+  EXPECT_FALSE(verify_secret(k.secret + "x", plain, ""));
+  EXPECT_FALSE(verify_secret(k.secret, "sha256:abc", ""));
+  // Known answer: sha256("abc").
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_NE(generate_key().id, generate_key().id);
+}
+
+}  // namespace
+}  // namespace tollgate::policy::testing
