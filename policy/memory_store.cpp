@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
+// Keep in step with admit.lua and settle.lua: the conformance suite runs on both.
 #include "policy/memory_store.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 namespace tollgate::policy {
 
-memory_store::memory_store(clock_fn now, std::int64_t window_ms) : now_(std::move(now)), window_ms_(window_ms) {
+memory_store::memory_store(clock_fn now, std::int64_t window_ms)
+    : now_(std::move(now)), window_ms_(window_ms), bucket_ms_(std::max<std::int64_t>(1, window_ms / buckets)) {
   if (!now_)
     now_ = [] {
       return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -13,130 +16,135 @@ memory_store::memory_store(clock_fn now, std::int64_t window_ms) : now_(std::mov
     };
 }
 
-void memory_store::leases::expire(std::int64_t now) {
+std::int64_t memory_store::leases::expire(std::int64_t now) {
+  std::int64_t freed = 0;
   while (!by_expiry.empty() && by_expiry.begin()->first <= now) {
-    auto it = amount.find(by_expiry.begin()->second);
-    if (it != amount.end()) {
-      reserved -= it->second;
+    if (auto it = amount.find(by_expiry.begin()->second); it != amount.end()) {
+      freed += it->second;
       amount.erase(it);
     }
     by_expiry.erase(by_expiry.begin());
   }
+  return freed;
 }
 
 void memory_store::leases::add(const std::string& lease, std::int64_t expiry, std::int64_t amt) {
-  if (auto old = take(lease)) (void)old;
+  remove(lease);
   by_expiry.emplace(expiry, lease);
   amount[lease] = amt;
-  reserved += amt;
 }
 
-std::optional<std::int64_t> memory_store::leases::take(const std::string& lease) {
-  auto it = amount.find(lease);
-  if (it == amount.end()) return std::nullopt;
-  const std::int64_t a = it->second;
-  amount.erase(it);
-  reserved -= a;
+bool memory_store::leases::remove(const std::string& lease) {
+  if (!amount.erase(lease)) return false;
   for (auto e = by_expiry.begin(); e != by_expiry.end(); ++e)
     if (e->second == lease) {
       by_expiry.erase(e);
       break;
     }
-  return a;
+  return true;
 }
 
-void memory_store::expire_window(window& w, std::int64_t now) {
-  const std::int64_t cutoff = now - window_ms_;
-  while (!w.log.empty() && w.log.begin()->first <= cutoff) {
-    auto it = w.amount.find(w.log.begin()->second);
-    if (it != w.amount.end()) {
-      w.sum -= it->second;
-      w.amount.erase(it);
-    }
-    w.log.erase(w.log.begin());
+void memory_store::roll(rate_window& w, std::int64_t cur) const {
+  const std::int64_t first = cur - buckets;
+  if (!w.used) w.lo = cur;
+  if (w.lo >= first) return;
+  for (auto it = w.buckets.begin(); it != w.buckets.end() && it->first < first;) {
+    w.requests -= it->second.first;
+    w.tokens -= it->second.second;
+    it = w.buckets.erase(it);
   }
+  w.lo = first;
 }
 
 admit_result memory_store::admit_now(const admission& a) {
   std::lock_guard lock(mu_);
-  const std::int64_t t = now();
+  const std::int64_t now = now_();
+  const std::int64_t cur = now / bucket_ms_;
   admit_result r;
   r.periods.resize(a.scopes.size());
   std::vector<scope_state*> states;
+  auto refuse = [&](verdict v, std::size_t i, std::int64_t retry) {
+    r.v = v;
+    r.scope = i;
+    r.retry_after_ms = retry;
+    return r;
+  };
   // Pass 1: check every scope and kind.
   for (std::size_t i = 0; i < a.scopes.size(); ++i) {
     const auto& sc = a.scopes[i];
-    scope_state& st = scopes_[sc.id];
+    scope_state& st = scopes_[sc.id + "@" + sc.team];
     states.push_back(&st);
     const auto& l = sc.limits;
-    auto refuse = [&](verdict v, std::int64_t retry) {
-      r.v = v;
-      r.scope = i;
-      r.retry_after_ms = retry;
-      return r;
-    };
-    if (l.rpm) {
-      expire_window(st.rpm, t);
-      if (st.rpm.log.size() >= l.rpm) return refuse(verdict::rpm, std::max<std::int64_t>(1, st.rpm.log.begin()->first + window_ms_ - t));
+    if (l.rpm || l.tpm) {
+      roll(st.rate, cur);
+      const std::int64_t retry = std::max<std::int64_t>(1, (st.rate.lo + buckets + 1) * bucket_ms_ - now);
+      if (l.rpm && st.rate.requests + 1 > l.rpm) return refuse(verdict::rpm, i, retry);
+      if (l.tpm && st.rate.tokens + a.tokens > l.tpm) return refuse(verdict::tpm, i, retry);
     }
-    if (l.tpm) {
-      expire_window(st.tpm, t);
-      if (st.tpm.sum + a.tokens > l.tpm)
-        return refuse(verdict::tpm, st.tpm.log.empty() ? window_ms_ : std::max<std::int64_t>(1, st.tpm.log.begin()->first + window_ms_ - t));
-    }
-    if (l.concurrency) {
-      st.conc.expire(t);
-      if (st.conc.amount.size() >= l.concurrency) return refuse(verdict::concurrency, 1000);
+    if (l.concurrency && st.conc.amount.size() >= l.concurrency) {
+      st.conc.expire(now);
+      if (st.conc.amount.size() >= l.concurrency) return refuse(verdict::concurrency, i, 1000);
     }
     if (sc.budget.set()) {
-      r.periods[i] = period_id(sc.budget.period, t);
+      r.periods[i] = period_id(sc.budget.period, now);
       budget_cell& b = st.budgets[r.periods[i]];
-      b.held.expire(t);
-      if (b.spent + b.held.reserved + a.cost_nano > sc.budget.limit_nano) return refuse(verdict::budget, 0);
+      if (b.spent + b.reserved + a.cost_nano > sc.budget.limit_nano) {
+        b.reserved -= b.held.expire(now);
+        if (b.spent + b.reserved + a.cost_nano > sc.budget.limit_nano) return refuse(verdict::budget, i, 0);
+      }
     }
   }
   // Pass 2: reserve in all of them.
   for (std::size_t i = 0; i < a.scopes.size(); ++i) {
     const auto& l = a.scopes[i].limits;
     scope_state& st = *states[i];
-    if (l.rpm) st.rpm.log.emplace(t, a.lease);
-    if (l.tpm) {
-      st.tpm.log.emplace(t, a.lease);
-      st.tpm.amount[a.lease] = a.tokens;
-      st.tpm.sum += a.tokens;
+    if (l.rpm || l.tpm) {
+      auto& b = st.rate.buckets[cur];
+      ++b.first;
+      b.second += a.tokens;
+      ++st.rate.requests;
+      st.rate.tokens += a.tokens;
+      st.rate.used = true;
     }
-    if (l.concurrency) st.conc.add(a.lease, t + a.lease_ms, 1);
-    if (a.scopes[i].budget.set()) st.budgets[r.periods[i]].held.add(a.lease, t + a.lease_ms, a.cost_nano);
+    if (l.concurrency) st.conc.add(a.lease, now + a.lease_ms, 1);
+    if (a.scopes[i].budget.set()) {
+      budget_cell& b = st.budgets[r.periods[i]];
+      b.held.add(a.lease, now + a.lease_ms, a.cost_nano);
+      b.reserved += a.cost_nano;
+    }
   }
+  // In flight until settled (the idempotency anchor); a dead gateway's calls are forgotten after a day.
+  if (inflight_.size() > 4096) std::erase_if(inflight_, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
+  inflight_[a.lease] = now;
   r.v = verdict::admitted;
+  r.admitted_at_ms = now;
   return r;
 }
 
 settle_result memory_store::settle_now(const settlement& s) {
   std::lock_guard lock(mu_);
-  const std::int64_t t = now();
+  const std::int64_t now = now_();
   settle_result r;
   r.reachable = true;
-  // Forget settlement markers after a day, as the Redis marker's TTL does.
-  if (settled_.size() > 4096)
-    std::erase_if(settled_, [&](const auto& kv) { return kv.second < t - 86'400'000; });
-  if (!settled_.emplace(s.adm.lease, t).second) return r;
+  // A settlement applied twice charges once: only the first finds its call in flight.
+  if (!inflight_.erase(s.adm.lease)) return r;
   r.applied = true;
+  const std::int64_t first = now / bucket_ms_ - buckets, bucket = s.admitted_at_ms / bucket_ms_;
   for (std::size_t i = 0; i < s.adm.scopes.size(); ++i) {
     const auto& sc = s.adm.scopes[i];
-    scope_state& st = scopes_[sc.id];
-    if (sc.limits.concurrency) st.conc.take(s.adm.lease);
-    if (sc.limits.tpm)
-      if (auto it = st.tpm.amount.find(s.adm.lease); it != st.tpm.amount.end()) {
-        st.tpm.sum = st.tpm.sum - it->second + s.tokens;
-        it->second = s.tokens;
+    scope_state& st = scopes_[sc.id + "@" + sc.team];
+    if (sc.limits.concurrency) st.conc.remove(s.adm.lease);
+    if ((sc.limits.rpm || sc.limits.tpm) && bucket >= first)
+      if (auto it = st.rate.buckets.find(bucket); it != st.rate.buckets.end()) {
+        it->second.second = it->second.second - s.adm.tokens + s.tokens;
+        st.rate.tokens = st.rate.tokens - s.adm.tokens + s.tokens;
       }
     std::int64_t spent = 0;
     bool crossed = false;
     const std::string& pid = i < s.periods.size() ? s.periods[i] : std::string();
     if (!pid.empty()) {
       budget_cell& b = st.budgets[pid];
-      b.held.take(s.adm.lease);
+      if (b.held.remove(s.adm.lease)) b.reserved -= s.adm.cost_nano;
       b.spent += s.cost_nano;
       spent = b.spent;
       const auto soft = static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft);
@@ -153,11 +161,11 @@ budget_state memory_store::budget_now(const scope_spec& s) {
   budget_state b;
   b.reachable = true;
   if (!s.budget.set()) return b;
-  const std::int64_t t = now();
-  auto& cell = scopes_[s.id].budgets[period_id(s.budget.period, t)];
-  cell.held.expire(t);
+  const std::int64_t now = now_();
+  auto& cell = scopes_[s.id + "@" + s.team].budgets[period_id(s.budget.period, now)];
+  cell.reserved -= cell.held.expire(now);
   b.spent = cell.spent;
-  b.reserved = cell.held.reserved;
+  b.reserved = cell.reserved;
   return b;
 }
 

@@ -6,7 +6,6 @@
 #include <functional>
 #include <map>
 #include <mutex>
-#include <set>
 #include <unordered_map>
 
 #include "policy/store.hpp"
@@ -33,37 +32,39 @@ class memory_store final : public store {
   budget_state budget_now(const scope_spec& s);
 
  private:
-  struct window {
-    std::multimap<std::int64_t, std::string> log;        ///< time -> lease
-    std::unordered_map<std::string, std::uint64_t> amount;  ///< lease -> tokens (TPM)
-    std::uint64_t sum = 0;
+  /// Requests and tokens per bucket of window/30, with running sums (admit.lua's <p>:w hash).
+  struct rate_window {
+    std::map<std::int64_t, std::pair<std::uint64_t, std::uint64_t>> buckets;  ///< bucket -> {requests, tokens}
+    std::uint64_t requests = 0, tokens = 0;
+    std::int64_t lo = 0;  ///< oldest bucket that may hold counts
+    bool used = false;
   };
+  /// Leases scored by expiry with their amounts (admit.lua's sorted sets).
   struct leases {
     std::multimap<std::int64_t, std::string> by_expiry;
     std::unordered_map<std::string, std::int64_t> amount;
-    std::int64_t reserved = 0;
-    void expire(std::int64_t now);
+    std::int64_t expire(std::int64_t now);  ///< returns the amount freed
     void add(const std::string& lease, std::int64_t expiry, std::int64_t amt);
-    std::optional<std::int64_t> take(const std::string& lease);
+    bool remove(const std::string& lease);
   };
   struct budget_cell {
-    std::int64_t spent = 0;
+    std::int64_t spent = 0, reserved = 0;
     bool soft_sent = false;
     leases held;
   };
   struct scope_state {
-    window rpm, tpm;
+    rate_window rate;
     leases conc;
     std::map<std::string, budget_cell> budgets;  ///< by period id
   };
-  std::int64_t now() const { return now_(); }
-  void expire_window(window& w, std::int64_t now);
+  void roll(rate_window& w, std::int64_t cur) const;
+  static constexpr std::int64_t buckets = 30;  ///< as NB in admit.lua
 
   clock_fn now_;
-  std::int64_t window_ms_;
+  std::int64_t window_ms_, bucket_ms_;
   std::mutex mu_;
   std::unordered_map<std::string, scope_state> scopes_;
-  std::unordered_map<std::string, std::int64_t> settled_;  ///< lease -> time settled
+  std::unordered_map<std::string, std::int64_t> inflight_;  ///< lease -> admission time, until settled
   std::unordered_map<std::string, key_record> keys_;
   std::vector<std::function<void(std::string_view)>> listeners_;
 };

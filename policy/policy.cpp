@@ -136,7 +136,8 @@ void engine::stop() { store_->stop(); }
 
 void engine::forget(std::string_view id) {
   std::lock_guard lock(cache_mu_);
-  cache_.erase(std::string(id));
+  if (id == "*") cache_.clear();  // the invalidation channel was down: anything may have changed
+  else cache_.erase(std::string(id));
 }
 
 awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id) {
@@ -154,7 +155,13 @@ awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_conf
   }
   call_key_.inc();
   key_lookup r = co_await store_->get_key(worker, std::string(id));
-  if (r.reachable) {
+  if (!r.reachable) {
+    // The store is down, so nobody can revoke through it either: the last answer stays good.
+    std::lock_guard lock(cache_mu_);
+    if (auto it = cache_.find(std::string(id)); it != cache_.end()) co_return key_lookup{true, it->second.key};
+    co_return r;
+  }
+  {
     std::lock_guard lock(cache_mu_);
     if (cache_.size() > 100'000) cache_.clear();  // bound memory under a flood of random ids
     cache_[std::string(id)] = {r.key, now};
@@ -311,6 +318,8 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     if (res.v == verdict::admitted) {
       decisions_.counter({"local"}).inc();
       r->periods = std::move(res.periods);
+    r->admitted_at_ms = res.admitted_at_ms;
+      r->admitted_at_ms = res.admitted_at_ms;
       ctx.reservation = std::move(r);
       co_return flow::next;
     }
@@ -320,6 +329,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   decisions_.counter({verdict_name(res.v)}).inc();
   if (res.v == verdict::admitted) {
     r->periods = std::move(res.periods);
+    r->admitted_at_ms = res.admitted_at_ms;
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
@@ -371,6 +381,7 @@ void engine::settle(request_context& ctx, executor_t ex) {
   settlement s;
   s.adm = r->adm;
   s.periods = r->periods;
+  s.admitted_at_ms = r->admitted_at_ms;
   if (billable(ctx)) {
     s.tokens = ctx.usage.prompt + ctx.usage.completion;
     s.cost_nano = r->price ? cost_nano(*r->price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion) : 0;

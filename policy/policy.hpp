@@ -39,6 +39,7 @@ struct grant {
 struct reservation {
   admission adm;
   std::vector<std::string> periods;
+  std::int64_t admitted_at_ms = 0;
   bool local = false;  ///< admitted by the per-instance fallback (Redis was unreachable)
   const config::price_config* price = nullptr;  ///< points into ctx.snap's config
 };

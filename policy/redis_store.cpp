@@ -123,13 +123,15 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
     args.push_back(std::to_string(s.budget.set() ? s.budget.limit_nano : -1));
     args.push_back(std::string(1, period_kind(s.budget.period)));
   }
+  keys.push_back(cfg_.key_prefix + "{" + (a.scopes.empty() ? std::string() : a.scopes.front().team) + "}:inflight");
   admit_result out;
   auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
   if (!r || r->type != redis::reply::kind::array || r->elements.empty()) co_return out;  // unavailable
   const auto& e = r->elements;
   if (as_int(e[0]) == 1) {
     out.v = verdict::admitted;
-    for (std::size_t i = 1; i < e.size(); ++i) out.periods.push_back(e[i].str);
+    if (e.size() > 1) out.admitted_at_ms = as_int(e[1]);
+    for (std::size_t i = 2; i < e.size(); ++i) out.periods.push_back(e[i].str);
     out.periods.resize(a.scopes.size());
     co_return out;
   }
@@ -143,12 +145,18 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
 
 awaitable<settle_result> redis_store::settle(unsigned worker, const settlement& s) {
   const auto& a = s.adm;
-  std::vector<std::string> keys, args{a.lease, std::to_string(s.tokens), std::to_string(s.cost_nano),
-                                      std::to_string(a.scopes.size())};
+  std::vector<std::string> keys, args{a.lease,
+                                      std::to_string(s.tokens),
+                                      std::to_string(s.cost_nano),
+                                      std::to_string(a.scopes.size()),
+                                      std::to_string(s.admitted_at_ms),
+                                      std::to_string(a.tokens),
+                                      std::to_string(a.cost_nano),
+                                      std::to_string(window_ms_)};
   for (std::size_t i = 0; i < a.scopes.size(); ++i) {
     const auto& sc = a.scopes[i];
     keys.push_back(scope_key(sc));
-    args.push_back(sc.limits.tpm ? "1" : "0");
+    args.push_back(sc.limits.rpm || sc.limits.tpm ? "1" : "0");
     args.push_back(sc.limits.concurrency ? "1" : "0");
     args.push_back(i < s.periods.size() ? s.periods[i] : std::string());
     const auto soft = sc.budget.set() && sc.budget.soft > 0
@@ -156,7 +164,7 @@ awaitable<settle_result> redis_store::settle(unsigned worker, const settlement& 
                           : 0;
     args.push_back(std::to_string(soft));
   }
-  keys.push_back(cfg_.key_prefix + "{" + (a.scopes.empty() ? std::string() : a.scopes.front().team) + "}:settled:" + a.lease);
+  keys.push_back(cfg_.key_prefix + "{" + (a.scopes.empty() ? std::string() : a.scopes.front().team) + "}:inflight");
   settle_result out;
   auto r = co_await eval(worker, settle_sha_, std::string(scripts::settle), std::move(keys), std::move(args));
   if (!r || r->type != redis::reply::kind::array || r->elements.empty()) co_return out;
@@ -181,6 +189,7 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
                                 std::to_string(s.budget.limit_nano), std::string(1, period_kind(s.budget.period))};
   std::vector<std::string> keys;  // named: GCC 12 rejects a braced list as a coroutine argument
   keys.push_back(scope_key(s));
+  keys.push_back(cfg_.key_prefix + "{" + s.team + "}:inflight");  // untouched in read mode
   auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 3 || as_int(r->elements[0]) != 2) co_return b;
   b.reachable = true;

@@ -6,8 +6,9 @@
 ///  - redis_store: every replica shares one Redis; admission is one EVALSHA round trip.
 ///
 /// Algorithms (docs/policy.md gives the error bounds):
-///  - requests and tokens per minute: a sliding log over the last 60 s of the store's clock;
-///    a request is admitted only if the window, with it, stays within the limit: exact;
+///  - requests and tokens per minute: a sliding window of 60 buckets of 1 s (plus the current
+///    one) on the store's clock; a call counts for 60 to 61 s, so no 60 s span ever holds more
+///    than the limit;
 ///  - concurrency: a set of leases, each expiring `lease_ms` after admission;
 ///  - budgets: spent + reserved + this call's worst case <= limit, reservations being leases.
 /// Admission checks every scope and every kind, then reserves in all of them: all or nothing.
@@ -24,7 +25,7 @@ namespace tollgate::policy {
 
 /// One scope (a team or a key) with its limits, as admission needs them.
 struct scope_spec {
-  std::string id;    ///< "t:<team>" or "k:<key id>" (store key suffix)
+  std::string id;    ///< "t" (the team itself) or "k:<key id>"; stored under the team's hash tag
   std::string team;  ///< hash tag: every scope of one team lives in one Redis Cluster slot
   config::limits_config limits;
   config::budget_config budget;
@@ -45,6 +46,7 @@ struct admit_result {
   std::size_t scope = 0;              ///< which scope refused
   std::int64_t retry_after_ms = 0;    ///< for rpm/tpm/concurrency
   std::vector<std::string> periods;   ///< budget period id per scope ("" : no budget), for settle
+  std::int64_t admitted_at_ms = 0;    ///< store clock at admission (which rate bucket to correct)
 };
 
 struct settlement {
@@ -52,6 +54,7 @@ struct settlement {
   std::vector<std::string> periods;  ///< from admit_result
   std::uint64_t tokens = 0;          ///< actual tokens (prompt + completion)
   std::int64_t cost_nano = 0;        ///< actual cost
+  std::int64_t admitted_at_ms = 0;   ///< from admit_result
 };
 
 struct settle_result {

@@ -26,6 +26,9 @@
 //                                     one every `slowChunkMs` (default 120 ms)
 //   endless-stream                    stream: a content chunk every `slowChunkMs`, never ends
 //   stall-mid-stream                  stream: 3 chunks, then silence with the connection open
+//   no-usage-stream                   stream: the recorded chunks without any usage (no usage chunk,
+//                                     no `usage` fields) even when `stream_options.include_usage`
+//                                     is true, as some local servers do
 //   hang                              reads the request, never answers
 //   hop-headers                       the recorded completion plus hop-by-hop response headers
 //
@@ -208,6 +211,12 @@ export function fixtureStreamChunks(body, chunks = fixtures.chunks) {
     out.push(chunk);
   }
   return out;
+}
+
+/** The `no-usage-stream` chunks: the recorded stream as if usage had not been asked for. */
+export function noUsageStreamChunks(body) {
+  const so = { ...(body?.stream_options ?? {}), include_usage: false };
+  return fixtureStreamChunks({ ...body, stream_options: so });
 }
 
 /** A shortened recorded stream (role chunk, `n` content chunks, finish, usage) with matching usage. */
@@ -443,6 +452,8 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
       }
       case 'stall-mid-stream':
         return paced(res, fixtureStreamChunks(body).slice(0, 3), 0, () => {}); // then silence
+      case 'no-usage-stream':
+        return paced(res, noUsageStreamChunks(body), 0, () => finish(res, rec));
       default:
         return paced(res, fixtureStreamChunks(body), 0, () => finish(res, rec));
     }

@@ -1,0 +1,873 @@
+// Callers, teams, rate limits and USD budgets on one gateway, with the embedded (memory) store and
+// with a real redis-server: budgets under a race, billing of cut and usage-less streams, the
+// official SDK's view of 401/403/429, keys through the admin API, a Redis outage and recovery,
+// a gateway killed while holding reservations, and secrets that must never be echoed.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
+
+import { noUsageStreamChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
+import { assertOpenAIError, eventually, fetchT, httpRequest, serverYaml, startGateway } from './lib/gateway.mjs';
+import {
+  admin,
+  adminToken,
+  budget,
+  chat,
+  createKey,
+  metricValue,
+  randomAlnum,
+  scrape,
+  settledBudget,
+  splitKey,
+  staticKey,
+  tally,
+} from './lib/policy_helpers.mjs';
+import { startRedis, waitStoreUp } from './lib/redis.mjs';
+import { readSse } from './lib/sse.mjs';
+
+// Prices (USD per million tokens) chosen so costs are whole nano-USD: a prompt token costs
+// 1000 × 1000 = 1e6 nano-USD, a completion token 2e6.
+const IN_PRICE = 1000;
+const OUT_PRICE = 2000;
+const nanoOf = (prompt, completion) => prompt * IN_PRICE * 1000 + completion * OUT_PRICE * 1000;
+
+// The gateway's prompt estimate: ceil(chars / 4), where chars counts each message's content plus
+// 16 for its role and framing. The calibration test checks this against the mock's usage.
+const PROMPT = 'Count to three.';
+const MSGS = [{ role: 'user', content: PROMPT }];
+const PROMPT_EST = Math.ceil((PROMPT.length + 16) / 4);
+const MAX = 4;
+/** Cost of one mock call with MSGS and max_tokens MAX: reservation and actual are equal. */
+const CALL_NANO = nanoOf(PROMPT_EST, MAX);
+const RACE_CALLS = 20;
+const RACE_NANO = RACE_CALLS * CALL_NANO;
+const usd = (nano) => String(nano / 1e9);
+
+const body = (model, extra = {}) => ({ model, messages: MSGS, max_tokens: MAX, ...extra });
+
+function prices() {
+  return `prices:
+  "mock-*": {input: ${IN_PRICE}, output: ${OUT_PRICE}}
+  "fake-*": {input: ${IN_PRICE}, output: ${OUT_PRICE}}
+  "other-*": {input: 0, output: 0}
+`;
+}
+
+function mockModels(fakeURL) {
+  return `providers:
+  - {name: mock, type: mock}
+  - {name: mock-slow, type: mock, ttft_ms: 200}
+  - {name: mock-hold, type: mock, ttft_ms: 700}
+  - {name: mock-long, type: mock, ttft_ms: 30000}
+  - {name: mock-paced, type: mock, ttft_ms: 20, tokens_per_second: 20}
+${
+  fakeURL
+    ? `  - name: fake
+    type: openai_compatible
+    base_url: ${fakeURL}
+    proxy: none
+    timeouts: {first_byte_ms: 5000, idle_ms: 5000}
+`
+    : ''
+}models:
+  - {name: mock-gpt, provider: mock}
+  - {name: mock-slow, provider: mock-slow}
+  - {name: mock-hold, provider: mock-hold}
+  - {name: mock-long, provider: mock-long}
+  - {name: mock-paced, provider: mock-paced}
+  - {name: other-gpt, provider: mock}
+${fakeURL ? '  - {name: fake-nousage, provider: fake, upstream_model: no-usage-stream}\n' : ''}`;
+}
+
+function storeYaml(kind, redis, extra = '') {
+  if (kind === 'memory') return `store:\n  type: memory\n${extra}`;
+  return `store:
+  type: redis
+  redis: {address: "${redis.address}", key_prefix: "tgtest:", timeout_ms: 50, connect_timeout_ms: 200}
+${extra}`;
+}
+
+/** Everything a gateway returns to any caller should be an error body or a response; collect. */
+async function settleAll(promises) {
+  const out = await Promise.allSettled(promises);
+  return out.map((r) => (r.status === 'fulfilled' ? r.value : { status: 'network-error', error: r.reason }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The main behaviours, once per store.
+
+for (const kind of ['memory', 'redis']) {
+  describe(`policy with the ${kind} store`, () => {
+    const adm = adminToken();
+    const expired = staticKey('expired1');
+    const disabled = staticKey('disabled1');
+    let redis;
+    let fake;
+    let gw;
+    const keys = {};
+
+    before(async () => {
+      if (kind === 'redis') redis = await startRedis();
+      fake = await startFakeOpenAI();
+      const yaml =
+        serverYaml({ workers: 2, openAuth: false, freePrices: false }) +
+        `auth:
+  required: true
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml(kind, redis)}teams:
+  - name: race
+    models: ["mock-*"]
+    budget: {usd: ${usd(RACE_NANO)}, period: daily, soft: 0.5}
+  - name: stream
+    budget: {usd: 100, period: daily, soft: 0}
+  - name: conc
+    limits: {concurrency: 1}
+  - name: broke
+    budget: {usd: 0.000001, period: total, soft: 0}
+  - name: search
+    models: ["mock-*"]
+  - name: narrow
+    models: ["mock-gpt"]
+  - name: free
+  - name: sepa
+    limits: {rpm: 3}
+    budget: {usd: 1, period: daily, soft: 0}
+  - name: sepb
+    limits: {rpm: 3}
+    budget: {usd: 1, period: daily, soft: 0}
+keys:
+  - {id: ${expired.id}, team: search, digest: "${expired.digest}", expires: 2020-01-31}
+  - {id: ${disabled.id}, team: search, digest: "${disabled.digest}", enabled: false}
+` +
+        mockModels(fake.baseURL);
+      gw = await startGateway(yaml);
+      if (kind === 'redis') await waitStoreUp(gw, adm.token);
+      for (const team of ['race', 'stream', 'conc', 'broke', 'search', 'narrow', 'free', 'sepa', 'sepb']) {
+        keys[team] = (await createKey(gw, adm.token, { team, name: `${team}-key` })).key;
+      }
+    });
+
+    after(async () => {
+      try {
+        if (gw?.alive) await gw.stopClean();
+      } finally {
+        await gw?.kill();
+        await fake?.close();
+        await redis?.close();
+      }
+    });
+
+    test('calibration: the mock bills the prompt estimate and max_tokens (reservation == actual cost)', { timeout: 10000 }, async () => {
+      const r = await chat(gw, keys.free, body('mock-gpt'));
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(
+        { prompt: r.json.usage.prompt_tokens, completion: r.json.usage.completion_tokens },
+        { prompt: PROMPT_EST, completion: MAX },
+        'prompt estimate formula changed: the budget numbers below assume ceil((chars + 16) / 4)',
+      );
+    });
+
+    const raceName =
+      `budget race: ${RACE_CALLS * 10} concurrent calls, a budget of exactly ${RACE_CALLS} → ` +
+      `${RACE_CALLS} admitted, the rest budget_exceeded, spent ≤ budget`;
+    test(raceName, { timeout: 30000 }, async () => {
+      const before = await budget(gw, adm.token, 'race');
+      assert.equal(before.spent_nano, 0);
+      assert.equal(before.reserved_nano, 0);
+      assert.equal(Math.round(before.limit_usd * 1e9), RACE_NANO);
+
+      const results = await settleAll(
+        Array.from({ length: RACE_CALLS * 10 }, () => chat(gw, keys.race, body('mock-slow'), { timeoutMs: 20000 })),
+      );
+      const statuses = tally(results.map((r) => r.status));
+      assert.deepEqual(statuses, { 200: RACE_CALLS, 429: RACE_CALLS * 9 }, `statuses ${JSON.stringify(statuses)}`);
+      for (const r of results) {
+        if (r.status === 200) {
+          assert.deepEqual([r.json.usage.prompt_tokens, r.json.usage.completion_tokens], [PROMPT_EST, MAX]);
+        } else {
+          assertOpenAIError(r, { status: 429, code: 'budget_exceeded', type: 'insufficient_quota' });
+          assert.equal(r.headers.get('x-should-retry'), 'false');
+        }
+      }
+      const b = await settledBudget(gw, adm.token, 'race', { pred: (x) => x.spent_nano >= RACE_NANO });
+      assert.ok(b.spent_nano <= RACE_NANO, `spent ${b.spent_nano} over the budget ${RACE_NANO}`);
+      assert.equal(b.spent_nano, RACE_CALLS * CALL_NANO);
+      // One more call is refused: the period's budget is spent.
+      const again = await chat(gw, keys.race, body('mock-gpt'));
+      assertOpenAIError(again, { status: 429, code: 'budget_exceeded' });
+      // The soft threshold (0.5) was crossed once, for the team scope.
+      const m = await scrape(gw);
+      assert.equal(metricValue(m, 'tollgate_budget_soft_threshold_total', { team: 'race', scope: 'team' }), 1);
+      assert.ok(metricValue(m, 'tollgate_policy_decisions_total', { decision: 'budget' }) >= RACE_CALLS * 9);
+    });
+
+    test('a stream its client cuts mid-way is billed for what was sent, not the reservation', { timeout: 20000 }, async () => {
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const MAX_STREAM = 60; // 3 s at 20 tokens/s
+      const ac = new AbortController();
+      const res = await fetchT(`${gw.baseURL}/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${keys.stream}` },
+        body: JSON.stringify(body('mock-paced', { max_tokens: MAX_STREAM, stream: true, stream_options: { include_usage: true } })),
+        signal: ac.signal,
+      });
+      assert.equal(res.status, 200);
+      let content = 0;
+      const sse = await readSse(res, {
+        onEvent: (ev) => {
+          if (ev.json?.choices?.[0]?.delta?.content) content++;
+          return content < 5;
+        },
+      });
+      assert.ok(sse.stopped, 'the client stopped reading');
+      ac.abort();
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      const spent = b.spent_nano - before.spent_nano;
+      const promptPart = nanoOf(PROMPT_EST, 0);
+      assert.ok(spent > promptPart, `spent ${spent} must exceed the prompt part ${promptPart}`);
+      const billedTokens = (spent - promptPart) / (OUT_PRICE * 1000);
+      assert.ok(Number.isInteger(billedTokens), `billed completion is a whole number of tokens: ${billedTokens}`);
+      assert.ok(billedTokens >= content, `billed ${billedTokens} tokens, the client received ${content}`);
+      assert.ok(billedTokens <= content + 10, `billed ${billedTokens} tokens but the stream was cut after ${content}`);
+      assert.ok(spent < nanoOf(PROMPT_EST, MAX_STREAM), 'billed less than the worst case');
+      const line = await gw.waitForLog((l) => l.team === 'stream' && l.model === 'mock-paced');
+      assert.equal(line.status, 200);
+      assert.equal(line.completion_tokens, billedTokens, `access log: ${JSON.stringify(line)}`);
+    });
+
+    test('a stream whose upstream never sends usage is billed from the relayed output', { timeout: 20000 }, async () => {
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const req = body('fake-nousage', { stream: true, stream_options: { include_usage: true } });
+      delete req.max_tokens;
+      const res = await fetchT(`${gw.baseURL}/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${keys.stream}` },
+        body: JSON.stringify(req),
+      });
+      assert.equal(res.status, 200);
+      const sse = await readSse(res);
+      assert.ok(sse.done && sse.ended, 'stream completes');
+      assert.ok(sse.events.every((e) => !e.json?.usage), 'the upstream sent no usage, so neither does the gateway');
+      // The gateway asked the upstream for usage anyway.
+      const rec = await fake.waitForRequest((r) => r.body?.model === 'no-usage-stream');
+      assert.equal(rec.body.stream_options?.include_usage, true);
+      // What it counted: bytes of delta text relayed, /4 rounded up.
+      const chars = noUsageStreamChunks(rec.body).reduce((n, c) => {
+        for (const ch of c.choices ?? [])
+          for (const k of ['content', 'reasoning', 'reasoning_content', 'refusal'])
+            if (typeof ch.delta?.[k] === 'string') n += Buffer.byteLength(ch.delta[k]);
+        return n;
+      }, 0);
+      const completion = Math.ceil(chars / 4);
+      assert.ok(completion > 0);
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      const spent = b.spent_nano - before.spent_nano;
+      assert.ok(spent > nanoOf(PROMPT_EST, 0), `completion part must be billed: spent ${spent}`);
+      assert.equal(spent, nanoOf(PROMPT_EST, completion));
+      const line = await gw.waitForLog((l) => l.model === 'fake-nousage');
+      assert.equal(line.usage_source, 'counted');
+      assert.equal(line.completion_tokens, completion);
+    });
+
+    test('OpenAI SDK: 401 AuthenticationError, 403 PermissionDeniedError, 429 RateLimitError (budget: no retry)', { timeout: 20000 }, async () => {
+      const sdk = (apiKey, opts = {}) => new OpenAI({ apiKey, baseURL: gw.baseURL, maxRetries: 0, timeout: 10000, ...opts });
+      const expectError = (p) => p.then((v) => assert.fail(`expected an error, got ${JSON.stringify(v).slice(0, 200)}`), (e) => e);
+
+      for (const bad of [`tg_nosuchid_${randomAlnum(30)}`, `${keys.free.slice(0, -3)}xyz`, 'sk-not-a-tollgate-key']) {
+        const e = await expectError(sdk(bad).chat.completions.create(body('mock-gpt')));
+        assert.ok(e instanceof AuthenticationError, `${bad}: ${e}`);
+        assert.equal(e.status, 401);
+        assert.equal(e.code, 'invalid_api_key');
+      }
+
+      const e403 = await expectError(sdk(keys.narrow).chat.completions.create(body('mock-slow')));
+      assert.ok(e403 instanceof PermissionDeniedError, String(e403));
+      assert.equal(e403.status, 403);
+      assert.equal(e403.code, 'model_not_allowed');
+      assert.equal(e403.type, 'permission_denied');
+
+      // A spent budget: 429 with x-should-retry: false, so even maxRetries 2 makes one attempt.
+      const attempts = [];
+      const counting = (url, init) => {
+        attempts.push(Date.now());
+        return fetch(url, init);
+      };
+      const e429 = await expectError(sdk(keys.broke, { maxRetries: 2, fetch: counting }).chat.completions.create(body('mock-gpt')));
+      assert.ok(e429 instanceof RateLimitError, String(e429));
+      assert.equal(e429.code, 'budget_exceeded');
+      assert.equal(e429.type, 'insufficient_quota');
+      assert.equal(e429.headers.get('x-should-retry'), 'false');
+      assert.equal(attempts.length, 1, 'the SDK must not retry a spent budget');
+    });
+
+    test('concurrency 429 has Retry-After; the SDK with maxRetries waits that long and succeeds', { timeout: 20000 }, async () => {
+      const admittedBefore = metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
+      // Hold the team's only slot with a slow call.
+      let holdDoneAt;
+      const hold = chat(gw, keys.conc, body('mock-hold')).then((r) => {
+        holdDoneAt = Date.now();
+        return r;
+      });
+      await eventually(
+        async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) > admittedBefore,
+        { timeoutMs: 3000, intervalMs: 10, what: 'the slow call admitted' },
+      );
+
+      const e = await new OpenAI({ apiKey: keys.conc, baseURL: gw.baseURL, maxRetries: 0 }).chat.completions
+        .create(body('mock-gpt'))
+        .then(() => assert.fail('expected 429 while the slot is held'), (x) => x);
+      assert.ok(e instanceof RateLimitError, String(e));
+      assert.equal(e.code, 'rate_limit_exceeded');
+      const retryAfter = Number(e.headers.get('retry-after'));
+      const retryAfterMs = Number(e.headers.get('retry-after-ms'));
+      assert.ok(retryAfter >= 1, `Retry-After ${e.headers.get('retry-after')}`);
+      assert.ok(retryAfterMs > 0 && retryAfterMs <= retryAfter * 1000, `retry-after-ms ${retryAfterMs}`);
+
+      const attempts = [];
+      const recording = async (url, init) => {
+        const a = { start: Date.now() };
+        attempts.push(a);
+        const r = await fetch(url, init);
+        Object.assign(a, { end: Date.now(), status: r.status, retryAfterMs: Number(r.headers.get('retry-after-ms')) });
+        return r;
+      };
+      const client = new OpenAI({ apiKey: keys.conc, baseURL: gw.baseURL, maxRetries: 2, fetch: recording, timeout: 10000 });
+      const t0 = Date.now();
+      const c = await client.chat.completions.create(body('mock-gpt'));
+      const took = Date.now() - t0;
+      assert.equal(c.usage.completion_tokens, MAX);
+      const held = await hold;
+      assert.equal(held.status, 200, held.text);
+      assert.equal(attempts[0].status, 429, `attempts: ${JSON.stringify(attempts)}`);
+      assert.equal(attempts.at(-1).status, 200, `attempts: ${JSON.stringify(attempts)}`);
+      for (let i = 1; i < attempts.length; i++) {
+        const waited = attempts[i].start - attempts[i - 1].end;
+        const advertised = attempts[i - 1].retryAfterMs;
+        assert.ok(waited >= advertised - 5, `retry ${i} after ${waited} ms, advertised ${advertised} ms`);
+      }
+      assert.ok(took >= retryAfterMs - 5, `the call took ${took} ms, less than the advertised ${retryAfterMs} ms`);
+      assert.ok(holdDoneAt <= attempts.at(-1).start + 50, 'the retry succeeded once the held call had finished');
+    });
+
+    test('keys: create → use → revoke → 401; admin auth; static expired/disabled; model grants; /v1/models', { timeout: 20000 }, async () => {
+      // Admin API authentication.
+      const create = {
+        team: 'search',
+        name: 'ci',
+        models: ['mock-*'],
+        limits: { rpm: 5 },
+        budget: { usd: 0.5, period: 'daily', soft: 0.8 },
+        expires_unix: 0,
+      };
+      for (const tok of [undefined, 'wrong-token', adm.token.slice(0, -1)]) {
+        const r = await admin(gw, tok, 'POST', '/admin/v1/keys', create);
+        assertOpenAIError(r, { status: 401, code: 'invalid_api_key' });
+        assert.ok(!('key' in r.json));
+        assertOpenAIError(await admin(gw, tok, 'GET', '/admin/v1/budget?team=search'), { status: 401 });
+        assertOpenAIError(await admin(gw, tok, 'DELETE', '/admin/v1/keys/whatever'), { status: 401 });
+      }
+      const unknownTeam = await admin(gw, adm.token, 'POST', '/admin/v1/keys', { ...create, team: 'nosuchteam' });
+      assertOpenAIError(unknownTeam, { status: 400, param: 'team' });
+
+      const k = await createKey(gw, adm.token, create);
+      const { id, secret } = splitKey(k.key);
+      assert.equal(k.id, id);
+      assert.equal(k.team, 'search');
+      assert.equal(k.name, 'ci');
+      assert.deepEqual(k.models, ['mock-*']);
+      assert.equal(k.enabled, true);
+      assert.equal(k.limits.rpm, 5);
+      assert.equal(k.budget.usd, 0.5);
+      assert.ok(!('digest' in k), 'no digest in the create response');
+
+      // The admin API exists only on the admin listener.
+      const adminPaths = [
+        ['POST', '/admin/v1/keys'],
+        ['GET', `/admin/v1/keys/${id}`],
+        ['DELETE', `/admin/v1/keys/${id}`],
+        ['GET', '/admin/v1/budget?team=search'],
+      ];
+      for (const [method, path] of adminPaths) {
+        const r = await fetchT(`${gw.url}${path}`, {
+          method,
+          headers: { authorization: `Bearer ${adm.token}`, 'content-type': 'application/json' },
+          body: method === 'POST' ? JSON.stringify(create) : undefined,
+        });
+        const text = await r.text();
+        assert.equal(r.status, 404, `${method} ${path} on the caller listener: ${r.status} ${text}`);
+      }
+
+      // Use it, with each accepted header.
+      for (const header of ['authorization', 'api-key', 'x-api-key']) {
+        const r = await chat(gw, k.key, body('mock-gpt'), { header });
+        assert.equal(r.status, 200, `${header}: ${r.text}`);
+      }
+      const rec = await admin(gw, adm.token, 'GET', `/admin/v1/keys/${id}`);
+      assert.equal(rec.status, 200);
+      assert.equal(rec.json.enabled, true);
+      assert.ok(!('key' in rec.json) && !('digest' in rec.json), `record leaks: ${rec.text}`);
+      assert.ok(!rec.text.includes(secret));
+      const kb = await settledBudget(gw, adm.token, 'search', { key: id, pred: (x) => x.spent_nano === 3 * CALL_NANO });
+      assert.equal(kb.limit_usd, 0.5);
+      assert.equal(kb.key_id, id);
+
+      // Model grants: the team allows mock-*; a key may narrow it further.
+      assertOpenAIError(await chat(gw, k.key, body('other-gpt')), { status: 403, code: 'model_not_allowed', type: 'permission_denied' });
+      assertOpenAIError(await chat(gw, keys.narrow, body('mock-slow')), { status: 403, code: 'model_not_allowed' });
+      const one = await createKey(gw, adm.token, { team: 'search', models: ['mock-gpt'] });
+      assertOpenAIError(await chat(gw, one.key, body('mock-slow')), { status: 403, code: 'model_not_allowed' });
+      assert.equal((await chat(gw, one.key, body('mock-gpt'))).status, 200);
+
+      // /v1/models lists what the caller may use; without a key it is 401.
+      const models = async (key) => {
+        const r = await fetchT(`${gw.baseURL}/models`, { headers: key ? { authorization: `Bearer ${key}` } : {} });
+        const j = await r.json();
+        return { status: r.status, j, ids: r.status === 200 ? j.data.map((m) => m.id).sort() : undefined };
+      };
+      assert.deepEqual((await models(k.key)).ids, ['mock-gpt', 'mock-hold', 'mock-long', 'mock-paced', 'mock-slow']);
+      assert.deepEqual((await models(one.key)).ids, ['mock-gpt']);
+      assert.deepEqual((await models(keys.narrow)).ids, ['mock-gpt']);
+      assert.ok((await models(keys.free)).ids.includes('other-gpt'));
+      const none = await models(undefined);
+      assert.equal(none.status, 401);
+      assert.equal(none.j.error.code, 'invalid_api_key');
+
+      // Revoke, then the very next call is refused.
+      const del = await admin(gw, adm.token, 'DELETE', `/admin/v1/keys/${id}`);
+      assert.equal(del.status, 200, del.text);
+      assert.equal(del.json.enabled, false);
+      assert.ok(!del.text.includes(secret) && !('digest' in del.json));
+      const after = await chat(gw, k.key, body('mock-gpt'));
+      const err = assertOpenAIError(after, { status: 401, code: 'invalid_api_key', type: 'invalid_request_error' });
+      assert.match(err.message, /revoked/i);
+      assert.equal((await admin(gw, adm.token, 'GET', `/admin/v1/keys/${id}`)).json.enabled, false);
+      assertOpenAIError(await admin(gw, adm.token, 'DELETE', '/admin/v1/keys/nosuchid'), { status: 404 });
+
+      // Static keys: expired and disabled.
+      const expiredErr = assertOpenAIError(await chat(gw, expired.full, body('mock-gpt')), { status: 401, code: 'invalid_api_key' });
+      assert.match(expiredErr.message, /expired/i);
+      const disabledErr = assertOpenAIError(await chat(gw, disabled.full, body('mock-gpt')), { status: 401, code: 'invalid_api_key' });
+      assert.match(disabledErr.message, /revoked/i);
+      // Missing, malformed, unknown, wrong secret.
+      for (const bad of [undefined, 'tg_abc', `tg_${id}_${randomAlnum(43)}`, `tg_${randomAlnum(12)}_${randomAlnum(43)}`, `${one.key}x!`]) {
+        assertOpenAIError(await chat(gw, bad, body('mock-gpt')), { status: 401, code: 'invalid_api_key', type: 'invalid_request_error' });
+      }
+    });
+
+    test('teams are accounted separately: one team’s RPM and spend do not count against another’s', { timeout: 20000 }, async () => {
+      const call = async (key) => {
+        const r = await chat(gw, key, body('mock-gpt'));
+        return r.status === 200 ? 200 : `${r.status} ${r.json?.error?.code}: ${r.json?.error?.message}`;
+      };
+      // Neither team has made a call yet (other teams have).
+      for (const team of ['sepa', 'sepb']) {
+        const fresh = await budget(gw, adm.token, team);
+        assert.equal(fresh.spent_nano, 0, `team ${team} has spent nothing yet, but the store reports ${JSON.stringify(fresh)}`);
+      }
+      const statusesA = [];
+      for (let i = 0; i < 4; i++) statusesA.push(await call(keys.sepa));
+      assert.deepEqual(statusesA.slice(0, 3), [200, 200, 200], `team sepa, rpm 3: ${JSON.stringify(statusesA)}`);
+      assert.match(String(statusesA[3]), /^429 rate_limit_exceeded/);
+      const a = await settledBudget(gw, adm.token, 'sepa', { pred: (x) => x.spent_nano > 0 });
+      assert.equal(a.spent_nano, 3 * CALL_NANO, `team sepa spent: ${JSON.stringify(a)}`);
+      const b0 = await budget(gw, adm.token, 'sepb');
+      assert.equal(b0.spent_nano, 0, `team sepb has spent nothing yet, but the store reports ${JSON.stringify(b0)}`);
+      const statusesB = [];
+      for (let i = 0; i < 4; i++) statusesB.push(await call(keys.sepb));
+      assert.deepEqual(statusesB.slice(0, 3), [200, 200, 200], `team sepb has its own rpm 3: ${JSON.stringify(statusesB)}`);
+      assert.match(String(statusesB[3]), /^429 rate_limit_exceeded/);
+      const b = await settledBudget(gw, adm.token, 'sepb', { pred: (x) => x.spent_nano > 0 });
+      assert.equal(b.spent_nano, 3 * CALL_NANO);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('admin API without admin tokens', () => {
+  test('answers 403 (disabled), even with a bearer token', { timeout: 15000 }, async () => {
+    const gw = await startGateway(serverYaml({ openAuth: false, freePrices: false }) + prices() + mockModels());
+    try {
+      for (const headers of [{}, { authorization: 'Bearer anything' }]) {
+        const r = await httpRequest(`${gw.adminUrl}/admin/v1/keys`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...headers },
+          body: JSON.stringify({ team: 'x' }),
+        });
+        assert.equal(r.status, 403, r.text);
+        assert.equal(r.json?.error?.type, 'permission_denied', r.text);
+      }
+      await gw.stopClean();
+    } finally {
+      await gw.kill();
+    }
+  });
+});
+
+describe('Redis outage', () => {
+  const outageName =
+    'Redis stopped under load: budget team 503, rpm-only team local rpm/replicas, degraded 1; ' +
+    'restarted: enforced by Redis again without a gateway restart';
+  test(outageName, { timeout: 40000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const kb = staticKey('budgeted1');
+    const kr = staticKey('ratey1');
+    let gw;
+    const load = { on: true, results: [] };
+    let loadDone;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis, '  replicas: 2\n')}teams:
+  - name: budgeted
+    budget: {usd: 100, period: daily, soft: 0}
+  - name: ratey
+    limits: {rpm: 10}
+keys:
+  - {id: ${kb.id}, team: budgeted, digest: "${kb.digest}"}
+  - {id: ${kr.id}, team: ratey, digest: "${kr.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      const pid = gw.pid;
+      const decisions = async (d) => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: d });
+      const degraded = async () => metricValue(await scrape(gw), 'tollgate_policy_store_degraded');
+
+      // Up: both teams served through Redis.
+      assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      assert.equal((await chat(gw, kr.full, body('mock-gpt'))).status, 200);
+      assert.equal(await degraded(), 0);
+
+      // Background load from the budgeted team while Redis goes away.
+      loadDone = (async () => {
+        while (load.on) {
+          const batch = await settleAll(Array.from({ length: 4 }, () => chat(gw, kb.full, body('mock-slow'), { timeoutMs: 10000 })));
+          load.results.push(...batch);
+        }
+      })();
+      await eventually(() => load.results.length >= 4, { timeoutMs: 5000, what: 'load running' });
+      await redis.stop();
+
+      // Budgeted team: fail closed.
+      const closed = await eventually(
+        async () => {
+          const r = await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 });
+          return r.status === 503 ? r : undefined;
+        },
+        { timeoutMs: 5000, intervalMs: 20, what: '503 for the budgeted team' },
+      );
+      assertOpenAIError(closed, { status: 503, code: 'policy_store_unavailable' });
+      assert.equal(closed.headers.get('retry-after'), '1');
+      assert.equal(await degraded(), 1);
+      // The background load meets the outage too.
+      await eventually(() => load.results.some((r) => r.status === 503), { timeoutMs: 5000, what: 'a 503 in the load' });
+
+      // Rate-limited team without a budget: local limit rpm / replicas = 5, then 429.
+      const localBefore = await decisions('local');
+      const statuses = [];
+      for (let i = 0; i < 7; i++) {
+        const r = await chat(gw, kr.full, body('mock-gpt'), { timeoutMs: 5000 });
+        statuses.push(r.status);
+        if (r.status === 429) assertOpenAIError(r, { code: 'rate_limit_exceeded' });
+      }
+      assert.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429], `local limit 10/2: ${statuses}`);
+      assert.equal((await decisions('local')) - localBefore, 5);
+      assert.equal(await degraded(), 1);
+
+      load.on = false;
+      await loadDone;
+      const loadStatuses = tally(load.results.map((r) => r.status));
+      for (const s of Object.keys(loadStatuses)) assert.ok(s === '200' || s === '503', `load statuses ${JSON.stringify(loadStatuses)}`);
+      assert.ok(loadStatuses['200'] > 0 && loadStatuses['503'] > 0, `load statuses ${JSON.stringify(loadStatuses)}`);
+
+      // Back: a fresh (empty) Redis on the same port. No gateway restart.
+      await redis.restart();
+      const t0 = Date.now();
+      await eventually(async () => (await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 })).status === 200, {
+        timeoutMs: 8000,
+        intervalMs: 50,
+        what: 'the budgeted team served again after Redis came back',
+      });
+      const recoveredMs = Date.now() - t0;
+      assert.equal(await degraded(), 0);
+      // Enforced by Redis again: the global limit of 10 (a fresh window), not the local 5.
+      const localAfter = await decisions('local');
+      const again = [];
+      for (let i = 0; i < 11; i++) again.push((await chat(gw, kr.full, body('mock-gpt'))).status);
+      assert.deepEqual(again, [...Array(10).fill(200), 429], `after recovery (${recoveredMs} ms): ${again}`);
+      assert.equal(await decisions('local'), localAfter, 'no more local decisions');
+      // Each team's state lives in Redis under its {team} hash tag (docs/configuration.md).
+      const stored = await redis.command('KEYS', 'tgtest:{ratey}*');
+      assert.ok(Array.isArray(stored) && stored.length > 0, `no Redis keys for team ratey: ${JSON.stringify(stored)}`);
+      assert.equal(gw.pid, pid);
+      assert.ok(gw.alive, 'the gateway was not restarted');
+      await gw.stopClean();
+    } finally {
+      load.on = false;
+      await loadDone?.catch(() => {});
+      await gw?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('Redis outage, two teams', () => {
+  test('degraded mode: each team gets its own local limit (rpm / replicas), not a shared one', { timeout: 20000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const k1 = staticKey('localone');
+    const k2 = staticKey('localtwo');
+    let gw;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis, '  replicas: 2\n')}teams:
+  - {name: one, limits: {rpm: 4}}
+  - {name: two, limits: {rpm: 4}}
+keys:
+  - {id: ${k1.id}, team: one, digest: "${k1.digest}"}
+  - {id: ${k2.id}, team: two, digest: "${k2.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      await redis.stop();
+      const run = async (key) => {
+        const out = [];
+        for (let i = 0; i < 3; i++) out.push((await chat(gw, key, body('mock-gpt'), { timeoutMs: 5000 })).status);
+        return out;
+      };
+      assert.deepEqual(await run(k1.full), [200, 200, 429], 'team one: local limit 4 / 2');
+      assert.deepEqual(await run(k2.full), [200, 200, 429], 'team two: its own local limit 4 / 2, untouched by team one');
+      await gw.stopClean();
+    } finally {
+      await gw?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('Redis hung', () => {
+  test('Redis paused (SIGSTOP): calls with a budget fail fast with 503 (timeout_ms 50), not hang; resumed: served again', { timeout: 30000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const kb = staticKey('budgeted2');
+    let gw;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
+  - name: budgeted
+    budget: {usd: 100, period: daily, soft: 0}
+keys:
+  - {id: ${kb.id}, team: budgeted, digest: "${kb.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      redis.pause();
+      const timings = [];
+      for (let i = 0; i < 5; i++) {
+        const t = Date.now();
+        const r = await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 });
+        timings.push(Date.now() - t);
+        assertOpenAIError(r, { status: 503, code: 'policy_store_unavailable' });
+      }
+      // 50 ms command timeout, 200 ms connect timeout: never seconds.
+      assert.ok(Math.max(...timings) < 1000, `503 answered after ${JSON.stringify(timings)} ms`);
+      assert.equal(metricValue(await scrape(gw), 'tollgate_policy_store_degraded'), 1);
+      redis.resume();
+      await eventually(async () => (await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 })).status === 200, {
+        timeoutMs: 8000,
+        intervalMs: 50,
+        what: 'served again after Redis resumed',
+      });
+      assert.equal(metricValue(await scrape(gw), 'tollgate_policy_store_degraded'), 0);
+      await gw.stopClean();
+    } finally {
+      redis.resume();
+      await gw?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('gateway killed holding reservations', () => {
+  test('kill -9 holding reservations: a peer sees them, they expire after lease_ms, the budget admits again', { timeout: 30000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const k = staticKey('holder1');
+    const LEASE_MS = 2000;
+    const HELD = 3;
+    const yaml =
+      serverYaml({ workers: 2, openAuth: false, freePrices: false }) +
+      `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis, `  lease_ms: ${LEASE_MS}\n`)}teams:
+  - name: held
+    budget: {usd: ${usd(HELD * CALL_NANO)}, period: daily, soft: 0}
+keys:
+  - {id: ${k.id}, team: held, digest: "${k.digest}"}
+` +
+      mockModels();
+    let a;
+    let b;
+    try {
+      a = await startGateway(yaml);
+      b = await startGateway(yaml);
+      await waitStoreUp(a, adm.token);
+      await waitStoreUp(b, adm.token);
+
+      const sentAt = Date.now();
+      const inflight = settleAll(Array.from({ length: HELD }, () => chat(a, k.full, body('mock-long'), { timeoutMs: 20000 })));
+      const seen = await eventually(
+        async () => {
+          const x = await budget(b, adm.token, 'held');
+          return x.reserved_nano === HELD * CALL_NANO ? x : undefined;
+        },
+        { timeoutMs: 5000, intervalMs: 20, what: 'the reservations visible through the peer' },
+      );
+      assert.equal(seen.spent_nano, 0);
+      // The budget is fully reserved: the peer refuses.
+      assertOpenAIError(await chat(b, k.full, body('mock-gpt')), { status: 429, code: 'budget_exceeded' });
+
+      a.signal('SIGKILL');
+      const exit = await a.exited;
+      assert.equal(exit.signal, 'SIGKILL');
+      const cut = await inflight;
+      assert.ok(cut.every((r) => r.status === 'network-error'), 'the dead gateway’s callers lost their connections');
+
+      const freed = await eventually(
+        async () => {
+          const x = await budget(b, adm.token, 'held');
+          return x.reserved_nano === 0 ? { x, at: Date.now() } : undefined;
+        },
+        { timeoutMs: LEASE_MS + 5000, intervalMs: 25, what: 'reservations released by lease expiry' },
+      );
+      assert.ok(freed.at - sentAt >= LEASE_MS - 50, `released after ${freed.at - sentAt} ms, before the lease of ${LEASE_MS} ms`);
+      assert.equal(freed.x.spent_nano, 0, 'nothing was charged for calls that never completed');
+
+      const r = await chat(b, k.full, body('mock-gpt'));
+      assert.equal(r.status, 200, r.text);
+      const after = await settledBudget(b, adm.token, 'held', { pred: (x) => x.spent_nano > 0 });
+      assert.equal(after.spent_nano, CALL_NANO);
+      await b.stopClean();
+    } finally {
+      await a?.kill();
+      await b?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('secrets', () => {
+  test('no key, secret or digest appears in stdout, stderr, the access log, /metrics or any error body', { timeout: 30000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const st = staticKey('static1');
+    const wrongStatic = `tg_${st.id}_${randomAlnum(40)}`;
+    const dir = mkdtempSync(join(tmpdir(), 'tollgate-secrets-'));
+    const logPath = join(dir, 'access.log');
+    let gw;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 2, openAuth: false, freePrices: false, accessLog: logPath }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
+  - name: search
+    models: ["mock-*"]
+    limits: {rpm: 1000}
+    budget: {usd: 100, period: daily}
+  - name: tiny
+    budget: {usd: 0.000001, period: daily}
+keys:
+  - {id: ${st.id}, team: search, digest: "${st.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token);
+      const bodies = []; // every response body except the create responses
+      const keep = (r, status) => {
+        bodies.push(r.text);
+        assert.equal(r.status, status, `call #${bodies.length}: ${r.text.slice(0, 300)}`);
+        return r;
+      };
+      const created = [];
+      for (const [team, name] of [['search', 'good'], ['search', 'revoked'], ['tiny', 'poor']]) {
+        const r = await admin(gw, adm.token, 'POST', '/admin/v1/keys', { team, name });
+        assert.equal(r.status, 201);
+        created.push({ ...r.json, ...splitKey(r.json.key) });
+      }
+      const [good, revoked, poor] = created;
+      const wrong = `tg_${good.id}_${randomAlnum(43)}`; // right id, different secret
+      const wrongSecret = (k) => ({ full: k, secret: splitKey(k).secret, hex: splitKey(k).hex });
+      const secrets = [
+        { what: 'static key', full: st.full, secret: st.secret, hex: st.hex },
+        { what: 'wrong static key', ...wrongSecret(wrongStatic) },
+        ...created.map((c) => ({ what: `created key ${c.name}`, full: c.key, secret: c.secret, hex: c.hex })),
+        { what: 'wrong secret for a created id', ...wrongSecret(wrong) },
+        { what: 'admin token', full: adm.token, hex: adm.hex },
+      ];
+
+      keep(await chat(gw, good.key, body('mock-gpt')), 200);
+      keep(await chat(gw, good.key, body('mock-gpt', { stream: true })), 200);
+      keep(await chat(gw, good.key, body('mock-gpt'), { header: 'api-key' }), 200);
+      keep(await chat(gw, st.full, body('mock-gpt'), { header: 'x-api-key' }), 200);
+      keep(await chat(gw, good.key, body('other-gpt')), 403); // team models
+      keep(await chat(gw, good.key, body('no-such-model')), 404);
+      keep(await chat(gw, poor.key, body('mock-gpt')), 429); // budget
+      keep(await chat(gw, wrong, body('mock-gpt')), 401); // wrong secret
+      keep(await chat(gw, wrongStatic, body('mock-gpt')), 401); // wrong static secret
+      keep(await chat(gw, `${good.key}!`, body('mock-gpt')), 401); // malformed
+      keep(await chat(gw, adm.token, body('mock-gpt')), 401); // the admin token on the caller listener
+      keep(await chat(gw, good.key, '{"model": "mock-gpt", "messages": ['), 400); // bad JSON
+      keep(await admin(gw, adm.token, 'DELETE', `/admin/v1/keys/${revoked.id}`), 200);
+      keep(await chat(gw, revoked.key, body('mock-gpt')), 401); // revoked
+      keep(await admin(gw, adm.token, 'GET', `/admin/v1/keys/${good.id}`), 200);
+      keep(await admin(gw, 'wrong-admin-token', 'GET', `/admin/v1/keys/${good.id}`), 401);
+      keep(await admin(gw, good.key, 'GET', `/admin/v1/keys/${good.id}`), 401); // a caller key as admin token
+      keep(await admin(gw, adm.token, 'GET', `/admin/v1/budget?team=search&key=${good.id}`), 200);
+      keep(await httpRequest(`${gw.baseURL}/models`, { headers: { authorization: `Bearer ${wrong}` } }), 401);
+      keep(await httpRequest(`${gw.url}/v1/nothing?key=${good.key}`, { headers: { authorization: `Bearer ${good.key}` } }), 404);
+
+      await settledBudget(gw, adm.token, 'search', { pred: (x) => x.spent_nano > 0 });
+      const metrics = (await scrape(gw)).text;
+      await gw.stopClean(); // flushes the access log
+      const accessLog = readFileSync(logPath, 'utf8');
+      assert.ok(accessLog.includes(good.id), 'the access log names the key id (the id is not secret)');
+
+      const places = {
+        stdout: gw.stdout(),
+        stderr: gw.stderr(),
+        'access log': accessLog,
+        '/metrics': metrics,
+        'response bodies': bodies.join('\n'),
+      };
+      for (const s of secrets) {
+        for (const [where, text] of Object.entries(places)) {
+          for (const [label, needle] of [['full', s.full], ['secret', s.secret], ['digest', s.hex]]) {
+            if (!needle) continue;
+            assert.ok(!text.includes(needle), `${s.what}: its ${label} appears in ${where}`);
+          }
+        }
+      }
+    } finally {
+      await gw?.kill();
+      await redis.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,114 @@
+// Three gateways sharing one real redis-server: limits are global, and a key revoked through one
+// replica is refused by every replica at once (Redis pub/sub), not after the key cache expires.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { assertOpenAIError, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
+import { admin, adminToken, chat, createKey, splitKey, staticKey, tally } from './lib/policy_helpers.mjs';
+import { startRedis, waitStoreUp } from './lib/redis.mjs';
+
+const RPM = 30;
+const msgs = [{ role: 'user', content: 'hello replicas' }];
+const body = { model: 'mock-gpt', messages: msgs, max_tokens: 4 };
+
+let redis;
+const gws = [];
+const adm = adminToken();
+const rk = staticKey('rpmkey1');
+
+before(async () => {
+  redis = await startRedis();
+  // key_cache_ms is long on purpose: a revocation seen within a second can only be the push.
+  const yaml =
+    serverYaml({ workers: 2, openAuth: false, freePrices: false }) +
+    `auth:
+  key_cache_ms: 30000
+  admin_tokens:
+${adm.yaml}prices:
+  "*": {input: 1, output: 1}
+store:
+  type: redis
+  redis: {address: "${redis.address}", key_prefix: "tgrep:", timeout_ms: 50}
+  replicas: 3
+teams:
+  - name: shared
+    limits: {rpm: ${RPM}}
+  - name: open
+keys:
+  - {id: ${rk.id}, team: shared, digest: "${rk.digest}"}
+providers:
+  - {name: mock, type: mock}
+models:
+  - {name: mock-gpt, provider: mock}
+`;
+  for (let i = 0; i < 3; i++) gws.push(await startGateway(yaml));
+  for (const gw of gws) await waitStoreUp(gw, adm.token);
+});
+
+after(async () => {
+  try {
+    for (const gw of gws) if (gw.alive) await gw.stopClean();
+  } finally {
+    for (const gw of gws) await gw.kill();
+    await redis?.close();
+  }
+});
+
+describe('three gateways on one Redis', () => {
+  test(`one global RPM limit: rpm ${RPM}, ${RPM * 3} calls round-robin over 3 replicas → exactly ${RPM} admitted`, { timeout: 20000 }, async () => {
+    const results = [];
+    // Nine waves of ten calls; each wave is concurrent and spread round-robin over the replicas.
+    let n = 0;
+    for (let wave = 0; wave < 9; wave++) {
+      const batch = Array.from({ length: 10 }, () => {
+        const gw = gws[n++ % 3];
+        return chat(gw, rk.full, body).then((r) => ({ ...r, replica: gws.indexOf(gw) }));
+      });
+      results.push(...(await Promise.all(batch)));
+    }
+    assert.equal(results.length, RPM * 3);
+    const statuses = tally(results.map((r) => r.status));
+    assert.deepEqual(statuses, { 200: RPM, 429: RPM * 2 }, `statuses ${JSON.stringify(statuses)}`);
+    for (const r of results.filter((x) => x.status === 429)) {
+      assertOpenAIError(r, { status: 429, code: 'rate_limit_exceeded', type: 'rate_limit_exceeded' });
+      assert.ok(Number(r.headers.get('retry-after')) >= 1, `Retry-After ${r.headers.get('retry-after')}`);
+      assert.ok(Number(r.headers.get('retry-after-ms')) > 0);
+    }
+    // Every replica refused some: the limit is not per replica (each would allow 30 alone).
+    const refusedBy = tally(results.filter((x) => x.status === 429).map((r) => r.replica));
+    assert.equal(Object.keys(refusedBy).length, 3, `refusals per replica ${JSON.stringify(refusedBy)}`);
+    const stored = await redis.command('KEYS', 'tgrep:{shared}*');
+    assert.ok(Array.isArray(stored) && stored.length > 0, `no Redis keys for team shared: ${JSON.stringify(stored)}`);
+  });
+
+  test('a key revoked through one replica is refused by all three within one second', { timeout: 20000 }, async () => {
+    const [a] = gws;
+    const created = await createKey(a, adm.token, { team: 'open', name: 'revoke-me' });
+    const { id } = splitKey(created.key);
+    // Every replica has looked the key up, so every replica holds it in its (30 s) cache.
+    for (const gw of gws) {
+      for (let i = 0; i < 2; i++) {
+        const r = await chat(gw, created.key, body);
+        assert.equal(r.status, 200, `replica ${gws.indexOf(gw)}: ${r.text}`);
+      }
+    }
+    const del = await admin(a, adm.token, 'DELETE', `/admin/v1/keys/${id}`);
+    assert.equal(del.status, 200, del.text);
+    const revokedAt = Date.now();
+    const seen = await Promise.all(
+      gws.map((gw, i) =>
+        eventually(
+          async () => {
+            const r = await chat(gw, created.key, body, { timeoutMs: 2000 });
+            if (r.status === 200) return undefined;
+            const err = assertOpenAIError(r, { status: 401, code: 'invalid_api_key' });
+            assert.match(err.message, /revoked/i);
+            return { replica: i, afterMs: Date.now() - revokedAt };
+          },
+          { timeoutMs: 3000, intervalMs: 10, what: `replica ${i} refusing the revoked key` },
+        ),
+      ),
+    );
+    for (const s of seen) assert.ok(s.afterMs <= 1000, `replica ${s.replica} still accepted the key ${s.afterMs} ms after the revocation`);
+  });
+});
