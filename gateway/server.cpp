@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/server.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -70,8 +71,13 @@ bool server::write_ready_file(std::string& error) {
   if (opts_.ready_file.empty()) return true;
   json::object o{{"pid", ::getpid()}, {"listen", endpoint_json(*caller_)}, {"admin", endpoint_json(*admin_)},
                  {"workers", workers_.size()}};
+  // Quickstart only (auth.demo_key): the script that started us prints a ready-to-run curl.
+  if (!demo_key_.empty()) o["demo_key"] = demo_key_;
   const std::string tmp = opts_.ready_file + ".tmp";
   {
+    // Owner-only: it may hold the quickstart's demo key.
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd >= 0) ::close(fd);
     std::ofstream out(tmp, std::ios::trunc);
     out << json::serialize(o) << "\n";
     if (!out) {
@@ -183,6 +189,7 @@ void server::create_demo_key() {
   // The one place a secret is printed: the quickstart's own key, on the terminal, never in a log.
   std::fprintf(stdout, "\nDemo API key (team demo, shown once): %s\n\n", r->full.c_str());
   std::fflush(stdout);
+  demo_key_ = r->full;
 }
 
 awaitable<void> server::accept_loop(acceptor_t& acceptor, bool admin) {

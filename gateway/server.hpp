@@ -43,6 +43,7 @@ class server {
   std::unique_ptr<net::ssl::context> server_tls_;
   std::size_t next_worker_ = 0;
   bool stopping_ = false;
+  std::string demo_key_;  ///< auth.demo_key: the quickstart key, for the ready file
 };
 
 }  // namespace tollgate::gateway

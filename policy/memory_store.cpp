@@ -16,16 +16,18 @@ memory_store::memory_store(clock_fn now, std::int64_t window_ms)
     };
 }
 
-std::int64_t memory_store::leases::expire(std::int64_t now) {
+std::pair<std::size_t, std::int64_t> memory_store::leases::sweep(std::int64_t now) {
+  std::size_t gone = 0;
   std::int64_t freed = 0;
   while (!by_expiry.empty() && by_expiry.begin()->first <= now) {
     if (auto it = amount.find(by_expiry.begin()->second); it != amount.end()) {
       freed += it->second;
       amount.erase(it);
+      ++gone;
     }
     by_expiry.erase(by_expiry.begin());
   }
-  return freed;
+  return {gone, freed};
 }
 
 void memory_store::leases::add(const std::string& lease, std::int64_t expiry, std::int64_t amt) {
@@ -63,6 +65,7 @@ admit_result memory_store::admit_now(const admission& a) {
   admit_result r;
   r.periods.resize(a.scopes.size());
   std::vector<scope_state*> states;
+  std::vector<bool> new_period(a.scopes.size(), false);
   auto refuse = [&](verdict v, std::size_t i, std::int64_t retry) {
     r.v = v;
     r.scope = i;
@@ -75,28 +78,37 @@ admit_result memory_store::admit_now(const admission& a) {
     scope_state& st = scopes_[sc.id + "@" + sc.team];
     states.push_back(&st);
     const auto& l = sc.limits;
+    const bool budget = sc.budget.set();
     if (l.rpm || l.tpm) {
       roll(st.rate, cur);
       const std::int64_t retry = std::max<std::int64_t>(1, (st.rate.lo + buckets + 1) * bucket_ms_ - now);
       if (l.rpm && st.rate.requests + 1 > l.rpm) return refuse(verdict::rpm, i, retry);
       if (l.tpm && st.rate.tokens + a.tokens > l.tpm) return refuse(verdict::tpm, i, retry);
     }
-    if (l.concurrency && st.conc.amount.size() >= l.concurrency) {
-      st.conc.expire(now);
-      if (st.conc.amount.size() >= l.concurrency) return refuse(verdict::concurrency, i, 1000);
-    }
-    if (sc.budget.set()) {
+    std::int64_t spent = st.spent;
+    if (budget) {
       r.periods[i] = period_id(sc.budget.period, now);
-      budget_cell& b = st.budgets[r.periods[i]];
-      if (b.spent + b.reserved + a.cost_nano > sc.budget.limit_nano) {
-        b.reserved -= b.held.expire(now);
-        if (b.spent + b.reserved + a.cost_nano > sc.budget.limit_nano) return refuse(verdict::budget, i, 0);
+      if (st.pid.empty() || st.pid < r.periods[i]) {
+        spent = 0;  // a new period: reservations in flight carry over, the spend starts again
+        new_period[i] = true;
+      }
+    }
+    if (l.concurrency || budget) {
+      std::size_t held = l.concurrency ? st.held.amount.size() : 0;
+      // Dead leases are swept only when they could matter: when this call would not fit.
+      if ((l.concurrency && held >= l.concurrency) || (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano)) {
+        auto [gone, freed] = st.held.sweep(now);
+        held -= std::min(held, gone);
+        st.reserved -= freed;
+        if (l.concurrency && held >= l.concurrency) return refuse(verdict::concurrency, i, 1000);
+        if (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano) return refuse(verdict::budget, i, 0);
       }
     }
   }
   // Pass 2: reserve in all of them.
   for (std::size_t i = 0; i < a.scopes.size(); ++i) {
-    const auto& l = a.scopes[i].limits;
+    const auto& sc = a.scopes[i];
+    const auto& l = sc.limits;
     scope_state& st = *states[i];
     if (l.rpm || l.tpm) {
       auto& b = st.rate.buckets[cur];
@@ -106,12 +118,15 @@ admit_result memory_store::admit_now(const admission& a) {
       st.rate.tokens += a.tokens;
       st.rate.used = true;
     }
-    if (l.concurrency) st.conc.add(a.lease, now + a.lease_ms, 1);
-    if (a.scopes[i].budget.set()) {
-      budget_cell& b = st.budgets[r.periods[i]];
-      b.held.add(a.lease, now + a.lease_ms, a.cost_nano);
-      b.reserved += a.cost_nano;
+    if (sc.budget.set()) {
+      st.reserved += a.cost_nano;
+      if (new_period[i]) {
+        st.pid = r.periods[i];
+        st.spent = 0;
+        st.soft_sent = false;
+      }
     }
+    if (l.concurrency || sc.budget.set()) st.held.add(a.lease, now + a.lease_ms, sc.budget.set() ? a.cost_nano : 0);
   }
   // In flight until settled (the idempotency anchor); a dead gateway's calls are forgotten after a day.
   if (inflight_.size() > 4096) std::erase_if(inflight_, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
@@ -127,28 +142,34 @@ settle_result memory_store::settle_now(const settlement& s) {
   settle_result r;
   r.reachable = true;
   // A settlement applied twice charges once: only the first finds its call in flight.
-  if (!inflight_.erase(s.adm.lease)) return r;
-  r.applied = true;
+  r.applied = inflight_.erase(s.adm.lease) > 0;
   const std::int64_t first = now / bucket_ms_ - buckets, bucket = s.admitted_at_ms / bucket_ms_;
   for (std::size_t i = 0; i < s.adm.scopes.size(); ++i) {
     const auto& sc = s.adm.scopes[i];
-    scope_state& st = scopes_[sc.id + "@" + sc.team];
-    if (sc.limits.concurrency) st.conc.remove(s.adm.lease);
-    if ((sc.limits.rpm || sc.limits.tpm) && bucket >= first)
-      if (auto it = st.rate.buckets.find(bucket); it != st.rate.buckets.end()) {
-        it->second.second = it->second.second - s.adm.tokens + s.tokens;
-        st.rate.tokens = st.rate.tokens - s.adm.tokens + s.tokens;
-      }
     std::int64_t spent = 0;
     bool crossed = false;
-    const std::string& pid = i < s.periods.size() ? s.periods[i] : std::string();
-    if (!pid.empty()) {
-      budget_cell& b = st.budgets[pid];
-      if (b.held.remove(s.adm.lease)) b.reserved -= s.adm.cost_nano;
-      b.spent += s.cost_nano;
-      spent = b.spent;
-      const auto soft = static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft);
-      if (sc.budget.soft > 0 && spent >= soft && !b.soft_sent) crossed = b.soft_sent = true;
+    if (r.applied) {
+      scope_state& st = scopes_[sc.id + "@" + sc.team];
+      const bool budget = sc.budget.set();
+      const bool held = (sc.limits.concurrency || budget) && st.held.remove(s.adm.lease);
+      if ((sc.limits.rpm || sc.limits.tpm) && bucket >= first)
+        if (auto it = st.rate.buckets.find(bucket); it != st.rate.buckets.end()) {
+          it->second.second = it->second.second - s.adm.tokens + s.tokens;
+          st.rate.tokens = st.rate.tokens - s.adm.tokens + s.tokens;
+        }
+      if (budget) {
+        const std::string& pid = i < s.periods.size() ? s.periods[i] : std::string();
+        if (st.pid.empty() || st.pid < pid) {  // first news of a new period
+          st.pid = pid;
+          st.spent = 0;
+          st.soft_sent = false;
+        }
+        st.spent += s.cost_nano;
+        if (held) st.reserved -= s.adm.cost_nano;
+        spent = st.spent;
+        const auto soft = static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft);
+        if (sc.budget.soft > 0 && spent >= soft && !st.soft_sent) crossed = st.soft_sent = true;
+      }
     }
     r.spent.push_back(spent);
     r.soft_crossed.push_back(crossed);
@@ -162,10 +183,10 @@ budget_state memory_store::budget_now(const scope_spec& s) {
   b.reachable = true;
   if (!s.budget.set()) return b;
   const std::int64_t now = now_();
-  auto& cell = scopes_[s.id + "@" + s.team].budgets[period_id(s.budget.period, now)];
-  cell.reserved -= cell.held.expire(now);
-  b.spent = cell.spent;
-  b.reserved = cell.reserved;
+  auto& st = scopes_[s.id + "@" + s.team];
+  st.reserved -= st.held.sweep(now).second;
+  b.spent = st.pid.empty() || st.pid < period_id(s.budget.period, now) ? 0 : st.spent;
+  b.reserved = st.reserved;
   return b;
 }
 

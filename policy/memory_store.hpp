@@ -19,7 +19,11 @@ class memory_store final : public store {
 
   std::string_view kind() const override { return "memory"; }
   awaitable<admit_result> admit(unsigned, const admission& a) override { co_return admit_now(a); }
-  awaitable<settle_result> settle(unsigned, const settlement& s) override { co_return settle_now(s); }
+  awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> batch) override {
+    std::vector<settle_result> out;
+    for (auto& s : batch) out.push_back(settle_now(s));
+    co_return out;
+  }
   awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return budget_now(s); }
   awaitable<key_lookup> get_key(unsigned, std::string id) override;
   awaitable<bool> put_key(unsigned, key_record k) override;
@@ -39,23 +43,21 @@ class memory_store final : public store {
     std::int64_t lo = 0;  ///< oldest bucket that may hold counts
     bool used = false;
   };
-  /// Leases scored by expiry with their amounts (admit.lua's sorted sets).
+  /// Leases scored by expiry with their amounts (admit.lua's <p>:l): concurrency counts them,
+  /// budgets sum them.
   struct leases {
     std::multimap<std::int64_t, std::string> by_expiry;
     std::unordered_map<std::string, std::int64_t> amount;
-    std::int64_t expire(std::int64_t now);  ///< returns the amount freed
+    std::pair<std::size_t, std::int64_t> sweep(std::int64_t now);  ///< {how many, amount freed}
     void add(const std::string& lease, std::int64_t expiry, std::int64_t amt);
     bool remove(const std::string& lease);
   };
-  struct budget_cell {
-    std::int64_t spent = 0, reserved = 0;
-    bool soft_sent = false;
-    leases held;
-  };
   struct scope_state {
     rate_window rate;
-    leases conc;
-    std::map<std::string, budget_cell> budgets;  ///< by period id
+    leases held;
+    std::string pid;  ///< budget period the spend belongs to
+    std::int64_t spent = 0, reserved = 0;
+    bool soft_sent = false;
   };
   void roll(rate_window& w, std::int64_t cur) const;
   static constexpr std::int64_t buckets = 30;  ///< as NB in admit.lua

@@ -131,7 +131,10 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
 
 engine::~engine() = default;
 
-void engine::start(const std::vector<executor_t>& workers) { store_->start(workers); }
+void engine::start(const std::vector<executor_t>& workers) {
+  queues_.resize(std::max<std::size_t>(1, workers.size()));
+  store_->start(workers);
+}
 void engine::stop() { store_->stop(); }
 
 void engine::forget(std::string_view id) {
@@ -392,36 +395,71 @@ void engine::settle(request_context& ctx, executor_t ex) {
     settlements_.counter({"local"}).inc();
     return;
   }
+  // Queued on this worker: whatever finishes while a batch is on its way goes in the next one, so
+  // batches grow with load and a lone settlement waits for nothing.
   ++pending_;
-  net::co_spawn(ex, settle_in_background(ctx.worker, std::move(s), ctx.identity.team), net::detached);
+  auto& q = queues_[ctx.worker % queues_.size()];
+  q.items.push_back(std::move(s));
+  if (!q.flushing) {
+    q.flushing = true;
+    net::co_spawn(ex, flush_settlements(ctx.worker % unsigned(queues_.size())), net::detached);
+  }
 }
 
-awaitable<void> engine::settle_in_background(unsigned worker, settlement s, std::string team) {
-  struct done_guard {
-    std::atomic<int>& n;
-    ~done_guard() { --n; }
-  } guard{pending_};
+awaitable<void> engine::flush_settlements(unsigned worker) {
+  constexpr std::size_t max_batch = 128;
+  auto& q = queues_[worker];
   steady_timer_t timer(co_await net::this_coro::executor);
-  auto delay = milliseconds(100);
-  const auto give_up = steady_clock::now() + minutes(10);
-  for (unsigned attempt = 0;; ++attempt) {
-    call_settle_.inc();
-    settle_result r = co_await store_->settle(worker, s);
-    if (r.reachable) {
-      settlements_.counter({r.applied ? "applied" : "duplicate"}).inc();
-      if (r.applied) report_soft(s, r);
-      co_return;
+  while (!q.items.empty()) {
+    // One batch: the oldest items of one team (a Redis Cluster script stays in one slot).
+    const std::string team = q.items.front().adm.scopes.front().team;
+    std::vector<settlement> batch;
+    for (auto it = q.items.begin(); it != q.items.end() && batch.size() < max_batch;) {
+      if (it->adm.scopes.front().team == team) {
+        batch.push_back(std::move(*it));
+        it = q.items.erase(it);
+      } else {
+        ++it;
+      }
     }
-    if (steady_clock::now() >= give_up) break;
-    settlements_.counter({"retried"}).inc();
-    timer.expires_after(delay);
-    if (auto [ec] = co_await timer.async_wait(); ec) break;
-    delay = std::min(delay * 2, duration_cast<milliseconds>(seconds(5)));
+    auto delay = milliseconds(100);
+    const auto give_up = steady_clock::now() + minutes(10);
+    while (!batch.empty()) {
+      call_settle_.inc();
+      std::vector<settle_result> res = co_await store_->settle_batch(worker, batch);
+      std::vector<settlement> again;
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (i < res.size() && res[i].reachable) {
+          settlements_.counter({res[i].applied ? "applied" : "duplicate"}).inc();
+          if (res[i].applied) report_soft(batch[i], res[i]);
+          --pending_;
+        } else {
+          again.push_back(std::move(batch[i]));
+        }
+      }
+      batch = std::move(again);
+      if (batch.empty()) break;
+      if (steady_clock::now() >= give_up) {
+        for (auto& s : batch) {
+          settlements_.counter({"lost"}).inc();
+          log_("error", "settlement lost: the policy store stayed unreachable",
+               "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +
+                   std::to_string(double(s.cost_nano) / 1e9));
+          --pending_;
+        }
+        break;
+      }
+      // Idempotent, so retried until the store answers (shutdown waits up to drain_ms for it).
+      settlements_.counter({"retried"}).inc(double(batch.size()));
+      timer.expires_after(delay);
+      if (auto [ec] = co_await timer.async_wait(); ec) {
+        pending_ -= int(batch.size());
+        break;
+      }
+      delay = std::min(delay * 2, duration_cast<milliseconds>(seconds(5)));
+    }
   }
-  settlements_.counter({"lost"}).inc();
-  log_("error", "settlement lost: the policy store stayed unreachable",
-       "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +
-           std::to_string(double(s.cost_nano) / 1e9));
+  q.flushing = false;
 }
 
 void engine::report_soft(const settlement& s, const settle_result& r) {

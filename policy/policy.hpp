@@ -97,7 +97,8 @@ class engine {
   };
   awaitable<key_lookup> lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id);
   void forget(std::string_view id);
-  awaitable<void> settle_in_background(unsigned worker, settlement s, std::string team);
+  /// Settles what `worker` finished, a batch per team and round trip, until its queue is empty.
+  awaitable<void> flush_settlements(unsigned worker);
   void report_soft(const settlement& s, const settle_result& r);
 
   std::shared_ptr<store> store_;
@@ -105,6 +106,12 @@ class engine {
   log_fn log_;
   std::string instance_;  ///< random per process: leases of two replicas never collide
   std::atomic<int> pending_{0};
+  /// Per worker (touched only on that worker's thread): settlements waiting for a round trip.
+  struct settle_queue {
+    std::vector<settlement> items;
+    bool flushing = false;
+  };
+  std::vector<settle_queue> queues_;
   std::mutex cache_mu_;
   std::unordered_map<std::string, cached_key> cache_;
 

@@ -3,6 +3,8 @@
 
 #include <openssl/sha.h>
 
+#include <algorithm>
+
 #include "policy/scripts.hpp"
 
 namespace tollgate::policy {
@@ -88,8 +90,9 @@ bool redis_store::healthy() const {
   return !conns_.empty();
 }
 
-std::string redis_store::scope_key(const scope_spec& s) const {
-  return cfg_.key_prefix + "{" + s.team + "}:" + s.id;
+std::vector<std::string> redis_store::team_keys(const std::string& team) const {
+  const std::string base = cfg_.key_prefix + "{" + team + "}:";
+  return {base + "l", base + "x"};
 }
 
 awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker, const std::string& sha,
@@ -112,19 +115,20 @@ awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker
 }
 
 awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) {
-  std::vector<std::string> keys, args{a.lease, std::to_string(a.tokens), std::to_string(a.cost_nano),
-                                      std::to_string(a.lease_ms), std::to_string(window_ms_),
-                                      std::to_string(a.scopes.size())};
+  std::vector<std::string> args{a.lease, std::to_string(a.tokens), std::to_string(a.cost_nano),
+                                std::to_string(a.lease_ms), std::to_string(window_ms_), std::to_string(a.scopes.size())};
   for (auto& s : a.scopes) {
-    keys.push_back(scope_key(s));
     args.push_back(std::to_string(s.limits.rpm));
     args.push_back(std::to_string(s.limits.tpm));
     args.push_back(std::to_string(s.limits.concurrency));
     args.push_back(std::to_string(s.budget.set() ? s.budget.limit_nano : -1));
     args.push_back(std::string(1, period_kind(s.budget.period)));
   }
-  keys.push_back(cfg_.key_prefix + "{" + (a.scopes.empty() ? std::string() : a.scopes.front().team) + "}:inflight");
   admit_result out;
+  if (a.scopes.empty()) co_return out;
+  std::vector<std::string> keys;
+  for (auto& sc : a.scopes) keys.push_back(cfg_.key_prefix + "{" + sc.team + "}:" + sc.id);
+  for (auto& k : team_keys(a.scopes.front().team)) keys.push_back(std::move(k));
   auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
   if (!r || r->type != redis::reply::kind::array || r->elements.empty()) co_return out;  // unavailable
   const auto& e = r->elements;
@@ -143,37 +147,61 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
   co_return out;
 }
 
-awaitable<settle_result> redis_store::settle(unsigned worker, const settlement& s) {
-  const auto& a = s.adm;
-  std::vector<std::string> keys, args{a.lease,
-                                      std::to_string(s.tokens),
-                                      std::to_string(s.cost_nano),
-                                      std::to_string(a.scopes.size()),
-                                      std::to_string(s.admitted_at_ms),
-                                      std::to_string(a.tokens),
-                                      std::to_string(a.cost_nano),
-                                      std::to_string(window_ms_)};
-  for (std::size_t i = 0; i < a.scopes.size(); ++i) {
-    const auto& sc = a.scopes[i];
-    keys.push_back(scope_key(sc));
-    args.push_back(sc.limits.rpm || sc.limits.tpm ? "1" : "0");
-    args.push_back(sc.limits.concurrency ? "1" : "0");
-    args.push_back(i < s.periods.size() ? s.periods[i] : std::string());
-    const auto soft = sc.budget.set() && sc.budget.soft > 0
-                          ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft)
-                          : 0;
-    args.push_back(std::to_string(soft));
-  }
-  keys.push_back(cfg_.key_prefix + "{" + (a.scopes.empty() ? std::string() : a.scopes.front().team) + "}:inflight");
-  settle_result out;
-  auto r = co_await eval(worker, settle_sha_, std::string(scripts::settle), std::move(keys), std::move(args));
-  if (!r || r->type != redis::reply::kind::array || r->elements.empty()) co_return out;
-  out.reachable = true;
-  const auto& e = r->elements;
-  out.applied = as_int(e[0]) == 1;
-  for (std::size_t i = 1; i + 1 < e.size(); i += 2) {
-    out.spent.push_back(as_int(e[i]));
-    out.soft_crossed.push_back(as_int(e[i + 1]) == 1);
+awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker, std::vector<settlement> batch) {
+  std::vector<settle_result> out(batch.size());
+  // One script call per team: its keys share one hash tag (one Redis Cluster slot).
+  std::vector<bool> done(batch.size(), false);
+  for (std::size_t lead = 0; lead < batch.size(); ++lead) {
+    if (done[lead] || batch[lead].adm.scopes.empty()) continue;
+    const std::string team = batch[lead].adm.scopes.front().team;
+    std::vector<std::size_t> members;
+    std::vector<std::string> args{std::to_string(window_ms_), ""};
+    for (std::size_t c = lead; c < batch.size(); ++c) {
+      const settlement& s = batch[c];
+      if (done[c] || s.adm.scopes.empty() || s.adm.scopes.front().team != team) continue;
+      done[c] = true;
+      members.push_back(c);
+      const auto& a = s.adm;
+      for (std::string v : {a.lease, std::to_string(s.tokens), std::to_string(s.cost_nano),
+                            std::to_string(s.admitted_at_ms), std::to_string(a.tokens), std::to_string(a.cost_nano),
+                            std::to_string(a.scopes.size())})
+        args.push_back(std::move(v));
+      for (std::size_t i = 0; i < a.scopes.size(); ++i) {
+        const auto& sc = a.scopes[i];
+        std::string kinds;
+        if (sc.limits.rpm || sc.limits.tpm) kinds += 'r';
+        if (sc.limits.concurrency) kinds += 'c';
+        if (sc.budget.set()) kinds += 'b';
+        args.push_back(sc.id);
+        args.push_back(kinds.empty() ? "-" : kinds);
+        args.push_back(i < s.periods.size() ? s.periods[i] : std::string());
+        const auto soft = sc.budget.set() && sc.budget.soft > 0
+                              ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft)
+                              : 0;
+        args.push_back(std::to_string(soft));
+      }
+    }
+    args[1] = std::to_string(members.size());
+    std::vector<std::string> keys = team_keys(team);
+    for (std::size_t c : members)
+      for (auto& sc : batch[c].adm.scopes) {
+        std::string k = cfg_.key_prefix + "{" + team + "}:" + sc.id;
+        if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(std::move(k));
+      }
+    auto r = co_await eval(worker, settle_sha_, std::string(scripts::settle), std::move(keys), std::move(args));
+    if (!r || r->type != redis::reply::kind::array) continue;  // unreachable: these are retried
+    const auto& e = r->elements;
+    std::size_t at = 0;
+    for (std::size_t c : members) {
+      if (at >= e.size()) break;
+      settle_result& o = out[c];
+      o.reachable = true;
+      o.applied = as_int(e[at++]) == 1;
+      for (std::size_t i = 0; i < batch[c].adm.scopes.size(); ++i, at += 2) {
+        o.spent.push_back(at < e.size() ? as_int(e[at]) : 0);
+        o.soft_crossed.push_back(at + 1 < e.size() && as_int(e[at + 1]) == 1);
+      }
+    }
   }
   co_return out;
 }
@@ -187,9 +215,8 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   // The admission script in read mode (empty lease): same period, same lease expiry, no reservation.
   std::vector<std::string> args{"", "0", "0", "0", std::to_string(window_ms_), "1", "0", "0", "0",
                                 std::to_string(s.budget.limit_nano), std::string(1, period_kind(s.budget.period))};
-  std::vector<std::string> keys;  // named: GCC 12 rejects a braced list as a coroutine argument
-  keys.push_back(scope_key(s));
-  keys.push_back(cfg_.key_prefix + "{" + s.team + "}:inflight");  // untouched in read mode
+  std::vector<std::string> keys{cfg_.key_prefix + "{" + s.team + "}:" + s.id};
+  for (auto& k : team_keys(s.team)) keys.push_back(std::move(k));
   auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 3 || as_int(r->elements[0]) != 2) co_return b;
   b.reachable = true;

@@ -24,15 +24,15 @@ class redis_store final : public store {
   bool healthy() const override;
 
   awaitable<admit_result> admit(unsigned worker, const admission& a) override;
-  awaitable<settle_result> settle(unsigned worker, const settlement& s) override;
+  awaitable<std::vector<settle_result>> settle_batch(unsigned worker, std::vector<settlement> batch) override;
   awaitable<budget_state> budget(unsigned worker, const scope_spec& s) override;
   awaitable<key_lookup> get_key(unsigned worker, std::string id) override;
   awaitable<bool> put_key(unsigned worker, key_record k) override;
   awaitable<bool> publish_invalidation(unsigned worker, std::string id) override;
   void on_invalidation(std::function<void(std::string_view)> cb) override;
 
-  /// Redis key of a scope: <prefix>{<team>}:<scope id>.
-  std::string scope_key(const scope_spec& s) const;
+  /// The three keys of a team (admit.lua explains them): <prefix>{<team>}:s, :l and :x.
+  std::vector<std::string> team_keys(const std::string& team) const;
 
  private:
   /// EVALSHA, and EVAL once when the server does not know the script yet (NOSCRIPT).

@@ -96,7 +96,14 @@ class store {
   virtual bool healthy() const { return true; }
 
   virtual awaitable<admit_result> admit(unsigned worker, const admission& a) = 0;
-  virtual awaitable<settle_result> settle(unsigned worker, const settlement& s) = 0;
+  /// Settles calls a worker finished, in one round trip; one result per call, in order.
+  virtual awaitable<std::vector<settle_result>> settle_batch(unsigned worker, std::vector<settlement> batch) = 0;
+  awaitable<settle_result> settle(unsigned worker, const settlement& s) {
+    std::vector<settlement> one;
+    one.push_back(s);
+    auto r = co_await settle_batch(worker, std::move(one));
+    co_return r.empty() ? settle_result{} : r.front();
+  }
   virtual awaitable<budget_state> budget(unsigned worker, const scope_spec& scope) = 0;
 
   virtual awaitable<key_lookup> get_key(unsigned worker, std::string id) = 0;

@@ -18,7 +18,9 @@ struct dead_store final : store {
   std::string_view kind() const override { return "dead"; }
   bool healthy() const override { return false; }
   awaitable<admit_result> admit(unsigned, const admission&) override { co_return admit_result{}; }
-  awaitable<settle_result> settle(unsigned, const settlement&) override { co_return settle_result{}; }
+  awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
+    co_return std::vector<settle_result>(b.size());
+  }
   awaitable<budget_state> budget(unsigned, const scope_spec&) override { co_return budget_state{}; }
   awaitable<key_lookup> get_key(unsigned, std::string) override { co_return key_lookup{}; }
   awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
@@ -207,7 +209,7 @@ TEST_F(EngineTest, RateLimitRefusalCarriesRetryAfter) {
   EXPECT_EQ(r.error().code, errc::rate_limited);
   bool retry_after = false;
   for (auto& [k, v] : r.error().headers)
-    if (k == "Retry-After") retry_after = std::stoi(v) >= 1 && std::stoi(v) <= 61;  // window plus one bucket
+    if (k == "Retry-After") retry_after = std::stoi(v) >= 1 && std::stoi(v) <= 62;  // window plus one bucket (2 s)
   EXPECT_TRUE(retry_after);
 }
 

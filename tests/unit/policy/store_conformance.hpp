@@ -162,6 +162,25 @@ TYPED_TEST_P(StoreConformance, LeasesOfADeadGatewayExpire) {
   EXPECT_EQ(this->admit(this->adm({s}, 1, 50)).v, verdict::admitted);
 }
 
+TYPED_TEST_P(StoreConformance, ACallThatOutlivedItsLeaseIsStillChargedOnce) {
+  auto s = scope("t", {0, 0, 1}, budget_of(100));
+  auto a = this->adm({s}, 1, 50, 300);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  this->advance(400);
+  EXPECT_EQ(this->budget(s).reserved, 0);  // the lease expired: its hold went back
+  auto late = this->settle(a, r, 1, 30);
+  EXPECT_TRUE(late.applied);
+  auto again = this->settle(a, r, 1, 30);
+  EXPECT_FALSE(again.applied);
+  auto b = this->budget(s);
+  EXPECT_EQ(b.spent, 30);
+  EXPECT_EQ(b.reserved, 0);
+  // Its concurrency slot was freed by the expiry and is not freed twice.
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::concurrency);
+}
+
 TYPED_TEST_P(StoreConformance, SettlementAppliedTwiceChargesOnce) {
   auto s = scope("t", {}, budget_of(1000));
   auto a = this->adm({s}, 1, 100);
@@ -241,7 +260,8 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
                             TokensPerMinuteReservesThenCorrectsToUsage, ConcurrencyIsReleasedBySettlement,
                             BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
-                            LeasesOfADeadGatewayExpire, SettlementAppliedTwiceChargesOnce,
+                            LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
+                            SettlementAppliedTwiceChargesOnce,
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
                             KeysRoundTripAndInvalidationsReachListeners);
 

@@ -1,0 +1,38 @@
+// The shipped quickstart config: a demo team and key are created at start, the key is printed
+// once on stdout and handed to deploy/quickstart through the (owner-only) ready file, calls
+// without it are refused, and the demo team's budget is charged.
+import assert from 'node:assert/strict';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+
+import OpenAI from 'openai';
+
+import { REPO } from './lib/paths.mjs';
+import { startGateway } from './lib/gateway.mjs';
+
+test('quickstart.yaml: demo key printed once, required, and billed to team demo', async () => {
+  const yaml = readFileSync(join(REPO, 'config/examples/quickstart.yaml'), 'utf8')
+    .replace('127.0.0.1:8080', '127.0.0.1:0').replace('127.0.0.1:9090', '127.0.0.1:0');
+  const gw = await startGateway(yaml);
+  try {
+    const key = gw.ready.demo_key;
+    assert.match(key, /^tg_[A-Za-z0-9]+_[A-Za-z0-9]+$/);
+    assert.equal(statSync(gw.readyPath).mode & 0o077, 0, 'ready file must be owner-only');
+    const printed = gw.stdout().match(/Demo API key \(team demo, shown once\): (\S+)/);
+    assert.ok(printed, gw.stdout());
+    assert.equal(printed[1], key);
+
+    const client = new OpenAI({ apiKey: key, baseURL: gw.baseURL, maxRetries: 0 });
+    const r = await client.chat.completions.create({ model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 });
+    assert.equal(r.usage.completion_tokens, 3);
+
+    const anonymous = new OpenAI({ apiKey: 'sk-not-a-tollgate-key', baseURL: gw.baseURL, maxRetries: 0 });
+    await assert.rejects(anonymous.models.list(), (e) => e instanceof OpenAI.AuthenticationError);
+
+    const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+    assert.match(m, /tollgate_policy_decisions_total\{decision="admitted"\} 1\b/);
+  } finally {
+    await gw.stop();
+  }
+});
