@@ -168,6 +168,9 @@ int server::run() {
     if (w->thread.joinable()) w->thread.join();
     log_.flush(w->log_buffer());  // the worker thread is gone: its buffer is ours now
   }
+  // The store's Redis connections own timers and descriptors of the workers' io_contexts: they go
+  // first, while those contexts still exist (ASan caught the reverse order at exit).
+  policy_.reset();
   log_event("info", "tollgate stopped");
   return 0;
 }

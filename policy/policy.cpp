@@ -413,15 +413,12 @@ awaitable<void> engine::flush_settlements(unsigned worker) {
   while (!q.items.empty()) {
     // One batch: the oldest items of one team (a Redis Cluster script stays in one slot).
     const std::string team = q.items.front().adm.scopes.front().team;
-    std::vector<settlement> batch;
-    for (auto it = q.items.begin(); it != q.items.end() && batch.size() < max_batch;) {
-      if (it->adm.scopes.front().team == team) {
-        batch.push_back(std::move(*it));
-        it = q.items.erase(it);
-      } else {
-        ++it;
-      }
+    std::vector<settlement> batch, rest;
+    for (auto& s : q.items) {
+      if (batch.size() < max_batch && s.adm.scopes.front().team == team) batch.push_back(std::move(s));
+      else rest.push_back(std::move(s));
     }
+    q.items = std::move(rest);
     auto delay = milliseconds(100);
     const auto give_up = steady_clock::now() + minutes(10);
     while (!batch.empty()) {
