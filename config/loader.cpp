@@ -227,7 +227,8 @@ budget_config parse_budget(const YAML::Node& n, const std::string& p) {
   budget_config b;
   if (!n["usd"]) fail(p + ".usd", n, "required (the budget in US dollars)");
   const double usd = get_double(n["usd"], p + ".usd");
-  if (usd > 1e9) fail(p + ".usd", n["usd"], "must be at most 1e9");
+  // Amounts are exact integers of nano-USD; the Redis scripts compute in doubles (exact to 2^53).
+  if (usd > 9e6) fail(p + ".usd", n["usd"], "must be at most 9000000 (amounts stay exact up to 2^53 nano-USD)");
   b.limit_nano = static_cast<std::int64_t>(usd * 1e9 + 0.5);
   if (auto v = n["period"]) {
     auto s = get_string(v, p + ".period");

@@ -89,7 +89,8 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
     if (!b->is_object()) return "budget must be an object with usd, period, soft";
     const auto& bo = b->get_object();
     auto* usd = bo.if_contains("usd");
-    if (!usd || !usd->is_number() || usd->to_number<double>() < 0) return "budget.usd must be a non-negative number";
+    if (!usd || !usd->is_number() || usd->to_number<double>() < 0 || usd->to_number<double>() > 9e6)
+      return "budget.usd must be a number from 0 to 9000000";
     k.budget.limit_nano = static_cast<std::int64_t>(usd->to_number<double>() * 1e9 + 0.5);
     if (auto* p = bo.if_contains("period")) {
       const std::string ps = p->is_string() ? std::string(p->get_string()) : "";

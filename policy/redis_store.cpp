@@ -4,6 +4,7 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <map>
 
 #include "policy/scripts.hpp"
 
@@ -62,6 +63,7 @@ redis_store::redis_store(config::redis_config cfg, std::int64_t window_ms)
 redis_store::~redis_store() { stop(); }
 
 void redis_store::start(const std::vector<executor_t>& workers) {
+  admit_queues_.resize(workers.size());
   for (auto& ex : workers) {
     conns_.push_back(std::make_unique<redis::connection>(ex, client_options(cfg_)));
     conns_.back()->start();
@@ -114,37 +116,143 @@ awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker
   co_return r;
 }
 
-awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) {
-  std::vector<std::string> args{a.lease, std::to_string(a.tokens), std::to_string(a.cost_nano),
-                                std::to_string(a.lease_ms), std::to_string(window_ms_), std::to_string(a.scopes.size())};
+std::string redis_store::lease_member(const admission& a) {
+  std::string m = a.lease;
   for (auto& s : a.scopes) {
-    args.push_back(std::to_string(s.limits.rpm));
-    args.push_back(std::to_string(s.limits.tpm));
-    args.push_back(std::to_string(s.limits.concurrency));
-    args.push_back(std::to_string(s.budget.set() ? s.budget.limit_nano : -1));
-    args.push_back(std::string(1, period_kind(s.budget.period)));
+    m += '|';
+    m += s.id;
+    m += s.limits.concurrency ? "=1=" : "=0=";
+    m += std::to_string(s.budget.set() ? a.cost_nano : 0);
   }
-  admit_result out;
-  if (a.scopes.empty()) co_return out;
-  std::vector<std::string> keys;
-  for (auto& sc : a.scopes) keys.push_back(cfg_.key_prefix + "{" + sc.team + "}:" + sc.id);
-  for (auto& k : team_keys(a.scopes.front().team)) keys.push_back(std::move(k));
-  auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
-  if (!r || r->type != redis::reply::kind::array || r->elements.empty()) co_return out;  // unavailable
-  const auto& e = r->elements;
-  if (as_int(e[0]) == 1) {
+  return m;
+}
+
+namespace {
+
+/// Scope specs of a batch, each sent once and referred to by its 1-based index.
+struct spec_table {
+  std::vector<std::string> header;
+  std::map<std::string, std::size_t> index;
+  template <class Emit>
+  std::size_t ref(const std::string& key, Emit&& emit) {
+    auto [it, fresh] = index.emplace(key, index.size() + 1);
+    if (fresh) emit(header);
+    return it->second;
+  }
+};
+
+}  // namespace
+
+std::vector<std::string> redis_store::admit_args(const std::vector<const admission*>& calls) const {
+  spec_table specs;
+  std::vector<std::string> tail;
+  for (const admission* a : calls) {
+    tail.push_back(a->lease.empty() ? std::string() : lease_member(*a));
+    tail.push_back(std::to_string(a->tokens));
+    tail.push_back(std::to_string(a->cost_nano));
+    tail.push_back(std::to_string(a->scopes.size()));
+    for (auto& s : a->scopes) {
+      const std::string rpm = std::to_string(s.limits.rpm), tpm = std::to_string(s.limits.tpm),
+                        conc = std::to_string(s.limits.concurrency),
+                        blimit = std::to_string(s.budget.set() ? s.budget.limit_nano : -1),
+                        kind(1, period_kind(s.budget.period));
+      const std::size_t k = specs.ref(s.id + '|' + rpm + '|' + tpm + '|' + conc + '|' + blimit + '|' + kind,
+                                      [&](std::vector<std::string>& h) {
+                                        for (const std::string* v : {&s.id, &rpm, &tpm, &conc, &blimit, &kind}) h.push_back(*v);
+                                      });
+      tail.push_back(std::to_string(k));
+    }
+  }
+  std::vector<std::string> args{calls.empty() ? "0" : std::to_string(calls.front()->lease_ms), std::to_string(window_ms_),
+                                std::to_string(calls.size()), std::to_string(specs.index.size())};
+  args.insert(args.end(), std::make_move_iterator(specs.header.begin()), std::make_move_iterator(specs.header.end()));
+  args.insert(args.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
+  return args;
+}
+
+admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t at, const admission& a,
+                                      std::int64_t now_ms) {
+  admit_result out;  // unavailable unless the reply says otherwise
+  if (at + 3 >= e.size()) return out;
+  const std::int64_t code = as_int(e[at]), why = as_int(e[at + 1]), idx = as_int(e[at + 2]);
+  if (code == 1) {
     out.v = verdict::admitted;
-    if (e.size() > 1) out.admitted_at_ms = as_int(e[1]);
-    for (std::size_t i = 2; i < e.size(); ++i) out.periods.push_back(e[i].str);
-    out.periods.resize(a.scopes.size());
-    co_return out;
+    out.admitted_at_ms = now_ms;
+    // The same period ids as the script's, from the same (Redis) clock reading.
+    for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
+    return out;
   }
-  if (e.size() < 4) co_return out;
-  const std::string& why = e[1].str;
-  out.v = why == "rpm" ? verdict::rpm : why == "tpm" ? verdict::tpm : why == "concurrency" ? verdict::concurrency : verdict::budget;
-  out.scope = static_cast<std::size_t>(std::max<std::int64_t>(1, as_int(e[2])) - 1);
-  out.retry_after_ms = as_int(e[3]);
+  if (code != 0) return out;
+  out.v = why == 1 ? verdict::rpm : why == 2 ? verdict::tpm : why == 3 ? verdict::concurrency : verdict::budget;
+  out.scope = static_cast<std::size_t>(std::max<std::int64_t>(1, idx) - 1);
+  out.retry_after_ms = as_int(e[at + 3]);
+  return out;
+}
+
+awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) {
+  if (a.scopes.empty() || admit_queues_.empty()) co_return admit_result{};
+  // Queued for this worker's next batch: whatever arrives while a batch is on the wire goes in the
+  // next one, so batches grow with load and a lone call waits for nothing.
+  auto p = std::make_shared<pending_admit>();
+  p->a = &a;
+  auto& q = admit_queues_[worker % admit_queues_.size()];
+  q.items.push_back(p);
+  if (!q.flushing) {
+    q.flushing = true;
+    net::co_spawn(co_await net::this_coro::executor, flush_admissions(worker % unsigned(admit_queues_.size())),
+                  net::detached);
+  }
+  if (!p->done) {
+    // Named locals, not temporaries inside the co_await expression: GCC 12 destroyed the frame's
+    // shared_ptr early otherwise (ASan caught it).
+    net::use_awaitable_t<> token;  // Boost 1.81's async_initiate takes the token by lvalue
+    pending_admit* raw = p.get();
+    auto init = [raw](auto handler) {
+      auto h = std::make_shared<decltype(handler)>(std::move(handler));
+      raw->wake = [h] {
+        auto ex = net::get_associated_executor(*h);
+        net::post(ex, [h] { std::move(*h)(); });
+      };
+    };
+    co_await net::async_initiate<net::use_awaitable_t<>, void()>(init, token);
+  }
+  admit_result out = std::move(p->result);
   co_return out;
+}
+
+awaitable<void> redis_store::flush_admissions(unsigned worker) {
+  constexpr std::size_t max_batch = 64;
+  auto& q = admit_queues_[worker];
+  while (!q.items.empty()) {
+    // One batch: the oldest calls of one team (a Redis Cluster script stays in one slot).
+    const std::string team = q.items.front()->a->scopes.front().team;
+    std::vector<std::shared_ptr<pending_admit>> batch, rest;
+    for (auto& p : q.items) {
+      if (batch.size() < max_batch && p->a->scopes.front().team == team) batch.push_back(std::move(p));
+      else rest.push_back(std::move(p));
+    }
+    q.items = std::move(rest);
+    std::vector<std::string> keys = team_keys(team);
+    std::vector<const admission*> calls;
+    for (auto& p : batch) calls.push_back(p->a);
+    std::vector<std::string> args = admit_args(calls);
+    for (auto& p : batch) {
+      for (auto& sc : p->a->scopes) {
+        std::string k = cfg_.key_prefix + "{" + team + "}:" + sc.id;
+        if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(std::move(k));
+      }
+    }
+    auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
+    const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
+    const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto& p = *batch[i];
+      if (ok) p.result = parse_admit(r->elements, 1 + 4 * i, *p.a, now_ms);
+      p.done = true;
+      if (p.wake) p.wake();
+    }
+  }
+  q.flushing = false;
 }
 
 awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker, std::vector<settlement> batch) {
@@ -155,33 +263,38 @@ awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker,
     if (done[lead] || batch[lead].adm.scopes.empty()) continue;
     const std::string team = batch[lead].adm.scopes.front().team;
     std::vector<std::size_t> members;
-    std::vector<std::string> args{std::to_string(window_ms_), ""};
+    spec_table specs;
+    std::vector<std::string> tail;
     for (std::size_t c = lead; c < batch.size(); ++c) {
       const settlement& s = batch[c];
       if (done[c] || s.adm.scopes.empty() || s.adm.scopes.front().team != team) continue;
       done[c] = true;
       members.push_back(c);
       const auto& a = s.adm;
-      for (std::string v : {a.lease, std::to_string(s.tokens), std::to_string(s.cost_nano),
+      for (std::string v : {lease_member(a), std::to_string(s.tokens), std::to_string(s.cost_nano),
                             std::to_string(s.admitted_at_ms), std::to_string(a.tokens), std::to_string(a.cost_nano),
                             std::to_string(a.scopes.size())})
-        args.push_back(std::move(v));
+        tail.push_back(std::move(v));
       for (std::size_t i = 0; i < a.scopes.size(); ++i) {
         const auto& sc = a.scopes[i];
-        std::string kinds;
-        if (sc.limits.rpm || sc.limits.tpm) kinds += 'r';
-        if (sc.limits.concurrency) kinds += 'c';
-        if (sc.budget.set()) kinds += 'b';
-        args.push_back(sc.id);
-        args.push_back(kinds.empty() ? "-" : kinds);
-        args.push_back(i < s.periods.size() ? s.periods[i] : std::string());
-        const auto soft = sc.budget.set() && sc.budget.soft > 0
-                              ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft)
-                              : 0;
-        args.push_back(std::to_string(soft));
+        const std::string kinds = std::to_string((sc.limits.rpm || sc.limits.tpm ? 1 : 0) | (sc.limits.concurrency ? 2 : 0) |
+                                                 (sc.budget.set() ? 4 : 0));
+        const std::string soft = std::to_string(
+            sc.budget.set() && sc.budget.soft > 0 ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft)
+                                                  : 0);
+        const std::size_t k = specs.ref(sc.id + '|' + kinds + '|' + soft, [&](std::vector<std::string>& h) {
+          h.push_back(sc.id);
+          h.push_back(kinds);
+          h.push_back(soft);
+        });
+        tail.push_back(std::to_string(k));
+        tail.push_back(i < s.periods.size() ? s.periods[i] : std::string());
       }
     }
-    args[1] = std::to_string(members.size());
+    std::vector<std::string> args{std::to_string(window_ms_), std::to_string(members.size()),
+                                  std::to_string(specs.index.size())};
+    args.insert(args.end(), std::make_move_iterator(specs.header.begin()), std::make_move_iterator(specs.header.end()));
+    args.insert(args.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
     std::vector<std::string> keys = team_keys(team);
     for (std::size_t c : members)
       for (auto& sc : batch[c].adm.scopes) {
@@ -212,16 +325,21 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
     b.reachable = true;
     co_return b;
   }
-  // The admission script in read mode (empty lease): same period, same lease expiry, no reservation.
-  std::vector<std::string> args{"", "0", "0", "0", std::to_string(window_ms_), "1", "0", "0", "0",
-                                std::to_string(s.budget.limit_nano), std::string(1, period_kind(s.budget.period))};
-  std::vector<std::string> keys{cfg_.key_prefix + "{" + s.team + "}:" + s.id};
-  for (auto& k : team_keys(s.team)) keys.push_back(std::move(k));
+  // The admission script with an empty lease reads the budget (sweeping expired leases) and
+  // reserves nothing.
+  admission peek;
+  scope_spec only = s;
+  only.limits = {};
+  peek.scopes.push_back(only);
+  std::vector<const admission*> one{&peek};
+  std::vector<std::string> args = admit_args(one);
+  std::vector<std::string> keys = team_keys(s.team);
+  keys.push_back(cfg_.key_prefix + "{" + s.team + "}:" + s.id);
   auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
-  if (!r || r->type != redis::reply::kind::array || r->elements.size() < 3 || as_int(r->elements[0]) != 2) co_return b;
+  if (!r || r->type != redis::reply::kind::array || r->elements.size() < 5 || as_int(r->elements[1]) != 2) co_return b;
   b.reachable = true;
-  b.spent = as_int(r->elements[1]);
-  b.reserved = as_int(r->elements[2]);
+  b.spent = as_int(r->elements[2]);
+  b.reserved = as_int(r->elements[3]);
   co_return b;
 }
 

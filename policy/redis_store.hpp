@@ -40,7 +40,29 @@ class redis_store final : public store {
                                                       std::vector<std::string> keys, std::vector<std::string> args);
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
 
+  /// An admission waiting for its worker's next batch.
+  struct pending_admit {
+    const admission* a = nullptr;  ///< owned by the awaiting caller, alive until it resumes
+    admit_result result;
+    bool done = false;
+    std::function<void()> wake;
+  };
+  struct admit_queue {
+    std::vector<std::shared_ptr<pending_admit>> items;
+    bool flushing = false;
+  };
+  /// Sends the worker's queued admissions, one batch per team and round trip, until none is left.
+  awaitable<void> flush_admissions(unsigned worker);
+  /// admit.lua's arguments for a batch: header, scope specs (deduplicated), then the calls.
+  std::vector<std::string> admit_args(const std::vector<const admission*>& calls) const;
+  /// One call's results (four integers from `at`) in admit.lua's reply.
+  static admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t at, const admission& a,
+                                  std::int64_t now_ms);
+  /// The lease as admit.lua holds it and settle.lua finds it: "<lease>|<scope>=<c>=<amount>|...".
+  static std::string lease_member(const admission& a);
+
   config::redis_config cfg_;
+  std::vector<admit_queue> admit_queues_;  ///< per worker; touched only on that worker's thread
   std::int64_t window_ms_;
   std::string admit_sha_, settle_sha_;
   std::vector<std::unique_ptr<redis::connection>> conns_;

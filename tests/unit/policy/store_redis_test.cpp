@@ -53,8 +53,8 @@ TEST(RedisStore, UnreachableRedisIsReportedNotHung) {
   c.port = 1;  // nothing listens there
   c.timeout_ms = 50;
   c.connect_timeout_ms = 50;
+  net::io_context ioc;  // before the store: its connections' timers belong to this context
   redis_store st(c);
-  net::io_context ioc;
   st.start({executor_t(ioc.get_executor())});
   admission a;
   a.lease = "l";
