@@ -197,8 +197,8 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
   p->a = &a;
   auto& q = admit_queues_[worker % admit_queues_.size()];
   q.items.push_back(p);
-  if (!q.flushing) {
-    q.flushing = true;
+  if (q.flushers < max_flushers) {
+    ++q.flushers;
     net::co_spawn(co_await net::this_coro::executor, flush_admissions(worker % unsigned(admit_queues_.size())),
                   net::detached);
   }
@@ -252,7 +252,7 @@ awaitable<void> redis_store::flush_admissions(unsigned worker) {
       if (p.wake) p.wake();
     }
   }
-  q.flushing = false;
+  --q.flushers;
 }
 
 awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker, std::vector<settlement> batch) {
