@@ -93,8 +93,17 @@ bool redis_store::healthy() const {
 }
 
 std::vector<std::string> redis_store::team_keys(const std::string& team) const {
-  const std::string base = cfg_.key_prefix + "{" + team + "}:";
-  return {base + "l", base + "x"};
+  return {scope_key(team, "l"), scope_key(team, "x")};
+}
+
+std::string redis_store::scope_key(const std::string& team, const std::string& suffix) const {
+  return cfg_.key_prefix + "{" + team + "}:" + suffix;
+}
+
+void redis_store::add_scope_keys(std::vector<std::string>& keys, const admission& a) const {
+  for (auto& sc : a.scopes)
+    if (std::string k = scope_key(sc.team, sc.id); std::find(keys.begin(), keys.end(), k) == keys.end())
+      keys.push_back(std::move(k));
 }
 
 awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker, const std::string& sha,
@@ -236,12 +245,7 @@ awaitable<void> redis_store::flush_admissions(unsigned worker) {
     std::vector<const admission*> calls;
     for (auto& p : batch) calls.push_back(p->a);
     std::vector<std::string> args = admit_args(calls);
-    for (auto& p : batch) {
-      for (auto& sc : p->a->scopes) {
-        std::string k = cfg_.key_prefix + "{" + team + "}:" + sc.id;
-        if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(std::move(k));
-      }
-    }
+    for (auto& p : batch) add_scope_keys(keys, *p->a);
     auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
     const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
     const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
@@ -296,11 +300,7 @@ awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker,
     args.insert(args.end(), std::make_move_iterator(specs.header.begin()), std::make_move_iterator(specs.header.end()));
     args.insert(args.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
     std::vector<std::string> keys = team_keys(team);
-    for (std::size_t c : members)
-      for (auto& sc : batch[c].adm.scopes) {
-        std::string k = cfg_.key_prefix + "{" + team + "}:" + sc.id;
-        if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(std::move(k));
-      }
+    for (std::size_t c : members) add_scope_keys(keys, batch[c].adm);
     auto r = co_await eval(worker, settle_sha_, std::string(scripts::settle), std::move(keys), std::move(args));
     if (!r || r->type != redis::reply::kind::array) continue;  // unreachable: these are retried
     const auto& e = r->elements;
@@ -334,7 +334,7 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   std::vector<const admission*> one{&peek};
   std::vector<std::string> args = admit_args(one);
   std::vector<std::string> keys = team_keys(s.team);
-  keys.push_back(cfg_.key_prefix + "{" + s.team + "}:" + s.id);
+  keys.push_back(scope_key(s.team, s.id));
   auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 5 || as_int(r->elements[1]) != 2) co_return b;
   b.reachable = true;

@@ -31,8 +31,12 @@ class redis_store final : public store {
   awaitable<bool> publish_invalidation(unsigned worker, std::string id) override;
   void on_invalidation(std::function<void(std::string_view)> cb) override;
 
-  /// The three keys of a team (admit.lua explains them): <prefix>{<team>}:s, :l and :x.
+  /// A team's two lease sets (admit.lua explains them): <prefix>{<team>}:l and :x.
   std::vector<std::string> team_keys(const std::string& team) const;
+  /// <prefix>{<team>}:<suffix>: every key of a team shares its hash tag (one Cluster slot).
+  std::string scope_key(const std::string& team, const std::string& suffix) const;
+  /// Appends the scope hashes of `a` not in `keys` yet (scripts declare every key they touch).
+  void add_scope_keys(std::vector<std::string>& keys, const admission& a) const;
 
  private:
   /// EVALSHA, and EVAL once when the server does not know the script yet (NOSCRIPT).

@@ -1,0 +1,79 @@
+// The admin API fed garbage: every malformed key request is refused with an OpenAI-shaped 400
+// naming the problem, nothing is created, and the API keeps serving good requests.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { assertOpenAIError, fetchT, serverYaml, startGateway } from './lib/gateway.mjs';
+import { admin, adminToken } from './lib/policy_helpers.mjs';
+
+describe('admin API: bad input', () => {
+  const tok = adminToken();
+  let gw;
+  before(async () => {
+    gw = await startGateway(serverYaml({ openAuth: false, limits: { max_body_bytes: 4096 } }) +
+      `auth:\n  admin_tokens:\n${tok.yaml}` +
+      'providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\nteams:\n  - {name: search}\n');
+  });
+  after(async () => {
+    await gw?.stop();
+  });
+
+  const raw = (body, contentType = 'application/json') =>
+    fetchT(`${gw.adminUrl}/admin/v1/keys`, {
+      method: 'POST', headers: { authorization: `Bearer ${tok.token}`, 'content-type': contentType }, body,
+    }).then(async (r) => ({ status: r.status, text: await r.text() }));
+
+  test('bodies that are not a JSON object: 400 invalid_json', async () => {
+    for (const body of ['', 'not json', '{"team":', '[]', '"search"', 'null', '{"team":"search"}x']) {
+      const r = await raw(body);
+      assert.equal(r.status, 400, `${JSON.stringify(body)} → ${r.text}`);
+      assertOpenAIError({ status: r.status, json: JSON.parse(r.text) }, { status: 400, code: 'invalid_json' });
+    }
+  });
+
+  test('wrong fields: 400 invalid_value with the reason', async () => {
+    const cases = [
+      [{}, /team \(string\) is required/],
+      [{ team: 7 }, /team \(string\) is required/],
+      [{ team: '' }, /team \(string\) is required/],
+      [{ team: 'search', name: 5 }, /name must be a string/],
+      [{ team: 'search', models: 'gpt-*' }, /models must be a list/],
+      [{ team: 'search', models: [1] }, /models must be a list/],
+      [{ team: 'search', expires_unix: -1 }, /expires_unix must be a non-negative integer/],
+      [{ team: 'search', limits: [] }, /limits must be an object/],
+      [{ team: 'search', limits: { rpm: -5 } }, /limits\.rpm must be a non-negative integer/],
+      [{ team: 'search', limits: { rpm: 1.5 } }, /limits\.rpm must be a non-negative integer/],
+      [{ team: 'search', limits: { rpn: 5 } }, /limits\.rpn: unknown field/],
+      [{ team: 'search', budget: 5 }, /budget must be an object/],
+      [{ team: 'search', budget: { period: 'daily' } }, /budget\.usd must be a number/],
+      [{ team: 'search', budget: { usd: 1e12 } }, /budget\.usd must be a number from 0 to 9000000/],
+      [{ team: 'search', budget: { usd: 5, period: 'weekly' } }, /budget\.period must be daily, monthly or total/],
+      [{ team: 'search', budget: { usd: 5, soft: 2 } }, /budget\.soft must be a fraction/],
+    ];
+    for (const [body, why] of cases) {
+      const r = await admin(gw, tok.token, 'POST', '/admin/v1/keys', body);
+      assertOpenAIError(r, { status: 400, code: 'invalid_value' });
+      assert.match(r.json.error.message, why, JSON.stringify(body));
+      assert.equal(r.json.key, undefined);
+    }
+    const unknownTeam = await admin(gw, tok.token, 'POST', '/admin/v1/keys', { team: 'nosuch' });
+    assertOpenAIError(unknownTeam, { status: 400, code: 'invalid_value', param: 'team' });
+  });
+
+  test('an oversized body is refused with 413 and the connection closed; the API keeps serving', async () => {
+    const r = await raw(JSON.stringify({ team: 'search', name: 'x'.repeat(10000) }));
+    assert.equal(r.status, 413, r.text);
+    const ok = await admin(gw, tok.token, 'POST', '/admin/v1/keys', { team: 'search', name: 'after garbage' });
+    assert.equal(ok.status, 201, ok.text);
+    assert.match(ok.json.key, /^tg_[A-Za-z0-9]+_[A-Za-z0-9]+$/);
+  });
+
+  test('malformed credentials to the admin API: 401, never echoed', async () => {
+    for (const auth of ['Bearer', 'Bearer ', 'Basic abc', `Bearer ${tok.token}x`, `bearer  ${'z'.repeat(500)}`]) {
+      const r = await fetchT(`${gw.adminUrl}/admin/v1/keys/abc`, { headers: { authorization: auth } });
+      const text = await r.text();
+      assert.equal(r.status, 401, `${auth.slice(0, 20)} → ${text}`);
+      assert.ok(!text.includes(tok.token) && !text.includes('zzzz'), text);
+    }
+  });
+});
