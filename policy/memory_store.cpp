@@ -190,6 +190,16 @@ budget_state memory_store::budget_now(const scope_spec& s) {
   return b;
 }
 
+void memory_store::renew_now(const admission& a, std::int64_t expiry_ms) {
+  std::lock_guard lock(mu_);
+  for (auto& sc : a.scopes) {
+    auto it = scopes_.find(sc.id + "@" + sc.team);
+    if (it == scopes_.end()) continue;
+    auto& held = it->second.held;
+    if (auto amt = held.amount.find(a.lease); amt != held.amount.end()) held.add(a.lease, expiry_ms, amt->second);
+  }
+}
+
 awaitable<key_lookup> memory_store::get_key(unsigned, std::string id) {
   std::lock_guard lock(mu_);
   key_lookup r{true, std::nullopt};

@@ -25,6 +25,10 @@ class memory_store final : public store {
     co_return out;
   }
   awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return budget_now(s); }
+  awaitable<bool> renew(unsigned, const admission& a, std::int64_t expiry_ms) override {
+    renew_now(a, expiry_ms);
+    co_return true;
+  }
   awaitable<key_lookup> get_key(unsigned, std::string id) override;
   awaitable<bool> put_key(unsigned, key_record k) override;
   awaitable<bool> publish_invalidation(unsigned, std::string id) override;
@@ -34,6 +38,7 @@ class memory_store final : public store {
   admit_result admit_now(const admission& a);
   settle_result settle_now(const settlement& s);
   budget_state budget_now(const scope_spec& s);
+  void renew_now(const admission& a, std::int64_t expiry_ms);
 
  private:
   /// Requests and tokens per bucket of window/30, with running sums (admit.lua's <p>:w hash).

@@ -133,7 +133,26 @@ engine::~engine() = default;
 
 void engine::start(const std::vector<executor_t>& workers) {
   queues_.resize(std::max<std::size_t>(1, workers.size()));
+  inflight_.resize(std::max<std::size_t>(1, workers.size()));
   store_->start(workers);
+  for (std::size_t i = 0; i < workers.size(); ++i) net::co_spawn(workers[i], renew_leases(unsigned(i)), net::detached);
+}
+
+awaitable<void> engine::renew_leases(unsigned worker) {
+  steady_timer_t timer(co_await net::this_coro::executor);
+  for (;;) {
+    timer.expires_after(seconds(1));
+    if (auto [ec] = co_await timer.async_wait(); ec) co_return;
+    const auto now = steady_clock::now();
+    std::vector<std::shared_ptr<reservation>> due;
+    for (auto& [lease, r] : inflight_[worker])
+      if (now - r->renewed >= milliseconds(r->adm.lease_ms / 2)) due.push_back(r);
+    for (auto& r : due) {
+      // The new expiry on the store's clock: its admission time plus what has passed here since.
+      const auto elapsed = duration_cast<milliseconds>(now - r->admitted).count();
+      if (co_await store_->renew(worker, r->adm, r->admitted_at_ms + elapsed + r->adm.lease_ms)) r->renewed = now;
+    }
+  }
 }
 void engine::stop() { store_->stop(); }
 
@@ -333,6 +352,8 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   if (res.v == verdict::admitted) {
     r->periods = std::move(res.periods);
     r->admitted_at_ms = res.admitted_at_ms;
+    r->admitted = r->renewed = steady_clock::now();
+    inflight_[ctx.worker % inflight_.size()].emplace(r->adm.lease, r);
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
@@ -381,6 +402,7 @@ void engine::settle(request_context& ctx, executor_t ex) {
   fill_usage(ctx);
   auto r = ctx.reservation;
   if (!r || r->adm.scopes.empty()) return;
+  if (!inflight_.empty()) inflight_[ctx.worker % inflight_.size()].erase(r->adm.lease);
   settlement s;
   s.adm = r->adm;
   s.periods = r->periods;

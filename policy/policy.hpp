@@ -9,6 +9,7 @@
 ///    the request; retries an unreachable store (settlement is idempotent) and counts losses.
 /// docs/policy.md describes the algorithms, the error bounds and the degraded modes.
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -39,7 +40,9 @@ struct grant {
 struct reservation {
   admission adm;
   std::vector<std::string> periods;
-  std::int64_t admitted_at_ms = 0;
+  std::int64_t admitted_at_ms = 0;                  ///< store clock
+  std::chrono::steady_clock::time_point admitted{};  ///< this process's clock, for lease renewal
+  std::chrono::steady_clock::time_point renewed{};
   bool local = false;  ///< admitted by the per-instance fallback (Redis was unreachable)
   const config::price_config* price = nullptr;  ///< points into ctx.snap's config
 };
@@ -99,6 +102,9 @@ class engine {
   void forget(std::string_view id);
   /// Settles what `worker` finished, a batch per team and round trip, until its queue is empty.
   awaitable<void> flush_settlements(unsigned worker);
+  /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
+  /// admission or last renewal, so that a call longer than the lease keeps its reservation.
+  awaitable<void> renew_leases(unsigned worker);
   void report_soft(const settlement& s, const settle_result& r);
 
   std::shared_ptr<store> store_;
@@ -112,6 +118,8 @@ class engine {
     bool flushing = false;
   };
   std::vector<settle_queue> queues_;
+  /// Per worker: admitted calls not settled yet, by lease (for renewal).
+  std::vector<std::unordered_map<std::string, std::shared_ptr<reservation>>> inflight_;
   std::mutex cache_mu_;
   std::unordered_map<std::string, cached_key> cache_;
 

@@ -343,6 +343,16 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   co_return b;
 }
 
+awaitable<bool> redis_store::renew(unsigned worker, const admission& a, std::int64_t expiry_ms) {
+  if (a.scopes.empty()) co_return true;
+  // XX: only a lease still held is extended; one already swept or settled stays gone.
+  const std::string key = scope_key(a.scopes.front().team, "l"), score = std::to_string(expiry_ms),
+                    member = lease_member(a);
+  const std::string_view argv[] = {"ZADD", key, "XX", score, member};
+  auto r = co_await conn(worker).command(argv);
+  co_return r && r->type != redis::reply::kind::error;
+}
+
 awaitable<key_lookup> redis_store::get_key(unsigned worker, std::string id) {
   const std::string key = cfg_.key_prefix + "key:" + id;
   const std::string_view argv[] = {"GET", key};

@@ -26,6 +26,7 @@ class redis_store final : public store {
   awaitable<admit_result> admit(unsigned worker, const admission& a) override;
   awaitable<std::vector<settle_result>> settle_batch(unsigned worker, std::vector<settlement> batch) override;
   awaitable<budget_state> budget(unsigned worker, const scope_spec& s) override;
+  awaitable<bool> renew(unsigned worker, const admission& a, std::int64_t expiry_ms) override;
   awaitable<key_lookup> get_key(unsigned worker, std::string id) override;
   awaitable<bool> put_key(unsigned worker, key_record k) override;
   awaitable<bool> publish_invalidation(unsigned worker, std::string id) override;

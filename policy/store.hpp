@@ -105,6 +105,9 @@ class store {
     co_return r.empty() ? settle_result{} : r.front();
   }
   virtual awaitable<budget_state> budget(unsigned worker, const scope_spec& scope) = 0;
+  /// Extends an admitted call's lease to `expiry_ms` (store clock) if it is still held (a call
+  /// longer than the lease keeps its reservation); false when the store is unreachable.
+  virtual awaitable<bool> renew(unsigned worker, const admission& a, std::int64_t expiry_ms) = 0;
 
   virtual awaitable<key_lookup> get_key(unsigned worker, std::string id) = 0;
   /// Creates or replaces; false when the store is unreachable.

@@ -22,6 +22,7 @@ struct dead_store final : store {
     co_return std::vector<settle_result>(b.size());
   }
   awaitable<budget_state> budget(unsigned, const scope_spec&) override { co_return budget_state{}; }
+  awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return false; }
   awaitable<key_lookup> get_key(unsigned, std::string) override { co_return key_lookup{}; }
   awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
   awaitable<bool> publish_invalidation(unsigned, std::string) override { co_return false; }

@@ -181,6 +181,25 @@ TYPED_TEST_P(StoreConformance, ACallThatOutlivedItsLeaseIsStillChargedOnce) {
   EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::concurrency);
 }
 
+TYPED_TEST_P(StoreConformance, ARenewedLeaseKeepsItsHoldPastTheFirstExpiry) {
+  auto s = scope("t", {0, 0, 1}, budget_of(100));
+  auto a = this->adm({s}, 1, 50, 300);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  ASSERT_TRUE(run_sync(this->ioc, this->st->renew(0, a, r.admitted_at_ms + 2000)));
+  this->advance(400);  // past the first expiry
+  EXPECT_EQ(this->budget(s).reserved, 50);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::concurrency);
+  ASSERT_TRUE(this->settle(a, r, 1, 20).applied);
+  auto b = this->budget(s);
+  EXPECT_EQ(b.spent, 20);
+  EXPECT_EQ(b.reserved, 0);
+  // Renewing a settled call does not bring its hold back.
+  ASSERT_TRUE(run_sync(this->ioc, this->st->renew(0, a, r.admitted_at_ms + 5000)));
+  EXPECT_EQ(this->budget(s).reserved, 0);
+  EXPECT_EQ(this->admit(this->adm({s}, 1, 1)).v, verdict::admitted);
+}
+
 TYPED_TEST_P(StoreConformance, SettlementAppliedTwiceChargesOnce) {
   auto s = scope("t", {}, budget_of(1000));
   auto a = this->adm({s}, 1, 100);
@@ -261,6 +280,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             TokensPerMinuteReservesThenCorrectsToUsage, ConcurrencyIsReleasedBySettlement,
                             BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
+                            ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
                             SettlementAppliedTwiceChargesOnce,
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
                             KeysRoundTripAndInvalidationsReachListeners);
