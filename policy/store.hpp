@@ -6,10 +6,11 @@
 ///  - redis_store: every replica shares one Redis; admission is one EVALSHA round trip.
 ///
 /// Algorithms (docs/policy.md gives the error bounds):
-///  - requests and tokens per minute: a sliding window of 60 buckets of 1 s (plus the current
-///    one) on the store's clock; a call counts for 60 to 61 s, so no 60 s span ever holds more
+///  - requests and tokens per minute: a sliding window of 30 buckets of 2 s (plus the current
+///    one) on the store's clock; a call counts for 60 to 62 s, so no 60 s span ever holds more
 ///    than the limit;
-///  - concurrency: a set of leases, each expiring `lease_ms` after admission;
+///  - concurrency: calls in flight, each holding a lease that expires `lease_ms` after admission
+///    or its last renewal;
 ///  - budgets: spent + reserved + this call's worst case <= limit, reservations being leases.
 /// Admission checks every scope and every kind, then reserves in all of them: all or nothing.
 #include <cstdint>
