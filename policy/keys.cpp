@@ -16,16 +16,6 @@ constexpr std::string_view alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQR
 
 bool is_alnum(std::string_view s) { return !s.empty() && s.find_first_not_of(alnum) == std::string_view::npos; }
 
-std::string to_hex(const unsigned char* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out(n * 2, '0');
-  for (std::size_t i = 0; i < n; ++i) {
-    out[2 * i] = digits[p[i] >> 4];
-    out[2 * i + 1] = digits[p[i] & 15];
-  }
-  return out;
-}
-
 std::array<unsigned char, 32> sha256(std::string_view data) {
   std::array<unsigned char, 32> md{};
   unsigned len = 0;
@@ -99,6 +89,22 @@ new_key generate_key() {
   k.secret = random_alnum(43);
   k.full = "tg_" + k.id + "_" + k.secret;
   return k;
+}
+
+std::string to_hex(const unsigned char* p, std::size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+  return out;
+}
+
+std::string random_hex(std::size_t bytes) {
+  std::string raw(bytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), int(bytes)) != 1) throw std::runtime_error("RAND_bytes failed");
+  return to_hex(reinterpret_cast<const unsigned char*>(raw.data()), raw.size());
 }
 
 std::string sha256_hex(std::string_view data) {

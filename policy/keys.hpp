@@ -4,6 +4,7 @@
 /// once at creation and only its digest is stored: HMAC-SHA-256 keyed with the server's pepper
 /// when one is configured (a stolen store is then useless without the pepper), plain SHA-256
 /// otherwise. Digests are compared in constant time.
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,5 +33,10 @@ new_key generate_key();
 
 /// Lower-case hex SHA-256 of `data` (admin token digests).
 std::string sha256_hex(std::string_view data);
+
+/// Lower-case hex of `n` bytes.
+std::string to_hex(const unsigned char* p, std::size_t n);
+/// `bytes` random bytes from the OS CSPRNG, as hex (instance ids).
+std::string random_hex(std::size_t bytes);
 
 }  // namespace tollgate::policy

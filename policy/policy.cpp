@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "policy/policy.hpp"
 
-#include <openssl/rand.h>
-
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
@@ -24,18 +22,6 @@ bool any_match(const std::vector<std::string>& patterns, std::string_view model)
   for (auto& p : patterns)
     if (config::glob_match(p, model)) return true;
   return false;
-}
-
-std::string random_hex(std::size_t bytes) {
-  std::string raw(bytes, '\0');
-  RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), int(bytes));
-  static constexpr char d[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : raw) {
-    out.push_back(d[c >> 4]);
-    out.push_back(d[c & 15]);
-  }
-  return out;
 }
 
 std::string quote(std::string_view s) { return json::serialize(json::value(json::string(s))); }

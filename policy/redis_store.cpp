@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <map>
 
+#include "policy/keys.hpp"
 #include "policy/scripts.hpp"
 
 namespace tollgate::policy {
@@ -14,13 +15,7 @@ namespace {
 std::string sha1_hex(std::string_view s) {
   unsigned char md[SHA_DIGEST_LENGTH];
   SHA1(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
-  static constexpr char d[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : md) {
-    out.push_back(d[c >> 4]);
-    out.push_back(d[c & 15]);
-  }
-  return out;
+  return to_hex(md, sizeof md);
 }
 
 redis::options client_options(const config::redis_config& c) {
