@@ -299,6 +299,9 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   admit_result res = co_await store_->admit(ctx.worker, a);
   if (res.v == verdict::unavailable) {
     degraded_.gauge({}).set(1);
+    if (!is_degraded_.exchange(true))
+      log_("warn", "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)",
+           "\"store\":" + quote(store_->kind()));
     bool has_budget = false;
     for (auto& s : a.scopes) has_budget = has_budget || s.budget.set();
     const auto closed = [&] {
@@ -333,6 +336,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     }
   } else {
     degraded_.gauge({}).set(0);
+    if (is_degraded_.exchange(false)) log_("info", "policy store reachable again: full enforcement", "\"store\":" + quote(store_->kind()));
   }
   decisions_.counter({verdict_name(res.v)}).inc();
   if (res.v == verdict::admitted) {

@@ -112,6 +112,7 @@ class engine {
   log_fn log_;
   std::string instance_;  ///< random per process: leases of two replicas never collide
   std::atomic<int> pending_{0};
+  std::atomic<bool> is_degraded_{false};  ///< for one log line per transition
   /// Per worker (touched only on that worker's thread): settlements waiting for a round trip.
   struct settle_queue {
     std::vector<settlement> items;

@@ -252,6 +252,10 @@ TEST_F(EngineTest, UnreachableStoreFailsBudgetsClosedAndLimitsLocally) {
   // A key that only the store knows cannot be checked: 503, not 401.
   auto unknown = ctx("tg_zzz999_" + secret);
   EXPECT_EQ(call(unknown), errc::policy_store_unavailable);
+  // One log line for the transition into degraded mode, not one per call.
+  std::size_t degraded = 0;
+  for (auto& l : logs) degraded += l.find("degraded mode") != std::string::npos;
+  EXPECT_EQ(degraded, 1u);
 }
 
 TEST_F(EngineTest, UnreachableStoreWithFailOpenBudgetsAdmitsUnderLocalLimits) {
