@@ -113,6 +113,18 @@ struct limits_config {
 
 enum class budget_period { daily, monthly, total };
 
+/// "daily", "monthly" or "total": the spelling in YAML, the admin API and the store's JSON.
+constexpr std::string_view period_name(budget_period p) noexcept {
+  return p == budget_period::daily ? "daily" : p == budget_period::total ? "total" : "monthly";
+}
+/// The period spelled `s`, or nullopt for anything else.
+constexpr std::optional<budget_period> parse_period(std::string_view s) noexcept {
+  if (s == "daily") return budget_period::daily;
+  if (s == "monthly") return budget_period::monthly;
+  if (s == "total") return budget_period::total;
+  return std::nullopt;
+}
+
 /// A USD budget. Amounts are kept in nano-USD (1e-9 $) so that sums are exact integers.
 struct budget_config {
   std::int64_t limit_nano = -1;  ///< -1: no budget

@@ -232,9 +232,7 @@ budget_config parse_budget(const YAML::Node& n, const std::string& p) {
   b.limit_nano = static_cast<std::int64_t>(usd * 1e9 + 0.5);
   if (auto v = n["period"]) {
     auto s = get_string(v, p + ".period");
-    if (s == "daily") b.period = budget_period::daily;
-    else if (s == "monthly") b.period = budget_period::monthly;
-    else if (s == "total") b.period = budget_period::total;
+    if (auto period = parse_period(s)) b.period = *period;
     else fail(p + ".period", v, "expected daily, monthly or total, got '" + s + "'");
   }
   if (auto v = n["soft"]) {

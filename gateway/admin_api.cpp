@@ -6,8 +6,6 @@
 #include <boost/json/value.hpp>
 #include <boost/url/parse_query.hpp>
 
-#include <openssl/crypto.h>
-
 #include "gateway/core/text.hpp"
 #include "gateway/pipeline.hpp"
 #include "policy/keys.hpp"
@@ -16,14 +14,13 @@ namespace tollgate::gateway {
 namespace json = boost::json;
 namespace {
 
-/// The admin token's name, or empty when missing or wrong. Constant-time digest comparison.
+/// The admin token's name, or empty when missing or wrong. The same constant-time digest check
+/// as API keys (admin digests are plain sha256:, never peppered).
 std::string admin_name(const request_context& ctx) {
-  const auto& tokens = ctx.snap->cfg->auth.admin_tokens;
   if (ctx.credential.empty()) return {};
-  const std::string mine = "sha256:" + policy::sha256_hex(ctx.credential);
   std::string found;
-  for (auto& t : tokens)
-    if (t.digest.size() == mine.size() && CRYPTO_memcmp(t.digest.data(), mine.data(), mine.size()) == 0) found = t.name;
+  for (auto& t : ctx.snap->cfg->auth.admin_tokens)
+    if (policy::verify_secret(ctx.credential, t.digest, {})) found = t.name;
   return found;
 }
 
@@ -36,9 +33,7 @@ json::object key_json(const policy::key_record& k) {
                  {"limits", {{"rpm", k.limits.rpm}, {"tpm", k.limits.tpm}, {"concurrency", k.limits.concurrency}}}};
   if (k.budget.set())
     o["budget"] = {{"usd", double(k.budget.limit_nano) / 1e9},
-                   {"period", k.budget.period == config::budget_period::daily   ? "daily"
-                              : k.budget.period == config::budget_period::total ? "total"
-                                                                                 : "monthly"},
+                   {"period", config::period_name(k.budget.period)},
                    {"soft", k.budget.soft}};
   return o;
 }
@@ -93,11 +88,9 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
       return "budget.usd must be a number from 0 to 9000000";
     k.budget.limit_nano = static_cast<std::int64_t>(usd->to_number<double>() * 1e9 + 0.5);
     if (auto* p = bo.if_contains("period")) {
-      const std::string ps = p->is_string() ? std::string(p->get_string()) : "";
-      if (ps == "daily") k.budget.period = config::budget_period::daily;
-      else if (ps == "monthly") k.budget.period = config::budget_period::monthly;
-      else if (ps == "total") k.budget.period = config::budget_period::total;
-      else return "budget.period must be daily, monthly or total";
+      const auto period = p->is_string() ? config::parse_period(p->get_string()) : std::nullopt;
+      if (!period) return "budget.period must be daily, monthly or total";
+      k.budget.period = *period;
     }
     if (auto* sf = bo.if_contains("soft")) {
       if (!sf->is_number() || sf->to_number<double>() < 0 || sf->to_number<double>() > 1)

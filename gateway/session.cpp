@@ -316,7 +316,9 @@ class session {
     ctx.client_addr = peer_;
     ctx.method = std::string(req.method_string());
     std::string_view target = req.target();
-    ctx.path = std::string(target.substr(0, target.find('?')));
+    const auto query_at = target.find('?');
+    ctx.path = std::string(target.substr(0, query_at));
+    if (query_at != std::string_view::npos) ctx.query = std::string(target.substr(query_at + 1));
     ctx.user_agent = std::string(req[http::field::user_agent]);
     ctx.credential = presented_credential(req);
     ctx.peer_names = peer_names_;
@@ -325,7 +327,6 @@ class session {
 
     if (kind_ == listener_kind::admin) {
       ctx.body = std::move(req.body());
-      ctx.query = std::string(target.substr(std::min(target.size(), target.find('?') == std::string_view::npos ? target.size() : target.find('?') + 1)));
       co_await handle_admin_request(w_, ctx, sink);
     } else {
       auto ct = req[http::field::content_type];

@@ -107,9 +107,4 @@ std::string random_hex(std::size_t bytes) {
   return to_hex(reinterpret_cast<const unsigned char*>(raw.data()), raw.size());
 }
 
-std::string sha256_hex(std::string_view data) {
-  auto md = sha256(data);
-  return to_hex(md.data(), md.size());
-}
-
 }  // namespace tollgate::policy

@@ -31,9 +31,6 @@ struct new_key {
 /// A fresh key from the OS CSPRNG: 12 id characters, 43 secret characters (256 bits).
 new_key generate_key();
 
-/// Lower-case hex SHA-256 of `data` (admin token digests).
-std::string sha256_hex(std::string_view data);
-
 /// Lower-case hex of `n` bytes.
 std::string to_hex(const unsigned char* p, std::size_t n);
 /// `bytes` random bytes from the OS CSPRNG, as hex (instance ids).

@@ -37,8 +37,7 @@ json::object limits_json(const config::limits_config& l) {
 
 json::value budget_json(const config::budget_config& b) {
   if (!b.set()) return nullptr;
-  const char* p = b.period == config::budget_period::daily ? "daily" : b.period == config::budget_period::total ? "total" : "monthly";
-  return json::object{{"limit_nano", b.limit_nano}, {"period", p}, {"soft", b.soft}};
+  return json::object{{"limit_nano", b.limit_nano}, {"period", config::period_name(b.period)}, {"soft", b.soft}};
 }
 
 std::uint64_t u64(const json::object& o, std::string_view k) {
@@ -101,7 +100,7 @@ std::optional<key_record> key_from_json(std::string_view s) {
     const auto& bo = b->get_object();
     k.budget.limit_nano = i64(bo, "limit_nano", -1);
     const std::string p = str(bo, "period");
-    k.budget.period = p == "daily" ? config::budget_period::daily : p == "total" ? config::budget_period::total : config::budget_period::monthly;
+    k.budget.period = config::parse_period(p).value_or(config::budget_period::monthly);
     if (auto* sf = bo.if_contains("soft"); sf && sf->is_number()) k.budget.soft = sf->to_number<double>();
   }
   return k;

@@ -53,7 +53,7 @@ struct request_context {
 
   // From the caller.
   std::string method, path, client_addr, user_agent;
-  std::string query;  ///< after '?', admin listener only
+  std::string query;  ///< after '?' (the admin API reads it)
   endpoint_kind endpoint = endpoint_kind::other;
   std::string body;
   boost::json::object request_json;  ///< decoded body (chat/embeddings)

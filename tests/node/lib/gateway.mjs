@@ -443,13 +443,8 @@ export async function fetchT(url, init = {}, timeoutMs = 10000) {
   return fetch(url, { ...init, signal: init.signal ?? AbortSignal.timeout(timeoutMs) });
 }
 
-/** POSTs JSON to the gateway; returns `{ status, headers, json, text }`. */
-export async function postJson(url, body, { headers = {}, timeoutMs = 10000 } = {}) {
-  const r = await fetchT(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
-    body: typeof body === 'string' ? body : JSON.stringify(body),
-  }, timeoutMs);
+/** Reads a fetch Response whole: `{ status, headers, json, text }` (json undefined if not JSON). */
+export async function readResponse(r) {
   const text = await r.text();
   let json;
   try {
@@ -458,6 +453,16 @@ export async function postJson(url, body, { headers = {}, timeoutMs = 10000 } = 
     json = undefined;
   }
   return { status: r.status, headers: r.headers, json, text };
+}
+
+/** POSTs JSON to the gateway; returns `{ status, headers, json, text }`. */
+export async function postJson(url, body, { headers = {}, timeoutMs = 10000 } = {}) {
+  const r = await fetchT(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  }, timeoutMs);
+  return readResponse(r);
 }
 
 /** Asserts an OpenAI-shaped error body: all four keys, and the given status/code/param. */

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomInt } from 'node:crypto';
 
-import { eventually, fetchT, postJson } from './gateway.mjs';
+import { eventually, fetchT, postJson, readResponse } from './gateway.mjs';
 import { parseMetrics } from './prom.mjs';
 
 const ALNUM = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
@@ -49,14 +49,7 @@ export async function admin(gw, token, method, path, body) {
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  const text = await r.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: r.status, headers: r.headers, json, text };
+  return readResponse(r);
 }
 
 /** Creates a key through the admin API; asserts 201 and returns the body (with `key`). */

@@ -296,7 +296,7 @@ TEST(KeysTest, ParseDigestVerify) {
   EXPECT_FALSE(verify_secret(k.secret + "x", plain, ""));
   EXPECT_FALSE(verify_secret(k.secret, "sha256:abc", ""));
   // Known answer: sha256("abc").
-  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(digest_secret("abc", ""), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_NE(generate_key().id, generate_key().id);
 }
 
