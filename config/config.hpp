@@ -198,8 +198,24 @@ struct auth_config {
   std::vector<admin_token_config> admin_tokens;
 };
 
+/// `audit:` the tamper-evident record of every call (docs/audit.md).
+struct audit_config {
+  bool enabled = true;
+  std::string dir = "audit";      ///< relative paths are resolved against the config file's directory
+  std::string instance;           ///< segment file prefix; empty: "<hostname>-<caller port>"
+  enum class durability { strict, batched } mode = durability::strict;
+  std::uint32_t batch_ms = 200;   ///< batched: fsync at least this often
+  std::uint64_t segment_max_bytes = 64ull << 20;
+  std::uint32_t segment_max_age_s = 3600;
+  std::uint32_t retention_days = 0;  ///< 0: keep every segment
+  std::uint32_t checkpoint_s = 60;
+  bool fail_open = false;         ///< false: new calls answer 503 audit_unavailable while writes fail
+  std::uint64_t max_pending_bytes = 64ull << 20;  ///< records held in memory while writes fail
+};
+
 struct gateway_config {
   server_config server;
+  audit_config audit;
   std::vector<provider_config> providers;
   std::vector<model_config> models;
   std::vector<price_config> prices;

@@ -319,6 +319,37 @@ void parse_store(const YAML::Node& n, store_config& s) {
   if (auto v = n["default_max_tokens"]) s.default_max_tokens = get_uint<std::uint64_t>(v, p + ".default_max_tokens");
 }
 
+void parse_audit(const YAML::Node& n, audit_config& a) {
+  const std::string p = "audit";
+  check_keys(n, p, {"enabled", "dir", "instance", "durability", "batch_ms", "segment_max_bytes", "segment_max_age_s",
+                    "retention_days", "checkpoint_s", "on_error", "max_pending_bytes"});
+  if (auto v = n["enabled"]) a.enabled = get_bool(v, p + ".enabled");
+  if (auto v = n["dir"]) a.dir = get_string(v, p + ".dir");
+  if (auto v = n["instance"]) {
+    a.instance = get_string(v, p + ".instance");
+    if (a.instance.empty() || a.instance.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != std::string::npos)
+      fail(p + ".instance", v, "expected letters, digits, '_' or '-', got '" + a.instance + "'");
+  }
+  if (auto v = n["durability"]) {
+    auto d = get_string(v, p + ".durability");
+    if (d == "strict") a.mode = audit_config::durability::strict;
+    else if (d == "batched") a.mode = audit_config::durability::batched;
+    else fail(p + ".durability", v, "expected strict or batched, got '" + d + "'");
+  }
+  if (auto v = n["batch_ms"]) a.batch_ms = get_uint<std::uint32_t>(v, p + ".batch_ms", 60'000);
+  if (auto v = n["segment_max_bytes"]) a.segment_max_bytes = get_uint<std::uint64_t>(v, p + ".segment_max_bytes");
+  if (auto v = n["segment_max_age_s"]) a.segment_max_age_s = get_uint<std::uint32_t>(v, p + ".segment_max_age_s");
+  if (auto v = n["retention_days"]) a.retention_days = get_uint<std::uint32_t>(v, p + ".retention_days", 36'500);
+  if (auto v = n["checkpoint_s"]) a.checkpoint_s = get_uint<std::uint32_t>(v, p + ".checkpoint_s", 86'400);
+  if (auto v = n["on_error"]) {
+    auto m = get_string(v, p + ".on_error");
+    if (m == "fail_closed") a.fail_open = false;
+    else if (m == "fail_open") a.fail_open = true;
+    else fail(p + ".on_error", v, "expected fail_closed or fail_open, got '" + m + "'");
+  }
+  if (auto v = n["max_pending_bytes"]) a.max_pending_bytes = get_uint<std::uint64_t>(v, p + ".max_pending_bytes");
+}
+
 void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
   if (!n.IsMap()) fail("prices", n, "expected a mapping of model names (or globs) to prices");
   for (auto it = n.begin(); it != n.end(); ++it) {
@@ -369,8 +400,9 @@ key_config parse_key(const YAML::Node& n, const std::string& p) {
 gateway_config parse_root(const YAML::Node& root) {
   gateway_config cfg;
   if (!root || root.IsNull()) throw config_error("<root>: the file is empty");
-  check_keys(root, "", {"server", "providers", "models", "prices", "teams", "keys", "auth", "store"});
+  check_keys(root, "", {"server", "providers", "models", "prices", "teams", "keys", "auth", "store", "audit"});
   if (auto s = root["server"]) parse_server(s, cfg.server);
+  if (auto a = root["audit"]) parse_audit(a, cfg.audit);
   if (auto a = root["auth"]) parse_auth(a, cfg.auth);
   if (auto s = root["store"]) parse_store(s, cfg.store);
   if (auto pr = root["prices"]) parse_prices(pr, cfg.prices);
@@ -480,6 +512,10 @@ std::string validate(const gateway_config& cfg) {
       return path + ".digest: an hmac-sha256 digest needs auth.pepper" + at;
   }
   if (cfg.store.replicas == 0) return "store.replicas: must be at least 1";
+  if (cfg.audit.enabled && cfg.audit.dir.empty()) return "audit.dir: must not be empty (or set audit.enabled: false)";
+  if (cfg.audit.segment_max_bytes < 4096) return "audit.segment_max_bytes: must be at least 4096";
+  if (cfg.audit.mode == audit_config::durability::batched && cfg.audit.batch_ms == 0)
+    return "audit.batch_ms: must be at least 1 in batched mode";
   if (cfg.store.lease_ms < 1000) return "store.lease_ms: must be at least 1000";
   if (cfg.store.type == "redis" && cfg.store.redis.timeout_ms == 0) return "store.redis.timeout_ms: must be at least 1";
   const auto& l = cfg.server.limits;
@@ -536,7 +572,15 @@ load_result load_file(const std::string& path) {
   if (!in) return {nullptr, path + ": cannot open file"};
   std::ostringstream ss;
   ss << in.rdbuf();
-  return load_string(ss.str(), path);
+  auto r = load_string(ss.str(), path);
+  if (r && !r.config->audit.dir.empty() && r.config->audit.dir.front() != '/') {
+    // A relative audit directory lives beside the config file, wherever the gateway was started.
+    auto cfg = std::make_shared<gateway_config>(*r.config);
+    auto slash = path.rfind('/');
+    cfg->audit.dir = (slash == std::string::npos ? std::string(".") : path.substr(0, slash == 0 ? 1 : slash)) + "/" + cfg->audit.dir;
+    r.config = std::move(cfg);
+  }
+  return r;
 }
 
 }  // namespace tollgate::config

@@ -109,6 +109,14 @@ std::string query_param(std::string_view query, std::string_view name) {
   return {};
 }
 
+/// The audit trail's name for an admin request ("key.create", ...); "unknown" for other paths.
+std::string admin_action(const request_context& ctx) {
+  if (ctx.path == "/admin/v1/keys" && ctx.method == "POST") return "key.create";
+  if (ctx.path.starts_with("/admin/v1/keys/")) return ctx.method == "DELETE" ? "key.revoke" : "key.show";
+  if (ctx.path == "/admin/v1/budget") return "budget.show";
+  return "unknown";
+}
+
 awaitable<void> send(response_sink& sink, unsigned status, const json::object& o) {
   co_await sink.send_full(status, "application/json", json::serialize(o));
 }
@@ -117,12 +125,14 @@ awaitable<void> send(response_sink& sink, unsigned status, const json::object& o
 
 awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink& sink) {
   const auto& cfg = *ctx.snap->cfg;
+  ctx.action = admin_action(ctx);
   if (cfg.auth.admin_tokens.empty()) {
     co_await answer_error(ctx, sink, errc::permission_denied,
                           "The admin API is disabled: no auth.admin_tokens in the configuration.");
     co_return;
   }
   const std::string admin = admin_name(ctx);
+  ctx.admin = admin;
   if (admin.empty()) {
     co_await answer_error(ctx, sink, errc::invalid_api_key, "A valid admin token is required (Authorization: Bearer <token>).");
     co_return;
@@ -148,11 +158,13 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
                             unknown ? "team" : "");
       co_return;
     }
+    ctx.action_target = r->record.id;
     json::object o = key_json(r->record);
     o["key"] = r->full;  // the only time the secret leaves the gateway
     co_await send(sink, 201, o);
   } else if (ctx.path.starts_with(keys_prefix) && (ctx.method == "GET" || ctx.method == "DELETE")) {
     const std::string id = ctx.path.substr(keys_prefix.size());
+    ctx.action_target = id;
     if (ctx.method == "DELETE") {
       auto r = co_await pol.revoke_key(ctx.worker, cfg, id);
       if (!r) {
@@ -170,6 +182,7 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
   } else if (ctx.path == "/admin/v1/budget" && ctx.method == "GET") {
     // ?team=T for the team's budget, &key=ID for that key's.
     const std::string team = query_param(ctx.query, "team"), key = query_param(ctx.query, "key");
+    ctx.action_target = key.empty() ? team : team + "/" + key;
     const config::team_config* t = cfg.find_team(team);
     if (!t) {
       co_await answer_error(ctx, sink, errc::not_found, "No team '" + team + "'.", "team");

@@ -12,21 +12,23 @@
 namespace {
 
 constexpr const char* usage =
-    "usage: tollgate --config FILE [--check] [--ready-file FILE]\n"
+    "usage: tollgate --config FILE [--check] [--ready-file FILE] [--audit-dir DIR]\n"
     "  --config FILE      YAML configuration (see docs/configuration.md)\n"
     "  --check            validate the configuration and exit (0 valid, 2 invalid)\n"
     "  --ready-file FILE  once listening, write the bound addresses as JSON to FILE\n"
+    "  --audit-dir DIR    write the audit trail to DIR (overrides audit.dir)\n"
     "  --version          print the version\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path, ready_file;
+  std::string config_path, ready_file, audit_dir;
   bool check = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) config_path = argv[++i];
     else if (a == "--ready-file" && i + 1 < argc) ready_file = argv[++i];
+    else if (a == "--audit-dir" && i + 1 < argc) audit_dir = argv[++i];
     else if (a == "--check") check = true;
     else if (a == "--version") {
       std::cout << "tollgate 0.1.0\n";
@@ -57,6 +59,8 @@ int main(int argc, char** argv) {
   }
   // A caller that disconnects must not kill the process through SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);
-  tollgate::gateway::server s(snap, {config_path, ready_file});
+  // A file-size limit (ulimit -f) must fail an audit write with EFBIG, not kill the process.
+  std::signal(SIGXFSZ, SIG_IGN);
+  tollgate::gateway::server s(snap, {config_path, ready_file, audit_dir});
   return s.run();
 }

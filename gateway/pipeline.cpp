@@ -8,6 +8,8 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include "gateway/audit/audit_log.hpp"
+#include "gateway/audit/audit_record.hpp"
 #include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
 #include "policy/policy.hpp"
@@ -179,7 +181,43 @@ awaitable<void> fail(request_context& ctx, response_sink& sink, const failure& f
   co_await answer_error(ctx, sink, e, f.message, f.param, f.headers);
 }
 
+/// Whether this request gets an audit record: every request on the caller listener but health
+/// checks, and every admin API request (not /metrics or health checks).
+bool audited(const request_context& ctx) {
+  if (ctx.admin_listener) return ctx.path.starts_with("/admin/");
+  return ctx.path != "/healthz" && ctx.path != "/readyz";
+}
+
+std::string audit_record_for(request_context& ctx, request_context::clock::time_point end) {
+  if (ctx.admin_listener) return audit::admin_record(ctx, end);
+  policy::fill_usage(ctx);
+  std::int64_t cost = 0;
+  if (policy::billable(ctx)) {
+    const config::price_config* price = ctx.reservation && ctx.reservation->price ? ctx.reservation->price
+                                                                                   : ctx.snap->cfg->find_price(ctx.model);
+    if (price) cost = policy::cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
+  }
+  return audit::call_record(ctx, cost, request_context::clock::now());
+}
+
+/// A request that ended without a last byte (caller gone, reset): its record, without waiting.
+void audit_unsealed(worker& w, request_context& ctx) {
+  if (!w.audit() || ctx.audit_done || !audited(ctx)) return;
+  ctx.audit_done = true;
+  w.audit()->append(audit_record_for(ctx, request_context::clock::now()));
+}
+
 awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
+  if (auto* a = w.audit(); a && !a->healthy() && !a->fail_open()) {
+    // Fail closed: no call runs while its record could not be kept.
+    static const header_list retry{{"Retry-After", "1"}};
+    ctx.details = "audit_unavailable";
+    co_await answer_error(ctx, sink, errc::audit_unavailable,
+                          "The gateway cannot write its audit trail; calls are refused until it can. Retry shortly.",
+                          "", retry);
+    log_request(w, ctx);
+    co_return;
+  }
   phase_result r = co_await run_phases(w, ctx, sink);
   if (!r) co_await fail(ctx, sink, r.error());
   if (ctx.client_gone && ctx.details.empty()) ctx.details = "client_disconnected";
@@ -204,6 +242,24 @@ std::string models_body(const request_context& ctx) {
 }
 
 }  // namespace
+
+awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status) {
+  audit::audit_log* a = w.audit();
+  if (!a || ctx.audit_done || !audited(ctx)) co_return true;
+  ctx.audit_done = true;
+  ctx.status = status;
+  std::string rec = audit_record_for(ctx, request_context::clock::now());
+  // Batched durability does not wait; nor do the 503s of a failing audit trail (they would wait
+  // on the very disk that fails).
+  if (!a->strict() || ctx.error_code == "audit_unavailable") {
+    a->append(std::move(rec));
+    co_return true;
+  }
+  const bool ok = co_await a->async_append(std::move(rec), net::use_awaitable);
+  if (ok || a->fail_open()) co_return true;
+  ctx.details = "audit_unavailable";
+  co_return false;
+}
 
 header_list passthrough_headers(const http::fields& upstream) {
   // Known fields compare by Beast's field enum (no string work); the rest by name.
@@ -272,6 +328,7 @@ void log_request(worker& w, request_context& ctx) {
     m.ttft.observe({model, provider}, std::chrono::duration<double>(ctx.first_byte - ctx.start).count());
   if (ctx.usage.prompt) m.tokens.counter({model, provider, "prompt"}).inc(double(ctx.usage.prompt));
   if (ctx.usage.completion) m.tokens.counter({model, provider, "completion"}).inc(double(ctx.usage.completion));
+  audit_unsealed(w, ctx);
   w.log().append(w.log_buffer(), ctx);
 }
 
@@ -322,6 +379,7 @@ awaitable<void> handle_admin_request(worker& w, request_context& ctx, response_s
     else co_await answer_json(ctx, sink, 200, R"({"status":"ready"})");
   } else if (ctx.path.starts_with("/admin/")) {
     co_await handle_admin_api(w, ctx, sink);
+    audit_unsealed(w, ctx);
   } else {
     co_await answer_error(ctx, sink, errc::not_found, "Unknown admin URL: " + ctx.method + " " + ctx.path + ".");
   }

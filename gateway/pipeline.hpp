@@ -26,6 +26,13 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
 awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc code, std::string_view message,
                              std::string_view param = {}, const header_list& extra = no_headers);
 
+/// Hands this request's audit record to the writer, once, just before the last byte of its
+/// response goes out (`status` is the status being sent). In strict durability it waits until the
+/// record is on disk. Returns false when the record could not be made durable and audit fails
+/// closed: the caller must then not complete the response (the sink resets the connection).
+/// Requests that are not audited (health checks, /metrics) return true at once.
+awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status);
+
 /// Writes the access-log line and updates metrics for a finished request (exactly once).
 void log_request(worker& w, request_context& ctx);
 

@@ -16,6 +16,7 @@
 #include "config/loader.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/session.hpp"
+#include "policy/keys.hpp"
 #include "policy/memory_store.hpp"
 #include "policy/redis_store.hpp"
 #include "providers/registry.hpp"
@@ -73,6 +74,8 @@ bool server::write_ready_file(std::string& error) {
                  {"workers", workers_.size()}};
   // Quickstart only (auth.demo_key): the script that started us prints a ready-to-run curl.
   if (!demo_key_.empty()) o["demo_key"] = demo_key_;
+  if (!demo_admin_token_.empty()) o["admin_token"] = demo_admin_token_;
+  if (audit_) o["audit_dir"] = audit_->dir();
   const std::string tmp = opts_.ready_file + ".tmp";
   {
     // Owner-only: it may hold the quickstart's demo key.
@@ -92,9 +95,37 @@ bool server::write_ready_file(std::string& error) {
   return true;
 }
 
+std::shared_ptr<const config::gateway_config> server::with_demo_admin(
+    std::shared_ptr<const config::gateway_config> cfg) const {
+  if (demo_admin_token_.empty()) return cfg;
+  auto c = std::make_shared<config::gateway_config>(*cfg);
+  c->auth.admin_tokens.push_back({"quickstart", policy::digest_secret(demo_admin_token_, {})});
+  return c;
+}
+
+std::string server::audit_instance() const {
+  if (!snap_->cfg->audit.instance.empty()) return snap_->cfg->audit.instance;
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "tollgate");
+  std::string name;
+  for (const char* p = host; *p; ++p)
+    name += (std::isalnum(static_cast<unsigned char>(*p)) || *p == '-' || *p == '_') ? *p : '_';
+  error_code ec;
+  return name + "-" + std::to_string(caller_->local_endpoint(ec).port());
+}
+
 int server::run() {
-  const auto& cfg = *snap_->cfg;
   std::string error;
+  if (snap_->cfg->auth.demo_key && snap_->cfg->auth.admin_tokens.empty()) {
+    // Quickstart: an admin token for tollgatectl, printed once like the demo key.
+    demo_admin_token_ = "tga_" + policy::random_hex(24);
+    snap_ = providers::build_snapshot(with_demo_admin(snap_->cfg), error);
+    if (!snap_) {
+      log_event("error", error);
+      return 1;
+    }
+  }
+  const auto& cfg = *snap_->cfg;
   if (!log_.open(cfg.server.access_log, error)) {
     log_event("error", error);
     return 1;
@@ -127,6 +158,19 @@ int server::run() {
     return 1;
   }
 
+  if (cfg.audit.enabled) {
+    auto acfg = cfg.audit;
+    if (!opts_.audit_dir.empty()) acfg.dir = opts_.audit_dir;
+    audit_ = std::make_unique<audit::audit_log>(acfg, audit_instance(), gateway_metrics::get().registry,
+                                                [](std::string_view level, std::string_view msg, std::string_view extra) {
+                                                  log_event(level, msg, extra);
+                                                });
+    if (auto err = audit_->open(); !err.empty()) {
+      log_event("error", err);
+      return 1;
+    }
+  }
+
   unsigned n = cfg.server.workers ? cfg.server.workers : std::max(1u, std::thread::hardware_concurrency());
   std::shared_ptr<policy::store> store;
   if (cfg.store.type == "redis") store = std::make_shared<policy::redis_store>(cfg.store.redis);
@@ -139,6 +183,7 @@ int server::run() {
   std::vector<executor_t> executors;
   for (unsigned i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<worker>(i, snap_, log_, *policy_));
+    workers_.back()->set_audit(audit_.get());
     guards.emplace_back(workers_.back()->ioc().get_executor());
     executors.push_back(workers_.back()->executor());
   }
@@ -171,6 +216,8 @@ int server::run() {
   // The store's Redis connections own timers and descriptors of the workers' io_contexts: they go
   // first, while those contexts still exist (ASan caught the reverse order at exit).
   policy_.reset();
+  // Every session has ended: the stop record and the checkpoint close the chain.
+  if (audit_) audit_->close();
   log_event("info", "tollgate stopped");
   return 0;
 }
@@ -190,7 +237,11 @@ void server::create_demo_key() {
     return;
   }
   // The one place a secret is printed: the quickstart's own key, on the terminal, never in a log.
-  std::fprintf(stdout, "\nDemo API key (team demo, shown once): %s\n\n", r->full.c_str());
+  std::fprintf(stdout, "\nDemo API key (team demo, shown once): %s\n", r->full.c_str());
+  if (!demo_admin_token_.empty())
+    std::fprintf(stdout, "Admin token for tollgatectl (shown once): %s\n", demo_admin_token_.c_str());
+  if (audit_) std::fprintf(stdout, "Audit trail: %s\n", audit_->dir().c_str());
+  std::fprintf(stdout, "\n");
   std::fflush(stdout);
   demo_key_ = r->full;
 }
@@ -243,7 +294,7 @@ void server::reload() {
   auto loaded = config::load_file(opts_.config_path);
   std::string error = loaded.error;
   std::shared_ptr<const snapshot> snap;
-  if (loaded) snap = providers::build_snapshot(loaded.config, error);
+  if (loaded) snap = providers::build_snapshot(with_demo_admin(loaded.config), error);
   if (!snap) {
     m.reloads.counter({"failure"}).inc();
     log_event("error", "config reload failed; keeping the current config",
@@ -260,6 +311,10 @@ void server::reload() {
   if (os.type != ns.type || os.redis.host != ns.redis.host || os.redis.port != ns.redis.port ||
       os.redis.unix_path != ns.redis.unix_path || os.redis.key_prefix != ns.redis.key_prefix)
     log_event("warn", "the policy store (type, address, key_prefix) changes only on restart");
+  const auto& oa = snap_->cfg->audit;
+  const auto& na = snap->cfg->audit;
+  if (oa.enabled != na.enabled || oa.dir != na.dir || oa.mode != na.mode || oa.fail_open != na.fail_open)
+    log_event("warn", "audit settings change only on restart");
   snap_ = snap;
   for (auto& w : workers_) net::post(w->ioc(), [wp = w.get(), snap] { wp->set_snapshot(snap); });
   m.reloads.counter({"success"}).inc();

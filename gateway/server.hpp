@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gateway/access_log.hpp"
+#include "gateway/audit/audit_log.hpp"
 #include "gateway/worker.hpp"
 
 namespace tollgate::gateway {
@@ -14,6 +15,7 @@ namespace tollgate::gateway {
 struct server_options {
   std::string config_path;
   std::string ready_file;
+  std::string audit_dir;  ///< --audit-dir: overrides audit.dir
 };
 
 class server {
@@ -30,6 +32,10 @@ class server {
   void reload();
   bool write_ready_file(std::string& error);
   void create_demo_key();
+  /// Quickstart (auth.demo_key without admin tokens): an admin token made at start, its digest
+  /// added to every config this process loads.
+  std::shared_ptr<const config::gateway_config> with_demo_admin(std::shared_ptr<const config::gateway_config> cfg) const;
+  std::string audit_instance() const;
 
   std::shared_ptr<const snapshot> snap_;
   server_options opts_;
@@ -44,6 +50,8 @@ class server {
   std::size_t next_worker_ = 0;
   bool stopping_ = false;
   std::string demo_key_;  ///< auth.demo_key: the quickstart key, for the ready file
+  std::string demo_admin_token_;  ///< auth.demo_key: an admin token for tollgatectl, for the ready file
+  std::unique_ptr<audit::audit_log> audit_;
 };
 
 }  // namespace tollgate::gateway

@@ -34,11 +34,13 @@ namespace {
 template <class Stream>
 class session_sink final : public response_sink {
  public:
-  session_sink(Stream& s, request_context& ctx, bool keep_alive, bool http11 = true)
-      : s_(s), ctx_(ctx), keep_alive_(keep_alive), http11_(http11) {}
+  session_sink(worker& w, Stream& s, request_context& ctx, bool keep_alive, bool http11 = true)
+      : w_(w), s_(s), ctx_(ctx), keep_alive_(keep_alive), http11_(http11) {}
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
+    const bool sealed = ctx_.audit_done || co_await seal(status);
+    if (!sealed) co_return false;
     const bool ka = keep_alive();
     std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false});
     begin(status);
@@ -76,6 +78,8 @@ class session_sink final : public response_sink {
   }
 
   awaitable<bool> end_stream() override {
+    const bool sealed = ctx_.audit_done || co_await seal(ctx_.status);
+    if (!sealed) co_return false;
     std::string head = std::move(pending_head_);  // a stream that ended before any chunk
     pending_head_.clear();
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer("0\r\n\r\n", http11_ ? 5 : 0)};
@@ -97,6 +101,16 @@ class session_sink final : public response_sink {
     ctx_.status = status;
     ctx_.response_started = true;
   }
+  /// The audit record goes to the writer before the last bytes (gateway/pipeline.hpp).
+  awaitable<bool> seal(unsigned status) {
+    if (ctx_.audit_done) co_return true;
+    // GCC 12: a co_await inside an if condition here compiled to a trap; keep it a statement.
+    const bool ok = co_await seal_audit(w_, ctx_, status);
+    if (ok) co_return true;
+    abort();
+    ctx_.client_gone = true;
+    co_return false;
+  }
   bool first_chunk_time_unset() const { return ctx_.first_byte == request_context::clock::time_point{}; }
   bool done(const error_code& ec) {
     if (ec) {
@@ -106,6 +120,7 @@ class session_sink final : public response_sink {
     return !ec;
   }
 
+  worker& w_;
   Stream& s_;
   request_context& ctx_;
   bool keep_alive_;
@@ -215,9 +230,10 @@ class session {
     ctx.worker = w_.index();
     ctx.snap = w_.snap();
     ctx.client_addr = peer_;
+    ctx.admin_listener = kind_ == listener_kind::admin;
     ctx.close_after = true;
     ctx.details = std::string(reason);
-    session_sink<Stream> sink(s_, ctx, false);
+    session_sink<Stream> sink(w_, s_, ctx, false);
     beast::get_lowest_layer(s_).expires_after(seconds(5));  // a caller that will not read its error
     gateway_metrics::get().rejections.counter({std::string(map_error(code).code)}).inc();
     co_await answer_error(ctx, sink, code, std::string(reason) + ".");
@@ -323,7 +339,8 @@ class session {
     ctx.credential = presented_credential(req);
     ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
-    session_sink<Stream> sink(s_, ctx, req.keep_alive(), req.version() >= 11);
+    ctx.admin_listener = kind_ == listener_kind::admin;
+    session_sink<Stream> sink(w_, s_, ctx, req.keep_alive(), req.version() >= 11);
 
     if (kind_ == listener_kind::admin) {
       ctx.body = std::move(req.body());

@@ -14,6 +14,10 @@
 #include "gateway/upstream_client.hpp"
 #include "policy/policy.hpp"
 
+namespace tollgate::audit {
+class audit_log;
+}
+
 namespace tollgate::gateway {
 
 /// A live connection, as the worker sees it for drain: its socket and whether it is between
@@ -44,6 +48,9 @@ class worker {
   upstream_pool& pool() { return pool_; }
   access_log& log() { return log_; }
   policy::engine& policy() { return policy_; }
+  /// The audit writer (shared by all workers), or nullptr when audit.enabled is false.
+  audit::audit_log* audit() const { return audit_; }
+  void set_audit(audit::audit_log* a) { audit_ = a; }
   /// This worker's access-log lines not written yet (flushed on each sweep tick and at exit).
   std::string& log_buffer() { return log_buffer_; }
 
@@ -97,6 +104,7 @@ class worker {
   snowflake ids_;
   access_log& log_;
   policy::engine& policy_;
+  audit::audit_log* audit_ = nullptr;
   bool draining_ = false;
   std::string log_buffer_;
   std::list<session_slot> sessions_;

@@ -48,6 +48,7 @@ error_mapping map_error(errc e) noexcept {
     case errc::rate_limited: return {429, "rate_limit_exceeded", "rate_limit_exceeded"};
     case errc::budget_exceeded: return {429, "insufficient_quota", "budget_exceeded"};
     case errc::policy_store_unavailable: return {503, "server_error", "policy_store_unavailable"};
+    case errc::audit_unavailable: return {503, "server_error", "audit_unavailable"};
   }
   return {500, "server_error", "internal_error"};
 }

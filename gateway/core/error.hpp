@@ -39,6 +39,7 @@ enum class errc {
   rate_limited,              ///< 429: requests, tokens or concurrency limit; Retry-After
   budget_exceeded,           ///< 429 insufficient_quota: the USD budget of the period is spent
   policy_store_unavailable,  ///< 503: the policy store cannot be reached and the policy fails closed
+  audit_unavailable,         ///< 503: audit records cannot be written and audit fails closed
 };
 
 const boost::system::error_category& tollgate_category() noexcept;

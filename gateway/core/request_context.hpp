@@ -87,6 +87,13 @@ struct request_context {
   bool client_gone = false;
   bool close_after = false;       ///< close the connection after this response
 
+  // Audit (gateway/audit): the record is written once, before the last response byte.
+  bool admin_listener = false;  ///< arrived on the admin listener
+  bool audit_done = false;      ///< this request's record has been handed to the audit writer
+  std::string admin;            ///< admin API: the admin token's name
+  std::string action;           ///< admin API: what was done ("key.create", ...)
+  std::string action_target;    ///< admin API: on what (key id, team)
+
   clock::time_point start = clock::now();
   clock::time_point first_byte{};  ///< first body byte/token to the caller
   std::chrono::system_clock::time_point wall_start = std::chrono::system_clock::now();

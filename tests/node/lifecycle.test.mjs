@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { loadFixtures, shortChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
@@ -188,7 +189,9 @@ describe('running gateway', () => {
     assert.equal(ready.listen.address, '127.0.0.1');
     assert.equal(ready.admin.address, '127.0.0.1');
     assert.ok(ready.listen.port > 0 && ready.admin.port > 0 && ready.listen.port !== ready.admin.port);
-    assert.deepEqual(gw.files().sort(), ['ready.json', 'tollgate.yaml']);
+    // The audit trail's directory (audit.dir, relative to the config file) sits beside them.
+    assert.deepEqual(gw.files().sort(), ['audit', 'ready.json', 'tollgate.yaml']);
+    assert.equal(ready.audit_dir, join(gw.dir, 'audit'));
     for (const url of [gw.url, gw.adminUrl]) {
       const r = await fetchT(`${url}/healthz`);
       assert.equal(r.status, 200);

@@ -2,16 +2,17 @@
 // once on stdout and handed to deploy/quickstart through the (owner-only) ready file, calls
 // without it are refused, and the demo team's budget is charged.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 
 import OpenAI from 'openai';
 
 import { REPO } from './lib/paths.mjs';
-import { startGateway } from './lib/gateway.mjs';
+import { GATEWAY_BIN, startGateway } from './lib/gateway.mjs';
 
-test('quickstart.yaml: demo key printed once, required, and billed to team demo', async () => {
+test('quickstart.yaml: demo key and admin token printed once; calls billed to team demo and audited', async () => {
   const yaml = readFileSync(join(REPO, 'config/examples/quickstart.yaml'), 'utf8')
     .replace('127.0.0.1:8080', '127.0.0.1:0').replace('127.0.0.1:9090', '127.0.0.1:0');
   const gw = await startGateway(yaml);
@@ -32,6 +33,21 @@ test('quickstart.yaml: demo key printed once, required, and billed to team demo'
 
     const m = await (await fetch(`${gw.adminUrl}/metrics`)).text();
     assert.match(m, /tollgate_policy_decisions_total\{decision="admitted"\} 1\b/);
+
+    // The admin token works with tollgatectl; the audit directory is printed beside it.
+    const token = gw.ready.admin_token;
+    assert.match(token, /^tga_[0-9a-f]{48}$/);
+    assert.ok(gw.stdout().includes(`Admin token for tollgatectl (shown once): ${token}`), gw.stdout());
+    assert.ok(gw.stdout().includes(`Audit trail: ${gw.ready.audit_dir}`), gw.stdout());
+    const ctl = join(dirname(GATEWAY_BIN), 'tollgatectl');
+    const shown = JSON.parse(execFileSync(ctl, ['--url', gw.adminUrl, '--json', 'quota', 'show', '--team', 'demo'],
+      { env: { ...process.env, TOLLGATE_ADMIN_TOKEN: token } }).toString());
+    assert.equal(shown.team, 'demo');
+    await gw.stopClean();
+    const verified = execFileSync(ctl, ['audit', 'verify', '--dir', gw.ready.audit_dir]).toString();
+    assert.match(verified, /^audit verify: OK/);
+    const csv = execFileSync(ctl, ['audit', 'export', '--dir', gw.ready.audit_dir, '--team', 'demo', '--format', 'csv']).toString();
+    assert.equal(csv.trim().split('\n').length, 2, csv);  // the header and the one call of team demo
   } finally {
     await gw.stop();
   }

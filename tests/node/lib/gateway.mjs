@@ -85,16 +85,19 @@ export function tempConfig(yaml, name = 'tollgate.yaml') {
 
 /**
  * Starts the gateway with `yaml` written to a fresh temp dir, waits (bounded) for the ready
- * file, and returns a handle. On failure the error carries the gateway's stderr.
+ * file, and returns a handle. On failure the error carries the gateway's stderr. `args` are
+ * extra gateway arguments (`--audit-dir`); `wrap` an argv prefix that execs the gateway.
  */
-export async function startGateway(yaml, { env = {}, readyTimeoutMs = 15000 } = {}) {
+export async function startGateway(yaml, { env = {}, readyTimeoutMs = 15000, args = [], wrap = [] } = {}) {
   requireBinary();
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-gw-'));
   const configPath = join(dir, 'tollgate.yaml');
   const readyPath = join(dir, 'ready.json');
   writeFileSync(configPath, yaml);
 
-  const child = spawn(GATEWAY_BIN, ['--config', configPath, '--ready-file', readyPath], {
+  // `wrap` runs the gateway under another program that execs it (same pid), e.g. prlimit.
+  const argv = [...wrap, GATEWAY_BIN, '--config', configPath, '--ready-file', readyPath, ...args];
+  const child = spawn(argv[0], argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });

@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/audit/audit_log.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "gateway/audit/chain.hpp"
+
+namespace tollgate::audit {
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace std::chrono;
+
+namespace {
+
+std::int64_t now_ms() { return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count(); }
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+bool write_all(int fd, const char* p, std::size_t n, int& err) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      return false;
+    }
+    p += w;
+    n -= std::size_t(w);
+  }
+  return true;
+}
+
+void sync_dir(const std::string& dir) {
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d >= 0) {
+    ::fsync(d);
+    ::close(d);
+  }
+}
+
+/// The last whole line of `path` and the number of bytes after it (a torn tail).
+struct tail_info {
+  std::string last_line;
+  std::uint64_t torn = 0;
+  bool has_line = false;
+};
+
+bool read_tail(const std::string& path, tail_info& out, std::string& error) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    error = path + ": " + errno_text(errno);
+    return false;
+  }
+  struct stat st {};
+  ::fstat(fd, &st);
+  const std::uint64_t size = std::uint64_t(st.st_size);
+  constexpr std::uint64_t window = 4u << 20;  // a record is far smaller
+  const std::uint64_t from = size > window ? size - window : 0;
+  std::string buf(size - from, '\0');
+  ssize_t n = buf.empty() ? 0 : ::pread(fd, buf.data(), buf.size(), off_t(from));
+  ::close(fd);
+  if (n < 0 || std::size_t(n) != buf.size()) {
+    error = path + ": cannot read its tail";
+    return false;
+  }
+  const auto nl = buf.rfind('\n');
+  if (nl == std::string::npos) {
+    out.torn = size;  // no whole line at all
+    return true;
+  }
+  out.torn = buf.size() - nl - 1;
+  const auto prev_nl = nl == 0 ? std::string::npos : buf.rfind('\n', nl - 1);
+  out.last_line = buf.substr(prev_nl == std::string::npos ? 0 : prev_nl + 1, nl - (prev_nl == std::string::npos ? 0 : prev_nl + 1));
+  out.has_line = true;
+  return true;
+}
+
+}  // namespace
+
+audit_log::audit_log(config::audit_config cfg, std::string instance, metrics::registry& reg, log_fn log)
+    : cfg_(std::move(cfg)),
+      instance_(std::move(instance)),
+      log_(std::move(log)),
+      records_(reg.add("tollgate_audit_records_total",
+                       "Audit records by result: written, late (written after a write error), dropped (lost "
+                       "after max_pending_bytes filled up while writes failed).",
+                       metrics::kind::counter, {"result"})),
+      errors_(reg.add("tollgate_audit_write_errors_total", "Failed audit writes or fsyncs.", metrics::kind::counter)),
+      degraded_(reg.add("tollgate_audit_degraded", "1 while audit writes fail.", metrics::kind::gauge)),
+      fsync_seconds_(reg.add("tollgate_audit_fsync_seconds", "Time of one group commit's fsync.",
+                             metrics::kind::histogram, {},
+                             {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1})),
+      group_size_(reg.add("tollgate_audit_group_records", "Records per group commit.", metrics::kind::histogram, {},
+                          {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024})) {
+  records_.counter({"written"});
+  records_.counter({"late"});
+  records_.counter({"dropped"});
+  errors_.counter({});
+  degraded_.gauge({});
+}
+
+audit_log::~audit_log() { close(); }
+
+std::string audit_log::open() {
+  std::error_code ec;
+  fs::create_directories(cfg_.dir, ec);
+  if (ec) return "audit.dir: cannot create '" + cfg_.dir + "': " + ec.message();
+  ::chmod(cfg_.dir.c_str(), 0700);
+  if (::access(cfg_.dir.c_str(), W_OK) != 0) return "audit.dir: '" + cfg_.dir + "' is not writable: " + errno_text(errno);
+
+  // This instance's segments, oldest first.
+  std::vector<std::pair<std::uint64_t, std::string>> segs;
+  for (auto& e : fs::directory_iterator(cfg_.dir, ec)) {
+    auto id = parse_segment_name(e.path().filename().string());
+    if (id && id->instance == instance_) segs.emplace_back(id->first_seq, e.path().string());
+  }
+  if (ec) return "audit.dir: cannot list '" + cfg_.dir + "': " + ec.message();
+  std::sort(segs.begin(), segs.end());
+
+  next_seq_ = 1;
+  head_ = std::string(genesis_hash);
+  std::string torn_segment;
+  std::uint64_t torn_bytes = 0;
+  // The chain head is the last whole line of the newest segment that has one.
+  for (auto it = segs.rbegin(); it != segs.rend(); ++it) {
+    tail_info t;
+    std::string err;
+    if (!read_tail(it->second, t, err)) return "audit: " + err;
+    if (t.torn > 0 && torn_segment.empty() && it == segs.rbegin()) {
+      torn_segment = fs::path(it->second).filename().string();
+      torn_bytes = t.torn;
+    }
+    if (!t.has_line) continue;
+    auto h = parse_line_head(t.last_line);
+    if (!h) return "audit: the last record of " + it->second + " does not start with seq and prev; run tollgatectl audit verify";
+    next_seq_ = h->seq + 1;
+    head_ = sha256_hex(t.last_line);
+    break;
+  }
+  // An empty newest segment (a start that crashed before its first record) is reused.
+  segment_path_.clear();
+  if (!segs.empty() && segs.back().first == next_seq_ && fs::file_size(segs.back().second, ec) == 0 && !ec)
+    segment_path_ = segs.back().second;
+  if (!open_segment()) return "audit: cannot open a segment in '" + cfg_.dir + "': " + errno_text(errno);
+
+  json::object start{{"type", "start"}, {"time_ms", now_ms()}, {"pid", ::getpid()}};
+  if (!torn_segment.empty()) {
+    // The previous run died in the middle of a line. Say so in the chain: verify accepts exactly
+    // this many torn bytes at the end of that segment, and reports them.
+    start["recovered"] = json::object{{"segment", torn_segment}, {"torn_bytes", torn_bytes}};
+    log_("warn", "audit: the last segment ended in a torn record (the previous run was killed mid-write)",
+         "\"segment\":\"" + torn_segment + "\",\"torn_bytes\":" + std::to_string(torn_bytes));
+  }
+  queue_.push_back(item{json::serialize(start), {}, false});
+  last_sync_ = last_checkpoint_ = last_retention_ = steady_clock::now();
+  thread_ = std::thread([this] { run(); });
+  return {};
+}
+
+bool audit_log::open_segment() {
+  if (fd_ >= 0) {
+    ::fdatasync(fd_);
+    ::close(fd_);
+    fd_ = -1;
+  }
+  int flags = O_WRONLY | O_APPEND | O_CLOEXEC;
+  if (segment_path_.empty()) {
+    segment_path_ = cfg_.dir + "/" + segment_name(instance_, next_seq_);
+    flags |= O_CREAT | O_EXCL;
+  }
+  fd_ = ::open(segment_path_.c_str(), flags, 0600);
+  if (fd_ < 0) {
+    segment_path_.clear();
+    return false;
+  }
+  sync_dir(cfg_.dir);  // the new name is durable before any record in it counts as durable
+  segment_bytes_ = 0;
+  segment_opened_ = steady_clock::now();
+  return true;
+}
+
+void audit_log::append(std::string record, completion done) {
+  {
+    std::lock_guard lk(mu_);
+    queue_.push_back(item{std::move(record), std::move(done), false});
+  }
+  cv_.notify_one();
+}
+
+void audit_log::append(std::string record) { append(std::move(record), completion{}); }
+
+void audit_log::close() {
+  {
+    std::lock_guard lk(mu_);
+    if (stop_ || !thread_.joinable()) return;
+    queue_.push_back(item{json::serialize(json::object{{"type", "stop"}, {"time_ms", now_ms()}}), {}, false});
+    stop_ = true;
+  }
+  cv_.notify_one();
+  thread_.join();
+  if (fd_ >= 0) {
+    ::fdatasync(fd_);
+    ::close(fd_);
+    fd_ = -1;
+  }
+}
+
+void audit_log::complete(std::vector<item>& batch, bool ok) {
+  for (auto& it : batch)
+    if (it.done) it.done(ok);
+}
+
+void audit_log::set_healthy(bool h, std::string_view why) {
+  if (healthy_.exchange(h) == h) return;
+  degraded_.gauge({}).set(h ? 0 : 1);
+  if (h) log_("info", "audit: writing works again; held records written", "");
+  else
+    log_("error", cfg_.fail_open ? "audit: writes fail; calls continue (on_error: fail_open)"
+                                 : "audit: writes fail; new calls answer 503 audit_unavailable (on_error: fail_closed)",
+         std::string("\"error\":") + json::serialize(json::value(std::string(why))));
+}
+
+bool audit_log::rotate_if_needed(std::size_t incoming) {
+  const bool too_big = segment_bytes_ > 0 && segment_bytes_ + incoming > cfg_.segment_max_bytes;
+  const bool too_old = segment_bytes_ > 0 && cfg_.segment_max_age_s > 0 &&
+                       steady_clock::now() - segment_opened_ >= seconds(cfg_.segment_max_age_s);
+  if (!too_big && !too_old) return true;
+  segment_path_.clear();
+  return open_segment();
+}
+
+bool audit_log::write_group(std::vector<item>& batch) {
+  std::size_t total = 0;
+  for (auto& it : batch) total += it.body.size() + 100;
+  if (fd_ < 0 || !rotate_if_needed(total)) {
+    errors_.counter({}).inc();
+    last_error_ = "cannot open a new segment: " + errno_text(errno);
+    return false;
+  }
+  std::string buf;
+  buf.reserve(total);
+  std::uint64_t seq = next_seq_;
+  std::string head = head_;
+  for (auto& it : batch) {
+    const std::size_t begin = buf.size();
+    buf += "{\"seq\":";
+    buf += std::to_string(seq);
+    buf += ",\"prev\":\"";
+    buf += head;
+    buf += "\",";
+    if (it.late) buf += "\"late\":true,";
+    buf.append(it.body, 1, std::string::npos);  // the record's fields after its '{'
+    head = sha256_hex(std::string_view(buf).substr(begin));
+    buf += '\n';
+    ++seq;
+  }
+  int err = 0;
+  bool ok = write_all(fd_, buf.data(), buf.size(), err);
+  if (ok && strict()) {
+    const auto t0 = steady_clock::now();
+    if (::fdatasync(fd_) != 0) {
+      ok = false;
+      err = errno;
+    }
+    fsync_seconds_.observe({}, duration<double>(steady_clock::now() - t0).count());
+    last_sync_ = steady_clock::now();
+  }
+  if (!ok) {
+    // Cut the file back to its last whole record: no torn line, no record twice.
+    if (::ftruncate(fd_, off_t(segment_bytes_)) != 0) {
+      // The segment can no longer be trusted to end on a record: continue in a new one.
+      segment_path_.clear();
+      open_segment();
+    }
+    errors_.counter({}).inc();
+    last_error_ = errno_text(err);
+    return false;
+  }
+  unsynced_ = !strict();
+  segment_bytes_ += buf.size();
+  next_seq_ = seq;
+  head_ = std::move(head);
+  group_size_.observe({}, double(batch.size()));
+  std::uint64_t late = 0;
+  for (auto& it : batch) late += it.late;
+  records_.counter({"written"}).inc(double(batch.size() - late));
+  if (late) records_.counter({"late"}).inc(double(late));
+  return true;
+}
+
+void audit_log::write_checkpoint() {
+  json::object cp{{"instance", instance_},
+                  {"seq", next_seq_ - 1},
+                  {"hash", head_},
+                  {"segment", fs::path(segment_path_).filename().string()},
+                  {"time_ms", now_ms()}};
+  const std::string final_path = cfg_.dir + "/" + checkpoint_name(instance_);
+  const std::string tmp = final_path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return;
+  std::string text = json::serialize(cp) + "\n";
+  int err = 0;
+  const bool ok = write_all(fd, text.data(), text.size(), err) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (ok && ::rename(tmp.c_str(), final_path.c_str()) == 0) sync_dir(cfg_.dir);
+}
+
+void audit_log::apply_retention() {
+  if (cfg_.retention_days == 0) return;
+  const auto cutoff = fs::file_time_type::clock::now() - hours(24) * cfg_.retention_days;
+  std::vector<std::pair<std::uint64_t, fs::path>> old;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(cfg_.dir, ec)) {
+    auto id = parse_segment_name(e.path().filename().string());
+    if (!id || id->instance != instance_ || e.path().string() == segment_path_) continue;
+    if (e.last_write_time(ec) < cutoff && !ec) old.emplace_back(id->first_seq, e.path());
+  }
+  if (old.empty()) return;
+  std::sort(old.begin(), old.end());
+  // Removal is itself recorded: the chain names what retention removed, so verify can tell it
+  // from a deleted segment.
+  json::array names;
+  for (auto& [seq, p] : old) names.push_back(json::value(p.filename().string()));
+  std::vector<item> rec;
+  rec.push_back(item{json::serialize(json::object{{"type", "retention"}, {"time_ms", now_ms()}, {"removed", names}}), {}, false});
+  if (!write_group(rec)) return;
+  if (!strict()) ::fdatasync(fd_);
+  for (auto& [seq, p] : old) fs::remove(p, ec);
+  sync_dir(cfg_.dir);
+  log_("info", "audit: retention removed old segments", "\"count\":" + std::to_string(old.size()));
+}
+
+void audit_log::run() {
+  std::unique_lock lk(mu_);
+  for (;;) {
+    const auto wait = unsynced_ ? milliseconds(cfg_.batch_ms) : (healthy() ? milliseconds(1000) : milliseconds(250));
+    cv_.wait_for(lk, wait, [&] { return stop_ || !queue_.empty(); });
+    std::vector<item> batch;
+    batch.swap(queue_);
+    const bool stopping = stop_;
+    lk.unlock();
+
+    const auto now = steady_clock::now();
+    if (!held_.empty() && (now - last_retry_ >= milliseconds(250) || stopping)) {
+      // Retry what failed before, in its order, before anything newer.
+      last_retry_ = now;
+      if (write_group(held_)) {
+        held_.clear();
+        held_bytes_ = 0;
+        set_healthy(true, {});
+      }
+    }
+    if (!batch.empty()) {
+      const bool tried = held_.empty();
+      const bool ok = tried && write_group(batch);
+      if (!ok) {
+        set_healthy(false, last_error_);
+        if (tried) last_retry_ = now;  // records queued behind held ones do not delay the retry
+        complete(batch, false);
+        for (auto& it : batch) {
+          if (held_bytes_ + it.body.size() > cfg_.max_pending_bytes) {
+            records_.counter({"dropped"}).inc();
+            continue;
+          }
+          held_bytes_ += it.body.size();
+          held_.push_back(item{std::move(it.body), {}, true});
+        }
+      } else {
+        complete(batch, true);
+      }
+    }
+    if (unsynced_ && (steady_clock::now() - last_sync_ >= milliseconds(cfg_.batch_ms) || stopping)) {
+      ::fdatasync(fd_);
+      unsynced_ = false;
+      last_sync_ = steady_clock::now();
+    }
+    if (stopping || steady_clock::now() - last_checkpoint_ >= seconds(std::max<std::uint32_t>(1, cfg_.checkpoint_s))) {
+      if (unsynced_) {
+        ::fdatasync(fd_);
+        unsynced_ = false;
+      }
+      write_checkpoint();
+      last_checkpoint_ = steady_clock::now();
+    }
+    if (!stopping && steady_clock::now() - last_retention_ >= hours(1)) {
+      apply_retention();
+      last_retention_ = steady_clock::now();
+    }
+    lk.lock();
+    if (stopping && queue_.empty()) break;
+  }
+  if (!held_.empty()) {
+    records_.counter({"dropped"}).inc(double(held_.size()));
+    log_("error", "audit: records could not be written before shutdown",
+         "\"count\":" + std::to_string(held_.size()));
+  }
+}
+
+}  // namespace tollgate::audit
