@@ -6,7 +6,13 @@
 #include <boost/json/value.hpp>
 #include <boost/url/parse_query.hpp>
 
+#include <cctype>
+#include <chrono>
+#include <map>
+#include <optional>
+
 #include "gateway/core/text.hpp"
+#include "gateway/core/time.hpp"
 #include "gateway/pipeline.hpp"
 #include "policy/keys.hpp"
 
@@ -35,6 +41,7 @@ json::object key_json(const policy::key_record& k) {
     o["budget"] = {{"usd", double(k.budget.limit_nano) / 1e9},
                    {"period", config::period_name(k.budget.period)},
                    {"soft", k.budget.soft}};
+  if (!k.old_digest.empty() && k.old_digest_expires_unix > 0) o["previous_secret_valid_until_unix"] = k.old_digest_expires_unix;
   return o;
 }
 
@@ -51,6 +58,67 @@ bool read_uint(const json::object& o, std::string_view name, std::uint64_t& out,
   return true;
 }
 
+/// "models": a list of names or globs.
+std::string parse_models(const json::object& o, std::vector<std::string>& out) {
+  if (auto* m = o.if_contains("models")) {
+    if (!m->is_array()) return "models must be a list of model names or globs";
+    for (auto& e : m->get_array()) {
+      if (!e.is_string()) return "models must be a list of model names or globs";
+      out.emplace_back(e.get_string());
+    }
+  }
+  return {};
+}
+
+/// budget.usd as nano-USD, or an error.
+std::string parse_usd(const json::value& usd, std::int64_t& nano) {
+  if (!usd.is_number() || usd.to_number<double>() < 0 || usd.to_number<double>() > 9e6)
+    return "budget.usd must be a number from 0 to 9000000";
+  nano = static_cast<std::int64_t>(usd.to_number<double>() * 1e9 + 0.5);
+  return {};
+}
+
+/// "period" and "soft" of a budget object (absent ones untouched).
+std::string parse_period_soft(const json::object& bo, std::optional<config::budget_period>& period, std::optional<double>& soft) {
+  if (auto* p = bo.if_contains("period")) {
+    period = p->is_string() ? config::parse_period(p->get_string()) : std::nullopt;
+    if (!period) return "budget.period must be daily, monthly or total";
+  }
+  if (auto* sf = bo.if_contains("soft")) {
+    if (!sf->is_number() || sf->to_number<double>() < 0 || sf->to_number<double>() > 1)
+      return "budget.soft must be a fraction between 0 and 1";
+    soft = sf->to_number<double>();
+  }
+  return {};
+}
+
+/// "limits" {rpm, tpm, concurrency} and "budget" {usd, period, soft} of a new key or team.
+std::string parse_limits_budget(const json::object& o, config::limits_config& limits, config::budget_config& budget) {
+  std::string err;
+  if (auto* l = o.if_contains("limits")) {
+    if (!l->is_object()) return "limits must be an object with rpm, tpm, concurrency";
+    const auto& lo = l->get_object();
+    for (auto& [name, _] : lo)
+      if (name != "rpm" && name != "tpm" && name != "concurrency") return "limits." + std::string(name) + ": unknown field";
+    if (!read_uint(lo, "rpm", limits.rpm, err) || !read_uint(lo, "tpm", limits.tpm, err) ||
+        !read_uint(lo, "concurrency", limits.concurrency, err))
+      return "limits." + err;
+  }
+  if (auto* b = o.if_contains("budget"); b && !b->is_null()) {
+    if (!b->is_object()) return "budget must be an object with usd, period, soft";
+    const auto& bo = b->get_object();
+    auto* usd = bo.if_contains("usd");
+    if (!usd) return "budget.usd is required";
+    if (err = parse_usd(*usd, budget.limit_nano); !err.empty()) return err;
+    std::optional<config::budget_period> period;
+    std::optional<double> soft;
+    if (err = parse_period_soft(bo, period, soft); !err.empty()) return err;
+    if (period) budget.period = *period;
+    if (soft) budget.soft = *soft;
+  }
+  return {};
+}
+
 /// Fills a key prototype from the POST body; returns an error message or "".
 std::string parse_key_request(const json::object& o, policy::key_record& k) {
   auto* team = o.if_contains("team");
@@ -60,45 +128,76 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
     if (!n->is_string()) return "name must be a string";
     k.name = std::string(n->get_string());
   }
-  if (auto* m = o.if_contains("models")) {
-    if (!m->is_array()) return "models must be a list of model names or globs";
-    for (auto& e : m->get_array()) {
-      if (!e.is_string()) return "models must be a list of model names or globs";
-      k.models.emplace_back(e.get_string());
-    }
-  }
+  if (auto err = parse_models(o, k.models); !err.empty()) return err;
   std::string err;
   std::uint64_t expires = 0;
   if (!read_uint(o, "expires_unix", expires, err)) return err;
   k.expires_unix = std::int64_t(expires);
-  if (auto* l = o.if_contains("limits")) {
-    if (!l->is_object()) return "limits must be an object with rpm, tpm, concurrency";
-    const auto& lo = l->get_object();
-    for (auto& [name, _] : lo)
-      if (name != "rpm" && name != "tpm" && name != "concurrency") return "limits." + std::string(name) + ": unknown field";
-    if (!read_uint(lo, "rpm", k.limits.rpm, err) || !read_uint(lo, "tpm", k.limits.tpm, err) ||
-        !read_uint(lo, "concurrency", k.limits.concurrency, err))
-      return "limits." + err;
+  return parse_limits_budget(o, k.limits, k.budget);
+}
+
+/// A team name: what config accepts, and safe in a URL path.
+bool valid_team_name(std::string_view n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  return true;
+}
+
+/// PUT /admin/v1/quotas body: rpm, tpm, concurrency at the top; budget {usd, period, soft} or null.
+std::string parse_quota_patch(const json::object& o, policy::engine::quota_patch& p) {
+  for (auto& [name, _] : o)
+    if (name != "team" && name != "key_id" && name != "rpm" && name != "tpm" && name != "concurrency" && name != "budget")
+      return std::string(name) + ": unknown field";
+  std::string err;
+  for (auto [name, slot] : {std::pair{"rpm", &p.rpm}, std::pair{"tpm", &p.tpm}, std::pair{"concurrency", &p.concurrency}}) {
+    if (!o.if_contains(name)) continue;
+    std::uint64_t v = 0;
+    if (!read_uint(o, name, v, err)) return err;
+    *slot = v;
   }
   if (auto* b = o.if_contains("budget")) {
-    if (!b->is_object()) return "budget must be an object with usd, period, soft";
-    const auto& bo = b->get_object();
-    auto* usd = bo.if_contains("usd");
-    if (!usd || !usd->is_number() || usd->to_number<double>() < 0 || usd->to_number<double>() > 9e6)
-      return "budget.usd must be a number from 0 to 9000000";
-    k.budget.limit_nano = static_cast<std::int64_t>(usd->to_number<double>() * 1e9 + 0.5);
-    if (auto* p = bo.if_contains("period")) {
-      const auto period = p->is_string() ? config::parse_period(p->get_string()) : std::nullopt;
-      if (!period) return "budget.period must be daily, monthly or total";
-      k.budget.period = *period;
-    }
-    if (auto* sf = bo.if_contains("soft")) {
-      if (!sf->is_number() || sf->to_number<double>() < 0 || sf->to_number<double>() > 1)
-        return "budget.soft must be a fraction between 0 and 1";
-      k.budget.soft = sf->to_number<double>();
+    if (b->is_null()) {
+      p.remove_budget = true;
+    } else if (!b->is_object()) {
+      return "budget must be an object with usd, period, soft (or null to remove it)";
+    } else {
+      const auto& bo = b->get_object();
+      if (auto* usd = bo.if_contains("usd")) {
+        std::int64_t nano = 0;
+        if (err = parse_usd(*usd, nano); !err.empty()) return err;
+        p.budget_nano = nano;
+      }
+      if (err = parse_period_soft(bo, p.period, p.soft); !err.empty()) return err;
     }
   }
+  if (!p.rpm && !p.tpm && !p.concurrency && !p.budget_nano && !p.period && !p.soft && !p.remove_budget)
+    return "nothing to change: give rpm, tpm, concurrency or budget";
   return {};
+}
+
+json::object limits_json(const config::limits_config& l) {
+  return {{"rpm", l.rpm}, {"tpm", l.tpm}, {"concurrency", l.concurrency}};
+}
+
+json::value budget_json(const config::budget_config& b) {
+  if (!b.set()) return nullptr;
+  return json::object{{"usd", double(b.limit_nano) / 1e9}, {"limit_nano", b.limit_nano},
+                      {"period", config::period_name(b.period)}, {"soft", b.soft}};
+}
+
+// Built outside the coroutine: GCC 12 miscompiles string literals in brace-initialisers there.
+json::object list_json(json::array data) { return {{"object", "list"}, {"data", std::move(data)}}; }
+json::object usage_json(std::int64_t from, std::int64_t to, json::array data, json::object total) {
+  return {{"object", "usage"}, {"from", from}, {"to", to}, {"data", std::move(data)}, {"total", std::move(total)}};
+}
+
+json::object team_json(const policy::engine::team_view& v) {
+  const auto& t = *v.team;
+  json::array models;
+  for (auto& m : t.models) models.push_back(json::string(m));
+  return {{"name", t.name},     {"models", models},          {"limits", limits_json(t.limits)},
+          {"budget", budget_json(t.budget)}, {"source", v.source}, {"created_unix", v.created_unix}};
 }
 
 std::string query_param(std::string_view query, std::string_view name) {
@@ -111,9 +210,15 @@ std::string query_param(std::string_view query, std::string_view name) {
 
 /// The audit trail's name for an admin request ("key.create", ...); "unknown" for other paths.
 std::string admin_action(const request_context& ctx) {
-  if (ctx.path == "/admin/v1/keys" && ctx.method == "POST") return "key.create";
-  if (ctx.path.starts_with("/admin/v1/keys/")) return ctx.method == "DELETE" ? "key.revoke" : "key.show";
+  const bool get = ctx.method == "GET", post = ctx.method == "POST", del = ctx.method == "DELETE";
+  if (ctx.path == "/admin/v1/keys") return post ? "key.create" : get ? "key.list" : "unknown";
+  if (ctx.path.starts_with("/admin/v1/keys/"))
+    return ctx.path.ends_with("/rotate") ? "key.rotate" : del ? "key.revoke" : get ? "key.show" : "unknown";
+  if (ctx.path == "/admin/v1/teams") return post ? "team.create" : get ? "team.list" : "unknown";
+  if (ctx.path.starts_with("/admin/v1/teams/")) return del ? "team.delete" : get ? "team.show" : "unknown";
+  if (ctx.path == "/admin/v1/quotas") return ctx.method == "PUT" ? "quota.set" : get ? "quota.show" : "unknown";
   if (ctx.path == "/admin/v1/budget") return "budget.show";
+  if (ctx.path == "/admin/v1/usage") return "usage.show";
   return "unknown";
 }
 
@@ -138,16 +243,32 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     co_return;
   }
   policy::engine& pol = w.policy();
-  constexpr std::string_view keys_prefix = "/admin/v1/keys/";
-  if (ctx.path == "/admin/v1/keys" && ctx.method == "POST") {
+  const std::string& a = ctx.action;
+  std::optional<json::object> body;
+  if (ctx.method == "POST" || ctx.method == "PUT") {
     boost::system::error_code ec;
-    auto v = json::parse(ctx.body, ec);
+    auto v = json::parse(ctx.body.empty() ? std::string_view("{}") : std::string_view(ctx.body), ec);
     if (ec || !v.is_object()) {
       co_await answer_error(ctx, sink, errc::invalid_json, "The body must be a JSON object.");
       co_return;
     }
+    body = std::move(v.get_object());
+  }
+  constexpr std::string_view keys_prefix = "/admin/v1/keys/", teams_prefix = "/admin/v1/teams/";
+  // An engine error as an answer: unreachable store 503, unknown 404, exists or in config 409.
+  auto fail_with = [&](const std::string& err) {
+    errc e = errc::invalid_value;
+    if (err.starts_with("the policy store is unavailable")) e = errc::policy_store_unavailable;
+    else if (err.starts_with("no ")) e = errc::not_found;
+    else if (err.find("already exists") != std::string::npos || err.find("config file") != std::string::npos ||
+             err.find("is revoked") != std::string::npos)
+      e = errc::conflict;
+    return e;
+  };
+
+  if (a == "key.create") {
     policy::key_record proto;
-    if (auto err = parse_key_request(v.get_object(), proto); !err.empty()) {
+    if (auto err = parse_key_request(*body, proto); !err.empty()) {
       co_await answer_error(ctx, sink, errc::invalid_value, err);
       co_return;
     }
@@ -162,14 +283,45 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     json::object o = key_json(r->record);
     o["key"] = r->full;  // the only time the secret leaves the gateway
     co_await send(sink, 201, o);
-  } else if (ctx.path.starts_with(keys_prefix) && (ctx.method == "GET" || ctx.method == "DELETE")) {
+  } else if (a == "key.list") {
+    const std::string team = query_param(ctx.query, "team");
+    ctx.action_target = team;
+    auto keys = co_await pol.list_keys(ctx.worker, cfg, team);
+    if (!keys) {
+      co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
+      co_return;
+    }
+    json::array data;
+    for (auto& k : *keys) data.push_back(key_json(k));
+    const json::object list = list_json(std::move(data));
+    co_await send(sink, 200, list);
+  } else if (a == "key.rotate") {
+    std::string id = ctx.path.substr(keys_prefix.size());
+    id.resize(id.size() - std::string_view("/rotate").size());
+    ctx.action_target = id;
+    std::string err;
+    std::uint64_t overlap = 0;
+    if (!read_uint(*body, "overlap_seconds", overlap, err) || overlap > 30 * 86400) {
+      co_await answer_error(ctx, sink, errc::invalid_value,
+                            err.empty() ? std::string("overlap_seconds must be at most 2592000 (30 days)") : err,
+                            "overlap_seconds");
+      co_return;
+    }
+    auto r = co_await pol.rotate_key(ctx.worker, cfg, id, std::int64_t(overlap));
+    if (!r) {
+      co_await answer_error(ctx, sink, fail_with(r.error()), r.error());
+      co_return;
+    }
+    json::object o = key_json(r->record);
+    o["key"] = r->full;  // the new secret, shown once
+    co_await send(sink, 200, o);
+  } else if (a == "key.revoke" || a == "key.show") {
     const std::string id = ctx.path.substr(keys_prefix.size());
     ctx.action_target = id;
-    if (ctx.method == "DELETE") {
+    if (a == "key.revoke") {
       auto r = co_await pol.revoke_key(ctx.worker, cfg, id);
       if (!r) {
-        const bool missing = r.error().starts_with("no key");
-        co_await answer_error(ctx, sink, missing ? errc::not_found : errc::policy_store_unavailable, r.error());
+        co_await answer_error(ctx, sink, fail_with(r.error()), r.error());
         co_return;
       }
       co_await send(sink, 200, key_json(*r));
@@ -179,34 +331,172 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
       else if (!r.key) co_await answer_error(ctx, sink, errc::not_found, "No key with id '" + id + "'.");
       else co_await send(sink, 200, key_json(*r.key));
     }
-  } else if (ctx.path == "/admin/v1/budget" && ctx.method == "GET") {
-    // ?team=T for the team's budget, &key=ID for that key's.
-    const std::string team = query_param(ctx.query, "team"), key = query_param(ctx.query, "key");
-    ctx.action_target = key.empty() ? team : team + "/" + key;
-    const config::team_config* t = cfg.find_team(team);
-    if (!t) {
-      co_await answer_error(ctx, sink, errc::not_found, "No team '" + team + "'.", "team");
+  } else if (a == "team.create") {
+    policy::team_record t;
+    auto* name = body->if_contains("name");
+    std::string err;
+    if (!name || !name->is_string() || !valid_team_name(name->get_string()))
+      err = "name is required: 1 to 64 letters, digits, '-', '_' or '.'";
+    else t.name = std::string(name->get_string());
+    for (auto& [field, _] : *body)
+      if (err.empty() && field != "name" && field != "models" && field != "limits" && field != "budget")
+        err = std::string(field) + ": unknown field";
+    if (err.empty()) err = parse_models(*body, t.models);
+    if (err.empty()) err = parse_limits_budget(*body, t.limits, t.budget);
+    if (!err.empty()) {
+      co_await answer_error(ctx, sink, errc::invalid_value, err);
       co_return;
     }
-    policy::scope_spec s{"t", t->name, t->limits, t->budget};
+    ctx.action_target = t.name;
+    auto r = co_await pol.create_team(ctx.worker, cfg, std::move(t));
+    if (!r || !r->team) {
+      const std::string e = r ? std::string("the policy store is unavailable") : r.error();
+      co_await answer_error(ctx, sink, fail_with(e), e, "name");
+      co_return;
+    }
+    co_await send(sink, 201, team_json(*r));
+  } else if (a == "team.list") {
+    auto teams = co_await pol.list_teams(ctx.worker, cfg);
+    if (!teams) {
+      co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
+      co_return;
+    }
+    json::array data;
+    for (auto& t : *teams) data.push_back(team_json(t));
+    const json::object list = list_json(std::move(data));
+    co_await send(sink, 200, list);
+  } else if (a == "team.show" || a == "team.delete") {
+    const std::string name = ctx.path.substr(teams_prefix.size());
+    ctx.action_target = name;
+    if (a == "team.delete") {
+      auto r = co_await pol.delete_team(ctx.worker, cfg, name);
+      if (!r) {
+        co_await answer_error(ctx, sink, fail_with(r.error()), r.error());
+        co_return;
+      }
+      json::object o = team_json(*r);
+      o["deleted"] = true;
+      co_await send(sink, 200, o);
+    } else {
+      auto v = co_await pol.resolve_team(ctx.worker, cfg, name);
+      if (!v.reachable) co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
+      else if (!v.team) co_await answer_error(ctx, sink, errc::not_found, "No team '" + name + "'.");
+      else co_await send(sink, 200, team_json(v));
+    }
+  } else if (a == "quota.set") {
+    auto* team = body->if_contains("team");
+    auto* key = body->if_contains("key_id");
+    policy::engine::quota_patch patch;
+    std::string err;
+    if (!team || !team->is_string() || team->get_string().empty()) err = "team (string) is required";
+    else if (key && !key->is_null() && !key->is_string()) err = "key_id must be a string";
+    if (err.empty()) err = parse_quota_patch(*body, patch);
+    if (!err.empty()) {
+      co_await answer_error(ctx, sink, errc::invalid_value, err);
+      co_return;
+    }
+    const std::string t(team->get_string()), k = key && key->is_string() ? std::string(key->get_string()) : std::string();
+    ctx.action_target = k.empty() ? t : t + "/" + k;
+    auto r = co_await pol.set_quota(ctx.worker, cfg, t, k, patch);
+    if (!r) {
+      co_await answer_error(ctx, sink, fail_with(r.error()), r.error());
+      co_return;
+    }
+    json::object o{{"team", t}, {"limits", limits_json(r->first)}, {"budget", budget_json(r->second)}};
+    if (!k.empty()) o["key_id"] = k;
+    co_await send(sink, 200, o);
+  } else if (a == "quota.show" || a == "budget.show") {
+    // ?team=T for the team's quota and budget use, &key=ID for that key's.
+    const std::string team = query_param(ctx.query, "team"), key = query_param(ctx.query, "key");
+    ctx.action_target = key.empty() ? team : team + "/" + key;
+    auto view = co_await pol.resolve_team(ctx.worker, cfg, team);
+    if (!view.team) {
+      if (!view.reachable) co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
+      else co_await answer_error(ctx, sink, errc::not_found, "No team '" + team + "'.", "team");
+      co_return;
+    }
+    const config::team_config& t = *view.team;
+    policy::scope_spec s{"t", t.name, t.limits, t.budget};
     if (!key.empty()) {
       auto r = co_await pol.find_key(ctx.worker, cfg, key);
-      if (!r.key || r.key->team != t->name) {
+      if (!r.key || r.key->team != t.name) {
         co_await answer_error(ctx, sink, errc::not_found, "No key '" + key + "' in team '" + team + "'.", "key");
         co_return;
       }
-      s = {"k:" + key, t->name, r.key->limits, r.key->budget};
+      s = {"k:" + key, t.name, r.key->limits, r.key->budget};
     }
     auto b = co_await pol.budget(ctx.worker, s);
     if (!b.reachable) {
       co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
       co_return;
     }
-    json::object o{{"team", t->name}, {"spent_usd", double(b.spent) / 1e9}, {"reserved_usd", double(b.reserved) / 1e9},
+    json::object o{{"team", t.name}, {"spent_usd", double(b.spent) / 1e9}, {"reserved_usd", double(b.reserved) / 1e9},
                    {"spent_nano", b.spent}, {"reserved_nano", b.reserved}};
     if (!key.empty()) o["key_id"] = key;
-    if (s.budget.set()) o["limit_usd"] = double(s.budget.limit_nano) / 1e9;
+    if (s.budget.set()) {
+      o["limit_usd"] = double(s.budget.limit_nano) / 1e9;
+      o["limit_nano"] = s.budget.limit_nano;
+    }
+    if (a == "quota.show") {
+      o["limits"] = limits_json(s.limits);
+      o["budget"] = budget_json(s.budget);
+    }
     co_await send(sink, 200, o);
+  } else if (a == "usage.show") {
+    // ?from=&to= (unix seconds or RFC 3339; default: the last 24 hours), &team= &key= &model=.
+    const std::string team = query_param(ctx.query, "team"), key = query_param(ctx.query, "key"),
+                      model = query_param(ctx.query, "model"), from_s = query_param(ctx.query, "from"),
+                      to_s = query_param(ctx.query, "to");
+    ctx.action_target = team;
+    const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch()).count();
+    const auto to_ms = to_s.empty() ? std::optional<std::int64_t>(now_ms) : parse_time_ms(to_s);
+    const auto from_ms = from_s.empty() ? std::optional<std::int64_t>(to_ms.value_or(now_ms) - 86'400'000)
+                                        : parse_time_ms(from_s);
+    if (!from_ms || !to_ms || *to_ms <= *from_ms || *to_ms - *from_ms > 400ll * 86'400'000) {
+      co_await answer_error(ctx, sink, errc::invalid_value,
+                            "from and to must be unix seconds or RFC 3339 times, from before to, at most 400 days apart.",
+                            from_ms ? "to" : "from");
+      co_return;
+    }
+    // Hour resolution: the hours that overlap [from, to).
+    const std::int64_t from_h = *from_ms / 3'600'000, to_h = (*to_ms + 3'599'999) / 3'600'000;
+    auto rows = co_await pol.usage(ctx.worker, from_h, to_h);
+    if (!rows) {
+      co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
+      co_return;
+    }
+    std::map<std::string, policy::usage_row> sums;  // by team, key and model over the range
+    policy::usage_row total;
+    for (auto& r : *rows) {
+      if ((!team.empty() && r.team != team) || (!key.empty() && r.key_id != key) || (!model.empty() && r.model != model))
+        continue;
+      policy::usage_row k = r;
+      k.hour = 0;
+      sums[k.id()].add(k);
+      total.requests += r.requests;
+      total.prompt += r.prompt;
+      total.completion += r.completion;
+      total.cost_nano += r.cost_nano;
+    }
+    auto row_json = [](const policy::usage_row& r) {
+      return json::object{{"team", r.team},
+                          {"key_id", r.key_id.empty() ? json::value(nullptr) : json::value(r.key_id)},
+                          {"model", r.model},
+                          {"requests", r.requests},
+                          {"prompt_tokens", r.prompt},
+                          {"completion_tokens", r.completion},
+                          {"cost_nano", r.cost_nano},
+                          {"cost_usd", double(r.cost_nano) / 1e9}};
+    };
+    json::array data;
+    for (auto& [id, r] : sums) data.push_back(row_json(r));
+    json::object t = row_json(total);
+    t.erase("team");
+    t.erase("key_id");
+    t.erase("model");
+    const json::object report = usage_json(from_h * 3600, to_h * 3600, std::move(data), std::move(t));
+    co_await send(sink, 200, report);
   } else {
     co_await answer_error(ctx, sink, errc::not_found, "Unknown admin URL: " + ctx.method + " " + ctx.path + ".");
   }

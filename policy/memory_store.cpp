@@ -213,6 +213,54 @@ awaitable<bool> memory_store::put_key(unsigned, key_record k) {
   co_return true;
 }
 
+awaitable<std::optional<std::vector<key_record>>> memory_store::list_keys(unsigned) {
+  std::lock_guard lock(mu_);
+  std::vector<key_record> out;
+  for (auto& [id, k] : keys_) out.push_back(k);
+  co_return out;
+}
+
+awaitable<team_lookup> memory_store::get_team(unsigned, std::string name) {
+  std::lock_guard lock(mu_);
+  team_lookup r{true, std::nullopt};
+  if (auto it = teams_.find(name); it != teams_.end()) r.team = it->second;
+  co_return r;
+}
+
+awaitable<bool> memory_store::put_team(unsigned, team_record t) {
+  std::lock_guard lock(mu_);
+  teams_[t.name] = std::move(t);
+  co_return true;
+}
+
+awaitable<bool> memory_store::delete_team(unsigned, std::string name) {
+  std::lock_guard lock(mu_);
+  teams_.erase(name);
+  co_return true;
+}
+
+awaitable<std::optional<std::vector<team_record>>> memory_store::list_teams(unsigned) {
+  std::lock_guard lock(mu_);
+  std::vector<team_record> out;
+  for (auto& [name, t] : teams_) out.push_back(t);
+  co_return out;
+}
+
+awaitable<bool> memory_store::add_usage(unsigned, std::vector<usage_row> rows) {
+  std::lock_guard lock(mu_);
+  for (auto& r : rows) usage_[r.id()].add(r);
+  co_return true;
+}
+
+awaitable<std::optional<std::vector<usage_row>>> memory_store::usage(unsigned, std::int64_t from_hour,
+                                                                     std::int64_t to_hour) {
+  std::lock_guard lock(mu_);
+  std::vector<usage_row> out;
+  for (auto& [k, r] : usage_)
+    if (r.hour >= from_hour && r.hour < to_hour) out.push_back(r);
+  co_return out;
+}
+
 awaitable<bool> memory_store::publish_invalidation(unsigned, std::string id) {
   std::vector<std::function<void(std::string_view)>> ls;
   {

@@ -31,6 +31,13 @@ class memory_store final : public store {
   }
   awaitable<key_lookup> get_key(unsigned, std::string id) override;
   awaitable<bool> put_key(unsigned, key_record k) override;
+  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override;
+  awaitable<team_lookup> get_team(unsigned, std::string name) override;
+  awaitable<bool> put_team(unsigned, team_record t) override;
+  awaitable<bool> delete_team(unsigned, std::string name) override;
+  awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned) override;
+  awaitable<bool> add_usage(unsigned, std::vector<usage_row> rows) override;
+  awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t from_hour, std::int64_t to_hour) override;
   awaitable<bool> publish_invalidation(unsigned, std::string id) override;
   void on_invalidation(std::function<void(std::string_view)> cb) override;
 
@@ -72,7 +79,9 @@ class memory_store final : public store {
   std::mutex mu_;
   std::unordered_map<std::string, scope_state> scopes_;
   std::unordered_map<std::string, std::int64_t> inflight_;  ///< lease -> admission time, until settled
-  std::unordered_map<std::string, key_record> keys_;
+  std::map<std::string, key_record> keys_;
+  std::map<std::string, team_record> teams_;
+  std::map<std::string, usage_row> usage_;  ///< by "<hour>|<team>|<key>|<model>"
   std::vector<std::function<void(std::string_view)>> listeners_;
 };
 

@@ -110,7 +110,8 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                      metrics::kind::counter, {"op"})),
       call_admit_(calls_.counter({"admit"})),
       call_key_(calls_.counter({"key_lookup"})),
-      call_settle_(calls_.counter({"settle"})) {
+      call_settle_(calls_.counter({"settle"})),
+      call_team_(calls_.counter({"team_lookup"})) {
   degraded_.gauge({}).set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
 }
@@ -120,8 +121,12 @@ engine::~engine() = default;
 void engine::start(const std::vector<executor_t>& workers) {
   queues_.resize(std::max<std::size_t>(1, workers.size()));
   inflight_.resize(std::max<std::size_t>(1, workers.size()));
+  usage_.resize(std::max<std::size_t>(1, workers.size()));
   store_->start(workers);
-  for (std::size_t i = 0; i < workers.size(); ++i) net::co_spawn(workers[i], renew_leases(unsigned(i)), net::detached);
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    net::co_spawn(workers[i], renew_leases(unsigned(i)), net::detached);
+    net::co_spawn(workers[i], usage_loop(unsigned(i)), net::detached);
+  }
 }
 
 awaitable<void> engine::renew_leases(unsigned worker) {
@@ -144,16 +149,19 @@ void engine::stop() { store_->stop(); }
 
 void engine::forget(std::string_view id) {
   std::lock_guard lock(cache_mu_);
-  if (id == "*") cache_.clear();  // the invalidation channel was down: anything may have changed
-  else cache_.erase(std::string(id));
+  if (id == "*") {  // the invalidation channel was down: anything may have changed
+    cache_.clear();
+    team_cache_.clear();
+  } else if (id.starts_with("team:")) {
+    team_cache_.erase(std::string(id.substr(5)));
+  } else {
+    cache_.erase(std::string(id));
+  }
 }
 
 awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id) {
   for (auto& k : cfg.keys)
-    if (k.id == id) {
-      key_record r{k.id, k.team, k.name, k.digest, k.models, k.expires_unix, 0, k.enabled, k.limits, k.budget};
-      co_return key_lookup{true, std::move(r)};
-    }
+    if (k.id == id) co_return key_lookup{true, key_of(k)};
   const auto now = steady_clock::now();
   const auto ttl = milliseconds(cfg.auth.key_cache_ms);
   {
@@ -197,7 +205,9 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
       for (auto& t : cfg.teams)
         for (auto& id : t.identities)
           if (id == name) {
-            from_team(t);
+            // Its models, limits and budget as the admin API may have changed them.
+            auto view = co_await resolve_team(ctx.worker, cfg, t.name);
+            from_team(view.team ? *view.team : t);
             g->subject = name;
             ctx.identity.team = t.name;
             ctx.identity.subject = name;
@@ -239,8 +249,13 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
                            "The policy store is unavailable; the key cannot be checked. Retry shortly.", "",
                            error_source::policy);
   }
-  if (!found.key || !verify_secret(parsed->secret, found.key->digest, cfg.auth.pepper)) co_return invalid();
+  if (!found.key) co_return invalid();
   const key_record& k = *found.key;
+  // After a rotation the previous secret stays valid for the overlap it was given.
+  const bool current = verify_secret(parsed->secret, k.digest, cfg.auth.pepper);
+  if (!current && !(k.old_digest.size() && k.old_digest_expires_unix > std::time(nullptr) &&
+                    verify_secret(parsed->secret, k.old_digest, cfg.auth.pepper)))
+    co_return invalid();
   if (!k.enabled) {
     auth_.counter({"revoked"}).inc();
     co_return make_failure(errc::invalid_api_key, "This API key has been revoked.", "", error_source::policy);
@@ -249,11 +264,16 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
     auth_.counter({"expired"}).inc();
     co_return make_failure(errc::invalid_api_key, "This API key has expired.", "", error_source::policy);
   }
-  const config::team_config* t = cfg.find_team(k.team);
-  if (!t) {
-    auth_.counter({"invalid"}).inc();
+  const auto view = co_await resolve_team(ctx.worker, cfg, k.team);
+  if (!view.team) {
+    auth_.counter({view.reachable ? "invalid" : "unavailable"}).inc();
+    if (!view.reachable)
+      co_return make_failure(errc::policy_store_unavailable,
+                             "The policy store is unavailable; the key's team cannot be checked. Retry shortly.", "",
+                             error_source::policy);
     co_return make_failure(errc::invalid_api_key, "This API key's team no longer exists.", "", error_source::policy);
   }
+  const config::team_config* t = &*view.team;
   from_team(*t);
   g->key_id = k.id;
   g->key_models = k.models;
@@ -390,6 +410,7 @@ void fill_usage(request_context& ctx) noexcept {
 
 void engine::settle(request_context& ctx, executor_t ex) {
   fill_usage(ctx);
+  count_usage(ctx);
   auto r = ctx.reservation;
   if (!r || r->adm.scopes.empty()) return;
   if (!inflight_.empty()) inflight_[ctx.worker % inflight_.size()].erase(r->adm.lease);
@@ -487,7 +508,9 @@ void engine::report_soft(const settlement& s, const settle_result& r) {
 awaitable<boost::system::result<engine::created_key, std::string>> engine::create_key(unsigned worker,
                                                                                      const config::gateway_config& cfg,
                                                                                      key_record proto) {
-  if (!cfg.find_team(proto.team)) co_return as_error<created_key>("unknown team '" + proto.team + "'");
+  const auto team = co_await resolve_team(worker, cfg, proto.team);
+  if (!team.reachable) co_return as_error<created_key>(std::string("the policy store is unavailable"));
+  if (!team.team) co_return as_error<created_key>("unknown team '" + proto.team + "'");
   created_key out;
   for (int tries = 0; tries < 3; ++tries) {
     auto k = generate_key();

@@ -88,6 +88,43 @@ class engine {
   awaitable<boost::system::result<key_record, std::string>> revoke_key(unsigned worker, const config::gateway_config& cfg,
                                                                        std::string id);
   awaitable<key_lookup> find_key(unsigned worker, const config::gateway_config& cfg, std::string id);
+
+  // ---- Admin operations (policy/admin_ops.cpp). Changes reach every replica: the store holds
+  // them and pub/sub drops the replicas' caches (within auth.key_cache_ms at worst).
+
+  /// A team as enforced: from config, from the store, or config with the store's override.
+  struct team_view {
+    bool reachable = false;
+    std::optional<config::team_config> team;
+    std::string source;  ///< "config", "config+api" (overridden) or "api"
+    std::int64_t created_unix = 0;
+  };
+  /// The team as enforced now (cached like keys). Unreachable store: config teams still resolve.
+  awaitable<team_view> resolve_team(unsigned worker, const config::gateway_config& cfg, std::string name);
+  awaitable<boost::system::result<team_view, std::string>> create_team(unsigned worker, const config::gateway_config& cfg,
+                                                                      team_record t);
+  awaitable<boost::system::result<team_view, std::string>> delete_team(unsigned worker, const config::gateway_config& cfg,
+                                                                      std::string name);
+  awaitable<std::optional<std::vector<team_view>>> list_teams(unsigned worker, const config::gateway_config& cfg);
+  /// Keys of `team` (every team when empty): config keys and created ones. Never a secret.
+  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker, const config::gateway_config& cfg,
+                                                              std::string team);
+  /// A new secret for key `id`; the old one keeps working for `overlap_s` seconds.
+  awaitable<boost::system::result<created_key, std::string>> rotate_key(unsigned worker, const config::gateway_config& cfg,
+                                                                        std::string id, std::int64_t overlap_s);
+  /// Changes of limits and budget: absent fields keep their value.
+  struct quota_patch {
+    std::optional<std::uint64_t> rpm, tpm, concurrency;
+    std::optional<std::int64_t> budget_nano;  ///< a new budget amount
+    std::optional<config::budget_period> period;
+    std::optional<double> soft;
+    bool remove_budget = false;  ///< "budget": null
+  };
+  /// Applies `p` to key `key_id` (when not empty) or to `team`; returns the new limits and budget.
+  awaitable<boost::system::result<std::pair<config::limits_config, config::budget_config>, std::string>> set_quota(
+      unsigned worker, const config::gateway_config& cfg, std::string team, std::string key_id, quota_patch p);
+  /// Usage rows of hours [from_hour, to_hour), this replica's latest counts included.
+  awaitable<std::optional<std::vector<usage_row>>> usage(unsigned worker, std::int64_t from_hour, std::int64_t to_hour);
   awaitable<budget_state> budget(unsigned worker, const scope_spec& s) { co_return co_await store_->budget(worker, s); }
 
   store& backing() { return *store_; }
@@ -106,6 +143,11 @@ class engine {
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker);
   void report_soft(const settlement& s, const settle_result& r);
+  /// Counts a finished call in this worker's usage table (written to the store every second).
+  void count_usage(const request_context& ctx);
+  awaitable<void> flush_usage(unsigned worker);
+  awaitable<void> usage_loop(unsigned worker);
+  awaitable<key_lookup> store_key(unsigned worker, const config::gateway_config& cfg, const std::string& id);
 
   std::shared_ptr<store> store_;
   memory_store local_;  ///< per-instance rate limits while the store is unreachable
@@ -123,6 +165,13 @@ class engine {
   std::vector<std::unordered_map<std::string, std::shared_ptr<reservation>>> inflight_;
   std::mutex cache_mu_;
   std::unordered_map<std::string, cached_key> cache_;
+  struct cached_team {
+    std::optional<team_record> team;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::unordered_map<std::string, cached_team> team_cache_;
+  /// Per worker: usage not yet written to the store, by "<hour>|<team>|<key>|<model>".
+  std::vector<std::unordered_map<std::string, usage_row>> usage_;
 
   metrics::family& decisions_;    ///< {decision}
   metrics::family& degraded_;     ///< gauge
@@ -133,6 +182,7 @@ class engine {
   metrics::counter_cell& call_admit_;
   metrics::counter_cell& call_key_;
   metrics::counter_cell& call_settle_;
+  metrics::counter_cell& call_team_;
 };
 
 }  // namespace tollgate::policy

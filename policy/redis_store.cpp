@@ -364,7 +364,141 @@ awaitable<bool> redis_store::put_key(unsigned worker, key_record k) {
   const std::string body = key_to_json(k);
   const std::string_view argv[] = {"SET", key, body};
   auto r = co_await conn(worker).command(argv);
+  if (!r || r->type == redis::reply::kind::error) co_return false;
+  // The index of key ids, for listing.
+  const std::string index = cfg_.key_prefix + "keys";
+  const std::string_view add[] = {"SADD", index, k.id};
+  r = co_await conn(worker).command(add);
   co_return r && r->type != redis::reply::kind::error;
+}
+
+namespace {
+
+bool ok_reply(const boost::system::result<redis::reply>& r) { return r && r->type != redis::reply::kind::error; }
+
+/// Field separator in usage hashes: a control character no team, key id or model name holds.
+constexpr char usage_sep = '\x1f';
+
+}  // namespace
+
+awaitable<std::optional<std::vector<std::string>>> redis_store::members_docs(unsigned worker, std::string kind) {
+  // SMEMBERS of the index, then each document (GETs pipeline on one connection).
+  const std::string index = cfg_.key_prefix + kind + "s";
+  const std::string_view argv[] = {"SMEMBERS", index};
+  auto r = co_await conn(worker).command(argv);
+  if (!ok_reply(r)) co_return std::nullopt;
+  std::vector<std::string> out;
+  for (auto& e : r->elements) {
+    const std::string key = cfg_.key_prefix + kind + ":" + e.str;
+    const std::string_view get[] = {"GET", key};
+    auto d = co_await conn(worker).command(get);
+    if (!ok_reply(d)) co_return std::nullopt;
+    if (d->type == redis::reply::kind::string) out.push_back(d->str);
+  }
+  co_return out;
+}
+
+awaitable<std::optional<std::vector<key_record>>> redis_store::list_keys(unsigned worker) {
+  auto docs = co_await members_docs(worker, "key");
+  if (!docs) co_return std::nullopt;
+  std::vector<key_record> out;
+  for (auto& d : *docs)
+    if (auto k = key_from_json(d)) out.push_back(std::move(*k));
+  co_return out;
+}
+
+awaitable<team_lookup> redis_store::get_team(unsigned worker, std::string name) {
+  const std::string key = cfg_.key_prefix + "team:" + name;
+  const std::string_view argv[] = {"GET", key};
+  auto r = co_await conn(worker).command(argv);
+  team_lookup out;
+  if (!ok_reply(r)) co_return out;
+  out.reachable = true;
+  if (r->type == redis::reply::kind::string) out.team = team_from_json(r->str);
+  co_return out;
+}
+
+awaitable<bool> redis_store::put_team(unsigned worker, team_record t) {
+  const std::string key = cfg_.key_prefix + "team:" + t.name, index = cfg_.key_prefix + "teams";
+  const std::string body = team_to_json(t);
+  const std::string_view set[] = {"SET", key, body};
+  if (!ok_reply(co_await conn(worker).command(set))) co_return false;
+  const std::string_view add[] = {"SADD", index, t.name};
+  co_return ok_reply(co_await conn(worker).command(add));
+}
+
+awaitable<bool> redis_store::delete_team(unsigned worker, std::string name) {
+  const std::string key = cfg_.key_prefix + "team:" + name, index = cfg_.key_prefix + "teams";
+  const std::string_view del[] = {"DEL", key};
+  if (!ok_reply(co_await conn(worker).command(del))) co_return false;
+  const std::string_view rem[] = {"SREM", index, name};
+  co_return ok_reply(co_await conn(worker).command(rem));
+}
+
+awaitable<std::optional<std::vector<team_record>>> redis_store::list_teams(unsigned worker) {
+  auto docs = co_await members_docs(worker, "team");
+  if (!docs) co_return std::nullopt;
+  std::vector<team_record> out;
+  for (auto& d : *docs)
+    if (auto t = team_from_json(d)) out.push_back(std::move(*t));
+  co_return out;
+}
+
+awaitable<bool> redis_store::add_usage(unsigned worker, std::vector<usage_row> rows) {
+  for (auto& r : rows) {
+    const std::string key = cfg_.key_prefix + "usage:" + std::to_string(r.hour);
+    const std::string base = r.team + usage_sep + r.key_id + usage_sep + r.model + usage_sep;
+    const std::pair<char, std::int64_t> fields[] = {{'r', std::int64_t(r.requests)},
+                                                    {'p', std::int64_t(r.prompt)},
+                                                    {'c', std::int64_t(r.completion)},
+                                                    {'$', r.cost_nano}};
+    for (auto& [f, v] : fields) {
+      if (v == 0) continue;
+      const std::string field = base + f, amount = std::to_string(v);
+      const std::string_view argv[] = {"HINCRBY", key, field, amount};
+      if (!ok_reply(co_await conn(worker).command(argv))) co_return false;
+    }
+    const std::string_view expire[] = {"EXPIRE", key, "34560000"};  // 400 days
+    if (!ok_reply(co_await conn(worker).command(expire))) co_return false;
+  }
+  co_return true;
+}
+
+awaitable<std::optional<std::vector<usage_row>>> redis_store::usage(unsigned worker, std::int64_t from_hour,
+                                                                    std::int64_t to_hour) {
+  std::vector<usage_row> out;
+  for (std::int64_t h = from_hour; h < to_hour; ++h) {
+    const std::string key = cfg_.key_prefix + "usage:" + std::to_string(h);
+    const std::string_view argv[] = {"HGETALL", key};
+    auto r = co_await conn(worker).command(argv);
+    if (!ok_reply(r)) co_return std::nullopt;
+    std::map<std::string, usage_row> rows;
+    const auto& e = r->elements;
+    for (std::size_t i = 0; i + 1 < e.size(); i += 2) {
+      const std::string& field = e[i].str;
+      if (field.size() < 2 || field[field.size() - 2] != usage_sep) continue;
+      const std::string id = field.substr(0, field.size() - 2);
+      auto& row = rows[id];
+      if (row.team.empty() && row.model.empty()) {
+        const auto a = id.find(usage_sep), b = id.find(usage_sep, a + 1);
+        if (a == std::string::npos || b == std::string::npos) continue;
+        row.hour = h;
+        row.team = id.substr(0, a);
+        row.key_id = id.substr(a + 1, b - a - 1);
+        row.model = id.substr(b + 1);
+      }
+      const std::int64_t v = std::strtoll(e[i + 1].str.c_str(), nullptr, 10);
+      switch (field.back()) {
+        case 'r': row.requests = std::uint64_t(v); break;
+        case 'p': row.prompt = std::uint64_t(v); break;
+        case 'c': row.completion = std::uint64_t(v); break;
+        case '$': row.cost_nano = v; break;
+        default: break;
+      }
+    }
+    for (auto& [id, row] : rows) out.push_back(std::move(row));
+  }
+  co_return out;
 }
 
 awaitable<bool> redis_store::publish_invalidation(unsigned worker, std::string id) {

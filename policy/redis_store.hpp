@@ -29,6 +29,14 @@ class redis_store final : public store {
   awaitable<bool> renew(unsigned worker, const admission& a, std::int64_t expiry_ms) override;
   awaitable<key_lookup> get_key(unsigned worker, std::string id) override;
   awaitable<bool> put_key(unsigned worker, key_record k) override;
+  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker) override;
+  awaitable<team_lookup> get_team(unsigned worker, std::string name) override;
+  awaitable<bool> put_team(unsigned worker, team_record t) override;
+  awaitable<bool> delete_team(unsigned worker, std::string name) override;
+  awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned worker) override;
+  awaitable<bool> add_usage(unsigned worker, std::vector<usage_row> rows) override;
+  awaitable<std::optional<std::vector<usage_row>>> usage(unsigned worker, std::int64_t from_hour,
+                                                         std::int64_t to_hour) override;
   awaitable<bool> publish_invalidation(unsigned worker, std::string id) override;
   void on_invalidation(std::function<void(std::string_view)> cb) override;
 
@@ -44,6 +52,8 @@ class redis_store final : public store {
   awaitable<boost::system::result<redis::reply>> eval(unsigned worker, const std::string& sha, const std::string& body,
                                                       std::vector<std::string> keys, std::vector<std::string> args);
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
+  /// The documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>" each).
+  awaitable<std::optional<std::vector<std::string>>> members_docs(unsigned worker, std::string kind);
 
   /// An admission waiting for its worker's next batch.
   struct pending_admit {

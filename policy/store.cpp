@@ -61,6 +61,21 @@ std::string str(const json::object& o, std::string_view k) {
   return v && v->is_string() ? std::string(v->get_string()) : std::string();
 }
 
+/// "limits" and "budget" of a stored key or team.
+void read_quota(const json::object& o, config::limits_config& limits, config::budget_config& budget) {
+  if (auto* l = o.if_contains("limits"); l && l->is_object()) {
+    limits.rpm = u64(l->get_object(), "rpm");
+    limits.tpm = u64(l->get_object(), "tpm");
+    limits.concurrency = u64(l->get_object(), "concurrency");
+  }
+  if (auto* b = o.if_contains("budget"); b && b->is_object()) {
+    const auto& bo = b->get_object();
+    budget.limit_nano = i64(bo, "limit_nano", -1);
+    budget.period = config::parse_period(str(bo, "period")).value_or(config::budget_period::monthly);
+    if (auto* sf = bo.if_contains("soft"); sf && sf->is_number()) budget.soft = sf->to_number<double>();
+  }
+}
+
 }  // namespace
 
 std::string key_to_json(const key_record& k) {
@@ -71,6 +86,10 @@ std::string key_to_json(const key_record& k) {
                  {"models", models},     {"expires_unix", k.expires_unix},
                  {"created_unix", k.created_unix}, {"enabled", k.enabled},
                  {"limits", limits_json(k.limits)}, {"budget", budget_json(k.budget)}};
+  if (!k.old_digest.empty()) {
+    o["old_digest"] = k.old_digest;
+    o["old_digest_expires_unix"] = k.old_digest_expires_unix;
+  }
   return json::serialize(o);
 }
 
@@ -90,20 +109,49 @@ std::optional<key_record> key_from_json(std::string_view s) {
       if (e.is_string()) k.models.emplace_back(e.get_string());
   k.expires_unix = i64(o, "expires_unix");
   k.created_unix = i64(o, "created_unix");
+  k.old_digest = str(o, "old_digest");
+  k.old_digest_expires_unix = i64(o, "old_digest_expires_unix");
   if (auto* e = o.if_contains("enabled"); e && e->is_bool()) k.enabled = e->get_bool();
-  if (auto* l = o.if_contains("limits"); l && l->is_object()) {
-    k.limits.rpm = u64(l->get_object(), "rpm");
-    k.limits.tpm = u64(l->get_object(), "tpm");
-    k.limits.concurrency = u64(l->get_object(), "concurrency");
-  }
-  if (auto* b = o.if_contains("budget"); b && b->is_object()) {
-    const auto& bo = b->get_object();
-    k.budget.limit_nano = i64(bo, "limit_nano", -1);
-    const std::string p = str(bo, "period");
-    k.budget.period = config::parse_period(p).value_or(config::budget_period::monthly);
-    if (auto* sf = bo.if_contains("soft"); sf && sf->is_number()) k.budget.soft = sf->to_number<double>();
-  }
+  read_quota(o, k.limits, k.budget);
   return k;
+}
+
+key_record key_of(const config::key_config& k) {
+  key_record r;
+  r.id = k.id;
+  r.team = k.team;
+  r.name = k.name;
+  r.digest = k.digest;
+  r.models = k.models;
+  r.expires_unix = k.expires_unix;
+  r.enabled = k.enabled;
+  r.limits = k.limits;
+  r.budget = k.budget;
+  return r;
+}
+
+std::string team_to_json(const team_record& t) {
+  json::array models;
+  for (auto& m : t.models) models.push_back(json::string(m));
+  json::object o{{"name", t.name}, {"models", models}, {"created_unix", t.created_unix},
+                 {"limits", limits_json(t.limits)}, {"budget", budget_json(t.budget)}};
+  return json::serialize(o);
+}
+
+std::optional<team_record> team_from_json(std::string_view s) {
+  boost::system::error_code ec;
+  auto v = json::parse(s, ec);
+  if (ec || !v.is_object()) return std::nullopt;
+  const auto& o = v.get_object();
+  team_record t;
+  t.name = str(o, "name");
+  if (t.name.empty()) return std::nullopt;
+  if (auto* m = o.if_contains("models"); m && m->is_array())
+    for (auto& e : m->get_array())
+      if (e.is_string()) t.models.emplace_back(e.get_string());
+  t.created_unix = i64(o, "created_unix");
+  read_quota(o, t.limits, t.budget);
+  return t;
 }
 
 }  // namespace tollgate::policy

@@ -68,6 +68,9 @@ struct settle_result {
 /// A key created through the admin API (config keys are turned into the same record).
 struct key_record {
   std::string id, team, name, digest;
+  /// After a rotation: the previous secret's digest, still accepted until `old_digest_expires_unix`.
+  std::string old_digest;
+  std::int64_t old_digest_expires_unix = 0;
   std::vector<std::string> models;
   std::int64_t expires_unix = 0;
   std::int64_t created_unix = 0;
@@ -79,6 +82,44 @@ struct key_record {
 struct key_lookup {
   bool reachable = false;
   std::optional<key_record> key;
+};
+
+/// A team created through the admin API, or the admin API's changes to a team declared in config
+/// (its models, limits and budget then come from this record: the override).
+struct team_record {
+  std::string name;
+  std::vector<std::string> models;
+  config::limits_config limits;
+  config::budget_config budget;
+  std::int64_t created_unix = 0;
+};
+
+struct team_lookup {
+  bool reachable = false;
+  std::optional<team_record> team;
+};
+
+/// Usage of one (team, key, model) in one UTC hour, for the admin API's usage report.
+struct usage_row {
+  std::int64_t hour = 0;  ///< hours since the epoch
+  std::string team, key_id, model;
+  std::uint64_t requests = 0, prompt = 0, completion = 0;
+  std::int64_t cost_nano = 0;
+  /// "<hour>|<team>|<key>|<model>": rows with one id are summed.
+  std::string id() const { return std::to_string(hour) + "|" + team + "|" + key_id + "|" + model; }
+  /// Adds `o`'s counts (taking its identity when this row is empty).
+  void add(const usage_row& o) {
+    if (team.empty() && model.empty() && requests == 0) {
+      hour = o.hour;
+      team = o.team;
+      key_id = o.key_id;
+      model = o.model;
+    }
+    requests += o.requests;
+    prompt += o.prompt;
+    completion += o.completion;
+    cost_nano += o.cost_nano;
+  }
 };
 
 struct budget_state {
@@ -113,6 +154,21 @@ class store {
   virtual awaitable<key_lookup> get_key(unsigned worker, std::string id) = 0;
   /// Creates or replaces; false when the store is unreachable.
   virtual awaitable<bool> put_key(unsigned worker, key_record k) = 0;
+  /// Every key record (admin API listing); nullopt when the store is unreachable.
+  virtual awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker) = 0;
+
+  virtual awaitable<team_lookup> get_team(unsigned worker, std::string name) = 0;
+  virtual awaitable<bool> put_team(unsigned worker, team_record t) = 0;
+  /// Removes the record; false when unreachable.
+  virtual awaitable<bool> delete_team(unsigned worker, std::string name) = 0;
+  virtual awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned worker) = 0;
+
+  /// Adds usage counts (summed per hour, team, key and model); false when unreachable.
+  virtual awaitable<bool> add_usage(unsigned worker, std::vector<usage_row> rows) = 0;
+  /// The rows of hours [from_hour, to_hour); nullopt when unreachable.
+  virtual awaitable<std::optional<std::vector<usage_row>>> usage(unsigned worker, std::int64_t from_hour,
+                                                                 std::int64_t to_hour) = 0;
+
   /// Tells every replica (pub/sub for Redis) that `id` changed: their caches drop it.
   virtual awaitable<bool> publish_invalidation(unsigned worker, std::string id) = 0;
   /// Called (on any thread) with the id of a key some replica changed.
@@ -125,5 +181,9 @@ std::string period_id(config::budget_period p, std::int64_t now_ms);
 /// key_record <-> JSON (the Redis representation; no secret in it, only the digest).
 std::string key_to_json(const key_record& k);
 std::optional<key_record> key_from_json(std::string_view s);
+/// A key declared in config, as a record.
+key_record key_of(const config::key_config& k);
+std::string team_to_json(const team_record& t);
+std::optional<team_record> team_from_json(std::string_view s);
 
 }  // namespace tollgate::policy

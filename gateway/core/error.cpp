@@ -49,6 +49,7 @@ error_mapping map_error(errc e) noexcept {
     case errc::budget_exceeded: return {429, "insufficient_quota", "budget_exceeded"};
     case errc::policy_store_unavailable: return {503, "server_error", "policy_store_unavailable"};
     case errc::audit_unavailable: return {503, "server_error", "audit_unavailable"};
+    case errc::conflict: return {409, "invalid_request_error", "conflict"};
   }
   return {500, "server_error", "internal_error"};
 }

@@ -40,6 +40,7 @@ enum class errc {
   budget_exceeded,           ///< 429 insufficient_quota: the USD budget of the period is spent
   policy_store_unavailable,  ///< 503: the policy store cannot be reached and the policy fails closed
   audit_unavailable,         ///< 503: audit records cannot be written and audit fails closed
+  conflict,                  ///< 409: admin API: exists already, or declared in the config file
 };
 
 const boost::system::error_category& tollgate_category() noexcept;

@@ -25,6 +25,15 @@ struct dead_store final : store {
   awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return false; }
   awaitable<key_lookup> get_key(unsigned, std::string) override { co_return key_lookup{}; }
   awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
+  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override { co_return std::nullopt; }
+  awaitable<team_lookup> get_team(unsigned, std::string) override { co_return team_lookup{}; }
+  awaitable<bool> put_team(unsigned, team_record) override { co_return false; }
+  awaitable<bool> delete_team(unsigned, std::string) override { co_return false; }
+  awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned) override { co_return std::nullopt; }
+  awaitable<bool> add_usage(unsigned, std::vector<usage_row>) override { co_return false; }
+  awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t, std::int64_t) override {
+    co_return std::nullopt;
+  }
   awaitable<bool> publish_invalidation(unsigned, std::string) override { co_return false; }
   void on_invalidation(std::function<void(std::string_view)>) override {}
 };

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/core/time.hpp"
+
+#include <charconv>
+#include <ctime>
+
+namespace tollgate {
+
+std::optional<std::int64_t> parse_time_ms(std::string_view s) {
+  if (s.empty()) return std::nullopt;
+  if (s.find_first_not_of("0123456789") == std::string_view::npos) {
+    std::int64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{}) return std::nullopt;
+    return v * 1000;
+  }
+  std::tm tm{};
+  int frac_ms = 0, off_min = 0;
+  auto num = [&](std::size_t at, std::size_t len, int& out) {
+    if (at + len > s.size()) return false;
+    auto [p, ec] = std::from_chars(s.data() + at, s.data() + at + len, out);
+    return ec == std::errc{} && p == s.data() + at + len;
+  };
+  int y, mo, d, h = 0, mi = 0, se = 0;
+  if (s.size() < 10 || !num(0, 4, y) || s[4] != '-' || !num(5, 2, mo) || s[7] != '-' || !num(8, 2, d)) return std::nullopt;
+  std::size_t i = 10;
+  if (i < s.size()) {
+    if (s[i] != 'T' && s[i] != 't' && s[i] != ' ') return std::nullopt;
+    if (!num(i + 1, 2, h) || s[i + 3] != ':' || !num(i + 4, 2, mi) || s.size() < i + 9 || s[i + 6] != ':' || !num(i + 7, 2, se))
+      return std::nullopt;
+    i += 9;
+    if (i < s.size() && s[i] == '.') {
+      std::size_t j = i + 1, digits = 0;
+      while (j < s.size() && s[j] >= '0' && s[j] <= '9') {
+        if (digits < 3) frac_ms = frac_ms * 10 + (s[j] - '0');
+        ++digits;
+        ++j;
+      }
+      if (digits == 0) return std::nullopt;
+      for (std::size_t k = digits; k < 3; ++k) frac_ms *= 10;
+      i = j;
+    }
+    if (i >= s.size()) return std::nullopt;  // a time needs its zone
+    if (s[i] == 'Z' || s[i] == 'z') ++i;
+    else if (s[i] == '+' || s[i] == '-') {
+      int oh, om;
+      if (!num(i + 1, 2, oh) || s.size() < i + 6 || s[i + 3] != ':' || !num(i + 4, 2, om)) return std::nullopt;
+      off_min = (s[i] == '-' ? -1 : 1) * (oh * 60 + om);
+      i += 6;
+    } else {
+      return std::nullopt;
+    }
+    if (i != s.size()) return std::nullopt;
+  }
+  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) return std::nullopt;
+  tm.tm_year = y - 1900;
+  tm.tm_mon = mo - 1;
+  tm.tm_mday = d;
+  tm.tm_hour = h;
+  tm.tm_min = mi;
+  tm.tm_sec = se;
+  const std::int64_t secs = std::int64_t(timegm(&tm)) - std::int64_t(off_min) * 60;
+  return secs * 1000 + frac_ms;
+}
+
+}  // namespace tollgate

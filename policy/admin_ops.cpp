@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: Apache-2.0
+// The policy engine's admin operations: teams, key listing and rotation, quotas, usage. The store
+// holds every change; an invalidation on the store's channel drops every replica's cached copy.
+#include <chrono>
+#include <ctime>
+
+#include "policy/keys.hpp"
+#include "policy/policy.hpp"
+
+namespace tollgate::policy {
+using namespace std::chrono;
+
+namespace {
+
+template <class T>
+boost::system::result<T, std::string> as_error(std::string message) {
+  return {boost::system::in_place_error, std::move(message)};
+}
+
+const std::string unavailable = "the policy store is unavailable";
+
+/// A config team with the admin API's override applied.
+config::team_config merged(const config::team_config* base, const team_record& o) {
+  config::team_config t = base ? *base : config::team_config{};
+  t.name = o.name;
+  t.models = o.models;
+  t.limits = o.limits;
+  t.budget = o.budget;
+  return t;
+}
+
+team_record record_of(const config::team_config& t) {
+  team_record r;
+  r.name = t.name;
+  r.models = t.models;
+  r.limits = t.limits;
+  r.budget = t.budget;
+  return r;
+}
+
+std::int64_t hour_now() { return duration_cast<hours>(system_clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
+awaitable<engine::team_view> engine::resolve_team(unsigned worker, const config::gateway_config& cfg, std::string name) {
+  const config::team_config* base = cfg.find_team(name);
+  const auto now = steady_clock::now();
+  std::optional<team_record> rec;
+  bool cached = false;
+  {
+    std::lock_guard lock(cache_mu_);
+    if (auto it = team_cache_.find(name); it != team_cache_.end() && now - it->second.at < milliseconds(cfg.auth.key_cache_ms)) {
+      rec = it->second.team;
+      cached = true;
+    }
+  }
+  team_view v;
+  if (!cached) {
+    call_team_.inc();
+    auto found = co_await store_->get_team(worker, name);
+    if (!found.reachable) {
+      // Unreachable: the last answer stays good (nobody can change it through the store either).
+      std::lock_guard lock(cache_mu_);
+      if (auto it = team_cache_.find(name); it != team_cache_.end()) rec = it->second.team;
+      else if (!base) co_return v;  // an API team cannot be checked
+    } else {
+      rec = found.team;
+      std::lock_guard lock(cache_mu_);
+      if (team_cache_.size() > 100'000) team_cache_.clear();
+      team_cache_[name] = {rec, now};
+    }
+  }
+  v.reachable = true;
+  if (rec) {
+    v.team = merged(base, *rec);
+    v.source = base ? "config+api" : "api";
+    v.created_unix = rec->created_unix;
+  } else if (base) {
+    v.team = *base;
+    v.source = "config";
+  }
+  co_return v;
+}
+
+awaitable<boost::system::result<engine::team_view, std::string>> engine::create_team(unsigned worker,
+                                                                                    const config::gateway_config& cfg,
+                                                                                    team_record t) {
+  if (cfg.find_team(t.name)) co_return as_error<team_view>("team '" + t.name + "' already exists (in the config file)");
+  auto found = co_await store_->get_team(worker, t.name);
+  if (!found.reachable) co_return as_error<team_view>(unavailable);
+  if (found.team) co_return as_error<team_view>("team '" + t.name + "' already exists");
+  t.created_unix = std::time(nullptr);
+  if (!co_await store_->put_team(worker, t)) co_return as_error<team_view>(unavailable);
+  forget("team:" + t.name);
+  co_await store_->publish_invalidation(worker, "team:" + t.name);
+  co_return co_await resolve_team(worker, cfg, t.name);
+}
+
+awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_team(unsigned worker,
+                                                                                    const config::gateway_config& cfg,
+                                                                                    std::string name) {
+  if (cfg.find_team(name))
+    co_return as_error<team_view>("team '" + name + "' is declared in the config file; remove it there");
+  auto found = co_await store_->get_team(worker, name);
+  if (!found.reachable) co_return as_error<team_view>(unavailable);
+  if (!found.team) co_return as_error<team_view>("no team '" + name + "'");
+  team_view gone{true, merged(nullptr, *found.team), "api", found.team->created_unix};
+  if (!co_await store_->delete_team(worker, name)) co_return as_error<team_view>(unavailable);
+  // Its keys stop working on every replica: their team no longer resolves.
+  forget("team:" + name);
+  co_await store_->publish_invalidation(worker, "team:" + name);
+  co_return gone;
+}
+
+awaitable<std::optional<std::vector<engine::team_view>>> engine::list_teams(unsigned worker,
+                                                                            const config::gateway_config& cfg) {
+  auto stored = co_await store_->list_teams(worker);
+  if (!stored) co_return std::nullopt;
+  std::vector<team_view> out;
+  for (auto& t : cfg.teams) {
+    team_view v{true, t, "config", 0};
+    for (auto& r : *stored)
+      if (r.name == t.name) v = {true, merged(&t, r), "config+api", r.created_unix};
+    out.push_back(std::move(v));
+  }
+  for (auto& r : *stored)
+    if (!cfg.find_team(r.name)) out.push_back({true, merged(nullptr, r), "api", r.created_unix});
+  co_return out;
+}
+
+awaitable<std::optional<std::vector<key_record>>> engine::list_keys(unsigned worker, const config::gateway_config& cfg,
+                                                                    std::string team) {
+  auto stored = co_await store_->list_keys(worker);
+  if (!stored) co_return std::nullopt;
+  std::vector<key_record> out;
+  for (auto& k : cfg.keys)
+    if (team.empty() || k.team == team)
+      out.push_back(key_of(k));
+  for (auto& k : *stored)
+    if (team.empty() || k.team == team) out.push_back(k);
+  co_return out;
+}
+
+awaitable<key_lookup> engine::store_key(unsigned worker, const config::gateway_config& cfg, const std::string& id) {
+  for (auto& k : cfg.keys)
+    if (k.id == id) co_return key_lookup{true, std::nullopt};
+  co_return co_await store_->get_key(worker, id);
+}
+
+awaitable<boost::system::result<engine::created_key, std::string>> engine::rotate_key(unsigned worker,
+                                                                                     const config::gateway_config& cfg,
+                                                                                     std::string id, std::int64_t overlap_s) {
+  for (auto& k : cfg.keys)
+    if (k.id == id) co_return as_error<created_key>("key '" + id + "' is declared in the config file; rotate it there");
+  auto found = co_await store_->get_key(worker, id);
+  if (!found.reachable) co_return as_error<created_key>(unavailable);
+  if (!found.key) co_return as_error<created_key>("no key with id '" + id + "'");
+  if (!found.key->enabled) co_return as_error<created_key>("key '" + id + "' is revoked");
+  key_record k = *found.key;
+  auto fresh = generate_key();
+  // Same id, new secret: the key keeps its team, limits, budget and usage.
+  const std::string full = "tg_" + id + "_" + fresh.secret;
+  k.old_digest = overlap_s > 0 ? k.digest : std::string();
+  k.old_digest_expires_unix = overlap_s > 0 ? std::int64_t(std::time(nullptr)) + overlap_s : 0;
+  k.digest = digest_secret(fresh.secret, cfg.auth.pepper);
+  if (!co_await store_->put_key(worker, k)) co_return as_error<created_key>(unavailable);
+  forget(id);
+  co_await store_->publish_invalidation(worker, id);
+  created_key out;
+  out.full = full;
+  out.record = std::move(k);
+  co_return out;
+}
+
+awaitable<boost::system::result<std::pair<config::limits_config, config::budget_config>, std::string>> engine::set_quota(
+    unsigned worker, const config::gateway_config& cfg, std::string team, std::string key_id, quota_patch p) {
+  using out_t = std::pair<config::limits_config, config::budget_config>;
+  auto apply = [&](config::limits_config& l, config::budget_config& b) {
+    if (p.rpm) l.rpm = *p.rpm;
+    if (p.tpm) l.tpm = *p.tpm;
+    if (p.concurrency) l.concurrency = *p.concurrency;
+    if (p.remove_budget) b = {};
+    if (p.budget_nano) b.limit_nano = *p.budget_nano;
+    if (p.period) b.period = *p.period;
+    if (p.soft) b.soft = *p.soft;
+  };
+  if (!key_id.empty()) {
+    for (auto& k : cfg.keys)
+      if (k.id == key_id) co_return as_error<out_t>("key '" + key_id + "' is declared in the config file; change it there");
+    auto found = co_await store_->get_key(worker, key_id);
+    if (!found.reachable) co_return as_error<out_t>(unavailable);
+    if (!found.key || (!team.empty() && found.key->team != team))
+      co_return as_error<out_t>("no key '" + key_id + "'" + (team.empty() ? "" : " in team '" + team + "'"));
+    key_record k = *found.key;
+    apply(k.limits, k.budget);
+    if (!co_await store_->put_key(worker, k)) co_return as_error<out_t>(unavailable);
+    forget(key_id);
+    co_await store_->publish_invalidation(worker, key_id);
+    co_return out_t{k.limits, k.budget};
+  }
+  if ((p.period || p.soft) && !p.budget_nano) {
+    // Period or threshold alone change an existing budget only.
+    auto cur = co_await resolve_team(worker, cfg, team);
+    if (cur.team && !cur.team->budget.set())
+      co_return as_error<out_t>("team '" + team + "' has no budget: give its amount (budget.usd) too");
+  }
+  const config::team_config* base = cfg.find_team(team);
+  auto found = co_await store_->get_team(worker, team);
+  if (!found.reachable) co_return as_error<out_t>(unavailable);
+  if (!found.team && !base) co_return as_error<out_t>("no team '" + team + "'");
+  // A config team's first change stores an override that starts from its config values.
+  team_record t = found.team ? *found.team : record_of(*base);
+  apply(t.limits, t.budget);
+  if (!co_await store_->put_team(worker, t)) co_return as_error<out_t>(unavailable);
+  forget("team:" + team);
+  co_await store_->publish_invalidation(worker, "team:" + team);
+  co_return out_t{t.limits, t.budget};
+}
+
+// ---- Usage: counted per worker at settle, written to the store every second.
+
+void engine::count_usage(const request_context& ctx) {
+  if (!ctx.reservation || usage_.empty()) return;  // refused before admission: not a use
+  usage_row one;
+  one.hour = hour_now();
+  one.team = ctx.identity.team.empty() ? std::string("-") : ctx.identity.team;
+  one.key_id = ctx.identity.key_id;
+  one.model = ctx.model;
+  one.requests = 1;
+  if (billable(ctx)) {
+    one.prompt = ctx.usage.prompt;
+    one.completion = ctx.usage.completion;
+    if (const auto* price = ctx.reservation->price)
+      one.cost_nano = cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
+  }
+  usage_[ctx.worker % usage_.size()][one.id()].add(one);
+}
+
+awaitable<void> engine::flush_usage(unsigned worker) {
+  auto& table = usage_[worker % usage_.size()];
+  if (table.empty()) co_return;
+  std::vector<usage_row> rows;
+  rows.reserve(table.size());
+  for (auto& [id, r] : table) rows.push_back(r);
+  table.clear();
+  if (co_await store_->add_usage(worker, rows)) co_return;
+  // Unreachable: keep the counts for the next try (a row written halfway may count twice; usage
+  // is a report, the audit trail and the budgets are the exact records).
+  for (auto& r : rows) table[r.id()].add(r);
+}
+
+awaitable<void> engine::usage_loop(unsigned worker) {
+  steady_timer_t timer(co_await net::this_coro::executor);
+  for (;;) {
+    timer.expires_after(seconds(1));
+    if (auto [ec] = co_await timer.async_wait(); ec) co_return;
+    co_await flush_usage(worker);
+  }
+}
+
+awaitable<std::optional<std::vector<usage_row>>> engine::usage(unsigned worker, std::int64_t from_hour,
+                                                               std::int64_t to_hour) {
+  co_await flush_usage(worker);  // this worker's latest counts (other workers' within a second)
+  co_return co_await store_->usage(worker, from_hour, to_hour);
+}
+
+}  // namespace tollgate::policy
