@@ -302,9 +302,9 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     std::string err;
     std::uint64_t overlap = 0;
     if (!read_uint(*body, "overlap_seconds", overlap, err) || overlap > 30 * 86400) {
-      co_await answer_error(ctx, sink, errc::invalid_value,
-                            err.empty() ? std::string("overlap_seconds must be at most 2592000 (30 days)") : err,
-                            "overlap_seconds");
+      // Named, not a temporary of a conditional: GCC 12 destroyed that one twice in this coroutine.
+      if (err.empty()) err = "overlap_seconds must be at most 2592000 (30 days)";
+      co_await answer_error(ctx, sink, errc::invalid_value, err, "overlap_seconds");
       co_return;
     }
     auto r = co_await pol.rotate_key(ctx.worker, cfg, id, std::int64_t(overlap));

@@ -131,14 +131,26 @@ std::string audit_log::open() {
   head_ = std::string(genesis_hash);
   std::string torn_segment;
   std::uint64_t torn_bytes = 0;
+  bool seen_bytes = false;  // a non-empty segment was met (newer empty ones are skipped)
   // The chain head is the last whole line of the newest segment that has one.
   for (auto it = segs.rbegin(); it != segs.rend(); ++it) {
     tail_info t;
     std::string err;
     if (!read_tail(it->second, t, err)) return "audit: " + err;
-    if (t.torn > 0 && torn_segment.empty() && it == segs.rbegin()) {
-      torn_segment = fs::path(it->second).filename().string();
-      torn_bytes = t.torn;
+    if (!seen_bytes && (t.torn > 0 || t.has_line)) {
+      seen_bytes = true;
+      if (t.torn > 0) {
+        // Torn tail of the newest segment with any bytes: the previous run died mid-write.
+        torn_segment = fs::path(it->second).filename().string();
+        torn_bytes = t.torn;
+        if (!t.has_line) {
+          // Nothing but the torn line: its name (by first seq) is the one the next segment needs.
+          // It is kept beside the trail, renamed, and named in the start record.
+          const std::string aside = it->second + ".torn";
+          if (::rename(it->second.c_str(), aside.c_str()) != 0) return "audit: cannot move aside " + it->second;
+          torn_segment += ".torn";
+        }
+      }
     }
     if (!t.has_line) continue;
     auto h = parse_line_head(t.last_line);
@@ -242,6 +254,11 @@ bool audit_log::rotate_if_needed(std::size_t incoming) {
 bool audit_log::write_group(std::vector<item>& batch) {
   std::size_t total = 0;
   for (auto& it : batch) total += it.body.size() + 100;
+  if (fd_ < 0) {
+    // A rotation failed before: try again to open the next segment.
+    segment_path_.clear();
+    open_segment();
+  }
   if (fd_ < 0 || !rotate_if_needed(total)) {
     errors_.counter({}).inc();
     last_error_ = "cannot open a new segment: " + errno_text(errno);
@@ -259,7 +276,12 @@ bool audit_log::write_group(std::vector<item>& batch) {
     buf += head;
     buf += "\",";
     if (it.late) buf += "\"late\":true,";
-    buf.append(it.body, 1, std::string::npos);  // the record's fields after its '{'
+    if (it.body.size() > 2 && it.body.front() == '{' && it.body.back() == '}') {
+      buf.append(it.body, 1, std::string::npos);  // the record's fields after its '{'
+    } else {
+      buf.pop_back();  // no fields of its own (or not an object: never written as such)
+      buf += it.body == "{}" ? "}" : ",\"type\":\"invalid_record\"}";
+    }
     head = sha256_hex(std::string_view(buf).substr(begin));
     buf += '\n';
     ++seq;
@@ -354,10 +376,17 @@ void audit_log::run() {
     if (!held_.empty() && (now - last_retry_ >= milliseconds(250) || stopping)) {
       // Retry what failed before, in its order, before anything newer.
       last_retry_ = now;
+      if (dropped_ > 0)  // the chain itself says how many records were lost, and when
+        held_.push_back(item{"{\"type\":\"dropped\",\"time_ms\":" + std::to_string(now_ms()) +
+                                 ",\"count\":" + std::to_string(dropped_) + "}",
+                             {}, false});
       if (write_group(held_)) {
         held_.clear();
         held_bytes_ = 0;
+        dropped_ = 0;
         set_healthy(true, {});
+      } else if (dropped_ > 0) {
+        held_.pop_back();
       }
     }
     if (!batch.empty()) {
@@ -370,6 +399,7 @@ void audit_log::run() {
         for (auto& it : batch) {
           if (held_bytes_ + it.body.size() > cfg_.max_pending_bytes) {
             records_.counter({"dropped"}).inc();
+            ++dropped_;
             continue;
           }
           held_bytes_ += it.body.size();

@@ -17,6 +17,8 @@
 /// `healthy()` is false and the gateway fails new calls closed or lets them through (`on_error`).
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/post.hpp>
 
 #include <atomic>
@@ -66,7 +68,9 @@ class audit_log {
   auto async_append(std::string record, Token&& token) {
     return boost::asio::async_initiate<Token, void(bool)>(
         [this](auto handler, std::string rec) {
-          auto ex = boost::asio::get_associated_executor(handler);
+          // The handler's executor counts this operation as outstanding work until it completes.
+          auto ex = boost::asio::prefer(boost::asio::get_associated_executor(handler),
+                                        boost::asio::execution::outstanding_work.tracked);
           auto h = std::make_shared<decltype(handler)>(std::move(handler));
           append(std::move(rec), [ex, h](bool ok) { boost::asio::post(ex, [h, ok]() mutable { std::move(*h)(ok); }); });
         },
@@ -116,6 +120,7 @@ class audit_log {
   std::string head_;  ///< hash of the last record written
   std::vector<item> held_;  ///< records whose write failed, to retry (in order)
   std::uint64_t held_bytes_ = 0;
+  std::uint64_t dropped_ = 0;  ///< records lost since writes failed (a "dropped" record says so)
   bool unsynced_ = false;
   std::chrono::steady_clock::time_point last_sync_{}, last_checkpoint_{}, last_retry_{}, last_retention_{};
   std::string last_error_;

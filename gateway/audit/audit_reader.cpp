@@ -195,9 +195,13 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
         torn.reset();
       }
       if (first_in_segment && h->seq != seg->first_seq) {
-        problem("edited", seg->name, lineno, h->seq,
+        const bool missing = h->seq > seg->first_seq;
+        problem(missing ? "deleted" : "edited", seg->name, lineno, h->seq,
                 "the segment is named for seq " + std::to_string(seg->first_seq) + " but starts with seq " +
-                    std::to_string(h->seq));
+                    std::to_string(h->seq) +
+                    (missing ? ": records " + std::to_string(seg->first_seq) + ".." + std::to_string(h->seq - 1) +
+                                   " at its start are missing (deleted)"
+                             : ""));
         return false;
       }
       first_in_segment = false;

@@ -53,7 +53,7 @@ std::optional<line_head> parse_line_head(std::string_view line) {
   line.remove_prefix(std::size_t(p - line.data()));
   if (!line.starts_with(b)) return std::nullopt;
   line.remove_prefix(b.size());
-  if (line.size() < 66 || line[64] != '"' || line[65] != ',') return std::nullopt;
+  if (line.size() < 66 || line[64] != '"' || (line[65] != ',' && line[65] != '}')) return std::nullopt;
   h.prev = line.substr(0, 64);
   return h;
 }

@@ -867,14 +867,37 @@ TEST(AuditLogTest, RecordsBeyondMaxPendingBytesAreDroppedAndCounted) {
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"dropped\"} 2")) << s.reg.expose();
   log.close();
   const auto lines = trail_lines(s.tmp.path(), "gw");
-  ASSERT_EQ(lines.size(), 5u);  // start, 1, 2 (late), 3 (late), stop
+  ASSERT_EQ(lines.size(), 6u);  // start, 1, 2 (late), 3 (late), the loss of 4 and 5, stop
   expect_chain(lines, 1, std::string(genesis_hash));
   EXPECT_EQ(object_of(lines[2]).at("i").to_number<int>(), 2);
   EXPECT_EQ(object_of(lines[3]).at("i").to_number<int>(), 3);
   EXPECT_TRUE(object_of(lines[3]).contains("late"));
+  // The chain itself records how many records were lost.
+  EXPECT_EQ(object_of(lines[4]).at("type").as_string(), "dropped");
+  EXPECT_EQ(object_of(lines[4]).at("count").to_number<int>(), 2);
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"late\"} 2")) << s.reg.expose();
   auto report = verify(s.tmp.path());
   EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+}
+
+TEST(AuditLogTest, RecordsThatAreNotObjectsWithFieldsStillMakeValidLines) {
+  temp_dir tmp;
+  metrics::registry reg;
+  log_sink logs;
+  audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
+  ASSERT_EQ(log.open(), "");
+  log.append("");
+  log.append("{}");
+  log.append("not json");
+  log.close();
+  const auto lines = trail_lines(tmp.path(), "gw");
+  ASSERT_EQ(lines.size(), 5u);  // start, the three, stop
+  EXPECT_EQ(object_of(lines[1]).size(), 3u);  // seq, prev, type
+  EXPECT_EQ(object_of(lines[1]).at("type").as_string(), "invalid_record");
+  EXPECT_EQ(object_of(lines[2]).size(), 2u);  // seq and prev only
+  EXPECT_EQ(object_of(lines[3]).at("type").as_string(), "invalid_record");
+  auto report = verify(tmp.path());
+  EXPECT_TRUE(report.ok());
 }
 
 TEST(AuditLogTest, FailedRotationRecoversOnceANewSegmentCanBeCreated) {

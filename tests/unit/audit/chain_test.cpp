@@ -77,6 +77,11 @@ TEST(AuditChainTest, ParseLineHeadReadsSeqAndPrev) {
   EXPECT_GE(h->prev.data(), line.data());
   EXPECT_LT(h->prev.data(), line.data() + line.size());
 
+  // A record with no fields of its own ends right after prev.
+  auto bare = parse_line_head("{\"seq\":3,\"prev\":\"" + hash_a + "\"}");
+  ASSERT_TRUE(bare);
+  EXPECT_EQ(bare->seq, 3u);
+
   auto big = parse_line_head("{\"seq\":18446744073709551615,\"prev\":\"" + std::string(genesis_hash) + "\",\"x\":1}");
   ASSERT_TRUE(big);
   EXPECT_EQ(big->seq, 18446744073709551615ull);
@@ -97,7 +102,6 @@ TEST(AuditChainTest, ParseLineHeadRejectsLinesThatDoNotStartWithSeqAndPrev) {
            "{\"prev\":\"" + hash_a + "\",\"seq\":1,\"type\":\"call\"}",  // keys swapped
            "{\"seq\":1,\"prev\":\"" + std::string(63, 'a') + "\",\"type\":\"call\"}",  // short hash
            "{\"seq\":1,\"prev\":\"" + std::string(65, 'a') + "\",\"type\":\"call\"}",  // long hash
-           "{\"seq\":1,\"prev\":\"" + hash_a + "\"}",                    // nothing after prev
            "{\"seq\":1,\"prev\":\"" + hash_a,                            // cut inside
            "{\"seq\":99999999999999999999,\"prev\":\"" + ok_tail,        // beyond uint64
        }) {

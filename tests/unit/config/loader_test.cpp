@@ -247,5 +247,123 @@ TEST(ConfigLoaderTest, GlobMatchesStarsOnly) {
   EXPECT_FALSE(glob_match("gpt?", "gpt4"));  // ? is literal
 }
 
+TEST(ConfigLoaderTest, AuditDefaultsToStrictInADirectoryNamedAudit) {
+  auto r = load(minimal);
+  ASSERT_TRUE(r) << r.error;
+  const auto& a = r.config->audit;
+  EXPECT_TRUE(a.enabled);
+  EXPECT_EQ(a.mode, audit_config::durability::strict);
+  EXPECT_EQ(a.dir, "audit");
+  EXPECT_EQ(a.instance, "");
+  EXPECT_EQ(a.batch_ms, 200u);
+  EXPECT_EQ(a.segment_max_bytes, 64ull << 20);
+  EXPECT_EQ(a.segment_max_age_s, 3600u);
+  EXPECT_EQ(a.retention_days, 0u);
+  EXPECT_EQ(a.checkpoint_s, 60u);
+  EXPECT_FALSE(a.fail_open);
+  EXPECT_EQ(a.max_pending_bytes, 64ull << 20);
+}
+
+TEST(ConfigLoaderTest, AuditParsesEveryField) {
+  auto r = load(std::string(minimal) + R"(audit:
+  enabled: true
+  dir: /var/lib/tollgate/audit
+  instance: gw_east-1
+  durability: batched
+  batch_ms: 50
+  segment_max_bytes: 4096
+  segment_max_age_s: 600
+  retention_days: 30
+  checkpoint_s: 5
+  on_error: fail_open
+  max_pending_bytes: 1048576
+)");
+  ASSERT_TRUE(r) << r.error;
+  const auto& a = r.config->audit;
+  EXPECT_TRUE(a.enabled);
+  EXPECT_EQ(a.dir, "/var/lib/tollgate/audit");
+  EXPECT_EQ(a.instance, "gw_east-1");
+  EXPECT_EQ(a.mode, audit_config::durability::batched);
+  EXPECT_EQ(a.batch_ms, 50u);
+  EXPECT_EQ(a.segment_max_bytes, 4096u);  // the smallest allowed
+  EXPECT_EQ(a.segment_max_age_s, 600u);
+  EXPECT_EQ(a.retention_days, 30u);
+  EXPECT_EQ(a.checkpoint_s, 5u);
+  EXPECT_TRUE(a.fail_open);
+  EXPECT_EQ(a.max_pending_bytes, 1048576u);
+
+  auto closed = load(std::string(minimal) + "audit: {on_error: fail_closed, durability: strict, batch_ms: 0}\n");
+  ASSERT_TRUE(closed) << closed.error;  // batch_ms only matters in batched mode
+  EXPECT_FALSE(closed.config->audit.fail_open);
+  EXPECT_EQ(closed.config->audit.mode, audit_config::durability::strict);
+
+  auto off = load(std::string(minimal) + "audit: {enabled: false, dir: \"\"}\n");
+  ASSERT_TRUE(off) << off.error;  // no directory needed when there is no trail
+  EXPECT_FALSE(off.config->audit.enabled);
+}
+
+TEST(ConfigLoaderTest, BadAuditConfigIsRefusedWithPath) {
+  const std::string base = minimal;
+  struct bad {
+    std::string yaml, expected;
+  } cases[] = {
+      {base + "audit:\n  durabilty: strict\n", "audit.durabilty: unknown key (line 8)"},
+      {base + "audit:\n  dir: a\n  fsync: always\n", "audit.fsync: unknown key (line 9)"},
+      {base + "audit:\n  durability: fast\n", "audit.durability: expected strict or batched, got 'fast' (line 8)"},
+      {base + "audit:\n  durability: [strict]\n", "audit.durability: expected a string"},
+      {base + "audit: {on_error: ignore}\n", "audit.on_error: expected fail_closed or fail_open, got 'ignore'"},
+      {base + "audit: {instance: gw.1}\n", "audit.instance: expected letters, digits, '_' or '-', got 'gw.1'"},
+      {base + "audit: {instance: ../etc}\n", "audit.instance: expected letters, digits, '_' or '-'"},
+      {base + "audit: {instance: \"gw 1\"}\n", "audit.instance: expected letters, digits, '_' or '-'"},
+      {base + "audit: {instance: \"\"}\n", "audit.instance: expected letters, digits, '_' or '-', got ''"},
+      {base + "audit: {segment_max_bytes: 4095}\n", "audit.segment_max_bytes: must be at least 4096"},
+      {base + "audit: {segment_max_bytes: 0}\n", "audit.segment_max_bytes: must be at least 4096"},
+      {base + "audit: {durability: batched, batch_ms: 0}\n", "audit.batch_ms: must be at least 1 in batched mode"},
+      {base + "audit: {batch_ms: 60001}\n", "audit.batch_ms: expected a non-negative integer up to 60000"},
+      {base + "audit: {checkpoint_s: -1}\n", "audit.checkpoint_s: expected a non-negative integer"},
+      {base + "audit: {enabled: yes}\n", "audit.enabled: expected true or false, got 'yes'"},
+      {base + "audit: {dir: \"\"}\n", "audit.dir: must not be empty"},
+      {base + "audit: [strict]\n", "audit: expected a mapping"},
+  };
+  for (auto& c : cases) {
+    auto r = load(c.yaml);
+    EXPECT_FALSE(r) << c.yaml;
+    EXPECT_NE(r.error.find(c.expected), std::string::npos) << "yaml: " << c.yaml << "\ngot: " << r.error;
+  }
+}
+
+TEST(ConfigLoaderTest, RelativeAuditDirLivesBesideTheConfigFile) {
+  char tmpl[] = "/tmp/tollgate-loader-test-XXXXXX";
+  const char* made = ::mkdtemp(tmpl);
+  ASSERT_NE(made, nullptr);
+  const std::string dir = made;
+  struct cleanup {
+    std::string path;
+    ~cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } remove_dir{dir};
+  const std::string path = dir + "/tollgate.yaml";
+
+  std::ofstream(path) << minimal;
+  auto d = load_file(path);
+  ASSERT_TRUE(d) << d.error;
+  EXPECT_EQ(d.config->audit.dir, dir + "/audit");
+
+  std::ofstream(path) << minimal << "audit: {dir: trail/gw}\n";
+  auto rel = load_file(path);
+  ASSERT_TRUE(rel) << rel.error;
+  EXPECT_EQ(rel.config->audit.dir, dir + "/trail/gw");
+
+  std::ofstream(path) << minimal << "audit: {dir: /srv/audit}\n";
+  auto abs = load_file(path);
+  ASSERT_TRUE(abs) << abs.error;
+  EXPECT_EQ(abs.config->audit.dir, "/srv/audit");
+
+  // load_string has no file to be beside: the path stays as written.
+  EXPECT_EQ(load(std::string(minimal) + "audit: {dir: trail}\n").config->audit.dir, "trail");
+}
+
 }  // namespace
 }  // namespace tollgate::config

@@ -1,0 +1,220 @@
+// The admin API's teams, key listing and rotation, quotas and usage (docs/admin-api.md): on one
+// gateway with the memory store, and on two replicas sharing a real Redis, where a change made
+// through one replica takes effect on the other within a second, without a restart.
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { assertOpenAIError, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
+import { admin, adminToken, chat, createKey, splitKey, staticKey } from './lib/policy_helpers.mjs';
+import { startRedis, waitStoreUp } from './lib/redis.mjs';
+
+const adm = adminToken('platform');
+const ck = staticKey('cfgkey1');
+const msgs = [{ role: 'user', content: 'hello admin api' }];
+const body = (model = 'mock-gpt') => ({ model, messages: msgs, max_tokens: 4 });
+
+function yaml(store = 'store:\n  type: memory\n', extraAuth = '') {
+  return (
+    serverYaml({ workers: 2, openAuth: false, freePrices: false }) +
+    `auth:
+${extraAuth}  admin_tokens:
+${adm.yaml}prices:
+  "mock-*": {input: 2, output: 4}
+${store}teams:
+  - name: cfgteam
+    limits: {rpm: 1000}
+keys:
+  - {id: ${ck.id}, team: cfgteam, digest: "${ck.digest}"}
+providers:
+  - {name: mock, type: mock}
+models:
+  - {name: mock-gpt, provider: mock}
+  - {name: mock-mini, provider: mock}
+`
+  );
+}
+
+const ok = (r, status = 200) => {
+  assert.equal(r.status, status, `${r.status} ${r.text}`);
+  return r.json;
+};
+
+describe('admin API on one gateway (memory store)', () => {
+  let gw;
+  before(async () => {
+    gw = await startGateway(yaml());
+  });
+  after(async () => {
+    if (gw && !gw.alive) console.error(gw.stderr());
+    await gw?.stopClean();
+  });
+
+  test('teams: create, show, list, duplicate and config names refused, bad input', async () => {
+    const t = ok(await admin(gw, adm.token, 'POST', '/admin/v1/teams', {
+      name: 'research', models: ['mock-*'], limits: { rpm: 50, concurrency: 3 }, budget: { usd: 2.5, period: 'daily', soft: 0.5 },
+    }), 201);
+    assert.deepEqual([t.name, t.source, t.limits.rpm, t.limits.concurrency, t.budget.usd, t.budget.period], ['research', 'api', 50, 3, 2.5, 'daily']);
+    assert.deepEqual(ok(await admin(gw, adm.token, 'GET', '/admin/v1/teams/research')).limits, t.limits);
+    const names = ok(await admin(gw, adm.token, 'GET', '/admin/v1/teams')).data.map((x) => `${x.name}:${x.source}`).sort();
+    assert.deepEqual(names, ['cfgteam:config', 'research:api']);
+    assertOpenAIError(await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name: 'research' }), { status: 409, code: 'conflict' });
+    assertOpenAIError(await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name: 'cfgteam' }), { status: 409, code: 'conflict' });
+    for (const bad of [{}, { name: '' }, { name: 'a/b' }, { name: 'x'.repeat(65) }, { name: 'ok', color: 'red' },
+      { name: 'ok', limits: { rpm: -1 } }, { name: 'ok', budget: { usd: 'ten' } }, { name: 'ok', budget: { period: 'weekly' } },
+      { name: 'ok', models: 'mock-gpt' }])
+      assertOpenAIError(await admin(gw, adm.token, 'POST', '/admin/v1/teams', bad), { status: 400 });
+    assertOpenAIError(await admin(gw, adm.token, 'GET', '/admin/v1/teams/nosuch'), { status: 404, code: 'not_found' });
+    assertOpenAIError(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/cfgteam'), { status: 409, code: 'conflict' });
+    // Malformed JSON.
+    const r = await fetch(`${gw.adminUrl}/admin/v1/teams`, { method: 'POST', headers: { authorization: `Bearer ${adm.token}` }, body: '{"name":' });
+    assert.equal(r.status, 400);
+  });
+
+  test('a key of an API team works; quota changes apply at once; deleting the team stops its keys', async () => {
+    ok(await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name: 'ops' }), 201);
+    const k = await createKey(gw, adm.token, { team: 'ops', name: 'ops-bot' });
+    assert.equal((await chat(gw, k.key, body())).status, 200);
+    const q = ok(await admin(gw, adm.token, 'PUT', '/admin/v1/quotas', { team: 'ops', rpm: 2 }));
+    assert.equal(q.limits.rpm, 2);
+    // The team had no limits before: its first call was not counted. Two more are admitted.
+    for (let i = 0; i < 2; i++) assert.equal((await chat(gw, k.key, body())).status, 200);
+    assertOpenAIError(await chat(gw, k.key, body()), { status: 429, code: 'rate_limit_exceeded' });
+    // A key's own quota.
+    const k2 = await createKey(gw, adm.token, { team: 'cfgteam' });
+    ok(await admin(gw, adm.token, 'PUT', '/admin/v1/quotas', { team: 'cfgteam', key_id: k2.id, budget: { usd: 0 } }));
+    assertOpenAIError(await chat(gw, k2.key, body()), { status: 429, code: 'budget_exceeded' });
+    const shown = ok(await admin(gw, adm.token, 'GET', `/admin/v1/quotas?team=cfgteam&key=${k2.id}`));
+    assert.equal(shown.budget.limit_nano, 0);
+    // Quota of a config team: an override, visible as such.
+    ok(await admin(gw, adm.token, 'PUT', '/admin/v1/quotas', { team: 'cfgteam', tpm: 123456 }));
+    const cfg = ok(await admin(gw, adm.token, 'GET', '/admin/v1/teams/cfgteam'));
+    assert.deepEqual([cfg.source, cfg.limits.rpm, cfg.limits.tpm], ['config+api', 1000, 123456]);
+    // Bad quota requests.
+    for (const bad of [{ team: 'ops' }, { rpm: 5 }, { team: 'ops', rpm: 'x' }, { team: 'ops', budget: { usd: -1 } }, { team: 'ops', burst: 3 },
+      { team: 'ops', soft: 0.5 }, { team: 'ops', budget: { soft: 2 } }])
+      assertOpenAIError(await admin(gw, adm.token, 'PUT', '/admin/v1/quotas', bad), { status: 400 });
+    assertOpenAIError(await admin(gw, adm.token, 'PUT', '/admin/v1/quotas', { team: 'nosuch', rpm: 1 }), { status: 404 });
+    assertOpenAIError(await admin(gw, adm.token, 'PUT', '/admin/v1/quotas', { team: 'cfgteam', key_id: ck.id, rpm: 1 }), { status: 409 });
+    // Deleting the team: its keys are refused.
+    ok(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/ops'));
+    const gone = assertOpenAIError(await chat(gw, k.key, body()), { status: 401, code: 'invalid_api_key' });
+    assert.match(gone.message, /team no longer exists/);
+  });
+
+  test('keys: list without secrets; rotate with and without overlap', async () => {
+    const k = await createKey(gw, adm.token, { team: 'cfgteam', name: 'rotating' });
+    const list = ok(await admin(gw, adm.token, 'GET', '/admin/v1/keys?team=cfgteam')).data;
+    const ids = list.map((x) => x.id);
+    assert.ok(ids.includes(k.id) && ids.includes(ck.id), JSON.stringify(ids));
+    const text = JSON.stringify(list);
+    assert.ok(!/digest|"key"/.test(text), 'no digest and no secret in a key list');
+    assert.ok(!text.includes(ck.hex) && !text.includes(splitKey(k.key).secret));
+
+    const r1 = ok(await admin(gw, adm.token, 'POST', `/admin/v1/keys/${k.id}/rotate`, { overlap_seconds: 300 }));
+    assert.equal(r1.id, k.id);
+    assert.notEqual(r1.key, k.key);
+    assert.ok(r1.previous_secret_valid_until_unix > Date.now() / 1000);
+    assert.equal((await chat(gw, r1.key, body())).status, 200, 'the new secret works');
+    assert.equal((await chat(gw, k.key, body())).status, 200, 'the old secret works during the overlap');
+    const r2 = ok(await admin(gw, adm.token, 'POST', `/admin/v1/keys/${k.id}/rotate`, {}));
+    assert.equal((await chat(gw, r2.key, body())).status, 200);
+    for (const old of [k.key, r1.key]) assertOpenAIError(await chat(gw, old, body()), { status: 401, code: 'invalid_api_key' });
+    assertOpenAIError(await admin(gw, adm.token, 'POST', `/admin/v1/keys/${k.id}/rotate`, { overlap_seconds: 99999999 }), { status: 400 });
+    assertOpenAIError(await admin(gw, adm.token, 'POST', `/admin/v1/keys/${ck.id}/rotate`, {}), { status: 409 });
+    assertOpenAIError(await admin(gw, adm.token, 'POST', '/admin/v1/keys/nosuch/rotate', {}), { status: 404 });
+  });
+
+  test('usage: requests, tokens and exact cost per team, key and model; bad ranges refused', async () => {
+    const k = await createKey(gw, adm.token, { team: 'cfgteam', name: 'usage' });
+    const answers = [];
+    for (const model of ['mock-gpt', 'mock-gpt', 'mock-mini']) {
+      const r = await chat(gw, k.key, body(model));
+      assert.equal(r.status, 200);
+      answers.push({ model, usage: r.json.usage });
+    }
+    const u = await eventually(async () => {
+      const j = ok(await admin(gw, adm.token, 'GET', `/admin/v1/usage?team=cfgteam&key=${k.id}`));
+      return j.total.requests === 3 ? j : undefined;
+    }, { what: 'usage of three calls' });
+    for (const model of ['mock-gpt', 'mock-mini']) {
+      const mine = answers.filter((a) => a.model === model);
+      const row = u.data.find((d) => d.model === model);
+      assert.equal(row.requests, mine.length);
+      const p = mine.reduce((s, a) => s + a.usage.prompt_tokens, 0);
+      const c = mine.reduce((s, a) => s + a.usage.completion_tokens, 0);
+      assert.equal(row.prompt_tokens, p);
+      assert.equal(row.completion_tokens, c);
+      assert.equal(row.cost_nano, p * 2000 + c * 4000, 'input $2/M and output $4/M, in nano-USD');
+    }
+    const one = ok(await admin(gw, adm.token, 'GET', `/admin/v1/usage?team=cfgteam&key=${k.id}&model=mock-mini`));
+    assert.equal(one.total.requests, 1);
+    const past = ok(await admin(gw, adm.token, 'GET', `/admin/v1/usage?team=cfgteam&from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z`));
+    assert.equal(past.total.requests, 0);
+    for (const q of ['from=yesterday', 'from=2026-01-02&to=2026-01-01', 'from=2020-01-01&to=2026-01-01'])
+      assertOpenAIError(await admin(gw, adm.token, 'GET', `/admin/v1/usage?${q}`), { status: 400 });
+  });
+
+  test('admin actions are in the audit trail with the admin name', async () => {
+    const dir = gw.ready.audit_dir;
+    const recs = await eventually(() => {
+      const all = readdirSync(dir).filter((f) => f.endsWith('.jsonl'))
+        .flatMap((f) => readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)))
+        .filter((r) => r.type === 'admin');
+      const actions = new Set(all.map((r) => r.action));
+      return ['team.create', 'team.delete', 'quota.set', 'key.rotate', 'key.list', 'usage.show'].every((a) => actions.has(a)) ? all : undefined;
+    }, { what: 'admin records' });
+    const del = recs.find((r) => r.action === 'team.delete' && r.status === 200);
+    assert.deepEqual([del.admin, del.target], ['platform', 'ops']);
+    const refused = recs.find((r) => r.action === 'team.delete' && r.status === 409);
+    assert.equal(refused.target, 'cfgteam');
+  });
+});
+
+describe('admin API on two replicas sharing Redis', () => {
+  let redis;
+  const gws = [];
+  before(async () => {
+    redis = await startRedis();
+    // key_cache_ms is long on purpose: a change seen within a second can only be the push.
+    const store = `store:\n  type: redis\n  redis: {address: "${redis.address}", key_prefix: "tgadm:", timeout_ms: 50}\n`;
+    for (let i = 0; i < 2; i++) gws.push(await startGateway(yaml(store, '  key_cache_ms: 30000\n')));
+    for (const gw of gws) await waitStoreUp(gw, adm.token);
+  });
+  after(async () => {
+    try {
+      for (const gw of gws) if (gw.alive) await gw.stopClean();
+    } finally {
+      for (const gw of gws) await gw.kill();
+      await redis?.close();
+    }
+  });
+
+  test('a team, quota, rotation and deletion made on one replica apply on the other within a second', { timeout: 30000 }, async () => {
+    const [a, b] = gws;
+    ok(await admin(a, adm.token, 'POST', '/admin/v1/teams', { name: 'shared', limits: { rpm: 100 } }), 201);
+    const k = await createKey(a, adm.token, { team: 'shared' });
+    assert.equal((await chat(b, k.key, body())).status, 200, 'the other replica knows the new team and key');
+    // B has the team cached for 30 s now; only the invalidation push can make it see this.
+    ok(await admin(a, adm.token, 'PUT', '/admin/v1/quotas', { team: 'shared', rpm: 2 }));
+    await eventually(async () => (await chat(b, k.key, body())).status === 429, { timeoutMs: 1000, intervalMs: 50, what: 'B enforcing the new rpm' });
+    // Rotation without overlap: the old secret is refused on B.
+    ok(await admin(a, adm.token, 'PUT', '/admin/v1/quotas', { team: 'shared', rpm: 1000 }));
+    const rot = ok(await admin(a, adm.token, 'POST', `/admin/v1/keys/${k.id}/rotate`, {}));
+    await eventually(async () => (await chat(b, k.key, body())).status === 401, { timeoutMs: 1000, intervalMs: 50, what: 'old secret refused on B' });
+    assert.equal((await chat(b, rot.key, body())).status, 200);
+    // Usage written by B is read through A.
+    const u = await eventually(async () => {
+      const j = ok(await admin(a, adm.token, 'GET', `/admin/v1/usage?team=shared`));
+      return j.total.requests >= 3 ? j : undefined;
+    }, { timeoutMs: 5000, what: 'B usage visible on A' });
+    assert.ok(u.data.every((d) => d.team === 'shared'));
+    // Deleting the team on A: B refuses its keys.
+    ok(await admin(a, adm.token, 'DELETE', '/admin/v1/teams/shared'));
+    await eventually(async () => (await chat(b, rot.key, body())).status === 401, { timeoutMs: 1000, intervalMs: 50, what: 'deleted team refused on B' });
+    // The listing on B shows what A did.
+    const names = ok(await admin(b, adm.token, 'GET', '/admin/v1/teams')).data.map((t) => t.name);
+    assert.deepEqual(names, ['cfgteam']);
+  });
+});
