@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/access_log.hpp"
 
+#include "gateway/core/json_out.hpp"
+#include "gateway/core/time.hpp"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -17,17 +20,6 @@ namespace tollgate::gateway {
 namespace json = boost::json;
 namespace {
 
-std::string iso8601(std::chrono::system_clock::time_point t) {
-  using namespace std::chrono;
-  auto ms = duration_cast<milliseconds>(t.time_since_epoch()).count();
-  std::time_t secs = ms / 1000;
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, int(ms % 1000));
-  return buf;
-}
 
 void write_all(int fd, const std::string& s) {
   const char* p = s.data();
@@ -64,34 +56,6 @@ access_log::~access_log() {
 
 namespace {
 
-/// Appends `v` as a JSON string (quotes, backslashes and control characters escaped).
-void put_string(std::string& out, std::string_view v) {
-  static constexpr char hex[] = "0123456789abcdef";
-  out.push_back('"');
-  for (char ch : v) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(ch);
-    } else if (c < 0x20) {
-      out.append("\\u00").push_back(hex[c >> 4]);
-      out.push_back(hex[c & 0xf]);
-    } else {
-      out.push_back(ch);
-    }
-  }
-  out.push_back('"');
-}
-
-void put_field(std::string& out, std::string_view key, std::string_view value) {
-  out.append(",\"").append(key).append("\":");
-  put_string(out, value);
-}
-
-void put_number(std::string& out, std::string_view key, std::uint64_t v) {
-  out.append(",\"").append(key).append("\":").append(std::to_string(v));
-}
-
 void put_millis(std::string& out, std::string_view key, request_context::clock::duration d) {
   char buf[48];
   const int n = std::snprintf(buf, sizeof buf, ",\"%.*s\":%.3f", int(key.size()), key.data(),
@@ -108,32 +72,32 @@ std::string access_log::format(const request_context& ctx) {
   std::string o;
   o.reserve(512);
   o.append("{\"ts\":");
-  put_string(o, iso8601(ctx.wall_start));
-  put_field(o, "request_id", ctx.id_hex);
-  put_number(o, "worker", ctx.worker);
-  put_field(o, "client", ctx.client_addr);
-  put_field(o, "method", ctx.method);
-  put_field(o, "path", ctx.path);
-  put_number(o, "status", ctx.status);
-  if (!ctx.model.empty()) put_field(o, "model", ctx.model);
+  json_out::string(o, format_time_ms(ctx.wall_start));
+  json_out::field(o, "request_id", ctx.id_hex);
+  json_out::number(o, "worker", ctx.worker);
+  json_out::field(o, "client", ctx.client_addr);
+  json_out::field(o, "method", ctx.method);
+  json_out::field(o, "path", ctx.path);
+  json_out::number(o, "status", ctx.status);
+  if (!ctx.model.empty()) json_out::field(o, "model", ctx.model);
   if (ctx.target) {
-    put_field(o, "provider", ctx.target->provider->name());
-    put_field(o, "upstream_model", ctx.target->upstream_model);
+    json_out::field(o, "provider", ctx.target->provider->name());
+    json_out::field(o, "upstream_model", ctx.target->upstream_model);
   }
   if (ctx.endpoint == endpoint_kind::chat_completions) o.append(ctx.stream ? ",\"stream\":true" : ",\"stream\":false");
   if (!ctx.identity.anonymous) {
-    put_field(o, "team", ctx.identity.team);
-    put_field(o, "key_id", ctx.identity.key_id);
+    json_out::field(o, "team", ctx.identity.team);
+    json_out::field(o, "key_id", ctx.identity.key_id);
   }
   if (ctx.usage.prompt || ctx.usage.completion) {
-    put_number(o, "prompt_tokens", ctx.usage.prompt);
-    put_number(o, "completion_tokens", ctx.usage.completion);
-    put_field(o, "usage_source", ctx.usage.reported ? "provider" : "counted");
+    json_out::number(o, "prompt_tokens", ctx.usage.prompt);
+    json_out::number(o, "completion_tokens", ctx.usage.completion);
+    json_out::field(o, "usage_source", ctx.usage.reported ? "provider" : "counted");
   }
-  if (ctx.attempts > 1) put_number(o, "attempts", ctx.attempts);
-  if (!ctx.error_code.empty()) put_field(o, "error_code", ctx.error_code);
-  if (!ctx.details.empty()) put_field(o, "details", ctx.details);
-  if (!ctx.user_agent.empty()) put_field(o, "user_agent", std::string_view(ctx.user_agent).substr(0, 256));
+  if (ctx.attempts > 1) json_out::number(o, "attempts", ctx.attempts);
+  if (!ctx.error_code.empty()) json_out::field(o, "error_code", ctx.error_code);
+  if (!ctx.details.empty()) json_out::field(o, "details", ctx.details);
+  if (!ctx.user_agent.empty()) json_out::field(o, "user_agent", std::string_view(ctx.user_agent).substr(0, 256));
   put_millis(o, "duration_ms", now - ctx.start);
   if (ctx.first_byte != request_context::clock::time_point{}) put_millis(o, "ttfb_ms", ctx.first_byte - ctx.start);
   o.append("}\n");
@@ -157,7 +121,7 @@ void access_log::flush(std::string& buffer) {
 
 void log_event(std::string_view level, std::string_view msg, std::string_view extra) {
   json::object o;
-  o["ts"] = iso8601(std::chrono::system_clock::now());
+  o["ts"] = format_time_ms(std::chrono::system_clock::now());
   o["level"] = level;
   o["msg"] = msg;
   std::string line = json::serialize(o);

@@ -264,7 +264,10 @@ bool audit_log::write_group(std::vector<item>& batch) {
     last_error_ = "cannot open a new segment: " + errno_text(errno);
     return false;
   }
-  std::string buf;
+  // One buffer for the writer's lifetime: a fresh multi-kilobyte one per group cost malloc
+  // consolidations on every commit.
+  std::string& buf = group_buf_;
+  buf.clear();
   buf.reserve(total);
   std::uint64_t seq = next_seq_;
   std::string head = head_;

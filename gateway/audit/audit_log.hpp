@@ -124,6 +124,7 @@ class audit_log {
   bool unsynced_ = false;
   std::chrono::steady_clock::time_point last_sync_{}, last_checkpoint_{}, last_retry_{}, last_retention_{};
   std::string last_error_;
+  std::string group_buf_;
 
   metrics::family& records_;   ///< {result}: written, late, dropped
   metrics::family& errors_;    ///< write errors

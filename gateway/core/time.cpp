@@ -2,6 +2,7 @@
 #include "gateway/core/time.hpp"
 
 #include <charconv>
+#include <cstdio>
 #include <ctime>
 
 namespace tollgate {
@@ -61,6 +62,18 @@ std::optional<std::int64_t> parse_time_ms(std::string_view s) {
   tm.tm_sec = se;
   const std::int64_t secs = std::int64_t(timegm(&tm)) - std::int64_t(off_min) * 60;
   return secs * 1000 + frac_ms;
+}
+
+std::string format_time_ms(std::chrono::system_clock::time_point t) {
+  using namespace std::chrono;
+  const auto ms = duration_cast<milliseconds>(t.time_since_epoch()).count();
+  const std::time_t secs = std::time_t(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, int(ms % 1000));
+  return buf;
 }
 
 }  // namespace tollgate

@@ -26,6 +26,7 @@ import {
   fetchT,
   postJson,
   rawExchange,
+  readResponse,
   serverYaml,
   startGateway,
 } from './lib/gateway.mjs';
@@ -153,7 +154,7 @@ describe('audit trail', () => {
     push('bad json', await postJson(`${gw.baseURL}/chat/completions`, '{"model":', { headers: { authorization: `Bearer ${ka.full}` } }), 400, 'invalid_json', 't1', ka.id);
     push('unknown model', await chat(gw, ka.full, body('no-such-model')), 404, 'model_not_found', 't1', ka.id);
     push('too large', await chat(gw, ka.full, body('mock-gpt', { pad: 'x'.repeat(8000) })), 413, 'request_too_large');
-    push('wrong method', await readResponseOf(fetchT(`${gw.baseURL}/chat/completions`)), 405, 'method_not_allowed');
+    push('wrong method', await readResponse(await fetchT(`${gw.baseURL}/chat/completions`)), 405, 'method_not_allowed');
     // A malformed HTTP request is answered (and audited) before the pipeline.
     const raw = await rawExchange(gw.port, ['GET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n']);
     assert.match(raw.text, /^HTTP\/1\.1 400/);
@@ -273,17 +274,6 @@ describe('audit trail', () => {
   });
 });
 
-async function readResponseOf(p) {
-  const r = await p;
-  const text = await r.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: r.status, headers: r.headers, json, text };
-}
 
 describe('audit verify names the first bad record', () => {
   let base;
@@ -479,6 +469,33 @@ describe('durability', () => {
       const recs = records(dir);
       for (const id of ids) assert.ok(recs.some((r) => r.id === id), `record of ${id}`);
       assert.ok(recs.some((r) => r.late === true && r.error_code === 'audit_unavailable'), 'the 503s are recorded, late');
+      const { code, report } = await verify(dir);
+      assert.equal(code, 0, JSON.stringify(report));
+    } finally {
+      await gw.stop();
+      rmSync(dirname(dir), { recursive: true, force: true });
+    }
+  });
+
+  test('on_error: fail_open keeps calls going while writes fail; their records are written late', { timeout: 60000 }, async () => {
+    const dir = join(tmp('tollgate-audit-open-'), 'trail');
+    const gw = await startGateway(yamlFor(dir, { instance: 'open', extraAudit: '  on_error: fail_open\n' }),
+      { wrap: ['prlimit', '--fsize=4000:unlimited', '--'] });
+    try {
+      const ids = [];
+      for (let i = 0; i < 15; ++i) {
+        const r = await chat(gw, ka.full, body('mock-gpt'));
+        assert.equal(r.status, 200, r.text);
+        ids.push(r.headers.get('x-request-id'));
+      }
+      await gw.waitForStderr(/audit: writes fail; calls continue/);
+      assert.equal(metricValue(await scrape(gw), 'tollgate_audit_degraded'), 1);
+      assert.equal(spawnSync('prlimit', ['--pid', String(gw.pid), '--fsize=unlimited']).status, 0);
+      await eventually(async () => metricValue(await scrape(gw), 'tollgate_audit_degraded') === 0, { what: 'writes work again' });
+      await gw.stopClean();
+      const recs = records(dir);
+      for (const id of ids) assert.ok(recs.some((r) => r.id === id), `record of ${id}`);
+      assert.ok(recs.some((r) => r.late === true), 'some records were written late');
       const { code, report } = await verify(dir);
       assert.equal(code, 0, JSON.stringify(report));
     } finally {

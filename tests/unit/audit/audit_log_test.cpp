@@ -30,9 +30,12 @@
 
 #include "gateway/audit/audit_reader.hpp"
 #include "gateway/audit/chain.hpp"
+#include "tests/unit/audit/audit_test_util.hpp"
 
 namespace tollgate::audit {
 namespace {
+
+using namespace test_util;
 
 namespace fs = std::filesystem;
 namespace json = boost::json;
@@ -40,43 +43,9 @@ using namespace std::chrono_literals;
 
 constexpr auto wait_limit = 5s;
 
-/// A fresh directory under /tmp (mkdtemp), removed with everything in it.
-class temp_dir {
- public:
-  temp_dir() {
-    char tmpl[] = "/tmp/tollgate-audit-log-test-XXXXXX";
-    if (const char* p = ::mkdtemp(tmpl)) path_ = p;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-  const std::string& path() const { return path_; }
 
- private:
-  std::string path_;
-};
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
-void append_file(const std::string& path, std::string_view bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::app);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-}
-
-/// The whole lines of `text` (without newlines); bytes after the last newline are left out.
-std::vector<std::string> whole_lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  for (std::size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1)
-    out.push_back(text.substr(start, nl - start));
-  return out;
-}
 
 /// This instance's segment file names, oldest first.
 std::vector<std::string> segment_names(const std::string& dir, const std::string& instance) {
