@@ -147,6 +147,7 @@ struct team_config {
   limits_config limits;
   budget_config budget;
   std::vector<std::string> identities;  ///< mTLS SAN values (URI or DNS) that authenticate as this team
+  bool capture_text = false;  ///< audit records of this team's calls carry the prompt and response text
   int line = 0;
 };
 

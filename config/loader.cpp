@@ -367,7 +367,7 @@ void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
 }
 
 team_config parse_team(const YAML::Node& n, const std::string& p) {
-  check_keys(n, p, {"name", "models", "limits", "budget", "identities"});
+  check_keys(n, p, {"name", "models", "limits", "budget", "identities", "capture_text"});
   team_config t;
   t.line = line_of(n);
   if (!n["name"]) fail(p + ".name", n, "required");
@@ -376,6 +376,7 @@ team_config parse_team(const YAML::Node& n, const std::string& p) {
   if (auto v = n["limits"]) t.limits = parse_limits(v, p + ".limits");
   if (auto v = n["budget"]) t.budget = parse_budget(v, p + ".budget");
   if (auto v = n["identities"]) t.identities = get_string_list(v, p + ".identities");
+  if (auto v = n["capture_text"]) t.capture_text = get_bool(v, p + ".capture_text");
   return t;
 }
 

@@ -188,7 +188,32 @@ bool audited(const request_context& ctx) {
   return ctx.path != "/healthz" && ctx.path != "/readyz";
 }
 
-std::string audit_record_for(request_context& ctx, request_context::clock::time_point end) {
+/// teams[].capture_text: the prompt as the caller sent it and the answer's text. (Content-filter
+/// redaction applies here once content filters exist; until then capture stores the text as is.)
+audit::captured_text capture_of(const request_context& ctx, std::string_view body) {
+  audit::captured_text t;
+  for (std::string_view k : {"messages", "input", "prompt"})
+    if (auto* v = ctx.request_json.if_contains(k)) {
+      t.prompt_json = json::serialize(*v);
+      break;
+    }
+  if (ctx.stream || body.empty()) {
+    t.response = ctx.captured_response;
+    return t;
+  }
+  boost::system::error_code ec;
+  auto v = json::parse(body, ec);
+  if (ec || !v.is_object()) return t;
+  if (auto* ch = v.get_object().if_contains("choices"); ch && ch->is_array())
+    for (auto& c : ch->get_array())
+      if (c.is_object())
+        if (auto* m = c.get_object().if_contains("message"); m && m->is_object())
+          if (auto* content = m->get_object().if_contains("content"); content && content->is_string())
+            t.response.append(content->get_string());
+  return t;
+}
+
+std::string audit_record_for(request_context& ctx, request_context::clock::time_point end, std::string_view body = {}) {
   if (ctx.admin_listener) return audit::admin_record(ctx, end);
   policy::fill_usage(ctx);
   std::int64_t cost = 0;
@@ -197,7 +222,11 @@ std::string audit_record_for(request_context& ctx, request_context::clock::time_
                                                                                    : ctx.snap->cfg->find_price(ctx.model);
     if (price) cost = policy::cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
   }
-  return audit::call_record(ctx, cost, request_context::clock::now());
+  if (ctx.capture_text) {
+    const auto text = capture_of(ctx, body);
+    return audit::call_record(ctx, cost, end, &text);
+  }
+  return audit::call_record(ctx, cost, end);
 }
 
 /// A request that ended without a last byte (caller gone, reset): its record, without waiting.
@@ -243,12 +272,12 @@ std::string models_body(const request_context& ctx) {
 
 }  // namespace
 
-awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status) {
+awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std::string_view body) {
   audit::audit_log* a = w.audit();
   if (!a || ctx.audit_done || !audited(ctx)) co_return true;
   ctx.audit_done = true;
   ctx.status = status;
-  std::string rec = audit_record_for(ctx, request_context::clock::now());
+  std::string rec = audit_record_for(ctx, request_context::clock::now(), body);
   // Batched durability does not wait; nor do the 503s of a failing audit trail (they would wait
   // on the very disk that fails).
   if (!a->strict() || ctx.error_code == "audit_unavailable") {

@@ -31,7 +31,8 @@ awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc cod
 /// record is on disk. Returns false when the record could not be made durable and audit fails
 /// closed: the caller must then not complete the response (the sink resets the connection).
 /// Requests that are not audited (health checks, /metrics) return true at once.
-awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status);
+/// `body` is the whole answer being sent (empty for a stream's end), for text capture.
+awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std::string_view body = {});
 
 /// Writes the access-log line and updates metrics for a finished request (exactly once).
 void log_request(worker& w, request_context& ctx);

@@ -39,7 +39,7 @@ class session_sink final : public response_sink {
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
-    const bool sealed = ctx_.audit_done || co_await seal(status);
+    const bool sealed = ctx_.audit_done || co_await seal(status, body);
     if (!sealed) co_return false;
     const bool ka = keep_alive();
     std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false});
@@ -102,10 +102,10 @@ class session_sink final : public response_sink {
     ctx_.response_started = true;
   }
   /// The audit record goes to the writer before the last bytes (gateway/pipeline.hpp).
-  awaitable<bool> seal(unsigned status) {
+  awaitable<bool> seal(unsigned status, std::string_view body = {}) {
     if (ctx_.audit_done) co_return true;
     // GCC 12: a co_await inside an if condition here compiled to a trap; keep it a statement.
-    const bool ok = co_await seal_audit(w_, ctx_, status);
+    const bool ok = co_await seal_audit(w_, ctx_, status, body);
     if (ok) co_return true;
     abort();
     ctx_.client_gone = true;

@@ -198,6 +198,7 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
     g->team_models = t.models;
     g->team_limits = t.limits;
     g->team_budget = t.budget;
+    ctx.capture_text = t.capture_text;
   };
   if (ctx.credential.empty()) {
     // A verified client certificate whose SAN maps to a team.

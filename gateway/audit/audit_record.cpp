@@ -47,7 +47,8 @@ void common(std::string& o, std::string_view type, const request_context& ctx, r
 
 }  // namespace
 
-std::string call_record(const request_context& ctx, std::int64_t cost_nano, request_context::clock::time_point end) {
+std::string call_record(const request_context& ctx, std::int64_t cost_nano, request_context::clock::time_point end,
+                        const captured_text* text) {
   std::string o;
   common(o, "call", ctx, end);
   jo::field_or_null(o, "team", ctx.identity.team);
@@ -77,7 +78,13 @@ std::string call_record(const request_context& ctx, std::int64_t cost_nano, requ
   if (ctx.stream && has_first) o.append(std::to_string(us_between(ctx.start, ctx.first_byte)));
   else o.append("null");
   jo::number(o, "retries", ctx.attempts > 1 ? ctx.attempts - 1 : 0);
-  o.append(",\"filters\":[]}");  // content-filter actions (the content-filter issue fills them)
+  o.append(",\"filters\":[]");  // content-filter actions (the content-filter issue fills them)
+  if (text) {
+    jo::key(o, "prompt");
+    o.append(text->prompt_json.empty() ? std::string_view("null") : std::string_view(text->prompt_json));
+    jo::field(o, "response", text->response);
+  }
+  o.push_back('}');
   return o;
 }
 

@@ -93,6 +93,10 @@ struct request_context {
   std::string admin;            ///< admin API: the admin token's name
   std::string action;           ///< admin API: what was done ("key.create", ...)
   std::string action_target;    ///< admin API: on what (key id, team)
+  /// The caller's team captures prompt and response text in its audit records
+  /// (teams[].capture_text). Stream translators then collect the relayed text here.
+  bool capture_text = false;
+  std::string captured_response;
 
   clock::time_point start = clock::now();
   clock::time_point first_byte{};  ///< first body byte/token to the caller

@@ -214,6 +214,7 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
     if (!co_await sink.send_chunk(data)) co_return;
     ctx.usage.completion = i + 1;
     ctx.relayed_completion_chars += piece.size();
+    if (ctx.capture_text) ctx.captured_response += piece;
   }
   std::string tail = chunk(json::object{}, ctx.max_output_tokens && count == ctx.max_output_tokens ? "length" : "stop");
   if (ctx.caller_wants_usage) {

@@ -504,3 +504,42 @@ describe('durability', () => {
     }
   });
 });
+
+describe('text capture (teams[].capture_text)', () => {
+  test('records of a capturing team carry the prompt and the answer text; others carry none', { timeout: 30000 }, async () => {
+    const dir = join(tmp('tollgate-audit-capture-'), 'trail');
+    const cap = staticKey('capkey1');
+    const yaml = yamlFor(dir, { instance: 'cap' })
+      .replace('  - name: tiny\n', `  - name: talky\n    capture_text: true\n  - name: tiny\n`)
+      .replace('keys:\n', `keys:\n  - {id: ${cap.id}, team: talky, digest: "${cap.digest}"}\n`);
+    const gw = await startGateway(yaml);
+    try {
+      const whole = await chat(gw, cap.full, body('mock-gpt'));
+      assert.equal(whole.status, 200);
+      const s = await fetchT(`${gw.baseURL}/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${cap.full}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body('mock-gpt', { stream: true })),
+      });
+      const sse = await readSse(s);
+      const streamed = sse.events.filter((e) => e.json?.choices?.[0]?.delta?.content).map((e) => e.json.choices[0].delta.content).join('');
+      const quiet = await chat(gw, ka.full, body('mock-gpt'));
+      assert.equal(quiet.status, 200);
+      await gw.stopClean();
+      const recs = records(dir).filter((r) => r.type === 'call');
+      const w = recs.find((r) => r.id === whole.headers.get('x-request-id'));
+      assert.deepEqual(w.prompt, body('mock-gpt').messages);
+      assert.equal(w.response, whole.json.choices[0].message.content);
+      const st = recs.find((r) => r.id === s.headers.get('x-request-id'));
+      assert.ok(streamed.length > 0);
+      assert.equal(st.response, streamed);
+      const q = recs.find((r) => r.id === quiet.headers.get('x-request-id'));
+      assert.ok(!('prompt' in q) && !('response' in q), 'a team without capture_text: no text');
+      const { code, report } = await verify(dir);
+      assert.equal(code, 0, JSON.stringify(report));
+    } finally {
+      await gw.stop();
+      rmSync(dirname(dir), { recursive: true, force: true });
+    }
+  });
+});
