@@ -108,7 +108,7 @@ std::string parse_limits_budget(const json::object& o, config::limits_config& li
     if (!b->is_object()) return "budget must be an object with usd, period, soft";
     const auto& bo = b->get_object();
     auto* usd = bo.if_contains("usd");
-    if (!usd) return "budget.usd is required";
+    if (!usd) return "budget.usd must be a number from 0 to 9000000 (it is required)";
     if (err = parse_usd(*usd, budget.limit_nano); !err.empty()) return err;
     std::optional<config::budget_period> period;
     std::optional<double> soft;
@@ -247,7 +247,9 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
   std::optional<json::object> body;
   if (ctx.method == "POST" || ctx.method == "PUT") {
     boost::system::error_code ec;
-    auto v = json::parse(ctx.body.empty() ? std::string_view("{}") : std::string_view(ctx.body), ec);
+    // Only a rotation has nothing it must say: an empty body is its defaults.
+    const bool empty_ok = a == "key.rotate" && ctx.body.empty();
+    auto v = json::parse(empty_ok ? std::string_view("{}") : std::string_view(ctx.body), ec);
     if (ec || !v.is_object()) {
       co_await answer_error(ctx, sink, errc::invalid_json, "The body must be a JSON object.");
       co_return;
