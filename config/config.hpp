@@ -69,7 +69,7 @@ struct mock_fault {
 /// One `providers[]` entry. Fields of other types stay at their defaults.
 struct provider_config {
   std::string name;
-  std::string type;  ///< "openai_compatible" or "mock"
+  std::string type;  ///< "openai_compatible", "azure_openai" or "mock"
   int line = 0;      ///< YAML line, for later error messages
 
   // openai_compatible
@@ -80,6 +80,9 @@ struct provider_config {
   upstream_tls tls;
   std::string proxy = "env";  ///< "env", "none" or http://host:port
   unsigned max_idle_connections = 64;
+
+  // azure_openai (base_url is the resource endpoint, api_key goes in the `api-key` header)
+  std::string api_version = "2024-10-21";  ///< a dated version, or "v1" for the /openai/v1/ API
 
   // mock
   std::uint32_t ttft_ms = 0;

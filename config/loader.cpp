@@ -5,6 +5,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cctype>
 #include <charconv>
 #include <ctime>
 #include <fstream>
@@ -137,12 +138,25 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
   if (!n["type"]) fail(p + ".type", n, "required");
   c.name = get_string(n["name"], p + ".name");
   c.type = get_string(n["type"], p + ".type");
-  if (c.type == "openai_compatible") {
-    check_keys(n, p, {"name", "type", "base_url", "api_key", "headers", "timeouts", "tls", "proxy",
-                      "max_idle_connections"});
-    if (!n["base_url"]) fail(p + ".base_url", n, "required for type openai_compatible");
-    c.base_url = get_string(n["base_url"], p + ".base_url");
+  if (c.type == "openai_compatible" || c.type == "azure_openai") {
+    const bool azure = c.type == "azure_openai";
+    if (azure)
+      check_keys(n, p, {"name", "type", "endpoint", "api_key", "api_version", "headers", "timeouts", "tls", "proxy",
+                        "max_idle_connections"});
+    else
+      check_keys(n, p, {"name", "type", "base_url", "api_key", "headers", "timeouts", "tls", "proxy",
+                        "max_idle_connections"});
+    const char* url_key = azure ? "endpoint" : "base_url";
+    if (!n[url_key]) fail(p + "." + url_key, n, std::string("required for type ") + c.type);
+    c.base_url = get_string(n[url_key], p + "." + url_key);
     if (auto v = n["api_key"]) c.api_key = get_secret(v, p + ".api_key");
+    if (azure && !n["api_key"]) fail(p + ".api_key", n, "required for type azure_openai (sent as the api-key header)");
+    if (auto v = n["api_version"]) {
+      c.api_version = get_string(v, p + ".api_version");
+      const bool dated = c.api_version.size() >= 10 && std::isdigit(static_cast<unsigned char>(c.api_version[0]));
+      if (c.api_version != "v1" && !dated)
+        fail(p + ".api_version", v, "expected a dated version such as 2024-10-21 or v1, got '" + c.api_version + "'");
+    }
     if (auto h = n["headers"]) {
       if (!h.IsMap()) fail(p + ".headers", h, "expected a mapping of header names to values");
       for (auto it = h.begin(); it != h.end(); ++it) {
@@ -187,7 +201,7 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
       if (auto v = f["after_tokens"]) c.fault.after_tokens = get_uint<unsigned>(v, fp + ".after_tokens");
     }
   } else {
-    fail(p + ".type", n["type"], "unknown provider type '" + c.type + "' (expected openai_compatible or mock)");
+    fail(p + ".type", n["type"], "unknown provider type '" + c.type + "' (expected openai_compatible, azure_openai or mock)");
   }
   return c;
 }
@@ -461,8 +475,10 @@ std::string validate(const gateway_config& cfg) {
     if (p.name.empty()) return path + ".name: must not be empty (line " + std::to_string(p.line) + ")";
     if (!names.insert(p.name).second)
       return path + ".name: duplicate provider name '" + p.name + "' (line " + std::to_string(p.line) + ")";
-    if (p.type == "openai_compatible" && p.base_url.rfind("http://", 0) != 0 && p.base_url.rfind("https://", 0) != 0)
-      return path + ".base_url: must start with http:// or https:// (line " + std::to_string(p.line) + ")";
+    if ((p.type == "openai_compatible" || p.type == "azure_openai") && p.base_url.rfind("http://", 0) != 0 &&
+        p.base_url.rfind("https://", 0) != 0)
+      return path + (p.type == "azure_openai" ? ".endpoint" : ".base_url") + ": must start with http:// or https:// (line " +
+             std::to_string(p.line) + ")";
   }
   std::set<std::string> models;
   for (std::size_t i = 0; i < cfg.models.size(); ++i) {

@@ -4,6 +4,7 @@
 #include <functional>
 #include <stdexcept>
 
+#include "providers/azure/azure_openai_adapter.hpp"
 #include "providers/mock/mock_adapter.hpp"
 #include "providers/openai/openai_compatible_adapter.hpp"
 
@@ -15,6 +16,7 @@ using factory = std::function<std::unique_ptr<provider_adapter>(const config::pr
 const std::vector<std::pair<std::string_view, factory>>& table() {
   static const std::vector<std::pair<std::string_view, factory>> t = {
       {"openai_compatible", [](auto& c) { return std::make_unique<openai_compatible_adapter>(c); }},
+      {"azure_openai", [](auto& c) { return std::make_unique<azure_openai_adapter>(c); }},
       {"mock", [](auto& c) { return std::make_unique<mock_adapter>(c); }},
   };
   return t;

@@ -253,15 +253,7 @@ result<upstream_request> openai_compatible_adapter::encode(request_context& ctx)
   r.proxy = &peer_.proxy;
   r.pool_key = &peer_.pool_key;
   r.target = peer_.base_path + (ctx.endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions");
-  json::object& body = ctx.request_json;  // edited in place: no deep copy per request
-  body["model"] = ctx.target->upstream_model;
-  if (ctx.stream) {
-    // Always ask for usage so streams are billed exactly; hidden again if the caller did not ask.
-    auto& so = body["stream_options"];
-    if (!so.is_object()) so = json::object();
-    so.get_object()["include_usage"] = true;
-  }
-  r.body = json::serialize(body);
+  r.body = encode_openai_body(ctx, ctx.target->upstream_model);
   r.headers.reserve(4 + cfg_.headers.size());
   r.headers.emplace_back("Content-Type", "application/json");
   r.headers.emplace_back("Accept", ctx.stream ? "text/event-stream" : "application/json");
@@ -270,8 +262,23 @@ result<upstream_request> openai_compatible_adapter::encode(request_context& ctx)
   return r;
 }
 
-std::unique_ptr<stream_translator> openai_compatible_adapter::make_stream_translator(request_context& ctx) const {
+std::string encode_openai_body(request_context& ctx, std::string_view model) {
+  json::object& body = ctx.request_json;  // edited in place: no deep copy per request
+  body["model"] = model;
+  if (ctx.stream) {
+    auto& so = body["stream_options"];
+    if (!so.is_object()) so = json::object();
+    so.get_object()["include_usage"] = true;
+  }
+  return json::serialize(body);
+}
+
+std::unique_ptr<stream_translator> make_openai_stream_translator(request_context& ctx) {
   return std::make_unique<openai_stream>(ctx);
+}
+
+std::unique_ptr<stream_translator> openai_compatible_adapter::make_stream_translator(request_context& ctx) const {
+  return make_openai_stream_translator(ctx);
 }
 
 bool scan_usage(std::string_view body, usage_counts& out) {
@@ -295,12 +302,16 @@ bool scan_usage(std::string_view body, usage_counts& out) {
   return false;
 }
 
-std::string openai_compatible_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
+std::string decode_openai_body(request_context& ctx, unsigned status, std::string body) {
   if (status >= 200 && status < 300) {
     scan_usage(body, ctx.usage);
     return body;
   }
   return normalize_error_body(status, body);
+}
+
+std::string openai_compatible_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
+  return decode_openai_body(ctx, status, std::move(body));
 }
 
 }  // namespace tollgate::providers

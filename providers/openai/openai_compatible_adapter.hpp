@@ -20,6 +20,17 @@ class openai_compatible_adapter final : public provider_adapter {
   upstream_peer peer_;
 };
 
+/// The OpenAI stream translator (SSE in, SSE out; usage read and hidden as the caller asked),
+/// shared by every adapter whose upstream speaks OpenAI's chunk format (Azure OpenAI too).
+std::unique_ptr<stream_translator> make_openai_stream_translator(request_context& ctx);
+
+/// A whole OpenAI-shaped answer: usage read from a success, error bodies normalised.
+std::string decode_openai_body(request_context& ctx, unsigned status, std::string body);
+
+/// Sets `model` and, for streams, `stream_options.include_usage` (always asked for, so streams are
+/// billed exactly; hidden again from a caller who did not ask), then serialises the body.
+std::string encode_openai_body(request_context& ctx, std::string_view model);
+
 /// Rewrites an error body from any OpenAI-compatible server into OpenAI's shape
 /// `{"error":{"message","type","param","code"}}` (code always a string or null). Pure.
 std::string normalize_error_body(unsigned status, std::string_view body);

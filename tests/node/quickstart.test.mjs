@@ -20,8 +20,8 @@ test('quickstart.yaml: demo key and admin token printed once; calls billed to te
     const key = gw.ready.demo_key;
     assert.match(key, /^tg_[A-Za-z0-9]+_[A-Za-z0-9]+$/);
     assert.equal(statSync(gw.readyPath).mode & 0o077, 0, 'ready file must be owner-only');
-    const printed = gw.stdout().match(/Demo API key \(team demo, shown once\): (\S+)/);
-    assert.ok(printed, gw.stdout());
+    // The banner reaches our end of the pipe on its own schedule: wait for it (bounded).
+    const printed = await gw.waitForStdout(/Demo API key \(team demo, shown once\): (\S+)/);
     assert.equal(printed[1], key);
 
     const client = new OpenAI({ apiKey: key, baseURL: gw.baseURL, maxRetries: 0 });
@@ -37,6 +37,7 @@ test('quickstart.yaml: demo key and admin token printed once; calls billed to te
     // The admin token works with tollgatectl; the audit directory is printed beside it.
     const token = gw.ready.admin_token;
     assert.match(token, /^tga_[0-9a-f]{48}$/);
+    await gw.waitForStdout(/Audit trail: /);
     assert.ok(gw.stdout().includes(`Admin token for tollgatectl (shown once): ${token}`), gw.stdout());
     assert.ok(gw.stdout().includes(`Audit trail: ${gw.ready.audit_dir}`), gw.stdout());
     const ctl = join(dirname(GATEWAY_BIN), 'tollgatectl');

@@ -226,6 +226,10 @@ export async function startGateway(yaml, { env = {}, readyTimeoutMs = 15000, arg
         'an access-log line',
       );
     },
+    /** Waits (bounded) until stdout matches `re`; resolves with the match. */
+    waitForStdout(re, timeoutMs = 5000) {
+      return waitText('stdout', (t) => re.exec(t), timeoutMs, `stdout ${re}`);
+    },
     /** Waits (bounded) until stderr matches `re` (searching only text after `fromIndex`). */
     waitForStderr(re, timeoutMs = 5000, fromIndex = 0) {
       return waitText('stderr', (t) => re.exec(t.slice(fromIndex)), timeoutMs, `stderr ${re}`);

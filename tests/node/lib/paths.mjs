@@ -23,4 +23,5 @@ export const FIXTURES = {
   quotaError: join(vercel, 'openai', 'src', 'responses', '__fixtures__', 'openai-error.1.json'),
   embedding: join(vercel, 'openai', 'src', 'embedding', '__fixtures__', 'openai-embedding.json'),
   toolCallSse: join(vercel, 'openai-compatible', 'src', 'chat', '__fixtures__', 'anthropic-fallback-tool-call.sse'),
+  azureStreamChunks: join(vercel, 'openai', 'src', 'chat', '__fixtures__', 'azure-model-router.1.chunks.txt'),
 };

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "providers/openai/openai_compatible_adapter.hpp"
+#include "providers/azure/azure_openai_adapter.hpp"
 
 #include <gtest/gtest.h>
 
@@ -250,3 +251,38 @@ TEST(OpenAIAdapterTest, UsageScanIgnoresLookalikesInsideStrings) {
 
 }  // namespace
 }  // namespace tollgate::providers
+
+namespace tollgate::providers::testing {
+
+TEST(AzureOpenaiAdapterTest, DatedApiTargetsTheDeploymentWithItsApiVersion) {
+  EXPECT_EQ(azure_openai_adapter::target_for("", "2024-10-21", "prod-gpt4o", endpoint_kind::chat_completions),
+            "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21");
+  EXPECT_EQ(azure_openai_adapter::target_for("/base", "2025-04-01-preview", "emb", endpoint_kind::embeddings),
+            "/base/openai/deployments/emb/embeddings?api-version=2025-04-01-preview");
+}
+
+TEST(AzureOpenaiAdapterTest, DeploymentNamesAreEncodedIntoThePath) {
+  EXPECT_EQ(azure_openai_adapter::target_for("", "2024-10-21", "a/b?c", endpoint_kind::chat_completions),
+            "/openai/deployments/a%2Fb%3Fc/chat/completions?api-version=2024-10-21");
+}
+
+TEST(AzureOpenaiAdapterTest, V1ApiHasNoDeploymentInThePathAndNoApiVersion) {
+  EXPECT_EQ(azure_openai_adapter::target_for("", "v1", "prod", endpoint_kind::chat_completions), "/openai/v1/chat/completions");
+  EXPECT_EQ(azure_openai_adapter::target_for("", "v1", "prod", endpoint_kind::embeddings), "/openai/v1/embeddings");
+}
+
+TEST(AzureOpenaiAdapterTest, AzureErrorBodiesBecomeOpenaiShaped) {
+  // 429 with a string code and no type; 400 content filter with type null and extra members.
+  auto throttled = boost::json::parse(normalize_error_body(429, R"({"error":{"code":"429","message":"Requests ... exceeded token rate limit"}})"));
+  EXPECT_EQ(throttled.at("error").at("code").as_string(), "429");
+  EXPECT_EQ(throttled.at("error").at("type").as_string(), "rate_limit_error");
+  auto filtered = boost::json::parse(normalize_error_body(
+      400, R"({"error":{"message":"filtered","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation"}}})"));
+  const auto& e = filtered.at("error").as_object();
+  EXPECT_EQ(e.at("code").as_string(), "content_filter");
+  EXPECT_EQ(e.at("param").as_string(), "prompt");
+  EXPECT_EQ(e.at("type").as_string(), "invalid_request_error");
+  EXPECT_EQ(e.size(), 4u);  // message, type, param, code
+}
+
+}  // namespace tollgate::providers::testing

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/azure/azure_openai_adapter.hpp"
+
+#include <boost/url/encode.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
+
+#include "providers/openai/openai_compatible_adapter.hpp"
+
+namespace tollgate::providers {
+
+azure_openai_adapter::azure_openai_adapter(const config::provider_config& cfg)
+    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {}
+
+std::string azure_openai_adapter::target_for(std::string_view base_path, std::string_view api_version,
+                                             std::string_view deployment, endpoint_kind endpoint) {
+  const std::string_view op = endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions";
+  std::string t(base_path);
+  if (api_version == "v1") return t.append("/openai/v1").append(op);
+  // A deployment name is letters, digits, '-', '_' and '.', but never trust it into a path.
+  t.append("/openai/deployments/").append(boost::urls::encode(deployment, boost::urls::unreserved_chars));
+  return t.append(op).append("?api-version=").append(boost::urls::encode(api_version, boost::urls::unreserved_chars));
+}
+
+result<upstream_request> azure_openai_adapter::encode(request_context& ctx) const {
+  upstream_request r;
+  r.scheme = peer_.scheme;
+  r.host = peer_.host;
+  r.port = peer_.port;
+  r.settings = &cfg_;
+  r.proxy = &peer_.proxy;
+  r.pool_key = &peer_.pool_key;
+  const std::string& deployment = ctx.target->upstream_model;
+  r.target = target_for(peer_.base_path, cfg_.api_version, deployment, ctx.endpoint);
+  r.body = encode_openai_body(ctx, deployment);
+  r.headers.reserve(4 + cfg_.headers.size());
+  r.headers.emplace_back("Content-Type", "application/json");
+  r.headers.emplace_back("Accept", ctx.stream ? "text/event-stream" : "application/json");
+  r.headers.emplace_back("api-key", cfg_.api_key);
+  for (auto& h : cfg_.headers) r.headers.push_back(h);
+  return r;
+}
+
+std::unique_ptr<stream_translator> azure_openai_adapter::make_stream_translator(request_context& ctx) const {
+  return make_openai_stream_translator(ctx);
+}
+
+std::string azure_openai_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
+  return decode_openai_body(ctx, status, std::move(body));
+}
+
+}  // namespace tollgate::providers
