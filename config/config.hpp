@@ -69,7 +69,7 @@ struct mock_fault {
 /// One `providers[]` entry. Fields of other types stay at their defaults.
 struct provider_config {
   std::string name;
-  std::string type;  ///< "openai_compatible", "azure_openai" or "mock"
+  std::string type;  ///< "openai_compatible", "azure_openai", "bedrock", "vertex" or "mock"
   int line = 0;      ///< YAML line, for later error messages
 
   // openai_compatible
@@ -83,6 +83,16 @@ struct provider_config {
 
   // azure_openai (base_url is the resource endpoint, api_key goes in the `api-key` header)
   std::string api_version = "2024-10-21";  ///< a dated version, or "v1" for the /openai/v1/ API
+
+  // bedrock (base_url: endpoint override, default https://bedrock-runtime.<region>.amazonaws.com)
+  std::string region;
+  std::string aws_access_key_id, aws_secret_access_key, aws_session_token;  ///< resolved secrets
+  std::string aws_profile, aws_shared_credentials_file;
+
+  // vertex (base_url: endpoint override, default https://<location>-aiplatform.googleapis.com)
+  std::string project;
+  std::string location = "us-central1";
+  std::string credentials_file;  ///< service-account key; else GOOGLE_APPLICATION_CREDENTIALS, else metadata
 
   // mock
   std::uint32_t ttft_ms = 0;

@@ -138,17 +138,47 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
   if (!n["type"]) fail(p + ".type", n, "required");
   c.name = get_string(n["name"], p + ".name");
   c.type = get_string(n["type"], p + ".type");
-  if (c.type == "openai_compatible" || c.type == "azure_openai") {
-    const bool azure = c.type == "azure_openai";
-    if (azure)
+  if (c.type == "openai_compatible" || c.type == "azure_openai" || c.type == "bedrock" || c.type == "vertex") {
+    const bool azure = c.type == "azure_openai", bedrock = c.type == "bedrock", vertex = c.type == "vertex";
+    if (vertex)
+      check_keys(n, p, {"name", "type", "project", "location", "endpoint", "credentials_file", "headers", "timeouts", "tls",
+                        "proxy", "max_idle_connections"});
+    else if (azure)
       check_keys(n, p, {"name", "type", "endpoint", "api_key", "api_version", "headers", "timeouts", "tls", "proxy",
                         "max_idle_connections"});
+    else if (bedrock)
+      check_keys(n, p, {"name", "type", "region", "endpoint", "access_key_id", "secret_access_key", "session_token",
+                        "profile", "shared_credentials_file", "headers", "timeouts", "tls", "proxy", "max_idle_connections"});
     else
       check_keys(n, p, {"name", "type", "base_url", "api_key", "headers", "timeouts", "tls", "proxy",
                         "max_idle_connections"});
+    if (bedrock) {
+      if (!n["region"]) fail(p + ".region", n, "required for type bedrock (for example us-east-1)");
+      c.region = get_string(n["region"], p + ".region");
+      if (c.region.empty() || c.region.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") != std::string::npos)
+        fail(p + ".region", n["region"], "expected an AWS region such as us-east-1, got '" + c.region + "'");
+      c.base_url = n["endpoint"] ? get_string(n["endpoint"], p + ".endpoint")
+                                 : "https://bedrock-runtime." + c.region + ".amazonaws.com";
+      if (auto v = n["access_key_id"]) c.aws_access_key_id = get_secret(v, p + ".access_key_id");
+      if (auto v = n["secret_access_key"]) c.aws_secret_access_key = get_secret(v, p + ".secret_access_key");
+      if (auto v = n["session_token"]) c.aws_session_token = get_secret(v, p + ".session_token");
+      if (auto v = n["profile"]) c.aws_profile = get_string(v, p + ".profile");
+      if (auto v = n["shared_credentials_file"]) c.aws_shared_credentials_file = get_string(v, p + ".shared_credentials_file");
+    }
+    if (vertex) {
+      if (!n["project"]) fail(p + ".project", n, "required for type vertex (the Google Cloud project id)");
+      c.project = get_string(n["project"], p + ".project");
+      if (auto v = n["location"]) c.location = get_string(v, p + ".location");
+      if (c.location.empty() || c.location.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") != std::string::npos)
+        fail(p + ".location", n["location"] ? n["location"] : n, "expected a location such as us-central1 or global");
+      if (auto v = n["credentials_file"]) c.credentials_file = get_string(v, p + ".credentials_file");
+      c.base_url = n["endpoint"] ? get_string(n["endpoint"], p + ".endpoint")
+                                 : "https://" + (c.location == "global" ? std::string("aiplatform.googleapis.com")
+                                                                       : c.location + "-aiplatform.googleapis.com");
+    }
     const char* url_key = azure ? "endpoint" : "base_url";
-    if (!n[url_key]) fail(p + "." + url_key, n, std::string("required for type ") + c.type);
-    c.base_url = get_string(n[url_key], p + "." + url_key);
+    if (!bedrock && !vertex && !n[url_key]) fail(p + "." + url_key, n, std::string("required for type ") + c.type);
+    if (!bedrock && !vertex) c.base_url = get_string(n[url_key], p + "." + url_key);
     if (auto v = n["api_key"]) c.api_key = get_secret(v, p + ".api_key");
     if (azure && !n["api_key"]) fail(p + ".api_key", n, "required for type azure_openai (sent as the api-key header)");
     if (auto v = n["api_version"]) {
@@ -201,7 +231,7 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
       if (auto v = f["after_tokens"]) c.fault.after_tokens = get_uint<unsigned>(v, fp + ".after_tokens");
     }
   } else {
-    fail(p + ".type", n["type"], "unknown provider type '" + c.type + "' (expected openai_compatible, azure_openai or mock)");
+    fail(p + ".type", n["type"], "unknown provider type '" + c.type + "' (expected openai_compatible, azure_openai, bedrock, vertex or mock)");
   }
   return c;
 }
@@ -475,9 +505,9 @@ std::string validate(const gateway_config& cfg) {
     if (p.name.empty()) return path + ".name: must not be empty (line " + std::to_string(p.line) + ")";
     if (!names.insert(p.name).second)
       return path + ".name: duplicate provider name '" + p.name + "' (line " + std::to_string(p.line) + ")";
-    if ((p.type == "openai_compatible" || p.type == "azure_openai") && p.base_url.rfind("http://", 0) != 0 &&
-        p.base_url.rfind("https://", 0) != 0)
-      return path + (p.type == "azure_openai" ? ".endpoint" : ".base_url") + ": must start with http:// or https:// (line " +
+    if ((p.type == "openai_compatible" || p.type == "azure_openai" || p.type == "bedrock" || p.type == "vertex") &&
+        p.base_url.rfind("http://", 0) != 0 && p.base_url.rfind("https://", 0) != 0)
+      return path + (p.type == "openai_compatible" ? ".base_url" : ".endpoint") + ": must start with http:// or https:// (line " +
              std::to_string(p.line) + ")";
   }
   std::set<std::string> models;

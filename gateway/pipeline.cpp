@@ -95,6 +95,17 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       co_return flow::responded;
     }
     auto req = p.encode(ctx);
+    if (!req && !ctx.reject_message.empty()) {
+      if (ctx.reject_status == 502) {  // this provider cannot be used now (no credentials yet)
+        last = make_failure(errc::upstream_error, ctx.reject_message, "", error_source::upstream);
+        ctx.reject_message.clear();
+        ctx.reject_status = 0;
+        if (more) continue;
+        co_return *last;
+      }
+      // The request asks for what this provider cannot do.
+      co_return make_failure(errc::invalid_value, ctx.reject_message, ctx.reject_param, error_source::downstream);
+    }
     if (!req) co_return make_failure(errc::internal, "could not build the upstream request", "", error_source::internal);
     upstream_exchange ex(w.pool(), ctx);
     if (auto f = co_await ex.start(*req)) {
@@ -112,7 +123,11 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       continue;  // nothing went to the caller yet: try the fallback
     }
     const std::string_view ct = ex.headers()[http::field::content_type];
-    if (status / 100 == 2 && ctx.stream && ct.find("text/event-stream") != std::string_view::npos)
+    // SSE from OpenAI-style servers, a binary AWS event stream from Bedrock: the adapter's
+    // translator turns either into the caller's SSE.
+    if (status / 100 == 2 && ctx.stream &&
+        (ct.find("text/event-stream") != std::string_view::npos ||
+         ct.find("application/vnd.amazon.eventstream") != std::string_view::npos))
       co_return co_await relay_stream(ctx, sink, ex);
 
     std::string body;
@@ -131,6 +146,8 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       count_upstream_error(ctx, "status_" + std::to_string(status));
       ctx.details = "upstream_status";
     }
+    if (status / 100 != 2)
+      for (auto& f : ex.headers()) ctx.upstream_error_headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
     std::string out = p.decode_body(ctx, status, std::move(body));
     if (status / 100 != 2) {
       // Keep the upstream's error code for the log.
@@ -143,7 +160,8 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     }
     header_list extra = passthrough_headers(ex.headers());
     ex.release();
-    co_await sink.send_full(status, ct.empty() ? std::string_view("application/json") : ct, std::move(out), extra);
+    const unsigned answer = ctx.answer_status ? ctx.answer_status : status;
+    co_await sink.send_full(answer, ct.empty() ? std::string_view("application/json") : ct, std::move(out), extra);
     co_return flow::responded;
   }
   co_return last ? *last : make_failure(errc::internal, "model has no targets", "", error_source::internal);

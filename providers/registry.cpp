@@ -5,6 +5,8 @@
 #include <stdexcept>
 
 #include "providers/azure/azure_openai_adapter.hpp"
+#include "providers/bedrock/bedrock_adapter.hpp"
+#include "providers/vertex/vertex_adapter.hpp"
 #include "providers/mock/mock_adapter.hpp"
 #include "providers/openai/openai_compatible_adapter.hpp"
 
@@ -17,6 +19,8 @@ const std::vector<std::pair<std::string_view, factory>>& table() {
   static const std::vector<std::pair<std::string_view, factory>> t = {
       {"openai_compatible", [](auto& c) { return std::make_unique<openai_compatible_adapter>(c); }},
       {"azure_openai", [](auto& c) { return std::make_unique<azure_openai_adapter>(c); }},
+      {"bedrock", [](auto& c) { return std::make_unique<bedrock_adapter>(c); }},
+      {"vertex", [](auto& c) { return std::make_unique<vertex_adapter>(c); }},
       {"mock", [](auto& c) { return std::make_unique<mock_adapter>(c); }},
   };
   return t;

@@ -75,6 +75,15 @@ struct request_context {
   const model_route* route = nullptr;
   const route_target* target = nullptr;
   unsigned attempts = 0;
+  /// Set by an adapter's encode() that refuses a request it cannot translate (400 invalid_value).
+  std::string reject_message, reject_param;
+  unsigned reject_status = 0;  ///< 0: 400 invalid_value; 502: the provider cannot be reached yet
+  /// Set by an adapter's decode_body() when the caller must get another status than the
+  /// upstream's (a provider's signature error is the gateway's fault: 502, not 403).
+  unsigned answer_status = 0;
+  /// The upstream's response headers when it answered an error status (decode_body reads
+  /// provider error details from them, such as Bedrock's x-amzn-errortype). Empty otherwise.
+  header_list upstream_error_headers;
 
   // Outcome.
   usage_counts usage;

@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/bedrock/bedrock_adapter.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <strings.h>
+
+#include <array>
+#include <chrono>
+#include <stdexcept>
+
+#include "gateway/core/error.hpp"
+#include "gateway/core/sse.hpp"
+#include "providers/bedrock/converse.hpp"
+#include "providers/bedrock/event_stream.hpp"
+
+namespace tollgate::providers {
+namespace json = boost::json;
+using namespace std::chrono;
+
+namespace {
+
+bedrock::completion_meta meta_of(const request_context& ctx) {
+  return {"chatcmpl-" + ctx.id_hex, duration_cast<seconds>(system_clock::now().time_since_epoch()).count(), ctx.model};
+}
+
+void record_usage(request_context& ctx, const bedrock::converse_usage& u) {
+  ctx.usage.prompt = u.prompt_tokens();
+  ctx.usage.completion = u.completion_tokens();
+  ctx.usage.cached = u.cache_read_tokens;
+  ctx.usage.reported = true;
+}
+
+/// Text a chunk carries to the caller (for billing a stream without usage, and text capture).
+void count_text(request_context& ctx, const json::object& chunk) {
+  auto* ch = chunk.if_contains("choices");
+  if (!ch || !ch->is_array()) return;
+  for (auto& c : ch->get_array()) {
+    auto* d = c.is_object() ? c.get_object().if_contains("delta") : nullptr;
+    if (!d || !d->is_object()) continue;
+    for (auto key : {"content", "reasoning_content"})
+      if (auto* t = d->get_object().if_contains(key); t && t->is_string()) {
+        ctx.relayed_completion_chars += t->get_string().size();
+        if (ctx.capture_text && std::string_view(key) == "content") ctx.captured_response.append(t->get_string());
+      }
+  }
+}
+
+/// ConverseStream (binary event stream) → OpenAI SSE chunks, incrementally.
+class bedrock_stream final : public stream_translator {
+ public:
+  explicit bedrock_stream(request_context& ctx) : ctx_(ctx), tr_(meta_of(ctx)) {}
+
+  void feed(std::string_view bytes, std::string& out) override {
+    if (done_ || failed_) return;
+    messages_.clear();
+    const bool ok = dec_.feed(bytes, messages_);
+    for (auto& m : messages_) {
+      if (failed_) break;
+      on_message(m, out);
+    }
+    if (!ok && !failed_) fail(out, 502, "upstream_error", "The Bedrock event stream is corrupt: " + dec_.error_text() + ".");
+  }
+
+  void finish(bool complete, std::string_view why, std::string& out) override {
+    if (done_ || failed_) return;
+    if (!complete || !dec_.finish()) {
+      fail(out, 502, why == "timeout" ? "upstream_timeout" : "upstream_error",
+           "The upstream stream ended unexpectedly: " + std::string(complete ? "inside an event" : why) + ".");
+      return;
+    }
+    if (tr_.usage() && ctx_.caller_wants_usage)
+      out += sse::format_data(json::serialize(bedrock::make_usage_chunk(tr_.meta(), *tr_.usage())));
+    out += "data: [DONE]\n\n";
+    done_ = true;
+  }
+
+  bool failed() const override { return failed_; }
+
+ private:
+  void on_message(const aws::message& m, std::string& out) {
+    bedrock::stream_step step;
+    switch (m.kind()) {
+      case aws::message_kind::event: step = tr_.on_event_text(m.event_type(), m.payload); break;
+      case aws::message_kind::exception: step = tr_.on_event_text(m.exception_type(), m.payload); break;
+      default: {
+        // `error` messages (and unknown kinds, as the AWS SDKs treat them) end the stream.
+        const std::string code(m.error_code().empty() ? "InternalServerException" : m.error_code());
+        step.error = bedrock::map_bedrock_error(code, m.error_message());
+      }
+    }
+    for (auto& c : step.chunks) {
+      count_text(ctx_, c);
+      out += sse::format_data(json::serialize(c));
+    }
+    if (step.usage) record_usage(ctx_, *step.usage);
+    if (step.error) {
+      const auto& e = *step.error;
+      failed_ = true;
+      ctx_.details = "upstream_stream_error";
+      ctx_.error_code = e.code;
+      out += sse::format_data(json::serialize(bedrock::to_openai_error_body(e)));
+      out += "data: [DONE]\n\n";
+    }
+  }
+
+  void fail(std::string& out, unsigned, std::string_view code, std::string message) {
+    failed_ = true;
+    ctx_.details = std::string(code);
+    ctx_.error_code = std::string(code);
+    out += sse::format_event("error", openai_error_body(message, "server_error", "", code));
+  }
+
+  request_context& ctx_;
+  aws::decoder dec_;
+  bedrock::converse_stream_translator tr_;
+  std::vector<aws::message> messages_;
+  bool done_ = false;
+  bool failed_ = false;
+};
+
+}  // namespace
+
+bedrock_adapter::bedrock_adapter(const config::provider_config& cfg)
+    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {
+  aws::credentials_config cc{cfg.aws_access_key_id, cfg.aws_secret_access_key, cfg.aws_session_token, cfg.aws_profile,
+                             cfg.aws_shared_credentials_file};
+  auto r = aws::resolve_credentials(cc, aws::system_credentials_inputs());
+  if (!r) throw std::invalid_argument("AWS credentials: " + r.error().message);
+  creds_ = r->creds;
+  host_header_ = peer_.host;
+  if (!((peer_.scheme == "https" && peer_.port == "443") || (peer_.scheme == "http" && peer_.port == "80")))
+    host_header_ += ":" + peer_.port;
+}
+
+std::string bedrock_adapter::path_for(std::string_view model_id, std::string_view operation) {
+  // The id as one path segment ('/' and ':' of ARNs and versions percent-encoded once).
+  return "/model/" + aws::uri_encode(model_id, false) + "/" + std::string(operation);
+}
+
+result<upstream_request> bedrock_adapter::encode(request_context& ctx) const {
+  const std::string& model_id = ctx.target->upstream_model;
+  upstream_request r;
+  r.scheme = peer_.scheme;
+  r.host = peer_.host;
+  r.port = peer_.port;
+  r.settings = &cfg_;
+  r.proxy = &peer_.proxy;
+  r.pool_key = &peer_.pool_key;
+  std::string_view operation;
+  if (ctx.endpoint == endpoint_kind::embeddings) {
+    auto calls = bedrock::to_embedding_calls(ctx.request_json, model_id);
+    if (!calls || calls->bodies.size() != 1) {
+      ctx.reject_message = calls ? "This Bedrock embedding model takes one input per request; send the inputs one by one."
+                                 : calls.error().message;
+      ctx.reject_param = calls ? "input" : calls.error().param;
+      return make_error_code(errc::invalid_value);
+    }
+    r.body = json::serialize(calls->bodies.front());
+    operation = "invoke";
+  } else {
+    auto body = bedrock::to_converse_request(ctx.request_json);
+    if (!body) {
+      ctx.reject_message = body.error().message;
+      ctx.reject_param = body.error().param;
+      return make_error_code(errc::invalid_value);
+    }
+    r.body = json::serialize(*body);
+    operation = ctx.stream ? "converse-stream" : "converse";
+  }
+  const std::string path = path_for(model_id, operation);
+  r.target = peer_.base_path + path;
+  const std::string_view accept = ctx.stream ? "application/vnd.amazon.eventstream" : "application/json";
+  const std::array<aws::header_view, 3> to_sign{aws::header_view{"host", host_header_},
+                                                aws::header_view{"content-type", "application/json"},
+                                                aws::header_view{"accept", accept}};
+  aws::http_request_view req{"POST", r.target, "", to_sign, r.body, std::nullopt};
+  const aws::signing_scope scope{cfg_.region, aws::bedrock_signing_name, floor<seconds>(system_clock::now())};
+  auto s = aws::sign_request(creds_, scope, req);
+  if (!s) return make_error_code(errc::internal);
+  r.headers.reserve(6 + cfg_.headers.size());
+  r.headers.emplace_back("Content-Type", "application/json");
+  r.headers.emplace_back("Accept", std::string(accept));
+  for (auto& h : s->headers_to_add) r.headers.emplace_back(h.name, h.value);
+  r.headers.emplace_back("Authorization", s->authorization);
+  for (auto& h : cfg_.headers) r.headers.push_back(h);
+  return r;
+}
+
+std::unique_ptr<stream_translator> bedrock_adapter::make_stream_translator(request_context& ctx) const {
+  return std::make_unique<bedrock_stream>(ctx);
+}
+
+std::string bedrock_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
+  if (status / 100 != 2) {
+    std::string_view type;
+    for (auto& [name, value] : ctx.upstream_error_headers)
+      if (name.size() == 16 && strncasecmp(name.c_str(), "x-amzn-errortype", 16) == 0) type = value;
+    const auto e = bedrock::map_bedrock_http_error(status, type, body);
+    ctx.answer_status = e.status;
+    return json::serialize(bedrock::to_openai_error_body(e));
+  }
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ctx.endpoint == endpoint_kind::embeddings) {
+    auto calls = bedrock::to_embedding_calls(ctx.request_json, ctx.target->upstream_model);
+    if (!ec && calls) {
+      std::array<bedrock::invoke_response, 1> one{bedrock::invoke_response{std::move(v), std::nullopt}};
+      if (auto e = bedrock::to_openai_embeddings(*calls, one, ctx.model)) {
+        ctx.usage.prompt = e->prompt_tokens;
+        ctx.usage.reported = e->tokens_reported;
+        return json::serialize(e->body);
+      }
+    }
+  } else if (!ec) {
+    if (auto c = bedrock::to_chat_completion(v, meta_of(ctx))) {
+      if (c->usage) record_usage(ctx, *c->usage);
+      if (ctx.capture_text) ctx.captured_response.clear();  // the whole answer's text is read from the body
+      return json::serialize(c->body);
+    }
+  }
+  ctx.details = "upstream_invalid_response";
+  ctx.answer_status = 502;
+  return openai_error_body("Bedrock answered a body the gateway could not read.", "server_error", "",
+                           "invalid_upstream_response");
+}
+
+}  // namespace tollgate::providers

@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/vertex/token_source.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/url/parse.hpp>
+
+#include <openssl/ssl.h>
+
+namespace tollgate::providers::vertex {
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using namespace std::chrono;
+
+namespace {
+
+/// Sends `req` on a connected stream and reads the answer; completes through the io_context.
+template <class Stream>
+void exchange(Stream& s, http::request<http::string_body>& req, fetch_response& out) {
+  http::async_write(s, req, [&](beast::error_code ec, std::size_t) {
+    if (ec) {
+      out.error = "write: " + ec.message();
+      return;
+    }
+    auto buf = std::make_shared<beast::flat_buffer>();
+    auto res = std::make_shared<http::response<http::string_body>>();
+    http::async_read(s, *buf, *res, [&out, buf, res](beast::error_code rec, std::size_t) {
+      if (rec) {
+        out.error = "read: " + rec.message();
+        return;
+      }
+      out.status = res->result_int();
+      out.body = std::move(res->body());
+    });
+  });
+}
+
+}  // namespace
+
+fetch_response http_fetch(const google::http_request_data& data, milliseconds timeout) {
+  fetch_response out;
+  auto u = boost::urls::parse_uri(data.url);
+  if (!u || (u->scheme() != "http" && u->scheme() != "https")) {
+    out.error = "not an http(s) URL";
+    return out;
+  }
+  const bool tls = u->scheme() == "https";
+  const std::string host(u->host_name().empty() ? u->encoded_host_address() : u->host_name());
+  const std::string port = u->has_port() ? std::string(u->port()) : (tls ? "443" : "80");
+  std::string target(u->encoded_path());
+  if (target.empty()) target = "/";
+  if (u->has_query()) target += "?" + std::string(u->encoded_query());
+
+  http::request<http::string_body> req{data.method == "GET" ? http::verb::get : http::verb::post, target, 11};
+  req.set(http::field::host, u->has_port() ? host + ":" + port : host);
+  req.set(http::field::user_agent, "tollgate/0.1");
+  for (auto& [k, v] : data.headers) req.set(k, v);
+  if (data.method != "GET") {
+    req.body() = data.body;
+    req.prepare_payload();
+  }
+
+  net::io_context ioc;
+  net::ip::tcp::resolver resolver(ioc);
+  beast::tcp_stream tcp(ioc);
+  net::ssl::context ctx(net::ssl::context::tls_client);
+  ctx.set_default_verify_paths();
+  ctx.set_verify_mode(net::ssl::verify_peer);
+  std::optional<net::ssl::stream<beast::tcp_stream&>> ssl;
+  tcp.expires_after(timeout);
+  resolver.async_resolve(host, port, [&](beast::error_code ec, net::ip::tcp::resolver::results_type r) {
+    if (ec) {
+      out.error = "resolve " + host + ": " + ec.message();
+      return;
+    }
+    tcp.async_connect(r, [&](beast::error_code cec, const net::ip::tcp::endpoint&) {
+      if (cec) {
+        out.error = "connect " + host + ":" + port + ": " + cec.message();
+        return;
+      }
+      if (!tls) return exchange(tcp, req, out);
+      ssl.emplace(tcp, ctx);
+      SSL_set_tlsext_host_name(ssl->native_handle(), host.c_str());
+      ssl->set_verify_callback(net::ssl::host_name_verification(host));
+      ssl->async_handshake(net::ssl::stream_base::client, [&](beast::error_code hec) {
+        if (hec) {
+          out.error = "TLS with " + host + ": " + hec.message();
+          return;
+        }
+        exchange(*ssl, req, out);
+      });
+    });
+  });
+  // The tcp_stream's deadline bounds every step; run_for is a backstop for the resolver.
+  ioc.run_for(timeout + seconds(1));
+  if (out.status == 0 && out.error.empty()) out.error = "timed out";
+  return out;
+}
+
+token_source::token_source(google::credentials creds, fetch_fn fetch) : s_(std::make_shared<state>()) {
+  s_->creds = std::move(creds);
+  s_->fetch = fetch ? std::move(fetch) : [](const google::http_request_data& r) { return http_fetch(r, seconds(10)); };
+  std::thread([s = s_] { run(s); }).detach();
+}
+
+token_source::~token_source() {
+  {
+    std::lock_guard lk(s_->mu);
+    s_->stop = true;
+  }
+  s_->cv.notify_all();
+}
+
+std::optional<std::string> token_source::authorization() const {
+  std::lock_guard lk(s_->mu);
+  if (s_->authorization.empty() || steady_clock::now() >= s_->usable_until) return std::nullopt;
+  return s_->authorization;
+}
+
+std::string token_source::last_error() const {
+  std::lock_guard lk(s_->mu);
+  return s_->last_error.empty() ? std::string("no token yet") : s_->last_error;
+}
+
+google::auth_result<google::access_token> token_source::fetch_token(state& s) {
+  google::http_request_data req;
+  const bool metadata = std::holds_alternative<google::metadata_server_credentials>(s.creds);
+  if (metadata) {
+    auto r = google::make_metadata_token_request(std::get<google::metadata_server_credentials>(s.creds).host);
+    if (!r) return r.error();
+    req = std::move(*r);
+  } else {
+    const auto& key = std::get<google::service_account_key>(s.creds);
+    auto jwt = google::make_jwt_assertion(key, floor<seconds>(system_clock::now()));
+    if (!jwt) return jwt.error();
+    req = google::make_token_request(key, jwt->jwt);
+  }
+  auto res = s.fetch(req);
+  if (!res.error.empty())
+    return google::auth_error{google::auth_errc::token_rejected, "token request failed: " + res.error, "", true};
+  return metadata ? google::parse_metadata_token_response(res.status, res.body)
+                  : google::parse_token_response(res.status, res.body);
+}
+
+void token_source::run(const std::shared_ptr<state>& sp) {
+  state& s = *sp;
+  std::unique_lock lk(s.mu);
+  while (!s.stop) {
+    auto d = s.cache.decide(steady_clock::now());
+    if (d.what == google::token_cache::action::refresh || d.what == google::token_cache::action::refresh_and_use) {
+      lk.unlock();
+      const auto sent = steady_clock::now();
+      auto t = fetch_token(s);
+      lk.lock();
+      if (t) {
+        s.authorization = t->authorization();
+        s.cache.complete(d.ticket, std::move(*t), sent);
+        s.usable_until = s.cache.expires_at() - seconds(10);  // margin for the request in flight
+        s.last_error.clear();
+      } else {
+        s.last_error = t.error().message;
+        s.cache.fail(d.ticket, t.error(), steady_clock::now());
+      }
+      continue;
+    }
+    // Nothing to do now: look again in a second (at once when told to stop).
+    s.cv.wait_for(lk, seconds(1), [&] { return s.stop; });
+  }
+}
+
+}  // namespace tollgate::providers::vertex

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "providers/vertex/vertex_adapter.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <array>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "gateway/core/error.hpp"
+#include "gateway/core/sse.hpp"
+#include "providers/vertex/gemini.hpp"
+
+namespace tollgate::providers {
+namespace json = boost::json;
+using namespace std::chrono;
+
+namespace {
+
+vertex::completion_meta meta_of(const request_context& ctx) {
+  return {"chatcmpl-" + ctx.id_hex, duration_cast<seconds>(system_clock::now().time_since_epoch()).count(), ctx.model};
+}
+
+void record_usage(request_context& ctx, const vertex::gemini_usage& u) {
+  const auto o = vertex::to_openai_usage(u);
+  auto num = [&](std::string_view k) { return o.contains(k) ? o.at(k).to_number<std::uint64_t>() : 0; };
+  ctx.usage.prompt = num("prompt_tokens");
+  ctx.usage.completion = num("completion_tokens");
+  ctx.usage.cached = 0;
+  if (auto* d = o.if_contains("prompt_tokens_details"); d && d->is_object())
+    if (auto* c = d->get_object().if_contains("cached_tokens")) ctx.usage.cached = c->to_number<std::uint64_t>();
+  ctx.usage.reported = true;
+}
+
+void count_text(request_context& ctx, const json::object& chunk) {
+  auto* ch = chunk.if_contains("choices");
+  if (!ch || !ch->is_array()) return;
+  for (auto& c : ch->get_array())
+    if (auto* d = c.is_object() ? c.get_object().if_contains("delta") : nullptr; d && d->is_object())
+      if (auto* t = d->get_object().if_contains("content"); t && t->is_string()) {
+        ctx.relayed_completion_chars += t->get_string().size();
+        if (ctx.capture_text) ctx.captured_response.append(t->get_string());
+      }
+}
+
+/// streamGenerateContent?alt=sse → OpenAI SSE chunks.
+class vertex_stream final : public stream_translator {
+ public:
+  explicit vertex_stream(request_context& ctx) : ctx_(ctx), tr_(meta_of(ctx)) {}
+
+  void feed(std::string_view bytes, std::string& out) override {
+    if (done_ || failed_) return;
+    events_.clear();
+    if (!parser_.feed(bytes, events_)) {
+      fail_plain(out, "upstream stream event too large");
+      return;
+    }
+    for (auto& ev : events_) {
+      if (failed_ || ev.data.empty()) continue;
+      apply(tr_.on_chunk(std::string_view(ev.data)), out);
+    }
+  }
+
+  void finish(bool complete, std::string_view why, std::string& out) override {
+    if (done_ || failed_) return;
+    if (!complete) {
+      fail_plain(out, "The upstream stream ended unexpectedly: " + std::string(why) + ".");
+      return;
+    }
+    apply(tr_.on_end(), out);
+    if (failed_) return;
+    if (tr_.usage() && ctx_.caller_wants_usage)
+      out += sse::format_data(json::serialize(vertex::make_usage_chunk(tr_.meta(), *tr_.usage())));
+    out += "data: [DONE]\n\n";
+    done_ = true;
+  }
+
+  bool failed() const override { return failed_; }
+
+ private:
+  void apply(const vertex::stream_step& step, std::string& out) {
+    for (auto& c : step.chunks) {
+      count_text(ctx_, c);
+      out += sse::format_data(json::serialize(c));
+    }
+    if (step.usage) record_usage(ctx_, *step.usage);
+    if (step.error) {
+      failed_ = true;
+      ctx_.details = "upstream_stream_error";
+      ctx_.error_code = step.error->code;
+      out += sse::format_data(json::serialize(vertex::to_openai_error_body(*step.error)));
+      out += "data: [DONE]\n\n";
+    }
+  }
+  void fail_plain(std::string& out, std::string message) {
+    failed_ = true;
+    ctx_.details = "upstream_error";
+    ctx_.error_code = "upstream_error";
+    out += sse::format_event("error", openai_error_body(message, "server_error", "", "upstream_error"));
+  }
+
+  request_context& ctx_;
+  vertex::gemini_stream_translator tr_;
+  sse::parser parser_;
+  std::vector<sse::event> events_;
+  bool done_ = false;
+  bool failed_ = false;
+};
+
+google::credentials load_google_credentials(const config::provider_config& cfg) {
+  auto getenv = [](std::string_view name) -> std::optional<std::string> {
+    const char* v = std::getenv(std::string(name).c_str());
+    return v && *v ? std::optional<std::string>(v) : std::nullopt;
+  };
+  auto read_file = [](const std::string& path) -> boost::system::result<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return boost::system::error_code(errno ? errno : ENOENT, boost::system::generic_category());
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  auto c = google::resolve_credentials(cfg.credentials_file, getenv, read_file);
+  if (!c) throw std::invalid_argument("Google credentials: " + c.error().message);
+  return std::move(*c);
+}
+
+}  // namespace
+
+vertex_adapter::vertex_adapter(const config::provider_config& cfg)
+    : provider_adapter(cfg),
+      peer_(make_upstream_peer(cfg)),
+      token_(std::make_unique<vertex::token_source>(load_google_credentials(cfg))) {}
+
+result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
+  const auto auth = token_->authorization();
+  if (!auth) {
+    ctx.reject_status = 502;
+    ctx.reject_message = "The gateway has no Vertex AI access token yet (" + token_->last_error() + "). Retry shortly.";
+    return make_error_code(errc::upstream_error);
+  }
+  const bool embed = ctx.endpoint == endpoint_kind::embeddings;
+  const auto method = embed ? vertex::vertex_method::predict
+                            : ctx.stream ? vertex::vertex_method::stream_generate_content
+                                         : vertex::vertex_method::generate_content;
+  auto url = vertex::make_vertex_url({cfg_.project, cfg_.location, ctx.target->upstream_model, "v1"}, method);
+  upstream_request r;
+  if (!url) {
+    ctx.reject_message = url.error().message;
+    ctx.reject_param = url.error().param;
+    return make_error_code(errc::invalid_value);
+  }
+  if (embed) {
+    auto calls = vertex::to_predict_requests(ctx.request_json);
+    if (!calls || calls->bodies.size() != 1) {
+      ctx.reject_message = calls ? "Too many inputs for one Vertex AI predict call." : calls.error().message;
+      ctx.reject_param = calls ? "input" : calls.error().param;
+      return make_error_code(errc::invalid_value);
+    }
+    r.body = json::serialize(calls->bodies.front());
+  } else {
+    auto body = vertex::to_generate_content_request(ctx.request_json);
+    if (!body) {
+      ctx.reject_message = body.error().message;
+      ctx.reject_param = body.error().param;
+      return make_error_code(errc::invalid_value);
+    }
+    r.body = json::serialize(*body);
+  }
+  r.scheme = peer_.scheme;
+  r.host = peer_.host;
+  r.port = peer_.port;
+  r.settings = &cfg_;
+  r.proxy = &peer_.proxy;
+  r.pool_key = &peer_.pool_key;
+  r.target = peer_.base_path + url->path;
+  r.headers.reserve(3 + cfg_.headers.size());
+  r.headers.emplace_back("Content-Type", "application/json");
+  r.headers.emplace_back("Accept", ctx.stream ? "text/event-stream" : "application/json");
+  r.headers.emplace_back("Authorization", *auth);
+  for (auto& h : cfg_.headers) r.headers.push_back(h);
+  return r;
+}
+
+std::unique_ptr<stream_translator> vertex_adapter::make_stream_translator(request_context& ctx) const {
+  return std::make_unique<vertex_stream>(ctx);
+}
+
+std::string vertex_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
+  if (status / 100 != 2) {
+    auto e = vertex::map_google_error(status, body);
+    // Google refusing the gateway's own token is the gateway's failure, not the caller's.
+    if (e.status == 401) e.status = 502;
+    ctx.answer_status = e.status;
+    return json::serialize(vertex::to_openai_error_body(e));
+  }
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (!ec && ctx.endpoint == endpoint_kind::embeddings) {
+    if (auto calls = vertex::to_predict_requests(ctx.request_json)) {
+      std::array<json::value, 1> one{std::move(v)};
+      if (auto e = vertex::to_openai_embeddings(*calls, one, ctx.model)) {
+        ctx.usage.prompt = e->prompt_tokens;
+        ctx.usage.reported = e->tokens_reported;
+        return json::serialize(e->body);
+      }
+    }
+  } else if (!ec) {
+    if (auto c = vertex::to_chat_completion(v, meta_of(ctx))) {
+      if (c->usage) record_usage(ctx, *c->usage);
+      return json::serialize(c->body);
+    }
+  }
+  ctx.details = "upstream_invalid_response";
+  ctx.answer_status = 502;
+  return openai_error_body("Vertex AI answered a body the gateway could not read.", "server_error", "",
+                           "invalid_upstream_response");
+}
+
+}  // namespace tollgate::providers
