@@ -83,6 +83,10 @@ struct provider_config {
 
   // azure_openai (base_url is the resource endpoint, api_key goes in the `api-key` header)
   std::string api_version = "2024-10-21";  ///< a dated version, or "v1" for the /openai/v1/ API
+  /// Microsoft Entra ID client credentials (instead of api_key): tenant_id set means Entra.
+  std::string entra_tenant_id, entra_client_id, entra_client_secret;
+  std::string entra_scope = "https://cognitiveservices.azure.com/.default";
+  std::string entra_authority = "https://login.microsoftonline.com";
 
   // bedrock (base_url: endpoint override, default https://bedrock-runtime.<region>.amazonaws.com)
   std::string region;

@@ -144,8 +144,8 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
       check_keys(n, p, {"name", "type", "project", "location", "endpoint", "credentials_file", "headers", "timeouts", "tls",
                         "proxy", "max_idle_connections"});
     else if (azure)
-      check_keys(n, p, {"name", "type", "endpoint", "api_key", "api_version", "headers", "timeouts", "tls", "proxy",
-                        "max_idle_connections"});
+      check_keys(n, p, {"name", "type", "endpoint", "api_key", "entra", "api_version", "headers", "timeouts", "tls",
+                        "proxy", "max_idle_connections"});
     else if (bedrock)
       check_keys(n, p, {"name", "type", "region", "endpoint", "access_key_id", "secret_access_key", "session_token",
                         "profile", "shared_credentials_file", "headers", "timeouts", "tls", "proxy", "max_idle_connections"});
@@ -180,7 +180,20 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
     if (!bedrock && !vertex && !n[url_key]) fail(p + "." + url_key, n, std::string("required for type ") + c.type);
     if (!bedrock && !vertex) c.base_url = get_string(n[url_key], p + "." + url_key);
     if (auto v = n["api_key"]) c.api_key = get_secret(v, p + ".api_key");
-    if (azure && !n["api_key"]) fail(p + ".api_key", n, "required for type azure_openai (sent as the api-key header)");
+    if (auto e = n["entra"]; azure && e) {
+      const std::string ep = p + ".entra";
+      check_keys(e, ep, {"tenant_id", "client_id", "client_secret", "scope", "authority"});
+      for (const char* k : {"tenant_id", "client_id", "client_secret"})
+        if (!e[k]) fail(ep + "." + k, e, "required for Entra ID authentication");
+      c.entra_tenant_id = get_string(e["tenant_id"], ep + ".tenant_id");
+      c.entra_client_id = get_string(e["client_id"], ep + ".client_id");
+      c.entra_client_secret = get_secret(e["client_secret"], ep + ".client_secret");
+      if (auto v = e["scope"]) c.entra_scope = get_string(v, ep + ".scope");
+      if (auto v = e["authority"]) c.entra_authority = get_string(v, ep + ".authority");
+      if (n["api_key"]) fail(p + ".api_key", n, "give api_key or entra, not both");
+    }
+    if (azure && !n["api_key"] && !n["entra"])
+      fail(p + ".api_key", n, "type azure_openai needs api_key (sent as the api-key header) or entra (Entra ID client credentials)");
     if (auto v = n["api_version"]) {
       c.api_version = get_string(v, p + ".api_version");
       const bool dated = c.api_version.size() >= 10 && std::isdigit(static_cast<unsigned char>(c.api_version[0]));

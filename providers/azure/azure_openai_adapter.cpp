@@ -4,12 +4,17 @@
 #include <boost/url/encode.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 
+#include "gateway/core/error.hpp"
 #include "providers/openai/openai_compatible_adapter.hpp"
 
 namespace tollgate::providers {
 
 azure_openai_adapter::azure_openai_adapter(const config::provider_config& cfg)
-    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {}
+    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {
+  if (!cfg.entra_tenant_id.empty())
+    entra_ = oauth::token_source::for_entra(cfg.entra_authority, cfg.entra_tenant_id, cfg.entra_client_id,
+                                            cfg.entra_client_secret, cfg.entra_scope);
+}
 
 std::string azure_openai_adapter::target_for(std::string_view base_path, std::string_view api_version,
                                              std::string_view deployment, endpoint_kind endpoint) {
@@ -22,6 +27,15 @@ std::string azure_openai_adapter::target_for(std::string_view base_path, std::st
 }
 
 result<upstream_request> azure_openai_adapter::encode(request_context& ctx) const {
+  std::optional<std::string> bearer;
+  if (entra_) {
+    bearer = entra_->authorization();
+    if (!bearer) {
+      ctx.reject_status = 502;
+      ctx.reject_message = "The gateway has no Entra ID token for Azure OpenAI yet (" + entra_->last_error() + "). Retry shortly.";
+      return make_error_code(errc::upstream_error);
+    }
+  }
   upstream_request r;
   r.scheme = peer_.scheme;
   r.host = peer_.host;
@@ -35,7 +49,8 @@ result<upstream_request> azure_openai_adapter::encode(request_context& ctx) cons
   r.headers.reserve(4 + cfg_.headers.size());
   r.headers.emplace_back("Content-Type", "application/json");
   r.headers.emplace_back("Accept", ctx.stream ? "text/event-stream" : "application/json");
-  r.headers.emplace_back("api-key", cfg_.api_key);
+  if (bearer) r.headers.emplace_back("Authorization", std::move(*bearer));
+  else r.headers.emplace_back("api-key", cfg_.api_key);
   for (auto& h : cfg_.headers) r.headers.push_back(h);
   return r;
 }

@@ -4,11 +4,15 @@
 /// the deployment name. Dated API (`api_version: 2024-10-21`):
 /// `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...`; v1 API
 /// (`api_version: v1`): `{endpoint}/openai/v1/chat/completions` with the deployment as `model`.
-/// The key goes in the `api-key` header. Azure's answers are OpenAI's chunk and body format plus
+/// The key goes in the `api-key` header; with `entra:` a Microsoft Entra ID token (client
+/// credentials, kept fresh by a background oauth::token_source) goes in `Authorization: Bearer`. Azure's answers are OpenAI's chunk and body format plus
 /// content-filter annotations (`prompt_filter_results`, per-choice `content_filter_results`, a
 /// first stream chunk with empty `choices`), which pass through; its error bodies (`type` null,
 /// `code` "429" as a string, the 400 `content_filter` body) are normalised to OpenAI's shape.
+#include <memory>
+
 #include "gateway/core/provider.hpp"
+#include "providers/common/token_source.hpp"
 
 namespace tollgate::providers {
 
@@ -27,6 +31,7 @@ class azure_openai_adapter final : public provider_adapter {
 
  private:
   upstream_peer peer_;
+  std::unique_ptr<oauth::token_source> entra_;  ///< null with an api_key
 };
 
 }  // namespace tollgate::providers

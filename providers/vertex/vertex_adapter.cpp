@@ -133,7 +133,7 @@ google::credentials load_google_credentials(const config::provider_config& cfg) 
 vertex_adapter::vertex_adapter(const config::provider_config& cfg)
     : provider_adapter(cfg),
       peer_(make_upstream_peer(cfg)),
-      token_(std::make_unique<vertex::token_source>(load_google_credentials(cfg))) {}
+      token_(oauth::token_source::for_google(load_google_credentials(cfg))) {}
 
 result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
   const auto auth = token_->authorization();

@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "gateway/core/provider.hpp"
-#include "providers/vertex/token_source.hpp"
+#include "providers/common/token_source.hpp"
 
 namespace tollgate::providers {
 
@@ -24,7 +24,7 @@ class vertex_adapter final : public provider_adapter {
 
  private:
   upstream_peer peer_;
-  std::unique_ptr<vertex::token_source> token_;
+  std::unique_ptr<oauth::token_source> token_;
 };
 
 }  // namespace tollgate::providers

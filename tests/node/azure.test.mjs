@@ -7,16 +7,20 @@ import { after, before, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
 
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
 import { AZURE_STREAM_TEXT, AZURE_STREAM_USAGE, startFakeAzure } from './lib/fake_azure.mjs';
-import { serverYaml, startGateway } from './lib/gateway.mjs';
+import { eventually, serverYaml, startGateway } from './lib/gateway.mjs';
 
 const KEY = 'azure-test-key-0123456789abcdef';
+const ENTRA = { tenantId: 'contoso-tenant', clientId: 'tollgate-client', clientSecret: 'entra-secret-value-42' };
 let azure;
 let gw;
 let client;
 
 before(async () => {
-  azure = await startFakeAzure({ apiKey: KEY });
+  azure = await startFakeAzure({ apiKey: KEY, entra: ENTRA });
   const yaml = serverYaml() + `providers:
   - name: azure-dated
     type: azure_openai
@@ -28,6 +32,16 @@ before(async () => {
     endpoint: ${azure.url}
     api_key: ${KEY}
     api_version: v1
+    proxy: none
+  - name: azure-entra
+    type: azure_openai
+    endpoint: ${azure.url}
+    entra: {tenant_id: ${ENTRA.tenantId}, client_id: ${ENTRA.clientId}, client_secret: ${ENTRA.clientSecret}, authority: "${azure.url}"}
+    proxy: none
+  - name: azure-entra-bad
+    type: azure_openai
+    endpoint: ${azure.url}
+    entra: {tenant_id: ${ENTRA.tenantId}, client_id: ${ENTRA.clientId}, client_secret: wrong-secret, authority: "${azure.url}"}
     proxy: none
   - name: azure-badkey
     type: azure_openai
@@ -42,6 +56,8 @@ models:
   - {name: gpt-az-outfilter, provider: azure-dated, upstream_model: output-filtered}
   - {name: gpt-az-badkey, provider: azure-badkey, upstream_model: prod-gpt5-nano}
   - {name: embed-az, provider: azure-dated, upstream_model: emb-small}
+  - {name: gpt-az-entra, provider: azure-entra, upstream_model: prod-gpt5-nano}
+  - {name: gpt-az-entra-bad, provider: azure-entra-bad, upstream_model: prod-gpt5-nano}
 `;
   gw = await startGateway(yaml);
   client = new OpenAI({ apiKey: 'unused', baseURL: gw.baseURL, maxRetries: 0 });
@@ -53,6 +69,8 @@ after(async () => {
 });
 
 const msgs = [{ role: 'user', content: 'What is the capital of France?' }];
+/** The last API request (the Entra token requests run in the background beside them). */
+const lastApi = () => azure.requests.filter((r) => !r.form).at(-1);
 
 describe('azure_openai', () => {
   test('dated API: deployment URL with api-version, api-key header, annotations passed through, usage read', async () => {
@@ -60,7 +78,7 @@ describe('azure_openai', () => {
     assert.equal(r.choices[0].message.content, AZURE_STREAM_TEXT);
     assert.deepEqual(r.usage.completion_tokens, AZURE_STREAM_USAGE.completion_tokens);
     assert.ok(Array.isArray(r.prompt_filter_results), 'Azure annotations reach the caller');
-    const sent = azure.requests.at(-1);
+    const sent = lastApi();
     assert.equal(sent.pathname, '/openai/deployments/prod-gpt5-nano/chat/completions');
     assert.equal(sent.query['api-version'], '2024-10-21');
     assert.equal(sent.headers['api-key'], KEY);
@@ -71,7 +89,7 @@ describe('azure_openai', () => {
   test('v1 API: /openai/v1/ path, deployment as model, no api-version', async () => {
     const r = await client.chat.completions.create({ model: 'gpt-az-v1', messages: msgs });
     assert.equal(r.choices[0].message.content, AZURE_STREAM_TEXT);
-    const sent = azure.requests.at(-1);
+    const sent = lastApi();
     assert.equal(sent.pathname, '/openai/v1/chat/completions');
     assert.equal(sent.query['api-version'], undefined);
     assert.equal(sent.body.model, 'prod-gpt5-nano');
@@ -88,11 +106,11 @@ describe('azure_openai', () => {
     assert.ok(chunks.some((c) => c.choices?.[0]?.content_filter_results), 'per-choice content_filter_results');
     assert.equal(chunks.at(-1).usage.completion_tokens, AZURE_STREAM_USAGE.completion_tokens);
     // The gateway always asks Azure for usage, and hides it from a caller that did not ask.
-    assert.equal(azure.requests.at(-1).body.stream_options.include_usage, true);
+    assert.equal(lastApi().body.stream_options.include_usage, true);
     const quiet = [];
     for await (const c of await client.chat.completions.create({ model: 'gpt-az', messages: msgs, stream: true })) quiet.push(c);
     assert.ok(quiet.every((c) => !c.usage), 'no usage chunk for a caller that did not ask');
-    assert.equal(azure.requests.at(-1).body.stream_options.include_usage, true);
+    assert.equal(lastApi().body.stream_options.include_usage, true);
   });
 
   test('output filtered mid-stream: finish_reason content_filter reaches the caller', async () => {
@@ -135,6 +153,33 @@ describe('azure_openai', () => {
   test('embeddings through a deployment', async () => {
     const r = await client.embeddings.create({ model: 'embed-az', input: 'hello' });
     assert.ok(r.data[0].embedding.length > 0);
-    assert.equal(azure.requests.at(-1).pathname, '/openai/deployments/emb-small/embeddings');
+    assert.equal(lastApi().pathname, '/openai/deployments/emb-small/embeddings');
+  });
+
+  test('Entra ID: a client-credentials token fetched in the background, sent as a bearer token', async () => {
+    await eventually(() => azure.tokens.size > 0, { timeoutMs: 10000, what: 'an Entra token issued to the gateway' });
+    const tokenReq = azure.requests.find((r) => r.form?.client_secret === ENTRA.clientSecret);
+    assert.deepEqual([tokenReq.form.grant_type, tokenReq.form.scope], ['client_credentials', 'https://cognitiveservices.azure.com/.default']);
+    const r = await client.chat.completions.create({ model: 'gpt-az-entra', messages: msgs });
+    assert.equal(r.choices[0].message.content, AZURE_STREAM_TEXT);
+    const sent = lastApi();
+    assert.ok(azure.tokens.has(sent.headers.authorization.slice(7)));
+    assert.equal(sent.headers['api-key'], undefined);
+  });
+
+  test('Entra ID with a wrong client secret: 502 naming the Entra error, never the secret', async () => {
+    await eventually(() => azure.requests.some((r) => r.form?.client_secret === 'wrong-secret'), { timeoutMs: 10000, what: 'the failed token request' });
+    await assert.rejects(client.chat.completions.create({ model: 'gpt-az-entra-bad', messages: msgs }), (e) => {
+      assert.equal(e.status, 502);
+      assert.match(e.message, /invalid_client|AADSTS7000215/);
+      assert.ok(!e.message.includes('wrong-secret'));
+      return true;
+    });
+  });
+
+  test('no key, client secret or token in any log line or audit record', () => {
+    const audit = gw.ready.audit_dir;
+    const text = gw.stdout() + gw.stderr() + readdirSync(audit).map((f) => readFileSync(join(audit, f), 'utf8')).join('');
+    for (const secret of [KEY, ENTRA.clientSecret, ...azure.tokens]) assert.ok(!text.includes(secret), `a secret leaked: ${secret.slice(0, 6)}`);
   });
 });

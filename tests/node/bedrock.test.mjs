@@ -3,6 +3,8 @@
 // the official AWS signer and answers with the recorded Bedrock fixtures: Converse JSON, and
 // ConverseStream as a binary event stream encoded by the official AWS codec.
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
@@ -169,5 +171,13 @@ describe('bedrock', () => {
     const c = await client.embeddings.create({ model: 'cohere', input: ['a', 'b'] });
     assert.equal(c.data.length, 2);
     assert.deepEqual(fake.requests.at(-1).body.texts, ['a', 'b']);
+  });
+
+  test('no secret, token or signature in any log line or audit record', () => {
+    const audit = gw.ready.audit_dir;
+    const text = gw.stdout() + gw.stderr() + readdirSync(audit).map((f) => readFileSync(join(audit, f), 'utf8')).join('');
+    const secrets = [SK, ...fake.requests.map((r) => /Signature=([0-9a-f]{64})/.exec(r.headers.authorization ?? '')?.[1]).filter(Boolean)];
+    assert.ok(secrets.length > 1);
+    for (const s of secrets) assert.ok(!text.includes(s), `leaked: ${s.slice(0, 8)}`);
   });
 });

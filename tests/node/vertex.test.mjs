@@ -3,7 +3,7 @@
 // token endpoint with the account's public key) and calls a fake Vertex that replays recorded
 // Gemini answers (lib/fake_vertex.mjs).
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -99,5 +99,13 @@ describe('vertex', () => {
     assert.equal(fake.requests.at(-1).method, 'predict');
     assert.deepEqual(fake.requests.at(-1).body.instances, [{ content: 'hello' }]);
     assert.ok(r.data[0].embedding.length > 0);
+  });
+
+  test('no secret, token or signature in any log line or audit record', () => {
+    const audit = gw.ready.audit_dir;
+    const text = gw.stdout() + gw.stderr() + readdirSync(audit).map((f) => readFileSync(join(audit, f), 'utf8')).join('');
+    const secrets = [...fake.tokens, ...fake.requests.map((r) => r.assertion).filter(Boolean), SERVICE_ACCOUNT.private_key.split('\n')[5]];
+    assert.ok(secrets.length > 1);
+    for (const s of secrets) assert.ok(!text.includes(s), `leaked: ${s.slice(0, 8)}`);
   });
 });

@@ -11,6 +11,11 @@
 // `data: [DONE]`. Whole answers are that stream's content assembled the way Azure shapes a chat
 // completion (with `prompt_filter_results` and per-choice `content_filter_results`).
 //
+// Microsoft Entra ID: `POST /{tenant}/oauth2/v2.0/token` (the gateway's `entra.authority` points
+// here) takes a client-credentials form (client_id, client_secret, scope
+// https://cognitiveservices.azure.com/.default) and issues a bearer token, which the API then
+// accepts instead of `api-key`; wrong client credentials get Entra's 401 `invalid_client` body.
+//
 // Behaviour by deployment name:
 //   any name              the recorded answer (stream or whole)
 //   prompt-filtered       400 content_filter body (type null, param "prompt", innererror)
@@ -50,8 +55,9 @@ export const AZURE_ERRORS = {
   throttled: { error: { code: '429', message: 'Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after 6 seconds.' } },
 };
 
-export async function startFakeAzure({ apiKey }) {
+export async function startFakeAzure({ apiKey, entra }) {
   const requests = [];
+  const tokens = new Set();
   const events = new EventEmitter();
   const server = http.createServer((req, res) => {
     const parts = [];
@@ -73,6 +79,18 @@ export async function startFakeAzure({ apiKey }) {
   };
   function handle(req, res, rec, url) {
     let deployment, op;
+    const tm = /^\/([^/]+)\/oauth2\/v2\.0\/token$/.exec(url.pathname);
+    if (tm && req.method === 'POST') {
+      const f = new URLSearchParams(rec.bodyText);
+      rec.form = Object.fromEntries(f);
+      if (!entra || tm[1] !== entra.tenantId || f.get('client_id') !== entra.clientId || f.get('client_secret') !== entra.clientSecret)
+        return send(res, 401, { error: 'invalid_client', error_description: 'AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.', error_codes: [7000215] });
+      if (f.get('grant_type') !== 'client_credentials' || f.get('scope') !== 'https://cognitiveservices.azure.com/.default')
+        return send(res, 400, { error: 'invalid_request', error_description: 'AADSTS90014: bad grant or scope' });
+      const t = `eyJ0eXAiOiJKV1Qi.fake.${tokens.size + 1}`;
+      tokens.add(t);
+      return send(res, 200, { token_type: 'Bearer', expires_in: 3599, ext_expires_in: 3599, access_token: t });
+    }
     let m = /^\/openai\/deployments\/([^/]+)\/(chat\/completions|embeddings)$/.exec(url.pathname);
     if (m) {
       deployment = decodeURIComponent(m[1]);
@@ -84,7 +102,8 @@ export async function startFakeAzure({ apiKey }) {
     } else {
       return send(res, 404, AZURE_ERRORS.notFound);
     }
-    if (req.headers['api-key'] !== apiKey) return send(res, 401, AZURE_ERRORS.unauthorized);
+    const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+    if (req.headers['api-key'] !== apiKey && !(bearer && tokens.has(bearer))) return send(res, 401, AZURE_ERRORS.unauthorized);
     if (deployment === 'prompt-filtered') return send(res, 400, AZURE_ERRORS.promptFiltered);
     if (deployment === 'throttled') return send(res, 429, AZURE_ERRORS.throttled, { 'retry-after': '6', 'retry-after-ms': '6000', 'x-ratelimit-remaining-requests': '0', 'x-ratelimit-remaining-tokens': '0' });
     if (op === 'embeddings') return send(res, 200, embedding);
@@ -106,6 +125,7 @@ export async function startFakeAzure({ apiKey }) {
   return {
     requests,
     events,
+    tokens,
     url: `http://127.0.0.1:${port}`,
     close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
   };

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "providers/vertex/token_source.hpp"
+#include "providers/common/token_source.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -16,7 +16,7 @@
 
 #include <openssl/ssl.h>
 
-namespace tollgate::providers::vertex {
+namespace tollgate::providers::oauth {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
@@ -107,10 +107,49 @@ fetch_response http_fetch(const google::http_request_data& data, milliseconds ti
   return out;
 }
 
-token_source::token_source(google::credentials creds, fetch_fn fetch) : s_(std::make_shared<state>()) {
-  s_->creds = std::move(creds);
-  s_->fetch = fetch ? std::move(fetch) : [](const google::http_request_data& r) { return http_fetch(r, seconds(10)); };
+token_source::token_source(token_fn fetch_token) : s_(std::make_shared<state>()) {
+  s_->fetch_token = std::move(fetch_token);
   std::thread([s = s_] { run(s); }).detach();
+}
+
+std::unique_ptr<token_source> token_source::for_google(google::credentials creds) {
+  return std::make_unique<token_source>([creds = std::move(creds)]() -> google::auth_result<google::access_token> {
+    google::http_request_data req;
+    const bool metadata = std::holds_alternative<google::metadata_server_credentials>(creds);
+    if (metadata) {
+      auto r = google::make_metadata_token_request(std::get<google::metadata_server_credentials>(creds).host);
+      if (!r) return r.error();
+      req = std::move(*r);
+    } else {
+      const auto& key = std::get<google::service_account_key>(creds);
+      auto jwt = google::make_jwt_assertion(key, floor<seconds>(system_clock::now()));
+      if (!jwt) return jwt.error();
+      req = google::make_token_request(key, jwt->jwt);
+    }
+    auto res = http_fetch(req, seconds(10));
+    if (!res.error.empty())
+      return google::auth_error{google::auth_errc::token_rejected, "token request failed: " + res.error, "", true};
+    return metadata ? google::parse_metadata_token_response(res.status, res.body)
+                    : google::parse_token_response(res.status, res.body);
+  });
+}
+
+std::unique_ptr<token_source> token_source::for_entra(std::string authority, std::string tenant_id, std::string client_id,
+                                                      std::string client_secret, std::string scope) {
+  while (!authority.empty() && authority.back() == '/') authority.pop_back();
+  google::http_request_data req;
+  req.method = "POST";
+  req.url = authority + "/" + google::form_urlencode(tenant_id) + "/oauth2/v2.0/token";
+  req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
+  req.body = "grant_type=client_credentials&client_id=" + google::form_urlencode(client_id) +
+             "&client_secret=" + google::form_urlencode(client_secret) + "&scope=" + google::form_urlencode(scope);
+  return std::make_unique<token_source>([req = std::move(req)]() -> google::auth_result<google::access_token> {
+    auto res = http_fetch(req, seconds(10));
+    if (!res.error.empty())
+      return google::auth_error{google::auth_errc::token_rejected, "token request failed: " + res.error, "", true};
+    // Entra answers the standard OAuth 2.0 token and error shapes.
+    return google::parse_token_response(res.status, res.body);
+  });
 }
 
 token_source::~token_source() {
@@ -132,26 +171,6 @@ std::string token_source::last_error() const {
   return s_->last_error.empty() ? std::string("no token yet") : s_->last_error;
 }
 
-google::auth_result<google::access_token> token_source::fetch_token(state& s) {
-  google::http_request_data req;
-  const bool metadata = std::holds_alternative<google::metadata_server_credentials>(s.creds);
-  if (metadata) {
-    auto r = google::make_metadata_token_request(std::get<google::metadata_server_credentials>(s.creds).host);
-    if (!r) return r.error();
-    req = std::move(*r);
-  } else {
-    const auto& key = std::get<google::service_account_key>(s.creds);
-    auto jwt = google::make_jwt_assertion(key, floor<seconds>(system_clock::now()));
-    if (!jwt) return jwt.error();
-    req = google::make_token_request(key, jwt->jwt);
-  }
-  auto res = s.fetch(req);
-  if (!res.error.empty())
-    return google::auth_error{google::auth_errc::token_rejected, "token request failed: " + res.error, "", true};
-  return metadata ? google::parse_metadata_token_response(res.status, res.body)
-                  : google::parse_token_response(res.status, res.body);
-}
-
 void token_source::run(const std::shared_ptr<state>& sp) {
   state& s = *sp;
   std::unique_lock lk(s.mu);
@@ -160,7 +179,7 @@ void token_source::run(const std::shared_ptr<state>& sp) {
     if (d.what == google::token_cache::action::refresh || d.what == google::token_cache::action::refresh_and_use) {
       lk.unlock();
       const auto sent = steady_clock::now();
-      auto t = fetch_token(s);
+      auto t = s.fetch_token();
       lk.lock();
       if (t) {
         s.authorization = t->authorization();
@@ -178,4 +197,4 @@ void token_source::run(const std::shared_ptr<state>& sp) {
   }
 }
 
-}  // namespace tollgate::providers::vertex
+}  // namespace tollgate::providers::oauth

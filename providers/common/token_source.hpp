@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
-/// OAuth access tokens for Vertex AI, kept fresh by one background thread per provider: it signs
-/// the service account's JWT assertion and exchanges it at the key's token_uri (or asks the
-/// metadata server), before the cached token expires, one refresh at a time, with backoff after
-/// failures. Workers only read the cached token (a mutex and a string copy): no request ever waits
-/// on the token endpoint, and the event loops never block.
+/// OAuth access tokens kept fresh by one background thread per provider (Vertex AI: a
+/// service-account JWT exchanged at the key's token_uri, or the metadata server; Azure OpenAI: a
+/// Microsoft Entra ID client-credentials grant): the thread fetches before the cached token
+/// expires, one refresh at a time, with backoff after failures. Workers only read the cached
+/// token (a mutex and a string copy): no request ever waits on a token endpoint, and the event
+/// loops never block.
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -16,7 +17,7 @@
 
 #include "providers/vertex/google_auth.hpp"
 
-namespace tollgate::providers::vertex {
+namespace tollgate::providers::oauth {
 
 /// One blocking HTTP(S) exchange with a bounded total time (for the token thread only).
 struct fetch_response {
@@ -28,10 +29,16 @@ fetch_response http_fetch(const google::http_request_data& req, std::chrono::mil
 
 class token_source {
  public:
-  using fetch_fn = std::function<fetch_response(const google::http_request_data&)>;
+  /// One token request, done on the refresh thread: the token, or why not (never a secret).
+  using token_fn = std::function<google::auth_result<google::access_token>()>;
 
-  /// Starts the refresh thread. `fetch` defaults to http_fetch with a 10 s bound.
-  explicit token_source(google::credentials creds, fetch_fn fetch = {});
+  /// Starts the refresh thread.
+  explicit token_source(token_fn fetch_token);
+  /// Google: a service-account JWT exchange, or the metadata server (http_fetch, 10 s bound).
+  static std::unique_ptr<token_source> for_google(google::credentials creds);
+  /// Microsoft Entra ID client-credentials grant: POST `{authority}/{tenant}/oauth2/v2.0/token`.
+  static std::unique_ptr<token_source> for_entra(std::string authority, std::string tenant_id, std::string client_id,
+                                                 std::string client_secret, std::string scope);
   /// Tells the thread to stop and does not wait for it (a config reload must not block a worker
   /// on a token request in flight); the thread owns its state and ends on its own.
   ~token_source();
@@ -45,8 +52,7 @@ class token_source {
 
  private:
   struct state {
-    google::credentials creds;
-    fetch_fn fetch;
+    token_fn fetch_token;
     mutable std::mutex mu;
     std::condition_variable cv;
     bool stop = false;
@@ -56,9 +62,8 @@ class token_source {
     std::string last_error;
   };
   static void run(const std::shared_ptr<state>& s);
-  static google::auth_result<google::access_token> fetch_token(state& s);
 
   std::shared_ptr<state> s_;
 };
 
-}  // namespace tollgate::providers::vertex
+}  // namespace tollgate::providers::oauth
