@@ -12,6 +12,7 @@
 
 #include "gateway/core/error.hpp"
 #include "gateway/core/sse.hpp"
+#include "providers/common/relayed_text.hpp"
 #include "providers/bedrock/converse.hpp"
 #include "providers/bedrock/event_stream.hpp"
 
@@ -32,20 +33,6 @@ void record_usage(request_context& ctx, const bedrock::converse_usage& u) {
   ctx.usage.reported = true;
 }
 
-/// Text a chunk carries to the caller (for billing a stream without usage, and text capture).
-void count_text(request_context& ctx, const json::object& chunk) {
-  auto* ch = chunk.if_contains("choices");
-  if (!ch || !ch->is_array()) return;
-  for (auto& c : ch->get_array()) {
-    auto* d = c.is_object() ? c.get_object().if_contains("delta") : nullptr;
-    if (!d || !d->is_object()) continue;
-    for (auto key : {"content", "reasoning_content"})
-      if (auto* t = d->get_object().if_contains(key); t && t->is_string()) {
-        ctx.relayed_completion_chars += t->get_string().size();
-        if (ctx.capture_text && std::string_view(key) == "content") ctx.captured_response.append(t->get_string());
-      }
-  }
-}
 
 /// ConverseStream (binary event stream) → OpenAI SSE chunks, incrementally.
 class bedrock_stream final : public stream_translator {
@@ -91,7 +78,7 @@ class bedrock_stream final : public stream_translator {
       }
     }
     for (auto& c : step.chunks) {
-      count_text(ctx_, c);
+      count_relayed_text(ctx_, c);
       out += sse::format_data(json::serialize(c));
     }
     if (step.usage) record_usage(ctx_, *step.usage);

@@ -566,16 +566,6 @@ translate_result<json::value> openai_vector(const json::value& v, bool base64) {
 
 // =============================================================================================
 
-std::string_view to_string(translate_errc e) noexcept {
-  switch (e) {
-    case translate_errc::invalid_type: return "invalid_type";
-    case translate_errc::invalid_value: return "invalid_value";
-    case translate_errc::missing_parameter: return "missing_required_parameter";
-    case translate_errc::unsupported: return "unsupported_parameter";
-    case translate_errc::invalid_upstream: return "invalid_upstream_response";
-  }
-  return "invalid_value";
-}
 
 translate_result<json::object> to_converse_request(const json::object& req) {
   if (auto r = check_unsupported(req); !r) return r.error();

@@ -20,6 +20,8 @@
 #include <boost/json/value.hpp>
 #include <boost/system/result.hpp>
 
+#include "providers/common/translate.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -34,27 +36,11 @@ namespace tollgate::providers::bedrock {
 // ---------------------------------------------------------------------------------------------
 // Refusals
 
-/// Why a translation refused its input.
-enum class translate_errc {
-  invalid_type = 1,     ///< a field has the wrong JSON type (400 `invalid_type`)
-  invalid_value,        ///< a field's value is unusable, e.g. tool arguments that are not JSON (400)
-  missing_parameter,    ///< a required field is absent (400 `missing_required_parameter`)
-  unsupported,          ///< valid OpenAI, but Bedrock cannot do it: images, audio, n > 1, ... (400)
-  invalid_upstream,     ///< a Bedrock body we cannot read (the adapter answers 502)
-};
-
-/// The OpenAI `code` for `e`: `invalid_type`, `invalid_value`, `missing_required_parameter`,
-/// `unsupported_parameter`, `invalid_upstream_response`.
-std::string_view to_string(translate_errc e) noexcept;
-
-struct translate_error {
-  translate_errc code = translate_errc::invalid_value;
-  std::string message;  ///< safe to show the caller
-  std::string param;    ///< OpenAI parameter path (`messages[2].tool_calls[0].function.arguments`) or empty
-};
-
-template <class T>
-using translate_result = boost::system::result<T, translate_error>;
+// One vocabulary for every translator (providers/common/translate.hpp).
+using providers::to_string;
+using providers::translate_errc;
+using providers::translate_error;
+using providers::translate_result;
 
 // ---------------------------------------------------------------------------------------------
 // Chat request

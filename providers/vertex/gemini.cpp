@@ -1008,16 +1008,6 @@ constexpr status_row status_table[] = {
 // ---------------------------------------------------------------------------------------------
 // Refusals
 
-std::string_view to_string(translate_errc e) noexcept {
-  switch (e) {
-    case translate_errc::invalid_type: return "invalid_type";
-    case translate_errc::invalid_value: return "invalid_value";
-    case translate_errc::missing_parameter: return "missing_required_parameter";
-    case translate_errc::unsupported: return "unsupported_parameter";
-    case translate_errc::invalid_upstream: return "invalid_upstream_response";
-  }
-  return "invalid_value";
-}
 
 // ---------------------------------------------------------------------------------------------
 // URLs

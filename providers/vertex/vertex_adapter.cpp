@@ -13,6 +13,7 @@
 
 #include "gateway/core/error.hpp"
 #include "gateway/core/sse.hpp"
+#include "providers/common/relayed_text.hpp"
 #include "providers/vertex/gemini.hpp"
 
 namespace tollgate::providers {
@@ -36,16 +37,6 @@ void record_usage(request_context& ctx, const vertex::gemini_usage& u) {
   ctx.usage.reported = true;
 }
 
-void count_text(request_context& ctx, const json::object& chunk) {
-  auto* ch = chunk.if_contains("choices");
-  if (!ch || !ch->is_array()) return;
-  for (auto& c : ch->get_array())
-    if (auto* d = c.is_object() ? c.get_object().if_contains("delta") : nullptr; d && d->is_object())
-      if (auto* t = d->get_object().if_contains("content"); t && t->is_string()) {
-        ctx.relayed_completion_chars += t->get_string().size();
-        if (ctx.capture_text) ctx.captured_response.append(t->get_string());
-      }
-}
 
 /// streamGenerateContent?alt=sse → OpenAI SSE chunks.
 class vertex_stream final : public stream_translator {
@@ -84,7 +75,7 @@ class vertex_stream final : public stream_translator {
  private:
   void apply(const vertex::stream_step& step, std::string& out) {
     for (auto& c : step.chunks) {
-      count_text(ctx_, c);
+      count_relayed_text(ctx_, c);
       out += sse::format_data(json::serialize(c));
     }
     if (step.usage) record_usage(ctx_, *step.usage);
