@@ -16,6 +16,8 @@
 
 #include <openssl/ssl.h>
 
+#include <vector>
+
 namespace tollgate::providers::oauth {
 namespace net = boost::asio;
 namespace beast = boost::beast;
@@ -107,9 +109,34 @@ fetch_response http_fetch(const google::http_request_data& data, milliseconds ti
   return out;
 }
 
+namespace {
+
+/// Threads of token sources that were destroyed: a destructor must not wait for a token request
+/// in flight (a config reload drops the old adapters on a worker thread), so the stopped thread
+/// is handed here and joined at process exit, when it has long finished.
+struct reaper {
+  std::mutex mu;
+  std::vector<std::thread> threads;
+  void add(std::thread t) {
+    std::lock_guard lk(mu);
+    threads.push_back(std::move(t));
+  }
+  ~reaper() {
+    for (auto& t : threads)
+      if (t.joinable()) t.join();
+  }
+};
+reaper& reaper_instance() {
+  static reaper r;
+  return r;
+}
+
+}  // namespace
+
 token_source::token_source(token_fn fetch_token) : s_(std::make_shared<state>()) {
+  reaper_instance();  // constructed first, so destroyed (and joining) after every token source
   s_->fetch_token = std::move(fetch_token);
-  std::thread([s = s_] { run(s); }).detach();
+  thread_ = std::thread([s = s_] { run(s); });
 }
 
 std::unique_ptr<token_source> token_source::for_google(google::credentials creds) {
@@ -158,6 +185,7 @@ token_source::~token_source() {
     s_->stop = true;
   }
   s_->cv.notify_all();
+  reaper_instance().add(std::move(thread_));
 }
 
 std::optional<std::string> token_source::authorization() const {

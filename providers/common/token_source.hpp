@@ -40,7 +40,8 @@ class token_source {
   static std::unique_ptr<token_source> for_entra(std::string authority, std::string tenant_id, std::string client_id,
                                                  std::string client_secret, std::string scope);
   /// Tells the thread to stop and does not wait for it (a config reload must not block a worker
-  /// on a token request in flight); the thread owns its state and ends on its own.
+  /// on a token request in flight): the thread owns its state, ends on its own, and is joined at
+  /// process exit.
   ~token_source();
   token_source(const token_source&) = delete;
   token_source& operator=(const token_source&) = delete;
@@ -64,6 +65,7 @@ class token_source {
   static void run(const std::shared_ptr<state>& s);
 
   std::shared_ptr<state> s_;
+  std::thread thread_;
 };
 
 }  // namespace tollgate::providers::oauth

@@ -64,8 +64,12 @@ models:
 });
 
 after(async () => {
-  await gw?.stopClean();
-  await azure?.close();
+  // The fake must close even when the gateway's exit is wrong, or this file never ends.
+  try {
+    await gw?.stopClean();
+  } finally {
+    await azure?.close();
+  }
 });
 
 const msgs = [{ role: 'user', content: 'What is the capital of France?' }];

@@ -54,8 +54,12 @@ models:
 });
 
 after(async () => {
-  await gw?.stopClean();
-  await fake?.close();
+  // The fake must close even when the gateway's exit is wrong, or this file never ends.
+  try {
+    await gw?.stopClean();
+  } finally {
+    await fake?.close();
+  }
 });
 
 const msgs = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'How many rs are in strawberry?' }];

@@ -44,8 +44,12 @@ models:
 });
 
 after(async () => {
-  await gw?.stopClean();
-  await fake?.close();
+  // The fake must close even when the gateway's exit is wrong, or this file never ends.
+  try {
+    await gw?.stopClean();
+  } finally {
+    await fake?.close();
+  }
   rmSync(dir, { recursive: true, force: true });
 });
 
