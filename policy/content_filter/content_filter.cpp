@@ -1,0 +1,790 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/content_filter/content_filter.hpp"
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdlib>
+#include <deque>
+#include <utility>
+
+#include <hs/hs.h>
+
+namespace tollgate::policy::content_filter {
+
+// How a candidate is checked in code after Hyperscan reports it.
+enum class validator : std::uint8_t {
+  none,
+  email,
+  phone_e164,
+  phone_grouped,
+  phone_nanp,
+  card,
+  ssn,
+  iban,
+  ipv4,
+  ipv6,
+  openai_key,
+  slack_key,
+};
+
+struct pattern_info {
+  std::uint32_t rule = 0;
+  validator check = validator::none;
+  std::uint32_t clip = 0;  // nonzero: matches are clipped to their last `clip` bytes
+};
+
+namespace {
+
+struct builtin_pattern {
+  detector det;
+  const char* regex;
+  validator check;
+  unsigned flags;  // extra Hyperscan flags
+  unsigned width;  // 0: bounded pattern (Hyperscan's max_width); else clip matches to this width
+};
+
+// Every pattern is bounded-width; validators do what Hyperscan cannot (checksums, context).
+// Hyperscan has no lookaround: context (the 2 bytes either side) is checked by the validators.
+constexpr builtin_pattern builtin_patterns[] = {
+    // Unbounded patterns (width > 0) compile far smaller with SOM; their matches are clipped to the
+    // last `width` bytes (start = max(start, end - width)), which bounds every match.
+    {detector::email, R"([A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,18}\b)", validator::email, 0, 254},
+    {detector::phone, R"(\+[1-9][0-9]{7,14}\b)", validator::phone_e164, 0, 0},
+    {detector::phone, R"(\+[1-9][0-9]{0,2}[ .\-]\(?[0-9]{1,4}\)?(?:[ .\-][0-9]{2,4}){2,4}\b)",
+     validator::phone_grouped, 0, 0},
+    {detector::phone, R"(\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .\-][0-9]{4}\b)", validator::phone_nanp, 0, 0},
+    {detector::phone, R"(\b[2-9][0-9]{2}-[2-9][0-9]{2}-[0-9]{4}\b)", validator::phone_nanp, 0, 0},
+    {detector::phone, R"(\b[2-9][0-9]{2}\.[2-9][0-9]{2}\.[0-9]{4}\b)", validator::phone_nanp, 0, 0},
+    {detector::payment_card, R"(\b[0-9]{13,19}\b)", validator::card, 0, 0},
+    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}\b)", validator::card, 0, 0},
+    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{5}\b)", validator::card, 0, 0},
+    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{3}\b)",
+     validator::card, 0, 0},
+    {detector::us_ssn, R"(\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)", validator::ssn, 0, 0},
+    {detector::iban, R"(\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b)", validator::iban, 0, 0},
+    {detector::ipv4,
+     R"(\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b)",
+     validator::ipv4, 0, 0},
+    {detector::ipv6, R"(\b(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b)", validator::ipv6, 0, 0},
+    {detector::ipv6, R"(\b(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}\b)", validator::ipv6, 0, 0},
+    {detector::aws_access_key, R"(\b(?:AKIA|ASIA)[A-Z0-9]{16}\b)", validator::none, 0, 0},
+    {detector::private_key, R"(-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY-----)", validator::none, 0, 0},
+    {detector::jwt, R"(\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]{10,})", validator::none, 0, 512},
+    {detector::api_key, R"(\bsk-ant-[A-Za-z0-9_\-]{20,})", validator::none, 0, 200},
+    {detector::api_key, R"(\bsk-[A-Za-z0-9_\-]{20,})", validator::openai_key, 0, 200},
+    {detector::api_key, R"(\bgh[pousr]_[A-Za-z0-9]{36}\b)", validator::none, 0, 0},
+    {detector::api_key, R"(\bgithub_pat_[A-Za-z0-9_]{50,})", validator::none, 0, 120},
+    {detector::api_key, R"(\bxox[abpr]-[A-Za-z0-9\-]{10,})", validator::slack_key, 0, 120},
+    {detector::api_key, R"(\bAIza[0-9A-Za-z_\-]{35})", validator::none, 0, 0},
+};
+
+constexpr detector detector_list[] = {
+    detector::email,          detector::phone,       detector::payment_card, detector::us_ssn,
+    detector::iban,           detector::ipv4,        detector::ipv6,         detector::aws_access_key,
+    detector::private_key,    detector::jwt,         detector::api_key,
+};
+
+bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
+bool is_upper(char c) noexcept { return c >= 'A' && c <= 'Z'; }
+bool is_lower(char c) noexcept { return c >= 'a' && c <= 'z'; }
+bool is_alnum(char c) noexcept { return is_digit(c) || is_upper(c) || is_lower(c); }
+bool is_hex(char c) noexcept { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+std::size_t count_digits(std::string_view s) noexcept {
+  return static_cast<std::size_t>(std::count_if(s.begin(), s.end(), is_digit));
+}
+
+bool luhn(std::string_view digits) noexcept {
+  int sum = 0;
+  bool dbl = false;
+  for (auto it = digits.rbegin(); it != digits.rend(); ++it) {
+    int d = *it - '0';
+    if (dbl) {
+      d *= 2;
+      if (d > 9) d -= 9;
+    }
+    sum += d;
+    dbl = !dbl;
+  }
+  return sum % 10 == 0;
+}
+
+// before: up to 2 bytes preceding the match (last byte adjacent); after: up to 2 bytes following.
+bool validate(validator v, std::string_view m, std::string_view before, std::string_view after) noexcept {
+  const char b1 = before.empty() ? '\0' : before.back();
+  const char b2 = before.size() < 2 ? '\0' : before[before.size() - 2];
+  const char a1 = after.empty() ? '\0' : after[0];
+  const char a2 = after.size() < 2 ? '\0' : after[1];
+  switch (v) {
+    case validator::none:
+      return true;
+    case validator::email: {
+      // The local part may not start with a dot; domain labels are non-empty and do not start or
+      // end with '-'; the domain may not continue with "-x" / ".x".
+      const std::size_t at = m.find('@');
+      if (at == 0 || at == std::string_view::npos || m.size() - at > 191) return false;
+      const std::string_view dom = m.substr(at + 1);
+      if (dom.find("..") != std::string_view::npos || dom.find(".-") != std::string_view::npos ||
+          dom.find("-.") != std::string_view::npos) {
+        return false;
+      }
+      return m.front() != '.' && !(a1 == '-' && is_alnum(a2)) && !(a1 == '.' && is_alnum(a2)) &&
+             !(a1 == '@');
+    }
+    case validator::phone_e164:
+    case validator::phone_grouped: {
+      if (is_alnum(b1) || b1 == '+') return false;
+      const std::size_t n = count_digits(m);
+      return n >= 8 && n <= 15 && !((a1 == '.' || a1 == '-') && is_digit(a2));
+    }
+    case validator::phone_nanp:
+      // Not part of a longer dotted/dashed number (versions, dates, other ids).
+      return !((b1 == '.' || b1 == '-') && is_digit(b2)) && !((a1 == '.' || a1 == '-') && is_digit(a2)) &&
+             !is_digit(b1);
+    case validator::card: {
+      std::string digits;
+      for (char c : m) {
+        if (is_digit(c)) digits.push_back(c);
+      }
+      if (digits.size() < 13 || digits.size() > 19) return false;
+      if (digits.find_first_not_of('0') == std::string::npos) return false;
+      if ((b1 == '.' || b1 == ',') && is_digit(b2)) return false;  // decimals: 3.1415926535897932
+      if ((a1 == '.' || a1 == ',') && is_digit(a2)) return false;
+      return luhn(digits);
+    }
+    case validator::ssn: {
+      const int area = (m[0] - '0') * 100 + (m[1] - '0') * 10 + (m[2] - '0');
+      const int group = (m[4] - '0') * 10 + (m[5] - '0');
+      const bool serial_zero = m.substr(7, 4) == "0000";
+      if (area == 0 || area == 666 || area >= 900 || group == 0 || serial_zero) return false;
+      return !(b1 == '-' && is_digit(b2)) && !(a1 == '-' && is_digit(a2));
+    }
+    case validator::iban: {
+      std::string s;
+      for (char c : m) {
+        if (c != ' ') s.push_back(c);
+      }
+      if (s.size() < 15 || s.size() > 34) return false;
+      std::rotate(s.begin(), s.begin() + 4, s.end());
+      unsigned rem = 0;
+      for (char c : s) {
+        if (is_digit(c)) {
+          rem = (rem * 10 + static_cast<unsigned>(c - '0')) % 97;
+        } else {
+          rem = (rem * 100 + static_cast<unsigned>(c - 'A' + 10)) % 97;
+        }
+      }
+      return rem == 1;
+    }
+    case validator::ipv4:
+      // 1.2.3.4.5 and 10.0.0.1.2 are not addresses (version strings, OIDs).
+      return !(b1 == '.' && is_digit(b2)) && !(a1 == '.' && is_digit(a2));
+    case validator::ipv6: {
+      if (b1 == ':' || (a1 == ':' && is_hex(a2)) || b1 == '.') return false;
+      return count_digits(m) > 0;
+    }
+    case validator::openai_key:
+    case validator::slack_key: {
+      // Real keys are random: require digits and both cases (sk-learn-... is not a key).
+      const std::string_view body = m.size() > 4 ? m.substr(4) : m;
+      const bool d = std::any_of(body.begin(), body.end(), is_digit);
+      const bool u = std::any_of(body.begin(), body.end(), is_upper);
+      const bool l = std::any_of(body.begin(), body.end(), is_lower);
+      return v == validator::slack_key ? d : (d && u && l);
+    }
+  }
+  return false;
+}
+
+int priority(action a) noexcept {
+  switch (a) {
+    case action::block:
+      return 0;
+    case action::redact:
+      return 1;
+    case action::flag:
+      return 2;
+  }
+  return 2;
+}
+
+std::string escape_word(std::string_view w) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (char c : w) {
+    if (is_alnum(c)) {
+      out.push_back(c);
+    } else {
+      const auto u = static_cast<unsigned char>(c);
+      out += "\\x";
+      out.push_back(hex[u >> 4]);
+      out.push_back(hex[u & 15]);
+    }
+  }
+  return out;
+}
+
+error make_error(std::size_t index, std::string_view name, std::string_view why) {
+  error e;
+  e.rule_index = index;
+  e.rule_name = std::string(name);
+  e.message = "rule '" + std::string(name) + "' (index " + std::to_string(index) + "): " + std::string(why);
+  return e;
+}
+
+}  // namespace
+
+std::string_view detector_name(detector d) noexcept {
+  switch (d) {
+    case detector::email:
+      return "email";
+    case detector::phone:
+      return "phone";
+    case detector::payment_card:
+      return "payment_card";
+    case detector::us_ssn:
+      return "us_ssn";
+    case detector::iban:
+      return "iban";
+    case detector::ipv4:
+      return "ipv4";
+    case detector::ipv6:
+      return "ipv6";
+    case detector::aws_access_key:
+      return "aws_access_key";
+    case detector::private_key:
+      return "private_key";
+    case detector::jwt:
+      return "jwt";
+    case detector::api_key:
+      return "api_key";
+  }
+  return "unknown";
+}
+
+std::span<const detector> all_detectors() noexcept { return detector_list; }
+
+rule rule::make_builtin(detector d, action a) { return make_builtin(d, a, std::string(detector_name(d))); }
+
+rule rule::make_builtin(detector d, action a, std::string name) {
+  rule r;
+  r.type = kind::builtin;
+  r.builtin = d;
+  r.act = a;
+  r.name = std::move(name);
+  return r;
+}
+
+rule rule::make_regex(std::string name, std::string pattern, action a) {
+  rule r;
+  r.type = kind::regex;
+  r.name = std::move(name);
+  r.pattern = std::move(pattern);
+  r.act = a;
+  return r;
+}
+
+rule rule::make_word_list(std::string name, std::vector<std::string> words, action a) {
+  rule r;
+  r.type = kind::word_list;
+  r.name = std::move(name);
+  r.words = std::move(words);
+  r.act = a;
+  return r;
+}
+
+std::vector<rule> builtin_rules(action a) {
+  std::vector<rule> out;
+  for (detector d : detector_list) out.push_back(rule::make_builtin(d, a));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// filter_set / compile
+
+filter_set::filter_set(filter_set&& o) noexcept
+    : rules_(std::move(o.rules_)),
+      patterns_(std::move(o.patterns_)),
+      block_db_(std::exchange(o.block_db_, nullptr)),
+      stream_db_(std::exchange(o.stream_db_, nullptr)),
+      max_len_(o.max_len_) {}
+
+filter_set& filter_set::operator=(filter_set&& o) noexcept {
+  if (this != &o) {
+    hs_free_database(block_db_);
+    hs_free_database(stream_db_);
+    rules_ = std::move(o.rules_);
+    patterns_ = std::move(o.patterns_);
+    block_db_ = std::exchange(o.block_db_, nullptr);
+    stream_db_ = std::exchange(o.stream_db_, nullptr);
+    max_len_ = o.max_len_;
+  }
+  return *this;
+}
+
+filter_set::~filter_set() {
+  hs_free_database(block_db_);
+  hs_free_database(stream_db_);
+}
+
+result<filter_set> compile(std::span<const rule> rules, const compile_options& options) {
+  filter_set set;
+  std::vector<std::string> exprs;
+  std::vector<unsigned> flags;
+
+  for (std::size_t i = 0; i < rules.size(); ++i) {
+    const rule& r = rules[i];
+    if (r.name.empty()) return make_error(i, r.name, "empty rule name");
+    const auto ri = static_cast<std::uint32_t>(i);
+    switch (r.type) {
+      case rule::kind::builtin:
+        for (const auto& p : builtin_patterns) {
+          if (p.det != r.builtin) continue;
+          exprs.emplace_back(p.regex);
+          flags.push_back(HS_FLAG_SOM_LEFTMOST | p.flags);
+          set.patterns_.push_back(
+              {ri, p.check, static_cast<std::uint32_t>(std::min<std::size_t>(p.width, options.max_match_length))});
+        }
+        break;
+      case rule::kind::regex:
+        if (r.pattern.empty()) return make_error(i, r.name, "empty pattern");
+        exprs.push_back(r.pattern);
+        flags.push_back(HS_FLAG_SOM_LEFTMOST);
+        set.patterns_.push_back({ri, validator::none, 0});
+        break;
+      case rule::kind::word_list: {
+        std::string alt;
+        for (const auto& w : r.words) {
+          if (w.empty()) continue;
+          // Whole words: a boundary on each side whose edge character is a word character.
+          const auto word_char = [](char c) { return is_alnum(c) || c == '_'; };
+          if (!alt.empty()) alt.push_back('|');
+          if (word_char(w.front())) alt += "\\b";
+          alt += escape_word(w);
+          if (word_char(w.back())) alt += "\\b";
+        }
+        if (alt.empty()) return make_error(i, r.name, "empty word list");
+        exprs.push_back("(?:" + alt + ")");
+        flags.push_back(HS_FLAG_SOM_LEFTMOST | HS_FLAG_CASELESS);
+        set.patterns_.push_back({ri, validator::none, 0});
+        break;
+      }
+    }
+  }
+
+  // Check each expression alone: precise errors per rule, and its width bound.
+  for (std::size_t k = 0; k < exprs.size(); ++k) {
+    const std::size_t ri = set.patterns_[k].rule;
+    hs_expr_info_t* info = nullptr;
+    hs_compile_error_t* err = nullptr;
+    if (hs_expression_info(exprs[k].c_str(), flags[k], &info, &err) != HS_SUCCESS) {
+      std::string msg = err != nullptr && err->message != nullptr ? err->message : "invalid expression";
+      hs_free_compile_error(err);
+      return make_error(ri, rules[ri].name, "bad pattern: " + msg);
+    }
+    unsigned width = info->max_width;
+    std::free(info);  // allocated by Hyperscan's default allocator (malloc)
+    if (set.patterns_[k].clip != 0) width = set.patterns_[k].clip;
+    if (width == UINT_MAX || width > options.max_match_length) {
+      return make_error(ri, rules[ri].name,
+                        "pattern can match more than " + std::to_string(options.max_match_length) +
+                            " bytes (bounded-width patterns only)");
+    }
+    set.max_len_ = std::max<std::size_t>(set.max_len_, width);
+  }
+
+  for (const rule& r : rules) set.rules_.push_back(r);
+  if (exprs.empty()) return set;  // nothing to scan: every text passes
+
+  std::vector<const char*> ptrs;
+  std::vector<unsigned> ids;
+  for (std::size_t k = 0; k < exprs.size(); ++k) {
+    ptrs.push_back(exprs[k].c_str());
+    ids.push_back(static_cast<unsigned>(k));
+  }
+  const auto n = static_cast<unsigned>(exprs.size());
+  for (const unsigned mode : {static_cast<unsigned>(HS_MODE_BLOCK), static_cast<unsigned>(HS_MODE_STREAM | HS_MODE_SOM_HORIZON_LARGE)}) {
+    hs_database_t* db = nullptr;
+    hs_compile_error_t* err = nullptr;
+    if (hs_compile_multi(ptrs.data(), flags.data(), ids.data(), n, mode, nullptr, &db, &err) != HS_SUCCESS) {
+      std::string msg = err != nullptr && err->message != nullptr ? err->message : "compile failed";
+      std::size_t ri = 0;
+      if (err != nullptr && err->expression >= 0 && static_cast<std::size_t>(err->expression) < n) {
+        ri = set.patterns_[static_cast<std::size_t>(err->expression)].rule;
+      }
+      hs_free_compile_error(err);
+      return make_error(ri, rules.empty() ? "" : rules[ri].name, "bad pattern: " + msg);
+    }
+    (mode == HS_MODE_BLOCK ? set.block_db_ : set.stream_db_) = db;
+  }
+  return set;
+}
+
+// ---------------------------------------------------------------------------------------------
+// scratch
+
+result<scratch> scratch::create(const filter_set& set) {
+  scratch s;
+  if (!s.grow(set)) return make_error(0, "", "cannot allocate Hyperscan scratch");
+  return s;
+}
+
+bool scratch::grow(const filter_set& set) noexcept {
+  for (const hs_database_t* db : {set.block_db_, set.stream_db_}) {
+    if (db != nullptr && hs_alloc_scratch(db, &s_) != HS_SUCCESS) return false;
+  }
+  return true;
+}
+
+result<scratch> scratch::clone() const {
+  scratch c;
+  if (s_ != nullptr && hs_clone_scratch(s_, &c.s_) != HS_SUCCESS) {
+    return make_error(0, "", "cannot clone Hyperscan scratch");
+  }
+  return c;
+}
+
+scratch::scratch(scratch&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+scratch& scratch::operator=(scratch&& o) noexcept {
+  if (this != &o) {
+    hs_free_scratch(s_);
+    s_ = std::exchange(o.s_, nullptr);
+  }
+  return *this;
+}
+scratch::~scratch() { hs_free_scratch(s_); }
+
+// ---------------------------------------------------------------------------------------------
+// The resolver shared by block and streaming modes. It works on absolute byte offsets; the text
+// is held in `buf_` starting at offset `base_` (the whole text in block mode).
+
+struct stream_engine {
+  struct candidate {
+    std::uint64_t start;
+    std::uint64_t end;
+    std::uint32_t pattern;
+  };
+  struct selection {
+    std::uint64_t start;
+    std::uint64_t end;
+    std::uint32_t rule;
+  };
+
+  const filter_set* set_ = nullptr;
+  hs_scratch_t* scratch_ = nullptr;
+  hs_stream_t* stream_ = nullptr;
+
+  std::string own_;         // streaming: retained text
+  std::string_view view_;   // retained text (own_ or the caller's text in block mode)
+  std::uint64_t base_ = 0;  // absolute offset of view_[0]
+  std::uint64_t total_ = 0; // bytes fed
+  bool finished_ = false;
+  bool blocked_ = false;
+  bool failed_ = false;
+  std::uint64_t block_offset_ = 0;
+
+  std::vector<candidate> pending_;  // reported, not yet resolved
+  std::uint64_t done_ = 0;          // every candidate starting before done_ is resolved
+  std::uint64_t pos_ = 0;           // emitted up to here
+  std::uint64_t sel_end_ = 0;       // end of the last selected redaction
+  std::deque<selection> selected_;  // selected redactions not yet emitted
+  std::vector<bool> fired_;
+  bool any_redaction_ = false;
+
+  static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned, void* ctx) {
+    auto* self = static_cast<stream_engine*>(ctx);
+    const std::uint32_t clip = self->set_->patterns_[id].clip;
+    if (clip != 0 && to - from > clip) from = to - clip;
+    self->pending_.push_back({from, to, id});
+    return 0;
+  }
+
+  char byte_at(std::uint64_t off) const noexcept { return view_[static_cast<std::size_t>(off - base_)]; }
+  std::string_view slice(std::uint64_t from, std::uint64_t to) const noexcept {
+    return view_.substr(static_cast<std::size_t>(from - base_), static_cast<std::size_t>(to - from));
+  }
+  const rule& rule_of(const candidate& c) const noexcept {
+    return set_->rules_[set_->patterns_[c.pattern].rule];
+  }
+
+  bool valid(const candidate& c) const noexcept {
+    const std::uint64_t b = c.start >= 2 ? c.start - 2 : 0;
+    const std::uint64_t a = std::min<std::uint64_t>(c.end + 2, total_);
+    return validate(set_->patterns_[c.pattern].check, slice(c.start, c.end), slice(b, c.start),
+                    slice(c.end, a));
+  }
+
+  void fire(std::uint32_t rule) {
+    if (fired_.size() < set_->rules_.size()) fired_.resize(set_->rules_.size());
+    fired_[rule] = true;
+  }
+
+  // A candidate is final (and validatable) once 2 bytes past its end are known, or at the end.
+  std::uint64_t validatable_end() const noexcept {
+    return finished_ ? total_ : (total_ >= 2 ? total_ - 2 : 0);
+  }
+
+  // Drop invalid block candidates; return true (and set the block point) if a valid one is final.
+  bool check_block() {
+    const std::uint64_t lim = validatable_end();
+    std::uint64_t best_end = UINT64_MAX;
+    std::uint64_t best_start = UINT64_MAX;
+    std::vector<std::uint32_t> blockers;
+    for (std::size_t i = 0; i < pending_.size();) {
+      const candidate& c = pending_[i];
+      if (rule_of(c).act != action::block || c.end > lim) {
+        ++i;
+        continue;
+      }
+      if (!valid(c)) {
+        pending_[i] = pending_.back();
+        pending_.pop_back();
+        continue;
+      }
+      const std::uint32_t r = set_->patterns_[c.pattern].rule;
+      if (c.end < best_end) {
+        best_end = c.end;
+        best_start = c.start;
+        blockers.assign(1, r);
+      } else if (c.end == best_end) {
+        best_start = std::min(best_start, c.start);
+        blockers.push_back(r);
+      }
+      ++i;
+    }
+    if (best_end == UINT64_MAX) return false;
+    for (std::uint32_t r : blockers) fire(r);
+    // Resolve everything that ends by the block point's match end, then cut at its start.
+    resolve(best_start, best_end);
+    blocked_ = true;
+    block_offset_ = best_start;
+    return true;
+  }
+
+  // Resolve candidates starting before `limit` (and ending at or before `end_cap`).
+  void resolve(std::uint64_t limit, std::uint64_t end_cap) {
+    std::vector<candidate> batch;
+    for (std::size_t i = 0; i < pending_.size();) {
+      if (pending_[i].start < limit) {
+        if (pending_[i].end <= end_cap) batch.push_back(pending_[i]);
+        pending_[i] = pending_.back();
+        pending_.pop_back();
+      } else {
+        ++i;
+      }
+    }
+    std::sort(batch.begin(), batch.end(), [this](const candidate& x, const candidate& y) {
+      if (x.start != y.start) return x.start < y.start;
+      const rule& rx = rule_of(x);
+      const rule& ry = rule_of(y);
+      if (priority(rx.act) != priority(ry.act)) return priority(rx.act) < priority(ry.act);
+      if (x.end != y.end) return x.end > y.end;
+      const auto ix = set_->patterns_[x.pattern].rule;
+      const auto iy = set_->patterns_[y.pattern].rule;
+      if (ix != iy) return ix < iy;
+      return x.pattern < y.pattern;
+    });
+    for (const candidate& c : batch) {
+      const rule& r = rule_of(c);
+      if (r.act == action::block) continue;  // valid ones end the stream in check_block()
+      if (r.act == action::redact && c.start < sel_end_) continue;
+      if (r.act == action::flag && c.start < sel_end_ && c.end <= sel_end_) continue;
+      if (!valid(c)) continue;
+      const std::uint32_t ri = set_->patterns_[c.pattern].rule;
+      fire(ri);
+      if (r.act == action::redact) {
+        selected_.push_back({c.start, c.end, ri});
+        sel_end_ = c.end;
+        any_redaction_ = true;
+      }
+    }
+    done_ = std::max(done_, limit);
+  }
+
+  // Largest offset <= x (and >= pos_) that does not split a UTF-8 character.
+  std::uint64_t utf8_floor(std::uint64_t x) const noexcept {
+    if (x >= total_) return x;
+    int steps = 0;
+    while (x > pos_ && steps < 3 && (static_cast<unsigned char>(byte_at(x)) & 0xC0) == 0x80) {
+      --x;
+      ++steps;
+    }
+    return x;
+  }
+
+  void emit(std::uint64_t limit, std::string& out) {
+    while (pos_ < limit) {
+      if (!selected_.empty() && selected_.front().start == pos_) {
+        out += "[REDACTED:";
+        out += set_->rules_[selected_.front().rule].name;
+        out += ']';
+        pos_ = selected_.front().end;
+        selected_.pop_front();
+        continue;
+      }
+      std::uint64_t stop = limit;
+      if (!selected_.empty()) stop = std::min(stop, selected_.front().start);
+      out.append(slice(pos_, stop));
+      pos_ = stop;
+    }
+  }
+
+  // Streaming: after new input, resolve and emit what can no longer change.
+  void advance(std::string& out) {
+    if (check_block()) {
+      emit(utf8_floor(block_offset_), out);
+      return;
+    }
+    if (finished_) {
+      resolve(UINT64_MAX, UINT64_MAX);
+      emit(total_, out);
+      return;
+    }
+    const std::uint64_t horizon = set_->max_len_ + 2;
+    if (total_ <= horizon) return;
+    const std::uint64_t f = total_ - horizon;
+    resolve(f, UINT64_MAX);
+    emit(utf8_floor(f), out);
+  }
+
+  void trim() {
+    std::uint64_t keep = std::min(pos_, done_);
+    keep = keep >= 2 ? keep - 2 : 0;
+    if (keep > base_) {
+      own_.erase(0, static_cast<std::size_t>(keep - base_));
+      base_ = keep;
+    }
+    view_ = own_;
+  }
+};
+
+namespace {
+
+std::vector<std::string> names_of(const filter_set& set, const std::vector<bool>& fired) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < fired.size(); ++i) {
+    if (fired[i]) out.push_back(set.rule_at(i).name);
+  }
+  return out;
+}
+
+}  // namespace
+
+verdict scan_text(const filter_set& set, scratch& s, std::string_view text) {
+  verdict v;
+  stream_engine e;
+  e.set_ = &set;
+  e.view_ = text;
+  e.total_ = text.size();
+  e.finished_ = true;
+  if (set.block_db_ != nullptr) {
+    if (hs_scan(set.block_db_, text.data(), static_cast<unsigned>(text.size()), 0, s.s_, &stream_engine::on_match,
+                &e) != HS_SUCCESS) {
+      v.scan_failed = true;
+      v.blocked = true;
+      return v;
+    }
+  }
+  if (e.pending_.empty()) return v;
+  std::string out;
+  if (e.check_block()) {
+    v.blocked = true;
+    v.block_offset = static_cast<std::size_t>(e.block_offset_);
+    e.emit(e.utf8_floor(e.block_offset_), out);
+    v.redacted_text = std::move(out);
+  } else {
+    e.resolve(UINT64_MAX, UINT64_MAX);
+    if (e.any_redaction_) {
+      e.emit(e.total_, out);
+      v.redacted_text = std::move(out);
+    }
+  }
+  v.rules = names_of(set, e.fired_);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// stream_filter
+
+result<stream_filter> stream_filter::create(const filter_set& set, scratch& s) {
+  stream_filter f;
+  f.e_ = std::make_unique<stream_engine>();
+  f.e_->set_ = &set;
+  f.e_->scratch_ = s.s_;
+  if (set.stream_db_ != nullptr && hs_open_stream(set.stream_db_, 0, &f.e_->stream_) != HS_SUCCESS) {
+    return make_error(0, "", "cannot open Hyperscan stream");
+  }
+  return f;
+}
+
+chunk_result stream_filter::feed(std::string_view piece) {
+  chunk_result r;
+  stream_engine& e = *e_;
+  if (e.blocked_ || e.finished_) {
+    r.blocked = e.blocked_;
+    return r;
+  }
+  e.own_.append(piece);
+  e.view_ = e.own_;
+  e.total_ += piece.size();
+  if (e.stream_ != nullptr && !piece.empty() &&
+      hs_scan_stream(e.stream_, piece.data(), static_cast<unsigned>(piece.size()), 0, e.scratch_,
+                     &stream_engine::on_match, &e) != HS_SUCCESS) {
+    e.blocked_ = e.failed_ = true;  // fail closed
+    r.blocked = true;
+    return r;
+  }
+  e.advance(r.text);
+  r.blocked = e.blocked_;
+  if (!e.blocked_) e.trim();
+  return r;
+}
+
+chunk_result stream_filter::finish() {
+  chunk_result r;
+  stream_engine& e = *e_;
+  if (e.blocked_ || e.finished_) {
+    r.blocked = e.blocked_;
+    return r;
+  }
+  if (e.stream_ != nullptr) {
+    const hs_error_t rc = hs_close_stream(e.stream_, e.scratch_, &stream_engine::on_match, &e);
+    e.stream_ = nullptr;
+    if (rc != HS_SUCCESS) {
+      e.blocked_ = e.failed_ = true;
+      r.blocked = true;
+      return r;
+    }
+  }
+  e.finished_ = true;
+  e.advance(r.text);
+  r.blocked = e.blocked_;
+  return r;
+}
+
+bool stream_filter::blocked() const noexcept { return e_ != nullptr && e_->blocked_; }
+
+std::vector<std::string> stream_filter::fired_rules() const {
+  if (e_ == nullptr) return {};
+  return names_of(*e_->set_, e_->fired_);
+}
+
+std::size_t stream_filter::held_back() const noexcept {
+  if (e_ == nullptr || e_->blocked_ || e_->finished_) return 0;
+  return static_cast<std::size_t>(e_->total_ - e_->pos_);
+}
+
+stream_filter::stream_filter(stream_filter&&) noexcept = default;
+stream_filter& stream_filter::operator=(stream_filter&& o) noexcept {
+  if (this != &o) {
+    if (e_ != nullptr && e_->stream_ != nullptr) hs_close_stream(e_->stream_, nullptr, nullptr, nullptr);
+    e_ = std::move(o.e_);
+  }
+  return *this;
+}
+stream_filter::~stream_filter() {
+  if (e_ != nullptr && e_->stream_ != nullptr) hs_close_stream(e_->stream_, nullptr, nullptr, nullptr);
+}
+
+}  // namespace tollgate::policy::content_filter

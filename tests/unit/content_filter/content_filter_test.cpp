@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/content_filter/content_filter.hpp"
+
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace cf = tollgate::policy::content_filter;
+
+namespace {
+
+struct fixture {
+  cf::filter_set set;
+  cf::scratch scratch;
+};
+
+fixture make(std::vector<cf::rule> rules) {
+  auto set = cf::compile(rules);
+  EXPECT_TRUE(set.has_value()) << (set.has_value() ? "" : set.error().message);
+  auto s = cf::scratch::create(*set);
+  EXPECT_TRUE(s.has_value());
+  return fixture{std::move(*set), std::move(*s)};
+}
+
+// Redacted output of a single built-in on `text` (text unchanged if nothing fired).
+std::string redact_with(cf::detector d, std::string_view text) {
+  auto f = make({cf::rule::make_builtin(d, cf::action::redact)});
+  auto v = cf::scan_text(f.set, f.scratch, text);
+  return v.redacted_text.value_or(std::string(text));
+}
+
+bool matches(cf::detector d, std::string_view text) {
+  const std::string tok = "[REDACTED:" + std::string(cf::detector_name(d)) + "]";
+  return redact_with(d, text).find(tok) != std::string::npos;
+}
+
+void expect_positive(cf::detector d, std::string_view inner) {
+  const std::string text = "before " + std::string(inner) + " after";
+  const std::string want = "before [REDACTED:" + std::string(cf::detector_name(d)) + "] after";
+  EXPECT_EQ(redact_with(d, text), want) << cf::detector_name(d) << ": " << inner;
+}
+
+void expect_negative(cf::detector d, std::string_view text) {
+  EXPECT_FALSE(matches(d, text)) << cf::detector_name(d) << " matched: " << text << " -> "
+                                 << redact_with(d, text);
+}
+
+}  // namespace
+
+TEST(ContentFilterDetectorTest, Email) {
+  expect_positive(cf::detector::email, "john.smith@example.com");
+  expect_positive(cf::detector::email, "a+tag@mail.example.co.uk");
+  expect_negative(cf::detector::email, "see @property decorator and user@localhost");
+  expect_negative(cf::detector::email, "lodash@4.17.21 is pinned");
+  expect_negative(cf::detector::email, "no at sign here.com");
+}
+
+TEST(ContentFilterDetectorTest, Phone) {
+  expect_positive(cf::detector::phone, "+14155552671");
+  expect_positive(cf::detector::phone, "+44 20 7946 0958");
+  expect_positive(cf::detector::phone, "(415) 555-2671");
+  expect_positive(cf::detector::phone, "415-555-2671");
+  expect_positive(cf::detector::phone, "415.555.2671");
+  expect_negative(cf::detector::phone, "version 1.415.555.2671.3 and 2023-10-05");
+  expect_negative(cf::detector::phone, "call 123-456-7890");  // NANP area cannot start with 1
+  expect_negative(cf::detector::phone, "+1234 is short");
+  expect_negative(cf::detector::phone, "3+14155552671");  // arithmetic, not a number
+}
+
+TEST(ContentFilterDetectorTest, PaymentCard) {
+  expect_positive(cf::detector::payment_card, "4111111111111111");
+  expect_positive(cf::detector::payment_card, "4111 1111 1111 1111");
+  expect_positive(cf::detector::payment_card, "5500-0000-0000-0004");
+  expect_positive(cf::detector::payment_card, "3782 822463 10005");  // Amex 4-6-5
+  expect_negative(cf::detector::payment_card, "4111111111111112");   // Luhn fails
+  expect_negative(cf::detector::payment_card, "4111 1111 1111 1112");
+  expect_negative(cf::detector::payment_card, "0000 0000 0000 0000");
+  expect_negative(cf::detector::payment_card, "pi is 3.1415926535897932384");
+  expect_negative(cf::detector::payment_card, "411111111111");  // 12 digits
+}
+
+TEST(ContentFilterDetectorTest, UsSsn) {
+  expect_positive(cf::detector::us_ssn, "123-45-6789");
+  expect_negative(cf::detector::us_ssn, "000-12-3456");
+  expect_negative(cf::detector::us_ssn, "666-12-3456");
+  expect_negative(cf::detector::us_ssn, "912-12-3456");
+  expect_negative(cf::detector::us_ssn, "123-00-3456");
+  expect_negative(cf::detector::us_ssn, "123-45-0000");
+  expect_negative(cf::detector::us_ssn, "123456789 and 1-123-45-6789-2");
+}
+
+TEST(ContentFilterDetectorTest, Iban) {
+  expect_positive(cf::detector::iban, "DE89370400440532013000");
+  expect_positive(cf::detector::iban, "GB82 WEST 1234 5698 7654 32");
+  expect_positive(cf::detector::iban, "FR1420041010050500013M02606");
+  expect_negative(cf::detector::iban, "DE89370400440532013001");  // checksum fails
+  expect_negative(cf::detector::iban, "GB82 WEST 1234 5698 7654 33");
+  expect_negative(cf::detector::iban, "de89370400440532013000");  // lower case
+}
+
+TEST(ContentFilterDetectorTest, Ipv4) {
+  expect_positive(cf::detector::ipv4, "192.168.1.10");
+  expect_positive(cf::detector::ipv4, "8.8.8.8");
+  expect_negative(cf::detector::ipv4, "version 1.2.3.4.5 released");
+  expect_negative(cf::detector::ipv4, "256.1.1.1 and 1.2.3 and 01.02.03.04");
+  expect_negative(cf::detector::ipv4, "v1.2.3.4");
+}
+
+TEST(ContentFilterDetectorTest, Ipv6) {
+  expect_positive(cf::detector::ipv6, "2001:0db8:85a3:0000:0000:8a2e:0370:7334");
+  expect_positive(cf::detector::ipv6, "2001:db8::1");
+  expect_positive(cf::detector::ipv6, "fe80::1ff:fe23:4567:890a");
+  expect_negative(cf::detector::ipv6, "std::vector<int> and a::b and dead::beef");
+  expect_negative(cf::detector::ipv6, "12:30:45 is a time");
+}
+
+TEST(ContentFilterDetectorTest, AwsAccessKey) {
+  expect_positive(cf::detector::aws_access_key, "AKIAIOSFODNN7EXAMPLE");
+  expect_positive(cf::detector::aws_access_key, "ASIAY34FZKBOKMUTVV7A");
+  expect_negative(cf::detector::aws_access_key, "AKIAIOSFODNN7EXAMPL");   // 15 after prefix
+  expect_negative(cf::detector::aws_access_key, "AKIAIOSFODNN7EXAMPLE1");  // too long
+  expect_negative(cf::detector::aws_access_key, "akiaiosfodnn7example");
+}
+
+TEST(ContentFilterDetectorTest, PrivateKey) {
+  expect_positive(cf::detector::private_key, "-----BEGIN RSA PRIVATE KEY-----");
+  expect_positive(cf::detector::private_key, "-----BEGIN PRIVATE KEY-----");
+  expect_positive(cf::detector::private_key, "-----BEGIN OPENSSH PRIVATE KEY-----");
+  expect_negative(cf::detector::private_key, "-----BEGIN PUBLIC KEY-----");
+  expect_negative(cf::detector::private_key, "-----BEGIN CERTIFICATE-----");
+}
+
+TEST(ContentFilterDetectorTest, Jwt) {
+  expect_positive(cf::detector::jwt,
+                  "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ."
+                  "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c");
+  expect_negative(cf::detector::jwt, "eyJhbGciOiJIUzI1NiJ9 only one segment");
+  expect_negative(cf::detector::jwt, "abc.def.ghi and eyJ.x.y");
+}
+
+TEST(ContentFilterDetectorTest, ApiKey) {
+  expect_positive(cf::detector::api_key, "sk-proj-Ab3dEfGhIjKlMnOpQrStUvWx");
+  expect_positive(cf::detector::api_key, "sk-ant-api03-AbCdEf0123456789_xyzXYZ-abcdefgh");
+  expect_positive(cf::detector::api_key, "ghp_1234567890abcdefghijABCDEFGHIJ123456");
+  expect_positive(cf::detector::api_key, "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRS");
+  expect_positive(cf::detector::api_key, "xoxb-123456789012-abcdefghijkl");
+  expect_positive(cf::detector::api_key, "AIzaSyA1234567890abcdefghijklmnopqrstuv");
+  expect_negative(cf::detector::api_key, "use sk-learn-and-scikit-learn-together for ml");
+  expect_negative(cf::detector::api_key, "task-force ghp_short xoxb- AIza");
+}
+
+TEST(ContentFilterCompileTest, BadRegexIsRefusedWithRuleNameAndHyperscanMessage) {
+  std::vector<cf::rule> rules = cf::builtin_rules(cf::action::redact);
+  rules.push_back(cf::rule::make_regex("broken_rule", "ab(c", cf::action::block));
+  auto set = cf::compile(rules);
+  ASSERT_FALSE(set.has_value());
+  EXPECT_EQ(set.error().rule_name, "broken_rule");
+  EXPECT_EQ(set.error().rule_index, rules.size() - 1);
+  EXPECT_NE(set.error().message.find("broken_rule"), std::string::npos);
+  EXPECT_NE(set.error().message.find("Missing close parenthesis"), std::string::npos) << set.error().message;
+}
+
+TEST(ContentFilterCompileTest, UnboundedRegexIsRefused) {
+  std::vector<cf::rule> rules{cf::rule::make_regex("greedy", "foo.*bar", cf::action::flag)};
+  auto set = cf::compile(rules);
+  ASSERT_FALSE(set.has_value());
+  EXPECT_EQ(set.error().rule_name, "greedy");
+  EXPECT_NE(set.error().message.find("more than 512 bytes"), std::string::npos) << set.error().message;
+}
+
+TEST(ContentFilterCompileTest, EmptyWordListIsRefused) {
+  std::vector<cf::rule> rules{cf::rule::make_word_list("nothing", {}, cf::action::flag)};
+  auto set = cf::compile(rules);
+  ASSERT_FALSE(set.has_value());
+  EXPECT_EQ(set.error().rule_name, "nothing");
+}
+
+TEST(ContentFilterScanTest, WordListMatchesWholeWordsCaseInsensitive) {
+  auto f = make({cf::rule::make_word_list("secret_project", {"Bluebird", "night owl", "c++"}, cf::action::redact)});
+  auto v = cf::scan_text(f.set, f.scratch, "BLUEBIRD launches; the Night Owl team; bluebirds fly; c++ rocks");
+  ASSERT_TRUE(v.redacted_text.has_value());
+  EXPECT_EQ(*v.redacted_text,
+            "[REDACTED:secret_project] launches; the [REDACTED:secret_project] team; bluebirds fly; "
+            "[REDACTED:secret_project] rocks");
+  EXPECT_EQ(v.rules, std::vector<std::string>{"secret_project"});
+  EXPECT_FALSE(v.blocked);
+}
+
+TEST(ContentFilterScanTest, FlagOnlyReportsWithoutChangingText) {
+  auto f = make({cf::rule::make_builtin(cf::detector::email, cf::action::flag)});
+  auto v = cf::scan_text(f.set, f.scratch, "mail me at jane@example.org please");
+  EXPECT_FALSE(v.blocked);
+  EXPECT_FALSE(v.redacted_text.has_value());
+  EXPECT_EQ(v.rules, std::vector<std::string>{"email"});
+}
+
+TEST(ContentFilterScanTest, NothingFiresOnCleanText) {
+  auto f = make(cf::builtin_rules(cf::action::block));
+  auto v = cf::scan_text(f.set, f.scratch, "A perfectly ordinary sentence.");
+  EXPECT_FALSE(v.blocked);
+  EXPECT_TRUE(v.rules.empty());
+  EXPECT_FALSE(v.redacted_text.has_value());
+}
+
+TEST(ContentFilterScanTest, BlockBeatsRedactOnSameSpan) {
+  auto f = make({cf::rule::make_builtin(cf::detector::email, cf::action::redact),
+                 cf::rule::make_regex("corp_mail", R"([a-z]{1,20}@corp\.example)", cf::action::block)});
+  auto v = cf::scan_text(f.set, f.scratch, "hi a@b.io, then boss@corp.example now");
+  EXPECT_TRUE(v.blocked);
+  EXPECT_EQ(v.block_offset, std::string("hi a@b.io, then ").size());
+  ASSERT_TRUE(v.redacted_text.has_value());
+  EXPECT_EQ(*v.redacted_text, "hi [REDACTED:email], then ");
+  EXPECT_EQ(v.rules, (std::vector<std::string>{"email", "corp_mail"}));
+}
+
+TEST(ContentFilterScanTest, RedactBeatsFlagAndLongestWinsAtSameStart) {
+  auto f = make({cf::rule::make_regex("short", "abc", cf::action::redact),
+                 cf::rule::make_regex("long", "abcdef", cf::action::redact),
+                 cf::rule::make_regex("inner_flag", "cde", cf::action::flag),
+                 cf::rule::make_regex("outer_flag", "defgh", cf::action::flag)});
+  auto v = cf::scan_text(f.set, f.scratch, "xx abcdefgh yy");
+  ASSERT_TRUE(v.redacted_text.has_value());
+  EXPECT_EQ(*v.redacted_text, "xx [REDACTED:long]gh yy");
+  // inner_flag lies inside the redaction (suppressed); outer_flag sticks out (reported).
+  EXPECT_EQ(v.rules, (std::vector<std::string>{"long", "outer_flag"}));
+}
+
+TEST(ContentFilterScanTest, LeftmostWinsOverLongerLaterMatch) {
+  auto f = make({cf::rule::make_regex("a", "abc", cf::action::redact),
+                 cf::rule::make_regex("b", "bcdefg", cf::action::redact)});
+  auto v = cf::scan_text(f.set, f.scratch, "abcdefg");
+  ASSERT_TRUE(v.redacted_text.has_value());
+  EXPECT_EQ(*v.redacted_text, "[REDACTED:a]defg");
+  EXPECT_EQ(v.rules, std::vector<std::string>{"a"});
+}
+
+TEST(ContentFilterStreamTest, BlockStopsAtMatchStart) {
+  auto f = make({cf::rule::make_builtin(cf::detector::aws_access_key, cf::action::block)});
+  auto sf = cf::stream_filter::create(f.set, f.scratch);
+  ASSERT_TRUE(sf.has_value());
+  std::string out;
+  bool blocked = false;
+  const std::string text = std::string(600, 'x') + " key AKIAIOSFODNN7EXAMPLE and more text after it";
+  for (char c : text) {
+    auto r = sf->feed(std::string_view(&c, 1));
+    out += r.text;
+    if (r.blocked) {
+      blocked = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(blocked);
+  EXPECT_EQ(out, std::string(600, 'x') + " key ");
+  EXPECT_EQ(sf->fired_rules(), std::vector<std::string>{"aws_access_key"});
+  auto again = sf->feed("more");
+  EXPECT_TRUE(again.blocked);
+  EXPECT_TRUE(again.text.empty());
+}
+
+TEST(ContentFilterStreamTest, EmitsEarlyAndHoldsBackAtMostTheBound) {
+  auto f = make(cf::builtin_rules(cf::action::redact));
+  auto sf = cf::stream_filter::create(f.set, f.scratch);
+  ASSERT_TRUE(sf.has_value());
+  const std::size_t bound = cf::stream_filter::hold_bound(f.set);
+  EXPECT_LE(f.set.max_match_length(), 512u);
+  std::string out;
+  const std::string piece = "Plain words without anything sensitive in them. ";
+  for (int i = 0; i < 100; ++i) {
+    out += sf->feed(piece).text;
+    EXPECT_LE(sf->held_back(), bound);
+  }
+  EXPECT_GE(out.size(), 100 * piece.size() - bound);
+  out += sf->finish().text;
+  std::string want;
+  for (int i = 0; i < 100; ++i) want += piece;
+  EXPECT_EQ(out, want);
+}
