@@ -158,6 +158,27 @@ struct price_config {
   int line = 0;
 };
 
+/// `content_filters.rules[]`: one rule (docs/content-filters.md).
+struct filter_rule_config {
+  std::string name;
+  std::string detector;  ///< a built-in detector name, or empty
+  std::string regex;     ///< a custom Hyperscan regex, or empty
+  std::vector<std::string> words;  ///< a custom word list, or empty
+  std::string action = "redact";   ///< block | redact | flag
+  int line = 0;
+};
+
+/// Which rules apply to prompts and to responses. Unset: every rule.
+struct filter_selection {
+  std::optional<std::vector<std::string>> prompts, responses;
+};
+
+struct content_filters_config {
+  std::vector<filter_rule_config> rules;
+  filter_selection apply;            ///< the default selection
+  std::uint32_t max_match_bytes = 512;  ///< longest match a custom regex may have (bounds held-back text)
+};
+
 struct team_config {
   std::string name;
   std::vector<std::string> models;      ///< allowed model patterns; empty: all
@@ -165,6 +186,7 @@ struct team_config {
   budget_config budget;
   std::vector<std::string> identities;  ///< mTLS SAN values (URI or DNS) that authenticate as this team
   bool capture_text = false;  ///< audit records of this team's calls carry the prompt and response text
+  std::optional<filter_selection> content_filters;  ///< overrides content_filters.prompts/responses
   int line = 0;
 };
 
@@ -234,6 +256,7 @@ struct audit_config {
 struct gateway_config {
   server_config server;
   audit_config audit;
+  content_filters_config content_filters;
   std::vector<provider_config> providers;
   std::vector<model_config> models;
   std::vector<price_config> prices;

@@ -407,6 +407,47 @@ void parse_audit(const YAML::Node& n, audit_config& a) {
   if (auto v = n["max_pending_bytes"]) a.max_pending_bytes = get_uint<std::uint64_t>(v, p + ".max_pending_bytes");
 }
 
+std::vector<std::string> get_string_list(const YAML::Node& n, const std::string& path);
+
+filter_selection parse_filter_selection(const YAML::Node& n, const std::string& p) {
+  check_keys(n, p, {"prompts", "responses"});
+  filter_selection s;
+  if (auto v = n["prompts"]) s.prompts = get_string_list(v, p + ".prompts");
+  if (auto v = n["responses"]) s.responses = get_string_list(v, p + ".responses");
+  return s;
+}
+
+void parse_content_filters(const YAML::Node& n, content_filters_config& c) {
+  const std::string p = "content_filters";
+  check_keys(n, p, {"rules", "prompts", "responses", "max_match_bytes"});
+  if (auto r = n["rules"]) {
+    if (!r.IsSequence()) fail(p + ".rules", r, "expected a list");
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      const std::string rp = p + ".rules[" + std::to_string(i) + "]";
+      const auto& e = r[i];
+      check_keys(e, rp, {"name", "detector", "regex", "words", "action"});
+      filter_rule_config fr;
+      fr.line = line_of(e);
+      if (!e["name"]) fail(rp + ".name", e, "required");
+      fr.name = get_string(e["name"], rp + ".name");
+      if (auto v = e["detector"]) fr.detector = get_string(v, rp + ".detector");
+      if (auto v = e["regex"]) fr.regex = get_string(v, rp + ".regex");
+      if (auto v = e["words"]) fr.words = get_string_list(v, rp + ".words");
+      if (int(!fr.detector.empty()) + int(!fr.regex.empty()) + int(!fr.words.empty()) != 1)
+        fail(rp, e, "give exactly one of detector, regex or words");
+      if (auto v = e["action"]) {
+        fr.action = get_string(v, rp + ".action");
+        if (fr.action != "block" && fr.action != "redact" && fr.action != "flag")
+          fail(rp + ".action", v, "expected block, redact or flag, got '" + fr.action + "'");
+      }
+      c.rules.push_back(std::move(fr));
+    }
+  }
+  if (auto v = n["prompts"]) c.apply.prompts = get_string_list(v, p + ".prompts");
+  if (auto v = n["responses"]) c.apply.responses = get_string_list(v, p + ".responses");
+  if (auto v = n["max_match_bytes"]) c.max_match_bytes = get_uint<std::uint32_t>(v, p + ".max_match_bytes", 65'536);
+}
+
 void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
   if (!n.IsMap()) fail("prices", n, "expected a mapping of model names (or globs) to prices");
   for (auto it = n.begin(); it != n.end(); ++it) {
@@ -424,7 +465,7 @@ void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
 }
 
 team_config parse_team(const YAML::Node& n, const std::string& p) {
-  check_keys(n, p, {"name", "models", "limits", "budget", "identities", "capture_text"});
+  check_keys(n, p, {"name", "models", "limits", "budget", "identities", "capture_text", "content_filters"});
   team_config t;
   t.line = line_of(n);
   if (!n["name"]) fail(p + ".name", n, "required");
@@ -434,6 +475,7 @@ team_config parse_team(const YAML::Node& n, const std::string& p) {
   if (auto v = n["budget"]) t.budget = parse_budget(v, p + ".budget");
   if (auto v = n["identities"]) t.identities = get_string_list(v, p + ".identities");
   if (auto v = n["capture_text"]) t.capture_text = get_bool(v, p + ".capture_text");
+  if (auto v = n["content_filters"]) t.content_filters = parse_filter_selection(v, p + ".content_filters");
   return t;
 }
 
@@ -458,7 +500,9 @@ key_config parse_key(const YAML::Node& n, const std::string& p) {
 gateway_config parse_root(const YAML::Node& root) {
   gateway_config cfg;
   if (!root || root.IsNull()) throw config_error("<root>: the file is empty");
-  check_keys(root, "", {"server", "providers", "models", "prices", "teams", "keys", "auth", "store", "audit"});
+  check_keys(root, "", {"server", "providers", "models", "prices", "teams", "keys", "auth", "store", "audit",
+                        "content_filters"});
+  if (auto c = root["content_filters"]) parse_content_filters(c, cfg.content_filters);
   if (auto s = root["server"]) parse_server(s, cfg.server);
   if (auto a = root["audit"]) parse_audit(a, cfg.audit);
   if (auto a = root["auth"]) parse_auth(a, cfg.auth);

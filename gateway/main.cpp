@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   auto loaded = tollgate::config::load_file(config_path);
   std::string error = loaded.error;
   std::shared_ptr<const tollgate::snapshot> snap;
-  if (loaded) snap = tollgate::providers::build_snapshot(loaded.config, error);
+  if (loaded) snap = tollgate::gateway::load_snapshot(loaded.config, error);
   if (!snap) {
     std::cerr << "tollgate: invalid configuration: " << error << "\n";
     return 2;

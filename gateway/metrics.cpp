@@ -30,7 +30,11 @@ gateway_metrics::gateway_metrics()
                            metrics::kind::counter, {"result"})),
       upstream_connects(registry.add("tollgate_upstream_connections_total",
                                      "Upstream connections used, by provider and whether reused from the pool.",
-                                     metrics::kind::counter, {"provider", "reused"})) {
+                                     metrics::kind::counter, {"provider", "reused"})),
+      filter_actions(registry.add("tollgate_content_filter_actions_total",
+                                  "Content-filter rules that fired, by rule, action (block, redact, flag) and direction "
+                                  "(prompt, response).",
+                                  metrics::kind::counter, {"rule", "action", "direction"})) {
   open_streams.gauge({});
   open_connections.gauge({"caller"});
   open_connections.gauge({"admin"});

@@ -17,6 +17,7 @@ struct gateway_metrics {
   metrics::family& open_streams;
   metrics::family& reloads;           ///< {result}
   metrics::family& upstream_connects; ///< {provider, reused}
+  metrics::family& filter_actions;    ///< {rule, action, direction}
 
   gateway_metrics();
   static gateway_metrics& get();

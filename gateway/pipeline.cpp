@@ -10,6 +10,7 @@
 
 #include "gateway/audit/audit_log.hpp"
 #include "gateway/audit/audit_record.hpp"
+#include "gateway/content_filters.hpp"
 #include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
 #include "policy/policy.hpp"
@@ -45,8 +46,13 @@ struct stream_gauge {
 };
 
 /// Phase 10 for a streamed success: upstream bytes → translator → caller, chunk by chunk.
-awaitable<phase_result> relay_stream(request_context& ctx, response_sink& sink, upstream_exchange& ex) {
+awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_sink& sink, upstream_exchange& ex) {
   auto translator = ctx.target->provider->make_stream_translator(ctx);
+  // Response content filters act on the translated chunks' decoded text, as they flow.
+  std::optional<stream_rewriter> rewriter;
+  if (const auto* f = ctx.snap->filters.get())
+    if (const auto* set = f->responses_for(ctx.identity.team))
+      if (auto* s = w.filter_scratch(*set)) rewriter.emplace(ctx, *f, *set, *s);
   if (!translator) co_return make_failure(errc::internal, "provider has no stream translator", "", error_source::internal);
   header_list extra = passthrough_headers(ex.headers());
   extra.emplace_back("Cache-Control", "no-cache");
@@ -66,10 +72,18 @@ awaitable<phase_result> relay_stream(request_context& ctx, response_sink& sink, 
     } else {
       translator->feed(in, out);
     }
+    if (rewriter && !out.empty()) out = rewriter->process(out);
     if (!out.empty()) {
       if (!co_await sink.send_chunk(out))
         co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
       out.clear();
+    }
+    // Text capture keeps what the caller was sent: the filtered text, not the upstream's.
+    if (rewriter && ctx.capture_text) ctx.captured_response = rewriter->emitted_text();
+    if (rewriter && rewriter->blocked()) {
+      // The rest of the answer is not wanted: end the caller's stream, drop the upstream connection.
+      co_await sink.end_stream();
+      co_return flow::responded;
     }
     if (ec || in.empty() || translator->failed()) break;
   }
@@ -128,7 +142,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     if (status / 100 == 2 && ctx.stream &&
         (ct.find("text/event-stream") != std::string_view::npos ||
          ct.find("application/vnd.amazon.eventstream") != std::string_view::npos))
-      co_return co_await relay_stream(ctx, sink, ex);
+      co_return co_await relay_stream(w, ctx, sink, ex);
 
     std::string body;
     if (auto ec = co_await ex.read_all(body, max_upstream_body)) {
@@ -149,6 +163,9 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     if (status / 100 != 2)
       for (auto& f : ex.headers()) ctx.upstream_error_headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
     std::string out = p.decode_body(ctx, status, std::move(body));
+    if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && ctx.snap->filters)
+      if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team))
+        if (auto* s = w.filter_scratch(*set)) out = filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out));
     if (status / 100 != 2) {
       // Keep the upstream's error code for the log.
       boost::system::error_code jec;
@@ -175,6 +192,19 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
   if (!ctx.route)
     co_return make_failure(errc::model_not_found,
                            "The model '" + ctx.model + "' does not exist or you do not have access to it.", "model");
+  if (const auto* f = ctx.snap->filters.get())
+    if (const auto* set = f->prompts_for(ctx.identity.team)) {
+      auto* s = w.filter_scratch(*set);
+      if (!s) co_return make_failure(errc::internal, "content filter scratch space could not be allocated", "", error_source::internal);
+      const auto blocked_by = filter_prompt(ctx, *f, *set, *s);
+      if (!blocked_by.empty()) {
+        std::string names;
+        for (auto& r : blocked_by) names += (names.empty() ? "" : ", ") + r;
+        ctx.details = "content_filtered";
+        co_return make_failure(errc::content_filtered, "The prompt was blocked by content filter rules: " + names + ".",
+                               "messages");
+      }
+    }
   if (auto r = co_await w.policy().admit(ctx); !r || *r == flow::responded) co_return r;
   if (w.draining()) ctx.close_after = true;
   co_return co_await proxy(w, ctx, sink);

@@ -14,6 +14,7 @@
 #include <fstream>
 
 #include "config/loader.hpp"
+#include "gateway/content_filters.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/session.hpp"
 #include "policy/keys.hpp"
@@ -95,6 +96,14 @@ bool server::write_ready_file(std::string& error) {
   return true;
 }
 
+std::shared_ptr<const snapshot> load_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error) {
+  auto snap = providers::build_snapshot(cfg, error);
+  if (!snap) return nullptr;
+  snap->filters = content_filters::compile(*cfg, error);
+  if (!error.empty()) return nullptr;
+  return snap;
+}
+
 std::shared_ptr<const config::gateway_config> server::with_demo_admin(
     std::shared_ptr<const config::gateway_config> cfg) const {
   if (demo_admin_token_.empty()) return cfg;
@@ -119,7 +128,7 @@ int server::run() {
   if (snap_->cfg->auth.demo_key && snap_->cfg->auth.admin_tokens.empty()) {
     // Quickstart: an admin token for tollgatectl, printed once like the demo key.
     demo_admin_token_ = "tga_" + policy::random_hex(24);
-    snap_ = providers::build_snapshot(with_demo_admin(snap_->cfg), error);
+    snap_ = load_snapshot(with_demo_admin(snap_->cfg), error);
     if (!snap_) {
       log_event("error", error);
       return 1;
@@ -294,7 +303,7 @@ void server::reload() {
   auto loaded = config::load_file(opts_.config_path);
   std::string error = loaded.error;
   std::shared_ptr<const snapshot> snap;
-  if (loaded) snap = providers::build_snapshot(with_demo_admin(loaded.config), error);
+  if (loaded) snap = load_snapshot(with_demo_admin(loaded.config), error);
   if (!snap) {
     m.reloads.counter({"failure"}).inc();
     log_event("error", "config reload failed; keeping the current config",

@@ -18,6 +18,10 @@ struct server_options {
   std::string audit_dir;  ///< --audit-dir: overrides audit.dir
 };
 
+/// Builds the snapshot of a loaded config: provider adapters, the model table and the compiled
+/// content filters. nullptr with `error` (naming the config path) when something is refused.
+std::shared_ptr<const snapshot> load_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error);
+
 class server {
  public:
   server(std::shared_ptr<const snapshot> snap, server_options opts);

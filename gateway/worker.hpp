@@ -3,6 +3,7 @@
 /// One worker: an io_context run by one thread, and everything only that thread touches:
 /// its config snapshot slot, request-id generator, upstream pool and live sessions.
 #include <atomic>
+#include <optional>
 #include <list>
 #include <memory>
 #include <thread>
@@ -12,6 +13,7 @@
 #include "gateway/core/provider.hpp"
 #include "gateway/core/snowflake.hpp"
 #include "gateway/upstream_client.hpp"
+#include "policy/content_filter/content_filter.hpp"
 #include "policy/policy.hpp"
 
 namespace tollgate::audit {
@@ -51,6 +53,17 @@ class worker {
   /// The audit writer (shared by all workers), or nullptr when audit.enabled is false.
   audit::audit_log* audit() const { return audit_; }
   void set_audit(audit::audit_log* a) { audit_ = a; }
+  /// This worker's Hyperscan scratch, grown for `set` (one scratch serves every set it was grown
+  /// for). nullptr only when Hyperscan cannot allocate.
+  policy::content_filter::scratch* filter_scratch(const policy::content_filter::filter_set& set) {
+    if (!filter_scratch_) {
+      auto s = policy::content_filter::scratch::create(set);
+      if (!s) return nullptr;
+      filter_scratch_.emplace(std::move(*s));
+      return &*filter_scratch_;
+    }
+    return filter_scratch_->grow(set) ? &*filter_scratch_ : nullptr;
+  }
   /// This worker's access-log lines not written yet (flushed on each sweep tick and at exit).
   std::string& log_buffer() { return log_buffer_; }
 
@@ -107,6 +120,7 @@ class worker {
   audit::audit_log* audit_ = nullptr;
   bool draining_ = false;
   std::string log_buffer_;
+  std::optional<policy::content_filter::scratch> filter_scratch_;
   std::list<session_slot> sessions_;
   // Destroyed after the pool below and before everything above: coroutine frames that the
   // io_context destroys still see the session list and the log.

@@ -28,7 +28,7 @@ const std::vector<std::pair<std::string_view, factory>>& table() {
 
 }  // namespace
 
-std::shared_ptr<const snapshot> build_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error) {
+std::shared_ptr<snapshot> build_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error) {
   auto snap = std::make_shared<snapshot>();
   snap->cfg = cfg;
   std::unordered_map<std::string, const provider_adapter*> by_name;

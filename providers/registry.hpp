@@ -10,6 +10,6 @@ namespace tollgate::providers {
 
 /// Builds the snapshot (adapters + model table) for a validated config. On error returns null
 /// and sets `error` (config path and reason).
-std::shared_ptr<const snapshot> build_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error);
+std::shared_ptr<snapshot> build_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error);
 
 }  // namespace tollgate::providers

@@ -41,6 +41,7 @@ enum class errc {
   policy_store_unavailable,  ///< 503: the policy store cannot be reached and the policy fails closed
   audit_unavailable,         ///< 503: audit records cannot be written and audit fails closed
   conflict,                  ///< 409: admin API: exists already, or declared in the config file
+  content_filtered,          ///< 400: a content-filter rule blocked the prompt
 };
 
 const boost::system::error_category& tollgate_category() noexcept;

@@ -15,6 +15,9 @@
 #include "gateway/core/request_context.hpp"
 
 namespace tollgate {
+namespace gateway {
+class content_filters;
+}
 
 /// Where the gateway writes its answer. Implemented by the session for the caller's connection.
 /// Each call returns false when the caller is gone (the write failed). Worker-thread only.
@@ -125,6 +128,8 @@ class snapshot {
   std::vector<std::unique_ptr<provider_adapter>> providers;
   std::unordered_map<std::string, model_route> models;
   std::vector<const model_route*> model_order;  ///< config order, for /v1/models
+  /// The compiled content filters (gateway/content_filters.hpp); null when none are configured.
+  std::shared_ptr<const gateway::content_filters> filters;
 
   const model_route* find_model(std::string_view name) const {
     auto it = models.find(std::string(name));

@@ -105,6 +105,8 @@ struct request_context {
   /// The caller's team captures prompt and response text in its audit records
   /// (teams[].capture_text). Stream translators then collect the relayed text here.
   bool capture_text = false;
+  /// Content-filter rules that fired: "<rule>:<action>:<prompt|response>" (never matched text).
+  std::vector<std::string> filter_actions;
   std::string captured_response;
 
   clock::time_point start = clock::now();

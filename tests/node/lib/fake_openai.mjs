@@ -31,6 +31,9 @@
 //                                     is true, as some local servers do
 //   hang                              reads the request, never answers
 //   hop-headers                       the recorded completion plus hop-by-hop response headers
+//   echo                              answers the last user message's text: whole, or streamed in
+//                                     3-byte pieces (split anywhere, inside UTF-8 characters too, as
+//                                     far as JSON strings allow: pieces are cut at code points)
 //
 // Every request is recorded (method, path, headers, raw header list, raw and parsed body, times,
 // whether the client closed it before the reply finished) so tests can assert what was sent.
@@ -413,6 +416,22 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     if (isEmbed) return sendJson(res, 200, embeddingsFor(body));
 
     const stream = body.stream === true;
+    if (model === 'echo') {
+      const last = [...(body.messages ?? [])].reverse().find((m) => m.role === 'user');
+      const text = typeof last?.content === 'string' ? last.content : '';
+      const base = { id: 'chatcmpl-echo', created: 1700000000, model: 'echo', system_fingerprint: null };
+      if (!stream)
+        return sendJson(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } });
+      startStream(res);
+      const cps = [...text];
+      const chunk = (delta, finish = null) => ({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] });
+      const list = [chunk({ role: 'assistant', content: '' })];
+      for (let i = 0; i < cps.length; i += 3) list.push(chunk({ content: cps.slice(i, i + 3).join('') }));
+      list.push(chunk({}, 'stop'));
+      if (body.stream_options?.include_usage) list.push({ ...base, object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } });
+      for (const c of list) res.write(`data: ${JSON.stringify(c)}\n\n`);
+      return finish(res, rec);
+    }
     if (!stream) {
       if (model === 'reset-mid-stream') return req.socket.resetAndDestroy();
       if (model === 'stall-mid-stream' || model === 'endless-stream') return; // like hang

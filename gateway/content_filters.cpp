@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/content_filters.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <algorithm>
+
+#include "gateway/core/error.hpp"
+#include "gateway/metrics.hpp"
+
+namespace tollgate::gateway {
+namespace json = boost::json;
+
+namespace {
+
+/// "a,b,c" of the sorted names: the key of one compiled selection.
+std::string key_of(std::vector<std::string> names) {
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::string k;
+  for (auto& n : names) (k += n) += ',';
+  return k;
+}
+
+}  // namespace
+
+std::shared_ptr<const content_filters> content_filters::compile(const config::gateway_config& cfg, std::string& error) {
+  const auto& c = cfg.content_filters;
+  if (c.rules.empty()) return nullptr;
+  auto out = std::make_shared<content_filters>();
+  std::map<std::string, cf::rule> by_name;
+  std::vector<std::string> all;
+  for (std::size_t i = 0; i < c.rules.size(); ++i) {
+    const auto& r = c.rules[i];
+    const std::string path = "content_filters.rules[" + std::to_string(i) + "]";
+    const cf::action a = r.action == "block" ? cf::action::block : r.action == "flag" ? cf::action::flag : cf::action::redact;
+    cf::rule rule;
+    if (!r.detector.empty()) {
+      const cf::detector* d = nullptr;
+      std::string known;
+      for (const auto& x : cf::all_detectors()) {
+        if (cf::detector_name(x) == r.detector) d = &x;
+        known += (known.empty() ? "" : ", ") + std::string(cf::detector_name(x));
+      }
+      if (!d) {
+        error = path + ".detector: unknown detector '" + r.detector + "' (expected one of " + known + ")";
+        return nullptr;
+      }
+      rule = cf::rule::make_builtin(*d, a, r.name);
+    } else if (!r.regex.empty()) {
+      rule = cf::rule::make_regex(r.name, r.regex, a);
+    } else {
+      rule = cf::rule::make_word_list(r.name, r.words, a);
+    }
+    if (!by_name.emplace(r.name, rule).second) {
+      error = path + ".name: duplicate rule name '" + r.name + "'";
+      return nullptr;
+    }
+    out->actions_[r.name] = r.action;
+    all.push_back(r.name);
+  }
+  // One compiled set per distinct selection (the default ones and each team's).
+  auto set_for = [&](const std::optional<std::vector<std::string>>& sel, const std::string& where) -> const cf::filter_set* {
+    const std::vector<std::string> names = sel ? *sel : all;
+    if (names.empty()) return nullptr;
+    const std::string k = key_of(names);
+    if (auto it = out->sets_.find(k); it != out->sets_.end()) return it->second.get();
+    std::vector<cf::rule> rules;
+    for (auto& n : names) {
+      auto it = by_name.find(n);
+      if (it == by_name.end()) {
+        error = where + ": unknown rule '" + n + "'";
+        return nullptr;
+      }
+      rules.push_back(it->second);
+    }
+    auto set = cf::compile(rules, cf::compile_options{c.max_match_bytes});
+    if (!set) {
+      error = "content_filters.rules: " + set.error().message;
+      return nullptr;
+    }
+    auto p = std::make_unique<cf::filter_set>(std::move(*set));
+    auto* raw = p.get();
+    out->sets_.emplace(k, std::move(p));
+    return raw;
+  };
+  out->default_.first = set_for(c.apply.prompts, "content_filters.prompts");
+  if (!error.empty()) return nullptr;
+  out->default_.second = set_for(c.apply.responses, "content_filters.responses");
+  if (!error.empty()) return nullptr;
+  for (std::size_t i = 0; i < cfg.teams.size(); ++i) {
+    const auto& t = cfg.teams[i];
+    if (!t.content_filters) continue;
+    const std::string tp = "teams[" + std::to_string(i) + "].content_filters";
+    auto& slot = out->teams_[t.name];
+    slot = out->default_;
+    if (t.content_filters->prompts) slot.first = set_for(t.content_filters->prompts, tp + ".prompts");
+    if (!error.empty()) return nullptr;
+    if (t.content_filters->responses) slot.second = set_for(t.content_filters->responses, tp + ".responses");
+    if (!error.empty()) return nullptr;
+  }
+  return out;
+}
+
+const cf::filter_set* content_filters::prompts_for(std::string_view team) const {
+  auto it = teams_.find(team);
+  return it == teams_.end() ? default_.first : it->second.first;
+}
+
+const cf::filter_set* content_filters::responses_for(std::string_view team) const {
+  auto it = teams_.find(team);
+  return it == teams_.end() ? default_.second : it->second.second;
+}
+
+std::string_view content_filters::action_of(std::string_view rule) const {
+  auto it = actions_.find(rule);
+  return it == actions_.end() ? std::string_view("flag") : std::string_view(it->second);
+}
+
+void record_filter_actions(request_context& ctx, const content_filters& f, const std::vector<std::string>& rules,
+                           std::string_view direction) {
+  auto& m = gateway_metrics::get().filter_actions;
+  for (auto& r : rules) {
+    const std::string entry = r + ":" + std::string(f.action_of(r)) + ":" + std::string(direction);
+    if (std::find(ctx.filter_actions.begin(), ctx.filter_actions.end(), entry) != ctx.filter_actions.end()) continue;
+    ctx.filter_actions.push_back(entry);
+    m.counter({r, f.action_of(r), direction}).inc();
+  }
+}
+
+std::vector<std::string> filter_prompt(request_context& ctx, const content_filters& f, const cf::filter_set& set,
+                                       cf::scratch& s) {
+  std::vector<std::string> blocked_by;
+  std::vector<std::string> fired;
+  auto check = [&](json::value& v) {
+    if (!v.is_string()) return;
+    auto verdict = cf::scan_text(set, s, v.get_string());
+    for (auto& r : verdict.rules)
+      if (std::find(fired.begin(), fired.end(), r) == fired.end()) fired.push_back(r);
+    if (verdict.blocked) {
+      for (auto& r : verdict.rules)
+        if (f.action_of(r) == "block" && std::find(blocked_by.begin(), blocked_by.end(), r) == blocked_by.end())
+          blocked_by.push_back(r);
+      if (blocked_by.empty()) blocked_by.push_back("content_filter");  // a failed scan fails closed
+      return;
+    }
+    if (verdict.redacted_text) v = json::string(*verdict.redacted_text);
+  };
+  if (auto* msgs = ctx.request_json.if_contains("messages"); msgs && msgs->is_array()) {
+    for (auto& m : msgs->get_array()) {
+      if (!m.is_object()) continue;
+      auto* content = m.get_object().if_contains("content");
+      if (!content) continue;
+      if (content->is_string()) check(*content);
+      else if (content->is_array())
+        for (auto& part : content->get_array())
+          if (part.is_object())
+            if (auto* t = part.get_object().if_contains("text")) check(*t);
+    }
+  }
+  if (auto* in = ctx.request_json.if_contains("input")) {
+    if (in->is_string()) check(*in);
+    else if (in->is_array())
+      for (auto& e : in->get_array()) check(e);
+  }
+  record_filter_actions(ctx, f, fired, "prompt");
+  return blocked_by;
+}
+
+std::string filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s,
+                          std::string body) {
+  boost::system::error_code ec;
+  auto v = json::parse(body, ec);
+  if (ec || !v.is_object()) return body;
+  auto* choices = v.get_object().if_contains("choices");
+  if (!choices || !choices->is_array()) return body;
+  bool changed = false;
+  std::vector<std::string> fired;
+  for (auto& c : choices->get_array()) {
+    auto* msg = c.is_object() ? c.get_object().if_contains("message") : nullptr;
+    auto* content = msg && msg->is_object() ? msg->get_object().if_contains("content") : nullptr;
+    if (!content || !content->is_string()) continue;
+    auto verdict = cf::scan_text(set, s, content->get_string());
+    fired.insert(fired.end(), verdict.rules.begin(), verdict.rules.end());
+    if (verdict.blocked) {
+      // The safe part before the blocking match, and the reason the answer stopped.
+      *content = json::string(verdict.redacted_text ? *verdict.redacted_text : std::string());
+      c.get_object()["finish_reason"] = "content_filter";
+      changed = true;
+    } else if (verdict.redacted_text) {
+      *content = json::string(*verdict.redacted_text);
+      changed = true;
+    }
+  }
+  record_filter_actions(ctx, f, fired, "response");
+  return changed ? json::serialize(v) : body;
+}
+
+stream_rewriter::stream_rewriter(request_context& ctx, const content_filters& f, const cf::filter_set& set,
+                                 cf::scratch& s)
+    : ctx_(ctx), f_(f), set_(set), scratch_(s) {
+  if (auto sf = cf::stream_filter::create(set, s)) filter_.emplace(std::move(*sf));
+}
+
+std::string stream_rewriter::process(std::string_view sse_bytes) {
+  std::string out;
+  if (blocked_) return out;
+  events_.clear();
+  if (!parser_.feed(sse_bytes, events_)) return std::string(sse_bytes);
+  for (auto& ev : events_) {
+    if (blocked_) break;
+    if (!ev.name.empty()) {  // error events and the like pass through as they are
+      out += sse::format_event(ev.name, ev.data);
+      continue;
+    }
+    on_data(ev.data, out);
+  }
+  return out;
+}
+
+std::string stream_rewriter::content_chunk(std::string_view text) const {
+  json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
+  json::object delta{{"content", text}};
+  c["choices"] = json::array{json::object{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", nullptr}}};
+  return sse::format_data(json::serialize(c));
+}
+
+void stream_rewriter::flush(std::string& out) {
+  if (finished_ || !filter_) return;
+  finished_ = true;
+  auto r = filter_->finish();
+  if (ctx_.capture_text) emitted_ += r.text;
+  if (!r.text.empty()) out += content_chunk(r.text);
+  if (r.blocked) end_blocked(out);
+}
+
+void stream_rewriter::end_blocked(std::string& out) {
+  blocked_ = true;
+  std::vector<std::string> block_rules;
+  for (auto& r : filter_->fired_rules())
+    if (f_.action_of(r) == "block") block_rules.push_back(r);
+  record_filter_actions(ctx_, f_, filter_->fired_rules(), "response");
+  std::string names;
+  for (auto& r : block_rules) names += (names.empty() ? "" : ", ") + r;
+  json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
+  c["choices"] = json::array{json::object{{"index", 0}, {"delta", json::object{}}, {"finish_reason", "content_filter"}}};
+  out += sse::format_data(json::serialize(c));
+  out += sse::format_event("error", openai_error_body("The response was blocked by content filter rules: " + names + ".",
+                                                      "invalid_request_error", "", "content_filtered"));
+  out += "data: [DONE]\n\n";
+  ctx_.details = "content_filtered";
+  ctx_.error_code = "content_filtered";
+}
+
+void stream_rewriter::on_data(const std::string& data, std::string& out) {
+  if (data == "[DONE]") {
+    flush(out);
+    if (blocked_) return;
+    record_filter_actions(ctx_, f_, filter_ ? filter_->fired_rules() : std::vector<std::string>{}, "response");
+    out += "data: [DONE]\n\n";
+    return;
+  }
+  boost::system::error_code ec;
+  auto v = json::parse(data, ec);
+  if (ec || !v.is_object() || !filter_) {
+    out += sse::format_data(data);
+    return;
+  }
+  auto& o = v.get_object();
+  if (auto* id = o.if_contains("id"); id && id->is_string() && !id->get_string().empty()) id_ = id->get_string();
+  if (auto* m = o.if_contains("model"); m && m->is_string() && !m->get_string().empty()) model_ = m->get_string();
+  if (auto* cr = o.if_contains("created"); cr && cr->is_int64()) created_ = cr->get_int64();
+  auto* choices = o.if_contains("choices");
+  json::object* choice = choices && choices->is_array() && !choices->get_array().empty() && choices->get_array()[0].is_object()
+                             ? &choices->get_array()[0].get_object()
+                             : nullptr;
+  auto* finish = choice ? choice->if_contains("finish_reason") : nullptr;
+  const bool finishing = finish && !finish->is_null();
+  auto* delta = choice ? choice->if_contains("delta") : nullptr;
+  auto* content = delta && delta->is_object() ? delta->get_object().if_contains("content") : nullptr;
+  if (content && content->is_string() && !finished_) {
+    auto r = filter_->feed(content->get_string());
+    if (ctx_.capture_text) emitted_ += r.text;
+    *content = json::string(r.text);
+    if (r.blocked) {
+      if (!r.text.empty()) out += sse::format_data(json::serialize(v));
+      end_blocked(out);
+      return;
+    }
+  }
+  if (finishing) flush(out);  // held-back text goes out before the finish chunk
+  if (blocked_) return;
+  out += sse::format_data(json::serialize(v));
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// The content filters as the gateway applies them (docs/content-filters.md): the rule sets of a
+/// config compiled once per load (one Hyperscan database pair per distinct selection of rules),
+/// the prompt check, the filter of whole answers, and the rewriter of streamed answers, which
+/// filters the decoded delta text and re-emits valid SSE with valid JSON.
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "gateway/core/request_context.hpp"
+#include "gateway/core/sse.hpp"
+#include "policy/content_filter/content_filter.hpp"
+
+namespace tollgate::gateway {
+
+namespace cf = policy::content_filter;
+
+class content_filters {
+ public:
+  /// Compiles `cfg.content_filters`; nullptr with `error` set (rule path and Hyperscan's message)
+  /// when a rule is bad, and nullptr without error when there are no rules.
+  static std::shared_ptr<const content_filters> compile(const config::gateway_config& cfg, std::string& error);
+
+  /// The rules for `team`'s prompts / responses; nullptr when none apply.
+  const cf::filter_set* prompts_for(std::string_view team) const;
+  const cf::filter_set* responses_for(std::string_view team) const;
+  /// "block", "redact" or "flag" for a rule name.
+  std::string_view action_of(std::string_view rule) const;
+
+ private:
+  std::map<std::string, std::unique_ptr<cf::filter_set>, std::less<>> sets_;  ///< by selection key
+  std::map<std::string, std::string, std::less<>> actions_;
+  std::pair<const cf::filter_set*, const cf::filter_set*> default_{};
+  std::map<std::string, std::pair<const cf::filter_set*, const cf::filter_set*>, std::less<>> teams_;
+};
+
+/// Records the rules that fired on ctx (audit `filters`) and in the metrics.
+void record_filter_actions(request_context& ctx, const content_filters& f, const std::vector<std::string>& rules,
+                           std::string_view direction);
+
+/// Filters a chat request's message texts (and an embeddings request's input) in place. Returns
+/// the rules of a block (empty when not blocked).
+std::vector<std::string> filter_prompt(request_context& ctx, const content_filters& f, const cf::filter_set& set,
+                                       cf::scratch& s);
+
+/// Filters a whole chat.completion body's message contents; returns the new body.
+std::string filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s,
+                          std::string body);
+
+/// Rewrites a translated SSE stream: every chunk's `delta.content` goes through a stream filter;
+/// text held back is sent in a chunk of its own before the finish chunk. A block ends the stream:
+/// the safe text, a chunk with finish_reason `content_filter`, an error event and `[DONE]`.
+class stream_rewriter {
+ public:
+  stream_rewriter(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s);
+  /// The SSE to send for `sse_bytes` of translator output.
+  std::string process(std::string_view sse_bytes);
+  bool blocked() const { return blocked_; }
+  /// The content text sent so far, as filtered (what the audit trail's text capture keeps).
+  const std::string& emitted_text() const { return emitted_; }
+
+ private:
+  void on_data(const std::string& data, std::string& out);
+  void flush(std::string& out);
+  void end_blocked(std::string& out);
+  std::string content_chunk(std::string_view text) const;
+
+  request_context& ctx_;
+  const content_filters& f_;
+  const cf::filter_set& set_;
+  cf::scratch& scratch_;
+  std::optional<cf::stream_filter> filter_;
+  sse::parser parser_;
+  std::vector<sse::event> events_;
+  std::string id_, model_;
+  std::int64_t created_ = 0;
+  bool blocked_ = false;
+  bool finished_ = false;  ///< the filter was flushed (finish chunk or [DONE] seen)
+  std::string emitted_;
+};
+
+}  // namespace tollgate::gateway

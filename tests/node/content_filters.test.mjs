@@ -1,0 +1,140 @@
+// Content filters through the gateway, with the official OpenAI SDK: a prompt blocked with 400
+// content_filtered naming the rules, a prompt redacted before it leaves, a streamed answer
+// redacted as it flows (the fake upstream splits it into 3-character pieces, so matches straddle
+// chunks), a streamed answer blocked (finish_reason content_filter, an error event, [DONE]), the
+// audit record naming the rules (never the text), the metrics, and a bad regex refused at load.
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import OpenAI from 'openai';
+
+import { startFakeOpenAI } from './lib/fake_openai.mjs';
+import { runTollgate, serverYaml, startGateway, tempConfig } from './lib/gateway.mjs';
+import { metricValue, scrape } from './lib/policy_helpers.mjs';
+
+let fake;
+let gw;
+let client;
+
+const filters = `content_filters:
+  rules:
+    - {name: emails, detector: email, action: redact}
+    - {name: cards, detector: payment_card, action: block}
+    - {name: aws, detector: aws_access_key, action: block}
+    - {name: project, regex: "PRJ-[0-9]{6}", action: redact}
+    - {name: words, words: [bananas], action: flag}
+  prompts: [cards, project, words]
+  responses: [emails, aws, project]
+`;
+
+before(async () => {
+  fake = await startFakeOpenAI();
+  gw = await startGateway(serverYaml() + filters + `providers:
+  - {name: up, type: openai_compatible, base_url: "${fake.baseURL}", proxy: none}
+models:
+  - {name: echo, provider: up, upstream_model: echo}
+`);
+  client = new OpenAI({ apiKey: 'unused', baseURL: gw.baseURL, maxRetries: 0 });
+});
+
+after(async () => {
+  try {
+    await gw?.stopClean();
+  } finally {
+    await fake?.close();
+  }
+});
+
+const ask = (content, extra = {}) => ({ model: 'echo', messages: [{ role: 'user', content }], ...extra });
+
+describe('content filters', () => {
+  test('a prompt with a card number is blocked: 400 content_filtered naming the rule, nothing sent upstream', async () => {
+    const before = fake.requests.length;
+    await assert.rejects(client.chat.completions.create(ask('pay with 4111 1111 1111 1111 please')), (e) => {
+      assert.ok(e instanceof OpenAI.BadRequestError, e.constructor.name);
+      assert.equal(e.code, 'content_filtered');
+      assert.match(e.message, /cards/);
+      assert.ok(!e.message.includes('4111'));
+      return true;
+    });
+    assert.equal(fake.requests.length, before);
+  });
+
+  test('a prompt is redacted before it leaves; a flagged word passes unchanged', async () => {
+    const r = await client.chat.completions.create(ask('ticket PRJ-123456 about bananas'));
+    assert.equal(fake.requests.at(-1).body.messages[0].content, 'ticket [REDACTED:project] about bananas');
+    assert.equal(r.choices[0].message.content, 'ticket [REDACTED:project] about bananas');
+  });
+
+  test('a streamed answer is redacted as it flows, matches split across chunks included', async () => {
+    // The prompt rules do not include emails: the address reaches the upstream, which echoes it.
+    const text = 'Write to jane.doe@example.com or to bob@corp.example.org — café ok';
+    const chunks = [];
+    for await (const c of await client.chat.completions.create(ask(text, { stream: true }))) chunks.push(c);
+    const out = chunks.map((c) => c.choices?.[0]?.delta?.content ?? '').join('');
+    assert.equal(out, 'Write to [REDACTED:emails] or to [REDACTED:emails] — café ok');
+    assert.equal(chunks.find((c) => c.choices?.[0]?.finish_reason)?.choices[0].finish_reason, 'stop');
+    assert.ok(chunks.length > 5, 'still streamed in pieces');
+  });
+
+  test('a whole answer is redacted too', async () => {
+    const r = await client.chat.completions.create(ask('mail jane.doe@example.com'));
+    assert.equal(r.choices[0].message.content, 'mail [REDACTED:emails]');
+  });
+
+  test('a streamed answer with an AWS key is blocked: content_filter finish, an error event, [DONE]', async () => {
+    const res = await fetch(`${gw.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(ask('the key is AKIAIOSFODNN7EXAMPLE and more text after it', { stream: true })),
+    });
+    const body = await res.text();
+    assert.equal(res.status, 200);
+    const events = body.split('\n\n').filter(Boolean);
+    assert.equal(events.at(-1), 'data: [DONE]');
+    assert.match(events.at(-2), /^event: error\ndata: .*content_filtered/);
+    const finish = JSON.parse(events.at(-3).slice(6));
+    assert.equal(finish.choices[0].finish_reason, 'content_filter');
+    const text = events.filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6))).map((c) => c.choices?.[0]?.delta?.content ?? '').join('');
+    assert.equal(text, 'the key is ');
+    assert.ok(!body.includes('AKIAIOSFODNN7EXAMPLE'));
+  });
+
+  test('the audit trail and the metrics name the rules, never the matched text', async () => {
+    const m = await scrape(gw);
+    assert.ok(metricValue(m, 'tollgate_content_filter_actions_total', { rule: 'cards', action: 'block', direction: 'prompt' }) >= 1);
+    assert.ok(metricValue(m, 'tollgate_content_filter_actions_total', { rule: 'emails', action: 'redact', direction: 'response' }) >= 1);
+    assert.ok(metricValue(m, 'tollgate_content_filter_actions_total', { rule: 'aws', action: 'block', direction: 'response' }) >= 1);
+    assert.ok(metricValue(m, 'tollgate_content_filter_actions_total', { rule: 'words', action: 'flag', direction: 'prompt' }) >= 1);
+    const dir = gw.ready.audit_dir;
+    const text = readdirSync(dir).map((f) => readFileSync(join(dir, f), 'utf8')).join('');
+    const recs = text.split('\n').filter(Boolean).map((l) => JSON.parse(l)).filter((r) => r.type === 'call');
+    assert.ok(recs.some((r) => r.filters.includes('cards:block:prompt') && r.error_code === 'content_filtered'));
+    assert.ok(recs.some((r) => r.filters.includes('emails:redact:response')));
+    for (const secret of ['4111 1111 1111 1111', 'jane.doe@example.com', 'AKIAIOSFODNN7EXAMPLE', 'PRJ-123456'])
+      assert.ok(!text.includes(secret), `matched text in the audit trail: ${secret}`);
+  });
+});
+
+describe('content filter config', () => {
+  test('a bad custom regex is refused at load with the rule and Hyperscan\'s message', async () => {
+    const cfg = tempConfig(serverYaml() + `content_filters:
+  rules:
+    - {name: broken, regex: "(unclosed", action: block}
+providers:
+  - {name: m, type: mock}
+models:
+  - {name: x, provider: m}
+`);
+    try {
+      const r = await runTollgate(['--config', cfg.path, '--check']);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /broken/);
+      assert.match(r.stderr, /Missing close parenthesis/i);
+    } finally {
+      cfg.cleanup();
+    }
+  });
+});
