@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "providers/unified.hpp"
 
+#include "providers/common/translate.hpp"
+
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 
@@ -12,24 +14,11 @@ failure bad(errc e, std::string msg, std::string param) {
   return make_failure(e, std::move(msg), std::move(param));
 }
 
-std::string_view kind_name(const json::value& v) {
-  switch (v.kind()) {
-    case json::kind::null: return "null";
-    case json::kind::bool_: return "boolean";
-    case json::kind::int64:
-    case json::kind::uint64: return "integer";
-    case json::kind::double_: return "number";
-    case json::kind::string: return "string";
-    case json::kind::array: return "array";
-    case json::kind::object: return "object";
-  }
-  return "value";
-}
 
 failure wrong_type(const std::string& param, std::string_view expected, const json::value& got) {
   return bad(errc::invalid_type,
              "Invalid type for '" + param + "': expected " + std::string(expected) + ", but got " +
-                 std::string(kind_name(got)) + ".",
+                 std::string(json_kind_name(got)) + ".",
              param);
 }
 

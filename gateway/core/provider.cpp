@@ -28,6 +28,17 @@ std::unique_ptr<stream_translator> provider_adapter::make_stream_translator(requ
 
 std::string provider_adapter::decode_body(request_context&, unsigned, std::string body) const { return body; }
 
+upstream_request request_to(const upstream_peer& peer, const config::provider_config& settings) {
+  upstream_request r;
+  r.scheme = peer.scheme;
+  r.host = peer.host;
+  r.port = peer.port;
+  r.settings = &settings;
+  r.proxy = &peer.proxy;
+  r.pool_key = &peer.pool_key;
+  return r;
+}
+
 upstream_peer make_upstream_peer(const config::provider_config& cfg) {
   auto u = boost::urls::parse_uri(cfg.base_url);
   if (!u || (u->scheme() != "http" && u->scheme() != "https") || u->host().empty())

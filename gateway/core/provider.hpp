@@ -60,6 +60,10 @@ struct upstream_peer {
 /// http(s) (config load only).
 upstream_peer make_upstream_peer(const config::provider_config& settings);
 
+/// A request to `peer` with its connection settings filled in (target, headers and body are the
+/// adapter's). `peer` and `settings` must outlive the request (they live in the snapshot).
+upstream_request request_to(const upstream_peer& peer, const config::provider_config& settings);
+
 /// Turns an upstream stream body into the bytes the caller receives, incrementally: bytes in,
 /// SSE bytes out, never buffering more than one event. Records usage in the request context it
 /// was made for (which must outlive it).

@@ -36,13 +36,7 @@ result<upstream_request> azure_openai_adapter::encode(request_context& ctx) cons
       return make_error_code(errc::upstream_error);
     }
   }
-  upstream_request r;
-  r.scheme = peer_.scheme;
-  r.host = peer_.host;
-  r.port = peer_.port;
-  r.settings = &cfg_;
-  r.proxy = &peer_.proxy;
-  r.pool_key = &peer_.pool_key;
+  upstream_request r = request_to(peer_, cfg_);
   const std::string& deployment = ctx.target->upstream_model;
   r.target = target_for(peer_.base_path, cfg_.api_version, deployment, ctx.endpoint);
   r.body = encode_openai_body(ctx, deployment);

@@ -47,13 +47,13 @@ class bedrock_stream final : public stream_translator {
       if (failed_) break;
       on_message(m, out);
     }
-    if (!ok && !failed_) fail(out, 502, "upstream_error", "The Bedrock event stream is corrupt: " + dec_.error_text() + ".");
+    if (!ok && !failed_) fail(out, "upstream_error", "The Bedrock event stream is corrupt: " + dec_.error_text() + ".");
   }
 
   void finish(bool complete, std::string_view why, std::string& out) override {
     if (done_ || failed_) return;
     if (!complete || !dec_.finish()) {
-      fail(out, 502, why == "timeout" ? "upstream_timeout" : "upstream_error",
+      fail(out, why == "timeout" ? "upstream_timeout" : "upstream_error",
            "The upstream stream ended unexpectedly: " + std::string(complete ? "inside an event" : why) + ".");
       return;
     }
@@ -77,26 +77,14 @@ class bedrock_stream final : public stream_translator {
         step.error = bedrock::map_bedrock_error(code, m.error_message());
       }
     }
-    for (auto& c : step.chunks) {
-      count_relayed_text(ctx_, c);
-      out += sse::format_data(json::serialize(c));
-    }
-    if (step.usage) record_usage(ctx_, *step.usage);
-    if (step.error) {
-      const auto& e = *step.error;
-      failed_ = true;
-      ctx_.details = "upstream_stream_error";
-      ctx_.error_code = e.code;
-      out += sse::format_data(json::serialize(bedrock::to_openai_error_body(e)));
-      out += "data: [DONE]\n\n";
-    }
+    failed_ = emit_translated_step(
+        ctx_, step, out, [&](const bedrock::converse_usage& u) { record_usage(ctx_, u); },
+        [](const bedrock::upstream_error& e) { return bedrock::to_openai_error_body(e); });
   }
 
-  void fail(std::string& out, unsigned, std::string_view code, std::string message) {
+  void fail(std::string& out, std::string_view code, const std::string& message) {
     failed_ = true;
-    ctx_.details = std::string(code);
-    ctx_.error_code = std::string(code);
-    out += sse::format_event("error", openai_error_body(message, "server_error", "", code));
+    emit_stream_failure(ctx_, out, code, message);
   }
 
   request_context& ctx_;
@@ -128,13 +116,7 @@ std::string bedrock_adapter::path_for(std::string_view model_id, std::string_vie
 
 result<upstream_request> bedrock_adapter::encode(request_context& ctx) const {
   const std::string& model_id = ctx.target->upstream_model;
-  upstream_request r;
-  r.scheme = peer_.scheme;
-  r.host = peer_.host;
-  r.port = peer_.port;
-  r.settings = &cfg_;
-  r.proxy = &peer_.proxy;
-  r.pool_key = &peer_.pool_key;
+  upstream_request r = request_to(peer_, cfg_);
   std::string_view operation;
   if (ctx.endpoint == endpoint_kind::embeddings) {
     auto calls = bedrock::to_embedding_calls(ctx.request_json, model_id);

@@ -26,24 +26,11 @@ translate_error bad_upstream(std::string message) {
   return refuse(translate_errc::invalid_upstream, std::move(message));
 }
 
-std::string_view kind_name(const json::value& v) {
-  switch (v.kind()) {
-    case json::kind::null: return "null";
-    case json::kind::bool_: return "boolean";
-    case json::kind::int64:
-    case json::kind::uint64: return "integer";
-    case json::kind::double_: return "number";
-    case json::kind::string: return "string";
-    case json::kind::array: return "array";
-    case json::kind::object: return "object";
-  }
-  return "value";
-}
 
 translate_error wrong_type(const std::string& param, std::string_view expected, const json::value& got) {
   return refuse(translate_errc::invalid_type,
                 "Invalid type for '" + param + "': expected " + std::string(expected) + ", but got " +
-                    std::string(kind_name(got)) + ".",
+                    std::string(json_kind_name(got)) + ".",
                 param);
 }
 
@@ -201,7 +188,7 @@ translate_result<json::object> tool_use_block(const json::value& call, const std
       if (!input.is_object())
         return refuse(translate_errc::invalid_value,
                       "Invalid value for '" + ap + "': the arguments must be a JSON object, not " +
-                          std::string(kind_name(input)) + ".",
+                          std::string(json_kind_name(input)) + ".",
                       ap);
     }
   }

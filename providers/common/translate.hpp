@@ -2,6 +2,7 @@
 #pragma once
 /// What a translation between OpenAI's API and a provider's (Bedrock Converse, Gemini) returns when
 /// it refuses its input: one vocabulary for every translator. Header-only.
+#include <boost/json/value.hpp>
 #include <boost/system/result.hpp>
 
 #include <string>
@@ -39,5 +40,20 @@ struct translate_error {
 
 template <class T>
 using translate_result = boost::system::result<T, translate_error>;
+
+/// The JSON kind of `v` as OpenAI's error messages name it ("string", "integer", "object", ...).
+inline std::string_view json_kind_name(const boost::json::value& v) noexcept {
+  switch (v.kind()) {
+    case boost::json::kind::null: return "null";
+    case boost::json::kind::bool_: return "boolean";
+    case boost::json::kind::int64:
+    case boost::json::kind::uint64: return "integer";
+    case boost::json::kind::double_: return "number";
+    case boost::json::kind::string: return "string";
+    case boost::json::kind::array: return "array";
+    case boost::json::kind::object: return "object";
+  }
+  return "value";
+}
 
 }  // namespace tollgate::providers

@@ -245,13 +245,7 @@ openai_compatible_adapter::openai_compatible_adapter(const config::provider_conf
     : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {}
 
 result<upstream_request> openai_compatible_adapter::encode(request_context& ctx) const {
-  upstream_request r;
-  r.scheme = peer_.scheme;
-  r.host = peer_.host;
-  r.port = peer_.port;
-  r.settings = &cfg_;
-  r.proxy = &peer_.proxy;
-  r.pool_key = &peer_.pool_key;
+  upstream_request r = request_to(peer_, cfg_);
   r.target = peer_.base_path + (ctx.endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions");
   r.body = encode_openai_body(ctx, ctx.target->upstream_model);
   r.headers.reserve(4 + cfg_.headers.size());

@@ -74,24 +74,13 @@ class vertex_stream final : public stream_translator {
 
  private:
   void apply(const vertex::stream_step& step, std::string& out) {
-    for (auto& c : step.chunks) {
-      count_relayed_text(ctx_, c);
-      out += sse::format_data(json::serialize(c));
-    }
-    if (step.usage) record_usage(ctx_, *step.usage);
-    if (step.error) {
-      failed_ = true;
-      ctx_.details = "upstream_stream_error";
-      ctx_.error_code = step.error->code;
-      out += sse::format_data(json::serialize(vertex::to_openai_error_body(*step.error)));
-      out += "data: [DONE]\n\n";
-    }
+    failed_ = emit_translated_step(
+        ctx_, step, out, [&](const vertex::gemini_usage& u) { record_usage(ctx_, u); },
+        [](const vertex::upstream_error& e) { return vertex::to_openai_error_body(e); });
   }
-  void fail_plain(std::string& out, std::string message) {
+  void fail_plain(std::string& out, const std::string& message) {
     failed_ = true;
-    ctx_.details = "upstream_error";
-    ctx_.error_code = "upstream_error";
-    out += sse::format_event("error", openai_error_body(message, "server_error", "", "upstream_error"));
+    emit_stream_failure(ctx_, out, "upstream_error", message);
   }
 
   request_context& ctx_;
@@ -138,7 +127,7 @@ result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
                             : ctx.stream ? vertex::vertex_method::stream_generate_content
                                          : vertex::vertex_method::generate_content;
   auto url = vertex::make_vertex_url({cfg_.project, cfg_.location, ctx.target->upstream_model, "v1"}, method);
-  upstream_request r;
+  upstream_request r = request_to(peer_, cfg_);
   if (!url) {
     ctx.reject_message = url.error().message;
     ctx.reject_param = url.error().param;
@@ -161,12 +150,6 @@ result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
     }
     r.body = json::serialize(*body);
   }
-  r.scheme = peer_.scheme;
-  r.host = peer_.host;
-  r.port = peer_.port;
-  r.settings = &cfg_;
-  r.proxy = &peer_.proxy;
-  r.pool_key = &peer_.pool_key;
   r.target = peer_.base_path + url->path;
   r.headers.reserve(3 + cfg_.headers.size());
   r.headers.emplace_back("Content-Type", "application/json");
