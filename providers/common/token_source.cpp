@@ -75,9 +75,13 @@ fetch_response http_fetch(const google::http_request_data& data, milliseconds ti
   net::io_context ioc;
   net::ip::tcp::resolver resolver(ioc);
   beast::tcp_stream tcp(ioc);
-  net::ssl::context ctx(net::ssl::context::tls_client);
-  ctx.set_default_verify_paths();
-  ctx.set_verify_mode(net::ssl::verify_peer);
+  // A TLS context only for https (loading the system CA store is not free, and plain http needs none).
+  std::optional<net::ssl::context> ctx;
+  if (tls) {
+    ctx.emplace(net::ssl::context::tls_client);
+    ctx->set_default_verify_paths();
+    ctx->set_verify_mode(net::ssl::verify_peer);
+  }
   std::optional<net::ssl::stream<beast::tcp_stream&>> ssl;
   tcp.expires_after(timeout);
   resolver.async_resolve(host, port, [&](beast::error_code ec, net::ip::tcp::resolver::results_type r) {
@@ -91,7 +95,7 @@ fetch_response http_fetch(const google::http_request_data& data, milliseconds ti
         return;
       }
       if (!tls) return exchange(tcp, req, out);
-      ssl.emplace(tcp, ctx);
+      ssl.emplace(tcp, *ctx);
       SSL_set_tlsext_host_name(ssl->native_handle(), host.c_str());
       ssl->set_verify_callback(net::ssl::host_name_verification(host));
       ssl->async_handshake(net::ssl::stream_base::client, [&](beast::error_code hec) {
