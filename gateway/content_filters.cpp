@@ -119,6 +119,12 @@ std::string_view content_filters::action_of(std::string_view rule) const {
   return it == actions_.end() ? std::string_view("flag") : std::string_view(it->second);
 }
 
+std::string joined_rules(const std::vector<std::string>& rules) {
+  std::string out;
+  for (auto& r : rules) out += (out.empty() ? "" : ", ") + r;
+  return out;
+}
+
 void record_filter_actions(request_context& ctx, const content_filters& f, const std::vector<std::string>& rules,
                            std::string_view direction) {
   auto& m = gateway_metrics::get().filter_actions;
@@ -242,8 +248,7 @@ void stream_rewriter::end_blocked(std::string& out) {
   for (auto& r : filter_->fired_rules())
     if (f_.action_of(r) == "block") block_rules.push_back(r);
   record_filter_actions(ctx_, f_, filter_->fired_rules(), "response");
-  std::string names;
-  for (auto& r : block_rules) names += (names.empty() ? "" : ", ") + r;
+  const std::string names = joined_rules(block_rules);
   json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
   c["choices"] = json::array{json::object{{"index", 0}, {"delta", json::object{}}, {"finish_reason", "content_filter"}}};
   out += sse::format_data(json::serialize(c));

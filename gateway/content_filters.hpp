@@ -38,6 +38,9 @@ class content_filters {
   std::map<std::string, std::pair<const cf::filter_set*, const cf::filter_set*>, std::less<>> teams_;
 };
 
+/// "a, b, c": rule names for a message to the caller.
+std::string joined_rules(const std::vector<std::string>& rules);
+
 /// Records the rules that fired on ctx (audit `filters`) and in the metrics.
 void record_filter_actions(request_context& ctx, const content_filters& f, const std::vector<std::string>& rules,
                            std::string_view direction);

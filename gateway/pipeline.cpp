@@ -53,6 +53,16 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   if (const auto* f = ctx.snap->filters.get())
     if (const auto* set = f->responses_for(ctx.identity.team))
       if (auto* s = w.filter_scratch(*set)) rewriter.emplace(ctx, *f, *set, *s);
+  // Text capture keeps what the caller was sent (the filtered text, not the upstream's): set before
+  // the stream's end seals the audit record, and on any other way out (a caller that leaves).
+  struct capture_filtered {
+    request_context& ctx;
+    const std::optional<stream_rewriter>& rewriter;
+    void keep() const {
+      if (rewriter && ctx.capture_text) ctx.captured_response = rewriter->emitted_text();
+    }
+    ~capture_filtered() { keep(); }
+  } capture{ctx, rewriter};
   if (!translator) co_return make_failure(errc::internal, "provider has no stream translator", "", error_source::internal);
   header_list extra = passthrough_headers(ex.headers());
   extra.emplace_back("Cache-Control", "no-cache");
@@ -78,14 +88,14 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
         co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
       out.clear();
     }
-    // Text capture keeps what the caller was sent: the filtered text, not the upstream's.
-    if (rewriter && ctx.capture_text) ctx.captured_response = rewriter->emitted_text();
-    if (rewriter && rewriter->blocked()) {
-      // The rest of the answer is not wanted: end the caller's stream, drop the upstream connection.
-      co_await sink.end_stream();
-      co_return flow::responded;
-    }
+    if (rewriter && rewriter->blocked()) break;
     if (ec || in.empty() || translator->failed()) break;
+  }
+  capture.keep();
+  if (rewriter && rewriter->blocked()) {
+    // The rest of the answer is not wanted: end the caller's stream, drop the upstream connection.
+    co_await sink.end_stream();
+    co_return flow::responded;
   }
   if (translator->failed()) count_upstream_error(ctx, "stream_error");
   co_await sink.end_stream();
@@ -198,10 +208,9 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
       if (!s) co_return make_failure(errc::internal, "content filter scratch space could not be allocated", "", error_source::internal);
       const auto blocked_by = filter_prompt(ctx, *f, *set, *s);
       if (!blocked_by.empty()) {
-        std::string names;
-        for (auto& r : blocked_by) names += (names.empty() ? "" : ", ") + r;
         ctx.details = "content_filtered";
-        co_return make_failure(errc::content_filtered, "The prompt was blocked by content filter rules: " + names + ".",
+        co_return make_failure(errc::content_filtered,
+                               "The prompt was blocked by content filter rules: " + joined_rules(blocked_by) + ".",
                                "messages");
       }
     }
@@ -236,8 +245,8 @@ bool audited(const request_context& ctx) {
   return ctx.path != "/healthz" && ctx.path != "/readyz";
 }
 
-/// teams[].capture_text: the prompt as the caller sent it and the answer's text. (Content-filter
-/// redaction applies here once content filters exist; until then capture stores the text as is.)
+/// teams[].capture_text: the prompt as it left the gateway and the answer's text as the caller got
+/// it; both are already content-filtered (prompts are redacted in place, answers on their way out).
 audit::captured_text capture_of(const request_context& ctx, std::string_view body) {
   audit::captured_text t;
   for (std::string_view k : {"messages", "input", "prompt"})
