@@ -126,10 +126,15 @@ class filter_set {
   friend verdict scan_text(const filter_set&, scratch&, std::string_view);
   filter_set() = default;
 
+  void free_databases() noexcept;
+
   std::vector<rule> rules_;
   std::vector<pattern_info> patterns_;  // indexed by Hyperscan expression id
-  hs_database* block_db_ = nullptr;
-  hs_database* stream_db_ = nullptr;
+  // Block mode: one database per pattern group (see builtin_patterns in the .cpp): Hyperscan
+  // scans a few small databases of alike patterns several times faster than one database of them
+  // all. Streaming mode: one database of every pattern (see compile()). docs/benchmarks.md.
+  std::vector<hs_database*> block_dbs_;
+  std::vector<hs_database*> stream_dbs_;
   std::size_t max_len_ = 0;
 };
 

@@ -54,6 +54,13 @@ TEST(ContentFilterDetectorTest, Email) {
   expect_negative(cf::detector::email, "see @property decorator and user@localhost");
   expect_negative(cf::detector::email, "lodash@4.17.21 is pinned");
   expect_negative(cf::detector::email, "no at sign here.com");
+  // Scanned from the '@': the local part is every local-part character before it.
+  EXPECT_EQ(redact_with(cf::detector::email, "mail:j_o.e%x+y-z@example.org."), "mail:[REDACTED:email].");
+  EXPECT_EQ(redact_with(cf::detector::email, "x @@example.org and a@@b.org"), "x @@example.org and a@@b.org");
+  // Longer than the 254-byte clip: the last 254 bytes of the address are redacted.
+  const std::string local(300, 'a');
+  EXPECT_EQ(redact_with(cf::detector::email, local + "@example.com"),
+            std::string(300 - (254 - 12), 'a') + "[REDACTED:email]");
 }
 
 TEST(ContentFilterDetectorTest, Phone) {
@@ -113,6 +120,11 @@ TEST(ContentFilterDetectorTest, Ipv6) {
   expect_positive(cf::detector::ipv6, "fe80::1ff:fe23:4567:890a");
   expect_negative(cf::detector::ipv6, "std::vector<int> and a::b and dead::beef");
   expect_negative(cf::detector::ipv6, "12:30:45 is a time");
+  // The full form's leading word boundary (checked after the scan, not by Hyperscan).
+  expect_negative(cf::detector::ipv6, "g2001:0db8:85a3:0000:0000:8a2e:0370:7334");
+  expect_negative(cf::detector::ipv6, "_2001:0db8:85a3:0000:0000:8a2e:0370:7334");
+  expect_negative(cf::detector::ipv6, "12001:0db8:85a3:0000:0000:8a2e:0370:7334");
+  EXPECT_EQ(redact_with(cf::detector::ipv6, "(2001:0db8:85a3:0000:0000:8a2e:0370:7334)"), "([REDACTED:ipv6])");
 }
 
 TEST(ContentFilterDetectorTest, AwsAccessKey) {

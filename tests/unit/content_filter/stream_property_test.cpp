@@ -26,6 +26,8 @@ const std::vector<std::string> planted = {
     "sk-proj-Ab3dEfGhIjKlMnOpQrStUvWx", "sk-ant-api03-AbCdEf0123456789_xyzXYZ-abcdefgh",
     "ghp_1234567890abcdefghijABCDEFGHIJ123456", "xoxb-123456789012-abcdefghijkl",
     "AIzaSyA1234567890abcdefghijklmnopqrstuv", "bluebird", "Night Owl", "forbidden", "TOKEN-12345",
+    // An address longer than the email clip (254 bytes), and an '@' with no local part.
+    std::string(250, 'a') + "@mail.example.com", "@@example.org",
 };
 const std::vector<std::string> filler = {
     "the ",  "quick ", "brown ", "fox ",  "é",     "中文",  "😀",     " ",    "\n",  ".",    "-",
