@@ -259,7 +259,71 @@ void stream_rewriter::end_blocked(std::string& out) {
   ctx_.error_code = "content_filtered";
 }
 
+namespace {
+
+// Where delta.content's JSON string literal (quotes included) lies in a chunk, when that can be
+// told without parsing it: exactly one "content" key, after the "delta" key, as the first key of
+// an object or after a comma, with a string value. Outside a string a '"' is structural, and a
+// "content" inside one would read \"content\", so such a key is a key of the chunk.
+std::optional<std::pair<std::size_t, std::size_t>> delta_content_literal(std::string_view d) {
+  constexpr std::string_view key = "\"content\":";
+  const std::size_t k = d.find(key);
+  if (k == std::string_view::npos || k == 0 || d.find(key, k + key.size()) != std::string_view::npos) return {};
+  if (d[k - 1] != '{' && d[k - 1] != ',') return {};
+  const std::size_t delta = d.find("\"delta\":{");
+  if (delta == std::string_view::npos || delta > k) return {};
+  const std::size_t b = k + key.size();
+  if (b >= d.size() || d[b] != '"') return {};
+  for (std::size_t i = b + 1; i < d.size(); ++i) {
+    if (d[i] == '\\') {
+      ++i;
+    } else if (d[i] == '"') {
+      return std::pair{b, i + 1};
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+bool stream_rewriter::on_data_in_place(std::string_view data, std::string& out) {
+  // The first chunk is parsed whole (it names the id, model and creation time that the chunks
+  // the rewriter makes itself carry); a finish chunk too (held-back text goes out before it).
+  if (id_.empty() || data.find("\"finish_reason\":\"") != std::string_view::npos) return false;
+  if (data.find("\"content\":") == std::string_view::npos) {
+    out += sse::format_data(data);  // no text: a tool call, a usage chunk
+    return true;
+  }
+  const auto lit = delta_content_literal(data);
+  if (!lit) return false;
+  const std::string_view literal = data.substr(lit->first, lit->second - lit->first);
+  std::string decoded;
+  std::string_view text = literal.substr(1, literal.size() - 2);
+  if (text.find('\\') != std::string_view::npos) {
+    boost::system::error_code ec;
+    auto v = json::parse(literal, ec);
+    if (ec || !v.is_string()) return false;
+    decoded = v.get_string();
+    text = decoded;
+  }
+  auto r = filter_->feed(text);
+  if (ctx_.capture_text) emitted_ += r.text;
+  std::string chunk;
+  chunk.reserve(data.size() + r.text.size() + 16);
+  chunk.append(data.substr(0, lit->first));
+  chunk += json::serialize(json::string_view(r.text));
+  chunk.append(data.substr(lit->second));
+  if (r.blocked) {
+    if (!r.text.empty()) out += sse::format_data(chunk);
+    end_blocked(out);
+    return true;
+  }
+  out += sse::format_data(chunk);
+  return true;
+}
+
 void stream_rewriter::on_data(const std::string& data, std::string& out) {
+  if (filter_ && !finished_ && data != "[DONE]" && on_data_in_place(data, out)) return;
   if (data == "[DONE]") {
     flush(out);
     if (blocked_) return;

@@ -68,6 +68,9 @@ class stream_rewriter {
 
  private:
   void on_data(const std::string& data, std::string& out);
+  /// The common chunk, rewritten without parsing it: its delta.content string replaced in place.
+  /// False when the chunk needs the full parse (first chunk, finish chunk, unusual shape).
+  bool on_data_in_place(std::string_view data, std::string& out);
   void flush(std::string& out);
   void end_blocked(std::string& out);
   std::string content_chunk(std::string_view text) const;

@@ -2,6 +2,7 @@
 #include "policy/content_filter/content_filter.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <climits>
 #include <cstdlib>
@@ -331,7 +332,8 @@ filter_set::filter_set(filter_set&& o) noexcept
       patterns_(std::move(o.patterns_)),
       block_dbs_(std::move(o.block_dbs_)),
       stream_dbs_(std::move(o.stream_dbs_)),
-      max_len_(o.max_len_) {}
+      max_len_(o.max_len_),
+      id_(o.id_) {}
 
 filter_set& filter_set::operator=(filter_set&& o) noexcept {
   if (this != &o) {
@@ -341,6 +343,7 @@ filter_set& filter_set::operator=(filter_set&& o) noexcept {
     block_dbs_ = std::exchange(o.block_dbs_, {});
     stream_dbs_ = std::exchange(o.stream_dbs_, {});
     max_len_ = o.max_len_;
+    id_ = o.id_;
   }
   return *this;
 }
@@ -355,7 +358,9 @@ void filter_set::free_databases() noexcept {
 filter_set::~filter_set() { free_databases(); }
 
 result<filter_set> compile(std::span<const rule> rules, const compile_options& options) {
+  static std::atomic<std::uint64_t> next_id{1};
   filter_set set;
+  set.id_ = next_id.fetch_add(1, std::memory_order_relaxed);
   std::vector<std::string> exprs;
   std::vector<unsigned> flags;
   std::vector<group> groups;
@@ -480,10 +485,16 @@ result<scratch> scratch::create(const filter_set& set) {
 }
 
 bool scratch::grow(const filter_set& set) noexcept {
+  if (std::find(grown_for_.begin(), grown_for_.end(), set.id_) != grown_for_.end()) return true;
   for (const auto* dbs : {&set.block_dbs_, &set.stream_dbs_}) {
     for (const hs_database_t* db : *dbs) {
       if (hs_alloc_scratch(db, &s_) != HS_SUCCESS) return false;
     }
+  }
+  try {
+    if (grown_for_.size() >= 64) grown_for_.clear();  // sets of old configs: regrow when seen again
+    grown_for_.push_back(set.id_);
+  } catch (...) {  // out of memory: the scratch is grown; only the memo is lost
   }
   return true;
 }
@@ -493,14 +504,16 @@ result<scratch> scratch::clone() const {
   if (s_ != nullptr && hs_clone_scratch(s_, &c.s_) != HS_SUCCESS) {
     return make_error(0, "", "cannot clone Hyperscan scratch");
   }
+  c.grown_for_ = grown_for_;
   return c;
 }
 
-scratch::scratch(scratch&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+scratch::scratch(scratch&& o) noexcept : s_(std::exchange(o.s_, nullptr)), grown_for_(std::move(o.grown_for_)) {}
 scratch& scratch::operator=(scratch&& o) noexcept {
   if (this != &o) {
     hs_free_scratch(s_);
     s_ = std::exchange(o.s_, nullptr);
+    grown_for_ = std::move(o.grown_for_);
   }
   return *this;
 }

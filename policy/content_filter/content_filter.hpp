@@ -117,6 +117,8 @@ class filter_set {
   const rule& rule_at(std::size_t i) const noexcept { return rules_[i]; }
   /// Longest possible match of any rule (bytes).
   std::size_t max_match_length() const noexcept { return max_len_; }
+  /// Unique per compile() in this process (never reused, unlike an address).
+  std::uint64_t id() const noexcept { return id_; }
 
  private:
   friend result<filter_set> compile(std::span<const rule>, const compile_options&);
@@ -136,6 +138,7 @@ class filter_set {
   std::vector<hs_database*> block_dbs_;
   std::vector<hs_database*> stream_dbs_;
   std::size_t max_len_ = 0;
+  std::uint64_t id_ = 0;
 };
 
 /// Compile rules. A bad or unbounded regex, an empty word list or name is refused with the rule's
@@ -148,7 +151,8 @@ class scratch {
  public:
   /// Allocated for both databases of `set` (and any set used with it earlier via grow()).
   static result<scratch> create(const filter_set& set);
-  /// Make this scratch large enough for `set` too (e.g. after a config reload).
+  /// Make this scratch large enough for `set` too (e.g. after a config reload). Cheap when it
+  /// already was: Hyperscan's own check costs microseconds, so the sets grown for are remembered.
   bool grow(const filter_set& set) noexcept;
   result<scratch> clone() const;
 
@@ -161,6 +165,7 @@ class scratch {
   friend verdict scan_text(const filter_set&, scratch&, std::string_view);
   scratch() = default;
   hs_scratch* s_ = nullptr;
+  std::vector<std::uint64_t> grown_for_;  ///< filter_set ids this scratch is large enough for
 };
 
 /// Outcome of scanning a whole text (prompt).

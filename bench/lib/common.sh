@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+# Shared by bench/run and bench/filters (sourced, from the repository root): checks the tools,
+# builds the release binaries, makes the temp dir (removed on exit, with every process started),
+# writes the fixed OpenAI-shaped bodies and starts the fixed nginx upstream on $up_port.
+for tool in nginx wrk cmake redis-server; do
+  command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || { echo "bench: $tool missing: run deploy/install-deps" >&2; exit 1; }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+BUILD_DIR="${BUILD_DIR:-build/release}"  # another release build dir keeps two benches apart
+echo "bench: building release in $BUILD_DIR"
+cmake --preset release -B "$BUILD_DIR" >/dev/null
+cmake --build "$BUILD_DIR" -j "${TOLLGATE_JOBS:-2}" --target tollgate tollgate_loadgen >/dev/null
+TOLLGATE="$root/$BUILD_DIR/gateway/tollgate"
+LOADGEN="$root/$BUILD_DIR/bench/tollgate_loadgen"
+
+dir="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
+chmod 755 "$dir"  # nginx workers run as an unprivileged user and must read the bodies
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT INT TERM
+
+ready_port() { # name: the caller port from its ready file (bounded wait)
+  for _ in $(seq 1 100); do [[ -s "$dir/$1.ready" ]] && break; sleep 0.05; done
+  [[ -s "$dir/$1.ready" ]] || { echo "bench: $1 did not start" >&2; cat "$dir/$1.err" >&2; exit 1; }
+  sed -E 's/.*"listen":\{"address":"[^"]*","port":([0-9]+).*/\1/' "$dir/$1.ready"
+}
+free_port() { # a loopback port nobody listens on
+  local p
+  for _ in $(seq 1 50); do
+    p=$(( 20000 + RANDOM % 40000 ))
+    (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "$p"; return; }
+  done
+  echo "bench: no free port" >&2; exit 1
+}
+wait_http() { # url: wait until it answers (bounded)
+  for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "bench: $1 did not come up" >&2; exit 1
+}
+
+# Fixed bodies in OpenAI's exact shapes.
+cat > "$dir/chat.json" <<'JSON'
+{"id":"chatcmpl-bench","object":"chat.completion","created":1732000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a fixed answer from the benchmark upstream, long enough to look like a short real reply.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":22,"total_tokens":41,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench"}
+JSON
+{
+  c='{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1732000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_bench",'
+  printf 'data: %s"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}\n\n' "$c"
+  for w in Hello there this is a fixed streamed answer from the benchmark upstream with twenty small content chunks in it ok; do
+    printf 'data: %s"choices":[{"index":0,"delta":{"content":" %s"},"logprobs":null,"finish_reason":null}],"usage":null}\n\n' "$c" "$w"
+  done
+  printf 'data: %s"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}\n\n' "$c"
+  printf 'data: %s"choices":[],"usage":{"prompt_tokens":19,"completion_tokens":20,"total_tokens":39}}\n\n' "$c"
+  printf 'data: [DONE]\n\n'
+} > "$dir/chat.sse"
+printf '{"model":"bench-chat","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64}' > "$dir/req.json"
+printf '{"model":"bench-stream","stream":true,"messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64}' > "$dir/req-stream.json"
+
+up_port=$(free_port)
+sed -e "s#@DIR@#$dir#g" -e "s#@PORT@#$up_port#g" bench/nginx/upstream.conf.in > "$dir/upstream.conf"
+"$NGINX" -c "$dir/upstream.conf" -p "$dir" 2>>"$dir/nginx.err" & pids+=($!)
