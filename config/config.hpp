@@ -113,10 +113,17 @@ struct target_config {
 };
 
 /// One `models[]` entry: a public model name and the providers that serve it, in order.
+/// Which rules apply to prompts and to responses. Unset: every rule.
+struct filter_selection {
+  std::optional<std::vector<std::string>> prompts, responses;
+};
+
 struct model_config {
   std::string name;
   target_config primary;
   std::vector<target_config> fallbacks;
+  /// Rules for calls to this model (route); with a team's own selection, both apply (union).
+  std::optional<filter_selection> content_filters;
   int line = 0;
 };
 
@@ -158,20 +165,27 @@ struct price_config {
   int line = 0;
 };
 
+/// `content_filters.rules[].injection`: a prompt-injection rule (docs/content-filters.md).
+struct injection_phrase_config {
+  std::string text, regex;
+  int score = 1;
+};
+struct injection_config {
+  int threshold = 4;
+  std::vector<injection_phrase_config> phrases;  ///< empty: the built-in phrase set
+};
+
 /// `content_filters.rules[]`: one rule (docs/content-filters.md).
 struct filter_rule_config {
   std::string name;
   std::string detector;  ///< a built-in detector name, or empty
   std::string regex;     ///< a custom Hyperscan regex, or empty
   std::vector<std::string> words;  ///< a custom word list, or empty
+  std::optional<injection_config> injection;  ///< a prompt-injection rule (prompts only)
   std::string action = "redact";   ///< block | redact | flag
   int line = 0;
 };
 
-/// Which rules apply to prompts and to responses. Unset: every rule.
-struct filter_selection {
-  std::optional<std::vector<std::string>> prompts, responses;
-};
 
 struct content_filters_config {
   std::vector<filter_rule_config> rules;

@@ -425,7 +425,7 @@ void parse_content_filters(const YAML::Node& n, content_filters_config& c) {
     for (std::size_t i = 0; i < r.size(); ++i) {
       const std::string rp = p + ".rules[" + std::to_string(i) + "]";
       const auto& e = r[i];
-      check_keys(e, rp, {"name", "detector", "regex", "words", "action"});
+      check_keys(e, rp, {"name", "detector", "regex", "words", "injection", "action"});
       filter_rule_config fr;
       fr.line = line_of(e);
       if (!e["name"]) fail(rp + ".name", e, "required");
@@ -433,12 +433,41 @@ void parse_content_filters(const YAML::Node& n, content_filters_config& c) {
       if (auto v = e["detector"]) fr.detector = get_string(v, rp + ".detector");
       if (auto v = e["regex"]) fr.regex = get_string(v, rp + ".regex");
       if (auto v = e["words"]) fr.words = get_string_list(v, rp + ".words");
-      if (int(!fr.detector.empty()) + int(!fr.regex.empty()) + int(!fr.words.empty()) != 1)
-        fail(rp, e, "give exactly one of detector, regex or words");
+      if (auto v = e["injection"]) {
+        const std::string ip = rp + ".injection";
+        if (!v.IsMap() && !v.IsNull()) fail(ip, v, "expected a mapping (threshold, phrases)");
+        injection_config ic;
+        if (v.IsMap()) {
+          check_keys(v, ip, {"threshold", "phrases"});
+          if (auto t = v["threshold"]) ic.threshold = static_cast<int>(get_uint<std::uint32_t>(t, ip + ".threshold", 1'000'000));
+          if (ic.threshold < 1) fail(ip + ".threshold", v["threshold"], "must be at least 1");
+          if (auto ps = v["phrases"]) {
+            if (!ps.IsSequence() || ps.size() == 0) fail(ip + ".phrases", ps, "expected a non-empty list");
+            for (std::size_t k = 0; k < ps.size(); ++k) {
+              const std::string pp = ip + ".phrases[" + std::to_string(k) + "]";
+              check_keys(ps[k], pp, {"text", "regex", "score"});
+              injection_phrase_config ph;
+              if (auto x = ps[k]["text"]) ph.text = get_string(x, pp + ".text");
+              if (auto x = ps[k]["regex"]) ph.regex = get_string(x, pp + ".regex");
+              if (ph.text.empty() == ph.regex.empty()) fail(pp, ps[k], "give exactly one of text or regex");
+              if (auto x = ps[k]["score"]) ph.score = static_cast<int>(get_uint<std::uint32_t>(x, pp + ".score", 1'000'000));
+              if (ph.score < 1) fail(pp + ".score", ps[k]["score"], "must be at least 1");
+              ic.phrases.push_back(std::move(ph));
+            }
+          }
+        }
+        fr.injection = std::move(ic);
+      }
+      if (int(!fr.detector.empty()) + int(!fr.regex.empty()) + int(!fr.words.empty()) + int(fr.injection.has_value()) != 1)
+        fail(rp, e, "give exactly one of detector, regex, words or injection");
       if (auto v = e["action"]) {
         fr.action = get_string(v, rp + ".action");
         if (fr.action != "block" && fr.action != "redact" && fr.action != "flag")
           fail(rp + ".action", v, "expected block, redact or flag, got '" + fr.action + "'");
+        if (fr.injection && fr.action == "redact")
+          fail(rp + ".action", v, "an injection rule can block or flag, not redact");
+      } else if (fr.injection) {
+        fr.action = "flag";  // redact (the default of other rules) means nothing for a score
       }
       c.rules.push_back(std::move(fr));
     }
@@ -526,7 +555,7 @@ gateway_config parse_root(const YAML::Node& root) {
     for (std::size_t i = 0; i < ms.size(); ++i) {
       const std::string p = "models[" + std::to_string(i) + "]";
       const YAML::Node& m = ms[i];
-      check_keys(m, p, {"name", "provider", "upstream_model", "fallbacks"});
+      check_keys(m, p, {"name", "provider", "upstream_model", "fallbacks", "content_filters"});
       model_config mc;
       mc.line = line_of(m);
       if (!m["name"]) fail(p + ".name", m, "required");
@@ -540,6 +569,7 @@ gateway_config parse_root(const YAML::Node& root) {
         for (std::size_t j = 0; j < fb.size(); ++j)
           mc.fallbacks.push_back(parse_target(fb[j], p + ".fallbacks[" + std::to_string(j) + "]", mc.name));
       }
+      if (auto v = m["content_filters"]) mc.content_filters = parse_filter_selection(v, p + ".content_filters");
       cfg.models.push_back(std::move(mc));
     }
   }

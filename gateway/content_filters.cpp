@@ -6,6 +6,7 @@
 #include <boost/json/value.hpp>
 
 #include <algorithm>
+#include <set>
 
 #include "gateway/core/error.hpp"
 #include "gateway/metrics.hpp"
@@ -32,6 +33,7 @@ std::shared_ptr<const content_filters> content_filters::compile(const config::ga
   auto out = std::make_shared<content_filters>();
   std::map<std::string, cf::rule> by_name;
   std::vector<std::string> all;
+  std::set<std::string> injection;  // prompt-injection rules: prompts only
   for (std::size_t i = 0; i < c.rules.size(); ++i) {
     const auto& r = c.rules[i];
     const std::string path = "content_filters.rules[" + std::to_string(i) + "]";
@@ -51,6 +53,11 @@ std::shared_ptr<const content_filters> content_filters::compile(const config::ga
       rule = cf::rule::make_builtin(*d, a, r.name);
     } else if (!r.regex.empty()) {
       rule = cf::rule::make_regex(r.name, r.regex, a);
+    } else if (r.injection) {
+      std::vector<cf::phrase> phrases;
+      for (const auto& ph : r.injection->phrases) phrases.push_back({ph.text, ph.regex, ph.score});
+      rule = cf::rule::make_injection(r.name, std::move(phrases), r.injection->threshold, a);
+      injection.insert(r.name);
     } else {
       rule = cf::rule::make_word_list(r.name, r.words, a);
     }
@@ -61,21 +68,17 @@ std::shared_ptr<const content_filters> content_filters::compile(const config::ga
     out->actions_[r.name] = r.action;
     all.push_back(r.name);
   }
-  // One compiled set per distinct selection (the default ones and each team's).
-  auto set_for = [&](const std::optional<std::vector<std::string>>& sel, const std::string& where) -> const cf::filter_set* {
-    const std::vector<std::string> names = sel ? *sel : all;
+  std::vector<std::string> all_responses;
+  for (auto& n : all)
+    if (!injection.count(n)) all_responses.push_back(n);
+  // One compiled set per distinct list of rules (the default ones, each team's, each route's and
+  // each union of a team's and a route's).
+  auto set_for = [&](const std::vector<std::string>& names) -> const cf::filter_set* {
     if (names.empty()) return nullptr;
     const std::string k = key_of(names);
     if (auto it = out->sets_.find(k); it != out->sets_.end()) return it->second.get();
     std::vector<cf::rule> rules;
-    for (auto& n : names) {
-      auto it = by_name.find(n);
-      if (it == by_name.end()) {
-        error = where + ": unknown rule '" + n + "'";
-        return nullptr;
-      }
-      rules.push_back(it->second);
-    }
+    for (auto& n : names) rules.push_back(by_name.at(n));
     auto set = cf::compile(rules, cf::compile_options{c.max_match_bytes});
     if (!set) {
       error = "content_filters.rules: " + set.error().message;
@@ -86,32 +89,93 @@ std::shared_ptr<const content_filters> content_filters::compile(const config::ga
     out->sets_.emplace(k, std::move(p));
     return raw;
   };
-  out->default_.first = set_for(c.apply.prompts, "content_filters.prompts");
+  // Checks the names of one explicit list (unknown rules; injection rules listed for responses).
+  auto check = [&](const std::vector<std::string>& names, const std::string& where, bool responses) {
+    for (auto& n : names) {
+      if (!by_name.count(n)) {
+        error = where + ": unknown rule '" + n + "'";
+        return false;
+      }
+      if (responses && injection.count(n)) {
+        error = where + ": rule '" + n + "' is a prompt-injection rule; it applies to prompts only";
+        return false;
+      }
+    }
+    return true;
+  };
+  if (c.apply.prompts && !check(*c.apply.prompts, "content_filters.prompts", false)) return nullptr;
+  if (c.apply.responses && !check(*c.apply.responses, "content_filters.responses", true)) return nullptr;
+  const std::vector<std::string> default_prompts = c.apply.prompts ? *c.apply.prompts : all;
+  const std::vector<std::string> default_responses = c.apply.responses ? *c.apply.responses : all_responses;
+
+  // A direction's rules: the union of the explicit lists of the team and the route; with
+  // neither, the default.
+  using list = std::optional<std::vector<std::string>>;
+  auto names_of = [](const list& a, const list& b, const std::vector<std::string>& fallback) {
+    if (!a && !b) return fallback;
+    std::vector<std::string> u = a ? *a : std::vector<std::string>{};
+    if (b) u.insert(u.end(), b->begin(), b->end());
+    return u;
+  };
+  auto resolve = [&](const config::filter_selection* team, const config::filter_selection* route) {
+    const list none;
+    const list& tp = team ? team->prompts : none;
+    const list& tr = team ? team->responses : none;
+    const list& rp = route ? route->prompts : none;
+    const list& rr = route ? route->responses : none;
+    std::pair<const cf::filter_set*, const cf::filter_set*> sel;
+    sel.first = set_for(names_of(tp, rp, default_prompts));
+    if (error.empty()) sel.second = set_for(names_of(tr, rr, default_responses));
+    return sel;
+  };
+  out->default_ = resolve(nullptr, nullptr);
   if (!error.empty()) return nullptr;
-  out->default_.second = set_for(c.apply.responses, "content_filters.responses");
-  if (!error.empty()) return nullptr;
+  std::vector<std::pair<std::string, const config::filter_selection*>> teams, routes;
   for (std::size_t i = 0; i < cfg.teams.size(); ++i) {
     const auto& t = cfg.teams[i];
     if (!t.content_filters) continue;
     const std::string tp = "teams[" + std::to_string(i) + "].content_filters";
-    auto& slot = out->teams_[t.name];
-    slot = out->default_;
-    if (t.content_filters->prompts) slot.first = set_for(t.content_filters->prompts, tp + ".prompts");
+    if (t.content_filters->prompts && !check(*t.content_filters->prompts, tp + ".prompts", false)) return nullptr;
+    if (t.content_filters->responses && !check(*t.content_filters->responses, tp + ".responses", true)) return nullptr;
+    teams.emplace_back(t.name, &*t.content_filters);
+    out->teams_[t.name] = resolve(&*t.content_filters, nullptr);
     if (!error.empty()) return nullptr;
-    if (t.content_filters->responses) slot.second = set_for(t.content_filters->responses, tp + ".responses");
+  }
+  for (std::size_t i = 0; i < cfg.models.size(); ++i) {
+    const auto& m = cfg.models[i];
+    if (!m.content_filters) continue;
+    const std::string mp = "models[" + std::to_string(i) + "].content_filters";
+    if (m.content_filters->prompts && !check(*m.content_filters->prompts, mp + ".prompts", false)) return nullptr;
+    if (m.content_filters->responses && !check(*m.content_filters->responses, mp + ".responses", true)) return nullptr;
+    routes.emplace_back(m.name, &*m.content_filters);
+    out->routes_[m.name] = resolve(nullptr, &*m.content_filters);
     if (!error.empty()) return nullptr;
+  }
+  for (auto& [team, ts] : teams) {
+    for (auto& [route, rs] : routes) {
+      out->both_[team][route] = resolve(ts, rs);
+      if (!error.empty()) return nullptr;
+    }
   }
   return out;
 }
 
-const cf::filter_set* content_filters::prompts_for(std::string_view team) const {
-  auto it = teams_.find(team);
-  return it == teams_.end() ? default_.first : it->second.first;
+const std::pair<const cf::filter_set*, const cf::filter_set*>& content_filters::selection(std::string_view team,
+                                                                                       std::string_view route) const {
+  const auto t = teams_.find(team);
+  const auto r = routes_.find(route);
+  if (t == teams_.end() && r == routes_.end()) return default_;
+  if (r == routes_.end()) return t->second;
+  if (t == teams_.end()) return r->second;
+  return both_.find(team)->second.find(route)->second;
 }
 
-const cf::filter_set* content_filters::responses_for(std::string_view team) const {
-  auto it = teams_.find(team);
-  return it == teams_.end() ? default_.second : it->second.second;
+const cf::filter_set* content_filters::prompts_for(std::string_view team, std::string_view route) const {
+  return selection(team, route).first;
+}
+
+const cf::filter_set* content_filters::responses_for(std::string_view team, std::string_view route) const {
+  return selection(team, route).second;
 }
 
 std::string_view content_filters::action_of(std::string_view rule) const {

@@ -25,9 +25,12 @@ class content_filters {
   /// when a rule is bad, and nullptr without error when there are no rules.
   static std::shared_ptr<const content_filters> compile(const config::gateway_config& cfg, std::string& error);
 
-  /// The rules for `team`'s prompts / responses; nullptr when none apply.
-  const cf::filter_set* prompts_for(std::string_view team) const;
-  const cf::filter_set* responses_for(std::string_view team) const;
+  /// The rules for prompts / responses of `team`'s calls to the model route `route`; nullptr
+  /// when none apply. Per direction: the union of the team's and the route's explicit lists,
+  /// else the default (content_filters.prompts / responses, else every rule; injection rules
+  /// never apply to responses).
+  const cf::filter_set* prompts_for(std::string_view team, std::string_view route) const;
+  const cf::filter_set* responses_for(std::string_view team, std::string_view route) const;
   /// "block", "redact" or "flag" for a rule name.
   std::string_view action_of(std::string_view rule) const;
 
@@ -35,7 +38,11 @@ class content_filters {
   std::map<std::string, std::unique_ptr<cf::filter_set>, std::less<>> sets_;  ///< by selection key
   std::map<std::string, std::string, std::less<>> actions_;
   std::pair<const cf::filter_set*, const cf::filter_set*> default_{};
-  std::map<std::string, std::pair<const cf::filter_set*, const cf::filter_set*>, std::less<>> teams_;
+  using pair_t = std::pair<const cf::filter_set*, const cf::filter_set*>;
+  const pair_t& selection(std::string_view team, std::string_view route) const;
+  std::map<std::string, pair_t, std::less<>> teams_;   ///< teams with a selection of their own
+  std::map<std::string, pair_t, std::less<>> routes_;  ///< model routes with a selection
+  std::map<std::string, std::map<std::string, pair_t, std::less<>>, std::less<>> both_;  ///< [team][route]
 };
 
 /// "a, b, c": rule names for a message to the caller.

@@ -51,7 +51,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   // Response content filters act on the translated chunks' decoded text, as they flow.
   std::optional<stream_rewriter> rewriter;
   if (const auto* f = ctx.snap->filters.get())
-    if (const auto* set = f->responses_for(ctx.identity.team))
+    if (const auto* set = f->responses_for(ctx.identity.team, ctx.route->name))
       if (auto* s = w.filter_scratch(*set)) rewriter.emplace(ctx, *f, *set, *s);
   // Text capture keeps what the caller was sent (the filtered text, not the upstream's): set before
   // the stream's end seals the audit record, and on any other way out (a caller that leaves).
@@ -103,6 +103,50 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   co_return flow::responded;
 }
 
+/// The answers of a local provider (the built-in mock) pass the response filters as any
+/// upstream's do: whole answers through filter_answer, streams through a stream_rewriter.
+class filtering_sink final : public response_sink {
+ public:
+  filtering_sink(response_sink& inner, request_context& ctx, const content_filters& f, const cf::filter_set& set,
+                 cf::scratch& s)
+      : inner_(inner), ctx_(ctx), f_(f), set_(set), scratch_(s) {}
+  ~filtering_sink() override {
+    if (rewriter_ && ctx_.capture_text) ctx_.captured_response = rewriter_->emitted_text();
+  }
+
+  awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
+                            const header_list& extra) override {
+    // (Text capture reads the body sent, so it keeps the filtered answer.)
+    if (status / 100 == 2 && ctx_.endpoint == endpoint_kind::chat_completions)
+      body = filter_answer(ctx_, f_, set_, scratch_, std::move(body));
+    co_return co_await inner_.send_full(status, content_type, std::move(body), extra);
+  }
+  awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
+    rewriter_.emplace(ctx_, f_, set_, scratch_);
+    co_return co_await inner_.start_stream(status, content_type, extra);
+  }
+  awaitable<bool> send_chunk(std::string_view data) override {
+    if (!rewriter_ || rewriter_->blocked()) co_return false;
+    std::string out = rewriter_->process(data);
+    if (!out.empty() && !co_await inner_.send_chunk(out)) co_return false;
+    if (rewriter_->blocked()) {  // the answer ended here; the provider stops at the false
+      co_await inner_.end_stream();
+      co_return false;
+    }
+    co_return true;
+  }
+  awaitable<bool> end_stream() override { co_return co_await inner_.end_stream(); }
+  void abort() override { inner_.abort(); }
+
+ private:
+  response_sink& inner_;
+  request_context& ctx_;
+  const content_filters& f_;
+  const cf::filter_set& set_;
+  cf::scratch& scratch_;
+  std::optional<stream_rewriter> rewriter_;
+};
+
 /// Phases 6–10 for one route: targets in order; a failure before any byte reached the caller
 /// (connect error, timeout, 429, 5xx) moves on to the next target.
 awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& sink) {
@@ -115,7 +159,16 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     const provider_adapter& p = *ctx.target->provider;
     if (p.is_local()) {
       ctx.upstream_answered = true;
-      co_await p.serve(ctx, sink);
+      const cf::filter_set* set = nullptr;
+      cf::scratch* scratch = nullptr;
+      if (const auto* f = ctx.snap->filters.get())
+        if ((set = f->responses_for(ctx.identity.team, ctx.route->name)) != nullptr) scratch = w.filter_scratch(*set);
+      if (scratch != nullptr) {
+        filtering_sink filtered(sink, ctx, *ctx.snap->filters, *set, *scratch);
+        co_await p.serve(ctx, filtered);
+      } else {
+        co_await p.serve(ctx, sink);
+      }
       co_return flow::responded;
     }
     auto req = p.encode(ctx);
@@ -174,7 +227,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       for (auto& f : ex.headers()) ctx.upstream_error_headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
     std::string out = p.decode_body(ctx, status, std::move(body));
     if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && ctx.snap->filters)
-      if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team))
+      if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team, ctx.route->name))
         if (auto* s = w.filter_scratch(*set)) out = filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out));
     if (status / 100 != 2) {
       // Keep the upstream's error code for the log.
@@ -203,7 +256,7 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
     co_return make_failure(errc::model_not_found,
                            "The model '" + ctx.model + "' does not exist or you do not have access to it.", "model");
   if (const auto* f = ctx.snap->filters.get())
-    if (const auto* set = f->prompts_for(ctx.identity.team)) {
+    if (const auto* set = f->prompts_for(ctx.identity.team, ctx.route->name)) {
       auto* s = w.filter_scratch(*set);
       if (!s) co_return make_failure(errc::internal, "content filter scratch space could not be allocated", "", error_source::internal);
       const auto blocked_by = filter_prompt(ctx, *f, *set, *s);

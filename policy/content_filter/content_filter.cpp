@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <array>
+#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <deque>
@@ -43,6 +44,7 @@ struct pattern_info {
   validator check = validator::none;
   std::uint32_t clip = 0;  // nonzero: matches are clipped to their last `clip` bytes
   start_rule start = start_rule::as_reported;
+  int score = 0;  // > 0: a phrase of an injection rule (adds its score, never a candidate)
 };
 
 namespace {
@@ -53,7 +55,8 @@ namespace {
 // match inside ordinary words, one each. All in one database scanned ordinary prose at ~0.4 GB/s,
 // these four at ~2.4 GB/s (docs/benchmarks.md). Custom rules get a group of their own, so that a
 // costly custom regex does not slow the built-ins.
-enum group : std::uint8_t { g_literal, g_digits, g_iban, g_ipv6, g_custom, group_count };
+// Injection phrases get one too (block mode only, without start-of-match tracking).
+enum group : std::uint8_t { g_literal, g_digits, g_iban, g_ipv6, g_custom, g_injection, group_count };
 
 struct builtin_pattern {
   detector det;
@@ -318,6 +321,38 @@ rule rule::make_word_list(std::string name, std::vector<std::string> words, acti
   return r;
 }
 
+rule rule::make_injection(std::string name, std::vector<phrase> phrases, int threshold, action a) {
+  rule r;
+  r.type = kind::injection;
+  r.name = std::move(name);
+  r.phrases = std::move(phrases);
+  r.threshold = threshold;
+  r.act = a;
+  return r;
+}
+
+std::vector<phrase> builtin_injection_phrases() {
+  // Phrases of published prompt-injection and jailbreak attempts. A single strong phrase reaches
+  // the default threshold (4); weaker ones need company. Listed in docs/content-filters.md.
+  constexpr std::string_view prior = R"((?:all\s+|any\s+|the\s+|of\s+|your\s+)*(?:previous|prior|above|earlier|preceding|former))";
+  return {
+      {"", "ignore\\s+" + std::string(prior) + "\\s+(?:instructions|prompts?|rules|directions|guidelines)", 4},
+      {"", "disregard\\s+" + std::string(prior) + "\\s+(?:instructions|prompts?|rules|directions|guidelines)", 4},
+      {"", "forget\\s+(?:everything|all)\\s+(?:you\\s+(?:were|have\\s+been)\\s+told|above|before)", 4},
+      {"", "(?:override|bypass)\\s+(?:your|the|all)\\s+(?:instructions|rules|safety|guidelines|filters)", 4},
+      {"", "(?:reveal|show|print|repeat|output|leak)\\s+(?:me\\s+)?(?:your|the)\\s+(?:system\\s+prompt|initial\\s+instructions|hidden\\s+instructions)", 3},
+      {"", "you\\s+are\\s+now\\s+(?:in\\s+)?(?:developer|jailbreak|jailbroken|unrestricted|god|dan)\\s+mode", 4},
+      {"do anything now", "", 3},
+      {"developer mode", "", 2},
+      {"jailbreak", "", 2},
+      {"", "pretend\\s+(?:that\\s+)?(?:you\\s+are|to\\s+be)\\s+(?:an?\\s+)?(?:unrestricted|unfiltered|uncensored|evil)", 3},
+      {"", "(?:without|no)\\s+(?:any\\s+)?(?:restrictions|filters|censorship|limitations|guidelines)", 1},
+      {"", "(?:new|updated|real)\\s+system\\s+(?:prompt|instructions)", 2},
+      {"", "act\\s+as\\s+(?:an?\\s+)?(?:unrestricted|unfiltered|uncensored)", 3},
+      {"system prompt", "", 1},
+  };
+}
+
 std::vector<rule> builtin_rules(action a) {
   std::vector<rule> out;
   for (detector d : detector_list) out.push_back(rule::make_builtin(d, a));
@@ -388,6 +423,46 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
         groups.push_back(g_custom);
         set.patterns_.push_back({ri, validator::none, 0});
         break;
+      case rule::kind::injection: {
+        if (r.act == action::redact) return make_error(i, r.name, "an injection rule can block or flag, not redact");
+        if (r.threshold < 1) return make_error(i, r.name, "threshold must be at least 1");
+        const std::vector<phrase> phrases = r.phrases.empty() ? builtin_injection_phrases() : r.phrases;
+        for (std::size_t k = 0; k < phrases.size(); ++k) {
+          const phrase& ph = phrases[k];
+          const std::string where = "phrase " + std::to_string(k) + ": ";
+          if (ph.score < 1) return make_error(i, r.name, where + "score must be at least 1");
+          if (ph.text.empty() == ph.regex.empty()) return make_error(i, r.name, where + "give exactly one of text or regex");
+          std::string expr = ph.regex;
+          if (!ph.text.empty()) {
+            // Whole words, any whitespace between them.
+            std::string words;
+            std::size_t pos = 0;
+            while (pos < ph.text.size()) {
+              while (pos < ph.text.size() && std::isspace(static_cast<unsigned char>(ph.text[pos]))) ++pos;
+              std::size_t end = pos;
+              while (end < ph.text.size() && !std::isspace(static_cast<unsigned char>(ph.text[end]))) ++end;
+              if (end > pos) {
+                if (!words.empty()) words += "\\s+";
+                words += escape_word(std::string_view(ph.text).substr(pos, end - pos));
+              }
+              pos = end;
+            }
+            if (words.empty()) return make_error(i, r.name, where + "empty text");
+            const auto word_char = [](char c) { return is_alnum(c) || c == '_'; };
+            const std::string t = ph.text.substr(ph.text.find_first_not_of(" \t\r\n"));
+            expr = (word_char(t.front()) ? "\\b" : "") + words;
+            const std::string tt = ph.text.substr(0, ph.text.find_last_not_of(" \t\r\n") + 1);
+            if (word_char(tt.back())) expr += "\\b";
+          }
+          exprs.push_back(expr);
+          flags.push_back(HS_FLAG_CASELESS | HS_FLAG_SINGLEMATCH);
+          groups.push_back(g_injection);
+          pattern_info pi{ri, validator::none, 0};
+          pi.score = ph.score;
+          set.patterns_.push_back(pi);
+        }
+        break;
+      }
       case rule::kind::word_list: {
         std::string alt;
         for (const auto& w : r.words) {
@@ -421,6 +496,7 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
     }
     unsigned width = info->max_width;
     std::free(info);  // allocated by Hyperscan's default allocator (malloc)
+    if (set.patterns_[k].score > 0) continue;  // phrases: block mode only, no width bound needed
     if (set.patterns_[k].clip != 0) width = set.patterns_[k].clip;
     if (width == UINT_MAX || width > options.max_match_length) {
       return make_error(ri, rules[ri].name,
@@ -461,17 +537,19 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
     into.push_back(db);
     return std::nullopt;
   };
-  std::vector<std::size_t> everything;
+  std::vector<std::size_t> everything;  // the stream database: all but injection phrases
   for (unsigned g = 0; g < group_count; ++g) {
     std::vector<std::size_t> members;
     for (std::size_t k = 0; k < exprs.size(); ++k) {
       if (groups[k] == g) members.push_back(k);
     }
     if (members.empty()) continue;
-    everything.insert(everything.end(), members.begin(), members.end());
+    if (g != g_injection) everything.insert(everything.end(), members.begin(), members.end());
     if (auto e = compile_one(members, HS_MODE_BLOCK, set.block_dbs_)) return *e;
   }
-  if (auto e = compile_one(everything, HS_MODE_STREAM | HS_MODE_SOM_HORIZON_LARGE, set.stream_dbs_)) return *e;
+  if (!everything.empty()) {
+    if (auto e = compile_one(everything, HS_MODE_STREAM | HS_MODE_SOM_HORIZON_LARGE, set.stream_dbs_)) return *e;
+  }
   return set;
 }
 
@@ -554,11 +632,17 @@ struct stream_engine {
   std::uint64_t sel_end_ = 0;       // end of the last selected redaction
   std::deque<selection> selected_;  // selected redactions not yet emitted
   std::vector<bool> fired_;
+  std::vector<int> scores_;  // block mode: per rule, the summed scores of the phrases present
   bool any_redaction_ = false;
 
   static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned, void* ctx) {
     auto* self = static_cast<stream_engine*>(ctx);
     const pattern_info& p = self->set_->patterns_[id];
+    if (p.score > 0) {  // an injection phrase (each reported once per scan: HS_FLAG_SINGLEMATCH)
+      if (self->scores_.size() < self->set_->rules_.size()) self->scores_.resize(self->set_->rules_.size());
+      self->scores_[p.rule] += p.score;
+      return 0;
+    }
     if (p.clip != 0 && to - from > p.clip) from = to - p.clip;
     if (p.start == start_rule::email_local_part) {
       // Text from `to - clip` on is retained: the hold horizon is at least the clip (max_len_).
@@ -768,7 +852,25 @@ verdict scan_text(const filter_set& set, scratch& s, std::string_view text) {
       return v;
     }
   }
-  if (e.pending_.empty()) return v;
+  // Injection rules: a score at or above the threshold fires the rule; a block stops the whole text.
+  bool injection_block = false;
+  for (std::size_t r = 0; r < e.scores_.size(); ++r) {
+    if (e.scores_[r] <= 0 || e.scores_[r] < set.rules_[r].threshold) continue;
+    e.fire(static_cast<std::uint32_t>(r));
+    injection_block |= set.rules_[r].act == action::block;
+  }
+  if (injection_block) {
+    if (!e.check_block()) e.resolve(UINT64_MAX, UINT64_MAX);  // other rules that fired are reported too
+    v.blocked = true;
+    v.block_offset = 0;
+    v.redacted_text = std::string();
+    v.rules = names_of(set, e.fired_);
+    return v;
+  }
+  if (e.pending_.empty()) {
+    v.rules = names_of(set, e.fired_);
+    return v;
+  }
   std::string out;
   if (e.check_block()) {
     v.blocked = true;

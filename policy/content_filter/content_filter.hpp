@@ -66,20 +66,39 @@ std::string_view detector_name(detector d) noexcept;
 /// Every built-in detector, in enum order.
 std::span<const detector> all_detectors() noexcept;
 
+/// One phrase of a prompt-injection rule and the score it adds when present in a text: either
+/// plain words (ASCII case-insensitive, whole words, any run of whitespace between them) or a
+/// Hyperscan regex (case-insensitive). A phrase counts once per text however often it occurs.
+struct phrase {
+  std::string text;
+  std::string regex;
+  int score = 1;
+};
+
+/// The built-in phrase set of prompt-injection rules that give none (docs/content-filters.md),
+/// with its default threshold.
+std::vector<phrase> builtin_injection_phrases();
+inline constexpr int builtin_injection_threshold = 4;
+
 /// One rule. Build with the factory functions.
 struct rule {
-  enum class kind { builtin, regex, word_list };
+  enum class kind { builtin, regex, word_list, injection };
   kind type = kind::builtin;
   std::string name;  ///< reported when it fires; also the <type> in [REDACTED:<type>]
   action act = action::flag;
   detector builtin = detector::email;  ///< kind::builtin
   std::string pattern;                 ///< kind::regex (Hyperscan syntax, must be bounded-width)
   std::vector<std::string> words;      ///< kind::word_list (whole words, ASCII case-insensitive)
+  /// kind::injection: fires on a text whose present phrases' scores sum to `threshold` or more.
+  /// Prompts only (block mode): a stream_filter never reports it. Actions: block or flag.
+  std::vector<phrase> phrases;
+  int threshold = builtin_injection_threshold;
 
   static rule make_builtin(detector d, action a);                          ///< named detector_name(d)
   static rule make_builtin(detector d, action a, std::string name);
   static rule make_regex(std::string name, std::string pattern, action a);
   static rule make_word_list(std::string name, std::vector<std::string> words, action a);
+  static rule make_injection(std::string name, std::vector<phrase> phrases, int threshold, action a);
 };
 
 /// All built-ins with one action.
@@ -141,8 +160,9 @@ class filter_set {
   std::uint64_t id_ = 0;
 };
 
-/// Compile rules. A bad or unbounded regex, an empty word list or name is refused with the rule's
-/// index and name (and Hyperscan's message when it is the one refusing).
+/// Compile rules. A bad or unbounded regex, an empty word list or name, an injection rule with
+/// action redact, a phrase without text or a score below 1 is refused with the rule's index and
+/// name (and Hyperscan's message when it is the one refusing).
 result<filter_set> compile(std::span<const rule> rules, const compile_options& options = {});
 
 /// Hyperscan scratch space. Allocate one per worker (thread) and reuse it for every scan of that

@@ -150,7 +150,10 @@ TEST(ContentFilterStreamPropertyTest, AnySplitEqualsWholeText) {
 }
 
 TEST(ContentFilterCorpusTest, OrdinaryTextRaisesNoFalsePositive) {
-  auto set = cf::compile(cf::builtin_rules(cf::action::flag));
+  // Every built-in detector, and the built-in prompt-injection phrases at their default threshold.
+  auto rules = cf::builtin_rules(cf::action::flag);
+  rules.push_back(cf::rule::make_injection("prompt_injection", {}, cf::builtin_injection_threshold, cf::action::flag));
+  auto set = cf::compile(rules);
   ASSERT_TRUE(set.has_value()) << set.error().message;
   auto scratch = cf::scratch::create(*set);
   ASSERT_TRUE(scratch.has_value());

@@ -46,7 +46,7 @@ setup make(std::string block_word = "") {
   setup s;
   s.filters = tg::content_filters::compile(cfg, error);
   EXPECT_TRUE(s.filters) << error;
-  s.set = s.filters->responses_for("any-team");
+  s.set = s.filters->responses_for("any-team", "any-model");
   EXPECT_NE(s.set, nullptr);
   auto sc = cf::scratch::create(*s.set);
   EXPECT_TRUE(sc.has_value());
