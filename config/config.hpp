@@ -187,8 +187,22 @@ struct filter_rule_config {
 };
 
 
+/// `content_filters.moderation`: an OpenAI-moderation-compatible endpoint (POST
+/// <base_url>/moderations) called on prompts and on windows of streamed answers.
+struct moderation_config {
+  std::string provider;  ///< an openai_compatible provider: its base_url, api_key, TLS and proxy
+  std::string model = "omni-moderation-latest";
+  std::uint32_t timeout_ms = 2000;  ///< the whole call
+  bool fail_open = false;           ///< on_error: fail_closed (default) or fail_open
+  bool prompts = true, responses = true;
+  std::uint32_t window_bytes = 1024;  ///< streamed answers are held and checked this many bytes of text at a time
+  std::string action = "block";       ///< block | flag
+  int line = 0;
+};
+
 struct content_filters_config {
   std::vector<filter_rule_config> rules;
+  std::optional<moderation_config> moderation;
   filter_selection apply;            ///< the default selection
   std::uint32_t max_match_bytes = 512;  ///< longest match a custom regex may have (bounds held-back text)
 };

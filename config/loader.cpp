@@ -419,7 +419,34 @@ filter_selection parse_filter_selection(const YAML::Node& n, const std::string& 
 
 void parse_content_filters(const YAML::Node& n, content_filters_config& c) {
   const std::string p = "content_filters";
-  check_keys(n, p, {"rules", "prompts", "responses", "max_match_bytes"});
+  check_keys(n, p, {"rules", "prompts", "responses", "max_match_bytes", "moderation"});
+  if (auto m = n["moderation"]) {
+    const std::string mp = p + ".moderation";
+    if (!m.IsMap()) fail(mp, m, "expected a mapping");
+    check_keys(m, mp, {"provider", "model", "timeout_ms", "on_error", "prompts", "responses", "window_bytes", "action"});
+    moderation_config mc;
+    mc.line = line_of(m);
+    if (!m["provider"]) fail(mp + ".provider", m, "required: the name of an openai_compatible provider");
+    mc.provider = get_string(m["provider"], mp + ".provider");
+    if (auto v = m["model"]) mc.model = get_string(v, mp + ".model");
+    if (auto v = m["timeout_ms"]) mc.timeout_ms = get_uint<std::uint32_t>(v, mp + ".timeout_ms", 600'000);
+    if (mc.timeout_ms == 0) fail(mp + ".timeout_ms", m["timeout_ms"], "must be at least 1");
+    if (auto v = m["on_error"]) {
+      const auto e = get_string(v, mp + ".on_error");
+      if (e == "fail_closed") mc.fail_open = false;
+      else if (e == "fail_open") mc.fail_open = true;
+      else fail(mp + ".on_error", v, "expected fail_closed or fail_open, got '" + e + "'");
+    }
+    if (auto v = m["prompts"]) mc.prompts = get_bool(v, mp + ".prompts");
+    if (auto v = m["responses"]) mc.responses = get_bool(v, mp + ".responses");
+    if (auto v = m["window_bytes"]) mc.window_bytes = get_uint<std::uint32_t>(v, mp + ".window_bytes", 1u << 20);
+    if (mc.window_bytes < 16) fail(mp + ".window_bytes", m["window_bytes"], "must be at least 16");
+    if (auto v = m["action"]) {
+      mc.action = get_string(v, mp + ".action");
+      if (mc.action != "block" && mc.action != "flag") fail(mp + ".action", v, "expected block or flag, got '" + mc.action + "'");
+    }
+    c.moderation = std::move(mc);
+  }
   if (auto r = n["rules"]) {
     if (!r.IsSequence()) fail(p + ".rules", r, "expected a list");
     for (std::size_t i = 0; i < r.size(); ++i) {
@@ -644,6 +671,18 @@ std::string validate(const gateway_config& cfg) {
       return path + ".digest: expected sha256:<64 lowercase hex> or hmac-sha256:<64 lowercase hex> (tollgatectl key digest prints it)" + at;
     if (k.digest.rfind("hmac-sha256:", 0) == 0 && cfg.auth.pepper.empty())
       return path + ".digest: an hmac-sha256 digest needs auth.pepper" + at;
+  }
+  if (const auto& m = cfg.content_filters.moderation) {
+    const std::string at = " (line " + std::to_string(m->line) + ")";
+    const provider_config* mp = nullptr;
+    for (const auto& p : cfg.providers)
+      if (p.name == m->provider) mp = &p;
+    if (!mp) return "content_filters.moderation.provider: unknown provider '" + m->provider + "'" + at;
+    if (mp->type != "openai_compatible")
+      return "content_filters.moderation.provider: '" + m->provider + "' is a " + mp->type +
+             " provider; moderation needs an openai_compatible one (POST <base_url>/moderations)" + at;
+    for (const auto& r : cfg.content_filters.rules)
+      if (r.name == "moderation") return "content_filters.rules: the name 'moderation' is the moderation endpoint's" + at;
   }
   if (cfg.store.replicas == 0) return "store.replicas: must be at least 1";
   if (cfg.audit.enabled && cfg.audit.dir.empty()) return "audit.dir: must not be empty (or set audit.enabled: false)";

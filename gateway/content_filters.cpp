@@ -25,12 +25,50 @@ std::string key_of(std::vector<std::string> names) {
   return k;
 }
 
+/// Calls `fn` on every prompt text of a request body: each message's string content or text
+/// parts, and an embeddings input (string or array). `Obj` is json::object, const or not.
+template <class Obj, class Fn>
+void visit_prompt_texts(Obj& body, Fn&& fn) {
+  if (auto* msgs = body.if_contains("messages"); msgs && msgs->is_array()) {
+    for (auto& m : msgs->get_array()) {
+      auto* content = m.is_object() ? m.get_object().if_contains("content") : nullptr;
+      if (!content) continue;
+      if (content->is_string()) fn(*content);
+      else if (content->is_array())
+        for (auto& part : content->get_array())
+          if (auto* t = part.is_object() ? part.get_object().if_contains("text") : nullptr) fn(*t);
+    }
+  }
+  if (auto* in = body.if_contains("input")) {
+    if (in->is_string()) fn(*in);
+    else if (in->is_array())
+      for (auto& e : in->get_array()) fn(e);
+  }
+}
+
+/// Calls `fn(choice, content)` for each object of a chat.completion's `choices` (content: its
+/// message's `content`, or nullptr when there is none).
+template <class Fn>
+void visit_answer_contents(json::value& choices, Fn&& fn) {
+  if (!choices.is_array()) return;
+  for (auto& c : choices.get_array()) {
+    if (!c.is_object()) continue;
+    auto* msg = c.get_object().if_contains("message");
+    fn(c.get_object(), msg && msg->is_object() ? msg->get_object().if_contains("content") : nullptr);
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<const content_filters> content_filters::compile(const config::gateway_config& cfg, std::string& error) {
   const auto& c = cfg.content_filters;
-  if (c.rules.empty()) return nullptr;
+  if (c.rules.empty() && !c.moderation) return nullptr;
   auto out = std::make_shared<content_filters>();
+  if (c.moderation) {
+    out->moderation_ = moderation_target::make(cfg, error);
+    if (!error.empty()) return nullptr;
+    out->actions_["moderation"] = c.moderation->action;
+  }
   std::map<std::string, cf::rule> by_name;
   std::vector<std::string> all;
   std::set<std::string> injection;  // prompt-injection rules: prompts only
@@ -157,6 +195,24 @@ std::shared_ptr<const content_filters> content_filters::compile(const config::ga
       if (!error.empty()) return nullptr;
     }
   }
+  if (c.moderation && c.moderation->responses) {
+    // Streams are moderated through the rewriter: give every selection a set, if only an empty one.
+    auto set = cf::compile(std::vector<cf::rule>{});
+    if (!set) {
+      error = "content_filters: " + set.error().message;
+      return nullptr;
+    }
+    out->empty_.emplace(std::move(*set));
+    const cf::filter_set* e = &*out->empty_;
+    auto fill = [e](pair_t& p) {
+      if (!p.second) p.second = e;
+    };
+    fill(out->default_);
+    for (auto& [_, p] : out->teams_) fill(p);
+    for (auto& [_, p] : out->routes_) fill(p);
+    for (auto& [_, m] : out->both_)
+      for (auto& [__, p] : m) fill(p);
+  }
   return out;
 }
 
@@ -218,23 +274,7 @@ std::vector<std::string> filter_prompt(request_context& ctx, const content_filte
     }
     if (verdict.redacted_text) v = json::string(*verdict.redacted_text);
   };
-  if (auto* msgs = ctx.request_json.if_contains("messages"); msgs && msgs->is_array()) {
-    for (auto& m : msgs->get_array()) {
-      if (!m.is_object()) continue;
-      auto* content = m.get_object().if_contains("content");
-      if (!content) continue;
-      if (content->is_string()) check(*content);
-      else if (content->is_array())
-        for (auto& part : content->get_array())
-          if (part.is_object())
-            if (auto* t = part.get_object().if_contains("text")) check(*t);
-    }
-  }
-  if (auto* in = ctx.request_json.if_contains("input")) {
-    if (in->is_string()) check(*in);
-    else if (in->is_array())
-      for (auto& e : in->get_array()) check(e);
-  }
+  visit_prompt_texts(ctx.request_json, check);
   record_filter_actions(ctx, f, fired, "prompt");
   return blocked_by;
 }
@@ -248,24 +288,46 @@ std::string filter_answer(request_context& ctx, const content_filters& f, const 
   if (!choices || !choices->is_array()) return body;
   bool changed = false;
   std::vector<std::string> fired;
-  for (auto& c : choices->get_array()) {
-    auto* msg = c.is_object() ? c.get_object().if_contains("message") : nullptr;
-    auto* content = msg && msg->is_object() ? msg->get_object().if_contains("content") : nullptr;
-    if (!content || !content->is_string()) continue;
+  visit_answer_contents(*choices, [&](json::object& c, json::value* content) {
+    if (!content || !content->is_string()) return;
     auto verdict = cf::scan_text(set, s, content->get_string());
     fired.insert(fired.end(), verdict.rules.begin(), verdict.rules.end());
     if (verdict.blocked) {
       // The safe part before the blocking match, and the reason the answer stopped.
       *content = json::string(verdict.redacted_text ? *verdict.redacted_text : std::string());
-      c.get_object()["finish_reason"] = "content_filter";
+      c["finish_reason"] = "content_filter";
       changed = true;
     } else if (verdict.redacted_text) {
       *content = json::string(*verdict.redacted_text);
       changed = true;
     }
-  }
+  });
   record_filter_actions(ctx, f, fired, "response");
   return changed ? json::serialize(v) : body;
+}
+
+std::vector<std::string> answer_texts(std::string_view body) {
+  std::vector<std::string> out;
+  boost::system::error_code ec;
+  auto v = json::parse(body, ec);
+  auto* choices = !ec && v.is_object() ? v.get_object().if_contains("choices") : nullptr;
+  if (!choices) return out;
+  visit_answer_contents(*choices, [&](json::object&, json::value* content) {
+    if (content && content->is_string() && !content->get_string().empty()) out.emplace_back(content->get_string());
+  });
+  return out;
+}
+
+std::string withhold_answer(std::string body) {
+  boost::system::error_code ec;
+  auto v = json::parse(body, ec);
+  auto* choices = !ec && v.is_object() ? v.get_object().if_contains("choices") : nullptr;
+  if (!choices) return body;
+  visit_answer_contents(*choices, [&](json::object& c, json::value* content) {
+    if (content) *content = "";
+    c["finish_reason"] = "content_filter";
+  });
+  return json::serialize(v);
 }
 
 stream_rewriter::stream_rewriter(request_context& ctx, const content_filters& f, const cf::filter_set& set,
@@ -301,26 +363,48 @@ void stream_rewriter::flush(std::string& out) {
   if (finished_ || !filter_) return;
   finished_ = true;
   auto r = filter_->finish();
-  if (ctx_.capture_text) emitted_ += r.text;
+  sent(r.text);
   if (!r.text.empty()) out += content_chunk(r.text);
   if (r.blocked) end_blocked(out);
 }
 
+void stream_rewriter::sent(std::string_view text) {
+  if (ctx_.capture_text) emitted_ += text;
+  if (track_) tracked_ += text;
+}
+
 void stream_rewriter::end_blocked(std::string& out) {
-  blocked_ = true;
   std::vector<std::string> block_rules;
   for (auto& r : filter_->fired_rules())
     if (f_.action_of(r) == "block") block_rules.push_back(r);
   record_filter_actions(ctx_, f_, filter_->fired_rules(), "response");
-  const std::string names = joined_rules(block_rules);
+  end_stream(out, "content_filtered", "The response was blocked by content filter rules: " + joined_rules(block_rules) + ".");
+}
+
+void stream_rewriter::end_stream(std::string& out, std::string_view code, const std::string& message) {
+  blocked_ = true;
   json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
   c["choices"] = json::array{json::object{{"index", 0}, {"delta", json::object{}}, {"finish_reason", "content_filter"}}};
   out += sse::format_data(json::serialize(c));
-  out += sse::format_event("error", openai_error_body("The response was blocked by content filter rules: " + names + ".",
-                                                      "invalid_request_error", "", "content_filtered"));
+  const bool unavailable = code == "moderation_unavailable";
+  out += sse::format_event("error", openai_error_body(message, unavailable ? "server_error" : "invalid_request_error", "", code));
   out += "data: [DONE]\n\n";
-  ctx_.details = "content_filtered";
-  ctx_.error_code = "content_filtered";
+  ctx_.details = std::string(code);
+  ctx_.error_code = std::string(code);
+}
+
+std::string stream_rewriter::end_by_moderation(std::string_view code, const std::string& message) {
+  std::string out;  // (also after a local block: the caller drops that end, which was held)
+  end_stream(out, code, message);
+  return out;
+}
+
+std::vector<std::string> prompt_texts(const request_context& ctx) {
+  std::vector<std::string> out;
+  visit_prompt_texts(ctx.request_json, [&](const json::value& v) {
+    if (v.is_string() && !v.get_string().empty()) out.emplace_back(v.get_string());
+  });
+  return out;
 }
 
 namespace {
@@ -371,7 +455,7 @@ bool stream_rewriter::on_data_in_place(std::string_view data, std::string& out) 
     text = decoded;
   }
   auto r = filter_->feed(text);
-  if (ctx_.capture_text) emitted_ += r.text;
+  sent(r.text);
   std::string chunk;
   chunk.reserve(data.size() + r.text.size() + 16);
   chunk.append(data.substr(0, lit->first));
@@ -415,7 +499,7 @@ void stream_rewriter::on_data(const std::string& data, std::string& out) {
   auto* content = delta && delta->is_object() ? delta->get_object().if_contains("content") : nullptr;
   if (content && content->is_string() && !finished_) {
     auto r = filter_->feed(content->get_string());
-    if (ctx_.capture_text) emitted_ += r.text;
+    sent(r.text);
     *content = json::string(r.text);
     if (r.blocked) {
       if (!r.text.empty()) out += sse::format_data(json::serialize(v));

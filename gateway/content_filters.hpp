@@ -13,6 +13,7 @@
 #include "config/config.hpp"
 #include "gateway/core/request_context.hpp"
 #include "gateway/core/sse.hpp"
+#include "gateway/moderation.hpp"
 #include "policy/content_filter/content_filter.hpp"
 
 namespace tollgate::gateway {
@@ -31,11 +32,15 @@ class content_filters {
   /// never apply to responses).
   const cf::filter_set* prompts_for(std::string_view team, std::string_view route) const;
   const cf::filter_set* responses_for(std::string_view team, std::string_view route) const;
-  /// "block", "redact" or "flag" for a rule name.
+  /// "block", "redact" or "flag" for a rule name (the moderation endpoint's is "moderation").
   std::string_view action_of(std::string_view rule) const;
+  /// The moderation endpoint, when configured.
+  const moderation_target* moderation() const { return moderation_ ? &*moderation_ : nullptr; }
 
  private:
   std::map<std::string, std::unique_ptr<cf::filter_set>, std::less<>> sets_;  ///< by selection key
+  std::optional<moderation_target> moderation_;
+  std::optional<cf::filter_set> empty_;  ///< no rules: streams moderated without local rules
   std::map<std::string, std::string, std::less<>> actions_;
   std::pair<const cf::filter_set*, const cf::filter_set*> default_{};
   using pair_t = std::pair<const cf::filter_set*, const cf::filter_set*>;
@@ -70,6 +75,16 @@ class stream_rewriter {
   /// The SSE to send for `sse_bytes` of translator output.
   std::string process(std::string_view sse_bytes);
   bool blocked() const { return blocked_; }
+  /// The finish chunk or [DONE] went through: the answer's text is complete.
+  bool finished() const { return finished_; }
+  /// Keeps the text sent from now on for take_text() (the moderation windows).
+  void track_text() { track_ = true; }
+  /// The text sent since the last call.
+  std::string take_text() { return std::exchange(tracked_, {}); }
+  /// Ends the stream because the moderation endpoint flagged the answer (or failed closed): a
+  /// content_filter finish chunk, an error event with `code` and `message`, and [DONE] (also
+  /// after a local block: the caller, which held that block's end unsent, drops it).
+  std::string end_by_moderation(std::string_view code, const std::string& message);
   /// The content text sent so far, as filtered (what the audit trail's text capture keeps).
   const std::string& emitted_text() const { return emitted_; }
 
@@ -80,6 +95,8 @@ class stream_rewriter {
   bool on_data_in_place(std::string_view data, std::string& out);
   void flush(std::string& out);
   void end_blocked(std::string& out);
+  void end_stream(std::string& out, std::string_view code, const std::string& message);
+  void sent(std::string_view text);  ///< text emitted to the caller (capture, moderation)
   std::string content_chunk(std::string_view text) const;
 
   request_context& ctx_;
@@ -94,6 +111,18 @@ class stream_rewriter {
   bool blocked_ = false;
   bool finished_ = false;  ///< the filter was flushed (finish chunk or [DONE] seen)
   std::string emitted_;
+  bool track_ = false;
+  std::string tracked_;
 };
+
+/// The text of a chat request's messages (or an embeddings request's input), one entry each.
+std::vector<std::string> prompt_texts(const request_context& ctx);
+
+/// The message contents of a chat.completion body, one entry per choice (none if unreadable).
+std::vector<std::string> answer_texts(std::string_view body);
+
+/// A chat.completion body with every choice's content withheld ("") and finish_reason
+/// content_filter (the moderation endpoint flagged the answer).
+std::string withhold_answer(std::string body);
 
 }  // namespace tollgate::gateway

@@ -34,7 +34,11 @@ gateway_metrics::gateway_metrics()
       filter_actions(registry.add("tollgate_content_filter_actions_total",
                                   "Content-filter rules that fired, by rule, action (block, redact, flag) and direction "
                                   "(prompt, response).",
-                                  metrics::kind::counter, {"rule", "action", "direction"})) {
+                                  metrics::kind::counter, {"rule", "action", "direction"})),
+      moderation_calls(registry.add("tollgate_moderation_calls_total",
+                                    "Calls to the moderation endpoint by direction (prompt, response) and outcome "
+                                    "(passed, flagged, failed).",
+                                    metrics::kind::counter, {"direction", "outcome"})) {
   open_streams.gauge({});
   open_connections.gauge({"caller"});
   open_connections.gauge({"admin"});

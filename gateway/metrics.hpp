@@ -18,6 +18,7 @@ struct gateway_metrics {
   metrics::family& reloads;           ///< {result}
   metrics::family& upstream_connects; ///< {provider, reused}
   metrics::family& filter_actions;    ///< {rule, action, direction}
+  metrics::family& moderation_calls;  ///< {direction, outcome}: passed, flagged, failed
 
   gateway_metrics();
   static gateway_metrics& get();

@@ -45,14 +45,110 @@ struct stream_gauge {
   ~stream_gauge() { gateway_metrics::get().open_streams.gauge({}).add(-1); }
 };
 
+/// Records a moderation call (metric; audit `filters` when flagged). True when the call must
+/// stop: flagged with action block, or failed with on_error fail_closed.
+bool moderation_stops(request_context& ctx, const content_filters& f, const moderation_result& r,
+                      std::string_view direction) {
+  using outcome = moderation_result::outcome;
+  const char* what = r.what == outcome::passed ? "passed" : r.what == outcome::flagged ? "flagged" : "failed";
+  gateway_metrics::get().moderation_calls.counter({direction, what}).inc();
+  if (r.what == outcome::flagged) {
+    record_filter_actions(ctx, f, {"moderation"}, direction);
+    return f.moderation()->cfg.action == "block";
+  }
+  if (r.what == outcome::failed) {
+    if (ctx.details.empty()) ctx.details = "moderation_failed";
+    return !f.moderation()->cfg.fail_open;
+  }
+  return false;
+}
+
+std::string flagged_message(std::string_view what, const moderation_result& r) {
+  return "The " + std::string(what) + " was flagged by the moderation endpoint" +
+         (r.categories.empty() ? std::string() : " (categories: " + joined_rules(r.categories) + ")") + ".";
+}
+
+/// Moderation of a streamed answer in windows of its text (moderation.window_bytes): the SSE is
+/// held until the window its text completes has been checked (or the answer ended), then sent;
+/// a stop replaces everything held with the end of the stream, so no unchecked text reaches the
+/// caller. Windows overlap by a quarter, so text that a window boundary splits is seen whole.
+class stream_moderation {
+ public:
+  stream_moderation(worker& w, request_context& ctx, const content_filters& f, stream_rewriter& rw)
+      : w_(w), ctx_(ctx), f_(f), rw_(rw) {
+    rw_.track_text();
+  }
+  /// `out`: the SSE about to be sent (emptied while held); `ending`: the upstream stream ended
+  /// or broke.
+  awaitable<void> before_send(std::string& out, bool ending) {
+    if (done_) co_return;
+    window_ += rw_.take_text();
+    held_ += out;
+    out.clear();
+    const auto& m = *f_.moderation();
+    // A local rule's block ends the answer too: its last text is checked before it goes out.
+    if (window_.size() < m.cfg.window_bytes && !ending && !rw_.finished() && !rw_.blocked()) co_return;
+    if (!window_.empty()) {
+      std::vector<std::string> one;
+      one.push_back(overlap_ + window_);
+      const std::size_t keep = std::min<std::size_t>(window_.size(), m.cfg.window_bytes / 4);
+      overlap_ = window_.substr(window_.size() - keep);
+      window_.clear();
+      const moderation_result r = co_await moderate(w_.pool(), m, std::move(one));
+      if (moderation_stops(ctx_, f_, r, "response")) {
+        held_.clear();  // (with the end a local block may have added: this end replaces it)
+        done_ = true;
+        if (r.what == moderation_result::outcome::flagged)
+          out = rw_.end_by_moderation("content_filtered", flagged_message("response", r));
+        else
+          out = rw_.end_by_moderation("moderation_unavailable", "The moderation endpoint could not check the response.");
+        co_return;
+      }
+    }
+    out = std::exchange(held_, {});
+  }
+
+ private:
+  worker& w_;
+  request_context& ctx_;
+  const content_filters& f_;
+  stream_rewriter& rw_;
+  std::string window_;   ///< text not checked yet
+  std::string overlap_;  ///< the end of the previous window
+  std::string held_;     ///< SSE not sent yet (it carries the unchecked text)
+  bool done_ = false;    ///< moderation ended the stream
+};
+
+/// Whole answers: moderates `body` (a 2xx chat.completion) in place. A flagged answer is withheld
+/// (finish_reason content_filter); a failure that fails closed is returned as the call's failure.
+awaitable<std::optional<failure>> moderate_answer(worker& w, request_context& ctx, std::string& body) {
+  const auto* f = ctx.snap->filters.get();
+  if (!f || !f->moderation() || !f->moderation()->cfg.responses) co_return std::nullopt;
+  auto texts = answer_texts(body);
+  if (texts.empty()) co_return std::nullopt;
+  const moderation_result r = co_await moderate(w.pool(), *f->moderation(), std::move(texts));
+  if (!moderation_stops(ctx, *f, r, "response")) co_return std::nullopt;
+  if (r.what == moderation_result::outcome::failed)
+    co_return make_failure(errc::moderation_unavailable, "The moderation endpoint could not check the response.", "",
+                           error_source::upstream);
+  body = withhold_answer(std::move(body));
+  ctx.details = "content_filtered";
+  ctx.error_code = "content_filtered";
+  co_return std::nullopt;
+}
+
 /// Phase 10 for a streamed success: upstream bytes → translator → caller, chunk by chunk.
 awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_sink& sink, upstream_exchange& ex) {
   auto translator = ctx.target->provider->make_stream_translator(ctx);
   // Response content filters act on the translated chunks' decoded text, as they flow.
   std::optional<stream_rewriter> rewriter;
+  std::optional<stream_moderation> moderation;
   if (const auto* f = ctx.snap->filters.get())
     if (const auto* set = f->responses_for(ctx.identity.team, ctx.route->name))
-      if (auto* s = w.filter_scratch(*set)) rewriter.emplace(ctx, *f, *set, *s);
+      if (auto* s = w.filter_scratch(*set)) {
+        rewriter.emplace(ctx, *f, *set, *s);
+        if (f->moderation() && f->moderation()->cfg.responses) moderation.emplace(w, ctx, *f, *rewriter);
+      }
   // Text capture keeps what the caller was sent (the filtered text, not the upstream's): set before
   // the stream's end seals the audit record, and on any other way out (a caller that leaves).
   struct capture_filtered {
@@ -83,6 +179,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
       translator->feed(in, out);
     }
     if (rewriter && !out.empty()) out = rewriter->process(out);
+    if (moderation) co_await moderation->before_send(out, ec || in.empty());
     if (!out.empty()) {
       if (!co_await sink.send_chunk(out))
         co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
@@ -107,9 +204,9 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
 /// upstream's do: whole answers through filter_answer, streams through a stream_rewriter.
 class filtering_sink final : public response_sink {
  public:
-  filtering_sink(response_sink& inner, request_context& ctx, const content_filters& f, const cf::filter_set& set,
-                 cf::scratch& s)
-      : inner_(inner), ctx_(ctx), f_(f), set_(set), scratch_(s) {}
+  filtering_sink(worker& w, response_sink& inner, request_context& ctx, const content_filters& f,
+                 const cf::filter_set& set, cf::scratch& s)
+      : w_(w), inner_(inner), ctx_(ctx), f_(f), set_(set), scratch_(s) {}
   ~filtering_sink() override {
     if (rewriter_ && ctx_.capture_text) ctx_.captured_response = rewriter_->emitted_text();
   }
@@ -117,17 +214,28 @@ class filtering_sink final : public response_sink {
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
     // (Text capture reads the body sent, so it keeps the filtered answer.)
-    if (status / 100 == 2 && ctx_.endpoint == endpoint_kind::chat_completions)
+    if (status / 100 == 2 && ctx_.endpoint == endpoint_kind::chat_completions) {
       body = filter_answer(ctx_, f_, set_, scratch_, std::move(body));
+      const std::optional<failure> stop = co_await moderate_answer(w_, ctx_, body);
+      if (stop) {  // the moderation endpoint failed and moderation fails closed
+        const auto m = map_error(errc::moderation_unavailable);
+        ctx_.error_code = std::string(m.code);
+        std::string err = openai_error_body(stop->message, m.type, {}, m.code);
+        const header_list none;
+        co_return co_await inner_.send_full(m.status, content_type, std::move(err), none);
+      }
+    }
     co_return co_await inner_.send_full(status, content_type, std::move(body), extra);
   }
   awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
     rewriter_.emplace(ctx_, f_, set_, scratch_);
+    if (f_.moderation() && f_.moderation()->cfg.responses) moderation_.emplace(w_, ctx_, f_, *rewriter_);
     co_return co_await inner_.start_stream(status, content_type, extra);
   }
   awaitable<bool> send_chunk(std::string_view data) override {
     if (!rewriter_ || rewriter_->blocked()) co_return false;
     std::string out = rewriter_->process(data);
+    if (moderation_) co_await moderation_->before_send(out, false);
     if (!out.empty() && !co_await inner_.send_chunk(out)) co_return false;
     if (rewriter_->blocked()) {  // the answer ended here; the provider stops at the false
       co_await inner_.end_stream();
@@ -139,12 +247,14 @@ class filtering_sink final : public response_sink {
   void abort() override { inner_.abort(); }
 
  private:
+  worker& w_;
   response_sink& inner_;
   request_context& ctx_;
   const content_filters& f_;
   const cf::filter_set& set_;
   cf::scratch& scratch_;
   std::optional<stream_rewriter> rewriter_;
+  std::optional<stream_moderation> moderation_;
 };
 
 /// Phases 6–10 for one route: targets in order; a failure before any byte reached the caller
@@ -164,7 +274,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       if (const auto* f = ctx.snap->filters.get())
         if ((set = f->responses_for(ctx.identity.team, ctx.route->name)) != nullptr) scratch = w.filter_scratch(*set);
       if (scratch != nullptr) {
-        filtering_sink filtered(sink, ctx, *ctx.snap->filters, *set, *scratch);
+        filtering_sink filtered(w, sink, ctx, *ctx.snap->filters, *set, *scratch);
         co_await p.serve(ctx, filtered);
       } else {
         co_await p.serve(ctx, sink);
@@ -229,6 +339,13 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && ctx.snap->filters)
       if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team, ctx.route->name))
         if (auto* s = w.filter_scratch(*set)) out = filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out));
+    if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions) {
+      const std::optional<failure> stop = co_await moderate_answer(w, ctx, out);
+      if (stop) {
+        ex.release();
+        co_return *stop;
+      }
+    }
     if (status / 100 != 2) {
       // Keep the upstream's error code for the log.
       boost::system::error_code jec;
@@ -267,6 +384,21 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
                                "messages");
       }
     }
+  // The moderation endpoint, after the local rules (a prompt they block costs no call).
+  const content_filters* filters = ctx.snap->filters.get();
+  if (filters && filters->moderation() && filters->moderation()->cfg.prompts) {
+    auto texts = prompt_texts(ctx);
+    if (!texts.empty()) {
+      const moderation_result r = co_await moderate(w.pool(), *filters->moderation(), std::move(texts));
+      if (moderation_stops(ctx, *filters, r, "prompt")) {
+        if (r.what != moderation_result::outcome::flagged)
+          co_return make_failure(errc::moderation_unavailable, "The moderation endpoint could not check the prompt.", "",
+                                 error_source::upstream);
+        ctx.details = "content_filtered";
+        co_return make_failure(errc::content_filtered, flagged_message("prompt", r), "messages");
+      }
+    }
+  }
   if (auto r = co_await w.policy().admit(ctx); !r || *r == flow::responded) co_return r;
   if (w.draining()) ctx.close_after = true;
   co_return co_await proxy(w, ctx, sink);

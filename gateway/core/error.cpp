@@ -51,6 +51,7 @@ error_mapping map_error(errc e) noexcept {
     case errc::audit_unavailable: return {503, "server_error", "audit_unavailable"};
     case errc::conflict: return {409, "invalid_request_error", "conflict"};
     case errc::content_filtered: return {400, "invalid_request_error", "content_filtered"};
+    case errc::moderation_unavailable: return {503, "server_error", "moderation_unavailable"};
   }
   return {500, "server_error", "internal_error"};
 }

@@ -42,6 +42,7 @@ enum class errc {
   audit_unavailable,         ///< 503: audit records cannot be written and audit fails closed
   conflict,                  ///< 409: admin API: exists already, or declared in the config file
   content_filtered,          ///< 400: a content-filter rule blocked the prompt
+  moderation_unavailable,    ///< 503: the moderation endpoint failed and moderation fails closed
 };
 
 const boost::system::error_category& tollgate_category() noexcept;

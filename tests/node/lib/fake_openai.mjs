@@ -377,6 +377,27 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     res.end('data: [DONE]\n\n');
   }
 
+  // POST /v1/moderations in the shape of OpenAI's CreateModerationResponse (openapi.yaml): one
+  // result per input. An input containing FLAGME is flagged (violence); MODFAIL answers 500 with
+  // OpenAI's error body; MODSLOW never answers (the gateway's moderation timeout must act).
+  function moderation(res, rec) {
+    const inputs = [rec.body?.input ?? []].flat().map(String);
+    if (inputs.some((t) => t.includes('MODSLOW'))) return;
+    if (inputs.some((t) => t.includes('MODFAIL'))) {
+      return sendError(res, 'error-500');
+    }
+    const names = ['harassment', 'harassment/threatening', 'hate', 'hate/threatening', 'illicit', 'illicit/violent', 'self-harm',
+      'self-harm/intent', 'self-harm/instructions', 'sexual', 'sexual/minors', 'violence', 'violence/graphic'];
+    const results = inputs.map((t) => {
+      const flagged = t.includes('FLAGME');
+      const categories = Object.fromEntries(names.map((n) => [n, flagged && n === 'violence']));
+      const category_scores = Object.fromEntries(names.map((n) => [n, flagged && n === 'violence' ? 0.91 : 0.0001]));
+      const category_applied_input_types = Object.fromEntries(names.map((n) => [n, ['text']]));
+      return { flagged, categories, category_scores, category_applied_input_types };
+    });
+    return sendJson(res, 200, { id: `modr-${rec.seq}`, model: String(rec.body?.model ?? 'omni-moderation-latest'), results });
+  }
+
   function handle(req, res, rec) {
     if (apiKey !== undefined && req.headers.authorization !== `Bearer ${apiKey}`) {
       return sendError(res, 'error-401');
@@ -387,6 +408,7 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
         data: ['fixture-text', 'text-embedding-3-small'].map((id) => ({ id, object: 'model', created: 1700000000, owned_by: 'fake' })),
       });
     }
+    if (req.method === 'POST' && rec.path === '/v1/moderations') return moderation(res, rec);
     const isChat = rec.path === '/v1/chat/completions';
     const isEmbed = rec.path === '/v1/embeddings';
     if (!isChat && !isEmbed) return notFound(res, rec);

@@ -1,0 +1,195 @@
+// External moderation (content_filters.moderation) through the gateway, with the official OpenAI
+// SDK: the fake upstream's POST /v1/moderations flags any input with FLAGME (category violence),
+// answers 500 for MODFAIL and never answers for MODSLOW. A flagged prompt is refused with 400
+// content_filtered before it is sent upstream; a failing endpoint fails closed (503
+// moderation_unavailable, also on a timeout) or open, as configured; a streamed answer is checked
+// in windows and ends with finish_reason content_filter, an error event and [DONE] before any text
+// after the flagged window; a flagged whole answer is withheld. The official SDK reads the fake's
+// moderation answer, so its shape is the real one.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import OpenAI from 'openai';
+
+import { startFakeOpenAI } from './lib/fake_openai.mjs';
+import { runTollgate, serverYaml, startGateway, tempConfig } from './lib/gateway.mjs';
+import { metricValue, scrape } from './lib/policy_helpers.mjs';
+
+let fake;
+let closed; // prompts and answers moderated, fails closed, 300 ms timeout
+let open; // answers only, in 32-byte windows, fails open
+let closedClient;
+let openClient;
+
+const gatewayYaml = (moderation) => serverYaml() + `content_filters:
+  rules:
+    - {name: aws, detector: aws_access_key, action: block}
+  prompts: []
+  moderation: ${moderation}
+providers:
+  - {name: up, type: openai_compatible, base_url: "${fake.baseURL}", proxy: none}
+models:
+  - {name: echo, provider: up, upstream_model: echo}
+`;
+
+before(async () => {
+  fake = await startFakeOpenAI();
+  closed = await startGateway(gatewayYaml('{provider: up, timeout_ms: 300}'));
+  open = await startGateway(gatewayYaml('{provider: up, prompts: false, window_bytes: 32, on_error: fail_open}'));
+  closedClient = new OpenAI({ apiKey: 'unused', baseURL: closed.baseURL, maxRetries: 0 });
+  openClient = new OpenAI({ apiKey: 'unused', baseURL: open.baseURL, maxRetries: 0 });
+});
+
+after(async () => {
+  try {
+    await closed?.stopClean();
+    await open?.stopClean();
+  } finally {
+    await fake?.close();
+  }
+});
+
+const ask = (content, extra = {}) => ({ model: 'echo', messages: [{ role: 'user', content }], ...extra });
+const chatCalls = () => fake.requests.filter((r) => r.path === '/v1/chat/completions').length;
+
+describe('moderation endpoint', () => {
+  test('the fake speaks the moderation API: the official SDK reads its answer', async () => {
+    const sdk = new OpenAI({ apiKey: 'unused', baseURL: fake.baseURL, maxRetries: 0 });
+    const r = await sdk.moderations.create({ model: 'omni-moderation-latest', input: ['fine', 'FLAGME now'] });
+    assert.equal(r.results.length, 2);
+    assert.equal(r.results[0].flagged, false);
+    assert.equal(r.results[1].flagged, true);
+    assert.equal(r.results[1].categories.violence, true);
+  });
+
+  test('a flagged prompt is refused with 400 content_filtered naming the categories, never sent upstream', async () => {
+    const calls = chatCalls();
+    await assert.rejects(closedClient.chat.completions.create(ask('please FLAGME')), (e) => {
+      assert.ok(e instanceof OpenAI.BadRequestError, e.constructor.name);
+      assert.equal(e.code, 'content_filtered');
+      assert.match(e.message, /moderation endpoint \(categories: violence\)/);
+      return true;
+    });
+    assert.equal(chatCalls(), calls);
+    const mod = fake.requests.filter((r) => r.path === '/v1/moderations').at(-1);
+    assert.equal(mod.body.model, 'omni-moderation-latest');
+    assert.deepEqual(mod.body.input, ['please FLAGME']);
+  });
+
+  test('a clean call is checked on the way in and out, and answered', async () => {
+    const before = await scrape(closed);
+    const r = await closedClient.chat.completions.create(ask('hello there'));
+    assert.equal(r.choices[0].message.content, 'hello there');
+    const m = await scrape(closed);
+    const delta = (labels) => metricValue(m, 'tollgate_moderation_calls_total', labels) - (metricValue(before, 'tollgate_moderation_calls_total', labels) ?? 0);
+    assert.equal(delta({ direction: 'prompt', outcome: 'passed' }), 1);
+    assert.equal(delta({ direction: 'response', outcome: 'passed' }), 1);
+  });
+
+  test('a failing or silent endpoint fails closed: 503 moderation_unavailable, within the timeout', async () => {
+    for (const word of ['MODFAIL', 'MODSLOW']) {
+      const t0 = Date.now();
+      await assert.rejects(closedClient.chat.completions.create(ask(`x ${word}`)), (e) => {
+        assert.ok(e instanceof OpenAI.InternalServerError, `${word}: ${e.constructor.name}`);
+        assert.equal(e.status, 503);
+        assert.equal(e.code, 'moderation_unavailable');
+        return true;
+      });
+      assert.ok(Date.now() - t0 < 3000, `${word}: answered after ${Date.now() - t0} ms`);
+    }
+    // The gateway keeps serving.
+    assert.equal((await closedClient.chat.completions.create(ask('still here'))).choices[0].message.content, 'still here');
+  });
+
+  test('a streamed answer is moderated in windows: it stops before any text after the flagged window', async () => {
+    const head = 'The first part of the answer is harmless and long enough. ';
+    const text = head + 'Then FLAGME appears, and a long tail follows: TAIL-MARKER-TEXT after it, far beyond the window.';
+    const chunks = [];
+    const stream = await openClient.chat.completions.create(ask(text, { stream: true }));
+    // The SDK raises the stream's error event as an APIError, after the chunks before it.
+    await assert.rejects(
+      (async () => {
+        for await (const c of stream) chunks.push(c);
+      })(),
+      (e) => {
+        assert.match(e.message, /flagged by the moderation endpoint \(categories: violence\)/);
+        return true;
+      },
+    );
+    const out = chunks.map((c) => c.choices?.[0]?.delta?.content ?? '').join('');
+    assert.ok(out.startsWith('The first part'), out);
+    assert.ok(!out.includes('TAIL-MARKER'), out);
+    assert.ok(!out.includes('FLAGME'), out);
+    assert.equal(chunks.at(-1).choices[0].finish_reason, 'content_filter');
+  });
+
+  test('the raw stream ends with an error event naming content_filtered, then [DONE]', async () => {
+    const res = await fetch(`${open.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(ask('safe words first, then FLAGME and more words after that point here', { stream: true })),
+    });
+    assert.equal(res.status, 200);
+    const body = await res.text();
+    const events = body.split('\n\n').filter(Boolean);
+    assert.equal(events.at(-1), 'data: [DONE]');
+    const err = events.find((e) => e.startsWith('event: error'));
+    assert.ok(err, body);
+    assert.equal(JSON.parse(err.split('\n').find((l) => l.startsWith('data: ')).slice(6)).error.code, 'content_filtered');
+  });
+
+  test('a stream a local rule blocks ends once: its checked text, one content_filter end, one [DONE]', async () => {
+    const res = await fetch(`${open.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(ask('the key is AKIAIOSFODNN7EXAMPLE and more', { stream: true })),
+    });
+    const events = (await res.text()).split('\n\n').filter(Boolean);
+    assert.equal(events.filter((e) => e === 'data: [DONE]').length, 1);
+    assert.equal(events.filter((e) => e.startsWith('event: error')).length, 1);
+    const chunks = events.filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)));
+    assert.equal(chunks.map((c) => c.choices?.[0]?.delta?.content ?? '').join(''), 'the key is ');
+    assert.equal(chunks.filter((c) => c.choices?.[0]?.finish_reason === 'content_filter').length, 1);
+  });
+
+  test('a flagged whole answer is withheld: empty content, finish_reason content_filter', async () => {
+    const r = await openClient.chat.completions.create(ask('an answer that says FLAGME'));
+    assert.equal(r.choices[0].message.content, '');
+    assert.equal(r.choices[0].finish_reason, 'content_filter');
+  });
+
+  test('fail_open: a failing endpoint lets the answer through, and the failure is counted', async () => {
+    const r = await openClient.chat.completions.create(ask('this answer trips MODFAIL'));
+    assert.equal(r.choices[0].message.content, 'this answer trips MODFAIL');
+    const m = await scrape(open);
+    assert.ok(metricValue(m, 'tollgate_moderation_calls_total', { direction: 'response', outcome: 'failed' }) >= 1);
+    assert.ok(metricValue(m, 'tollgate_moderation_calls_total', { direction: 'response', outcome: 'flagged' }) >= 2);
+  });
+});
+
+describe('moderation config', () => {
+  const refused = async (moderation, pattern) => {
+    const cfg = tempConfig(serverYaml() + `content_filters:
+  moderation: ${moderation}
+providers:
+  - {name: m, type: mock}
+  - {name: up, type: openai_compatible, base_url: "http://127.0.0.1:9/v1"}
+models:
+  - {name: x, provider: m}
+`);
+    try {
+      const r = await runTollgate(['--config', cfg.path, '--check']);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, pattern);
+    } finally {
+      cfg.cleanup();
+    }
+  };
+  test('an unknown or non-OpenAI provider, a bad on_error or action is refused at load', async () => {
+    await refused('{provider: nope}', /content_filters\.moderation\.provider: unknown provider 'nope'/);
+    await refused('{provider: m}', /'m' is a mock provider; moderation needs an openai_compatible one/);
+    await refused('{provider: up, on_error: maybe}', /on_error: expected fail_closed or fail_open/);
+    await refused('{provider: up, action: redact}', /moderation\.action: expected block or flag/);
+    await refused('{model: x}', /moderation\.provider: required/);
+  });
+});
