@@ -47,6 +47,13 @@ struct pattern_info {
   int score = 0;  // > 0: a phrase of an injection rule (adds its score, never a candidate)
 };
 
+// A set of bytes (bit per byte value).
+struct byte_set {
+  std::array<std::uint64_t, 4> bits{};
+  void add(unsigned char c) noexcept { bits[c >> 6] |= std::uint64_t{1} << (c & 63); }
+  bool operator==(const byte_set&) const = default;
+};
+
 namespace {
 
 // Scan groups: each group is compiled into a database of its own. Hyperscan is fastest when a
@@ -66,6 +73,10 @@ struct builtin_pattern {
   unsigned width;  // 0: bounded pattern (Hyperscan's max_width); else clip matches to this width
   group grp;
   start_rule start = start_rule::as_reported;
+  // Every byte a match can contain, as inclusive ranges "loHI..." (pairs of characters). A stream
+  // holds back only the longest run of text, ending at the newest byte, that lies within some
+  // pattern's reach: anything before it can no longer be part of a match still forming.
+  const char* reach = "";
 };
 
 // Every pattern is bounded-width; validators do what Hyperscan cannot (checksums, context).
@@ -75,35 +86,35 @@ constexpr builtin_pattern builtin_patterns[] = {
     // last `width` bytes (start = max(start, end - width)), which bounds every match.
     // email: local@domain, scanned from the '@' (start_rule::email_local_part finds the local part).
     {detector::email, R"(@[A-Za-z0-9.\-]+\.[A-Za-z]{2,18}\b)", validator::email, 0, 254, g_literal,
-     start_rule::email_local_part},
-    {detector::phone, R"(\+[1-9][0-9]{7,14}\b)", validator::phone_e164, 0, 0, g_literal},
+     start_rule::email_local_part, "AZaz09..__%%++--@@"},
+    {detector::phone, R"(\+[1-9][0-9]{7,14}\b)", validator::phone_e164, 0, 0, g_literal, start_rule::as_reported, "++09"},
     {detector::phone, R"(\+[1-9][0-9]{0,2}[ .\-]\(?[0-9]{1,4}\)?(?:[ .\-][0-9]{2,4}){2,4}\b)",
-     validator::phone_grouped, 0, 0, g_literal},
-    {detector::phone, R"(\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .\-][0-9]{4}\b)", validator::phone_nanp, 0, 0, g_digits},
-    {detector::phone, R"(\b[2-9][0-9]{2}-[2-9][0-9]{2}-[0-9]{4}\b)", validator::phone_nanp, 0, 0, g_digits},
-    {detector::phone, R"(\b[2-9][0-9]{2}\.[2-9][0-9]{2}\.[0-9]{4}\b)", validator::phone_nanp, 0, 0, g_digits},
-    {detector::payment_card, R"(\b[0-9]{13,19}\b)", validator::card, 0, 0, g_digits},
-    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}\b)", validator::card, 0, 0, g_digits},
-    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{5}\b)", validator::card, 0, 0, g_digits},
+     validator::phone_grouped, 0, 0, g_literal, start_rule::as_reported, "++09  ..--(())"},
+    {detector::phone, R"(\([2-9][0-9]{2}\) ?[2-9][0-9]{2}[ .\-][0-9]{4}\b)", validator::phone_nanp, 0, 0, g_digits, start_rule::as_reported, "(())09  ..--"},
+    {detector::phone, R"(\b[2-9][0-9]{2}-[2-9][0-9]{2}-[0-9]{4}\b)", validator::phone_nanp, 0, 0, g_digits, start_rule::as_reported, "09--"},
+    {detector::phone, R"(\b[2-9][0-9]{2}\.[2-9][0-9]{2}\.[0-9]{4}\b)", validator::phone_nanp, 0, 0, g_digits, start_rule::as_reported, "09.."},
+    {detector::payment_card, R"(\b[0-9]{13,19}\b)", validator::card, 0, 0, g_digits, start_rule::as_reported, "09"},
+    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}\b)", validator::card, 0, 0, g_digits, start_rule::as_reported, "09  --"},
+    {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{5}\b)", validator::card, 0, 0, g_digits, start_rule::as_reported, "09  --"},
     {detector::payment_card, R"(\b[0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{4}[ \-][0-9]{3}\b)",
-     validator::card, 0, 0, g_digits},
-    {detector::us_ssn, R"(\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)", validator::ssn, 0, 0, g_digits},
-    {detector::iban, R"(\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b)", validator::iban, 0, 0, g_iban},
+     validator::card, 0, 0, g_digits, start_rule::as_reported, "09  --"},
+    {detector::us_ssn, R"(\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)", validator::ssn, 0, 0, g_digits, start_rule::as_reported, "09--"},
+    {detector::iban, R"(\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b)", validator::iban, 0, 0, g_iban, start_rule::as_reported, "AZ09  "},
     {detector::ipv4, R"(\b(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\b)",
-     validator::ipv4, 0, 0, g_digits},
+     validator::ipv4, 0, 0, g_digits, start_rule::as_reported, "09.."},
     // The leading \b of the full form is checked by the validator (a word character before the
     // start refuses the match): Hyperscan ran this pattern 12 times slower with it.
-    {detector::ipv6, R"((?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b)", validator::ipv6, 0, 0, g_ipv6},
-    {detector::ipv6, R"(\b(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}\b)", validator::ipv6, 0, 0, g_ipv6},
-    {detector::aws_access_key, R"(\b(?:AKIA|ASIA)[A-Z0-9]{16}\b)", validator::none, 0, 0, g_literal},
-    {detector::private_key, R"(-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY-----)", validator::none, 0, 0, g_literal},
-    {detector::jwt, R"(\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]{10,})", validator::none, 0, 512, g_literal},
-    {detector::api_key, R"(\bsk-ant-[A-Za-z0-9_\-]{20,})", validator::none, 0, 200, g_literal},
-    {detector::api_key, R"(\bsk-[A-Za-z0-9_\-]{20,})", validator::openai_key, 0, 200, g_literal},
-    {detector::api_key, R"(\bgh[pousr]_[A-Za-z0-9]{36}\b)", validator::none, 0, 0, g_literal},
-    {detector::api_key, R"(\bgithub_pat_[A-Za-z0-9_]{50,})", validator::none, 0, 120, g_literal},
-    {detector::api_key, R"(\bxox[abpr]-[A-Za-z0-9\-]{10,})", validator::slack_key, 0, 120, g_literal},
-    {detector::api_key, R"(\bAIza[0-9A-Za-z_\-]{35})", validator::none, 0, 0, g_literal},
+    {detector::ipv6, R"((?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\b)", validator::ipv6, 0, 0, g_ipv6, start_rule::as_reported, "09AFaf::"},
+    {detector::ipv6, R"(\b(?:[0-9A-Fa-f]{1,4}:){1,6}(?::[0-9A-Fa-f]{1,4}){1,6}\b)", validator::ipv6, 0, 0, g_ipv6, start_rule::as_reported, "09AFaf::"},
+    {detector::aws_access_key, R"(\b(?:AKIA|ASIA)[A-Z0-9]{16}\b)", validator::none, 0, 0, g_literal, start_rule::as_reported, "AZ09"},
+    {detector::private_key, R"(-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY-----)", validator::none, 0, 0, g_literal, start_rule::as_reported, "--AZ09  "},
+    {detector::jwt, R"(\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]{10,})", validator::none, 0, 512, g_literal, start_rule::as_reported, "AZaz09__--.."},
+    {detector::api_key, R"(\bsk-ant-[A-Za-z0-9_\-]{20,})", validator::none, 0, 200, g_literal, start_rule::as_reported, "AZaz09__--"},
+    {detector::api_key, R"(\bsk-[A-Za-z0-9_\-]{20,})", validator::openai_key, 0, 200, g_literal, start_rule::as_reported, "AZaz09__--"},
+    {detector::api_key, R"(\bgh[pousr]_[A-Za-z0-9]{36}\b)", validator::none, 0, 0, g_literal, start_rule::as_reported, "AZaz09__"},
+    {detector::api_key, R"(\bgithub_pat_[A-Za-z0-9_]{50,})", validator::none, 0, 120, g_literal, start_rule::as_reported, "AZaz09__"},
+    {detector::api_key, R"(\bxox[abpr]-[A-Za-z0-9\-]{10,})", validator::slack_key, 0, 120, g_literal, start_rule::as_reported, "AZaz09--"},
+    {detector::api_key, R"(\bAIza[0-9A-Za-z_\-]{35})", validator::none, 0, 0, g_literal, start_rule::as_reported, "AZaz09__--"},
 };
 
 constexpr detector detector_list[] = {
@@ -368,7 +379,8 @@ filter_set::filter_set(filter_set&& o) noexcept
       block_dbs_(std::move(o.block_dbs_)),
       stream_dbs_(std::move(o.stream_dbs_)),
       max_len_(o.max_len_),
-      id_(o.id_) {}
+      id_(o.id_),
+      live_mask_(std::move(o.live_mask_)) {}
 
 filter_set& filter_set::operator=(filter_set&& o) noexcept {
   if (this != &o) {
@@ -379,6 +391,7 @@ filter_set& filter_set::operator=(filter_set&& o) noexcept {
     stream_dbs_ = std::exchange(o.stream_dbs_, {});
     max_len_ = o.max_len_;
     id_ = o.id_;
+    live_mask_ = std::move(o.live_mask_);
   }
   return *this;
 }
@@ -399,6 +412,11 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
   std::vector<std::string> exprs;
   std::vector<unsigned> flags;
   std::vector<group> groups;
+  std::vector<byte_set> reaches;  // distinct reach sets of the streamed patterns
+  bool unknown_reach = false;     // a custom regex: its reach is not known, hold the whole horizon
+  const auto add_reach = [&](const byte_set& r) {
+    if (std::find(reaches.begin(), reaches.end(), r) == reaches.end()) reaches.push_back(r);
+  };
 
   for (std::size_t i = 0; i < rules.size(); ++i) {
     const rule& r = rules[i];
@@ -411,6 +429,10 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
           exprs.emplace_back(p.regex);
           flags.push_back(HS_FLAG_SOM_LEFTMOST | p.flags);
           groups.push_back(p.grp);
+          byte_set r;
+          for (const char* q = p.reach; q[0] != '\0' && q[1] != '\0'; q += 2)
+            for (int c = static_cast<unsigned char>(q[0]); c <= static_cast<unsigned char>(q[1]); ++c) r.add(static_cast<unsigned char>(c));
+          add_reach(r);
           set.patterns_.push_back({ri, p.check,
                                    static_cast<std::uint32_t>(std::min<std::size_t>(p.width, options.max_match_length)),
                                    p.start});
@@ -421,6 +443,7 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
         exprs.push_back(r.pattern);
         flags.push_back(HS_FLAG_SOM_LEFTMOST);
         groups.push_back(g_custom);
+        unknown_reach = true;
         set.patterns_.push_back({ri, validator::none, 0});
         break;
       case rule::kind::injection: {
@@ -478,6 +501,15 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
         exprs.push_back("(?:" + alt + ")");
         flags.push_back(HS_FLAG_SOM_LEFTMOST | HS_FLAG_CASELESS);
         groups.push_back(g_custom);
+        byte_set reach;  // the words' bytes, in both cases (the match is case-insensitive)
+        for (const auto& w : r.words)
+          for (char c : w) {
+            const auto u = static_cast<unsigned char>(c);
+            reach.add(u);
+            if (is_lower(c)) reach.add(static_cast<unsigned char>(u - 32));
+            if (is_upper(c)) reach.add(static_cast<unsigned char>(u + 32));
+          }
+        add_reach(reach);
         set.patterns_.push_back({ri, validator::none, 0});
         break;
       }
@@ -507,6 +539,12 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
   }
 
   for (const rule& r : rules) set.rules_.push_back(r);
+  if (!unknown_reach && !reaches.empty() && reaches.size() <= 32) {
+    set.live_mask_.assign(256, 0);
+    for (std::size_t i = 0; i < reaches.size(); ++i)
+      for (unsigned b = 0; b < 256; ++b)
+        if ((reaches[i].bits[b >> 6] >> (b & 63)) & 1) set.live_mask_[b] |= std::uint32_t{1} << i;
+  }
   if (exprs.empty()) return set;  // nothing to scan: every text passes
 
   // Block mode (prompts, whole texts): one database per group. Streaming mode (deltas of a few
@@ -770,7 +808,22 @@ struct stream_engine {
 
   // Largest offset <= x (and >= pos_) that does not split a UTF-8 character.
   std::uint64_t utf8_floor(std::uint64_t x) const noexcept {
-    if (x >= total_) return x;
+    if (x > total_) return x;
+    if (x == total_) {
+      if (finished_) return x;
+      // The text may end inside a character: cut before its lead byte if it is incomplete.
+      std::uint64_t p = x;
+      int steps = 0;
+      while (p > pos_ && p > base_ && steps < 4) {
+        --p;
+        ++steps;
+        const auto b = static_cast<unsigned char>(byte_at(p));
+        if ((b & 0xC0) == 0x80) continue;  // continuation byte
+        const int need = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+        return static_cast<int>(x - p) < need ? p : x;
+      }
+      return x;
+    }
     int steps = 0;
     while (x > pos_ && steps < 3 && (static_cast<unsigned char>(byte_at(x)) & 0xC0) == 0x80) {
       --x;
@@ -808,8 +861,26 @@ struct stream_engine {
       return;
     }
     const std::uint64_t horizon = set_->max_len_ + 2;
-    if (total_ <= horizon) return;
-    const std::uint64_t f = total_ - horizon;
+    std::uint64_t f = total_ > horizon ? total_ - horizon : 0;
+    if (!set_->live_mask_.empty()) {
+      // Only the longest run of text ending at the newest byte that lies within some pattern's
+      // reach can still be part of a match not reported yet; text before it is final. (No match
+      // starts before text already emitted, so the run stops at the retained text's start.)
+      const std::uint64_t lim = std::min<std::uint64_t>(horizon, total_ - base_);
+      std::uint64_t run = 0;
+      std::uint32_t alive = ~std::uint32_t{0};
+      while (run < lim) {
+        alive &= set_->live_mask_[static_cast<unsigned char>(byte_at(total_ - 1 - run))];
+        if (alive == 0) break;
+        ++run;
+      }
+      f = std::max(f, total_ - run);
+      // A reported candidate is resolved only once its 2 bytes of context after it are known.
+      const std::uint64_t v = validatable_end();
+      for (const candidate& c : pending_)
+        if (c.end > v) f = std::min(f, c.start);
+    }
+    if (f == 0) return;
     resolve(f, UINT64_MAX);
     emit(utf8_floor(f), out);
   }

@@ -24,7 +24,10 @@
 // Held-back bound (streaming): with L = the longest possible match of any rule in the set
 // (filter_set::max_match_length(), at most compile_options::max_match_length), a stream_filter
 // never holds back more than L + 5 bytes (L, +2 bytes of validator context, +3 bytes to avoid
-// splitting a UTF-8 character): see stream_filter::hold_bound().
+// splitting a UTF-8 character): see stream_filter::hold_bound(). When every rule's reach (the
+// bytes its matches can contain) is known (built-ins, word lists: not custom regexes), it holds
+// back only the longest run of newest text within some rule's reach, and a reported candidate
+// whose 2 bytes of following context have not arrived.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -158,6 +161,10 @@ class filter_set {
   std::vector<hs_database*> stream_dbs_;
   std::size_t max_len_ = 0;
   std::uint64_t id_ = 0;
+  // Streams: per byte value, a bit for each distinct reach set (the bytes a pattern's match can
+  // contain) that holds it. Empty when a rule's reach is unknown (custom regex): then a stream
+  // holds back the whole horizon.
+  std::vector<std::uint32_t> live_mask_;
 };
 
 /// Compile rules. A bad or unbounded regex, an empty word list or name, an injection rule with
