@@ -221,19 +221,27 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
 
 void engine::count_usage(const request_context& ctx) {
   if (!ctx.reservation || usage_.empty()) return;  // refused before admission: not a use
-  usage_row one;
-  one.hour = hour_now();
-  one.team = ctx.identity.team.empty() ? std::string("-") : ctx.identity.team;
-  one.key_id = ctx.identity.key_id;
-  one.model = ctx.model;
-  one.requests = 1;
-  if (billable(ctx)) {
-    one.prompt = ctx.usage.prompt;
-    one.completion = ctx.usage.completion;
-    if (const auto* price = ctx.reservation->price)
-      one.cost_nano = cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
+  const std::size_t w = ctx.worker % usage_.size();
+  const std::int64_t hour = hour_now();
+  const std::string_view team = ctx.identity.team.empty() ? std::string_view("-") : std::string_view(ctx.identity.team);
+  usage_row* row = usage_last_[w];
+  if (!row || row->hour != hour || row->team != team || row->key_id != ctx.identity.key_id || row->model != ctx.model) {
+    usage_row one;
+    one.hour = hour;
+    one.team = team;
+    one.key_id = ctx.identity.key_id;
+    one.model = ctx.model;
+    row = &usage_[w][one.id()];
+    if (row->team.empty() && row->model.empty() && row->requests == 0) row->add(one);  // takes the identity
+    usage_last_[w] = row;  // elements of an unordered_map stay put until erased
   }
-  usage_[ctx.worker % usage_.size()][one.id()].add(one);
+  row->requests += 1;
+  if (billable(ctx)) {
+    row->prompt += ctx.usage.prompt;
+    row->completion += ctx.usage.completion;
+    if (const auto* price = ctx.reservation->price)
+      row->cost_nano += cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
+  }
 }
 
 awaitable<void> engine::flush_usage(unsigned worker) {
@@ -243,6 +251,7 @@ awaitable<void> engine::flush_usage(unsigned worker) {
   rows.reserve(table.size());
   for (auto& [id, r] : table) rows.push_back(r);
   table.clear();
+  usage_last_[worker % usage_last_.size()] = nullptr;
   if (co_await store_->add_usage(worker, rows)) co_return;
   // Unreachable: keep the counts for the next try (a row written halfway may count twice; usage
   // is a report, the audit trail and the budgets are the exact records).

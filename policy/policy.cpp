@@ -122,6 +122,7 @@ void engine::start(const std::vector<executor_t>& workers) {
   queues_.resize(std::max<std::size_t>(1, workers.size()));
   inflight_.resize(std::max<std::size_t>(1, workers.size()));
   usage_.resize(std::max<std::size_t>(1, workers.size()));
+  usage_last_.assign(std::max<std::size_t>(1, workers.size()), nullptr);
   store_->start(workers);
   for (std::size_t i = 0; i < workers.size(); ++i) {
     net::co_spawn(workers[i], renew_leases(unsigned(i)), net::detached);

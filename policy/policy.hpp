@@ -172,6 +172,9 @@ class engine {
   std::unordered_map<std::string, cached_team> team_cache_;
   /// Per worker: usage not yet written to the store, by "<hour>|<team>|<key>|<model>".
   std::vector<std::unordered_map<std::string, usage_row>> usage_;
+  /// Per worker: the row the last call was counted in (most calls repeat it), so that counting
+  /// builds no id string; null after the table is emptied.
+  std::vector<usage_row*> usage_last_;
 
   metrics::family& decisions_;    ///< {decision}
   metrics::family& degraded_;     ///< gauge

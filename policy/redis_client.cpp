@@ -258,6 +258,20 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
     arm_deadline();
   }
 
+  /// send() for a command already in RESP form.
+  void send_resp(std::string_view resp, clock::duration timeout, std::unique_ptr<completion> done) {
+    if (!live()) {
+      done->complete(net::error::not_connected, {});
+      return;
+    }
+    if (redisAsyncFormattedCommand(ac, on_reply, this, resp.data(), resp.size()) != REDIS_OK) {
+      done->complete(net::error::not_connected, {});
+      return;
+    }
+    pending.push_back({clock::now() + timeout, std::move(done)});
+    arm_deadline();
+  }
+
   /// SUBSCRIBE channel; confirmations and messages arrive in on_sub_reply.
   bool send_subscribe(const std::string& channel) {
     if (!live()) return false;
@@ -372,6 +386,18 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         [&l, argv, timeout](auto handler) {
           using handler_t = decltype(handler);
           l->send(argv, timeout, std::make_unique<completion_for<handler_t>>(std::move(handler), l->ex));
+        },
+        token);
+    if (ec) co_return result_t(ec);
+    co_return result_t(std::move(r));
+  }
+
+  static awaitable<result_t> send_resp_on(std::shared_ptr<redis_link> l, std::string_view resp, clock::duration timeout) {
+    auto token = net::as_tuple(net::use_awaitable);
+    auto [ec, r] = co_await net::async_initiate<decltype(token), signature>(
+        [&l, resp, timeout](auto handler) {
+          using handler_t = decltype(handler);
+          l->send_resp(resp, timeout, std::make_unique<completion_for<handler_t>>(std::move(handler), l->ex));
         },
         token);
     if (ec) co_return result_t(ec);
@@ -499,6 +525,29 @@ awaitable<boost::system::result<reply>> connection::command(std::span<const std:
   if (!self->up()) co_return failed(net::error::not_connected);
   auto l = self->cur;
   co_return co_await impl::send_on(l, argv, self->opt.timeout);
+}
+
+awaitable<boost::system::result<reply>> connection::command_resp(std::string_view resp) {
+  auto self = impl_;
+  if (resp.empty()) co_return failed(net::error::invalid_argument);
+  if (!self->channel.empty()) co_return failed(net::error::operation_not_supported);
+  if (!self->up()) co_return failed(net::error::not_connected);
+  auto l = self->cur;
+  co_return co_await impl::send_resp_on(l, resp, self->opt.timeout);
+}
+
+std::string resp_command(std::span<const std::string_view> head, const resp_args& tail) {
+  resp_args h;
+  for (auto a : head) h.add(a);
+  const std::string n = std::to_string(h.count() + tail.count());
+  std::string out;
+  out.reserve(3 + n.size() + h.bytes().size() + tail.bytes().size());
+  out += '*';
+  out += n;
+  out += "\r\n";
+  out += h.bytes();
+  out += tail.bytes();
+  return out;
 }
 
 awaitable<boost::system::result<reply>> connection::setup_command(std::span<const std::string_view> argv) {

@@ -15,7 +15,9 @@
 /// A Redis error reply (`-ERR ...`) is not a failure: it is a reply of kind::error.
 #include <boost/system/result.hpp>
 
+#include <charconv>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -47,6 +49,47 @@ struct options {
   std::chrono::milliseconds connect_timeout{200};  ///< TCP connect, then each handshake step
   std::chrono::milliseconds backoff_min{50}, backoff_max{2000};
 };
+
+/// Arguments written straight into RESP ("$<len>\r\n<bytes>\r\n" each), without a string per
+/// argument: the policy scripts take hundreds of small arguments per batch.
+class resp_args {
+ public:
+  void add(std::string_view s) {
+    head(s.size());
+    buf_.append(s.data(), s.size());
+    buf_.append("\r\n", 2);
+  }
+  template <std::integral T>
+    requires(!std::same_as<T, bool> && !std::same_as<T, char>)
+  void add(T v) {
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof digits, v).ptr;
+    add(std::string_view(digits, std::size_t(end - digits)));
+  }
+  /// Appends every argument of `o`, in order.
+  void append(const resp_args& o) {
+    buf_ += o.buf_;
+    n_ += o.n_;
+  }
+  std::size_t count() const { return n_; }
+  std::string_view bytes() const { return buf_; }
+  void reserve(std::size_t bytes) { buf_.reserve(bytes); }
+
+ private:
+  void head(std::size_t len) {
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof digits, len).ptr;
+    buf_ += '$';
+    buf_.append(digits, std::size_t(end - digits));
+    buf_.append("\r\n", 2);
+    ++n_;
+  }
+  std::string buf_;
+  std::size_t n_ = 0;
+};
+
+/// The whole command: `head` (the command name and its first arguments), then `tail`'s arguments.
+std::string resp_command(std::span<const std::string_view> head, const resp_args& tail);
 
 enum class state { connecting, up, down };
 
@@ -82,6 +125,9 @@ class connection {
   /// is dropped and reconnected (a Redis that is slow is treated as down); connection lost →
   /// connection_reset.
   awaitable<boost::system::result<reply>> command(std::span<const std::string_view> argv);
+  /// command() for a command already in RESP form (resp_command()): sent as is, copied into the
+  /// send buffer before the first suspension.
+  awaitable<boost::system::result<reply>> command_resp(std::string_view resp);
 
   /// Subscriber mode (use a dedicated connection; command() is then refused): SUBSCRIBE `channel`
   /// after every (re)connect; `on_message(payload)` per message. The connection is up only once the

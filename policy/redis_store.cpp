@@ -4,6 +4,7 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <charconv>
 #include <map>
 
 #include "policy/keys.hpp"
@@ -30,6 +31,8 @@ redis::options client_options(const config::redis_config& c) {
   o.connect_timeout = std::chrono::milliseconds(c.connect_timeout_ms);
   return o;
 }
+
+constexpr std::string_view cmd_evalsha = "EVALSHA", cmd_eval = "EVAL";
 
 char period_kind(config::budget_period p) {
   return p == config::budget_period::daily ? 'd' : p == config::budget_period::total ? 't' : 'm';
@@ -102,75 +105,129 @@ void redis_store::add_scope_keys(std::vector<std::string>& keys, const admission
 }
 
 awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker, const std::string& sha,
-                                                                 const std::string& body, std::vector<std::string> keys,
-                                                                 std::vector<std::string> args) {
-  std::vector<std::string> head{"EVALSHA", sha, std::to_string(keys.size())};
-  std::vector<std::string_view> argv;
-  argv.reserve(3 + keys.size() + args.size());
-  for (auto& h : head) argv.push_back(h);
-  for (auto& k : keys) argv.push_back(k);
-  for (auto& a : args) argv.push_back(a);
-  auto r = co_await conn(worker).command(argv);
+                                                                 std::string_view body, const std::vector<std::string>& keys,
+                                                                 const redis::resp_args& args) {
+  // Keys and arguments go straight into one RESP buffer: no string per argument, no hiredis
+  // formatting (both were per-call mallocs on the admission path).
+  redis::resp_args tail;
+  std::size_t size = args.bytes().size() + 16;
+  for (auto& k : keys) size += k.size() + 16;
+  tail.reserve(size);
+  for (auto& k : keys) tail.add(k);
+  tail.append(args);
+  const std::string nkeys = std::to_string(keys.size());
+  // An array, not an initializer list: GCC 12 rejects those inside a coroutine.
+  std::string_view head[] = {cmd_evalsha, sha, nkeys};
+  auto r = co_await conn(worker).command_resp(redis::resp_command(head, tail));
   if (r && r->type == redis::reply::kind::error && r->str.rfind("NOSCRIPT", 0) == 0) {
-    head[0] = "EVAL";
-    argv[0] = head[0];
-    argv[1] = body;
-    r = co_await conn(worker).command(argv);
+    head[0] = cmd_eval;
+    head[1] = body;
+    r = co_await conn(worker).command_resp(redis::resp_command(head, tail));
   }
   co_return r;
 }
 
 std::string redis_store::lease_member(const admission& a) {
-  std::string m = a.lease;
+  std::string m;
+  lease_member(a, m);
+  return m;
+}
+
+void redis_store::lease_member(const admission& a, std::string& m) {
+  m.assign(a.lease);
+  char digits[24];
   for (auto& s : a.scopes) {
     m += '|';
     m += s.id;
     m += s.limits.concurrency ? "=1=" : "=0=";
-    m += std::to_string(s.budget.set() ? a.cost_nano : 0);
+    const auto end = std::to_chars(digits, digits + sizeof digits, s.budget.set() ? a.cost_nano : 0).ptr;
+    m.append(digits, std::size_t(end - digits));
   }
-  return m;
 }
 
 namespace {
 
-/// Scope specs of a batch, each sent once and referred to by its 1-based index.
+/// Scope specs of a batch, each sent once and referred to by its 1-based index. A batch holds a
+/// few distinct specs (its team and its keys): a linear search, no key string per call.
+template <class Same>
 struct spec_table {
-  std::vector<std::string> header;
-  std::map<std::string, std::size_t> index;
+  std::vector<const scope_spec*> specs;
+  redis::resp_args header;
+  /// The index of `s`, emitting it into the header when it is new.
   template <class Emit>
-  std::size_t ref(const std::string& key, Emit&& emit) {
-    auto [it, fresh] = index.emplace(key, index.size() + 1);
-    if (fresh) emit(header);
-    return it->second;
+  std::size_t ref(const scope_spec& s, Emit&& emit) {
+    for (std::size_t i = 0; i < specs.size(); ++i)
+      if (Same{}(*specs[i], s)) return i + 1;
+    specs.push_back(&s);
+    emit(header);
+    return specs.size();
+  }
+};
+
+/// What admit.lua is told about a scope: its id, limits and budget.
+struct same_admit_spec {
+  bool operator()(const scope_spec& a, const scope_spec& b) const {
+    return a.id == b.id && a.limits.rpm == b.limits.rpm && a.limits.tpm == b.limits.tpm &&
+           a.limits.concurrency == b.limits.concurrency && budget_limit(a) == budget_limit(b) &&
+           period_kind(a.budget.period) == period_kind(b.budget.period);
+  }
+  static std::int64_t budget_limit(const scope_spec& s) { return s.budget.set() ? s.budget.limit_nano : -1; }
+};
+
+/// settle.lua's kinds of a scope (bits: 1 rate, 2 concurrency, 4 budget).
+int settle_kinds(const scope_spec& sc) {
+  return (sc.limits.rpm || sc.limits.tpm ? 1 : 0) | (sc.limits.concurrency ? 2 : 0) | (sc.budget.set() ? 4 : 0);
+}
+
+/// settle.lua's soft threshold of a scope in nano-USD (0: none).
+std::int64_t settle_soft(const scope_spec& sc) {
+  return sc.budget.set() && sc.budget.soft > 0 ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft) : 0;
+}
+
+/// What settle.lua is told about a scope: its id, kinds and soft threshold.
+struct same_settle_spec {
+  bool operator()(const scope_spec& a, const scope_spec& b) const {
+    return a.id == b.id && settle_kinds(a) == settle_kinds(b) && settle_soft(a) == settle_soft(b);
   }
 };
 
 }  // namespace
 
-std::vector<std::string> redis_store::admit_args(const std::vector<const admission*>& calls) const {
-  spec_table specs;
-  std::vector<std::string> tail;
+redis::resp_args redis_store::admit_args(const std::vector<const admission*>& calls) const {
+  spec_table<same_admit_spec> specs;
+  redis::resp_args tail;
+  tail.reserve(calls.size() * 128);
+  std::string member;
   for (const admission* a : calls) {
-    tail.push_back(a->lease.empty() ? std::string() : lease_member(*a));
-    tail.push_back(std::to_string(a->tokens));
-    tail.push_back(std::to_string(a->cost_nano));
-    tail.push_back(std::to_string(a->scopes.size()));
-    for (auto& s : a->scopes) {
-      const std::string rpm = std::to_string(s.limits.rpm), tpm = std::to_string(s.limits.tpm),
-                        conc = std::to_string(s.limits.concurrency),
-                        blimit = std::to_string(s.budget.set() ? s.budget.limit_nano : -1),
-                        kind(1, period_kind(s.budget.period));
-      const std::size_t k = specs.ref(s.id + '|' + rpm + '|' + tpm + '|' + conc + '|' + blimit + '|' + kind,
-                                      [&](std::vector<std::string>& h) {
-                                        for (const std::string* v : {&s.id, &rpm, &tpm, &conc, &blimit, &kind}) h.push_back(*v);
-                                      });
-      tail.push_back(std::to_string(k));
+    if (a->lease.empty()) {
+      tail.add(std::string_view());
+    } else {
+      lease_member(*a, member);
+      tail.add(member);
     }
+    tail.add(a->tokens);
+    tail.add(a->cost_nano);
+    tail.add(a->scopes.size());
+    for (auto& s : a->scopes)
+      tail.add(specs.ref(s, [&](redis::resp_args& h) {
+        h.add(s.id);
+        h.add(s.limits.rpm);
+        h.add(s.limits.tpm);
+        h.add(s.limits.concurrency);
+        h.add(same_admit_spec::budget_limit(s));
+        const char kind = period_kind(s.budget.period);
+        h.add(std::string_view(&kind, 1));
+      }));
   }
-  std::vector<std::string> args{calls.empty() ? "0" : std::to_string(calls.front()->lease_ms), std::to_string(window_ms_),
-                                std::to_string(calls.size()), std::to_string(specs.index.size())};
-  args.insert(args.end(), std::make_move_iterator(specs.header.begin()), std::make_move_iterator(specs.header.end()));
-  args.insert(args.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
+  redis::resp_args args;
+  args.reserve(64 + specs.header.bytes().size() + tail.bytes().size());
+  if (calls.empty()) args.add(std::string_view("0"));
+  else args.add(calls.front()->lease_ms);
+  args.add(window_ms_);
+  args.add(calls.size());
+  args.add(specs.specs.size());
+  args.append(specs.header);
+  args.append(tail);
   return args;
 }
 
@@ -239,9 +296,9 @@ awaitable<void> redis_store::flush_admissions(unsigned worker) {
     std::vector<std::string> keys = team_keys(team);
     std::vector<const admission*> calls;
     for (auto& p : batch) calls.push_back(p->a);
-    std::vector<std::string> args = admit_args(calls);
+    const redis::resp_args args = admit_args(calls);
     for (auto& p : batch) add_scope_keys(keys, *p->a);
-    auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
+    auto r = co_await eval(worker, admit_sha_, scripts::admit, keys, args);
     const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
     const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
     for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -262,41 +319,43 @@ awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker,
     if (done[lead] || batch[lead].adm.scopes.empty()) continue;
     const std::string team = batch[lead].adm.scopes.front().team;
     std::vector<std::size_t> members;
-    spec_table specs;
-    std::vector<std::string> tail;
+    spec_table<same_settle_spec> specs;
+    redis::resp_args tail;
+    std::string member;
     for (std::size_t c = lead; c < batch.size(); ++c) {
       const settlement& s = batch[c];
       if (done[c] || s.adm.scopes.empty() || s.adm.scopes.front().team != team) continue;
       done[c] = true;
       members.push_back(c);
       const auto& a = s.adm;
-      for (std::string v : {lease_member(a), std::to_string(s.tokens), std::to_string(s.cost_nano),
-                            std::to_string(s.admitted_at_ms), std::to_string(a.tokens), std::to_string(a.cost_nano),
-                            std::to_string(a.scopes.size())})
-        tail.push_back(std::move(v));
+      lease_member(a, member);
+      tail.add(member);
+      tail.add(s.tokens);
+      tail.add(s.cost_nano);
+      tail.add(s.admitted_at_ms);
+      tail.add(a.tokens);
+      tail.add(a.cost_nano);
+      tail.add(a.scopes.size());
       for (std::size_t i = 0; i < a.scopes.size(); ++i) {
         const auto& sc = a.scopes[i];
-        const std::string kinds = std::to_string((sc.limits.rpm || sc.limits.tpm ? 1 : 0) | (sc.limits.concurrency ? 2 : 0) |
-                                                 (sc.budget.set() ? 4 : 0));
-        const std::string soft = std::to_string(
-            sc.budget.set() && sc.budget.soft > 0 ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft)
-                                                  : 0);
-        const std::size_t k = specs.ref(sc.id + '|' + kinds + '|' + soft, [&](std::vector<std::string>& h) {
-          h.push_back(sc.id);
-          h.push_back(kinds);
-          h.push_back(soft);
-        });
-        tail.push_back(std::to_string(k));
-        tail.push_back(i < s.periods.size() ? s.periods[i] : std::string());
+        tail.add(specs.ref(sc, [&](redis::resp_args& h) {
+          h.add(sc.id);
+          h.add(settle_kinds(sc));
+          h.add(settle_soft(sc));
+        }));
+        tail.add(i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view());
       }
     }
-    std::vector<std::string> args{std::to_string(window_ms_), std::to_string(members.size()),
-                                  std::to_string(specs.index.size())};
-    args.insert(args.end(), std::make_move_iterator(specs.header.begin()), std::make_move_iterator(specs.header.end()));
-    args.insert(args.end(), std::make_move_iterator(tail.begin()), std::make_move_iterator(tail.end()));
+    redis::resp_args args;
+    args.reserve(64 + specs.header.bytes().size() + tail.bytes().size());
+    args.add(window_ms_);
+    args.add(members.size());
+    args.add(specs.specs.size());
+    args.append(specs.header);
+    args.append(tail);
     std::vector<std::string> keys = team_keys(team);
     for (std::size_t c : members) add_scope_keys(keys, batch[c].adm);
-    auto r = co_await eval(worker, settle_sha_, std::string(scripts::settle), std::move(keys), std::move(args));
+    auto r = co_await eval(worker, settle_sha_, scripts::settle, keys, args);
     if (!r || r->type != redis::reply::kind::array) continue;  // unreachable: these are retried
     const auto& e = r->elements;
     std::size_t at = 0;
@@ -327,10 +386,10 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   only.limits = {};
   peek.scopes.push_back(only);
   std::vector<const admission*> one{&peek};
-  std::vector<std::string> args = admit_args(one);
+  const redis::resp_args args = admit_args(one);
   std::vector<std::string> keys = team_keys(s.team);
   keys.push_back(scope_key(s.team, s.id));
-  auto r = co_await eval(worker, admit_sha_, std::string(scripts::admit), std::move(keys), std::move(args));
+  auto r = co_await eval(worker, admit_sha_, scripts::admit, keys, args);
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 5 || as_int(r->elements[1]) != 2) co_return b;
   b.reachable = true;
   b.spent = as_int(r->elements[2]);

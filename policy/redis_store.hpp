@@ -49,8 +49,8 @@ class redis_store final : public store {
 
  private:
   /// EVALSHA, and EVAL once when the server does not know the script yet (NOSCRIPT).
-  awaitable<boost::system::result<redis::reply>> eval(unsigned worker, const std::string& sha, const std::string& body,
-                                                      std::vector<std::string> keys, std::vector<std::string> args);
+  awaitable<boost::system::result<redis::reply>> eval(unsigned worker, const std::string& sha, std::string_view body,
+                                                      const std::vector<std::string>& keys, const redis::resp_args& args);
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
   /// The documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>" each).
   awaitable<std::optional<std::vector<std::string>>> members_docs(unsigned worker, std::string kind);
@@ -72,12 +72,14 @@ class redis_store final : public store {
   /// Sends the worker's queued admissions, one batch per team and round trip, until none is left.
   awaitable<void> flush_admissions(unsigned worker);
   /// admit.lua's arguments for a batch: header, scope specs (deduplicated), then the calls.
-  std::vector<std::string> admit_args(const std::vector<const admission*>& calls) const;
+  redis::resp_args admit_args(const std::vector<const admission*>& calls) const;
   /// One call's results (four integers from `at`) in admit.lua's reply.
   static admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t at, const admission& a,
                                   std::int64_t now_ms);
   /// The lease as admit.lua holds it and settle.lua finds it: "<lease>|<scope>=<c>=<amount>|...".
   static std::string lease_member(const admission& a);
+  /// lease_member() written into `out` (cleared first): no allocation once `out` has grown.
+  static void lease_member(const admission& a, std::string& out);
 
   config::redis_config cfg_;
   std::vector<admit_queue> admit_queues_;  ///< per worker; touched only on that worker's thread

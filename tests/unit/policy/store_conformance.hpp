@@ -104,6 +104,44 @@ TYPED_TEST_P(StoreConformance, TokensPerMinuteReservesThenCorrectsToUsage) {
   EXPECT_EQ(this->admit(this->adm({s}, 30)).v, verdict::admitted);
 }
 
+TYPED_TEST_P(StoreConformance, ABatchOfSettlementsCorrectsAndChargesEachCallOnce) {
+  // Calls of two scopes settled in one batch, as a worker sends them: each call's tokens are
+  // corrected to its usage and its cost charged once; a settlement repeated in the batch is not.
+  auto team = scope("t", {0, 300, 0}, budget_of(1000));
+  auto key = scope("k:one", {0, 300, 0});
+  std::vector<settlement> batch;
+  for (std::uint64_t used : {10u, 70u, 60u}) {
+    auto a = this->adm({team, key}, 60, 100);
+    auto r = this->admit(a);
+    ASSERT_EQ(r.v, verdict::admitted);
+    settlement s;
+    s.adm = a;
+    s.periods = r.periods;
+    s.admitted_at_ms = r.admitted_at_ms;
+    s.tokens = used;
+    s.cost_nano = std::int64_t(20 + used);
+    batch.push_back(s);
+  }
+  batch.push_back(batch[1]);
+  auto res = run_sync(this->ioc, this->st->settle_batch(0, batch));
+  ASSERT_EQ(res.size(), 4u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(res[i].reachable) << i;
+    EXPECT_TRUE(res[i].applied) << i;
+  }
+  EXPECT_TRUE(res[3].reachable);
+  EXPECT_FALSE(res[3].applied);
+  EXPECT_EQ(res[2].spent.at(0), 30 + 90 + 80);
+  // Both windows hold 10 + 70 + 60 = 140 tokens: 160 more fit, 161 do not.
+  EXPECT_EQ(this->admit(this->adm({team, key}, 161)).v, verdict::tpm);
+  EXPECT_EQ(this->admit(this->adm({key}, 161)).v, verdict::tpm);
+  EXPECT_EQ(this->admit(this->adm({team, key}, 160)).v, verdict::admitted);
+  auto b = this->budget(team);
+  ASSERT_TRUE(b.reachable);
+  EXPECT_EQ(b.spent, 30 + 90 + 80);
+  EXPECT_EQ(b.reserved, 0);
+}
+
 TYPED_TEST_P(StoreConformance, ConcurrencyIsReleasedBySettlement) {
   auto s = scope("t", {0, 0, 2});
   auto a1 = this->adm({s}), a2 = this->adm({s});
@@ -277,7 +315,8 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
-                            TokensPerMinuteReservesThenCorrectsToUsage, ConcurrencyIsReleasedBySettlement,
+                            TokensPerMinuteReservesThenCorrectsToUsage,
+                            ABatchOfSettlementsCorrectsAndChargesEachCallOnce, ConcurrencyIsReleasedBySettlement,
                             BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
                             ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
