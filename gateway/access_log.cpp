@@ -97,6 +97,7 @@ std::string access_log::format(const request_context& ctx) {
   if (ctx.attempts > 1) json_out::number(o, "attempts", ctx.attempts);
   if (!ctx.error_code.empty()) json_out::field(o, "error_code", ctx.error_code);
   if (!ctx.details.empty()) json_out::field(o, "details", ctx.details);
+  if (!ctx.filter_actions.empty()) json_out::string_list(o, "filters", ctx.filter_actions);
   if (!ctx.user_agent.empty()) json_out::field(o, "user_agent", std::string_view(ctx.user_agent).substr(0, 256));
   put_millis(o, "duration_ms", now - ctx.start);
   if (ctx.first_byte != request_context::clock::time_point{}) put_millis(o, "ttfb_ms", ctx.first_byte - ctx.start);

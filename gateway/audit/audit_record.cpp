@@ -78,12 +78,7 @@ std::string call_record(const request_context& ctx, std::int64_t cost_nano, requ
   if (ctx.stream && has_first) o.append(std::to_string(us_between(ctx.start, ctx.first_byte)));
   else o.append("null");
   jo::number(o, "retries", ctx.attempts > 1 ? ctx.attempts - 1 : 0);
-  o.append(",\"filters\":[");  // content-filter rules that fired: "<rule>:<action>:<direction>"
-  for (std::size_t i = 0; i < ctx.filter_actions.size(); ++i) {
-    if (i) o.push_back(',');
-    jo::string(o, ctx.filter_actions[i]);
-  }
-  o.push_back(']');
+  jo::string_list(o, "filters", ctx.filter_actions);  // rules that fired: "<rule>:<action>:<direction>"
   if (text) {
     jo::key(o, "prompt");
     o.append(text->prompt_json.empty() ? std::string_view("null") : std::string_view(text->prompt_json));

@@ -42,6 +42,19 @@ inline void field_or_null(std::string& out, std::string_view k, std::string_view
   else string(out, value);
 }
 
+/// `,"key":["a","b"]`.
+template <class List>
+inline void string_list(std::string& out, std::string_view k, const List& values) {
+  key(out, k).push_back('[');
+  bool first = true;
+  for (const auto& v : values) {
+    if (!first) out.push_back(',');
+    first = false;
+    string(out, v);
+  }
+  out.push_back(']');
+}
+
 inline void number(std::string& out, std::string_view k, std::uint64_t v) { key(out, k).append(std::to_string(v)); }
 inline void signed_number(std::string& out, std::string_view k, std::int64_t v) { key(out, k).append(std::to_string(v)); }
 inline void boolean(std::string& out, std::string_view k, bool v) { key(out, k).append(v ? "true" : "false"); }
