@@ -345,11 +345,16 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
   for (auto& ev : events_) {
     if (blocked_) break;
     if (!ev.name.empty()) {  // error events and the like pass through as they are
+      flush_batch(out);
+      if (blocked_) break;
       out += sse::format_event(ev.name, ev.data);
       continue;
     }
+    // Runs of common text chunks are batched (one scan each run); the rest is parsed whole.
+    if (filter_ && !finished_ && ev.data != "[DONE]" && in_place(ev.data, out)) continue;
     on_data(ev.data, out);
   }
+  flush_batch(out);
   return out;
 }
 
@@ -449,7 +454,7 @@ chunk_shape delta_content_literal(std::string_view d, std::pair<std::size_t, std
 
 }  // namespace
 
-bool stream_rewriter::on_data_in_place(std::string_view data, std::string& out) {
+bool stream_rewriter::in_place(std::string_view data, std::string& out) {
   // The first chunk is parsed whole (it names the id, model and creation time that the chunks
   // the rewriter makes itself carry); a finish chunk too (held-back text goes out before it).
   if (id_.empty()) return false;
@@ -457,41 +462,59 @@ bool stream_rewriter::on_data_in_place(std::string_view data, std::string& out) 
   if (const auto f = data.rfind(finish_key); f != std::string_view::npos && f + finish_key.size() < data.size() &&
                                              data[f + finish_key.size()] == '"')
     return false;
-  std::pair<std::size_t, std::size_t> span;
-  const chunk_shape shape = delta_content_literal(data, span);
+  pending_text p;
+  const chunk_shape shape = delta_content_literal(data, p.literal);
   if (shape == chunk_shape::other) return false;
   if (shape == chunk_shape::no_text) {
+    flush_batch(out);
     out.append("data: ").append(data).append("\n\n");
     return true;
   }
-  const auto* lit = &span;
-  const std::string_view literal = data.substr(lit->first, lit->second - lit->first);
-  std::string decoded;
-  std::string_view text = literal.substr(1, literal.size() - 2);
-  if (text.find('\\') != std::string_view::npos) {
+  const std::string_view literal = data.substr(p.literal.first, p.literal.second - p.literal.first);
+  if (literal.find('\\') != std::string_view::npos) {
     boost::system::error_code ec;
     auto v = json::parse(literal, ec);
     if (ec || !v.is_string()) return false;
-    decoded = v.get_string();
-    text = decoded;
+    p.decoded = v.get_string();
+    p.escaped = true;
   }
-  auto r = filter_->feed(text);
-  sent(r.text);
-  if (!r.blocked || !r.text.empty()) {
-    // The event as it came, its content string replaced (data is one line: JSON escapes '\n').
-    out.reserve(out.size() + data.size() + r.text.size() + 16);
-    out += "data: ";
-    out.append(data.substr(0, lit->first));
-    out += json::serialize(json::string_view(r.text));
-    out.append(data.substr(lit->second));
-    out += "\n\n";
-  }
-  if (r.blocked) end_blocked(out);
+  p.data = data;
+  batch_.push_back(std::move(p));
   return true;
 }
 
+void stream_rewriter::flush_batch(std::string& out) {
+  if (batch_.empty()) return;
+  // One scan for the run: Hyperscan's cost per call outweighs its cost per byte at delta sizes.
+  std::string joined;
+  std::string_view all = batch_.front().text();
+  if (batch_.size() > 1) {
+    for (const auto& p : batch_) joined += p.text();
+    all = joined;
+  }
+  auto r = filter_->feed(all);
+  sent(r.text);
+  // Each event as it came, its content string replaced: the run's text goes in the last one
+  // (the first one when the run ends in a block), the others carry "" (their other fields stay).
+  const std::size_t carrier = r.blocked ? 0 : batch_.size() - 1;
+  for (std::size_t i = 0; i < batch_.size(); ++i) {
+    if (r.blocked && (i > 0 || r.text.empty())) break;
+    const auto& p = batch_[i];
+    const std::string_view text = i == carrier ? std::string_view(r.text) : std::string_view();
+    out.reserve(out.size() + p.data.size() + text.size() + 16);
+    out += "data: ";
+    out.append(p.data.substr(0, p.literal.first));
+    out += json::serialize(json::string_view(text));  // (data is one line: JSON escapes '\n')
+    out.append(p.data.substr(p.literal.second));
+    out += "\n\n";
+  }
+  batch_.clear();
+  if (r.blocked) end_blocked(out);
+}
+
 void stream_rewriter::on_data(const std::string& data, std::string& out) {
-  if (filter_ && !finished_ && data != "[DONE]" && on_data_in_place(data, out)) return;
+  flush_batch(out);  // (callers batch only through in_place(); this keeps the order)
+  if (blocked_) return;
   if (data == "[DONE]") {
     flush(out);
     if (blocked_) return;

@@ -90,9 +90,23 @@ class stream_rewriter {
 
  private:
   void on_data(const std::string& data, std::string& out);
-  /// The common chunk, rewritten without parsing it: its delta.content string replaced in place.
-  /// False when the chunk needs the full parse (first chunk, finish chunk, unusual shape).
-  bool on_data_in_place(std::string_view data, std::string& out);
+  /// The common chunk, handled without parsing it: a text chunk joins the batch (its
+  /// delta.content string is replaced in place when the batch is flushed), a chunk without text
+  /// is relayed. False when the chunk needs the full parse (first chunk, finish chunk, unusual
+  /// shape).
+  bool in_place(std::string_view data, std::string& out);
+  /// Filters the batched text chunks with one scan and writes them.
+  void flush_batch(std::string& out);
+  struct pending_text {
+    std::string_view data;                    ///< the event's data (in events_)
+    std::pair<std::size_t, std::size_t> literal;  ///< delta.content's string literal in data
+    bool escaped = false;                     ///< the literal had escapes: the text is `decoded`
+    std::string decoded;
+    std::string_view text() const {
+      return escaped ? std::string_view(decoded) : data.substr(literal.first + 1, literal.second - literal.first - 2);
+    }
+  };
+  std::vector<pending_text> batch_;
   void flush(std::string& out);
   void end_blocked(std::string& out);
   void end_stream(std::string& out, std::string_view code, const std::string& message);
