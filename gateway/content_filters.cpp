@@ -6,10 +6,12 @@
 #include <boost/json/value.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <set>
 
 #include "gateway/core/error.hpp"
+#include "gateway/core/json_out.hpp"
 #include "gateway/metrics.hpp"
 
 namespace tollgate::gateway {
@@ -425,6 +427,26 @@ std::size_t find_in(std::string_view d, std::string_view needle, std::size_t fro
 
 enum class chunk_shape { no_text, text, other };
 
+/// The value of the first `key` (`"name":"`) when it is a string without escapes.
+bool plain_string_field(std::string_view d, std::string_view key, std::string& out) {
+  const std::size_t k = find_in(d, key);
+  if (k == std::string_view::npos) return false;
+  const std::size_t b = k + key.size();
+  const std::size_t e = d.find('"', b);
+  if (e == std::string_view::npos || d.substr(b, e - b).find('\\') != std::string_view::npos) return false;
+  out.assign(d.substr(b, e - b));
+  return !out.empty();
+}
+
+/// The value of the first `key` (`"name":`) when it is an integer.
+bool integer_field(std::string_view d, std::string_view key, std::int64_t& out) {
+  const std::size_t k = find_in(d, key);
+  if (k == std::string_view::npos) return false;
+  const char* b = d.data() + k + key.size();
+  const auto [end, ec] = std::from_chars(b, d.data() + d.size(), out);
+  return ec == std::errc() && end != b && end < d.data() + d.size() && (*end == ',' || *end == '}');
+}
+
 // Where delta.content's JSON string literal (quotes included) lies in a chunk, when that can be
 // told without parsing it: after the first "delta" key, exactly one "content" key, as the first
 // key of an object or after a comma, with a string value (`text`); no "content" key after the
@@ -455,18 +477,28 @@ chunk_shape delta_content_literal(std::string_view d, std::pair<std::size_t, std
 }  // namespace
 
 bool stream_rewriter::in_place(std::string_view data, std::string& out) {
-  // The first chunk is parsed whole (it names the id, model and creation time that the chunks
-  // the rewriter makes itself carry); a finish chunk too (held-back text goes out before it).
-  if (id_.empty()) return false;
+  // The first chunk names the id, model and creation time that the chunks the rewriter makes
+  // itself carry: read without parsing when they are plain, else the chunk is parsed whole.
+  if (id_.empty()) {
+    std::string id, model;
+    std::int64_t created = 0;
+    if (!plain_string_field(data, "\"id\":\"", id) || !plain_string_field(data, "\"model\":\"", model) ||
+        !integer_field(data, "\"created\":", created))
+      return false;
+    id_ = std::move(id);
+    model_ = std::move(model);
+    created_ = created;
+  }
   constexpr std::string_view finish_key = "\"finish_reason\":";
-  if (const auto f = data.rfind(finish_key); f != std::string_view::npos && f + finish_key.size() < data.size() &&
-                                             data[f + finish_key.size()] == '"')
-    return false;
+  const auto f = data.rfind(finish_key);
+  const bool finishing = f != std::string_view::npos && f + finish_key.size() < data.size() && data[f + finish_key.size()] == '"';
   pending_text p;
   const chunk_shape shape = delta_content_literal(data, p.literal);
-  if (shape == chunk_shape::other) return false;
+  if (shape == chunk_shape::other || (finishing && shape == chunk_shape::text)) return false;
   if (shape == chunk_shape::no_text) {
     flush_batch(out);
+    if (finishing) flush(out);  // held-back text goes out before the finish chunk
+    if (blocked_) return true;
     out.append("data: ").append(data).append("\n\n");
     return true;
   }
@@ -504,7 +536,7 @@ void stream_rewriter::flush_batch(std::string& out) {
     out.reserve(out.size() + p.data.size() + text.size() + 16);
     out += "data: ";
     out.append(p.data.substr(0, p.literal.first));
-    out += json::serialize(json::string_view(text));  // (data is one line: JSON escapes '\n')
+    json_out::string(out, text);  // (data is one line: JSON escapes '\n')
     out.append(p.data.substr(p.literal.second));
     out += "\n\n";
   }
@@ -520,6 +552,10 @@ void stream_rewriter::on_data(const std::string& data, std::string& out) {
     if (blocked_) return;
     record_filter_actions(ctx_, f_, filter_ ? filter_->fired_rules() : std::vector<std::string>{}, "response");
     out += "data: [DONE]\n\n";
+    return;
+  }
+  if (finished_) {  // after the finish chunk (a usage chunk): nothing left to filter
+    out.append("data: ").append(data).append("\n\n");
     return;
   }
   boost::system::error_code ec;

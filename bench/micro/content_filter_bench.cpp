@@ -86,6 +86,28 @@ void BM_StreamFilter(benchmark::State& state) {
 }
 BENCHMARK(BM_StreamFilter)->Args({0, 16})->Args({0, 64})->Args({0, 256})->Args({1, 64})->Unit(benchmark::kMillisecond);
 
+// What every filtered request pays besides the bytes: a short prompt's scan (every block
+// database) and a response stream opened and closed.
+void BM_ShortPrompt(benchmark::State& state) {
+  auto& f = get();
+  const std::string prompt = "Say hello in one short sentence.";
+  for (auto _ : state) {
+    auto v = cf::scan_text(f.set, f.scratch, prompt);
+    benchmark::DoNotOptimize(v);
+  }
+}
+BENCHMARK(BM_ShortPrompt);
+
+void BM_StreamOpenClose(benchmark::State& state) {
+  auto& f = get();
+  for (auto _ : state) {
+    auto sf = cf::stream_filter::create(f.set, f.scratch);
+    auto r = sf->finish();
+    benchmark::DoNotOptimize(r);
+  }
+}
+BENCHMARK(BM_StreamOpenClose);
+
 }  // namespace
 
 BENCHMARK_MAIN();
