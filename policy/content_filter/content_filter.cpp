@@ -378,6 +378,7 @@ filter_set::filter_set(filter_set&& o) noexcept
       patterns_(std::move(o.patterns_)),
       block_dbs_(std::move(o.block_dbs_)),
       stream_dbs_(std::move(o.stream_dbs_)),
+      small_dbs_(std::move(o.small_dbs_)),
       max_len_(o.max_len_),
       id_(o.id_),
       live_mask_(std::move(o.live_mask_)) {}
@@ -389,6 +390,7 @@ filter_set& filter_set::operator=(filter_set&& o) noexcept {
     patterns_ = std::move(o.patterns_);
     block_dbs_ = std::exchange(o.block_dbs_, {});
     stream_dbs_ = std::exchange(o.stream_dbs_, {});
+    small_dbs_ = std::exchange(o.small_dbs_, {});
     max_len_ = o.max_len_;
     id_ = o.id_;
     live_mask_ = std::move(o.live_mask_);
@@ -399,8 +401,10 @@ filter_set& filter_set::operator=(filter_set&& o) noexcept {
 void filter_set::free_databases() noexcept {
   for (hs_database_t* db : block_dbs_) hs_free_database(db);
   for (hs_database_t* db : stream_dbs_) hs_free_database(db);
+  for (hs_database_t* db : small_dbs_) hs_free_database(db);
   block_dbs_.clear();
   stream_dbs_.clear();
+  small_dbs_.clear();
 }
 
 filter_set::~filter_set() { free_databases(); }
@@ -576,6 +580,7 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
     return std::nullopt;
   };
   std::vector<std::size_t> everything;  // the stream database: all but injection phrases
+  std::vector<std::size_t> all;         // the small-text block database: every pattern
   for (unsigned g = 0; g < group_count; ++g) {
     std::vector<std::size_t> members;
     for (std::size_t k = 0; k < exprs.size(); ++k) {
@@ -583,10 +588,14 @@ result<filter_set> compile(std::span<const rule> rules, const compile_options& o
     }
     if (members.empty()) continue;
     if (g != g_injection) everything.insert(everything.end(), members.begin(), members.end());
+    all.insert(all.end(), members.begin(), members.end());
     if (auto e = compile_one(members, HS_MODE_BLOCK, set.block_dbs_)) return *e;
   }
   if (!everything.empty()) {
     if (auto e = compile_one(everything, HS_MODE_STREAM | HS_MODE_SOM_HORIZON_LARGE, set.stream_dbs_)) return *e;
+  }
+  if (set.block_dbs_.size() > 1) {
+    if (auto e = compile_one(all, HS_MODE_BLOCK, set.small_dbs_)) return *e;
   }
   return set;
 }
@@ -602,7 +611,7 @@ result<scratch> scratch::create(const filter_set& set) {
 
 bool scratch::grow(const filter_set& set) noexcept {
   if (std::find(grown_for_.begin(), grown_for_.end(), set.id_) != grown_for_.end()) return true;
-  for (const auto* dbs : {&set.block_dbs_, &set.stream_dbs_}) {
+  for (const auto* dbs : {&set.block_dbs_, &set.stream_dbs_, &set.small_dbs_}) {
     for (const hs_database_t* db : *dbs) {
       if (hs_alloc_scratch(db, &s_) != HS_SUCCESS) return false;
     }
@@ -915,7 +924,8 @@ verdict scan_text(const filter_set& set, scratch& s, std::string_view text) {
   e.view_ = text;
   e.total_ = text.size();
   e.finished_ = true;
-  for (const hs_database_t* db : set.block_dbs_) {
+  const auto& dbs = text.size() < filter_set::small_text && !set.small_dbs_.empty() ? set.small_dbs_ : set.block_dbs_;
+  for (const hs_database_t* db : dbs) {
     if (hs_scan(db, text.data(), static_cast<unsigned>(text.size()), 0, s.s_, &stream_engine::on_match, &e) !=
         HS_SUCCESS) {
       v.scan_failed = true;

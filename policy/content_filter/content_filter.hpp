@@ -159,6 +159,10 @@ class filter_set {
   // all. Streaming mode: one database of every pattern (see compile()). docs/benchmarks.md.
   std::vector<hs_database*> block_dbs_;
   std::vector<hs_database*> stream_dbs_;
+  /// Block mode for short texts (under small_text bytes): one database of every pattern, since
+  /// there the fixed cost per database scanned outweighs the cost per byte.
+  std::vector<hs_database*> small_dbs_;
+  static constexpr std::size_t small_text = 4096;
   std::size_t max_len_ = 0;
   std::uint64_t id_ = 0;
   // Streams: per byte value, a bit for each distinct reach set (the bytes a pattern's match can
