@@ -339,22 +339,55 @@ stream_rewriter::stream_rewriter(request_context& ctx, const content_filters& f,
   if (auto sf = cf::stream_filter::create(set, s)) filter_.emplace(std::move(*sf));
 }
 
+void stream_rewriter::on_event(std::string_view name, std::string_view data, std::string& out) {
+  if (!name.empty()) {  // error events and the like pass through as they are
+    flush_batch(out);
+    if (!blocked_) out += sse::format_event(name, data);
+    return;
+  }
+  // Runs of common text chunks are batched (one scan each run); the rest is parsed whole.
+  if (filter_ && !finished_ && data != "[DONE]" && in_place(data, out)) return;
+  on_data(data, out);
+}
+
 std::string stream_rewriter::process(std::string_view sse_bytes) {
   std::string out;
   if (blocked_) return out;
-  events_.clear();
-  if (!parser_.feed(sse_bytes, events_)) return std::string(sse_bytes);
-  for (auto& ev : events_) {
-    if (blocked_) break;
-    if (!ev.name.empty()) {  // error events and the like pass through as they are
-      flush_batch(out);
-      if (blocked_) break;
-      out += sse::format_event(ev.name, ev.data);
-      continue;
+  // The translator writes whole events of one data line each ("data: <json>\n\n", or with an
+  // "event: <name>" line before it): those are read in place, without the parser's copies.
+  // Anything else, and everything after it, goes through the parser (which then holds the rest).
+  std::size_t pos = 0;
+  while (pos < sse_bytes.size() && parser_.buffered() == 0 && !blocked_) {
+    std::size_t end = sse_bytes.find('\n', pos);  // the blank line ending the event (memchr)
+    while (end != std::string_view::npos && end + 1 < sse_bytes.size() && sse_bytes[end + 1] != '\n')
+      end = sse_bytes.find('\n', end + 1);
+    if (end == std::string_view::npos || end + 1 >= sse_bytes.size()) break;
+    std::string_view ev = sse_bytes.substr(pos, end - pos);
+    std::string_view name;
+    if (ev.starts_with("event: ")) {
+      const std::size_t nl = ev.find('\n');
+      if (nl == std::string_view::npos) break;
+      name = ev.substr(7, nl - 7);
+      ev.remove_prefix(nl + 1);
+      if (name.empty() || name.find('\r') != std::string_view::npos) break;
     }
-    // Runs of common text chunks are batched (one scan each run); the rest is parsed whole.
-    if (filter_ && !finished_ && ev.data != "[DONE]" && in_place(ev.data, out)) continue;
-    on_data(ev.data, out);
+    // (Two memchr scans: find_first_of calls memchr once per byte of the event.)
+    if (!ev.starts_with("data: ") || ev.find('\n') != std::string_view::npos || ev.find('\r') != std::string_view::npos)
+      break;
+    on_event(name, ev.substr(6), out);
+    pos = end + 2;
+  }
+  if (pos < sse_bytes.size() && !blocked_) {
+    events_.clear();
+    if (!parser_.feed(sse_bytes.substr(pos), events_)) {
+      flush_batch(out);
+      out.append(sse_bytes.substr(pos));
+      return out;
+    }
+    for (auto& ev : events_) {
+      if (blocked_) break;
+      on_event(ev.name, ev.data, out);
+    }
   }
   flush_batch(out);
   return out;
@@ -544,7 +577,7 @@ void stream_rewriter::flush_batch(std::string& out) {
   if (r.blocked) end_blocked(out);
 }
 
-void stream_rewriter::on_data(const std::string& data, std::string& out) {
+void stream_rewriter::on_data(std::string_view data, std::string& out) {
   flush_batch(out);  // (callers batch only through in_place(); this keeps the order)
   if (blocked_) return;
   if (data == "[DONE]") {

@@ -89,7 +89,8 @@ class stream_rewriter {
   const std::string& emitted_text() const { return emitted_; }
 
  private:
-  void on_data(const std::string& data, std::string& out);
+  void on_event(std::string_view name, std::string_view data, std::string& out);
+  void on_data(std::string_view data, std::string& out);
   /// The common chunk, handled without parsing it: a text chunk joins the batch (its
   /// delta.content string is replaced in place when the batch is flushed), a chunk without text
   /// is relayed. False when the chunk needs the full parse (first chunk, finish chunk, unusual

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// The stream rewriter of filtered responses: for any split of the translated SSE into reads, the
-// caller receives valid SSE whose chunks are valid JSON, whose content concatenated equals the
-// whole answer filtered at once, and whose other fields are the upstream's. Chunks rewritten in
-// place (the common case) and chunks parsed whole (first, finish, unusual shapes) must agree.
+// The stream rewriter of filtered responses: for any split of the translated
+// SSE into reads, the caller receives valid SSE whose chunks are valid JSON,
+// whose content concatenated equals the whole answer filtered at once, and
+// whose other fields are the upstream's. Chunks rewritten in place (the common
+// case) and chunks parsed whole (first, finish, unusual shapes) must agree.
 #include "gateway/content_filters.hpp"
 
 #include <boost/json/parse.hpp>
@@ -24,7 +25,7 @@ namespace {
 
 struct setup {
   std::shared_ptr<const tg::content_filters> filters;
-  const cf::filter_set* set = nullptr;
+  const cf::filter_set *set = nullptr;
   std::optional<cf::scratch> scratch;
 };
 
@@ -57,36 +58,45 @@ setup make(std::string block_word = "") {
 const std::string head =
     R"({"id":"chatcmpl-1","object":"chat.completion.chunk","created":1732000000,"model":"gpt-4o-mini","system_fingerprint":"fp",)";
 
-std::string chunk(std::string_view content_json, std::string_view finish = "null") {
-  return "data: " + head + R"("choices":[{"index":0,"delta":{"content":)" + std::string(content_json) +
-         R"(},"logprobs":null,"finish_reason":)" + std::string(finish) + "}]}\n\n";
+std::string chunk(std::string_view content_json,
+                  std::string_view finish = "null") {
+  return "data: " + head + R"("choices":[{"index":0,"delta":{"content":)" +
+         std::string(content_json) + R"(},"logprobs":null,"finish_reason":)" +
+         std::string(finish) + "}]}\n\n";
 }
 
-// An answer in the OpenAI shape: a role chunk, one chunk per piece, a finish chunk, [DONE].
-std::string stream_of(const std::vector<std::string>& pieces) {
-  std::string s = "data: " + head +
-                  R"("choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]})" +
-                  "\n\n";
-  for (auto& p : pieces) s += chunk(json::serialize(json::string_view(p)));
-  s += "data: " + head + R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]})" + "\n\n";
+// An answer in the OpenAI shape: a role chunk, one chunk per piece, a finish
+// chunk, [DONE].
+std::string stream_of(const std::vector<std::string> &pieces) {
+  std::string s =
+      "data: " + head +
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]})" +
+      "\n\n";
+  for (auto &p : pieces)
+    s += chunk(json::serialize(json::string_view(p)));
+  s +=
+      "data: " + head +
+      R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]})" +
+      "\n\n";
   s += "data: [DONE]\n\n";
   return s;
 }
 
 struct outcome {
-  std::string text;           // delta contents concatenated
-  std::string finish_reason;  // of the last chunk that had one
+  std::string text;          // delta contents concatenated
+  std::string finish_reason; // of the last chunk that had one
   bool done = false;
   bool error_event = false;
 };
 
-// Parses what the caller gets; fails the test on invalid SSE or JSON or a changed field.
-outcome read_stream(const std::string& sse_bytes) {
+// Parses what the caller gets; fails the test on invalid SSE or JSON or a
+// changed field.
+outcome read_stream(const std::string &sse_bytes) {
   tollgate::sse::parser p;
   std::vector<tollgate::sse::event> evs;
   EXPECT_TRUE(p.feed(sse_bytes, evs));
   outcome o;
-  for (auto& ev : evs) {
+  for (auto &ev : evs) {
     if (ev.name == "error") {
       o.error_event = true;
       continue;
@@ -98,48 +108,71 @@ outcome read_stream(const std::string& sse_bytes) {
     boost::system::error_code ec;
     auto v = json::parse(ev.data, ec);
     EXPECT_FALSE(ec) << ev.data;
-    if (ec) continue;
-    auto& obj = v.as_object();
+    if (ec)
+      continue;
+    auto &obj = v.as_object();
     EXPECT_EQ(obj.at("id").as_string(), "chatcmpl-1");
     EXPECT_EQ(obj.at("model").as_string(), "gpt-4o-mini");
-    auto& c = obj.at("choices").as_array().at(0).as_object();
-    if (auto* d = c.at("delta").as_object().if_contains("content"); d && d->is_string()) o.text += d->as_string();
-    if (auto& f = c.at("finish_reason"); f.is_string()) o.finish_reason = f.as_string();
+    auto &c = obj.at("choices").as_array().at(0).as_object();
+    if (auto *d = c.at("delta").as_object().if_contains("content");
+        d && d->is_string())
+      o.text += d->as_string();
+    if (auto &f = c.at("finish_reason"); f.is_string())
+      o.finish_reason = f.as_string();
   }
   return o;
 }
 
-std::string rewrite(setup& s, const std::string& in, std::mt19937& rng, bool* blocked = nullptr) {
+// Feeds `in` in random reads: arbitrary splits, or (event_aligned) whole
+// events, 1 to 5 at a time, as the translator writes them (the rewriter reads
+// those without its parser).
+std::string rewrite(setup &s, const std::string &in, std::mt19937 &rng,
+                    bool *blocked = nullptr, bool event_aligned = false) {
   tollgate::request_context ctx;
   tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
   std::string out;
   std::size_t i = 0;
   while (i < in.size()) {
-    const std::size_t n = std::uniform_int_distribution<std::size_t>(1, 300)(rng);
+    std::size_t n = std::uniform_int_distribution<std::size_t>(1, 300)(rng);
+    if (event_aligned) {
+      std::size_t end = i;
+      for (int k = std::uniform_int_distribution<int>(1, 5)(rng);
+           k > 0 && end < in.size(); --k)
+        end = in.find("\n\n", end) + 2;
+      n = end - i;
+    }
     out += rw.process(std::string_view(in).substr(i, n));
     i += n;
   }
-  if (blocked) *blocked = rw.blocked();
+  if (blocked)
+    *blocked = rw.blocked();
   return out;
 }
 
-}  // namespace
+} // namespace
 
 TEST(StreamRewriterTest, AnyReadSplitGivesTheWholeAnswerFiltered) {
   auto s = make();
   std::mt19937 rng(7);
-  const std::vector<std::string> words = {"Hello", " there", ", write to ", "jane.doe", "@exam", "ple.com", " or",
-                                          " \"quoted\" ", "tab\there", " é中😀", "\n", " a+b@mail.co.uk", "."};
+  const std::vector<std::string> words = {
+      "Hello",     " there",  ", write to ", "jane.doe",
+      "@exam",     "ple.com", " or",         " \"quoted\" ",
+      "tab\there", " é中😀",   "\n",          " a+b@mail.co.uk",
+      "."};
   for (int round = 0; round < 300; ++round) {
     std::vector<std::string> pieces;
     const int n = std::uniform_int_distribution<int>(1, 40)(rng);
-    for (int k = 0; k < n; ++k) pieces.push_back(words[std::uniform_int_distribution<std::size_t>(0, words.size() - 1)(rng)]);
+    for (int k = 0; k < n; ++k)
+      pieces.push_back(words[std::uniform_int_distribution<std::size_t>(
+          0, words.size() - 1)(rng)]);
     std::string whole;
-    for (auto& p : pieces) whole += p;
+    for (auto &p : pieces)
+      whole += p;
     auto v = cf::scan_text(*s.set, *s.scratch, whole);
     const std::string want = v.redacted_text.value_or(whole);
 
-    const outcome o = read_stream(rewrite(s, stream_of(pieces), rng));
+    const outcome o = read_stream(
+        rewrite(s, stream_of(pieces), rng, nullptr, round % 2 == 0));
     EXPECT_EQ(o.text, want) << "round " << round;
     EXPECT_EQ(o.finish_reason, "stop");
     EXPECT_TRUE(o.done);
@@ -150,37 +183,47 @@ TEST(StreamRewriterTest, AnyReadSplitGivesTheWholeAnswerFiltered) {
 TEST(StreamRewriterTest, BlockEndsTheStreamWithContentFilter) {
   auto s = make("forbidden");
   std::mt19937 rng(11);
-  const std::string in = stream_of({"This is ", "fine. Now the forb", "idden word", " and more text", " after it"});
-  bool blocked = false;
-  const outcome o = read_stream(rewrite(s, in, rng, &blocked));
-  EXPECT_TRUE(blocked);
-  EXPECT_EQ(o.text, "This is fine. Now the ");
-  EXPECT_EQ(o.finish_reason, "content_filter");
-  EXPECT_TRUE(o.error_event);
-  EXPECT_TRUE(o.done);
+  const std::string in =
+      stream_of({"This is ", "fine. Now the forb", "idden word",
+                 " and more text", " after it"});
+  for (const bool aligned : {false, true}) {
+    bool blocked = false;
+    const outcome o = read_stream(rewrite(s, in, rng, &blocked, aligned));
+    EXPECT_TRUE(blocked);
+    EXPECT_EQ(o.text, "This is fine. Now the ");
+    EXPECT_EQ(o.finish_reason, "content_filter");
+    EXPECT_TRUE(o.error_event);
+    EXPECT_TRUE(o.done);
+  }
 }
 
 TEST(StreamRewriterTest, ChunksWithoutTextAndOddShapesPassThrough) {
   auto s = make();
   std::mt19937 rng(3);
-  // A tool-call chunk (no content key), a chunk whose content is null, a usage chunk with no
-  // choices, and a chunk with a "content" key twice (logprobs): each is relayed or parsed whole.
+  // A tool-call chunk (no content key), a chunk whose content is null, a usage
+  // chunk with no choices, and a chunk with a "content" key twice (logprobs):
+  // each is relayed or parsed whole.
   std::string in = stream_of({"one "});
-  const std::string finish = in.substr(in.find("data: " + head + R"("choices":[{"index":0,"delta":{},)"));
+  const std::string finish = in.substr(
+      in.find("data: " + head + R"("choices":[{"index":0,"delta":{},)"));
   in.resize(in.size() - finish.size());
-  in += "data: " + head +
-        R"("choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"content\":\"x@y.com\"}"}}]},"logprobs":null,"finish_reason":null}]})" +
-        "\n\n";
+  in +=
+      "data: " + head +
+      R"("choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"content\":\"x@y.com\"}"}}]},"logprobs":null,"finish_reason":null}]})" +
+      "\n\n";
   in += chunk("null");
-  in += "data: " + head +
-        R"("choices":[{"index":0,"delta":{"content":"mail me@corp.io"},"logprobs":{"content":[{"token":"mail","logprob":-0.1}]},"finish_reason":null}]})" +
-        "\n\n";
+  in +=
+      "data: " + head +
+      R"("choices":[{"index":0,"delta":{"content":"mail me@corp.io"},"logprobs":{"content":[{"token":"mail","logprob":-0.1}]},"finish_reason":null}]})" +
+      "\n\n";
   in += finish;
-  const std::string out = rewrite(s, in, rng);
-  const outcome o = read_stream(out);
-  EXPECT_EQ(o.text, "one mail [REDACTED:email]");
-  EXPECT_EQ(o.finish_reason, "stop");
-  EXPECT_TRUE(o.done);
-  // The tool call's arguments are not content: relayed as they came.
-  EXPECT_NE(out.find(R"(\"content\":\"x@y.com\")"), std::string::npos);
+  for (const bool aligned : {false, true}) {
+    const std::string out = rewrite(s, in, rng, nullptr, aligned);
+    const outcome o = read_stream(out);
+    EXPECT_EQ(o.text, "one mail [REDACTED:email]");
+    EXPECT_EQ(o.finish_reason, "stop");
+    EXPECT_TRUE(o.done);
+    // The tool call's arguments are not content: relayed as they came.
+    EXPECT_NE(out.find(R"(\"content\":\"x@y.com\")"), std::string::npos);
+  }
 }
