@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import { startFakeOpenAI } from './lib/fake_openai.mjs';
-import { runTollgate, serverYaml, startGateway, tempConfig } from './lib/gateway.mjs';
+import { checkRefused, serverYaml, startGateway } from './lib/gateway.mjs';
 import { metricValue, scrape } from './lib/policy_helpers.mjs';
 
 let fake;
@@ -128,22 +128,14 @@ describe('content filters', () => {
 
 describe('content filter config', () => {
   test('a bad custom regex is refused at load with the rule and Hyperscan\'s message', async () => {
-    const cfg = tempConfig(serverYaml() + `content_filters:
+    await checkRefused(serverYaml() + `content_filters:
   rules:
     - {name: broken, regex: "(unclosed", action: block}
 providers:
   - {name: m, type: mock}
 models:
   - {name: x, provider: m}
-`);
-    try {
-      const r = await runTollgate(['--config', cfg.path, '--check']);
-      assert.equal(r.code, 2);
-      assert.match(r.stderr, /broken/);
-      assert.match(r.stderr, /Missing close parenthesis/i);
-    } finally {
-      cfg.cleanup();
-    }
+`, /broken/, /Missing close parenthesis/i);
   });
 });
 
@@ -209,22 +201,13 @@ models:
 });
 
 describe('content filter config: injection rules', () => {
-  const check = async (rules, pattern) => {
-    const cfg = tempConfig(serverYaml() + `content_filters:
+  const check = (rules, pattern) => checkRefused(serverYaml() + `content_filters:
 ${rules}
 providers:
   - {name: m, type: mock}
 models:
   - {name: x, provider: m}
-`);
-    try {
-      const r = await runTollgate(['--config', cfg.path, '--check']);
-      assert.equal(r.code, 2, r.stderr);
-      assert.match(r.stderr, pattern);
-    } finally {
-      cfg.cleanup();
-    }
-  };
+`, pattern);
   test('an injection rule listed for responses, with action redact, or with a bad phrase is refused at load', async () => {
     await check(`  rules:
     - {name: inj, injection: {}, action: block}

@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 
 import { startFakeOpenAI } from './lib/fake_openai.mjs';
-import { runTollgate, serverYaml, startGateway, tempConfig } from './lib/gateway.mjs';
+import { checkRefused, serverYaml, startGateway } from './lib/gateway.mjs';
 import { metricValue, scrape } from './lib/policy_helpers.mjs';
 
 let fake;
@@ -168,23 +168,14 @@ describe('moderation endpoint', () => {
 });
 
 describe('moderation config', () => {
-  const refused = async (moderation, pattern) => {
-    const cfg = tempConfig(serverYaml() + `content_filters:
+  const refused = (moderation, pattern) => checkRefused(serverYaml() + `content_filters:
   moderation: ${moderation}
 providers:
   - {name: m, type: mock}
   - {name: up, type: openai_compatible, base_url: "http://127.0.0.1:9/v1"}
 models:
   - {name: x, provider: m}
-`);
-    try {
-      const r = await runTollgate(['--config', cfg.path, '--check']);
-      assert.equal(r.code, 2, r.stderr);
-      assert.match(r.stderr, pattern);
-    } finally {
-      cfg.cleanup();
-    }
-  };
+`, pattern);
   test('an unknown or non-OpenAI provider, a bad on_error or action is refused at load', async () => {
     await refused('{provider: nope}', /content_filters\.moderation\.provider: unknown provider 'nope'/);
     await refused('{provider: m}', /'m' is a mock provider; moderation needs an openai_compatible one/);

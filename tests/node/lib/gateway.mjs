@@ -75,6 +75,22 @@ export async function runTollgate(args, { timeoutMs = 10000, env } = {}) {
   return { code, signal, stdout, stderr };
 }
 
+/**
+ * `tollgate --check` on `yaml`: resolves with its stderr after asserting that the config was
+ * refused (exit 2) with a message matching every pattern in `patterns`.
+ */
+export async function checkRefused(yaml, ...patterns) {
+  const cfg = tempConfig(yaml);
+  try {
+    const r = await runTollgate(['--config', cfg.path, '--check']);
+    if (r.code !== 2) throw new Error(`expected the config to be refused (exit 2), got ${r.code}: ${r.stderr}`);
+    for (const p of patterns) if (!p.test(r.stderr)) throw new Error(`stderr does not match ${p}: ${r.stderr}`);
+    return r.stderr;
+  } finally {
+    cfg.cleanup();
+  }
+}
+
 /** A temporary directory with a config file in it. */
 export function tempConfig(yaml, name = 'tollgate.yaml') {
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-test-'));

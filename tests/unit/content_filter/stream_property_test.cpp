@@ -98,6 +98,36 @@ std::vector<cf::rule> rule_mix(int variant) {
   return rules;
 }
 
+// What a stream filter emits for `text` fed in `pieces`, and how it behaved on the way.
+struct streamed {
+  std::string text;
+  bool blocked = false;
+  bool utf8_ok = true;        ///< no piece of output ended inside a character
+  std::size_t max_held = 0;   ///< the most text held back after any piece
+  std::vector<std::string> rules;  ///< fired_rules() at the end
+};
+
+streamed stream_through(const cf::filter_set& set, cf::scratch& scratch, const std::vector<std::string_view>& pieces) {
+  streamed out;
+  auto sf = cf::stream_filter::create(set, scratch);
+  EXPECT_TRUE(sf.has_value());
+  if (!sf) return out;
+  for (std::string_view piece : pieces) {
+    auto r = sf->feed(piece);
+    out.utf8_ok = out.utf8_ok && utf8_boundary_ok(r.text);
+    out.text += r.text;
+    if ((out.blocked = r.blocked)) break;
+    out.max_held = std::max(out.max_held, sf->held_back());
+  }
+  if (!out.blocked) {
+    auto r = sf->finish();
+    out.text += r.text;
+    out.blocked = r.blocked;
+  }
+  out.rules = sf->fired_rules();
+  return out;
+}
+
 // The corpus ships beside this file (no CMake change needed: __FILE__ is the source path).
 std::string corpus_dir() {
   std::string f = __FILE__;
@@ -128,28 +158,14 @@ TEST(ContentFilterStreamPropertyTest, AnySplitEqualsWholeText) {
       blocked_cases += want.blocked ? 1 : 0;
       redacted_cases += (!want.blocked && want.redacted_text) ? 1 : 0;
 
-      auto sf = cf::stream_filter::create(*set, *scratch);
-      ASSERT_TRUE(sf.has_value());
-      std::string got;
-      bool blocked = false;
-      for (std::string_view piece : random_split(rng, text)) {
-        auto r = sf->feed(piece);
-        ASSERT_TRUE(utf8_boundary_ok(r.text)) << "case " << n;
-        got += r.text;
-        if (r.blocked) {
-          blocked = true;
-          break;
-        }
-        ASSERT_LE(sf->held_back(), bound) << "case " << n;
-      }
-      if (!blocked) {
-        auto r = sf->finish();
-        got += r.text;
-        blocked = r.blocked;
-      }
+      const streamed st = stream_through(*set, *scratch, random_split(rng, text));
+      ASSERT_TRUE(st.utf8_ok) << "case " << n;
+      ASSERT_LE(st.max_held, bound) << "case " << n;
+      const bool blocked = st.blocked;
+      const std::string& got = st.text;
       ASSERT_EQ(blocked, want.blocked) << "variant " << variant << " case " << n << " text: " << text;
       ASSERT_EQ(got, want_text) << "variant " << variant << " case " << n << " text: " << text;
-      ASSERT_EQ(sf->fired_rules(), want.rules) << "variant " << variant << " case " << n << " text: " << text;
+      ASSERT_EQ(st.rules, want.rules) << "variant " << variant << " case " << n << " text: " << text;
     }
   }
   EXPECT_EQ(cases, 9000);
@@ -199,17 +215,8 @@ TEST(ContentFilterStreamPropertyTest, AnySplitEqualsWholeTextForEachDetectorAlon
       for (int n = 0; n < 200; ++n) {
         const std::string text = random_text(rng);
         const cf::verdict want = cf::scan_text(*set, *scratch, text);
-        auto sf = cf::stream_filter::create(*set, *scratch);
-        ASSERT_TRUE(sf.has_value());
-        std::string got;
-        bool blocked = false;
-        for (std::string_view piece : random_split(rng, text)) {
-          auto r = sf->feed(piece);
-          got += r.text;
-          if ((blocked = r.blocked)) break;
-        }
-        if (!blocked) got += sf->finish().text;
-        ASSERT_EQ(got, want.redacted_text.value_or(text)) << cf::detector_name(d) << " case " << n << " text: " << text;
+        const streamed st = stream_through(*set, *scratch, random_split(rng, text));
+        ASSERT_EQ(st.text, want.redacted_text.value_or(text)) << cf::detector_name(d) << " case " << n << " text: " << text;
       }
     }
   }
