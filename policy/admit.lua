@@ -1,25 +1,35 @@
--- Tollgate admission of a batch of one team's calls: for each call, in order, every scope and
--- every kind of limit is checked, then all are reserved (all or nothing), exactly as if the calls
--- had come one by one. A worker sends the calls that arrived while its previous batch was on the
--- wire: one round trip per call, and each scope read and written once per batch. Time is the Redis
--- server's (TIME), never a gateway's. docs/policy.md explains the algorithms and their error
--- bounds; memory_store.cpp implements the same semantics.
+-- Tollgate's one policy script: a batch of one team's calls, settled and admitted in one script
+-- call. A worker sends the admissions that arrived while its previous call was on the wire, and
+-- with them the settlements of its calls that finished meanwhile: one round trip per admission,
+-- and each scope read and written once for both. First the settlements, in order (each releases
+-- what its admission held and charges its actual usage, once: only the first finds its lease),
+-- then the admissions, in order (every scope and kind checked, then all reserved: all or
+-- nothing), exactly as if they had come one by one. A batch may hold only settlements (nothing to
+-- admit was on its way) or only admissions. Time is the Redis server's (TIME), never a gateway's.
+-- docs/policy.md explains the algorithms and their error bounds; memory_store.cpp implements the
+-- same semantics.
 --
 -- Keys, all under the team's hash tag "<prefix>{team}:":
 --   KEYS[1]  sorted set of the team's calls in flight, scored by lease expiry; member
 --            "<lease>|<scope>=<counts for concurrency 0|1>=<reserved nano-USD>|..." (built by the
---            gateway, which sends the same string to settle.lua)
+--            gateway, which sends the same string to settle the call)
 --   KEYS[2]  sorted set of calls whose lease expired before they were settled (kept a day)
 --   KEYS[3..] the scope hashes the batch touches: "<prefix>{team}:t" for the team, ":k:<id>" for a
 --            key, with fields rs ts (requests and tokens in the window), lo (oldest bucket that may
 --            hold counts), b<bucket> ("<requests>:<tokens>"), c (calls in flight), pid spent res
 --            soft (budget period, spent and reserved nano-USD, soft-threshold flag)
--- ARGV      lease_ms, window_ms, ncalls, nspecs, then per scope spec: scope ("t" or "k:<id>"), rpm,
---           tpm, concurrency, budget_limit_nano (-1: none), period kind (d|m|t); then per call:
---           member ("" : only read the first scope's budget), tokens, cost_nano, nscopes, then the
---           index (1-based) of each of its scope specs
--- Returns   {now_ms, then per call four numbers}: 1,0,0,0 admitted; 0,reason,scope_index,retry_ms
---           refused (reason 1 rpm, 2 tpm, 3 concurrency, 4 budget); 2,spent,reserved,0 (read)
+-- ARGV      lease_ms, window_ms, nadmit, nsettle, nspecs, then per scope spec: scope ("t" or
+--           "k:<id>"), rpm, tpm, concurrency, budget_limit_nano (-1: none), period kind (d|m|t),
+--           soft_threshold_nano (0: none);
+--           then per settlement: member (as admission held it), tokens_actual, cost_nano_actual,
+--           admitted_at_ms, tokens_reserved, cost_nano_reserved, nscopes, then per scope: spec
+--           index (1-based), period id of the admission ('' : no budget);
+--           then per admission: member ("" : only read the first scope's budget), tokens,
+--           cost_nano, nscopes, then the spec index of each of its scopes
+-- Returns   {now_ms, then per settlement: applied (0|1), then per scope: spent_nano after,
+--           soft_crossed (0|1); then per admission four numbers: 1,0,0,0 admitted;
+--           0,reason,scope_index,retry_ms refused (reason 1 rpm, 2 tpm, 3 concurrency, 4 budget);
+--           2,spent,reserved,0 (read)}
 -- Cost model (measured on Redis 7.0): a Lua table costs ~300 ns and a string concatenation
 -- ~500 ns, far more than the Redis commands here; so no table or string is built per call, and
 -- each scope is read and written once per batch.
@@ -37,7 +47,7 @@ local L, X = KEYS[1], KEYS[2]
 local base = string.sub(L, 1, -2)  -- "<prefix>{team}:"
 local lease_ms = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local ncalls = tonumber(ARGV[3])
+local nadmit, nsettle, nspecs = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 
 -- Rate windows: 30 buckets of window/30 plus the current one. A call counts for between 30 and 31
 -- buckets after its admission: never less than the window, so no 60 s span ever holds more than
@@ -82,15 +92,74 @@ local function counts(packed)
   return tonumber(r), tonumber(tk)
 end
 
+-- Scope specs, parsed once per batch (calls refer to them by index).
+local SPEC = 7
+local spec_sfx, spec_rpm, spec_tpm, spec_conc, spec_blimit, spec_pid, spec_soft = {}, {}, {}, {}, {}, {}, {}
+for k = 1, nspecs do
+  local j = 6 + (k - 1) * SPEC
+  spec_sfx[k] = ARGV[j]
+  spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k], spec_soft[k] =
+      tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 6])
+  if spec_blimit[k] >= 0 then spec_pid[k] = pid_of(ARGV[j + 5]) end
+end
+local settle0 = 6 + nspecs * SPEC
+
+-- Settlements, pass 1: find each call's lease: in flight (release and charge), expired (its hold
+-- was already given back: charge only) or absent (settled before: nothing); note the buckets
+-- other than the current one whose tokens it corrects (read with its scope below).
+local states, need = {}, {}
+local a = settle0
+for ci = 1, nsettle do
+  local n = N[ARGV[a + 6]]
+  local st = 0
+  if call('ZREM', L, ARGV[a]) == 1 then
+    st = 1
+  elseif call('ZREM', X, ARGV[a]) == 1 then
+    st = 2
+  end
+  states[ci] = st
+  if st > 0 and ARGV[a + 1] ~= ARGV[a + 4] then
+    local bucket = floor(N[ARGV[a + 3]] / bsize)
+    if bucket ~= cur and bucket >= first then
+      local j = a + 7
+      for _ = 1, n do
+        local k = N[ARGV[j]]
+        if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
+          local sfx = spec_sfx[k]
+          local nb = need[sfx]
+          if not nb then
+            nb = {}
+            need[sfx] = nb
+          end
+          nb['b' .. bucket] = true
+        end
+        j = j + 2
+      end
+    end
+  end
+  a = a + 7 + 2 * n
+end
+local admit0 = a
+
 -- Scope state, read once (with its window rolled forward) and written once at the end.
 local state, order = {}, {}
 local function scope(suffix)
   local s = state[suffix]
   if s then return s end
   local key = base .. suffix
-  local v = call('HMGET', key, 'rs', 'ts', 'lo', bcur, 'c', 'pid', 'spent', 'res')
+  local v, bv
+  local nb = need[suffix]
+  if nb then
+    local f = {'rs', 'ts', 'lo', bcur, 'c', 'pid', 'spent', 'res', 'soft'}
+    for bf in pairs(nb) do f[#f + 1] = bf end
+    v = call('HMGET', key, unpack(f))
+    bv = {}
+    for i = 10, #f do bv[f[i]] = v[i] end
+  else
+    v = call('HMGET', key, 'rs', 'ts', 'lo', bcur, 'c', 'pid', 'spent', 'res', 'soft')
+  end
   s = {key = key, rs = tonumber(v[1] or 0), ts = tonumber(v[2] or 0), lo = tonumber(v[3] or cur), c = tonumber(v[5] or 0),
-       pid = v[6], spent = tonumber(v[7] or 0), res = tonumber(v[8] or 0)}
+       pid = v[6], spent = tonumber(v[7] or 0), res = tonumber(v[8] or 0), soft = v[9], hascur = v[4] ~= nil, bv = bv}
   s.rc, s.tc = counts(v[4])
   if s.lo < first then
     -- Buckets that left the window: subtract them (once per bucket).
@@ -128,23 +197,75 @@ if #gone > 0 then
   call('ZREMRANGEBYSCORE', X, '-inf', now - 86400000)
 end
 
--- Scope specs, parsed once per batch (calls refer to them by index).
-local nspecs = tonumber(ARGV[4])
-local spec_scope, spec_rpm, spec_tpm, spec_conc, spec_blimit, spec_pid = {}, {}, {}, {}, {}, {}
-for k = 1, nspecs do
-  local j = 5 + (k - 1) * 6
-  spec_scope[k] = scope(ARGV[j])
-  spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k] =
-      tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
-  if spec_blimit[k] >= 0 then spec_pid[k] = pid_of(ARGV[j + 5]) end
+local spec_scope = {}
+for k = 1, nspecs do spec_scope[k] = scope(spec_sfx[k]) end
+
+-- Settlements, pass 2: apply, in order.
+local out, no = {now}, 1
+a = settle0
+for ci = 1, nsettle do
+  local tokens, cost = N[ARGV[a + 1]], N[ARGV[a + 2]]
+  local bucket = floor(N[ARGV[a + 3]] / bsize)
+  local tokens_reserved, cost_reserved, n = N[ARGV[a + 4]], N[ARGV[a + 5]], N[ARGV[a + 6]]
+  local st = states[ci]
+  no = no + 1
+  out[no] = st > 0 and 1 or 0
+  local j = a + 7
+  for _ = 1, n do
+    local spent, crossed = 0, 0
+    if st > 0 then
+      local k = N[ARGV[j]]
+      local s = spec_scope[k]
+      local blimit = spec_blimit[k]
+      if st == 1 then  -- release what admission held (the sweep released expired ones)
+        if spec_conc[k] > 0 then s.c, s.dirty = s.c - 1, true end
+        if blimit >= 0 then s.res, s.dirty = s.res - cost_reserved, true end
+      end
+      -- Correct the token reservation to the usage, if its bucket is still in the window (and
+      -- holds counts): the current bucket's count here, an older one's summed and written once.
+      if (spec_rpm[k] > 0 or spec_tpm[k] > 0) and bucket >= first and tokens ~= tokens_reserved then
+        local d = tokens - tokens_reserved
+        if bucket == cur then
+          if s.hascur then s.tc, s.ts, s.rate = s.tc + d, s.ts + d, true end
+        else
+          local bf = 'b' .. bucket
+          if s.bv and s.bv[bf] then
+            local td = s.tdelta
+            if not td then
+              td = {}
+              s.tdelta = td
+            end
+            td[bf] = (td[bf] or 0) + d
+            s.ts, s.tsd = s.ts + d, true
+          end
+        end
+      end
+      if blimit >= 0 then
+        local pid, soft = ARGV[j + 1], spec_soft[k]
+        if not s.pid or s.pid < pid then  -- first news of a new period: its spend starts at 0
+          s.pid, s.spent, s.soft = pid, 0, '0'
+        end
+        spent = s.spent + cost
+        s.spent, s.bd = spent, true
+        if soft > 0 and spent >= soft and s.soft ~= '1' then
+          s.soft = '1'
+          crossed = 1
+        end
+      end
+    end
+    out[no + 1], out[no + 2], no = spent, crossed, no + 2
+    j = j + 2
+  end
+  a = j
 end
 
-local out, held, no, nh = {now}, {}, 1, 0
+-- Admissions.
+local held, nh = {}, 0
 -- Every lease of the batch expires at the same time: formatted once (Redis formats each number
 -- it is given with %.17g, ~0.4 us).
 local expiry = string.format('%d', now + lease_ms)
-local a = 5 + nspecs * 6
-for _ = 1, ncalls do
+a = admit0
+for _ = 1, nadmit do
   local member, tokens, cost, n = ARGV[a], N[ARGV[a + 1]], N[ARGV[a + 2]], N[ARGV[a + 3]]
   local s0 = a + 4
   a = s0 + n
@@ -180,7 +301,7 @@ for _ = 1, ncalls do
       if spec_blimit[k] >= 0 then
         s.res = s.res + cost
         local pid = spec_pid[k]
-        if not s.pid or s.pid < pid then s.pid, s.spent, s.newperiod = pid, 0, true end  -- holds carry over
+        if not s.pid or s.pid < pid then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
       end
     end
     held[nh + 1], held[nh + 2], nh = expiry, member, nh + 2
@@ -192,13 +313,36 @@ end
 for _, suffix in ipairs(order) do
   local s = state[suffix]
   if s.rate then
-    call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, bcur, s.rc .. ':' .. s.tc, 'c', s.c, 'res', s.res)
-  elseif s.rolled then
-    call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, 'c', s.c, 'res', s.res)
+    if s.bd then
+      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, bcur, s.rc .. ':' .. s.tc, 'c', s.c, 'res', s.res,
+           'pid', s.pid, 'spent', s.spent, 'soft', s.soft or '0')
+    else
+      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, bcur, s.rc .. ':' .. s.tc, 'c', s.c, 'res', s.res)
+    end
+  elseif s.rolled or s.tsd then
+    if s.bd then
+      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, 'c', s.c, 'res', s.res, 'pid', s.pid, 'spent', s.spent,
+           'soft', s.soft or '0')
+    else
+      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, 'c', s.c, 'res', s.res)
+    end
   elseif s.dirty or s.swept then
-    call('HSET', s.key, 'c', s.c, 'res', s.res)
+    if s.bd then
+      call('HSET', s.key, 'c', s.c, 'res', s.res, 'pid', s.pid, 'spent', s.spent, 'soft', s.soft or '0')
+    else
+      call('HSET', s.key, 'c', s.c, 'res', s.res)
+    end
+  elseif s.bd then
+    call('HSET', s.key, 'pid', s.pid, 'spent', s.spent, 'soft', s.soft or '0')
   end
-  if s.newperiod then call('HSET', s.key, 'pid', s.pid, 'spent', 0, 'soft', 0) end
+  if s.tdelta then
+    for bf, d in pairs(s.tdelta) do
+      if d ~= 0 then
+        local r, tk = string.match(s.bv[bf], '^(%d+):(-?%d+)$')
+        call('HSET', s.key, bf, r .. ':' .. (tonumber(tk) + d))
+      end
+    end
+  end
 end
-if #held > 0 then call('ZADD', L, unpack(held)) end
+if nh > 0 then call('ZADD', L, unpack(held)) end
 return out

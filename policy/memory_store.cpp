@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Keep in step with admit.lua and settle.lua: the conformance suite runs on both.
+// Keep in step with admit.lua: the conformance suite runs on both.
 #include "policy/memory_store.hpp"
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
-/// The embedded store: the same semantics as the Redis scripts (admit.lua, settle.lua), in
+/// The embedded store: the same semantics as the Redis script (admit.lua), in
 /// process, under one mutex. Used by quickstart and single-node deployments, and as the
 /// per-instance fallback for rate limits while Redis is unreachable.
 #include <functional>
@@ -23,6 +23,13 @@ class memory_store final : public store {
     std::vector<settle_result> out;
     for (auto& s : batch) out.push_back(settle_now(s));
     co_return out;
+  }
+  /// Applied at once (nothing to carry it): the same order and result as a queued one.
+  void queue_settlement(unsigned worker, settlement s, executor_t) override {
+    std::vector<settle_result> r{settle_now(s)};
+    std::vector<settlement> one;
+    one.push_back(std::move(s));
+    report_settled(worker, one, r, true);
   }
   awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return budget_now(s); }
   awaitable<bool> renew(unsigned, const admission& a, std::int64_t expiry_ms) override {

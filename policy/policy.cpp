@@ -105,8 +105,9 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                                            "expired, unavailable.",
                     metrics::kind::counter, {"result"})),
       calls_(reg.add("tollgate_policy_store_calls_total",
-                     "Policy store round trips by operation: admit and key_lookup happen before the upstream call, "
-                     "settle after the response.",
+                     "Policy store round trips by operation: admit and key_lookup happen before the upstream call; "
+                     "settle counts settlements sent on their own after the response (most ride along with the next "
+                     "admission and need no round trip of their own).",
                      metrics::kind::counter, {"op"})),
       call_admit_(calls_.counter({"admit"})),
       call_key_(calls_.counter({"key_lookup"})),
@@ -114,6 +115,8 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       call_team_(calls_.counter({"team_lookup"})) {
   degraded_.gauge({}).set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
+  store_->on_settled([this](unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
+                            bool own_trip) { on_settled(worker, batch, results, own_trip); });
 }
 
 engine::~engine() = default;
@@ -123,6 +126,7 @@ void engine::start(const std::vector<executor_t>& workers) {
   inflight_.resize(std::max<std::size_t>(1, workers.size()));
   usage_.resize(std::max<std::size_t>(1, workers.size()));
   usage_last_.assign(std::max<std::size_t>(1, workers.size()), nullptr);
+  executors_ = workers;
   store_->start(workers);
   for (std::size_t i = 0; i < workers.size(); ++i) {
     net::co_spawn(workers[i], renew_leases(unsigned(i)), net::detached);
@@ -430,66 +434,87 @@ void engine::settle(request_context& ctx, executor_t ex) {
     settlements_.counter({"local"}).inc();
     return;
   }
-  // Queued on this worker: whatever finishes while a batch is on its way goes in the next one, so
-  // batches grow with load and a lone settlement waits for nothing.
+  // Handed to the store: the Redis store carries it in this worker's next admission script call
+  // (or sends it alone when no admission comes within 0.5 ms); results come to on_settled().
   ++pending_;
-  auto& q = queues_[ctx.worker % queues_.size()];
-  q.items.push_back(std::move(s));
-  if (!q.flushing) {
+  store_->queue_settlement(ctx.worker, std::move(s), ex);
+}
+
+void engine::on_settled(unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
+                        bool own_trip) {
+  if (own_trip) call_settle_.inc();
+  const unsigned w = worker % unsigned(queues_.size());
+  auto& q = queues_[w];
+  std::size_t failed = 0;
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (i < results.size() && results[i].reachable) {
+      settlements_.counter({results[i].applied ? "applied" : "duplicate"}).inc();
+      if (results[i].applied) report_soft(batch[i], results[i]);
+      --pending_;
+    } else {
+      // Idempotent, so sent again until the store answers (shutdown waits up to drain_ms for it).
+      q.items.push_back(retry_item{std::move(batch[i]), steady_clock::now() + minutes(10)});
+      ++failed;
+    }
+  }
+  if (failed == 0) return;
+  settlements_.counter({"retried"}).inc(double(failed));
+  if (!q.flushing && w < executors_.size()) {
     q.flushing = true;
-    net::co_spawn(ex, flush_settlements(ctx.worker % unsigned(queues_.size())), net::detached);
+    net::co_spawn(executors_[w], retry_settlements(w), net::detached);
   }
 }
 
-awaitable<void> engine::flush_settlements(unsigned worker) {
+awaitable<void> engine::retry_settlements(unsigned worker) {
   constexpr std::size_t max_batch = 128;
   auto& q = queues_[worker];
   steady_timer_t timer(co_await net::this_coro::executor);
+  auto delay = milliseconds(100);
   while (!q.items.empty()) {
-    // One batch: the oldest items of one team (a Redis Cluster script stays in one slot).
-    const std::string team = q.items.front().adm.scopes.front().team;
-    std::vector<settlement> batch, rest;
-    for (auto& s : q.items) {
-      if (batch.size() < max_batch && s.adm.scopes.front().team == team) batch.push_back(std::move(s));
-      else rest.push_back(std::move(s));
+    timer.expires_after(delay);
+    auto [ec] = co_await timer.async_wait();  // not in the if: GCC 12 and co_await in conditions
+    if (ec) {
+      pending_ -= int(q.items.size());
+      q.items.clear();
+      break;
     }
-    q.items = std::move(rest);
-    auto delay = milliseconds(100);
-    const auto give_up = steady_clock::now() + minutes(10);
-    while (!batch.empty()) {
+    // One round: everything waiting, a batch per team (a Redis Cluster script stays in one slot).
+    std::vector<retry_item> round = std::move(q.items);
+    q.items.clear();
+    std::size_t failed = 0;
+    while (!round.empty()) {
+      const std::string team = round.front().s.adm.scopes.front().team;
+      std::vector<retry_item> batch, rest;
+      for (auto& it : round) {
+        if (batch.size() < max_batch && it.s.adm.scopes.front().team == team) batch.push_back(std::move(it));
+        else rest.push_back(std::move(it));
+      }
+      round = std::move(rest);
+      std::vector<settlement> sends;
+      for (auto& it : batch) sends.push_back(it.s);
       call_settle_.inc();
-      std::vector<settle_result> res = co_await store_->settle_batch(worker, batch);
-      std::vector<settlement> again;
+      std::vector<settle_result> res = co_await store_->settle_batch(worker, std::move(sends));
+      const auto now = steady_clock::now();
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (i < res.size() && res[i].reachable) {
           settlements_.counter({res[i].applied ? "applied" : "duplicate"}).inc();
-          if (res[i].applied) report_soft(batch[i], res[i]);
+          if (res[i].applied) report_soft(batch[i].s, res[i]);
           --pending_;
-        } else {
-          again.push_back(std::move(batch[i]));
-        }
-      }
-      batch = std::move(again);
-      if (batch.empty()) break;
-      if (steady_clock::now() >= give_up) {
-        for (auto& s : batch) {
+        } else if (now >= batch[i].give_up) {
+          const settlement& s = batch[i].s;
           settlements_.counter({"lost"}).inc();
           log_("error", "settlement lost: the policy store stayed unreachable",
                "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +
                    std::to_string(double(s.cost_nano) / 1e9));
           --pending_;
+        } else {
+          q.items.push_back(std::move(batch[i]));
+          ++failed;
         }
-        break;
       }
-      // Idempotent, so retried until the store answers (shutdown waits up to drain_ms for it).
-      settlements_.counter({"retried"}).inc(double(batch.size()));
-      timer.expires_after(delay);
-      if (auto [ec] = co_await timer.async_wait(); ec) {
-        pending_ -= int(batch.size());
-        break;
-      }
-      delay = std::min(delay * 2, duration_cast<milliseconds>(seconds(5)));
     }
+    if (failed) settlements_.counter({"retried"}).inc(double(failed));
+    delay = failed ? std::min(delay * 2, duration_cast<milliseconds>(seconds(5))) : milliseconds(100);
   }
   q.flushing = false;
 }

@@ -137,8 +137,13 @@ class engine {
   };
   awaitable<key_lookup> lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id);
   void forget(std::string_view id);
-  /// Settles what `worker` finished, a batch per team and round trip, until its queue is empty.
-  awaitable<void> flush_settlements(unsigned worker);
+  /// What the store reports for settlements handed over by settle(): counts them, and queues
+  /// those it could not reach for retry_settlements().
+  void on_settled(unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
+                  bool own_trip);
+  /// Sends `worker`'s settlements the store could not reach again, with backoff, until the store
+  /// answers or 10 minutes have passed since their first attempt (then they are lost).
+  awaitable<void> retry_settlements(unsigned worker);
   /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker);
@@ -155,12 +160,17 @@ class engine {
   std::string instance_;  ///< random per process: leases of two replicas never collide
   std::atomic<int> pending_{0};
   std::atomic<bool> is_degraded_{false};  ///< for one log line per transition
-  /// Per worker (touched only on that worker's thread): settlements waiting for a round trip.
-  struct settle_queue {
-    std::vector<settlement> items;
+  /// Per worker (touched only on that worker's thread): settlements waiting to be sent again.
+  struct retry_item {
+    settlement s;
+    std::chrono::steady_clock::time_point give_up;  ///< first attempt + 10 minutes
+  };
+  struct retry_queue {
+    std::vector<retry_item> items;
     bool flushing = false;
   };
-  std::vector<settle_queue> queues_;
+  std::vector<retry_queue> queues_;
+  std::vector<executor_t> executors_;
   /// Per worker: admitted calls not settled yet, by lease (for renewal).
   std::vector<std::unordered_map<std::string, std::shared_ptr<reservation>>> inflight_;
   std::mutex cache_mu_;

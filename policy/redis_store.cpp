@@ -55,13 +55,14 @@ std::int64_t as_int(const redis::reply& r) {
 redis_store::redis_store(config::redis_config cfg, std::int64_t window_ms)
     : cfg_(std::move(cfg)),
       window_ms_(window_ms),
-      admit_sha_(sha1_hex(scripts::admit)),
-      settle_sha_(sha1_hex(scripts::settle)) {}
+      script_sha_(sha1_hex(scripts::admit)) {}
 
 redis_store::~redis_store() { stop(); }
 
 void redis_store::start(const std::vector<executor_t>& workers) {
-  admit_queues_.resize(workers.size());
+  queues_.resize(workers.size());
+  for (std::size_t i = 0; i < workers.size(); ++i) queues_[i].carry = std::make_unique<steady_timer_t>(workers[i]);
+  executors_ = workers;
   for (auto& ex : workers) {
     conns_.push_back(std::make_unique<redis::connection>(ex, client_options(cfg_)));
     conns_.back()->start();
@@ -164,40 +165,57 @@ struct spec_table {
   }
 };
 
-/// What admit.lua is told about a scope: its id, limits and budget.
-struct same_admit_spec {
-  bool operator()(const scope_spec& a, const scope_spec& b) const {
-    return a.id == b.id && a.limits.rpm == b.limits.rpm && a.limits.tpm == b.limits.tpm &&
-           a.limits.concurrency == b.limits.concurrency && budget_limit(a) == budget_limit(b) &&
-           period_kind(a.budget.period) == period_kind(b.budget.period);
-  }
-  static std::int64_t budget_limit(const scope_spec& s) { return s.budget.set() ? s.budget.limit_nano : -1; }
-};
-
-/// settle.lua's kinds of a scope (bits: 1 rate, 2 concurrency, 4 budget).
-int settle_kinds(const scope_spec& sc) {
-  return (sc.limits.rpm || sc.limits.tpm ? 1 : 0) | (sc.limits.concurrency ? 2 : 0) | (sc.budget.set() ? 4 : 0);
-}
-
-/// settle.lua's soft threshold of a scope in nano-USD (0: none).
-std::int64_t settle_soft(const scope_spec& sc) {
+/// A scope's soft threshold in nano-USD (0: none).
+std::int64_t soft_nano(const scope_spec& sc) {
   return sc.budget.set() && sc.budget.soft > 0 ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft) : 0;
 }
 
-/// What settle.lua is told about a scope: its id, kinds and soft threshold.
-struct same_settle_spec {
+std::int64_t budget_limit(const scope_spec& s) { return s.budget.set() ? s.budget.limit_nano : -1; }
+
+/// What admit.lua is told about a scope: its id, limits, budget and soft threshold.
+struct same_spec {
   bool operator()(const scope_spec& a, const scope_spec& b) const {
-    return a.id == b.id && settle_kinds(a) == settle_kinds(b) && settle_soft(a) == settle_soft(b);
+    return a.id == b.id && a.limits.rpm == b.limits.rpm && a.limits.tpm == b.limits.tpm &&
+           a.limits.concurrency == b.limits.concurrency && budget_limit(a) == budget_limit(b) &&
+           period_kind(a.budget.period) == period_kind(b.budget.period) && soft_nano(a) == soft_nano(b);
   }
 };
 
 }  // namespace
 
-redis::resp_args redis_store::admit_args(const std::vector<const admission*>& calls) const {
-  spec_table<same_admit_spec> specs;
+redis::resp_args redis_store::script_args(const std::vector<const admission*>& calls,
+                                          const std::vector<settlement>& settles) const {
+  spec_table<same_spec> specs;
+  const auto spec = [&specs](const scope_spec& s) {
+    return specs.ref(s, [&s](redis::resp_args& h) {
+      h.add(s.id);
+      h.add(s.limits.rpm);
+      h.add(s.limits.tpm);
+      h.add(s.limits.concurrency);
+      h.add(budget_limit(s));
+      const char kind = period_kind(s.budget.period);
+      h.add(std::string_view(&kind, 1));
+      h.add(soft_nano(s));
+    });
+  };
   redis::resp_args tail;
-  tail.reserve(calls.size() * 128);
+  tail.reserve(calls.size() * 128 + settles.size() * 192);
   std::string member;
+  for (const settlement& s : settles) {
+    const auto& a = s.adm;
+    lease_member(a, member);
+    tail.add(member);
+    tail.add(s.tokens);
+    tail.add(s.cost_nano);
+    tail.add(s.admitted_at_ms);
+    tail.add(a.tokens);
+    tail.add(a.cost_nano);
+    tail.add(a.scopes.size());
+    for (std::size_t i = 0; i < a.scopes.size(); ++i) {
+      tail.add(spec(a.scopes[i]));
+      tail.add(i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view());
+    }
+  }
   for (const admission* a : calls) {
     if (a->lease.empty()) {
       tail.add(std::string_view());
@@ -208,16 +226,7 @@ redis::resp_args redis_store::admit_args(const std::vector<const admission*>& ca
     tail.add(a->tokens);
     tail.add(a->cost_nano);
     tail.add(a->scopes.size());
-    for (auto& s : a->scopes)
-      tail.add(specs.ref(s, [&](redis::resp_args& h) {
-        h.add(s.id);
-        h.add(s.limits.rpm);
-        h.add(s.limits.tpm);
-        h.add(s.limits.concurrency);
-        h.add(same_admit_spec::budget_limit(s));
-        const char kind = period_kind(s.budget.period);
-        h.add(std::string_view(&kind, 1));
-      }));
+    for (auto& s : a->scopes) tail.add(spec(s));
   }
   redis::resp_args args;
   args.reserve(64 + specs.header.bytes().size() + tail.bytes().size());
@@ -225,6 +234,7 @@ redis::resp_args redis_store::admit_args(const std::vector<const admission*>& ca
   else args.add(calls.front()->lease_ms);
   args.add(window_ms_);
   args.add(calls.size());
+  args.add(settles.size());
   args.add(specs.specs.size());
   args.append(specs.header);
   args.append(tail);
@@ -250,18 +260,38 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
   return out;
 }
 
+std::vector<settle_result> redis_store::parse_settles(const std::vector<redis::reply>& e,
+                                                      const std::vector<settlement>& settles, std::size_t& at) {
+  std::vector<settle_result> out(settles.size());  // unreachable unless the reply has them
+  for (std::size_t c = 0; c < settles.size(); ++c) {
+    const std::size_t n = settles[c].adm.scopes.size();
+    if (at + 2 * n >= e.size()) break;
+    settle_result& o = out[c];
+    o.reachable = true;
+    o.applied = as_int(e[at++]) == 1;
+    for (std::size_t i = 0; i < n; ++i, at += 2) {
+      o.spent.push_back(as_int(e[at]));
+      o.soft_crossed.push_back(as_int(e[at + 1]) == 1);
+    }
+  }
+  return out;
+}
+
 awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) {
-  if (a.scopes.empty() || admit_queues_.empty()) co_return admit_result{};
+  if (a.scopes.empty() || queues_.empty()) co_return admit_result{};
   // Queued for this worker's next batch: whatever arrives while a batch is on the wire goes in the
   // next one, so batches grow with load and a lone call waits for nothing.
   auto p = std::make_shared<pending_admit>();
   p->a = &a;
-  auto& q = admit_queues_[worker % admit_queues_.size()];
-  q.items.push_back(p);
-  if (q.flushers < max_flushers) {
-    ++q.flushers;
-    net::co_spawn(co_await net::this_coro::executor, flush_admissions(worker % unsigned(admit_queues_.size())),
-                  net::detached);
+  const unsigned w = worker % unsigned(queues_.size());
+  auto& q = queues_[w];
+  p->seq = q.seq++;
+  q.admits.push_back(p);
+  if (!q.admitting) {
+    q.admitting = true;
+    net::co_spawn(co_await net::this_coro::executor, flush_admissions(w), net::detached);
+  } else if (q.waiting) {
+    q.carry->cancel();  // settlements were waiting for a ride: go now
   }
   if (!p->done) {
     // Named locals, not temporaries inside the co_await expression: GCC 12 destroyed the frame's
@@ -281,94 +311,131 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
   co_return out;
 }
 
-awaitable<void> redis_store::flush_admissions(unsigned worker) {
-  constexpr std::size_t max_batch = 64;
-  auto& q = admit_queues_[worker];
-  while (!q.items.empty()) {
-    // One batch: the oldest calls of one team (a Redis Cluster script stays in one slot).
-    const std::string team = q.items.front()->a->scopes.front().team;
-    std::vector<std::shared_ptr<pending_admit>> batch, rest;
-    for (auto& p : q.items) {
-      if (batch.size() < max_batch && p->a->scopes.front().team == team) batch.push_back(std::move(p));
-      else rest.push_back(std::move(p));
-    }
-    q.items = std::move(rest);
-    std::vector<std::string> keys = team_keys(team);
-    std::vector<const admission*> calls;
-    for (auto& p : batch) calls.push_back(p->a);
-    const redis::resp_args args = admit_args(calls);
-    for (auto& p : batch) add_scope_keys(keys, *p->a);
-    auto r = co_await eval(worker, admit_sha_, scripts::admit, keys, args);
-    const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
-    const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      auto& p = *batch[i];
-      if (ok) p.result = parse_admit(r->elements, 1 + 4 * i, *p.a, now_ms);
-      p.done = true;
-      if (p.wake) p.wake();
-    }
+void redis_store::queue_settlement(unsigned worker, settlement s, executor_t ex) {
+  if (queues_.empty() || s.adm.scopes.empty()) {
+    store::queue_settlement(worker, std::move(s), ex);
+    return;
   }
-  --q.flushers;
+  const unsigned w = worker % unsigned(queues_.size());
+  auto& q = queues_[w];
+  q.settles.push_back(pending_settle{std::move(s), q.seq++});
+  // An admission batch running will carry it; otherwise flush_admissions waits a moment
+  // (carry_wait) for an admission to carry it, and then sends it alone.
+  if (!q.admitting && !q.settling) {
+    q.admitting = true;
+    net::co_spawn(executors_[w], flush_admissions(w), net::detached);
+  }
+}
+
+std::vector<settlement> redis_store::take_settles(worker_queue& q, const std::string& team, std::size_t max) {
+  std::vector<settlement> out;
+  auto keep = q.settles.begin();
+  for (auto it = q.settles.begin(); it != q.settles.end(); ++it) {
+    if (out.size() < max && it->s.adm.scopes.front().team == team) out.push_back(std::move(it->s));
+    else *keep++ = std::move(*it);
+  }
+  q.settles.erase(keep, q.settles.end());
+  return out;
+}
+
+awaitable<void> redis_store::flush_admissions(unsigned worker) {
+  constexpr std::size_t max_batch = 64, max_settles = 128;
+  auto& q = queues_[worker];
+  for (;;) {
+    while (!q.admits.empty()) {
+      // One batch: the oldest calls of one team (a Redis Cluster script stays in one slot), with
+      // that team's settlements. The team is the oldest admission's, unless a settlement of
+      // another team has waited longer: then that team's turn (with its admissions, if any) comes.
+      std::string team = q.admits.front()->a->scopes.front().team;
+      if (!q.settles.empty() && q.settles.front().seq < q.admits.front()->seq)
+        team = q.settles.front().s.adm.scopes.front().team;
+      std::vector<std::shared_ptr<pending_admit>> batch;
+      auto keep = q.admits.begin();
+      for (auto it = q.admits.begin(); it != q.admits.end(); ++it) {
+        if (batch.size() < max_batch && (*it)->a->scopes.front().team == team) batch.push_back(std::move(*it));
+        else *keep++ = std::move(*it);
+      }
+      q.admits.erase(keep, q.admits.end());
+      std::vector<settlement> settles = take_settles(q, team, max_settles);
+      std::vector<settle_result> res = co_await run_batch(worker, team, batch, settles);
+      if (!settles.empty()) report_settled(worker, settles, res, batch.empty());
+    }
+    // Settlements with no admission to carry them: the worker's next admission usually follows
+    // within a moment; wait that long for it (it ends the wait at once) rather than send them
+    // alone.
+    if (q.settles.empty() || q.settles.size() >= max_settles) break;
+    q.waiting = true;
+    q.carry->expires_after(carry_wait);
+    [[maybe_unused]] auto [ec] = co_await q.carry->async_wait();
+    q.waiting = false;
+    if (q.admits.empty()) break;
+  }
+  q.admitting = false;
+  // Settlements that nothing carried: alone, now.
+  if (!q.settles.empty() && !q.settling) {
+    q.settling = true;
+    co_await flush_settlements(worker);
+  }
+}
+
+awaitable<void> redis_store::flush_settlements(unsigned worker) {
+  constexpr std::size_t max_settles = 128;
+  auto& q = queues_[worker];
+  // While an admission batch runs, it carries the settlements (and hands leftovers back here).
+  while (!q.settles.empty() && !q.admitting) {
+    const std::string team = q.settles.front().s.adm.scopes.front().team;
+    std::vector<settlement> settles = take_settles(q, team, max_settles);
+    const std::vector<std::shared_ptr<pending_admit>> none;
+    std::vector<settle_result> res = co_await run_batch(worker, team, none, settles);
+    report_settled(worker, settles, res, true);
+  }
+  q.settling = false;
+}
+
+awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, const std::string& team,
+                                                             const std::vector<std::shared_ptr<pending_admit>>& admits,
+                                                             const std::vector<settlement>& settles) {
+  std::vector<const admission*> calls;
+  calls.reserve(admits.size());
+  for (auto& p : admits) calls.push_back(p->a);
+  const redis::resp_args args = script_args(calls, settles);
+  std::vector<std::string> keys = team_keys(team);
+  for (const admission* a : calls) add_scope_keys(keys, *a);
+  for (const settlement& s : settles) add_scope_keys(keys, s.adm);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, args);
+  const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
+  std::size_t at = 1;
+  std::vector<settle_result> out;
+  if (ok) out = parse_settles(r->elements, settles, at);
+  else out.resize(settles.size());  // unreachable: the caller sends them again (idempotent)
+  const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
+  for (std::size_t i = 0; i < admits.size(); ++i) {
+    auto& p = *admits[i];
+    if (ok) p.result = parse_admit(r->elements, at + 4 * i, *p.a, now_ms);
+    p.done = true;
+    if (p.wake) p.wake();
+  }
+  co_return out;
 }
 
 awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker, std::vector<settlement> batch) {
   std::vector<settle_result> out(batch.size());
   // One script call per team: its keys share one hash tag (one Redis Cluster slot).
   std::vector<bool> done(batch.size(), false);
+  const std::vector<std::shared_ptr<pending_admit>> none;
   for (std::size_t lead = 0; lead < batch.size(); ++lead) {
     if (done[lead] || batch[lead].adm.scopes.empty()) continue;
     const std::string team = batch[lead].adm.scopes.front().team;
     std::vector<std::size_t> members;
-    spec_table<same_settle_spec> specs;
-    redis::resp_args tail;
-    std::string member;
+    std::vector<settlement> settles;
     for (std::size_t c = lead; c < batch.size(); ++c) {
-      const settlement& s = batch[c];
-      if (done[c] || s.adm.scopes.empty() || s.adm.scopes.front().team != team) continue;
+      if (done[c] || batch[c].adm.scopes.empty() || batch[c].adm.scopes.front().team != team) continue;
       done[c] = true;
       members.push_back(c);
-      const auto& a = s.adm;
-      lease_member(a, member);
-      tail.add(member);
-      tail.add(s.tokens);
-      tail.add(s.cost_nano);
-      tail.add(s.admitted_at_ms);
-      tail.add(a.tokens);
-      tail.add(a.cost_nano);
-      tail.add(a.scopes.size());
-      for (std::size_t i = 0; i < a.scopes.size(); ++i) {
-        const auto& sc = a.scopes[i];
-        tail.add(specs.ref(sc, [&](redis::resp_args& h) {
-          h.add(sc.id);
-          h.add(settle_kinds(sc));
-          h.add(settle_soft(sc));
-        }));
-        tail.add(i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view());
-      }
+      settles.push_back(batch[c]);
     }
-    redis::resp_args args;
-    args.reserve(64 + specs.header.bytes().size() + tail.bytes().size());
-    args.add(window_ms_);
-    args.add(members.size());
-    args.add(specs.specs.size());
-    args.append(specs.header);
-    args.append(tail);
-    std::vector<std::string> keys = team_keys(team);
-    for (std::size_t c : members) add_scope_keys(keys, batch[c].adm);
-    auto r = co_await eval(worker, settle_sha_, scripts::settle, keys, args);
-    if (!r || r->type != redis::reply::kind::array) continue;  // unreachable: these are retried
-    const auto& e = r->elements;
-    std::size_t at = 0;
-    for (std::size_t c : members) {
-      if (at >= e.size()) break;
-      settle_result& o = out[c];
-      o.reachable = true;
-      o.applied = as_int(e[at++]) == 1;
-      for (std::size_t i = 0; i < batch[c].adm.scopes.size(); ++i, at += 2) {
-        o.spent.push_back(at < e.size() ? as_int(e[at]) : 0);
-        o.soft_crossed.push_back(at + 1 < e.size() && as_int(e[at + 1]) == 1);
-      }
-    }
+    std::vector<settle_result> res = co_await run_batch(worker, team, none, settles);
+    for (std::size_t i = 0; i < members.size() && i < res.size(); ++i) out[members[i]] = std::move(res[i]);
   }
   co_return out;
 }
@@ -379,17 +446,18 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
     b.reachable = true;
     co_return b;
   }
-  // The admission script with an empty lease reads the budget (sweeping expired leases) and
-  // reserves nothing.
+  // The script with one admission of an empty lease reads the budget (sweeping expired leases)
+  // and reserves nothing.
   admission peek;
   scope_spec only = s;
   only.limits = {};
   peek.scopes.push_back(only);
   std::vector<const admission*> one{&peek};
-  const redis::resp_args args = admit_args(one);
+  const std::vector<settlement> no_settles;
+  const redis::resp_args args = script_args(one, no_settles);
   std::vector<std::string> keys = team_keys(s.team);
   keys.push_back(scope_key(s.team, s.id));
-  auto r = co_await eval(worker, admit_sha_, scripts::admit, keys, args);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, args);
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 5 || as_int(r->elements[1]) != 2) co_return b;
   b.reachable = true;
   b.spent = as_int(r->elements[2]);

@@ -29,6 +29,18 @@ std::string period_id(config::budget_period p, std::int64_t now_ms) {
   return buf;
 }
 
+void store::queue_settlement(unsigned worker, settlement s, executor_t ex) {
+  std::vector<settlement> batch;
+  batch.push_back(std::move(s));
+  net::co_spawn(ex, settle_alone(worker, std::move(batch)), net::detached);
+}
+
+awaitable<void> store::settle_alone(unsigned worker, std::vector<settlement> batch) {
+  std::vector<settle_result> res = co_await settle_batch(worker, batch);
+  res.resize(batch.size());  // a short answer: the rest were not reached
+  report_settled(worker, batch, res, true);
+}
+
 namespace {
 
 json::object limits_json(const config::limits_config& l) {

@@ -138,8 +138,24 @@ class store {
   virtual bool healthy() const { return true; }
 
   virtual awaitable<admit_result> admit(unsigned worker, const admission& a) = 0;
-  /// Settles calls a worker finished, in one round trip; one result per call, in order.
+  /// Settles calls a worker finished, in one round trip of their own; one result per call, in order.
   virtual awaitable<std::vector<settle_result>> settle_batch(unsigned worker, std::vector<settlement> batch) = 0;
+
+  /// Where queue_settlement() reports: on the worker's thread, one result per settlement of
+  /// `batch` (reachable=false: not applied, send it again later; settlement is idempotent).
+  /// `own_trip`: the batch went to the store in a round trip of its own (false: it rode along with
+  /// admissions).
+  using settled_fn = std::function<void(unsigned worker, std::vector<settlement>& batch,
+                                        const std::vector<settle_result>& results, bool own_trip)>;
+  /// Set once, before the first queue_settlement().
+  void on_settled(settled_fn fn) { settled_ = std::move(fn); }
+  /// Hands over a finished call's settlement: the store applies it soon, once, after everything
+  /// `worker` admitted or queued before it, and reports it through on_settled. The Redis store
+  /// carries it inside the worker's next admission script call for its team (one script reads
+  /// and writes each scope once for both), and sends it alone when no admission comes within
+  /// 0.5 ms; the memory store applies it at once. Default: settle_batch, one round trip per
+  /// settlement.
+  virtual void queue_settlement(unsigned worker, settlement s, executor_t ex);
   awaitable<settle_result> settle(unsigned worker, const settlement& s) {
     std::vector<settlement> one;
     one.push_back(s);
@@ -173,6 +189,17 @@ class store {
   virtual awaitable<bool> publish_invalidation(unsigned worker, std::string id) = 0;
   /// Called (on any thread) with the id of a key some replica changed.
   virtual void on_invalidation(std::function<void(std::string_view)> cb) = 0;
+
+ protected:
+  /// Reports a batch handed over by queue_settlement().
+  void report_settled(unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
+                      bool own_trip) {
+    if (settled_) settled_(worker, batch, results, own_trip);
+  }
+
+ private:
+  awaitable<void> settle_alone(unsigned worker, std::vector<settlement> batch);
+  settled_fn settled_;
 };
 
 /// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".

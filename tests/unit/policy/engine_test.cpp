@@ -38,6 +38,38 @@ struct dead_store final : store {
   void on_invalidation(std::function<void(std::string_view)>) override {}
 };
 
+/// The memory store behind a link that can go down: settlements fail while `down` (admissions,
+/// made before, went through). Uses the default queue_settlement (settle_batch per settlement).
+struct flaky_store final : store {
+  memory_store inner;
+  bool down = false;
+  int settle_calls = 0;
+  std::string_view kind() const override { return "flaky"; }
+  awaitable<admit_result> admit(unsigned, const admission& a) override { co_return inner.admit_now(a); }
+  awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
+    ++settle_calls;
+    std::vector<settle_result> out(b.size());
+    if (!down)
+      for (std::size_t i = 0; i < b.size(); ++i) out[i] = inner.settle_now(b[i]);
+    co_return out;
+  }
+  awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return inner.budget_now(s); }
+  awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return true; }
+  awaitable<key_lookup> get_key(unsigned w, std::string id) override { co_return co_await inner.get_key(w, id); }
+  awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
+  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override { co_return std::nullopt; }
+  awaitable<team_lookup> get_team(unsigned w, std::string name) override { co_return co_await inner.get_team(w, name); }
+  awaitable<bool> put_team(unsigned, team_record) override { co_return false; }
+  awaitable<bool> delete_team(unsigned, std::string) override { co_return false; }
+  awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned) override { co_return std::nullopt; }
+  awaitable<bool> add_usage(unsigned, std::vector<usage_row>) override { co_return true; }
+  awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t, std::int64_t) override {
+    co_return std::nullopt;
+  }
+  awaitable<bool> publish_invalidation(unsigned, std::string) override { co_return true; }
+  void on_invalidation(std::function<void(std::string_view)>) override {}
+};
+
 const std::string secret = "S3cretS3cretS3cretS3cretS3cretS3cretS3cret1";
 const std::string full_key = "tg_abc123_" + secret;
 
@@ -265,6 +297,32 @@ TEST_F(EngineTest, UnreachableStoreFailsBudgetsClosedAndLimitsLocally) {
   std::size_t degraded = 0;
   for (auto& l : logs) degraded += l.find("degraded mode") != std::string::npos;
   EXPECT_EQ(degraded, 1u);
+}
+
+TEST_F(EngineTest, SettlementsTheStoreDidNotTakeAreRetriedUntilItAnswersAndChargedOnce) {
+  auto flaky = std::make_shared<flaky_store>();
+  make("", flaky);
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  flaky->down = true;
+  c.status = 200;
+  c.upstream_answered = true;
+  c.usage = {2, 1, 0, true};
+  eng->settle(c, executor_t(ioc.get_executor()));
+  ioc.restart();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (flaky->settle_calls < 2 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  EXPECT_GE(flaky->settle_calls, 2);  // the first attempt and at least one retry (after 100 ms)
+  EXPECT_EQ(eng->pending(), 1);
+  EXPECT_NE(reg.expose().find("tollgate_policy_settlements_total{result=\"retried\"}"), std::string::npos);
+  flaky->down = false;
+  while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(eng->pending(), 0);
+  const std::string m = reg.expose();
+  EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"applied\"} 1"), std::string::npos) << m;
+  auto b = run_sync(ioc, eng->budget(0, scope_spec{"t", "rich", {}, snap->cfg->find_team("rich")->budget}));
+  EXPECT_EQ(b.spent, 4'000'000);  // 2 prompt + 1 completion tokens, charged once
+  EXPECT_EQ(b.reserved, 0);
 }
 
 TEST_F(EngineTest, UnreachableStoreWithFailOpenBudgetsAdmitsUnderLocalLimits) {

@@ -58,15 +58,25 @@ class StoreConformance : public ::testing::Test {
   }
   admit_result admit(const admission& a) { return run_sync(ioc, st->admit(0, a)); }
   settle_result settle(const admission& a, const admit_result& r, std::uint64_t tokens, std::int64_t cost) {
+    return run_sync(ioc, st->settle(0, settlement_of(a, r, tokens, cost)));
+  }
+  budget_state budget(const scope_spec& s) { return run_sync(ioc, st->budget(0, s)); }
+  settlement settlement_of(const admission& a, const admit_result& r, std::uint64_t tokens, std::int64_t cost) {
     settlement s;
     s.adm = a;
     s.periods = r.periods;
     s.admitted_at_ms = r.admitted_at_ms;
     s.tokens = tokens;
     s.cost_nano = cost;
-    return run_sync(ioc, st->settle(0, s));
+    return s;
   }
-  budget_state budget(const scope_spec& s) { return run_sync(ioc, st->budget(0, s)); }
+  /// Runs the io_context until `done` (at most 5 s).
+  template <class F>
+  void run_until(F&& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    ioc.restart();
+    while (!done() && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  }
   void advance(std::int64_t ms) { Backend::advance(*st, ms); }
 
   net::io_context ioc;
@@ -140,6 +150,80 @@ TYPED_TEST_P(StoreConformance, ABatchOfSettlementsCorrectsAndChargesEachCallOnce
   ASSERT_TRUE(b.reachable);
   EXPECT_EQ(b.spent, 30 + 90 + 80);
   EXPECT_EQ(b.reserved, 0);
+}
+
+TYPED_TEST_P(StoreConformance, QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission) {
+  // A worker hands its finished calls to the store and admits new ones: a settlement handed over
+  // before an admission is applied before it (the Redis store carries it in the admission's
+  // script call), a repeated one is not applied twice, and one with no admission to carry it
+  // still goes (alone).
+  auto s = scope("t", {0, 100, 1}, budget_of(1000));
+  auto a1 = this->adm({s}, 60, 100);
+  auto r1 = this->admit(a1);
+  ASSERT_EQ(r1.v, verdict::admitted);
+  std::vector<settle_result> got;
+  this->st->on_settled([&](unsigned, std::vector<settlement>& b, const std::vector<settle_result>& r, bool) {
+    EXPECT_EQ(b.size(), r.size());
+    got.insert(got.end(), r.begin(), r.end());
+  });
+  const executor_t ex(this->ioc.get_executor());
+  // a1 holds the only slot: a2 is admitted only if a1's settlement comes first.
+  auto a2 = this->adm({s}, 60, 100);
+  auto admitted = net::co_spawn(this->ioc, this->st->admit(0, a2), net::use_future);
+  const settlement s1 = this->settlement_of(a1, r1, 10, 30);
+  this->st->queue_settlement(0, s1, ex);
+  this->st->queue_settlement(0, s1, ex);
+  this->run_until([&] { return got.size() == 2 && admitted.wait_for(std::chrono::seconds(0)) == std::future_status::ready; });
+  ASSERT_EQ(got.size(), 2u);
+  auto r2 = admitted.get();
+  ASSERT_EQ(r2.v, verdict::admitted);
+  EXPECT_TRUE(got[0].reachable);
+  EXPECT_TRUE(got[0].applied);
+  ASSERT_EQ(got[0].spent.size(), 1u);
+  EXPECT_EQ(got[0].spent[0], 30);
+  EXPECT_TRUE(got[1].reachable);
+  EXPECT_FALSE(got[1].applied);
+  auto b = this->budget(s);
+  EXPECT_EQ(b.spent, 30);
+  EXPECT_EQ(b.reserved, 100);
+  // Nothing admitted to carry it: a2's settlement goes alone.
+  this->st->queue_settlement(0, this->settlement_of(a2, r2, 60, 50), ex);
+  this->run_until([&] { return got.size() == 3; });
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_TRUE(got[2].applied);
+  b = this->budget(s);
+  EXPECT_EQ(b.spent, 80);
+  EXPECT_EQ(b.reserved, 0);
+  // The window holds 10 + 60 tokens: 30 more fit, 31 do not.
+  EXPECT_EQ(this->admit(this->adm({s}, 31)).v, verdict::tpm);
+  EXPECT_EQ(this->admit(this->adm({s}, 30)).v, verdict::admitted);
+}
+
+TYPED_TEST_P(StoreConformance, ASettlementInALaterBucketCorrectsItsOwnBucket) {
+  // A call settled buckets after its admission is corrected in the bucket it was counted in: the
+  // window holds its usage until that bucket leaves, and then nothing of it.
+  constexpr std::int64_t w = TypeParam::window_ms;
+  auto s = scope("t", {0, 100, 0});
+  auto a1 = this->adm({s}, 60);
+  auto r1 = this->admit(a1);
+  ASSERT_EQ(r1.v, verdict::admitted);
+  this->advance(w / 2);
+  bool settled = false;
+  this->st->on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
+    settled = r.size() == 1 && r[0].applied;
+  });
+  // Carried by an admission that fits only once a1 is corrected to 10 tokens (10 + 90).
+  auto a2 = this->adm({s}, 90);
+  auto admitted = net::co_spawn(this->ioc, this->st->admit(0, a2), net::use_future);
+  this->st->queue_settlement(0, this->settlement_of(a1, r1, 10, 0), executor_t(this->ioc.get_executor()));
+  this->run_until([&] { return settled && admitted.wait_for(std::chrono::seconds(0)) == std::future_status::ready; });
+  EXPECT_TRUE(settled);
+  EXPECT_EQ(admitted.get().v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({s}, 1)).v, verdict::tpm);
+  // a1's bucket has left the window (a2's has not): its 10 tokens went with it, not 60.
+  this->advance(w / 2 + w / 10);
+  EXPECT_EQ(this->admit(this->adm({s}, 11)).v, verdict::tpm);
+  EXPECT_EQ(this->admit(this->adm({s}, 10)).v, verdict::admitted);
 }
 
 TYPED_TEST_P(StoreConformance, ConcurrencyIsReleasedBySettlement) {
@@ -316,7 +400,9 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
 
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
                             TokensPerMinuteReservesThenCorrectsToUsage,
-                            ABatchOfSettlementsCorrectsAndChargesEachCallOnce, ConcurrencyIsReleasedBySettlement,
+                            ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
+                            QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
+                            ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,
                             BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
                             ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
