@@ -353,6 +353,7 @@ void stream_rewriter::on_event(std::string_view name, std::string_view data, std
 std::string stream_rewriter::process(std::string_view sse_bytes) {
   std::string out;
   if (blocked_) return out;
+  out.reserve(sse_bytes.size() + 64);  // about what goes out: appends without reallocation
   // The translator writes whole events of one data line each ("data: <json>\n\n", or with an
   // "event: <name>" line before it): those are read in place, without the parser's copies.
   // Anything else, and everything after it, goes through the parser (which then holds the rest).
@@ -394,10 +395,16 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
 }
 
 std::string stream_rewriter::content_chunk(std::string_view text) const {
-  json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
-  json::object delta{{"content", text}};
-  c["choices"] = json::array{json::object{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", nullptr}}};
-  return sse::format_data(json::serialize(c));
+  std::string s = "data: {\"id\":";
+  json_out::string(s, id_);
+  s += ",\"object\":\"chat.completion.chunk\",\"created\":";
+  s += std::to_string(created_);
+  s += ",\"model\":";
+  json_out::string(s, model_);
+  s += ",\"choices\":[{\"index\":0,\"delta\":{\"content\":";
+  json_out::string(s, text);
+  s += "},\"finish_reason\":null}]}\n\n";
+  return s;
 }
 
 void stream_rewriter::flush(std::string& out) {
@@ -486,11 +493,25 @@ bool integer_field(std::string_view d, std::string_view key, std::int64_t& out) 
 // delta at all (`no_text`: a tool call, a role chunk without content); anything else needs the
 // parse (`other`). Outside a string a '"' is structural, and a "content" inside one would read
 // \"content\", so such a key is a key of the chunk.
-chunk_shape delta_content_literal(std::string_view d, std::pair<std::size_t, std::size_t>& lit) {
+// `known_prefix`: the bytes up to and including the first "delta" key of an earlier chunk. A
+// stream's chunks mostly begin alike (id, object, created, model, choices, index): when this one
+// begins with those same bytes, its first "delta" key ends at the same place, found without a
+// search; otherwise it is searched for and remembered.
+chunk_shape delta_content_literal(std::string_view d, std::pair<std::size_t, std::size_t>& lit,
+                                  std::string& known_prefix) {
   constexpr std::string_view key = "\"content\":";
-  const std::size_t delta = find_in(d, "\"delta\":{");
-  if (delta == std::string_view::npos) return find_in(d, key) == std::string_view::npos ? chunk_shape::no_text : chunk_shape::other;
-  const std::size_t k = find_in(d, key, delta);
+  constexpr std::string_view delta_key = "\"delta\":{";
+  std::size_t delta;
+  if (!known_prefix.empty() && d.starts_with(known_prefix)) {
+    delta = known_prefix.size() - delta_key.size();
+  } else {
+    delta = find_in(d, delta_key);
+    if (delta == std::string_view::npos) return find_in(d, key) == std::string_view::npos ? chunk_shape::no_text : chunk_shape::other;
+    known_prefix.assign(d.substr(0, delta + delta_key.size()));
+  }
+  // The common chunk has its content first in the delta.
+  const std::size_t first = delta + delta_key.size();
+  const std::size_t k = d.substr(first).starts_with(key) ? first : find_in(d, key, delta);
   if (k == std::string_view::npos) return chunk_shape::no_text;
   if (find_in(d, key, k + key.size()) != std::string_view::npos) return chunk_shape::other;
   if (d[k - 1] != '{' && d[k - 1] != ',') return chunk_shape::other;
@@ -526,7 +547,7 @@ bool stream_rewriter::in_place(std::string_view data, std::string& out) {
   const auto f = data.rfind(finish_key);
   const bool finishing = f != std::string_view::npos && f + finish_key.size() < data.size() && data[f + finish_key.size()] == '"';
   pending_text p;
-  const chunk_shape shape = delta_content_literal(data, p.literal);
+  const chunk_shape shape = delta_content_literal(data, p.literal, known_prefix_);
   if (shape == chunk_shape::other || (finishing && shape == chunk_shape::text)) return false;
   if (shape == chunk_shape::no_text) {
     flush_batch(out);

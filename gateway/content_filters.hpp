@@ -108,6 +108,7 @@ class stream_rewriter {
     }
   };
   std::vector<pending_text> batch_;
+  std::string known_prefix_;  ///< a text chunk's bytes up to its first "delta" key (see in_place)
   void flush(std::string& out);
   void end_blocked(std::string& out);
   void end_stream(std::string& out, std::string_view code, const std::string& message);
