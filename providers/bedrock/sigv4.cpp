@@ -154,13 +154,7 @@ bool is_unsignable(std::string_view lower_name) noexcept {
 enum class signing_mode { headers, query };
 
 /// Everything both signing modes compute.
-struct signing_core {
-  std::string canonical_request;
-  std::string string_to_sign;
-  std::string signature;
-  std::string signed_headers;
-  std::string credential_scope;
-  std::string payload_sha256;
+struct signing_core : signature_parts {
   std::string amz_date;
 };
 
@@ -419,12 +413,7 @@ result<signed_request> sign_request(const credentials& creds, const signing_scop
                              headers, std::move(*payload), std::move(amz_date));
   if (!core) return core.error();
 
-  out.canonical_request = std::move(core->canonical_request);
-  out.string_to_sign = std::move(core->string_to_sign);
-  out.signature = std::move(core->signature);
-  out.signed_headers = std::move(core->signed_headers);
-  out.credential_scope = std::move(core->credential_scope);
-  out.payload_sha256 = std::move(core->payload_sha256);
+  static_cast<signature_parts&>(out) = std::move(static_cast<signature_parts&>(*core));
   out.authorization.append(sigv4_algorithm).append(" Credential=").append(creds.access_key_id).append("/");
   out.authorization.append(out.credential_scope).append(", SignedHeaders=").append(out.signed_headers);
   out.authorization.append(", Signature=").append(out.signature);
@@ -476,12 +465,7 @@ result<presigned_request> presign_request(const credentials& creds, const signin
   if (!core) return core.error();
 
   presigned_request out;
-  out.canonical_request = std::move(core->canonical_request);
-  out.string_to_sign = std::move(core->string_to_sign);
-  out.signature = std::move(core->signature);
-  out.signed_headers = std::move(core->signed_headers);
-  out.credential_scope = std::move(core->credential_scope);
-  out.payload_sha256 = std::move(core->payload_sha256);
+  static_cast<signature_parts&>(out) = std::move(static_cast<signature_parts&>(*core));
   out.query.assign(req.query);
   if (!out.query.empty()) out.query.push_back('&');
   out.query.append(added).append(token_param).append("&X-Amz-Signature=").append(out.signature);

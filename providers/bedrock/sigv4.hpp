@@ -127,15 +127,19 @@ struct signing_options {
   bool sign_session_token = true;
 };
 
-/// The result of header signing. To send: set every `headers_to_add` entry and `authorization`.
-struct signed_request {
+/// What both signing modes compute (and tests compare against the AWS suites).
+struct signature_parts {
   std::string canonical_request;
   std::string string_to_sign;
   std::string signature;          ///< lower-case hex HMAC-SHA256
-  std::string authorization;      ///< the `Authorization` header value
   std::string signed_headers;     ///< e.g. "host;x-amz-date"
   std::string credential_scope;   ///< "<yyyymmdd>/<region>/<service>/aws4_request"
   std::string payload_sha256;     ///< the payload hash that was signed
+};
+
+/// The result of header signing. To send: set every `headers_to_add` entry and `authorization`.
+struct signed_request : signature_parts {
+  std::string authorization;      ///< the `Authorization` header value
   /// `x-amz-date`, then `x-amz-security-token` when the credentials carry a token, then
   /// `x-amz-content-sha256` when `sign_body`. Does not include `authorization`.
   std::vector<header> headers_to_add;
@@ -157,13 +161,7 @@ result<signed_request> sign_request(const credentials& creds, const signing_scop
                                     const http_request_view& req, const signing_options& options = {});
 
 /// The result of query (presigned URL) signing.
-struct presigned_request {
-  std::string canonical_request;
-  std::string string_to_sign;
-  std::string signature;
-  std::string signed_headers;
-  std::string credential_scope;
-  std::string payload_sha256;
+struct presigned_request : signature_parts {
   /// The query string to send instead of `req.query`: the original query unchanged, then
   /// X-Amz-Algorithm, X-Amz-Credential, X-Amz-Date, X-Amz-SignedHeaders, X-Amz-Expires,
   /// X-Amz-Security-Token (when a token is set) and X-Amz-Signature.
