@@ -14,16 +14,15 @@
 #include "gateway/core/sse.hpp"
 #include "providers/unified.hpp"
 
+#include "tests/unit/testdata.hpp"
+
 namespace tollgate::providers {
 namespace {
 namespace json = boost::json;
 
 std::string read_fixture(const std::string& rel) {
-  std::ifstream in(std::string(TOLLGATE_TESTDATA) + "/vercel-ai-fixtures/packages/openai/src/chat/__fixtures__/" + rel);
-  EXPECT_TRUE(in) << rel;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return tollgate::testing::read_file(tollgate::testing::testdata_dir() /
+                                     "vercel-ai-fixtures/packages/openai/src/chat/__fixtures__" / rel);
 }
 
 /// The recorded stream as OpenAI framed it (the fixture asked for usage, so its last chunk has it).

@@ -15,6 +15,8 @@
 
 #include "providers/bedrock/converse.hpp"
 
+#include "tests/unit/testdata.hpp"
+
 namespace {
 
 namespace json = boost::json;
@@ -193,11 +195,10 @@ TEST(ConverseEmbeddingsTest, BadResponsesAreRefused) {
 
 /// The list has the keys and key types of a recorded OpenAI embeddings response.
 TEST(ConverseEmbeddingsTest, ShapeMatchesARealOpenAiResponse) {
-  std::ifstream in(std::filesystem::path(TOLLGATE_TESTDATA) /
-                   "vercel-ai-fixtures/packages/openai/src/embedding/__fixtures__/openai-embedding.json");
-  std::ostringstream s;
-  s << in.rdbuf();
-  const json::object openai = json::parse(s.str()).as_object();
+  const json::object openai =
+      json::parse(tollgate::testing::read_file(tollgate::testing::testdata_dir() /
+                                               "vercel-ai-fixtures/packages/openai/src/embedding/__fixtures__/openai-embedding.json"))
+          .as_object();
   const embedding_calls c = ok(R"({"input":"x"})", titan);
   const std::vector<invoke_response> rs{{json::parse(R"({"embedding":[0.5],"inputTextTokenCount":1})"), {}}};
   auto r = to_openai_embeddings(c, rs, "m");

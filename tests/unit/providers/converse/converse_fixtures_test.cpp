@@ -18,6 +18,8 @@
 
 #include "providers/bedrock/converse.hpp"
 
+#include "tests/unit/testdata.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -29,15 +31,9 @@ const fs::path derived_dir = fs::path(TOLLGATE_TESTDATA) / "bedrock-eventstream-
 
 const completion_meta meta{"chatcmpl-test-1", 1770933883, "claude-via-bedrock"};
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "cannot open " << p;
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using tollgate::testing::read_file;
 
-json::value load_json(const fs::path& p) { return json::parse(slurp(p)); }
+json::value load_json(const fs::path& p) { return json::parse(read_file(p)); }
 
 /// Files in the fixture folder whose names start with `amazon-bedrock-` and end with `suffix`.
 std::vector<fs::path> fixtures_ending(std::string_view suffix) {
@@ -65,7 +61,7 @@ struct event {
 /// A vercel `*.chunks.txt`: one `{"<eventType>": payload}` per line.
 std::vector<event> load_chunk_events(const fs::path& p) {
   std::vector<event> out;
-  std::istringstream lines(slurp(p));
+  std::istringstream lines(read_file(p));
   for (std::string line; std::getline(lines, line);) {
     if (line.empty()) continue;
     const json::object o = json::parse(line).as_object();
@@ -78,7 +74,7 @@ std::vector<event> load_chunk_events(const fs::path& p) {
 /// A derived `*.expected.jsonl`: `{"headers":{":event-type"|":exception-type":..},"payload":"<json>"}`.
 std::vector<event> load_derived_events(const fs::path& p) {
   std::vector<event> out;
-  std::istringstream lines(slurp(p));
+  std::istringstream lines(read_file(p));
   for (std::string line; std::getline(lines, line);) {
     if (line.empty()) continue;
     const json::object o = json::parse(line).as_object();

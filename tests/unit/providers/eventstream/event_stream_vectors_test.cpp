@@ -22,6 +22,8 @@
 
 #include "providers/bedrock/event_stream.hpp"
 
+#include "tests/unit/testdata.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -36,10 +38,7 @@ const fs::path testdata = TOLLGATE_TESTDATA;
 const fs::path aws_vectors = testdata / "aws-eventstream-test-vectors";
 const fs::path bedrock_streams = testdata / "bedrock-eventstream-derived";
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
+using tollgate::testing::read_file;
 
 /// Regular files directly in `dir` (optionally only those ending in `suffix`), sorted.
 std::vector<fs::path> files_in(const fs::path& dir, std::string_view suffix = {}) {

@@ -10,19 +10,17 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/unit/testdata.hpp"
+
 namespace tollgate::providers::vertex {
 namespace {
 
 namespace json = boost::json;
 
 json::value embedding_fixture() {
-  const auto p = std::filesystem::path(TOLLGATE_TESTDATA) /
-                 "vercel-ai-fixtures/packages/google-vertex/src/__fixtures__/google-vertex-embedding.json";
-  std::ifstream in(p, std::ios::binary);
-  EXPECT_TRUE(in) << "missing test data file " << p;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return json::parse(ss.str());
+  return json::parse(tollgate::testing::read_file(
+      tollgate::testing::testdata_dir() /
+      "vercel-ai-fixtures/packages/google-vertex/src/__fixtures__/google-vertex-embedding.json"));
 }
 
 predict_calls calls_ok(std::string_view request, std::size_t max = default_max_instances) {

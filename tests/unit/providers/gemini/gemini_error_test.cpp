@@ -10,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/unit/testdata.hpp"
+
 namespace tollgate::providers::vertex {
 namespace {
 
@@ -17,12 +19,8 @@ namespace json = boost::json;
 using namespace std::chrono_literals;
 
 std::string read_fixture(std::string_view name) {
-  const auto p = std::filesystem::path(TOLLGATE_TESTDATA) / "vercel-ai-fixtures/packages/google/src/__fixtures__" / name;
-  std::ifstream in(p, std::ios::binary);
-  EXPECT_TRUE(in) << "missing test data file " << p;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return tollgate::testing::read_file(tollgate::testing::testdata_dir() /
+                                     "vercel-ai-fixtures/packages/google/src/__fixtures__" / name);
 }
 
 TEST(GeminiErrorTest, ResourceExhaustedFixtureWithRetryInfo) {

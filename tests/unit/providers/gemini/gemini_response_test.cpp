@@ -11,6 +11,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/unit/testdata.hpp"
+
 namespace tollgate::providers::vertex {
 namespace {
 
@@ -19,13 +21,7 @@ namespace json = boost::json;
 const std::filesystem::path fixture_dir =
     std::filesystem::path(TOLLGATE_TESTDATA) / "vercel-ai-fixtures/packages/google/src/__fixtures__";
 
-std::string read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  EXPECT_TRUE(in) << "missing test data file " << p;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using tollgate::testing::read_file;
 
 json::value fixture(std::string_view name) { return json::parse(read_file(fixture_dir / name)); }
 

@@ -24,6 +24,8 @@
 
 #include "providers/bedrock/sigv4.hpp"
 
+#include "tests/unit/testdata.hpp"
+
 namespace aws = tollgate::providers::aws;
 namespace fs = std::filesystem;
 namespace json = boost::json;
@@ -38,17 +40,8 @@ const fs::path bedrock_file = testdata / "bedrock-sigv4-derived" / "bedrock-sigv
 constexpr std::string_view suite_access_key = "AKIDEXAMPLE";
 constexpr std::string_view suite_secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
-std::optional<std::string> slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return std::nullopt;
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-std::string must_read(const fs::path& p) {
-  auto text = slurp(p);
-  EXPECT_TRUE(text.has_value()) << "cannot read " << p;
-  return text.value_or("");
-}
+using tollgate::testing::read_file;
+using tollgate::testing::try_read_file;
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -188,7 +181,7 @@ testing::AssertionResult sign_classic(const classic_case& c, const raw_request& 
   bool sign_token = true;
   if (auto t = r.header("X-Amz-Security-Token")) {
     token = *t;
-  } else if (auto sreq = parse_raw_request(must_read(c.dir / (c.stem + ".sreq")))) {
+  } else if (auto sreq = parse_raw_request(read_file(c.dir / (c.stem + ".sreq")))) {
     token = sreq->header("X-Amz-Security-Token").value_or("");
     sign_token = !c.stem.ends_with("-header-after");
   }
@@ -219,11 +212,11 @@ TEST_P(Sigv4ClassicSuiteTest, MatchesCanonicalRequestStringToSignAndAuthorizatio
   const fs::path base = c.dir / c.stem;
   for (const char* ext : {".req", ".creq", ".sts", ".authz", ".sreq"})
     ASSERT_TRUE(fs::exists(base.string() + ext)) << "case " << c.name << " lacks " << ext;
-  const auto req = parse_raw_request(must_read(base.string() + ".req"));
+  const auto req = parse_raw_request(read_file(base.string() + ".req"));
   ASSERT_TRUE(req) << "cannot parse " << c.name << ".req";
-  const std::string creq = must_read(base.string() + ".creq");
-  const std::string sts = must_read(base.string() + ".sts");
-  const std::string authz = must_read(base.string() + ".authz");
+  const std::string creq = read_file(base.string() + ".creq");
+  const std::string sts = read_file(base.string() + ".sts");
+  const std::string authz = read_file(base.string() + ".authz");
 
   aws::signed_request s;
   std::string token;
@@ -254,7 +247,7 @@ TEST_P(Sigv4ClassicSuiteTest, MatchesCanonicalRequestStringToSignAndAuthorizatio
   ASSERT_EQ(classic_inconsistent.count(c.stem), 1u)
       << c.name << ": .sts does not hash .creq, and the case is not a known inconsistent one";
   // Known inconsistent case: .sts/.authz belong to the request in .sreq (which has no Content-Length).
-  auto sreq = parse_raw_request(must_read(base.string() + ".sreq"));
+  auto sreq = parse_raw_request(read_file(base.string() + ".sreq"));
   ASSERT_TRUE(sreq);
   sreq->remove_header("Authorization");
   ASSERT_TRUE(sign_classic(c, *sreq, s, token));
@@ -291,7 +284,7 @@ TEST(Sigv4ClassicSuite, FormParametersVectorWasSignedWithCharsetUtf8) {
   const classic_case c{"post-x-www-form-urlencoded-parameters",
                        classic_root / "post-x-www-form-urlencoded-parameters",
                        "post-x-www-form-urlencoded-parameters"};
-  auto req = parse_raw_request(must_read(c.dir / (c.stem + ".req")));
+  auto req = parse_raw_request(read_file(c.dir / (c.stem + ".req")));
   ASSERT_TRUE(req);
   req->remove_header("Content-Length");
   for (auto& [n, v] : req->headers)
@@ -299,8 +292,8 @@ TEST(Sigv4ClassicSuite, FormParametersVectorWasSignedWithCharsetUtf8) {
   aws::signed_request s;
   std::string token;
   ASSERT_TRUE(sign_classic(c, *req, s, token));
-  EXPECT_EQ(s.string_to_sign, must_read(c.dir / (c.stem + ".sts")));
-  const std::string authz = must_read(c.dir / (c.stem + ".authz"));
+  EXPECT_EQ(s.string_to_sign, read_file(c.dir / (c.stem + ".sts")));
+  const std::string authz = read_file(c.dir / (c.stem + ".authz"));
   EXPECT_EQ(authz.substr(authz.rfind("Signature=") + 10), s.signature);
   EXPECT_NE(authz, s.authorization);  // SignedHeaders differ, see above
   EXPECT_EQ(s.signed_headers, "content-type;host;x-amz-date");
@@ -345,7 +338,7 @@ struct crt_context {
 
 testing::AssertionResult load_context(const fs::path& dir, crt_context& ctx) {
   json::error_code ec;
-  const json::value v = json::parse(must_read(dir / "context.json"), ec);
+  const json::value v = json::parse(read_file(dir / "context.json"), ec);
   if (ec || !v.is_object()) return testing::AssertionFailure() << "bad context.json: " << ec.message();
   const json::object& o = v.as_object();
   const json::object& cr = o.at("credentials").as_object();
@@ -372,18 +365,18 @@ TEST_P(Sigv4CrtSuiteTest, HeaderSigningMatches) {
   const crt_case& c = GetParam();
   crt_context ctx;
   ASSERT_TRUE(load_context(c.dir, ctx));
-  const auto req = parse_raw_request(must_read(c.dir / "request.txt"));
+  const auto req = parse_raw_request(read_file(c.dir / "request.txt"));
   ASSERT_TRUE(req);
   const auto views = req->views();
   aws::http_request_view view{req->method, req->path, req->query, views, req->body, std::nullopt};
   auto s = aws::sign_request(ctx.creds, {ctx.region, ctx.service, ctx.time}, view, ctx.opts);
   ASSERT_TRUE(s) << s.error().message();
-  EXPECT_EQ(s->canonical_request, must_read(c.dir / "header-canonical-request.txt"));
-  EXPECT_EQ(s->string_to_sign, must_read(c.dir / "header-string-to-sign.txt"));
-  EXPECT_EQ(s->signature, must_read(c.dir / "header-signature.txt"));
+  EXPECT_EQ(s->canonical_request, read_file(c.dir / "header-canonical-request.txt"));
+  EXPECT_EQ(s->string_to_sign, read_file(c.dir / "header-string-to-sign.txt"));
+  EXPECT_EQ(s->signature, read_file(c.dir / "header-signature.txt"));
 
   // The signed request = the unsigned one + headers_to_add + Authorization (names compared case-insensitively).
-  const auto expected = parse_raw_request(must_read(c.dir / "header-signed-request.txt"));
+  const auto expected = parse_raw_request(read_file(c.dir / "header-signed-request.txt"));
   ASSERT_TRUE(expected);
   EXPECT_EQ(expected->method, req->method);
   EXPECT_EQ(expected->target, req->target);
@@ -398,17 +391,17 @@ TEST_P(Sigv4CrtSuiteTest, QuerySigningMatches) {
   const crt_case& c = GetParam();
   crt_context ctx;
   ASSERT_TRUE(load_context(c.dir, ctx));
-  const auto req = parse_raw_request(must_read(c.dir / "request.txt"));
+  const auto req = parse_raw_request(read_file(c.dir / "request.txt"));
   ASSERT_TRUE(req);
   const auto views = req->views();
   aws::http_request_view view{req->method, req->path, req->query, views, req->body, std::nullopt};
   auto s = aws::presign_request(ctx.creds, {ctx.region, ctx.service, ctx.time}, view, ctx.expires, ctx.opts);
   ASSERT_TRUE(s) << s.error().message();
-  EXPECT_EQ(s->canonical_request, must_read(c.dir / "query-canonical-request.txt"));
-  EXPECT_EQ(s->string_to_sign, must_read(c.dir / "query-string-to-sign.txt"));
-  EXPECT_EQ(s->signature, must_read(c.dir / "query-signature.txt"));
+  EXPECT_EQ(s->canonical_request, read_file(c.dir / "query-canonical-request.txt"));
+  EXPECT_EQ(s->string_to_sign, read_file(c.dir / "query-string-to-sign.txt"));
+  EXPECT_EQ(s->signature, read_file(c.dir / "query-signature.txt"));
 
-  const auto expected = parse_raw_request(must_read(c.dir / "query-signed-request.txt"));
+  const auto expected = parse_raw_request(read_file(c.dir / "query-signed-request.txt"));
   ASSERT_TRUE(expected);
   EXPECT_EQ(expected->method, req->method);
   EXPECT_EQ(expected->target, req->path + "?" + s->query);  // byte for byte, parameter order included
@@ -445,7 +438,7 @@ void PrintTo(const bedrock_case& c, std::ostream* os) { *os << c.name; }
 
 std::vector<bedrock_case> load_bedrock() {
   std::vector<bedrock_case> cases;
-  auto text = slurp(bedrock_file);
+  auto text = try_read_file(bedrock_file);
   if (!text) return cases;
   json::error_code ec;
   json::value v = json::parse(*text, ec);

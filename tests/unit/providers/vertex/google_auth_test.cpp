@@ -18,6 +18,8 @@
 #include <memory>
 #include <sstream>
 
+#include "tests/unit/testdata.hpp"
+
 namespace tollgate::providers::google {
 namespace {
 
@@ -27,11 +29,7 @@ using namespace std::chrono_literals;
 // --- helpers -------------------------------------------------------------------------------------
 
 std::string testdata(const std::string& name) {
-  std::ifstream in(std::string(TOLLGATE_TESTDATA) + "/google-auth-service-account/" + name, std::ios::binary);
-  EXPECT_TRUE(in) << "missing test data file " << name;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return tollgate::testing::read_file(tollgate::testing::testdata_dir() / "google-auth-service-account" / name);
 }
 
 const json::object& vector_json() {
