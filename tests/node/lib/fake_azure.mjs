@@ -21,11 +21,10 @@
 //   prompt-filtered       400 content_filter body (type null, param "prompt", innererror)
 //   throttled             429 with code "429" as a string, retry-after and retry-after-ms
 //   output-filtered       stream: two content chunks, then finish_reason "content_filter"
-import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
 
 import { FIXTURES } from './paths.mjs';
+import { startRecordingServer } from './recording_server.mjs';
 
 const chunks = readFileSync(FIXTURES.azureStreamChunks, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
 const embedding = JSON.parse(readFileSync(FIXTURES.embedding, 'utf8'));
@@ -56,21 +55,8 @@ export const AZURE_ERRORS = {
 };
 
 export async function startFakeAzure({ apiKey, entra }) {
-  const requests = [];
   const tokens = new Set();
-  const events = new EventEmitter();
-  const server = http.createServer((req, res) => {
-    const parts = [];
-    req.on('data', (d) => parts.push(d));
-    req.on('end', () => {
-      const url = new URL(req.url, 'http://x');
-      const rec = { method: req.method, path: req.url, pathname: url.pathname, query: Object.fromEntries(url.searchParams), headers: { ...req.headers }, bodyText: Buffer.concat(parts).toString('utf8') };
-      try { rec.body = JSON.parse(rec.bodyText); } catch { rec.body = undefined; }
-      requests.push(rec);
-      events.emit('request', rec);
-      handle(req, res, rec, url);
-    });
-  });
+  const srv = await startRecordingServer(handle);
   const headers = (extra = {}) => ({ 'content-type': 'application/json', 'apim-request-id': 'f4a1c2d3-0000-4000-8000-000000000001', 'x-ms-region': 'Sweden Central', 'x-request-id': 'azure-req-1', ...extra });
   const send = (res, status, obj, extra) => {
     const b = JSON.stringify(obj);
@@ -120,13 +106,11 @@ export async function startFakeAzure({ apiKey, entra }) {
     for (const c of list) res.write(`data: ${JSON.stringify(c)}\n\n`);
     res.end('data: [DONE]\n\n');
   }
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address();
   return {
-    requests,
-    events,
+    requests: srv.requests,
+    events: srv.events,
     tokens,
-    url: `http://127.0.0.1:${port}`,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
+    url: srv.url,
+    close: srv.close,
   };
 }

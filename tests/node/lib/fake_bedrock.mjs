@@ -18,9 +18,7 @@
 //   invalid                     400 ValidationException
 //   stream-throttled            stream: 3 events, then a throttlingException exception message
 //   amazon.titan-embed-text-v2:0, cohere.embed-*   embeddings (invoke)
-import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
 import { join } from 'node:path';
 
 import { EventStreamCodec } from '@smithy/eventstream-codec';
@@ -30,6 +28,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { fromUtf8, toUtf8 } from '@smithy/util-utf8';
 
 import { TESTDATA } from './paths.mjs';
+import { startRecordingServer } from './recording_server.mjs';
 
 const dir = join(TESTDATA, 'vercel-ai-fixtures', 'packages', 'amazon-bedrock', 'src', '__fixtures__');
 const load = (name) => ({
@@ -50,8 +49,6 @@ function frame(eventType, payload, kind = 'event') {
 }
 
 export async function startFakeBedrock({ accessKeyId, secretAccessKey, sessionToken, region = 'us-east-1' }) {
-  const requests = [];
-  const events = new EventEmitter();
   // applyChecksum off: Bedrock clients do not send x-amz-content-sha256 (that is S3's).
   const signer = new SignatureV4({ credentials: { accessKeyId, secretAccessKey, sessionToken }, region, service: 'bedrock', sha256: Hash.bind(null, 'sha256'), applyChecksum: false });
 
@@ -86,47 +83,37 @@ export async function startFakeBedrock({ accessKeyId, secretAccessKey, sessionTo
     return want === signature ? undefined : `signature mismatch (expected ${expected.headers.authorization})`;
   }
 
-  const server = http.createServer((req, res) => {
-    const parts = [];
-    req.on('data', (d) => parts.push(d));
-    req.on('end', async () => {
-      const rec = { method: req.method, path: req.url, headers: { ...req.headers }, bodyText: Buffer.concat(parts).toString('utf8') };
-      try { rec.body = JSON.parse(rec.bodyText); } catch { rec.body = undefined; }
-      requests.push(rec);
-      events.emit('request', rec);
-      const why = await signatureOk(req, rec);
-      rec.signatureError = why;
-      if (why) return send(res, 403, { message: 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.' }, 'InvalidSignatureException');
-      const m = /^\/model\/([^/]+)\/(converse|converse-stream|invoke)$/.exec(new URL(req.url, 'http://x').pathname);
-      if (!m || req.method !== 'POST') return send(res, 404, { message: 'Not Found' }, 'UnknownOperationException');
-      const model = decodeURIComponent(m[1]);
-      rec.model = model;
-      const op = m[2];
-      if (model === 'throttled') return send(res, 429, { message: 'Too many requests, please wait before trying again.' }, 'ThrottlingException');
-      if (model === 'invalid') return send(res, 400, { message: 'Malformed input request, please reformat your input and try again.' }, 'ValidationException');
-      if (op === 'invoke') {
-        if (model.startsWith('amazon.titan-embed')) return send(res, 200, { embedding: [0.125, -0.25, 0.5, 0.75], embeddingsByType: { float: [0.125, -0.25, 0.5, 0.75] }, inputTextTokenCount: 5 });
-        if (model.startsWith('cohere.embed')) return send(res, 200, { embeddings: (rec.body?.texts ?? []).map((_, i) => [i, 0.5, -0.5]), id: 'emb-1', response_type: 'embeddings_floats', texts: rec.body?.texts ?? [] });
-        return send(res, 400, { message: 'The provided model identifier is invalid.' }, 'ValidationException');
-      }
-      const fx = model.includes('tool') ? BEDROCK_TOOL : BEDROCK_TEXT;
-      if (op === 'converse') return send(res, 200, fx.body);
-      res.writeHead(200, { 'content-type': 'application/vnd.amazon.eventstream', 'x-amzn-requestid': 'b0f1c2d3-1111-4222-8333-944455556667', 'transfer-encoding': 'chunked' });
-      const list = model === 'stream-throttled' ? fx.events.slice(0, 3) : fx.events;
-      for (const e of list) {
-        const [type, payload] = Object.entries(e)[0];
-        res.write(frame(type, payload));
-      }
-      if (model === 'stream-throttled') res.write(frame('throttlingException', { message: 'Too many tokens, please wait before trying again.' }, 'exception'));
-      res.end();
-    });
+  const srv = await startRecordingServer(async (req, res, rec) => {
+    const why = await signatureOk(req, rec);
+    rec.signatureError = why;
+    if (why) return send(res, 403, { message: 'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.' }, 'InvalidSignatureException');
+    const m = /^\/model\/([^/]+)\/(converse|converse-stream|invoke)$/.exec(new URL(req.url, 'http://x').pathname);
+    if (!m || req.method !== 'POST') return send(res, 404, { message: 'Not Found' }, 'UnknownOperationException');
+    const model = decodeURIComponent(m[1]);
+    rec.model = model;
+    const op = m[2];
+    if (model === 'throttled') return send(res, 429, { message: 'Too many requests, please wait before trying again.' }, 'ThrottlingException');
+    if (model === 'invalid') return send(res, 400, { message: 'Malformed input request, please reformat your input and try again.' }, 'ValidationException');
+    if (op === 'invoke') {
+      if (model.startsWith('amazon.titan-embed')) return send(res, 200, { embedding: [0.125, -0.25, 0.5, 0.75], embeddingsByType: { float: [0.125, -0.25, 0.5, 0.75] }, inputTextTokenCount: 5 });
+      if (model.startsWith('cohere.embed')) return send(res, 200, { embeddings: (rec.body?.texts ?? []).map((_, i) => [i, 0.5, -0.5]), id: 'emb-1', response_type: 'embeddings_floats', texts: rec.body?.texts ?? [] });
+      return send(res, 400, { message: 'The provided model identifier is invalid.' }, 'ValidationException');
+    }
+    const fx = model.includes('tool') ? BEDROCK_TOOL : BEDROCK_TEXT;
+    if (op === 'converse') return send(res, 200, fx.body);
+    res.writeHead(200, { 'content-type': 'application/vnd.amazon.eventstream', 'x-amzn-requestid': 'b0f1c2d3-1111-4222-8333-944455556667', 'transfer-encoding': 'chunked' });
+    const list = model === 'stream-throttled' ? fx.events.slice(0, 3) : fx.events;
+    for (const e of list) {
+      const [type, payload] = Object.entries(e)[0];
+      res.write(frame(type, payload));
+    }
+    if (model === 'stream-throttled') res.write(frame('throttlingException', { message: 'Too many tokens, please wait before trying again.' }, 'exception'));
+    res.end();
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address();
   return {
-    requests,
-    events,
-    url: `http://127.0.0.1:${port}`,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
+    requests: srv.requests,
+    events: srv.events,
+    url: srv.url,
+    close: srv.close,
   };
 }

@@ -14,12 +14,11 @@
 // in Google's error shape). Answers replay the recorded fixtures (vercel-ai-fixtures google-text,
 // google-vertex-embedding, google-429-retry-info for the model `quota-exceeded`).
 import { createPublicKey, createVerify, randomBytes } from 'node:crypto';
-import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
 import { join } from 'node:path';
 
 import { TESTDATA } from './paths.mjs';
+import { startRecordingServer } from './recording_server.mjs';
 
 const g = join(TESTDATA, 'vercel-ai-fixtures', 'packages', 'google', 'src', '__fixtures__');
 export const GEMINI_TEXT = JSON.parse(readFileSync(join(g, 'google-text.json'), 'utf8'));
@@ -33,9 +32,7 @@ const PUBLIC_KEY = createPublicKey(readFileSync(join(SA_DIR, 'privatekey.pub')))
 const b64urlJson = (s) => JSON.parse(Buffer.from(s, 'base64url').toString('utf8'));
 
 export async function startFakeVertex() {
-  const requests = [];
   const tokens = new Set();
-  const events = new EventEmitter();
   const sendJson = (res, status, obj) => {
     const b = JSON.stringify(obj);
     res.writeHead(status, { 'content-type': 'application/json; charset=UTF-8', 'content-length': Buffer.byteLength(b) });
@@ -65,37 +62,26 @@ export async function startFakeVertex() {
     sendJson(res, 200, { access_token: t, expires_in: 3599, token_type: 'Bearer' });
   }
 
-  const server = http.createServer((req, res) => {
-    const parts = [];
-    req.on('data', (d) => parts.push(d));
-    req.on('end', () => {
-      const url = new URL(req.url, 'http://x');
-      const rec = { method: req.method, path: req.url, pathname: url.pathname, query: Object.fromEntries(url.searchParams), headers: { ...req.headers }, bodyText: Buffer.concat(parts).toString('utf8') };
-      try { rec.body = JSON.parse(rec.bodyText); } catch { rec.body = undefined; }
-      requests.push(rec);
-      events.emit('request', rec);
-      if (url.pathname === '/token' && req.method === 'POST') return token(req, res, rec);
-      const m = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/publishers\/google\/models\/([^/:]+):(generateContent|streamGenerateContent|predict)$/.exec(url.pathname);
-      if (!m) return googleError(res, 404, 'NOT_FOUND', `The requested URL ${url.pathname} was not found on this server.`);
-      const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
-      if (!auth || !tokens.has(auth[1])) return googleError(res, 401, 'UNAUTHENTICATED', 'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.');
-      [, rec.project, rec.location, rec.model, rec.method] = m;
-      if (rec.model === 'quota-exceeded') return sendJson(res, 429, QUOTA);
-      if (rec.method === 'predict') return sendJson(res, 200, { ...EMBED, predictions: EMBED.predictions.slice(0, rec.body?.instances?.length ?? 1) });
-      if (rec.method === 'generateContent') return sendJson(res, 200, GEMINI_TEXT);
-      if (rec.query.alt !== 'sse') return googleError(res, 400, 'INVALID_ARGUMENT', 'this fake only streams with alt=sse');
-      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-      for (const c of GEMINI_CHUNKS) res.write(`data: ${JSON.stringify(c)}\r\n\r\n`);
-      res.end();
-    });
+  const srv = await startRecordingServer((req, res, rec, url) => {
+    if (url.pathname === '/token' && req.method === 'POST') return token(req, res, rec);
+    const m = /^\/v1\/projects\/([^/]+)\/locations\/([^/]+)\/publishers\/google\/models\/([^/:]+):(generateContent|streamGenerateContent|predict)$/.exec(url.pathname);
+    if (!m) return googleError(res, 404, 'NOT_FOUND', `The requested URL ${url.pathname} was not found on this server.`);
+    const auth = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    if (!auth || !tokens.has(auth[1])) return googleError(res, 401, 'UNAUTHENTICATED', 'Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.');
+    [, rec.project, rec.location, rec.model, rec.method] = m;
+    if (rec.model === 'quota-exceeded') return sendJson(res, 429, QUOTA);
+    if (rec.method === 'predict') return sendJson(res, 200, { ...EMBED, predictions: EMBED.predictions.slice(0, rec.body?.instances?.length ?? 1) });
+    if (rec.method === 'generateContent') return sendJson(res, 200, GEMINI_TEXT);
+    if (rec.query.alt !== 'sse') return googleError(res, 400, 'INVALID_ARGUMENT', 'this fake only streams with alt=sse');
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    for (const c of GEMINI_CHUNKS) res.write(`data: ${JSON.stringify(c)}\r\n\r\n`);
+    res.end();
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  const { port } = server.address();
   return {
-    requests,
-    events,
+    requests: srv.requests,
+    events: srv.events,
     tokens,
-    url: `http://127.0.0.1:${port}`,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
+    url: srv.url,
+    close: srv.close,
   };
 }
