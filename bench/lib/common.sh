@@ -25,6 +25,7 @@ ready_port() { # name: the caller port from its ready file (bounded wait)
   [[ -s "$dir/$1.ready" ]] || { echo "bench: $1 did not start" >&2; cat "$dir/$1.err" >&2; exit 1; }
   sed -E 's/.*"listen":\{"address":"[^"]*","port":([0-9]+).*/\1/' "$dir/$1.ready"
 }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system time of a process, in clock ticks
 free_port() { # a loopback port nobody listens on
   local p
   for _ in $(seq 1 50); do
