@@ -112,7 +112,13 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       call_admit_(calls_.counter({"admit"})),
       call_key_(calls_.counter({"key_lookup"})),
       call_settle_(calls_.counter({"settle"})),
-      call_team_(calls_.counter({"team_lookup"})) {
+      call_team_(calls_.counter({"team_lookup"})),
+      admission_wait_(reg.add("tollgate_policy_admission_seconds",
+                              "Time an admission waited for the policy store: for the worker's batch to go out, "
+                              "then its round trip (the Redis store), or the check itself (the memory store).",
+                              metrics::kind::histogram, {},
+                              {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1})),
+      admission_wait_cell_(admission_wait_.histogram({})) {
   degraded_.gauge({}).set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
   store_->on_settled([this](unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
@@ -322,7 +328,9 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   a.lease_ms = cfg.store.lease_ms;
 
   call_admit_.inc();
+  const auto asked = steady_clock::now();
   admit_result res = co_await store_->admit(ctx.worker, a);
+  admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
   if (res.v == verdict::unavailable) {
     degraded_.gauge({}).set(1);
     if (!is_degraded_.exchange(true))

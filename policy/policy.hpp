@@ -196,6 +196,8 @@ class engine {
   metrics::counter_cell& call_key_;
   metrics::counter_cell& call_settle_;
   metrics::counter_cell& call_team_;
+  metrics::family& admission_wait_;  ///< histogram: an admission's wait for the store (batch + round trip)
+  metrics::histogram_cell& admission_wait_cell_;
 };
 
 }  // namespace tollgate::policy

@@ -56,8 +56,9 @@ counter_cell& family::counter(label_values v) { return *find(v).c; }
 gauge_cell& family::gauge(label_values v) { return *find(v).g; }
 histogram_cell& family::histogram(label_values v) { return *find(v).h; }
 
-void family::observe(label_values values, double v) {
-  auto& h = histogram(values);
+void family::observe(label_values values, double v) { observe(histogram(values), v); }
+
+void family::observe(histogram_cell& h, double v) const {
   for (std::size_t i = 0; i < bounds_.size(); ++i) {
     if (v <= bounds_[i]) {
       h.buckets[i].fetch_add(1, std::memory_order_relaxed);

@@ -51,6 +51,8 @@ class family {
   gauge_cell& gauge(label_values values);
   histogram_cell& histogram(label_values values);
   void observe(label_values values, double v);
+  /// observe() on a cell found before (no lookup: for hot paths).
+  void observe(histogram_cell& h, double v) const;
 
   void expose(std::string& out) const;
 

@@ -202,6 +202,11 @@ keys:
       const m = await scrape(gw);
       assert.equal(metricValue(m, 'tollgate_budget_soft_threshold_total', { team: 'race', scope: 'team' }), 1);
       assert.ok(metricValue(m, 'tollgate_policy_decisions_total', { decision: 'budget' }) >= RACE_CALLS * 9);
+      // Every one of those calls waited for an admission, and that wait is in the histogram.
+      const waits = metricValue(m, 'tollgate_policy_admission_seconds_count');
+      assert.ok(waits >= RACE_CALLS * 10, `admission waits observed: ${waits}`);
+      assert.equal(metricValue(m, 'tollgate_policy_admission_seconds_bucket', { le: '+Inf' }), waits);
+      assert.ok(metricValue(m, 'tollgate_policy_admission_seconds_sum') > 0);
     });
 
     test('a stream its client cuts mid-way is billed for what was sent, not the reservation', { timeout: 20000 }, async () => {
