@@ -68,10 +68,12 @@ reply convert(const redisReply* r) {
 }
 
 /// A type-erased completion handler for one command. complete() posts it to its executor, so it
-/// never runs inside hiredis.
+/// never runs inside hiredis; dispatch() runs it at once when the caller is already on that
+/// executor (and outside hiredis).
 struct completion {
   virtual ~completion() = default;
   virtual void complete(error_code ec, reply r) = 0;
+  virtual void dispatch(error_code ec, reply r) = 0;
 };
 
 template <class Handler>
@@ -80,6 +82,10 @@ struct completion_for final : completion {
   void complete(error_code ec, reply r) override {
     auto ex = net::get_associated_executor(handler_, fallback_);
     net::post(ex, [h = std::move(handler_), ec, r = std::move(r)]() mutable { std::move(h)(ec, std::move(r)); });
+  }
+  void dispatch(error_code ec, reply r) override {
+    auto ex = net::get_associated_executor(handler_, fallback_);
+    net::dispatch(ex, [h = std::move(handler_), ec, r = std::move(r)]() mutable { std::move(h)(ec, std::move(r)); });
   }
   Handler handler_;
   executor_t fallback_;
@@ -127,6 +133,12 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   bool want_read = false, want_write = false, read_waiting = false, write_waiting = false;
   bool timer_armed = false, connected = false, subscribed = false, gone = false;
   int depth = 0;  ///< > 0 while inside redisAsyncHandleRead/Write: hiredis must not be freed then
+  bool reading = false;  ///< inside on_ready's redisAsyncHandleRead: replies wait in `replied`
+  bool sending = false;  ///< inside send(): the write is made at once, not armed
+  /// Replies read by one redisAsyncHandleRead, completed when it has returned. Under load a
+  /// posted completion waits behind every handler already queued on the worker (hundreds of
+  /// µs); the caller is the batch that the next one waits for, so it runs at once instead.
+  std::vector<std::pair<std::unique_ptr<completion>, reply>> replied;
 
   bool live() const { return ac != nullptr && connected && !gone; }
 
@@ -179,13 +191,33 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
     }
     if (read ? want_read : want_write) {
       ++depth;
-      if (read)
+      if (read) {
+        reading = true;
         redisAsyncHandleRead(ac);  // may free the context (then ev_cleanup has run)
-      else
+        reading = false;
+      } else {
         redisAsyncHandleWrite(ac);
+      }
       --depth;
     }
     if (read ? want_read : want_write) read ? arm_read() : arm_write();
+    if (read && !replied.empty()) {
+      // Outside hiredis now: the callers resume here, in order (this handler holds `self`).
+      auto done = std::move(replied);
+      replied.clear();
+      for (auto& [c, r] : done) c->dispatch({}, std::move(r));
+    }
+  }
+
+  /// Writes hiredis' output buffer now rather than after a writability wait: the socket is
+  /// almost always writable, and the wait would queue the batch behind every handler pending on
+  /// the worker. What the socket does not take is left to the armed wait.
+  void write_now() {
+    if (!want_write || gone || ac == nullptr || depth > 0) return;
+    ++depth;
+    redisAsyncHandleWrite(ac);  // may free the context (then ev_cleanup has run)
+    --depth;
+    if (want_write) arm_write();
   }
 
   /// Called by hiredis (ev.cleanup) just before it frees the context, after it has run every
@@ -250,12 +282,16 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
       ptrs[i] = argv[i].data() != nullptr ? argv[i].data() : "";
       lens[i] = argv[i].size();
     }
-    if (redisAsyncCommandArgv(ac, on_reply, this, static_cast<int>(argv.size()), ptrs, lens) != REDIS_OK) {
+    sending = true;
+    const int rc = redisAsyncCommandArgv(ac, on_reply, this, static_cast<int>(argv.size()), ptrs, lens);
+    sending = false;
+    if (rc != REDIS_OK) {
       done->complete(net::error::not_connected, {});
       return;
     }
     pending.push_back({clock::now() + timeout, std::move(done)});
     arm_deadline();
+    write_now();
   }
 
   /// send() for a command already in RESP form.
@@ -264,12 +300,16 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
       done->complete(net::error::not_connected, {});
       return;
     }
-    if (redisAsyncFormattedCommand(ac, on_reply, this, resp.data(), resp.size()) != REDIS_OK) {
+    sending = true;
+    const int rc = redisAsyncFormattedCommand(ac, on_reply, this, resp.data(), resp.size());
+    sending = false;
+    if (rc != REDIS_OK) {
       done->complete(net::error::not_connected, {});
       return;
     }
     pending.push_back({clock::now() + timeout, std::move(done)});
     arm_deadline();
+    write_now();
   }
 
   /// SUBSCRIBE channel; confirmations and messages arrive in on_sub_reply.
@@ -309,7 +349,7 @@ void ev_add_read(void* p) {
 void ev_del_read(void* p) { from(p)->want_read = false; }
 void ev_add_write(void* p) {
   from(p)->want_write = true;
-  from(p)->arm_write();
+  if (!from(p)->sending) from(p)->arm_write();  // send() writes at once, then arms what is left
 }
 void ev_del_write(void* p) { from(p)->want_write = false; }
 void ev_cleanup(void* p) { from(p)->on_gone(); }
@@ -326,7 +366,9 @@ void on_reply(redisAsyncContext*, void* r, void* privdata) {
   if (l->pending.empty()) return;
   auto p = std::move(l->pending.front());
   l->pending.pop_front();
-  if (r != nullptr)
+  if (r != nullptr && l->reading)
+    l->replied.emplace_back(std::move(p.done), convert(static_cast<const redisReply*>(r)));
+  else if (r != nullptr)
     p.done->complete({}, convert(static_cast<const redisReply*>(r)));
   else
     p.done->complete(l->loss_code(), {});

@@ -311,6 +311,62 @@ TEST_F(RedisClientTest, SlowServerTimesOutEveryPendingCommandAndReconnects) {
   EXPECT_EQ(states[2], true);
 }
 
+TEST_F(RedisClientTest, RepliesReadTogetherResumeInOrderEvenWhenTheFirstCallerCloses) {
+  // Replies that one read brings in are completed after hiredis returns, one after the other, on
+  // the connection's thread. Here they all arrive together (the server sleeps first), and the
+  // first caller to resume closes the connection: every later caller must still complete, those
+  // already read with their reply (in order), any others with operation_aborted.
+  net::io_context ioc;
+  auto c = std::make_unique<connection>(executor_of(ioc), options_for(*server_));
+  c->start();
+  ASSERT_TRUE(wait_up(ioc, *c));
+  ASSERT_TRUE(cmd(ioc, *c, {"DEL", "together:n"}));
+  constexpr int count = 50;
+  std::vector<std::optional<result_t>> results(count);
+  int done = 0;
+  bool closed_first = false;
+  net::co_spawn(
+      ioc,
+      [&]() -> awaitable<void> {
+        std::array<std::string_view, 3> argv{"DEBUG", "SLEEP", "0.05"};
+        std::span<const std::string_view> span(argv);
+        auto r = co_await c->command(span);
+        closed_first = done == 0 && r.has_value();
+        c->close();
+      },
+      net::detached);
+  const std::string key = "together:n";
+  for (int i = 0; i < count; ++i) {
+    net::co_spawn(
+        ioc,
+        [&, i]() -> awaitable<void> {
+          std::array<std::string_view, 2> argv{"INCR", key};
+          std::span<const std::string_view> span(argv);
+          results[static_cast<std::size_t>(i)] = co_await c->command(span);
+          ++done;
+        },
+        net::detached);
+  }
+  ASSERT_TRUE(pump(ioc, [&] { return done == count; }, 5s)) << done << " of " << count << " completed";
+  EXPECT_TRUE(closed_first) << "the sleeping command's caller did not resume first";
+  long long last = 0;
+  int answered = 0;
+  for (auto& r : results) {
+    ASSERT_TRUE(r.has_value());
+    if (*r) {
+      ASSERT_EQ((*r)->type, reply::kind::integer);
+      EXPECT_EQ((*r)->integer, last + 1) << "replies out of order";
+      last = (*r)->integer;
+      ++answered;
+    } else {
+      EXPECT_EQ(r->error(), net::error::operation_aborted);
+    }
+  }
+  EXPECT_GT(answered, 0) << "no reply read together with the first was delivered";
+  c.reset();
+  pump(ioc, [] { return false; }, 200ms);  // let everything that still refers to it run (ASan)
+}
+
 TEST_F(RedisClientTest, CloseCompletesPendingCommandsWithOperationAborted) {
   net::io_context ioc;
   auto c = std::make_unique<connection>(executor_of(ioc), options_for(*server_));
