@@ -8,22 +8,27 @@
 
 namespace tollgate::json_out {
 
-/// Appends `v` as a JSON string (quotes, backslashes and control characters escaped).
+/// Appends `v` as a JSON string (quotes, backslashes and control characters escaped). Runs of
+/// bytes that need no escape are appended whole: byte by byte showed in the filtered relay's
+/// profile.
 inline void string(std::string& out, std::string_view v) {
   static constexpr char hex[] = "0123456789abcdef";
   out.push_back('"');
-  for (char ch : v) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(ch);
-    } else if (c < 0x20) {
+  std::size_t run = 0;  // the first byte not appended yet
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const auto c = static_cast<unsigned char>(v[i]);
+    if (c != '"' && c != '\\' && c >= 0x20) continue;
+    out.append(v.data() + run, i - run);
+    run = i + 1;
+    if (c < 0x20) {
       out.append("\\u00").push_back(hex[c >> 4]);
       out.push_back(hex[c & 0xf]);
     } else {
-      out.push_back(ch);
+      out.push_back('\\');
+      out.push_back(char(c));
     }
   }
+  out.append(v.data() + run, v.size() - run);
   out.push_back('"');
 }
 

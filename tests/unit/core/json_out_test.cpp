@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/core/json_out.hpp"
+
+#include <boost/json/parse.hpp>
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+namespace tollgate::json_out {
+namespace {
+
+std::string as_json(std::string_view v) {
+  std::string s;
+  string(s, v);
+  return s;
+}
+
+TEST(JsonOutTest, EscapesQuotesBackslashesAndControlCharacters) {
+  EXPECT_EQ(as_json(""), R"("")");
+  EXPECT_EQ(as_json("plain text, é中"), "\"plain text, é中\"");
+  EXPECT_EQ(as_json(R"(a "b" \c\)"), R"("a \"b\" \\c\\")");
+  EXPECT_EQ(as_json(std::string("\t\n\x01\x1f", 4)), R"("\u0009\u000a\u0001\u001f")");
+  EXPECT_EQ(as_json(std::string("\"x\0y\\", 5)), R"("\"x\u0000y\\")");
+}
+
+// Appended runs: any text with escapes anywhere (first, last, next to each other) reads back as
+// itself, and what was in the string before stays.
+TEST(JsonOutTest, AnyTextReadsBackAsItself) {
+  std::mt19937 rng(17);
+  const std::vector<std::string> pieces = {"a", "b", " ", "\"", "\\", "\t", "\n", std::string(1, '\x01'), "\x7f", "é"};
+  for (int round = 0; round < 2000; ++round) {
+    std::string text;
+    const int n = std::uniform_int_distribution<int>(0, 12)(rng);
+    for (int i = 0; i < n; ++i) text += pieces[std::uniform_int_distribution<std::size_t>(0, pieces.size() - 1)(rng)];
+    std::string out = "[";
+    string(out, text);
+    out += "]";
+    boost::system::error_code ec;
+    auto v = boost::json::parse(out, ec);
+    ASSERT_FALSE(ec) << out;
+    EXPECT_EQ(std::string_view(v.as_array().at(0).as_string()), text) << out;
+  }
+}
+
+}  // namespace
+}  // namespace tollgate::json_out
