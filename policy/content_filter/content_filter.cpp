@@ -7,7 +7,6 @@
 #include <cctype>
 #include <climits>
 #include <cstdlib>
-#include <deque>
 #include <utility>
 
 #include <hs/hs.h>
@@ -677,7 +676,21 @@ struct stream_engine {
   std::uint64_t done_ = 0;          // every candidate starting before done_ is resolved
   std::uint64_t pos_ = 0;           // emitted up to here
   std::uint64_t sel_end_ = 0;       // end of the last selected redaction
-  std::deque<selection> selected_;  // selected redactions not yet emitted
+  // Selected redactions not yet emitted: selected_[selected_head_] on (a vector: a std::deque
+  // allocates on construction, and an engine is made for every prompt and every stream).
+  std::vector<selection> selected_;
+  std::size_t selected_head_ = 0;
+  bool any_selected() const noexcept { return selected_head_ < selected_.size(); }
+  const selection& next_selected() const noexcept { return selected_[selected_head_]; }
+  void pop_selected() {
+    if (++selected_head_ == selected_.size()) {
+      selected_.clear();
+      selected_head_ = 0;
+    } else if (selected_head_ >= 32 && 2 * selected_head_ >= selected_.size()) {
+      selected_.erase(selected_.begin(), selected_.begin() + std::ptrdiff_t(selected_head_));
+      selected_head_ = 0;
+    }
+  }
   std::vector<bool> fired_;
   std::vector<int> scores_;  // block mode: per rule, the summed scores of the phrases present
   bool any_redaction_ = false;
@@ -843,16 +856,16 @@ struct stream_engine {
 
   void emit(std::uint64_t limit, std::string& out) {
     while (pos_ < limit) {
-      if (!selected_.empty() && selected_.front().start == pos_) {
+      if (any_selected() && next_selected().start == pos_) {
         out += "[REDACTED:";
-        out += set_->rules_[selected_.front().rule].name;
+        out += set_->rules_[next_selected().rule].name;
         out += ']';
-        pos_ = selected_.front().end;
-        selected_.pop_front();
+        pos_ = next_selected().end;
+        pop_selected();
         continue;
       }
       std::uint64_t stop = limit;
-      if (!selected_.empty()) stop = std::min(stop, selected_.front().start);
+      if (any_selected()) stop = std::min(stop, next_selected().start);
       out.append(slice(pos_, stop));
       pos_ = stop;
     }

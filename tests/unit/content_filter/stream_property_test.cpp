@@ -252,3 +252,22 @@ TEST(ContentFilterStreamHoldTest, OnlyTextARuleCouldStillMatchIsHeldBack) {
   const std::string prose(600, 'a');
   EXPECT_EQ(sf2->feed(prose + " ").text.size(), 601 - (set2->max_match_length() + 2));
 }
+
+// Many redactions selected in one piece and emitted in turn (the queue of selected redactions
+// is compacted as it goes): the same text as the whole-text scan, for one piece and any split.
+TEST(ContentFilterStreamPropertyTest, ManyRedactionsInOnePiece) {
+  auto set = cf::compile(std::vector<cf::rule>{cf::rule::make_builtin(cf::detector::email, cf::action::redact)});
+  ASSERT_TRUE(set.has_value()) << set.error().message;
+  auto scratch = cf::scratch::create(*set);
+  ASSERT_TRUE(scratch.has_value());
+  std::mt19937 rng(99);
+  for (const int n : {31, 33, 64, 65, 200}) {
+    std::string text;
+    for (int i = 0; i < n; ++i) text += "mail u" + std::to_string(i) + "@mail.example.com, ";
+    text += "last z@q.io";
+    const cf::verdict want = cf::scan_text(*set, *scratch, text);
+    ASSERT_TRUE(want.redacted_text.has_value());
+    EXPECT_EQ(stream_through(*set, *scratch, {text}).text, *want.redacted_text) << n;
+    EXPECT_EQ(stream_through(*set, *scratch, random_split(rng, text)).text, *want.redacted_text) << n;
+  }
+}
