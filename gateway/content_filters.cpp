@@ -353,31 +353,40 @@ void stream_rewriter::on_event(std::string_view name, std::string_view data, std
 std::string stream_rewriter::process(std::string_view sse_bytes) {
   std::string out;
   if (blocked_) return out;
-  out.reserve(sse_bytes.size() + 64);  // about what goes out: appends without reallocation
+  // About what goes out (the text held back, sent at the end in a chunk of its own, included):
+  // appends without reallocation.
+  out.reserve(sse_bytes.size() + 512);
   // The translator writes whole events of one data line each ("data: <json>\n\n", or with an
   // "event: <name>" line before it): those are read in place, without the parser's copies.
   // Anything else, and everything after it, goes through the parser (which then holds the rest).
   std::size_t pos = 0;
   while (pos < sse_bytes.size() && parser_.buffered() == 0 && !blocked_) {
-    std::size_t end = sse_bytes.find('\n', pos);  // the blank line ending the event (memchr)
+    const std::size_t first_nl = sse_bytes.find('\n', pos);  // memchr
+    std::size_t end = first_nl;  // the blank line ending the event
     while (end != std::string_view::npos && end + 1 < sse_bytes.size() && sse_bytes[end + 1] != '\n')
       end = sse_bytes.find('\n', end + 1);
     if (end == std::string_view::npos || end + 1 >= sse_bytes.size()) break;
     std::string_view ev = sse_bytes.substr(pos, end - pos);
     std::string_view name;
-    if (ev.starts_with("event: ")) {
-      const std::size_t nl = ev.find('\n');
-      if (nl == std::string_view::npos) break;
+    bool one_line = end == first_nl;  // the common event: its data line is all of it
+    if (ev.size() >= 7 && std::memcmp(ev.data(), "event: ", 7) == 0) {  // (memcmp of a constant size: inlined)
+      if (one_line) break;
+      const std::size_t nl = first_nl - pos;
       name = ev.substr(7, nl - 7);
       ev.remove_prefix(nl + 1);
       if (name.empty() || name.find('\r') != std::string_view::npos) break;
+      one_line = ev.find('\n') == std::string_view::npos;
     }
-    // (Two memchr scans: find_first_of calls memchr once per byte of the event.)
-    if (!ev.starts_with("data: ") || ev.find('\n') != std::string_view::npos || ev.find('\r') != std::string_view::npos)
-      break;
-    on_event(name, ev.substr(6), out);
+    if (!one_line || ev.size() < 6 || std::memcmp(ev.data(), "data: ", 6) != 0) break;
+    event_ = sse_bytes.substr(pos, end + 2 - pos);
+    if (!name.empty() || !common_text(ev.substr(6))) {
+      // (Separate memchr scans: find_first_of calls memchr once per byte of the event.)
+      if (ev.find('\r') != std::string_view::npos) break;
+      on_event(name, ev.substr(6), out);
+    }
     pos = end + 2;
   }
+  event_ = {};  // (events from the parser are not in the caller's bytes)
   if (pos < sse_bytes.size() && !blocked_) {
     events_.clear();
     if (!parser_.feed(sse_bytes.substr(pos), events_)) {
@@ -394,8 +403,9 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
   return out;
 }
 
-std::string stream_rewriter::content_chunk(std::string_view text) const {
-  std::string s = "data: {\"id\":";
+void stream_rewriter::content_chunk(std::string& s, std::string_view text) const {
+  s.reserve(s.size() + 160 + id_.size() + model_.size() + text.size());
+  s += "data: {\"id\":";
   json_out::string(s, id_);
   s += ",\"object\":\"chat.completion.chunk\",\"created\":";
   s += std::to_string(created_);
@@ -404,7 +414,6 @@ std::string stream_rewriter::content_chunk(std::string_view text) const {
   s += ",\"choices\":[{\"index\":0,\"delta\":{\"content\":";
   json_out::string(s, text);
   s += "},\"finish_reason\":null}]}\n\n";
-  return s;
 }
 
 void stream_rewriter::flush(std::string& out) {
@@ -412,7 +421,7 @@ void stream_rewriter::flush(std::string& out) {
   finished_ = true;
   auto r = filter_->finish();
   sent(r.text);
-  if (!r.text.empty()) out += content_chunk(r.text);
+  if (!r.text.empty()) content_chunk(out, r.text);
   if (r.blocked) end_blocked(out);
 }
 
@@ -467,6 +476,30 @@ std::size_t find_in(std::string_view d, std::string_view needle, std::size_t fro
 
 enum class chunk_shape { no_text, text, other };
 
+constexpr std::string_view content_key = "\"content\":";
+constexpr std::string_view delta_key = "\"delta\":{";
+constexpr std::string_view finish_key = "\"finish_reason\":";
+constexpr std::string_view data_field = "data: ";
+constexpr std::string_view empty_string = "\"\"";
+constexpr std::string_view event_end = "\n\n";
+
+/// The end (past the closing quote) of the JSON string literal whose opening quote is at `b`, or
+/// npos; `escaped`: whether it holds a backslash escape.
+std::size_t string_literal_end(std::string_view d, std::size_t b, bool* escaped = nullptr) {
+  const char* const begin = d.data();
+  const char* const end = begin + d.size();
+  const char* p = begin + b + 1;
+  for (;;) {  // (memchr twice per literal: most have no escape, and the text is short)
+    const auto* q = static_cast<const char*>(std::memchr(p, '"', std::size_t(end - p)));
+    if (q == nullptr) return std::string_view::npos;
+    const auto* bs = static_cast<const char*>(std::memchr(p, '\\', std::size_t(q - p)));
+    if (bs == nullptr) return std::size_t(q + 1 - begin);
+    if (escaped) *escaped = true;
+    p = bs + 2;  // past the escaped character
+    if (p > end) return std::string_view::npos;
+  }
+}
+
 /// The value of the first `key` (`"name":"`) when it is a string without escapes.
 bool plain_string_field(std::string_view d, std::string_view key, std::string& out) {
   const std::size_t k = find_in(d, key);
@@ -499,33 +532,43 @@ bool integer_field(std::string_view d, std::string_view key, std::int64_t& out) 
 // search; otherwise it is searched for and remembered.
 chunk_shape delta_content_literal(std::string_view d, std::pair<std::size_t, std::size_t>& lit,
                                   std::string& known_prefix) {
-  constexpr std::string_view key = "\"content\":";
-  constexpr std::string_view delta_key = "\"delta\":{";
   std::size_t delta;
   if (!known_prefix.empty() && d.starts_with(known_prefix)) {
     delta = known_prefix.size() - delta_key.size();
   } else {
     delta = find_in(d, delta_key);
-    if (delta == std::string_view::npos) return find_in(d, key) == std::string_view::npos ? chunk_shape::no_text : chunk_shape::other;
+    if (delta == std::string_view::npos)
+      return find_in(d, content_key) == std::string_view::npos ? chunk_shape::no_text : chunk_shape::other;
     known_prefix.assign(d.substr(0, delta + delta_key.size()));
   }
   // The common chunk has its content first in the delta.
   const std::size_t first = delta + delta_key.size();
-  const std::size_t k = d.substr(first).starts_with(key) ? first : find_in(d, key, delta);
+  const std::size_t k = d.substr(first).starts_with(content_key) ? first : find_in(d, content_key, delta);
   if (k == std::string_view::npos) return chunk_shape::no_text;
-  if (find_in(d, key, k + key.size()) != std::string_view::npos) return chunk_shape::other;
+  if (find_in(d, content_key, k + content_key.size()) != std::string_view::npos) return chunk_shape::other;
   if (d[k - 1] != '{' && d[k - 1] != ',') return chunk_shape::other;
-  const std::size_t b = k + key.size();
+  const std::size_t b = k + content_key.size();
   if (b >= d.size() || d[b] != '"') return chunk_shape::other;
-  for (std::size_t i = b + 1; i < d.size(); ++i) {
-    if (d[i] == '\\') {
-      ++i;
-    } else if (d[i] == '"') {
-      lit = {b, i + 1};
-      return chunk_shape::text;
-    }
-  }
-  return chunk_shape::other;
+  const std::size_t e = string_literal_end(d, b);
+  if (e == std::string_view::npos) return chunk_shape::other;
+  lit = {b, e};
+  return chunk_shape::text;
+}
+
+/// Whether the last `"finish_reason":` of `d` has a string value (the chunk ends the answer).
+bool finishing_chunk(std::string_view d) {
+  const auto f = d.rfind(finish_key);
+  return f != std::string_view::npos && f + finish_key.size() < d.size() && d[f + finish_key.size()] == '"';
+}
+
+/// Whether `suffix`, the bytes after a text chunk's content string, decides the rest of what
+/// in_place() needs to know about any chunk ending with them (see known_suffix_): a "content" key
+/// can neither lie in them nor begin in the string before them (a key's closing quote followed by
+/// ':' would be the string's closing quote followed by a ':' that starts the suffix), and their
+/// last finish_reason, the chunk's last one, is not a string.
+bool deciding_suffix(std::string_view suffix) {
+  return !suffix.empty() && suffix[0] != ':' && find_in(suffix, content_key) == std::string_view::npos &&
+         find_in(suffix, finish_key) != std::string_view::npos && !finishing_chunk(suffix);
 }
 
 }  // namespace
@@ -543,57 +586,128 @@ bool stream_rewriter::in_place(std::string_view data, std::string& out) {
     model_ = std::move(model);
     created_ = created;
   }
-  constexpr std::string_view finish_key = "\"finish_reason\":";
-  const auto f = data.rfind(finish_key);
-  const bool finishing = f != std::string_view::npos && f + finish_key.size() < data.size() && data[f + finish_key.size()] == '"';
-  pending_text p;
-  const chunk_shape shape = delta_content_literal(data, p.literal, known_prefix_);
+  const bool finishing = finishing_chunk(data);
+  std::pair<std::size_t, std::size_t> literal;
+  const chunk_shape shape = delta_content_literal(data, literal, known_prefix_);
   if (shape == chunk_shape::other || (finishing && shape == chunk_shape::text)) return false;
   if (shape == chunk_shape::no_text) {
     flush_batch(out);
     if (finishing) flush(out);  // held-back text goes out before the finish chunk
     if (blocked_) return true;
-    out.append("data: ").append(data).append("\n\n");
+    if (!event_.empty()) out.append(event_);  // (the event as it came)
+    else out.append(data_field).append(data).append(event_end);
     return true;
   }
-  const std::string_view literal = data.substr(p.literal.first, p.literal.second - p.literal.first);
-  if (literal.find('\\') != std::string_view::npos) {
-    boost::system::error_code ec;
-    auto v = json::parse(literal, ec);
-    if (ec || !v.is_string()) return false;
-    p.decoded = v.get_string();
-    p.escaped = true;
+  const std::string_view lit = data.substr(literal.first, literal.second - literal.first);
+  const bool escaped = lit.find('\\') != std::string_view::npos;
+  if (!add_text(data, literal, escaped)) return false;
+  // A text chunk with its content first (data begins with known_prefix_ now) and an ending that
+  // decides: later ones that begin and end alike take the path above.
+  if (literal.first == known_prefix_.size() + content_key.size() && deciding_suffix(data.substr(literal.second)))
+    known_suffix_.assign(data.substr(literal.second));
+  return true;
+}
+
+bool stream_rewriter::common_text(std::string_view data) {
+  // The same bytes as an earlier text chunk before its content string (the content first in the
+  // delta) and after it. Those bytes were searched once; this chunk's string is only scanned for
+  // its end (the answer the search in in_place() would give, without it).
+  if (known_suffix_.empty() || !filter_ || finished_ || id_.empty()) return false;
+  const std::size_t b = known_prefix_.size() + content_key.size();
+  if (data.size() <= b + known_suffix_.size() || data[b] != '"' ||
+      std::memcmp(data.data(), known_prefix_.data(), known_prefix_.size()) != 0 ||
+      std::memcmp(data.data() + known_prefix_.size(), content_key.data(), content_key.size()) != 0)
+    return false;
+  // The string's end, by a byte loop: a delta's text is a few bytes. A '\r' would end the SSE
+  // line: such an event is not read in place.
+  bool escaped = false;
+  std::size_t e = b + 1;
+  for (; e < data.size(); ++e) {
+    const char c = data[e];
+    if (c == '"') break;
+    if (c == '\r') return false;
+    if (c == '\\') {
+      escaped = true;
+      if (++e < data.size() && data[e] == '\r') return false;
+    }
   }
-  p.data = data;
-  batch_.push_back(std::move(p));
+  if (e >= data.size() || data.size() - (e + 1) != known_suffix_.size() ||
+      std::memcmp(data.data() + e + 1, known_suffix_.data(), known_suffix_.size()) != 0)
+    return false;
+  return add_text(data, {b, e + 1}, escaped);
+}
+
+bool stream_rewriter::add_text(std::string_view data, std::pair<std::size_t, std::size_t> literal, bool escaped) {
+  if (batch_.empty() && batch_.capacity() == 0) {  // (once per stream: the run grows without copies)
+    batch_.reserve(32);
+    joined_.reserve(256);
+  }
+  const std::string_view lit = data.substr(literal.first, literal.second - literal.first);
+  if (escaped) {
+    boost::system::error_code ec;
+    auto v = json::parse(lit, ec);
+    if (ec || !v.is_string()) return false;
+    joined_ += v.get_string();
+  } else {
+    joined_ += lit.substr(1, lit.size() - 2);
+  }
+  batch_.push_back({data, literal, event_});
   return true;
 }
 
 void stream_rewriter::flush_batch(std::string& out) {
   if (batch_.empty()) return;
   // One scan for the run: Hyperscan's cost per call outweighs its cost per byte at delta sizes.
-  std::string joined;
-  std::string_view all = batch_.front().text();
-  if (batch_.size() > 1) {
-    for (const auto& p : batch_) joined += p.text();
-    all = joined;
-  }
-  auto r = filter_->feed(all);
+  auto r = filter_->feed(joined_);
+  joined_.clear();
   sent(r.text);
   // Each event as it came, its content string replaced: the run's text goes in the last one
   // (the first one when the run ends in a block), the others carry "" (their other fields stay).
   const std::size_t carrier = r.blocked ? 0 : batch_.size() - 1;
+  std::size_t size = out.size() + r.text.size() + r.text.size() / 8 + 16;  // (room for a few escapes)
+  for (const auto& p : batch_) size += p.data.size() - (p.literal.second - p.literal.first) + 10;
+  out.reserve(size);
+  // Bytes of the caller's that go out as they came, kept as one range while they are adjacent:
+  // from one event's content string to the next one's, mostly.
+  const char* run = nullptr;
+  std::size_t run_size = 0;
+  auto copy = [&](const char* from, const char* to) {
+    if (run != nullptr && run + run_size == from) {
+      run_size += std::size_t(to - from);
+      return;
+    }
+    if (run != nullptr) out.append(run, run_size);
+    run = from;
+    run_size = std::size_t(to - from);
+  };
+  auto copied = [&] {
+    if (run != nullptr) out.append(run, run_size);
+    run = nullptr;
+  };
   for (std::size_t i = 0; i < batch_.size(); ++i) {
     if (r.blocked && (i > 0 || r.text.empty())) break;
     const auto& p = batch_[i];
-    const std::string_view text = i == carrier ? std::string_view(r.text) : std::string_view();
-    out.reserve(out.size() + p.data.size() + text.size() + 16);
-    out += "data: ";
-    out.append(p.data.substr(0, p.literal.first));
-    json_out::string(out, text);  // (data is one line: JSON escapes '\n')
-    out.append(p.data.substr(p.literal.second));
-    out += "\n\n";
+    const char* const d = p.data.data();
+    if (i != carrier && !p.event.empty()) {
+      // "" is the string's own quotes: the bytes up to its opening quote, then from its closing
+      // quote on (one copy with the next event's bytes up to its string).
+      copy(p.event.data(), d + p.literal.first + 1);
+      copy(d + p.literal.second - 1, p.event.data() + p.event.size());
+      continue;
+    }
+    if (!p.event.empty()) {
+      copy(p.event.data(), d + p.literal.first);
+    } else {
+      copied();
+      out.append(data_field).append(d, p.literal.first);
+    }
+    copied();
+    if (i == carrier) json_out::string(out, r.text);  // (data is one line: JSON escapes '\n')
+    else out.append(empty_string);
+    if (!p.event.empty()) copy(d + p.literal.second, p.event.data() + p.event.size());
+    else out.append(d + p.literal.second, p.data.size() - p.literal.second).append(event_end);
   }
+  copied();
   batch_.clear();
   if (r.blocked) end_blocked(out);
 }
@@ -633,14 +747,23 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
   if (content && content->is_string() && !finished_) {
     auto r = filter_->feed(content->get_string());
     sent(r.text);
+    if (finishing && !r.blocked) {
+      // A chunk with text that ends the answer: the text held back goes out in it, after its own.
+      finished_ = true;
+      auto rest = filter_->finish();
+      sent(rest.text);
+      r.text += rest.text;
+      r.blocked = rest.blocked;
+    }
     *content = json::string(r.text);
     if (r.blocked) {
+      if (finish) *finish = nullptr;  // the block's own chunk ends the answer (content_filter)
       if (!r.text.empty()) out += sse::format_data(json::serialize(v));
       end_blocked(out);
       return;
     }
   }
-  if (finishing) flush(out);  // held-back text goes out before the finish chunk
+  if (finishing) flush(out);  // held-back text goes out before the finish chunk (unless sent above)
   if (blocked_) return;
   out += sse::format_data(json::serialize(v));
 }

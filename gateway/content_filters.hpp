@@ -67,7 +67,8 @@ std::string filter_answer(request_context& ctx, const content_filters& f, const 
                           std::string body);
 
 /// Rewrites a translated SSE stream: every chunk's `delta.content` goes through a stream filter;
-/// text held back is sent in a chunk of its own before the finish chunk. A block ends the stream:
+/// text held back is sent in a chunk of its own before the finish chunk (or in the finish chunk,
+/// after its own text, when it carries text). A block ends the stream:
 /// the safe text, a chunk with finish_reason `content_filter`, an error event and `[DONE]`.
 class stream_rewriter {
  public:
@@ -96,24 +97,38 @@ class stream_rewriter {
   /// is relayed. False when the chunk needs the full parse (first chunk, finish chunk, unusual
   /// shape).
   bool in_place(std::string_view data, std::string& out);
+  /// The common text chunk (read in place, its whole event in event_), told by known_prefix_ and
+  /// known_suffix_ alone: added to the batch (true), or left to on_event(). Only its string is
+  /// checked for '\r' here: the rest of its bytes are the known ones, which have none.
+  bool common_text(std::string_view data);
   /// Filters the batched text chunks with one scan and writes them.
   void flush_batch(std::string& out);
+  /// A text chunk of the batch: its delta.content string is replaced when the batch is flushed.
+  /// Its decoded text is in joined_ (trivially copyable: the batch grows without moving strings).
   struct pending_text {
-    std::string_view data;                    ///< the event's data (in events_)
+    std::string_view data;                        ///< the event's data (in the caller's bytes or events_)
     std::pair<std::size_t, std::size_t> literal;  ///< delta.content's string literal in data
-    bool escaped = false;                     ///< the literal had escapes: the text is `decoded`
-    std::string decoded;
-    std::string_view text() const {
-      return escaped ? std::string_view(decoded) : data.substr(literal.first + 1, literal.second - literal.first - 2);
-    }
+    /// The whole event ("data: " to the blank line) when read in place from the caller's bytes,
+    /// else empty: the bytes between two such events' strings are copied at once.
+    std::string_view event;
   };
   std::vector<pending_text> batch_;
+  std::string joined_;        ///< the batch's texts, decoded, one after the other (one scan)
   std::string known_prefix_;  ///< a text chunk's bytes up to its first "delta" key (see in_place)
+  /// A text chunk's bytes after its content string, checked once: no "content" key in them, a
+  /// finish_reason that is not a string (the last one), and not starting with ':'. A chunk that
+  /// begins with known_prefix_, has its content first and ends with these bytes is a text chunk
+  /// that does not finish, told without a key search (see common_text).
+  std::string known_suffix_;
+  /// Adds a text chunk to the batch (false: its escaped literal does not decode: parse it whole).
+  bool add_text(std::string_view data, std::pair<std::size_t, std::size_t> literal, bool escaped);
+  std::string_view event_;  ///< the event being handled, when read in place (see pending_text)
   void flush(std::string& out);
   void end_blocked(std::string& out);
   void end_stream(std::string& out, std::string_view code, const std::string& message);
   void sent(std::string_view text);  ///< text emitted to the caller (capture, moderation)
-  std::string content_chunk(std::string_view text) const;
+  /// Appends a chunk of the rewriter's own carrying `text` (the text held back, at the end).
+  void content_chunk(std::string& out, std::string_view text) const;
 
   request_context& ctx_;
   const content_filters& f_;

@@ -10,11 +10,13 @@
 #include <boost/json/serialize.hpp>
 
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "gateway/core/json_out.hpp"
 #include "gateway/core/sse.hpp"
 
 namespace tg = tollgate::gateway;
@@ -115,8 +117,11 @@ outcome read_stream(const std::string &sse_bytes) {
     EXPECT_EQ(obj.at("model").as_string(), "gpt-4o-mini");
     auto &c = obj.at("choices").as_array().at(0).as_object();
     if (auto *d = c.at("delta").as_object().if_contains("content");
-        d && d->is_string())
+        d && d->is_string()) {
+      // Nothing of the answer follows its finish reason.
+      EXPECT_TRUE(d->as_string().empty() || o.finish_reason.empty()) << ev.data;
       o.text += d->as_string();
+    }
     if (auto &f = c.at("finish_reason"); f.is_string())
       o.finish_reason = f.as_string();
   }
@@ -225,5 +230,157 @@ TEST(StreamRewriterTest, ChunksWithoutTextAndOddShapesPassThrough) {
     EXPECT_TRUE(o.done);
     // The tool call's arguments are not content: relayed as they came.
     EXPECT_NE(out.find(R"(\"content\":\"x@y.com\")"), std::string::npos);
+  }
+}
+
+// A chunk with text that also ends the answer (some OpenAI-compatible servers send
+// the last text with finish_reason): the text held back before it goes out in it,
+// after its own text, not ahead of it.
+TEST(StreamRewriterTest, TextInTheFinishChunkFollowsTheHeldText) {
+  auto s = make("forbidden");
+  std::mt19937 rng(5);
+  auto ending_with = [](std::string last) {
+    std::string in = stream_of({"Hello wor"});
+    in.resize(in.find("data: " + head + R"("choices":[{"index":0,"delta":{},)"));
+    return in + chunk(last, R"("stop")") + "data: [DONE]\n\n";
+  };
+  for (const bool aligned : {false, true}) {
+    const outcome o = read_stream(rewrite(s, ending_with(R"("ld, bye")"), rng, nullptr, aligned));
+    EXPECT_EQ(o.text, "Hello world, bye");
+    EXPECT_EQ(o.finish_reason, "stop");
+    EXPECT_TRUE(o.done);
+    // A block in that chunk: the safe text, then one finish reason, content_filter.
+    bool blocked = false;
+    const std::string out = rewrite(s, ending_with(R"("ld, forbidden")"), rng, &blocked, aligned);
+    const outcome b = read_stream(out);
+    EXPECT_TRUE(blocked);
+    EXPECT_EQ(b.text, "Hello world, ");
+    EXPECT_EQ(b.finish_reason, "content_filter");
+    EXPECT_EQ(out.find(R"("finish_reason":"stop")"), std::string::npos);
+  }
+}
+
+// The common chunks (alike before and after their content string) are rewritten
+// without a key search once the first has been searched: byte for byte, each keeps
+// its bytes, its content "" but the last one's, which carries the run's text, as
+// the engine filters it whole; the text held back goes out before the finish chunk.
+// Escapes are decoded, and a text that looks like a key stays text.
+TEST(StreamRewriterTest, CommonChunksRewrittenByteForByte) {
+  auto s = make();
+  const std::vector<std::string> pieces = {
+      "Hello",          " \"quoted\"", " back\\slash\\", " tab\there",  " é中😀",
+      " jane@exam",     "ple.com",     " \"content\":\"x\"",
+      "\"},\"finish_reason\":\"stop\"", " end.", "\n", " mail a+b@mail.co."};
+  const std::string in = stream_of(pieces);
+  std::string whole;
+  for (auto &p : pieces)
+    whole += p;
+  auto sf = cf::stream_filter::create(*s.set, *s.scratch);
+  ASSERT_TRUE(sf.has_value());
+  const std::string sent = sf->feed(whole).text;
+  const std::string held = sf->finish().text;
+  ASSERT_FALSE(held.empty());
+
+  std::string want =
+      "data: " + head +
+      R"("choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}]})" +
+      "\n\n";
+  for (std::size_t i = 0; i + 1 < pieces.size(); ++i)
+    want += chunk(R"("")");
+  auto escaped = [](std::string_view t) { // (control characters as \u00XX)
+    std::string e;
+    tollgate::json_out::string(e, t);
+    return e;
+  };
+  want += chunk(escaped(sent));
+  want += R"(data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1732000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":)" +
+          escaped(held) + R"(},"finish_reason":null}]})" + "\n\n";
+  want += in.substr(in.find("data: " + head + R"("choices":[{"index":0,"delta":{},)"));
+
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  EXPECT_EQ(rw.process(in), want);
+}
+
+// Chunks of mixed shapes in random order (common ones; the content after another
+// key; a "content" key in logprobs; another ending; another beginning; tool calls;
+// null content; texts with escapes or that look like keys), split at random: the
+// text is the whole answer filtered at once, and every upstream chunk arrives, in
+// order, with its fields unchanged but its content.
+TEST(StreamRewriterTest, MixedShapesKeepTheirFieldsAndText) {
+  auto s = make();
+  std::mt19937 rng(13);
+  const std::vector<std::string> words = {
+      "Hello", " there", " jane.doe", "@example.com", " \"content\":\"",
+      "\\", " \"finish_reason\":\"stop\"", " é中", "\n", " a+b@mail.co.uk", "."};
+  const std::string other_head =
+      R"({"id":"chatcmpl-1","system_fingerprint":"fp","object":"chat.completion.chunk","created":1732000000,"model":"gpt-4o-mini",)";
+  auto lit = [](const std::string &t) { return json::serialize(json::string_view(t)); };
+  for (int round = 0; round < 300; ++round) {
+    std::string in, whole;
+    const int n = std::uniform_int_distribution<int>(1, 30)(rng);
+    for (int k = 0; k < n; ++k) {
+      const std::string t = words[std::uniform_int_distribution<std::size_t>(0, words.size() - 1)(rng)];
+      std::string c;
+      switch (std::uniform_int_distribution<int>(0, 9)(rng)) {
+        case 0:
+          c = head + R"("choices":[{"index":0,"delta":{"role":"assistant","content":)" + lit(t) + R"(},"logprobs":null,"finish_reason":null}]})";
+          break;
+        case 1:
+          c = head + R"("choices":[{"index":0,"delta":{"content":)" + lit(t) +
+              R"(},"logprobs":{"content":[{"token":"x","logprob":-0.1}]},"finish_reason":null}]})";
+          break;
+        case 2:
+          c = head + R"("choices":[{"index":0,"delta":{"content":)" + lit(t) + R"(},"finish_reason":null,"logprobs":null}]})";
+          break;
+        case 3:
+          c = other_head + R"("choices":[{"index":0,"delta":{"content":)" + lit(t) + R"(},"logprobs":null,"finish_reason":null}]})";
+          break;
+        case 4:
+          c = head + R"("choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"content\":\"a@b.io\"}"}}]},"logprobs":null,"finish_reason":null}]})";
+          break;
+        case 5:
+          c = head + R"("choices":[{"index":0,"delta":{"content":null},"logprobs":null,"finish_reason":null}]})";
+          break;
+        default:
+          c = head + R"("choices":[{"index":0,"delta":{"content":)" + lit(t) + R"(},"logprobs":null,"finish_reason":null}]})";
+      }
+      if (c.find(R"("delta":{"tool_calls")") == std::string::npos && c.find(R"("content":null)") == std::string::npos)
+        whole += t;
+      in += "data: " + c + "\n\n";
+    }
+    if (round % 2 == 0) {
+      in += chunk(lit(" last words"), R"("stop")");
+      whole += " last words";
+    } else {
+      in += "data: " + head + R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]})" + "\n\n";
+    }
+    in += "data: [DONE]\n\n";
+    auto v = cf::scan_text(*s.set, *s.scratch, whole);
+    const std::string out = rewrite(s, in, rng, nullptr, round % 3 == 0);
+    const outcome o = read_stream(out);
+    EXPECT_EQ(o.text, v.redacted_text.value_or(whole)) << "round " << round;
+    EXPECT_EQ(o.finish_reason, "stop");
+    EXPECT_TRUE(o.done);
+    // The upstream's chunks (the rewriter's own carry no system_fingerprint), content aside.
+    auto fields = [](const std::string &sse) {
+      tollgate::sse::parser p;
+      std::vector<tollgate::sse::event> evs;
+      EXPECT_TRUE(p.feed(sse, evs));
+      std::vector<std::string> list;
+      for (auto &ev : evs) {
+        if (ev.data == "[DONE]")
+          continue;
+        auto v = json::parse(ev.data);
+        if (!v.as_object().contains("system_fingerprint"))
+          continue;
+        auto &d = v.as_object()["choices"].as_array()[0].as_object()["delta"].as_object();
+        if (auto *c = d.if_contains("content"); c && c->is_string())
+          *c = "";
+        list.push_back(json::serialize(v));
+      }
+      return list;
+    };
+    EXPECT_EQ(fields(out), fields(in)) << "round " << round;
   }
 }
