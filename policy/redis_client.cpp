@@ -22,8 +22,12 @@
 ///  - hiredis frees the context by itself (EOF, I/O error, failed connect) from inside
 ///    redisAsyncHandleRead/Write. It calls ev.cleanup first; there the redis_link forgets `ac`, releases
 ///    (does not close: hiredis owns the fd) the descriptor and wakes the supervisor.
-///  - No user code runs inside hiredis: replies are copied out and their completion is posted; pub/sub
-///    payloads are posted; connect/subscribe confirmations only set flags and cancel a timer.
+///  - No user code runs inside hiredis: replies are copied out, and their callers resume after
+///    redisAsyncHandleRead has returned (in order, on the same thread, not posted: under load a
+///    posted completion waits a whole pass of the worker's handler queue); failures are posted;
+///    pub/sub payloads are posted; connect/subscribe confirmations only set flags and cancel a timer.
+///  - A command is written when sent (write_now), not after a writability wait; what the socket
+///    does not take is left to the armed wait.
 ///  - `impl::supervise` is one coroutine per connection: connect, handshake, up, wait for loss,
 ///    back off, again, until close().
 namespace tollgate::policy::redis {
@@ -213,7 +217,11 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   /// almost always writable, and the wait would queue the batch behind every handler pending on
   /// the worker. What the socket does not take is left to the armed wait.
   void write_now() {
-    if (!want_write || gone || ac == nullptr || depth > 0) return;
+    if (!want_write || gone || ac == nullptr) return;
+    if (depth > 0) {  // inside hiredis (never, today): write when it has returned
+      arm_write();
+      return;
+    }
     ++depth;
     redisAsyncHandleWrite(ac);  // may free the context (then ev_cleanup has run)
     --depth;
