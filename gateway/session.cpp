@@ -233,6 +233,7 @@ class session {
     ctx.admin_listener = kind_ == listener_kind::admin;
     ctx.close_after = true;
     ctx.details = std::string(reason);
+    linger_ = true;  // the caller may still be sending the request we refused
     session_sink<Stream> sink(w_, s_, ctx, false);
     beast::get_lowest_layer(s_).expires_after(seconds(5));  // a caller that will not read its error
     gateway_metrics::get().rejections.counter({std::string(map_error(code).code)}).inc();
@@ -400,8 +401,26 @@ class session {
     }
     error_code ec;
     low.socket().shutdown(net::ip::tcp::socket::shutdown_send, ec);
+    if (linger_ && !ec) {
+      // Lingering close: closing a socket with unread bytes makes the kernel answer with a
+      // reset, which can discard the error response before the caller reads it (a 413 for a body
+      // still being sent). Read and drop what comes until the caller closes, for a bounded time
+      // and amount.
+      low.expires_after(linger_time);
+      std::array<char, 4096> sink;  // in close()'s own frame: only closing connections pay for it
+      std::size_t drained = 0;
+      for (;;) {
+        auto [rec, rn] = co_await low.async_read_some(net::buffer(sink));
+        drained += rn;
+        if (rec || drained >= linger_max_bytes) break;
+      }
+    }
     low.close();
   }
+
+  static constexpr auto linger_time = seconds(2);
+  static constexpr std::size_t linger_max_bytes = 4 * 1024 * 1024;
+  bool linger_ = false;  ///< an error was answered before the request was read whole
 
   worker& w_;
   Stream& s_;

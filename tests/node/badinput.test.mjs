@@ -2,6 +2,7 @@
 // handled, a well-behaved prober keeps getting 200s from the same gateway, which proves that no
 // bad client blocks the worker.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 
 import { assertOpenAIError, delay, fetchT, httpRequest, postJson, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
@@ -176,6 +177,39 @@ describe('HTTP-level limits and routing', () => {
     parts.push('0\r\n\r\n');
     const res = await whileProbing(() => rawExchange(gw.port, parts, { timeoutMs: 4000 }));
     assertRejected(res, 413, 'request_too_large');
+  });
+
+  test('a refused upload is drained, not reset: the caller still sending after its 413 sees a clean close', async () => {
+    // Closing a socket with unread bytes makes the kernel reset the connection, and a reset can
+    // discard the 413 before the caller reads it. The gateway half-closes and reads on instead.
+    const piece = 'a'.repeat(16384);
+    const out = await new Promise((resolve) => {
+      const r = { data: '', fin: false, error: undefined, closed: false };
+      const sock = net.connect({ port: gw.port, host: '127.0.0.1', allowHalfOpen: true });
+      sock.on('data', (d) => (r.data += d.toString('latin1')));
+      sock.on('error', (e) => (r.error = e.code));
+      sock.on('close', () => {
+        r.closed = true;
+        resolve(r);
+      });
+      sock.on('end', async () => {
+        // The gateway answered and half-closed: keep sending, as a client mid-upload would.
+        r.fin = true;
+        for (let i = 0; i < 8 && !r.error; i++) {
+          sock.write(`${piece.length.toString(16)}\r\n${piece}\r\n`);
+          await delay(25);
+        }
+        await delay(200);  // a reset, if any, has arrived by now
+        sock.end();
+      });
+      sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n');
+      for (let i = 0; i < 6; i++) sock.write(`${piece.length.toString(16)}\r\n${piece}\r\n`);
+      setTimeout(() => sock.destroy(), 6000);
+    });
+    assert.match(out.data, /^HTTP\/1\.1 413 /, `answer: ${out.data.slice(0, 120)}`);
+    assert.ok(out.fin, 'the gateway did not half-close after its answer');
+    assert.equal(out.error, undefined, `the connection was reset after the 413 (${out.error})`);
+    assert.ok(out.closed);
   });
 
   test('a body just under the limit is accepted (limit is not off by a lot)', async () => {
