@@ -26,6 +26,8 @@ ready_port() { # name: the caller port from its ready file (bounded wait)
   sed -E 's/.*"listen":\{"address":"[^"]*","port":([0-9]+).*/\1/' "$dir/$1.ready"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system time of a process, in clock ticks
+us_per_req() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print 0 }'; }  # ticks, requests
+median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }  # of a file's numbers
 free_port() { # a loopback port nobody listens on
   local p
   for _ in $(seq 1 50); do
