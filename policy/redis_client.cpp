@@ -428,30 +428,32 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (cur) cur->drop(net::error::operation_aborted);
   }
 
-  /// Sends on `l` without the `up` check (the handshake uses it before the connection is up).
-  static awaitable<result_t> send_on(std::shared_ptr<redis_link> l, std::span<const std::string_view> argv,
-                                     clock::duration timeout) {
+  /// Hands a command and its completion to `l` through `write` (the link's send or send_resp), and
+  /// awaits the reply. No `up` check: the handshake sends before the connection is up.
+  template <class Write>
+  static awaitable<result_t> submit(std::shared_ptr<redis_link> l, Write write) {
     auto token = net::as_tuple(net::use_awaitable);
     auto [ec, r] = co_await net::async_initiate<decltype(token), signature>(
-        [&l, argv, timeout](auto handler) {
+        [&l, &write](auto handler) {
           using handler_t = decltype(handler);
-          l->send(argv, timeout, std::make_unique<completion_for<handler_t>>(std::move(handler), l->ex));
+          write(*l, std::make_unique<completion_for<handler_t>>(std::move(handler), l->ex));
         },
         token);
     if (ec) co_return result_t(ec);
     co_return result_t(std::move(r));
   }
 
+  static awaitable<result_t> send_on(std::shared_ptr<redis_link> l, std::span<const std::string_view> argv,
+                                     clock::duration timeout) {
+    return submit(std::move(l), [argv, timeout](redis_link& k, std::unique_ptr<completion> done) {
+      k.send(argv, timeout, std::move(done));
+    });
+  }
+
   static awaitable<result_t> send_resp_on(std::shared_ptr<redis_link> l, std::string_view resp, clock::duration timeout) {
-    auto token = net::as_tuple(net::use_awaitable);
-    auto [ec, r] = co_await net::async_initiate<decltype(token), signature>(
-        [&l, resp, timeout](auto handler) {
-          using handler_t = decltype(handler);
-          l->send_resp(resp, timeout, std::make_unique<completion_for<handler_t>>(std::move(handler), l->ex));
-        },
-        token);
-    if (ec) co_return result_t(ec);
-    co_return result_t(std::move(r));
+    return submit(std::move(l), [resp, timeout](redis_link& k, std::unique_ptr<completion> done) {
+      k.send_resp(resp, timeout, std::move(done));
+    });
   }
 
   /// Waits until `l->*flag` is set, the redis_link is gone, close() ran, or `deadline` passes.
