@@ -269,10 +269,6 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
 
   /// Writes one command into hiredis' output buffer; `done` completes with the reply or an error.
   void send(std::span<const std::string_view> argv, clock::duration timeout, std::unique_ptr<completion> done) {
-    if (!live()) {
-      done->complete(net::error::not_connected, {});
-      return;
-    }
     constexpr std::size_t inline_args = 8;
     std::array<const char*, inline_args> ptr_inline{};
     std::array<std::size_t, inline_args> len_inline{};
@@ -290,26 +286,26 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
       ptrs[i] = argv[i].data() != nullptr ? argv[i].data() : "";
       lens[i] = argv[i].size();
     }
-    sending = true;
-    const int rc = redisAsyncCommandArgv(ac, on_reply, this, static_cast<int>(argv.size()), ptrs, lens);
-    sending = false;
-    if (rc != REDIS_OK) {
-      done->complete(net::error::not_connected, {});
-      return;
-    }
-    pending.push_back({clock::now() + timeout, std::move(done)});
-    arm_deadline();
-    write_now();
+    enqueue([&] { return redisAsyncCommandArgv(ac, on_reply, this, static_cast<int>(argv.size()), ptrs, lens); },
+            timeout, std::move(done));
   }
 
   /// send() for a command already in RESP form.
   void send_resp(std::string_view resp, clock::duration timeout, std::unique_ptr<completion> done) {
+    enqueue([&] { return redisAsyncFormattedCommand(ac, on_reply, this, resp.data(), resp.size()); }, timeout,
+            std::move(done));
+  }
+
+  /// Hands one command to hiredis (`command()` returns hiredis' status), queues `done` for its
+  /// reply, and writes it at once.
+  template <class Command>
+  void enqueue(Command command, clock::duration timeout, std::unique_ptr<completion> done) {
     if (!live()) {
       done->complete(net::error::not_connected, {});
       return;
     }
     sending = true;
-    const int rc = redisAsyncFormattedCommand(ac, on_reply, this, resp.data(), resp.size());
+    const int rc = command();
     sending = false;
     if (rc != REDIS_OK) {
       done->complete(net::error::not_connected, {});
