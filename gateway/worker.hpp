@@ -32,6 +32,12 @@ struct session_slot {
   /// timerfd syscall on every request, for timeouts measured in seconds.
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   bool timed_out = false;
+  /// A request that will watch its caller's socket for a disconnect once it has run past one
+  /// sweep tick (see session::with_disconnect_watch): `arm(arm_ctx)` starts the watch. Most
+  /// requests end long before, and never pay for one (docs/architecture.md, "Disconnects").
+  void (*arm)(void*) = nullptr;
+  void* arm_ctx = nullptr;
+  std::uint64_t arm_tick = 0;  ///< the sweep tick the request began in
 };
 
 class worker {
@@ -87,7 +93,12 @@ class worker {
   }
   std::list<session_slot>& sessions() { return sessions_; }
 
-  /// Every `tick`, cancels the reads of sessions past their deadline (they answer 408 or close).
+  /// The number of sweep ticks so far (a request's disconnect watch is armed by the first tick
+  /// after the one it began in).
+  std::uint64_t sweep_tick() const { return sweep_tick_; }
+
+  /// Every `tick`, cancels the reads of sessions past their deadline (they answer 408 or close),
+  /// and arms the disconnect watch of requests that have run since before the previous tick.
   /// Runs until the io_context stops.
   awaitable<void> sweep_deadlines(std::chrono::milliseconds tick) {
     steady_timer_t timer(co_await net::this_coro::executor);
@@ -97,7 +108,12 @@ class worker {
       if (ec) co_return;
       log_.flush(log_buffer_);
       const auto now = std::chrono::steady_clock::now();
+      const std::uint64_t tick_now = sweep_tick_++;
       for (auto& s : sessions_) {
+        if (s.arm && s.arm_tick < tick_now) {  // began before the previous tick: 50-100 ms ago
+          auto arm = std::exchange(s.arm, nullptr);
+          arm(s.arm_ctx);
+        }
         if (s.deadline > now) continue;
         s.deadline = std::chrono::steady_clock::time_point::max();
         s.timed_out = true;
@@ -119,6 +135,7 @@ class worker {
   policy::engine& policy_;
   audit::audit_log* audit_ = nullptr;
   bool draining_ = false;
+  std::uint64_t sweep_tick_ = 0;
   std::string log_buffer_;
   std::optional<policy::content_filter::scratch> filter_scratch_;
   std::list<session_slot> sessions_;

@@ -175,6 +175,26 @@ describe('SSE relay', () => {
     await eventually(async () => (await openStreams()) === 0, { timeoutMs: 3000, what: 'open streams back to 0' });
   });
 
+  test('client gone before the watch is armed (non-stream, no answer yet) → upstream cancelled well before its timeout', async () => {
+    // The disconnect watch is armed by the worker's sweeper 50-100 ms into a call; a caller that
+    // left earlier must be seen when it is armed, not at the first-byte timeout.
+    fake.reset();
+    const ac = new AbortController();
+    const pending = fetchT(`${gw.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-hang', messages: msgs }),
+      signal: ac.signal,
+    }).catch((e) => e);
+    const rec = await fake.waitForRequest((q) => q.body?.model === 'hang');
+    ac.abort();
+    const cutAt = Date.now();
+    assert.equal((await pending).name, 'AbortError');
+    await fake.waitClosed(rec, 3000);
+    assert.equal(rec.closedEarly, true);
+    assert.ok(rec.closedAt - cutAt < IDLE_MS / 2, `upstream closed ${rec.closedAt - cutAt} ms after the client left; first_byte_ms is ${IDLE_MS}`);
+  });
+
   test('upstream stall mid-stream → error event (upstream_timeout) after the idle timeout; upstream closed', async () => {
     fake.reset();
     const r = await streamRequest('gpt-stall');
