@@ -3,32 +3,58 @@
 /// Appending JSON to a string by hand, for the lines written on every request (access log, audit
 /// records): a json::object's allocations cost more than the rest of those phases. Pure.
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
 namespace tollgate::json_out {
 
+/// True when one of the 8 bytes in `x` needs an escape in a JSON string: '"', '\\' or a control
+/// character (< 0x20). Exact for "any byte" (the classic has-zero / has-less word tricks; bytes
+/// of 0x80 and above, UTF-8, never match).
+constexpr bool any_needs_escape(std::uint64_t x) {
+  constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  const std::uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
+  const std::uint64_t control = (x - ones * 0x20) & ~x;          // a byte below 0x20
+  const std::uint64_t quotes = (quote - ones) & ~quote;            // a zero byte of x ^ '"'...
+  const std::uint64_t backslashes = (backslash - ones) & ~backslash;  // ...and of x ^ '\\'
+  return ((control | quotes | backslashes) & highs) != 0;
+}
+
 /// Appends `v` as a JSON string (quotes, backslashes and control characters escaped). Runs of
-/// bytes that need no escape are appended whole: byte by byte showed in the filtered relay's
-/// profile.
+/// bytes that need no escape are appended whole, and found 8 bytes at a time: byte by byte
+/// showed in the filtered relay's profile.
 inline void string(std::string& out, std::string_view v) {
   static constexpr char hex[] = "0123456789abcdef";
   out.push_back('"');
+  const char* const d = v.data();
+  const std::size_t n = v.size();
   std::size_t run = 0;  // the first byte not appended yet
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    const auto c = static_cast<unsigned char>(v[i]);
-    if (c != '"' && c != '\\' && c >= 0x20) continue;
-    out.append(v.data() + run, i - run);
-    run = i + 1;
-    if (c < 0x20) {
-      out.append("\\u00").push_back(hex[c >> 4]);
-      out.push_back(hex[c & 0xf]);
-    } else {
-      out.push_back('\\');
-      out.push_back(char(c));
+  std::size_t i = 0;
+  for (;;) {
+    while (i + 8 <= n) {  // skip whole words of plain bytes
+      std::uint64_t w;
+      std::memcpy(&w, d + i, 8);
+      if (any_needs_escape(w)) break;
+      i += 8;
     }
+    const std::size_t stop = i + 8 <= n ? i + 8 : n;  // the word with an escape, or the tail
+    for (; i < stop; ++i) {
+      const auto c = static_cast<unsigned char>(d[i]);
+      if (c != '"' && c != '\\' && c >= 0x20) continue;
+      out.append(d + run, i - run);
+      run = i + 1;
+      if (c < 0x20) {
+        out.append("\\u00").push_back(hex[c >> 4]);
+        out.push_back(hex[c & 0xf]);
+      } else {
+        out.push_back('\\');
+        out.push_back(char(c));
+      }
+    }
+    if (i >= n) break;
   }
-  out.append(v.data() + run, v.size() - run);
+  out.append(d + run, n - run);
   out.push_back('"');
 }
 

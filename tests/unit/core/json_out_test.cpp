@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -41,6 +42,45 @@ TEST(JsonOutTest, AnyTextReadsBackAsItself) {
     auto v = boost::json::parse(out, ec);
     ASSERT_FALSE(ec) << out;
     EXPECT_EQ(std::string_view(v.as_array().at(0).as_string()), text) << out;
+  }
+}
+
+// The word test agrees with the byte test for every byte value at every position, among fillers
+// that sit next to the thresholds (0x20, '!', '#', '[', ']', 0x7f, 0x80, 0xff).
+TEST(JsonOutTest, WordTestMatchesTheByteTestForEveryByteAtEveryPosition) {
+  auto needs = [](unsigned char c) { return c == '"' || c == '\\' || c < 0x20; };
+  for (unsigned char filler : {'a', ' ', '!', '#', '[', ']', '\x7f', '\x80', '\xff', '\xa0'}) {
+    for (int c = 0; c < 256; ++c) {
+      for (int pos = 0; pos < 8; ++pos) {
+        unsigned char bytes[8];
+        std::memset(bytes, filler, 8);
+        bytes[pos] = static_cast<unsigned char>(c);
+        std::uint64_t w;
+        std::memcpy(&w, bytes, 8);
+        EXPECT_EQ(any_needs_escape(w), needs(static_cast<unsigned char>(c)) || needs(filler))
+            << "byte " << c << " at " << pos << " among " << int(filler);
+      }
+    }
+  }
+}
+
+// Escapes at every position of texts of every length up to 40 (whole words, word edges, tails).
+TEST(JsonOutTest, EscapesAtEveryPositionOfEveryLength) {
+  for (const std::string& esc : {std::string("\""), std::string("\\"), std::string(1, '\x1f'), std::string(1, '\0')}) {
+    for (std::size_t len = 1; len <= 40; ++len) {
+      for (std::size_t at = 0; at < len; ++at) {
+        std::string text(len, 'x');
+        text.replace(at, 1, esc);
+        if (at + 3 < len) text[at + 3] = '"';  // a second escape in the same or the next word
+        std::string out = "[";
+        string(out, text);
+        out += "]";
+        boost::system::error_code ec;
+        auto v = boost::json::parse(out, ec);
+        ASSERT_FALSE(ec) << out;
+        EXPECT_EQ(std::string_view(v.as_array().at(0).as_string()), text) << out;
+      }
+    }
   }
 }
 
