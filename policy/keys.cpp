@@ -86,8 +86,14 @@ bool verify_secret(std::string_view secret, std::string_view stored, std::string
     return false;
   }
   if (hex.size() != 64) return false;
-  const std::string mine = to_hex(md.data(), md.size());
-  return CRYPTO_memcmp(mine.data(), hex.data(), 64) == 0;
+  // Hex on the stack: this runs on every authenticated call (a std::string of 64 allocates).
+  static constexpr char digits[] = "0123456789abcdef";
+  char mine[64];
+  for (std::size_t i = 0; i < md.size(); ++i) {
+    mine[2 * i] = digits[md[i] >> 4];
+    mine[2 * i + 1] = digits[md[i] & 0xf];
+  }
+  return CRYPTO_memcmp(mine, hex.data(), 64) == 0;
 }
 
 new_key generate_key() {

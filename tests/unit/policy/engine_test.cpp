@@ -364,6 +364,13 @@ TEST(KeysTest, ParseDigestVerify) {
   EXPECT_FALSE(verify_secret(k.secret, "sha256:abc", ""));
   // Known answer: sha256("abc").
   EXPECT_EQ(digest_secret("abc", ""), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  const std::string abc = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+  EXPECT_TRUE(verify_secret("abc", abc, ""));
+  for (std::size_t at : {std::size_t(7), std::size_t(8), abc.size() - 1}) {  // each nibble of a byte, and the last
+    std::string wrong = abc;
+    wrong[at] = wrong[at] == '0' ? '1' : '0';
+    EXPECT_FALSE(verify_secret("abc", wrong, "")) << wrong;
+  }
   EXPECT_NE(generate_key().id, generate_key().id);
 }
 

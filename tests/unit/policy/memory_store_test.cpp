@@ -35,6 +35,12 @@ TEST(PeriodId, CalendarPeriodsInUtc) {
   EXPECT_EQ(period_id(config::budget_period::monthly, 1'798'761'600'000), "m202701");  // 2027-01-01
   EXPECT_EQ(period_id(config::budget_period::monthly, 1'709'164'800'000), "m202402");  // 2024-02-29
   EXPECT_EQ(period_id(config::budget_period::monthly, 1'709'251'200'000), "m202403");  // 2024-03-01
+  // Every digit place, and years outside four digits (the general form).
+  EXPECT_EQ(period_id(config::budget_period::monthly, 43'200'000), "m197001");              // 1970-01-01
+  EXPECT_EQ(period_id(config::budget_period::monthly, 951'825'600'000), "m200002");         // 2000-02-29
+  EXPECT_EQ(period_id(config::budget_period::monthly, -30'611'692'800'000), "m099912");     // 0999-12-15T00:00Z
+  EXPECT_EQ(period_id(config::budget_period::monthly, 253'402'257'600'000), "m999912");     // 9999-12-31
+  EXPECT_EQ(period_id(config::budget_period::monthly, 253'402'257'600'000 + 86'400'000), "m1000001");  // 10000-01-01
 }
 
 TEST(MemoryStore, DailyBudgetStartsAgainTheNextDay) {
