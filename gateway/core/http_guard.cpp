@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/core/http_guard.hpp"
 
+#include "gateway/core/swar.hpp"
 #include "gateway/core/text.hpp"
 
 #include <algorithm>
-#include <cctype>
+#include <array>
+#include <cstring>
 
 namespace tollgate {
 namespace {
@@ -12,22 +14,50 @@ namespace {
 using text::iequals;
 using text::trim;
 
-bool is_tchar(char c) {
-  return std::isalnum((unsigned char)c) || std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
+/// RFC 9110 tchar, by table (every field name of every request passes here).
+constexpr auto tchar_table = [] {
+  std::array<bool, 256> t{};
+  for (int c = '0'; c <= '9'; ++c) t[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c) t[c] = t[c - 'a' + 'A'] = true;
+  for (char c : std::string_view("!#$%&'*+-.^_`|~")) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
+bool is_tchar(char c) { return tchar_table[static_cast<unsigned char>(c)]; }
 
 constexpr head_verdict bad(std::string_view why) { return {errc::bad_request, why}; }
 
 }  // namespace
 
 std::size_t find_head_end(std::string_view buf) noexcept {
-  for (std::size_t i = 0; i < buf.size(); ++i) {
-    if (buf[i] != '\n') continue;
-    if (i + 2 < buf.size() + 0 && buf[i + 1] == '\r' && i + 2 < buf.size() && buf[i + 2] == '\n') return i + 3;
-    if (i + 1 < buf.size() && buf[i + 1] == '\n') return i + 2;  // bare LF blank line: refused later
+  const char* const b = buf.data();
+  const std::size_t n = buf.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    const void* nl = std::memchr(b + i, '\n', n - i);  // (a byte loop cost ~4 instructions a byte)
+    if (nl == nullptr) return 0;
+    i = std::size_t(static_cast<const char*>(nl) - b);
+    if (i + 2 < n && b[i + 1] == '\r' && b[i + 2] == '\n') return i + 3;
+    if (i + 1 < n && b[i + 1] == '\n') return i + 2;  // bare LF blank line: refused later
   }
   return 0;
 }
+
+namespace {
+/// A control character other than tab, or DEL, in a field value (8 bytes at a time: the values
+/// of every request's fields pass here).
+bool has_control(std::string_view v) noexcept {
+  auto control = [](char c) { return (static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f; };
+  std::size_t i = 0;
+  for (; i + 8 <= v.size(); i += 8) {
+    const std::uint64_t w = swar::load(v.data() + i);
+    if ((swar::less_than(w, 0x20) | swar::equal_to(w, 0x7f)) == 0) continue;
+    for (std::size_t k = i; k < i + 8; ++k)  // (a tab, or the real thing)
+      if (control(v[k])) return true;
+  }
+  for (; i < v.size(); ++i)
+    if (control(v[i])) return true;
+  return false;
+}
+}  // namespace
 
 head_verdict check_head(std::string_view head, const head_limits& limits) noexcept {
   if (head.size() > limits.max_header_bytes) return {errc::header_fields_too_large, "request head too large"};
@@ -56,8 +86,7 @@ head_verdict check_head(std::string_view head, const head_limits& limits) noexce
     std::string_view name = line.substr(0, colon);
     if (!std::all_of(name.begin(), name.end(), is_tchar)) return bad("invalid header field name");
     std::string_view value = trim(line.substr(colon + 1));
-    for (char c : value)
-      if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f) return bad("control character in header value");
+    if (has_control(value)) return bad("control character in header value");
     if (++fields > limits.max_header_count) return {errc::header_fields_too_large, "too many header fields"};
     if (iequals(name, "content-length")) {
       // Several fields, or a list, are allowed only when every value is the same number.

@@ -3,22 +3,17 @@
 /// Appending JSON to a string by hand, for the lines written on every request (access log, audit
 /// records): a json::object's allocations cost more than the rest of those phases. Pure.
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <string_view>
+
+#include "gateway/core/swar.hpp"
 
 namespace tollgate::json_out {
 
 /// True when one of the 8 bytes in `x` needs an escape in a JSON string: '"', '\\' or a control
-/// character (< 0x20). Exact for "any byte" (the classic has-zero / has-less word tricks; bytes
-/// of 0x80 and above, UTF-8, never match).
+/// character (< 0x20). Bytes of 0x80 and above (UTF-8) never do.
 constexpr bool any_needs_escape(std::uint64_t x) {
-  constexpr std::uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-  const std::uint64_t quote = x ^ (ones * '"'), backslash = x ^ (ones * '\\');
-  const std::uint64_t control = (x - ones * 0x20) & ~x;          // a byte below 0x20
-  const std::uint64_t quotes = (quote - ones) & ~quote;            // a zero byte of x ^ '"'...
-  const std::uint64_t backslashes = (backslash - ones) & ~backslash;  // ...and of x ^ '\\'
-  return ((control | quotes | backslashes) & highs) != 0;
+  return (swar::less_than(x, 0x20) | swar::equal_to(x, '"') | swar::equal_to(x, '\\')) != 0;
 }
 
 /// Appends `v` as a JSON string (quotes, backslashes and control characters escaped). Runs of
@@ -33,9 +28,7 @@ inline void string(std::string& out, std::string_view v) {
   std::size_t i = 0;
   for (;;) {
     while (i + 8 <= n) {  // skip whole words of plain bytes
-      std::uint64_t w;
-      std::memcpy(&w, d + i, 8);
-      if (any_needs_escape(w)) break;
+      if (any_needs_escape(swar::load(d + i))) break;
       i += 8;
     }
     const std::size_t stop = i + 8 <= n ? i + 8 : n;  // the word with an escape, or the tail

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 namespace tollgate {
 namespace {
 
@@ -14,6 +16,54 @@ TEST(HttpGuardTest, FindsTheEndOfTheHead) {
   EXPECT_EQ(find_head_end("GET / HTTP/1.1\r\nHost: x\r\n\r\nbody"), 27u);
   EXPECT_EQ(find_head_end("GET / HTTP/1.1\r\nHost: x\r\n"), 0u);
   EXPECT_EQ(find_head_end("GET / HTTP/1.1\nHost: x\n\n"), 24u);  // bare LF: found, then refused
+}
+
+// The memchr scan gives the byte loop's answer on any mix of CR, LF and other bytes.
+TEST(HttpGuardTest, FindsTheEndOfTheHeadLikeAByteLoop) {
+  auto reference = [](std::string_view buf) -> std::size_t {
+    for (std::size_t i = 0; i < buf.size(); ++i) {
+      if (buf[i] != '\n') continue;
+      if (i + 2 < buf.size() && buf[i + 1] == '\r' && buf[i + 2] == '\n') return i + 3;
+      if (i + 1 < buf.size() && buf[i + 1] == '\n') return i + 2;
+    }
+    return 0;
+  };
+  std::mt19937 rng(5);
+  const char alphabet[] = {'\r', '\n', 'a', ':'};
+  for (int round = 0; round < 20000; ++round) {
+    std::string buf(std::uniform_int_distribution<std::size_t>(0, 24)(rng), 'a');
+    for (char& c : buf) c = alphabet[std::uniform_int_distribution<int>(0, 3)(rng)];
+    EXPECT_EQ(find_head_end(buf), reference(buf)) << buf;
+  }
+}
+
+// Field values: a control character or DEL anywhere in a long value is refused (whole 8-byte
+// words and the tail); tabs and bytes of 0x80 and above (obs-text) are not.
+TEST(HttpGuardTest, ControlCharactersAnywhereInAValue) {
+  for (std::size_t len = 1; len <= 40; ++len) {
+    for (std::size_t at = 0; at < len; ++at) {
+      for (char c : {'\x01', '\x1f', '\x7f', '\0'}) {
+        std::string value(len, 'v');
+        value[at] = c;
+        EXPECT_EQ(verdict("GET / HTTP/1.1\r\nX-V: " + value + "\r\n\r\n"), errc::bad_request) << len << " " << at << " " << int(c);
+      }
+      std::string fine(len, 'v');
+      fine[at] = at % 2 ? '\t' : '\xe9';
+      EXPECT_EQ(verdict("GET / HTTP/1.1\r\nX-V: " + fine + "\r\n\r\n"), errc::ok) << len << " " << at;
+    }
+  }
+}
+
+// Field names: exactly RFC 9110's tchar set, for every byte value.
+TEST(HttpGuardTest, FieldNamesAreTokens) {
+  const std::string_view specials("!#$%&'*+-.^_`|~");
+  for (int c = 1; c < 256; ++c) {
+    if (c == '\r' || c == '\n' || c == ':' || c == ' ' || c == '\t') continue;  // (other refusals)
+    const bool tchar = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       specials.find(char(c)) != std::string_view::npos;
+    const std::string head = std::string("GET / HTTP/1.1\r\nX") + char(c) + "Y: v\r\n\r\n";
+    EXPECT_EQ(verdict(head), tchar ? errc::ok : errc::bad_request) << c;
+  }
 }
 
 TEST(HttpGuardTest, AcceptsOrdinaryRequests) {
