@@ -591,8 +591,8 @@ bool stream_rewriter::in_place(std::string_view data, std::string& out) {
   const chunk_shape shape = delta_content_literal(data, literal, known_prefix_);
   if (shape == chunk_shape::other || (finishing && shape == chunk_shape::text)) return false;
   if (shape == chunk_shape::no_text) {
-    flush_batch(out);
-    if (finishing) flush(out);  // held-back text goes out before the finish chunk
+    flush_batch(out, finishing);  // the text held back goes out in the batch...
+    if (finishing) flush(out);    // ...or, with no batch, in a chunk of its own before the finish chunk
     if (blocked_) return true;
     if (!event_.empty()) out.append(event_);  // (the event as it came)
     else out.append(data_field).append(data).append(event_end);
@@ -655,11 +655,17 @@ bool stream_rewriter::add_text(std::string_view data, std::pair<std::size_t, std
   return true;
 }
 
-void stream_rewriter::flush_batch(std::string& out) {
+void stream_rewriter::flush_batch(std::string& out, bool last) {
   if (batch_.empty()) return;
   // One scan for the run: Hyperscan's cost per call outweighs its cost per byte at delta sizes.
   auto r = filter_->feed(joined_);
   joined_.clear();
+  if (last && !r.blocked && !finished_) {
+    finished_ = true;
+    auto rest = filter_->finish();
+    r.text += rest.text;
+    r.blocked = rest.blocked;
+  }
   sent(r.text);
   // Each event as it came, its content string replaced: the run's text goes in the last one
   // (the first one when the run ends in a block), the others carry "" (their other fields stay).

@@ -67,7 +67,8 @@ std::string filter_answer(request_context& ctx, const content_filters& f, const 
                           std::string body);
 
 /// Rewrites a translated SSE stream: every chunk's `delta.content` goes through a stream filter;
-/// text held back is sent in a chunk of its own before the finish chunk (or in the finish chunk,
+/// text held back is sent with the last run of text chunks when the finish chunk follows them in
+/// the same bytes, else in a chunk of its own before the finish chunk (or in the finish chunk,
 /// after its own text, when it carries text). A block ends the stream:
 /// the safe text, a chunk with finish_reason `content_filter`, an error event and `[DONE]`.
 class stream_rewriter {
@@ -101,8 +102,10 @@ class stream_rewriter {
   /// known_suffix_ alone: added to the batch (true), or left to on_event(). Only its string is
   /// checked for '\r' here: the rest of its bytes are the known ones, which have none.
   bool common_text(std::string_view data);
-  /// Filters the batched text chunks with one scan and writes them.
-  void flush_batch(std::string& out);
+  /// Filters the batched text chunks with one scan and writes them. `last`: the answer's text
+  /// ends with them (the finish chunk is next), so the text held back goes out in the batch too,
+  /// not in a chunk of its own.
+  void flush_batch(std::string& out, bool last = false);
   /// A text chunk of the batch: its delta.content string is replaced when the batch is flushed.
   /// Its decoded text is in joined_ (trivially copyable: the batch grows without moving strings).
   struct pending_text {

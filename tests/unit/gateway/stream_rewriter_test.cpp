@@ -233,6 +233,34 @@ TEST(StreamRewriterTest, ChunksWithoutTextAndOddShapesPassThrough) {
   }
 }
 
+// The whole answer in one read: the text held back at the end rides the last text
+// chunk; a block that only the end of the text reveals (the word completes there)
+// still ends the stream with the safe text and one finish reason, content_filter.
+TEST(StreamRewriterTest, HeldTextAndAFinalBlockInOneRead) {
+  auto s = make("forbidden");
+  {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const std::string out = rw.process(stream_of({"Hello", " wor", "ld, bye"}));
+    const outcome o = read_stream(out);
+    EXPECT_EQ(o.text, "Hello world, bye");
+    EXPECT_EQ(o.finish_reason, "stop");
+    EXPECT_TRUE(o.done);
+    EXPECT_NE(out.find(R"("content":"Hello world, bye")"), std::string::npos) << out;  // one carrier, no chunk of its own
+  }
+  {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const std::string out = rw.process(stream_of({"Hello", " world, forbid", "den"}));
+    const outcome b = read_stream(out);
+    EXPECT_TRUE(rw.blocked());
+    EXPECT_EQ(b.text, "Hello world, ");
+    EXPECT_EQ(b.finish_reason, "content_filter");
+    EXPECT_EQ(out.find(R"("finish_reason":"stop")"), std::string::npos);
+    EXPECT_EQ(out.find("forbid"), std::string::npos);
+  }
+}
+
 // A chunk with text that also ends the answer (some OpenAI-compatible servers send
 // the last text with finish_reason): the text held back before it goes out in it,
 // after its own text, not ahead of it.
@@ -263,7 +291,8 @@ TEST(StreamRewriterTest, TextInTheFinishChunkFollowsTheHeldText) {
 // The common chunks (alike before and after their content string) are rewritten
 // without a key search once the first has been searched: byte for byte, each keeps
 // its bytes, its content "" but the last one's, which carries the run's text, as
-// the engine filters it whole; the text held back goes out before the finish chunk.
+// the engine filters it whole, and the text held back (the finish chunk is next in
+// the same bytes: the answer's text ends there; no chunk of its own).
 // Escapes are decoded, and a text that looks like a key stays text.
 TEST(StreamRewriterTest, CommonChunksRewrittenByteForByte) {
   auto s = make();
@@ -292,9 +321,7 @@ TEST(StreamRewriterTest, CommonChunksRewrittenByteForByte) {
     tollgate::json_out::string(e, t);
     return e;
   };
-  want += chunk(escaped(sent));
-  want += R"(data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1732000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":)" +
-          escaped(held) + R"(},"finish_reason":null}]})" + "\n\n";
+  want += chunk(escaped(sent + held));
   want += in.substr(in.find("data: " + head + R"("choices":[{"index":0,"delta":{},)"));
 
   tollgate::request_context ctx;
