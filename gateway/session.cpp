@@ -373,10 +373,10 @@ class session {
       struct watch {
         stream_t& s;
         request_context& ctx;
-        bool done = false, armed = false, pending = false;
+        bool done = false, pending = false;
         static void arm(void* p) {
           auto& self = *static_cast<watch*>(p);
-          self.armed = self.pending = true;
+          self.pending = true;
           auto& sock = self.s.socket();
           sock.async_wait(net::socket_base::wait_read, [&self, &sock](error_code ec) {
             self.pending = false;
@@ -400,7 +400,8 @@ class session {
         ~disarm() { slot->arm = nullptr; }
       } disarm_on_exit{slot_};
       co_await handle_caller_request(w_, ctx, sink);
-      slot_->arm = nullptr;
+      // Nothing below suspends unless the watch was armed (pending), so the sweeper cannot arm it
+      // now; `disarm_on_exit` clears the slot on the way out.
       wt.done = true;
       if (wt.pending) {
         error_code ignored;

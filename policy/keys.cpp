@@ -72,6 +72,17 @@ std::string digest_secret(std::string_view secret, std::string_view pepper) {
   return "sha256:" + to_hex(md.data(), md.size());
 }
 
+namespace {
+/// `n` bytes as 2n lowercase hex digits at `out`.
+void write_hex(const unsigned char* p, std::size_t n, char* out) noexcept {
+  static constexpr char digits[] = "0123456789abcdef";
+  for (std::size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+}
+}  // namespace
+
 bool verify_secret(std::string_view secret, std::string_view stored, std::string_view pepper) noexcept {
   std::array<unsigned char, 32> md{};
   std::string_view hex;
@@ -86,13 +97,8 @@ bool verify_secret(std::string_view secret, std::string_view stored, std::string
     return false;
   }
   if (hex.size() != 64) return false;
-  // Hex on the stack: this runs on every authenticated call (a std::string of 64 allocates).
-  static constexpr char digits[] = "0123456789abcdef";
-  char mine[64];
-  for (std::size_t i = 0; i < md.size(); ++i) {
-    mine[2 * i] = digits[md[i] >> 4];
-    mine[2 * i + 1] = digits[md[i] & 0xf];
-  }
+  char mine[64];  // on the stack: this runs on every authenticated call (a std::string of 64 allocates)
+  write_hex(md.data(), md.size(), mine);
   return CRYPTO_memcmp(mine, hex.data(), 64) == 0;
 }
 
@@ -105,12 +111,8 @@ new_key generate_key() {
 }
 
 std::string to_hex(const unsigned char* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
   std::string out(n * 2, '0');
-  for (std::size_t i = 0; i < n; ++i) {
-    out[2 * i] = digits[p[i] >> 4];
-    out[2 * i + 1] = digits[p[i] & 15];
-  }
+  write_hex(p, n, out.data());
   return out;
 }
 
