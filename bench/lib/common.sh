@@ -61,3 +61,34 @@ printf '{"model":"bench-stream","stream":true,"messages":[{"role":"user","conten
 up_port=$(free_port)
 sed -e "s#@DIR@#$dir#g" -e "s#@PORT@#$up_port#g" bench/nginx/upstream.conf.in > "$dir/upstream.conf"
 "$NGINX" -c "$dir/upstream.conf" -p "$dir" 2>>"$dir/nginx.err" & pids+=($!)
+
+# The full policy path's caller key and config (team and key with every limit and a budget, all
+# high enough never to refuse), for a redis-server on the given port: bench/run, bench/instructions.
+bench_secret="benchSecret0123456789abcdefghijklmnopqrstuv"
+bench_key="tg_bench1_$bench_secret"
+bench_digest="sha256:$(printf %s "$bench_secret" | sha256sum | cut -d' ' -f1)"
+policy_yaml() { # redis port
+  cat <<YAML
+store:
+  type: redis
+  redis: {address: 127.0.0.1:$1}
+teams:
+  - name: bench
+    limits: {rpm: 100000000, tpm: 100000000000, concurrency: 100000}
+    budget: {usd: 9000000, period: monthly}
+keys:
+  - id: bench1
+    team: bench
+    digest: $bench_digest
+    limits: {rpm: 100000000, tpm: 100000000000, concurrency: 100000}
+    budget: {usd: 9000000, period: total}
+YAML
+}
+
+# Every built-in content-filter detector, action redact: bench/filters, bench/instructions.
+filter_rules_yaml="content_filters:
+  rules:"
+for d in email phone payment_card us_ssn iban ipv4 ipv6 aws_access_key private_key jwt api_key; do
+  filter_rules_yaml+="
+    - {name: $d, detector: $d, action: redact}"
+done
