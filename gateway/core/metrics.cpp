@@ -3,6 +3,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <unordered_map>
 
 namespace tollgate::metrics {
 
@@ -26,30 +27,47 @@ std::string format_value(double v) {
   return ec == std::errc{} ? std::string(buf, p) : std::string("0");
 }
 
+namespace {
+std::atomic<std::uint64_t> next_family_id{1};
+}
+
 family::family(std::string name, std::string help, kind k, std::vector<std::string> label_names,
                std::vector<double> bounds)
     : name_(std::move(name)), help_(std::move(help)), kind_(k), label_names_(std::move(label_names)),
-      bounds_(std::move(bounds)) {}
+      bounds_(std::move(bounds)), id_(next_family_id.fetch_add(1, std::memory_order_relaxed)) {}
 
 family::cell& family::find(label_values values) {
+  // Each thread remembers the cells it found, by family id and label values: the common lookup
+  // takes no lock and compares no ordered keys (a hot path finds several cells per request).
+  // Cells live as long as their family, and ids are never reused, so an entry of a family that is
+  // gone (tests make many registries) is never hit.
   thread_local std::string key;  // reused: no allocation per lookup once warm
+  thread_local std::unordered_map<std::string, cell*> seen;
   key.clear();
+  key.append(reinterpret_cast<const char*>(&id_), sizeof id_);
   for (auto& v : values) key.append(v).push_back('\x1f');
+  if (auto it = seen.find(key); it != seen.end()) return *it->second;
+  const std::string_view own = std::string_view(key).substr(sizeof id_);
+  cell* found = nullptr;
   {
     std::shared_lock lock(mu_);
-    if (auto it = cells_.find(key); it != cells_.end()) return *it->second;
+    if (auto it = cells_.find(own); it != cells_.end()) found = it->second.get();
   }
-  std::unique_lock lock(mu_);
-  auto& slot = cells_[key];
-  if (!slot) {
-    slot = std::make_unique<cell>();
-    slot->values.assign(values.begin(), values.end());
-    slot->values.resize(label_names_.size());
-    if (kind_ == kind::counter) slot->c = std::make_unique<counter_cell>();
-    if (kind_ == kind::gauge) slot->g = std::make_unique<gauge_cell>();
-    if (kind_ == kind::histogram) slot->h = std::make_unique<histogram_cell>(bounds_.size());
+  if (found == nullptr) {
+    std::unique_lock lock(mu_);
+    auto& slot = cells_[std::string(own)];
+    if (!slot) {
+      slot = std::make_unique<cell>();
+      slot->values.assign(values.begin(), values.end());
+      slot->values.resize(label_names_.size());
+      if (kind_ == kind::counter) slot->c = std::make_unique<counter_cell>();
+      if (kind_ == kind::gauge) slot->g = std::make_unique<gauge_cell>();
+      if (kind_ == kind::histogram) slot->h = std::make_unique<histogram_cell>(bounds_.size());
+    }
+    found = slot.get();
   }
-  return *slot;
+  seen.emplace(key, found);
+  return *found;
 }
 
 counter_cell& family::counter(label_values v) { return *find(v).c; }

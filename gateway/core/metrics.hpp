@@ -2,8 +2,9 @@
 #pragma once
 /// A small Prometheus text-exposition registry (format 0.0.4). prometheus-cpp is not packaged
 /// for Debian 12, so this is ours; tests check its output with `promtool check metrics`.
-/// Thread-safe: families are created at start-up; cells are found under a shared lock (created
-/// under an exclusive one on first use) and updated with atomics, so workers never block each other.
+/// Thread-safe: families are created at start-up; each thread finds cells in a cache of its own
+/// (the first time under a shared lock, created under an exclusive one on first use) and updates
+/// them with atomics, so workers never block each other.
 #include <atomic>
 #include <initializer_list>
 #include <cstdint>
@@ -70,8 +71,9 @@ class family {
   kind kind_;
   std::vector<std::string> label_names_;
   std::vector<double> bounds_;
+  std::uint64_t id_;  ///< unique in the process (never reused): names the family in per-thread caches
   mutable std::shared_mutex mu_;
-  std::map<std::string, std::unique_ptr<cell>> cells_;
+  std::map<std::string, std::unique_ptr<cell>, std::less<>> cells_;
 };
 
 class registry {

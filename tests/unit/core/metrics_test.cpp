@@ -69,6 +69,31 @@ TEST(MetricsTest, ConcurrentUpdatesAreExact) {
   EXPECT_EQ(h.histogram({}).count.load(), std::uint64_t(threads * per));
 }
 
+TEST(MetricsTest, EachFamilyAndThreadFindsItsOwnCells) {
+  // Cells are cached per thread: a family made where an earlier one was freed (same address,
+  // same name and labels) must not find the earlier family's cells, and a cell found first on
+  // another thread is the same cell here.
+  for (int round = 0; round < 3; ++round) {
+    registry r;
+    auto& c = r.add("t_total", "x", kind::counter, {"v"});
+    c.counter({"a"}).inc();
+    EXPECT_NE(r.expose().find("t_total{v=\"a\"} 1\n"), std::string::npos) << "round " << round << "\n" << r.expose();
+  }
+  registry r;
+  auto& c = r.add("t_total", "x", kind::counter, {"v"});
+  auto& other = r.add("t_other_total", "x", kind::counter, {"v"});
+  counter_cell* there = nullptr;
+  std::thread([&] {
+    there = &c.counter({"b"});
+    there->inc();
+  }).join();
+  EXPECT_EQ(&c.counter({"b"}), there);
+  EXPECT_NE(&other.counter({"b"}), there);
+  c.counter({"b"}).inc();
+  EXPECT_NE(r.expose().find("t_total{v=\"b\"} 2\n"), std::string::npos) << r.expose();
+  EXPECT_NE(r.expose().find("t_other_total{v=\"b\"} 0\n"), std::string::npos) << r.expose();
+}
+
 TEST(MetricsTest, ValuesUsePrometheusSpelling) {
   EXPECT_EQ(format_value(1.0 / 0.0), "+Inf");
   EXPECT_EQ(format_value(-1.0 / 0.0), "-Inf");
