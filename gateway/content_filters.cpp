@@ -6,12 +6,14 @@
 #include <boost/json/value.hpp>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cstring>
 #include <set>
 
 #include "gateway/core/error.hpp"
 #include "gateway/core/json_out.hpp"
+#include "gateway/core/swar.hpp"
 #include "gateway/metrics.hpp"
 
 namespace tollgate::gateway {
@@ -361,6 +363,10 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
   // Anything else, and everything after it, goes through the parser (which then holds the rest).
   std::size_t pos = 0;
   while (pos < sse_bytes.size() && parser_.buffered() == 0 && !blocked_) {
+    if (const std::size_t size = common_event(sse_bytes.substr(pos))) {  // most events of a stream
+      pos += size;
+      continue;
+    }
     const std::size_t first_nl = sse_bytes.find('\n', pos);  // memchr
     std::size_t end = first_nl;  // the blank line ending the event
     while (end != std::string_view::npos && end + 1 < sse_bytes.size() && sse_bytes[end + 1] != '\n')
@@ -379,11 +385,9 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
     }
     if (!one_line || ev.size() < 6 || std::memcmp(ev.data(), "data: ", 6) != 0) break;
     event_ = sse_bytes.substr(pos, end + 2 - pos);
-    if (!name.empty() || !common_text(ev.substr(6))) {
-      // (Separate memchr scans: find_first_of calls memchr once per byte of the event.)
-      if (ev.find('\r') != std::string_view::npos) break;
-      on_event(name, ev.substr(6), out);
-    }
+    // (Separate memchr scans: find_first_of calls memchr once per byte of the event.)
+    if (ev.find('\r') != std::string_view::npos) break;
+    on_event(name, ev.substr(6), out);
     pos = end + 2;
   }
   event_ = {};  // (events from the parser are not in the caller's bytes)
@@ -466,12 +470,11 @@ std::vector<std::string> prompt_texts(const request_context& ctx) {
 
 namespace {
 
-/// `needle` in `d` from `from` on (glibc's memmem: std::string_view::find stops at every '"' of
-/// a JSON text to compare, which profiled as a fifth of the filtered relay).
+/// `needle` in `d` from `from` on (std::string_view::find stops at every '"' of a JSON text to
+/// compare, which profiled as a fifth of the filtered relay; glibc's memmem set-up per call cost
+/// more than its search in these short texts).
 std::size_t find_in(std::string_view d, std::string_view needle, std::size_t from = 0) {
-  if (from >= d.size()) return std::string_view::npos;
-  const void* p = ::memmem(d.data() + from, d.size() - from, needle.data(), needle.size());
-  return p == nullptr ? std::string_view::npos : std::size_t(static_cast<const char*>(p) - d.data());
+  return swar::find(d, needle, from);
 }
 
 enum class chunk_shape { no_text, text, other };
@@ -562,7 +565,7 @@ bool finishing_chunk(std::string_view d) {
 }
 
 /// Whether `suffix`, the bytes after a text chunk's content string, decides the rest of what
-/// in_place() needs to know about any chunk ending with them (see known_suffix_): a "content" key
+/// in_place() needs to know about any chunk ending with them (see known_tail_): a "content" key
 /// can neither lie in them nor begin in the string before them (a key's closing quote followed by
 /// ':' would be the string's closing quote followed by a ':' that starts the suffix), and their
 /// last finish_reason, the chunk's last one, is not a string.
@@ -603,38 +606,54 @@ bool stream_rewriter::in_place(std::string_view data, std::string& out) {
   if (!add_text(data, literal, escaped)) return false;
   // A text chunk with its content first (data begins with known_prefix_ now) and an ending that
   // decides: later ones that begin and end alike take the path above.
-  if (literal.first == known_prefix_.size() + content_key.size() && deciding_suffix(data.substr(literal.second)))
-    known_suffix_.assign(data.substr(literal.second));
+  if (literal.first == known_prefix_.size() + content_key.size() && deciding_suffix(data.substr(literal.second))) {
+    known_head_.assign(data_field).append(data.substr(0, literal.first + 1));  // (its opening quote included)
+    known_tail_.assign(data.substr(literal.second)).append(event_end);
+  }
   return true;
 }
 
-bool stream_rewriter::common_text(std::string_view data) {
-  // The same bytes as an earlier text chunk before its content string (the content first in the
-  // delta) and after it. Those bytes were searched once; this chunk's string is only scanned for
-  // its end (the answer the search in in_place() would give, without it).
-  if (known_suffix_.empty() || !filter_ || finished_ || id_.empty()) return false;
-  const std::size_t b = known_prefix_.size() + content_key.size();
-  if (data.size() <= b + known_suffix_.size() || data[b] != '"' ||
-      std::memcmp(data.data(), known_prefix_.data(), known_prefix_.size()) != 0 ||
-      std::memcmp(data.data() + known_prefix_.size(), content_key.data(), content_key.size()) != 0)
-    return false;
-  // The string's end, by a byte loop: a delta's text is a few bytes. A '\r' would end the SSE
-  // line: such an event is not read in place.
+namespace {
+/// The bytes a common chunk's content string is scanned for: its end ('"'), an escape, and the
+/// line ends that would end the SSE line inside it.
+constexpr std::array<bool, 256> string_stops = [] {
+  std::array<bool, 256> t{};
+  t['"'] = t['\\'] = t['\r'] = t['\n'] = true;
+  return t;
+}();
+}  // namespace
+
+std::size_t stream_rewriter::common_event(std::string_view bytes) {
+  // The same bytes as an earlier text chunk's event before its content string (the content first
+  // in the delta) and after it, up to the blank line. Those bytes were searched once; this
+  // event's string is only scanned for its end (the answer in_place() would give, without the
+  // search for the event's end and for its keys).
+  if (known_tail_.empty() || !filter_ || finished_ || id_.empty()) return 0;
+  const std::size_t head = known_head_.size(), tail = known_tail_.size();
+  const char* const p = bytes.data();
+  const std::size_t n = bytes.size();
+  if (n < head + 1 + tail || std::memcmp(p, known_head_.data(), head) != 0) return 0;
+  // The string's end, by a byte loop (a delta's text is a few bytes). A '\r' or '\n' would end
+  // the SSE line: such an event is left to the general path.
   bool escaped = false;
-  std::size_t e = b + 1;
-  for (; e < data.size(); ++e) {
-    const char c = data[e];
+  std::size_t e = head;
+  for (; e < n; ++e) {
+    const char c = p[e];
+    if (!string_stops[static_cast<unsigned char>(c)]) continue;
     if (c == '"') break;
-    if (c == '\r') return false;
-    if (c == '\\') {
-      escaped = true;
-      if (++e < data.size() && data[e] == '\r') return false;
-    }
+    if (c != '\\') return 0;
+    escaped = true;
+    if (++e < n && (p[e] == '\r' || p[e] == '\n')) return 0;
   }
-  if (e >= data.size() || data.size() - (e + 1) != known_suffix_.size() ||
-      std::memcmp(data.data() + e + 1, known_suffix_.data(), known_suffix_.size()) != 0)
-    return false;
-  return add_text(data, {b, e + 1}, escaped);
+  if (e >= n || n - (e + 1) < tail || std::memcmp(p + e + 1, known_tail_.data(), tail) != 0) return 0;
+  const std::size_t size = e + 1 + tail;
+  event_ = std::string_view(p, size);
+  const std::size_t skip = data_field.size();
+  if (!add_text(std::string_view(p + skip, size - skip - event_end.size()), {head - 1 - skip, e + 1 - skip}, escaped)) {
+    event_ = {};
+    return 0;
+  }
+  return size;
 }
 
 bool stream_rewriter::add_text(std::string_view data, std::pair<std::size_t, std::size_t> literal, bool escaped) {
@@ -642,14 +661,15 @@ bool stream_rewriter::add_text(std::string_view data, std::pair<std::size_t, std
     batch_.reserve(32);
     joined_.reserve(256);
   }
-  const std::string_view lit = data.substr(literal.first, literal.second - literal.first);
+  const char* const lit = data.data() + literal.first;
+  const std::size_t lit_size = literal.second - literal.first;
   if (escaped) {
     boost::system::error_code ec;
-    auto v = json::parse(lit, ec);
+    auto v = json::parse(std::string_view(lit, lit_size), ec);
     if (ec || !v.is_string()) return false;
     joined_ += v.get_string();
   } else {
-    joined_ += lit.substr(1, lit.size() - 2);
+    joined_.append(lit + 1, lit_size - 2);
   }
   batch_.push_back({data, literal, event_});
   return true;

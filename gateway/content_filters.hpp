@@ -98,10 +98,10 @@ class stream_rewriter {
   /// is relayed. False when the chunk needs the full parse (first chunk, finish chunk, unusual
   /// shape).
   bool in_place(std::string_view data, std::string& out);
-  /// The common text chunk (read in place, its whole event in event_), told by known_prefix_ and
-  /// known_suffix_ alone: added to the batch (true), or left to on_event(). Only its string is
-  /// checked for '\r' here: the rest of its bytes are the known ones, which have none.
-  bool common_text(std::string_view data);
+  /// The common text chunk's event at the start of `bytes`, told by known_head_ and known_tail_
+  /// alone: added to the batch (its whole event in event_), and its size returned; 0 leaves it to
+  /// the general path. Only its string is scanned: the rest of its bytes are the known ones.
+  std::size_t common_event(std::string_view bytes);
   /// Filters the batched text chunks with one scan and writes them. `last`: the answer's text
   /// ends with them (the finish chunk is next), so the text held back goes out in the batch too,
   /// not in a chunk of its own.
@@ -118,11 +118,13 @@ class stream_rewriter {
   std::vector<pending_text> batch_;
   std::string joined_;        ///< the batch's texts, decoded, one after the other (one scan)
   std::string known_prefix_;  ///< a text chunk's bytes up to its first "delta" key (see in_place)
-  /// A text chunk's bytes after its content string, checked once: no "content" key in them, a
-  /// finish_reason that is not a string (the last one), and not starting with ':'. A chunk that
-  /// begins with known_prefix_, has its content first and ends with these bytes is a text chunk
-  /// that does not finish, told without a key search (see common_text).
-  std::string known_suffix_;
+  /// A text chunk's event up to its content string's opening quote ("data: " and known_prefix_
+  /// with the content first), and its bytes after that string to the blank line. The bytes after
+  /// the string were checked once: no "content" key in them, a finish_reason that is not a
+  /// string (the last one), and not starting with ':'. An event that begins with the head, and
+  /// ends with the tail after a string, is a text chunk that does not finish, told without a key
+  /// search (see common_event).
+  std::string known_head_, known_tail_;
   /// Adds a text chunk to the batch (false: its escaped literal does not decode: parse it whole).
   bool add_text(std::string_view data, std::pair<std::size_t, std::size_t> literal, bool escaped);
   std::string_view event_;  ///< the event being handled, when read in place (see pending_text)

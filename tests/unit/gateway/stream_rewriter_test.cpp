@@ -411,3 +411,44 @@ TEST(StreamRewriterTest, MixedShapesKeepTheirFieldsAndText) {
     EXPECT_EQ(fields(out), fields(in)) << "round " << round;
   }
 }
+
+namespace {
+
+// Once common chunks are known, the same chunk framed otherwise (CRLF line
+// ends, a comment line, an event split by a bare CR in its text's place) must
+// leave the fast path for the general one: the answer still arrives whole and
+// filtered, every event valid.
+TEST(StreamRewriterTest, KnownChunksFramedOtherwiseTakeTheGeneralPath) {
+  auto s = make();
+  const std::vector<std::string> pieces = {"Hello", " jane@exam", "ple.com", " there", " bye"};
+  std::string in = stream_of(pieces);
+  std::string whole;
+  for (auto &p : pieces)
+    whole += p;
+  // The third and fourth text chunks with CRLF framing, and a comment between.
+  auto swap_framing = [&](const std::string &piece) {
+    const std::string lf = chunk(json::serialize(json::string_view(piece)));
+    const std::size_t at = in.find(lf);
+    ASSERT_NE(at, std::string::npos) << piece;
+    std::string crlf = lf.substr(0, lf.size() - 2) + "\r\n\r\n: keep-alive\r\n\r\n";
+    in.replace(at, lf.size(), crlf);
+  };
+  swap_framing("ple.com");
+  swap_framing(" there");
+  auto sf = cf::stream_filter::create(*s.set, *s.scratch);
+  ASSERT_TRUE(sf.has_value());
+  std::string want = sf->feed(whole).text;
+  want += sf->finish().text;
+  ASSERT_EQ(want.find("jane@example.com"), std::string::npos);
+  for (int aligned = 0; aligned < 2; ++aligned) {
+    std::mt19937 rng(21 + aligned);
+    for (int round = 0; round < 50; ++round) {
+      const outcome o = read_stream(rewrite(s, in, rng, nullptr, aligned == 1));
+      EXPECT_EQ(o.text, want);
+      EXPECT_EQ(o.finish_reason, "stop");
+      EXPECT_TRUE(o.done);
+    }
+  }
+}
+
+}  // namespace
