@@ -55,16 +55,33 @@ struct options {
 class resp_args {
  public:
   void add(std::string_view s) {
-    head(s.size());
-    buf_.append(s.data(), s.size());
-    buf_.append("\r\n", 2);
+    char h[24];
+    h[0] = '$';
+    char* end = std::to_chars(h + 1, h + sizeof h - 2, s.size()).ptr;
+    *end++ = '\r';
+    *end++ = '\n';
+    buf_.append(h, std::size_t(end - h)).append(s.data(), s.size()).append("\r\n", 2);
+    ++n_;
   }
+  /// A number: its bulk string written whole on the stack, then one append (the admission
+  /// script's arguments are mostly numbers, ~25 per call).
   template <std::integral T>
     requires(!std::same_as<T, bool> && !std::same_as<T, char>)
   void add(T v) {
-    char digits[24];
-    const auto end = std::to_chars(digits, digits + sizeof digits, v).ptr;
-    add(std::string_view(digits, std::size_t(end - digits)));
+    char b[32];  // "$" and up to 2 length digits and "\r\n" before b + 5; up to 20 digits; "\r\n"
+    char* const digits = b + 5;
+    char* end = std::to_chars(digits, b + sizeof b - 2, v).ptr;
+    const auto len = std::size_t(end - digits);  // 1 to 20
+    char* start = digits - 2;
+    start[0] = '\r';
+    start[1] = '\n';
+    if (len >= 10) *--start = char('0' + len % 10);
+    *--start = char('0' + (len >= 10 ? len / 10 : len));
+    *--start = '$';
+    *end++ = '\r';
+    *end++ = '\n';
+    buf_.append(start, std::size_t(end - start));
+    ++n_;
   }
   /// Appends every argument of `o`, in order.
   void append(const resp_args& o) {
@@ -76,14 +93,6 @@ class resp_args {
   void reserve(std::size_t bytes) { buf_.reserve(bytes); }
 
  private:
-  void head(std::size_t len) {
-    char digits[24];
-    const auto end = std::to_chars(digits, digits + sizeof digits, len).ptr;
-    buf_ += '$';
-    buf_.append(digits, std::size_t(end - digits));
-    buf_.append("\r\n", 2);
-    ++n_;
-  }
   std::string buf_;
   std::size_t n_ = 0;
 };

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <map>
 
 #include "policy/keys.hpp"
@@ -96,13 +97,27 @@ std::vector<std::string> redis_store::team_keys(const std::string& team) const {
 }
 
 std::string redis_store::scope_key(const std::string& team, const std::string& suffix) const {
-  return cfg_.key_prefix + "{" + team + "}:" + suffix;
+  std::string k;
+  k.reserve(cfg_.key_prefix.size() + team.size() + suffix.size() + 3);
+  k.append(cfg_.key_prefix).append(1, '{').append(team).append("}:", 2).append(suffix);
+  return k;
 }
 
 void redis_store::add_scope_keys(std::vector<std::string>& keys, const admission& a) const {
-  for (auto& sc : a.scopes)
-    if (std::string k = scope_key(sc.team, sc.id); std::find(keys.begin(), keys.end(), k) == keys.end())
-      keys.push_back(std::move(k));
+  // The calls of a batch mostly share their scopes: each one's keys are compared piece by piece
+  // with those already listed, and built only when new.
+  const std::string& prefix = cfg_.key_prefix;
+  for (auto& sc : a.scopes) {
+    const std::size_t size = prefix.size() + sc.team.size() + sc.id.size() + 3;
+    const auto same = [&](const std::string& k) {
+      const char* p = k.data();
+      return k.size() == size && std::memcmp(p, prefix.data(), prefix.size()) == 0 && p[prefix.size()] == '{' &&
+             std::memcmp(p + prefix.size() + 1, sc.team.data(), sc.team.size()) == 0 &&
+             std::memcmp(p + prefix.size() + 1 + sc.team.size(), "}:", 2) == 0 &&
+             std::memcmp(p + size - sc.id.size(), sc.id.data(), sc.id.size()) == 0;
+    };
+    if (std::find_if(keys.begin(), keys.end(), same) == keys.end()) keys.push_back(scope_key(sc.team, sc.id));
+  }
 }
 
 awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker, const std::string& sha,

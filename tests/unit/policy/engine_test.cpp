@@ -351,6 +351,17 @@ TEST(KeysTest, ParseDigestVerify) {
   EXPECT_EQ(p->id, k.id);
   EXPECT_EQ(p->secret, k.secret);
   for (auto bad : {"", "tg_", "tg__x", "tg_id_", "sk_id_secret", "tg_i-d_secret", "tg_id_sec ret"}) EXPECT_FALSE(parse_key(bad)) << bad;
+  for (int b = 0; b < 256; ++b) {  // every byte, in the id and in the secret: only ASCII letters and digits
+    const char c = static_cast<char>(b);
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    EXPECT_EQ(parse_key(std::string("tg_i") + c + "d_secret").has_value(), alnum) << b;
+    EXPECT_EQ(parse_key(std::string("tg_id_sec") + c + "ret").has_value(), alnum) << b;
+  }
+  for (int again = 0; again < 2; ++again) {  // known vectors (FIPS 180-2 "abc", RFC 4231 case 2), twice: a reused context
+    EXPECT_EQ(digest_secret("abc", ""), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    EXPECT_EQ(digest_secret("what do ya want for nothing?", "Jefe"),
+              "hmac-sha256:5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  }
   const auto plain = digest_secret(k.secret, "");
   const auto peppered = digest_secret(k.secret, "pepper");
   EXPECT_TRUE(plain.starts_with("sha256:"));
