@@ -26,10 +26,13 @@
 --           index (1-based), period id of the admission ('' : no budget);
 --           then per admission: member ("" : only read the first scope's budget), tokens,
 --           cost_nano, nscopes, then the spec index of each of its scopes
--- Returns   {now_ms, then per settlement: applied (0|1), then per scope: spent_nano after,
---           soft_crossed (0|1); then per admission four numbers: 1,0,0,0 admitted;
---           0,reason,scope_index,retry_ms refused (reason 1 rpm, 2 tpm, 3 concurrency, 4 budget);
---           2,spent,reserved,0 (read)}
+-- Returns   {now_ms, then per settlement: 0 (applied before: nothing more), or 1 and then per
+--           scope the spend after it in nano-USD, as -(spent + 1) when this charge crossed the
+--           soft threshold first; then per admission: 1 admitted (one number: the common
+--           answer), or four: 0,reason,scope_index,retry_ms refused (reason 1 rpm, 2 tpm,
+--           3 concurrency, 4 budget), 2,spent,reserved,0 (read)}. Every element of the reply
+--           costs a conversion here and an object in the gateway's reader: the common answers
+--           are one number each.
 -- Cost model (measured on Redis 7.0): a Lua table costs ~300 ns and a string concatenation
 -- ~500 ns, far more than the Redis commands here; so no table or string is built per call, and
 -- each scope is read and written once per batch.
@@ -253,7 +256,10 @@ for ci = 1, nsettle do
         end
       end
     end
-    out[no + 1], out[no + 2], no = spent, crossed, no + 2
+    if st > 0 then
+      no = no + 1
+      out[no] = crossed == 1 and -spent - 1 or spent
+    end
     j = j + 2
   end
   a = j
@@ -306,7 +312,12 @@ for _ = 1, nadmit do
     end
     held[nh + 1], held[nh + 2], nh = expiry, member, nh + 2
   end
-  out[no + 1], out[no + 2], out[no + 3], out[no + 4], no = code, why, idx, retry, no + 4
+  if code == 1 then
+    no = no + 1
+    out[no] = 1
+  else
+    out[no + 1], out[no + 2], out[no + 3], out[no + 4], no = code, why, idx, retry, no + 4
+  end
 end
 
 -- Write each scope once, and hold the leases.

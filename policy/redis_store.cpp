@@ -256,22 +256,29 @@ redis::resp_args redis_store::script_args(const std::vector<const admission*>& c
   return args;
 }
 
-admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t at, const admission& a,
+admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
                                       std::int64_t now_ms) {
   admit_result out;  // unavailable unless the reply says otherwise
-  if (at + 3 >= e.size()) return out;
-  const std::int64_t code = as_int(e[at]), why = as_int(e[at + 1]), idx = as_int(e[at + 2]);
-  if (code == 1) {
+  if (at >= e.size()) return out;
+  const std::int64_t code = as_int(e[at]);
+  if (code == 1) {  // admitted: one number
+    ++at;
     out.v = verdict::admitted;
     out.admitted_at_ms = now_ms;
     // The same period ids as the script's, from the same (Redis) clock reading.
     for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
     return out;
   }
+  if (at + 3 >= e.size()) {
+    at = e.size();
+    return out;
+  }
+  const std::int64_t why = as_int(e[at + 1]), idx = as_int(e[at + 2]), retry = as_int(e[at + 3]);
+  at += 4;
   if (code != 0) return out;
   out.v = why == 1 ? verdict::rpm : why == 2 ? verdict::tpm : why == 3 ? verdict::concurrency : verdict::budget;
   out.scope = static_cast<std::size_t>(std::max<std::int64_t>(1, idx) - 1);
-  out.retry_after_ms = as_int(e[at + 3]);
+  out.retry_after_ms = retry;
   return out;
 }
 
@@ -280,13 +287,20 @@ std::vector<settle_result> redis_store::parse_settles(const std::vector<redis::r
   std::vector<settle_result> out(settles.size());  // unreachable unless the reply has them
   for (std::size_t c = 0; c < settles.size(); ++c) {
     const std::size_t n = settles[c].adm.scopes.size();
-    if (at + 2 * n >= e.size()) break;
+    if (at >= e.size()) break;
+    const bool applied = as_int(e[at]) == 1;
+    if (applied && at + n >= e.size()) break;
+    ++at;
     settle_result& o = out[c];
     o.reachable = true;
-    o.applied = as_int(e[at++]) == 1;
-    for (std::size_t i = 0; i < n; ++i, at += 2) {
-      o.spent.push_back(as_int(e[at]));
-      o.soft_crossed.push_back(as_int(e[at + 1]) == 1);
+    o.applied = applied;
+    o.spent.assign(n, 0);
+    o.soft_crossed.assign(n, false);
+    if (!applied) continue;  // (applied before: the script sends nothing more)
+    for (std::size_t i = 0; i < n; ++i, ++at) {
+      const std::int64_t v = as_int(e[at]);  // -(spent + 1): this charge crossed the soft threshold first
+      o.spent[i] = v < 0 ? -v - 1 : v;
+      o.soft_crossed[i] = v < 0;
     }
   }
   return out;
@@ -426,7 +440,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
   for (std::size_t i = 0; i < admits.size(); ++i) {
     auto& p = *admits[i];
-    if (ok) p.result = parse_admit(r->elements, at + 4 * i, *p.a, now_ms);
+    if (ok) p.result = parse_admit(r->elements, at, *p.a, now_ms);
     p.done = true;
     if (p.wake) p.wake();
   }
