@@ -319,6 +319,9 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
   if (!q.admitting) {
     q.admitting = true;
     net::co_spawn(co_await net::this_coro::executor, flush_admissions(w), net::detached);
+  } else if (!q.second && !q.waiting && q.admits.size() >= second_batch_at) {
+    q.second = true;  // many calls wait while a batch is on the wire: a second batch goes now
+    net::co_spawn(co_await net::this_coro::executor, send_second_batch(w), net::detached);
   } else if (q.waiting) {
     q.carry->cancel();  // settlements were waiting for a ride: go now
   }
@@ -367,28 +370,37 @@ std::vector<settlement> redis_store::take_settles(worker_queue& q, const std::st
   return out;
 }
 
+awaitable<void> redis_store::send_batch(unsigned worker) {
+  constexpr std::size_t max_batch = 64;
+  auto& q = queues_[worker];
+  // One batch: the oldest calls of one team (a Redis Cluster script stays in one slot), with that
+  // team's settlements. The team is the oldest admission's, unless a settlement of another team
+  // has waited longer: then that team's turn (with its admissions, if any) comes.
+  std::string team = q.admits.front()->a->scopes.front().team;
+  if (!q.settles.empty() && q.settles.front().seq < q.admits.front()->seq)
+    team = q.settles.front().s.adm.scopes.front().team;
+  std::vector<std::shared_ptr<pending_admit>> batch;
+  auto keep = q.admits.begin();
+  for (auto it = q.admits.begin(); it != q.admits.end(); ++it) {
+    if (batch.size() < max_batch && (*it)->a->scopes.front().team == team) batch.push_back(std::move(*it));
+    else *keep++ = std::move(*it);
+  }
+  q.admits.erase(keep, q.admits.end());
+  std::vector<settlement> settles = take_settles(q, team, max_settles);
+  std::vector<settle_result> res = co_await run_batch(worker, team, batch, settles);
+  if (!settles.empty()) report_settled(worker, settles, res, batch.empty());
+}
+
+awaitable<void> redis_store::send_second_batch(unsigned worker) {
+  auto& q = queues_[worker];
+  if (!q.admits.empty()) co_await send_batch(worker);
+  q.second = false;
+}
+
 awaitable<void> redis_store::flush_admissions(unsigned worker) {
-  constexpr std::size_t max_batch = 64, max_settles = 128;
   auto& q = queues_[worker];
   for (;;) {
-    while (!q.admits.empty()) {
-      // One batch: the oldest calls of one team (a Redis Cluster script stays in one slot), with
-      // that team's settlements. The team is the oldest admission's, unless a settlement of
-      // another team has waited longer: then that team's turn (with its admissions, if any) comes.
-      std::string team = q.admits.front()->a->scopes.front().team;
-      if (!q.settles.empty() && q.settles.front().seq < q.admits.front()->seq)
-        team = q.settles.front().s.adm.scopes.front().team;
-      std::vector<std::shared_ptr<pending_admit>> batch;
-      auto keep = q.admits.begin();
-      for (auto it = q.admits.begin(); it != q.admits.end(); ++it) {
-        if (batch.size() < max_batch && (*it)->a->scopes.front().team == team) batch.push_back(std::move(*it));
-        else *keep++ = std::move(*it);
-      }
-      q.admits.erase(keep, q.admits.end());
-      std::vector<settlement> settles = take_settles(q, team, max_settles);
-      std::vector<settle_result> res = co_await run_batch(worker, team, batch, settles);
-      if (!settles.empty()) report_settled(worker, settles, res, batch.empty());
-    }
+    while (!q.admits.empty()) co_await send_batch(worker);
     // Settlements with no admission to carry them: the worker's next admission usually follows
     // within a moment; wait that long for it (it ends the wait at once) rather than send them
     // alone.
@@ -408,7 +420,6 @@ awaitable<void> redis_store::flush_admissions(unsigned worker) {
 }
 
 awaitable<void> redis_store::flush_settlements(unsigned worker) {
-  constexpr std::size_t max_settles = 128;
   auto& q = queues_[worker];
   // While an admission batch runs, it carries the settlements (and hands leftovers back here).
   while (!q.settles.empty() && !q.admitting) {

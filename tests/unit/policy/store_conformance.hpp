@@ -9,6 +9,10 @@
 
 #include <boost/asio/use_future.hpp>
 
+#include <future>
+#include <map>
+#include <vector>
+
 #include "policy/store.hpp"
 
 namespace tollgate::policy::testing {
@@ -237,6 +241,41 @@ TYPED_TEST_P(StoreConformance, ConcurrencyIsReleasedBySettlement) {
   EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
 }
 
+TYPED_TEST_P(StoreConformance, ManyCallsAtOnceAdmitExactlyTheLimit) {
+  // 100 calls queued together (the Redis store sends them in more than one batch, two on the
+  // wire at once): the team's requests-per-minute limit admits exactly 37, the key's budget
+  // (room for 50) holds exactly their reservations, and every refusal names the rate limit.
+  // Then a second wave against the budget alone: exactly what is left of it is admitted.
+  auto t = scope("t", {37, 0, 0});
+  auto k = scope("k:many", {}, budget_of(2000));
+  auto wave = [&](const std::vector<scope_spec>& scopes, int n) {
+    std::vector<admission> calls;
+    for (int i = 0; i < n; ++i) calls.push_back(this->adm(scopes, 1, 40));
+    std::vector<std::future<admit_result>> results;
+    for (auto& a : calls) results.push_back(net::co_spawn(this->ioc, this->st->admit(0, a), net::use_future));
+    this->run_until([&] {
+      for (auto& f : results)
+        if (f.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return false;
+      return true;
+    });
+    std::map<verdict, int> count;
+    for (auto& f : results) {
+      EXPECT_EQ(f.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+      if (f.wait_for(std::chrono::seconds(0)) == std::future_status::ready) ++count[f.get().v];
+    }
+    return count;
+  };
+  auto first = wave({t, k}, 100);
+  EXPECT_EQ(first[verdict::admitted], 37);
+  EXPECT_EQ(first[verdict::rpm], 63);
+  const budget_state b = this->budget(k);
+  ASSERT_TRUE(b.reachable);
+  EXPECT_EQ(b.reserved, 37 * 40);
+  auto second = wave({k}, 40);  // room left: (2000 - 1480) / 40 = 13
+  EXPECT_EQ(second[verdict::admitted], 13);
+  EXPECT_EQ(second[verdict::budget], 27);
+}
+
 TYPED_TEST_P(StoreConformance, BudgetReservesWorstCaseAndChargesActual) {
   auto s = scope("t", {}, budget_of(100));
   std::vector<std::pair<admission, admit_result>> held;
@@ -403,6 +442,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
                             ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,
+                            ManyCallsAtOnceAdmitExactlyTheLimit,
                             BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
                             ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
