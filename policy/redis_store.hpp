@@ -99,11 +99,11 @@ class redis_store final : public store {
   /// How many queued calls send a second batch while the first is on the wire. With one batch
   /// at a time the calls move in waves (what arrives while a batch is on the wire waits for it
   /// and for its own): on the benchmark machine (`wrk -c32`, one worker) the path then left the
-  /// two cores 16-20% idle. A second batch at 12 waiting calls: +7 to +15% requests per second
-  /// over four interleaved rounds, idle 9-11%, Redis CPU per call unchanged; at 4 the batches
-  /// got small enough to cost Redis more (+10% per call) for less gain, and two batches always
-  /// (tried in earlier sessions) gave none. Each batch stays atomic and Redis runs them in the
-  /// order sent, so the limits hold as with one.
+  /// two cores 16-20% idle. A second batch at 12 waiting calls: +2 to +16% requests per second
+  /// (median +9%) over ten interleaved rounds, idle 9-12%, Redis CPU per call unchanged; at 4
+  /// the batches got small enough to cost Redis more (+6 to +11% per call) for less gain, and
+  /// two batches always (tried in earlier sessions) gave none. Each batch stays atomic and Redis
+  /// runs them in the order sent, so the limits hold as with one.
   static constexpr std::size_t second_batch_at = 12;
   static constexpr std::size_t max_settles = 128;  ///< settlements per script call
   /// One script call: the oldest queued calls of one team (at most 64) with that team's queued
