@@ -671,7 +671,7 @@ bool stream_rewriter::add_text(std::string_view data, std::pair<std::size_t, std
   } else {
     joined_.append(lit + 1, lit_size - 2);
   }
-  batch_.push_back({data, literal, event_});
+  batch_.push_back({data, literal, event_, joined_.size()});
   return true;
 }
 
@@ -679,7 +679,6 @@ void stream_rewriter::flush_batch(std::string& out, bool last) {
   if (batch_.empty()) return;
   // One scan for the run: Hyperscan's cost per call outweighs its cost per byte at delta sizes.
   auto r = filter_->feed(joined_);
-  joined_.clear();
   if (last && !r.blocked && !finished_) {
     finished_ = true;
     auto rest = filter_->finish();
@@ -687,8 +686,13 @@ void stream_rewriter::flush_batch(std::string& out, bool last) {
     r.blocked = rest.blocked;
   }
   sent(r.text);
-  // Each event as it came, its content string replaced: the run's text goes in the last one
-  // (the first one when the run ends in a block), the others carry "" (their other fields stay).
+  // The text went through unchanged (what went out is the start of the batch's own text): each
+  // chunk keeps its text, so most go out as they came.
+  const bool own_text = !r.blocked && r.text.size() <= joined_.size() &&
+                        std::memcmp(r.text.data(), joined_.data(), r.text.size()) == 0;
+  // Otherwise each event as it came, its content string replaced: the run's text goes in the
+  // last one (the first one when the run ends in a block), the others carry "" (their other
+  // fields stay).
   const std::size_t carrier = r.blocked ? 0 : batch_.size() - 1;
   std::size_t size = out.size() + r.text.size() + r.text.size() / 8 + 16;  // (room for a few escapes)
   for (const auto& p : batch_) size += p.data.size() - (p.literal.second - p.literal.first) + 10;
@@ -714,7 +718,26 @@ void stream_rewriter::flush_batch(std::string& out, bool last) {
     if (r.blocked && (i > 0 || r.text.empty())) break;
     const auto& p = batch_[i];
     const char* const d = p.data.data();
-    if (i != carrier && !p.event.empty()) {
+    const std::size_t text_begin = i == 0 ? 0 : batch_[i - 1].text_end;
+    if (own_text && p.text_end <= r.text.size()) {  // its text went out whole: the event as it came
+      if (!p.event.empty()) {
+        copy(p.event.data(), p.event.data() + p.event.size());
+      } else {
+        copied();
+        out.append(data_field).append(p.data).append(event_end);
+      }
+      continue;
+    }
+    if (own_text && text_begin < r.text.size()) {  // the held-back text begins in it: its part
+      copied();
+      if (!p.event.empty()) out.append(p.event.data(), std::size_t(d + p.literal.first - p.event.data()));
+      else out.append(data_field).append(d, p.literal.first);
+      json_out::string(out, std::string_view(r.text).substr(text_begin));
+      if (!p.event.empty()) copy(d + p.literal.second, p.event.data() + p.event.size());
+      else out.append(d + p.literal.second, p.data.size() - p.literal.second).append(event_end);
+      continue;
+    }
+    if ((own_text || i != carrier) && !p.event.empty()) {
       // "" is the string's own quotes: the bytes up to its opening quote, then from its closing
       // quote on (one copy with the next event's bytes up to its string).
       copy(p.event.data(), d + p.literal.first + 1);
@@ -728,13 +751,14 @@ void stream_rewriter::flush_batch(std::string& out, bool last) {
       out.append(data_field).append(d, p.literal.first);
     }
     copied();
-    if (i == carrier) json_out::string(out, r.text);  // (data is one line: JSON escapes '\n')
+    if (i == carrier && !own_text) json_out::string(out, r.text);  // (data is one line: JSON escapes '\n')
     else out.append(empty_string);
     if (!p.event.empty()) copy(d + p.literal.second, p.event.data() + p.event.size());
     else out.append(d + p.literal.second, p.data.size() - p.literal.second).append(event_end);
   }
   copied();
   batch_.clear();
+  joined_.clear();
   if (r.blocked) end_blocked(out);
 }
 

@@ -104,7 +104,11 @@ class stream_rewriter {
   std::size_t common_event(std::string_view bytes);
   /// Filters the batched text chunks with one scan and writes them. `last`: the answer's text
   /// ends with them (the finish chunk is next), so the text held back goes out in the batch too,
-  /// not in a chunk of its own.
+  /// not in a chunk of its own. When the filter let the batch's text through unchanged (nothing
+  /// redacted, nothing held back from before), each chunk keeps its own text: the chunks whose
+  /// text went out whole are sent as they came, the one the held-back text begins in carries its
+  /// part, and the ones after it carry "". Otherwise the batch's text goes in its last chunk (the
+  /// first one when it ends in a block) and the others carry "".
   void flush_batch(std::string& out, bool last = false);
   /// A text chunk of the batch: its delta.content string is replaced when the batch is flushed.
   /// Its decoded text is in joined_ (trivially copyable: the batch grows without moving strings).
@@ -114,6 +118,7 @@ class stream_rewriter {
     /// The whole event ("data: " to the blank line) when read in place from the caller's bytes,
     /// else empty: the bytes between two such events' strings are copied at once.
     std::string_view event;
+    std::size_t text_end = 0;  ///< where its decoded text ends in joined_
   };
   std::vector<pending_text> batch_;
   std::string joined_;        ///< the batch's texts, decoded, one after the other (one scan)

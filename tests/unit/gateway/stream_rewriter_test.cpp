@@ -241,12 +241,15 @@ TEST(StreamRewriterTest, HeldTextAndAFinalBlockInOneRead) {
   {
     tollgate::request_context ctx;
     tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
-    const std::string out = rw.process(stream_of({"Hello", " wor", "ld, bye"}));
+    const std::string in = stream_of({"Hello", " wor", "ld, bye"});
+    const std::string out = rw.process(in);
     const outcome o = read_stream(out);
     EXPECT_EQ(o.text, "Hello world, bye");
     EXPECT_EQ(o.finish_reason, "stop");
     EXPECT_TRUE(o.done);
-    EXPECT_NE(out.find(R"("content":"Hello world, bye")"), std::string::npos) << out;  // one carrier, no chunk of its own
+    // Nothing to redact, and the text held back goes out with its chunk: every chunk keeps its
+    // own text, no chunk of the rewriter's own: the stream as it came.
+    EXPECT_EQ(out, in);
   }
   {
     tollgate::request_context ctx;
@@ -449,6 +452,35 @@ TEST(StreamRewriterTest, KnownChunksFramedOtherwiseTakeTheGeneralPath) {
       EXPECT_TRUE(o.done);
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// A read that ends while a word may still grow into a match: the chunks whose text went out
+// whole go as they came, the chunk the held-back text begins in carries the part before it,
+// and the next read's text (held part first) is whole again in the caller's stream.
+TEST(StreamRewriterTest, ChunksKeepTheirTextUpToWhatIsHeldBack) {
+  auto s = make();
+  const std::string in = stream_of({"Hello", " there", " jane", "@example.com", " bye"});
+  const std::string cut = "data: " + head + R"("choices":[{"index":0,"delta":{"content":"@example.com"})";
+  const std::size_t split = in.find(cut);
+  ASSERT_NE(split, std::string::npos);
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string first = rw.process(in.substr(0, split));
+  // "Hello" and " there" as they came; "jane" may still become an address: held, its chunk
+  // carries what comes before it, its space.
+  EXPECT_NE(first.find(chunk(R"("Hello")")), std::string::npos) << first;
+  EXPECT_NE(first.find(chunk(R"(" there")")), std::string::npos) << first;
+  EXPECT_EQ(first.find("jane"), std::string::npos) << first;
+  EXPECT_NE(first.find(chunk(R"(" ")")), std::string::npos) << first;  // " jane": its space went out
+  const std::string rest = rw.process(in.substr(split));
+  const outcome o = read_stream(first + rest);
+  EXPECT_EQ(o.text, "Hello there [REDACTED:email] bye");
+  EXPECT_EQ(o.finish_reason, "stop");
+  EXPECT_TRUE(o.done);
 }
 
 }  // namespace
