@@ -483,7 +483,6 @@ constexpr std::string_view content_key = "\"content\":";
 constexpr std::string_view delta_key = "\"delta\":{";
 constexpr std::string_view finish_key = "\"finish_reason\":";
 constexpr std::string_view data_field = "data: ";
-constexpr std::string_view empty_string = "\"\"";
 constexpr std::string_view event_end = "\n\n";
 
 /// The end (past the closing quote) of the JSON string literal whose opening quote is at `b`, or
@@ -728,16 +727,15 @@ void stream_rewriter::flush_batch(std::string& out, bool last) {
       }
       continue;
     }
-    if (own_text && text_begin < r.text.size()) {  // the held-back text begins in it: its part
-      copied();
-      if (!p.event.empty()) out.append(p.event.data(), std::size_t(d + p.literal.first - p.event.data()));
-      else out.append(data_field).append(d, p.literal.first);
-      json_out::string(out, std::string_view(r.text).substr(text_begin));
-      if (!p.event.empty()) copy(d + p.literal.second, p.event.data() + p.event.size());
-      else out.append(d + p.literal.second, p.data.size() - p.literal.second).append(event_end);
-      continue;
+    // Its content string replaced: by its part of the text (own_text: from where its text begins,
+    // in the chunk where the held-back text begins), by the run's text (the carrier), or by "".
+    std::string_view text;
+    if (own_text) {
+      if (text_begin < r.text.size()) text = std::string_view(r.text).substr(text_begin);
+    } else if (i == carrier) {
+      text = r.text;
     }
-    if ((own_text || i != carrier) && !p.event.empty()) {
+    if (text.empty() && !p.event.empty()) {
       // "" is the string's own quotes: the bytes up to its opening quote, then from its closing
       // quote on (one copy with the next event's bytes up to its string).
       copy(p.event.data(), d + p.literal.first + 1);
@@ -751,8 +749,7 @@ void stream_rewriter::flush_batch(std::string& out, bool last) {
       out.append(data_field).append(d, p.literal.first);
     }
     copied();
-    if (i == carrier && !own_text) json_out::string(out, r.text);  // (data is one line: JSON escapes '\n')
-    else out.append(empty_string);
+    json_out::string(out, text);  // (data is one line: JSON escapes '\n')
     if (!p.event.empty()) copy(d + p.literal.second, p.event.data() + p.event.size());
     else out.append(d + p.literal.second, p.data.size() - p.literal.second).append(event_end);
   }
