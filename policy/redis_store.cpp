@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstring>
 #include <map>
 
 #include "policy/keys.hpp"
@@ -98,25 +97,23 @@ std::vector<std::string> redis_store::team_keys(const std::string& team) const {
 
 std::string redis_store::scope_key(const std::string& team, const std::string& suffix) const {
   std::string k;
-  k.reserve(cfg_.key_prefix.size() + team.size() + suffix.size() + 3);
-  k.append(cfg_.key_prefix).append(1, '{').append(team).append("}:", 2).append(suffix);
+  scope_key(team, suffix, k);
   return k;
 }
 
+void redis_store::scope_key(const std::string& team, const std::string& suffix, std::string& out) const {
+  out.clear();
+  out.reserve(cfg_.key_prefix.size() + team.size() + suffix.size() + 3);
+  out.append(cfg_.key_prefix).append(1, '{').append(team).append("}:", 2).append(suffix);
+}
+
 void redis_store::add_scope_keys(std::vector<std::string>& keys, const admission& a) const {
-  // The calls of a batch mostly share their scopes: each one's keys are compared piece by piece
-  // with those already listed, and built only when new.
-  const std::string& prefix = cfg_.key_prefix;
+  // The calls of a batch mostly share their scopes: each key is written into a reused buffer
+  // (no allocation once it has grown) and copied into the list only when new.
+  thread_local std::string k;
   for (auto& sc : a.scopes) {
-    const std::size_t size = prefix.size() + sc.team.size() + sc.id.size() + 3;
-    const auto same = [&](const std::string& k) {
-      const char* p = k.data();
-      return k.size() == size && std::memcmp(p, prefix.data(), prefix.size()) == 0 && p[prefix.size()] == '{' &&
-             std::memcmp(p + prefix.size() + 1, sc.team.data(), sc.team.size()) == 0 &&
-             std::memcmp(p + prefix.size() + 1 + sc.team.size(), "}:", 2) == 0 &&
-             std::memcmp(p + size - sc.id.size(), sc.id.data(), sc.id.size()) == 0;
-    };
-    if (std::find_if(keys.begin(), keys.end(), same) == keys.end()) keys.push_back(scope_key(sc.team, sc.id));
+    scope_key(sc.team, sc.id, k);
+    if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(k);
   }
 }
 

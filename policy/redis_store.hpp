@@ -47,6 +47,8 @@ class redis_store final : public store {
   std::vector<std::string> team_keys(const std::string& team) const;
   /// <prefix>{<team>}:<suffix>: every key of a team shares its hash tag (one Cluster slot).
   std::string scope_key(const std::string& team, const std::string& suffix) const;
+  /// scope_key() written into `out` (cleared first): no allocation once `out` has grown.
+  void scope_key(const std::string& team, const std::string& suffix, std::string& out) const;
   /// Appends the scope hashes of `a` not in `keys` yet (scripts declare every key they touch).
   void add_scope_keys(std::vector<std::string>& keys, const admission& a) const;
 
