@@ -248,6 +248,66 @@ TEST(OpenAIAdapterTest, UsageScanIgnoresLookalikesInsideStrings) {
   EXPECT_FALSE(scan_usage(R"({"usage":null})", none));
 }
 
+/// scan_usage reads a usage object without building it; read_usage reads the parsed object.
+/// Both must agree on every body, including the odd ones.
+void expect_scan_matches_dom(const std::string& body) {
+  SCOPED_TRACE(body.substr(0, 200));
+  usage_counts scanned, read;
+  const bool found = scan_usage(body, scanned);
+  const auto v = json::parse(body);
+  const json::value* u = v.as_object().if_contains("usage");
+  const bool expected = u && read_usage(*u, read);
+  ASSERT_EQ(found, expected);
+  EXPECT_EQ(scanned.prompt, read.prompt);
+  EXPECT_EQ(scanned.completion, read.completion);
+  EXPECT_EQ(scanned.cached, read.cached);
+  EXPECT_EQ(scanned.reported, read.reported);
+}
+
+TEST(OpenAIAdapterTest, UsageScanReadsWhatTheParsedObjectHolds) {
+  const auto root = tollgate::testing::testdata_dir() / "vercel-ai-fixtures/packages";
+  for (const char* rel : {"openai/src/chat/__fixtures__/openai-text.json",
+                          "openai/src/embedding/__fixtures__/openai-embedding.json",
+                          "openai-compatible/src/chat/__fixtures__/xai-tool-call.json"})
+    expect_scan_matches_dom(tollgate::testing::read_file(root / rel));
+  for (const char* body : {
+           // the benchmark's body: both detail objects, cached tokens 0
+           R"({"id":"x","usage":{"prompt_tokens":19,"completion_tokens":22,"total_tokens":41,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}},"service_tier":"default"})",
+           R"({"usage":{"prompt_tokens":1200,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":1024}}})",
+           // cached_tokens counts only inside prompt_tokens_details
+           R"({"usage":{"prompt_tokens":7,"cached_tokens":99,"completion_tokens_details":{"cached_tokens":98}}})",
+           // details after the counts, nested arrays and objects skipped, whitespace anywhere
+           R"({ "usage" : { "extra" : [ {"prompt_tokens": 5}, [1, 2] ], "prompt_tokens_details" : { "x" : { "cached_tokens" : 4 }, "cached_tokens" : 3 } , "completion_tokens" : 2 , "prompt_tokens" : 9 } })",
+           // counts that are not non-negative integers read as 0
+           R"({"usage":{"prompt_tokens":-4,"completion_tokens":2.5,"prompt_tokens_details":{"cached_tokens":"3"}}})",
+           R"({"usage":{"prompt_tokens":null,"completion_tokens":true,"prompt_tokens_details":[{"cached_tokens":3}]}})",
+           R"({"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1e3}})",
+           // escaped and overlong keys
+           R"({"usage":{"prompt\u005ftokens":6,"completion_tokens_but_a_much_longer_key_than_any_we_read":8,"completion_tokens":3}})",
+           R"({"usage":{}})",
+       })
+    expect_scan_matches_dom(body);
+}
+
+TEST(OpenAIAdapterTest, UsageScanSkipsAMalformedUsageAndStopsAtItsEnd) {
+  usage_counts u;
+  // A usage object cut short is not read; a later well-formed one is.
+  EXPECT_FALSE(scan_usage(R"({"usage":{"prompt_tokens":3,"completion_tokens":)", u));
+  EXPECT_FALSE(u.reported);
+  EXPECT_TRUE(scan_usage(R"({"a":{"usage":{"prompt_tokens":1,}},"usage":{"prompt_tokens":2,"completion_tokens":5}})", u));
+  EXPECT_EQ(u.prompt, 2u);
+  EXPECT_EQ(u.completion, 5u);
+  // What follows the object, even if it is not JSON, is never read.
+  usage_counts v;
+  EXPECT_TRUE(scan_usage(R"({"usage":{"prompt_tokens":8,"completion_tokens":1}}garbage{{{)", v));
+  EXPECT_EQ(v.prompt, 8u);
+  // A failed scan leaves earlier counts alone.
+  usage_counts w;
+  w.prompt = 11;
+  EXPECT_FALSE(scan_usage(R"({"usage":{"prompt_tokens":1,"completion_tokens":2)", w));
+  EXPECT_EQ(w.prompt, 11u);
+}
+
 }  // namespace
 }  // namespace tollgate::providers
 
