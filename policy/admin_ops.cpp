@@ -47,19 +47,22 @@ awaitable<engine::team_view> engine::resolve_team(unsigned worker, const config:
   const auto now = steady_clock::now();
   std::optional<team_record> rec;
   bool cached = false;
+  team_view v;
+  v.as_of = now;
   {
     std::lock_guard lock(cache_mu_);
     if (auto it = team_cache_.find(name); it != team_cache_.end() && now - it->second.at < milliseconds(cfg.auth.key_cache_ms)) {
       rec = it->second.team;
       cached = true;
+      v.as_of = it->second.at;
     }
   }
-  team_view v;
   if (!cached) {
     call_team_.inc();
     auto found = co_await store_->get_team(worker, name);
     if (!found.reachable) {
       // Unreachable: the last answer stays good (nobody can change it through the store either).
+      v.as_of = {};  // but it is not fresh
       std::lock_guard lock(cache_mu_);
       if (auto it = team_cache_.find(name); it != team_cache_.end()) rec = it->second.team;
       else if (!base) co_return v;  // an API team cannot be checked

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "policy/keys.hpp"
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -116,6 +117,39 @@ bool verify_secret(std::string_view secret, std::string_view stored, std::string
   char mine[64];  // on the stack: this runs on every authenticated call (a std::string of 64 allocates)
   write_hex(md.data(), md.size(), mine);
   return CRYPTO_memcmp(mine, hex.data(), 64) == 0;
+}
+
+std::optional<std::array<unsigned char, 16>> secret_tag(std::string_view secret) noexcept {
+  // One context per thread, keyed once; EVP_MAC_init without a key starts it again under the
+  // same key (a new key per call costs as much again).
+  struct mac_ctx {
+    EVP_MAC* mac = EVP_MAC_fetch(nullptr, "SIPHASH", nullptr);
+    EVP_MAC_CTX* ctx = mac ? EVP_MAC_CTX_new(mac) : nullptr;
+    bool ready = false;
+    mac_ctx() {
+      static const std::optional<std::array<unsigned char, 16>> process_key = []() -> std::optional<std::array<unsigned char, 16>> {
+        std::array<unsigned char, 16> k{};
+        if (RAND_bytes(k.data(), int(k.size())) != 1) return std::nullopt;
+        return k;
+      }();
+      if (!ctx || !process_key) return;
+      std::size_t size = 16;
+      const OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size), OSSL_PARAM_END};
+      ready = EVP_MAC_init(ctx, process_key->data(), process_key->size(), params) == 1;
+    }
+    ~mac_ctx() {
+      EVP_MAC_CTX_free(ctx);
+      EVP_MAC_free(mac);
+    }
+  };
+  thread_local mac_ctx m;
+  std::array<unsigned char, 16> tag{};
+  std::size_t len = 0;
+  if (!m.ready || EVP_MAC_init(m.ctx, nullptr, 0, nullptr) != 1 ||
+      EVP_MAC_update(m.ctx, reinterpret_cast<const unsigned char*>(secret.data()), secret.size()) != 1 ||
+      EVP_MAC_final(m.ctx, tag.data(), &len, tag.size()) != 1 || len != tag.size())
+    return std::nullopt;
+  return tag;
 }
 
 new_key generate_key() {

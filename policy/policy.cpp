@@ -113,6 +113,7 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       call_key_(calls_.counter({"key_lookup"})),
       call_settle_(calls_.counter({"settle"})),
       call_team_(calls_.counter({"team_lookup"})),
+      auth_key_(auth_.counter({"key"})),
       admission_wait_(reg.add("tollgate_policy_admission_seconds",
                               "Time an admission waited for the policy store: for the worker's batch to go out, "
                               "then its round trip (the Redis store), or the check itself (the memory store).",
@@ -132,6 +133,7 @@ void engine::start(const std::vector<executor_t>& workers) {
   inflight_.resize(std::max<std::size_t>(1, workers.size()));
   usage_.resize(std::max<std::size_t>(1, workers.size()));
   usage_last_.assign(std::max<std::size_t>(1, workers.size()), nullptr);
+  auth_cache_.resize(std::max<std::size_t>(1, workers.size()));
   executors_ = workers;
   store_->start(workers);
   for (std::size_t i = 0; i < workers.size(); ++i) {
@@ -159,6 +161,7 @@ awaitable<void> engine::renew_leases(unsigned worker) {
 void engine::stop() { store_->stop(); }
 
 void engine::forget(std::string_view id) {
+  generation_.fetch_add(1, std::memory_order_relaxed);  // every cached authentication ends
   std::lock_guard lock(cache_mu_);
   if (id == "*") {  // the invalidation channel was down: anything may have changed
     cache_.clear();
@@ -170,22 +173,29 @@ void engine::forget(std::string_view id) {
   }
 }
 
-awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id) {
+awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id,
+                                     steady_clock::time_point* as_of) {
+  const auto now = steady_clock::now();
+  if (as_of) *as_of = now;
   for (auto& k : cfg.keys)
     if (k.id == id) co_return key_lookup{true, key_of(k)};
-  const auto now = steady_clock::now();
   const auto ttl = milliseconds(cfg.auth.key_cache_ms);
   {
     std::lock_guard lock(cache_mu_);
-    if (auto it = cache_.find(std::string(id)); it != cache_.end() && now - it->second.at < ttl)
+    if (auto it = cache_.find(std::string(id)); it != cache_.end() && now - it->second.at < ttl) {
+      if (as_of) *as_of = it->second.at;
       co_return key_lookup{true, it->second.key};
+    }
   }
   call_key_.inc();
   key_lookup r = co_await store_->get_key(worker, std::string(id));
   if (!r.reachable) {
     // The store is down, so nobody can revoke through it either: the last answer stays good.
     std::lock_guard lock(cache_mu_);
-    if (auto it = cache_.find(std::string(id)); it != cache_.end()) co_return key_lookup{true, it->second.key};
+    if (auto it = cache_.find(std::string(id)); it != cache_.end()) {
+      if (as_of) *as_of = it->second.at;
+      co_return key_lookup{true, it->second.key};
+    }
     co_return r;
   }
   {
@@ -254,7 +264,29 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
     co_return flow::next;
   }
   if (!parsed) co_return invalid();
-  auto found = co_await lookup(ctx.worker, cfg, parsed->id);
+  // A key this worker authenticated moments ago, presenting the same secret.
+  const auto tag = secret_tag(parsed->secret);
+  auto* cache = ctx.worker < auth_cache_.size() ? &auth_cache_[ctx.worker] : nullptr;
+  if (tag && cache) {
+    if (auto it = cache->find(parsed->id); it != cache->end()) {
+      const auth_entry& e = it->second;
+      if (e.tag == *tag && e.generation == generation_.load(std::memory_order_relaxed) &&
+          !e.cfg.owner_before(ctx.snap->cfg) && !ctx.snap->cfg.owner_before(e.cfg) &&
+          steady_clock::now() < e.fresh_until && !(e.expires_unix && e.expires_unix <= std::time(nullptr))) {
+        ctx.grant = e.g;
+        ctx.identity.team = e.g->team;
+        ctx.identity.key_id = e.g->key_id;
+        ctx.identity.anonymous = false;
+        ctx.capture_text = e.capture_text;
+        auth_key_.inc();
+        co_return flow::next;
+      }
+    }
+  }
+  full_key_checks_.fetch_add(1, std::memory_order_relaxed);
+  const auto generation = generation_.load(std::memory_order_relaxed);
+  steady_clock::time_point key_as_of;
+  auto found = co_await lookup(ctx.worker, cfg, parsed->id, &key_as_of);
   if (!found.reachable) {
     auth_.counter({"unavailable"}).inc();
     co_return make_failure(errc::policy_store_unavailable,
@@ -294,8 +326,16 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
   ctx.identity.team = t->name;
   ctx.identity.key_id = k.id;
   ctx.identity.anonymous = false;
+  // Remembered while both answers it rests on are fresh, and only for the current secret (the
+  // previous one's overlap ends on its own clock).
+  if (tag && cache && current) {
+    if (cache->size() > 10'000) cache->clear();  // bound memory
+    auth_entry& e = (*cache)[std::string(parsed->id)];
+    e = {g, *tag, ctx.snap->cfg, generation,
+         std::min(key_as_of, view.as_of) + milliseconds(cfg.auth.key_cache_ms), k.expires_unix, t->capture_text};
+  }
   ctx.grant = std::move(g);
-  auth_.counter({"key"}).inc();
+  auth_key_.inc();
   co_return flow::next;
 }
 

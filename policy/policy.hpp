@@ -8,6 +8,7 @@
 ///    cost and releases the reservations in the background, off the response path. Never fails
 ///    the request; retries an unreachable store (settlement is idempotent) and counts losses.
 /// docs/policy.md describes the algorithms, the error bounds and the degraded modes.
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -98,6 +99,8 @@ class engine {
     std::optional<config::team_config> team;
     std::string source;  ///< "config", "config+api" (overridden) or "api"
     std::int64_t created_unix = 0;
+    /// When the store's answer it is built from was read (cached answers are older).
+    std::chrono::steady_clock::time_point as_of{};
   };
   /// The team as enforced now (cached like keys). Unreachable store: config teams still resolve.
   awaitable<team_view> resolve_team(unsigned worker, const config::gateway_config& cfg, std::string name);
@@ -128,6 +131,9 @@ class engine {
   awaitable<budget_state> budget(unsigned worker, const scope_spec& s) { co_return co_await store_->budget(worker, s); }
 
   store& backing() { return *store_; }
+  /// Keys checked in full (digest, record, team) since start; the rest were recognised from the
+  /// worker's cache of recent authentications.
+  std::uint64_t full_key_checks() const { return full_key_checks_.load(std::memory_order_relaxed); }
   const std::string& instance() const { return instance_; }
 
  private:
@@ -135,7 +141,10 @@ class engine {
     std::optional<key_record> key;
     std::chrono::steady_clock::time_point at;
   };
-  awaitable<key_lookup> lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id);
+  /// The key `id` from config or the store (cached for auth.key_cache_ms); `as_of` gets the time
+  /// the answer was read.
+  awaitable<key_lookup> lookup(unsigned worker, const config::gateway_config& cfg, std::string_view id,
+                               std::chrono::steady_clock::time_point* as_of = nullptr);
   void forget(std::string_view id);
   /// What the store reports for settlements handed over by settle(): counts them, and queues
   /// those it could not reach for retry_settlements().
@@ -186,6 +195,27 @@ class engine {
   /// builds no id string; null after the table is emptied.
   std::vector<usage_row*> usage_last_;
 
+  /// Per worker: the last successful authentication of each key id. A call that presents the
+  /// same secret (recognised by secret_tag) under the same config, with no invalidation since,
+  /// while the key and team answers it was built from are fresh, reuses its grant: no digest, no
+  /// record or team copies. Failures are never cached.
+  struct auth_entry {
+    std::shared_ptr<const grant> g;
+    std::array<unsigned char, 16> tag{};
+    std::weak_ptr<const config::gateway_config> cfg;
+    std::uint64_t generation = 0;
+    std::chrono::steady_clock::time_point fresh_until{};
+    std::int64_t expires_unix = 0;  ///< the key's (0: never)
+    bool capture_text = false;
+  };
+  struct id_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+  std::vector<std::unordered_map<std::string, auth_entry, id_hash, std::equal_to<>>> auth_cache_;
+  std::atomic<std::uint64_t> generation_{0};  ///< bumped by every forget(): cached authentications end
+  std::atomic<std::uint64_t> full_key_checks_{0};
+
   metrics::family& decisions_;    ///< {decision}
   metrics::family& degraded_;     ///< gauge
   metrics::family& settlements_;  ///< {result}
@@ -196,6 +226,7 @@ class engine {
   metrics::counter_cell& call_key_;
   metrics::counter_cell& call_settle_;
   metrics::counter_cell& call_team_;
+  metrics::counter_cell& auth_key_;  ///< auth_{"key"}: every authenticated call
   metrics::family& admission_wait_;  ///< histogram: an admission's wait for the store (batch + round trip)
   metrics::histogram_cell& admission_wait_cell_;
 };

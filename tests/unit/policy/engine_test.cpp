@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <ctime>
+#include <regex>
+#include <thread>
+
 #include "config/loader.hpp"
 #include "gateway/core/provider.hpp"
 #include "policy/keys.hpp"
@@ -216,6 +220,105 @@ TEST_F(EngineTest, CreatedKeysWorkUntilRevoked) {
   key_record stray;
   stray.team = "nosuchteam";
   EXPECT_FALSE(run_sync(ioc, eng->create_key(0, *snap->cfg, stray)));
+}
+
+TEST_F(EngineTest, AKeysNextCallsReuseItsCheckUntilSomethingChanges) {
+  make("auth: {key_cache_ms: 60000}\n");
+  auto first = ctx(full_key);
+  ASSERT_TRUE(auth(first));
+  ASSERT_EQ(eng->full_key_checks(), 1u);
+  for (int i = 0; i < 3; ++i) {
+    auto again = ctx(full_key);
+    ASSERT_TRUE(auth(again));
+    EXPECT_EQ(again.identity.team, "search");
+    EXPECT_EQ(again.identity.key_id, "abc123");
+    EXPECT_FALSE(again.identity.anonymous);
+    EXPECT_EQ(again.grant, first.grant);  // the same grant, not a copy
+  }
+  EXPECT_EQ(eng->full_key_checks(), 1u);
+  EXPECT_NE(reg.expose().find("tollgate_auth_total{result=\"key\"} 4\n"), std::string::npos);  // every call counted
+
+  // Another secret under the same id is checked in full (and refused); the right one still passes.
+  auto wrong = ctx("tg_abc123_" + std::string(secret.size(), 'x'));
+  ASSERT_FALSE(auth(wrong));
+  EXPECT_EQ(eng->full_key_checks(), 2u);
+  auto right = ctx(full_key);
+  ASSERT_TRUE(auth(right));
+  EXPECT_EQ(eng->full_key_checks(), 2u);
+
+  // A new config: checked again, and its changes apply (the team may no longer use mock-*).
+  auto loaded = config::load_string(std::regex_replace(yaml("auth: {key_cache_ms: 60000}\n"),
+                                                       std::regex(R"(models: \["mock-\*"\])"), "models: [\"other\"]"));
+  ASSERT_TRUE(loaded) << loaded.error;
+  auto s = std::make_shared<snapshot>();
+  s->cfg = loaded.config;
+  snap = s;
+  auto reloaded = ctx(full_key);
+  ASSERT_TRUE(auth(reloaded));
+  EXPECT_EQ(eng->full_key_checks(), 3u);
+  EXPECT_FALSE(reloaded.grant->may_use("mock-gpt"));
+  EXPECT_TRUE(reloaded.grant->may_use("other"));
+
+  // Any invalidation (here a revocation of another key) ends every cached check.
+  key_record proto;
+  proto.team = "search";
+  auto created = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+  ASSERT_TRUE(created) << created.error();
+  auto other = ctx(created->full);
+  ASSERT_TRUE(auth(other));
+  const auto checks = eng->full_key_checks();
+  ASSERT_TRUE(run_sync(ioc, eng->revoke_key(0, *snap->cfg, created->record.id)));
+  auto after = ctx(full_key);
+  ASSERT_TRUE(auth(after));
+  EXPECT_EQ(eng->full_key_checks(), checks + 1);
+  auto revoked = ctx(created->full);
+  EXPECT_FALSE(auth(revoked));
+}
+
+TEST_F(EngineTest, ACachedCheckEndsWithItsTtlAndTheKeysExpiry) {
+  make("auth: {key_cache_ms: 50}\n");
+  auto a = ctx(full_key);
+  ASSERT_TRUE(auth(a));
+  auto b = ctx(full_key);
+  ASSERT_TRUE(auth(b));
+  EXPECT_EQ(eng->full_key_checks(), 1u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  auto c = ctx(full_key);
+  ASSERT_TRUE(auth(c));
+  EXPECT_EQ(eng->full_key_checks(), 2u);
+
+  // A key expiring in a second, cached for a minute: refused once it has expired.
+  make("auth: {key_cache_ms: 60000}\n");
+  key_record proto;
+  proto.team = "search";
+  proto.expires_unix = std::time(nullptr) + 1;
+  auto created = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+  ASSERT_TRUE(created) << created.error();
+  auto d = ctx(created->full);
+  ASSERT_TRUE(auth(d));
+  auto e = ctx(created->full);
+  ASSERT_TRUE(auth(e));
+  EXPECT_EQ(eng->full_key_checks(), 1u);
+  while (std::time(nullptr) < proto.expires_unix) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto f = ctx(created->full);
+  auto r = auth(f);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("expired"), std::string::npos);
+}
+
+TEST(SecretTagTest, SameSecretSameTagOtherSecretOtherTag) {
+  const auto a = secret_tag("S3cretS3cretS3cretS3cretS3cretS3cretS3cret1");
+  const auto b = secret_tag("S3cretS3cretS3cretS3cretS3cretS3cretS3cret2");
+  ASSERT_TRUE(a && b);
+  EXPECT_NE(*a, *b);
+  // The context is started again for each tag: the same secret after another gives the same tag.
+  EXPECT_EQ(secret_tag("S3cretS3cretS3cretS3cretS3cretS3cretS3cret1"), a);
+  EXPECT_NE(secret_tag(""), a);
+  EXPECT_EQ(secret_tag(""), secret_tag(""));
+  // Another thread has its own context under the same process key.
+  std::optional<std::array<unsigned char, 16>> there;
+  std::thread([&] { there = secret_tag("S3cretS3cretS3cretS3cretS3cretS3cretS3cret1"); }).join();
+  EXPECT_EQ(there, a);
 }
 
 TEST_F(EngineTest, ClientCertificateNamesMapToTheirTeam) {
