@@ -19,7 +19,13 @@ struct response_head {
   std::optional<std::size_t> content_length;  ///< unset: chunked (HTTP/1.1) or close-delimited
   bool keep_alive = true;
   bool chunked = false;
+  /// x-ratelimit-{limit,remaining,reset}-{requests,tokens}, replacing any the upstream sent
+  /// (those describe the gateway's provider account, not the caller). Null or !any(): none.
+  const rate_figures* rate = nullptr;
 };
+
+/// A duration as OpenAI writes x-ratelimit-reset-* (Go's time.Duration): "250ms", "1.5s", "1m2s".
+std::string format_reset(std::int64_t ms);
 
 /// `HTTP/1.1 <status> <reason>\r\n` + fields + `\r\n`. Fields whose name or value holds CR, LF or
 /// NUL are dropped (no response splitting through a passed-through upstream header).

@@ -42,7 +42,7 @@ class session_sink final : public response_sink {
     const bool sealed = ctx_.audit_done || co_await seal(status, body);
     if (!sealed) co_return false;
     const bool ka = keep_alive();
-    std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false});
+    std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false, &ctx_.rate});
     begin(status);
     if (first_chunk_time_unset()) ctx_.first_byte = request_context::clock::now();
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
@@ -54,7 +54,7 @@ class session_sink final : public response_sink {
     // HTTP/1.0 callers get a close-delimited body; chunked coding is HTTP/1.1 only.
     if (!http11_) ctx_.close_after = true;
     // The head waits for the first chunk: one write (one wake-up of the caller) instead of two.
-    pending_head_ = format_response_head({status, content_type, ctx_.id_hex, &extra, std::nullopt, keep_alive(), http11_});
+    pending_head_ = format_response_head({status, content_type, ctx_.id_hex, &extra, std::nullopt, keep_alive(), http11_, &ctx_.rate});
     begin(status);
     co_return true;
   }

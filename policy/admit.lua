@@ -28,11 +28,13 @@
 --           cost_nano, nscopes, then the spec index of each of its scopes
 -- Returns   {now_ms, then per settlement: 0 (applied before: nothing more), or 1 and then per
 --           scope the spend after it in nano-USD, as -(spent + 1) when this charge crossed the
---           soft threshold first; then per admission: 1 admitted (one number: the common
---           answer), or four: 0,reason,scope_index,retry_ms refused (reason 1 rpm, 2 tpm,
---           3 concurrency, 4 budget), 2,spent,reserved,0 (read)}. Every element of the reply
---           costs a conversion here and an object in the gateway's reader: the common answers
---           are one number each.
+--           soft threshold first; then per admission: 1,requests,tokens admitted;
+--           0,reason,scope_index,retry_ms,requests,tokens refused (reason 1 rpm, 2 tpm,
+--           3 concurrency, 4 budget); 2,spent,reserved,0 (read). requests (tokens): the fewest
+--           left in any of the call's scopes' windows, after its reservation when admitted, as
+--           left * 16 + that scope's index (0: none limits them), for the x-ratelimit-* headers.
+--           Every element of the reply costs a conversion here and an object in the gateway's
+--           reader: the common answers are few numbers.
 -- Cost model (measured on Redis 7.0): a Lua table costs ~300 ns and a string concatenation
 -- ~500 ns, far more than the Redis commands here; so no table or string is built per call, and
 -- each scope is read and written once per batch.
@@ -294,14 +296,22 @@ for _ = 1, nadmit do
       if spent + s.res + cost > blimit then code, why, idx = 0, 4, i break end
     end
   end
+  -- The x-ratelimit-* figures: the fewest requests (tokens) left in any of the call's scopes,
+  -- as left * 16 + the scope's index (0: no scope limits them); after the reservation when
+  -- admitted. The engine makes at most 2 scopes per call (script_args refuses more than 15).
+  local rq, rqi, tk, tki = 0, 0, 0, 0
   if code == 1 then
     -- Reserve in every scope and hold the lease.
     for i = 1, n do
       local k = N[ARGV[s0 + i - 1]]
       local s = spec_scope[k]
       s.dirty = true
-      if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
-        s.rs, s.ts, s.rc, s.tc, s.rate = s.rs + 1, s.ts + tokens, s.rc + 1, s.tc + tokens, true
+      local rpm, tpm = spec_rpm[k], spec_tpm[k]
+      if rpm > 0 or tpm > 0 then
+        local rs, ts = s.rs + 1, s.ts + tokens
+        s.rs, s.ts, s.rc, s.tc, s.rate = rs, ts, s.rc + 1, s.tc + tokens, true
+        if rpm > 0 and (rqi == 0 or rpm - rs < rq) then rq, rqi = rpm - rs, i end
+        if tpm > 0 and (tki == 0 or tpm - ts < tk) then tk, tki = tpm - ts, i end
       end
       if spec_conc[k] > 0 then s.c = s.c + 1 end
       if spec_blimit[k] >= 0 then
@@ -312,9 +322,22 @@ for _ = 1, nadmit do
     end
     held[nh + 1], held[nh + 2], nh = expiry, member, nh + 2
   end
+  if code == 0 then
+    for i = 1, n do
+      local k = N[ARGV[s0 + i - 1]]
+      local s = spec_scope[k]
+      local rpm, tpm = spec_rpm[k], spec_tpm[k]
+      if rpm > 0 and (rqi == 0 or rpm - s.rs < rq) then rq, rqi = rpm - s.rs, i end
+      if tpm > 0 and (tki == 0 or tpm - s.ts < tk) then tk, tki = tpm - s.ts, i end
+    end
+  end
+  if rq < 0 then rq = 0 end
+  if tk < 0 then tk = 0 end
   if code == 1 then
-    no = no + 1
-    out[no] = 1
+    out[no + 1], out[no + 2], out[no + 3], no = 1, rq * 16 + rqi, tk * 16 + tki, no + 3
+  elseif code == 0 then
+    out[no + 1], out[no + 2], out[no + 3], out[no + 4], out[no + 5], out[no + 6], no =
+        0, why, idx, retry, rq * 16 + rqi, tk * 16 + tki, no + 6
   else
     out[no + 1], out[no + 2], out[no + 3], out[no + 4], no = code, why, idx, retry, no + 4
   end

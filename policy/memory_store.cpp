@@ -66,10 +66,30 @@ admit_result memory_store::admit_now(const admission& a) {
   r.periods.resize(a.scopes.size());
   std::vector<scope_state*> states;
   std::vector<bool> new_period(a.scopes.size(), false);
+  r.admitted_at_ms = now;
+  r.reset_ms = (cur + buckets + 1) * bucket_ms_ - now;
+  // The x-ratelimit-* figures: the scope with the fewest requests (tokens) left (as admit.lua).
+  auto tightest = [&] {
+    for (std::size_t i = 0; i < a.scopes.size(); ++i) {
+      const auto& l = a.scopes[i].limits;
+      if (!l.rpm && !l.tpm) continue;
+      rate_window& w = scopes_[a.scopes[i].id + "@" + a.scopes[i].team].rate;
+      roll(w, cur);
+      if (l.rpm) {
+        const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.rpm) - std::int64_t(w.requests));
+        if (r.requests_scope < 0 || left < r.requests_left) r.requests_scope = int(i), r.requests_left = left;
+      }
+      if (l.tpm) {
+        const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.tpm) - std::int64_t(w.tokens));
+        if (r.tokens_scope < 0 || left < r.tokens_left) r.tokens_scope = int(i), r.tokens_left = left;
+      }
+    }
+  };
   auto refuse = [&](verdict v, std::size_t i, std::int64_t retry) {
     r.v = v;
     r.scope = i;
     r.retry_after_ms = retry;
+    tightest();
     return r;
   };
   // Pass 1: check every scope and kind.
@@ -132,7 +152,7 @@ admit_result memory_store::admit_now(const admission& a) {
   if (inflight_.size() > 4096) std::erase_if(inflight_, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
   inflight_[a.lease] = now;
   r.v = verdict::admitted;
-  r.admitted_at_ms = now;
+  tightest();
   return r;
 }
 

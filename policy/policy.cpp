@@ -68,6 +68,19 @@ failure refusal(errc e, std::string msg, std::int64_t retry_ms = 0, bool retry_u
   return f;
 }
 
+/// The x-ratelimit-* figures of an admission's answer (admitted or refused).
+void rate_headers(request_context& ctx, const admit_result& res, const admission& a) {
+  if (res.requests_scope >= 0 && std::size_t(res.requests_scope) < a.scopes.size()) {
+    ctx.rate.limit_requests = a.scopes[res.requests_scope].limits.rpm;
+    ctx.rate.remaining_requests = res.requests_left;
+  }
+  if (res.tokens_scope >= 0 && std::size_t(res.tokens_scope) < a.scopes.size()) {
+    ctx.rate.limit_tokens = a.scopes[res.tokens_scope].limits.tpm;
+    ctx.rate.remaining_tokens = res.tokens_left;
+  }
+  ctx.rate.reset_ms = res.reset_ms;
+}
+
 }  // namespace
 
 bool grant::may_use(std::string_view model) const {
@@ -400,10 +413,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     res = local_.admit_now(local);
     r->local = true;
     r->adm = std::move(local);
+    rate_headers(ctx, res, r->adm);
     if (res.v == verdict::admitted) {
       decisions_.counter({"local"}).inc();
       r->periods = std::move(res.periods);
-    r->admitted_at_ms = res.admitted_at_ms;
       r->admitted_at_ms = res.admitted_at_ms;
       ctx.reservation = std::move(r);
       co_return flow::next;
@@ -413,6 +426,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     if (is_degraded_.exchange(false)) log_("info", "policy store reachable again: full enforcement", "\"store\":" + quote(store_->kind()));
   }
   decisions_.counter({verdict_name(res.v)}).inc();
+  rate_headers(ctx, res, r->adm);
   if (res.v == verdict::admitted) {
     r->periods = std::move(res.periods);
     r->admitted_at_ms = res.admitted_at_ms;

@@ -253,26 +253,47 @@ redis::resp_args redis_store::script_args(const std::vector<const admission*>& c
   return args;
 }
 
+namespace {
+/// One of admit.lua's rate figures, `left * 16 + scope index` (0: no scope limits the kind).
+void read_figure(std::int64_t packed, std::size_t nscopes, int& scope, std::int64_t& left) {
+  const std::int64_t idx = packed % 16;
+  if (packed <= 0 || idx < 1 || std::size_t(idx) > nscopes) return;
+  scope = int(idx - 1);
+  left = packed / 16;
+}
+}  // namespace
+
 admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
-                                      std::int64_t now_ms) {
+                                      std::int64_t now_ms) const {
   admit_result out;  // unavailable unless the reply says otherwise
   if (at >= e.size()) return out;
   const std::int64_t code = as_int(e[at]);
-  if (code == 1) {  // admitted: one number
-    ++at;
+  const std::size_t width = code == 1 ? 3 : code == 0 ? 6 : 4;
+  if (at + width > e.size()) {
+    at = e.size();
+    return out;
+  }
+  out.admitted_at_ms = now_ms;
+  // The windows' buckets, as the script's: every count now in them has left at the end of the
+  // current bucket plus the window.
+  const std::int64_t bucket = std::max<std::int64_t>(1, window_ms_ / 30);
+  out.reset_ms = (now_ms / bucket + 31) * bucket - now_ms;
+  if (code == 1) {  // admitted: 1, requests, tokens
+    read_figure(as_int(e[at + 1]), a.scopes.size(), out.requests_scope, out.requests_left);
+    read_figure(as_int(e[at + 2]), a.scopes.size(), out.tokens_scope, out.tokens_left);
+    at += 3;
     out.v = verdict::admitted;
-    out.admitted_at_ms = now_ms;
     // The same period ids as the script's, from the same (Redis) clock reading.
     for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
     return out;
   }
-  if (at + 3 >= e.size()) {
-    at = e.size();
-    return out;
-  }
   const std::int64_t why = as_int(e[at + 1]), idx = as_int(e[at + 2]), retry = as_int(e[at + 3]);
-  at += 4;
-  if (code != 0) return out;
+  if (code == 0) {
+    read_figure(as_int(e[at + 4]), a.scopes.size(), out.requests_scope, out.requests_left);
+    read_figure(as_int(e[at + 5]), a.scopes.size(), out.tokens_scope, out.tokens_left);
+  }
+  at += width;
+  if (code != 0) return admit_result{};
   out.v = why == 1 ? verdict::rpm : why == 2 ? verdict::tpm : why == 3 ? verdict::concurrency : verdict::budget;
   out.scope = static_cast<std::size_t>(std::max<std::int64_t>(1, idx) - 1);
   out.retry_after_ms = retry;

@@ -125,10 +125,10 @@ class redis_store final : public store {
                                                   const std::vector<settlement>& settles);
   /// admit.lua's arguments: header, scope specs (deduplicated), the settlements, the admissions.
   redis::resp_args script_args(const std::vector<const admission*>& calls, const std::vector<settlement>& settles) const;
-  /// One call's results in admit.lua's reply (one integer from `at` when admitted, else four);
-  /// `at` is left after them.
-  static admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
-                                  std::int64_t now_ms);
+  /// One call's results in admit.lua's reply (three integers from `at` when admitted, six when
+  /// refused); `at` is left after them.
+  admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
+                           std::int64_t now_ms) const;
   /// The settlements' results in admit.lua's reply (from index 1); `at` is left after them.
   static std::vector<settle_result> parse_settles(const std::vector<redis::reply>& e, const std::vector<settlement>& settles,
                                                   std::size_t& at);

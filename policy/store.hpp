@@ -48,7 +48,18 @@ struct admit_result {
   std::int64_t retry_after_ms = 0;    ///< for rpm/tpm/concurrency
   std::vector<std::string> periods;   ///< budget period id per scope ("" : no budget), for settle
   std::int64_t admitted_at_ms = 0;    ///< store clock at admission (which rate bucket to correct)
+  /// For the x-ratelimit-* headers (admitted and refused calls): the scope with the fewest
+  /// requests (tokens) left in its window, after this call's reservation when admitted, and that
+  /// number (never below 0); scope -1 when no scope limits requests (tokens). Ties: the first.
+  int requests_scope = -1;
+  std::int64_t requests_left = 0;
+  int tokens_scope = -1;
+  std::int64_t tokens_left = 0;
+  /// Time until every count in the window now has left it (the windows' "reset to their initial
+  /// state"): the end of the current bucket plus the window.
+  std::int64_t reset_ms = 0;
 };
+
 
 struct settlement {
   admission adm;                     ///< as admitted

@@ -43,6 +43,16 @@ struct caller_identity {
 
 using header_list = std::vector<std::pair<std::string, std::string>>;
 
+/// OpenAI-style rate-limit figures for the x-ratelimit-* response headers, from admission: the
+/// caller's tightest scope (team or key) per kind. A limit of 0: that kind is not limited, its
+/// headers are not sent.
+struct rate_figures {
+  std::uint64_t limit_requests = 0, limit_tokens = 0;
+  std::int64_t remaining_requests = 0, remaining_tokens = 0;
+  std::int64_t reset_ms = 0;  ///< until the window holds none of the counts it holds now
+  bool any() const { return limit_requests || limit_tokens; }
+};
+
 struct request_context {
   using clock = std::chrono::steady_clock;
 
@@ -63,6 +73,7 @@ struct request_context {
   caller_identity identity;
   std::shared_ptr<const policy::grant> grant;     ///< what the caller may do (authenticate)
   std::shared_ptr<policy::reservation> reservation;  ///< what admit reserved, for settle
+  rate_figures rate;                                ///< for the response's x-ratelimit-* headers
 
   // Decoded request.
   std::string model;

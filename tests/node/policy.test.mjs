@@ -138,6 +138,8 @@ ${adm.yaml}${prices()}${storeYaml(kind, redis)}teams:
   - name: sepb
     limits: {rpm: 3}
     budget: {usd: 1, period: daily, soft: 0}
+  - name: hdrs
+    limits: {rpm: 5, tpm: 100}
 keys:
   - {id: ${expired.id}, team: search, digest: "${expired.digest}", expires: 2020-01-31}
   - {id: ${disabled.id}, team: search, digest: "${disabled.digest}", enabled: false}
@@ -148,6 +150,8 @@ keys:
       for (const team of ['race', 'stream', 'conc', 'broke', 'search', 'narrow', 'free', 'sepa', 'sepb']) {
         keys[team] = (await createKey(gw, adm.token, { team, name: `${team}-key` })).key;
       }
+      // Its own requests limit, below its team's.
+      keys.hdrs = (await createKey(gw, adm.token, { team: 'hdrs', name: 'hdrs-key', limits: { rpm: 2 } })).key;
     });
 
     after(async () => {
@@ -460,6 +464,38 @@ keys:
       for (const bad of [undefined, 'tg_abc', `tg_${id}_${randomAlnum(43)}`, `tg_${randomAlnum(12)}_${randomAlnum(43)}`, `${one.key}x!`]) {
         assertOpenAIError(await chat(gw, bad, body('mock-gpt')), { status: 401, code: 'invalid_api_key', type: 'invalid_request_error' });
       }
+    });
+
+    test('x-ratelimit-* headers: the tightest scope per kind on every admitted and refused call (OpenAI SDK)', { timeout: 20000 }, async () => {
+      const sdk = new OpenAI({ apiKey: keys.hdrs, baseURL: gw.baseURL, maxRetries: 0, timeout: 10000 });
+      const perCall = PROMPT_EST + MAX;  // tokens reserved per call
+      const reset = /^(\d+(\.\d+)?s|1m\d+(\.\d+)?s)$/;  // the window (60 s) plus at most one bucket (2 s)
+      for (let i = 1; i <= 2; i++) {
+        const { response } = await sdk.chat.completions.create(body('mock-gpt')).withResponse();
+        const h = response.headers;
+        // Requests: the key's own limit (2) is tighter than the team's (5).
+        assert.equal(h.get('x-ratelimit-limit-requests'), '2');
+        assert.equal(h.get('x-ratelimit-remaining-requests'), String(2 - i));
+        // Tokens: only the team limits them.
+        assert.equal(h.get('x-ratelimit-limit-tokens'), '100');
+        assert.equal(h.get('x-ratelimit-remaining-tokens'), String(100 - i * perCall));
+        assert.match(h.get('x-ratelimit-reset-requests'), reset);
+        assert.equal(h.get('x-ratelimit-reset-tokens'), h.get('x-ratelimit-reset-requests'));
+      }
+      const e = await sdk.chat.completions.create(body('mock-gpt')).then(
+        () => assert.fail('expected 429 once the key has made 2 calls'),
+        (x) => x,
+      );
+      assert.ok(e instanceof RateLimitError, String(e));
+      assert.equal(e.code, 'rate_limit_exceeded');
+      assert.equal(e.headers.get('x-ratelimit-limit-requests'), '2');
+      assert.equal(e.headers.get('x-ratelimit-remaining-requests'), '0');
+      assert.equal(e.headers.get('x-ratelimit-remaining-tokens'), String(100 - 2 * perCall));
+      assert.ok(Number(e.headers.get('retry-after')) >= 1);
+      // A team without limits gets none (nothing to report).
+      const free = await chat(gw, keys.free, body('mock-gpt'));
+      assert.equal(free.status, 200);
+      assert.equal(free.headers.get('x-ratelimit-limit-requests'), null);
     });
 
     test('teams are accounted separately: one team’s RPM and spend do not count against another’s', { timeout: 20000 }, async () => {

@@ -32,6 +32,51 @@ TEST(ResponseHeadTest, FieldsWithLineBreaksAreDropped) {
   EXPECT_NE(head.find("X-Ok: fine\r\n"), std::string::npos);
 }
 
+TEST(ResponseHeadTest, RateFiguresBecomeOpenAIsHeadersAndReplaceTheUpstreams) {
+  header_list extra{{"X-RateLimit-Remaining-Requests", "9999"}, {"x-ratelimit-limit-tokens", "200000"}, {"X-Ok", "1"}};
+  rate_figures r;
+  r.limit_requests = 600;
+  r.remaining_requests = 599;
+  r.limit_tokens = 100000;
+  r.remaining_tokens = 99936;
+  r.reset_ms = 61'500;
+  auto head = format_response_head({200, "application/json", "1", &extra, 2, true, false, &r});
+  EXPECT_EQ(head,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: 1\r\nX-Ok: 1\r\n"
+            "x-ratelimit-limit-requests: 600\r\nx-ratelimit-remaining-requests: 599\r\nx-ratelimit-reset-requests: 1m1.5s\r\n"
+            "x-ratelimit-limit-tokens: 100000\r\nx-ratelimit-remaining-tokens: 99936\r\nx-ratelimit-reset-tokens: 1m1.5s\r\n"
+            "Content-Length: 2\r\nConnection: keep-alive\r\n\r\n");
+  // Only the kinds that are limited; with none, the upstream's pass through as they came.
+  rate_figures tokens_only;
+  tokens_only.limit_tokens = 50;
+  tokens_only.remaining_tokens = 0;
+  tokens_only.reset_ms = 250;
+  head = format_response_head({429, "application/json", "1", &extra, 2, true, false, &tokens_only});
+  EXPECT_EQ(head.find("-requests"), std::string::npos);
+  EXPECT_NE(head.find("x-ratelimit-limit-tokens: 50\r\nx-ratelimit-remaining-tokens: 0\r\nx-ratelimit-reset-tokens: 250ms\r\n"),
+            std::string::npos);
+  rate_figures none;
+  head = format_response_head({200, "application/json", "1", &extra, 2, true, false, &none});
+  EXPECT_NE(head.find("X-RateLimit-Remaining-Requests: 9999\r\n"), std::string::npos);
+  EXPECT_NE(head.find("x-ratelimit-limit-tokens: 200000\r\n"), std::string::npos);
+}
+
+TEST(ResponseHeadTest, ResetsAreWrittenAsGoDurationsLikeOpenAIs) {
+  EXPECT_EQ(format_reset(0), "0s");
+  EXPECT_EQ(format_reset(-5), "0s");
+  EXPECT_EQ(format_reset(6), "6ms");
+  EXPECT_EQ(format_reset(999), "999ms");
+  EXPECT_EQ(format_reset(1000), "1s");
+  EXPECT_EQ(format_reset(1500), "1.5s");
+  EXPECT_EQ(format_reset(17'130), "17.13s");
+  EXPECT_EQ(format_reset(59'999), "59.999s");
+  EXPECT_EQ(format_reset(60'000), "1m0s");
+  EXPECT_EQ(format_reset(62'000), "1m2s");
+  EXPECT_EQ(format_reset(360'000), "6m0s");
+  EXPECT_EQ(format_reset(3'600'000), "1h0m0s");
+  EXPECT_EQ(format_reset(3'723'004), "1h2m3.004s");
+}
+
 TEST(PassthroughHeadersTest, HopByHopAndFramingFieldsAreDropped) {
   http::fields f;
   f.insert(http::field::connection, "keep-alive, X-Private");

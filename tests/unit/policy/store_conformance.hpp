@@ -312,6 +312,46 @@ TYPED_TEST_P(StoreConformance, AdmissionIsAllOrNothingAcrossScopes) {
   EXPECT_EQ(this->admit(this->adm({team})).v, verdict::rpm);
 }
 
+TYPED_TEST_P(StoreConformance, AnswersCarryTheTightestScopesRateFigures) {
+  auto team = scope("t", {5, 1000, 0});
+  auto key = scope("k:abc", {3, 5000, 0});
+  auto budget_only = scope("k:b", {0, 0, 0}, budget_of(1'000'000));
+  // After this call: the team has 4 requests and 900 tokens left, the key 2 and 4900.
+  auto r = this->admit(this->adm({team, key}, 100));
+  ASSERT_EQ(r.v, verdict::admitted);
+  EXPECT_EQ(r.requests_scope, 1);  // the key has fewer requests left
+  EXPECT_EQ(r.requests_left, 2);
+  EXPECT_EQ(r.tokens_scope, 0);    // the team fewer tokens
+  EXPECT_EQ(r.tokens_left, 900);
+  // Every count now in the window has left it by the end of this bucket plus the window.
+  EXPECT_GT(r.reset_ms, TypeParam::window_ms);
+  EXPECT_LE(r.reset_ms, TypeParam::window_ms + TypeParam::window_ms / 30);
+  // Ties go to the first scope; a scope that limits no rate is never named.
+  auto tie = this->admit(this->adm({budget_only, scope("k:c", {7, 0, 0}), scope("k:d", {7, 0, 0})}, 10));
+  ASSERT_EQ(tie.v, verdict::admitted);
+  EXPECT_EQ(tie.requests_scope, 1);
+  EXPECT_EQ(tie.requests_left, 6);
+  EXPECT_EQ(tie.tokens_scope, -1);
+  auto none = this->admit(this->adm({budget_only}, 10));
+  ASSERT_EQ(none.v, verdict::admitted);
+  EXPECT_EQ(none.requests_scope, -1);
+  EXPECT_EQ(none.tokens_scope, -1);
+  // A refusal reports what is left without this call: the key has 0 requests left after two more.
+  ASSERT_EQ(this->admit(this->adm({team, key}, 100)).v, verdict::admitted);
+  ASSERT_EQ(this->admit(this->adm({team, key}, 100)).v, verdict::admitted);
+  auto refused = this->admit(this->adm({team, key}, 100));
+  ASSERT_EQ(refused.v, verdict::rpm);
+  EXPECT_EQ(refused.requests_scope, 1);
+  EXPECT_EQ(refused.requests_left, 0);
+  EXPECT_EQ(refused.tokens_scope, 0);
+  EXPECT_EQ(refused.tokens_left, 700);
+  // A call larger than what is left: refused, and what is left is still reported (not negative).
+  auto big = this->admit(this->adm({team}, 800));
+  ASSERT_EQ(big.v, verdict::tpm);
+  EXPECT_EQ(big.tokens_left, 700);
+  EXPECT_EQ(big.requests_left, 2);
+}
+
 TYPED_TEST_P(StoreConformance, LeasesOfADeadGatewayExpire) {
   auto s = scope("t", {0, 0, 1}, budget_of(50));
   auto a = this->adm({s}, 1, 50, 300);  // never settled: its gateway "died"
@@ -444,6 +484,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,
                             ManyCallsAtOnceAdmitExactlyTheLimit,
                             BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
+                            AnswersCarryTheTightestScopesRateFigures,
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
                             ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
                             SettlementAppliedTwiceChargesOnce,
