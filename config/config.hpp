@@ -239,6 +239,11 @@ struct redis_config {
   std::string key_prefix = "tollgate:";
   std::uint32_t timeout_ms = 50;
   std::uint32_t connect_timeout_ms = 200;
+  struct tls_config {
+    bool enabled = false;
+    bool verify = true;
+    std::string ca_file, cert_file, key_file, server_name;
+  } tls;  ///< store.redis.tls: TLS to Redis (docs/policy.md)
 };
 
 enum class on_store_failure { fail_closed, fail_open, local };

@@ -347,7 +347,7 @@ void parse_store(const YAML::Node& n, store_config& s) {
   }
   if (auto r = n["redis"]) {
     const std::string rp = p + ".redis";
-    check_keys(r, rp, {"address", "username", "password", "db", "key_prefix", "timeout_ms", "connect_timeout_ms"});
+    check_keys(r, rp, {"address", "username", "password", "db", "key_prefix", "timeout_ms", "connect_timeout_ms", "tls"});
     if (auto v = r["address"]) {
       auto a = get_string(v, rp + ".address");
       if (a.rfind("unix:", 0) == 0) s.redis.unix_path = a.substr(5);
@@ -364,6 +364,18 @@ void parse_store(const YAML::Node& n, store_config& s) {
     if (auto v = r["timeout_ms"]) s.redis.timeout_ms = get_uint<std::uint32_t>(v, rp + ".timeout_ms", 60'000);
     if (auto v = r["connect_timeout_ms"])
       s.redis.connect_timeout_ms = get_uint<std::uint32_t>(v, rp + ".connect_timeout_ms", 60'000);
+    if (auto t = r["tls"]) {
+      const std::string tp = rp + ".tls";
+      check_keys(t, tp, {"enabled", "verify", "ca_file", "cert_file", "key_file", "server_name"});
+      auto& c = s.redis.tls;
+      c.enabled = true;  // a tls section turns it on, unless it says enabled: false
+      if (auto v = t["enabled"]) c.enabled = get_bool(v, tp + ".enabled");
+      if (auto v = t["verify"]) c.verify = get_bool(v, tp + ".verify");
+      if (auto v = t["ca_file"]) c.ca_file = get_string(v, tp + ".ca_file");
+      if (auto v = t["cert_file"]) c.cert_file = get_string(v, tp + ".cert_file");
+      if (auto v = t["key_file"]) c.key_file = get_string(v, tp + ".key_file");
+      if (auto v = t["server_name"]) c.server_name = get_string(v, tp + ".server_name");
+    }
   }
   if (auto v = n["replicas"]) s.replicas = get_uint<unsigned>(v, p + ".replicas", 10'000);
   if (auto u = n["on_unavailable"]) {
@@ -691,6 +703,14 @@ std::string validate(const gateway_config& cfg) {
     return "audit.batch_ms: must be at least 1 in batched mode";
   if (cfg.store.lease_ms < 1000) return "store.lease_ms: must be at least 1000";
   if (cfg.store.type == "redis" && cfg.store.redis.timeout_ms == 0) return "store.redis.timeout_ms: must be at least 1";
+  if (const auto& t = cfg.store.redis.tls; cfg.store.type == "redis" && t.enabled) {
+    if (!cfg.store.redis.unix_path.empty()) return "store.redis.tls: TLS needs a TCP address, not a unix socket";
+    if (t.cert_file.empty() != t.key_file.empty()) return "store.redis.tls: cert_file and key_file must be set together";
+    for (const auto& [name, file] : {std::pair<const char*, const std::string&>{"ca_file", t.ca_file},
+                                     {"cert_file", t.cert_file}, {"key_file", t.key_file}})
+      if (!file.empty() && !std::ifstream(file).good())
+        return std::string("store.redis.tls.") + name + ": cannot read " + file;
+  }
   const auto& l = cfg.server.limits;
   if (l.max_header_bytes < 256) return "server.limits.max_header_bytes: must be at least 256";
   if (l.max_url_bytes >= l.max_header_bytes) return "server.limits.max_url_bytes: must be below max_header_bytes";

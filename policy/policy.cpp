@@ -388,7 +388,8 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     degraded_.gauge({}).set(1);
     if (!is_degraded_.exchange(true))
       log_("warn", "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)",
-           "\"store\":" + quote(store_->kind()));
+           "\"store\":" + quote(store_->kind()) +
+               (store_->last_error().empty() ? std::string() : ",\"reason\":" + quote(store_->last_error())));
     bool has_budget = false;
     for (auto& s : a.scopes) has_budget = has_budget || s.budget.set();
     const auto closed = [&] {

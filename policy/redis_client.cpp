@@ -12,7 +12,10 @@
 #include <algorithm>
 #include <array>
 #include <deque>
+#include <mutex>
 #include <utility>
+
+#include "policy/redis_tls.hpp"
 
 /// How this file is put together (hiredis 0.14.1, no SSL):
 ///  - A `redis_link` owns one redisAsyncContext: the Asio waits on its socket (the "event adapter"), the
@@ -144,12 +147,16 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   /// µs); the caller is the batch that the next one waits for, so it runs at once instead.
   std::vector<std::pair<std::unique_ptr<completion>, reply>> replied;
 
+  std::shared_ptr<tls_bridge> bridge;  ///< the TLS relay this context talks through, if any
+
   bool live() const { return ac != nullptr && connected && !gone; }
 
-  /// Starts a non-blocking connect. False: failed at once (the redis_link is then gone).
-  bool open(const options& o) {
-    redisAsyncContext* c = o.unix_path.empty() ? redisAsyncConnect(o.host.c_str(), o.port)
-                                               : redisAsyncConnectUnix(o.unix_path.c_str());
+  /// Starts a non-blocking connect (to `via`, a TLS bridge's socket, when given). False: failed
+  /// at once (the redis_link is then gone).
+  bool open(const options& o, const std::string& via = {}) {
+    const std::string& unix_path = via.empty() ? o.unix_path : via;
+    redisAsyncContext* c = unix_path.empty() ? redisAsyncConnect(o.host.c_str(), o.port)
+                                             : redisAsyncConnectUnix(unix_path.c_str());
     if (c == nullptr || c->err != 0) {
       if (c != nullptr) redisAsyncFree(c);
       gone = true;
@@ -233,6 +240,7 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   void on_gone() {
     if (gone) return;
     gone = true;
+    if (bridge) bridge->close();
     connected = false;
     ac = nullptr;
     release_fd();
@@ -397,7 +405,13 @@ bool accepted(const result_t& r) { return r && r->type != reply::kind::error; }
 }  // namespace
 
 struct connection::impl : std::enable_shared_from_this<impl> {
-  impl(executor_t e, options o) : ex(e), opt(std::move(o)), backoff_timer(e) {}
+  impl(executor_t e, options o) : ex(e), opt(std::move(o)), backoff_timer(e) {
+    if (opt.tls.enabled) {
+      std::string error;
+      tls_ctx = tls_bridge::make_context(opt.tls, error);
+      set_error(std::move(error));
+    }
+  }
   impl(const impl&) = delete;
   impl& operator=(const impl&) = delete;
   ~impl() {
@@ -413,6 +427,18 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   std::function<void(std::string_view)> message_cb;
   std::function<void(bool)> state_cb;
   std::function<awaitable<bool>()> hook;
+  std::shared_ptr<net::ssl::context> tls_ctx;  ///< with opt.tls.enabled (null: its files failed to load)
+  mutable std::mutex error_mu;  ///< last_error is read from any thread (logs)
+  std::string last_error;       ///< why the last attempt failed, when known
+
+  void set_error(std::string e) {
+    std::lock_guard lock(error_mu);
+    last_error = std::move(e);
+  }
+  std::string error() const {
+    std::lock_guard lock(error_mu);
+    return last_error;
+  }
 
   bool up() const { return is_up && cur && cur->live(); }
 
@@ -471,9 +497,28 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       };
     }
     cur = l;
-    if (!l->open(opt)) co_return false;
-
     const clock::duration step = opt.connect_timeout;
+    if (opt.tls.enabled) {
+      if (!tls_ctx) co_return false;  // last_error says which file
+      std::string error;
+      l->bridge = co_await tls_bridge::open(opt, tls_ctx, error);
+      if (!l->bridge) {
+        set_error(std::move(error));
+        co_return false;
+      }
+      if (closed) {
+        l->bridge->close();
+        co_return false;
+      }
+      if (!l->open(opt, l->bridge->path())) co_return false;
+      if (!co_await l->bridge->accept(step)) {
+        set_error("TLS relay: hiredis did not connect");
+        co_return false;
+      }
+    } else if (!l->open(opt)) {
+      co_return false;
+    }
+
     co_await wait_on(l, clock::now() + step, &redis_link::connected);
     if (closed || !l->live()) co_return false;
 
@@ -526,6 +571,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       auto l = self->cur;
       if (ok) {
         backoff = floor;
+        self->set_error({});
         self->is_up = true;
         if (self->state_cb) self->state_cb(true);
         co_await self->wait_on(l, clock::time_point::max(), &redis_link::gone);
@@ -565,6 +611,7 @@ state connection::current() const {
 }
 
 bool connection::up() const { return impl_->up(); }
+std::string connection::last_error() const { return impl_->error(); }
 
 awaitable<boost::system::result<reply>> connection::command(std::span<const std::string_view> argv) {
   auto self = impl_;

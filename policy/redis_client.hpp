@@ -13,6 +13,8 @@
 ///   - net::error::invalid_argument     empty argv
 ///   - net::error::operation_not_supported  command() on a connection in subscriber mode
 /// A Redis error reply (`-ERR ...`) is not a failure: it is a reply of kind::error.
+/// hiredis writes with write(2): the process must ignore SIGPIPE (gateway/main.cpp does), or a
+/// write into a connection the server (or the TLS relay) has closed kills it.
 #include <boost/system/result.hpp>
 
 #include <charconv>
@@ -39,6 +41,16 @@ struct reply {
   std::vector<reply> elements;  ///< array
 };
 
+/// TLS to Redis (store.redis.tls). hiredis 0.14 has none: policy/redis_tls.hpp relays its plain
+/// RESP through a TLS connection made with Asio and OpenSSL.
+struct tls_options {
+  bool enabled = false;
+  bool verify = true;               ///< verify the server's chain and name (never turn off outside tests)
+  std::string ca_file;              ///< CAs to trust besides the system's
+  std::string cert_file, key_file;  ///< a client certificate, for Redis's tls-auth-clients
+  std::string server_name;          ///< the name to verify and send as SNI; empty: the host
+};
+
 struct options {
   std::string host = "127.0.0.1";  ///< an IP address: hiredis resolves host names with a blocking getaddrinfo
   std::uint16_t port = 6379;
@@ -48,6 +60,7 @@ struct options {
   std::chrono::milliseconds timeout{50};  ///< per command
   std::chrono::milliseconds connect_timeout{200};  ///< TCP connect, then each handshake step
   std::chrono::milliseconds backoff_min{50}, backoff_max{2000};
+  tls_options tls;  ///< TCP only (not with unix_path)
 };
 
 /// Arguments written straight into RESP ("$<len>\r\n<bytes>\r\n" each), without a string per
@@ -126,6 +139,9 @@ class connection {
   void close();
   state current() const;
   bool up() const;
+  /// Why the last connection attempt failed, when known (TLS set-up and handshake); empty once
+  /// an attempt succeeds.
+  std::string last_error() const;
 
   /// Sends one command given as argv (binary-safe, redisAsyncCommandArgv). Many may be in flight:
   /// they pipeline on the one socket and complete in order. `argv` is copied into the send buffer

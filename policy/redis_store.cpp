@@ -29,6 +29,12 @@ redis::options client_options(const config::redis_config& c) {
   o.db = c.db;
   o.timeout = std::chrono::milliseconds(c.timeout_ms);
   o.connect_timeout = std::chrono::milliseconds(c.connect_timeout_ms);
+  o.tls.enabled = c.tls.enabled;
+  o.tls.verify = c.tls.verify;
+  o.tls.ca_file = c.tls.ca_file;
+  o.tls.cert_file = c.tls.cert_file;
+  o.tls.key_file = c.tls.key_file;
+  o.tls.server_name = c.tls.server_name;
   return o;
 }
 
@@ -83,6 +89,12 @@ void redis_store::start(const std::vector<executor_t>& workers) {
 void redis_store::stop() {
   if (sub_) sub_->close();
   for (auto& c : conns_) c->close();
+}
+
+std::string redis_store::last_error() const {
+  for (auto& c : conns_)
+    if (auto e = c->last_error(); !e.empty()) return e;
+  return {};
 }
 
 bool redis_store::healthy() const {

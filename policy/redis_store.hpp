@@ -24,6 +24,7 @@ class redis_store final : public store {
   void start(const std::vector<executor_t>& workers) override;
   void stop() override;
   bool healthy() const override;
+  std::string last_error() const override;
 
   awaitable<admit_result> admit(unsigned worker, const admission& a) override;
   awaitable<std::vector<settle_result>> settle_batch(unsigned worker, std::vector<settlement> batch) override;

@@ -147,6 +147,8 @@ class store {
   virtual void stop() {}
   /// Whether the last operations reached the store (false: degraded).
   virtual bool healthy() const { return true; }
+  /// Why the store was last unreachable, when it knows (a TLS handshake error, ...); for logs.
+  virtual std::string last_error() const { return {}; }
 
   virtual awaitable<admit_result> admit(unsigned worker, const admission& a) = 0;
   /// Settles calls a worker finished, in one round trip of their own; one result per call, in order.

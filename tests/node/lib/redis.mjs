@@ -132,7 +132,7 @@ export async function ping(port, timeoutMs = 500) {
  * PING. Returns a handle: `{port, address, dir, command(...args), ping(), stop(), restart(),
  * close(), output()}`.
  */
-export async function startRedis({ readyTimeoutMs = 5000 } = {}) {
+export async function startRedis({ readyTimeoutMs = 5000, extraArgs = [] } = {}) {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-redis-'));
   let child;
@@ -142,7 +142,7 @@ export async function startRedis({ readyTimeoutMs = 5000 } = {}) {
   async function launch() {
     child = spawn(
       REDIS_SERVER,
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no'],
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', ...extraArgs],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     const me = child;

@@ -202,6 +202,7 @@ auth:
   EXPECT_EQ(c.store.type, "redis");
   EXPECT_EQ(c.store.redis.host, "10.0.0.5");
   EXPECT_EQ(c.store.redis.port, 6380);
+  EXPECT_FALSE(c.store.redis.tls.enabled);  // no tls section: plain TCP
   EXPECT_EQ(c.store.replicas, 3u);
   EXPECT_EQ(c.store.budgets, on_store_failure::fail_open);
   EXPECT_EQ(c.store.rate_limits, on_store_failure::fail_closed);
@@ -229,12 +230,39 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       {base + "store: {on_unavailable: {budgets: local}}\n", "store.on_unavailable.budgets: expected fail_closed or fail_open"},
       {base + "store: {replicas: 0}\n", "store.replicas: must be at least 1"},
       {base + "store: {redis: {adress: x}}\n", "store.redis.adress: unknown key"},
+      {base + "store: {type: redis, redis: {tls: {ca: /x}}}\n", "store.redis.tls.ca: unknown key"},
+      {base + "store: {type: redis, redis: {tls: {verify: maybe}}}\n", "store.redis.tls.verify"},
+      {base + "store: {type: redis, redis: {tls: {ca_file: /nonexistent/ca.pem}}}\n",
+       "store.redis.tls.ca_file: cannot read /nonexistent/ca.pem"},
+      {base + "store: {type: redis, redis: {tls: {cert_file: /etc/hostname}}}\n",
+       "store.redis.tls: cert_file and key_file must be set together"},
+      {base + "store: {type: redis, redis: {address: \"unix:/run/redis.sock\", tls: {}}}\n",
+       "store.redis.tls: TLS needs a TCP address"},
   };
   for (auto& c : cases) {
     auto r = load(c.yaml);
     EXPECT_FALSE(r) << c.yaml;
     EXPECT_NE(r.error.find(c.expected), std::string::npos) << "got: " << r.error;
   }
+}
+
+TEST(ConfigLoaderTest, RedisTlsSectionTurnsTlsOn) {
+  auto r = load(std::string(minimal) + R"(store:
+  type: redis
+  redis:
+    address: 10.0.0.5:6380
+    tls: {ca_file: /etc/hostname, server_name: redis.internal, cert_file: /etc/hostname, key_file: /etc/hostname}
+)");
+  ASSERT_TRUE(r) << r.error;
+  const auto& t = r.config->store.redis.tls;
+  EXPECT_TRUE(t.enabled);
+  EXPECT_TRUE(t.verify);
+  EXPECT_EQ(t.ca_file, "/etc/hostname");
+  EXPECT_EQ(t.server_name, "redis.internal");
+  EXPECT_EQ(t.key_file, "/etc/hostname");
+  auto off = load(std::string(minimal) + "store: {type: redis, redis: {tls: {enabled: false, ca_file: /nonexistent}}}\n");
+  ASSERT_TRUE(off) << off.error;  // off: its files are not needed
+  EXPECT_FALSE(off.config->store.redis.tls.enabled);
 }
 
 TEST(ConfigLoaderTest, GlobMatchesStarsOnly) {

@@ -1,0 +1,109 @@
+// The Redis store over TLS (store.redis.tls): the real tollgate against a real redis-server that
+// listens with TLS only on the port the gateway is given. hiredis 0.14 has no TLS: the gateway
+// relays it (policy/redis_tls.hpp). Certificates are made per run with the openssl CLI.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { assertOpenAIError, serverYaml, startGateway } from './lib/gateway.mjs';
+import { adminToken, chat, staticKey } from './lib/policy_helpers.mjs';
+import { freePort, startRedis, waitStoreUp } from './lib/redis.mjs';
+
+const dir = mkdtempSync(join(tmpdir(), 'tollgate-redis-tls-node-'));
+const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' });
+const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+
+function makeCa(name) {
+  const key = join(dir, `${name}.key`), cert = join(dir, `${name}.pem`);
+  openssl('req', '-x509', ...ec, '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`);
+  return { key, cert };
+}
+function makeLeaf(name, ca, san) {
+  const key = join(dir, `${name}.key`), csr = join(dir, `${name}.csr`), cert = join(dir, `${name}.pem`), ext = join(dir, `${name}.ext`);
+  writeFileSync(ext, `subjectAltName=${san}\n`);
+  openssl('req', '-new', ...ec, '-keyout', key, '-out', csr, '-subj', `/CN=${name}`);
+  openssl('x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', ext);
+  return { key, cert };
+}
+
+describe('Redis store over TLS', () => {
+  const adm = adminToken();
+  const key = staticKey('tlskey1');
+  let redis, tlsPort, ca, otherCa;
+  const gateways = [];
+
+  before(async () => {
+    ca = makeCa('ca');
+    otherCa = makeCa('other-ca');
+    const server = makeLeaf('redis', ca, 'DNS:redis.test,IP:127.0.0.1');
+    tlsPort = await freePort();
+    redis = await startRedis({
+      extraArgs: ['--tls-port', String(tlsPort), '--tls-cert-file', server.cert, '--tls-key-file', server.key,
+        '--tls-ca-cert-file', ca.cert, '--tls-auth-clients', 'no'],
+    });
+  });
+
+  after(async () => {
+    for (const gw of gateways) await gw.kill();
+    await redis?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const config = (tls) => serverYaml({ workers: 1, openAuth: false }) + `auth:
+  required: true
+  admin_tokens:
+${adm.yaml}store:
+  type: redis
+  redis: {address: "127.0.0.1:${tlsPort}", key_prefix: "tgtls:", timeout_ms: 500, connect_timeout_ms: 500, tls: ${tls}}
+teams:
+  - name: t
+    limits: {rpm: 2}
+keys:
+  - {id: ${key.id}, team: t, digest: "${key.digest}"}
+providers:
+  - {name: mock, type: mock}
+models:
+  - {name: mock-gpt, provider: mock}
+`;
+  const body = { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 };
+
+  test('limits are enforced through a verified TLS connection to Redis', { timeout: 20000 }, async () => {
+    const gw = await startGateway(config(`{ca_file: "${ca.cert}", server_name: redis.test}`));
+    gateways.push(gw);
+    await waitStoreUp(gw, adm.token);
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await chat(gw, key.full, body)).status);
+    // rpm 2, counted in Redis (the store is up: not the local fallback, which would allow 2 / 1 too,
+    // so the store's own record is checked below).
+    assert.deepEqual(statuses, [200, 200, 429]);
+    const scrape = await fetch(`${gw.adminUrl}/metrics`).then((r) => r.text());
+    assert.match(scrape, /tollgate_policy_store_degraded 0\b/);
+    assert.match(scrape, /tollgate_policy_decisions_total\{decision="admitted"\} 2\b/);
+    assert.doesNotMatch(scrape, /decision="local"/);
+  });
+
+  test('a server certificate from another CA is refused: degraded, with the reason in the log', { timeout: 20000 }, async () => {
+    const gw = await startGateway(config(`{ca_file: "${otherCa.cert}"}`));
+    gateways.push(gw);
+    // No budget: rate limits fall back to local ones; the store stays unreachable.
+    const r = await chat(gw, key.full, body);
+    assert.equal(r.status, 200);
+    const line = await gw.waitForStderr(/policy store unreachable[^\n]*/, 5000);
+    assert.match(line[0], /TLS handshake with 127\.0\.0\.1: certificate verify failed/);
+    const scrape = await fetch(`${gw.adminUrl}/metrics`).then((x) => x.text());
+    assert.match(scrape, /tollgate_policy_store_degraded 1\b/);
+    assert.match(scrape, /decision="local"/);
+  });
+
+  test('--check refuses an unreadable ca_file', async () => {
+    const { runTollgate } = await import('./lib/gateway.mjs');
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(file, config('{ca_file: /nonexistent/ca.pem}'));
+    const r = await runTollgate(['--config', file, '--check']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /store\.redis\.tls\.ca_file: cannot read \/nonexistent\/ca\.pem/);
+  });
+});
