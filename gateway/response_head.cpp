@@ -78,20 +78,16 @@ std::string format_response_head(const response_head& h) {
   if (rate) {
     const rate_figures& r = *h.rate;
     const std::string reset = format_reset(r.reset_ms);
-    if (r.limit_requests) {
-      s.append("x-ratelimit-limit-requests: ");
-      append_number(s, std::int64_t(r.limit_requests));
-      s.append("\r\nx-ratelimit-remaining-requests: ");
-      append_number(s, r.remaining_requests);
-      s.append("\r\nx-ratelimit-reset-requests: ").append(reset).append("\r\n");
-    }
-    if (r.limit_tokens) {
-      s.append("x-ratelimit-limit-tokens: ");
-      append_number(s, std::int64_t(r.limit_tokens));
-      s.append("\r\nx-ratelimit-remaining-tokens: ");
-      append_number(s, r.remaining_tokens);
-      s.append("\r\nx-ratelimit-reset-tokens: ").append(reset).append("\r\n");
-    }
+    const auto kind = [&](std::string_view name, std::uint64_t limit, std::int64_t remaining) {
+      if (!limit) return;
+      s.append("x-ratelimit-limit-").append(name).append(": ");
+      append_number(s, std::int64_t(limit));
+      s.append("\r\nx-ratelimit-remaining-").append(name).append(": ");
+      append_number(s, remaining);
+      s.append("\r\nx-ratelimit-reset-").append(name).append(": ").append(reset).append("\r\n");
+    };
+    kind("requests", r.limit_requests, r.remaining_requests);
+    kind("tokens", r.limit_tokens, r.remaining_tokens);
   }
   if (h.content_length) s.append("Content-Length: ").append(std::to_string(*h.content_length)).append("\r\n");
   else if (h.chunked) s.append("Transfer-Encoding: chunked\r\n");

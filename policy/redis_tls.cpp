@@ -157,30 +157,19 @@ awaitable<bool> tls_bridge::accept(std::chrono::steady_clock::duration step) {
   error_code ec;
   acceptor_.close(ec);
   remove_path();
-  net::co_spawn(ex_, [self]() { return self->relay_up(); }, net::detached);
-  net::co_spawn(ex_, [self]() { return self->relay_down(); }, net::detached);
+  net::co_spawn(ex_, [self]() { return self->relay(self->local_, self->tls_); }, net::detached);  // hiredis -> Redis
+  net::co_spawn(ex_, [self]() { return self->relay(self->tls_, self->local_); }, net::detached);  // Redis -> hiredis
   co_return true;
 }
 
-awaitable<void> tls_bridge::relay_up() {
-  auto self = shared_from_this();
+template <class From, class To>
+awaitable<void> tls_bridge::relay(From& from, To& to) {
+  auto self = shared_from_this();  // alive while either direction runs
   std::array<char, 16 * 1024> buf;
   while (!closed_) {
-    auto [rec, n] = co_await local_.async_read_some(net::buffer(buf));
+    auto [rec, n] = co_await from.async_read_some(net::buffer(buf));
     if (rec || closed_) break;
-    auto [wec, w] = co_await net::async_write(tls_, net::buffer(buf.data(), n));
-    if (wec) break;
-  }
-  close();
-}
-
-awaitable<void> tls_bridge::relay_down() {
-  auto self = shared_from_this();
-  std::array<char, 16 * 1024> buf;
-  while (!closed_) {
-    auto [rec, n] = co_await tls_.async_read_some(net::buffer(buf));
-    if (rec || closed_) break;
-    auto [wec, w] = co_await net::async_write(local_, net::buffer(buf.data(), n));
+    auto [wec, w] = co_await net::async_write(to, net::buffer(buf.data(), n));
     if (wec) break;
   }
   close();

@@ -51,8 +51,9 @@ class tls_bridge : public std::enable_shared_from_this<tls_bridge> {
   void close();
 
  private:
-  awaitable<void> relay_up();    ///< hiredis -> Redis
-  awaitable<void> relay_down();  ///< Redis -> hiredis
+  /// Copies what `from` reads to `to` until either fails or close(); then closes both.
+  template <class From, class To>
+  awaitable<void> relay(From& from, To& to);
   void remove_path();
 
   executor_t ex_;
