@@ -4,6 +4,7 @@
 #include <boost/beast/http/status.hpp>
 
 #include <charconv>
+#include <cstring>
 
 namespace tollgate::gateway {
 namespace {
@@ -22,50 +23,60 @@ bool is_rate_header(std::string_view name) {
   return true;
 }
 
-void append_number(std::string& s, std::int64_t v) {
-  char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  s.append(buf, end);
-}
+/// Writes into a buffer the caller sized: the rate-limit headers are ~300 bytes written on every
+/// policed response, one append instead of eighteen.
+struct writer {
+  char* p;
+  void put(std::string_view v) {
+    std::memcpy(p, v.data(), v.size());
+    p += v.size();
+  }
+  void num(std::int64_t v) { p = std::to_chars(p, p + 20, v).ptr; }
+  /// A duration as Go's time.Duration prints it, to the millisecond (at most 26 bytes).
+  void reset(std::int64_t ms) {
+    if (ms < 0) ms = 0;
+    if (ms < 1000) {
+      num(ms);
+      put(ms ? "ms" : "s");  // Go writes a zero duration as "0s"
+      return;
+    }
+    if (ms >= 3'600'000) {
+      num(ms / 3'600'000);
+      *p++ = 'h';
+      ms %= 3'600'000;
+      num(ms / 60'000);
+      *p++ = 'm';
+      ms %= 60'000;
+    } else if (ms >= 60'000) {
+      num(ms / 60'000);
+      *p++ = 'm';
+      ms %= 60'000;
+    }
+    num(ms / 1000);
+    if (const std::int64_t frac = ms % 1000) {
+      const char digits[3] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10)};
+      std::size_t n = 3;
+      while (digits[n - 1] == '0') --n;
+      *p++ = '.';
+      put(std::string_view(digits, n));
+    }
+    *p++ = 's';
+  }
+};
 
 }  // namespace
 
 std::string format_reset(std::int64_t ms) {
-  std::string s;
-  if (ms < 0) ms = 0;
-  if (ms < 1000) {
-    append_number(s, ms);
-    s.append(ms ? "ms" : "s");  // Go writes a zero duration as "0s"
-    return s;
-  }
-  if (ms >= 3'600'000) {
-    append_number(s, ms / 3'600'000);
-    s.push_back('h');
-    ms %= 3'600'000;
-    append_number(s, ms / 60'000);
-    s.push_back('m');
-    ms %= 60'000;
-  } else if (ms >= 60'000) {
-    append_number(s, ms / 60'000);
-    s.push_back('m');
-    ms %= 60'000;
-  }
-  append_number(s, ms / 1000);
-  if (const std::int64_t frac = ms % 1000) {
-    char digits[4] = {char('0' + frac / 100), char('0' + frac / 10 % 10), char('0' + frac % 10), 0};
-    std::size_t n = 3;
-    while (digits[n - 1] == '0') --n;
-    s.push_back('.');
-    s.append(digits, n);
-  }
-  s.push_back('s');
-  return s;
+  char buf[32];
+  writer w{buf};
+  w.reset(ms);
+  return std::string(buf, w.p);
 }
 
 std::string format_response_head(const response_head& h) {
   namespace http = boost::beast::http;
   std::string s;
-  s.reserve(256);
+  s.reserve(h.rate && h.rate->any() ? 576 : 256);
   auto reason = http::obsolete_reason(http::int_to_status(h.status));
   s.append("HTTP/1.1 ").append(std::to_string(h.status)).append(" ");
   s.append(reason.data(), reason.size()).append("\r\n");
@@ -77,17 +88,27 @@ std::string format_response_head(const response_head& h) {
       if (!k.empty() && clean(k) && clean(v) && !(rate && is_rate_header(k))) s.append(k).append(": ").append(v).append("\r\n");
   if (rate) {
     const rate_figures& r = *h.rate;
-    const std::string reset = format_reset(r.reset_ms);
+    char buf[384];  // per kind: 3 names (88) + 2 numbers (40) + a reset (26) + separators (12)
+    writer w{buf};
     const auto kind = [&](std::string_view name, std::uint64_t limit, std::int64_t remaining) {
       if (!limit) return;
-      s.append("x-ratelimit-limit-").append(name).append(": ");
-      append_number(s, std::int64_t(limit));
-      s.append("\r\nx-ratelimit-remaining-").append(name).append(": ");
-      append_number(s, remaining);
-      s.append("\r\nx-ratelimit-reset-").append(name).append(": ").append(reset).append("\r\n");
+      w.put("x-ratelimit-limit-");
+      w.put(name);
+      w.put(": ");
+      w.num(std::int64_t(limit));
+      w.put("\r\nx-ratelimit-remaining-");
+      w.put(name);
+      w.put(": ");
+      w.num(remaining);
+      w.put("\r\nx-ratelimit-reset-");
+      w.put(name);
+      w.put(": ");
+      w.reset(r.reset_ms);
+      w.put("\r\n");
     };
     kind("requests", r.limit_requests, r.remaining_requests);
     kind("tokens", r.limit_tokens, r.remaining_tokens);
+    s.append(buf, w.p);
   }
   if (h.content_length) s.append("Content-Length: ").append(std::to_string(*h.content_length)).append("\r\n");
   else if (h.chunked) s.append("Transfer-Encoding: chunked\r\n");
