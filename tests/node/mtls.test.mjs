@@ -2,30 +2,22 @@
 // and a certificate's SAN (a SPIFFE URI or a DNS name) authenticates as a team without any key.
 // Certificates are made per run with the openssl CLI.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
+import { certMaker } from './lib/certs.mjs';
 import { serverYaml, startGateway } from './lib/gateway.mjs';
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-mtls-'));
-const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' });
-
-/** A CA, and a leaf signed by it with the given SAN (subjectAltName syntax). */
-function makeCa(name) {
-  const key = join(dir, `${name}.key`), cert = join(dir, `${name}.pem`);
-  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`);
-  return { key, cert };
-}
+const certs = certMaker(dir);
+const makeCa = (name) => certs.ca(name);
+/** A leaf signed by `ca` with the given SAN, as PEM contents (https options take them). */
 function makeLeaf(name, ca, san) {
-  const key = join(dir, `${name}.key`), csr = join(dir, `${name}.csr`), cert = join(dir, `${name}.pem`), ext = join(dir, `${name}.ext`);
-  writeFileSync(ext, `subjectAltName=${san}\n`);
-  openssl('req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`);
-  openssl('x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', ext);
-  return { key: readFileSync(key), cert: readFileSync(cert) };
+  const files = certs.leaf(name, ca, san);
+  return { key: readFileSync(files.key), cert: readFileSync(files.cert) };
 }
 
 function call(port, path, { client, body } = {}) {

@@ -2,32 +2,18 @@
 // listens with TLS only on the port the gateway is given. hiredis 0.14 has no TLS: the gateway
 // relays it (policy/redis_tls.hpp). Certificates are made per run with the openssl CLI.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { assertOpenAIError, serverYaml, startGateway } from './lib/gateway.mjs';
+import { certMaker } from './lib/certs.mjs';
+import { serverYaml, startGateway } from './lib/gateway.mjs';
 import { adminToken, chat, staticKey } from './lib/policy_helpers.mjs';
 import { freePort, startRedis, waitStoreUp } from './lib/redis.mjs';
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-redis-tls-node-'));
-const openssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore' });
-const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-
-function makeCa(name) {
-  const key = join(dir, `${name}.key`), cert = join(dir, `${name}.pem`);
-  openssl('req', '-x509', ...ec, '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`);
-  return { key, cert };
-}
-function makeLeaf(name, ca, san) {
-  const key = join(dir, `${name}.key`), csr = join(dir, `${name}.csr`), cert = join(dir, `${name}.pem`), ext = join(dir, `${name}.ext`);
-  writeFileSync(ext, `subjectAltName=${san}\n`);
-  openssl('req', '-new', ...ec, '-keyout', key, '-out', csr, '-subj', `/CN=${name}`);
-  openssl('x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', ext);
-  return { key, cert };
-}
+const certs = certMaker(dir);
 
 describe('Redis store over TLS', () => {
   const adm = adminToken();
@@ -36,9 +22,9 @@ describe('Redis store over TLS', () => {
   const gateways = [];
 
   before(async () => {
-    ca = makeCa('ca');
-    otherCa = makeCa('other-ca');
-    const server = makeLeaf('redis', ca, 'DNS:redis.test,IP:127.0.0.1');
+    ca = certs.ca('ca');
+    otherCa = certs.ca('other-ca');
+    const server = certs.leaf('redis', ca, 'DNS:redis.test,IP:127.0.0.1');
     tlsPort = await freePort();
     redis = await startRedis({
       extraArgs: ['--tls-port', String(tlsPort), '--tls-cert-file', server.cert, '--tls-key-file', server.key,
