@@ -73,7 +73,8 @@ admit_result memory_store::admit_now(const admission& a) {
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
       const auto& l = a.scopes[i].limits;
       if (!l.rpm && !l.tpm) continue;
-      rate_window& w = scopes_[a.scopes[i].id + "@" + a.scopes[i].team].rate;
+      // Pass 1 found (and rolled) the scopes up to the one that refused; a refusal reads the rest.
+      rate_window& w = i < states.size() ? states[i]->rate : scopes_[a.scopes[i].id + "@" + a.scopes[i].team].rate;
       roll(w, cur);
       if (l.rpm) {
         const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.rpm) - std::int64_t(w.requests));

@@ -17,7 +17,8 @@ namespace tollgate::policy::redis {
 namespace {
 using error_code = boost::system::error_code;
 
-/// Closes `what` if `ms` pass before the returned guard is destroyed (a bound on one step).
+/// Runs `on_expiry` (which closes the bridge) if `d` passes before this guard is destroyed: the
+/// bound on one step of opening.
 struct deadline {
   steady_timer_t timer;
   template <class F>
