@@ -386,10 +386,11 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
   if (res.v == verdict::unavailable) {
     degraded_.gauge({}).set(1);
-    if (!is_degraded_.exchange(true))
+    if (!is_degraded_.exchange(true)) {
+      const std::string why = store_->last_error();
       log_("warn", "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)",
-           "\"store\":" + quote(store_->kind()) +
-               (store_->last_error().empty() ? std::string() : ",\"reason\":" + quote(store_->last_error())));
+           "\"store\":" + quote(store_->kind()) + (why.empty() ? std::string() : ",\"reason\":" + quote(why)));
+    }
     bool has_budget = false;
     for (auto& s : a.scopes) has_budget = has_budget || s.budget.set();
     const auto closed = [&] {
