@@ -7,6 +7,8 @@
 
 #include <openssl/ssl.h>
 
+#include <sys/un.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <unistd.h>
@@ -114,7 +116,14 @@ awaitable<std::shared_ptr<tls_bridge>> tls_bridge::open(const options& o, std::s
     error = "cannot set the TLS server name " + name;
     co_return nullptr;
   }
-  if (t.verify) b->tls_.set_verify_callback(net::ssl::host_name_verification(name));
+  if (t.verify) {
+    error_code vec;  // the error_code overloads throughout: nothing here may throw into the supervisor
+    b->tls_.set_verify_callback(net::ssl::host_name_verification(name), vec);
+    if (vec) {
+      error = "cannot set the TLS name check: " + vec.message();
+      co_return nullptr;
+    }
+  }
   {
     deadline d(b->ex_, o.connect_timeout, [w = std::weak_ptr<tls_bridge>(b)] {
       if (auto s = w.lock()) s->close();
@@ -128,6 +137,11 @@ awaitable<std::shared_ptr<tls_bridge>> tls_bridge::open(const options& o, std::s
   // The local end: a fresh directory only this user can enter, one socket in it.
   const char* tmp = std::getenv("TMPDIR");
   std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/tollgate-redis-XXXXXX";
+  // A unix socket's path has room for 107 bytes (sun_path); Asio's endpoint throws beyond it.
+  if (templ.size() + 2 >= sizeof(sockaddr_un::sun_path)) {
+    error = "TMPDIR is too long for a unix socket path (the TLS relay's): " + templ;
+    co_return nullptr;
+  }
   if (::mkdtemp(templ.data()) == nullptr) {
     error = "cannot create a private directory for the TLS relay under " + templ;
     co_return nullptr;

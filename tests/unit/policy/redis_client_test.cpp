@@ -893,6 +893,20 @@ TEST_F(RedisClientTlsTest, ReconnectsThroughANewRelayAfterTheServerRestarts) {
   EXPECT_EQ(r->str, "PONG");
 }
 
+TEST_F(RedisClientTlsTest, ATmpdirTooLongForASocketPathIsAnErrorNotACrash) {
+  const char* old_tmp = std::getenv("TMPDIR");
+  const std::string saved = old_tmp ? old_tmp : "";
+  ::setenv("TMPDIR", ("/tmp/" + std::string(120, 'd')).c_str(), 1);
+  net::io_context ioc;
+  connection c(executor_of(ioc), tls_options_for(tls_port_));
+  c.start();
+  pump(ioc, [&] { return !c.last_error().empty(); }, 2s);
+  if (old_tmp) ::setenv("TMPDIR", saved.c_str(), 1);
+  else ::unsetenv("TMPDIR");
+  EXPECT_FALSE(c.up());
+  EXPECT_NE(c.last_error().find("TMPDIR is too long"), std::string::npos) << c.last_error();
+}
+
 TEST(RedisClientTlsFilesTest, AnUnreadableCaFileKeepsTheConnectionDownAndSaysWhy) {
   net::io_context ioc;
   options o;
