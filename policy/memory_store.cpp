@@ -8,7 +8,7 @@
 namespace tollgate::policy {
 
 memory_store::memory_store(clock_fn now, std::int64_t window_ms)
-    : now_(std::move(now)), window_ms_(window_ms), bucket_ms_(std::max<std::int64_t>(1, window_ms / buckets)) {
+    : now_(std::move(now)), window_ms_(window_ms), bucket_ms_(bucket_ms_of(window_ms)) {
   if (!now_)
     now_ = [] {
       return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -67,7 +67,7 @@ admit_result memory_store::admit_now(const admission& a) {
   std::vector<scope_state*> states;
   std::vector<bool> new_period(a.scopes.size(), false);
   r.admitted_at_ms = now;
-  r.reset_ms = (cur + buckets + 1) * bucket_ms_ - now;
+  r.reset_ms = window_reset_ms(now, bucket_ms_);
   // The x-ratelimit-* figures: the scope with the fewest requests (tokens) left (as admit.lua).
   auto tightest = [&] {
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {

@@ -79,7 +79,7 @@ class memory_store final : public store {
     bool soft_sent = false;
   };
   void roll(rate_window& w, std::int64_t cur) const;
-  static constexpr std::int64_t buckets = 30;  ///< as NB in admit.lua
+  static constexpr std::int64_t buckets = window_buckets;
 
   clock_fn now_;
   std::int64_t window_ms_, bucket_ms_;

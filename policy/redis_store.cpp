@@ -286,10 +286,7 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
     return out;
   }
   out.admitted_at_ms = now_ms;
-  // The windows' buckets, as the script's: every count now in them has left at the end of the
-  // current bucket plus the window.
-  const std::int64_t bucket = std::max<std::int64_t>(1, window_ms_ / 30);
-  out.reset_ms = (now_ms / bucket + 31) * bucket - now_ms;
+  out.reset_ms = window_reset_ms(now_ms, bucket_ms_of(window_ms_));  // the script's buckets
   if (code == 1) {  // admitted: 1, requests, tokens
     read_figure(as_int(e[at + 1]), a.scopes.size(), out.requests_scope, out.requests_left);
     read_figure(as_int(e[at + 2]), a.scopes.size(), out.tokens_scope, out.tokens_left);

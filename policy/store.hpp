@@ -13,6 +13,7 @@
 ///    or its last renewal;
 ///  - budgets: spent + reserved + this call's worst case <= limit, reservations being leases.
 /// Admission checks every scope and every kind, then reserves in all of them: all or nothing.
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -60,6 +61,15 @@ struct admit_result {
   std::int64_t reset_ms = 0;
 };
 
+/// The rate windows' layout, the same in both stores and admit.lua (NB there): 30 buckets of
+/// window/30 each, plus the current one (docs/policy.md gives the error bound).
+inline constexpr std::int64_t window_buckets = 30;
+inline std::int64_t bucket_ms_of(std::int64_t window_ms) { return std::max<std::int64_t>(1, window_ms / window_buckets); }
+/// Time from `now_ms` until every count now in the window has left it (the end of the current
+/// bucket plus the window): admit_result::reset_ms.
+inline std::int64_t window_reset_ms(std::int64_t now_ms, std::int64_t bucket_ms) {
+  return (now_ms / bucket_ms + window_buckets + 1) * bucket_ms - now_ms;
+}
 
 struct settlement {
   admission adm;                     ///< as admitted
