@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "policy/redis_tls.hpp"
 
-#include <boost/asio/connect.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/write.hpp>
 
@@ -13,21 +12,18 @@
 #include <filesystem>
 #include <unistd.h>
 
-#include "policy/redis_client.hpp"
 
 namespace tollgate::policy::redis {
 namespace {
 using error_code = boost::system::error_code;
 
-/// Runs `on_expiry` (which closes the bridge) if `d` passes before this guard is destroyed: the
-/// bound on one step of opening.
+/// Closes `bridge` if `d` passes before this guard is destroyed: the bound on one step of opening.
 struct deadline {
   steady_timer_t timer;
-  template <class F>
-  deadline(executor_t ex, std::chrono::steady_clock::duration d, F on_expiry) : timer(ex) {
+  deadline(const std::shared_ptr<tls_bridge>& bridge, executor_t ex, std::chrono::steady_clock::duration d) : timer(ex) {
     timer.expires_after(d);
-    timer.async_wait([f = std::move(on_expiry)](auto ec) {
-      if (!ec) f();
+    timer.async_wait([w = std::weak_ptr<tls_bridge>(bridge)](auto ec) {
+      if (auto s = w.lock(); s && !ec) s->close();
     });
   }
   ~deadline() { timer.cancel(); }
@@ -99,9 +95,7 @@ awaitable<std::shared_ptr<tls_bridge>> tls_bridge::open(const options& o, std::s
       error = "store.redis.address: not an IP address: " + o.host;
       co_return nullptr;
     }
-    deadline d(b->ex_, o.connect_timeout, [w = std::weak_ptr<tls_bridge>(b)] {
-      if (auto s = w.lock()) s->close();
-    });
+    deadline d(b, b->ex_, o.connect_timeout);
     auto [cec] = co_await b->tls_.next_layer().async_connect(net::ip::tcp::endpoint(addr, o.port));
     if (cec || b->closed_) {
       error = "connect: " + (cec ? cec.message() : std::string("timed out"));
@@ -125,9 +119,7 @@ awaitable<std::shared_ptr<tls_bridge>> tls_bridge::open(const options& o, std::s
     }
   }
   {
-    deadline d(b->ex_, o.connect_timeout, [w = std::weak_ptr<tls_bridge>(b)] {
-      if (auto s = w.lock()) s->close();
-    });
+    deadline d(b, b->ex_, o.connect_timeout);
     auto [hec] = co_await b->tls_.async_handshake(net::ssl::stream_base::client);
     if (hec || b->closed_) {
       error = "TLS handshake with " + name + ": " + (hec ? hec.message() : std::string("timed out"));
@@ -163,9 +155,7 @@ awaitable<std::shared_ptr<tls_bridge>> tls_bridge::open(const options& o, std::s
 awaitable<bool> tls_bridge::accept(std::chrono::steady_clock::duration step) {
   auto self = shared_from_this();
   {
-    deadline d(ex_, step, [w = weak_from_this()] {
-      if (auto s = w.lock()) s->close();
-    });
+    deadline d(self, ex_, step);
     auto [ec] = co_await acceptor_.async_accept(local_);
     if (ec || closed_) co_return false;
   }
