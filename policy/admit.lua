@@ -21,14 +21,23 @@
 -- ARGV      lease_ms, window_ms, nadmit, nsettle, nspecs, then per scope spec: scope ("t" or
 --           "k:<id>"), rpm, tpm, concurrency, budget_limit_nano (-1: none), period kind (d|m|t),
 --           soft_threshold_nano (0: none);
+--           then the batch's sums: "0" (none: call by call), or "1" and per scope spec: admissions
+--           in it, their tokens, their cost_nano, settlements in it, their reserved cost_nano, their
+--           actual cost_nano, their budget period id ('' : none); then the number of token
+--           corrections and per correction: spec index, bucket (admitted_at_ms / bucket size),
+--           summed tokens_actual - tokens_reserved;
 --           then per settlement: member (as admission held it), tokens_actual, cost_nano_actual,
 --           admitted_at_ms, tokens_reserved, cost_nano_reserved, nscopes, then per scope: spec
 --           index (1-based), period id of the admission ('' : no budget);
 --           then per admission: member ("" : only read the first scope's budget), tokens,
 --           cost_nano, nscopes, then the spec index of each of its scopes
--- Returns   {now_ms, then per settlement: 0 (applied before: nothing more), or 1 and then per
---           scope the spend after it in nano-USD, as -(spent + 1) when this charge crossed the
---           soft threshold first; then per admission: 1,requests,tokens admitted;
+-- Returns   {now_ms, then 1 and per scope spec its spend before the settlements (after a new
+--           period's reset) and 1 if its soft threshold had been crossed already, else 0: when the
+--           settlements were applied from the sums; or 0 and per settlement: 0 (applied before:
+--           nothing more), or 1 and then per scope the spend after it in nano-USD, as
+--           -(spent + 1) when this charge crossed the soft threshold first; then 1 and per scope
+--           spec its requests and tokens in the window before the admissions: when every
+--           admission was admitted from the sums; or 0 and per admission: 1,requests,tokens admitted;
 --           0,reason,scope_index,retry_ms,requests,tokens refused (reason 1 rpm, 2 tpm,
 --           3 concurrency, 4 budget); 2,spent,reserved,0 (read). requests (tokens): the fewest
 --           left in any of the call's scopes' windows, after its reservation when admitted, as
@@ -38,6 +47,13 @@
 -- Cost model (measured on Redis 7.0): a Lua table costs ~300 ns and a string concatenation
 -- ~500 ns, far more than the Redis commands here; so no table or string is built per call, and
 -- each scope is read and written once per batch.
+-- The sums: a batch's calls usually all fit and all leases are found. Then each scope is checked
+-- and changed once with the gateway's sums (a call's own figures follow from the scope's counts
+-- before the batch, which the reply carries, and the calls before it: the gateway works them
+-- out), and the per-call loops below are skipped. All fit if the sums fit, since every call
+-- only adds. Otherwise (a call may be refused, a lease was not found) the batch goes call by
+-- call; the gateway sends no sums when two specs share a scope, a call only reads a budget, a
+-- lease repeats, or a scope's settlements span budget periods. Needs ZMSCORE (Redis >= 6.2).
 local tonumber, floor, call = tonumber, math.floor, redis.call
 -- Numbers in ARGV repeat across a batch (scope indexes, reservations): each distinct string is
 -- converted once (tonumber is a strtod, ~100 ns; a table hit costs a third of that).
@@ -109,12 +125,63 @@ for k = 1, nspecs do
 end
 local settle0 = 6 + nspecs * SPEC
 
--- Settlements, pass 1: find each call's lease: in flight (release and charge), expired (its hold
--- was already given back: charge only) or absent (settled before: nothing); note the buckets
--- other than the current one whose tokens it corrects (read with its scope below).
+-- The batch's sums, if the gateway sent them: spec k's fields start at ag + (k - 1) * 7 (see
+-- the header), the token corrections at dj.
+local agg = ARGV[settle0] == '1'
+local ag, nd, dj = settle0 + 1, 0, 0
+if agg then
+  nd = tonumber(ARGV[ag + nspecs * 7])
+  dj = ag + nspecs * 7 + 1
+  settle0 = dj + 3 * nd
+else
+  settle0 = settle0 + 1
+end
+
 local states, need = {}, {}
 local a = settle0
-for ci = 1, nsettle do
+
+-- Settlements from the sums: only if every lease is in flight (ZMSCORE finds them all; the
+-- gateway sent no repeated lease). Then one ZREM for all, and the buckets to read are the
+-- corrections' older ones.
+local fast_settle = false
+if agg and nsettle > 0 then
+  local ms = {}
+  for ci = 1, nsettle do
+    ms[ci] = ARGV[a]
+    a = a + 7 + 2 * N[ARGV[a + 6]]
+  end
+  local sc = call('ZMSCORE', L, unpack(ms))
+  fast_settle = true
+  for ci = 1, nsettle do
+    if not sc[ci] then
+      fast_settle = false
+      break
+    end
+  end
+  if fast_settle then
+    call('ZREM', L, unpack(ms))
+    for i = 0, nd - 1 do
+      local k, bucket = N[ARGV[dj + 3 * i]], N[ARGV[dj + 3 * i + 1]]
+      if bucket ~= cur and bucket >= first and (spec_rpm[k] > 0 or spec_tpm[k] > 0) then
+        local sfx = spec_sfx[k]
+        local nb = need[sfx]
+        if not nb then
+          nb = {}
+          need[sfx] = nb
+        end
+        nb['b' .. bucket] = true
+      end
+    end
+  else
+    a = settle0
+  end
+end
+
+-- Settlements, pass 1 (call by call): find each call's lease: in flight (release and charge),
+-- expired (its hold was already given back: charge only) or absent (settled before: nothing);
+-- note the buckets other than the current one whose tokens it corrects (read with its scope
+-- below).
+for ci = 1, fast_settle and 0 or nsettle do
   local n = N[ARGV[a + 6]]
   local st = 0
   if call('ZREM', L, ARGV[a]) == 1 then
@@ -205,10 +272,58 @@ end
 local spec_scope = {}
 for k = 1, nspecs do spec_scope[k] = scope(spec_sfx[k]) end
 
--- Settlements, pass 2: apply, in order.
+-- A settlement's token correction: the current bucket's count here, an older one's summed and
+-- written once (if its bucket is still in the window and holds counts).
+local function correct(s, bucket, d)
+  if bucket == cur then
+    if s.hascur then s.tc, s.ts, s.rate = s.tc + d, s.ts + d, true end
+  else
+    local bf = 'b' .. bucket
+    if s.bv and s.bv[bf] then
+      local td = s.tdelta
+      if not td then
+        td = {}
+        s.tdelta = td
+      end
+      td[bf] = (td[bf] or 0) + d
+      s.ts, s.tsd = s.ts + d, true
+    end
+  end
+end
+
 local out, no = {now}, 1
+if fast_settle then
+  -- Settlements from the sums: each scope released and charged once for all of them.
+  out[2], no = 1, 2
+  for k = 1, nspecs do
+    local s, f = spec_scope[k], ag + (k - 1) * 7
+    local cnt, before, was = N[ARGV[f + 3]], 0, 0
+    if cnt > 0 then
+      if spec_conc[k] > 0 then s.c, s.dirty = s.c - cnt, true end
+      if spec_blimit[k] >= 0 then
+        s.res, s.dirty = s.res - N[ARGV[f + 4]], true
+        local pid = ARGV[f + 6]
+        if not s.pid or s.pid < pid then s.pid, s.spent, s.soft = pid, 0, '0' end
+        before = s.spent
+        if s.soft == '1' then was = 1 end
+        local spent, soft = before + N[ARGV[f + 5]], spec_soft[k]
+        s.spent, s.bd = spent, true
+        if soft > 0 and spent >= soft then s.soft = '1' end
+      end
+    end
+    out[no + 1], out[no + 2], no = before, was, no + 2
+  end
+  for i = 0, nd - 1 do
+    local k, bucket, d = N[ARGV[dj + 3 * i]], N[ARGV[dj + 3 * i + 1]], N[ARGV[dj + 3 * i + 2]]
+    if (spec_rpm[k] > 0 or spec_tpm[k] > 0) and bucket >= first and d ~= 0 then correct(spec_scope[k], bucket, d) end
+  end
+else
+  out[2], no = 0, 2
+end
+
+-- Settlements, pass 2 (call by call): apply, in order.
 a = settle0
-for ci = 1, nsettle do
+for ci = 1, fast_settle and 0 or nsettle do
   local tokens, cost = N[ARGV[a + 1]], N[ARGV[a + 2]]
   local bucket = floor(N[ARGV[a + 3]] / bsize)
   local tokens_reserved, cost_reserved, n = N[ARGV[a + 4]], N[ARGV[a + 5]], N[ARGV[a + 6]]
@@ -229,21 +344,7 @@ for ci = 1, nsettle do
       -- Correct the token reservation to the usage, if its bucket is still in the window (and
       -- holds counts): the current bucket's count here, an older one's summed and written once.
       if (spec_rpm[k] > 0 or spec_tpm[k] > 0) and bucket >= first and tokens ~= tokens_reserved then
-        local d = tokens - tokens_reserved
-        if bucket == cur then
-          if s.hascur then s.tc, s.ts, s.rate = s.tc + d, s.ts + d, true end
-        else
-          local bf = 'b' .. bucket
-          if s.bv and s.bv[bf] then
-            local td = s.tdelta
-            if not td then
-              td = {}
-              s.tdelta = td
-            end
-            td[bf] = (td[bf] or 0) + d
-            s.ts, s.tsd = s.ts + d, true
-          end
-        end
+        correct(s, bucket, tokens - tokens_reserved)
       end
       if blimit >= 0 then
         local pid, soft = ARGV[j + 1], spec_soft[k]
@@ -272,8 +373,66 @@ local held, nh = {}, 0
 -- Every lease of the batch expires at the same time: formatted once (Redis formats each number
 -- it is given with %.17g, ~0.4 us).
 local expiry = string.format('%d', now + lease_ms)
+
+-- Admissions from the sums, if every scope has room for all of them: each scope checked and
+-- reserved once; the reply gives each scope's counts before them.
+local fast_admit = false
+if agg and nadmit > 0 then
+  fast_admit = true
+  for k = 1, nspecs do
+    local s, f = spec_scope[k], ag + (k - 1) * 7
+    local n = N[ARGV[f]]
+    if n > 0 then
+      local rpm, tpm, conc, blimit = spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k]
+      if (rpm > 0 and s.rs + n > rpm) or (tpm > 0 and s.ts + N[ARGV[f + 1]] > tpm) or (conc > 0 and s.c + n > conc) then
+        fast_admit = false
+        break
+      end
+      if blimit >= 0 then
+        local spent = s.spent
+        if not s.pid or s.pid < spec_pid[k] then spent = 0 end
+        if spent + s.res + N[ARGV[f + 2]] > blimit then
+          fast_admit = false
+          break
+        end
+      end
+    end
+  end
+end
+if fast_admit then
+  no = no + 1
+  out[no] = 1
+  for k = 1, nspecs do
+    local s, f = spec_scope[k], ag + (k - 1) * 7
+    out[no + 1], out[no + 2], no = s.rs, s.ts, no + 2
+    local n = N[ARGV[f]]
+    if n > 0 then
+      s.dirty = true
+      if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
+        local tokens = N[ARGV[f + 1]]
+        s.rs, s.ts, s.rc, s.tc, s.rate = s.rs + n, s.ts + tokens, s.rc + n, s.tc + tokens, true
+      end
+      if spec_conc[k] > 0 then s.c = s.c + n end
+      if spec_blimit[k] >= 0 then
+        s.res = s.res + N[ARGV[f + 2]]
+        local pid = spec_pid[k]
+        if not s.pid or s.pid < pid then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
+      end
+    end
+  end
+  a = admit0
+  for _ = 1, nadmit do
+    held[nh + 1], held[nh + 2], nh = expiry, ARGV[a], nh + 2
+    a = a + 4 + N[ARGV[a + 3]]
+  end
+else
+  no = no + 1
+  out[no] = 0
+end
+
+-- Admissions, call by call.
 a = admit0
-for _ = 1, nadmit do
+for _ = 1, fast_admit and 0 or nadmit do
   local member, tokens, cost, n = ARGV[a], N[ARGV[a + 1]], N[ARGV[a + 2]], N[ARGV[a + 3]]
   local s0 = a + 4
   a = s0 + n

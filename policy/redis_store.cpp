@@ -207,11 +207,12 @@ struct same_spec {
 
 }  // namespace
 
-redis::resp_args redis_store::script_args(const std::vector<const admission*>& calls,
-                                          const std::vector<settlement>& settles) const {
+redis_store::batch_plan redis_store::script_args(const std::vector<const admission*>& calls,
+                                                 const std::vector<settlement>& settles) const {
   spec_table<same_spec> specs;
-  const auto spec = [&specs](const scope_spec& s) {
-    return specs.ref(s, [&s](redis::resp_args& h) {
+  std::vector<spec_sums> sums;
+  const auto spec = [&specs, &sums](const scope_spec& s) {
+    return specs.ref(s, [&s, &sums](redis::resp_args& h) {
       h.add(s.id);
       h.add(s.limits.rpm);
       h.add(s.limits.tpm);
@@ -220,8 +221,17 @@ redis::resp_args redis_store::script_args(const std::vector<const admission*>& c
       const char kind = period_kind(s.budget.period);
       h.add(std::string_view(&kind, 1));
       h.add(soft_nano(s));
+      sums.emplace_back();
     });
   };
+  // The batch's sums (admit.lua: "The sums"), unless the batch must go call by call.
+  bool summable = aggregate_;
+  struct correction {
+    std::size_t spec;
+    std::int64_t bucket, tokens;
+  };
+  std::vector<correction> corrections;
+  const std::int64_t bucket_ms = bucket_ms_of(window_ms_);
   redis::resp_args tail;
   tail.reserve(calls.size() * 128 + settles.size() * 192);
   std::string member;
@@ -235,14 +245,33 @@ redis::resp_args redis_store::script_args(const std::vector<const admission*>& c
     tail.add(a.tokens);
     tail.add(a.cost_nano);
     tail.add(a.scopes.size());
+    const std::int64_t d = std::int64_t(s.tokens) - std::int64_t(a.tokens);
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
-      tail.add(spec(a.scopes[i]));
-      tail.add(i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view());
+      const std::size_t k = spec(a.scopes[i]);
+      const std::string_view pid = i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view();
+      tail.add(k);
+      tail.add(pid);
+      spec_sums& t = sums[k - 1];
+      t.settles += 1;
+      t.reserved += a.cost_nano;
+      t.charged += s.cost_nano;
+      if (a.scopes[i].budget.set()) {  // one period per scope, or call by call
+        if (pid.empty() || (!t.pid.empty() && t.pid != pid)) summable = false;
+        t.pid = pid;
+      }
+      if (d != 0 && summable) {
+        const std::int64_t bucket = s.admitted_at_ms / bucket_ms;
+        auto c = std::find_if(corrections.begin(), corrections.end(),
+                              [&](const correction& x) { return x.spec == k && x.bucket == bucket; });
+        if (c == corrections.end()) corrections.push_back({k, bucket, d});
+        else c->tokens += d;
+      }
     }
   }
   for (const admission* a : calls) {
     if (a->lease.empty()) {
       tail.add(std::string_view());
+      summable = false;  // a budget read: its answer is the call-by-call one
     } else {
       lease_member(*a, member);
       tail.add(member);
@@ -250,10 +279,31 @@ redis::resp_args redis_store::script_args(const std::vector<const admission*>& c
     tail.add(a->tokens);
     tail.add(a->cost_nano);
     tail.add(a->scopes.size());
-    for (auto& s : a->scopes) tail.add(spec(s));
+    for (auto& sc : a->scopes) {
+      const std::size_t k = spec(sc);
+      tail.add(k);
+      spec_sums& t = sums[k - 1];
+      t.admits += 1;
+      t.tokens += std::int64_t(a->tokens);
+      t.cost += a->cost_nano;
+    }
   }
-  redis::resp_args args;
-  args.reserve(64 + specs.header.bytes().size() + tail.bytes().size());
+  // Two specs of one scope (its limits changed between a call and its settlement) share one
+  // state in the script: the sums per spec would not see each other.
+  for (std::size_t i = 0; summable && i < specs.specs.size(); ++i)
+    for (std::size_t j = i + 1; j < specs.specs.size(); ++j)
+      if (specs.specs[i]->id == specs.specs[j]->id) summable = false;
+  // A lease settled twice in one batch is charged once: the call-by-call path finds it once.
+  if (summable && settles.size() > 1) {
+    std::vector<std::string_view> leases;
+    leases.reserve(settles.size());
+    for (const settlement& s : settles) leases.push_back(s.adm.lease);
+    std::sort(leases.begin(), leases.end());
+    summable = std::adjacent_find(leases.begin(), leases.end()) == leases.end();
+  }
+  batch_plan plan;
+  redis::resp_args& args = plan.args;
+  args.reserve(64 + specs.header.bytes().size() + sums.size() * 64 + corrections.size() * 32 + tail.bytes().size());
   if (calls.empty()) args.add(std::string_view("0"));
   else args.add(calls.front()->lease_ms);
   args.add(window_ms_);
@@ -261,8 +311,29 @@ redis::resp_args redis_store::script_args(const std::vector<const admission*>& c
   args.add(settles.size());
   args.add(specs.specs.size());
   args.append(specs.header);
+  if (summable) {
+    args.add(std::string_view("1"));
+    for (const spec_sums& t : sums) {
+      args.add(t.admits);
+      args.add(t.tokens);
+      args.add(t.cost);
+      args.add(t.settles);
+      args.add(t.reserved);
+      args.add(t.charged);
+      args.add(t.pid);
+    }
+    args.add(corrections.size());
+    for (const correction& c : corrections) {
+      args.add(c.spec);
+      args.add(c.bucket);
+      args.add(c.tokens);
+    }
+  } else {
+    args.add(std::string_view("0"));
+  }
   args.append(tail);
-  return args;
+  plan.specs = std::move(specs.specs);
+  return plan;
 }
 
 namespace {
@@ -274,6 +345,21 @@ void read_figure(std::int64_t packed, std::size_t nscopes, int& scope, std::int6
   left = packed / 16;
 }
 }  // namespace
+
+void redis_store::admitted(admit_result& out, const admission& a, std::int64_t now_ms) const {
+  out.v = verdict::admitted;
+  out.admitted_at_ms = now_ms;
+  out.reset_ms = window_reset_ms(now_ms, bucket_ms_of(window_ms_));  // the script's buckets
+  // The same period ids as the script's, from the same (Redis) clock reading.
+  out.periods.clear();
+  for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
+}
+
+std::size_t redis_store::batch_plan::spec_of(const scope_spec& s) const {
+  for (std::size_t k = 0; k < specs.size(); ++k)
+    if (same_spec{}(*specs[k], s)) return k;
+  return specs.size();
+}
 
 admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
                                       std::int64_t now_ms) const {
@@ -291,9 +377,7 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
     read_figure(as_int(e[at + 1]), a.scopes.size(), out.requests_scope, out.requests_left);
     read_figure(as_int(e[at + 2]), a.scopes.size(), out.tokens_scope, out.tokens_left);
     at += 3;
-    out.v = verdict::admitted;
-    // The same period ids as the script's, from the same (Redis) clock reading.
-    for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
+    admitted(out, a, now_ms);
     return out;
   }
   const std::int64_t why = as_int(e[at + 1]), idx = as_int(e[at + 2]), retry = as_int(e[at + 3]);
@@ -310,8 +394,42 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
 }
 
 std::vector<settle_result> redis_store::parse_settles(const std::vector<redis::reply>& e,
-                                                      const std::vector<settlement>& settles, std::size_t& at) {
+                                                      const std::vector<settlement>& settles, const batch_plan& plan,
+                                                      std::size_t& at) {
   std::vector<settle_result> out(settles.size());  // unreachable unless the reply has them
+  if (at >= e.size()) return out;
+  if (as_int(e[at++]) == 1) {
+    // Applied from the sums: each scope's spend before them is in the reply; each settlement's
+    // spend after it, and the first to cross the soft threshold, follow in order.
+    const std::size_t nspecs = plan.specs.size();
+    if (at + 2 * nspecs > e.size()) {
+      at = e.size();
+      return out;
+    }
+    std::vector<std::int64_t> spent(nspecs);
+    std::vector<bool> crossed(nspecs);
+    for (std::size_t k = 0; k < nspecs; ++k) {
+      spent[k] = as_int(e[at + 2 * k]);
+      crossed[k] = as_int(e[at + 2 * k + 1]) == 1;
+    }
+    at += 2 * nspecs;
+    for (std::size_t c = 0; c < settles.size(); ++c) {
+      const auto& scopes = settles[c].adm.scopes;
+      settle_result& o = out[c];
+      o.reachable = o.applied = true;
+      o.spent.assign(scopes.size(), 0);
+      o.soft_crossed.assign(scopes.size(), false);
+      for (std::size_t i = 0; i < scopes.size(); ++i) {
+        const std::size_t k = plan.spec_of(scopes[i]);
+        if (k >= nspecs || !scopes[i].budget.set()) continue;
+        spent[k] += settles[c].cost_nano;
+        o.spent[i] = spent[k];
+        const std::int64_t soft = soft_nano(*plan.specs[k]);
+        if (soft > 0 && spent[k] >= soft && !crossed[k]) o.soft_crossed[i] = crossed[k] = true;
+      }
+    }
+    return out;
+  }
   for (std::size_t c = 0; c < settles.size(); ++c) {
     const std::size_t n = settles[c].adm.scopes.size();
     if (at >= e.size()) break;
@@ -331,6 +449,52 @@ std::vector<settle_result> redis_store::parse_settles(const std::vector<redis::r
     }
   }
   return out;
+}
+
+void redis_store::parse_admits(const std::vector<redis::reply>& e, std::size_t& at, const batch_plan& plan,
+                               const std::vector<const admission*>& calls, std::int64_t now_ms,
+                               std::vector<admit_result>& out) const {
+  out.assign(calls.size(), admit_result{});  // unavailable unless the reply says otherwise
+  if (at >= e.size()) return;
+  if (as_int(e[at++]) != 1) {
+    for (std::size_t i = 0; i < calls.size(); ++i) out[i] = parse_admit(e, at, *calls[i], now_ms);
+    return;
+  }
+  // All admitted from the sums: each call's figures from its scopes' counts before the batch
+  // and the calls before it, as admit.lua works them out call by call.
+  const std::size_t nspecs = plan.specs.size();
+  if (at + 2 * nspecs > e.size()) {
+    at = e.size();
+    return;
+  }
+  std::vector<std::int64_t> rs(nspecs), ts(nspecs);
+  for (std::size_t k = 0; k < nspecs; ++k) {
+    rs[k] = as_int(e[at + 2 * k]);
+    ts[k] = as_int(e[at + 2 * k + 1]);
+  }
+  at += 2 * nspecs;
+  for (std::size_t c = 0; c < calls.size(); ++c) {
+    const admission& a = *calls[c];
+    admit_result& o = out[c];
+    for (std::size_t i = 0; i < a.scopes.size(); ++i) {
+      const std::size_t k = plan.spec_of(a.scopes[i]);
+      const auto& l = a.scopes[i].limits;
+      if (k >= nspecs || (l.rpm == 0 && l.tpm == 0)) continue;
+      rs[k] += 1;
+      ts[k] += std::int64_t(a.tokens);
+      if (l.rpm > 0 && (o.requests_scope < 0 || std::int64_t(l.rpm) - rs[k] < o.requests_left)) {
+        o.requests_scope = int(i);
+        o.requests_left = std::int64_t(l.rpm) - rs[k];
+      }
+      if (l.tpm > 0 && (o.tokens_scope < 0 || std::int64_t(l.tpm) - ts[k] < o.tokens_left)) {
+        o.tokens_scope = int(i);
+        o.tokens_left = std::int64_t(l.tpm) - ts[k];
+      }
+    }
+    o.requests_left = std::max<std::int64_t>(0, o.requests_left);
+    o.tokens_left = std::max<std::int64_t>(0, o.tokens_left);
+    admitted(o, a, now_ms);
+  }
 }
 
 awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) {
@@ -465,20 +629,30 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   std::vector<const admission*> calls;
   calls.reserve(admits.size());
   for (auto& p : admits) calls.push_back(p->a);
-  const redis::resp_args args = script_args(calls, settles);
+  const batch_plan plan = script_args(calls, settles);
   std::vector<std::string> keys = team_keys(team);
   for (const admission* a : calls) add_scope_keys(keys, *a);
   for (const settlement& s : settles) add_scope_keys(keys, s.adm);
-  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, args);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;
   std::vector<settle_result> out;
-  if (ok) out = parse_settles(r->elements, settles, at);
-  else out.resize(settles.size());  // unreachable: the caller sends them again (idempotent)
-  const std::int64_t now_ms = ok ? as_int(r->elements[0]) : 0;
+  std::vector<admit_result> results;
+  if (ok) {
+    const std::size_t from = at;
+    out = parse_settles(r->elements, settles, plan, at);
+    if (from < r->elements.size() && as_int(r->elements[from]) == 1) sums_.settled.fetch_add(1, std::memory_order_relaxed);
+    const std::size_t admit_from = at;
+    parse_admits(r->elements, at, plan, calls, as_int(r->elements[0]), results);
+    if (admit_from < r->elements.size() && as_int(r->elements[admit_from]) == 1)
+      sums_.admitted.fetch_add(1, std::memory_order_relaxed);
+    sums_.batches.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    out.resize(settles.size());  // unreachable: the caller sends them again (idempotent)
+  }
   for (std::size_t i = 0; i < admits.size(); ++i) {
     auto& p = *admits[i];
-    if (ok) p.result = parse_admit(r->elements, at, *p.a, now_ms);
+    if (ok && i < results.size()) p.result = std::move(results[i]);
     p.done = true;
     if (p.wake) p.wake();
   }
@@ -521,14 +695,15 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   peek.scopes.push_back(only);
   std::vector<const admission*> one{&peek};
   const std::vector<settlement> no_settles;
-  const redis::resp_args args = script_args(one, no_settles);
+  const batch_plan plan = script_args(one, no_settles);
   std::vector<std::string> keys = team_keys(s.team);
   keys.push_back(scope_key(s.team, s.id));
-  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, args);
-  if (!r || r->type != redis::reply::kind::array || r->elements.size() < 5 || as_int(r->elements[1]) != 2) co_return b;
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
+  // {now, 0 (no settlements), 0 (call by call), 2, spent, reserved, 0}
+  if (!r || r->type != redis::reply::kind::array || r->elements.size() < 7 || as_int(r->elements[3]) != 2) co_return b;
   b.reachable = true;
-  b.spent = as_int(r->elements[2]);
-  b.reserved = as_int(r->elements[3]);
+  b.spent = as_int(r->elements[4]);
+  b.reserved = as_int(r->elements[5]);
   co_return b;
 }
 

@@ -5,6 +5,7 @@
 /// worker's batch of calls and applies the settlements that finished meanwhile: one EVALSHA per
 /// batch. One connection per worker (pipelined, never shared across threads) and one subscriber
 /// connection for key invalidations.
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <vector>
@@ -43,6 +44,18 @@ class redis_store final : public store {
                                                          std::int64_t to_hour) override;
   awaitable<bool> publish_invalidation(unsigned worker, std::string id) override;
   void on_invalidation(std::function<void(std::string_view)> cb) override;
+
+  /// false: every batch goes call by call (admit.lua's other path), as tests compare the two.
+  void use_sums(bool on) { aggregate_ = on; }
+  /// Script calls so far, and how many of them applied their settlements (admissions) from the
+  /// batch's sums rather than call by call.
+  struct sums_counts {
+    std::uint64_t batches = 0, settled = 0, admitted = 0;
+  };
+  sums_counts sums_used() const {
+    return {sums_.batches.load(std::memory_order_relaxed), sums_.settled.load(std::memory_order_relaxed),
+            sums_.admitted.load(std::memory_order_relaxed)};
+  }
 
   /// A team's two lease sets (admit.lua explains them): <prefix>{<team>}:l and :x.
   std::vector<std::string> team_keys(const std::string& team) const;
@@ -124,15 +137,37 @@ class redis_store final : public store {
   awaitable<std::vector<settle_result>> run_batch(unsigned worker, const std::string& team,
                                                   const std::vector<std::shared_ptr<pending_admit>>& admits,
                                                   const std::vector<settlement>& settles);
-  /// admit.lua's arguments: header, scope specs (deduplicated), the settlements, the admissions.
-  redis::resp_args script_args(const std::vector<const admission*>& calls, const std::vector<settlement>& settles) const;
-  /// One call's results in admit.lua's reply (three integers from `at` when admitted, six when
-  /// refused); `at` is left after them.
+  /// One scope spec's sums over a batch (admit.lua: "The sums").
+  struct spec_sums {
+    std::size_t admits = 0;
+    std::int64_t tokens = 0, cost = 0;
+    std::size_t settles = 0;
+    std::int64_t reserved = 0, charged = 0;
+    std::string_view pid;  ///< the settlements' budget period (one per scope, or no sums)
+  };
+  /// One script call's arguments, and the specs they refer to by index (for reading the reply).
+  struct batch_plan {
+    redis::resp_args args;
+    std::vector<const scope_spec*> specs;  ///< into the batch's calls: alive while they are
+    /// The index of `s` in `specs` (specs.size(): not there).
+    std::size_t spec_of(const scope_spec& s) const;
+  };
+  /// admit.lua's arguments: header, scope specs (deduplicated), the batch's sums (when it may be
+  /// applied from them), the settlements, the admissions.
+  batch_plan script_args(const std::vector<const admission*>& calls, const std::vector<settlement>& settles) const;
+  /// One call's results in admit.lua's call-by-call reply (three integers from `at` when
+  /// admitted, six when refused); `at` is left after them.
   admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
                            std::int64_t now_ms) const;
-  /// The settlements' results in admit.lua's reply (from index 1); `at` is left after them.
+  /// The admissions' results, from either form of the reply (sums or call by call).
+  void parse_admits(const std::vector<redis::reply>& e, std::size_t& at, const batch_plan& plan,
+                    const std::vector<const admission*>& calls, std::int64_t now_ms, std::vector<admit_result>& out) const;
+  /// What every admitted call's result carries: the clock reading, reset and period ids.
+  void admitted(admit_result& out, const admission& a, std::int64_t now_ms) const;
+  /// The settlements' results in admit.lua's reply, either form (from index 1); `at` is left
+  /// after them.
   static std::vector<settle_result> parse_settles(const std::vector<redis::reply>& e, const std::vector<settlement>& settles,
-                                                  std::size_t& at);
+                                                  const batch_plan& plan, std::size_t& at);
   /// The lease as admit.lua holds it and finds it when settling: "<lease>|<scope>=<c>=<amount>|...".
   static std::string lease_member(const admission& a);
   /// lease_member() written into `out` (cleared first): no allocation once `out` has grown.
@@ -142,6 +177,10 @@ class redis_store final : public store {
   std::vector<worker_queue> queues_;  ///< per worker; touched only on that worker's thread
   std::vector<executor_t> executors_;
   std::int64_t window_ms_;
+  bool aggregate_ = true;
+  struct {
+    std::atomic<std::uint64_t> batches{0}, settled{0}, admitted{0};
+  } sums_;
   std::string script_sha_;
   std::vector<std::unique_ptr<redis::connection>> conns_;
   std::unique_ptr<redis::connection> sub_;

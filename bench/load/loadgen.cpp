@@ -6,8 +6,10 @@
 //
 //   loadgen --url http://127.0.0.1:8080/v1/chat/completions --rate 2000 --duration 10
 //           [--connections 64] [--body FILE] [--header 'K: V']... [--warmup 2] [--stream]
+//           [--samples FILE]
 // Prints one JSON line with p50/p90/p99/p999/max latency (ms) and, with --stream, the same for
-// time to first body byte.
+// time to first body byte. --samples writes every measured request as one line, "scheduled send
+// (ms since measuring began) latency_ms ttfb_ms", to tell periodic stalls from scattered ones.
 #include <boost/asio.hpp>
 
 #include <algorithm>
@@ -36,10 +38,11 @@ struct options {
   std::string body;
   std::vector<std::string> headers;
   bool stream = false;
+  std::string samples_file;
 };
 
 struct sample {
-  double total_ms, ttfb_ms;
+  double at_ms, total_ms, ttfb_ms;
 };
 
 struct state {
@@ -167,7 +170,8 @@ net::awaitable<void> connection(state& st, tcp::resolver::results_type endpoints
     if (scheduled >= st.measure_from) {
       double total = std::chrono::duration<double, std::milli>(now - scheduled).count();
       double ttfb = std::chrono::duration<double, std::milli>((first_body == clock_type::time_point{} ? now : first_body) - scheduled).count();
-      st.samples.push_back({total, ttfb});
+      double at = std::chrono::duration<double, std::milli>(scheduled - st.measure_from).count();
+      st.samples.push_back({at, total, ttfb});
     }
   }
 }
@@ -227,6 +231,7 @@ int main(int argc, char** argv) {
     else if (a == "--connections") o.connections = std::stoi(next());
     else if (a == "--header") o.headers.push_back(next());
     else if (a == "--stream") o.stream = true;
+    else if (a == "--samples") o.samples_file = next();
     else if (a == "--body") {
       std::ifstream in(next(), std::ios::binary);
       std::ostringstream ss;
@@ -264,6 +269,15 @@ int main(int argc, char** argv) {
   for (int c = 0; c < o.connections; ++c) net::co_spawn(ioc, connection(st, endpoints), net::detached);
   ioc.run();
 
+  if (!o.samples_file.empty()) {
+    std::FILE* f = std::fopen(o.samples_file.c_str(), "w");
+    if (!f) {
+      std::cerr << "loadgen: cannot write " << o.samples_file << "\n";
+      return 2;
+    }
+    for (auto& s : st.samples) std::fprintf(f, "%.3f %.3f %.3f\n", s.at_ms, s.total_ms, s.ttfb_ms);
+    std::fclose(f);
+  }
   std::vector<double> total, ttfb;
   for (auto& s : st.samples) {
     total.push_back(s.total_ms);

@@ -3,6 +3,10 @@
 // the same tests as the memory store, so the Lua scripts and the C++ store agree.
 #include "policy/redis_store.hpp"
 
+#include <random>
+#include <set>
+#include <sstream>
+
 #include "tests/unit/policy/redis_server.hpp"
 #include "tests/unit/policy/store_conformance.hpp"
 
@@ -133,6 +137,136 @@ TEST(RedisStore, SettlementsRideTheNextAdmissionOfTheirTeamAndGoAloneOtherwise) 
     EXPECT_EQ(g.own_trip, g.lease == "b1") << g.lease;
   }
   st->stop();
+}
+
+// admit.lua applies a batch from the gateway's sums when every call fits and every lease is
+// found, and call by call otherwise. The same random workload (waves of concurrent calls of a
+// team and two keys, settlements riding them, repeated and stale settlements, limits and
+// budgets running out) on two stores, one with the sums and one without, must give the same
+// answers, settlement reports and final state; the first must have used both paths.
+std::string run_workload(redis_store& st, net::io_context& ioc) {
+  std::mt19937 rng(20261126);
+  auto pick = [&rng](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const scope_spec team{"t", "team-sums", {150, 20'000, 40}, budget_of(40'000, 0.5)};
+  const scope_spec key_a{"k:a", "team-sums", {60, 0, 0}, budget_of(12'000, 0.6)};
+  const scope_spec key_b{"k:b", "team-sums", {0, 6'000, 12}, {}};
+  std::ostringstream log;
+  st.on_settled([&](unsigned, std::vector<settlement>& b, const std::vector<settle_result>& r, bool) {
+    for (std::size_t i = 0; i < b.size(); ++i) {
+      log << "settled " << b[i].adm.lease << ' ' << r[i].reachable << r[i].applied;
+      for (std::size_t k = 0; k < r[i].spent.size(); ++k) log << ' ' << r[i].spent[k] << (r[i].soft_crossed[k] ? "!" : "");
+      log << '\n';
+    }
+  });
+  const executor_t ex(ioc.get_executor());
+  std::vector<std::pair<admission, admit_result>> inflight;
+  std::vector<settlement> done;  // applied once already: sent again, they must not count
+  int lease = 0;
+  std::size_t reports = 0, expected_reports = 0;
+  for (int round = 0; round < 14; ++round) {
+    // Settle some of the calls in flight (the first round's settlements also go twice).
+    std::shuffle(inflight.begin(), inflight.end(), rng);
+    const std::size_t n = inflight.size() / 2 + (round % 3 == 0 ? inflight.size() / 3 : 0);
+    for (std::size_t i = 0; i < n && !inflight.empty(); ++i) {
+      auto [a, r] = std::move(inflight.back());
+      inflight.pop_back();
+      settlement s{a, r.periods, std::uint64_t(pick(0, int(a.tokens) + 50)), pick(0, int(a.cost_nano)), r.admitted_at_ms};
+      st.queue_settlement(0, s, ex);
+      ++expected_reports;
+      if (round == 1 && i == 0) {
+        st.queue_settlement(0, s, ex);
+        ++expected_reports;
+      }
+      done.push_back(std::move(s));
+    }
+    if (round % 4 == 3 && !done.empty()) {
+      st.queue_settlement(0, done.front(), ex);
+      ++expected_reports;
+    }
+    // A wave of calls at once.
+    std::vector<admission> wave;
+    const int calls = pick(1, 30);
+    for (int i = 0; i < calls; ++i) {
+      admission a;
+      a.lease = "sums-" + std::to_string(lease++);
+      a.scopes = {team, pick(0, 1) ? key_a : key_b};
+      a.tokens = std::uint64_t(pick(10, 200));
+      a.cost_nano = pick(100, 600);
+      wave.push_back(std::move(a));
+    }
+    std::vector<std::future<admit_result>> results;
+    for (auto& a : wave) results.push_back(net::co_spawn(ioc, st.admit(0, a), net::use_future));
+    ioc.restart();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    auto all_done = [&] {
+      for (auto& f : results)
+        if (f.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return false;
+      return true;
+    };
+    while ((!all_done() || reports < expected_reports) && std::chrono::steady_clock::now() < deadline) {
+      ioc.run_one_for(std::chrono::milliseconds(5));
+      const std::string so_far = log.str();
+      reports = std::size_t(std::count(so_far.begin(), so_far.end(), '\n'));
+    }
+    for (std::size_t i = 0; i < wave.size(); ++i) {
+      if (results[i].wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        log << "timeout " << wave[i].lease << '\n';
+        continue;
+      }
+      admit_result r = results[i].get();
+      log << "admit " << wave[i].lease << ' ' << int(r.v) << ' ' << r.scope << ' ' << r.requests_scope << ':'
+          << r.requests_left << ' ' << r.tokens_scope << ':' << r.tokens_left;
+      for (auto& p : r.periods) log << ' ' << p;
+      log << '\n';
+      if (r.v == verdict::admitted) inflight.emplace_back(wave[i], std::move(r));
+    }
+  }
+  for (const auto& s : {team, key_a, key_b}) {
+    const budget_state b = run_sync(ioc, st.budget(0, s));
+    log << "budget " << s.id << ' ' << b.reachable << ' ' << b.spent << ' ' << b.reserved << '\n';
+    admission probe;  // what is left in the scope's windows
+    probe.lease = "probe-" + s.id;
+    probe.scopes = {scope_spec{s.id, s.team, s.limits, {}}};
+    probe.tokens = 0;
+    const admit_result r = run_sync(ioc, st.admit(0, probe));
+    log << "probe " << s.id << ' ' << int(r.v) << ' ' << r.requests_left << ' ' << r.tokens_left << '\n';
+  }
+  return log.str();
+}
+
+TEST(RedisStore, BatchSumsGiveTheSameAnswersAndStateAsCallByCall) {
+  net::io_context ioc_sums, ioc_calls;
+  auto with_sums = started_store(ioc_sums);
+  auto by_call = started_store(ioc_calls);
+  if (!with_sums || !by_call) GTEST_SKIP() << "no redis-server";
+  by_call->use_sums(false);
+  const std::string a = run_workload(*with_sums, ioc_sums);
+  const std::string b = run_workload(*by_call, ioc_calls);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a.find("timeout"), std::string::npos);
+  // The workload reaches every verdict (admitted, rpm, tpm, concurrency, budget), a stale
+  // settlement, and the budgets' soft thresholds.
+  std::set<int> verdicts;
+  std::istringstream lines(a);
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream w(line);
+    std::string what, lease;
+    int v = -1;
+    if (w >> what >> lease >> v && what == "admit") verdicts.insert(v);
+  }
+  EXPECT_EQ(verdicts, (std::set<int>{0, 1, 2, 3, 4}));
+  EXPECT_NE(a.find(" 10 0 0\n"), std::string::npos);  // reachable, not applied again
+  EXPECT_NE(a.find("!"), std::string::npos);
+  const auto used = with_sums->sums_used();
+  EXPECT_GT(used.settled, 0u);   // settlements from the sums
+  EXPECT_GT(used.admitted, 0u);  // admissions from the sums
+  EXPECT_LT(used.admitted, used.batches);  // and call by call, where a call did not fit
+  EXPECT_LT(used.settled, used.batches);
+  const auto none = by_call->sums_used();
+  EXPECT_EQ(none.settled + none.admitted, 0u);
+  EXPECT_GT(none.batches, 0u);
+  with_sums->stop();
+  by_call->stop();
 }
 
 }  // namespace
