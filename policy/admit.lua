@@ -26,11 +26,14 @@
 --           actual cost_nano, their budget period id ('' : none); then the number of token
 --           corrections and per correction: spec index, bucket (admitted_at_ms / bucket size),
 --           summed tokens_actual - tokens_reserved;
---           then per settlement: member (as admission held it), tokens_actual, cost_nano_actual,
---           admitted_at_ms, tokens_reserved, cost_nano_reserved, nscopes, then per scope: spec
---           index (1-based), period id of the admission ('' : no budget);
---           then per admission: member ("" : only read the first scope's budget), tokens,
---           cost_nano, nscopes, then the spec index of each of its scopes
+--           then per settlement two arguments: member (as admission held it) and
+--           "tokens_actual,cost_nano_actual,admitted_at_ms,tokens_reserved,cost_nano_reserved"
+--           followed per scope by ";<spec index, 1-based>,<period id of the admission, '' : no
+--           budget>";
+--           then per admission two arguments: member ("" : only read the first scope's budget)
+--           and "tokens,cost_nano" followed per scope by ";<spec index>".
+--           A call's numbers travel as one argument: each argument costs Redis a parse, an
+--           object and a Lua string, and with the sums only the slow path reads them.
 -- Returns   {now_ms, then 1 and per scope spec its spend before the settlements (after a new
 --           period's reset) and 1 if its soft threshold had been crossed already, else 0: when the
 --           settlements were applied from the sums; or 0 and per settlement: 0 (applied before:
@@ -148,7 +151,7 @@ if agg and nsettle > 0 then
   local ms = {}
   for ci = 1, nsettle do
     ms[ci] = ARGV[a]
-    a = a + 7 + 2 * N[ARGV[a + 6]]
+    a = a + 2
   end
   local sc = call('ZMSCORE', L, unpack(ms))
   fast_settle = true
@@ -172,17 +175,20 @@ if agg and nsettle > 0 then
         nb['b' .. bucket] = true
       end
     end
-  else
-    a = settle0
   end
 end
+local admit0 = settle0 + 2 * nsettle
 
--- Settlements, pass 1 (call by call): find each call's lease: in flight (release and charge),
--- expired (its hold was already given back: charge only) or absent (settled before: nothing);
--- note the buckets other than the current one whose tokens it corrects (read with its scope
--- below).
+-- Settlements, pass 1 (call by call): unpack each call's numbers; find its lease: in flight
+-- (release and charge), expired (its hold was already given back: charge only) or absent
+-- (settled before: nothing); note the buckets other than the current one whose tokens it
+-- corrects (read with its scope below).
+local s_tok, s_cost, s_bucket, s_tres, s_cres, s_scopes = {}, {}, {}, {}, {}, {}
+a = settle0
 for ci = 1, fast_settle and 0 or nsettle do
-  local n = N[ARGV[a + 6]]
+  local tk, c, at, tr, cr, rest = string.match(ARGV[a + 1], '^(-?%d+),(-?%d+),(-?%d+),(-?%d+),(-?%d+)(.*)$')
+  local bucket = floor(N[at] / bsize)
+  s_tok[ci], s_cost[ci], s_bucket[ci], s_tres[ci], s_cres[ci], s_scopes[ci] = N[tk], N[c], bucket, N[tr], N[cr], rest
   local st = 0
   if call('ZREM', L, ARGV[a]) == 1 then
     st = 1
@@ -190,28 +196,22 @@ for ci = 1, fast_settle and 0 or nsettle do
     st = 2
   end
   states[ci] = st
-  if st > 0 and ARGV[a + 1] ~= ARGV[a + 4] then
-    local bucket = floor(N[ARGV[a + 3]] / bsize)
-    if bucket ~= cur and bucket >= first then
-      local j = a + 7
-      for _ = 1, n do
-        local k = N[ARGV[j]]
-        if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
-          local sfx = spec_sfx[k]
-          local nb = need[sfx]
-          if not nb then
-            nb = {}
-            need[sfx] = nb
-          end
-          nb['b' .. bucket] = true
+  if st > 0 and tk ~= tr and bucket ~= cur and bucket >= first then
+    for ks in string.gmatch(rest, ';(%d+),') do
+      local k = N[ks]
+      if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
+        local sfx = spec_sfx[k]
+        local nb = need[sfx]
+        if not nb then
+          nb = {}
+          need[sfx] = nb
         end
-        j = j + 2
+        nb['b' .. bucket] = true
       end
     end
   end
-  a = a + 7 + 2 * n
+  a = a + 2
 end
-local admit0 = a
 
 -- Scope state, read once (with its window rolled forward) and written once at the end.
 local state, order = {}, {}
@@ -322,50 +322,41 @@ else
 end
 
 -- Settlements, pass 2 (call by call): apply, in order.
-a = settle0
 for ci = 1, fast_settle and 0 or nsettle do
-  local tokens, cost = N[ARGV[a + 1]], N[ARGV[a + 2]]
-  local bucket = floor(N[ARGV[a + 3]] / bsize)
-  local tokens_reserved, cost_reserved, n = N[ARGV[a + 4]], N[ARGV[a + 5]], N[ARGV[a + 6]]
+  local tokens, cost, bucket = s_tok[ci], s_cost[ci], s_bucket[ci]
+  local tokens_reserved, cost_reserved = s_tres[ci], s_cres[ci]
   local st = states[ci]
   no = no + 1
   out[no] = st > 0 and 1 or 0
-  local j = a + 7
-  for _ = 1, n do
+  for ks, pid in string.gmatch(st > 0 and s_scopes[ci] or '', ';(%d+),([^;]*)') do
     local spent, crossed = 0, 0
-    if st > 0 then
-      local k = N[ARGV[j]]
-      local s = spec_scope[k]
-      local blimit = spec_blimit[k]
-      if st == 1 then  -- release what admission held (the sweep released expired ones)
-        if spec_conc[k] > 0 then s.c, s.dirty = s.c - 1, true end
-        if blimit >= 0 then s.res, s.dirty = s.res - cost_reserved, true end
+    local k = N[ks]
+    local s = spec_scope[k]
+    local blimit = spec_blimit[k]
+    if st == 1 then  -- release what admission held (the sweep released expired ones)
+      if spec_conc[k] > 0 then s.c, s.dirty = s.c - 1, true end
+      if blimit >= 0 then s.res, s.dirty = s.res - cost_reserved, true end
+    end
+    -- Correct the token reservation to the usage, if its bucket is still in the window (and
+    -- holds counts): the current bucket's count here, an older one's summed and written once.
+    if (spec_rpm[k] > 0 or spec_tpm[k] > 0) and bucket >= first and tokens ~= tokens_reserved then
+      correct(s, bucket, tokens - tokens_reserved)
+    end
+    if blimit >= 0 then
+      local soft = spec_soft[k]
+      if not s.pid or s.pid < pid then  -- first news of a new period: its spend starts at 0
+        s.pid, s.spent, s.soft = pid, 0, '0'
       end
-      -- Correct the token reservation to the usage, if its bucket is still in the window (and
-      -- holds counts): the current bucket's count here, an older one's summed and written once.
-      if (spec_rpm[k] > 0 or spec_tpm[k] > 0) and bucket >= first and tokens ~= tokens_reserved then
-        correct(s, bucket, tokens - tokens_reserved)
-      end
-      if blimit >= 0 then
-        local pid, soft = ARGV[j + 1], spec_soft[k]
-        if not s.pid or s.pid < pid then  -- first news of a new period: its spend starts at 0
-          s.pid, s.spent, s.soft = pid, 0, '0'
-        end
-        spent = s.spent + cost
-        s.spent, s.bd = spent, true
-        if soft > 0 and spent >= soft and s.soft ~= '1' then
-          s.soft = '1'
-          crossed = 1
-        end
+      spent = s.spent + cost
+      s.spent, s.bd = spent, true
+      if soft > 0 and spent >= soft and s.soft ~= '1' then
+        s.soft = '1'
+        crossed = 1
       end
     end
-    if st > 0 then
-      no = no + 1
-      out[no] = crossed == 1 and -spent - 1 or spent
-    end
-    j = j + 2
+    no = no + 1
+    out[no] = crossed == 1 and -spent - 1 or spent
   end
-  a = j
 end
 
 -- Admissions.
@@ -420,26 +411,27 @@ if fast_admit then
       end
     end
   end
-  a = admit0
-  for _ = 1, nadmit do
-    held[nh + 1], held[nh + 2], nh = expiry, ARGV[a], nh + 2
-    a = a + 4 + N[ARGV[a + 3]]
-  end
+  for i = 0, nadmit - 1 do held[nh + 1], held[nh + 2], nh = expiry, ARGV[admit0 + 2 * i], nh + 2 end
 else
   no = no + 1
   out[no] = 0
 end
 
 -- Admissions, call by call.
+local ks = {}  -- the call's spec indexes (reused: a table per call would cost more)
 a = admit0
 for _ = 1, fast_admit and 0 or nadmit do
-  local member, tokens, cost, n = ARGV[a], N[ARGV[a + 1]], N[ARGV[a + 2]], N[ARGV[a + 3]]
-  local s0 = a + 4
-  a = s0 + n
+  local member, tk_, c_, rest = ARGV[a], string.match(ARGV[a + 1], '^(%d+),(-?%d+)(.*)$')
+  local tokens, cost, n = N[tk_], N[c_], 0
+  for k in string.gmatch(rest, ';(%d+)') do
+    n = n + 1
+    ks[n] = N[k]
+  end
+  a = a + 2
   -- Check every scope and kind.
   local code, why, idx, retry = 1, 0, 0, 0
   for i = 1, n do
-    local k = N[ARGV[s0 + i - 1]]
+    local k = ks[i]
     local s, rpm, tpm, conc, blimit = spec_scope[k], spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k]
     if rpm > 0 or tpm > 0 then
       local r = (s.lo + NB + 1) * bsize - now
@@ -462,7 +454,7 @@ for _ = 1, fast_admit and 0 or nadmit do
   if code == 1 then
     -- Reserve in every scope and hold the lease.
     for i = 1, n do
-      local k = N[ARGV[s0 + i - 1]]
+      local k = ks[i]
       local s = spec_scope[k]
       s.dirty = true
       local rpm, tpm = spec_rpm[k], spec_tpm[k]
@@ -483,7 +475,7 @@ for _ = 1, fast_admit and 0 or nadmit do
   end
   if code == 0 then
     for i = 1, n do
-      local k = N[ARGV[s0 + i - 1]]
+      local k = ks[i]
       local s = spec_scope[k]
       local rpm, tpm = spec_rpm[k], spec_tpm[k]
       if rpm > 0 and (rqi == 0 or rpm - s.rs < rq) then rq, rqi = rpm - s.rs, i end

@@ -234,23 +234,31 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   const std::int64_t bucket_ms = bucket_ms_of(window_ms_);
   redis::resp_args tail;
   tail.reserve(calls.size() * 128 + settles.size() * 192);
-  std::string member;
+  std::string member, packed;
+  // A call's numbers as one argument, "a,b,c" then ";..." per scope (admit.lua's header).
+  const auto num = [&packed](auto v, char sep) {
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof digits, v).ptr;
+    packed.append(digits, std::size_t(end - digits));
+    if (sep) packed += sep;
+  };
   for (const settlement& s : settles) {
     const auto& a = s.adm;
     lease_member(a, member);
     tail.add(member);
-    tail.add(s.tokens);
-    tail.add(s.cost_nano);
-    tail.add(s.admitted_at_ms);
-    tail.add(a.tokens);
-    tail.add(a.cost_nano);
-    tail.add(a.scopes.size());
+    packed.clear();
+    num(s.tokens, ',');
+    num(s.cost_nano, ',');
+    num(s.admitted_at_ms, ',');
+    num(a.tokens, ',');
+    num(a.cost_nano, 0);
     const std::int64_t d = std::int64_t(s.tokens) - std::int64_t(a.tokens);
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
       const std::size_t k = spec(a.scopes[i]);
       const std::string_view pid = i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view();
-      tail.add(k);
-      tail.add(pid);
+      packed += ';';
+      num(k, ',');
+      packed += pid;
       spec_sums& t = sums[k - 1];
       t.settles += 1;
       t.reserved += a.cost_nano;
@@ -267,6 +275,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
         else c->tokens += d;
       }
     }
+    tail.add(packed);
   }
   for (const admission* a : calls) {
     if (a->lease.empty()) {
@@ -276,17 +285,19 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
       lease_member(*a, member);
       tail.add(member);
     }
-    tail.add(a->tokens);
-    tail.add(a->cost_nano);
-    tail.add(a->scopes.size());
+    packed.clear();
+    num(a->tokens, ',');
+    num(a->cost_nano, 0);
     for (auto& sc : a->scopes) {
       const std::size_t k = spec(sc);
-      tail.add(k);
+      packed += ';';
+      num(k, 0);
       spec_sums& t = sums[k - 1];
       t.admits += 1;
       t.tokens += std::int64_t(a->tokens);
       t.cost += a->cost_nano;
     }
+    tail.add(packed);
   }
   // Two specs of one scope (its limits changed between a call and its settlement) share one
   // state in the script: the sums per spec would not see each other.
