@@ -127,13 +127,17 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       call_settle_(calls_.counter({"settle"})),
       call_team_(calls_.counter({"team_lookup"})),
       auth_key_(auth_.counter({"key"})),
+      degraded_cell_(degraded_.gauge({})),
+      admitted_(decisions_.counter({"admitted"})),
+      applied_(settlements_.counter({"applied"})),
+      duplicate_(settlements_.counter({"duplicate"})),
       admission_wait_(reg.add("tollgate_policy_admission_seconds",
                               "Time an admission waited for the policy store: for the worker's batch to go out, "
                               "then its round trip (the Redis store), or the check itself (the memory store).",
                               metrics::kind::histogram, {},
                               {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1})),
       admission_wait_cell_(admission_wait_.histogram({})) {
-  degraded_.gauge({}).set(0);
+  degraded_cell_.set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
   store_->on_settled([this](unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
                             bool own_trip) { on_settled(worker, batch, results, own_trip); });
@@ -385,7 +389,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   admit_result res = co_await store_->admit(ctx.worker, a);
   admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
   if (res.v == verdict::unavailable) {
-    degraded_.gauge({}).set(1);
+    degraded_cell_.set(1);
     if (!is_degraded_.exchange(true)) {
       const std::string why = store_->last_error();
       log_("warn", "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)",
@@ -424,10 +428,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
       co_return flow::next;
     }
   } else {
-    degraded_.gauge({}).set(0);
+    degraded_cell_.set(0);
     if (is_degraded_.exchange(false)) log_("info", "policy store reachable again: full enforcement", "\"store\":" + quote(store_->kind()));
   }
-  decisions_.counter({verdict_name(res.v)}).inc();
+  (res.v == verdict::admitted ? admitted_ : decisions_.counter({verdict_name(res.v)})).inc();
   rate_headers(ctx, res, r->adm);
   if (res.v == verdict::admitted) {
     r->periods = std::move(res.periods);
@@ -484,9 +488,11 @@ void engine::settle(request_context& ctx, executor_t ex) {
   auto r = ctx.reservation;
   if (!r || r->adm.scopes.empty()) return;
   if (!inflight_.empty()) inflight_[ctx.worker % inflight_.size()].erase(r->adm.lease);
+  // The admission moves into its settlement (no copy of its scopes): a second settle() of this
+  // call finds no scopes and returns above; renew_leases() skips it the same way.
   settlement s;
-  s.adm = r->adm;
-  s.periods = r->periods;
+  s.adm = std::move(r->adm);
+  s.periods = std::move(r->periods);
   s.admitted_at_ms = r->admitted_at_ms;
   if (billable(ctx)) {
     s.tokens = ctx.usage.prompt + ctx.usage.completion;
@@ -512,7 +518,7 @@ void engine::on_settled(unsigned worker, std::vector<settlement>& batch, const s
   std::size_t failed = 0;
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (i < results.size() && results[i].reachable) {
-      settlements_.counter({results[i].applied ? "applied" : "duplicate"}).inc();
+      (results[i].applied ? applied_ : duplicate_).inc();
       if (results[i].applied) report_soft(batch[i], results[i]);
       --pending_;
     } else {
@@ -561,7 +567,7 @@ awaitable<void> engine::retry_settlements(unsigned worker) {
       const auto now = steady_clock::now();
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (i < res.size() && res[i].reachable) {
-          settlements_.counter({res[i].applied ? "applied" : "duplicate"}).inc();
+          (res[i].applied ? applied_ : duplicate_).inc();
           if (res[i].applied) report_soft(batch[i].s, res[i]);
           --pending_;
         } else if (now >= batch[i].give_up) {

@@ -227,6 +227,11 @@ class engine {
   metrics::counter_cell& call_settle_;
   metrics::counter_cell& call_team_;
   metrics::counter_cell& auth_key_;  ///< auth_{"key"}: every authenticated call
+  // The cells every policed call touches, found once (a lookup hashes its labels).
+  metrics::gauge_cell& degraded_cell_;
+  metrics::counter_cell& admitted_;   ///< decisions_{"admitted"}
+  metrics::counter_cell& applied_;    ///< settlements_{"applied"}
+  metrics::counter_cell& duplicate_;  ///< settlements_{"duplicate"}
   metrics::family& admission_wait_;  ///< histogram: an admission's wait for the store (batch + round trip)
   metrics::histogram_cell& admission_wait_cell_;
 };

@@ -119,13 +119,13 @@ void redis_store::scope_key(const std::string& team, const std::string& suffix, 
   out.append(cfg_.key_prefix).append(1, '{').append(team).append("}:", 2).append(suffix);
 }
 
-void redis_store::add_scope_keys(std::vector<std::string>& keys, const admission& a) const {
-  // The calls of a batch mostly share their scopes: each key is written into a reused buffer
-  // (no allocation once it has grown) and copied into the list only when new.
-  thread_local std::string k;
-  for (auto& sc : a.scopes) {
-    scope_key(sc.team, sc.id, k);
-    if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(k);
+void redis_store::add_scope_keys(std::vector<std::string>& keys, const std::vector<const scope_spec*>& specs) const {
+  // The specs are distinct, their scopes nearly so (one scope under two specs: its limits
+  // changed while a call was in flight): one key per distinct scope id.
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    bool seen = false;
+    for (std::size_t j = 0; j < i && !seen; ++j) seen = specs[j]->id == specs[i]->id;
+    if (!seen) keys.push_back(scope_key(specs[i]->team, specs[i]->id));
   }
 }
 
@@ -211,6 +211,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
                                                  const std::vector<settlement>& settles) const {
   spec_table<same_spec> specs;
   std::vector<spec_sums> sums;
+  batch_plan plan;
   const auto spec = [&specs, &sums](const scope_spec& s) {
     return specs.ref(s, [&s, &sums](redis::resp_args& h) {
       h.add(s.id);
@@ -255,6 +256,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     const std::int64_t d = std::int64_t(s.tokens) - std::int64_t(a.tokens);
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
       const std::size_t k = spec(a.scopes[i]);
+      plan.settle_specs.push_back(k - 1);
       const std::string_view pid = i < s.periods.size() ? std::string_view(s.periods[i]) : std::string_view();
       packed += ';';
       num(k, ',');
@@ -290,6 +292,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     num(a->cost_nano, 0);
     for (auto& sc : a->scopes) {
       const std::size_t k = spec(sc);
+      plan.admit_specs.push_back(k - 1);
       packed += ';';
       num(k, 0);
       spec_sums& t = sums[k - 1];
@@ -312,7 +315,6 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     std::sort(leases.begin(), leases.end());
     summable = std::adjacent_find(leases.begin(), leases.end()) == leases.end();
   }
-  batch_plan plan;
   redis::resp_args& args = plan.args;
   args.reserve(64 + specs.header.bytes().size() + sums.size() * 64 + corrections.size() * 32 + tail.bytes().size());
   if (calls.empty()) args.add(std::string_view("0"));
@@ -364,12 +366,6 @@ void redis_store::admitted(admit_result& out, const admission& a, std::int64_t n
   // The same period ids as the script's, from the same (Redis) clock reading.
   out.periods.clear();
   for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
-}
-
-std::size_t redis_store::batch_plan::spec_of(const scope_spec& s) const {
-  for (std::size_t k = 0; k < specs.size(); ++k)
-    if (same_spec{}(*specs[k], s)) return k;
-  return specs.size();
 }
 
 admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
@@ -424,6 +420,7 @@ std::vector<settle_result> redis_store::parse_settles(const std::vector<redis::r
       crossed[k] = as_int(e[at + 2 * k + 1]) == 1;
     }
     at += 2 * nspecs;
+    std::size_t next = 0;  // into plan.settle_specs
     for (std::size_t c = 0; c < settles.size(); ++c) {
       const auto& scopes = settles[c].adm.scopes;
       settle_result& o = out[c];
@@ -431,7 +428,7 @@ std::vector<settle_result> redis_store::parse_settles(const std::vector<redis::r
       o.spent.assign(scopes.size(), 0);
       o.soft_crossed.assign(scopes.size(), false);
       for (std::size_t i = 0; i < scopes.size(); ++i) {
-        const std::size_t k = plan.spec_of(scopes[i]);
+        const std::size_t k = next < plan.settle_specs.size() ? plan.settle_specs[next++] : nspecs;
         if (k >= nspecs || !scopes[i].budget.set()) continue;
         spent[k] += settles[c].cost_nano;
         o.spent[i] = spent[k];
@@ -484,11 +481,12 @@ void redis_store::parse_admits(const std::vector<redis::reply>& e, std::size_t& 
     ts[k] = as_int(e[at + 2 * k + 1]);
   }
   at += 2 * nspecs;
+  std::size_t next = 0;  // into plan.admit_specs
   for (std::size_t c = 0; c < calls.size(); ++c) {
     const admission& a = *calls[c];
     admit_result& o = out[c];
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
-      const std::size_t k = plan.spec_of(a.scopes[i]);
+      const std::size_t k = next < plan.admit_specs.size() ? plan.admit_specs[next++] : nspecs;
       const auto& l = a.scopes[i].limits;
       if (k >= nspecs || (l.rpm == 0 && l.tpm == 0)) continue;
       rs[k] += 1;
@@ -642,8 +640,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   for (auto& p : admits) calls.push_back(p->a);
   const batch_plan plan = script_args(calls, settles);
   std::vector<std::string> keys = team_keys(team);
-  for (const admission* a : calls) add_scope_keys(keys, *a);
-  for (const settlement& s : settles) add_scope_keys(keys, s.adm);
+  add_scope_keys(keys, plan.specs);
   auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;

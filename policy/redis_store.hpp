@@ -63,8 +63,8 @@ class redis_store final : public store {
   std::string scope_key(const std::string& team, const std::string& suffix) const;
   /// scope_key() written into `out` (cleared first): no allocation once `out` has grown.
   void scope_key(const std::string& team, const std::string& suffix, std::string& out) const;
-  /// Appends the scope hashes of `a` not in `keys` yet (scripts declare every key they touch).
-  void add_scope_keys(std::vector<std::string>& keys, const admission& a) const;
+  /// Appends the scope hashes of a batch's specs, once each (scripts declare every key they touch).
+  void add_scope_keys(std::vector<std::string>& keys, const std::vector<const scope_spec*>& specs) const;
 
  private:
   /// EVALSHA, and EVAL once when the server does not know the script yet (NOSCRIPT).
@@ -149,8 +149,8 @@ class redis_store final : public store {
   struct batch_plan {
     redis::resp_args args;
     std::vector<const scope_spec*> specs;  ///< into the batch's calls: alive while they are
-    /// The index of `s` in `specs` (specs.size(): not there).
-    std::size_t spec_of(const scope_spec& s) const;
+    /// Each scope's index in `specs`, in order: the settlements' scopes, the admissions' scopes.
+    std::vector<std::size_t> settle_specs, admit_specs;
   };
   /// admit.lua's arguments: header, scope specs (deduplicated), the batch's sums (when it may be
   /// applied from them), the settlements, the admissions.
