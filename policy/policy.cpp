@@ -411,6 +411,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     }
     // Per-instance limits: each replica takes its share of the limit; budgets (fail_open) unchecked.
     admission local = a;
+    local.rendered.clear();  // its scopes and cost change below
     for (auto& s : local.scopes) {
       s.limits = divided(s.limits, cfg.store.replicas);
       s.budget = {};

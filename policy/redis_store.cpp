@@ -235,7 +235,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   const std::int64_t bucket_ms = bucket_ms_of(window_ms_);
   redis::resp_args tail;
   tail.reserve(calls.size() * 128 + settles.size() * 192);
-  std::string member, packed;
+  std::string packed;
   // A call's numbers as one argument, "a,b,c" then ";..." per scope (admit.lua's header).
   const auto num = [&packed](auto v, char sep) {
     char digits[24];
@@ -245,8 +245,8 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   };
   for (const settlement& s : settles) {
     const auto& a = s.adm;
-    lease_member(a, member);
-    tail.add(member);
+    if (a.rendered.empty()) lease_member(a, a.rendered);  // (built when it was admitted)
+    tail.add(a.rendered);
     packed.clear();
     num(s.tokens, ',');
     num(s.cost_nano, ',');
@@ -284,8 +284,8 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
       tail.add(std::string_view());
       summable = false;  // a budget read: its answer is the call-by-call one
     } else {
-      lease_member(*a, member);
-      tail.add(member);
+      if (a->rendered.empty()) lease_member(*a, a->rendered);
+      tail.add(a->rendered);
     }
     packed.clear();
     num(a->tokens, ',');
@@ -719,7 +719,7 @@ awaitable<bool> redis_store::renew(unsigned worker, const admission& a, std::int
   if (a.scopes.empty()) co_return true;
   // XX: only a lease still held is extended; one already swept or settled stays gone.
   const std::string key = scope_key(a.scopes.front().team, "l"), score = std::to_string(expiry_ms),
-                    member = lease_member(a);
+                    member = a.rendered.empty() ? lease_member(a) : a.rendered;
   const std::string_view argv[] = {"ZADD", key, "XX", score, member};
   auto r = co_await conn(worker).command(argv);
   co_return r && r->type != redis::reply::kind::error;

@@ -39,6 +39,9 @@ struct admission {
   std::uint64_t tokens = 0;    ///< reserved against TPM
   std::int64_t cost_nano = 0;  ///< reserved against budgets (worst case)
   std::uint32_t lease_ms = 300'000;
+  /// A store's own rendering of this admission, built once and kept for its settlement (the Redis
+  /// store's lease member). Opaque to the engine; whoever changes the fields above clears it.
+  mutable std::string rendered;
 };
 
 enum class verdict { admitted, rpm, tpm, concurrency, budget, unavailable };
