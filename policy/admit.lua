@@ -141,6 +141,19 @@ else
 end
 
 local states, need = {}, {}
+-- A token correction in an older bucket (still in the window) of spec k's scope: that bucket is
+-- read with the scope's state below.
+local function need_bucket(k, bucket)
+  if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
+    local sfx = spec_sfx[k]
+    local nb = need[sfx]
+    if not nb then
+      nb = {}
+      need[sfx] = nb
+    end
+    nb['b' .. bucket] = true
+  end
+end
 local a = settle0
 
 -- Settlements from the sums: only if every lease is in flight (ZMSCORE finds them all; the
@@ -164,16 +177,8 @@ if agg and nsettle > 0 then
   if fast_settle then
     call('ZREM', L, unpack(ms))
     for i = 0, nd - 1 do
-      local k, bucket = N[ARGV[dj + 3 * i]], N[ARGV[dj + 3 * i + 1]]
-      if bucket ~= cur and bucket >= first and (spec_rpm[k] > 0 or spec_tpm[k] > 0) then
-        local sfx = spec_sfx[k]
-        local nb = need[sfx]
-        if not nb then
-          nb = {}
-          need[sfx] = nb
-        end
-        nb['b' .. bucket] = true
-      end
+      local bucket = N[ARGV[dj + 3 * i + 1]]
+      if bucket ~= cur and bucket >= first then need_bucket(N[ARGV[dj + 3 * i]], bucket) end
     end
   end
 end
@@ -197,18 +202,7 @@ for ci = 1, fast_settle and 0 or nsettle do
   end
   states[ci] = st
   if st > 0 and tk ~= tr and bucket ~= cur and bucket >= first then
-    for ks in string.gmatch(rest, ';(%d+),') do
-      local k = N[ks]
-      if spec_rpm[k] > 0 or spec_tpm[k] > 0 then
-        local sfx = spec_sfx[k]
-        local nb = need[sfx]
-        if not nb then
-          nb = {}
-          need[sfx] = nb
-        end
-        nb['b' .. bucket] = true
-      end
-    end
+    for ks in string.gmatch(rest, ';(%d+),') do need_bucket(N[ks], bucket) end
   end
   a = a + 2
 end
