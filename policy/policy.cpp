@@ -139,6 +139,9 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       admission_wait_cell_(admission_wait_.histogram({})) {
   degraded_cell_.set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
+  store_->on_notice([this](std::string_view level, std::string_view message) {
+    log_(level, message, "\"store\":" + quote(store_->kind()));
+  });
   store_->on_settled([this](unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
                             bool own_trip) { on_settled(worker, batch, results, own_trip); });
 }

@@ -226,7 +226,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     });
   };
   // The batch's sums (admit.lua: "The sums"), unless the batch must go call by call.
-  bool summable = aggregate_;
+  bool summable = aggregate_.load(std::memory_order_relaxed);
   struct correction {
     std::size_t spec;
     std::int64_t bucket, tokens;
@@ -345,6 +345,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     args.add(std::string_view("0"));
   }
   args.append(tail);
+  plan.summed = summable;
   plan.specs = std::move(specs.specs);
   return plan;
 }
@@ -638,10 +639,20 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   std::vector<const admission*> calls;
   calls.reserve(admits.size());
   for (auto& p : admits) calls.push_back(p->a);
-  const batch_plan plan = script_args(calls, settles);
+  batch_plan plan = script_args(calls, settles);
   std::vector<std::string> keys = team_keys(team);
   add_scope_keys(keys, plan.specs);
   auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
+  if (plan.summed && r && r->type == redis::reply::kind::error &&
+      r->str.find("Unknown Redis command") != std::string::npos) {
+    // A server before Redis 6.2 has no ZMSCORE, which the sums need. The script stopped there,
+    // before writing anything: this batch goes again call by call, and so does every later one.
+    if (aggregate_.exchange(false))
+      notice("warn", "Redis lacks ZMSCORE (Redis 6.2 or later): policy batches go call by call, "
+                     "which costs Redis more CPU per call");
+    plan = script_args(calls, settles);
+    r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
+  }
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;
   std::vector<settle_result> out;

@@ -46,7 +46,7 @@ class redis_store final : public store {
   void on_invalidation(std::function<void(std::string_view)> cb) override;
 
   /// false: every batch goes call by call (admit.lua's other path), as tests compare the two.
-  void use_sums(bool on) { aggregate_ = on; }
+  void use_sums(bool on) { aggregate_.store(on, std::memory_order_relaxed); }
   /// Script calls so far, and how many of them applied their settlements (admissions) from the
   /// batch's sums rather than call by call.
   struct sums_counts {
@@ -148,6 +148,7 @@ class redis_store final : public store {
   /// One script call's arguments, and the specs they refer to by index (for reading the reply).
   struct batch_plan {
     redis::resp_args args;
+    bool summed = false;                   ///< the batch's sums are in `args`
     std::vector<const scope_spec*> specs;  ///< into the batch's calls: alive while they are
     /// Each scope's index in `specs`, in order: the settlements' scopes, the admissions' scopes.
     std::vector<std::size_t> settle_specs, admit_specs;
@@ -177,7 +178,8 @@ class redis_store final : public store {
   std::vector<worker_queue> queues_;  ///< per worker; touched only on that worker's thread
   std::vector<executor_t> executors_;
   std::int64_t window_ms_;
-  bool aggregate_ = true;
+  /// Cleared for good (every worker) when the server lacks ZMSCORE (Redis before 6.2).
+  std::atomic<bool> aggregate_{true};
   struct {
     std::atomic<std::uint64_t> batches{0}, settled{0}, admitted{0};
   } sums_;

@@ -216,16 +216,25 @@ class store {
   /// Called (on any thread) with the id of a key some replica changed.
   virtual void on_invalidation(std::function<void(std::string_view)> cb) = 0;
 
+  /// What an operator should read in the log ("warn", message), on any thread. Set once, before
+  /// start().
+  using notice_fn = std::function<void(std::string_view level, std::string_view message)>;
+  void on_notice(notice_fn fn) { notice_ = std::move(fn); }
+
  protected:
   /// Reports a batch handed over by queue_settlement().
   void report_settled(unsigned worker, std::vector<settlement>& batch, const std::vector<settle_result>& results,
                       bool own_trip) {
     if (settled_) settled_(worker, batch, results, own_trip);
   }
+  void notice(std::string_view level, std::string_view message) const {
+    if (notice_) notice_(level, message);
+  }
 
  private:
   awaitable<void> settle_alone(unsigned worker, std::vector<settlement> batch);
   settled_fn settled_;
+  notice_fn notice_;
 };
 
 /// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".

@@ -269,5 +269,68 @@ TEST(RedisStore, BatchSumsGiveTheSameAnswersAndStateAsCallByCall) {
   by_call->stop();
 }
 
+TEST(RedisStore, WithoutZmscoreBatchesGoCallByCallAfterOneNotice) {
+  // Redis before 6.2 has no ZMSCORE (simulated by renaming it away): the first batch that
+  // settles with the sums fails there, before writing anything; the store says so once in the
+  // log and sends that batch, and every later one, call by call. No charge is lost or doubled.
+  tollgate::testing::redis_server old({"--rename-command", "ZMSCORE", ""});
+  if (!old.start()) GTEST_SKIP() << "no redis-server";
+  net::io_context ioc;
+  config::redis_config c;
+  c.port = old.port();
+  c.timeout_ms = 2000;
+  c.connect_timeout_ms = 1000;
+  c.key_prefix = "old:";
+  redis_store st(c, 60'000);
+  std::vector<std::string> notices;
+  st.on_notice([&](std::string_view level, std::string_view msg) { notices.push_back(std::string(level) + ": " + std::string(msg)); });
+  std::vector<settle_result> settled;
+  st.on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
+    settled.insert(settled.end(), r.begin(), r.end());
+  });
+  st.start({executor_t(ioc.get_executor())});
+  redis_backend::wait_ready(st, ioc);
+  const scope_spec s{"t", "team-old", {0, 0, 1}, budget_of(1'000)};
+  auto call = [&](std::string lease) {
+    admission a;
+    a.lease = std::move(lease);
+    a.scopes = {s};
+    a.cost_nano = 300;
+    return a;
+  };
+  const executor_t ex(ioc.get_executor());
+  admission prev = call("old-0");
+  admit_result prev_r = run_sync(ioc, st.admit(0, prev));
+  ASSERT_EQ(prev_r.v, verdict::admitted);
+  for (int i = 1; i <= 3; ++i) {
+    // Concurrency 1: each call is admitted only if the previous one's settlement, riding in the
+    // same batch, was applied first.
+    admission next = call("old-" + std::to_string(i));
+    auto fut = net::co_spawn(ioc, st.admit(0, next), net::use_future);
+    st.queue_settlement(0, settlement{prev, prev_r.periods, 1, 100, prev_r.admitted_at_ms}, ex);
+    ioc.restart();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while ((settled.size() < std::size_t(i) || fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) &&
+           std::chrono::steady_clock::now() < deadline)
+      ioc.run_one_for(std::chrono::milliseconds(5));
+    ASSERT_EQ(fut.wait_for(std::chrono::seconds(0)), std::future_status::ready) << i;
+    admit_result r = fut.get();
+    ASSERT_EQ(r.v, verdict::admitted) << i;
+    ASSERT_EQ(settled.size(), std::size_t(i));
+    EXPECT_TRUE(settled.back().applied) << i;
+    ASSERT_EQ(settled.back().spent.size(), 1u);
+    EXPECT_EQ(settled.back().spent[0], 100 * i) << i;  // each charge once
+    prev = std::move(next);
+    prev_r = std::move(r);
+  }
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_NE(notices[0].find("warn: Redis lacks ZMSCORE"), std::string::npos) << notices[0];
+  EXPECT_EQ(st.sums_used().settled, 0u);
+  const budget_state b = run_sync(ioc, st.budget(0, s));
+  EXPECT_EQ(b.spent, 300);
+  EXPECT_EQ(b.reserved, 300);  // the last call, still in flight
+  st.stop();
+}
+
 }  // namespace
 }  // namespace tollgate::policy::testing
