@@ -533,9 +533,12 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
     pending_admit* raw = p.get();
     auto init = [raw](auto handler) {
       auto h = std::make_shared<decltype(handler)>(std::move(handler));
+      // Dispatched: the batch's reader runs on this worker, so the caller resumes right there,
+      // not after another pass of the worker's queue (interleaved A/B at -c32: faster in 11 of
+      // 12 rounds, +5 to +12%; at -c64 no difference).
       raw->wake = [h] {
         auto ex = net::get_associated_executor(*h);
-        net::post(ex, [h] { std::move(*h)(); });
+        net::dispatch(ex, [h] { std::move(*h)(); });
       };
     };
     co_await net::async_initiate<net::use_awaitable_t<>, void()>(init, token);
