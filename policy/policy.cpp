@@ -393,11 +393,21 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
   if (res.v == verdict::unavailable) {
     degraded_cell_.set(1);
-    if (!is_degraded_.exchange(true)) {
-      const std::string why = store_->last_error();
-      log_("warn", "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)",
-           "\"store\":" + quote(store_->kind()) + (why.empty() ? std::string() : ",\"reason\":" + quote(why)));
+    const bool began = !is_degraded_.exchange(true);
+    const std::string why = store_->last_error();
+    // One line when degraded mode begins, and one more if the reason was not known then (a call
+    // that came while the first connection was still being made) and is now.
+    bool tell = began;
+    {
+      std::lock_guard lock(degraded_mu_);
+      if (began) degraded_reason_ = why;
+      else if (degraded_reason_.empty() && !why.empty()) degraded_reason_ = why, tell = true;
     }
+    if (tell)
+      log_("warn",
+           began ? "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)"
+                 : "policy store unreachable: the reason (degraded mode continues)",
+           "\"store\":" + quote(store_->kind()) + (why.empty() ? std::string() : ",\"reason\":" + quote(why)));
     bool has_budget = false;
     for (auto& s : a.scopes) has_budget = has_budget || s.budget.set();
     const auto closed = [&] {

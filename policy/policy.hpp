@@ -169,6 +169,10 @@ class engine {
   std::string instance_;  ///< random per process: leases of two replicas never collide
   std::atomic<int> pending_{0};
   std::atomic<bool> is_degraded_{false};  ///< for one log line per transition
+  /// The reason the degraded log gave (empty: none known yet); a reason learnt later in the
+  /// same episode gets a line of its own. Touched only on the degraded path.
+  std::mutex degraded_mu_;
+  std::string degraded_reason_;
   /// Per worker (touched only on that worker's thread): settlements waiting to be sent again.
   struct retry_item {
     settlement s;
