@@ -19,8 +19,10 @@ namespace {
 
 /// A store that is never reachable (a dead Redis).
 struct dead_store final : store {
+  std::string reason;  ///< what last_error() says (empty: not known yet)
   std::string_view kind() const override { return "dead"; }
   bool healthy() const override { return false; }
+  std::string last_error() const override { return reason; }
   awaitable<admit_result> admit(unsigned, const admission&) override { co_return admit_result{}; }
   awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
     co_return std::vector<settle_result>(b.size());
@@ -400,6 +402,32 @@ TEST_F(EngineTest, UnreachableStoreFailsBudgetsClosedAndLimitsLocally) {
   std::size_t degraded = 0;
   for (auto& l : logs) degraded += l.find("degraded mode") != std::string::npos;
   EXPECT_EQ(degraded, 1u);
+}
+
+TEST_F(EngineTest, DegradedModesReasonIsLoggedOnceEvenWhenLearntLater) {
+  // The first call degrades before the store knows why (its first connection still being made);
+  // the reason, once known, gets one line of its own, and later calls add none.
+  auto dead = std::make_shared<dead_store>();
+  make("store: {replicas: 2}\n", dead);
+  auto lines = [&] {
+    std::vector<std::string> out;
+    for (auto& l : logs)
+      if (l.find("policy store unreachable") != std::string::npos) out.push_back(l);
+    return out;
+  };
+  auto a = ctx(full_key);
+  EXPECT_EQ(call(a), errc::ok);  // rpm-only team: admitted by the local fallback
+  ASSERT_EQ(lines().size(), 1u);
+  EXPECT_NE(lines()[0].find("degraded mode"), std::string::npos);
+  EXPECT_EQ(lines()[0].find("reason"), std::string::npos);
+  dead->reason = "TLS handshake with 127.0.0.1: certificate verify failed";
+  for (int i = 0; i < 3; ++i) {
+    auto c = ctx(full_key);
+    call(c);
+  }
+  ASSERT_EQ(lines().size(), 2u);
+  EXPECT_NE(lines()[1].find("\"reason\":\"TLS handshake with 127.0.0.1: certificate verify failed\""), std::string::npos)
+      << lines()[1];
 }
 
 TEST_F(EngineTest, SettlementsTheStoreDidNotTakeAreRetriedUntilItAnswersAndChargedOnce) {
