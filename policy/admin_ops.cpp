@@ -261,11 +261,12 @@ awaitable<void> engine::flush_usage(unsigned worker) {
   for (auto& r : rows) table[r.id()].add(r);
 }
 
-awaitable<void> engine::usage_loop(unsigned worker) {
+awaitable<void> engine::usage_loop(unsigned worker, std::weak_ptr<const bool> alive) {
   steady_timer_t timer(co_await net::this_coro::executor);
   for (;;) {
     timer.expires_after(seconds(1));
     if (auto [ec] = co_await timer.async_wait(); ec) co_return;
+    if (alive.expired()) co_return;
     co_await flush_usage(worker);
   }
 }

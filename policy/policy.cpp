@@ -157,16 +157,17 @@ void engine::start(const std::vector<executor_t>& workers) {
   executors_ = workers;
   store_->start(workers);
   for (std::size_t i = 0; i < workers.size(); ++i) {
-    net::co_spawn(workers[i], renew_leases(unsigned(i)), net::detached);
-    net::co_spawn(workers[i], usage_loop(unsigned(i)), net::detached);
+    net::co_spawn(workers[i], renew_leases(unsigned(i), alive_), net::detached);
+    net::co_spawn(workers[i], usage_loop(unsigned(i), alive_), net::detached);
   }
 }
 
-awaitable<void> engine::renew_leases(unsigned worker) {
+awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> alive) {
   steady_timer_t timer(co_await net::this_coro::executor);
   for (;;) {
     timer.expires_after(seconds(1));
     if (auto [ec] = co_await timer.async_wait(); ec) co_return;
+    if (alive.expired()) co_return;
     const auto now = steady_clock::now();
     std::vector<std::shared_ptr<reservation>> due;
     for (auto& [lease, r] : inflight_[worker])
@@ -174,7 +175,9 @@ awaitable<void> engine::renew_leases(unsigned worker) {
     for (auto& r : due) {
       // The new expiry on the store's clock: its admission time plus what has passed here since.
       const auto elapsed = duration_cast<milliseconds>(now - r->admitted).count();
-      if (co_await store_->renew(worker, r->adm, r->admitted_at_ms + elapsed + r->adm.lease_ms)) r->renewed = now;
+      const bool renewed = co_await store_->renew(worker, r->adm, r->admitted_at_ms + elapsed + r->adm.lease_ms);
+      if (alive.expired()) co_return;
+      if (renewed) r->renewed = now;
     }
   }
 }
@@ -545,11 +548,11 @@ void engine::on_settled(unsigned worker, std::vector<settlement>& batch, const s
   settlements_.counter({"retried"}).inc(double(failed));
   if (!q.flushing && w < executors_.size()) {
     q.flushing = true;
-    net::co_spawn(executors_[w], retry_settlements(w), net::detached);
+    net::co_spawn(executors_[w], retry_settlements(w, alive_), net::detached);
   }
 }
 
-awaitable<void> engine::retry_settlements(unsigned worker) {
+awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const bool> alive) {
   constexpr std::size_t max_batch = 128;
   auto& q = queues_[worker];
   steady_timer_t timer(co_await net::this_coro::executor);
@@ -557,6 +560,7 @@ awaitable<void> engine::retry_settlements(unsigned worker) {
   while (!q.items.empty()) {
     timer.expires_after(delay);
     auto [ec] = co_await timer.async_wait();  // not in the if: GCC 12 and co_await in conditions
+    if (alive.expired()) co_return;
     if (ec) {
       pending_ -= int(q.items.size());
       q.items.clear();
@@ -578,6 +582,7 @@ awaitable<void> engine::retry_settlements(unsigned worker) {
       for (auto& it : batch) sends.push_back(it.s);
       call_settle_.inc();
       std::vector<settle_result> res = co_await store_->settle_batch(worker, std::move(sends));
+      if (alive.expired()) co_return;
       const auto now = steady_clock::now();
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (i < res.size() && res[i].reachable) {

@@ -152,15 +152,19 @@ class engine {
                   bool own_trip);
   /// Sends `worker`'s settlements the store could not reach again, with backoff, until the store
   /// answers or 10 minutes have passed since their first attempt (then they are lost).
-  awaitable<void> retry_settlements(unsigned worker);
+  awaitable<void> retry_settlements(unsigned worker, std::weak_ptr<const bool> alive);
   /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
-  awaitable<void> renew_leases(unsigned worker);
+  awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);
   void report_soft(const settlement& s, const settle_result& r);
   /// Counts a finished call in this worker's usage table (written to the store every second).
   void count_usage(const request_context& ctx);
   awaitable<void> flush_usage(unsigned worker);
-  awaitable<void> usage_loop(unsigned worker);
+  awaitable<void> usage_loop(unsigned worker, std::weak_ptr<const bool> alive);
+  /// Expires with the engine: its background loops (given a weak copy when spawned) stop at their
+  /// next wake-up instead of touching an engine that is gone (tests make and drop engines on one
+  /// io_context; a process drops its engine only after its workers stop).
+  std::shared_ptr<const bool> alive_ = std::make_shared<const bool>(true);
   awaitable<key_lookup> store_key(unsigned worker, const config::gateway_config& cfg, const std::string& id);
 
   std::shared_ptr<store> store_;
