@@ -116,10 +116,12 @@ describe('content filters', () => {
     for (const secret of ['4111 1111 1111 1111', 'jane.doe@example.com', 'AKIAIOSFODNN7EXAMPLE', 'PRJ-123456'])
       assert.ok(!text.includes(secret), `matched text in the audit trail: ${secret}`);
     // The access log's lines say the same: the blocked prompt, the redacted and the blocked stream.
-    const lines = await gw.waitForLog((l) => l.filters?.includes('aws:block:response')).then(() => gw.accessLog());
-    assert.ok(lines.some((l) => l.status === 400 && l.error_code === 'content_filtered' && l.filters.includes('cards:block:prompt')));
-    assert.ok(lines.some((l) => l.status === 200 && l.stream === true && l.filters?.includes('emails:redact:response')));
-    assert.ok(lines.some((l) => l.details === 'content_filtered' && l.filters.includes('aws:block:response')));
+    // Each call writes its line when it has finished, after its caller has the answer: wait
+    // (bounded) for each, not just the last one sent (under ASan the redacted stream's line can
+    // come after the blocked stream's).
+    await gw.waitForLog((l) => l.status === 400 && l.error_code === 'content_filtered' && l.filters?.includes('cards:block:prompt'));
+    await gw.waitForLog((l) => l.status === 200 && l.stream === true && l.filters?.includes('emails:redact:response'));
+    await gw.waitForLog((l) => l.details === 'content_filtered' && l.filters?.includes('aws:block:response'));
     const logText = gw.stdout();
     for (const secret of ['4111 1111 1111 1111', 'jane.doe@example.com', 'AKIAIOSFODNN7EXAMPLE', 'PRJ-123456'])
       assert.ok(!logText.includes(secret), `matched text in the log: ${secret}`);
