@@ -76,14 +76,7 @@ admit_result memory_store::admit_now(const admission& a) {
       // Pass 1 found (and rolled) the scopes up to the one that refused; a refusal reads the rest.
       rate_window& w = i < states.size() ? states[i]->rate : scopes_[a.scopes[i].id + "@" + a.scopes[i].team].rate;
       roll(w, cur);
-      if (l.rpm) {
-        const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.rpm) - std::int64_t(w.requests));
-        if (r.requests_scope < 0 || left < r.requests_left) r.requests_scope = int(i), r.requests_left = left;
-      }
-      if (l.tpm) {
-        const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.tpm) - std::int64_t(w.tokens));
-        if (r.tokens_scope < 0 || left < r.tokens_left) r.tokens_scope = int(i), r.tokens_left = left;
-      }
+      note_window(r, int(i), l, std::int64_t(w.requests), std::int64_t(w.tokens));
     }
   };
   auto refuse = [&](verdict v, std::size_t i, std::int64_t retry) {

@@ -379,8 +379,6 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
     at = e.size();
     return out;
   }
-  out.admitted_at_ms = now_ms;
-  out.reset_ms = window_reset_ms(now_ms, bucket_ms_of(window_ms_));  // the script's buckets
   if (code == 1) {  // admitted: 1, requests, tokens
     read_figure(as_int(e[at + 1]), a.scopes.size(), out.requests_scope, out.requests_left);
     read_figure(as_int(e[at + 2]), a.scopes.size(), out.tokens_scope, out.tokens_left);
@@ -388,6 +386,8 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
     admitted(out, a, now_ms);
     return out;
   }
+  out.admitted_at_ms = now_ms;
+  out.reset_ms = window_reset_ms(now_ms, bucket_ms_of(window_ms_));  // the script's buckets
   const std::int64_t why = as_int(e[at + 1]), idx = as_int(e[at + 2]), retry = as_int(e[at + 3]);
   if (code == 0) {
     read_figure(as_int(e[at + 4]), a.scopes.size(), out.requests_scope, out.requests_left);
@@ -492,17 +492,8 @@ void redis_store::parse_admits(const std::vector<redis::reply>& e, std::size_t& 
       if (k >= nspecs || (l.rpm == 0 && l.tpm == 0)) continue;
       rs[k] += 1;
       ts[k] += std::int64_t(a.tokens);
-      if (l.rpm > 0 && (o.requests_scope < 0 || std::int64_t(l.rpm) - rs[k] < o.requests_left)) {
-        o.requests_scope = int(i);
-        o.requests_left = std::int64_t(l.rpm) - rs[k];
-      }
-      if (l.tpm > 0 && (o.tokens_scope < 0 || std::int64_t(l.tpm) - ts[k] < o.tokens_left)) {
-        o.tokens_scope = int(i);
-        o.tokens_left = std::int64_t(l.tpm) - ts[k];
-      }
+      note_window(o, int(i), l, rs[k], ts[k]);  // (all admitted: nothing left is below 0)
     }
-    o.requests_left = std::max<std::int64_t>(0, o.requests_left);
-    o.tokens_left = std::max<std::int64_t>(0, o.tokens_left);
     admitted(o, a, now_ms);
   }
 }

@@ -74,6 +74,22 @@ inline std::int64_t window_reset_ms(std::int64_t now_ms, std::int64_t bucket_ms)
   return (now_ms / bucket_ms + window_buckets + 1) * bucket_ms - now_ms;
 }
 
+/// For the x-ratelimit-* figures: counts scope `i` of a call (its limits, and the requests and
+/// tokens its window holds) into `r`, which keeps per kind the scope with the fewest left (never
+/// below 0; ties keep the first). Both stores, and the Redis store's reading of a batch admitted
+/// from its sums, apply this rule as admit.lua does.
+inline void note_window(admit_result& r, int i, const config::limits_config& l, std::int64_t requests,
+                        std::int64_t tokens) {
+  if (l.rpm) {
+    const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.rpm) - requests);
+    if (r.requests_scope < 0 || left < r.requests_left) r.requests_scope = i, r.requests_left = left;
+  }
+  if (l.tpm) {
+    const std::int64_t left = std::max<std::int64_t>(0, std::int64_t(l.tpm) - tokens);
+    if (r.tokens_scope < 0 || left < r.tokens_left) r.tokens_scope = i, r.tokens_left = left;
+  }
+}
+
 struct settlement {
   admission adm;                     ///< as admitted
   std::vector<std::string> periods;  ///< from admit_result
