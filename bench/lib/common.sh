@@ -85,6 +85,33 @@ keys:
 YAML
 }
 
+# A redis-server of its own (no persistence) on a free port, stopped on exit: sets redis_port and
+# redis_pid. `name` (optional) names its log.
+start_redis() { # [name]
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" >"$dir/${1:-redis}.log" 2>&1 &
+  redis_pid=$!
+  pids+=("$redis_pid")
+  for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+
+# A whole gateway config with the full policy path on the redis-server at the given port, one
+# worker, no audit, no access log, bench-chat routed to the fixed upstream: bench/script-cost,
+# bench/ab.
+policy_gateway_yaml() { # redis port
+  cat <<YAML
+$(policy_yaml "$1")
+audit: {enabled: false}
+prices:
+  "bench-*": {input: 0.15, output: 0.6}
+server: {listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, workers: 1, access_log: "off"}
+providers:
+  - {name: fixed, type: openai_compatible, base_url: "http://127.0.0.1:$up_port/v1"}
+models:
+  - {name: bench-chat, provider: fixed, upstream_model: gpt-4o-mini}
+YAML
+}
+
 # Every built-in content-filter detector, action redact: bench/filters, bench/instructions.
 filter_rules_yaml="content_filters:
   rules:"
