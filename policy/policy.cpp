@@ -170,7 +170,7 @@ awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> 
     if (alive.expired()) co_return;
     const auto now = steady_clock::now();
     std::vector<std::shared_ptr<reservation>> due;
-    for (auto& [lease, r] : inflight_[worker])
+    for (auto& [key, r] : inflight_[worker])
       if (now - r->renewed >= milliseconds(r->adm.lease_ms / 2)) due.push_back(r);
     for (auto& r : due) {
       // The new expiry on the store's clock: its admission time plus what has passed here since.
@@ -236,7 +236,8 @@ awaitable<key_lookup> engine::find_key(unsigned worker, const config::gateway_co
 
 awaitable<phase_result> engine::authenticate(request_context& ctx) {
   const auto& cfg = *ctx.snap->cfg;
-  auto g = std::make_shared<grant>();
+  // Made only when no cached grant answers (the common case is a cache hit: no allocation).
+  std::shared_ptr<grant> g;
   auto from_team = [&](const config::team_config& t) {
     g->team = t.name;
     g->team_models = t.models;
@@ -252,6 +253,7 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
           if (id == name) {
             // Its models, limits and budget as the admin API may have changed them.
             auto view = co_await resolve_team(ctx.worker, cfg, t.name);
+            g = std::make_shared<grant>();
             from_team(view.team ? *view.team : t);
             g->subject = name;
             ctx.identity.team = t.name;
@@ -262,6 +264,7 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
             co_return flow::next;
           }
     if (!cfg.auth.required) {
+      g = std::make_shared<grant>();
       g->anonymous = true;
       ctx.grant = std::move(g);
       auth_.counter({"anonymous"}).inc();
@@ -281,6 +284,7 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
   if (!parsed && !cfg.auth.required) {
     // An open gateway ignores credentials that are not Tollgate keys (SDK placeholders); a
     // Tollgate key is still checked, so a revoked key cannot slip through as anonymous.
+    g = std::make_shared<grant>();
     g->anonymous = true;
     ctx.grant = std::move(g);
     auth_.counter({"anonymous"}).inc();
@@ -341,6 +345,7 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
     co_return make_failure(errc::invalid_api_key, "This API key's team no longer exists.", "", error_source::policy);
   }
   const config::team_config* t = &*view.team;
+  g = std::make_shared<grant>();
   from_team(*t);
   g->key_id = k.id;
   g->key_models = k.models;
@@ -375,6 +380,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     co_return flow::next;
   }
   admission& a = r->adm;
+  a.scopes.reserve(2);
   if (auto s = make_scope("t", g.team, g.team_limits, g.team_budget)) a.scopes.push_back(std::move(*s));
   if (!g.key_id.empty())
     if (auto s = make_scope("k:" + g.key_id, g.team, g.key_limits, g.key_budget)) a.scopes.push_back(std::move(*s));
@@ -454,7 +460,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     r->periods = std::move(res.periods);
     r->admitted_at_ms = res.admitted_at_ms;
     r->admitted = r->renewed = steady_clock::now();
-    inflight_[ctx.worker % inflight_.size()].emplace(r->adm.lease, r);
+    inflight_[ctx.worker % inflight_.size()].emplace(r.get(), r);
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
@@ -504,7 +510,7 @@ void engine::settle(request_context& ctx, executor_t ex) {
   count_usage(ctx);
   auto r = ctx.reservation;
   if (!r || r->adm.scopes.empty()) return;
-  if (!inflight_.empty()) inflight_[ctx.worker % inflight_.size()].erase(r->adm.lease);
+  if (!inflight_.empty()) inflight_[ctx.worker % inflight_.size()].erase(r.get());
   // The admission moves into its settlement (no copy of its scopes): a second settle() of this
   // call finds no scopes and returns above; renew_leases() skips it the same way.
   settlement s;

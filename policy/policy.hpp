@@ -188,8 +188,9 @@ class engine {
   };
   std::vector<retry_queue> queues_;
   std::vector<executor_t> executors_;
-  /// Per worker: admitted calls not settled yet, by lease (for renewal).
-  std::vector<std::unordered_map<std::string, std::shared_ptr<reservation>>> inflight_;
+  /// Per worker: admitted calls not settled yet (for renewal), by their reservation's address
+  /// (no copy of the lease string per call).
+  std::vector<std::unordered_map<const reservation*, std::shared_ptr<reservation>>> inflight_;
   std::mutex cache_mu_;
   std::unordered_map<std::string, cached_key> cache_;
   struct cached_team {

@@ -366,6 +366,7 @@ void redis_store::admitted(admit_result& out, const admission& a, std::int64_t n
   out.reset_ms = window_reset_ms(now_ms, bucket_ms_of(window_ms_));  // the script's buckets
   // The same period ids as the script's, from the same (Redis) clock reading.
   out.periods.clear();
+  out.periods.reserve(a.scopes.size());
   for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
 }
 
