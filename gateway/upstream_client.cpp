@@ -232,11 +232,12 @@ awaitable<std::optional<failure>> upstream_exchange::start(const upstream_reques
 awaitable<error_code> upstream_exchange::read_some(std::string& out) {
   constexpr std::size_t scratch_size = 16 * 1024;
   out.clear();
-  if (!scratch_) scratch_.reset(new char[scratch_size]);
+  if (!conn_->scratch) conn_->scratch.reset(new char[scratch_size]);
+  char* const scratch = conn_->scratch.get();
   // Loops because a read can make progress on framing alone (chunk sizes) without body bytes.
   while (!parser_->is_done()) {
     auto& body = parser_->get().body();
-    body.data = scratch_.get();
+    body.data = scratch;
     body.size = scratch_size;
     conn_->lowest().expires_after(milliseconds(req_->settings->timeouts.idle_ms));
     error_code ec;
@@ -244,7 +245,7 @@ awaitable<error_code> upstream_exchange::read_some(std::string& out) {
     else ec = std::get<0>(co_await http::async_read_some(*conn_->tcp, conn_->buffer, *parser_));
     if (ec == http::error::need_buffer) ec = {};
     if (ec) co_return make_error_code(is_timeout(ec) ? errc::upstream_timeout : errc::upstream_error);
-    out.assign(scratch_.get(), scratch_size - body.size);
+    out.assign(scratch, scratch_size - body.size);
     if (!out.empty()) break;
   }
   co_return error_code{};

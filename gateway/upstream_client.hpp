@@ -30,6 +30,9 @@ struct upstream_connection {
   std::unique_ptr<stream_t> tcp;     ///< set when plain
   std::unique_ptr<ssl_stream_t> tls; ///< set when TLS (owns its TCP stream)
   beast::flat_buffer buffer;
+  /// Body read buffer, kept with the pooled connection: a 16 KiB allocation per exchange was
+  /// ~1k instructions of jemalloc's large-size path per request (not zero-filled per read).
+  std::unique_ptr<char[]> scratch;
   std::chrono::steady_clock::time_point idle_since{};  ///< when it went back to the pool
   stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
 };
@@ -87,7 +90,6 @@ class upstream_exchange {
   std::unique_ptr<upstream_connection> conn_;
   std::optional<http::response_parser<http::buffer_body>> parser_;
   bool reused_ = false;
-  std::unique_ptr<char[]> scratch_;  ///< body read buffer (not zero-filled per read)
 };
 
 }  // namespace tollgate::gateway
