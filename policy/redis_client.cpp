@@ -632,16 +632,27 @@ awaitable<boost::system::result<reply>> connection::command_resp(std::string_vie
 }
 
 std::string resp_command(std::span<const std::string_view> head, const resp_args& tail) {
+  const resp_args* parts[] = {&tail};
+  return resp_command(head, parts);
+}
+
+std::string resp_command(std::span<const std::string_view> head, std::span<const resp_args* const> parts) {
   resp_args h;
   for (auto a : head) h.add(a);
-  const std::string n = std::to_string(h.count() + tail.count());
+  std::size_t count = h.count(), bytes = h.bytes().size();
+  for (const resp_args* p : parts) {
+    count += p->count();
+    bytes += p->bytes().size();
+  }
+  char n[24];
+  const char* const n_end = std::to_chars(n, n + sizeof n, count).ptr;
   std::string out;
-  out.reserve(3 + n.size() + h.bytes().size() + tail.bytes().size());
+  out.reserve(3 + std::size_t(n_end - n) + bytes);
   out += '*';
-  out += n;
+  out.append(n, std::size_t(n_end - n));
   out += "\r\n";
   out += h.bytes();
-  out += tail.bytes();
+  for (const resp_args* p : parts) out += p->bytes();
   return out;
 }
 

@@ -112,6 +112,9 @@ class resp_args {
 
 /// The whole command: `head` (the command name and its first arguments), then `tail`'s arguments.
 std::string resp_command(std::span<const std::string_view> head, const resp_args& tail);
+/// The same with the arguments of several parts, in order, each copied once (an admission batch's
+/// keys, header and calls: no part is first appended to another).
+std::string resp_command(std::span<const std::string_view> head, std::span<const resp_args* const> parts);
 
 enum class state { connecting, up, down };
 

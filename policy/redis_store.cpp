@@ -131,23 +131,26 @@ void redis_store::add_scope_keys(std::vector<std::string>& keys, const std::vect
 
 awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker, const std::string& sha,
                                                                  std::string_view body, const std::vector<std::string>& keys,
-                                                                 const redis::resp_args& args) {
-  // Keys and arguments go straight into one RESP buffer: no string per argument, no hiredis
-  // formatting (both were per-call mallocs on the admission path).
-  redis::resp_args tail;
-  std::size_t size = args.bytes().size() + 16;
+                                                                 const redis::resp_args& args, const redis::resp_args* more) {
+  // Keys and arguments go straight into one RESP buffer, each part copied once: no string per
+  // argument, no hiredis formatting (both were per-call mallocs on the admission path).
+  redis::resp_args key_args;
+  std::size_t size = 0;
   for (auto& k : keys) size += k.size() + 16;
-  tail.reserve(size);
-  for (auto& k : keys) tail.add(k);
-  tail.append(args);
+  key_args.reserve(size);
+  for (auto& k : keys) key_args.add(k);
   const std::string nkeys = std::to_string(keys.size());
-  // An array, not an initializer list: GCC 12 rejects those inside a coroutine.
+  // Arrays, not initializer lists: GCC 12 rejects those inside a coroutine.
   std::string_view head[] = {cmd_evalsha, sha, nkeys};
-  auto r = co_await conn(worker).command_resp(redis::resp_command(head, tail));
+  const redis::resp_args* parts[] = {&key_args, &args, more};
+  const std::size_t nparts = more ? 3 : 2;
+  std::string cmd = redis::resp_command(head, std::span(parts, nparts));
+  auto r = co_await conn(worker).command_resp(cmd);
   if (r && r->type == redis::reply::kind::error && r->str.rfind("NOSCRIPT", 0) == 0) {
     head[0] = cmd_eval;
     head[1] = body;
-    r = co_await conn(worker).command_resp(redis::resp_command(head, tail));
+    cmd = redis::resp_command(head, std::span(parts, nparts));
+    r = co_await conn(worker).command_resp(cmd);
   }
   co_return r;
 }
@@ -233,7 +236,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   };
   std::vector<correction> corrections;
   const std::int64_t bucket_ms = bucket_ms_of(window_ms_);
-  redis::resp_args tail;
+  redis::resp_args& tail = plan.calls;
   tail.reserve(calls.size() * 128 + settles.size() * 192);
   std::string packed;
   // A call's numbers as one argument, "a,b,c" then ";..." per scope (admit.lua's header).
@@ -316,7 +319,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     summable = std::adjacent_find(leases.begin(), leases.end()) == leases.end();
   }
   redis::resp_args& args = plan.args;
-  args.reserve(64 + specs.header.bytes().size() + sums.size() * 64 + corrections.size() * 32 + tail.bytes().size());
+  args.reserve(64 + specs.header.bytes().size() + sums.size() * 64 + corrections.size() * 32);
   if (calls.empty()) args.add(std::string_view("0"));
   else args.add(calls.front()->lease_ms);
   args.add(window_ms_);
@@ -344,7 +347,6 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   } else {
     args.add(std::string_view("0"));
   }
-  args.append(tail);
   plan.summed = summable;
   plan.specs = std::move(specs.specs);
   return plan;
@@ -637,7 +639,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   batch_plan plan = script_args(calls, settles);
   std::vector<std::string> keys = team_keys(team);
   add_scope_keys(keys, plan.specs);
-  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, &plan.calls);
   if (plan.summed && r && r->type == redis::reply::kind::error &&
       r->str.find("Unknown Redis command") != std::string::npos) {
     // A server before Redis 6.2 has no ZMSCORE, which the sums need. The script stopped there,
@@ -646,7 +648,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
       notice("warn", "Redis lacks ZMSCORE (Redis 6.2 or later): policy batches go call by call, "
                      "which costs Redis more CPU per call");
     plan = script_args(calls, settles);
-    r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
+    r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, &plan.calls);
   }
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;
@@ -712,7 +714,7 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   const batch_plan plan = script_args(one, no_settles);
   std::vector<std::string> keys = team_keys(s.team);
   keys.push_back(scope_key(s.team, s.id));
-  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, &plan.calls);
   // {now, 0 (no settlements), 0 (call by call), 2, spent, reserved, 0}
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 7 || as_int(r->elements[3]) != 2) co_return b;
   b.reachable = true;

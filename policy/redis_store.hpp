@@ -68,8 +68,10 @@ class redis_store final : public store {
 
  private:
   /// EVALSHA, and EVAL once when the server does not know the script yet (NOSCRIPT).
+  /// The arguments are `args` then `more` (the batch's calls, when given).
   awaitable<boost::system::result<redis::reply>> eval(unsigned worker, const std::string& sha, std::string_view body,
-                                                      const std::vector<std::string>& keys, const redis::resp_args& args);
+                                                      const std::vector<std::string>& keys, const redis::resp_args& args,
+                                                      const redis::resp_args* more = nullptr);
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
   /// The documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>" each).
   awaitable<std::optional<std::vector<std::string>>> members_docs(unsigned worker, std::string kind);
@@ -147,7 +149,8 @@ class redis_store final : public store {
   };
   /// One script call's arguments, and the specs they refer to by index (for reading the reply).
   struct batch_plan {
-    redis::resp_args args;
+    redis::resp_args args;   ///< the header, the scope specs and the sums
+    redis::resp_args calls;  ///< then the settlements and the admissions (sent after `args`)
     bool summed = false;                   ///< the batch's sums are in `args`
     std::vector<const scope_spec*> specs;  ///< into the batch's calls: alive while they are
     /// Each scope's index in `specs`, in order: the settlements' scopes, the admissions' scopes.

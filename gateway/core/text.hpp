@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 /// Small text helpers for HTTP field values and environment lists. Pure.
-#include <cctype>
 #include <string_view>
 
 namespace tollgate::text {
 
-/// ASCII case-insensitive equality (HTTP field names and tokens).
-inline bool iequals(std::string_view a, std::string_view b) noexcept {
+/// ASCII lower case of one byte (no locale: HTTP names and tokens are ASCII).
+constexpr unsigned char ascii_lower(unsigned char c) noexcept { return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c; }
+
+/// ASCII case-insensitive equality (HTTP field names and tokens). Inline, without libc's
+/// locale-aware tolower: it runs for every header line of every request (http_guard).
+constexpr bool iequals(std::string_view a, std::string_view b) noexcept {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+    if (ascii_lower(static_cast<unsigned char>(a[i])) != ascii_lower(static_cast<unsigned char>(b[i]))) return false;
   return true;
 }
 

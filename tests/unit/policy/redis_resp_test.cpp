@@ -62,5 +62,21 @@ TEST(RespArgsTest, NumbersAndStringsAsHiredisFormatsThem) {
   EXPECT_EQ(resp_command(head, args), hiredis_format(want));
 }
 
+TEST(RespArgsTest, PartsMakeTheSameCommandAsOneTail) {
+  // An admission batch goes as keys, header and calls: three parts, some possibly empty, must
+  // give exactly the command of their arguments in order.
+  resp_args keys, header, calls, empty, all;
+  std::vector<std::string> want = {"EVALSHA", "sha", "2"};
+  for (std::string k : {"tg:{t}:l", "tg:{t}:x"}) keys.add(k), all.add(k), want.push_back(k);
+  for (std::int64_t v : {60000, 1, -1}) header.add(v), all.add(v), want.push_back(std::to_string(v));
+  for (std::string c : {"lease|t=1=5", "12,34;1", ""}) calls.add(c), all.add(c), want.push_back(c);
+  const std::string_view head[] = {"EVALSHA", "sha", "2"};
+  const resp_args* parts[] = {&keys, &empty, &header, &calls};
+  EXPECT_EQ(resp_command(head, parts), hiredis_format(want));
+  EXPECT_EQ(resp_command(head, parts), resp_command(head, all));
+  const resp_args* none[] = {&empty};
+  EXPECT_EQ(resp_command(head, none), hiredis_format({"EVALSHA", "sha", "2"}));
+}
+
 }  // namespace
 }  // namespace tollgate::policy::redis
