@@ -589,16 +589,39 @@ awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc cod
 
 void log_request(worker& w, request_context& ctx) {
   auto& m = gateway_metrics::get();
-  const std::string model = ctx.route ? ctx.route->name : "";
-  const std::string provider = ctx.target ? ctx.target->provider->name() : "";
-  const std::string ep(endpoint_label(ctx.endpoint));
-  m.requests.counter({ep, model, provider, std::to_string(ctx.status)}).inc();
+  const void* const provider_id = ctx.target ? static_cast<const void*>(ctx.target->provider) : nullptr;
+  auto& cache = w.request_cells_for(ctx.snap);
+  const worker::request_cells_key key{ctx.route, provider_id, int(ctx.endpoint), ctx.status};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    if (cache.size() > 4096) cache.clear();  // bound memory (statuses times routes)
+    it = cache.emplace(key, worker::request_cells{}).first;
+  }
+  // Each cell is found the first time this combination needs it (a series appears in /metrics
+  // only once it counts something, as before).
+  worker::request_cells& c = it->second;
+  const auto model = [&] { return ctx.route ? std::string_view(ctx.route->name) : std::string_view(); };
+  const auto provider = [&] { return ctx.target ? std::string_view(ctx.target->provider->name()) : std::string_view(); };
+  if (!c.requests) {
+    const std::string status = std::to_string(ctx.status);
+    c.requests = &m.requests.counter({endpoint_label(ctx.endpoint), model(), provider(), status});
+    c.duration = &m.request_duration.histogram({endpoint_label(ctx.endpoint), model(), provider()});
+  }
+  c.requests->inc();
   const double secs = std::chrono::duration<double>(request_context::clock::now() - ctx.start).count();
-  m.request_duration.observe({ep, model, provider}, secs);
-  if (ctx.stream && ctx.first_byte != request_context::clock::time_point{})
-    m.ttft.observe({model, provider}, std::chrono::duration<double>(ctx.first_byte - ctx.start).count());
-  if (ctx.usage.prompt) m.tokens.counter({model, provider, "prompt"}).inc(double(ctx.usage.prompt));
-  if (ctx.usage.completion) m.tokens.counter({model, provider, "completion"}).inc(double(ctx.usage.completion));
+  m.request_duration.observe(*c.duration, secs);
+  if (ctx.stream && ctx.first_byte != request_context::clock::time_point{}) {
+    if (!c.ttft) c.ttft = &m.ttft.histogram({model(), provider()});
+    m.ttft.observe(*c.ttft, std::chrono::duration<double>(ctx.first_byte - ctx.start).count());
+  }
+  if (ctx.usage.prompt) {
+    if (!c.prompt_tokens) c.prompt_tokens = &m.tokens.counter({model(), provider(), "prompt"});
+    c.prompt_tokens->inc(double(ctx.usage.prompt));
+  }
+  if (ctx.usage.completion) {
+    if (!c.completion_tokens) c.completion_tokens = &m.tokens.counter({model(), provider(), "completion"});
+    c.completion_tokens->inc(double(ctx.usage.completion));
+  }
   audit_unsealed(w, ctx);
   w.log().append(w.log_buffer(), ctx);
 }

@@ -7,8 +7,10 @@
 #include <list>
 #include <memory>
 #include <thread>
+#include <unordered_map>
 
 #include "gateway/access_log.hpp"
+#include "gateway/core/metrics.hpp"
 #include "gateway/core/net.hpp"
 #include "gateway/core/provider.hpp"
 #include "gateway/core/snowflake.hpp"
@@ -72,6 +74,41 @@ class worker {
   }
   /// This worker's access-log lines not written yet (flushed on each sweep tick and at exit).
   std::string& log_buffer() { return log_buffer_; }
+
+  /// The metric cells every finished request updates, for one route, provider, endpoint and
+  /// status (log_request): found once per combination instead of four label lookups per request.
+  struct request_cells {
+    metrics::counter_cell* requests = nullptr;
+    metrics::histogram_cell* duration = nullptr;
+    metrics::histogram_cell* ttft = nullptr;
+    metrics::counter_cell* prompt_tokens = nullptr;
+    metrics::counter_cell* completion_tokens = nullptr;
+  };
+  struct request_cells_key {
+    const void* route;
+    const void* provider;
+    int endpoint;
+    unsigned status;
+    bool operator==(const request_cells_key&) const = default;
+  };
+  struct request_cells_hash {
+    std::size_t operator()(const request_cells_key& k) const noexcept {
+      std::size_t h = std::hash<const void*>{}(k.route);
+      h = h * 31 + std::hash<const void*>{}(k.provider);
+      return h * 31 + std::size_t(k.endpoint) * 1000 + k.status;
+    }
+  };
+  /// The cache of request_cells, keyed by route and provider addresses, which belong to
+  /// `snap`: a request of another snapshot (a reload) starts the cache again, and the snapshot it
+  /// keeps alive means no address is reused while the cache holds it.
+  std::unordered_map<request_cells_key, request_cells, request_cells_hash>& request_cells_for(
+      const std::shared_ptr<const snapshot>& snap) {
+    if (snap != cells_snap_) {
+      cells_.clear();
+      cells_snap_ = snap;
+    }
+    return cells_;
+  }
 
   bool draining() const { return draining_; }
   /// Stops keep-alive: idle sessions close now, busy ones after their current response.
@@ -137,6 +174,8 @@ class worker {
   bool draining_ = false;
   std::uint64_t sweep_tick_ = 0;
   std::string log_buffer_;
+  std::shared_ptr<const snapshot> cells_snap_;
+  std::unordered_map<request_cells_key, request_cells, request_cells_hash> cells_;
   std::optional<policy::content_filter::scratch> filter_scratch_;
   std::list<session_slot> sessions_;
   // Destroyed after the pool below and before everything above: coroutine frames that the
