@@ -309,7 +309,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       count_upstream_error(ctx, "status_" + std::to_string(status));
       continue;  // nothing went to the caller yet: try the fallback
     }
-    const std::string_view ct = ex.headers()[http::field::content_type];
+    const std::string_view ct = ex.header(http::field::content_type);
     // SSE from OpenAI-style servers, a binary AWS event stream from Bedrock: the adapter's
     // translator turns either into the caller's SSE.
     if (status / 100 == 2 && ctx.stream &&

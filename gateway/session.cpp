@@ -16,6 +16,7 @@
 #include <array>
 #include <cerrno>
 #include <cstdio>
+#include <optional>
 
 #include "gateway/core/http_guard.hpp"
 #include "gateway/core/text.hpp"
@@ -156,17 +157,42 @@ std::string client_address(stream_t& s) {
   return ec ? std::string("unknown") : ep.address().to_string();
 }
 
+/// The request fields the gateway reads, found in one pass over the list: a lookup by name in
+/// Beast's ordered field set cost ~470 instructions, and a request has a handful of fields.
+/// Each is the first of its name, as `req[field]` gives it.
+struct caller_fields {
+  std::optional<std::string_view> user_agent, content_type, authorization, api_key, x_api_key;
+};
+
+caller_fields scan_caller_fields(const http::fields& fields) {
+  caller_fields c;
+  const auto first = [](std::optional<std::string_view>& slot, std::string_view v) {
+    if (!slot) slot = v;
+  };
+  for (const auto& f : fields) {
+    switch (f.name()) {
+      case http::field::user_agent: first(c.user_agent, f.value()); break;
+      case http::field::content_type: first(c.content_type, f.value()); break;
+      case http::field::authorization: first(c.authorization, f.value()); break;
+      default:
+        if (text::iequals(f.name_string(), "api-key")) first(c.api_key, f.value());
+        else if (text::iequals(f.name_string(), "x-api-key")) first(c.x_api_key, f.value());
+    }
+  }
+  return c;
+}
+
 /// The API key a caller presented: `Authorization: Bearer <key>` (OpenAI SDKs), else `api-key`
 /// (Azure SDKs), else `x-api-key` (Anthropic SDKs). Empty when none.
-std::string presented_credential(const http::request<http::string_body>& req) {
-  auto auth = req[http::field::authorization];
+std::string presented_credential(const caller_fields& c) {
+  const std::string_view auth = c.authorization.value_or(std::string_view());
   if (!auth.empty()) {
     auto v = text::trim(auth);
     if (v.size() > 7 && text::iequals(v.substr(0, 7), "bearer ")) return std::string(text::trim(v.substr(7)));
     return {};  // another scheme: not an API key
   }
-  for (std::string_view name : {std::string_view("api-key"), std::string_view("x-api-key")})
-    if (auto it = req.find(name); it != req.end()) return std::string(text::trim(it->value()));
+  if (c.api_key) return std::string(text::trim(*c.api_key));
+  if (c.x_api_key) return std::string(text::trim(*c.x_api_key));
   return {};
 }
 
@@ -323,7 +349,9 @@ class session {
       co_return false;
     }
     low.expires_never();
+    const bool keep_alive = parser.keep_alive();  // (the parser's flags: no field lookup)
     auto req = parser.release();
+    const caller_fields fields = scan_caller_fields(req.base());
 
     request_context ctx;
     ctx.id = w_.next_id();
@@ -336,18 +364,18 @@ class session {
     const auto query_at = target.find('?');
     ctx.path = std::string(target.substr(0, query_at));
     if (query_at != std::string_view::npos) ctx.query = std::string(target.substr(query_at + 1));
-    ctx.user_agent = std::string(req[http::field::user_agent]);
-    ctx.credential = presented_credential(req);
+    ctx.user_agent = std::string(fields.user_agent.value_or(std::string_view()));
+    ctx.credential = presented_credential(fields);
     ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
     ctx.admin_listener = kind_ == listener_kind::admin;
-    session_sink<Stream> sink(w_, s_, ctx, req.keep_alive(), req.version() >= 11);
+    session_sink<Stream> sink(w_, s_, ctx, keep_alive, req.version() >= 11);
 
     if (kind_ == listener_kind::admin) {
       ctx.body = std::move(req.body());
       co_await handle_admin_request(w_, ctx, sink);
     } else {
-      auto ct = req[http::field::content_type];
+      const std::string_view ct = fields.content_type.value_or(std::string_view());
       if (req.method() == http::verb::post && !ct.empty() && ct.find("json") == std::string_view::npos) {
         co_await answer_error(ctx, sink, errc::unsupported_media_type,
                               "Content-Type must be application/json, got '" + std::string(ct.substr(0, 100)) + "'.");

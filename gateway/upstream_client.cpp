@@ -108,7 +108,7 @@ void upstream_exchange::release() {
   ctx_.cancel_upstream = nullptr;
   // A caller that left as the answer ended may have closed this connection through
   // cancel_upstream: a closed socket must never go back to the pool.
-  if (conn_ && conn_->lowest().socket().is_open() && parser_ && parser_->is_done() && parser_->get().keep_alive())
+  if (conn_ && conn_->lowest().socket().is_open() && parser_ && parser_->is_done() && parser_->keep_alive())
     pool_.give_back(std::move(conn_), req_->settings->max_idle_connections);
   conn_.reset();
 }

@@ -66,6 +66,13 @@ class upstream_exchange {
 
   unsigned status() const { return parser_->get().result_int(); }
   const http::fields& headers() const { return parser_->get().base(); }
+  /// The first value of a known field, found by walking the few response fields (a lookup in
+  /// Beast's ordered set compares names case-insensitively, ~470 instructions). Empty if absent.
+  std::string_view header(http::field name) const {
+    for (const auto& f : parser_->get())
+      if (f.name() == name) return f.value();
+    return {};
+  }
   bool done() const { return parser_->is_done(); }
 
   /// Next piece of the body into `out` (replaced). Empty `out` with no error means the body ended.
