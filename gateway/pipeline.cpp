@@ -356,9 +356,13 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       if (ctx.error_code.empty()) ctx.error_code = "upstream_error";
     }
     header_list extra = passthrough_headers(ex.headers());
+    // The head's storage goes back to the pool with the connection: keep the content type.
+    std::string ct_kept;
+    std::string_view content_type = "application/json";
+    if (!ct.empty() && ct != content_type) content_type = ct_kept.assign(ct);
     ex.release();
     const unsigned answer = ctx.answer_status ? ctx.answer_status : status;
-    co_await sink.send_full(answer, ct.empty() ? std::string_view("application/json") : ct, std::move(out), extra);
+    co_await sink.send_full(answer, content_type, std::move(out), extra);
     co_return flow::responded;
   }
   co_return last ? *last : make_failure(errc::internal, "model has no targets", "", error_source::internal);
@@ -532,9 +536,12 @@ awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std
   co_return false;
 }
 
-header_list passthrough_headers(const http::fields& upstream) {
+namespace {
+/// passthrough_headers() over any list of fields with name(), name_string() and value().
+template <class Fields>
+header_list passthrough_headers_of(const Fields& upstream) {
   // Known fields compare by Beast's field enum (no string work); the rest by name.
-  auto dropped = [](const http::fields::value_type& f) {
+  auto dropped = [](const auto& f) {
     switch (f.name()) {
       case http::field::connection:
       case http::field::keep_alive:
@@ -561,11 +568,12 @@ header_list passthrough_headers(const http::fields& upstream) {
     }
   };
   std::vector<std::string_view> named_by_connection;
-  for (auto [it, end] = upstream.equal_range(http::field::connection); it != end; ++it)
-    text::for_each_item(it->value(), [&](std::string_view tok) {
-      if (!tok.empty()) named_by_connection.push_back(tok);
-      return true;
-    });
+  for (const auto& f : upstream)
+    if (f.name() == http::field::connection)
+      text::for_each_item(f.value(), [&](std::string_view tok) {
+        if (!tok.empty()) named_by_connection.push_back(tok);
+        return true;
+      });
   header_list out;
   for (auto& f : upstream) {
     if (dropped(f)) {
@@ -579,6 +587,10 @@ header_list passthrough_headers(const http::fields& upstream) {
   }
   return out;
 }
+}  // namespace
+
+header_list passthrough_headers(const http::fields& upstream) { return passthrough_headers_of(upstream); }
+header_list passthrough_headers(std::span<const upstream_field> upstream) { return passthrough_headers_of(upstream); }
 
 awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc code, std::string_view message,
                              std::string_view param, const header_list& extra) {

@@ -4,6 +4,8 @@
 /// route → admit → [select target → encode → exchange → decode/stream]* → settle → log.
 /// Failures go to one place, fail(), which answers with an OpenAI-shaped error if nothing was
 /// sent yet and aborts the stream otherwise. settle and log run exactly once per request.
+#include <boost/beast/http/fields.hpp>
+
 #include "gateway/core/provider.hpp"
 #include "gateway/worker.hpp"
 
@@ -40,5 +42,7 @@ void log_request(worker& w, request_context& ctx);
 /// Upstream response headers that may reach the caller: everything but hop-by-hop fields
 /// (RFC 9110 §7.6.1, plus those named in Connection), framing and a few the gateway owns.
 header_list passthrough_headers(const beast::http::fields& upstream);
+/// The same for an upstream response's fields as the exchange parsed them.
+header_list passthrough_headers(std::span<const upstream_field> upstream);
 
 }  // namespace tollgate::gateway

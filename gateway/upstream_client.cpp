@@ -195,7 +195,7 @@ awaitable<error_code> upstream_exchange::send_and_read_head(const upstream_reque
   const auto& s = *req.settings;
   auto& low = conn_->lowest();
   ctx_.cancel_upstream = [this] { cancel(); };
-  parser_.emplace();
+  parser_.emplace(conn_->head);
   parser_->body_limit(boost::none);
   low.expires_after(milliseconds(s.timeouts.first_byte_ms));
   error_code ec;
@@ -236,16 +236,14 @@ awaitable<error_code> upstream_exchange::read_some(std::string& out) {
   char* const scratch = conn_->scratch.get();
   // Loops because a read can make progress on framing alone (chunk sizes) without body bytes.
   while (!parser_->is_done()) {
-    auto& body = parser_->get().body();
-    body.data = scratch;
-    body.size = scratch_size;
+    parser_->body_buffer(scratch, scratch_size);
     conn_->lowest().expires_after(milliseconds(req_->settings->timeouts.idle_ms));
     error_code ec;
     if (conn_->tls) ec = std::get<0>(co_await http::async_read_some(*conn_->tls, conn_->buffer, *parser_));
     else ec = std::get<0>(co_await http::async_read_some(*conn_->tcp, conn_->buffer, *parser_));
     if (ec == http::error::need_buffer) ec = {};
     if (ec) co_return make_error_code(is_timeout(ec) ? errc::upstream_timeout : errc::upstream_error);
-    out.assign(scratch, scratch_size - body.size);
+    out.assign(scratch, scratch_size - parser_->body_room());
     if (!out.empty()) break;
   }
   co_return error_code{};

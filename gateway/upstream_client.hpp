@@ -7,8 +7,6 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
-#include <boost/beast/http/parser.hpp>
 
 #include <map>
 #include <memory>
@@ -18,6 +16,7 @@
 #include <vector>
 
 #include "gateway/core/provider.hpp"
+#include "gateway/upstream_parser.hpp"
 
 namespace tollgate::gateway {
 
@@ -33,6 +32,7 @@ struct upstream_connection {
   /// Body read buffer, kept with the pooled connection: a 16 KiB allocation per exchange was
   /// ~1k instructions of jemalloc's large-size path per request (not zero-filled per read).
   std::unique_ptr<char[]> scratch;
+  upstream_head_storage head;  ///< the current response's fields (upstream_response_parser)
   std::chrono::steady_clock::time_point idle_since{};  ///< when it went back to the pool
   stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
 };
@@ -64,15 +64,11 @@ class upstream_exchange {
   /// to the caller yet.
   awaitable<std::optional<failure>> start(const upstream_request& req);
 
-  unsigned status() const { return parser_->get().result_int(); }
-  const http::fields& headers() const { return parser_->get().base(); }
-  /// The first value of a known field, found by walking the few response fields (a lookup in
-  /// Beast's ordered set compares names case-insensitively, ~470 instructions). Empty if absent.
-  std::string_view header(http::field name) const {
-    for (const auto& f : parser_->get())
-      if (f.name() == name) return f.value();
-    return {};
-  }
+  unsigned status() const { return parser_->status(); }
+  /// The response's fields, in order; valid until release() or the exchange ends.
+  std::span<const upstream_field> headers() const { return parser_->fields(); }
+  /// The first value of a known field (empty if absent).
+  std::string_view header(http::field name) const { return parser_->field_value(name); }
   bool done() const { return parser_->is_done(); }
 
   /// Next piece of the body into `out` (replaced). Empty `out` with no error means the body ended.
@@ -95,7 +91,7 @@ class upstream_exchange {
   request_context& ctx_;
   const upstream_request* req_ = nullptr;
   std::unique_ptr<upstream_connection> conn_;
-  std::optional<http::response_parser<http::buffer_body>> parser_;
+  std::optional<upstream_response_parser> parser_;
   bool reused_ = false;
 };
 

@@ -323,6 +323,13 @@ TEST_F(RedisClientTest, RepliesReadTogetherResumeInOrderEvenWhenTheFirstCallerCl
   c->start();
   ASSERT_TRUE(wait_up(ioc, *c));
   ASSERT_TRUE(cmd(ioc, *c, {"DEL", "together:n"}));
+  // The server holds every client for a moment (from another connection), so that all the
+  // commands below are in its input before it runs any of them, and their replies leave together
+  // however the client's writes were split (under load, the sleep alone came back first).
+  auto pauser = std::make_unique<connection>(executor_of(ioc), options_for(*server_));
+  pauser->start();
+  ASSERT_TRUE(wait_up(ioc, *pauser));
+  ASSERT_TRUE(cmd(ioc, *pauser, {"CLIENT", "PAUSE", "300", "ALL"}));
   constexpr int count = 50;
   std::vector<std::optional<result_t>> results(count);
   int done = 0;
@@ -366,6 +373,7 @@ TEST_F(RedisClientTest, RepliesReadTogetherResumeInOrderEvenWhenTheFirstCallerCl
   }
   EXPECT_GT(answered, 0) << "no reply read together with the first was delivered";
   c.reset();
+  pauser.reset();
   pump(ioc, [] { return false; }, 200ms);  // let everything that still refers to it run (ASan)
 }
 
