@@ -530,7 +530,7 @@ awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std
     a->append(std::move(rec));
     co_return true;
   }
-  const bool ok = co_await a->async_append(std::move(rec), net::use_awaitable);
+  const bool ok = co_await a->async_append(std::move(rec), net::use_awaitable_t<base_executor_t>{});
   if (ok || a->fail_open()) co_return true;
   ctx.details = "audit_unavailable";
   co_return false;

@@ -435,7 +435,7 @@ class session {
         error_code ignored;
         s_.socket().cancel(ignored);  // the socket may be closed already (a reset fault)
         // The cancelled wait completes through the queue; let it run before `wt` goes away.
-        while (wt.pending) co_await net::post(co_await net::this_coro::executor, net::use_awaitable);
+        while (wt.pending) co_await net::post(co_await net::this_coro::executor, net::use_awaitable_t<base_executor_t>{});
       }
     } else {
       co_await handle_caller_request(w_, ctx, sink);

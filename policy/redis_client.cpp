@@ -454,7 +454,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   /// awaits the reply. No `up` check: the handshake sends before the connection is up.
   template <class Write>
   static awaitable<result_t> submit(std::shared_ptr<redis_link> l, Write write) {
-    auto token = net::as_tuple(net::use_awaitable);
+    auto token = net::as_tuple(net::use_awaitable_t<base_executor_t>{});
     auto [ec, r] = co_await net::async_initiate<decltype(token), signature>(
         [&l, &write](auto handler) {
           using handler_t = decltype(handler);

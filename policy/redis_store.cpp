@@ -523,7 +523,7 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
   if (!p->done) {
     // Named locals, not temporaries inside the co_await expression: GCC 12 destroyed the frame's
     // shared_ptr early otherwise (ASan caught it).
-    net::use_awaitable_t<> token;  // Boost 1.81's async_initiate takes the token by lvalue
+    net::use_awaitable_t<base_executor_t> token;  // Boost 1.81's async_initiate takes the token by lvalue
     pending_admit* raw = p.get();
     auto init = [raw](auto handler) {
       auto h = std::make_shared<decltype(handler)>(std::move(handler));
@@ -535,7 +535,7 @@ awaitable<admit_result> redis_store::admit(unsigned worker, const admission& a) 
         net::dispatch(ex, [h] { std::move(*h)(); });
       };
     };
-    co_await net::async_initiate<net::use_awaitable_t<>, void()>(init, token);
+    co_await net::async_initiate<net::use_awaitable_t<base_executor_t>, void()>(init, token);
   }
   admit_result out = std::move(p->result);
   co_return out;
