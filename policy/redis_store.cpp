@@ -131,7 +131,7 @@ void redis_store::add_scope_keys(std::vector<std::string>& keys, const std::vect
 
 awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker, const std::string& sha,
                                                                  std::string_view body, const std::vector<std::string>& keys,
-                                                                 const redis::resp_args& args, const redis::resp_args* more) {
+                                                                 const redis::resp_args& args, const redis::resp_args& more) {
   // Keys and arguments go straight into one RESP buffer, each part copied once: no string per
   // argument, no hiredis formatting (both were per-call mallocs on the admission path).
   redis::resp_args key_args;
@@ -142,14 +142,13 @@ awaitable<boost::system::result<redis::reply>> redis_store::eval(unsigned worker
   const std::string nkeys = std::to_string(keys.size());
   // Arrays, not initializer lists: GCC 12 rejects those inside a coroutine.
   std::string_view head[] = {cmd_evalsha, sha, nkeys};
-  const redis::resp_args* parts[] = {&key_args, &args, more};
-  const std::size_t nparts = more ? 3 : 2;
-  std::string cmd = redis::resp_command(head, std::span(parts, nparts));
+  const redis::resp_args* parts[] = {&key_args, &args, &more};
+  std::string cmd = redis::resp_command(head, parts);
   auto r = co_await conn(worker).command_resp(cmd);
   if (r && r->type == redis::reply::kind::error && r->str.rfind("NOSCRIPT", 0) == 0) {
     head[0] = cmd_eval;
     head[1] = body;
-    cmd = redis::resp_command(head, std::span(parts, nparts));
+    cmd = redis::resp_command(head, parts);
     r = co_await conn(worker).command_resp(cmd);
   }
   co_return r;
@@ -639,7 +638,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   batch_plan plan = script_args(calls, settles);
   std::vector<std::string> keys = team_keys(team);
   add_scope_keys(keys, plan.specs);
-  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, &plan.calls);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   if (plan.summed && r && r->type == redis::reply::kind::error &&
       r->str.find("Unknown Redis command") != std::string::npos) {
     // A server before Redis 6.2 has no ZMSCORE, which the sums need. The script stopped there,
@@ -648,7 +647,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
       notice("warn", "Redis lacks ZMSCORE (Redis 6.2 or later): policy batches go call by call, "
                      "which costs Redis more CPU per call");
     plan = script_args(calls, settles);
-    r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, &plan.calls);
+    r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   }
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;
@@ -714,7 +713,7 @@ awaitable<budget_state> redis_store::budget(unsigned worker, const scope_spec& s
   const batch_plan plan = script_args(one, no_settles);
   std::vector<std::string> keys = team_keys(s.team);
   keys.push_back(scope_key(s.team, s.id));
-  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, &plan.calls);
+  auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   // {now, 0 (no settlements), 0 (call by call), 2, spent, reserved, 0}
   if (!r || r->type != redis::reply::kind::array || r->elements.size() < 7 || as_int(r->elements[3]) != 2) co_return b;
   b.reachable = true;

@@ -68,10 +68,10 @@ class redis_store final : public store {
 
  private:
   /// EVALSHA, and EVAL once when the server does not know the script yet (NOSCRIPT).
-  /// The arguments are `args` then `more` (the batch's calls, when given).
+  /// The arguments are `args` then `more` (a batch's header, then its calls).
   awaitable<boost::system::result<redis::reply>> eval(unsigned worker, const std::string& sha, std::string_view body,
                                                       const std::vector<std::string>& keys, const redis::resp_args& args,
-                                                      const redis::resp_args* more = nullptr);
+                                                      const redis::resp_args& more);
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
   /// The documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>" each).
   awaitable<std::optional<std::vector<std::string>>> members_docs(unsigned worker, std::string kind);
