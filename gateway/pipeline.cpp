@@ -575,6 +575,9 @@ header_list passthrough_headers_of(const Fields& upstream) {
         return true;
       });
   header_list out;
+  std::size_t kept = 0;  // counted first: one allocation, not one per doubling (none if nothing passes)
+  for (const auto& f : upstream) kept += f.name() == http::field::unknown || !dropped(f);  // an upper bound
+  out.reserve(kept);
   for (auto& f : upstream) {
     if (dropped(f)) {
       if (f.name() == http::field::unknown && iequals(f.name_string(), "x-request-id"))

@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "providers/unified.hpp"
 
+#include <boost/json/serialize.hpp>
 #include <gtest/gtest.h>
+
+#include <optional>
 
 namespace tollgate::providers {
 namespace {
@@ -68,6 +71,25 @@ TEST(UnifiedDecodeTest, BadBodiesNameTheField) {
     EXPECT_EQ(o.code, c.code) << c.body;
     EXPECT_EQ(o.param, c.param) << c.body;
   }
+}
+
+TEST(UnifiedDecodeTest, TheBodyLivesInItsOwnArenaAndCopiesOutliveTheRequest) {
+  const std::string big(200 * 1024, 'x');  // far past the arena's first block
+  std::optional<outcome> o = decode(R"({"model":"m","messages":[{"role":"user","content":")" + big +
+                                    R"("},{"role":"user","content":"second"}]})");
+  ASSERT_TRUE(o->ok) << o->code;
+  // Not the default resource: the decoded body's nodes come from the request's arena.
+  EXPECT_NE(o->ctx.request_json.storage().get(), boost::json::storage_ptr().get());
+  // Edited in place (as encode does), then copied out: the copy shares the arena's ownership.
+  o->ctx.request_json["model"] = "upstream-model";
+  boost::json::value messages = o->ctx.request_json.at("messages");
+  const std::string model = boost::json::serialize(o->ctx.request_json.at("model"));
+  o.reset();  // the request is gone (AddressSanitizer would catch a freed arena here)
+  ASSERT_TRUE(messages.is_array());
+  ASSERT_EQ(messages.as_array().size(), 2u);
+  EXPECT_EQ(messages.as_array()[0].as_object().at("content").as_string().size(), big.size());
+  EXPECT_EQ(messages.as_array()[1].as_object().at("content").as_string(), "second");
+  EXPECT_EQ(model, R"("upstream-model")");
 }
 
 TEST(UnifiedDecodeTest, NullOptionalFieldsCountAsAbsent) {
