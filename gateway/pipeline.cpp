@@ -119,6 +119,12 @@ class stream_moderation {
   bool done_ = false;    ///< moderation ended the stream
 };
 
+/// Whether whole answers go to a moderation endpoint (callers skip moderate_answer's frame if not).
+bool answers_moderated(const request_context& ctx) {
+  const auto* f = ctx.snap->filters.get();
+  return f && f->moderation() && f->moderation()->cfg.responses;
+}
+
 /// Whole answers: moderates `body` (a 2xx chat.completion) in place. A flagged answer is withheld
 /// (finish_reason content_filter); a failure that fails closed is returned as the call's failure.
 awaitable<std::optional<failure>> moderate_answer(worker& w, request_context& ctx, std::string& body) {
@@ -216,7 +222,8 @@ class filtering_sink final : public response_sink {
     // (Text capture reads the body sent, so it keeps the filtered answer.)
     if (status / 100 == 2 && ctx_.endpoint == endpoint_kind::chat_completions) {
       body = filter_answer(ctx_, f_, set_, scratch_, std::move(body));
-      const std::optional<failure> stop = co_await moderate_answer(w_, ctx_, body);
+      std::optional<failure> stop;
+      if (answers_moderated(ctx_)) stop = co_await moderate_answer(w_, ctx_, body);
       if (stop) {  // the moderation endpoint failed and moderation fails closed
         const auto m = map_error(errc::moderation_unavailable);
         ctx_.error_code = std::string(m.code);
@@ -339,7 +346,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && ctx.snap->filters)
       if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team, ctx.route->name))
         if (auto* s = w.filter_scratch(*set)) out = filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out));
-    if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions) {
+    if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && answers_moderated(ctx)) {
       const std::optional<failure> stop = co_await moderate_answer(w, ctx, out);
       if (stop) {
         ex.release();
@@ -370,7 +377,10 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
 
 /// Phases 2–10 in table order.
 awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sink& sink) {
-  if (auto r = co_await w.policy().authenticate(ctx); !r || *r == flow::responded) co_return r;
+  // Most calls are answered without the store (a key checked moments ago): no coroutine then.
+  std::optional<phase_result> auth = w.policy().try_authenticate(ctx);
+  if (!auth) auth = co_await w.policy().authenticate(ctx);
+  if (!*auth || **auth == flow::responded) co_return std::move(*auth);
   if (auto r = providers::decode_request(ctx); !r) co_return r;
   ctx.route = ctx.snap->find_model(ctx.model);
   if (!ctx.route)
@@ -517,6 +527,8 @@ std::string models_body(const request_context& ctx) {
 }
 
 }  // namespace
+
+bool audit_pending(worker& w, const request_context& ctx) { return w.audit() && !ctx.audit_done && audited(ctx); }
 
 awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std::string_view body) {
   audit::audit_log* a = w.audit();

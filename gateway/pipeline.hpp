@@ -35,6 +35,9 @@ awaitable<void> answer_error(request_context& ctx, response_sink& sink, errc cod
 /// Requests that are not audited (health checks, /metrics) return true at once.
 /// `body` is the whole answer being sent (empty for a stream's end), for text capture.
 awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std::string_view body = {});
+/// Whether seal_audit would write a record: callers skip the coroutine (a frame per response)
+/// when it would return true at once.
+bool audit_pending(worker& w, const request_context& ctx);
 
 /// Writes the access-log line and updates metrics for a finished request (exactly once).
 void log_request(worker& w, request_context& ctx);

@@ -40,7 +40,7 @@ class session_sink final : public response_sink {
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
-    const bool sealed = ctx_.audit_done || co_await seal(status, body);
+    const bool sealed = !audit_pending(w_, ctx_) || co_await seal(status, body);
     if (!sealed) co_return false;
     const bool ka = keep_alive();
     std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false, &ctx_.rate});
@@ -79,7 +79,7 @@ class session_sink final : public response_sink {
   }
 
   awaitable<bool> end_stream() override {
-    const bool sealed = ctx_.audit_done || co_await seal(ctx_.status);
+    const bool sealed = !audit_pending(w_, ctx_) || co_await seal(ctx_.status);
     if (!sealed) co_return false;
     std::string head = std::move(pending_head_);  // a stream that ended before any chunk
     pending_head_.clear();

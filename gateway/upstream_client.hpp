@@ -83,8 +83,10 @@ class upstream_exchange {
   void cancel();
 
  private:
-  /// Leases a pooled connection, or opens a new one (always new when `fresh`).
-  awaitable<std::optional<failure>> connect(const upstream_request& req, bool fresh);
+  /// Takes an idle pooled connection for req's peer, if there is one.
+  bool take_pooled(const upstream_request& req);
+  /// Opens a new connection (resolve, connect, proxy CONNECT, TLS).
+  awaitable<std::optional<failure>> connect(const upstream_request& req);
   awaitable<boost::system::error_code> send_and_read_head(const upstream_request& req);
 
   upstream_pool& pool_;

@@ -234,9 +234,74 @@ awaitable<key_lookup> engine::find_key(unsigned worker, const config::gateway_co
   co_return co_await lookup(worker, cfg, id);
 }
 
-awaitable<phase_result> engine::authenticate(request_context& ctx) {
+namespace {
+/// The team whose identities name one of the caller's certificate SANs, if any (and the SAN).
+const config::team_config* team_of_peer(const config::gateway_config& cfg, const request_context& ctx,
+                                        const std::string** peer) {
+  for (auto& name : ctx.peer_names)
+    for (auto& t : cfg.teams)
+      for (auto& id : t.identities)
+        if (id == name) {
+          *peer = &name;
+          return &t;
+        }
+  return nullptr;
+}
+}  // namespace
+
+std::optional<phase_result> engine::try_authenticate(request_context& ctx) {
   const auto& cfg = *ctx.snap->cfg;
-  // Made only when no cached grant answers (the common case is a cache hit: no allocation).
+  const auto anonymous = [&]() -> phase_result {
+    auto g = std::make_shared<grant>();
+    g->anonymous = true;
+    ctx.grant = std::move(g);
+    auth_.counter({"anonymous"}).inc();
+    return flow::next;
+  };
+  if (ctx.credential.empty()) {
+    const std::string* peer = nullptr;
+    if (team_of_peer(cfg, ctx, &peer)) return std::nullopt;  // its team is resolved in the store
+    if (!cfg.auth.required) return anonymous();
+    auth_.counter({"missing"}).inc();
+    return make_failure(errc::invalid_api_key,
+                        "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in an api-key "
+                        "or x-api-key header).",
+                        "", error_source::policy);
+  }
+  auto parsed = parse_key(ctx.credential);
+  // An open gateway ignores credentials that are not Tollgate keys (SDK placeholders); a Tollgate
+  // key is still checked, so a revoked key cannot slip through as anonymous.
+  if (!parsed && !cfg.auth.required) return anonymous();
+  if (!parsed) return invalid_key();
+  // A key this worker authenticated moments ago, presenting the same secret.
+  const auto tag = secret_tag(parsed->secret);
+  auto* cache = ctx.worker < auth_cache_.size() ? &auth_cache_[ctx.worker] : nullptr;
+  if (!tag || !cache) return std::nullopt;
+  auto it = cache->find(parsed->id);
+  if (it == cache->end()) return std::nullopt;
+  const auth_entry& e = it->second;
+  if (e.tag != *tag || e.generation != generation_.load(std::memory_order_relaxed) || e.cfg.owner_before(ctx.snap->cfg) ||
+      ctx.snap->cfg.owner_before(e.cfg) || steady_clock::now() >= e.fresh_until ||
+      (e.expires_unix && e.expires_unix <= std::time(nullptr)))
+    return std::nullopt;
+  ctx.grant = e.g;
+  ctx.identity.team = e.g->team;
+  ctx.identity.key_id = e.g->key_id;
+  ctx.identity.anonymous = false;
+  ctx.capture_text = e.capture_text;
+  auth_key_.inc();
+  return flow::next;
+}
+
+failure engine::invalid_key() {
+  auth_.counter({"invalid"}).inc();
+  return make_failure(errc::invalid_api_key, "Incorrect API key provided.", "", error_source::policy);
+}
+
+awaitable<phase_result> engine::authenticate(request_context& ctx) {
+  if (auto r = try_authenticate(ctx)) co_return std::move(*r);
+  const auto& cfg = *ctx.snap->cfg;
+  // Made only here: the common case (a cache hit) ends in try_authenticate, with no allocation.
   std::shared_ptr<grant> g;
   auto from_team = [&](const config::team_config& t) {
     g->team = t.name;
@@ -246,70 +311,26 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
     ctx.capture_text = t.capture_text;
   };
   if (ctx.credential.empty()) {
-    // A verified client certificate whose SAN maps to a team.
-    for (auto& name : ctx.peer_names)
-      for (auto& t : cfg.teams)
-        for (auto& id : t.identities)
-          if (id == name) {
-            // Its models, limits and budget as the admin API may have changed them.
-            auto view = co_await resolve_team(ctx.worker, cfg, t.name);
-            g = std::make_shared<grant>();
-            from_team(view.team ? *view.team : t);
-            g->subject = name;
-            ctx.identity.team = t.name;
-            ctx.identity.subject = name;
-            ctx.identity.anonymous = false;
-            ctx.grant = std::move(g);
-            auth_.counter({"mtls"}).inc();
-            co_return flow::next;
-          }
-    if (!cfg.auth.required) {
-      g = std::make_shared<grant>();
-      g->anonymous = true;
-      ctx.grant = std::move(g);
-      auth_.counter({"anonymous"}).inc();
-      co_return flow::next;
-    }
-    auth_.counter({"missing"}).inc();
-    co_return make_failure(errc::invalid_api_key,
-                           "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in an api-key "
-                           "or x-api-key header).",
-                           "", error_source::policy);
-  }
-  const auto invalid = [&] {
-    auth_.counter({"invalid"}).inc();
-    return make_failure(errc::invalid_api_key, "Incorrect API key provided.", "", error_source::policy);
-  };
-  auto parsed = parse_key(ctx.credential);
-  if (!parsed && !cfg.auth.required) {
-    // An open gateway ignores credentials that are not Tollgate keys (SDK placeholders); a
-    // Tollgate key is still checked, so a revoked key cannot slip through as anonymous.
+    // A verified client certificate whose SAN maps to a team (try_authenticate found one).
+    const std::string* peer = nullptr;
+    const config::team_config* t = team_of_peer(cfg, ctx, &peer);
+    // Its models, limits and budget as the admin API may have changed them.
+    auto view = co_await resolve_team(ctx.worker, cfg, t->name);
     g = std::make_shared<grant>();
-    g->anonymous = true;
+    from_team(view.team ? *view.team : *t);
+    g->subject = *peer;
+    ctx.identity.team = t->name;
+    ctx.identity.subject = *peer;
+    ctx.identity.anonymous = false;
     ctx.grant = std::move(g);
-    auth_.counter({"anonymous"}).inc();
+    auth_.counter({"mtls"}).inc();
     co_return flow::next;
   }
-  if (!parsed) co_return invalid();
-  // A key this worker authenticated moments ago, presenting the same secret.
+  // A well-formed key that no cached grant answers: look it up (try_authenticate refused the
+  // malformed ones).
+  auto parsed = parse_key(ctx.credential);
   const auto tag = secret_tag(parsed->secret);
   auto* cache = ctx.worker < auth_cache_.size() ? &auth_cache_[ctx.worker] : nullptr;
-  if (tag && cache) {
-    if (auto it = cache->find(parsed->id); it != cache->end()) {
-      const auth_entry& e = it->second;
-      if (e.tag == *tag && e.generation == generation_.load(std::memory_order_relaxed) &&
-          !e.cfg.owner_before(ctx.snap->cfg) && !ctx.snap->cfg.owner_before(e.cfg) &&
-          steady_clock::now() < e.fresh_until && !(e.expires_unix && e.expires_unix <= std::time(nullptr))) {
-        ctx.grant = e.g;
-        ctx.identity.team = e.g->team;
-        ctx.identity.key_id = e.g->key_id;
-        ctx.identity.anonymous = false;
-        ctx.capture_text = e.capture_text;
-        auth_key_.inc();
-        co_return flow::next;
-      }
-    }
-  }
   full_key_checks_.fetch_add(1, std::memory_order_relaxed);
   const auto generation = generation_.load(std::memory_order_relaxed);
   steady_clock::time_point key_as_of;
@@ -320,13 +341,13 @@ awaitable<phase_result> engine::authenticate(request_context& ctx) {
                            "The policy store is unavailable; the key cannot be checked. Retry shortly.", "",
                            error_source::policy);
   }
-  if (!found.key) co_return invalid();
+  if (!found.key) co_return invalid_key();
   const key_record& k = *found.key;
   // After a rotation the previous secret stays valid for the overlap it was given.
   const bool current = verify_secret(parsed->secret, k.digest, cfg.auth.pepper);
   if (!current && !(k.old_digest.size() && k.old_digest_expires_unix > std::time(nullptr) &&
                     verify_secret(parsed->secret, k.old_digest, cfg.auth.pepper)))
-    co_return invalid();
+    co_return invalid_key();
   if (!k.enabled) {
     auth_.counter({"revoked"}).inc();
     co_return make_failure(errc::invalid_api_key, "This API key has been revoked.", "", error_source::policy);

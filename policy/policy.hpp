@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -69,6 +70,10 @@ class engine {
   void stop();
 
   awaitable<phase_result> authenticate(request_context& ctx);
+  /// What authenticate() decides without the store: no credential, a malformed one, or a key
+  /// this worker checked moments ago (the common case). nullopt: call authenticate(). The
+  /// pipeline calls this first, so that a cache hit costs no coroutine frame.
+  std::optional<phase_result> try_authenticate(request_context& ctx);
   awaitable<phase_result> admit(request_context& ctx);
   /// Fills usage the provider did not report, then settles in the background on `ex`.
   void settle(request_context& ctx, executor_t ex);
@@ -137,6 +142,8 @@ class engine {
   const std::string& instance() const { return instance_; }
 
  private:
+  /// Counts and answers a key that is malformed, unknown or does not match (401).
+  failure invalid_key();
   struct cached_key {
     std::optional<key_record> key;
     std::chrono::steady_clock::time_point at;

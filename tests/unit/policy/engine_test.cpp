@@ -277,6 +277,44 @@ TEST_F(EngineTest, AKeysNextCallsReuseItsCheckUntilSomethingChanges) {
   EXPECT_FALSE(auth(revoked));
 }
 
+TEST_F(EngineTest, TryAuthenticateAnswersWithoutTheStoreOnlyWhatNeedsNoLookup) {
+  make("auth: {key_cache_ms: 60000}\n");
+  // A key not checked yet, and a certificate name that maps to a team: both need the store.
+  auto first = ctx(full_key);
+  EXPECT_FALSE(eng->try_authenticate(first).has_value());
+  EXPECT_EQ(first.grant, nullptr);
+  auto cert = ctx("");
+  cert.peer_names = {"spiffe://corp/ns/x/sa/api"};
+  EXPECT_FALSE(eng->try_authenticate(cert).has_value());
+  EXPECT_EQ(eng->full_key_checks(), 0u);  // nothing counted or looked up on the way
+
+  // Decided at once: no credential (401), a malformed one (401).
+  auto none = ctx("");
+  auto r = eng->try_authenticate(none);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_FALSE(*r);
+  EXPECT_EQ(r->error().code, errc::invalid_api_key);
+  auto bad = ctx("tg_not-a-key");
+  r = eng->try_authenticate(bad);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_FALSE(*r);
+  EXPECT_EQ(r->error().code, errc::invalid_api_key);
+
+  // Once checked in full, the same key is answered at once, with the same grant...
+  ASSERT_TRUE(auth(first));
+  auto again = ctx(full_key);
+  r = eng->try_authenticate(again);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(*r);
+  EXPECT_EQ(again.grant, first.grant);
+  EXPECT_EQ(again.identity.key_id, "abc123");
+  // ...but another secret under its id is not: that goes to the full check (and is refused).
+  auto wrong = ctx("tg_abc123_" + std::string(secret.size(), 'x'));
+  EXPECT_FALSE(eng->try_authenticate(wrong).has_value());
+  EXPECT_FALSE(auth(wrong));
+  EXPECT_EQ(eng->full_key_checks(), 2u);
+}
+
 TEST_F(EngineTest, ACachedCheckEndsWithItsTtlAndTheKeysExpiry) {
   make("auth: {key_cache_ms: 50}\n");
   auto a = ctx(full_key);
