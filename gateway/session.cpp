@@ -9,9 +9,7 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/read.hpp>
-#include <boost/beast/http/string_body.hpp>
 
 #include <array>
 #include <cerrno>
@@ -22,6 +20,7 @@
 #include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/pipeline.hpp"
+#include "gateway/request_parser.hpp"
 #include "gateway/response_head.hpp"
 
 namespace tollgate::gateway {
@@ -155,31 +154,6 @@ std::string client_address(stream_t& s) {
   error_code ec;
   auto ep = s.socket().remote_endpoint(ec);
   return ec ? std::string("unknown") : ep.address().to_string();
-}
-
-/// The request fields the gateway reads, found in one pass over the list: a lookup by name in
-/// Beast's ordered field set cost ~470 instructions, and a request has a handful of fields.
-/// Each is the first of its name, as `req[field]` gives it.
-struct caller_fields {
-  std::optional<std::string_view> user_agent, content_type, authorization, api_key, x_api_key;
-};
-
-caller_fields scan_caller_fields(const http::fields& fields) {
-  caller_fields c;
-  const auto first = [](std::optional<std::string_view>& slot, std::string_view v) {
-    if (!slot) slot = v;
-  };
-  for (const auto& f : fields) {
-    switch (f.name()) {
-      case http::field::user_agent: first(c.user_agent, f.value()); break;
-      case http::field::content_type: first(c.content_type, f.value()); break;
-      case http::field::authorization: first(c.authorization, f.value()); break;
-      default:
-        if (text::iequals(f.name_string(), "api-key")) first(c.api_key, f.value());
-        else if (text::iequals(f.name_string(), "x-api-key")) first(c.x_api_key, f.value());
-    }
-  }
-  return c;
 }
 
 /// The API key a caller presented: `Authorization: Bearer <key>` (OpenAI SDKs), else `api-key`
@@ -332,7 +306,7 @@ class session {
         if (wec) co_return false;
       }
     }
-    http::request_parser<http::string_body> parser;
+    caller_request_parser parser(head_text_);
     parser.header_limit(std::uint32_t(srv.limits.max_header_bytes + 1024));
     parser.body_limit(srv.limits.max_body_bytes);
     arm_deadline(milliseconds(srv.timeouts.body_read_ms));
@@ -350,8 +324,7 @@ class session {
     }
     low.expires_never();
     const bool keep_alive = parser.keep_alive();  // (the parser's flags: no field lookup)
-    auto req = parser.release();
-    const caller_fields fields = scan_caller_fields(req.base());
+    const caller_fields& fields = parser.fields();
 
     request_context ctx;
     ctx.id = w_.next_id();
@@ -359,8 +332,8 @@ class session {
     ctx.worker = w_.index();
     ctx.snap = w_.snap();  // the config in force for this whole request, even across a reload
     ctx.client_addr = peer_;
-    ctx.method = std::string(req.method_string());
-    std::string_view target = req.target();
+    ctx.method = std::string(parser.method_string());
+    std::string_view target = parser.target();
     const auto query_at = target.find('?');
     ctx.path = std::string(target.substr(0, query_at));
     if (query_at != std::string_view::npos) ctx.query = std::string(target.substr(query_at + 1));
@@ -369,19 +342,19 @@ class session {
     ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
     ctx.admin_listener = kind_ == listener_kind::admin;
-    session_sink<Stream> sink(w_, s_, ctx, keep_alive, req.version() >= 11);
+    session_sink<Stream> sink(w_, s_, ctx, keep_alive, parser.version() >= 11);
 
     if (kind_ == listener_kind::admin) {
-      ctx.body = std::move(req.body());
+      ctx.body = std::move(parser.body());
       co_await handle_admin_request(w_, ctx, sink);
     } else {
       const std::string_view ct = fields.content_type.value_or(std::string_view());
-      if (req.method() == http::verb::post && !ct.empty() && ct.find("json") == std::string_view::npos) {
+      if (parser.method() == http::verb::post && !ct.empty() && ct.find("json") == std::string_view::npos) {
         co_await answer_error(ctx, sink, errc::unsupported_media_type,
                               "Content-Type must be application/json, got '" + std::string(ct.substr(0, 100)) + "'.");
         log_request(w_, ctx);
       } else {
-        ctx.body = std::move(req.body());
+        ctx.body = std::move(parser.body());
         co_await with_disconnect_watch(ctx, sink);
       }
     }
@@ -475,6 +448,7 @@ class session {
   Stream& s_;
   listener_kind kind_;
   beast::flat_buffer buf_;
+  std::string head_text_;  ///< the parsed request head's kept text, reused across requests
   std::string peer_;
   std::vector<std::string> peer_names_;
   session_slot* slot_ = nullptr;  ///< this session's entry in the worker's registry

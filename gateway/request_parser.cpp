@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "gateway/request_parser.hpp"
+
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/field.hpp>
+
+#include "gateway/core/text.hpp"
+
+namespace tollgate::gateway {
+
+namespace http = boost::beast::http;
+
+caller_request_parser::caller_request_parser(std::string& storage) : storage_(storage) { storage_.clear(); }
+
+caller_request_parser::span caller_request_parser::keep(string_view v) {
+  // Beast bounds the head by header_limit (a uint32_t), so the offsets fit.
+  span s{std::uint32_t(storage_.size()), std::uint32_t(v.size()), true};
+  storage_.append(v.data(), v.size());
+  return s;
+}
+
+void caller_request_parser::on_request_impl(http::verb method, string_view method_str, string_view target,
+                                            int version, error_code&) {
+  method_ = method;
+  method_at_ = keep(method_str);
+  target_at_ = keep(target);
+  version_ = unsigned(version);
+}
+
+void caller_request_parser::on_response_impl(int, string_view, int, error_code& ec) {
+  ec = http::error::bad_version;  // a request parser: never called by Beast
+}
+
+void caller_request_parser::on_field_impl(http::field name, string_view name_string, string_view value,
+                                          error_code&) {
+  const auto first = [&](span& slot) {
+    if (!slot.set) slot = keep(value);
+  };
+  switch (name) {
+    case http::field::user_agent: first(user_agent_); break;
+    case http::field::content_type: first(content_type_); break;
+    case http::field::authorization: first(authorization_); break;
+    case http::field::unknown: {
+      const std::string_view n(name_string.data(), name_string.size());
+      if (text::iequals(n, "api-key")) first(api_key_);
+      else if (text::iequals(n, "x-api-key")) first(x_api_key_);
+      break;
+    }
+    default: break;
+  }
+}
+
+void caller_request_parser::on_header_impl(error_code&) {
+  const auto opt = [this](span s) { return s.set ? std::optional<std::string_view>(view(s)) : std::nullopt; };
+  fields_ = {opt(user_agent_), opt(content_type_), opt(authorization_), opt(api_key_), opt(x_api_key_)};
+}
+
+void caller_request_parser::on_body_init_impl(boost::optional<std::uint64_t> const& content_length, error_code&) {
+  // As http::string_body's reader (Beast has already checked the length against body_limit).
+  if (content_length) body_.reserve(std::size_t(*content_length));
+}
+
+std::size_t caller_request_parser::on_body_impl(string_view body, error_code&) {
+  body_.append(body.data(), body.size());
+  return body.size();
+}
+
+void caller_request_parser::on_chunk_header_impl(std::uint64_t, string_view, error_code&) {}
+
+std::size_t caller_request_parser::on_chunk_body_impl(std::uint64_t, string_view body, error_code&) {
+  body_.append(body.data(), body.size());
+  return body.size();
+}
+
+void caller_request_parser::on_finish_impl(error_code&) {}
+
+}  // namespace tollgate::gateway

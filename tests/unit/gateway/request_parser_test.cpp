@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: Apache-2.0
+// The caller request parser: Beast's parsing, with only the method, target, version and the five
+// fields the gateway reads kept, and the body in a string as http::string_body keeps it. Each case
+// also goes through Beast's own request_parser<string_body>: same answers, same errors. Fed bytes
+// directly (no sockets).
+#include <gtest/gtest.h>
+
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <string>
+
+#include "gateway/request_parser.hpp"
+
+namespace tollgate::gateway {
+namespace {
+
+namespace http = boost::beast::http;
+using boost::system::error_code;
+
+/// Feeds `bytes` to a parser `step` bytes at a time, as a socket delivering small reads would
+/// (what a put() call leaves unconsumed comes again with the next bytes); returns the last error.
+template <class Parser>
+error_code feed(Parser& p, std::string_view bytes, std::size_t step) {
+  error_code ec;
+  std::string pending;
+  std::size_t at = 0;
+  while (!p.is_done()) {
+    if (at < bytes.size()) {
+      const std::size_t n = std::min(step, bytes.size() - at);
+      pending.append(bytes.data() + at, n);
+      at += n;
+    }
+    ec = {};
+    const std::size_t used = p.put(boost::asio::buffer(pending.data(), pending.size()), ec);
+    pending.erase(0, used);
+    if (ec == http::error::need_more) {
+      if (at == bytes.size()) break;  // nothing more to give
+      continue;
+    }
+    if (ec) break;
+  }
+  return ec;
+}
+
+TEST(RequestParserTest, KeepsMethodTargetVersionTheFiveFieldsAndTheBody) {
+  std::string storage = "left over from the previous request";
+  caller_request_parser p(storage);
+  const std::string body = R"({"model":"m","messages":[{"role":"user","content":"hi"}]})";
+  std::string msg = "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\nUser-Agent: OpenAI/Python 1.0\r\n"
+                    "Content-Type: application/json\r\nAuthorization: Bearer tg_abc_secret\r\napi-key: azure-key\r\n"
+                    "X-API-Key: anthropic-key\r\nx-api-key: second\r\nUser-Agent: second\r\n";
+  // Enough other fields that the storage grows (and moves) while the head is parsed.
+  for (int i = 0; i < 40; ++i) msg += "x-field-" + std::to_string(i) + ": " + std::string(40, 'v') + "\r\n";
+  msg += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  const error_code ec = feed(p, msg, 7);
+  EXPECT_FALSE(ec) << ec.message();
+  ASSERT_TRUE(p.is_done());
+  EXPECT_EQ(p.method(), http::verb::post);
+  EXPECT_EQ(p.method_string(), "POST");
+  EXPECT_EQ(p.target(), "/v1/chat/completions?x=1");
+  EXPECT_EQ(p.version(), 11u);
+  EXPECT_TRUE(p.keep_alive());
+  const caller_fields& f = p.fields();
+  EXPECT_EQ(f.user_agent, "OpenAI/Python 1.0");  // the first of each name
+  EXPECT_EQ(f.content_type, "application/json");
+  EXPECT_EQ(f.authorization, "Bearer tg_abc_secret");
+  EXPECT_EQ(f.api_key, "azure-key");
+  EXPECT_EQ(f.x_api_key, "anthropic-key");
+  EXPECT_EQ(p.body(), body);
+
+  http::request_parser<http::string_body> beast;
+  ASSERT_FALSE(feed(beast, msg, 7));
+  EXPECT_EQ(beast.get().body(), p.body());
+  EXPECT_EQ(beast.get()[http::field::authorization], *f.authorization);
+  EXPECT_EQ(beast.get().target(), p.target());
+}
+
+TEST(RequestParserTest, AbsentFieldsChunkedBodiesHttp10AndUnknownMethods) {
+  std::string storage;
+  {
+    caller_request_parser p(storage);
+    const std::string msg = "PATCH /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+    ASSERT_FALSE(feed(p, msg, 3));
+    EXPECT_EQ(p.method(), http::verb::patch);
+    EXPECT_EQ(p.version(), 10u);
+    EXPECT_FALSE(p.keep_alive());
+    EXPECT_EQ(p.body(), "hello, world");
+    EXPECT_FALSE(p.fields().user_agent);
+    EXPECT_FALSE(p.fields().content_type);
+    EXPECT_FALSE(p.fields().authorization);
+    EXPECT_FALSE(p.fields().api_key);
+    EXPECT_FALSE(p.fields().x_api_key);
+  }
+  caller_request_parser p(storage);  // the same storage, cleared for the next request
+  ASSERT_FALSE(feed(p, "BREW /pot HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 64));
+  EXPECT_EQ(p.method(), http::verb::unknown);
+  EXPECT_EQ(p.method_string(), "BREW");
+  EXPECT_EQ(p.target(), "/pot");
+  EXPECT_TRUE(p.body().empty());
+  EXPECT_FALSE(p.fields().user_agent);
+}
+
+TEST(RequestParserTest, BadRequestsAndOversizedBodiesFailAsWithBeastsParser) {
+  // The parsing, framing, smuggling checks and limits are Beast's: the same bytes through
+  // Beast's own request parser must fail with the same error.
+  const std::string bad[] = {
+      "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+      "POST / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+      "POST / HTTP/2.5\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n",
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + std::string(100, 'x'),              // over body_limit
+      "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n" + std::string(64, 'x') +  // chunks over it
+          "\r\n0\r\n\r\n",
+      "POST / HTTP/1.1\r\nx-long: " + std::string(600, 'h') + "\r\n\r\n",  // over header_limit
+  };
+  for (const auto& msg : bad) {
+    std::string storage;
+    caller_request_parser ours(storage);
+    ours.body_limit(50);
+    ours.header_limit(512);
+    const error_code ours_ec = feed(ours, msg, 9);
+    http::request_parser<http::string_body> beast;
+    beast.body_limit(50);
+    beast.header_limit(512);
+    const error_code beast_ec = feed(beast, msg, 9);
+    EXPECT_TRUE(ours_ec) << msg;
+    EXPECT_EQ(ours_ec, beast_ec) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace tollgate::gateway
