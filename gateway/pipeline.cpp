@@ -379,7 +379,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
 awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sink& sink) {
   // Most calls are answered without the store (a key checked moments ago): no coroutine then.
   std::optional<phase_result> auth = w.policy().try_authenticate(ctx);
-  if (!auth) auth = co_await w.policy().authenticate(ctx);
+  if (!auth) auth = co_await w.policy().authenticate_with_store(ctx);
   if (!*auth || **auth == flow::responded) co_return std::move(*auth);
   if (auto r = providers::decode_request(ctx); !r) co_return r;
   ctx.route = ctx.snap->find_model(ctx.model);

@@ -300,6 +300,10 @@ failure engine::invalid_key() {
 
 awaitable<phase_result> engine::authenticate(request_context& ctx) {
   if (auto r = try_authenticate(ctx)) co_return std::move(*r);
+  co_return co_await authenticate_with_store(ctx);
+}
+
+awaitable<phase_result> engine::authenticate_with_store(request_context& ctx) {
   const auto& cfg = *ctx.snap->cfg;
   // Made only here: the common case (a cache hit) ends in try_authenticate, with no allocation.
   std::shared_ptr<grant> g;

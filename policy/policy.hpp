@@ -71,9 +71,13 @@ class engine {
 
   awaitable<phase_result> authenticate(request_context& ctx);
   /// What authenticate() decides without the store: no credential, a malformed one, or a key
-  /// this worker checked moments ago (the common case). nullopt: call authenticate(). The
-  /// pipeline calls this first, so that a cache hit costs no coroutine frame.
+  /// this worker checked moments ago (the common case). nullopt: call authenticate_with_store().
+  /// The pipeline calls this first, so that a cache hit costs no coroutine frame.
   std::optional<phase_result> try_authenticate(request_context& ctx);
+  /// The rest of authenticate(), for a caller try_authenticate() did not decide: a certificate
+  /// name mapped to a team, or a well-formed key to look up (its secret's tag is computed again
+  /// here; that happens once per key, worker and auth.key_cache_ms).
+  awaitable<phase_result> authenticate_with_store(request_context& ctx);
   awaitable<phase_result> admit(request_context& ctx);
   /// Fills usage the provider did not report, then settles in the background on `ex`.
   void settle(request_context& ctx, executor_t ex);
