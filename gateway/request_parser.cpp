@@ -33,6 +33,10 @@ void caller_request_parser::on_response_impl(int, string_view, int, error_code& 
 
 void caller_request_parser::on_field_impl(http::field name, string_view name_string, string_view value,
                                           error_code&) {
+  // A chunked body's trailer fields come here too, after the head: none of them may stand in for
+  // a header (RFC 9110 §6.5.2: not merged unless the field's definition allows it), least of all
+  // a credential.
+  if (is_header_done()) return;
   const auto first = [&](span& slot) {
     if (!slot.set) slot = keep(value);
   };

@@ -17,7 +17,8 @@
 
 namespace tollgate::gateway {
 
-/// The request fields the gateway reads, each the first of its name (as `req[field]` gives it).
+/// The request fields the gateway reads, each the first of its name in the head (as `req[field]`
+/// gives it; a chunked body's trailer fields are not read).
 struct caller_fields {
   std::optional<std::string_view> user_agent, content_type, authorization, api_key, x_api_key;
 };

@@ -102,6 +102,28 @@ TEST(RequestParserTest, AbsentFieldsChunkedBodiesHttp10AndUnknownMethods) {
   EXPECT_FALSE(p.fields().user_agent);
 }
 
+TEST(RequestParserTest, AChunkedBodysTrailerFieldsAreNotRead) {
+  // RFC 9110 §6.5.2: trailer fields are not merged into the head. Beast's own message holds
+  // them with the head's fields; the gateway must not take a credential, a content type or a
+  // user agent from them.
+  std::string storage;
+  caller_request_parser p(storage);
+  const std::string msg =
+      "POST /v1/chat/completions HTTP/1.1\r\nTrailer: Authorization\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "2\r\n{}\r\n0\r\nAuthorization: Bearer tg_abc_secret\r\napi-key: k\r\nx-api-key: y\r\n"
+      "Content-Type: text/plain\r\nUser-Agent: trailer\r\n\r\n";
+  ASSERT_FALSE(feed(p, msg, 5));
+  EXPECT_EQ(p.body(), "{}");
+  EXPECT_FALSE(p.fields().authorization);
+  EXPECT_FALSE(p.fields().api_key);
+  EXPECT_FALSE(p.fields().x_api_key);
+  EXPECT_FALSE(p.fields().content_type);
+  EXPECT_FALSE(p.fields().user_agent);
+  http::request_parser<http::string_body> beast;  // (where Beast's message differs)
+  ASSERT_FALSE(feed(beast, msg, 5));
+  EXPECT_EQ(beast.get()[http::field::authorization], "Bearer tg_abc_secret");
+}
+
 TEST(RequestParserTest, BadRequestsAndOversizedBodiesFailAsWithBeastsParser) {
   // The parsing, framing, smuggling checks and limits are Beast's: the same bytes through
   // Beast's own request parser must fail with the same error.
