@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
 
 import { noUsageStreamChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
-import { assertOpenAIError, eventually, fetchT, httpRequest, serverYaml, startGateway } from './lib/gateway.mjs';
+import { assertOpenAIError, eventually, fetchT, httpRequest, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
 import {
   admin,
   adminToken,
@@ -279,6 +279,23 @@ keys:
       const line = await gw.waitForLog((l) => l.model === 'fake-nousage');
       assert.equal(line.usage_source, 'counted');
       assert.equal(line.completion_tokens, completion);
+    });
+
+    test('a key sent only as a chunked body\'s trailer is not read (401); the same key in the head is', { timeout: 20000 }, async () => {
+      const payload = JSON.stringify(body('mock-gpt'));
+      const chunked = `${payload.length.toString(16)}\r\n${payload}\r\n0\r\n`;
+      const request = (headKey, trailers) =>
+        'POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n' +
+        (headKey ? `Authorization: Bearer ${headKey}\r\n` : '') +
+        `Transfer-Encoding: chunked\r\n\r\n${chunked}${trailers}\r\n`;
+      for (const trailer of [`Authorization: Bearer ${keys.free}\r\n`, `api-key: ${keys.free}\r\n`, `x-api-key: ${keys.free}\r\n`]) {
+        const raw = await rawExchange(gw.port, [request('', trailer)]);
+        assert.equal(raw.response?.status, 401, `${trailer.split(':')[0]}: ${raw.text.slice(0, 300)}`);
+        assert.equal(raw.response.json?.error?.code, 'invalid_api_key');
+        assert.ok(!raw.text.includes(keys.free), 'the key is not echoed');
+      }
+      const ok = await rawExchange(gw.port, [request(keys.free, '')]);
+      assert.equal(ok.response?.status, 200, ok.text.slice(0, 300));
     });
 
     test('OpenAI SDK: 401 AuthenticationError, 403 PermissionDeniedError, 429 RateLimitError (budget: no retry)', { timeout: 20000 }, async () => {
