@@ -32,6 +32,10 @@ void upstream_response_parser::on_response_impl(int code, string_view, int, erro
 
 void upstream_response_parser::on_field_impl(http::field name, string_view name_string, string_view value,
                                              error_code&) {
+  // A chunked body's trailer fields come here too, after the head, when the views into `text`
+  // are made: appending them would move `text` under those views. Trailers are not part of the
+  // head (RFC 9110 §6.5.2) and are not passed on.
+  if (is_header_done()) return;
   // Offsets, not views: `text` may grow (and move) while later fields arrive. Beast bounds the
   // head by header_limit, so the offsets fit.
   auto& s = storage_;
