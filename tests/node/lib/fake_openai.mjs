@@ -457,6 +457,17 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     if (!stream) {
       if (model === 'reset-mid-stream') return req.socket.resetAndDestroy();
       if (model === 'stall-mid-stream' || model === 'endless-stream') return; // like hang
+      if (model === 'chunked-trailers') {
+        // The recorded completion in chunks, then trailer fields (Node writes them after the
+        // last chunk): many and long, so that keeping them would grow a parser's storage.
+        const trailers = {};
+        for (let i = 0; i < 40; i++) trailers[`x-trailer-${i}`] = 't'.repeat(60);
+        res.writeHead(200, { 'content-type': 'application/json', trailer: Object.keys(trailers).join(', '), ...openaiHeaders() });
+        const text = fixtures.chatTextRaw;
+        for (let i = 0; i < text.length; i += 97) res.write(text.slice(i, i + 97));
+        res.addTrailers(trailers);
+        return res.end();
+      }
       const extra = model === 'hop-headers' ? HOP_BY_HOP_RESPONSE : {};
       const send = () => sendJson(res, 200, fixtures.chatTextRaw, extra);
       if (model === 'slow-stream') return later(slowChunkMs * 5, send);
