@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "gateway/core/sse.hpp"
+#include "gateway/core/swar.hpp"
 #include "providers/unified.hpp"
 
 namespace tollgate::providers {
@@ -365,14 +366,11 @@ bool scan_usage(std::string_view body, usage_counts& out) {
     while (i < body.size() && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t')) ++i;
     return i;
   };
-  // memmem, not string_view::find: find calls memchr once per '"' before the key (~40 times in
-  // a short chat completion); glibc's memmem scans once.
+  // swar::find, not string_view::find: find calls memchr once per '"' before the key (~40 times
+  // in a short chat completion).
   static constexpr std::string_view needle = "\"usage\"";
-  const auto find = [&](std::size_t from) {
-    const void* p = ::memmem(body.data() + from, body.size() - from, needle.data(), needle.size());
-    return p ? std::size_t(static_cast<const char*>(p) - body.data()) : std::string_view::npos;
-  };
-  for (std::size_t pos = find(0); pos != std::string_view::npos; pos = find(pos + needle.size())) {
+  for (std::size_t pos = swar::find(body, needle); pos != std::string_view::npos;
+       pos = swar::find(body, needle, pos + needle.size())) {
     std::size_t i = ws(pos + 7);
     if (i >= body.size() || body[i] != ':') continue;
     i = ws(i + 1);
