@@ -71,9 +71,8 @@ std::size_t caller_request_parser::on_body_impl(string_view body, error_code&) {
 
 void caller_request_parser::on_chunk_header_impl(std::uint64_t, string_view, error_code&) {}
 
-std::size_t caller_request_parser::on_chunk_body_impl(std::uint64_t, string_view body, error_code&) {
-  body_.append(body.data(), body.size());
-  return body.size();
+std::size_t caller_request_parser::on_chunk_body_impl(std::uint64_t, string_view body, error_code& ec) {
+  return on_body_impl(body, ec);
 }
 
 void caller_request_parser::on_finish_impl(error_code&) {}

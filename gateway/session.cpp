@@ -102,8 +102,8 @@ class session_sink final : public response_sink {
     ctx_.response_started = true;
   }
   /// The audit record goes to the writer before the last bytes (gateway/pipeline.hpp).
+  /// Called only when audit_pending() (which includes !ctx_.audit_done).
   awaitable<bool> seal(unsigned status, std::string_view body = {}) {
-    if (ctx_.audit_done) co_return true;
     // GCC 12: a co_await inside an if condition here compiled to a trap; keep it a statement.
     const bool ok = co_await seal_audit(w_, ctx_, status, body);
     if (ok) co_return true;
