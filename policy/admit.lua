@@ -57,21 +57,28 @@
 -- only adds. Otherwise (a call may be refused, a lease was not found) the batch goes call by
 -- call; the gateway sends no sums when two specs share a scope, a call only reads a budget, a
 -- lease repeats, or a scope's settlements span budget periods. Needs ZMSCORE (Redis >= 6.2).
-local tonumber, floor, call = tonumber, math.floor, redis.call
--- Numbers in ARGV repeat across a batch (scope indexes, reservations): each distinct string is
--- converted once (tonumber is a strtod, ~100 ns; a table hit costs a third of that).
+local floor, call, fmt = math.floor, redis.call, string.format
+-- The lease set's last member, never expiring and never settled: a member longer than Redis's
+-- zset-max-listpack-value (64 bytes by default) keeps the set in its skiplist encoding, where
+-- ZADD, ZREM and ZMSCORE find a lease through a hash. Leases are ~60 bytes, so without it the set
+-- of a team's calls in flight (up to zset-max-listpack-entries, 128) is a listpack that each of
+-- them scans: measured with bench/script-cost, 23% of the script's instructions went there.
+local PIN = '~ keeps this set in its skiplist encoding: never expires, never settled (admit.lua) ~'
+-- Strings become numbers by arithmetic ("x + 0": one strtod), not tonumber() (a C call that runs
+-- strtod twice). Numbers in ARGV repeat across a batch (scope indexes, reservations): each
+-- distinct string is converted once (a table hit costs a third of a strtod).
 local N = setmetatable({}, {__index = function(n, v)
-  local x = tonumber(v)
+  local x = (v + 0)
   n[v] = x
   return x
 end})
 local t = call('TIME')
-local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+local now = (t[1] + 0) * 1000 + floor((t[2] + 0) / 1000)
 local L, X = KEYS[1], KEYS[2]
 local base = string.sub(L, 1, -2)  -- "<prefix>{team}:"
-local lease_ms = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local nadmit, nsettle, nspecs = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local lease_ms = (ARGV[1] + 0)
+local window = (ARGV[2] + 0)
+local nadmit, nsettle, nspecs = (ARGV[3] + 0), (ARGV[4] + 0), (ARGV[5] + 0)
 
 -- Rate windows: 30 buckets of window/30 plus the current one. A call counts for between 30 and 31
 -- buckets after its admission: never less than the window, so no 60 s span ever holds more than
@@ -113,7 +120,7 @@ end
 local function counts(packed)
   if not packed then return 0, 0 end
   local r, tk = string.match(packed, '^(%d+):(-?%d+)$')
-  return tonumber(r), tonumber(tk)
+  return (r + 0), (tk + 0)
 end
 
 -- Scope specs, parsed once per batch (calls refer to them by index).
@@ -123,7 +130,7 @@ for k = 1, nspecs do
   local j = 6 + (k - 1) * SPEC
   spec_sfx[k] = ARGV[j]
   spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k], spec_soft[k] =
-      tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 6])
+      (ARGV[j + 1] + 0), (ARGV[j + 2] + 0), (ARGV[j + 3] + 0), (ARGV[j + 4] + 0), (ARGV[j + 6] + 0)
   if spec_blimit[k] >= 0 then spec_pid[k] = pid_of(ARGV[j + 5]) end
 end
 local settle0 = 6 + nspecs * SPEC
@@ -133,7 +140,7 @@ local settle0 = 6 + nspecs * SPEC
 local agg = ARGV[settle0] == '1'
 local ag, nd, dj = settle0 + 1, 0, 0
 if agg then
-  nd = tonumber(ARGV[ag + nspecs * 7])
+  nd = (ARGV[ag + nspecs * 7] + 0)
   dj = ag + nspecs * 7 + 1
   settle0 = dj + 3 * nd
 else
@@ -188,7 +195,8 @@ local admit0 = settle0 + 2 * nsettle
 -- (release and charge), expired (its hold was already given back: charge only) or absent
 -- (settled before: nothing); note the buckets other than the current one whose tokens it
 -- corrects (read with its scope below).
-local s_tok, s_cost, s_bucket, s_tres, s_cres, s_scopes = {}, {}, {}, {}, {}, {}
+local s_tok, s_cost, s_bucket, s_tres, s_cres, s_scopes
+if not fast_settle and nsettle > 0 then s_tok, s_cost, s_bucket, s_tres, s_cres, s_scopes = {}, {}, {}, {}, {}, {} end
 a = settle0
 for ci = 1, fast_settle and 0 or nsettle do
   local tk, c, at, tr, cr, rest = string.match(ARGV[a + 1], '^(-?%d+),(-?%d+),(-?%d+),(-?%d+),(-?%d+)(.*)$')
@@ -224,8 +232,8 @@ local function scope(suffix)
   else
     v = call('HMGET', key, 'rs', 'ts', 'lo', bcur, 'c', 'pid', 'spent', 'res', 'soft')
   end
-  s = {key = key, rs = tonumber(v[1] or 0), ts = tonumber(v[2] or 0), lo = tonumber(v[3] or cur), c = tonumber(v[5] or 0),
-       pid = v[6], spent = tonumber(v[7] or 0), res = tonumber(v[8] or 0), soft = v[9], hascur = v[4] ~= nil, bv = bv}
+  s = {key = key, rs = ((v[1] or 0) + 0), ts = ((v[2] or 0) + 0), lo = ((v[3] or cur) + 0), c = ((v[5] or 0) + 0),
+       pid = v[6], spent = ((v[7] or 0) + 0), res = ((v[8] or 0) + 0), soft = v[9], hascur = v[4] ~= nil, bv = bv}
   s.rc, s.tc = counts(v[4])
   if s.lo < first then
     -- Buckets that left the window: subtract them (once per bucket).
@@ -253,8 +261,8 @@ if #gone > 0 then
   for _, m in ipairs(gone) do
     for suffix, c, amt in string.gmatch(m, '|([^=|]+)=(%d)=(%d+)') do
       local s = scope(suffix)
-      s.c = s.c - tonumber(c)
-      s.res = s.res - tonumber(amt)
+      s.c = s.c - (c + 0)
+      s.res = s.res - (amt + 0)
       s.swept = true
     end
     call('ZADD', X, now, m)
@@ -357,7 +365,7 @@ end
 local held, nh = {}, 0
 -- Every lease of the batch expires at the same time: formatted once (Redis formats each number
 -- it is given with %.17g, ~0.4 us).
-local expiry = string.format('%d', now + lease_ms)
+local expiry = fmt('%d', now + lease_ms)
 
 -- Admissions from the sums, if every scope has room for all of them: each scope checked and
 -- reserved once; the reply gives each scope's counts before them.
@@ -412,7 +420,7 @@ else
 end
 
 -- Admissions, call by call.
-local ks = {}  -- the call's spec indexes (reused: a table per call would cost more)
+local ks = not fast_admit and {} or nil  -- the call's spec indexes (reused: a table per call would cost more)
 a = admit0
 for _ = 1, fast_admit and 0 or nadmit do
   local member, tk_, c_, rest = ARGV[a], string.match(ARGV[a + 1], '^(%d+),(-?%d+)(.*)$')
@@ -488,40 +496,49 @@ for _ = 1, fast_admit and 0 or nadmit do
   end
 end
 
--- Write each scope once, and hold the leases.
+-- Write each scope once, and hold the leases. Numbers go as strings formatted here with %d: Redis
+-- formats a number argument with %.17g, several times slower.
 for _, suffix in ipairs(order) do
   local s = state[suffix]
   if s.rate then
     if s.bd then
-      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, bcur, s.rc .. ':' .. s.tc, 'c', s.c, 'res', s.res,
-           'pid', s.pid, 'spent', s.spent, 'soft', s.soft or '0')
+      call('HSET', s.key, 'rs', fmt('%d', s.rs), 'ts', fmt('%d', s.ts), 'lo', fmt('%d', s.lo),
+           bcur, fmt('%d:%d', s.rc, s.tc), 'c', fmt('%d', s.c), 'res', fmt('%d', s.res),
+           'pid', s.pid, 'spent', fmt('%d', s.spent), 'soft', s.soft or '0')
     else
-      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, bcur, s.rc .. ':' .. s.tc, 'c', s.c, 'res', s.res)
+      call('HSET', s.key, 'rs', fmt('%d', s.rs), 'ts', fmt('%d', s.ts), 'lo', fmt('%d', s.lo),
+           bcur, fmt('%d:%d', s.rc, s.tc), 'c', fmt('%d', s.c), 'res', fmt('%d', s.res))
     end
   elseif s.rolled or s.tsd then
     if s.bd then
-      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, 'c', s.c, 'res', s.res, 'pid', s.pid, 'spent', s.spent,
+      call('HSET', s.key, 'rs', fmt('%d', s.rs), 'ts', fmt('%d', s.ts), 'lo', fmt('%d', s.lo),
+           'c', fmt('%d', s.c), 'res', fmt('%d', s.res), 'pid', s.pid, 'spent', fmt('%d', s.spent),
            'soft', s.soft or '0')
     else
-      call('HSET', s.key, 'rs', s.rs, 'ts', s.ts, 'lo', s.lo, 'c', s.c, 'res', s.res)
+      call('HSET', s.key, 'rs', fmt('%d', s.rs), 'ts', fmt('%d', s.ts), 'lo', fmt('%d', s.lo),
+           'c', fmt('%d', s.c), 'res', fmt('%d', s.res))
     end
   elseif s.dirty or s.swept then
     if s.bd then
-      call('HSET', s.key, 'c', s.c, 'res', s.res, 'pid', s.pid, 'spent', s.spent, 'soft', s.soft or '0')
+      call('HSET', s.key, 'c', fmt('%d', s.c), 'res', fmt('%d', s.res), 'pid', s.pid,
+           'spent', fmt('%d', s.spent), 'soft', s.soft or '0')
     else
-      call('HSET', s.key, 'c', s.c, 'res', s.res)
+      call('HSET', s.key, 'c', fmt('%d', s.c), 'res', fmt('%d', s.res))
     end
   elseif s.bd then
-    call('HSET', s.key, 'pid', s.pid, 'spent', s.spent, 'soft', s.soft or '0')
+    call('HSET', s.key, 'pid', s.pid, 'spent', fmt('%d', s.spent), 'soft', s.soft or '0')
   end
   if s.tdelta then
     for bf, d in pairs(s.tdelta) do
       if d ~= 0 then
         local r, tk = string.match(s.bv[bf], '^(%d+):(-?%d+)$')
-        call('HSET', s.key, bf, r .. ':' .. (tonumber(tk) + d))
+        call('HSET', s.key, bf, fmt('%d:%d', r, tk + d))
       end
     end
   end
 end
-if nh > 0 then call('ZADD', L, unpack(held)) end
+if nh > 0 then
+  held[nh + 1], held[nh + 2] = '+inf', PIN  -- (an existing member: a hash lookup)
+  call('ZADD', L, unpack(held))
+end
 return out

@@ -3,6 +3,8 @@
 // the same tests as the memory store, so the Lua scripts and the C++ store agree.
 #include "policy/redis_store.hpp"
 
+#include "policy/redis_client.hpp"
+
 #include <random>
 #include <set>
 #include <sstream>
@@ -136,6 +138,68 @@ TEST(RedisStore, SettlementsRideTheNextAdmissionOfTheirTeamAndGoAloneOtherwise) 
     // Only the call of a2's team rode along.
     EXPECT_EQ(g.own_trip, g.lease == "b1") << g.lease;
   }
+  st->stop();
+}
+
+/// One command on its own connection to the test server, run to completion (nullopt: none).
+std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::string> args) {
+  redis::options o;
+  o.port = server().port();
+  o.timeout = std::chrono::seconds(2);
+  o.connect_timeout = std::chrono::seconds(1);
+  redis::connection c(executor_t(ioc.get_executor()), o);
+  c.start();
+  redis_backend::wait_for([&] { return c.up(); }, ioc);
+  std::vector<std::string_view> argv(args.begin(), args.end());
+  std::optional<redis::reply> out;
+  net::co_spawn(ioc, c.command(std::span<const std::string_view>(argv)), [&](std::exception_ptr, auto r) {
+    out = r ? *r : redis::reply{redis::reply::kind::error, 0, "no reply", {}};
+  });
+  redis_backend::wait_for([&] { return out.has_value(); }, ioc);
+  c.close();
+  return out;
+}
+
+TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
+  // admit.lua keeps one member longer than zset-max-listpack-value in each team's lease set, so
+  // that Redis keeps it as a skiplist (leases found through a hash, not a scan). That member never
+  // expires, is never swept and holds no slot: with a concurrency of 1, a settled call frees it.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_SKIP() << "no redis-server";
+  std::vector<bool> applied;
+  st->on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
+    for (auto& x : r) applied.push_back(x.reachable && x.applied);
+  });
+  const scope_spec s{"t", "team-pin", {0, 0, 1}, budget_of(1'000)};
+  auto call = [&](std::string lease) {
+    admission a;
+    a.lease = std::move(lease);
+    a.scopes = {s};
+    a.cost_nano = 100;
+    return a;
+  };
+  const admission a1 = call("p1"), a2 = call("p2"), a3 = call("p3");
+  const admit_result r1 = run_sync(ioc, st->admit(0, a1));
+  ASSERT_EQ(r1.v, verdict::admitted);
+  EXPECT_EQ(run_sync(ioc, st->admit(0, a2)).v, verdict::concurrency);
+  const std::string leases = st->scope_key("team-pin", "l");
+  auto enc = raw_command(ioc, {"OBJECT", "ENCODING", leases});
+  ASSERT_TRUE(enc);
+  EXPECT_EQ(enc->str, "skiplist");
+  auto all = raw_command(ioc, {"ZRANGE", leases, "0", "-1", "WITHSCORES"});
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->elements.size(), 4u);  // the lease, then the pin (score +inf)
+  EXPECT_EQ(all->elements[0].str.rfind("p1|", 0), 0u) << all->elements[0].str;
+  EXPECT_GT(all->elements[2].str.size(), 64u);
+  EXPECT_EQ(all->elements[3].str, "inf");
+  st->queue_settlement(0, settlement{a1, r1.periods, 0, 40, r1.admitted_at_ms}, executor_t(ioc.get_executor()));
+  redis_backend::wait_for([&] { return !applied.empty(); }, ioc);
+  ASSERT_EQ(applied, std::vector<bool>{true});
+  EXPECT_EQ(run_sync(ioc, st->admit(0, a3)).v, verdict::admitted);
+  auto card = raw_command(ioc, {"ZCARD", leases});
+  ASSERT_TRUE(card);
+  EXPECT_EQ(card->integer, 2);  // p3 and the pin
   st->stop();
 }
 
