@@ -1,15 +1,19 @@
 // Replays the EVALSHA calls of a `redis-cli monitor` capture against a fresh redis-server per
 // run, with each script given (same arguments), rounds interleaved; prints per script the minimum
-// microseconds per call (INFO commandstats) and how many replies were errors. Used by
-// bench/script-cost. Usage: node script_replay.mjs capture.txt rounds script.lua...
+// microseconds per call (INFO commandstats) and how many replies were errors. With INSTRUCTIONS=1
+// each redis-server runs under valgrind's callgrind, collecting only inside EVALSHA, and the
+// figure is Redis's instructions per script call instead: deterministic, so one round tells
+// (the time is then meaningless). Used by bench/script-cost.
+// Usage: node script_replay.mjs capture.txt rounds script.lua...
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const [capture, roundsArg, ...scripts] = process.argv.slice(2);
 const rounds = Number(roundsArg);
+const instructions = process.env.INSTRUCTIONS === '1';
 
 /** MONITOR writes each argument quoted, with C-style escapes (\xHH, \n, \", \\). */
 function unescape(s) {
@@ -89,10 +93,15 @@ async function freePort() {
 async function run(script) {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-replay-'));
-  const srv = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+  const srv = instructions
+    ? spawn('valgrind', ['--tool=callgrind', '--toggle-collect=evalShaCommand', `--callgrind-out-file=${dir}/cg.out`,
+      'redis-server', ...args], { stdio: 'ignore' })
+    : spawn('redis-server', args, { stdio: 'ignore' });
+  const exited = new Promise((res) => srv.once('exit', res));
   try {
     let c;
-    for (let i = 0; i < 100; i++) {
+    for (let i = 0; i < (instructions ? 400 : 100); i++) {
       try { c = client(port); await c.ready; break; } catch { c = null; await new Promise((r) => setTimeout(r, 50)); }
     }
     if (!c) throw new Error('redis-server did not start');
@@ -104,6 +113,15 @@ async function run(script) {
     }
     const info = (await c.call(['INFO', 'commandstats']))[2];
     const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(info);
+    if (instructions) {
+      // SHUTDOWN ends the server cleanly, so callgrind writes its totals.
+      c.call(['SHUTDOWN', 'NOSAVE']);
+      await exited;
+      const out = readFileSync(join(dir, readdirSync(dir).find((f) => f.startsWith('cg.out'))), 'latin1');
+      const total = /^summary:\s+(\d+)/m.exec(out) ?? /^totals:\s+(\d+)/m.exec(out);
+      c.close();
+      return { us: Number(total[1]) / Number(m[1]), errors, last };
+    }
     c.close();
     return { us: Number(m[2]) / Number(m[1]), errors, last };
   } finally {
@@ -125,6 +143,7 @@ console.log(`bench: ${calls.length} script calls replayed, ${(admissions / calls
   `${(settlements / calls.length).toFixed(1)} settlements each; minimum of ${rounds} rounds`);
 for (const s of scripts) {
   const b = best.get(s);
-  console.log(`  ${s.replace(process.cwd() + '/', '')}: ${b.us.toFixed(1)} µs per script call` +
+  const figure = instructions ? `${Math.round(b.us / 1000)}k instructions of Redis` : `${b.us.toFixed(1)} µs`;
+  console.log(`  ${s.replace(process.cwd() + '/', '')}: ${figure} per script call` +
     (b.errors ? `  (${b.errors} error replies, e.g. ${b.last}: not comparable)` : ''));
 }
