@@ -141,6 +141,15 @@ TEST(RedisStore, SettlementsRideTheNextAdmissionOfTheirTeamAndGoAloneOtherwise) 
   st->stop();
 }
 
+/// A call in one scope, worth `cost_nano`.
+admission one_scope_call(std::string lease, const scope_spec& s, std::int64_t cost_nano) {
+  admission a;
+  a.lease = std::move(lease);
+  a.scopes = {s};
+  a.cost_nano = cost_nano;
+  return a;
+}
+
 /// One command on its own connection to the test server, run to completion (nullopt: none).
 std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::string> args) {
   redis::options o;
@@ -172,13 +181,7 @@ TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
     for (auto& x : r) applied.push_back(x.reachable && x.applied);
   });
   const scope_spec s{"t", "team-pin", {0, 0, 1}, budget_of(1'000)};
-  auto call = [&](std::string lease) {
-    admission a;
-    a.lease = std::move(lease);
-    a.scopes = {s};
-    a.cost_nano = 100;
-    return a;
-  };
+  auto call = [&](std::string lease) { return one_scope_call(std::move(lease), s, 100); };
   const admission a1 = call("p1"), a2 = call("p2"), a3 = call("p3");
   const admit_result r1 = run_sync(ioc, st->admit(0, a1));
   ASSERT_EQ(r1.v, verdict::admitted);
@@ -355,13 +358,7 @@ TEST(RedisStore, WithoutZmscoreBatchesGoCallByCallAfterOneNotice) {
   st.start({executor_t(ioc.get_executor())});
   redis_backend::wait_ready(st, ioc);
   const scope_spec s{"t", "team-old", {0, 0, 1}, budget_of(1'000)};
-  auto call = [&](std::string lease) {
-    admission a;
-    a.lease = std::move(lease);
-    a.scopes = {s};
-    a.cost_nano = 300;
-    return a;
-  };
+  auto call = [&](std::string lease) { return one_scope_call(std::move(lease), s, 300); };
   const executor_t ex(ioc.get_executor());
   admission prev = call("old-0");
   admit_result prev_r = run_sync(ioc, st.admit(0, prev));
