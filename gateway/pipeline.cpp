@@ -531,8 +531,8 @@ std::string models_body(const request_context& ctx) {
 bool audit_pending(worker& w, const request_context& ctx) { return w.audit() && !ctx.audit_done && audited(ctx); }
 
 awaitable<bool> seal_audit(worker& w, request_context& ctx, unsigned status, std::string_view body) {
+  if (!audit_pending(w, ctx)) co_return true;
   audit::audit_log* a = w.audit();
-  if (!a || ctx.audit_done || !audited(ctx)) co_return true;
   ctx.audit_done = true;
   ctx.status = status;
   std::string rec = audit_record_for(ctx, request_context::clock::now(), body);
