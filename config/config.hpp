@@ -239,6 +239,10 @@ struct redis_config {
   std::string key_prefix = "tollgate:";
   std::uint32_t timeout_ms = 50;
   std::uint32_t connect_timeout_ms = 200;
+  /// A worker with nothing else to do while its callers await an admission's answer from Redis
+  /// keeps polling its sockets for up to this long before it sleeps (0: it sleeps at once).
+  /// docs/adr/0010.
+  std::uint32_t busy_poll_us = 100;
   struct tls_config {
     bool enabled = false;
     bool verify = true;

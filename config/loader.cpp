@@ -347,7 +347,8 @@ void parse_store(const YAML::Node& n, store_config& s) {
   }
   if (auto r = n["redis"]) {
     const std::string rp = p + ".redis";
-    check_keys(r, rp, {"address", "username", "password", "db", "key_prefix", "timeout_ms", "connect_timeout_ms", "tls"});
+    check_keys(r, rp, {"address", "username", "password", "db", "key_prefix", "timeout_ms", "connect_timeout_ms", "busy_poll_us",
+                         "tls"});
     if (auto v = r["address"]) {
       auto a = get_string(v, rp + ".address");
       if (a.rfind("unix:", 0) == 0) s.redis.unix_path = a.substr(5);
@@ -364,6 +365,7 @@ void parse_store(const YAML::Node& n, store_config& s) {
     if (auto v = r["timeout_ms"]) s.redis.timeout_ms = get_uint<std::uint32_t>(v, rp + ".timeout_ms", 60'000);
     if (auto v = r["connect_timeout_ms"])
       s.redis.connect_timeout_ms = get_uint<std::uint32_t>(v, rp + ".connect_timeout_ms", 60'000);
+    if (auto v = r["busy_poll_us"]) s.redis.busy_poll_us = get_uint<std::uint32_t>(v, rp + ".busy_poll_us", 1'000);
     if (auto t = r["tls"]) {
       const std::string tp = rp + ".tls";
       check_keys(t, tp, {"enabled", "verify", "ca_file", "cert_file", "key_file", "server_name"});

@@ -15,6 +15,7 @@
 
 #include "config/loader.hpp"
 #include "gateway/content_filters.hpp"
+#include "gateway/core/event_loop.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/session.hpp"
 #include "policy/keys.hpp"
@@ -198,9 +199,12 @@ int server::run() {
   }
   // Store connections start on the workers' io_contexts before their threads run.
   policy_->start(executors);
+  // With Redis as the store, a worker whose callers await an admission's answer polls a moment
+  // before it sleeps (store.redis.busy_poll_us, docs/adr/0010).
+  const std::chrono::microseconds spin(cfg.store.type == "redis" ? cfg.store.redis.busy_poll_us : 0);
   for (auto& w : workers_) {
     net::co_spawn(w->ioc(), w->sweep_deadlines(milliseconds(50)), net::detached);
-    w->thread = std::thread([&ioc = w->ioc()] { ioc.run(); });
+    w->thread = std::thread([&ioc = w->ioc(), spin] { run_event_loop(ioc, spin, &policy::redis_store::admissions_awaited); });
   }
 
   net::co_spawn(control_, accept_loop(*caller_, false), net::detached);
@@ -318,8 +322,10 @@ void server::reload() {
   const auto& os = snap_->cfg->store;
   const auto& ns = snap->cfg->store;
   if (os.type != ns.type || os.redis.host != ns.redis.host || os.redis.port != ns.redis.port ||
-      os.redis.unix_path != ns.redis.unix_path || os.redis.key_prefix != ns.redis.key_prefix)
-    log_event("warn", "the policy store (type, address, key_prefix) changes only on restart");
+      os.redis.unix_path != ns.redis.unix_path || os.redis.key_prefix != ns.redis.key_prefix ||
+      os.redis.timeout_ms != ns.redis.timeout_ms || os.redis.connect_timeout_ms != ns.redis.connect_timeout_ms ||
+      os.redis.busy_poll_us != ns.redis.busy_poll_us)
+    log_event("warn", "the policy store's settings (type, address, key_prefix, timeouts, busy_poll_us) change only on restart");
   const auto& oa = snap_->cfg->audit;
   const auto& na = snap->cfg->audit;
   if (oa.enabled != na.enabled || oa.dir != na.dir || oa.mode != na.mode || oa.fail_open != na.fail_open)

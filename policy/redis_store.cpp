@@ -629,6 +629,33 @@ awaitable<void> redis_store::flush_settlements(unsigned worker) {
   q.settling = false;
 }
 
+namespace {
+
+/// redis_store::admissions_awaited(): per thread, as each worker has its own connection.
+thread_local long admissions_due = 0;
+
+/// Counts an admission batch in admissions_due from its send until end() (or its scope's end).
+class admission_due {
+ public:
+  explicit admission_due(bool admits) : on_(admits) {
+    if (on_) ++admissions_due;
+  }
+  admission_due(const admission_due&) = delete;
+  admission_due& operator=(const admission_due&) = delete;
+  ~admission_due() { end(); }
+  void end() {
+    if (on_) --admissions_due;
+    on_ = false;
+  }
+
+ private:
+  bool on_;
+};
+
+}  // namespace
+
+long redis_store::admissions_awaited() { return admissions_due; }
+
 awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, const std::string& team,
                                                              const std::vector<std::shared_ptr<pending_admit>>& admits,
                                                              const std::vector<settlement>& settles) {
@@ -638,6 +665,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   batch_plan plan = script_args(calls, settles);
   std::vector<std::string> keys = team_keys(team);
   add_scope_keys(keys, plan.specs);
+  admission_due due(!admits.empty());
   auto r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   if (plan.summed && r && r->type == redis::reply::kind::error &&
       r->str.find("Unknown Redis command") != std::string::npos) {
@@ -649,6 +677,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
     plan = script_args(calls, settles);
     r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   }
+  due.end();  // answered (or failed): from here on the callers run
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;
   std::vector<settle_result> out;

@@ -45,6 +45,12 @@ class redis_store final : public store {
   awaitable<bool> publish_invalidation(unsigned worker, std::string id) override;
   void on_invalidation(std::function<void(std::string_view)> cb) override;
 
+  /// Admission batches that the calling thread (a worker) has sent to Redis and whose answer has
+  /// not come yet: its callers wait for it. The worker's event loop keeps polling rather than
+  /// sleeping while this is above 0 (store.redis.busy_poll_us, gateway/core/event_loop.hpp).
+  /// Settlement-only batches do not count: nobody waits for them.
+  static long admissions_awaited();
+
   /// false: every batch goes call by call (admit.lua's other path), as tests compare the two.
   void use_sums(bool on) { aggregate_.store(on, std::memory_order_relaxed); }
   /// Script calls so far, and how many of them applied their settlements (admissions) from the

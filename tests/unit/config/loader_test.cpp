@@ -31,6 +31,8 @@ TEST(ConfigLoaderTest, MinimalConfigGetsDefaults) {
   EXPECT_EQ(c.server.timeouts.drain_ms, 30000u);
   ASSERT_EQ(c.models.size(), 1u);
   EXPECT_EQ(c.models[0].primary.upstream_model, "m");  // defaults to the public name
+  EXPECT_EQ(c.store.redis.timeout_ms, 50u);
+  EXPECT_EQ(c.store.redis.busy_poll_us, 100u);
 }
 
 TEST(ConfigLoaderTest, UnknownKeysNameTheirPathAndLine) {
@@ -180,7 +182,7 @@ keys:
     limits: {rpm: 5}
 store:
   type: redis
-  redis: {address: 10.0.0.5:6380, password: pw, key_prefix: "tg:", timeout_ms: 20}
+  redis: {address: 10.0.0.5:6380, password: pw, key_prefix: "tg:", timeout_ms: 20, busy_poll_us: 0}
   replicas: 3
   on_unavailable: {budgets: fail_open, rate_limits: fail_closed}
   lease_ms: 60000
@@ -203,6 +205,7 @@ auth:
   EXPECT_EQ(c.store.redis.host, "10.0.0.5");
   EXPECT_EQ(c.store.redis.port, 6380);
   EXPECT_FALSE(c.store.redis.tls.enabled);  // no tls section: plain TCP
+  EXPECT_EQ(c.store.redis.busy_poll_us, 0u);  // 0: sleep at once
   EXPECT_EQ(c.store.replicas, 3u);
   EXPECT_EQ(c.store.budgets, on_store_failure::fail_open);
   EXPECT_EQ(c.store.rate_limits, on_store_failure::fail_closed);
@@ -230,6 +233,10 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       {base + "store: {on_unavailable: {budgets: local}}\n", "store.on_unavailable.budgets: expected fail_closed or fail_open"},
       {base + "store: {replicas: 0}\n", "store.replicas: must be at least 1"},
       {base + "store: {redis: {adress: x}}\n", "store.redis.adress: unknown key"},
+      {base + "store: {type: redis, redis: {busy_poll_us: 5000}}\n",
+       "store.redis.busy_poll_us: expected a non-negative integer up to 1000, got '5000'"},
+      {base + "store: {type: redis, redis: {busy_poll_us: -1}}\n", "store.redis.busy_poll_us: expected a non-negative integer"},
+      {base + "store: {type: redis, redis: {busy_poll_us: fast}}\n", "store.redis.busy_poll_us: expected a non-negative integer"},
       {base + "store: {type: redis, redis: {tls: {ca: /x}}}\n", "store.redis.tls.ca: unknown key"},
       {base + "store: {type: redis, redis: {tls: {verify: maybe}}}\n", "store.redis.tls.verify"},
       {base + "store: {type: redis, redis: {tls: {ca_file: /nonexistent/ca.pem}}}\n",

@@ -85,6 +85,7 @@ TEST(RedisStore, UnreachableRedisIsReportedNotHung) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_FALSE(got[0].reachable);
   EXPECT_FALSE(run_sync(ioc, st.get_key(0, "x")).reachable);
+  EXPECT_EQ(redis_store::admissions_awaited(), 0) << "a failed admission is awaited no more";
   st.stop();
 }
 
@@ -167,6 +168,46 @@ std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::s
   redis_backend::wait_for([&] { return out.has_value(); }, ioc);
   c.close();
   return out;
+}
+
+TEST(RedisStore, AnAdmissionIsAwaitedWhileOnTheWireAndASettlementAloneIsNot) {
+  // The worker's event loop polls instead of sleeping while admissions_awaited() is above 0
+  // (gateway/core/event_loop.hpp): it must count exactly the admission batches on the wire.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_SKIP() << "no redis-server";
+  ASSERT_EQ(redis_store::admissions_awaited(), 0);
+  const auto s = scope("t", {0, 0, 1});
+  const admission a = one_scope_call("await1", s, 0);
+  // Redis holds every client's commands for 300 ms: the batch stays on the wire meanwhile.
+  const auto paused = raw_command(ioc, {"CLIENT", "PAUSE", "300"});
+  ASSERT_TRUE(paused && paused->str == "OK");
+  auto admitted = net::co_spawn(ioc, st->admit(0, a), net::use_future);
+  ioc.restart();
+  redis_backend::wait_for([] { return redis_store::admissions_awaited() == 1; }, ioc);
+  EXPECT_EQ(redis_store::admissions_awaited(), 1);
+  ASSERT_NE(admitted.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+  redis_backend::wait_for([&] { return admitted.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }, ioc);
+  const auto r = admitted.get();
+  ASSERT_EQ(r.v, verdict::admitted);
+  EXPECT_EQ(redis_store::admissions_awaited(), 0) << "answered: nothing is awaited";
+
+  // Its settlement goes alone (no admission comes to carry it): nobody waits for that answer.
+  bool settled = false;
+  st->on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& res, bool) {
+    settled = !res.empty() && res[0].reachable;
+  });
+  const auto paused_again = raw_command(ioc, {"CLIENT", "PAUSE", "100"});
+  ASSERT_TRUE(paused_again && paused_again->str == "OK");
+  st->queue_settlement(0, settlement{a, r.periods, 0, 0, r.admitted_at_ms}, executor_t(ioc.get_executor()));
+  long most = 0;
+  redis_backend::wait_for([&] {
+    most = std::max(most, redis_store::admissions_awaited());
+    return settled;
+  }, ioc);
+  EXPECT_TRUE(settled);
+  EXPECT_EQ(most, 0);
+  st->stop();
 }
 
 TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
