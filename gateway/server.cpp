@@ -220,12 +220,15 @@ int server::run() {
   control_.run();
 
   guards.clear();
-  policy_->stop();
   for (auto& w : workers_) {
     w->ioc().stop();
     if (w->thread.joinable()) w->thread.join();
     log_.flush(w->log_buffer());  // the worker thread is gone: its buffer is ours now
   }
+  // Only now, with every worker thread gone: the store's connections belong to the workers'
+  // threads (hiredis contexts are not thread-safe), and closing one here while its worker still
+  // read from it aborted the process in hiredis (redisProcessCallbacks' assertion).
+  policy_->stop();
   // The store's Redis connections own timers and descriptors of the workers' io_contexts: they go
   // first, while those contexts still exist (ASan caught the reverse order at exit).
   policy_.reset();

@@ -67,6 +67,7 @@ class engine {
 
   /// Binds the store to the workers' executors. Call once before serving.
   void start(const std::vector<executor_t>& workers);
+  /// store::stop(): once the worker threads have ended.
   void stop();
 
   awaitable<phase_result> authenticate(request_context& ctx);

@@ -173,6 +173,8 @@ class store {
   virtual std::string_view kind() const = 0;
   /// Binds to the workers' executors (one connection each for Redis). Before any other call.
   virtual void start(const std::vector<executor_t>&) {}
+  /// Closes the store's connections. Call when no thread runs the workers' executors any more (or
+  /// from the one that runs them all, as tests do): connections are not thread-safe.
   virtual void stop() {}
   /// Whether the last operations reached the store (false: degraded).
   virtual bool healthy() const { return true; }
