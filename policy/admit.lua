@@ -17,7 +17,7 @@
 --   KEYS[3..] the scope hashes the batch touches: "<prefix>{team}:t" for the team, ":k:<id>" for a
 --            key, with fields rs ts (requests and tokens in the window), lo (oldest bucket that may
 --            hold counts), b<bucket> ("<requests>:<tokens>"), c (calls in flight), pid spent res
---            soft (budget period, spent and reserved nano-USD, soft-threshold flag)
+--            soft (budget period, spent and reserved nano-USD, soft-threshold flag), ~ (HPIN below)
 -- ARGV      lease_ms, window_ms, nadmit, nsettle, nspecs, then per scope spec: scope ("t" or
 --           "k:<id>"), rpm, tpm, concurrency, budget_limit_nano (-1: none), period kind (d|m|t),
 --           soft_threshold_nano (0: none);
@@ -64,6 +64,13 @@ local floor, call, fmt = math.floor, redis.call, string.format
 -- of a team's calls in flight (up to zset-max-listpack-entries, 128) is a listpack that each of
 -- them scans: 12% of Redis's instructions in EVALSHA went there (INSTRUCTIONS=1 bench/script-cost).
 local PIN = '~ keeps this set in its skiplist encoding: never expires, never settled (admit.lua) ~'
+-- The same for each scope hash: a field '~' with a value longer than hash-max-listpack-value (64
+-- bytes by default) keeps it a hashtable, where HMGET and HSET find a field through a hash. As a
+-- listpack (~40 fields: the counts, the budget and 31 buckets) every field read or written was a
+-- scan, and every write a reallocation: 5.5% of Redis's instructions per call with one admission
+-- and one settlement, 3.1% with 9 of each (INSTRUCTIONS=1 [CONNECTIONS=1] bench/script-cost).
+-- Written with a scope's first state (or its first after a reset), never read.
+local HPIN = '~ keeps this hash in its hashtable encoding: never read, only written (admit.lua) ~'
 -- Strings become numbers by arithmetic ("x + 0": one strtod), not tonumber() (a C call that runs
 -- strtod twice). Numbers in ARGV repeat across a batch (scope indexes, reservations): each
 -- distinct string is converted once (a table hit costs a third of a strtod).
@@ -233,7 +240,8 @@ local function scope(suffix)
     v = call('HMGET', key, 'rs', 'ts', 'lo', bcur, 'c', 'pid', 'spent', 'res', 'soft')
   end
   s = {key = key, rs = ((v[1] or 0) + 0), ts = ((v[2] or 0) + 0), lo = ((v[3] or cur) + 0), c = ((v[5] or 0) + 0),
-       pid = v[6], spent = ((v[7] or 0) + 0), res = ((v[8] or 0) + 0), soft = v[9], hascur = v[4] ~= nil, bv = bv}
+       pid = v[6], spent = ((v[7] or 0) + 0), res = ((v[8] or 0) + 0), soft = v[9], hascur = v[4] ~= nil, bv = bv,
+       fresh = not (v[1] or v[2] or v[3] or v[5] or v[6] or v[7] or v[8])}
   s.rc, s.tc = counts(v[4])
   if s.lo < first then
     -- Buckets that left the window: subtract them (once per bucket).
@@ -528,6 +536,8 @@ for _, suffix in ipairs(order) do
   elseif s.bd then
     call('HSET', s.key, 'pid', s.pid, 'spent', fmt('%d', s.spent), 'soft', s.soft or '0')
   end
+  -- (Every write above leaves one of the fields that fresh tests.)
+  if s.fresh and (s.rate or s.rolled or s.tsd or s.dirty or s.swept or s.bd) then call('HSET', s.key, '~', HPIN) end
   if s.tdelta then
     for bf, d in pairs(s.tdelta) do
       if d ~= 0 then

@@ -247,6 +247,60 @@ TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
   st->stop();
 }
 
+TEST(RedisStore, EachScopeHashIsPinnedInItsHashtableEncodingOnceAndAgainAfterAReset) {
+  // admit.lua writes a field '~' longer than hash-max-listpack-value with a scope's first state,
+  // so that Redis keeps the hash a hashtable (fields found through a hash, not a scan). It writes
+  // it only when the scope has no state yet: not again on every batch, and again after the hash
+  // was deleted. A scope with rate limits and one with only a budget both get it.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_SKIP() << "no redis-server";
+  const scope_spec rated{"t", "team-hpin", {1'000, 100'000, 10}, budget_of(1'000'000)};
+  const scope_spec budget_only{"k:b", "team-hpin", {0, 0, 0}, budget_of(1'000'000)};
+  auto call = [&](std::string lease) {
+    admission a;
+    a.lease = std::move(lease);
+    a.scopes = {rated, budget_only};
+    a.tokens = 10;
+    a.cost_nano = 100;
+    return a;
+  };
+  const std::string keys[] = {st->scope_key("team-hpin", "t"), st->scope_key("team-hpin", "k:b")};
+  auto field = [&](const std::string& key) { return raw_command(ioc, {"HGET", key, "~"}); };
+  const admission a1 = call("h1");
+  ASSERT_EQ(run_sync(ioc, st->admit(0, a1)).v, verdict::admitted);
+  for (const std::string& key : keys) {
+    auto enc = raw_command(ioc, {"OBJECT", "ENCODING", key});
+    ASSERT_TRUE(enc);
+    EXPECT_EQ(enc->str, "hashtable") << key;
+    auto pin = field(key);
+    ASSERT_TRUE(pin);
+    EXPECT_GT(pin->str.size(), 64u) << key;
+    // Marked, to tell whether a later batch writes it again.
+    ASSERT_TRUE(raw_command(ioc, {"HSET", key, "~", "marked"}));
+  }
+  const admission a2 = call("h2");
+  ASSERT_EQ(run_sync(ioc, st->admit(0, a2)).v, verdict::admitted);
+  for (const std::string& key : keys) {
+    auto pin = field(key);
+    ASSERT_TRUE(pin);
+    EXPECT_EQ(pin->str, "marked") << key << ": written again although the scope had its state";
+  }
+  // A reset (the hash deleted): the next batch writes the pin with the new first state.
+  for (const std::string& key : keys) ASSERT_TRUE(raw_command(ioc, {"DEL", key}));
+  const admission a3 = call("h3");
+  ASSERT_EQ(run_sync(ioc, st->admit(0, a3)).v, verdict::admitted);
+  for (const std::string& key : keys) {
+    auto enc = raw_command(ioc, {"OBJECT", "ENCODING", key});
+    ASSERT_TRUE(enc);
+    EXPECT_EQ(enc->str, "hashtable") << key;
+    auto pin = field(key);
+    ASSERT_TRUE(pin);
+    EXPECT_GT(pin->str.size(), 64u) << key;
+  }
+  st->stop();
+}
+
 // admit.lua applies a batch from the gateway's sums when every call fits and every lease is
 // found, and call by call otherwise. The same random workload (waves of concurrent calls of a
 // team and two keys, settlements riding them, repeated and stale settlements, limits and
