@@ -508,6 +508,7 @@ end
 -- formats a number argument with %.17g, several times slower.
 for _, suffix in ipairs(order) do
   local s = state[suffix]
+  local wrote = true
   if s.rate then
     if s.bd then
       call('HSET', s.key, 'rs', fmt('%d', s.rs), 'ts', fmt('%d', s.ts), 'lo', fmt('%d', s.lo),
@@ -535,9 +536,11 @@ for _, suffix in ipairs(order) do
     end
   elseif s.bd then
     call('HSET', s.key, 'pid', s.pid, 'spent', fmt('%d', s.spent), 'soft', s.soft or '0')
+  else
+    wrote = false
   end
   -- (Every write above leaves one of the fields that fresh tests.)
-  if s.fresh and (s.rate or s.rolled or s.tsd or s.dirty or s.swept or s.bd) then call('HSET', s.key, '~', HPIN) end
+  if s.fresh and wrote then call('HSET', s.key, '~', HPIN) end
   if s.tdelta then
     for bf, d in pairs(s.tdelta) do
       if d ~= 0 then
