@@ -36,20 +36,23 @@ function call(port, path, { client, body } = {}) {
 }
 
 describe('mTLS identities', () => {
-  let gw, search, stranger, rogue;
+  let gw, search, batch, stranger, rogue;
   before(async () => {
     const ca = makeCa('clients-ca');
     const otherCa = makeCa('other-ca');
     const server = makeLeaf('server', makeCa('server-ca'), 'IP:127.0.0.1');
     search = makeLeaf('search', ca, 'URI:spiffe://corp.example/ns/search/sa/api');
-    stranger = makeLeaf('stranger', ca, 'URI:spiffe://corp.example/ns/other/sa/api');
+    // A DNS SAN names its team; the URI beside it maps to nothing (the DNS name must be read too).
+    batch = makeLeaf('batch', ca, 'URI:spiffe://corp.example/ns/batch/sa/unmapped,DNS:batch.svc.corp.example');
+    stranger = makeLeaf('stranger', ca, 'URI:spiffe://corp.example/ns/other/sa/api,DNS:other.svc.corp.example');
     rogue = makeLeaf('rogue', otherCa, 'URI:spiffe://corp.example/ns/search/sa/api');
     writeFileSync(join(dir, 'server.key.pem'), server.key);
     writeFileSync(join(dir, 'server.cert.pem'), server.cert);
     gw = await startGateway(serverYaml({ openAuth: false }) +
       `  tls:\n    cert_file: ${join(dir, 'server.cert.pem')}\n    key_file: ${join(dir, 'server.key.pem')}\n    client_ca_file: ${ca.cert}\n` +
       `providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n  - {name: secret-model, provider: mock}\n` +
-      `teams:\n  - name: search\n    models: [mock-gpt]\n    identities: ["spiffe://corp.example/ns/search/sa/api"]\n`);
+      `teams:\n  - name: search\n    models: [mock-gpt]\n    identities: ["spiffe://corp.example/ns/search/sa/api"]\n` +
+      `  - name: batch\n    models: [secret-model]\n    identities: ["batch.svc.corp.example"]\n`);
   });
   after(async () => {
     await gw?.stop();
@@ -65,6 +68,19 @@ describe('mTLS identities', () => {
     assert.equal(JSON.parse(denied.text).error.code, 'model_not_allowed');
     const models = JSON.parse((await call(gw.port, '/v1/models', { client })).text);
     assert.deepEqual(models.data.map((m) => m.id), ['mock-gpt']);
+  });
+
+  test('a certificate whose DNS SAN maps to a team is admitted as that team, within its models', async () => {
+    const client = { key: batch.key, cert: batch.cert };
+    const ok = await call(gw.port, '/v1/chat/completions', { client, body: { model: 'secret-model', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 } });
+    assert.equal(ok.status, 200, ok.text);
+    const line = await gw.waitForLog((l) => l.model === 'secret-model' && l.status === 200);
+    assert.equal(line.team, 'batch', JSON.stringify(line));
+    const denied = await call(gw.port, '/v1/chat/completions', { client, body: { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] } });
+    assert.equal(denied.status, 403, denied.text);
+    assert.equal(JSON.parse(denied.text).error.code, 'model_not_allowed');
+    const models = JSON.parse((await call(gw.port, '/v1/models', { client })).text);
+    assert.deepEqual(models.data.map((m) => m.id), ['secret-model']);
   });
 
   test('a valid certificate whose SAN maps to no team gets 401, not access', async () => {
