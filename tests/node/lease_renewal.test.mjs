@@ -35,18 +35,26 @@ for (const kind of ['memory', 'redis']) {
     });
 
     test('a 3 s stream with a 1 s lease keeps its hold while it runs, and is charged once at the end', async () => {
-      const body = { model: 'mock-gpt', stream: true, max_tokens: 15, messages: [{ role: 'user', content: 'hi' }] };
+      const body = {
+        model: 'mock-gpt', stream: true, stream_options: { include_usage: true }, max_tokens: 15, messages: [{ role: 'user', content: 'hi' }],
+      };
       const running = chat(gw, key.full, body, { timeoutMs: 20000 });
       await sleep(2200);  // two lease lengths in: without renewal the hold would have expired
       const mid = await budget(gw, tok.token, 'long');
       assert.ok(mid.reserved_nano > 0, `hold gone mid-stream: ${JSON.stringify(mid)}`);
-      const second = await chat(gw, key.full, { ...body, stream: false, max_tokens: 1 });
+      const second = await chat(gw, key.full, { ...body, stream: false, stream_options: undefined, max_tokens: 1 });
       assert.equal(second.status, 429, 'the running call still holds the only concurrency slot');
       const r = await running;
       assert.equal(r.status, 200);
-      const end = await settledBudget(gw, tok.token, 'long');
+      const end = await settledBudget(gw, tok.token, 'long', { pred: (b) => b.spent_nano > 0 });
       assert.equal(end.reserved_nano, 0);
-      assert.ok(end.spent_nano > 0);
+      // Charged once, for what it used: prompt estimate ⌈(2 + 16) / 4⌉ = 5 tokens and 15 generated,
+      // at 1,000 USD per million tokens each (1e6 nano-USD a token). The refused call costs nothing;
+      // a renewal that charged, or a settlement applied twice, would show here.
+      const tokens = r.text.match(/"completion_tokens":(\d+)/);
+      assert.ok(tokens, `the stream reported no usage: ${r.text.slice(-400)}`);
+      assert.equal(Number(tokens[1]), 15);
+      assert.equal(end.spent_nano, (5 + 15) * 1e6, JSON.stringify(end));
     });
   });
 }
