@@ -140,6 +140,12 @@ ${adm.yaml}${prices()}${storeYaml(kind, redis)}teams:
     budget: {usd: 1, period: daily, soft: 0}
   - name: hdrs
     limits: {rpm: 5, tpm: 100}
+  - name: hdrq
+    limits: {rpm: 100, tpm: 100000, concurrency: 1}
+    budget: {usd: ${usd(2 * CALL_NANO)}, period: total, soft: 0}
+  - name: capd
+    limits: {tpm: 10000}
+    budget: {usd: 100, period: daily, soft: 0}
 keys:
   - {id: ${expired.id}, team: search, digest: "${expired.digest}", expires: 2020-01-31}
   - {id: ${disabled.id}, team: search, digest: "${disabled.digest}", enabled: false}
@@ -147,7 +153,7 @@ keys:
         mockModels(fake.baseURL);
       gw = await startGateway(yaml);
       if (kind === 'redis') await waitStoreUp(gw, adm.token);
-      for (const team of ['race', 'stream', 'conc', 'broke', 'search', 'narrow', 'free', 'sepa', 'sepb']) {
+      for (const team of ['race', 'stream', 'conc', 'broke', 'search', 'narrow', 'free', 'sepa', 'sepb', 'hdrq', 'capd']) {
         keys[team] = (await createKey(gw, adm.token, { team, name: `${team}-key` })).key;
       }
       // Its own requests limit, below its team's.
@@ -513,6 +519,59 @@ keys:
       const free = await chat(gw, keys.free, body('mock-gpt'));
       assert.equal(free.status, 200);
       assert.equal(free.headers.get('x-ratelimit-limit-requests'), null);
+    });
+
+    test('x-ratelimit-* headers on concurrency and budget 429s too; a refused call takes nothing', { timeout: 20000 }, async () => {
+      const perCall = PROMPT_EST + MAX;
+      const figures = (h) => [
+        h.get('x-ratelimit-limit-requests'),
+        h.get('x-ratelimit-remaining-requests'),
+        h.get('x-ratelimit-limit-tokens'),
+        h.get('x-ratelimit-remaining-tokens'),
+      ];
+      const admittedBefore = metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
+      const hold = chat(gw, keys.hdrq, body('mock-hold'));
+      await eventually(
+        async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) > admittedBefore,
+        { timeoutMs: 3000, intervalMs: 10, what: 'the held call admitted' },
+      );
+      // The only slot is held (the budget would still admit one more call): a concurrency 429.
+      const busy = await chat(gw, keys.hdrq, body('mock-gpt'));
+      assertOpenAIError(busy, { status: 429, code: 'rate_limit_exceeded' });
+      assert.deepEqual(figures(busy.headers), ['100', '99', '100000', String(100000 - perCall)]);
+      assert.ok(Number(busy.headers.get('retry-after')) >= 1);
+      assert.equal((await hold).status, 200);
+      await settledBudget(gw, adm.token, 'hdrq', { pred: (b) => b.spent_nano === CALL_NANO });
+      // The refused call took no request and no tokens: the next one sees one call's worth used.
+      const ok = await chat(gw, keys.hdrq, body('mock-gpt'));
+      assert.equal(ok.status, 200, ok.text);
+      assert.deepEqual(figures(ok.headers), ['100', '98', '100000', String(100000 - 2 * perCall)]);
+      await settledBudget(gw, adm.token, 'hdrq', { pred: (b) => b.spent_nano === 2 * CALL_NANO });
+      // The budget is spent: a budget 429, with the same figures (it took nothing either).
+      const broke = await chat(gw, keys.hdrq, body('mock-gpt'));
+      assertOpenAIError(broke, { status: 429, code: 'budget_exceeded', type: 'insufficient_quota' });
+      assert.deepEqual(figures(broke.headers), ['100', '98', '100000', String(100000 - 2 * perCall)]);
+      assert.match(broke.headers.get('x-ratelimit-reset-requests') ?? '', /^(\d+(\.\d+)?(ms|s)|1m\d+(\.\d+)?s)$/);
+    });
+
+    test('no max_tokens: TPM and budget reserve store.default_max_tokens (4096), then settle to the usage', { timeout: 20000 }, async () => {
+      const cap = 4096;
+      const noMax = body('mock-gpt');
+      delete noMax.max_tokens;
+      const first = await chat(gw, keys.capd, noMax);
+      assert.equal(first.status, 200, first.text);
+      assert.equal(first.headers.get('x-ratelimit-limit-tokens'), '10000');
+      // Reserved at admission: the prompt estimate plus the configured cap.
+      assert.equal(first.headers.get('x-ratelimit-remaining-tokens'), String(10000 - (PROMPT_EST + cap)));
+      const used = first.json.usage.completion_tokens;
+      assert.ok(used > 0 && used < cap, `the mock generated ${used} tokens`);
+      // Settled to the usage: the budget charges what was used, not the reservation...
+      const b = await settledBudget(gw, adm.token, 'capd', { pred: (x) => x.spent_nano > 0 });
+      assert.equal(b.spent_nano, nanoOf(PROMPT_EST, used));
+      // ...and the token window keeps only the used tokens of the first call.
+      const second = await chat(gw, keys.capd, body('mock-gpt'));
+      assert.equal(second.status, 200, second.text);
+      assert.equal(second.headers.get('x-ratelimit-remaining-tokens'), String(10000 - (PROMPT_EST + used) - (PROMPT_EST + MAX)));
     });
 
     test('teams are accounted separately: one team’s RPM and spend do not count against another’s', { timeout: 20000 }, async () => {
