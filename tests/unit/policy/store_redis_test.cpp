@@ -102,7 +102,7 @@ std::unique_ptr<redis_store> started_store(net::io_context& ioc) {
 TEST(RedisStore, SettlementsRideTheNextAdmissionOfTheirTeamAndGoAloneOtherwise) {
   net::io_context ioc;
   auto st = started_store(ioc);
-  if (!st) GTEST_SKIP() << "no redis-server";
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   struct report {
     std::string lease;
     bool applied, own_trip;
@@ -175,7 +175,7 @@ TEST(RedisStore, AnAdmissionIsAwaitedWhileOnTheWireAndASettlementAloneIsNot) {
   // (gateway/core/event_loop.hpp): it must count exactly the admission batches on the wire.
   net::io_context ioc;
   auto st = started_store(ioc);
-  if (!st) GTEST_SKIP() << "no redis-server";
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   ASSERT_EQ(redis_store::admissions_awaited(), 0);
   const auto s = scope("t", {0, 0, 1});
   const admission a = one_scope_call("await1", s, 0);
@@ -216,7 +216,7 @@ TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
   // expires, is never swept and holds no slot: with a concurrency of 1, a settled call frees it.
   net::io_context ioc;
   auto st = started_store(ioc);
-  if (!st) GTEST_SKIP() << "no redis-server";
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   std::vector<bool> applied;
   st->on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
     for (auto& x : r) applied.push_back(x.reachable && x.applied);
@@ -254,7 +254,7 @@ TEST(RedisStore, EachScopeHashIsPinnedInItsHashtableEncodingOnceAndAgainAfterARe
   // was deleted. A scope with rate limits and one with only a budget both get it.
   net::io_context ioc;
   auto st = started_store(ioc);
-  if (!st) GTEST_SKIP() << "no redis-server";
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   const scope_spec rated{"t", "team-hpin", {1'000, 100'000, 10}, budget_of(1'000'000)};
   const scope_spec budget_only{"k:b", "team-hpin", {0, 0, 0}, budget_of(1'000'000)};
   auto call = [&](std::string lease) {
@@ -396,7 +396,7 @@ TEST(RedisStore, BatchSumsGiveTheSameAnswersAndStateAsCallByCall) {
   net::io_context ioc_sums, ioc_calls;
   auto with_sums = started_store(ioc_sums);
   auto by_call = started_store(ioc_calls);
-  if (!with_sums || !by_call) GTEST_SKIP() << "no redis-server";
+  if (!with_sums || !by_call) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   by_call->use_sums(false);
   const std::string a = run_workload(*with_sums, ioc_sums);
   const std::string b = run_workload(*by_call, ioc_calls);
@@ -432,7 +432,7 @@ TEST(RedisStore, WithoutZmscoreBatchesGoCallByCallAfterOneNotice) {
   // settles with the sums fails there, before writing anything; the store says so once in the
   // log and sends that batch, and every later one, call by call. No charge is lost or doubled.
   tollgate::testing::redis_server old({"--rename-command", "ZMSCORE", ""});
-  if (!old.start()) GTEST_SKIP() << "no redis-server";
+  if (!old.start()) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   net::io_context ioc;
   config::redis_config c;
   c.port = old.port();
