@@ -3,7 +3,8 @@
 // official SDK's view of 401/403/429, keys through the admin API, a Redis outage and recovery,
 // a gateway killed while holding reservations, and secrets that must never be echoed.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -25,7 +26,7 @@ import {
   staticKey,
   tally,
 } from './lib/policy_helpers.mjs';
-import { startRedis, waitStoreUp } from './lib/redis.mjs';
+import { redisCommand, startRedis, waitStoreUp } from './lib/redis.mjs';
 import { readSse } from './lib/sse.mjs';
 
 // Prices (USD per million tokens) chosen so costs are whole nano-USD: a prompt token costs
@@ -88,6 +89,18 @@ function storeYaml(kind, redis, extra = '') {
   type: redis
   redis: {address: "${redis.address}", key_prefix: "tgtest:", timeout_ms: 50, connect_timeout_ms: 200}
 ${extra}`;
+}
+
+/** Every key in a Redis and every value it holds, as text (strings, hashes, sets, sorted sets, lists). */
+async function redisContents(port) {
+  const read = { string: ['GET'], hash: ['HGETALL'], set: ['SMEMBERS'], zset: ['ZRANGE', '0', '-1', 'WITHSCORES'], list: ['LRANGE', '0', '-1'] };
+  const out = [];
+  for (const k of await redisCommand(port, ['KEYS', '*'])) {
+    const type = String(await redisCommand(port, ['TYPE', k]));
+    out.push(String(k));
+    if (read[type]) out.push(JSON.stringify(await redisCommand(port, [read[type][0], k, ...read[type].slice(1)])));
+  }
+  return out.join('\n');
 }
 
 /** Everything a gateway returns to any caller should be an error body or a response; collect. */
@@ -890,20 +903,26 @@ keys:
 });
 
 describe('secrets', () => {
-  test('no key, secret or digest appears in stdout, stderr, the access log, /metrics or any error body', { timeout: 30000 }, async () => {
+  test('no key, secret or digest appears in stdout, stderr, the access log, the audit trail, /metrics or any error body; Redis holds digests only', { timeout: 30000 }, async () => {
     const redis = await startRedis();
     const adm = adminToken();
     const st = staticKey('static1');
     const wrongStatic = `tg_${st.id}_${randomAlnum(40)}`;
     const dir = mkdtempSync(join(tmpdir(), 'tollgate-secrets-'));
     const logPath = join(dir, 'access.log');
+    const auditDir = join(dir, 'audit');
+    // With a pepper, created keys are stored as HMAC-SHA-256 digests: those are grepped for too.
+    const pepper = randomAlnum(32);
+    const hmacHex = (secret) => createHmac('sha256', pepper).update(secret).digest('hex');
     let gw;
     try {
       gw = await startGateway(
         serverYaml({ workers: 2, openAuth: false, freePrices: false, accessLog: logPath }) +
           `auth:
+  pepper: ${pepper}
   admin_tokens:
-${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
+${adm.yaml}audit: {dir: ${auditDir}}
+${prices()}${storeYaml('redis', redis)}teams:
   - name: search
     models: ["mock-*"]
     limits: {rpm: 1000}
@@ -930,11 +949,11 @@ keys:
       }
       const [good, revoked, poor] = created;
       const wrong = `tg_${good.id}_${randomAlnum(43)}`; // right id, different secret
-      const wrongSecret = (k) => ({ full: k, secret: splitKey(k).secret, hex: splitKey(k).hex });
+      const wrongSecret = (k) => ({ full: k, secret: splitKey(k).secret, hex: splitKey(k).hex, hmac: hmacHex(splitKey(k).secret) });
       const secrets = [
-        { what: 'static key', full: st.full, secret: st.secret, hex: st.hex },
+        { what: 'static key', full: st.full, secret: st.secret, hex: st.hex, hmac: hmacHex(st.secret) },
         { what: 'wrong static key', ...wrongSecret(wrongStatic) },
-        ...created.map((c) => ({ what: `created key ${c.name}`, full: c.key, secret: c.secret, hex: c.hex })),
+        ...created.map((c) => ({ what: `created key ${c.name}`, full: c.key, secret: c.secret, hex: c.hex, hmac: hmacHex(c.secret) })),
         { what: 'wrong secret for a created id', ...wrongSecret(wrong) },
         { what: 'admin token', full: adm.token, hex: adm.hex },
       ];
@@ -962,9 +981,24 @@ keys:
 
       await settledBudget(gw, adm.token, 'search', { pred: (x) => x.spent_nano > 0 });
       const metrics = (await scrape(gw)).text;
-      await gw.stopClean(); // flushes the access log
+      await gw.stopClean(); // flushes the access log and the audit trail
       const accessLog = readFileSync(logPath, 'utf8');
       assert.ok(accessLog.includes(good.id), 'the access log names the key id (the id is not secret)');
+      const audit = readdirSync(auditDir, { recursive: true })
+        .map((f) => join(auditDir, f))
+        .filter((f) => statSync(f).isFile())
+        .map((f) => readFileSync(f, 'latin1'))
+        .join('\n');
+      assert.ok(audit.includes(good.id), 'the audit trail names the key id');
+      const stored = await redisContents(redis.port);
+      // The store holds each created key's peppered digest (so this is the right place to look)...
+      for (const c of created) assert.ok(stored.includes(hmacHex(c.secret)), `key ${c.name}: its HMAC digest is not in Redis`);
+      // ...and never a secret or a whole key.
+      for (const s of secrets) {
+        for (const [label, needle] of [['full', s.full], ['secret', s.secret]]) {
+          assert.ok(!needle || !stored.includes(needle), `${s.what}: its ${label} is stored in Redis`);
+        }
+      }
 
       const places = {
         stdout: gw.stdout(),
@@ -972,10 +1006,11 @@ keys:
         'access log': accessLog,
         '/metrics': metrics,
         'response bodies': bodies.join('\n'),
+        'audit trail': audit,
       };
       for (const s of secrets) {
         for (const [where, text] of Object.entries(places)) {
-          for (const [label, needle] of [['full', s.full], ['secret', s.secret], ['digest', s.hex]]) {
+          for (const [label, needle] of [['full', s.full], ['secret', s.secret], ['digest', s.hex], ['HMAC digest', s.hmac]]) {
             if (!needle) continue;
             assert.ok(!text.includes(needle), `${s.what}: its ${label} appears in ${where}`);
           }
