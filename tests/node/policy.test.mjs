@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -897,6 +898,75 @@ keys:
     } finally {
       await a?.kill();
       await b?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('one Redis round trip per admission', () => {
+  test('Redis MONITOR sees one EVALSHA per admitted call from the gateway, and no other command', { timeout: 30000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const st = staticKey('trip1');
+    let gw, monitor;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+          `auth:
+  key_cache_ms: 60000
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
+  - name: trips
+    limits: {rpm: 1000, tpm: 1000000, concurrency: 10}
+    budget: {usd: 100, period: daily}
+keys:
+  - {id: ${st.id}, team: trips, digest: "${st.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token);
+      const metrics = async () => {
+        const m = await scrape(gw);
+        const calls = (op) => metricValue(m, 'tollgate_policy_store_calls_total', { op });
+        return { admit: calls('admit'), settle: calls('settle'), lookup: calls('key_lookup'),
+          applied: metricValue(m, 'tollgate_policy_settlements_total', { result: 'applied' }) };
+      };
+      // The first call looks the key up (a trip of its own, counted as key_lookup); later calls
+      // use the cache, so what follows is admissions and settlements only.
+      assert.equal((await chat(gw, st.full, body('mock-gpt'))).status, 200);
+      await eventually(async () => (await metrics()).applied === 1, { timeoutMs: 5000, intervalMs: 20, what: 'the first settlement' });
+
+      // MONITOR shows every command with its source: a client's address, or "lua" for commands a
+      // script ran. Reading only metrics meanwhile keeps the test's own commands out of it.
+      let seen = '';
+      monitor = net.connect({ port: redis.port, host: '127.0.0.1' });
+      monitor.setEncoding('latin1').on('data', (d) => (seen += d));
+      monitor.write('*1\r\n$7\r\nMONITOR\r\n');
+      await eventually(() => seen.startsWith('+OK'), { timeoutMs: 2000, intervalMs: 5, what: 'MONITOR started' });
+      const before = await metrics();
+      const N = 25;
+      for (let i = 0; i < N; i++) assert.equal((await chat(gw, st.full, body('mock-gpt'))).status, 200);
+      await eventually(async () => (await metrics()).applied === before.applied + N, { timeoutMs: 5000, intervalMs: 20, what: 'the calls settled' });
+      const after = await metrics();
+      monitor.destroy();
+
+      const fromClients = {};
+      for (const m of seen.matchAll(/^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"/gm)) {
+        if (m[1] === 'lua') continue;
+        const cmd = m[2].toUpperCase();
+        fromClients[cmd] = (fromClients[cmd] ?? 0) + 1;
+      }
+      const settleTrips = after.settle - before.settle;
+      assert.equal(after.lookup - before.lookup, 0, 'the cached key was not looked up again');
+      assert.equal(after.admit - before.admit, N, 'one admission per call');
+      // Each admission is one EVALSHA; settlements ride the next call's EVALSHA, and the ones that
+      // went alone (the last call's at least: no call followed it) are the only other trips.
+      assert.ok(settleTrips >= 1, `settle-only trips: ${settleTrips}`);
+      assert.deepEqual(fromClients, { EVALSHA: N + settleTrips }, `commands from clients: ${JSON.stringify(fromClients)}`);
+      assert.ok(/"lua"\]|\[\d+ lua\]/.test(seen), 'the scripts\' own commands show as lua');
+    } finally {
+      monitor?.destroy();
+      await gw?.kill();
       await redis.close();
     }
   });
