@@ -96,6 +96,18 @@ local cur = floor(now / bsize)
 local first = cur - NB
 local bcur = 'b' .. cur
 
+-- Budget period ids: 'd<days>', 'm<yyyymm>' or 'all'. Ids of one kind order by time as strings;
+-- ids of two kinds do not ('m202611' sorts after 'd20419'), and a budget's period kind can be
+-- reconfigured, so the tests below never let '<' alone compare two kinds:
+--   new period (an admission, under the current config): later, or of another kind:
+--     not sp or sp < p or (sp ~= p and byte(sp) ~= byte(p))
+--   later period (a settlement): later and of the same kind; one admitted before the change is
+--   charged to the current period:
+--     not sp or (sp < p and byte(sp) == byte(p))
+-- Written out where used: as functions, their two closures cost ~2k instructions per script call.
+-- (policy/store.hpp: new_period, later_period, the memory store's copies.)
+local byte = string.byte
+
 local pids = {}
 local function pid_of(kind)
   local p = pids[kind]
@@ -313,7 +325,7 @@ if fast_settle then
       if spec_blimit[k] >= 0 then
         s.res, s.dirty = s.res - N[ARGV[f + 4]], true
         local pid = ARGV[f + 6]
-        if not s.pid or s.pid < pid then s.pid, s.spent, s.soft = pid, 0, '0' end
+        if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then s.pid, s.spent, s.soft = pid, 0, '0' end
         before = s.spent
         if s.soft == '1' then was = 1 end
         local spent, soft = before + N[ARGV[f + 5]], spec_soft[k]
@@ -354,7 +366,7 @@ for ci = 1, fast_settle and 0 or nsettle do
     end
     if blimit >= 0 then
       local soft = spec_soft[k]
-      if not s.pid or s.pid < pid then  -- first news of a new period: its spend starts at 0
+      if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then  -- first news of a new period: its spend starts at 0
         s.pid, s.spent, s.soft = pid, 0, '0'
       end
       spent = s.spent + cost
@@ -391,7 +403,7 @@ if agg and nadmit > 0 then
       end
       if blimit >= 0 then
         local spent = s.spent
-        if not s.pid or s.pid < spec_pid[k] then spent = 0 end
+        if not s.pid or s.pid < spec_pid[k] or (s.pid ~= spec_pid[k] and byte(s.pid) ~= byte(spec_pid[k])) then spent = 0 end
         if spent + s.res + N[ARGV[f + 2]] > blimit then
           fast_admit = false
           break
@@ -417,7 +429,7 @@ if fast_admit then
       if spec_blimit[k] >= 0 then
         s.res = s.res + N[ARGV[f + 2]]
         local pid = spec_pid[k]
-        if not s.pid or s.pid < pid then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
+        if not s.pid or s.pid < pid or (s.pid ~= pid and byte(s.pid) ~= byte(pid)) then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
       end
     end
   end
@@ -452,7 +464,7 @@ for _ = 1, fast_admit and 0 or nadmit do
     if conc > 0 and s.c >= conc then code, why, idx, retry = 0, 3, i, 1000 break end
     if blimit >= 0 then
       local spent = s.spent
-      if not s.pid or s.pid < spec_pid[k] then spent = 0 end  -- a new period: the spend starts again
+      if not s.pid or s.pid < spec_pid[k] or (s.pid ~= spec_pid[k] and byte(s.pid) ~= byte(spec_pid[k])) then spent = 0 end  -- a new period: the spend starts again
       if member == '' then code, why, idx = 2, spent, s.res break end
       if spent + s.res + cost > blimit then code, why, idx = 0, 4, i break end
     end
@@ -478,7 +490,7 @@ for _ = 1, fast_admit and 0 or nadmit do
       if spec_blimit[k] >= 0 then
         s.res = s.res + cost
         local pid = spec_pid[k]
-        if not s.pid or s.pid < pid then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
+        if not s.pid or s.pid < pid or (s.pid ~= pid and byte(s.pid) ~= byte(pid)) then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
       end
     end
     held[nh + 1], held[nh + 2], nh = expiry, member, nh + 2

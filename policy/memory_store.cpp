@@ -65,7 +65,7 @@ admit_result memory_store::admit_now(const admission& a) {
   admit_result r;
   r.periods.resize(a.scopes.size());
   std::vector<scope_state*> states;
-  std::vector<bool> new_period(a.scopes.size(), false);
+  std::vector<bool> starts_period(a.scopes.size(), false);
   r.admitted_at_ms = now;
   r.reset_ms = window_reset_ms(now, bucket_ms_);
   // The x-ratelimit-* figures: the scope with the fewest requests (tokens) left (as admit.lua).
@@ -102,9 +102,9 @@ admit_result memory_store::admit_now(const admission& a) {
     std::int64_t spent = st.spent;
     if (budget) {
       r.periods[i] = period_id(sc.budget.period, now);
-      if (st.pid.empty() || st.pid < r.periods[i]) {
+      if (new_period(st.pid, r.periods[i])) {
         spent = 0;  // a new period: reservations in flight carry over, the spend starts again
-        new_period[i] = true;
+        starts_period[i] = true;
       }
     }
     if (l.concurrency || budget) {
@@ -134,7 +134,7 @@ admit_result memory_store::admit_now(const admission& a) {
     }
     if (sc.budget.set()) {
       st.reserved += a.cost_nano;
-      if (new_period[i]) {
+      if (starts_period[i]) {
         st.pid = r.periods[i];
         st.spent = 0;
         st.soft_sent = false;
@@ -173,7 +173,7 @@ settle_result memory_store::settle_now(const settlement& s) {
         }
       if (budget) {
         const std::string& pid = i < s.periods.size() ? s.periods[i] : std::string();
-        if (st.pid.empty() || st.pid < pid) {  // first news of a new period
+        if (later_period(st.pid, pid)) {  // first news of a new period
           st.pid = pid;
           st.spent = 0;
           st.soft_sent = false;
@@ -199,7 +199,7 @@ budget_state memory_store::budget_now(const scope_spec& s) {
   const std::int64_t now = now_();
   auto& st = scopes_[s.id + "@" + s.team];
   st.reserved -= st.held.sweep(now).second;
-  b.spent = st.pid.empty() || st.pid < period_id(s.budget.period, now) ? 0 : st.spent;
+  b.spent = new_period(st.pid, period_id(s.budget.period, now)) ? 0 : st.spent;
   b.reserved = st.reserved;
   return b;
 }

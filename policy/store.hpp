@@ -258,6 +258,19 @@ class store {
 /// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".
 std::string period_id(config::budget_period p, std::int64_t now_ms);
 
+/// Ids of one kind order by time as strings; ids of two kinds do not ("m202611" sorts after
+/// "d20419"), and a budget's period kind can be reconfigured. `stored` is a scope's current
+/// period ("" : none yet). An admission, under the current config, starts a new period when its
+/// id is later or of another kind (admit.lua: new_period).
+inline bool new_period(std::string_view stored, std::string_view pid) {
+  return stored.empty() || stored < pid || (!pid.empty() && stored[0] != pid[0]);
+}
+/// A settlement starts a new period only when its id is later and of the same kind: one admitted
+/// before the period kind changed is charged to the current period (admit.lua: later_period).
+inline bool later_period(std::string_view stored, std::string_view pid) {
+  return stored.empty() || (stored < pid && stored[0] == pid[0]);
+}
+
 /// key_record <-> JSON (the Redis representation; no secret in it, only the digest).
 std::string key_to_json(const key_record& k);
 std::optional<key_record> key_from_json(std::string_view s);

@@ -301,6 +301,64 @@ TYPED_TEST_P(StoreConformance, BudgetReservesWorstCaseAndChargesActual) {
   EXPECT_EQ(this->admit(this->adm({s}, 1, 30)).v, verdict::budget);
 }
 
+TYPED_TEST_P(StoreConformance, ABudgetWhosePeriodKindChangesStartsAFreshPeriod) {
+  // An operator changes a budget's period (monthly → daily, say). Period ids of different kinds
+  // do not order by time ("m202611" sorts after "d20419"), so the new kind's first admission
+  // starts a fresh period, whichever way the change goes; what is reserved carries over.
+  auto with = [](config::budget_period p) {
+    auto b = budget_of(100);
+    b.period = p;
+    return scope("t", {}, b);
+  };
+  const auto monthly = with(config::budget_period::monthly), daily = with(config::budget_period::daily),
+             total = with(config::budget_period::total);
+  auto a = this->adm({monthly}, 1, 60);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  ASSERT_TRUE(this->settle(a, r, 1, 60).applied);
+  EXPECT_EQ(this->budget(monthly).spent, 60);
+  EXPECT_EQ(this->admit(this->adm({monthly}, 1, 60)).v, verdict::budget);  // 60 + 60 > 100
+  // Now daily: the month's spend is not today's.
+  EXPECT_EQ(this->budget(daily).spent, 0);
+  auto d = this->adm({daily}, 1, 60);
+  auto dr = this->admit(d);
+  ASSERT_EQ(dr.v, verdict::admitted);
+  // A call admitted under the monthly budget settles after the change: charged to the current
+  // (daily) period, and it does not reset it.
+  ASSERT_TRUE(this->settle(d, dr, 1, 50).applied);
+  EXPECT_EQ(this->budget(daily).spent, 50);
+  // And back, and on to a total budget: each change starts afresh too.
+  for (const auto& next : {monthly, total, daily}) {
+    EXPECT_EQ(this->budget(next).spent, 0);
+    auto n = this->adm({next}, 1, 70);
+    auto nr = this->admit(n);
+    ASSERT_EQ(nr.v, verdict::admitted);
+    ASSERT_TRUE(this->settle(n, nr, 1, 70).applied);
+    EXPECT_EQ(this->budget(next).spent, 70);
+    EXPECT_EQ(this->admit(this->adm({next}, 1, 40)).v, verdict::budget);  // 70 + 40 > 100
+  }
+}
+
+TYPED_TEST_P(StoreConformance, ASettlementFromBeforeAPeriodChangeIsChargedToTheCurrentPeriod) {
+  auto with = [](config::budget_period p) {
+    auto b = budget_of(1000);
+    b.period = p;
+    return scope("t", {}, b);
+  };
+  const auto monthly = with(config::budget_period::monthly), daily = with(config::budget_period::daily);
+  auto old = this->adm({monthly}, 1, 100);
+  auto oldr = this->admit(old);
+  ASSERT_EQ(oldr.v, verdict::admitted);
+  auto now = this->adm({daily}, 1, 100);
+  auto nowr = this->admit(now);
+  ASSERT_EQ(nowr.v, verdict::admitted);
+  ASSERT_TRUE(this->settle(now, nowr, 1, 30).applied);
+  ASSERT_TRUE(this->settle(old, oldr, 1, 20).applied);  // the monthly call ends last
+  auto b = this->budget(daily);
+  EXPECT_EQ(b.spent, 50) << "charged once each, neither reset by the other";
+  EXPECT_EQ(b.reserved, 0);
+}
+
 TYPED_TEST_P(StoreConformance, AdmissionIsAllOrNothingAcrossScopes) {
   auto team = scope("t", {2, 0, 0});
   auto key = scope("k:abc", {1, 0, 0});
@@ -484,7 +542,10 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
                             ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,
                             ManyCallsAtOnceAdmitExactlyTheLimit,
-                            BudgetReservesWorstCaseAndChargesActual, AdmissionIsAllOrNothingAcrossScopes,
+                            BudgetReservesWorstCaseAndChargesActual,
+                            ABudgetWhosePeriodKindChangesStartsAFreshPeriod,
+                            ASettlementFromBeforeAPeriodChangeIsChargedToTheCurrentPeriod,
+                            AdmissionIsAllOrNothingAcrossScopes,
                             AnswersCarryTheTightestScopesRateFigures,
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
                             ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
