@@ -4,6 +4,7 @@
 #include "policy/redis_store.hpp"
 
 #include "policy/redis_client.hpp"
+#include "policy/scripts.hpp"
 
 #include <random>
 #include <set>
@@ -168,6 +169,48 @@ std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::s
   redis_backend::wait_for([&] { return out.has_value(); }, ioc);
   c.close();
   return out;
+}
+
+TEST(RedisStore, TheScriptsCalendarAgreesWithPeriodIdOnEveryDayFrom1970To2400) {
+  // admit.lua computes budget period ids on the Redis clock, and the memory store (and every
+  // settlement's period) with period_id(): the two must agree, or a budget would reset on the
+  // wrong day. The script's pid_of runs here on its own, at the first and the last millisecond
+  // of every day for 430 years (leap years, centuries, 2000 and 2400 included).
+  const std::string_view src = scripts::admit;
+  const auto from = src.find("local pids = {}");
+  const auto fn = src.find("local function pid_of(kind)", from);
+  const auto to = src.find("\nend\n", fn);
+  ASSERT_NE(from, std::string_view::npos);
+  ASSERT_NE(fn, std::string_view::npos);
+  ASSERT_NE(to, std::string_view::npos);
+  const std::string script = "local floor = math.floor\nlocal now\n" + std::string(src.substr(from, to + 5 - from)) +
+                             "local out = {}\n"
+                             "for i = 1, #ARGV do now = ARGV[i] + 0; pids = {}; out[i] = pid_of('m') .. ' ' .. pid_of('d') end\n"
+                             "return out\n";
+  net::io_context ioc;
+  ASSERT_NE(server().port(), 0) << "redis-server did not start (deploy/install-deps installs it)";
+  constexpr std::int64_t day = 86'400'000, days = 157'054;  // 1970-01-01 .. 2400-01-01 (+ a day)
+  constexpr std::int64_t chunk = 5'000;
+  std::int64_t checked = 0;
+  for (std::int64_t d0 = 0; d0 < days; d0 += chunk) {
+    std::vector<std::string> args{"EVAL", script, "0"};
+    std::vector<std::int64_t> at;
+    for (std::int64_t d = d0; d < std::min(days, d0 + chunk); ++d)
+      for (const std::int64_t ms : {d * day, d * day + day - 1}) {
+        at.push_back(ms);
+        args.push_back(std::to_string(ms));
+      }
+    const auto r = raw_command(ioc, args);
+    ASSERT_TRUE(r && r->type == redis::reply::kind::array) << (r ? r->str : "no reply");
+    ASSERT_EQ(r->elements.size(), at.size());
+    for (std::size_t i = 0; i < at.size(); ++i) {
+      const std::string want = period_id(config::budget_period::monthly, at[i]) + " " +
+                               period_id(config::budget_period::daily, at[i]);
+      ASSERT_EQ(r->elements[i].str, want) << "at " << at[i] << " ms";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2 * days);
 }
 
 TEST(RedisStore, AnAdmissionIsAwaitedWhileOnTheWireAndASettlementAloneIsNot) {
