@@ -100,9 +100,11 @@ TYPED_TEST_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecover
   EXPECT_GT(refused.retry_after_ms, 0);
   // A call counts for the window plus at most one bucket (window/30): never less than the window.
   EXPECT_LE(refused.retry_after_ms, TypeParam::window_ms + TypeParam::window_ms / 30);
-  this->advance(TypeParam::window_ms / 2);
+  // Still counted nine tenths of the window later (the bound's lower side: at least the window)...
+  this->advance(TypeParam::window_ms * 9 / 10);
   EXPECT_EQ(this->admit(this->adm({s})).v, verdict::rpm);
-  this->advance(TypeParam::window_ms / 2 + TypeParam::window_ms / 30 + 20);
+  // ...and released after the window plus one bucket.
+  this->advance(TypeParam::window_ms / 10 + TypeParam::window_ms / 30 + 20);
   EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
 }
 
@@ -486,6 +488,19 @@ TYPED_TEST_P(StoreConformance, SoftThresholdIsReportedOncePerPeriod) {
     crossed.push_back(st.soft_crossed[0]);
   }
   // 20, 40, 60 (crosses 50), 80.
+  EXPECT_EQ(crossed, (std::vector<bool>{false, false, true, false}));
+  // A new period (here: the budget became daily) is reported again, once.
+  auto daily = s;
+  daily.budget.period = config::budget_period::daily;
+  crossed.clear();
+  for (int i = 0; i < 4; ++i) {
+    auto a = this->adm({daily}, 1, 20);
+    auto r = this->admit(a);
+    ASSERT_EQ(r.v, verdict::admitted);
+    auto st = this->settle(a, r, 1, 20);
+    ASSERT_EQ(st.soft_crossed.size(), 1u);
+    crossed.push_back(st.soft_crossed[0]);
+  }
   EXPECT_EQ(crossed, (std::vector<bool>{false, false, true, false}));
 }
 
