@@ -2,15 +2,17 @@
 // once on stdout and handed to deploy/quickstart through the (owner-only) ready file, calls
 // without it are refused, and the demo team's budget is charged.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { readFileSync, statSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 
 import OpenAI from 'openai';
 
 import { REPO } from './lib/paths.mjs';
-import { GATEWAY_BIN, startGateway } from './lib/gateway.mjs';
+import { eventually, GATEWAY_BIN, startGateway } from './lib/gateway.mjs';
 
 test('quickstart.yaml: demo key and admin token printed once; calls billed to team demo and audited', async () => {
   const yaml = readFileSync(join(REPO, 'config/examples/quickstart.yaml'), 'utf8')
@@ -51,5 +53,74 @@ test('quickstart.yaml: demo key and admin token printed once; calls billed to te
     assert.equal(csv.trim().split('\n').length, 2, csv);  // the header and the one call of team demo
   } finally {
     await gw.stop();
+  }
+});
+
+test('deploy/quickstart: every command it prints works as printed; SIGTERM drains and it exits 0', { timeout: 60000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tollgate-quickstart-'));
+  const config = join(dir, 'quickstart.yaml');
+  writeFileSync(config, readFileSync(join(REPO, 'config/examples/quickstart.yaml'), 'utf8')
+    .replace('127.0.0.1:8080', '127.0.0.1:0').replace('127.0.0.1:9090', '127.0.0.1:0'));
+  // TOLLGATE_BIN: the binary under test, so the script neither installs nor builds.
+  const child = spawn(join(REPO, 'deploy', 'quickstart'), [], {
+    env: { ...process.env, TOLLGATE_BIN: GATEWAY_BIN, TOLLGATE_CONFIG: config, TOLLGATE_AUDIT_DIR: join(dir, 'audit') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d) => (err += d));
+  const exited = once(child, 'exit');
+  const sh = (cmd) => execFileSync('bash', ['-c', cmd], { timeout: 15000 }).toString();
+  try {
+    await eventually(() => out.includes('Press Ctrl-C to stop'), { timeoutMs: 30000, intervalMs: 50, what: `the banner (stdout ${out}, stderr ${err})` });
+    const banner = out.slice(out.indexOf('Tollgate is running'));
+    // A printed command: from its first line to the end of its backslash continuations.
+    const command = (after) => {
+      const lines = banner.slice(banner.indexOf(after) + after.length).split('\n').map((l) => l.trim());
+      const start = lines.findIndex((l) => l.length > 0);
+      let cmd = '';
+      for (let i = start; i < lines.length; i++) {
+        cmd += lines[i].replace(/\\$/, ' ');
+        if (!lines[i].endsWith('\\')) break;
+      }
+      return cmd;
+    };
+    const key = /Demo key for team "demo" \([^)]*\): (tg_\S+)/.exec(banner)?.[1];
+    assert.ok(key, banner);
+
+    const chat = JSON.parse(sh(command('Try it:')));
+    assert.equal(chat.object, 'chat.completion', JSON.stringify(chat));
+    assert.ok(chat.choices[0].message.content.length > 0);
+    const stream = sh(command('Streaming:'));
+    assert.match(stream, /^data: \{.*"chat\.completion\.chunk"/m);
+    assert.match(stream, /^data: \[DONE\]$/m);
+    const models = JSON.parse(sh(command('Models:')));
+    assert.deepEqual(models.data.map((m) => m.id).sort(), ['mock-embed', 'mock-gpt']);
+    // Without the key: 401, as the banner says.
+    const anon = JSON.parse(sh(command('Try it:').replace(/-H 'Authorization: Bearer [^']*'/, '')));
+    assert.equal(anon.error.code, 'invalid_api_key');
+    const metrics = sh(command('Metrics:'));
+    assert.match(metrics, /^tollgate_policy_decisions_total\{decision="admitted"\} [1-9]/m);
+
+    // The admin lines: export, then tollgatectl.
+    const exportLine = /^\s*(export TOLLGATE_ADMIN_TOKEN=tga_\S+ TOLLGATE_ADMIN_URL=http:\/\/127\.0\.0\.1:\d+)$/m.exec(banner)?.[1];
+    assert.ok(exportLine, banner);
+    const ctlLines = banner.split('\n').map((l) => l.trim()).filter((l) => /tollgatectl (key create|quota show) /.test(l));
+    assert.equal(ctlLines.length, 2, banner);
+    assert.match(sh(`${exportLine}; ${ctlLines[0]}`), /tg_[A-Za-z0-9]+_[A-Za-z0-9]+/);
+    assert.match(sh(`${exportLine}; ${ctlLines[1]}`), /demo/);
+
+    child.kill('SIGTERM');
+    const [code, signal] = await exited;
+    assert.deepEqual({ code, signal }, { code: 0, signal: null }, `stderr: ${err}`);
+    // The audit lines, once the gateway has stopped: the trail verifies and exports.
+    const auditLines = banner.split('\n').map((l) => l.trim()).filter((l) => /tollgatectl audit (verify|export) /.test(l));
+    assert.equal(auditLines.length, 2, banner);
+    assert.match(sh(auditLines[0]), /^audit verify: OK/);
+    assert.ok(sh(auditLines[1]).trim().split('\n').length >= 3, 'a header and the calls above');
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
   }
 });
