@@ -442,6 +442,14 @@ struct connection::impl : std::enable_shared_from_this<impl> {
 
   bool up() const { return is_up && cur && cur->live(); }
 
+  /// A handshake step's answer. An error reply (a wrong password, a database that does not exist)
+  /// is why the connection failed: kept as last_error, for the degraded-mode log line.
+  bool handshake_ok(std::string_view step, const result_t& r) {
+    if (accepted(r)) return true;
+    set_error(std::string(step) + (r ? " refused by Redis: " + r->str : " got no answer within connect_timeout_ms"));
+    return false;
+  }
+
   void close() {
     if (closed) return;
     closed = true;
@@ -526,18 +534,18 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       std::array<std::string_view, 3> a{"AUTH", opt.username, opt.password};
       if (opt.username.empty()) a[1] = opt.password;  // AUTH password (Redis < 6 form)
       std::span<const std::string_view> args(a.data(), opt.username.empty() ? 2 : 3);
-      if (!accepted(co_await send_on(l, args, step))) co_return false;
+      if (!handshake_ok("AUTH", co_await send_on(l, args, step))) co_return false;
     }
     if (opt.db != 0) {
       const std::string db = std::to_string(opt.db);
       std::array<std::string_view, 2> a{"SELECT", db};
       std::span<const std::string_view> args(a);
-      if (!accepted(co_await send_on(l, args, step))) co_return false;
+      if (!handshake_ok("SELECT", co_await send_on(l, args, step))) co_return false;
     }
     if (opt.password.empty() && opt.db == 0) {  // nothing above proved the server answers
       std::array<std::string_view, 1> a{"PING"};
       std::span<const std::string_view> args(a);
-      if (!accepted(co_await send_on(l, args, step))) co_return false;
+      if (!handshake_ok("PING", co_await send_on(l, args, step))) co_return false;
     }
     if (hook) {
       bool ok = false;

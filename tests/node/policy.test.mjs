@@ -835,6 +835,64 @@ keys:
   });
 });
 
+describe('Redis with AUTH', () => {
+  test('store.redis.username and password reach Redis (its connections run as that ACL user); a wrong password is a 503, never logged', { timeout: 30000 }, async () => {
+    const password = `pw${randomAlnum(24)}`;
+    const wrong = `pw${randomAlnum(24)}`;
+    const redis = await startRedis({ extraArgs: ['--user', 'tg', 'on', `>${password}`, '~*', '&*', '+@all'] });
+    const adm = adminToken();
+    const kb = staticKey('authed1');
+    const gws = [];
+    const start = (pw) =>
+      startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}store:
+  type: redis
+  redis: {address: "${redis.address}", username: tg, password: "${pw}", key_prefix: "tgauth:", timeout_ms: 200, connect_timeout_ms: 200}
+teams:
+  - name: authed
+    budget: {usd: 100, period: daily, soft: 0}
+keys:
+  - {id: ${kb.id}, team: authed, digest: "${kb.digest}"}
+` +
+          mockModels(),
+      );
+    try {
+      const good = await start(password);
+      gws.push(good);
+      await waitStoreUp(good, adm.token, { rounds: 2 });
+      assert.equal((await chat(good, kb.full, body('mock-gpt'))).status, 200);
+      const b = await settledBudget(good, adm.token, 'authed', { pred: (x) => x.spent_nano === CALL_NANO });
+      assert.equal(b.spent_nano, CALL_NANO);
+      const clients = String(await redis.command('CLIENT', 'LIST'));
+      assert.match(clients, /\buser=tg\b/, clients);
+
+      const bad = await start(wrong);
+      gws.push(bad);
+      const r = await chat(bad, kb.full, body('mock-gpt'), { timeoutMs: 5000 });
+      assertOpenAIError(r, { status: 503, code: 'policy_store_unavailable' });
+      // The first call may come before the first handshake has failed: degraded without a reason;
+      // the reason (Redis's own words, no password in them) follows on a later call.
+      const reason = /policy store unreachable[^\n]*"reason":"AUTH refused by Redis: WRONGPASS invalid username-password pair/;
+      for (let i = 0; i < 20 && !reason.test(bad.stderr()); i++) {
+        assertOpenAIError(await chat(bad, kb.full, body('mock-gpt'), { timeoutMs: 5000 }), { status: 503, code: 'policy_store_unavailable' });
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      assert.match(bad.stderr(), reason);
+      for (const g of gws) {
+        for (const [where, text] of [['stdout', g.stdout()], ['stderr', g.stderr()]]) {
+          assert.ok(!text.includes(password) && !text.includes(wrong), `a Redis password appears in ${where}`);
+        }
+      }
+    } finally {
+      for (const g of gws) await g.kill();
+      await redis.close();
+    }
+  });
+});
+
 describe('gateway killed holding reservations', () => {
   test('kill -9 holding reservations: a peer sees them, they expire after lease_ms, the budget admits again', { timeout: 30000 }, async () => {
     const redis = await startRedis();

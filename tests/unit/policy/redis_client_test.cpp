@@ -721,6 +721,11 @@ TEST(RedisClientAuthTest, AuthenticatesWithThePasswordAndRefusesAWrongOne) {
   EXPECT_FALSE(refused.up());
   EXPECT_FALSE(none_ever_up) << "PING without AUTH gets -NOAUTH: not up";
   EXPECT_FALSE(anonymous.up());
+  // Why, in Redis's words (kept for the degraded-mode log line), and never the password.
+  EXPECT_TRUE(refused.last_error().starts_with("AUTH refused by Redis: WRONGPASS")) << refused.last_error();
+  EXPECT_EQ(refused.last_error().find("wrong"), std::string::npos) << refused.last_error();
+  EXPECT_TRUE(anonymous.last_error().starts_with("PING refused by Redis: NOAUTH")) << anonymous.last_error();
+  EXPECT_EQ(ok.last_error(), "");
   r = cmd(ioc, refused, {"GET", "auth:k"});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error(), net::error::not_connected);
