@@ -19,6 +19,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -26,6 +27,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -599,6 +601,65 @@ TEST(RedisClientRestartTest, CloseFromTheStateCallbackStopsReconnecting) {
   ASSERT_TRUE(server.start());
   pump(ioc, [] { return false; }, 300ms);
   EXPECT_EQ(ups, 1) << "closed: no reconnect";
+}
+
+TEST(RedisClientBackoffTest, ReconnectDelaysDoubleFromTheMinimumUpToTheMaximum) {
+  // A listener that accepts each connection and closes it at once: every attempt fails right
+  // after connecting. The gaps between attempts are the backoff (plus the attempt itself).
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  std::mutex mu;
+  std::vector<clock_type::time_point> at;
+  std::thread closer([&] {
+    for (;;) {
+      const int c = ::accept(fd, nullptr, nullptr);
+      if (c < 0) return;  // the listener was shut down
+      {
+        std::lock_guard lock(mu);
+        at.push_back(clock_type::now());
+      }
+      ::close(c);
+    }
+  });
+  net::io_context ioc;
+  options o;
+  o.port = ntohs(a.sin_port);
+  o.timeout = 1s;
+  o.connect_timeout = 1s;
+  o.backoff_min = 20ms;
+  o.backoff_max = 160ms;
+  connection c(executor_of(ioc), o);
+  c.start();
+  pump(ioc, [] { return false; }, 1500ms);
+  c.close();
+  ::shutdown(fd, SHUT_RDWR);
+  closer.join();
+  ::close(fd);
+
+  std::vector<double> gaps;  // ms
+  for (std::size_t i = 1; i < at.size(); ++i)
+    gaps.push_back(std::chrono::duration<double, std::milli>(at[i] - at[i - 1]).count());
+  // 20, 40, 80, 160, then 160 each: about 11 attempts in 1.5 s. A constant 20 ms would make ~70;
+  // an uncapped doubling 7.
+  ASSERT_GE(gaps.size(), 7u) << "attempts: " << at.size();
+  EXPECT_LE(gaps.size(), 14u) << "attempts: " << at.size();
+  std::string seen;
+  for (double g : gaps) seen += std::to_string(int(g)) + " ";
+  // A timer never fires early: each gap is at least its backoff.
+  for (std::size_t i = 0; i < gaps.size(); ++i)
+    EXPECT_GE(gaps[i], std::min(20.0 * (1 << std::min<std::size_t>(i, 4)), 160.0) - 1) << "gap " << i << " of: " << seen;
+  // Capped: after the fourth the gaps stay near the maximum (the median, so one host stall
+  // cannot fail it), not 320 and more.
+  std::vector<double> late(gaps.begin() + 4, gaps.end());
+  std::nth_element(late.begin(), late.begin() + late.size() / 2, late.end());
+  EXPECT_LT(late[late.size() / 2], 280) << "gaps: " << seen;
 }
 
 TEST(RedisClientRestartTest, ComesBackAfterKillAndRestartAndRerunsTheConnectHook) {
