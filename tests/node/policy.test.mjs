@@ -172,6 +172,8 @@ keys:
       }
       // Its own requests limit, below its team's.
       keys.hdrs = (await createKey(gw, adm.token, { team: 'hdrs', name: 'hdrs-key', limits: { rpm: 2 } })).key;
+      // Limits of a key's own, in a team without any.
+      keys.kown = (await createKey(gw, adm.token, { team: 'free', name: 'kown-key', limits: { concurrency: 1, tpm: 2 * (PROMPT_EST + MAX) } })).key;
     });
 
     after(async () => {
@@ -566,6 +568,29 @@ keys:
       assertOpenAIError(broke, { status: 429, code: 'budget_exceeded', type: 'insufficient_quota' });
       assert.deepEqual(figures(broke.headers), ['100', '98', '100000', String(100000 - 2 * perCall)]);
       assert.match(broke.headers.get('x-ratelimit-reset-requests') ?? '', /^(\d+(\.\d+)?(ms|s)|1m\d+(\.\d+)?s)$/);
+    });
+
+    test('a key\'s own concurrency and TPM limits hold in a team that has none', { timeout: 20000 }, async () => {
+      const perCall = PROMPT_EST + MAX;
+      const admittedBefore = metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
+      const hold = chat(gw, keys.kown, body('mock-hold'));
+      await eventually(
+        async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) > admittedBefore,
+        { timeoutMs: 3000, intervalMs: 10, what: 'the held call admitted' },
+      );
+      const busy = await chat(gw, keys.kown, body('mock-gpt'));
+      const e = assertOpenAIError(busy, { status: 429, code: 'rate_limit_exceeded' });
+      assert.match(e.message, /in flight on key/);
+      // Another key of the same team is not held back by it.
+      assert.equal((await chat(gw, keys.free, body('mock-gpt'))).status, 200);
+      assert.equal((await hold).status, 200);
+      const second = await chat(gw, keys.kown, body('mock-gpt'));
+      assert.equal(second.status, 200, second.text);
+      assert.equal(second.headers.get('x-ratelimit-limit-tokens'), String(2 * perCall));
+      assert.equal(second.headers.get('x-ratelimit-remaining-tokens'), '0');
+      const third = await chat(gw, keys.kown, body('mock-gpt'));
+      const t = assertOpenAIError(third, { status: 429, code: 'rate_limit_exceeded' });
+      assert.match(t.message, /token.* on key/i);
     });
 
     test('no max_tokens: TPM and budget reserve store.default_max_tokens (4096), then settle to the usage', { timeout: 20000 }, async () => {
