@@ -122,6 +122,15 @@ for (const kind of ['memory', 'redis']) {
     let fake;
     let gw;
     const keys = {};
+    /** Starts a slow call (mock-hold, 700 ms) on `key` and waits until it is admitted, holding a
+     * concurrency slot; `done` is the call. */
+    const holdSlot = async (key) => {
+      const admitted = async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
+      const before = await admitted();
+      const done = chat(gw, key, body('mock-hold'));
+      await eventually(async () => (await admitted()) > before, { timeoutMs: 3000, intervalMs: 10, what: 'the slow call admitted' });
+      return { done };
+    };
 
     before(async () => {
       if (kind === 'redis') redis = await startRedis();
@@ -352,17 +361,12 @@ keys:
     });
 
     test('concurrency 429 has Retry-After; the SDK with maxRetries waits that long and succeeds', { timeout: 20000 }, async () => {
-      const admittedBefore = metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
       // Hold the team's only slot with a slow call.
       let holdDoneAt;
-      const hold = chat(gw, keys.conc, body('mock-hold')).then((r) => {
+      const hold = (await holdSlot(keys.conc)).done.then((r) => {
         holdDoneAt = Date.now();
         return r;
       });
-      await eventually(
-        async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) > admittedBefore,
-        { timeoutMs: 3000, intervalMs: 10, what: 'the slow call admitted' },
-      );
 
       const e = await new OpenAI({ apiKey: keys.conc, baseURL: gw.baseURL, maxRetries: 0 }).chat.completions
         .create(body('mock-gpt'))
@@ -545,12 +549,7 @@ keys:
         h.get('x-ratelimit-limit-tokens'),
         h.get('x-ratelimit-remaining-tokens'),
       ];
-      const admittedBefore = metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
-      const hold = chat(gw, keys.hdrq, body('mock-hold'));
-      await eventually(
-        async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) > admittedBefore,
-        { timeoutMs: 3000, intervalMs: 10, what: 'the held call admitted' },
-      );
+      const hold = (await holdSlot(keys.hdrq)).done;
       // The only slot is held (the budget would still admit one more call): a concurrency 429.
       const busy = await chat(gw, keys.hdrq, body('mock-gpt'));
       assertOpenAIError(busy, { status: 429, code: 'rate_limit_exceeded' });
@@ -572,12 +571,7 @@ keys:
 
     test('a key\'s own concurrency and TPM limits hold in a team that has none', { timeout: 20000 }, async () => {
       const perCall = PROMPT_EST + MAX;
-      const admittedBefore = metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
-      const hold = chat(gw, keys.kown, body('mock-hold'));
-      await eventually(
-        async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) > admittedBefore,
-        { timeoutMs: 3000, intervalMs: 10, what: 'the held call admitted' },
-      );
+      const hold = (await holdSlot(keys.kown)).done;
       const busy = await chat(gw, keys.kown, body('mock-gpt'));
       const e = assertOpenAIError(busy, { status: 429, code: 'rate_limit_exceeded' });
       assert.match(e.message, /in flight on key/);

@@ -87,6 +87,22 @@ options options_for(const redis_server& s) {
 
 executor_t executor_of(net::io_context& ioc) { return executor_t(ioc.get_executor()); }
 
+/// A listening TCP socket on 127.0.0.1 (any port) that nothing serves: {fd, port}; fd < 0 on error.
+std::pair<int, std::uint16_t> loopback_listener() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(s, 16) != 0 ||
+      ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (s >= 0) ::close(s);
+    return {-1, 0};
+  }
+  return {s, ntohs(a.sin_port)};
+}
+
+
 bool wait_up(net::io_context& ioc, connection& c, std::chrono::milliseconds limit = 5s) {
   return pump(ioc, [&] { return c.up(); }, limit);
 }
@@ -499,19 +515,12 @@ TEST(RedisClientNoServerTest, CommandFailsAtOnceWhenNothingListens) {
 
 TEST(RedisClientNoServerTest, ServerThatNeverAnswersIsNeverUp) {
   // A listening socket that nobody reads: TCP connects (kernel backlog), PING gets no answer.
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  const auto [s, port] = loopback_listener();
   ASSERT_GE(s, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(::listen(s, 16), 0);
-  ASSERT_EQ(::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len), 0);
   {
     net::io_context ioc;
     options o;
-    o.port = ntohs(a.sin_port);
+    o.port = port;
     o.connect_timeout = 100ms;
     o.backoff_min = 10ms;
     o.backoff_max = 50ms;
@@ -606,15 +615,8 @@ TEST(RedisClientRestartTest, CloseFromTheStateCallbackStopsReconnecting) {
 TEST(RedisClientBackoffTest, ReconnectDelaysDoubleFromTheMinimumUpToTheMaximum) {
   // A listener that accepts each connection and closes it at once: every attempt fails right
   // after connecting. The gaps between attempts are the backoff (plus the attempt itself).
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const auto [fd, port] = loopback_listener();
   ASSERT_GE(fd, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(::listen(fd, 16), 0);
-  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
   std::mutex mu;
   std::vector<clock_type::time_point> at;
   std::thread closer([&] {
@@ -630,7 +632,7 @@ TEST(RedisClientBackoffTest, ReconnectDelaysDoubleFromTheMinimumUpToTheMaximum) 
   });
   net::io_context ioc;
   options o;
-  o.port = ntohs(a.sin_port);
+  o.port = port;
   o.timeout = 1s;
   o.connect_timeout = 1s;
   o.backoff_min = 20ms;

@@ -36,6 +36,13 @@ inline config::budget_config budget_of(std::int64_t nano, double soft = 0) {
   return b;
 }
 
+/// Scope "t" with only a budget of `nano` per `period`.
+inline scope_spec budget_scope(std::int64_t nano, config::budget_period period) {
+  auto b = budget_of(nano);
+  b.period = period;
+  return scope("t", {}, b);
+}
+
 template <class Backend>
 class StoreConformance : public ::testing::Test {
  protected:
@@ -307,13 +314,9 @@ TYPED_TEST_P(StoreConformance, ABudgetWhosePeriodKindChangesStartsAFreshPeriod) 
   // An operator changes a budget's period (monthly → daily, say). Period ids of different kinds
   // do not order by time ("m202611" sorts after "d20419"), so the new kind's first admission
   // starts a fresh period, whichever way the change goes; what is reserved carries over.
-  auto with = [](config::budget_period p) {
-    auto b = budget_of(100);
-    b.period = p;
-    return scope("t", {}, b);
-  };
-  const auto monthly = with(config::budget_period::monthly), daily = with(config::budget_period::daily),
-             total = with(config::budget_period::total);
+  const auto monthly = budget_scope(100, config::budget_period::monthly),
+             daily = budget_scope(100, config::budget_period::daily),
+             total = budget_scope(100, config::budget_period::total);
   auto a = this->adm({monthly}, 1, 60);
   auto r = this->admit(a);
   ASSERT_EQ(r.v, verdict::admitted);
@@ -325,8 +328,7 @@ TYPED_TEST_P(StoreConformance, ABudgetWhosePeriodKindChangesStartsAFreshPeriod) 
   auto d = this->adm({daily}, 1, 60);
   auto dr = this->admit(d);
   ASSERT_EQ(dr.v, verdict::admitted);
-  // A call admitted under the monthly budget settles after the change: charged to the current
-  // (daily) period, and it does not reset it.
+  // It settles to 50, in the daily period (a call admitted before the change: the next test).
   ASSERT_TRUE(this->settle(d, dr, 1, 50).applied);
   EXPECT_EQ(this->budget(daily).spent, 50);
   // And back, and on to a total budget: each change starts afresh too.
@@ -342,12 +344,8 @@ TYPED_TEST_P(StoreConformance, ABudgetWhosePeriodKindChangesStartsAFreshPeriod) 
 }
 
 TYPED_TEST_P(StoreConformance, ASettlementFromBeforeAPeriodChangeIsChargedToTheCurrentPeriod) {
-  auto with = [](config::budget_period p) {
-    auto b = budget_of(1000);
-    b.period = p;
-    return scope("t", {}, b);
-  };
-  const auto monthly = with(config::budget_period::monthly), daily = with(config::budget_period::daily);
+  const auto monthly = budget_scope(1000, config::budget_period::monthly),
+             daily = budget_scope(1000, config::budget_period::daily);
   auto old = this->adm({monthly}, 1, 100);
   auto oldr = this->admit(old);
   ASSERT_EQ(oldr.v, verdict::admitted);
@@ -477,31 +475,25 @@ TYPED_TEST_P(StoreConformance, SettlementAppliedTwiceChargesOnce) {
 }
 
 TYPED_TEST_P(StoreConformance, SoftThresholdIsReportedOncePerPeriod) {
+  // Four calls of 20 against 100 with a soft threshold at 50: which settlements crossed it.
+  const auto crossings = [this](const scope_spec& s) {
+    std::vector<bool> crossed;
+    for (int i = 0; i < 4; ++i) {
+      auto a = this->adm({s}, 1, 20);
+      auto r = this->admit(a);
+      EXPECT_EQ(r.v, verdict::admitted);
+      auto st = this->settle(a, r, 1, 20);
+      EXPECT_EQ(st.soft_crossed.size(), 1u);
+      crossed.push_back(!st.soft_crossed.empty() && st.soft_crossed[0]);
+    }
+    return crossed;
+  };
   auto s = scope("t", {}, budget_of(100, 0.5));
-  std::vector<bool> crossed;
-  for (int i = 0; i < 4; ++i) {
-    auto a = this->adm({s}, 1, 20);
-    auto r = this->admit(a);
-    ASSERT_EQ(r.v, verdict::admitted);
-    auto st = this->settle(a, r, 1, 20);
-    ASSERT_EQ(st.soft_crossed.size(), 1u);
-    crossed.push_back(st.soft_crossed[0]);
-  }
   // 20, 40, 60 (crosses 50), 80.
-  EXPECT_EQ(crossed, (std::vector<bool>{false, false, true, false}));
+  EXPECT_EQ(crossings(s), (std::vector<bool>{false, false, true, false}));
   // A new period (here: the budget became daily) is reported again, once.
-  auto daily = s;
-  daily.budget.period = config::budget_period::daily;
-  crossed.clear();
-  for (int i = 0; i < 4; ++i) {
-    auto a = this->adm({daily}, 1, 20);
-    auto r = this->admit(a);
-    ASSERT_EQ(r.v, verdict::admitted);
-    auto st = this->settle(a, r, 1, 20);
-    ASSERT_EQ(st.soft_crossed.size(), 1u);
-    crossed.push_back(st.soft_crossed[0]);
-  }
-  EXPECT_EQ(crossed, (std::vector<bool>{false, false, true, false}));
+  s.budget.period = config::budget_period::daily;
+  EXPECT_EQ(crossings(s), (std::vector<bool>{false, false, true, false}));
 }
 
 TYPED_TEST_P(StoreConformance, LargeAmountsStayExact) {
