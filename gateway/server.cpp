@@ -366,6 +366,24 @@ awaitable<void> server::drain() {
       co_await t.async_wait();
     }
   }
+  if (policy_->pending() > 0) {
+    // The store stayed unreachable through the drain: say which charges go unrecorded (each is
+    // logged with its cost) rather than drop them silently when the workers stop.
+    auto done = std::make_shared<std::atomic<unsigned>>(0);
+    for (auto& w : workers_)
+      net::post(w->ioc(), [this, done, i = w->index()] {
+        policy_->abandon_pending(i);
+        ++*done;
+      });
+    const auto until = steady_clock::now() + milliseconds(500);
+    while (done->load() < workers_.size() && steady_clock::now() < until) {
+      t.expires_after(milliseconds(5));
+      co_await t.async_wait();
+    }
+    if (int n = policy_->pending(); n > 0)
+      log_event("error", "settlements still in flight at shutdown: they are lost",
+                "\"settlements\":" + std::to_string(n));
+  }
   control_.stop();
 }
 

@@ -621,12 +621,7 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
           if (res[i].applied) report_soft(batch[i].s, res[i]);
           --pending_;
         } else if (now >= batch[i].give_up) {
-          const settlement& s = batch[i].s;
-          settlements_.counter({"lost"}).inc();
-          log_("error", "settlement lost: the policy store stayed unreachable",
-               "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +
-                   std::to_string(double(s.cost_nano) / 1e9));
-          --pending_;
+          lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
         } else {
           q.items.push_back(std::move(batch[i]));
           ++failed;
@@ -637,6 +632,22 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
     delay = failed ? std::min(delay * 2, duration_cast<milliseconds>(seconds(5))) : milliseconds(100);
   }
   q.flushing = false;
+}
+
+void engine::lose(const settlement& s, std::string_view why) {
+  settlements_.counter({"lost"}).inc();
+  const std::string team = s.adm.scopes.empty() ? std::string() : s.adm.scopes.front().team;
+  log_("error", why,
+       "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +
+           std::to_string(double(s.cost_nano) / 1e9) + ",\"tokens\":" + std::to_string(s.tokens));
+  --pending_;
+}
+
+void engine::abandon_pending(unsigned worker) {
+  if (worker >= queues_.size()) return;
+  auto& q = queues_[worker];
+  for (auto& it : q.items) lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
+  q.items.clear();  // the retry loop, if asleep, finds nothing when it wakes
 }
 
 void engine::report_soft(const settlement& s, const settle_result& r) {

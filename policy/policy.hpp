@@ -84,6 +84,10 @@ class engine {
   void settle(request_context& ctx, executor_t ex);
   /// Settlements not finished yet (shutdown waits for them).
   int pending() const { return pending_.load(); }
+  /// At shutdown, once the drain's deadline has passed: `worker`'s settlements still waiting for
+  /// an unreachable store are given up, each counted as lost and logged with its lease, team and
+  /// cost (error), so that no charge disappears without a record. Run on that worker's thread.
+  void abandon_pending(unsigned worker);
 
   /// The models this caller may list (GET /v1/models).
   static bool may_list(const request_context& ctx, std::string_view model);
@@ -169,6 +173,8 @@ class engine {
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);
   void report_soft(const settlement& s, const settle_result& r);
+  /// Counts `s` as lost and logs it (error) with its lease, team, cost and tokens.
+  void lose(const settlement& s, std::string_view why);
   /// Counts a finished call in this worker's usage table (written to the store every second).
   void count_usage(const request_context& ctx);
   awaitable<void> flush_usage(unsigned worker);

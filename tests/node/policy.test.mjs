@@ -854,6 +854,53 @@ keys:
   });
 });
 
+describe('shutdown while Redis is unreachable', () => {
+  test('a settlement that could not reach Redis by the end of the drain is logged as lost, with its cost', { timeout: 30000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const kb = staticKey('drained1');
+    let gw;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false, timeouts: { drain_ms: 1000 } }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
+  - name: drained
+    budget: {usd: 100, period: daily, soft: 0}
+keys:
+  - {id: ${kb.id}, team: drained, digest: "${kb.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      const admitted = async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
+      const call = chat(gw, kb.full, body('mock-hold'));
+      await eventually(async () => (await admitted()) === 1, { timeoutMs: 3000, intervalMs: 10, what: 'the call admitted' });
+      redis.pause();  // the call ends with Redis unreachable: its settlement waits for retry
+      assert.equal((await call).status, 200);
+      await eventually(
+        async () => metricValue(await scrape(gw), 'tollgate_policy_settlements_total', { result: 'retried' }) >= 1,
+        { timeoutMs: 5000, intervalMs: 20, what: 'the settlement queued for retry' },
+      );
+      const exit = await gw.stop();
+      assert.deepEqual(exit, { code: 0, signal: null }, gw.stderr());
+      const lost = gw.stderr().split('\n').filter((l) => l.includes('settlement lost at shutdown')).map((l) => JSON.parse(l));
+      assert.equal(lost.length, 1, gw.stderr());
+      assert.equal(lost[0].level, 'error');
+      assert.equal(lost[0].team, 'drained');
+      assert.equal(Math.round(lost[0].cost_usd * 1e9), CALL_NANO);
+      assert.equal(lost[0].tokens, PROMPT_EST + MAX);
+      assert.match(lost[0].lease, /\S/);
+      assert.ok(!gw.stderr().includes('still in flight at shutdown'), gw.stderr());
+    } finally {
+      redis.resume();
+      await gw?.kill();
+      await redis.close();
+    }
+  });
+});
+
 describe('Redis with AUTH', () => {
   test('store.redis.username and password reach Redis (its connections run as that ACL user); a wrong password is a 503, never logged', { timeout: 30000 }, async () => {
     const password = `pw${randomAlnum(24)}`;
