@@ -571,6 +571,8 @@ keys:
 
     test('a key\'s own concurrency and TPM limits hold in a team that has none', { timeout: 20000 }, async () => {
       const perCall = PROMPT_EST + MAX;
+      const applied = async () => metricValue(await scrape(gw), 'tollgate_policy_settlements_total', { result: 'applied' });
+      const appliedBefore = await applied();
       const hold = (await holdSlot(keys.kown)).done;
       const busy = await chat(gw, keys.kown, body('mock-gpt'));
       const e = assertOpenAIError(busy, { status: 429, code: 'rate_limit_exceeded' });
@@ -578,6 +580,9 @@ keys:
       // Another key of the same team is not held back by it.
       assert.equal((await chat(gw, keys.free, body('mock-gpt'))).status, 200);
       assert.equal((await hold).status, 200);
+      // The slot is released by the held call's settlement, which runs just after its response
+      // (the other team's call has nothing to settle: neither its team nor its key has limits).
+      await eventually(async () => (await applied()) > appliedBefore, { timeoutMs: 5000, intervalMs: 10, what: 'the held call settled' });
       const second = await chat(gw, keys.kown, body('mock-gpt'));
       assert.equal(second.status, 200, second.text);
       assert.equal(second.headers.get('x-ratelimit-limit-tokens'), String(2 * perCall));
