@@ -340,7 +340,7 @@ on_store_failure get_failure_mode(const YAML::Node& n, const std::string& path, 
 
 void parse_store(const YAML::Node& n, store_config& s) {
   const std::string p = "store";
-  check_keys(n, p, {"type", "redis", "replicas", "on_unavailable", "lease_ms", "default_max_tokens"});
+  check_keys(n, p, {"type", "redis", "replicas", "on_unavailable", "lease_ms", "default_max_tokens", "settlement_journal"});
   if (auto v = n["type"]) {
     s.type = get_string(v, p + ".type");
     if (s.type != "memory" && s.type != "redis") fail(p + ".type", v, "expected memory or redis, got '" + s.type + "'");
@@ -388,6 +388,7 @@ void parse_store(const YAML::Node& n, store_config& s) {
   }
   if (auto v = n["lease_ms"]) s.lease_ms = get_uint<std::uint32_t>(v, p + ".lease_ms", 86'400'000);
   if (auto v = n["default_max_tokens"]) s.default_max_tokens = get_uint<std::uint64_t>(v, p + ".default_max_tokens");
+  if (auto v = n["settlement_journal"]) s.settlement_journal = get_string(v, p + ".settlement_journal");
 }
 
 void parse_audit(const YAML::Node& n, audit_config& a) {
@@ -768,11 +769,15 @@ load_result load_file(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   auto r = load_string(ss.str(), path);
-  if (r && !r.config->audit.dir.empty() && r.config->audit.dir.front() != '/') {
-    // A relative audit directory lives beside the config file, wherever the gateway was started.
+  // A relative audit directory or settlement journal lives beside the config file, wherever the
+  // gateway was started.
+  const auto relative = [](const std::string& p) { return !p.empty() && p.front() != '/'; };
+  if (r && (relative(r.config->audit.dir) || relative(r.config->store.settlement_journal))) {
     auto cfg = std::make_shared<gateway_config>(*r.config);
     auto slash = path.rfind('/');
-    cfg->audit.dir = (slash == std::string::npos ? std::string(".") : path.substr(0, slash == 0 ? 1 : slash)) + "/" + cfg->audit.dir;
+    const std::string dir = slash == std::string::npos ? std::string(".") : path.substr(0, slash == 0 ? 1 : slash);
+    if (relative(cfg->audit.dir)) cfg->audit.dir = dir + "/" + cfg->audit.dir;
+    if (relative(cfg->store.settlement_journal)) cfg->store.settlement_journal = dir + "/" + cfg->store.settlement_journal;
     r.config = std::move(cfg);
   }
   return r;

@@ -189,6 +189,14 @@ int server::run() {
                                              [](std::string_view level, std::string_view msg, std::string_view extra) {
                                                log_event(level, msg, extra);
                                              });
+  if (!cfg.store.settlement_journal.empty()) {
+    try {
+      policy_->open_journal(cfg.store.settlement_journal);
+    } catch (const std::exception& e) {
+      log_event("error", e.what());
+      return 1;
+    }
+  }
   std::vector<net::executor_work_guard<net::io_context::executor_type>> guards;
   std::vector<executor_t> executors;
   for (unsigned i = 0; i < n; ++i) {

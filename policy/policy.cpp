@@ -160,6 +160,14 @@ void engine::start(const std::vector<executor_t>& workers) {
     net::co_spawn(workers[i], renew_leases(unsigned(i), alive_), net::detached);
     net::co_spawn(workers[i], usage_loop(unsigned(i), alive_), net::detached);
   }
+  // Settlements from the journal of an earlier run: worker 0 sends them until the store takes them.
+  if (!replay_.empty() && !workers.empty()) {
+    auto& q = queues_.front();
+    for (auto& s : replay_) q.items.push_back(retry_item{std::move(s), steady_clock::time_point::max(), true});
+    replay_.clear();
+    q.flushing = true;
+    net::co_spawn(workers.front(), retry_settlements(0, alive_), net::detached);
+  }
 }
 
 awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> alive) {
@@ -564,6 +572,7 @@ void engine::on_settled(unsigned worker, std::vector<settlement>& batch, const s
   const unsigned w = worker % unsigned(queues_.size());
   auto& q = queues_[w];
   std::size_t failed = 0;
+  const std::size_t first_new = q.items.size();
   for (std::size_t i = 0; i < batch.size(); ++i) {
     if (i < results.size() && results[i].reachable) {
       (results[i].applied ? applied_ : duplicate_).inc();
@@ -576,6 +585,7 @@ void engine::on_settled(unsigned worker, std::vector<settlement>& batch, const s
     }
   }
   if (failed == 0) return;
+  journal_add(std::span<retry_item>(q.items).subspan(first_new));
   settlements_.counter({"retried"}).inc(double(failed));
   if (!q.flushing && w < executors_.size()) {
     q.flushing = true;
@@ -615,11 +625,13 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
       std::vector<settle_result> res = co_await store_->settle_batch(worker, std::move(sends));
       if (alive.expired()) co_return;
       const auto now = steady_clock::now();
+      std::vector<retry_item> finished;
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (i < res.size() && res[i].reachable) {
           (res[i].applied ? applied_ : duplicate_).inc();
           if (res[i].applied) report_soft(batch[i].s, res[i]);
           --pending_;
+          if (batch[i].journaled) finished.push_back(std::move(batch[i]));
         } else if (now >= batch[i].give_up) {
           lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
         } else {
@@ -627,6 +639,7 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
           ++failed;
         }
       }
+      journal_done(finished);
     }
     if (failed) settlements_.counter({"retried"}).inc(double(failed));
     delay = failed ? std::min(delay * 2, duration_cast<milliseconds>(seconds(5))) : milliseconds(100);
@@ -646,8 +659,61 @@ void engine::lose(const settlement& s, std::string_view why) {
 void engine::abandon_pending(unsigned worker) {
   if (worker >= queues_.size()) return;
   auto& q = queues_[worker];
-  for (auto& it : q.items) lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
+  std::size_t kept = 0;
+  std::int64_t kept_nano = 0;
+  for (auto& it : q.items) {
+    if (it.journaled) {
+      ++kept;
+      kept_nano += it.s.cost_nano;
+      --pending_;
+    } else {
+      lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
+    }
+  }
+  if (kept)
+    log_("warn", "settlements kept in the journal for the next start: the policy store was unreachable",
+         "\"settlements\":" + std::to_string(kept) + ",\"cost_usd\":" + std::to_string(double(kept_nano) / 1e9));
   q.items.clear();  // the retry loop, if asleep, finds nothing when it wakes
+}
+
+void engine::journal_add(std::span<retry_item> items) {
+  if (!journal_.enabled() || items.empty()) return;
+  std::vector<const settlement*> s;
+  for (auto& it : items) s.push_back(&it.s);
+  std::string error;
+  if (!journal_.add(s, error)) {
+    // Kept in memory and retried as without a journal; said once.
+    if (!journal_error_told_.exchange(true)) log_("error", error, {});
+    return;
+  }
+  for (auto& it : items) {
+    it.journaled = true;
+    it.give_up = steady_clock::time_point::max();
+  }
+}
+
+void engine::journal_done(std::span<const retry_item> items) {
+  if (items.empty()) return;
+  std::vector<std::string_view> leases;
+  for (auto& it : items) leases.push_back(it.s.adm.lease);
+  std::string error;
+  if (!journal_.done(leases, error) && !journal_error_told_.exchange(true)) log_("error", error, {});
+}
+
+std::size_t engine::open_journal(const std::string& path) {
+  auto opened = journal_.open(path);  // throws with the reason
+  if (opened.skipped)
+    log_("warn", "settlement journal: lines that do not parse were skipped",
+         "\"path\":" + quote(path) + ",\"lines\":" + std::to_string(opened.skipped));
+  if (opened.open.empty()) return 0;
+  std::int64_t nano = 0;
+  for (auto& s : opened.open) nano += s.cost_nano;
+  log_("info", "settlement journal: replaying settlements the policy store did not take before the last stop",
+       "\"path\":" + quote(path) + ",\"settlements\":" + std::to_string(opened.open.size()) + ",\"cost_usd\":" +
+           std::to_string(double(nano) / 1e9));
+  replay_ = std::move(opened.open);
+  pending_ += int(replay_.size());
+  return replay_.size();
 }
 
 void engine::report_soft(const settlement& s, const settle_result& r) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 
@@ -24,6 +25,7 @@
 #include "gateway/core/net.hpp"
 #include "gateway/core/request_context.hpp"
 #include "policy/memory_store.hpp"
+#include "policy/settlement_journal.hpp"
 #include "policy/store.hpp"
 
 namespace tollgate::policy {
@@ -88,6 +90,10 @@ class engine {
   /// an unreachable store are given up, each counted as lost and logged with its lease, team and
   /// cost (error), so that no charge disappears without a record. Run on that worker's thread.
   void abandon_pending(unsigned worker);
+  /// Opens the settlement journal (store.settlement_journal), before start(): the settlements it
+  /// holds from an earlier run are sent by worker 0 from start() on, until the store takes them.
+  /// Returns how many; throws std::runtime_error when the file cannot be used.
+  std::size_t open_journal(const std::string& path);
 
   /// The models this caller may list (GET /v1/models).
   static bool may_list(const request_context& ctx, std::string_view model);
@@ -198,8 +204,18 @@ class engine {
   /// Per worker (touched only on that worker's thread): settlements waiting to be sent again.
   struct retry_item {
     settlement s;
-    std::chrono::steady_clock::time_point give_up;  ///< first attempt + 10 minutes
+    /// First attempt + 10 minutes; never for a settlement in the journal (it outlives the process).
+    std::chrono::steady_clock::time_point give_up;
+    bool journaled = false;
   };
+  /// Settlements the store could not take, on disk until it does (unused when not configured).
+  settlement_journal journal_;
+  std::vector<settlement> replay_;  ///< from the journal, until start()
+  std::atomic<bool> journal_error_told_{false};
+  /// Marks `items` journaled once the journal has them (when there is one): logs an I/O error once.
+  void journal_add(std::span<retry_item> items);
+  /// Tells the journal these items are finished with (the journaled ones).
+  void journal_done(std::span<const retry_item> items);
   struct retry_queue {
     std::vector<retry_item> items;
     bool flushing = false;

@@ -96,6 +96,55 @@ void read_quota(const json::object& o, config::limits_config& limits, config::bu
 
 }  // namespace
 
+std::string settlement_to_json(const settlement& s) {
+  json::array scopes;
+  for (const auto& sc : s.adm.scopes)
+    scopes.push_back(json::object{{"id", sc.id}, {"team", sc.team}, {"limits", limits_json(sc.limits)},
+                                  {"budget", budget_json(sc.budget)}});
+  json::array periods;
+  for (const auto& p : s.periods) periods.push_back(json::string(p));
+  json::object o{{"lease", s.adm.lease},
+                 {"lease_ms", s.adm.lease_ms},
+                 {"reserved_tokens", s.adm.tokens},
+                 {"reserved_nano", s.adm.cost_nano},
+                 {"scopes", std::move(scopes)},
+                 {"periods", std::move(periods)},
+                 {"admitted_at_ms", s.admitted_at_ms},
+                 {"tokens", s.tokens},
+                 {"cost_nano", s.cost_nano}};
+  return json::serialize(o);
+}
+
+std::optional<settlement> settlement_from_json(const json::object& o) {
+  settlement s;
+  s.adm.lease = str(o, "lease");
+  s.adm.lease_ms = std::uint32_t(u64(o, "lease_ms"));
+  s.adm.tokens = u64(o, "reserved_tokens");
+  s.adm.cost_nano = i64(o, "reserved_nano");
+  s.admitted_at_ms = i64(o, "admitted_at_ms");
+  s.tokens = u64(o, "tokens");
+  s.cost_nano = i64(o, "cost_nano");
+  const auto* scopes = o.if_contains("scopes");
+  const auto* periods = o.if_contains("periods");
+  if (s.adm.lease.empty() || !scopes || !scopes->is_array() || scopes->get_array().empty() || !periods ||
+      !periods->is_array())
+    return std::nullopt;
+  for (const auto& v : scopes->get_array()) {
+    if (!v.is_object()) return std::nullopt;
+    scope_spec sc;
+    sc.id = str(v.get_object(), "id");
+    sc.team = str(v.get_object(), "team");
+    if (sc.id.empty() || sc.team.empty()) return std::nullopt;
+    read_quota(v.get_object(), sc.limits, sc.budget);
+    s.adm.scopes.push_back(std::move(sc));
+  }
+  for (const auto& v : periods->get_array()) {
+    if (!v.is_string()) return std::nullopt;
+    s.periods.emplace_back(v.get_string());
+  }
+  return s;
+}
+
 std::string key_to_json(const key_record& k) {
   json::array models;
   for (auto& m : k.models) models.push_back(json::string(m));

@@ -20,6 +20,10 @@
 #include <string>
 #include <vector>
 
+namespace boost::json {
+class object;
+}
+
 #include "config/config.hpp"
 #include "gateway/core/net.hpp"
 
@@ -270,6 +274,10 @@ inline bool new_period(std::string_view stored, std::string_view pid) {
 inline bool later_period(std::string_view stored, std::string_view pid) {
   return stored.empty() || (stored < pid && stored[0] == pid[0]);
 }
+
+/// A settlement as one line of JSON (the settlement journal), and back (nullopt: not one).
+std::string settlement_to_json(const settlement& s);
+std::optional<settlement> settlement_from_json(const boost::json::object& o);
 
 /// key_record <-> JSON (the Redis representation; no secret in it, only the digest).
 std::string key_to_json(const key_record& k);

@@ -859,6 +859,37 @@ keys:
   });
 });
 
+/** A one-worker gateway on `redis` (drain_ms 1000) with team `team`, a budget, and `key`; `storeExtra` adds store lines. */
+function startBudgetGateway(redis, adm, key, team, storeExtra = '') {
+  return startGateway(
+    serverYaml({ workers: 1, openAuth: false, freePrices: false, timeouts: { drain_ms: 1000 } }) +
+      `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis, storeExtra)}teams:
+  - name: ${team}
+    budget: {usd: 100, period: total, soft: 0}
+keys:
+  - {id: ${key.id}, team: ${team}, digest: "${key.digest}"}
+` +
+      mockModels(),
+  );
+}
+
+/** One call on `gw` that ends while `redis` is paused: its settlement is queued for retry. */
+async function callDuringOutage(gw, redis, adm, key) {
+  await waitStoreUp(gw, adm.token, { rounds: 2 });
+  const admitted = async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
+  const before = await admitted();
+  const call = chat(gw, key.full, body('mock-hold'));
+  await eventually(async () => (await admitted()) > before, { timeoutMs: 3000, intervalMs: 10, what: 'the call admitted' });
+  redis.pause();
+  assert.equal((await call).status, 200);
+  await eventually(
+    async () => metricValue(await scrape(gw), 'tollgate_policy_settlements_total', { result: 'retried' }) >= 1,
+    { timeoutMs: 5000, intervalMs: 20, what: 'the settlement queued for retry' },
+  );
+}
+
 describe('shutdown while Redis is unreachable', () => {
   test('a settlement that could not reach Redis by the end of the drain is logged as lost, with its cost', { timeout: 30000 }, async () => {
     const redis = await startRedis();
@@ -866,28 +897,8 @@ describe('shutdown while Redis is unreachable', () => {
     const kb = staticKey('drained1');
     let gw;
     try {
-      gw = await startGateway(
-        serverYaml({ workers: 1, openAuth: false, freePrices: false, timeouts: { drain_ms: 1000 } }) +
-          `auth:
-  admin_tokens:
-${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
-  - name: drained
-    budget: {usd: 100, period: daily, soft: 0}
-keys:
-  - {id: ${kb.id}, team: drained, digest: "${kb.digest}"}
-` +
-          mockModels(),
-      );
-      await waitStoreUp(gw, adm.token, { rounds: 2 });
-      const admitted = async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' });
-      const call = chat(gw, kb.full, body('mock-hold'));
-      await eventually(async () => (await admitted()) === 1, { timeoutMs: 3000, intervalMs: 10, what: 'the call admitted' });
-      redis.pause();  // the call ends with Redis unreachable: its settlement waits for retry
-      assert.equal((await call).status, 200);
-      await eventually(
-        async () => metricValue(await scrape(gw), 'tollgate_policy_settlements_total', { result: 'retried' }) >= 1,
-        { timeoutMs: 5000, intervalMs: 20, what: 'the settlement queued for retry' },
-      );
+      gw = await startBudgetGateway(redis, adm, kb, 'drained');
+      await callDuringOutage(gw, redis, adm, kb);
       const exit = await gw.stop();
       assert.deepEqual(exit, { code: 0, signal: null }, gw.stderr());
       const lost = gw.stderr().split('\n').filter((l) => l.includes('settlement lost at shutdown')).map((l) => JSON.parse(l));
@@ -902,6 +913,58 @@ keys:
       redis.resume();
       await gw?.kill();
       await redis.close();
+    }
+  });
+});
+
+describe('settlement journal', () => {
+  test('settlements Redis did not take survive SIGTERM and kill -9: the next start replays them and each call is charged once', { timeout: 60000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const kb = staticKey('journal1');
+    const dir = mkdtempSync(join(tmpdir(), 'tollgate-journal-'));
+    const gws = [];
+    const start = (journal) =>
+      startBudgetGateway(redis, adm, kb, 'journaled', `  settlement_journal: ${journal}\n`).then((g) => (gws.push(g), g));
+    /** A new gateway on `journal` replays it once Redis is back: the budget shows `calls` charged. */
+    const replay = async (journal, calls) => {
+      redis.resume();
+      const next = await start(journal);
+      await next.waitForStderr(/settlement journal: replaying[^\n]*"settlements":1,/, 5000);
+      const b = await settledBudget(next, adm.token, 'journaled', { pred: (x) => x.spent_nano >= calls * CALL_NANO, timeoutMs: 10000 });
+      assert.equal(b.spent_nano, calls * CALL_NANO, JSON.stringify(b));
+      await eventually(() => statSync(journal).size === 0, { timeoutMs: 5000, intervalMs: 20, what: `${journal} emptied` });
+      await next.stopClean();
+    };
+    try {
+      // SIGTERM: the drain ends with Redis unreachable; the settlement is kept, not lost.
+      const j1 = join(dir, 'one.journal');
+      const g1 = await start(j1);
+      await callDuringOutage(g1, redis, adm, kb);
+      assert.ok(statSync(j1).size > 0, 'written when the first attempt failed');
+      assert.deepEqual(await g1.stop(), { code: 0, signal: null }, g1.stderr());
+      assert.match(g1.stderr(), /settlements kept in the journal for the next start[^\n]*"settlements":1,/);
+      assert.ok(!g1.stderr().includes('settlement lost'), g1.stderr());
+      await replay(j1, 1);
+
+      // kill -9: nothing runs at exit; the journal was written when the first attempt failed.
+      const j2 = join(dir, 'two.journal');
+      const g2 = await start(j2);
+      await callDuringOutage(g2, redis, adm, kb);
+      g2.signal('SIGKILL');
+      await g2.exited;
+      assert.ok(statSync(j2).size > 0);
+      await replay(j2, 2);
+
+      // One journal per process: a second gateway on a journal in use does not start.
+      const holder = await start(j2);
+      await assert.rejects(start(j2), /another gateway holds it/);
+      await holder.stopClean();
+    } finally {
+      redis.resume();
+      for (const g of gws) await g.kill();
+      await redis.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -398,6 +398,18 @@ TEST(ConfigLoaderTest, RelativeAuditDirLivesBesideTheConfigFile) {
 
   // load_string has no file to be beside: the path stays as written.
   EXPECT_EQ(load(std::string(minimal) + "audit: {dir: trail}\n").config->audit.dir, "trail");
+
+  // The settlement journal the same way; unset stays unset (no journal).
+  EXPECT_EQ(d.config->store.settlement_journal, "");
+  std::ofstream(path) << minimal << "store: {settlement_journal: state/settlements.journal}\n";
+  auto journal = load_file(path);
+  ASSERT_TRUE(journal) << journal.error;
+  EXPECT_EQ(journal.config->store.settlement_journal, dir + "/state/settlements.journal");
+  EXPECT_EQ(journal.config->audit.dir, dir + "/audit");
+  std::ofstream(path) << minimal << "store: {settlement_journal: /var/lib/tollgate/s.journal}\n";
+  auto journal_abs = load_file(path);
+  ASSERT_TRUE(journal_abs) << journal_abs.error;
+  EXPECT_EQ(journal_abs.config->store.settlement_journal, "/var/lib/tollgate/s.journal");
 }
 
 }  // namespace

@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "policy/settlement_journal.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+
+namespace tollgate::policy {
+namespace json = boost::json;
+
+namespace {
+
+std::string errno_text() { return std::strerror(errno); }
+
+/// `text` quoted as a JSON string (leases are ASCII, but a journal must never be malformed).
+std::string quoted(std::string_view text) { return json::serialize(json::value(json::string(text))); }
+
+}  // namespace
+
+settlement_journal::~settlement_journal() {
+  if (fd_ >= 0) ::close(fd_);  // releases the lock
+}
+
+settlement_journal::opened settlement_journal::open(const std::string& path) {
+  std::lock_guard lock(mu_);
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error("store.settlement_journal: cannot open " + path + ": " + errno_text());
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const std::string why = errno == EWOULDBLOCK ? "another gateway holds it (one journal per gateway process)" : errno_text();
+    ::close(fd);
+    throw std::runtime_error("store.settlement_journal: cannot lock " + path + ": " + why);
+  }
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = errno_text();
+      ::close(fd);
+      throw std::runtime_error("store.settlement_journal: cannot read " + path + ": " + why);
+    }
+    if (n == 0) break;
+    text.append(buf, std::size_t(n));
+  }
+  // Replay the lines: adds in order, minus the leases done.
+  opened out;
+  std::vector<settlement> added;
+  std::map<std::string, std::size_t> index;  // lease -> position in `added`
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    std::size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    const std::string_view line(text.data() + pos, nl - pos);
+    pos = nl + 1;
+    if (line.empty()) continue;
+    boost::system::error_code ec;
+    auto v = json::parse(line, ec);
+    if (ec || !v.is_object()) {
+      ++out.skipped;
+      continue;
+    }
+    const auto& o = v.get_object();
+    if (const auto* a = o.if_contains("add"); a && a->is_object()) {
+      if (auto s = settlement_from_json(a->get_object())) {
+        if (!index.count(s->adm.lease)) {
+          index[s->adm.lease] = added.size();
+          added.push_back(std::move(*s));
+        }
+        continue;
+      }
+    } else if (const auto* d = o.if_contains("done"); d && d->is_string()) {
+      if (auto it = index.find(std::string(d->get_string())); it != index.end()) {
+        added[it->second].adm.lease.clear();  // done
+        index.erase(it);
+      }
+      continue;
+    }
+    ++out.skipped;
+  }
+  for (auto& s : added)
+    if (!s.adm.lease.empty()) out.open.push_back(std::move(s));
+
+  // Rewrite the file with the open ones only (a new file renamed over it: never half-written).
+  std::string compact;
+  for (const auto& s : out.open) compact += "{\"add\":" + settlement_to_json(s) + "}\n";
+  const std::string tmp = path + ".tmp";
+  const int tfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = tfd >= 0;
+  for (std::size_t off = 0; ok && off < compact.size();) {
+    const ssize_t n = ::write(tfd, compact.data() + off, compact.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) ok = false;
+    else off += std::size_t(n);
+  }
+  ok = ok && ::fdatasync(tfd) == 0;
+  if (tfd >= 0) ::close(tfd);
+  ok = ok && ::rename(tmp.c_str(), path.c_str()) == 0;
+  if (!ok) {
+    const std::string why = errno_text();
+    ::close(fd);
+    throw std::runtime_error("store.settlement_journal: cannot rewrite " + path + ": " + why);
+  }
+  // The lock and the appends go to the new file.
+  ::close(fd);
+  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd_ < 0 || ::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const std::string why = errno_text();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    throw std::runtime_error("store.settlement_journal: cannot reopen " + path + ": " + why);
+  }
+  path_ = path;
+  for (const auto& s : out.open) open_.insert(s.adm.lease);
+  return out;
+}
+
+bool settlement_journal::write_all(const std::string& text, std::string& error) {
+  for (std::size_t off = 0; off < text.size();) {
+    const ssize_t n = ::write(fd_, text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error = "store.settlement_journal: cannot write " + path_ + ": " + errno_text();
+      return false;
+    }
+    off += std::size_t(n);
+  }
+  if (::fdatasync(fd_) != 0) {
+    error = "store.settlement_journal: cannot sync " + path_ + ": " + errno_text();
+    return false;
+  }
+  return true;
+}
+
+bool settlement_journal::add(std::span<const settlement* const> s, std::string& error) {
+  std::lock_guard lock(mu_);
+  if (fd_ < 0 || s.empty()) return fd_ >= 0;
+  std::string text;
+  for (const settlement* x : s) text += "{\"add\":" + settlement_to_json(*x) + "}\n";
+  if (!write_all(text, error)) return false;
+  for (const settlement* x : s) open_.insert(x->adm.lease);
+  return true;
+}
+
+bool settlement_journal::done(std::span<const std::string_view> leases, std::string& error) {
+  std::lock_guard lock(mu_);
+  if (fd_ < 0 || leases.empty()) return fd_ >= 0;
+  for (auto l : leases) open_.erase(std::string(l));
+  if (open_.empty()) {  // nothing left to replay: start the file afresh
+    if (::ftruncate(fd_, 0) == 0 && ::fdatasync(fd_) == 0) return true;
+    error = "store.settlement_journal: cannot truncate " + path_ + ": " + errno_text();
+    return false;
+  }
+  std::string text;
+  for (auto l : leases) text += "{\"done\":" + quoted(l) + "}\n";
+  return write_all(text, error);
+}
+
+std::size_t settlement_journal::open_count() const {
+  std::lock_guard lock(mu_);
+  return open_.size();
+}
+
+}  // namespace tollgate::policy

@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+// The settlement journal: settlements the store could not take survive the process (real files in
+// a temporary directory; no sockets).
+#include "policy/settlement_journal.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace tollgate::policy {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SettlementJournalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir = fs::temp_directory_path() / ("tollgate-journal-" + std::to_string(::getpid()) + "-" +
+                                       ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    path = (dir / "settlements.journal").string();
+  }
+  void TearDown() override { fs::remove_all(dir); }
+  std::string read() const {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  fs::path dir;
+  std::string path;
+};
+
+/// A settlement with two scopes (a team with limits and a budget, a key with a total budget).
+settlement sample(std::string lease, std::int64_t cost) {
+  settlement s;
+  s.adm.lease = std::move(lease);
+  s.adm.lease_ms = 300'000;
+  s.adm.tokens = 120;
+  s.adm.cost_nano = 9'000;
+  config::budget_config team_budget;
+  team_budget.limit_nano = 5'000'000'000'000'000;
+  team_budget.period = config::budget_period::daily;
+  team_budget.soft = 0.8;
+  config::budget_config key_budget;
+  key_budget.limit_nano = 7;
+  key_budget.period = config::budget_period::total;
+  key_budget.soft = 0;
+  s.adm.scopes = {scope_spec{"t", "search", {600, 100'000, 20}, team_budget},
+                  scope_spec{"k:abc123", "search", {5, 0, 1}, key_budget}};
+  s.periods = {"d20419", "all"};
+  s.admitted_at_ms = 1'795'564'799'999;
+  s.tokens = 77;
+  s.cost_nano = cost;
+  return s;
+}
+
+std::vector<const settlement*> ptrs(const std::vector<settlement>& v) {
+  std::vector<const settlement*> out;
+  for (auto& s : v) out.push_back(&s);
+  return out;
+}
+
+TEST_F(SettlementJournalTest, WhatIsNotDoneComesBackWhole) {
+  const std::vector<settlement> s{sample("a", 1), sample("b", 2), sample("c", 3)};
+  {
+    settlement_journal j;
+    EXPECT_TRUE(j.open(path).open.empty());
+    std::string error;
+    ASSERT_TRUE(j.add(ptrs(s), error)) << error;
+    const std::vector<std::string_view> done{"b"};
+    ASSERT_TRUE(j.done(done, error)) << error;
+    EXPECT_EQ(j.open_count(), 2u);
+  }  // the process ends: the file stays
+  settlement_journal again;
+  const auto opened = again.open(path);
+  EXPECT_EQ(opened.skipped, 0u);
+  ASSERT_EQ(opened.open.size(), 2u);
+  EXPECT_EQ(settlement_to_json(opened.open[0]), settlement_to_json(s[0]));
+  EXPECT_EQ(settlement_to_json(opened.open[1]), settlement_to_json(s[2]));
+  // Every field survives, the budget's 5e15 nano-USD exactly.
+  const settlement& c = opened.open[1];
+  EXPECT_EQ(c.adm.lease, "c");
+  EXPECT_EQ(c.cost_nano, 3);
+  EXPECT_EQ(c.tokens, 77u);
+  EXPECT_EQ(c.adm.cost_nano, 9'000);
+  EXPECT_EQ(c.adm.tokens, 120u);
+  EXPECT_EQ(c.adm.lease_ms, 300'000u);
+  EXPECT_EQ(c.admitted_at_ms, 1'795'564'799'999);
+  EXPECT_EQ(c.periods, (std::vector<std::string>{"d20419", "all"}));
+  ASSERT_EQ(c.adm.scopes.size(), 2u);
+  EXPECT_EQ(c.adm.scopes[0].budget.limit_nano, 5'000'000'000'000'000);
+  EXPECT_EQ(c.adm.scopes[0].budget.period, config::budget_period::daily);
+  EXPECT_EQ(c.adm.scopes[0].limits.tpm, 100'000u);
+  EXPECT_EQ(c.adm.scopes[1].id, "k:abc123");
+  EXPECT_EQ(c.adm.scopes[1].budget.period, config::budget_period::total);
+  EXPECT_EQ(c.adm.scopes[1].limits.concurrency, 1u);
+  // Opening compacted the file to the two still open.
+  const std::string text = read();
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 2) << text;
+  EXPECT_EQ(text.find("\"done\""), std::string::npos) << text;
+}
+
+TEST_F(SettlementJournalTest, OnceNothingIsOpenTheFileIsEmpty) {
+  settlement_journal j;
+  j.open(path);
+  const std::vector<settlement> s{sample("a", 1), sample("b", 2)};
+  std::string error;
+  ASSERT_TRUE(j.add(ptrs(s), error)) << error;
+  EXPECT_GT(fs::file_size(path), 0u);
+  const std::vector<std::string_view> first{"a"};
+  ASSERT_TRUE(j.done(first, error));
+  EXPECT_GT(fs::file_size(path), 0u);
+  const std::vector<std::string_view> second{"b"};
+  ASSERT_TRUE(j.done(second, error));
+  EXPECT_EQ(fs::file_size(path), 0u);
+  // And appending starts at the beginning again.
+  const std::vector<settlement> t{sample("c", 3)};
+  ASSERT_TRUE(j.add(ptrs(t), error));
+  EXPECT_EQ(read().find("{\"add\":{\"lease\":\"c\""), 0u) << read();
+}
+
+TEST_F(SettlementJournalTest, ATornLastLineAndForeignLinesAreSkippedAndCounted) {
+  {
+    std::ofstream out(path);
+    out << "{\"add\":" << settlement_to_json(sample("kept", 5)) << "}\n"
+        << "not json at all\n"
+        << "{\"add\":{\"lease\":\"no-scopes\"}}\n"
+        << "{\"done\":\"never-added\"}\n"
+        << "{\"add\":" << settlement_to_json(sample("torn", 6)).substr(0, 40);  // a crash mid-write
+  }
+  settlement_journal j;
+  const auto opened = j.open(path);
+  EXPECT_EQ(opened.skipped, 3u);
+  ASSERT_EQ(opened.open.size(), 1u);
+  EXPECT_EQ(opened.open[0].adm.lease, "kept");
+  EXPECT_EQ(opened.open[0].cost_nano, 5);
+}
+
+TEST_F(SettlementJournalTest, ASecondGatewayCannotTakeAJournalInUse) {
+  settlement_journal first;
+  first.open(path);
+  settlement_journal second;
+  try {
+    second.open(path);
+    FAIL() << "opened a journal another one holds";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("another gateway holds it"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(second.enabled());
+}
+
+TEST_F(SettlementJournalTest, APathThatCannotBeCreatedIsAClearError) {
+  settlement_journal j;
+  const std::string bad = (dir / "no-such-dir" / "settlements.journal").string();
+  try {
+    j.open(bad);
+    FAIL() << "opened " << bad;
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("store.settlement_journal: cannot open " + bad), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(j.enabled());
+  std::string error;
+  const std::vector<settlement> s{sample("a", 1)};
+  EXPECT_FALSE(j.add(ptrs(s), error)) << "nothing to write to";
+}
+
+}  // namespace
+}  // namespace tollgate::policy
