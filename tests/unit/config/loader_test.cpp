@@ -232,6 +232,8 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       {base + "store: {type: etcd}\n", "store.type: expected memory or redis"},
       {base + "store: {on_unavailable: {budgets: local}}\n", "store.on_unavailable.budgets: expected fail_closed or fail_open"},
       {base + "store: {replicas: 0}\n", "store.replicas: must be at least 1"},
+      {base + "store: {settlement_journal: [a, b]}\n", "store.settlement_journal"},
+      {base + "store: {settlement_journal: {path: x}}\n", "store.settlement_journal"},
       {base + "store: {redis: {adress: x}}\n", "store.redis.adress: unknown key"},
       {base + "store: {type: redis, redis: {busy_poll_us: 5000}}\n",
        "store.redis.busy_poll_us: expected a non-negative integer up to 1000, got '5000'"},
