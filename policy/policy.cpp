@@ -136,8 +136,14 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                               "then its round trip (the Redis store), or the check itself (the memory store).",
                               metrics::kind::histogram, {},
                               {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1})),
-      admission_wait_cell_(admission_wait_.histogram({})) {
+      admission_wait_cell_(admission_wait_.histogram({})),
+      journal_open_(reg.add("tollgate_policy_settlement_journal_open",
+                            "Settlements in the settlement journal (store.settlement_journal), waiting for the policy "
+                            "store to take them; 0 without a journal.",
+                            metrics::kind::gauge)),
+      journal_open_cell_(journal_open_.gauge({})) {
   degraded_cell_.set(0);
+  journal_open_cell_.set(0);
   store_->on_invalidation([this](std::string_view id) { forget(id); });
   store_->on_notice([this](std::string_view level, std::string_view message) {
     log_(level, message, "\"store\":" + quote(store_->kind()));
@@ -690,6 +696,7 @@ void engine::journal_add(std::span<retry_item> items) {
     it.journaled = true;
     it.give_up = steady_clock::time_point::max();
   }
+  journal_open_cell_.set(double(journal_.open_count()));
 }
 
 void engine::journal_done(std::span<const retry_item> items) {
@@ -698,6 +705,7 @@ void engine::journal_done(std::span<const retry_item> items) {
   for (auto& it : items) leases.push_back(it.s.adm.lease);
   std::string error;
   if (!journal_.done(leases, error) && !journal_error_told_.exchange(true)) log_("error", error, {});
+  journal_open_cell_.set(double(journal_.open_count()));
 }
 
 std::size_t engine::open_journal(const std::string& path) {
@@ -713,6 +721,7 @@ std::size_t engine::open_journal(const std::string& path) {
            std::to_string(double(nano) / 1e9));
   replay_ = std::move(opened.open);
   pending_ += int(replay_.size());
+  journal_open_cell_.set(double(replay_.size()));
   return replay_.size();
 }
 

@@ -277,6 +277,8 @@ class engine {
   metrics::counter_cell& duplicate_;  ///< settlements_{"duplicate"}
   metrics::family& admission_wait_;  ///< histogram: an admission's wait for the store (batch + round trip)
   metrics::histogram_cell& admission_wait_cell_;
+  metrics::family& journal_open_;  ///< gauge: settlements in the settlement journal
+  metrics::gauge_cell& journal_open_cell_;
 };
 
 }  // namespace tollgate::policy

@@ -934,6 +934,7 @@ describe('settlement journal', () => {
       const b = await settledBudget(next, adm.token, 'journaled', { pred: (x) => x.spent_nano >= calls * CALL_NANO, timeoutMs: 10000 });
       assert.equal(b.spent_nano, calls * CALL_NANO, JSON.stringify(b));
       await eventually(() => statSync(journal).size === 0, { timeoutMs: 5000, intervalMs: 20, what: `${journal} emptied` });
+      assert.equal(metricValue(await scrape(next), 'tollgate_policy_settlement_journal_open'), 0);
       await next.stopClean();
     };
     try {
@@ -942,6 +943,7 @@ describe('settlement journal', () => {
       const g1 = await start(j1);
       await callDuringOutage(g1, redis, adm, kb);
       assert.ok(statSync(j1).size > 0, 'written when the first attempt failed');
+      assert.equal(metricValue(await scrape(g1), 'tollgate_policy_settlement_journal_open'), 1);
       assert.deepEqual(await g1.stop(), { code: 0, signal: null }, g1.stderr());
       assert.match(g1.stderr(), /settlements kept in the journal for the next start[^\n]*"settlements":1,/);
       assert.ok(!g1.stderr().includes('settlement lost'), g1.stderr());
