@@ -90,43 +90,32 @@ settlement_journal::opened settlement_journal::open(const std::string& path) {
   for (auto& s : added)
     if (!s.adm.lease.empty()) out.open.push_back(std::move(s));
 
-  // Rewrite the file with the open ones only (a new file renamed over it: never half-written).
+  // Rewrite the file with the open ones only.
   std::string compact;
   for (const auto& s : out.open) compact += "{\"add\":" + settlement_to_json(s) + "}\n";
+  // A new file, locked before it replaces the old one (no other process can take it in between),
+  // written and synced, then renamed over it (never half-written). Appends go to it.
   const std::string tmp = path + ".tmp";
-  const int tfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  bool ok = tfd >= 0;
-  for (std::size_t off = 0; ok && off < compact.size();) {
-    const ssize_t n = ::write(tfd, compact.data() + off, compact.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) ok = false;
-    else off += std::size_t(n);
-  }
-  ok = ok && ::fdatasync(tfd) == 0;
-  if (tfd >= 0) ::close(tfd);
-  ok = ok && ::rename(tmp.c_str(), path.c_str()) == 0;
-  if (!ok) {
-    const std::string why = errno_text();
-    ::close(fd);
-    throw std::runtime_error("store.settlement_journal: cannot rewrite " + path + ": " + why);
-  }
-  // The lock and the appends go to the new file.
-  ::close(fd);
-  fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd_ < 0 || ::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const std::string why = errno_text();
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-    throw std::runtime_error("store.settlement_journal: cannot reopen " + path + ": " + why);
-  }
+  const int tfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
   path_ = path;
+  std::string error;
+  const bool ok = tfd >= 0 && ::flock(tfd, LOCK_EX | LOCK_NB) == 0 && write_all(tfd, compact, error) &&
+                  ::rename(tmp.c_str(), path.c_str()) == 0;
+  if (!ok) {
+    if (error.empty()) error = "store.settlement_journal: cannot rewrite " + path + ": " + errno_text();
+    if (tfd >= 0) ::close(tfd);
+    ::close(fd);
+    throw std::runtime_error(error);
+  }
+  ::close(fd);  // the old file and its lock
+  fd_ = tfd;
   for (const auto& s : out.open) open_.insert(s.adm.lease);
   return out;
 }
 
-bool settlement_journal::write_all(const std::string& text, std::string& error) {
+bool settlement_journal::write_all(int fd, const std::string& text, std::string& error) {
   for (std::size_t off = 0; off < text.size();) {
-    const ssize_t n = ::write(fd_, text.data() + off, text.size() - off);
+    const ssize_t n = ::write(fd, text.data() + off, text.size() - off);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       error = "store.settlement_journal: cannot write " + path_ + ": " + errno_text();
@@ -134,7 +123,7 @@ bool settlement_journal::write_all(const std::string& text, std::string& error) 
     }
     off += std::size_t(n);
   }
-  if (::fdatasync(fd_) != 0) {
+  if (::fdatasync(fd) != 0) {
     error = "store.settlement_journal: cannot sync " + path_ + ": " + errno_text();
     return false;
   }
@@ -146,7 +135,7 @@ bool settlement_journal::add(std::span<const settlement* const> s, std::string& 
   if (fd_ < 0 || s.empty()) return fd_ >= 0;
   std::string text;
   for (const settlement* x : s) text += "{\"add\":" + settlement_to_json(*x) + "}\n";
-  if (!write_all(text, error)) return false;
+  if (!write_all(fd_, text, error)) return false;
   for (const settlement* x : s) open_.insert(x->adm.lease);
   return true;
 }
@@ -162,7 +151,7 @@ bool settlement_journal::done(std::span<const std::string_view> leases, std::str
   }
   std::string text;
   for (auto l : leases) text += "{\"done\":" + quoted(l) + "}\n";
-  return write_all(text, error);
+  return write_all(fd_, text, error);
 }
 
 std::size_t settlement_journal::open_count() const {

@@ -48,7 +48,8 @@ class settlement_journal {
   std::size_t open_count() const;
 
  private:
-  bool write_all(const std::string& text, std::string& error);
+  /// Writes all of `text` to `fd`, then fdatasync; false with `error` set (naming path_) on failure.
+  bool write_all(int fd, const std::string& text, std::string& error);
   mutable std::mutex mu_;
   int fd_ = -1;
   std::string path_;
