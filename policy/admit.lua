@@ -13,7 +13,9 @@
 --   KEYS[1]  sorted set of the team's calls in flight, scored by lease expiry; member
 --            "<lease>|<scope>=<counts for concurrency 0|1>=<reserved nano-USD>|..." (built by the
 --            gateway, which sends the same string to settle the call)
---   KEYS[2]  sorted set of calls whose lease expired before they were settled (kept a day)
+--   KEYS[2]  sorted set of calls whose lease expired before they were settled, and of charge-only
+--            settlements ("!<lease>": calls admitted without the store during an outage) once
+--            charged; each kept a day
 --   KEYS[3..] the scope hashes the batch touches: "<prefix>{team}:t" for the team, ":k:<id>" for a
 --            key, with fields rs ts (requests and tokens in the window), lo (oldest bucket that may
 --            hold counts), b<bucket> ("<requests>:<tokens>"), c (calls in flight), pid spent res
@@ -26,7 +28,8 @@
 --           actual cost_nano, their budget period id ('' : none); then the number of token
 --           corrections and per correction: spec index, bucket (admitted_at_ms / bucket size),
 --           summed tokens_actual - tokens_reserved;
---           then per settlement two arguments: member (as admission held it) and
+--           then per settlement two arguments: member (as admission held it, or "!<lease>" for a
+--           charge-only settlement: charged once, nothing released or corrected) and
 --           "tokens_actual,cost_nano_actual,admitted_at_ms,tokens_reserved,cost_nano_reserved"
 --           followed per scope by ";<spec index, 1-based>,<period id of the admission, '' : no
 --           budget>";
@@ -215,6 +218,7 @@ local admit0 = settle0 + 2 * nsettle
 -- (settled before: nothing); note the buckets other than the current one whose tokens it
 -- corrects (read with its scope below).
 local s_tok, s_cost, s_bucket, s_tres, s_cres, s_scopes
+local charged_only = false
 if not fast_settle and nsettle > 0 then s_tok, s_cost, s_bucket, s_tres, s_cres, s_scopes = {}, {}, {}, {}, {}, {} end
 a = settle0
 for ci = 1, fast_settle and 0 or nsettle do
@@ -222,7 +226,13 @@ for ci = 1, fast_settle and 0 or nsettle do
   local bucket = floor(N[at] / bsize)
   s_tok[ci], s_cost[ci], s_bucket[ci], s_tres[ci], s_cres[ci], s_scopes[ci] = N[tk], N[c], bucket, N[tr], N[cr], rest
   local st = 0
-  if call('ZREM', L, ARGV[a]) == 1 then
+  if byte(ARGV[a]) == 33 then
+    -- "!<lease>": a call admitted without the store during an outage; charge only, once (the
+    -- member stays in the expired set for a day).
+    if call('ZADD', X, 'NX', now, ARGV[a]) == 1 then
+      st, charged_only = 2, true
+    end
+  elseif call('ZREM', L, ARGV[a]) == 1 then
     st = 1
   elseif call('ZREM', X, ARGV[a]) == 1 then
     st = 2
@@ -288,8 +298,8 @@ if #gone > 0 then
     call('ZADD', X, now, m)
   end
   call('ZREMRANGEBYSCORE', L, '-inf', now)
-  call('ZREMRANGEBYSCORE', X, '-inf', now - 86400000)
 end
+if #gone > 0 or charged_only then call('ZREMRANGEBYSCORE', X, '-inf', now - 86400000) end
 
 local spec_scope = {}
 for k = 1, nspecs do spec_scope[k] = scope(spec_sfx[k]) end

@@ -155,8 +155,14 @@ settle_result memory_store::settle_now(const settlement& s) {
   const std::int64_t now = now_();
   settle_result r;
   r.reachable = true;
-  // A settlement applied twice charges once: only the first finds its call in flight.
-  r.applied = inflight_.erase(s.adm.lease) > 0;
+  // A settlement applied twice charges once: only the first finds its call in flight (a
+  // charge-only one, its lease not yet among those charged).
+  if (s.charge_only) {
+    if (charged_.size() > 4096) std::erase_if(charged_, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
+    r.applied = charged_.emplace(s.adm.lease, now).second;
+  } else {
+    r.applied = inflight_.erase(s.adm.lease) > 0;
+  }
   const std::int64_t first = now / bucket_ms_ - buckets, bucket = s.admitted_at_ms / bucket_ms_;
   for (std::size_t i = 0; i < s.adm.scopes.size(); ++i) {
     const auto& sc = s.adm.scopes[i];
@@ -165,8 +171,8 @@ settle_result memory_store::settle_now(const settlement& s) {
     if (r.applied) {
       scope_state& st = scopes_[sc.id + "@" + sc.team];
       const bool budget = sc.budget.set();
-      const bool held = (sc.limits.concurrency || budget) && st.held.remove(s.adm.lease);
-      if ((sc.limits.rpm || sc.limits.tpm) && bucket >= first)
+      const bool held = !s.charge_only && (sc.limits.concurrency || budget) && st.held.remove(s.adm.lease);
+      if (!s.charge_only && (sc.limits.rpm || sc.limits.tpm) && bucket >= first)
         if (auto it = st.rate.buckets.find(bucket); it != st.rate.buckets.end()) {
           it->second.second = it->second.second - s.adm.tokens + s.tokens;
           st.rate.tokens = st.rate.tokens - s.adm.tokens + s.tokens;

@@ -86,6 +86,9 @@ class memory_store final : public store {
   std::mutex mu_;
   std::unordered_map<std::string, scope_state> scopes_;
   std::unordered_map<std::string, std::int64_t> inflight_;  ///< lease -> admission time, until settled
+  /// Leases of charge-only settlements applied (settlement::charge_only) -> when: kept a day, so a
+  /// charge sent again is applied once.
+  std::unordered_map<std::string, std::int64_t> charged_;
   std::map<std::string, key_record> keys_;
   std::map<std::string, team_record> teams_;
   std::map<std::string, usage_row> usage_;  ///< by "<hour>|<team>|<key>|<model>"

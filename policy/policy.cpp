@@ -109,7 +109,8 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       degraded_(reg.add("tollgate_policy_store_degraded",
                         "1 while the policy store is unreachable and the degraded policy applies.", metrics::kind::gauge)),
       settlements_(reg.add("tollgate_policy_settlements_total",
-                           "Settlements by result: applied, duplicate, retried, lost, local.", metrics::kind::counter,
+                           "Settlements by result: applied, duplicate, retried, lost, local; outage: calls admitted while the "
+                            "store was unreachable (budgets: fail_open), their cost charged to it later.", metrics::kind::counter,
                            {"result"})),
       soft_(reg.add("tollgate_budget_soft_threshold_total",
                     "Budgets that crossed their soft threshold (once per period), by team and scope (team or key).",
@@ -465,12 +466,24 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     };
     if (has_budget && cfg.store.budgets == config::on_store_failure::fail_closed) co_return closed();
     if (cfg.store.rate_limits == config::on_store_failure::fail_closed) co_return closed();
+    if (has_budget) {
+      // Budgets fail_open: unchecked now, but the call's cost is charged when the store is back.
+      const std::int64_t now_ms =
+          duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+      for (const auto& s : a.scopes)
+        if (s.budget.set()) {
+          r->charge_scopes.push_back(s);
+          r->charge_periods.push_back(period_id(s.budget.period, now_ms));
+        }
+    }
     if (cfg.store.rate_limits == config::on_store_failure::fail_open) {
       decisions_.counter({"open"}).inc();
+      r->unchecked = true;
       ctx.reservation = std::move(r);
       co_return flow::next;
     }
-    // Per-instance limits: each replica takes its share of the limit; budgets (fail_open) unchecked.
+    // Per-instance limits: each replica takes its share of the limit; budgets (fail_open) unchecked
+    // here and charged later.
     admission local = a;
     local.rendered.clear();  // its scopes and cost change below
     for (auto& s : local.scopes) {
@@ -560,10 +573,14 @@ void engine::settle(request_context& ctx, executor_t ex) {
     s.tokens = ctx.usage.prompt + ctx.usage.completion;
     s.cost_nano = r->price ? cost_nano(*r->price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion) : 0;
   }
-  if (r->local) {
-    s.cost_nano = 0;
-    local_.settle_now(s);
-    settlements_.counter({"local"}).inc();
+  if (r->local || r->unchecked) {
+    const std::int64_t cost = s.cost_nano;
+    if (r->local) {  // the per-instance limits: their hold released, their token count corrected
+      s.cost_nano = 0;
+      local_.settle_now(s);
+      settlements_.counter({"local"}).inc();
+    }
+    if (cost > 0 && !r->charge_scopes.empty()) charge_later(ctx.worker, *r, s.tokens, cost);
     return;
   }
   // Handed to the store: the Redis store carries it in this worker's next admission script call
@@ -653,6 +670,64 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
   q.flushing = false;
 }
 
+void engine::charge_later(unsigned worker, const reservation& r, std::uint64_t tokens, std::int64_t cost_nano) {
+  if (queues_.empty()) return;
+  const unsigned w = worker % unsigned(queues_.size());
+  auto& q = queues_[w];
+  settlements_.counter({"outage"}).inc();
+  const auto same = [&r](const settlement& s) {
+    if (s.periods != r.charge_periods || s.adm.scopes.size() != r.charge_scopes.size()) return false;
+    for (std::size_t i = 0; i < s.adm.scopes.size(); ++i) {
+      const auto &a = s.adm.scopes[i], &b = r.charge_scopes[i];
+      if (a.id != b.id || a.team != b.team || a.budget.limit_nano != b.budget.limit_nano ||
+          a.budget.period != b.budget.period || a.budget.soft != b.budget.soft)
+        return false;
+    }
+    return true;
+  };
+  for (auto& s : q.outage)
+    if (same(s)) {
+      s.tokens += tokens;
+      s.cost_nano += cost_nano;
+      return;
+    }
+  settlement s;
+  s.charge_only = true;
+  s.adm.lease = instance_ + "-o" + std::to_string(w) + "-" + std::to_string(++outage_seq_);
+  s.adm.scopes = r.charge_scopes;
+  s.periods = r.charge_periods;
+  s.tokens = tokens;
+  s.cost_nano = cost_nano;
+  s.admitted_at_ms = duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  q.outage.push_back(std::move(s));
+  ++pending_;
+  if (!q.sealing && w < executors_.size()) {
+    q.sealing = true;
+    net::co_spawn(executors_[w], seal_outage(w, alive_), net::detached);
+  }
+}
+
+awaitable<void> engine::seal_outage(unsigned worker, std::weak_ptr<const bool> alive) {
+  steady_timer_t timer(co_await net::this_coro::executor);
+  timer.expires_after(outage_seal);
+  co_await timer.async_wait();
+  if (alive.expired()) co_return;
+  auto& q = queues_[worker];
+  q.sealing = false;
+  if (q.outage.empty()) co_return;  // (given up at shutdown)
+  // Sealed: each sum is final from here on (its journal line and every resend carry the same
+  // figures under the same lease, so the store charges it once).
+  const std::size_t first_new = q.items.size();
+  const auto give_up = steady_clock::now() + minutes(10);
+  for (auto& s : q.outage) q.items.push_back(retry_item{std::move(s), give_up});
+  q.outage.clear();
+  journal_add(std::span<retry_item>(q.items).subspan(first_new));
+  if (!q.flushing) {
+    q.flushing = true;
+    net::co_spawn(executors_[worker], retry_settlements(worker, alive_), net::detached);
+  }
+}
+
 void engine::lose(const settlement& s, std::string_view why) {
   settlements_.counter({"lost"}).inc();
   const std::string team = s.adm.scopes.empty() ? std::string() : s.adm.scopes.front().team;
@@ -676,6 +751,8 @@ void engine::abandon_pending(unsigned worker) {
       lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
     }
   }
+  for (auto& s : q.outage) lose(s, "settlement lost at shutdown: the policy store was unreachable");
+  q.outage.clear();
   if (kept)
     log_("warn", "settlements kept in the journal for the next start: the policy store was unreachable",
          "\"settlements\":" + std::to_string(kept) + ",\"cost_usd\":" + std::to_string(double(kept_nano) / 1e9));

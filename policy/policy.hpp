@@ -48,6 +48,12 @@ struct reservation {
   std::chrono::steady_clock::time_point admitted{};  ///< this process's clock, for lease renewal
   std::chrono::steady_clock::time_point renewed{};
   bool local = false;  ///< admitted by the per-instance fallback (Redis was unreachable)
+  bool unchecked = false;  ///< admitted unchecked (store unreachable, rate_limits: fail_open)
+  /// Admitted without the store (local or unchecked) under budgets: fail_open: the scopes with a
+  /// budget and their periods (this process's clock), so that the call's cost reaches the store
+  /// later (settlement::charge_only). Empty otherwise.
+  std::vector<scope_spec> charge_scopes;
+  std::vector<std::string> charge_periods;
   const config::price_config* price = nullptr;  ///< points into ctx.snap's config
 };
 
@@ -179,6 +185,13 @@ class engine {
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);
   void report_soft(const settlement& s, const settle_result& r);
+  /// The cost of a call admitted without the store (budgets: fail_open), for the store later:
+  /// summed per worker with the other such calls of the same scopes and periods for up to
+  /// outage_seal, then sealed into one charge-only settlement (journaled, if there is a journal)
+  /// and sent like a settlement the store could not take, until it does.
+  void charge_later(unsigned worker, const reservation& r, std::uint64_t tokens, std::int64_t cost_nano);
+  awaitable<void> seal_outage(unsigned worker, std::weak_ptr<const bool> alive);
+  static constexpr std::chrono::milliseconds outage_seal{100};
   /// Counts `s` as lost and logs it (error) with its lease, team, cost and tokens.
   void lose(const settlement& s, std::string_view why);
   /// Counts a finished call in this worker's usage table (written to the store every second).
@@ -219,7 +232,12 @@ class engine {
   struct retry_queue {
     std::vector<retry_item> items;
     bool flushing = false;
+    /// Charges of calls admitted without the store, being summed (charge_later), and whether a
+    /// seal_outage() is due.
+    std::vector<settlement> outage;
+    bool sealing = false;
   };
+  std::atomic<std::uint64_t> outage_seq_{0};  ///< numbers the charge-only settlements' leases
   std::vector<retry_queue> queues_;
   std::vector<executor_t> executors_;
   /// Per worker: admitted calls not settled yet (for renewal), by their reservation's address

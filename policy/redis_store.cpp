@@ -245,16 +245,25 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
     packed.append(digits, std::size_t(end - digits));
     if (sep) packed += sep;
   };
+  std::string charge_member;
   for (const settlement& s : settles) {
     const auto& a = s.adm;
-    if (a.rendered.empty()) lease_member(a, a.rendered);  // (built when it was admitted)
-    tail.add(a.rendered);
+    if (s.charge_only) {
+      // No lease in flight to find: "!<lease>", which admit.lua remembers a day in the expired
+      // set once charged. Its tokens as reserved: no rate window to correct. Call by call.
+      charge_member.assign("!").append(a.lease);
+      tail.add(charge_member);
+      summable = false;
+    } else {
+      if (a.rendered.empty()) lease_member(a, a.rendered);  // (built when it was admitted)
+      tail.add(a.rendered);
+    }
     packed.clear();
     num(s.tokens, ',');
     num(s.cost_nano, ',');
     num(s.admitted_at_ms, ',');
-    num(a.tokens, ',');
-    num(a.cost_nano, 0);
+    num(s.charge_only ? s.tokens : a.tokens, ',');
+    num(s.charge_only ? 0 : a.cost_nano, 0);
     const std::int64_t d = std::int64_t(s.tokens) - std::int64_t(a.tokens);
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
       const std::size_t k = spec(a.scopes[i]);

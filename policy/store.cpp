@@ -112,6 +112,7 @@ std::string settlement_to_json(const settlement& s) {
                  {"admitted_at_ms", s.admitted_at_ms},
                  {"tokens", s.tokens},
                  {"cost_nano", s.cost_nano}};
+  if (s.charge_only) o["charge_only"] = true;
   return json::serialize(o);
 }
 
@@ -124,6 +125,10 @@ std::optional<settlement> settlement_from_json(const json::object& o) {
   s.admitted_at_ms = i64(o, "admitted_at_ms");
   s.tokens = u64(o, "tokens");
   s.cost_nano = i64(o, "cost_nano");
+  if (const auto* c = o.if_contains("charge_only")) {
+    if (!c->is_bool()) return std::nullopt;
+    s.charge_only = c->get_bool();
+  }
   const auto* scopes = o.if_contains("scopes");
   const auto* periods = o.if_contains("periods");
   if (s.adm.lease.empty() || !scopes || !scopes->is_array() || scopes->get_array().empty() || !periods ||

@@ -100,6 +100,11 @@ struct settlement {
   std::uint64_t tokens = 0;          ///< actual tokens (prompt + completion)
   std::int64_t cost_nano = 0;        ///< actual cost
   std::int64_t admitted_at_ms = 0;   ///< from admit_result
+  /// The call (or, summed, several calls) was admitted without the store while it was
+  /// unreachable (store.on_unavailable), so the store holds no lease or reservation for it: only
+  /// its cost is charged to the budgets of `adm.scopes`, in `periods`, once per `adm.lease`
+  /// (remembered a day); nothing is released and no rate window is corrected.
+  bool charge_only = false;
 };
 
 struct settle_result {

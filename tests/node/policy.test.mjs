@@ -7,6 +7,7 @@ import { createHmac } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
@@ -962,6 +963,85 @@ describe('settlement journal', () => {
       const holder = await start(j2);
       await assert.rejects(start(j2), /another gateway holds it/);
       await holder.stopClean();
+    } finally {
+      redis.resume();
+      for (const g of gws) await g.kill();
+      await redis.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('budgets: fail_open during an outage', () => {
+  test('calls admitted while Redis is away are charged to the budget once it is back, exactly; through SIGKILL with a journal', { timeout: 60000 }, async () => {
+    const redis = await startRedis();
+    const adm = adminToken();
+    const kb = staticKey('openbud1');
+    const dir = mkdtempSync(join(tmpdir(), 'tollgate-outage-'));
+    const journal = join(dir, 'outage.journal');
+    const extra = `  on_unavailable: {budgets: fail_open}\n  settlement_journal: ${journal}\n`;
+    const gws = [];
+    const start = () => startBudgetGateway(redis, adm, kb, 'opened', extra).then((g) => (gws.push(g), g));
+    const m = async (gw, name, labels) => metricValue(await scrape(gw), name, labels);
+    /** The team's budget once `pred` holds. (Not settledBudget: the admission that was on the wire
+     *  when Redis stopped runs when it resumes, and its reservation stays until its lease expires.) */
+    const spent = (gw, pred) =>
+      eventually(
+        async () => {
+          const b = await budget(gw, adm.token, 'opened');
+          return pred(b) ? b : undefined;
+        },
+        { timeoutMs: 10000, intervalMs: 25, what: 'the outage calls charged' },
+      );
+    /** `n` calls while Redis is paused: each served (local limits, budget unchecked) and held for a later charge. */
+    const duringOutage = async (gw, n) => {
+      const local0 = await m(gw, 'tollgate_policy_decisions_total', { decision: 'local' });
+      const outage0 = await m(gw, 'tollgate_policy_settlements_total', { result: 'outage' });
+      for (let i = 0; i < n; i++) assert.equal((await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 })).status, 200);
+      assert.equal((await m(gw, 'tollgate_policy_decisions_total', { decision: 'local' })) - local0, n);
+      await eventually(async () => (await m(gw, 'tollgate_policy_settlements_total', { result: 'outage' })) - outage0 === n, {
+        timeoutMs: 3000,
+        what: `${n} calls held for a later charge`,
+      });
+      assert.equal(await m(gw, 'tollgate_policy_store_degraded'), 1);
+    };
+    try {
+      const g1 = await start();
+      await waitStoreUp(g1, adm.token, { rounds: 2 });
+      assert.equal((await chat(g1, kb.full, body('mock-gpt'))).status, 200);
+      await settledBudget(g1, adm.token, 'opened', { pred: (b) => b.spent_nano === CALL_NANO });
+
+      // Away, then back: the 4 calls' cost arrives once, and no more follows.
+      redis.pause();
+      await duringOutage(g1, 4);
+      redis.resume();
+      const b1 = await spent(g1, (b) => b.spent_nano >= 5 * CALL_NANO);
+      assert.equal(b1.spent_nano, 5 * CALL_NANO, JSON.stringify(b1));
+      await sleep(300);
+      assert.equal((await budget(g1, adm.token, 'opened')).spent_nano, 5 * CALL_NANO, 'charged once');
+      // Enforced by Redis again.
+      assert.equal((await chat(g1, kb.full, body('mock-gpt'))).status, 200);
+      assert.equal(await m(g1, 'tollgate_policy_store_degraded'), 0);
+      await spent(g1, (b) => b.spent_nano === 6 * CALL_NANO);
+
+      // Away again, and the gateway is killed once the charge is sealed into the journal: the
+      // next start sends it.
+      redis.pause();
+      await duringOutage(g1, 3);
+      await eventually(async () => (await m(g1, 'tollgate_policy_settlement_journal_open')) >= 1, {
+        timeoutMs: 5000,
+        intervalMs: 20,
+        what: 'the charge in the journal',
+      });
+      g1.signal('SIGKILL');
+      await g1.exited;
+      redis.resume();
+      const g2 = await start();
+      await g2.waitForStderr(/settlement journal: replaying/, 5000);
+      const b2 = await spent(g2, (b) => b.spent_nano >= 9 * CALL_NANO);
+      assert.equal(b2.spent_nano, 9 * CALL_NANO, JSON.stringify(b2));
+      await eventually(() => statSync(journal).size === 0, { timeoutMs: 5000, intervalMs: 20, what: 'journal emptied' });
+      await g2.stopClean();
     } finally {
       redis.resume();
       for (const g of gws) await g.kill();

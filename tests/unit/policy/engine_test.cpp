@@ -49,9 +49,12 @@ struct dead_store final : store {
 struct flaky_store final : store {
   memory_store inner;
   bool down = false;
+  bool admit_down = false;  ///< admissions fail too (an outage before the call)
   int settle_calls = 0;
   std::string_view kind() const override { return "flaky"; }
-  awaitable<admit_result> admit(unsigned, const admission& a) override { co_return inner.admit_now(a); }
+  awaitable<admit_result> admit(unsigned, const admission& a) override {
+    co_return admit_down ? admit_result{} : inner.admit_now(a);
+  }
   awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
     ++settle_calls;
     std::vector<settle_result> out(b.size());
@@ -150,6 +153,50 @@ class EngineTest : public ::testing::Test {
     eng->settle(c, executor_t(ioc.get_executor()));
     ioc.restart();
     while (eng->pending() > 0) ioc.run_one_for(std::chrono::milliseconds(5));
+  }
+
+  /// Four calls admitted during an outage under budgets: fail_open (and `store_extra`'s
+  /// rate-limit policy, counted as `decision`): the budget is not checked then, but what the calls
+  /// cost reaches it afterwards, exactly, and is enforced again.
+  void outage_calls_are_charged_later(const std::string& store_extra, const std::string& decision) {
+    auto flaky = std::make_shared<flaky_store>();
+    make("store: {on_unavailable: {budgets: fail_open" + store_extra + "}}\n", flaky);
+    flaky->down = flaky->admit_down = true;
+    for (int i = 0; i < 4; ++i) {
+      auto c = ctx("tg_rich1_" + secret);
+      ASSERT_EQ(call(c), errc::ok) << i;
+      c.status = 200;
+      c.upstream_answered = true;
+      c.usage = {2, 1, 0, true};  // 4,000,000 nano-USD each
+      eng->settle(c, executor_t(ioc.get_executor()));
+    }
+    std::string m = reg.expose();
+    EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"outage\"} 4"), std::string::npos) << m;
+    EXPECT_NE(m.find("tollgate_policy_decisions_total{decision=\"" + decision + "\"} 4"), std::string::npos) << m;
+    EXPECT_EQ(eng->pending(), 1);  // the four summed into one charge
+    ioc.restart();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (flaky->settle_calls < 2 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+    EXPECT_GE(flaky->settle_calls, 2);  // sealed after 100 ms, then tried while the store is down
+    EXPECT_EQ(eng->pending(), 1);
+    const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+    EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 0);
+    flaky->down = flaky->admit_down = false;
+    ioc.restart();
+    while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+    EXPECT_EQ(eng->pending(), 0);
+    auto b = run_sync(ioc, eng->budget(0, team));
+    EXPECT_EQ(b.spent, 16'000'000);
+    EXPECT_EQ(b.reserved, 0);
+    m = reg.expose();
+    EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"applied\"} 1"), std::string::npos) << m;
+    // $0.016 of $0.030 crossed the soft threshold (50%): reported as for any settlement.
+    EXPECT_EQ(std::count_if(logs.begin(), logs.end(),
+                            [](auto& l) { return l.find("budget soft threshold crossed") != std::string::npos; }),
+              1);
+    // Enforced again: $0.016 spent, and a call's worst case (5 + 5 tokens, $0.015) no longer fits.
+    auto next = ctx("tg_rich1_" + secret);
+    EXPECT_EQ(call(next), errc::budget_exceeded);
   }
 
   metrics::registry reg;
@@ -498,6 +545,14 @@ TEST_F(EngineTest, UnreachableStoreWithFailOpenBudgetsAdmitsUnderLocalLimits) {
   make("store: {on_unavailable: {budgets: fail_open}}\n", std::make_shared<dead_store>());
   auto rich = ctx("tg_rich1_" + secret);
   EXPECT_EQ(call(rich), errc::ok);
+}
+
+TEST_F(EngineTest, CallsAdmittedUnderLocalLimitsDuringAnOutageAreChargedToTheBudgetOnceTheStoreIsBack) {
+  outage_calls_are_charged_later("", "local");
+}
+
+TEST_F(EngineTest, CallsAdmittedUncheckedDuringAnOutageAreChargedToTheBudgetOnceTheStoreIsBack) {
+  outage_calls_are_charged_later(", rate_limits: fail_open", "open");
 }
 
 TEST_F(EngineTest, OpenGatewayIgnoresForeignCredentialsButChecksTollgateKeys) {

@@ -65,7 +65,8 @@ std::vector<const settlement*> ptrs(const std::vector<settlement>& v) {
 }
 
 TEST_F(SettlementJournalTest, WhatIsNotDoneComesBackWhole) {
-  const std::vector<settlement> s{sample("a", 1), sample("b", 2), sample("c", 3)};
+  std::vector<settlement> s{sample("a", 1), sample("b", 2), sample("c", 3)};
+  s[2].charge_only = true;  // (a call admitted during an outage: its cost only)
   {
     settlement_journal j;
     EXPECT_TRUE(j.open(path).open.empty());
@@ -84,6 +85,8 @@ TEST_F(SettlementJournalTest, WhatIsNotDoneComesBackWhole) {
   // Every field survives, the budget's 5e15 nano-USD exactly.
   const settlement& c = opened.open[1];
   EXPECT_EQ(c.adm.lease, "c");
+  EXPECT_TRUE(c.charge_only);
+  EXPECT_FALSE(opened.open[0].charge_only);
   EXPECT_EQ(c.cost_nano, 3);
   EXPECT_EQ(c.tokens, 77u);
   EXPECT_EQ(c.adm.cost_nano, 9'000);
@@ -124,17 +127,21 @@ TEST_F(SettlementJournalTest, OnceNothingIsOpenTheFileIsEmpty) {
 }
 
 TEST_F(SettlementJournalTest, ATornLastLineAndForeignLinesAreSkippedAndCounted) {
+  // A charge-only flag that is not a boolean: which kind of settlement it is is unknown.
+  std::string odd_flag = settlement_to_json(sample("odd-flag", 7));
+  odd_flag.insert(1, "\"charge_only\":\"yes\",");
   {
     std::ofstream out(path);
     out << "{\"add\":" << settlement_to_json(sample("kept", 5)) << "}\n"
         << "not json at all\n"
         << "{\"add\":{\"lease\":\"no-scopes\"}}\n"
         << "{\"done\":\"never-added\"}\n"
+        << "{\"add\":" << odd_flag << "}\n"
         << "{\"add\":" << settlement_to_json(sample("torn", 6)).substr(0, 40);  // a crash mid-write
   }
   settlement_journal j;
   const auto opened = j.open(path);
-  EXPECT_EQ(opened.skipped, 3u);
+  EXPECT_EQ(opened.skipped, 4u);
   ASSERT_EQ(opened.open.size(), 1u);
   EXPECT_EQ(opened.open[0].adm.lease, "kept");
   EXPECT_EQ(opened.open[0].cost_nano, 5);

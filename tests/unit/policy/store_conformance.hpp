@@ -474,6 +474,51 @@ TYPED_TEST_P(StoreConformance, SettlementAppliedTwiceChargesOnce) {
   EXPECT_EQ(this->budget(s).spent, 70);
 }
 
+TYPED_TEST_P(StoreConformance, AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse) {
+  // A call admitted without the store (an outage, budgets: fail_open) is charged later: only its
+  // cost, to its scopes' budgets, once per lease; no hold released, no rate window changed.
+  auto t = scope("t", {0, 0, 1}, budget_of(1000));
+  auto k = scope("k:abc", {0, 100, 0}, budget_of(1000, 0.25));
+  auto held = this->adm({t, k}, 10, 100);
+  auto hr = this->admit(held);
+  ASSERT_EQ(hr.v, verdict::admitted);
+  settlement c;
+  c.charge_only = true;
+  c.adm.lease = "outage-1-" + held.lease;
+  c.adm.scopes = {t, k};
+  c.periods = {"all", "all"};
+  c.tokens = 40;
+  c.cost_nano = 300;
+  c.admitted_at_ms = hr.admitted_at_ms;
+  auto first = run_sync(this->ioc, this->st->settle_batch(0, {c, c}));  // the same charge twice in one batch
+  ASSERT_EQ(first.size(), 2u);
+  ASSERT_TRUE(first[0].reachable);
+  EXPECT_TRUE(first[0].applied);
+  ASSERT_EQ(first[0].spent.size(), 2u);
+  EXPECT_EQ(first[0].spent[0], 300);
+  EXPECT_EQ(first[0].spent[1], 300);
+  EXPECT_EQ(first[0].soft_crossed, (std::vector<bool>{false, true}));  // the key's 250
+  EXPECT_TRUE(first[1].reachable);
+  EXPECT_FALSE(first[1].applied);
+  auto again = run_sync(this->ioc, this->st->settle(0, c));  // sent again later (a retry, a replay)
+  EXPECT_TRUE(again.reachable);
+  EXPECT_FALSE(again.applied);
+  auto bt = this->budget(t), bk = this->budget(k);
+  EXPECT_EQ(bt.spent, 300);
+  EXPECT_EQ(bk.spent, 300);
+  EXPECT_EQ(bt.reserved, 100);  // the held call's reservation is still there
+  EXPECT_EQ(this->admit(this->adm({t}, 1, 1)).v, verdict::concurrency);  // and its slot
+  // The key's token window holds the held call's 10, not the charge's 40: 90 more fit exactly.
+  EXPECT_EQ(this->admit(this->adm({k}, 90, 0)).v, verdict::admitted);
+  EXPECT_EQ(this->admit(this->adm({k}, 1, 0)).v, verdict::tpm);
+  // The held call settles as usual, after the charge.
+  ASSERT_TRUE(this->settle(held, hr, 10, 50).applied);
+  bt = this->budget(t);
+  EXPECT_EQ(bt.spent, 350);
+  EXPECT_EQ(bt.reserved, 0);
+  EXPECT_EQ(this->admit(this->adm({t}, 1, 1)).v, verdict::admitted);
+}
+
 TYPED_TEST_P(StoreConformance, SoftThresholdIsReportedOncePerPeriod) {
   // Four calls of 20 against 100 with a soft threshold at 50: which settlements crossed it.
   const auto crossings = [this](const scope_spec& s) {
@@ -557,6 +602,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             LeasesOfADeadGatewayExpire, ACallThatOutlivedItsLeaseIsStillChargedOnce,
                             ARenewedLeaseKeepsItsHoldPastTheFirstExpiry,
                             SettlementAppliedTwiceChargesOnce,
+                            AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse,
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
                             KeysRoundTripAndInvalidationsReachListeners);
 
