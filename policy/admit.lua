@@ -20,7 +20,8 @@
 --            key, with fields rs ts (requests and tokens in the window), lo (oldest bucket that may
 --            hold counts), b<bucket> ("<requests>:<tokens>"), c (calls in flight), pid spent res
 --            soft (budget period, spent and reserved nano-USD, soft-threshold flag), ~ (HPIN below)
--- ARGV      lease_ms, window_ms, nadmit, nsettle, nspecs, then per scope spec: scope ("t" or
+-- ARGV      lease_ms, window_ms, nadmit, nsettle, nspecs, deadline_ms (the latest Redis time at
+--           which the admissions may still be applied; 0: any), then per scope spec: scope ("t" or
 --           "k:<id>"), rpm, tpm, concurrency, budget_limit_nano (-1: none), period kind (d|m|t),
 --           soft_threshold_nano (0: none);
 --           then the batch's sums: "0" (none: call by call), or "1" and per scope spec: admissions
@@ -45,7 +46,8 @@
 --           spec its requests and tokens in the window before the admissions: when every
 --           admission was admitted from the sums; or 0 and per admission: 1,requests,tokens admitted;
 --           0,reason,scope_index,retry_ms,requests,tokens refused (reason 1 rpm, 2 tpm,
---           3 concurrency, 4 budget); 2,spent,reserved,0 (read). requests (tokens): the fewest
+--           3 concurrency, 4 budget); 2,spent,reserved,0 (read); 3 (past the deadline: nothing
+--           reserved). requests (tokens): the fewest
 --           left in any of the call's scopes' windows, after its reservation when admitted, as
 --           left * 16 + that scope's index (0: none limits them), for the x-ratelimit-* headers.
 --           Every element of the reply costs a conversion here and an object in the gateway's
@@ -89,6 +91,12 @@ local base = string.sub(L, 1, -2)  -- "<prefix>{team}:"
 local lease_ms = (ARGV[1] + 0)
 local window = (ARGV[2] + 0)
 local nadmit, nsettle, nspecs = (ARGV[3] + 0), (ARGV[4] + 0), (ARGV[5] + 0)
+-- The gateway gives up on a batch after its timeout, and Redis may run the script later (it had
+-- the command when it stalled): then nobody would settle what it reserved. So the batch carries
+-- the moment the gateway gives up, on this clock (estimated from below: docs/policy.md), and a
+-- later run admits nothing.
+local deadline = (ARGV[6] + 0)
+local expired = deadline > 0 and now > deadline
 
 -- Rate windows: 30 buckets of window/30 plus the current one. A call counts for between 30 and 31
 -- buckets after its admission: never less than the window, so no 60 s span ever holds more than
@@ -149,13 +157,13 @@ end
 local SPEC = 7
 local spec_sfx, spec_rpm, spec_tpm, spec_conc, spec_blimit, spec_pid, spec_soft = {}, {}, {}, {}, {}, {}, {}
 for k = 1, nspecs do
-  local j = 6 + (k - 1) * SPEC
+  local j = 7 + (k - 1) * SPEC
   spec_sfx[k] = ARGV[j]
   spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k], spec_soft[k] =
       (ARGV[j + 1] + 0), (ARGV[j + 2] + 0), (ARGV[j + 3] + 0), (ARGV[j + 4] + 0), (ARGV[j + 6] + 0)
   if spec_blimit[k] >= 0 then spec_pid[k] = pid_of(ARGV[j + 5]) end
 end
-local settle0 = 6 + nspecs * SPEC
+local settle0 = 7 + nspecs * SPEC
 
 -- The batch's sums, if the gateway sent them: spec k's fields start at ag + (k - 1) * 7 (see
 -- the header), the token corrections at dj.
@@ -400,7 +408,7 @@ local expiry = fmt('%d', now + lease_ms)
 -- Admissions from the sums, if every scope has room for all of them: each scope checked and
 -- reserved once; the reply gives each scope's counts before them.
 local fast_admit = false
-if agg and nadmit > 0 then
+if agg and nadmit > 0 and not expired then
   fast_admit = true
   for k = 1, nspecs do
     local s, f = spec_scope[k], ag + (k - 1) * 7
@@ -452,7 +460,7 @@ end
 -- Admissions, call by call.
 local ks = not fast_admit and {} or nil  -- the call's spec indexes (reused: a table per call would cost more)
 a = admit0
-for _ = 1, fast_admit and 0 or nadmit do
+for _ = 1, (fast_admit or expired) and 0 or nadmit do
   local member, tk_, c_, rest = ARGV[a], string.match(ARGV[a + 1], '^(%d+),(-?%d+)(.*)$')
   local tokens, cost, n = N[tk_], N[c_], 0
   for k in string.gmatch(rest, ';(%d+)') do
@@ -523,6 +531,12 @@ for _ = 1, fast_admit and 0 or nadmit do
         0, why, idx, retry, rq * 16 + rqi, tk * 16 + tki, no + 6
   else
     out[no + 1], out[no + 2], out[no + 3], out[no + 4], no = code, why, idx, retry, no + 4
+  end
+end
+if expired then
+  for _ = 1, nadmit do
+    no = no + 1
+    out[no] = 3
   end
 end
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <map>
 
 #include "policy/keys.hpp"
@@ -67,6 +68,7 @@ redis_store::~redis_store() { stop(); }
 
 void redis_store::start(const std::vector<executor_t>& workers) {
   queues_.resize(workers.size());
+  clock_offset_.assign(workers.size(), std::numeric_limits<std::int64_t>::min());
   for (std::size_t i = 0; i < workers.size(); ++i) queues_[i].carry = std::make_unique<steady_timer_t>(workers[i]);
   executors_ = workers;
   for (auto& ex : workers) {
@@ -210,7 +212,7 @@ struct same_spec {
 }  // namespace
 
 redis_store::batch_plan redis_store::script_args(const std::vector<const admission*>& calls,
-                                                 const std::vector<settlement>& settles) const {
+                                                 const std::vector<settlement>& settles, std::int64_t deadline_ms) const {
   spec_table<same_spec> specs;
   std::vector<spec_sums> sums;
   batch_plan plan;
@@ -334,6 +336,7 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   args.add(calls.size());
   args.add(settles.size());
   args.add(specs.specs.size());
+  args.add(deadline_ms);
   args.append(specs.header);
   if (summable) {
     args.add(std::string_view("1"));
@@ -385,6 +388,11 @@ admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::s
   admit_result out;  // unavailable unless the reply says otherwise
   if (at >= e.size()) return out;
   const std::int64_t code = as_int(e[at]);
+  if (code == 3) {  // Redis ran it past the batch's deadline: nothing reserved
+    ++at;
+    late_.fetch_add(1, std::memory_order_relaxed);
+    return out;
+  }
   const std::size_t width = code == 1 ? 3 : code == 0 ? 6 : 4;
   if (at + width > e.size()) {
     at = e.size();
@@ -665,13 +673,33 @@ class admission_due {
 
 long redis_store::admissions_awaited() { return admissions_due; }
 
+namespace {
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+constexpr std::int64_t offset_unknown = std::numeric_limits<std::int64_t>::min();
+}  // namespace
+
+std::int64_t redis_store::deadline_for(unsigned worker) const {
+  if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return 0;
+  return wall_ms() + clock_offset_[worker] + std::int64_t(cfg_.timeout_ms) - 1;
+}
+
+void redis_store::learn_offset(unsigned worker, std::int64_t redis_ms) {
+  if (worker >= clock_offset_.size() || redis_ms <= 0) return;
+  const std::int64_t sample = redis_ms - wall_ms();
+  std::int64_t& o = clock_offset_[worker];
+  o = o == offset_unknown ? sample : std::max(sample, o - 1);
+}
+
 awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, const std::string& team,
                                                              const std::vector<std::shared_ptr<pending_admit>>& admits,
                                                              const std::vector<settlement>& settles) {
   std::vector<const admission*> calls;
   calls.reserve(admits.size());
   for (auto& p : admits) calls.push_back(p->a);
-  batch_plan plan = script_args(calls, settles);
+  batch_plan plan = script_args(calls, settles, admits.empty() ? 0 : deadline_for(worker));
   std::vector<std::string> keys = team_keys(team);
   add_scope_keys(keys, plan.specs);
   admission_due due(!admits.empty());
@@ -683,7 +711,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
     if (aggregate_.exchange(false))
       notice("warn", "Redis lacks ZMSCORE (Redis 6.2 or later): policy batches go call by call, "
                      "which costs Redis more CPU per call");
-    plan = script_args(calls, settles);
+    plan = script_args(calls, settles, admits.empty() ? 0 : deadline_for(worker));
     r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   }
   due.end();  // answered (or failed): from here on the callers run
@@ -692,6 +720,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   std::vector<settle_result> out;
   std::vector<admit_result> results;
   if (ok) {
+    learn_offset(worker, as_int(r->elements[0]));
     const std::size_t from = at;
     out = parse_settles(r->elements, settles, plan, at);
     if (from < r->elements.size() && as_int(r->elements[from]) == 1) sums_.settled.fetch_add(1, std::memory_order_relaxed);

@@ -63,6 +63,15 @@ class redis_store final : public store {
             sums_.admitted.load(std::memory_order_relaxed)};
   }
 
+  /// Admissions Redis ran after their batch's deadline (the gateway had given up on it), which
+  /// therefore reserved nothing.
+  std::uint64_t late_admissions() const { return late_.load(std::memory_order_relaxed); }
+  /// For tests: `worker`'s estimate of Redis's clock moves by `ms`, as if this process's clock
+  /// had been stepped by -ms.
+  void shift_clock_estimate(unsigned worker, std::int64_t ms) {
+    if (worker < clock_offset_.size()) clock_offset_[worker] += ms;
+  }
+
   /// A team's two lease sets (admit.lua explains them): <prefix>{<team>}:l and :x.
   std::vector<std::string> team_keys(const std::string& team) const;
   /// <prefix>{<team>}:<suffix>: every key of a team shares its hash tag (one Cluster slot).
@@ -164,7 +173,17 @@ class redis_store final : public store {
   };
   /// admit.lua's arguments: header, scope specs (deduplicated), the batch's sums (when it may be
   /// applied from them), the settlements, the admissions.
-  batch_plan script_args(const std::vector<const admission*>& calls, const std::vector<settlement>& settles) const;
+  batch_plan script_args(const std::vector<const admission*>& calls, const std::vector<settlement>& settles,
+                         std::int64_t deadline_ms = 0) const;
+  /// The Redis time by which `worker` gives up on a batch sent now (0: not known yet): this
+  /// process's clock plus the worker's estimate of Redis's clock offset plus the timeout, less
+  /// a millisecond. The estimate never exceeds the true offset (below), so Redis finds a batch
+  /// that runs after the gateway gave up past its deadline.
+  std::int64_t deadline_for(unsigned worker) const;
+  /// Learns from a reply's Redis time `redis_ms`, read just now: `redis_ms - now` is at most the
+  /// true offset (Redis read its clock before the reply came); the estimate keeps the largest
+  /// such figure and sinks by 1 ms per reply, so that it follows a clock that is stepped back.
+  void learn_offset(unsigned worker, std::int64_t redis_ms);
   /// One call's results in admit.lua's call-by-call reply (three integers from `at` when
   /// admitted, six when refused); `at` is left after them.
   admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,
@@ -192,6 +211,10 @@ class redis_store final : public store {
   struct {
     std::atomic<std::uint64_t> batches{0}, settled{0}, admitted{0};
   } sums_;
+  mutable std::atomic<std::uint64_t> late_{0};  ///< (counted while parsing, a const step)
+  /// Per worker (touched on its thread): Redis's clock minus this process's, in ms, estimated
+  /// from below; INT64_MIN until the first reply.
+  std::vector<std::int64_t> clock_offset_;
   std::string script_sha_;
   std::vector<std::unique_ptr<redis::connection>> conns_;
   std::unique_ptr<redis::connection> sub_;

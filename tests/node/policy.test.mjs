@@ -813,7 +813,7 @@ keys:
 });
 
 describe('Redis hung', () => {
-  test('Redis paused (SIGSTOP): calls with a budget fail fast with 503 (timeout_ms 50), not hang; resumed: served again', { timeout: 30000 }, async () => {
+  test('Redis paused (SIGSTOP): calls with a budget fail fast with 503 (timeout_ms 50), not hang; resumed: served again, and the admission Redis ran late holds no slot or reservation', { timeout: 30000 }, async () => {
     const redis = await startRedis();
     const adm = adminToken();
     const kb = staticKey('budgeted2');
@@ -826,6 +826,7 @@ describe('Redis hung', () => {
 ${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
   - name: budgeted
     budget: {usd: 100, period: daily, soft: 0}
+    limits: {concurrency: 1}
 keys:
   - {id: ${kb.id}, team: budgeted, digest: "${kb.digest}"}
 ` +
@@ -833,6 +834,8 @@ keys:
       );
       await waitStoreUp(gw, adm.token, { rounds: 2 });
       assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      // The first call's admission reaches Redis's socket and waits there; Redis runs it when it
+      // resumes, after the gateway gave up on it (past its deadline: it reserves nothing).
       redis.pause();
       const timings = [];
       for (let i = 0; i < 5; i++) {
@@ -851,6 +854,11 @@ keys:
         what: 'served again after Redis resumed',
       });
       assert.equal(metricValue(await scrape(gw), 'tollgate_policy_store_degraded'), 0);
+      // Nothing held once the calls are settled: no stray reservation, and the one concurrency
+      // slot is free call after call (a late admission would hold both until lease_ms, 5 minutes).
+      await settledBudget(gw, adm.token, 'budgeted');
+      for (let i = 0; i < 3; i++) assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      await settledBudget(gw, adm.token, 'budgeted');
       await gw.stopClean();
     } finally {
       redis.resume();
@@ -983,16 +991,9 @@ describe('budgets: fail_open during an outage', () => {
     const gws = [];
     const start = () => startBudgetGateway(redis, adm, kb, 'opened', extra).then((g) => (gws.push(g), g));
     const m = async (gw, name, labels) => metricValue(await scrape(gw), name, labels);
-    /** The team's budget once `pred` holds. (Not settledBudget: the admission that was on the wire
-     *  when Redis stopped runs when it resumes, and its reservation stays until its lease expires.) */
-    const spent = (gw, pred) =>
-      eventually(
-        async () => {
-          const b = await budget(gw, adm.token, 'opened');
-          return pred(b) ? b : undefined;
-        },
-        { timeoutMs: 10000, intervalMs: 25, what: 'the outage calls charged' },
-      );
+    /** The team's budget once `pred` holds and nothing is reserved: the admission that was on the
+     *  wire when Redis stopped runs when it resumes, past its deadline, and reserves nothing. */
+    const spent = (gw, pred) => settledBudget(gw, adm.token, 'opened', { pred, timeoutMs: 10000 });
     /** `n` calls while Redis is paused: each served (local limits, budget unchecked) and held for a later charge. */
     const duringOutage = async (gw, n) => {
       const local0 = await m(gw, 'tollgate_policy_decisions_total', { decision: 'local' });

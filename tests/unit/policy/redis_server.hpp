@@ -82,6 +82,15 @@ class redis_server {
     return pid_ > 0 && wait_ready(10s);
   }
 
+  /// SIGSTOP: the server keeps its connections and reads nothing until resume(); what clients
+  /// send meanwhile waits in its sockets and runs at resume().
+  void pause() {
+    if (pid_ > 0) ::kill(pid_, SIGSTOP);
+  }
+  void resume() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+  }
+
   /// SIGKILL, no shutdown: clients see the connection drop.
   void kill() {
     if (pid_ <= 0) return;

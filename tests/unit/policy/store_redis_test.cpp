@@ -152,10 +152,11 @@ admission one_scope_call(std::string lease, const scope_spec& s, std::int64_t co
   return a;
 }
 
-/// One command on its own connection to the test server, run to completion (nullopt: none).
-std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::string> args) {
+/// One command on its own connection to the test server (or the one on `port`), run to
+/// completion (nullopt: none).
+std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::string> args, std::uint16_t port = 0) {
   redis::options o;
-  o.port = server().port();
+  o.port = port ? port : server().port();
   o.timeout = std::chrono::seconds(2);
   o.connect_timeout = std::chrono::seconds(1);
   redis::connection c(executor_t(ioc.get_executor()), o);
@@ -250,6 +251,77 @@ TEST(RedisStore, AnAdmissionIsAwaitedWhileOnTheWireAndASettlementAloneIsNot) {
   }, ioc);
   EXPECT_TRUE(settled);
   EXPECT_EQ(most, 0);
+  st->stop();
+}
+
+TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
+  // Redis stalls with an admission in its socket; the store gives up after timeout_ms and drops
+  // the connection, but Redis runs the script when it resumes. Nobody would settle that call:
+  // its concurrency slot and budget hold would stay until the lease expired. The batch's
+  // deadline makes that late run reserve nothing.
+  tollgate::testing::redis_server own;
+  ASSERT_TRUE(own.start()) << "redis-server did not start (deploy/install-deps installs it)";
+  config::redis_config c;
+  c.port = own.port();
+  c.timeout_ms = 50;
+  c.connect_timeout_ms = 200;
+  c.key_prefix = "late:";
+  net::io_context ioc;
+  redis_store st(c, 60'000);
+  st.start({executor_t(ioc.get_executor())});
+  redis_backend::wait_ready(st, ioc);
+  const scope_spec s{"t", "team-late", {0, 0, 1}, budget_of(1'000)};
+  std::vector<bool> applied;
+  st.on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
+    for (auto& x : r) applied.push_back(x.reachable && x.applied);
+  });
+  // One call first: the store learns Redis's clock from its answer.
+  const admission first = one_scope_call("first", s, 100);
+  const admit_result r1 = run_sync(ioc, st.admit(0, first));
+  ASSERT_EQ(r1.v, verdict::admitted);
+  st.queue_settlement(0, settlement{first, r1.periods, 0, 10, r1.admitted_at_ms}, executor_t(ioc.get_executor()));
+  redis_backend::wait_for([&] { return !applied.empty(); }, ioc);
+  ASSERT_EQ(applied, std::vector<bool>{true});
+
+  own.pause();
+  EXPECT_EQ(run_sync(ioc, st.admit(0, one_scope_call("stalled", s, 100))).v, verdict::unavailable);
+  own.resume();
+  // Once the store is back, the slot is free and nothing is held.
+  admit_result after;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    after = run_sync(ioc, st.admit(0, one_scope_call("after", s, 100)));
+  } while (after.v == verdict::unavailable && std::chrono::steady_clock::now() < until);
+  EXPECT_EQ(after.v, verdict::admitted);
+  const auto held = raw_command(ioc, {"ZRANGE", st.scope_key("team-late", "l"), "0", "-1"}, own.port());
+  ASSERT_TRUE(held);
+  ASSERT_EQ(held->elements.size(), 2u);  // "after" and the pin; never "stalled"
+  EXPECT_EQ(held->elements[0].str.rfind("after|", 0), 0u) << held->elements[0].str;
+  const auto reserved = raw_command(ioc, {"HGET", st.scope_key("team-late", "t"), "res"}, own.port());
+  ASSERT_TRUE(reserved);
+  EXPECT_EQ(reserved->str, "100");  // "after" alone
+  st.stop();
+}
+
+TEST(RedisStore, ABatchAnsweredPastItsDeadlineIsUnavailableAndTheClockEstimateRecovers) {
+  // As if this process's clock had been stepped forward by 10 s: the batch's deadline is already
+  // past on Redis's clock. Redis answers that it reserved nothing (the store treats the call as
+  // unavailable); that answer carries Redis's time, and the next batch goes through.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  const scope_spec s{"t", "team-skew", {0, 0, 1}, budget_of(1'000)};
+  ASSERT_EQ(run_sync(ioc, st->admit(0, one_scope_call("learn", s, 1))).v, verdict::admitted);
+  st->shift_clock_estimate(0, -10'000);
+  EXPECT_EQ(run_sync(ioc, st->admit(0, one_scope_call("late", s, 100))).v, verdict::unavailable);
+  EXPECT_EQ(st->late_admissions(), 1u);
+  const auto held = raw_command(ioc, {"ZCARD", st->scope_key("team-skew", "l")});
+  ASSERT_TRUE(held);
+  EXPECT_EQ(held->integer, 2);  // "learn" and the pin
+  // The concurrency slot is taken by "learn"; the estimate is right again: refused for that
+  // reason, not for the deadline.
+  EXPECT_EQ(run_sync(ioc, st->admit(0, one_scope_call("again", s, 100))).v, verdict::concurrency);
+  EXPECT_EQ(st->late_admissions(), 1u);
   st->stop();
 }
 
