@@ -9,11 +9,7 @@ namespace tollgate::policy {
 
 memory_store::memory_store(clock_fn now, std::int64_t window_ms)
     : now_(std::move(now)), window_ms_(window_ms), bucket_ms_(bucket_ms_of(window_ms)) {
-  if (!now_)
-    now_ = [] {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
-    };
+  if (!now_) now_ = wall_ms;
 }
 
 std::pair<std::size_t, std::int64_t> memory_store::leases::sweep(std::int64_t now) {

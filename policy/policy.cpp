@@ -468,8 +468,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     if (cfg.store.rate_limits == config::on_store_failure::fail_closed) co_return closed();
     if (has_budget) {
       // Budgets fail_open: unchecked now, but the call's cost is charged when the store is back.
-      const std::int64_t now_ms =
-          duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+      const std::int64_t now_ms = wall_ms();
       for (const auto& s : a.scopes)
         if (s.budget.set()) {
           r->charge_scopes.push_back(s);
@@ -698,7 +697,7 @@ void engine::charge_later(unsigned worker, const reservation& r, std::uint64_t t
   s.periods = r.charge_periods;
   s.tokens = tokens;
   s.cost_nano = cost_nano;
-  s.admitted_at_ms = duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  s.admitted_at_ms = wall_ms();
   q.outage.push_back(std::move(s));
   ++pending_;
   if (!q.sealing && w < executors_.size()) {

@@ -674,10 +674,6 @@ class admission_due {
 long redis_store::admissions_awaited() { return admissions_due; }
 
 namespace {
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 constexpr std::int64_t offset_unknown = std::numeric_limits<std::int64_t>::min();
 }  // namespace
 

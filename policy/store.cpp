@@ -5,10 +5,16 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <chrono>
 #include <cstdio>
 
 namespace tollgate::policy {
 namespace json = boost::json;
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 std::string period_id(config::budget_period p, std::int64_t now_ms) {
   if (p == config::budget_period::total) return "all";

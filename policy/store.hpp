@@ -264,6 +264,9 @@ class store {
   notice_fn notice_;
 };
 
+/// This process's wall clock, in ms since the epoch (the stores' and the engine's one reading of it).
+std::int64_t wall_ms();
+
 /// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".
 std::string period_id(config::budget_period p, std::int64_t now_ms);
 
