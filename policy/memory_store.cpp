@@ -12,6 +12,13 @@ memory_store::memory_store(clock_fn now, std::int64_t window_ms)
   if (!now_) now_ = wall_ms;
 }
 
+namespace {
+/// Drops the leases a map has held for more than a day, once it has grown past a few thousand.
+void forget_old(std::unordered_map<std::string, std::int64_t>& since, std::int64_t now) {
+  if (since.size() > 4096) std::erase_if(since, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
+}
+}  // namespace
+
 std::pair<std::size_t, std::int64_t> memory_store::leases::sweep(std::int64_t now) {
   std::size_t gone = 0;
   std::int64_t freed = 0;
@@ -139,7 +146,7 @@ admit_result memory_store::admit_now(const admission& a) {
     if (l.concurrency || sc.budget.set()) st.held.add(a.lease, now + a.lease_ms, sc.budget.set() ? a.cost_nano : 0);
   }
   // In flight until settled (the idempotency anchor); a dead gateway's calls are forgotten after a day.
-  if (inflight_.size() > 4096) std::erase_if(inflight_, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
+  forget_old(inflight_, now);
   inflight_[a.lease] = now;
   r.v = verdict::admitted;
   tightest();
@@ -154,7 +161,7 @@ settle_result memory_store::settle_now(const settlement& s) {
   // A settlement applied twice charges once: only the first finds its call in flight (a
   // charge-only one, its lease not yet among those charged).
   if (s.charge_only) {
-    if (charged_.size() > 4096) std::erase_if(charged_, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
+    forget_old(charged_, now);
     r.applied = charged_.emplace(s.adm.lease, now).second;
   } else {
     r.applied = inflight_.erase(s.adm.lease) > 0;

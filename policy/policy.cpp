@@ -602,16 +602,21 @@ void engine::on_settled(unsigned worker, std::vector<settlement>& batch, const s
       --pending_;
     } else {
       // Idempotent, so sent again until the store answers (shutdown waits up to drain_ms for it).
-      q.items.push_back(retry_item{std::move(batch[i]), steady_clock::now() + minutes(10)});
+      q.items.push_back(retry_item{std::move(batch[i]), steady_clock::now() + retry_give_up});
       ++failed;
     }
   }
   if (failed == 0) return;
-  journal_add(std::span<retry_item>(q.items).subspan(first_new));
   settlements_.counter({"retried"}).inc(double(failed));
-  if (!q.flushing && w < executors_.size()) {
+  retry_from(w, first_new);
+}
+
+void engine::retry_from(unsigned worker, std::size_t first_new) {
+  auto& q = queues_[worker];
+  journal_add(std::span<retry_item>(q.items).subspan(first_new));
+  if (!q.flushing && worker < executors_.size()) {
     q.flushing = true;
-    net::co_spawn(executors_[w], retry_settlements(w, alive_), net::detached);
+    net::co_spawn(executors_[worker], retry_settlements(worker, alive_), net::detached);
   }
 }
 
@@ -717,14 +722,10 @@ awaitable<void> engine::seal_outage(unsigned worker, std::weak_ptr<const bool> a
   // Sealed: each sum is final from here on (its journal line and every resend carry the same
   // figures under the same lease, so the store charges it once).
   const std::size_t first_new = q.items.size();
-  const auto give_up = steady_clock::now() + minutes(10);
+  const auto give_up = steady_clock::now() + retry_give_up;
   for (auto& s : q.outage) q.items.push_back(retry_item{std::move(s), give_up});
   q.outage.clear();
-  journal_add(std::span<retry_item>(q.items).subspan(first_new));
-  if (!q.flushing) {
-    q.flushing = true;
-    net::co_spawn(executors_[worker], retry_settlements(worker, alive_), net::detached);
-  }
+  retry_from(worker, first_new);
 }
 
 void engine::lose(const settlement& s, std::string_view why) {

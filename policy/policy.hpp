@@ -181,6 +181,11 @@ class engine {
   /// Sends `worker`'s settlements the store could not reach again, with backoff, until the store
   /// answers or 10 minutes have passed since their first attempt (then they are lost).
   awaitable<void> retry_settlements(unsigned worker, std::weak_ptr<const bool> alive);
+  /// `worker`'s retry items from `first_new` on are new: journaled (when there is a journal), and
+  /// the retry loop started unless it runs.
+  void retry_from(unsigned worker, std::size_t first_new);
+  /// How long a settlement outside the journal is retried before it is lost.
+  static constexpr std::chrono::minutes retry_give_up{10};
   /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);

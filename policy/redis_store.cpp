@@ -695,7 +695,8 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   std::vector<const admission*> calls;
   calls.reserve(admits.size());
   for (auto& p : admits) calls.push_back(p->a);
-  batch_plan plan = script_args(calls, settles, admits.empty() ? 0 : deadline_for(worker));
+  const std::int64_t deadline = admits.empty() ? 0 : deadline_for(worker);
+  batch_plan plan = script_args(calls, settles, deadline);
   std::vector<std::string> keys = team_keys(team);
   add_scope_keys(keys, plan.specs);
   admission_due due(!admits.empty());
@@ -707,7 +708,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
     if (aggregate_.exchange(false))
       notice("warn", "Redis lacks ZMSCORE (Redis 6.2 or later): policy batches go call by call, "
                      "which costs Redis more CPU per call");
-    plan = script_args(calls, settles, admits.empty() ? 0 : deadline_for(worker));
+    plan = script_args(calls, settles, deadline);  // (the first send's deadline: earlier, so safe)
     r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   }
   due.end();  // answered (or failed): from here on the callers run
