@@ -18,6 +18,7 @@ class memory_store final : public store {
   explicit memory_store(clock_fn now = {}, std::int64_t window_ms = 60'000);
 
   std::string_view kind() const override { return "memory"; }
+  std::int64_t clock_ms(unsigned) const override { return now_(); }
   awaitable<admit_result> admit(unsigned, const admission& a) override { co_return admit_now(a); }
   awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> batch) override {
     std::vector<settle_result> out;

@@ -467,8 +467,9 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     if (has_budget && cfg.store.budgets == config::on_store_failure::fail_closed) co_return closed();
     if (cfg.store.rate_limits == config::on_store_failure::fail_closed) co_return closed();
     if (has_budget) {
-      // Budgets fail_open: unchecked now, but the call's cost is charged when the store is back.
-      const std::int64_t now_ms = wall_ms();
+      // Budgets fail_open: unchecked now, but the call's cost is charged when the store is back,
+      // to the periods of the store's clock as last known (Redis's, estimated from its replies).
+      const std::int64_t now_ms = store_->clock_ms(ctx.worker);
       for (const auto& s : a.scopes)
         if (s.budget.set()) {
           r->charge_scopes.push_back(s);

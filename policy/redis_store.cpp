@@ -4,6 +4,7 @@
 #include <openssl/sha.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <limits>
 #include <map>
@@ -71,8 +72,18 @@ void redis_store::start(const std::vector<executor_t>& workers) {
   clock_offset_.assign(workers.size(), std::numeric_limits<std::int64_t>::min());
   for (std::size_t i = 0; i < workers.size(); ++i) queues_[i].carry = std::make_unique<steady_timer_t>(workers[i]);
   executors_ = workers;
-  for (auto& ex : workers) {
-    conns_.push_back(std::make_unique<redis::connection>(ex, client_options(cfg_)));
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    conns_.push_back(std::make_unique<redis::connection>(workers[i], client_options(cfg_)));
+    // Redis's clock from the moment each connection is made, so that even a worker's first
+    // admission carries a deadline. Without an answer (TIME refused by an ACL) the estimate waits
+    // for the first script reply, as before; the connection is good either way.
+    conns_.back()->on_connect([this, w = unsigned(i), c = conns_.back().get()]() -> awaitable<bool> {
+      std::array<std::string_view, 1> time{"TIME"};
+      auto r = co_await c->setup_command(std::span<const std::string_view>(time));
+      if (r && r->type == redis::reply::kind::array && r->elements.size() == 2)
+        learn_offset(w, as_int(r->elements[0]) * 1000 + as_int(r->elements[1]) / 1000);
+      co_return true;
+    });
     conns_.back()->start();
   }
   if (workers.empty()) return;
@@ -680,6 +691,12 @@ constexpr std::int64_t offset_unknown = std::numeric_limits<std::int64_t>::min()
 std::int64_t redis_store::deadline_for(unsigned worker) const {
   if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return 0;
   return wall_ms() + clock_offset_[worker] + std::int64_t(cfg_.timeout_ms) - 1;
+}
+
+std::int64_t redis_store::clock_ms(unsigned worker) const {
+  const std::int64_t now = wall_ms();
+  if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return now;
+  return now + clock_offset_[worker];
 }
 
 void redis_store::learn_offset(unsigned worker, std::int64_t redis_ms) {

@@ -26,6 +26,9 @@ class redis_store final : public store {
   void stop() override;
   bool healthy() const override;
   std::string last_error() const override;
+  /// This process's clock moved by `worker`'s estimate of Redis's clock offset, once it has
+  /// one (each connection reads Redis's TIME as it connects, and every reply carries it).
+  std::int64_t clock_ms(unsigned worker) const override;
 
   awaitable<admit_result> admit(unsigned worker, const admission& a) override;
   awaitable<std::vector<settle_result>> settle_batch(unsigned worker, std::vector<settlement> batch) override;

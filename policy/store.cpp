@@ -16,6 +16,8 @@ std::int64_t wall_ms() {
       .count();
 }
 
+std::int64_t store::clock_ms(unsigned) const { return wall_ms(); }
+
 std::string period_id(config::budget_period p, std::int64_t now_ms) {
   if (p == config::budget_period::total) return "all";
   const std::int64_t days = now_ms / 86'400'000;

@@ -189,6 +189,10 @@ class store {
   virtual bool healthy() const { return true; }
   /// Why the store was last unreachable, when it knows (a TLS handshake error, ...); for logs.
   virtual std::string last_error() const { return {}; }
+  /// The store's clock in ms since the epoch as best known on `worker`'s thread, without asking
+  /// it (for a call admitted while it is unreachable): this process's clock unless the store
+  /// keeps an estimate of its own.
+  virtual std::int64_t clock_ms(unsigned worker) const;
 
   virtual awaitable<admit_result> admit(unsigned worker, const admission& a) = 0;
   /// Settles calls a worker finished, in one round trip of their own; one result per call, in order.

@@ -47,11 +47,14 @@ struct dead_store final : store {
 /// The memory store behind a link that can go down: settlements fail while `down` (admissions,
 /// made before, went through). Uses the default queue_settlement (settle_batch per settlement).
 struct flaky_store final : store {
+  flaky_store() = default;
+  explicit flaky_store(memory_store::clock_fn now) : inner(std::move(now)) {}
   memory_store inner;
   bool down = false;
   bool admit_down = false;  ///< admissions fail too (an outage before the call)
   int settle_calls = 0;
   std::string_view kind() const override { return "flaky"; }
+  std::int64_t clock_ms(unsigned w) const override { return inner.clock_ms(w); }
   awaitable<admit_result> admit(unsigned, const admission& a) override {
     co_return admit_down ? admit_result{} : inner.admit_now(a);
   }
@@ -112,8 +115,9 @@ keys:
 
 class EngineTest : public ::testing::Test {
  protected:
-  void make(const std::string& extra = {}, std::shared_ptr<store> st = nullptr) {
-    auto loaded = config::load_string(yaml(extra));
+  void make(const std::string& extra = {}, std::shared_ptr<store> st = nullptr) { make_from(yaml(extra), std::move(st)); }
+  void make_from(const std::string& text, std::shared_ptr<store> st) {
+    auto loaded = config::load_string(text);
     ASSERT_TRUE(loaded) << loaded.error;
     auto s = std::make_shared<snapshot>();
     s->cfg = loaded.config;
@@ -553,6 +557,23 @@ TEST_F(EngineTest, CallsAdmittedUnderLocalLimitsDuringAnOutageAreChargedToTheBud
 
 TEST_F(EngineTest, CallsAdmittedUncheckedDuringAnOutageAreChargedToTheBudgetOnceTheStoreIsBack) {
   outage_calls_are_charged_later(", rate_limits: fail_open", "open");
+}
+
+TEST_F(EngineTest, AnOutageCallIsChargedToTheBudgetPeriodOfTheStoresClockNotThisProcesss) {
+  // The store's clock (Redis's, as estimated) reads the last second of a day that this process's
+  // clock has not reached: the call is charged to that day, as an admission Redis had made then.
+  const std::int64_t store_now = 1'927'670'399'000;  // 2031-01-31T23:59:59Z
+  auto flaky = std::make_shared<flaky_store>([&] { return store_now; });
+  std::string y = yaml("store: {on_unavailable: {budgets: fail_open}}\n");
+  y.replace(y.find("period: total"), 13, "period: daily");
+  make_from(y, flaky);
+  flaky->admit_down = true;
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  flaky->admit_down = false;
+  finish(c, 2, 1);  // 4,000,000 nano-USD; sealed after 100 ms, then sent
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
 }
 
 TEST_F(EngineTest, OpenGatewayIgnoresForeignCredentialsButChecksTollgateKeys) {
