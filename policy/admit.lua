@@ -115,6 +115,10 @@ local bcur = 'b' .. cur
 --   later period (a settlement): later and of the same kind; one admitted before the change is
 --   charged to the current period:
 --     not sp or (sp < p and byte(sp) == byte(p))
+--   where p is not the settlement's own period but the current one of its kind ('d' is byte 100,
+--   'm' 109; 'all' stays), written out where used like the tests above: a
+--   call admitted on one day and settled on the next is charged to the next, even when no
+--   admission has opened that day yet (else the next admission would reset it away).
 -- Written out where used: as functions, their two closures cost ~2k instructions per script call.
 -- (policy/store.hpp: new_period, later_period, the memory store's copies.)
 local byte = string.byte
@@ -343,6 +347,8 @@ if fast_settle then
       if spec_blimit[k] >= 0 then
         s.res, s.dirty = s.res - N[ARGV[f + 4]], true
         local pid = ARGV[f + 6]
+        local pk = byte(pid)
+        if pk == 100 then pid = pid_of('d') elseif pk == 109 then pid = pid_of('m') end
         if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then s.pid, s.spent, s.soft = pid, 0, '0' end
         before = s.spent
         if s.soft == '1' then was = 1 end
@@ -384,6 +390,8 @@ for ci = 1, fast_settle and 0 or nsettle do
     end
     if blimit >= 0 then
       local soft = spec_soft[k]
+      local pk = byte(pid)
+      if pk == 100 then pid = pid_of('d') elseif pk == 109 then pid = pid_of('m') end
       if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then  -- first news of a new period: its spend starts at 0
         s.pid, s.spent, s.soft = pid, 0, '0'
       end

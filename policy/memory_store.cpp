@@ -181,7 +181,7 @@ settle_result memory_store::settle_now(const settlement& s) {
           st.rate.tokens = st.rate.tokens - s.adm.tokens + s.tokens;
         }
       if (budget) {
-        const std::string& pid = i < s.periods.size() ? s.periods[i] : std::string();
+        const std::string pid = settled_period(i < s.periods.size() ? s.periods[i] : std::string(), now);
         if (later_period(st.pid, pid)) {  // first news of a new period
           st.pid = pid;
           st.spent = 0;

@@ -95,6 +95,10 @@ std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std:
   cached = std::min(cached, prompt);
   // USD per million tokens × tokens × 1e9 nano-USD / 1e6 = × 1000.
   const double nano = (p.input * double(prompt - cached) + p.cached_input * double(cached) + p.output * double(completion)) * 1000.0;
+  // Saturated far below INT64_MAX (converting a larger double is undefined): $1,000,000,000, beyond
+  // any budget, so such a cost is refused for budget, never wrapped negative.
+  constexpr double cap = 1e18;
+  if (!(nano < cap)) return static_cast<std::int64_t>(cap);
   return static_cast<std::int64_t>(std::ceil(nano - 1e-6));
 }
 
@@ -428,9 +432,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
+  // Each of the `n` answers a chat call asks for may be as long as its max_tokens.
   const std::uint64_t out = ctx.endpoint == endpoint_kind::embeddings ? 0
-                            : ctx.max_output_tokens                   ? ctx.max_output_tokens
-                                                                      : cfg.store.default_max_tokens;
+                            : std::uint64_t(std::max(ctx.choices, 1u)) *
+                                  (ctx.max_output_tokens ? ctx.max_output_tokens : cfg.store.default_max_tokens);
   a.lease = instance_ + "-" + ctx.id_hex;
   a.tokens = ctx.prompt_estimate + out;
   a.cost_nano = r->price ? cost_nano(*r->price, ctx.prompt_estimate, 0, out) : 0;
@@ -449,8 +454,17 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     bool tell = began;
     {
       std::lock_guard lock(degraded_mu_);
-      if (began) degraded_reason_ = why;
-      else if (degraded_reason_.empty() && !why.empty()) degraded_reason_ = why, tell = true;
+      const auto now = steady_clock::now();
+      if (began) {
+        tell = why != degraded_reason_ || degraded_logged_ == steady_clock::time_point{} ||
+               now - degraded_logged_ >= degraded_log_every;
+        degraded_reason_ = why;
+        degraded_told_ = tell;
+      } else if (degraded_reason_.empty() && !why.empty()) {
+        degraded_reason_ = why;
+        tell = degraded_told_ = true;
+      }
+      if (tell) degraded_logged_ = now;
     }
     if (tell)
       log_("warn",
@@ -504,7 +518,14 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     }
   } else {
     degraded_cell_.set(0);
-    if (is_degraded_.exchange(false)) log_("info", "policy store reachable again: full enforcement", "\"store\":" + quote(store_->kind()));
+    if (is_degraded_.exchange(false)) {
+      bool tell = false;
+      {
+        std::lock_guard lock(degraded_mu_);
+        tell = std::exchange(degraded_told_, false);
+      }
+      if (tell) log_("info", "policy store reachable again: full enforcement", "\"store\":" + quote(store_->kind()));
+    }
   }
   (res.v == verdict::admitted ? admitted_ : decisions_.counter({verdict_name(res.v)})).inc();
   rate_headers(ctx, res, r->adm);

@@ -18,6 +18,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "config/config.hpp"
 #include "gateway/core/error.hpp"
@@ -219,6 +220,13 @@ class engine {
   /// same episode gets a line of its own. Touched only on the degraded path.
   std::mutex degraded_mu_;
   std::string degraded_reason_;
+  /// When the last "degraded" line was logged, and whether the episode now ending had one (its
+  /// "reachable again" line is logged only then): a store that refuses some calls and answers
+  /// others (a Redis Cluster node that serves some teams' slots) flips state call by call, and
+  /// would otherwise log two lines per flip. Same reason: one line per degraded_log_every.
+  std::chrono::steady_clock::time_point degraded_logged_{};
+  bool degraded_told_ = false;
+  static constexpr std::chrono::seconds degraded_log_every{10};
   /// Per worker (touched only on that worker's thread): settlements waiting to be sent again.
   struct retry_item {
     settlement s;

@@ -137,6 +137,10 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   std::deque<pending_command> pending;
   error_code fail_code;  ///< why we dropped it (timed_out, operation_aborted); empty: lost by itself
   std::function<void(std::string)> deliver;  ///< subscriber: hands a payload to the owner (posted)
+  /// Told of an error reply worth logging (its text), and once with "" at the next good reply.
+  std::function<void(std::string)> note_error;
+  bool error_noted = false;  ///< note_error was last told of an error
+  bool readonly = false;     ///< dropped because the server answered READONLY
   bool want_read = false, want_write = false, read_waiting = false, write_waiting = false;
   bool timer_armed = false, connected = false, subscribed = false, gone = false;
   int depth = 0;  ///< > 0 while inside redisAsyncHandleRead/Write: hiredis must not be freed then
@@ -150,6 +154,34 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   std::shared_ptr<tls_bridge> bridge;  ///< the TLS relay this context talks through, if any
 
   bool live() const { return ac != nullptr && connected && !gone; }
+
+  /// An error reply. Those that say something about the server rather than the command are noted
+  /// for the degraded-mode log line; READONLY (the server is a replica now: a failover moved the
+  /// primary, and the address may name the new one) also drops the connection, so that the next
+  /// attempt resolves the address again.
+  void observe_error(std::string_view e) {
+    std::string_view code = e.substr(0, e.find(' '));
+    // Redis before 7 wraps what a script's command got: "ERR Error running script ... -READONLY ...".
+    if (code == "ERR" && e.find("-READONLY ") != std::string_view::npos) code = "READONLY";
+    std::string why;
+    if (code == "MOVED" || code == "ASK" || code == "CROSSSLOT" || code == "CLUSTERDOWN")
+      why = "Redis Cluster answered '" + std::string(e.substr(0, 120)) +
+            "': Tollgate needs one Redis endpoint that serves every key (a standalone or failover-managed "
+            "primary, or a Cluster proxy that routes EVALSHA by its first key); it does not follow Cluster "
+            "redirections";
+    else if (code == "READONLY")
+      why = "Redis answered READONLY: the server is a replica (after a failover?); reconnecting";
+    else if (code == "LOADING" || code == "MASTERDOWN" || code == "OOM" || code == "NOPERM" || code == "BUSY" ||
+             code == "MISCONF" || code == "NOAUTH" || code == "WRONGTYPE")
+      why = "Redis answered '" + std::string(e.substr(0, 160)) + "'";
+    if (why.empty()) return;
+    error_noted = true;
+    if (note_error) note_error(std::move(why));
+    if (code == "READONLY" && !readonly) {
+      readonly = true;
+      drop(net::error::connection_reset);
+    }
+  }
 
   /// Starts a non-blocking connect (to `via`, a TLS bridge's socket, when given). False: failed
   /// at once (the redis_link is then gone).
@@ -378,6 +410,12 @@ void on_reply(redisAsyncContext*, void* r, void* privdata) {
   if (l->pending.empty()) return;
   auto p = std::move(l->pending.front());
   l->pending.pop_front();
+  if (auto* rep = static_cast<const redisReply*>(r); rep != nullptr && rep->type == REDIS_REPLY_ERROR) {
+    l->observe_error(std::string_view(rep->str, rep->len));
+  } else if (l->error_noted && rep != nullptr) {
+    l->error_noted = false;
+    if (l->note_error) l->note_error({});
+  }
   if (r != nullptr && l->reading)
     l->replied.emplace_back(std::move(p.done), convert(static_cast<const redisReply*>(r)));
   else if (r != nullptr)
@@ -494,8 +532,30 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     }
   }
 
-  /// One connect + handshake. True: the connection is up.
-  awaitable<bool> attempt() {
+  /// The addresses to try for opt.host: itself when it is an IP address; otherwise what the
+  /// resolver finds now (Asio resolves on a thread of its own, never on the worker), so that a
+  /// name that a failover moved is followed at the next attempt. Empty: last_error says why.
+  awaitable<std::vector<std::string>> addresses() {
+    error_code ec;
+    (void)net::ip::make_address(opt.host, ec);
+    if (!ec) co_return std::vector<std::string>{opt.host};
+    resolver_t res(ex);
+    steady_timer_t limit(ex);
+    limit.expires_after(opt.connect_timeout);
+    limit.async_wait([&res](error_code e) {
+      if (!e) res.cancel();
+    });
+    auto [rec, found] = co_await res.async_resolve(opt.host, std::to_string(opt.port));
+    limit.cancel();
+    std::vector<std::string> out;
+    if (!rec)
+      for (const auto& e : found) out.push_back(e.endpoint().address().to_string());
+    if (out.empty()) set_error("cannot resolve " + opt.host + ": " + (rec ? rec.message() : std::string("no address")));
+    co_return out;
+  }
+
+  /// A link of this connection's kind, made current.
+  std::shared_ptr<redis_link> new_link() {
     auto l = std::make_shared<redis_link>(ex);
     if (!channel.empty()) {
       l->deliver = [w = weak_from_this(), e = ex](std::string payload) {
@@ -504,12 +564,19 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         });
       };
     }
+    l->note_error = [w = weak_from_this()](std::string why) {
+      if (auto s = w.lock()) s->set_error(std::move(why));
+    };
     cur = l;
-    const clock::duration step = opt.connect_timeout;
-    if (opt.tls.enabled) {
-      if (!tls_ctx) co_return false;  // last_error says which file
+    return l;
+  }
+
+  /// Connects `l` to `o` (its host an IP address, or its unix_path), through a TLS relay when
+  /// configured. True: connected.
+  awaitable<bool> connect(std::shared_ptr<redis_link> l, const options& o, clock::duration step) {
+    if (o.tls.enabled) {
       std::string error;
-      l->bridge = co_await tls_bridge::open(opt, tls_ctx, error);
+      l->bridge = co_await tls_bridge::open(o, tls_ctx, error);
       if (!l->bridge) {
         set_error(std::move(error));
         co_return false;
@@ -518,17 +585,40 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         l->bridge->close();
         co_return false;
       }
-      if (!l->open(opt, l->bridge->path())) co_return false;
+      if (!l->open(o, l->bridge->path())) co_return false;
       if (!co_await l->bridge->accept(step)) {
         set_error("TLS relay: hiredis did not connect");
         co_return false;
       }
-    } else if (!l->open(opt)) {
+    } else if (!l->open(o)) {
       co_return false;
     }
-
     co_await wait_on(l, clock::now() + step, &redis_link::connected);
-    if (closed || !l->live()) co_return false;
+    co_return !closed && l->live();
+  }
+
+  /// One connect + handshake. True: the connection is up.
+  awaitable<bool> attempt() {
+    if (opt.tls.enabled && !tls_ctx) co_return false;  // last_error says which file
+    std::vector<std::string> hosts{std::string()};    // a unix socket: one "address"
+    if (opt.unix_path.empty()) {
+      hosts = co_await addresses();
+      if (hosts.empty() || closed) co_return false;
+    }
+    const clock::duration step = opt.connect_timeout;
+    std::shared_ptr<redis_link> l;
+    bool connected = false;
+    for (std::size_t i = 0; i < hosts.size() && !connected && !closed; ++i) {
+      if (l) l->drop(net::error::connection_reset);  // the previous address did not answer
+      l = new_link();
+      options o = opt;
+      if (!hosts[i].empty()) {
+        if (o.tls.server_name.empty()) o.tls.server_name = opt.host;  // the certificate names the configured host
+        o.host = hosts[i];
+      }
+      connected = co_await connect(l, o, step);
+    }
+    if (!connected || closed || !l->live()) co_return false;
 
     if (!opt.password.empty()) {
       std::array<std::string_view, 3> a{"AUTH", opt.username, opt.password};
@@ -578,11 +668,13 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       if (self->closed) break;
       auto l = self->cur;
       if (ok) {
-        backoff = floor;
         self->set_error({});
         self->is_up = true;
         if (self->state_cb) self->state_cb(true);
         co_await self->wait_on(l, clock::time_point::max(), &redis_link::gone);
+        // A replica still behind the address (the failover not finished) takes every handshake
+        // and answers the first write READONLY again: the backoff keeps growing through those.
+        if (!l->readonly) backoff = floor;
         self->is_up = false;
         if (self->closed) break;
         if (self->state_cb) self->state_cb(false);

@@ -52,7 +52,7 @@ struct tls_options {
 };
 
 struct options {
-  std::string host = "127.0.0.1";  ///< an IP address: hiredis resolves host names with a blocking getaddrinfo
+  std::string host = "127.0.0.1";  ///< an IP address, or a name resolved (Asio's resolver) at every attempt
   std::uint16_t port = 6379;
   std::string unix_path;             ///< non-empty: connect over this unix socket instead
   std::string username, password;    ///< AUTH [username] password after connect when password is set
@@ -122,10 +122,13 @@ enum class state { connecting, up, down };
 /// executor's thread. Callbacks (on_message, on_state) and command completions run on the executor,
 /// never inside hiredis, so they may call any member, close() included.
 ///
-/// Connecting is: TCP/unix connect (connect_timeout) → AUTH when a password is set, SELECT when db is
-/// non-zero, or a PING when neither (so `up` always means the server answered) → the on_connect hook
-/// → SUBSCRIBE in subscriber mode → up. A failure at any step drops the connection and retries after
-/// a backoff that doubles from backoff_min to backoff_max and resets after each time it is up.
+/// Connecting is: a host name resolved (each of its addresses tried in turn) → TCP/unix connect
+/// (connect_timeout) → AUTH when a password is set, SELECT when db is non-zero, or a PING when
+/// neither (so `up` always means the server answered) → the on_connect hook → SUBSCRIBE in
+/// subscriber mode → up. A failure at any step drops the connection and retries after a backoff
+/// that doubles from backoff_min to backoff_max and resets after each time it is up. A READONLY
+/// answer (the server became a replica) drops it too. Answers that say something about the server
+/// (Cluster refusals, LOADING, OOM, ...) become last_error() until the next good answer.
 class connection {
  public:
   connection(executor_t ex, options o);
@@ -142,8 +145,9 @@ class connection {
   void close();
   state current() const;
   bool up() const;
-  /// Why the last connection attempt failed, when known (TLS set-up and handshake); empty once
-  /// an attempt succeeds.
+  /// Why the last connection attempt failed, when known (resolution, TLS set-up and handshake),
+  /// empty once an attempt succeeds; or, while up, the last answer that said something about the
+  /// server (a Cluster refusal, READONLY, LOADING, OOM, ...), empty again at the next good answer.
   std::string last_error() const;
 
   /// Sends one command given as argv (binary-safe, redisAsyncCommandArgv). Many may be in flight:

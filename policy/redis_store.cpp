@@ -81,7 +81,7 @@ void redis_store::start(const std::vector<executor_t>& workers) {
       std::array<std::string_view, 1> time{"TIME"};
       auto r = co_await c->setup_command(std::span<const std::string_view>(time));
       if (r && r->type == redis::reply::kind::array && r->elements.size() == 2)
-        learn_offset(w, as_int(r->elements[0]) * 1000 + as_int(r->elements[1]) / 1000);
+        learn_offset(w, as_int(r->elements[0]) * 1000 + as_int(r->elements[1]) / 1000, true);
       co_return true;
     });
     conns_.back()->start();
@@ -699,11 +699,11 @@ std::int64_t redis_store::clock_ms(unsigned worker) const {
   return now + clock_offset_[worker];
 }
 
-void redis_store::learn_offset(unsigned worker, std::int64_t redis_ms) {
+void redis_store::learn_offset(unsigned worker, std::int64_t redis_ms, bool fresh) {
   if (worker >= clock_offset_.size() || redis_ms <= 0) return;
   const std::int64_t sample = redis_ms - wall_ms();
   std::int64_t& o = clock_offset_[worker];
-  o = o == offset_unknown ? sample : std::max(sample, o - 1);
+  o = o == offset_unknown || fresh ? sample : std::max(sample, o - 1);
 }
 
 awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, const std::string& team,

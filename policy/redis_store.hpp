@@ -186,7 +186,9 @@ class redis_store final : public store {
   /// Learns from a reply's Redis time `redis_ms`, read just now: `redis_ms - now` is at most the
   /// true offset (Redis read its clock before the reply came); the estimate keeps the largest
   /// such figure and sinks by 1 ms per reply, so that it follows a clock that is stepped back.
-  void learn_offset(unsigned worker, std::int64_t redis_ms);
+  /// `fresh`: the first reading of a new connection (maybe a new server, after a failover):
+  /// replaces the estimate.
+  void learn_offset(unsigned worker, std::int64_t redis_ms, bool fresh = false);
   /// One call's results in admit.lua's call-by-call reply (three integers from `at` when
   /// admitted, six when refused); `at` is left after them.
   admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,

@@ -88,7 +88,7 @@ awaitable<std::shared_ptr<tls_bridge>> tls_bridge::open(const options& o, std::s
   const tls_options& t = o.tls;
   const std::string name = t.server_name.empty() ? o.host : t.server_name;
   {
-    // TCP connect (the host is an address: hiredis's options require one, and so does this).
+    // TCP connect (the host is an address: the connection resolved a name before calling).
     error_code ec;
     const auto addr = net::ip::make_address(o.host, ec);
     if (ec) {

@@ -18,6 +18,13 @@ std::int64_t wall_ms() {
 
 std::int64_t store::clock_ms(unsigned) const { return wall_ms(); }
 
+std::string settled_period(const std::string& admitted, std::int64_t now_ms) {
+  if (admitted.empty()) return admitted;
+  if (admitted[0] == 'd') return period_id(config::budget_period::daily, now_ms);
+  if (admitted[0] == 'm') return period_id(config::budget_period::monthly, now_ms);
+  return admitted;
+}
+
 std::string period_id(config::budget_period p, std::int64_t now_ms) {
   if (p == config::budget_period::total) return "all";
   const std::int64_t days = now_ms / 86'400'000;

@@ -283,9 +283,13 @@ inline bool new_period(std::string_view stored, std::string_view pid) {
 }
 /// A settlement starts a new period only when its id is later and of the same kind: one admitted
 /// before the period kind changed is charged to the current period (admit.lua: later_period).
+/// `pid` is settled_period()'s: the period now, of the kind the call was admitted under.
 inline bool later_period(std::string_view stored, std::string_view pid) {
   return stored.empty() || (stored < pid && stored[0] == pid[0]);
 }
+/// The period a settlement is charged to: the current one (at `now_ms`) of the kind of `admitted`,
+/// its admission's period id. A call that spans midnight is charged to the new day.
+std::string settled_period(const std::string& admitted, std::int64_t now_ms);
 
 /// A settlement as one line of JSON (the settlement journal), and back (nullopt: not one).
 std::string settlement_to_json(const settlement& s);

@@ -43,14 +43,25 @@ std::uint64_t text_length(const json::value& content) {
   return n;
 }
 
-boost::system::result<std::uint64_t, failure> non_negative_int(const json::object& o, std::string_view key) {
+/// An integer from 0 to `max` (0 when absent). The bounds keep what the policy reserves finite:
+/// tokens and cost are sums and products of these, in 64 bits.
+boost::system::result<std::uint64_t, failure> non_negative_int(const json::object& o, std::string_view key,
+                                                               std::uint64_t max) {
   const json::value* v = opt(o, key);
   if (!v) return 0;
-  if (v->is_int64() && v->get_int64() >= 0) return std::uint64_t(v->get_int64());
-  if (v->is_uint64()) return v->get_uint64();
-  if (v->is_int64()) return bad(errc::invalid_value, "'" + std::string(key) + "' must be at least 0.", std::string(key));
-  return wrong_type(std::string(key), "integer", *v);
+  std::uint64_t n = 0;
+  if (v->is_int64() && v->get_int64() >= 0) n = std::uint64_t(v->get_int64());
+  else if (v->is_uint64()) n = v->get_uint64();
+  else if (v->is_int64()) return bad(errc::invalid_value, "'" + std::string(key) + "' must be at least 0.", std::string(key));
+  else return wrong_type(std::string(key), "integer", *v);
+  if (n > max)
+    return bad(errc::invalid_value, "'" + std::string(key) + "' must be at most " + std::to_string(max) + ".", std::string(key));
+  return n;
 }
+
+constexpr std::uint64_t max_output_tokens_accepted = 100'000'000;  // far above any model's output limit
+constexpr std::uint64_t max_choices = 128;                           // OpenAI's own bound on n
+constexpr std::uint64_t max_embedding_dimensions = 65'536;
 
 phase_result decode_chat(request_context& ctx, const json::object& o) {
   const json::value* msgs = opt(o, "messages");
@@ -83,13 +94,14 @@ phase_result decode_chat(request_context& ctx, const json::object& o) {
       ctx.caller_wants_usage = iu->get_bool();
     }
   }
-  auto mt = non_negative_int(o, "max_completion_tokens");
+  auto mt = non_negative_int(o, "max_completion_tokens", max_output_tokens_accepted);
   if (!mt) return mt.error();
-  auto mt_old = non_negative_int(o, "max_tokens");
+  auto mt_old = non_negative_int(o, "max_tokens", max_output_tokens_accepted);
   if (!mt_old) return mt_old.error();
   ctx.max_output_tokens = *mt ? *mt : *mt_old;
-  auto n = non_negative_int(o, "n");
+  auto n = non_negative_int(o, "n", max_choices);
   if (!n) return n.error();
+  ctx.choices = *n ? unsigned(*n) : 1u;  // n answers: n times the output to reserve
   if (const json::value* t = opt(o, "temperature"); t && !t->is_number()) return wrong_type("temperature", "number", *t);
   if (const json::value* t = opt(o, "top_p"); t && !t->is_number()) return wrong_type("top_p", "number", *t);
   if (const json::value* t = opt(o, "tools"); t && !t->is_array()) return wrong_type("tools", "array", *t);
@@ -116,6 +128,9 @@ phase_result decode_embeddings(request_context& ctx, const json::object& o) {
   }
   if (const json::value* d = opt(o, "dimensions"); d && !(d->is_int64() && d->get_int64() > 0) && !d->is_uint64())
     return bad(errc::invalid_value, "'dimensions' must be a positive integer.", "dimensions");
+  // Real models have at most a few thousand; the built-in mock would otherwise build a vector of
+  // any size asked for.
+  if (auto d = non_negative_int(o, "dimensions", max_embedding_dimensions); !d) return d.error();
   ctx.prompt_estimate = estimate_tokens_from_chars(chars);
   return flow::next;
 }

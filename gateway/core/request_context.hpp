@@ -81,6 +81,7 @@ struct request_context {
   bool caller_wants_usage = false;  ///< stream_options.include_usage as the caller sent it
   std::uint64_t prompt_estimate = 0;
   std::uint64_t max_output_tokens = 0;  ///< 0: not given
+  unsigned choices = 1;                 ///< chat's `n`: answers generated, each up to max_output_tokens
 
   // Routing.
   const model_route* route = nullptr;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <ctime>
+#include <limits>
 #include <regex>
 #include <thread>
 
@@ -210,6 +211,23 @@ class EngineTest : public ::testing::Test {
   std::vector<std::string> logs;
   std::uint64_t next_id = 0;
 };
+
+TEST(CostTest, AnAbsurdTokenCountSaturatesInsteadOfWrappingNegative) {
+  config::price_config p{"m", 1000, 1000, 2000, 0};
+  EXPECT_EQ(cost_nano(p, 0, 0, std::numeric_limits<std::uint64_t>::max()), 1'000'000'000'000'000'000);
+  EXPECT_EQ(cost_nano(p, std::numeric_limits<std::uint64_t>::max(), 0, 0), 1'000'000'000'000'000'000);
+}
+
+TEST_F(EngineTest, EachOfNAnswersIsReservedAsLongAsMaxTokens) {
+  // rich: $0.030 budget at $1000/M input and $2000/M output. 5 prompt + 5 output tokens cost
+  // $0.015; with n = 10 the worst case is 5 + 50 tokens, $0.105: more than the whole budget.
+  make();
+  auto ten = ctx("tg_rich1_" + secret);
+  ten.choices = 10;
+  EXPECT_EQ(call(ten), errc::budget_exceeded);
+  auto one = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(one), errc::ok);
+}
 
 TEST(CostTest, PricesArePerMillionTokensAndRoundUpToANanoDollar) {
   config::price_config p{"m", 0.15, 0.075, 0.60, 0};
@@ -491,6 +509,30 @@ TEST_F(EngineTest, UnreachableStoreFailsBudgetsClosedAndLimitsLocally) {
   std::size_t degraded = 0;
   for (auto& l : logs) degraded += l.find("degraded mode") != std::string::npos;
   EXPECT_EQ(degraded, 1u);
+}
+
+TEST_F(EngineTest, AStoreThatFlipsCallByCallLogsOnePairOfLinesNotOnePerFlip) {
+  // Some calls refused by the store and others answered (a Redis Cluster node that serves some
+  // teams' slots only): each refusal starts a degraded episode and each answer ends it. The log
+  // says so once, and again only when the reason changes or 10 s have passed.
+  auto flaky = std::make_shared<flaky_store>();
+  std::string y = yaml("store: {replicas: 2}\n");
+  y.replace(y.find("limits: {rpm: 2}"), 16, "limits: {rpm: 1000}");
+  make_from(y, flaky);
+  auto count = [&](std::string_view what) {
+    return std::count_if(logs.begin(), logs.end(), [&](auto& l) { return l.find(what) != std::string::npos; });
+  };
+  for (int i = 0; i < 5; ++i) {
+    flaky->admit_down = true;
+    auto down = ctx(full_key);
+    EXPECT_EQ(call(down), errc::ok);  // rpm-only team: the local fallback
+    flaky->admit_down = false;
+    auto up = ctx(full_key);
+    EXPECT_EQ(call(up), errc::ok);
+  }
+  EXPECT_EQ(count("policy store unreachable: degraded mode"), 1);
+  EXPECT_EQ(count("policy store reachable again"), 1);
+  EXPECT_NE(reg.expose().find("\ntollgate_policy_store_degraded 0"), std::string::npos);  // the gauge follows
 }
 
 TEST_F(EngineTest, DegradedModesReasonIsLoggedOnceEvenWhenLearntLater) {

@@ -22,6 +22,35 @@ struct memory_backend {
 
 INSTANTIATE_TYPED_TEST_SUITE_P(Memory, StoreConformance, memory_backend);
 
+TEST(MemoryStore, ACallThatSpansMidnightIsChargedToTheNewDay) {
+  // Admitted at 23:59:59 on a quiet team, settled after midnight before any other admission of
+  // the new day: its cost is the new day's spend (docs/policy.md), not the closed day's, which the
+  // next admission would reset away.
+  std::int64_t now = 1'795'564'799'999 - 1'000;  // 2026-11-24T23:59:58.999Z
+  memory_store st([&] { return now; });
+  const auto daily = budget_scope(100, config::budget_period::daily);
+  admission a;
+  a.lease = "midnight";
+  a.scopes = {daily};
+  a.tokens = 1;
+  a.cost_nano = 60;
+  a.lease_ms = 60'000;
+  const admit_result r = st.admit_now(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  now += 2'000;
+  settlement s;
+  s.adm = a;
+  s.periods = r.periods;
+  s.admitted_at_ms = r.admitted_at_ms;
+  s.tokens = 1;
+  s.cost_nano = 60;
+  ASSERT_TRUE(st.settle_now(s).applied);
+  EXPECT_EQ(st.budget_now(daily).spent, 60);
+  admission b = a;
+  b.lease = "next";
+  EXPECT_EQ(st.admit_now(b).v, verdict::budget);  // 60 + 60 > 100
+}
+
 TEST(PeriodId, CalendarPeriodsInUtc) {
   // 2026-11-24T23:59:59.999Z and one millisecond later.
   const std::int64_t before = 1'795'564'799'999, after = before + 1;

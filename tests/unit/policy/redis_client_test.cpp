@@ -450,6 +450,18 @@ TEST_F(RedisClientTest, ConnectsOverAUnixSocket) {
   EXPECT_EQ(r->str, "PONG");
 }
 
+TEST_F(RedisClientTest, ConnectsToAHostNameResolvedAtConnect) {
+  net::io_context ioc;
+  options o = options_for(*server_);
+  o.host = "localhost";  // resolved by Asio's resolver (its own thread), then each address tried
+  connection c(executor_of(ioc), o);
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c)) << c.last_error();
+  auto r = cmd(ioc, c, {"PING"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "PONG");
+}
+
 TEST_F(RedisClientTest, EvalShaOfAScriptLoadedByTheConnectHook) {
   net::io_context ioc;
   connection c(executor_of(ioc), options_for(*server_));
@@ -511,6 +523,92 @@ TEST(RedisClientNoServerTest, CommandFailsAtOnceWhenNothingListens) {
   EXPECT_LT(clock_type::now() - t0, 1s);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error(), net::error::not_connected);
+}
+
+TEST(RedisClientNoServerTest, AHostNameThatDoesNotResolveKeepsTheConnectionDownAndSaysWhy) {
+  net::io_context ioc;
+  options o;
+  o.host = "no-such-host.invalid";  // RFC 2606: never resolves
+  o.port = free_port();
+  o.backoff_min = 20ms;
+  connection c(executor_of(ioc), o);
+  c.start();
+  ASSERT_TRUE(pump(ioc, [&] { return !c.last_error().empty(); }));
+  EXPECT_FALSE(c.up());
+  EXPECT_NE(c.last_error().find("cannot resolve no-such-host.invalid"), std::string::npos) << c.last_error();
+  auto r = cmd(ioc, c, {"PING"});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), net::error::not_connected);
+}
+
+TEST(RedisClientClusterTest, AClusterRefusalIsTheReasonGivenUntilTheNextGoodReply) {
+  // A Redis Cluster node whose slots are not served answers CLUSTERDOWN (a node that serves
+  // other slots answers MOVED): the store cannot work there, and the log line that says it is
+  // degraded should say why. A keyless PING still works on that node, and clears the reason.
+  // The cluster bus port is the client port + 10000 unless given: above 55535 that does not exist.
+  std::vector<std::string> extra{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                 "--cluster-port", std::to_string(free_port())};
+  redis_server server(extra);
+  ASSERT_TRUE(server.start()) << "redis-server did not start";
+  net::io_context ioc;
+  connection c(executor_of(ioc), options_for(server));
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c)) << c.last_error();
+  EXPECT_EQ(c.last_error(), "");
+  auto r = cmd(ioc, c, {"SET", "{team}:t", "1"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, reply::kind::error);
+  EXPECT_EQ(r->str.rfind("CLUSTERDOWN", 0), 0u) << r->str;
+  EXPECT_NE(c.last_error().find("Redis Cluster answered 'CLUSTERDOWN"), std::string::npos) << c.last_error();
+  EXPECT_NE(c.last_error().find("does not follow Cluster redirections"), std::string::npos) << c.last_error();
+  EXPECT_TRUE(c.up());  // an answer like any other: the connection stays
+  ASSERT_TRUE(cmd(ioc, c, {"PING"}));
+  EXPECT_EQ(c.last_error(), "");
+}
+
+TEST(RedisClientFailoverTest, AServerTurnedReplicaIsLeftForWhatTheAddressNamesNow) {
+  // A failover: the old primary becomes a replica (it answers writes with READONLY) and the
+  // address now names the new primary (here a unix socket path that is a symlink, switched as a
+  // DNS name would be). The connection drops itself at the first READONLY and reconnects there.
+  redis_server old_primary, new_primary;
+  ASSERT_TRUE(old_primary.start() && new_primary.start()) << "redis-server did not start";
+  const std::string link = old_primary.unix_path() + ".current";
+  std::filesystem::create_symlink(old_primary.unix_path(), link);
+  net::io_context ioc;
+  options o = options_for(old_primary);
+  o.unix_path = link;
+  connection c(executor_of(ioc), o);
+  int ups = 0;
+  c.on_state([&](bool up) { ups += up; });
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c)) << c.last_error();
+  ASSERT_TRUE(cmd(ioc, c, {"SET", "fo:k", "1"}));
+
+  {
+    connection admin(executor_of(ioc), options_for(old_primary));
+    admin.start();
+    ASSERT_TRUE(wait_up(ioc, admin));
+    auto r = cmd(ioc, admin, {"REPLICAOF", "127.0.0.1", std::to_string(new_primary.port())});
+    ASSERT_TRUE(r && r->type != reply::kind::error);
+  }
+  const std::string moved = link + ".new";
+  std::filesystem::create_symlink(new_primary.unix_path(), moved);
+  std::filesystem::rename(moved, link);  // atomic, as a DNS record changes
+
+  auto refused = cmd(ioc, c, {"SET", "fo:k", "2"});
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->str.rfind("READONLY", 0), 0u) << refused->str;
+  // Dropped and made again, now to the new primary: writes go through.
+  ASSERT_TRUE(pump(ioc, [&] { return ups >= 2 && c.up(); })) << c.last_error();
+  auto r = cmd(ioc, c, {"SET", "fo:k", "3"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "OK");
+  connection check(executor_of(ioc), options_for(new_primary));
+  check.start();
+  ASSERT_TRUE(wait_up(ioc, check));
+  auto v = cmd(ioc, check, {"GET", "fo:k"});
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->str, "3");
 }
 
 TEST(RedisClientNoServerTest, ServerThatNeverAnswersIsNeverUp) {
@@ -808,7 +906,7 @@ class RedisClientTlsTest : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
     ASSERT_TRUE(make_ca("ca") && make_ca("other-ca"));
-    ASSERT_TRUE(make_leaf("server", "ca", "DNS:redis.test,IP:127.0.0.1"));
+    ASSERT_TRUE(make_leaf("server", "ca", "DNS:redis.test,DNS:localhost,IP:127.0.0.1"));
     ASSERT_TRUE(make_leaf("client", "ca", "DNS:gateway.test"));
     tls_port_ = free_port();
     strict_port_ = free_port();
@@ -932,6 +1030,25 @@ TEST_F(RedisClientTlsTest, VerifiesTheServersChainAndName) {
   auto r = cmd(ioc, bad_ca, {"PING"});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error(), net::error::not_connected);
+}
+
+TEST_F(RedisClientTlsTest, AHostNameIsResolvedForTheConnectAndIsTheNameTheCertificateMustCarry) {
+  net::io_context ioc;
+  auto by_name = tls_options_for(tls_port_);
+  by_name.host = "localhost";  // no server_name: the certificate must name "localhost"
+  auto by_other_name = tls_options_for(tls_port_);
+  by_other_name.host = "localhost";
+  by_other_name.tls.server_name = "not-redis.test";  // still wins over the host
+  connection ok(executor_of(ioc), by_name), wrong(executor_of(ioc), by_other_name);
+  ok.start();
+  wrong.start();
+  ASSERT_TRUE(wait_up(ioc, ok)) << ok.last_error();
+  auto r = cmd(ioc, ok, {"PING"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->str, "PONG");
+  pump(ioc, [] { return false; }, 300ms);
+  EXPECT_FALSE(wrong.up());
+  EXPECT_NE(wrong.last_error().find("TLS handshake"), std::string::npos) << wrong.last_error();
 }
 
 TEST_F(RedisClientTlsTest, PresentsAClientCertificateWhenTheServerRequiresOne) {

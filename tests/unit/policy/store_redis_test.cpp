@@ -254,6 +254,32 @@ TEST(RedisStore, AnAdmissionIsAwaitedWhileOnTheWireAndASettlementAloneIsNot) {
   st->stop();
 }
 
+TEST(RedisStore, ACallSettledAfterMidnightIsChargedToTheNewDayEvenBeforeItsFirstAdmission) {
+  // Redis's clock cannot be moved: the scope is put back to "yesterday" by hand, as if the call
+  // had been admitted then and no admission had come since. Its settlement opens today's period.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  auto b = budget_of(1'000);
+  b.period = config::budget_period::daily;
+  const scope_spec daily{"t", "team-midnight", {}, b};
+  admission a = one_scope_call("midnight", daily, 100);
+  const admit_result r = run_sync(ioc, st->admit(0, a));
+  ASSERT_EQ(r.v, verdict::admitted);
+  ASSERT_EQ(r.periods.size(), 1u);
+  const std::string today = r.periods[0], yesterday = "d" + std::to_string(std::stoll(today.substr(1)) - 1);
+  ASSERT_TRUE(raw_command(ioc, {"HSET", st->scope_key("team-midnight", "t"), "pid", yesterday, "spent", "500"}));
+  settlement s{a, {yesterday}, 1, 80, r.admitted_at_ms};
+  ASSERT_TRUE(run_sync(ioc, st->settle(0, s)).applied);
+  const auto pid = raw_command(ioc, {"HGET", st->scope_key("team-midnight", "t"), "pid"});
+  ASSERT_TRUE(pid);
+  EXPECT_EQ(pid->str, today);
+  const budget_state now = run_sync(ioc, st->budget(0, daily));
+  EXPECT_EQ(now.spent, 80);  // yesterday's 500 is yesterday's
+  EXPECT_EQ(now.reserved, 0);
+  st->stop();
+}
+
 TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
   // Redis stalls with an admission in its socket; the store gives up after timeout_ms and drops
   // the connection, but Redis runs the script when it resumes. Nobody would settle that call:
@@ -305,6 +331,11 @@ TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
   st->shift_clock_estimate(0, 86'400'000);
   EXPECT_NEAR(double(st->clock_ms(0) - wall_ms()), 86'400'000.0, 1'000.0);
   EXPECT_LE(std::abs(st->clock_ms(7) - wall_ms()), 1'000);  // no such worker: this process's clock
+  // A new connection may be a new server (a failover): its reading replaces the estimate, rather
+  // than the estimate sinking a millisecond per reply towards it.
+  ASSERT_TRUE(raw_command(ioc, {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}));
+  redis_backend::wait_for([&] { return std::abs(st->clock_ms(0) - wall_ms()) < 1'000; }, ioc);
+  EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000);
   st->stop();
 }
 

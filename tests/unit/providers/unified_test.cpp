@@ -62,6 +62,12 @@ TEST(UnifiedDecodeTest, BadBodiesNameTheField) {
        "stream_options.include_usage"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1})", "invalid_value", "max_tokens"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"10"})", "invalid_type", "max_tokens"},
+      // Bounded, so that what the policy reserves (tokens × n, and their cost) cannot wrap around.
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":18446744073709551615})", "invalid_value",
+       "max_tokens"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":100000001})", "invalid_value",
+       "max_completion_tokens"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"n":129})", "invalid_value", "n"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"})", "invalid_type", "temperature"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":{}})", "invalid_type", "tools"},
   };
@@ -90,6 +96,19 @@ TEST(UnifiedDecodeTest, TheBodyLivesInItsOwnArenaAndCopiesOutliveTheRequest) {
   EXPECT_EQ(messages.as_array()[0].as_object().at("content").as_string().size(), big.size());
   EXPECT_EQ(messages.as_array()[1].as_object().at("content").as_string(), "second");
   EXPECT_EQ(model, R"("upstream-model")");
+}
+
+TEST(UnifiedDecodeTest, TheLargestAcceptedBoundsAndNAreKept) {
+  auto o = decode(R"({"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":100000000,"n":128})");
+  ASSERT_TRUE(o.ok) << o.code;
+  EXPECT_EQ(o.ctx.max_output_tokens, 100'000'000u);
+  EXPECT_EQ(o.ctx.choices, 128u);
+  EXPECT_EQ(decode(R"({"model":"m","messages":[{"role":"user","content":"x"}]})").ctx.choices, 1u);
+  auto e = decode(R"({"model":"m","input":"x","dimensions":4000000000})", endpoint_kind::embeddings);
+  EXPECT_FALSE(e.ok);
+  EXPECT_EQ(e.code, "invalid_value");
+  EXPECT_EQ(e.param, "dimensions");
+  EXPECT_TRUE(decode(R"({"model":"m","input":"x","dimensions":3072})", endpoint_kind::embeddings).ok);
 }
 
 TEST(UnifiedDecodeTest, NullOptionalFieldsCountAsAbsent) {
