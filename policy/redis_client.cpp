@@ -704,6 +704,12 @@ void connection::start() {
 
 void connection::close() { impl_->close(); }
 
+std::chrono::steady_clock::time_point connection::gives_up_at() const {
+  const auto& l = impl_->cur;
+  if (!l || l->pending.empty()) return clock::time_point::max();
+  return l->pending.front().deadline;
+}
+
 state connection::current() const {
   if (impl_->up()) return state::up;
   if (impl_->attempting && !impl_->closed) return state::connecting;

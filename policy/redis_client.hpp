@@ -145,6 +145,9 @@ class connection {
   void close();
   state current() const;
   bool up() const;
+  /// When the connection gives up on the oldest command on the wire (its timeout drops the
+  /// connection, failing every later command with it); time_point::max() when none is pending.
+  std::chrono::steady_clock::time_point gives_up_at() const;
   /// Why the last connection attempt failed, when known (resolution, TLS set-up and handshake),
   /// empty once an attempt succeeds; or, while up, the last answer that said something about the
   /// server (a Cluster refusal, READONLY, LOADING, OOM, ...), empty again at the next good answer.

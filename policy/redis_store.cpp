@@ -690,7 +690,18 @@ constexpr std::int64_t offset_unknown = std::numeric_limits<std::int64_t>::min()
 
 std::int64_t redis_store::deadline_for(unsigned worker) const {
   if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return 0;
-  return wall_ms() + clock_offset_[worker] + std::int64_t(cfg_.timeout_ms) - 1;
+  // The batch is given up with the oldest command already on the wire, when that one times out.
+  std::int64_t left = cfg_.timeout_ms;
+  if (worker < conns_.size()) {
+    const auto at = conns_[worker]->gives_up_at();
+    if (at != std::chrono::steady_clock::time_point::max())
+      left = std::min(left, std::int64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             at - std::chrono::steady_clock::now())
+                                             .count()));
+  }
+  // A script that starts by then must also run and be answered before the gateway gives up.
+  const std::int64_t margin = std::max<std::int64_t>(2, std::int64_t(cfg_.timeout_ms) / 10);
+  return wall_ms() + clock_offset_[worker] + std::max<std::int64_t>(left - margin, 0) - 1;
 }
 
 std::int64_t redis_store::clock_ms(unsigned worker) const {

@@ -320,6 +320,42 @@ TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
   st.stop();
 }
 
+TEST(RedisStore, ABatchSentBehindAnOlderCommandIsDueWhenThatOneIsGivenUp) {
+  // Redis stalls with a key lookup on the wire; an admission follows 60 ms later. When the
+  // lookup times out (100 ms), the connection is dropped and the admission fails with it, 40 ms
+  // before its own timeout. Its deadline must be that moment, not its own timeout: Redis resumes
+  // in between, and would otherwise admit a call nobody settles.
+  tollgate::testing::redis_server own;
+  ASSERT_TRUE(own.start()) << "redis-server did not start (deploy/install-deps installs it)";
+  config::redis_config c;
+  c.port = own.port();
+  c.timeout_ms = 100;
+  c.connect_timeout_ms = 200;
+  c.key_prefix = "behind:";
+  net::io_context ioc;
+  redis_store st(c, 60'000);
+  st.start({executor_t(ioc.get_executor())});
+  redis_backend::wait_ready(st, ioc);
+  const scope_spec s{"t", "team-behind", {0, 0, 1}, budget_of(1'000)};
+  ASSERT_TRUE(raw_command(ioc, {"SCRIPT", "LOAD", std::string(scripts::admit)}, own.port()));
+  own.pause();
+  net::co_spawn(ioc, st.get_key(0, "nobody"), net::detached);
+  ioc.run_for(std::chrono::milliseconds(60));
+  EXPECT_EQ(run_sync(ioc, st.admit(0, one_scope_call("stalled", s, 100))).v, verdict::unavailable);
+  own.resume();  // ~100 ms after the lookup: before the admission's own timeout would have passed
+  admit_result after;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    after = run_sync(ioc, st.admit(0, one_scope_call("after", s, 100)));
+  } while (after.v == verdict::unavailable && std::chrono::steady_clock::now() < until);
+  EXPECT_EQ(after.v, verdict::admitted);  // the slot (concurrency 1) is free: "stalled" holds nothing
+  const auto held = raw_command(ioc, {"ZRANGE", st.scope_key("team-behind", "l"), "0", "-1"}, own.port());
+  ASSERT_TRUE(held);
+  ASSERT_EQ(held->elements.size(), 2u);  // "after" and the pin
+  EXPECT_EQ(held->elements[0].str.rfind("after|", 0), 0u) << held->elements[0].str;
+  st.stop();
+}
+
 TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
   // What the engine charges an outage call's budget period by. Known from the connection's set-up
   // on: shifted by a day, the estimate reads a day ahead (with no estimate it would be this
