@@ -312,6 +312,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     }
     const unsigned status = ex.status();
     ctx.upstream_answered = status / 100 == 2;
+    ctx.upstream_status = status;
     if ((status == 429 || status >= 500) && more) {
       count_upstream_error(ctx, "status_" + std::to_string(status));
       continue;  // nothing went to the caller yet: try the fallback

@@ -566,8 +566,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
 
 bool billable(const request_context& ctx) noexcept {
   // Only answers a provider produced are billed: a refused connect or an error status is not. A
-  // stream cut short keeps its 200 (the status went out before the cut) and is billed.
-  return ctx.upstream_answered && ctx.status / 100 == 2 &&
+  // stream cut short keeps its 200 (the status went out before the cut) and is billed. A remote
+  // provider's 2xx is billed whatever the caller got: the provider charged for it.
+  const unsigned status = ctx.upstream_status ? ctx.upstream_status : ctx.status;
+  return ctx.upstream_answered && status / 100 == 2 &&
          (ctx.endpoint == endpoint_kind::chat_completions || ctx.endpoint == endpoint_kind::embeddings);
 }
 

@@ -104,6 +104,10 @@ struct request_context {
   std::string error_code;  ///< OpenAI `code` of an error answer, if any
   std::string details;     ///< lower_snake reason for logs (`upstream_timeout`, `client_disconnected`, ...)
   bool upstream_answered = false;  ///< a provider produced an answer (billable even if cut short)
+  /// The remote provider's status (0: none, or a built-in provider, whose status is `status`).
+  /// A 2xx is billed even when the caller got something else (a moderation failure, an answer
+  /// the gateway could not translate, a caller gone before the body was read).
+  unsigned upstream_status = 0;
   bool response_started = false;  ///< some response bytes went out: errors can no longer be a status
   bool client_gone = false;
   bool close_after = false;       ///< close the connection after this response

@@ -218,6 +218,23 @@ TEST(CostTest, AnAbsurdTokenCountSaturatesInsteadOfWrappingNegative) {
   EXPECT_EQ(cost_nano(p, std::numeric_limits<std::uint64_t>::max(), 0, 0), 1'000'000'000'000'000'000);
 }
 
+TEST_F(EngineTest, AProvidersAnswerIsBilledEvenWhenTheCallerGotAnError) {
+  // The provider answered 200 with its usage; the gateway then answered 503 (response moderation
+  // failed closed), or 502 (it could not translate the answer): the provider charged all the same.
+  make();
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  c.upstream_answered = true;
+  c.upstream_status = 200;
+  c.status = 503;
+  c.usage = {2, 1, 0, true};  // $0.004
+  eng->settle(c, executor_t(ioc.get_executor()));
+  ioc.restart();
+  while (eng->pending() > 0) ioc.run_one_for(std::chrono::milliseconds(5));
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+}
+
 TEST_F(EngineTest, EachOfNAnswersIsReservedAsLongAsMaxTokens) {
   // rich: $0.030 budget at $1000/M input and $2000/M output. 5 prompt + 5 output tokens cost
   // $0.015; with n = 10 the worst case is 5 + 50 tokens, $0.105: more than the whole budget.
