@@ -504,8 +504,15 @@ awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
     log_request(w, ctx);
     co_return;
   }
-  phase_result r = co_await run_phases(w, ctx, sink);
-  if (!r) co_await fail(ctx, sink, r.error());
+  try {
+    phase_result r = co_await run_phases(w, ctx, sink);
+    if (!r) co_await fail(ctx, sink, r.error());
+  } catch (...) {
+    // A bug (the session logs it). What admission reserved goes back now: left alone, the
+    // worker would renew the call's lease, and hold its slot and budget, until a restart.
+    w.policy().settle(ctx, w.executor());
+    throw;
+  }
   if (ctx.client_gone && ctx.details.empty()) ctx.details = "client_disconnected";
   w.policy().settle(ctx, w.executor());
   log_request(w, ctx);

@@ -482,10 +482,8 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
     local k = ks[i]
     local s, rpm, tpm, conc, blimit = spec_scope[k], spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k]
     if rpm > 0 or tpm > 0 then
-      local r = (s.lo + NB + 1) * bsize - now
-      if r < 1 then r = 1 end
-      if rpm > 0 and s.rs + 1 > rpm then code, why, idx, retry = 0, 1, i, r break end
-      if tpm > 0 and s.ts + tokens > tpm then code, why, idx, retry = 0, 2, i, r break end
+      if rpm > 0 and s.rs + 1 > rpm then code, why, idx = 0, 1, i break end
+      if tpm > 0 and s.ts + tokens > tpm then code, why, idx = 0, 2, i break end
     end
     if conc > 0 and s.c >= conc then code, why, idx, retry = 0, 3, i, 1000 break end
     if blimit >= 0 then
@@ -494,6 +492,31 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
       if member == '' then code, why, idx = 2, spent, s.res break end
       if spent + s.res + cost > blimit then code, why, idx = 0, 4, i break end
     end
+  end
+  if code == 0 and why < 3 then
+    -- Retry when enough of the window has left: its oldest buckets first (lo may be an empty
+    -- bucket after a roll), until what they held covers the excess; the current bucket last.
+    local k = ks[idx]
+    local s = spec_scope[k]
+    local excess = why == 1 and s.rs + 1 - spec_rpm[k] or s.ts + tokens - spec_tpm[k]
+    local at = cur
+    if cur > s.lo then
+      local f = {}
+      for b = s.lo, cur - 1 do f[#f + 1] = 'b' .. b end
+      local v = call('HMGET', s.key, unpack(f))
+      local freed = 0
+      for j = 1, #f do
+        local r, tk = counts(v[j])
+        if why == 2 and s.tdelta then tk = tk + (s.tdelta[f[j]] or 0) end
+        freed = freed + (why == 1 and r or tk)
+        if freed >= excess then
+          at = s.lo + j - 1
+          break
+        end
+      end
+    end
+    retry = (at + NB + 1) * bsize - now
+    if retry < 1 then retry = 1 end
   end
   -- The x-ratelimit-* figures: the fewest requests (tokens) left in any of the call's scopes,
   -- as left * 16 + the scope's index (0: no scope limits them); after the reservation when

@@ -98,9 +98,24 @@ admit_result memory_store::admit_now(const admission& a) {
     const bool budget = sc.budget.set();
     if (l.rpm || l.tpm) {
       roll(st.rate, cur);
-      const std::int64_t retry = std::max<std::int64_t>(1, (st.rate.lo + buckets + 1) * bucket_ms_ - now);
-      if (l.rpm && st.rate.requests + 1 > l.rpm) return refuse(verdict::rpm, i, retry);
-      if (l.tpm && st.rate.tokens + a.tokens > l.tpm) return refuse(verdict::tpm, i, retry);
+      // A refused caller may retry when enough of the window has left: the oldest buckets first,
+      // until what they held covers the excess (admit.lua does the same).
+      const auto retry = [&](bool requests, std::uint64_t excess) {
+        std::int64_t at = cur;
+        std::uint64_t freed = 0;
+        for (const auto& [b, n] : st.rate.buckets) {
+          if (b >= cur) break;
+          freed += requests ? n.first : n.second;
+          if (freed >= excess) {
+            at = b;
+            break;
+          }
+        }
+        return std::max<std::int64_t>(1, (at + buckets + 1) * bucket_ms_ - now);
+      };
+      if (l.rpm && st.rate.requests + 1 > l.rpm) return refuse(verdict::rpm, i, retry(true, st.rate.requests + 1 - l.rpm));
+      if (l.tpm && st.rate.tokens + a.tokens > l.tpm)
+        return refuse(verdict::tpm, i, retry(false, st.rate.tokens + a.tokens - l.tpm));
     }
     std::int64_t spent = st.spent;
     if (budget) {

@@ -115,6 +115,26 @@ TYPED_TEST_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecover
   EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
 }
 
+TYPED_TEST_P(StoreConformance, RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt) {
+  // rpm 2: one call at 0 and one at half a window; the first has left when a third comes. A
+  // fourth is refused until the second leaves, half a window on, not one bucket later (the
+  // window's oldest bucket after a roll is empty: the retry is read from the counts).
+  const std::int64_t w = TypeParam::window_ms, bucket = w / 30;
+  auto s = scope("t", {2, 0, 0});
+  ASSERT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
+  this->advance(w / 2);
+  ASSERT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
+  this->advance(w / 2 + 2 * bucket);
+  ASSERT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
+  auto refused = this->admit(this->adm({s}));
+  ASSERT_EQ(refused.v, verdict::rpm);
+  EXPECT_GE(refused.retry_after_ms, w / 3) << "the second call is still in the window";
+  EXPECT_LE(refused.retry_after_ms, w / 2 + bucket);
+  // By then it has left, and one more call fits.
+  this->advance(refused.retry_after_ms + 20);
+  EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
+}
+
 TYPED_TEST_P(StoreConformance, TokensPerMinuteReservesThenCorrectsToUsage) {
   auto s = scope("t", {0, 100, 0});
   auto a1 = this->adm({s}, 60);
@@ -589,7 +609,7 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
-                            TokensPerMinuteReservesThenCorrectsToUsage,
+                            RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt, TokensPerMinuteReservesThenCorrectsToUsage,
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
                             ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,
