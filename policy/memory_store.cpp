@@ -205,8 +205,8 @@ settle_result memory_store::settle_now(const settlement& s) {
         st.spent += s.cost_nano;
         if (held) st.reserved -= s.adm.cost_nano;
         spent = st.spent;
-        const auto soft = static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft);
-        if (sc.budget.soft > 0 && spent >= soft && !st.soft_sent) crossed = st.soft_sent = true;
+        const std::int64_t soft = soft_nano(sc);
+        if (soft > 0 && spent >= soft && !st.soft_sent) crossed = st.soft_sent = true;
       }
     }
     r.spent.push_back(spent);

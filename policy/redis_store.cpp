@@ -204,11 +204,6 @@ struct spec_table {
   }
 };
 
-/// A scope's soft threshold in nano-USD (0: none).
-std::int64_t soft_nano(const scope_spec& sc) {
-  return sc.budget.set() && sc.budget.soft > 0 ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft) : 0;
-}
-
 std::int64_t budget_limit(const scope_spec& s) { return s.budget.set() ? s.budget.limit_nano : -1; }
 
 /// What admit.lua is told about a scope: its id, limits, budget and soft threshold.

@@ -268,6 +268,12 @@ class store {
   notice_fn notice_;
 };
 
+/// A scope's soft threshold in nano-USD (0: none, also when limit × soft rounds down to 0): both
+/// stores fire the soft-threshold event on it.
+inline std::int64_t soft_nano(const scope_spec& sc) {
+  return sc.budget.set() && sc.budget.soft > 0 ? static_cast<std::int64_t>(double(sc.budget.limit_nano) * sc.budget.soft) : 0;
+}
+
 /// This process's wall clock, in ms since the epoch (the stores' and the engine's one reading of it).
 std::int64_t wall_ms();
 

@@ -16,19 +16,38 @@
 
 namespace tollgate::providers {
 
-/// Counts the `delta.content` (and `reasoning_content`) of `chunk`'s choices into ctx.
-inline void count_relayed_text(request_context& ctx, const boost::json::object& chunk) {
-  auto* ch = chunk.if_contains("choices");
-  if (!ch || !ch->is_array()) return;
-  for (auto& c : ch->get_array()) {
-    auto* d = c.is_object() ? c.get_object().if_contains("delta") : nullptr;
+/// The generated characters in an OpenAI chunk's deltas: content, reasoning, refusal, and each
+/// tool call's name and arguments (all of them output tokens), appended to `text` when given.
+inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* text) {
+  std::uint64_t n = 0;
+  auto take = [&](std::string_view s) {
+    n += s.size();
+    if (text) text->append(s);
+  };
+  auto choices = chunk.if_contains("choices");
+  if (!choices || !choices->is_array()) return 0;
+  for (auto& c : choices->get_array()) {
+    if (!c.is_object()) continue;
+    auto d = c.get_object().if_contains("delta");
     if (!d || !d->is_object()) continue;
-    for (std::string_view key : {"content", "reasoning_content"})
-      if (auto* t = d->get_object().if_contains(key); t && t->is_string()) {
-        ctx.relayed_completion_chars += t->get_string().size();
-        if (ctx.capture_text && key == "content") ctx.captured_response.append(t->get_string());
-      }
+    const auto& dobj = d->get_object();
+    for (auto key : {"content", "reasoning", "reasoning_content", "refusal"})
+      if (auto t = dobj.if_contains(key); t && t->is_string()) take(t->get_string());
+    if (auto tc = dobj.if_contains("tool_calls"); tc && tc->is_array())
+      for (auto& call : tc->get_array())
+        if (call.is_object())
+          if (auto f = call.get_object().if_contains("function"); f && f->is_object())
+            for (auto key : {"name", "arguments"})
+              if (auto t = f->get_object().if_contains(key); t && t->is_string()) take(t->get_string());
   }
+  return n;
+}
+
+/// Counts what `chunk` relayed into ctx (delta_chars), and captures it for the audit trail when
+/// the team captures text. The OpenAI relay and the Bedrock and Vertex translators all count so:
+/// a stream that ends without usage is billed the same whichever provider made it.
+inline void count_relayed_text(request_context& ctx, const boost::json::object& chunk) {
+  ctx.relayed_completion_chars += delta_chars(chunk, ctx.capture_text ? &ctx.captured_response : nullptr);
 }
 
 

@@ -12,6 +12,7 @@
 
 #include "gateway/core/sse.hpp"
 #include "gateway/core/swar.hpp"
+#include "providers/common/relayed_text.hpp"
 #include "providers/unified.hpp"
 
 namespace tollgate::providers {
@@ -79,31 +80,6 @@ std::string wrap(json::object err) {
   json::object root;
   root["error"] = std::move(err);
   return json::serialize(root);
-}
-
-std::uint64_t delta_chars(const json::object& chunk, std::string* text) {
-  std::uint64_t n = 0;
-  auto take = [&](std::string_view s) {
-    n += s.size();
-    if (text) text->append(s);
-  };
-  auto choices = chunk.if_contains("choices");
-  if (!choices || !choices->is_array()) return 0;
-  for (auto& c : choices->get_array()) {
-    if (!c.is_object()) continue;
-    auto d = c.get_object().if_contains("delta");
-    if (!d || !d->is_object()) continue;
-    const auto& dobj = d->get_object();
-    for (auto key : {"content", "reasoning", "reasoning_content", "refusal"})
-      if (auto t = dobj.if_contains(key); t && t->is_string()) take(t->get_string());
-    if (auto tc = dobj.if_contains("tool_calls"); tc && tc->is_array())
-      for (auto& call : tc->get_array())
-        if (call.is_object())
-          if (auto f = call.get_object().if_contains("function"); f && f->is_object())
-            for (auto key : {"name", "arguments"})
-              if (auto t = f->get_object().if_contains(key); t && t->is_string()) take(t->get_string());
-  }
-  return n;
 }
 
 class openai_stream final : public stream_translator {
@@ -179,7 +155,7 @@ class openai_stream final : public stream_translator {
       return;
     }
     auto& chunk = v.get_object();
-    ctx_.relayed_completion_chars += delta_chars(chunk, ctx_.capture_text ? &ctx_.captured_response : nullptr);
+    count_relayed_text(ctx_, chunk);
     auto u = chunk.find("usage");
     const bool has_usage_key = u != chunk.end();
     if (has_usage_key && !u->value().is_null()) read_usage(u->value(), ctx_.usage);

@@ -135,6 +135,18 @@ TYPED_TEST_P(StoreConformance, RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt)
   EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
 }
 
+TYPED_TEST_P(StoreConformance, ASoftThresholdThatRoundsToNothingNeverFires) {
+  // A $0 budget (free models only) with soft 0.8: 0 × 0.8 is no threshold, not one crossed at 0.
+  auto s = scope("t", {}, budget_of(0, 0.8));
+  auto a = this->adm({s}, 1, 0);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  const settle_result done = this->settle(a, r, 1, 0);
+  ASSERT_TRUE(done.applied);
+  ASSERT_EQ(done.soft_crossed.size(), 1u);
+  EXPECT_FALSE(done.soft_crossed[0]);
+}
+
 TYPED_TEST_P(StoreConformance, TokensPerMinuteReservesThenCorrectsToUsage) {
   auto s = scope("t", {0, 100, 0});
   auto a1 = this->adm({s}, 60);
@@ -609,7 +621,8 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
-                            RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt, TokensPerMinuteReservesThenCorrectsToUsage,
+                            RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt, ASoftThresholdThatRoundsToNothingNeverFires,
+                            TokensPerMinuteReservesThenCorrectsToUsage,
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
                             ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "gateway/core/sse.hpp"
+#include "providers/common/relayed_text.hpp"
 #include "providers/unified.hpp"
 
 #include "tests/unit/testdata.hpp"
@@ -197,6 +198,23 @@ TEST(OpenAIAdapterTest, MidStreamErrorsBecomeErrorEvents) {
     auto err = json::parse(ev[1].data).at("error");
     EXPECT_TRUE(err.at("message").as_string() == "overloaded" || err.at("message").as_string() == "llama boom");
   }
+}
+
+TEST(RelayedTextTest, ToolCallNamesAndArgumentsCountAsRelayedOutputForEveryProvider) {
+  // The Bedrock and Vertex translators emit tool calls as OpenAI chunks and count them with the
+  // same function as the OpenAI relay: a tool-use stream cut before its usage is billed for them.
+  request_context ctx;
+  const auto chunk = boost::json::parse(R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t1",
+      "type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}]})")
+                         .as_object();
+  count_relayed_text(ctx, chunk);
+  EXPECT_EQ(ctx.relayed_completion_chars, std::string("get_weather").size() + std::string(R"({"city":"Paris"})").size());
+  EXPECT_TRUE(ctx.captured_response.empty());  // captured only for teams that capture text
+  ctx.capture_text = true;
+  const auto text = boost::json::parse(R"({"choices":[{"index":0,"delta":{"content":"Sunny","reasoning_content":"hm"}}]})").as_object();
+  count_relayed_text(ctx, text);
+  EXPECT_EQ(ctx.relayed_completion_chars, 11u + 16u + 5u + 2u);
+  EXPECT_EQ(ctx.captured_response, "Sunnyhm");
 }
 
 TEST(OpenAIAdapterTest, BrokenOrUnterminatedStreamsEndProperly) {
