@@ -539,13 +539,15 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     error_code ec;
     (void)net::ip::make_address(opt.host, ec);
     if (!ec) co_return std::vector<std::string>{opt.host};
-    resolver_t res(ex);
+    // Shared with the timer's handler: one already queued when the answer comes must not touch a
+    // resolver this frame has destroyed.
+    auto res = std::make_shared<resolver_t>(ex);
     steady_timer_t limit(ex);
     limit.expires_after(opt.connect_timeout);
-    limit.async_wait([&res](error_code e) {
-      if (!e) res.cancel();
+    limit.async_wait([w = std::weak_ptr<resolver_t>(res)](error_code e) {
+      if (auto r = w.lock(); r && !e) r->cancel();
     });
-    auto [rec, found] = co_await res.async_resolve(opt.host, std::to_string(opt.port));
+    auto [rec, found] = co_await res->async_resolve(opt.host, std::to_string(opt.port));
     limit.cancel();
     std::vector<std::string> out;
     if (!rec)

@@ -696,7 +696,7 @@ std::int64_t redis_store::deadline_for(unsigned worker) const {
   }
   // A script that starts by then must also run and be answered before the gateway gives up.
   const std::int64_t margin = std::max<std::int64_t>(2, std::int64_t(cfg_.timeout_ms) / 10);
-  return wall_ms() + clock_offset_[worker] + std::max<std::int64_t>(left - margin, 0) - 1;
+  return clock_ms(worker) + std::max<std::int64_t>(left - margin, 0) - 1;
 }
 
 std::int64_t redis_store::clock_ms(unsigned worker) const {

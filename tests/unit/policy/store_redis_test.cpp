@@ -280,44 +280,61 @@ TEST(RedisStore, ACallSettledAfterMidnightIsChargedToTheNewDayEvenBeforeItsFirst
   st->stop();
 }
 
+/// A store of its own, one worker, on a redis-server of its own that a test stalls mid-call (the
+/// admission script already loaded, as after another replica's calls, so a stalled EVALSHA runs
+/// when Redis resumes). Team `team`: concurrency 1 and a budget.
+struct stalled_redis {
+  tollgate::testing::redis_server own;
+  net::io_context ioc;
+  std::unique_ptr<redis_store> st;
+  scope_spec s;
+
+  stalled_redis(std::uint32_t timeout_ms, const std::string& team) : s{"t", team, {0, 0, 1}, budget_of(1'000)} {
+    if (!own.start()) return;
+    config::redis_config c;
+    c.port = own.port();
+    c.timeout_ms = timeout_ms;
+    c.connect_timeout_ms = 200;
+    c.key_prefix = team + ":";
+    st = std::make_unique<redis_store>(c, 60'000);
+    st->start({executor_t(ioc.get_executor())});
+    redis_backend::wait_ready(*st, ioc);
+    if (!raw_command(ioc, {"SCRIPT", "LOAD", std::string(scripts::admit)}, own.port())) st.reset();
+  }
+  ~stalled_redis() {
+    if (st) st->stop();
+  }
+  verdict admit(const std::string& lease) { return run_sync(ioc, st->admit(0, one_scope_call(lease, s, 100))).v; }
+
+  /// After Redis resumed: once the store is back, a call is admitted (the slot is free) and it is
+  /// the only one held or reserved: the stalled call holds nothing.
+  void expect_nothing_held_but_the_next_call() {
+    verdict after = verdict::unavailable;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (after == verdict::unavailable && std::chrono::steady_clock::now() < until) after = admit("after");
+    EXPECT_EQ(after, verdict::admitted);
+    const auto held = raw_command(ioc, {"ZRANGE", st->scope_key(s.team, "l"), "0", "-1"}, own.port());
+    ASSERT_TRUE(held);
+    ASSERT_EQ(held->elements.size(), 2u);  // "after" and the pin; never "stalled"
+    EXPECT_EQ(held->elements[0].str.rfind("after|", 0), 0u) << held->elements[0].str;
+    const auto reserved = raw_command(ioc, {"HGET", st->scope_key(s.team, "t"), "res"}, own.port());
+    ASSERT_TRUE(reserved);
+    EXPECT_EQ(reserved->str, "100");  // "after" alone
+  }
+};
+
 TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
   // Redis stalls with an admission in its socket; the store gives up after timeout_ms and drops
   // the connection, but Redis runs the script when it resumes. Nobody would settle that call:
   // its concurrency slot and budget hold would stay until the lease expired. The batch's
   // deadline makes that late run reserve nothing. The stalled call is the store's very first
   // admission: the deadline comes from the Redis TIME read when the connection was made.
-  tollgate::testing::redis_server own;
-  ASSERT_TRUE(own.start()) << "redis-server did not start (deploy/install-deps installs it)";
-  config::redis_config c;
-  c.port = own.port();
-  c.timeout_ms = 50;
-  c.connect_timeout_ms = 200;
-  c.key_prefix = "late:";
-  net::io_context ioc;
-  redis_store st(c, 60'000);
-  st.start({executor_t(ioc.get_executor())});
-  redis_backend::wait_ready(st, ioc);
-  const scope_spec s{"t", "team-late", {0, 0, 1}, budget_of(1'000)};
-  // As after another replica's calls: the script is loaded, so the stalled EVALSHA will run.
-  ASSERT_TRUE(raw_command(ioc, {"SCRIPT", "LOAD", std::string(scripts::admit)}, own.port()));
-  own.pause();
-  EXPECT_EQ(run_sync(ioc, st.admit(0, one_scope_call("stalled", s, 100))).v, verdict::unavailable);
-  own.resume();
-  // Once the store is back, the slot is free and nothing is held.
-  admit_result after;
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  do {
-    after = run_sync(ioc, st.admit(0, one_scope_call("after", s, 100)));
-  } while (after.v == verdict::unavailable && std::chrono::steady_clock::now() < until);
-  EXPECT_EQ(after.v, verdict::admitted);
-  const auto held = raw_command(ioc, {"ZRANGE", st.scope_key("team-late", "l"), "0", "-1"}, own.port());
-  ASSERT_TRUE(held);
-  ASSERT_EQ(held->elements.size(), 2u);  // "after" and the pin; never "stalled"
-  EXPECT_EQ(held->elements[0].str.rfind("after|", 0), 0u) << held->elements[0].str;
-  const auto reserved = raw_command(ioc, {"HGET", st.scope_key("team-late", "t"), "res"}, own.port());
-  ASSERT_TRUE(reserved);
-  EXPECT_EQ(reserved->str, "100");  // "after" alone
-  st.stop();
+  stalled_redis r(50, "team-late");
+  ASSERT_TRUE(r.st) << "redis-server did not start (deploy/install-deps installs it)";
+  r.own.pause();
+  EXPECT_EQ(r.admit("stalled"), verdict::unavailable);
+  r.own.resume();
+  r.expect_nothing_held_but_the_next_call();
 }
 
 TEST(RedisStore, ABatchSentBehindAnOlderCommandIsDueWhenThatOneIsGivenUp) {
@@ -325,35 +342,14 @@ TEST(RedisStore, ABatchSentBehindAnOlderCommandIsDueWhenThatOneIsGivenUp) {
   // lookup times out (100 ms), the connection is dropped and the admission fails with it, 40 ms
   // before its own timeout. Its deadline must be that moment, not its own timeout: Redis resumes
   // in between, and would otherwise admit a call nobody settles.
-  tollgate::testing::redis_server own;
-  ASSERT_TRUE(own.start()) << "redis-server did not start (deploy/install-deps installs it)";
-  config::redis_config c;
-  c.port = own.port();
-  c.timeout_ms = 100;
-  c.connect_timeout_ms = 200;
-  c.key_prefix = "behind:";
-  net::io_context ioc;
-  redis_store st(c, 60'000);
-  st.start({executor_t(ioc.get_executor())});
-  redis_backend::wait_ready(st, ioc);
-  const scope_spec s{"t", "team-behind", {0, 0, 1}, budget_of(1'000)};
-  ASSERT_TRUE(raw_command(ioc, {"SCRIPT", "LOAD", std::string(scripts::admit)}, own.port()));
-  own.pause();
-  net::co_spawn(ioc, st.get_key(0, "nobody"), net::detached);
-  ioc.run_for(std::chrono::milliseconds(60));
-  EXPECT_EQ(run_sync(ioc, st.admit(0, one_scope_call("stalled", s, 100))).v, verdict::unavailable);
-  own.resume();  // ~100 ms after the lookup: before the admission's own timeout would have passed
-  admit_result after;
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  do {
-    after = run_sync(ioc, st.admit(0, one_scope_call("after", s, 100)));
-  } while (after.v == verdict::unavailable && std::chrono::steady_clock::now() < until);
-  EXPECT_EQ(after.v, verdict::admitted);  // the slot (concurrency 1) is free: "stalled" holds nothing
-  const auto held = raw_command(ioc, {"ZRANGE", st.scope_key("team-behind", "l"), "0", "-1"}, own.port());
-  ASSERT_TRUE(held);
-  ASSERT_EQ(held->elements.size(), 2u);  // "after" and the pin
-  EXPECT_EQ(held->elements[0].str.rfind("after|", 0), 0u) << held->elements[0].str;
-  st.stop();
+  stalled_redis r(100, "team-behind");
+  ASSERT_TRUE(r.st) << "redis-server did not start (deploy/install-deps installs it)";
+  r.own.pause();
+  net::co_spawn(r.ioc, r.st->get_key(0, "nobody"), net::detached);
+  r.ioc.run_for(std::chrono::milliseconds(60));
+  EXPECT_EQ(r.admit("stalled"), verdict::unavailable);
+  r.own.resume();  // ~100 ms after the lookup: before the admission's own timeout would have passed
+  r.expect_nothing_held_but_the_next_call();
 }
 
 TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
