@@ -685,8 +685,12 @@ constexpr std::int64_t offset_unknown = std::numeric_limits<std::int64_t>::min()
 
 std::int64_t redis_store::deadline_for(unsigned worker) const {
   if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return 0;
-  // The batch is given up with the oldest command already on the wire, when that one times out.
-  std::int64_t left = cfg_.timeout_ms;
+  // Given up at its own timeout; a script that starts before then must also run and be answered
+  // by then (2 ms: a batch's script takes well under one).
+  std::int64_t left = std::int64_t(cfg_.timeout_ms) - 2;
+  // Or with the oldest command already on the wire, when that one times out (its drop fails this
+  // batch too). Redis runs a connection's commands in order: a batch that runs before that moment
+  // ran after the older command, whose answer then went first, so no margin is needed there.
   if (worker < conns_.size()) {
     const auto at = conns_[worker]->gives_up_at();
     if (at != std::chrono::steady_clock::time_point::max())
@@ -694,9 +698,7 @@ std::int64_t redis_store::deadline_for(unsigned worker) const {
                                              at - std::chrono::steady_clock::now())
                                              .count()));
   }
-  // A script that starts by then must also run and be answered before the gateway gives up.
-  const std::int64_t margin = std::max<std::int64_t>(2, std::int64_t(cfg_.timeout_ms) / 10);
-  return clock_ms(worker) + std::max<std::int64_t>(left - margin, 0) - 1;
+  return clock_ms(worker) + std::max<std::int64_t>(left, 0) - 1;
 }
 
 std::int64_t redis_store::clock_ms(unsigned worker) const {

@@ -181,8 +181,8 @@ class redis_store final : public store {
   /// The Redis time by which `worker` gives up on a batch sent now (0: not known yet): this
   /// process's clock plus the worker's estimate of Redis's clock offset plus the time left before
   /// the connection gives up (the timeout, or less when an older command is on the wire: its
-  /// timeout drops the connection and this batch with it), less a margin for the script to run
-  /// and be answered (a tenth of the timeout, at least 2 ms) and a millisecond. The estimate never
+  /// timeout drops the connection and this batch with it), less a millisecond, and 2 ms more on
+  /// its own timeout for the script to run and be answered. The estimate never
   /// exceeds the true offset (below), so Redis finds a batch that runs after the gateway gave up
   /// past its deadline.
   std::int64_t deadline_for(unsigned worker) const;

@@ -232,6 +232,9 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       {base + "store: {type: etcd}\n", "store.type: expected memory or redis"},
       {base + "store: {on_unavailable: {budgets: local}}\n", "store.on_unavailable.budgets: expected fail_closed or fail_open"},
       {base + "store: {replicas: 0}\n", "store.replicas: must be at least 1"},
+      // Bounded like a request's max_tokens: what a call reserves stays finite in 64 bits.
+      {base + "store: {default_max_tokens: 100000001}\n",
+       "store.default_max_tokens: expected a non-negative integer up to 100000000"},
       {base + "store: {settlement_journal: [a, b]}\n", "store.settlement_journal"},
       {base + "store: {settlement_journal: {path: x}}\n", "store.settlement_journal"},
       {base + "store: {redis: {adress: x}}\n", "store.redis.adress: unknown key"},

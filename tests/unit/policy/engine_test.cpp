@@ -618,7 +618,7 @@ TEST_F(EngineTest, CallsAdmittedUncheckedDuringAnOutageAreChargedToTheBudgetOnce
   outage_calls_are_charged_later(", rate_limits: fail_open", "open");
 }
 
-TEST_F(EngineTest, AnOutageCallIsChargedToTheBudgetPeriodOfTheStoresClockNotThisProcesss) {
+TEST_F(EngineTest, AnOutageCallIsChargedToTheBudgetPeriodOfTheStoresClockNotTheGateways) {
   // The store's clock (Redis's, as estimated) reads the last second of a day that this process's
   // clock has not reached: the call is charged to that day, as an admission Redis had made then.
   const std::int64_t store_now = 1'927'670'399'000;  // 2031-01-31T23:59:59Z
