@@ -252,6 +252,11 @@ struct redis_config {
 
 enum class on_store_failure { fail_closed, fail_open, local };
 
+/// The most output tokens a call may ask for (`max_tokens`, `max_completion_tokens`) or a config
+/// may reserve by default (`store.default_max_tokens`): far above any model's output limit, and
+/// low enough that tokens × n and their cost stay finite in 64 bits.
+inline constexpr std::uint64_t max_output_tokens = 100'000'000;
+
 struct store_config {
   std::string type = "memory";  ///< "memory" or "redis"
   redis_config redis;

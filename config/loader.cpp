@@ -387,7 +387,7 @@ void parse_store(const YAML::Node& n, store_config& s) {
     if (auto v = u["rate_limits"]) s.rate_limits = get_failure_mode(v, up + ".rate_limits", true);
   }
   if (auto v = n["lease_ms"]) s.lease_ms = get_uint<std::uint32_t>(v, p + ".lease_ms", 86'400'000);
-  if (auto v = n["default_max_tokens"]) s.default_max_tokens = get_uint<std::uint64_t>(v, p + ".default_max_tokens", 100'000'000);
+  if (auto v = n["default_max_tokens"]) s.default_max_tokens = get_uint<std::uint64_t>(v, p + ".default_max_tokens", max_output_tokens);
   if (auto v = n["settlement_journal"]) s.settlement_journal = get_string(v, p + ".settlement_journal");
 }
 

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <memory>
 
+#include "config/config.hpp"
+
 namespace tollgate::providers {
 namespace json = boost::json;
 namespace {
@@ -59,7 +61,6 @@ boost::system::result<std::uint64_t, failure> non_negative_int(const json::objec
   return n;
 }
 
-constexpr std::uint64_t max_output_tokens_accepted = 100'000'000;  // far above any model's output limit
 constexpr std::uint64_t max_choices = 128;                           // OpenAI's own bound on n
 constexpr std::uint64_t max_embedding_dimensions = 65'536;
 
@@ -94,9 +95,9 @@ phase_result decode_chat(request_context& ctx, const json::object& o) {
       ctx.caller_wants_usage = iu->get_bool();
     }
   }
-  auto mt = non_negative_int(o, "max_completion_tokens", max_output_tokens_accepted);
+  auto mt = non_negative_int(o, "max_completion_tokens", config::max_output_tokens);
   if (!mt) return mt.error();
-  auto mt_old = non_negative_int(o, "max_tokens", max_output_tokens_accepted);
+  auto mt_old = non_negative_int(o, "max_tokens", config::max_output_tokens);
   if (!mt_old) return mt_old.error();
   ctx.max_output_tokens = *mt ? *mt : *mt_old;
   auto n = non_negative_int(o, "n", max_choices);
