@@ -114,7 +114,8 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                         "1 while the policy store is unreachable and the degraded policy applies.", metrics::kind::gauge)),
       settlements_(reg.add("tollgate_policy_settlements_total",
                            "Settlements by result: applied, duplicate, retried, lost, local; outage: calls admitted while the "
-                            "store was unreachable (budgets: fail_open), their cost charged to it later.", metrics::kind::counter,
+                            "store was unreachable (budgets: fail_open), their cost charged to it later; released: "
+                            "admissions whose answer was lost, released in case the store made them.", metrics::kind::counter,
                            {"result"})),
       soft_(reg.add("tollgate_budget_soft_threshold_total",
                     "Budgets that crossed their soft threshold (once per period), by team and scope (team or key).",
@@ -446,6 +447,9 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   admit_result res = co_await store_->admit(ctx.worker, a);
   admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
   if (res.v == verdict::unavailable) {
+    if (res.in_doubt)
+      release_later(ctx.worker, a,
+                    std::chrono::duration_cast<milliseconds>(steady_clock::now() - asked).count());
     degraded_cell_.set(1);
     const bool began = !is_degraded_.exchange(true);
     const std::string why = store_->last_error();
@@ -684,7 +688,8 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
           --pending_;
           if (batch[i].journaled) finished.push_back(std::move(batch[i]));
         } else if (now >= batch[i].give_up) {
-          lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
+          if (batch[i].release) --pending_;  // its lease has expired: nothing left to release
+          else lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
         } else {
           q.items.push_back(std::move(batch[i]));
           ++failed;
@@ -752,6 +757,27 @@ awaitable<void> engine::seal_outage(unsigned worker, std::weak_ptr<const bool> a
   retry_from(worker, first_new);
 }
 
+void engine::release_later(unsigned worker, const admission& a, std::int64_t asked_ms) {
+  if (queues_.empty()) return;
+  const unsigned w = worker % unsigned(queues_.size());
+  // The lease as sent (its rendering included): a settlement finds it only if the store made it,
+  // and then releases its slot and budget hold, charges nothing and gives its tokens back. When
+  // the store did not make it (the usual case: the batch never ran, or ran past its deadline and
+  // reserved nothing), the settlement finds nothing and does nothing.
+  settlement s;
+  s.adm = a;
+  const std::int64_t at_ms = store_->clock_ms(w) - asked_ms;  // when the batch was sent
+  s.periods.reserve(a.scopes.size());
+  for (const auto& sc : a.scopes) s.periods.push_back(sc.budget.set() ? period_id(sc.budget.period, at_ms) : std::string());
+  s.admitted_at_ms = at_ms;
+  settlements_.counter({"released"}).inc();
+  auto& q = queues_[w];
+  const std::size_t first_new = q.items.size();
+  q.items.push_back(retry_item{std::move(s), steady_clock::now() + milliseconds(a.lease_ms), false, true});
+  ++pending_;
+  retry_from(w, first_new);
+}
+
 void engine::lose(const settlement& s, std::string_view why) {
   settlements_.counter({"lost"}).inc();
   const std::string team = s.adm.scopes.empty() ? std::string() : s.adm.scopes.front().team;
@@ -771,6 +797,8 @@ void engine::abandon_pending(unsigned worker) {
       ++kept;
       kept_nano += it.s.cost_nano;
       --pending_;
+    } else if (it.release) {
+      --pending_;  // charges nothing; the lease expires by itself
     } else {
       lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
     }
@@ -786,7 +814,9 @@ void engine::abandon_pending(unsigned worker) {
 void engine::journal_add(std::span<retry_item> items) {
   if (!journal_.enabled() || items.empty()) return;
   std::vector<const settlement*> s;
-  for (auto& it : items) s.push_back(&it.s);
+  for (auto& it : items)
+    if (!it.release) s.push_back(&it.s);
+  if (s.empty()) return;
   std::string error;
   if (!journal_.add(s, error)) {
     // Kept in memory and retried as without a journal; said once.
@@ -794,6 +824,7 @@ void engine::journal_add(std::span<retry_item> items) {
     return;
   }
   for (auto& it : items) {
+    if (it.release) continue;
     it.journaled = true;
     it.give_up = steady_clock::time_point::max();
   }

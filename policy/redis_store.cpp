@@ -754,9 +754,23 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
   } else {
     out.resize(settles.size());  // unreachable: the caller sends them again (idempotent)
   }
+  // Sent, and no answer says what Redis did: it may have run the script (a reply lost to a reset
+  // or late past the timeout, a script that failed part way). Not so when nothing was sent (not
+  // connected) or Redis refused the command before running it (MOVED, BUSY, LOADING, ...): those
+  // answers come before any script runs.
+  bool in_doubt = false;
+  if (!ok && !admits.empty()) {
+    if (!r) {
+      const auto ec = r.error();
+      in_doubt = ec == net::error::timed_out || ec == net::error::connection_reset || ec == net::error::operation_aborted;
+    } else if (r->type == redis::reply::kind::error) {
+      in_doubt = r->str.find("script") != std::string::npos && r->str.rfind("BUSY", 0) != 0;
+    }
+  }
   for (std::size_t i = 0; i < admits.size(); ++i) {
     auto& p = *admits[i];
     if (ok && i < results.size()) p.result = std::move(results[i]);
+    else p.result.in_doubt = in_doubt;
     p.done = true;
     if (p.wake) p.wake();
   }

@@ -28,7 +28,7 @@ import {
   staticKey,
   tally,
 } from './lib/policy_helpers.mjs';
-import { redisCommand, startRedis, waitStoreUp } from './lib/redis.mjs';
+import { redisCommand, startRedis, startRedisRelay, waitStoreUp } from './lib/redis.mjs';
 import { readSse } from './lib/sse.mjs';
 
 // Prices (USD per million tokens) chosen so costs are whole nano-USD: a prompt token costs
@@ -863,6 +863,62 @@ keys:
     } finally {
       redis.resume();
       await gw?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('Redis answer lost', () => {
+  test('an admission Redis ran whose answer was lost (a reset right after) is released: the one concurrency slot is free again within a second, not after the 5-minute lease', { timeout: 30000 }, async () => {
+    const redis = await startRedis();
+    const relay = await startRedisRelay(redis);
+    const adm = adminToken();
+    const kb = staticKey('budgeted3');
+    let gw;
+    try {
+      gw = await startGateway(
+        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+          `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', relay)}teams:
+  - name: budgeted
+    budget: {usd: 100, period: daily, soft: 0}
+    limits: {concurrency: 1}
+keys:
+  - {id: ${kb.id}, team: budgeted, digest: "${kb.digest}"}
+` +
+          mockModels(),
+      );
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      const before = await settledBudget(gw, adm.token, 'budgeted');
+      // The next admission reaches Redis, which reserves the call's worst case and takes its one
+      // slot; the answer never comes back.
+      relay.loseNextAnswerTo('EVALSHA');
+      assertOpenAIError(await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 }), {
+        status: 503,
+        code: 'policy_store_unavailable',
+      });
+      assert.equal(relay.lost, 1);
+      const held = await redisCommand(redis.port, ['ZRANGE', 'tgtest:{budgeted}:l', '0', '-1']);
+      assert.ok(held.some((m) => String(m).includes('|')), `Redis made the admission: ${JSON.stringify(held)}`);
+      // Released once the store answers again: served, and nothing stays reserved or charged.
+      const t = Date.now();
+      await eventually(async () => (await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 })).status === 200, {
+        timeoutMs: 5000,
+        intervalMs: 50,
+        what: 'the slot free again',
+      });
+      assert.ok(Date.now() - t < 3000, `served again after ${Date.now() - t} ms`);
+      const m = await scrape(gw);
+      assert.equal(metricValue(m, 'tollgate_policy_settlements_total', { result: 'released' }), 1);
+      const after = await settledBudget(gw, adm.token, 'budgeted');
+      // The first call and the one served after the release, each charged; the lost one nothing.
+      assert.equal(after.spent_nano, 2 * before.spent_nano, JSON.stringify({ before, after }));
+      await gw.stopClean();
+    } finally {
+      await gw?.kill();
+      await relay.close();
       await redis.close();
     }
   });

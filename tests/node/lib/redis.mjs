@@ -224,6 +224,57 @@ export async function startRedis({ readyTimeoutMs = 5000, extraArgs = [] } = {})
 }
 
 /**
+ * A TCP relay in front of `redis` (the gateway connects to `relay.address`), which can lose one
+ * answer: after `loseNextAnswerTo(word)`, the next command containing `word` goes to Redis, which
+ * runs it, and its answer is dropped and the connection reset, as a network that fails right after
+ * the request arrived. `lost` counts the answers lost so far.
+ */
+export async function startRedisRelay(redis) {
+  const sockets = new Set();
+  let armed = null;
+  const relay = {
+    lost: 0,
+    loseNextAnswerTo(word) {
+      armed = word;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+  const server = net.createServer((client) => {
+    const upstream = net.connect(redis.port, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    let doomed = false;  // this connection's next answer is lost
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('data', (d) => {
+      if (armed && d.includes(armed)) {
+        armed = null;
+        doomed = true;
+      }
+      upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      if (!doomed) return void client.write(d);
+      relay.lost++;
+      client.resetAndDestroy();
+      end();
+    });
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  relay.port = server.address().port;
+  relay.address = `127.0.0.1:${relay.port}`;
+  return relay;
+}
+
+/**
  * Waits (bounded) until every worker of a gateway with a Redis store has its store connection up.
  * The ready file is written before those connections finish connecting, and requests on a worker
  * whose connection is still down take the degraded path. Admin connections are handed to workers

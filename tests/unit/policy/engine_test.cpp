@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <ctime>
+#include <filesystem>
 #include <limits>
 #include <regex>
 #include <thread>
+
+#include <unistd.h>
 
 #include "config/loader.hpp"
 #include "gateway/core/provider.hpp"
@@ -53,10 +56,22 @@ struct flaky_store final : store {
   memory_store inner;
   bool down = false;
   bool admit_down = false;  ///< admissions fail too (an outage before the call)
+  /// Admissions are made, but their answer is lost (a reset after Redis ran the script): the
+  /// engine is told the store is unavailable and that it may have made them.
+  bool lose_answers = false;
+  /// Admissions are not made, and the engine is told it may have made them (a batch given up on
+  /// that Redis never ran).
+  bool doubt_only = false;
   int settle_calls = 0;
   std::string_view kind() const override { return "flaky"; }
   std::int64_t clock_ms(unsigned w) const override { return inner.clock_ms(w); }
   awaitable<admit_result> admit(unsigned, const admission& a) override {
+    if (lose_answers || doubt_only) {
+      if (lose_answers) inner.admit_now(a);
+      admit_result r;
+      r.in_doubt = true;
+      co_return r;
+    }
     co_return admit_down ? admit_result{} : inner.admit_now(a);
   }
   awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
@@ -117,7 +132,8 @@ keys:
 class EngineTest : public ::testing::Test {
  protected:
   void make(const std::string& extra = {}, std::shared_ptr<store> st = nullptr) { make_from(yaml(extra), std::move(st)); }
-  void make_from(const std::string& text, std::shared_ptr<store> st) {
+  /// `journal`: a settlement journal file to open before start (empty: none).
+  void make_from(const std::string& text, std::shared_ptr<store> st, const std::string& journal = {}) {
     auto loaded = config::load_string(text);
     ASSERT_TRUE(loaded) << loaded.error;
     auto s = std::make_shared<snapshot>();
@@ -127,6 +143,7 @@ class EngineTest : public ::testing::Test {
     eng = std::make_unique<engine>(st, reg, [this](std::string_view lvl, std::string_view msg, std::string_view extra_json) {
       logs.push_back(std::string(lvl) + " " + std::string(msg) + " " + std::string(extra_json));
     });
+    if (!journal.empty()) eng->open_journal(journal);
     eng->start({executor_t(ioc.get_executor())});
   }
   request_context ctx(std::string credential, std::string model = "mock-gpt") {
@@ -602,6 +619,95 @@ TEST_F(EngineTest, SettlementsTheStoreDidNotTakeAreRetriedUntilItAnswersAndCharg
   auto b = run_sync(ioc, eng->budget(0, scope_spec{"t", "rich", {}, snap->cfg->find_team("rich")->budget}));
   EXPECT_EQ(b.spent, 4'000'000);  // 2 prompt + 1 completion tokens, charged once
   EXPECT_EQ(b.reserved, 0);
+}
+
+TEST_F(EngineTest, AnAdmissionWhoseAnswerWasLostIsReleasedOnceTheStoreAnswers) {
+  // Redis ran the script, reserved the call's worst case against the budget, and the reply was
+  // lost (a reset right after). Without a release, that hold stayed until the lease expired (5
+  // minutes): a team near its budget was refused meanwhile for a call that never ran.
+  auto flaky = std::make_shared<flaky_store>();
+  make("", flaky);
+  flaky->lose_answers = true;
+  auto c = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(c), errc::policy_store_unavailable);  // budgets fail closed by default
+  flaky->lose_answers = false;
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).reserved, 15'000'000);  // 5 prompt + 5 output tokens
+  EXPECT_EQ(eng->pending(), 1);
+  ioc.restart();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(eng->pending(), 0);
+  const auto b = run_sync(ioc, eng->budget(0, team));
+  EXPECT_EQ(b.reserved, 0);
+  EXPECT_EQ(b.spent, 0);  // nothing charged: the call never ran
+  const std::string m = reg.expose();
+  EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"released\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"applied\"} 1"), std::string::npos) << m;
+  // The budget covers two calls' worst case: with the hold gone, two more are admitted.
+  auto d = ctx("tg_rich1_" + secret), e = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(d), errc::ok);
+  EXPECT_EQ(call(e), errc::ok);
+}
+
+TEST_F(EngineTest, AReleaseForAnAdmissionTheStoreNeverMadeChangesNothing) {
+  // The usual case of doubt: the batch was given up on and never ran (or ran past its deadline
+  // and reserved nothing). The release finds no lease: no charge, no release of another call's
+  // hold, and not counted as lost.
+  auto flaky = std::make_shared<flaky_store>();
+  make("", flaky);
+  auto held = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(held), errc::ok);
+  flaky->doubt_only = true;
+  auto c = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(c), errc::policy_store_unavailable);
+  flaky->doubt_only = false;
+  ioc.restart();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(eng->pending(), 0);
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  const auto b = run_sync(ioc, eng->budget(0, team));
+  EXPECT_EQ(b.reserved, 15'000'000);  // the first call's hold, untouched
+  EXPECT_EQ(b.spent, 0);
+  const std::string m = reg.expose();
+  EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"released\"} 1"), std::string::npos) << m;
+  EXPECT_EQ(m.find("tollgate_policy_settlements_total{result=\"lost\"}"), std::string::npos) << m;
+}
+
+TEST_F(EngineTest, AReleaseTheStoreNeverTookIsDroppedAtShutdownWithoutALostLine) {
+  // It charges nothing, and the store lets the lease go by itself: not a lost settlement (whose
+  // error line tells an operator that a cost went missing), and never written to the journal.
+  auto flaky = std::make_shared<flaky_store>();
+  const std::string dir = ::testing::TempDir() + "/release-journal-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  make_from(yaml(), flaky, dir + "/j");
+  flaky->lose_answers = true;
+  flaky->down = true;  // the release cannot reach the store either
+  auto c = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(c), errc::policy_store_unavailable);
+  ioc.restart();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (flaky->settle_calls < 1 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  ASSERT_GE(flaky->settle_calls, 1);  // tried, and refused
+  EXPECT_EQ(eng->pending(), 1);
+  const std::string m = reg.expose();
+  EXPECT_NE(m.find("tollgate_policy_settlement_journal_open 0"), std::string::npos) << "not journaled\n" << m;
+  eng->abandon_pending(0);
+  EXPECT_EQ(eng->pending(), 0);
+  for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
+  EXPECT_EQ(std::filesystem::file_size(dir + "/j"), 0u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(EngineTest, AnAdmissionRefusedWithoutDoubtSendsNoRelease) {
+  auto flaky = std::make_shared<flaky_store>();
+  make("", flaky);
+  flaky->admit_down = true;  // not connected: nothing was sent
+  auto c = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(c), errc::policy_store_unavailable);
+  EXPECT_EQ(eng->pending(), 0);
+  EXPECT_EQ(reg.expose().find("tollgate_policy_settlements_total{result=\"released\"}"), std::string::npos);
 }
 
 TEST_F(EngineTest, UnreachableStoreWithFailOpenBudgetsAdmitsUnderLocalLimits) {

@@ -69,6 +69,7 @@ TEST(RedisStore, UnreachableRedisIsReportedNotHung) {
   const auto t0 = std::chrono::steady_clock::now();
   auto r = run_sync(ioc, st.admit(0, a));
   EXPECT_EQ(r.v, verdict::unavailable);
+  EXPECT_FALSE(r.in_doubt) << "nothing was sent: no release is needed";
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
   auto s = run_sync(ioc, st.settle(0, settlement{a, {""}, 1, 1}));
   EXPECT_FALSE(s.reachable);
@@ -304,7 +305,8 @@ struct stalled_redis {
   ~stalled_redis() {
     if (st) st->stop();
   }
-  verdict admit(const std::string& lease) { return run_sync(ioc, st->admit(0, one_scope_call(lease, s, 100))).v; }
+  admit_result admit_full(const std::string& lease) { return run_sync(ioc, st->admit(0, one_scope_call(lease, s, 100))); }
+  verdict admit(const std::string& lease) { return admit_full(lease).v; }
 
   /// After Redis resumed: once the store is back, a call is admitted (the slot is free) and it is
   /// the only one held or reserved: the stalled call holds nothing.
@@ -332,7 +334,10 @@ TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
   stalled_redis r(50, "team-late");
   ASSERT_TRUE(r.st) << "redis-server did not start (deploy/install-deps installs it)";
   r.own.pause();
-  EXPECT_EQ(r.admit("stalled"), verdict::unavailable);
+  const admit_result stalled = r.admit_full("stalled");
+  EXPECT_EQ(stalled.v, verdict::unavailable);
+  // Sent and never answered: for all the gateway knows Redis ran it, so the engine releases it.
+  EXPECT_TRUE(stalled.in_doubt);
   r.own.resume();
   r.expect_nothing_held_but_the_next_call();
 }
@@ -381,7 +386,9 @@ TEST(RedisStore, ABatchAnsweredPastItsDeadlineIsUnavailableAndTheClockEstimateRe
   const scope_spec s{"t", "team-skew", {0, 0, 1}, budget_of(1'000)};
   ASSERT_EQ(run_sync(ioc, st->admit(0, one_scope_call("learn", s, 1))).v, verdict::admitted);
   st->shift_clock_estimate(0, -10'000);
-  EXPECT_EQ(run_sync(ioc, st->admit(0, one_scope_call("late", s, 100))).v, verdict::unavailable);
+  const admit_result late = run_sync(ioc, st->admit(0, one_scope_call("late", s, 100)));
+  EXPECT_EQ(late.v, verdict::unavailable);
+  EXPECT_FALSE(late.in_doubt) << "Redis answered that it reserved nothing: no release is needed";
   EXPECT_EQ(st->late_admissions(), 1u);
   const auto held = raw_command(ioc, {"ZCARD", st->scope_key("team-skew", "l")});
   ASSERT_TRUE(held);
