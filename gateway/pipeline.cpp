@@ -174,7 +174,17 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   std::string in, out;
   for (;;) {
     auto ec = co_await ex.read_some(in);
-    if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    if (ctx.client_gone) {
+      // Bytes read as the caller left (its watcher ran first) were generated all the same: the
+      // translator counts their text and keeps their usage for the bill, though nothing is sent.
+      // Not captured for the audit trail, which keeps what the caller was sent.
+      if (!ec && !in.empty()) {
+        const std::size_t captured = ctx.captured_response.size();
+        translator->feed(in, out);
+        if (ctx.captured_response.size() > captured) ctx.captured_response.resize(captured);
+      }
+      co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    }
     if (ec) {
       const bool timeout = ec == errc::upstream_timeout;
       count_upstream_error(ctx, timeout ? "stream_timeout" : "stream_reset");
