@@ -812,6 +812,30 @@ keys:
   });
 });
 
+/**
+ * A one-worker gateway whose store is at `redisAddress.address` (a Redis, or a relay before one),
+ * with team `budgeted` (a daily budget and one concurrency slot) and `key`; once its store is up,
+ * one call is served.
+ */
+async function startSlotGateway(redisAddress, adm, key) {
+  const gw = await startGateway(
+    serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
+      `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redisAddress)}teams:
+  - name: budgeted
+    budget: {usd: 100, period: daily, soft: 0}
+    limits: {concurrency: 1}
+keys:
+  - {id: ${key.id}, team: budgeted, digest: "${key.digest}"}
+` +
+      mockModels(),
+  );
+  await waitStoreUp(gw, adm.token, { rounds: 2 });
+  assert.equal((await chat(gw, key.full, body('mock-gpt'))).status, 200);
+  return gw;
+}
+
 describe('Redis hung', () => {
   test('Redis paused (SIGSTOP): calls with a budget fail fast with 503 (timeout_ms 50), not hang; resumed: served again, and the admission Redis ran late holds no slot or reservation', { timeout: 30000 }, async () => {
     const redis = await startRedis();
@@ -819,21 +843,7 @@ describe('Redis hung', () => {
     const kb = staticKey('budgeted2');
     let gw;
     try {
-      gw = await startGateway(
-        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
-          `auth:
-  admin_tokens:
-${adm.yaml}${prices()}${storeYaml('redis', redis)}teams:
-  - name: budgeted
-    budget: {usd: 100, period: daily, soft: 0}
-    limits: {concurrency: 1}
-keys:
-  - {id: ${kb.id}, team: budgeted, digest: "${kb.digest}"}
-` +
-          mockModels(),
-      );
-      await waitStoreUp(gw, adm.token, { rounds: 2 });
-      assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      gw = await startSlotGateway(redis, adm, kb);
       // The first call's admission reaches Redis's socket and waits there; Redis runs it when it
       // resumes, after the gateway gave up on it (past its deadline: it reserves nothing).
       redis.pause();
@@ -876,21 +886,7 @@ describe('Redis answer lost', () => {
     const kb = staticKey('budgeted3');
     let gw;
     try {
-      gw = await startGateway(
-        serverYaml({ workers: 1, openAuth: false, freePrices: false }) +
-          `auth:
-  admin_tokens:
-${adm.yaml}${prices()}${storeYaml('redis', relay)}teams:
-  - name: budgeted
-    budget: {usd: 100, period: daily, soft: 0}
-    limits: {concurrency: 1}
-keys:
-  - {id: ${kb.id}, team: budgeted, digest: "${kb.digest}"}
-` +
-          mockModels(),
-      );
-      await waitStoreUp(gw, adm.token, { rounds: 2 });
-      assert.equal((await chat(gw, kb.full, body('mock-gpt'))).status, 200);
+      gw = await startSlotGateway(relay, adm, kb);
       const before = await settledBudget(gw, adm.token, 'budgeted');
       // The next admission reaches Redis, which reserves the call's worst case and takes its one
       // slot; the answer never comes back.

@@ -158,6 +158,13 @@ class EngineTest : public ::testing::Test {
     c.max_output_tokens = 5;
     return c;
   }
+  /// Runs the engine's loops until `done` holds (at most 5 s).
+  template <class Done>
+  void run_until(Done done) {
+    ioc.restart();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!done() && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  }
   phase_result auth(request_context& c) { return run_sync(ioc, eng->authenticate(c)); }
   phase_result admit(request_context& c) { return run_sync(ioc, eng->admit(c)); }
   /// Authenticates and admits; the error code value, or 0 when admitted.
@@ -634,9 +641,7 @@ TEST_F(EngineTest, AnAdmissionWhoseAnswerWasLostIsReleasedOnceTheStoreAnswers) {
   const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
   EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).reserved, 15'000'000);  // 5 prompt + 5 output tokens
   EXPECT_EQ(eng->pending(), 1);
-  ioc.restart();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  run_until([&] { return eng->pending() == 0; });
   EXPECT_EQ(eng->pending(), 0);
   const auto b = run_sync(ioc, eng->budget(0, team));
   EXPECT_EQ(b.reserved, 0);
@@ -662,9 +667,7 @@ TEST_F(EngineTest, AReleaseForAnAdmissionTheStoreNeverMadeChangesNothing) {
   auto c = ctx("tg_rich1_" + secret);
   EXPECT_EQ(call(c), errc::policy_store_unavailable);
   flaky->doubt_only = false;
-  ioc.restart();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  run_until([&] { return eng->pending() == 0; });
   EXPECT_EQ(eng->pending(), 0);
   const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
   const auto b = run_sync(ioc, eng->budget(0, team));
@@ -686,9 +689,7 @@ TEST_F(EngineTest, AReleaseTheStoreNeverTookIsDroppedAtShutdownWithoutALostLine)
   flaky->down = true;  // the release cannot reach the store either
   auto c = ctx("tg_rich1_" + secret);
   EXPECT_EQ(call(c), errc::policy_store_unavailable);
-  ioc.restart();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (flaky->settle_calls < 1 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  run_until([&] { return flaky->settle_calls >= 1; });
   ASSERT_GE(flaky->settle_calls, 1);  // tried, and refused
   EXPECT_EQ(eng->pending(), 1);
   const std::string m = reg.expose();
