@@ -115,7 +115,7 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
       settlements_(reg.add("tollgate_policy_settlements_total",
                            "Settlements by result: applied, duplicate, retried, lost, local; outage: calls admitted while the "
                             "store was unreachable (budgets: fail_open), their cost charged to it later; released: "
-                            "admissions whose answer was lost, released in case the store made them.", metrics::kind::counter,
+                            "releases the store took, of admissions whose answer was lost (in case it had made them).", metrics::kind::counter,
                            {"result"})),
       soft_(reg.add("tollgate_budget_soft_threshold_total",
                     "Budgets that crossed their soft threshold (once per period), by team and scope (team or key).",
@@ -447,9 +447,14 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   admit_result res = co_await store_->admit(ctx.worker, a);
   admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
   if (res.v == verdict::unavailable) {
-    if (res.in_doubt)
+    if (res.in_doubt) {
+      // The batch's deadline is at most one store timeout after now (it is the moment the store
+      // gives up on it, which a reset can come before); Redis's clock is read when it was sent.
+      const auto now = steady_clock::now();
       release_later(ctx.worker, a,
-                    std::chrono::duration_cast<milliseconds>(steady_clock::now() - asked).count());
+                    store_->clock_ms(ctx.worker) - std::chrono::duration_cast<milliseconds>(now - asked).count(),
+                    now + milliseconds(cfg.store.redis.timeout_ms) + milliseconds(5));
+    }
     degraded_cell_.set(1);
     const bool began = !is_degraded_.exchange(true);
     const std::string why = store_->last_error();
@@ -658,13 +663,22 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
     auto [ec] = co_await timer.async_wait();  // not in the if: GCC 12 and co_await in conditions
     if (alive.expired()) co_return;
     if (ec) {
-      pending_ -= int(q.items.size());
+      for (const auto& it : q.items)
+        if (!it.release) --pending_;
       q.items.clear();
       break;
     }
-    // One round: everything waiting, a batch per team (a Redis Cluster script stays in one slot).
+    // One round: everything waiting and due, a batch per team (a Redis Cluster script stays in
+    // one slot).
     std::vector<retry_item> round = std::move(q.items);
     q.items.clear();
+    const auto started = steady_clock::now();
+    std::size_t due = 0;
+    for (std::size_t i = 0; i < round.size(); ++i) {
+      if (round[i].not_before > started) q.items.push_back(std::move(round[i]));
+      else if (i != due++) round[due - 1] = std::move(round[i]);
+    }
+    round.resize(due);
     std::size_t failed = 0;
     while (!round.empty()) {
       const std::string team = round.front().s.adm.scopes.front().team;
@@ -682,14 +696,16 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
       const auto now = steady_clock::now();
       std::vector<retry_item> finished;
       for (std::size_t i = 0; i < batch.size(); ++i) {
-        if (i < res.size() && res[i].reachable) {
+        if (i < res.size() && res[i].reachable && batch[i].release) {
+          settlements_.counter({"released"}).inc();  // whether or not the store had made the lease
+        } else if (i < res.size() && res[i].reachable) {
           (res[i].applied ? applied_ : duplicate_).inc();
           if (res[i].applied) report_soft(batch[i].s, res[i]);
           --pending_;
           if (batch[i].journaled) finished.push_back(std::move(batch[i]));
         } else if (now >= batch[i].give_up) {
-          if (batch[i].release) --pending_;  // its lease has expired: nothing left to release
-          else lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
+          // A release: its lease has expired, nothing is left to release.
+          if (!batch[i].release) lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
         } else {
           q.items.push_back(std::move(batch[i]));
           ++failed;
@@ -757,24 +773,26 @@ awaitable<void> engine::seal_outage(unsigned worker, std::weak_ptr<const bool> a
   retry_from(worker, first_new);
 }
 
-void engine::release_later(unsigned worker, const admission& a, std::int64_t asked_ms) {
+void engine::release_later(unsigned worker, const admission& a, std::int64_t at_ms, steady_clock::time_point not_before) {
   if (queues_.empty()) return;
   const unsigned w = worker % unsigned(queues_.size());
   // The lease as sent (its rendering included): a settlement finds it only if the store made it,
-  // and then releases its slot and budget hold, charges nothing and gives its tokens back. When
-  // the store did not make it (the usual case: the batch never ran, or ran past its deadline and
-  // reserved nothing), the settlement finds nothing and does nothing.
+  // and then releases its slot and budget hold and charges nothing. When the store did not make
+  // it (the usual case: the batch never ran, or ran past its deadline and reserved nothing), the
+  // settlement finds nothing and does nothing. Its tokens stay counted in the rate window (as
+  // used): which bucket Redis put them in is not known, and a correction in the wrong one would
+  // skew two buckets; they leave with the window, within 62 s.
   settlement s;
   s.adm = a;
-  const std::int64_t at_ms = store_->clock_ms(w) - asked_ms;  // when the batch was sent
   s.periods.reserve(a.scopes.size());
   for (const auto& sc : a.scopes) s.periods.push_back(sc.budget.set() ? period_id(sc.budget.period, at_ms) : std::string());
+  s.tokens = a.tokens;
   s.admitted_at_ms = at_ms;
-  settlements_.counter({"released"}).inc();
   auto& q = queues_[w];
   const std::size_t first_new = q.items.size();
-  q.items.push_back(retry_item{std::move(s), steady_clock::now() + milliseconds(a.lease_ms), false, true});
-  ++pending_;
+  retry_item it{std::move(s), steady_clock::now() + milliseconds(a.lease_ms), false, true};
+  it.not_before = not_before;
+  q.items.push_back(std::move(it));
   retry_from(w, first_new);
 }
 
@@ -798,7 +816,7 @@ void engine::abandon_pending(unsigned worker) {
       kept_nano += it.s.cost_nano;
       --pending_;
     } else if (it.release) {
-      --pending_;  // charges nothing; the lease expires by itself
+      // Charges nothing; the lease expires by itself.
     } else {
       lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
     }

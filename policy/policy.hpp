@@ -197,12 +197,14 @@ class engine {
   /// and sent like a settlement the store could not take, until it does.
   void charge_later(unsigned worker, const reservation& r, std::uint64_t tokens, std::int64_t cost_nano);
   awaitable<void> seal_outage(unsigned worker, std::weak_ptr<const bool> alive);
-  /// An admission the store may have made though its answer was lost (admit_result::in_doubt),
-  /// sent `asked_ms` ago on the store's clock: a settlement that releases whatever it holds and
-  /// charges nothing, sent like a settlement the store could not take (first after 100 ms, when
-  /// a batch Redis had read but not yet run is past its deadline), until the store answers or the
-  /// lease has expired anyway. Not journaled: after a restart the lease expires by itself.
-  void release_later(unsigned worker, const admission& a, std::int64_t asked_ms);
+  /// An admission the store may have made though its answer was lost (admit_result::in_doubt):
+  /// a settlement that releases whatever it holds and charges nothing, sent like a settlement
+  /// the store could not take, never before `not_before` (when its batch is past its deadline,
+  /// so that Redis cannot still make the lease after the release looked for it), until the store
+  /// answers or the lease has expired anyway. Not journaled: after a restart the lease expires by
+  /// itself.
+  void release_later(unsigned worker, const admission& a, std::int64_t at_ms,
+                     std::chrono::steady_clock::time_point not_before);
   static constexpr std::chrono::milliseconds outage_seal{100};
   /// Counts `s` as lost and logs it (error) with its lease, team, cost and tokens.
   void lose(const settlement& s, std::string_view why);
@@ -239,9 +241,12 @@ class engine {
     /// First attempt + 10 minutes; never for a settlement in the journal (it outlives the process).
     std::chrono::steady_clock::time_point give_up;
     bool journaled = false;
-    /// A release (release_later): never journaled, and dropped without a word when given up (at
-    /// its lease's end, when the store has let the lease go by itself) or at shutdown.
+    /// A release (release_later): never journaled, not counted in pending() (shutdown does not
+    /// wait for it), and dropped without a word when given up (at its lease's end, when the store
+    /// has let the lease go by itself) or at shutdown.
     bool release = false;
+    /// Not sent before (a release: until its admission batch is past its deadline).
+    std::chrono::steady_clock::time_point not_before{};
   };
   /// Settlements the store could not take, on disk until it does (unused when not configured).
   settlement_journal journal_;

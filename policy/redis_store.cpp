@@ -755,16 +755,21 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
     out.resize(settles.size());  // unreachable: the caller sends them again (idempotent)
   }
   // Sent, and no answer says what Redis did: it may have run the script (a reply lost to a reset
-  // or late past the timeout, a script that failed part way). Not so when nothing was sent (not
-  // connected) or Redis refused the command before running it (MOVED, BUSY, LOADING, ...): those
-  // answers come before any script runs.
+  // or late past the timeout; an error from something between, such as a proxy that forwarded
+  // the command). Not so when nothing was sent (not connected), or when Redis said it refused the
+  // command before running any of it: a needless release costs a round trip, a missing one
+  // holds the call's slot and budget until its lease expires.
   bool in_doubt = false;
   if (!ok && !admits.empty()) {
     if (!r) {
       const auto ec = r.error();
       in_doubt = ec == net::error::timed_out || ec == net::error::connection_reset || ec == net::error::operation_aborted;
-    } else if (r->type == redis::reply::kind::error) {
-      in_doubt = r->str.find("script") != std::string::npos && r->str.rfind("BUSY", 0) != 0;
+    } else {
+      static constexpr std::string_view refused_before_running[] = {
+          "NOSCRIPT", "BUSY", "LOADING", "MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN", "TRYAGAIN",
+          "MASTERDOWN", "NOAUTH", "NOPERM", "MISCONF", "READONLY", "OOM", "ERR unknown command"};
+      in_doubt = std::none_of(std::begin(refused_before_running), std::end(refused_before_running),
+                              [&](std::string_view p) { return r->str.starts_with(p); });
     }
   }
   for (std::size_t i = 0; i < admits.size(); ++i) {

@@ -66,10 +66,11 @@ struct admit_result {
   /// Time until every count in the window now has left it (the windows' "reset to their initial
   /// state"): the end of the current bucket plus the window.
   std::int64_t reset_ms = 0;
-  /// unavailable only: the call was sent and no answer came to say what the store did with it
-  /// (the connection timed out or broke after sending, or the script failed while it ran), so
-  /// the store may hold a reservation for it all the same. The engine then sends a settlement
-  /// that releases it (charging nothing), rather than leave it held until its lease expires.
+  /// unavailable only: the call was sent and no answer says what the store did with it (the
+  /// connection timed out or broke after sending; an error reply other than one saying the
+  /// command was refused before it ran), so the store may hold a reservation for it all the same.
+  /// The engine then sends a settlement that releases it (charging nothing), rather than leave it
+  /// held until its lease expires.
   bool in_doubt = false;
 };
 

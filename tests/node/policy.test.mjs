@@ -891,6 +891,7 @@ describe('Redis answer lost', () => {
       // The next admission reaches Redis, which reserves the call's worst case and takes its one
       // slot; the answer never comes back.
       relay.loseNextAnswerTo('EVALSHA');
+      relay.hold(); // the gateway's reconnection waits until Redis's state has been read below
       assertOpenAIError(await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 }), {
         status: 503,
         code: 'policy_store_unavailable',
@@ -898,6 +899,7 @@ describe('Redis answer lost', () => {
       assert.equal(relay.lost, 1);
       const held = await redisCommand(redis.port, ['ZRANGE', 'tgtest:{budgeted}:l', '0', '-1']);
       assert.ok(held.some((m) => String(m).includes('|')), `Redis made the admission: ${JSON.stringify(held)}`);
+      relay.open();
       // Released once the store answers again: served, and nothing stays reserved or charged.
       const t = Date.now();
       await eventually(async () => (await chat(gw, kb.full, body('mock-gpt'), { timeoutMs: 5000 })).status === 200, {

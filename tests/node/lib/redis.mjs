@@ -232,10 +232,20 @@ export async function startRedis({ readyTimeoutMs = 5000, extraArgs = [] } = {})
 export async function startRedisRelay(redis) {
   const sockets = new Set();
   let armed = null;
+  let held = null; // connections waiting for open(), while hold() is on
   const relay = {
     lost: 0,
     loseNextAnswerTo(word) {
       armed = word;
+    },
+    /** New connections wait (accepted, nothing relayed) until open(): Redis's state stays as the lost answer left it. */
+    hold() {
+      held ??= [];
+    },
+    open() {
+      const waiting = held ?? [];
+      held = null;
+      for (const c of waiting) relayConnection(c);
     },
     async close() {
       for (const s of sockets) s.destroy();
@@ -243,6 +253,13 @@ export async function startRedisRelay(redis) {
     },
   };
   const server = net.createServer((client) => {
+    if (!held) return relayConnection(client);
+    held.push(client);
+    sockets.add(client);
+    client.on('error', () => client.destroy());
+  });
+  function relayConnection(client) {
+    if (client.destroyed) return;
     const upstream = net.connect(redis.port, '127.0.0.1');
     sockets.add(client).add(upstream);
     let doomed = false;  // this connection's next answer is lost
@@ -267,7 +284,7 @@ export async function startRedisRelay(redis) {
     });
     client.on('error', end).on('close', end);
     upstream.on('error', end).on('close', end);
-  });
+  }
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   relay.port = server.address().port;
   relay.address = `127.0.0.1:${relay.port}`;
