@@ -336,16 +336,34 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       co_return co_await relay_stream(w, ctx, sink, ex);
 
     std::string body;
+    // A 2xx head comes with an answer already generated, which the provider charges for: its body
+    // is read to the end even if the caller leaves meanwhile (within the upstream's timeouts), so
+    // that its usage is billed exactly.
+    const bool answered = status / 100 == 2;
+    if (answered) ctx.cancel_upstream = nullptr;
     if (auto ec = co_await ex.read_all(body, max_upstream_body)) {
+      // Its usage went with the body: billed at the reservation, the most it can have cost. And no
+      // other target is tried after it: the call would be paid twice.
+      if (answered) ctx.answer_unread = true;
       if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
       count_upstream_error(ctx, ec == errc::upstream_timeout ? "timeout" : "body");
       auto f = make_failure(ec == errc::upstream_timeout ? errc::upstream_timeout : errc::upstream_error,
                             "The upstream response could not be read.", "", error_source::upstream);
-      if (more) {
+      if (more && !answered) {
         last = std::move(f);
         continue;
       }
       co_return f;
+    }
+    if (ctx.client_gone) {
+      // Read for the bill alone: its usage counted, nothing sent (or captured: the audit trail
+      // keeps what the caller was sent).
+      if (answered) {
+        (void)p.decode_body(ctx, status, std::move(body));
+        ctx.captured_response.clear();
+      }
+      ex.release();
+      co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
     }
     if (status / 100 != 2) {
       count_upstream_error(ctx, "status_" + std::to_string(status));

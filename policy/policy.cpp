@@ -433,10 +433,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
-  // Each of the `n` answers a chat call asks for may be as long as its max_tokens.
-  const std::uint64_t out = ctx.endpoint == endpoint_kind::embeddings ? 0
-                            : std::uint64_t(std::max(ctx.choices, 1u)) *
-                                  (ctx.max_output_tokens ? ctx.max_output_tokens : cfg.store.default_max_tokens);
+  const std::uint64_t out = reserved_output_tokens(ctx, cfg.store.default_max_tokens);
   a.lease = instance_ + "-" + ctx.id_hex;
   a.tokens = ctx.prompt_estimate + out;
   a.cost_nano = r->price ? cost_nano(*r->price, ctx.prompt_estimate, 0, out) : 0;
@@ -582,11 +579,22 @@ bool billable(const request_context& ctx) noexcept {
          (ctx.endpoint == endpoint_kind::chat_completions || ctx.endpoint == endpoint_kind::embeddings);
 }
 
+std::uint64_t reserved_output_tokens(const request_context& ctx, std::uint64_t default_max_tokens) noexcept {
+  if (ctx.endpoint == endpoint_kind::embeddings) return 0;
+  // Each of the `n` answers a chat call asks for may be as long as its max_tokens.
+  return std::uint64_t(std::max(ctx.choices, 1u)) * (ctx.max_output_tokens ? ctx.max_output_tokens : default_max_tokens);
+}
+
 void fill_usage(request_context& ctx) noexcept {
   if (ctx.usage.reported || !billable(ctx)) return;
-  // Prompt from the estimate, completion counted from what was relayed to the caller.
+  // Prompt from the estimate; completion counted from what was relayed to the caller, or, for a
+  // whole answer whose body never arrived, the most it can have been (its reservation).
   ctx.usage.prompt = ctx.prompt_estimate;
-  ctx.usage.completion = estimate_tokens_from_chars(ctx.relayed_completion_chars);
+  if (ctx.answer_unread)
+    ctx.usage.completion =
+        reserved_output_tokens(ctx, ctx.snap && ctx.snap->cfg ? ctx.snap->cfg->store.default_max_tokens : 0);
+  else
+    ctx.usage.completion = estimate_tokens_from_chars(ctx.relayed_completion_chars);
 }
 
 void engine::settle(request_context& ctx, executor_t ex) {

@@ -65,8 +65,12 @@ std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std:
 
 /// Whether a finished call is charged: a provider produced a 2xx answer (even one cut short).
 bool billable(const request_context& ctx) noexcept;
+/// The output tokens a call reserves at admission: `n` answers of max_tokens each (or
+/// `default_max_tokens` when the caller set none); 0 for embeddings.
+std::uint64_t reserved_output_tokens(const request_context& ctx, std::uint64_t default_max_tokens) noexcept;
 /// Usage the provider did not report: prompt from the estimate, completion counted from what
-/// was relayed (streams that ended early or without a usage chunk are still billed).
+/// was relayed (streams that ended early or without a usage chunk are still billed), or the
+/// reservation's for a whole answer whose body never arrived (request_context::answer_unread).
 void fill_usage(request_context& ctx) noexcept;
 
 class engine {

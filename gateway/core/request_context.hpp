@@ -108,6 +108,9 @@ struct request_context {
   /// A 2xx is billed even when the caller got something else (a moderation failure, an answer
   /// the gateway could not translate, a caller gone before the body was read).
   unsigned upstream_status = 0;
+  /// A whole (non-stream) 2xx answer whose body could not be read (the upstream broke off): the
+  /// provider charged for it, but its usage is unknown, so it is billed at its reservation.
+  bool answer_unread = false;
   bool response_started = false;  ///< some response bytes went out: errors can no longer be a status
   bool client_gone = false;
   bool close_after = false;       ///< close the connection after this response

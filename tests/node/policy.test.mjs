@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI, { AuthenticationError, PermissionDeniedError, RateLimitError } from 'openai';
 
-import { noUsageStreamChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
+import { loadFixtures, noUsageStreamChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
 import { assertOpenAIError, eventually, fetchT, httpRequest, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
 import {
   admin,
@@ -82,7 +82,14 @@ ${
   - {name: mock-long, provider: mock-long}
   - {name: mock-paced, provider: mock-paced}
   - {name: other-gpt, provider: mock}
-${fakeURL ? '  - {name: fake-nousage, provider: fake, upstream_model: no-usage-stream}\n' : ''}`;
+${
+  fakeURL
+    ? `  - {name: fake-nousage, provider: fake, upstream_model: no-usage-stream}
+  - {name: fake-slowbody, provider: fake, upstream_model: slow-body}
+  - {name: fake-cutbody, provider: fake, upstream_model: reset-mid-body, fallbacks: [{provider: fake, upstream_model: fixture-text}]}
+`
+    : ''
+}`;
 }
 
 function storeYaml(kind, redis, extra = '') {
@@ -311,6 +318,45 @@ keys:
       const line = await gw.waitForLog((l) => l.model === 'fake-nousage');
       assert.equal(line.usage_source, 'counted');
       assert.equal(line.completion_tokens, completion);
+    });
+
+    test('a whole answer whose caller left after its head arrived is read to the end and billed its reported usage', { timeout: 20000 }, async () => {
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const ac = new AbortController();
+      const sent = fetchT(`${gw.baseURL}/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${keys.stream}` },
+        body: JSON.stringify(body('fake-slowbody')),
+        signal: ac.signal,
+      }).catch((e) => e);
+      // The fake sent the 200 head and half the body; its rest comes 1.2 s later. The caller
+      // leaves well after the gateway's disconnect watch is armed (50-100 ms).
+      await fake.waitForRequest((r) => r.body?.model === 'slow-body');
+      await sleep(300);
+      ac.abort();
+      await sent;
+      const { usage } = loadFixtures().chatText;
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(usage.prompt_tokens, usage.completion_tokens));
+      const line = await gw.waitForLog((l) => l.model === 'fake-slowbody');
+      assert.equal(line.usage_source, 'provider', JSON.stringify(line));
+      assert.equal(line.completion_tokens, usage.completion_tokens);
+      assert.equal(line.details, 'client_disconnected');
+    });
+
+    test('a whole answer whose body the upstream cut is billed at its reservation, and no fallback runs it again', { timeout: 20000 }, async () => {
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const fallbacks = fake.requestsFor('fixture-text').length;
+      const r = await chat(gw, keys.stream, body('fake-cutbody'));
+      assertOpenAIError(r, { status: 502, code: 'upstream_error' });
+      // The provider generated (and charged for) the answer; its usage went with the body.
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(PROMPT_EST, MAX));
+      const line = await gw.waitForLog((l) => l.model === 'fake-cutbody');
+      assert.equal(line.completion_tokens, MAX, JSON.stringify(line));
+      assert.equal(line.usage_source, 'counted');
+      await sleep(200);
+      assert.equal(fake.requestsFor('fixture-text').length, fallbacks, 'the fallback was not called');
     });
 
     test('a key sent only as a chunked body\'s trailer is not read (401); the same key in the head is', { timeout: 20000 }, async () => {

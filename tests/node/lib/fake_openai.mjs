@@ -456,6 +456,16 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     }
     if (!stream) {
       if (model === 'reset-mid-stream') return req.socket.resetAndDestroy();
+      if (model === 'slow-body' || model === 'reset-mid-body') {
+        // The 200 head and half the recorded answer; then, after a pause, the rest (slow-body) or
+        // a reset (reset-mid-body): an answer generated in full whose body is slow or cut.
+        const text = fixtures.chatTextRaw;
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...openaiHeaders() });
+        const half = Math.floor(text.length / 2);
+        res.write(text.slice(0, half));
+        if (model === 'reset-mid-body') return later(50, () => req.socket.resetAndDestroy());
+        return later(slowChunkMs * 10, () => res.end(text.slice(half)));
+      }
       if (model === 'stall-mid-stream' || model === 'endless-stream') return; // like hang
       if (model === 'chunked-trailers') {
         // The recorded completion in chunks, then trailer fields (Node writes them after the

@@ -71,5 +71,26 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   EXPECT_EQ(error_status.usage.prompt, 0u);
 }
 
+TEST(PolicySettleTest, AWholeAnswerWhoseBodyNeverArrivedIsBilledAtItsReservation) {
+  // n answers of max_tokens each: the most it can have cost, as reserved at admission.
+  request_context cut;
+  cut.endpoint = endpoint_kind::chat_completions;
+  cut.upstream_answered = true;
+  cut.status = 502;
+  cut.upstream_status = 200;
+  cut.answer_unread = true;
+  cut.prompt_estimate = 50;
+  cut.max_output_tokens = 30;
+  cut.choices = 2;
+  policy::fill_usage(cut);
+  EXPECT_EQ(cut.usage.prompt, 50u);
+  EXPECT_EQ(cut.usage.completion, 60u);
+  EXPECT_EQ(policy::reserved_output_tokens(cut, 999), 60u);
+  cut.max_output_tokens = 0;  // none asked: the configured default
+  EXPECT_EQ(policy::reserved_output_tokens(cut, 999), 1998u);
+  cut.endpoint = endpoint_kind::embeddings;
+  EXPECT_EQ(policy::reserved_output_tokens(cut, 999), 0u);
+}
+
 }  // namespace
 }  // namespace tollgate::providers
