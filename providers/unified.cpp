@@ -35,13 +35,39 @@ const json::value* opt(const json::object& o, std::string_view key) {
   return &it->value();
 }
 
+/// What an image part counts for in the prompt estimate, in characters (four a token): 1,445
+/// tokens, OpenAI's count for the largest high-detail image (8 tiles of 170 plus 85), so that an
+/// image never reserves less than it can cost.
+constexpr std::uint64_t image_part_chars = 1'445 * 4;
+
+/// The characters of a JSON value's keys and strings, and one for each other element and
+/// separator: what tool definitions, schemas and tool calls put in a prompt, roughly (each key,
+/// name and description is text the model reads). Depth is bounded by the body parser.
+std::uint64_t json_chars(const json::value& v) {
+  std::uint64_t n = 0;
+  if (v.is_string()) return v.get_string().size();
+  if (v.is_array()) {
+    for (auto& e : v.get_array()) n += json_chars(e) + 1;
+    return n;
+  }
+  if (v.is_object()) {
+    for (auto& kv : v.get_object()) n += kv.key().size() + json_chars(kv.value()) + 1;
+    return n;
+  }
+  return 1;
+}
+
+/// A message's content in characters: its text, and each image part as image_part_chars.
 std::uint64_t text_length(const json::value& content) {
   if (content.is_string()) return content.get_string().size();
   std::uint64_t n = 0;
   if (content.is_array())
     for (auto& part : content.get_array())
-      if (part.is_object())
-        if (auto t = part.get_object().if_contains("text"); t && t->is_string()) n += t->get_string().size();
+      if (part.is_object()) {
+        const auto& po = part.get_object();
+        if (auto t = po.if_contains("text"); t && t->is_string()) n += t->get_string().size();
+        else if (po.contains("image_url")) n += image_part_chars;
+      }
   return n;
 }
 
@@ -82,6 +108,8 @@ phase_result decode_chat(request_context& ctx, const json::object& o) {
       if (!c->is_string() && !c->is_array()) return wrong_type(p + ".content", "string or array", *c);
       chars += text_length(*c);
     }
+    // An assistant turn's tool calls (names and arguments) are prompt text too.
+    if (const json::value* tc = opt(m, "tool_calls")) chars += json_chars(*tc);
     chars += 16;  // role and framing tokens, roughly four per message
   }
   if (const json::value* s = opt(o, "stream")) {
@@ -106,6 +134,10 @@ phase_result decode_chat(request_context& ctx, const json::object& o) {
   if (const json::value* t = opt(o, "temperature"); t && !t->is_number()) return wrong_type("temperature", "number", *t);
   if (const json::value* t = opt(o, "top_p"); t && !t->is_number()) return wrong_type("top_p", "number", *t);
   if (const json::value* t = opt(o, "tools"); t && !t->is_array()) return wrong_type("tools", "array", *t);
+  // Tool and function definitions and a response schema reach the model as prompt text: an
+  // agent's tools are often most of its prompt, and a reservation without them could be short.
+  for (std::string_view key : {"tools", "functions", "response_format"})
+    if (const json::value* d = opt(o, key)) chars += json_chars(*d);
   ctx.prompt_estimate = estimate_tokens_from_chars(chars);
   return flow::next;
 }

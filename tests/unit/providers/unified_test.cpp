@@ -39,6 +39,33 @@ TEST(UnifiedDecodeTest, ValidChatRequest) {
   EXPECT_GT(o.ctx.prompt_estimate, 0u);
 }
 
+TEST(UnifiedDecodeTest, ThePromptEstimateCountsToolsSchemasToolCallsAndImages) {
+  // What reaches the model as prompt text is reserved: without it an agent's call (its tools
+  // often most of its prompt) reserved less than it cost, and a budget could be overrun.
+  const std::string msgs = R"("messages":[{"role":"user","content":"hello world"}])";  // 11 + 16 chars
+  const auto base = decode(R"({"model":"m",)" + msgs + "}");
+  ASSERT_TRUE(base.ok) << base.code;
+  EXPECT_EQ(base.ctx.prompt_estimate, 7u);  // ceil(27 / 4)
+  const std::string desc(400, 'd');
+  const auto tools = decode(R"({"model":"m",)" + msgs +
+                            R"(,"tools":[{"type":"function","function":{"name":"lookup","description":")" + desc +
+                            R"(","parameters":{"type":"object"}}}]})");
+  ASSERT_TRUE(tools.ok) << tools.code;
+  EXPECT_GE(tools.ctx.prompt_estimate, base.ctx.prompt_estimate + 100);  // the description alone
+  const auto schema = decode(R"({"model":"m",)" + msgs + R"(,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"description":")" + desc + R"("}}}})");
+  ASSERT_TRUE(schema.ok) << schema.code;
+  EXPECT_GE(schema.ctx.prompt_estimate, base.ctx.prompt_estimate + 100);
+  const auto calls = decode(R"({"model":"m","messages":[{"role":"user","content":"hello world"},)"
+                            R"({"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function",)"
+                            R"("function":{"name":"lookup","arguments":")" + desc + R"("}}]}]})");
+  ASSERT_TRUE(calls.ok) << calls.code;
+  EXPECT_GE(calls.ctx.prompt_estimate, base.ctx.prompt_estimate + 4 + 100);  // its framing and arguments
+  const auto image = decode(R"({"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hello world"},)"
+                            R"({"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]})");
+  ASSERT_TRUE(image.ok) << image.code;
+  EXPECT_EQ(image.ctx.prompt_estimate, base.ctx.prompt_estimate + 1'445);  // the largest high-detail image
+}
+
 TEST(UnifiedDecodeTest, BadBodiesNameTheField) {
   struct {
     const char* body;
