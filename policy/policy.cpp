@@ -586,7 +586,14 @@ std::uint64_t reserved_output_tokens(const request_context& ctx, std::uint64_t d
 }
 
 void fill_usage(request_context& ctx) noexcept {
-  if (ctx.usage.reported || !billable(ctx)) return;
+  if (!billable(ctx)) return;
+  if (ctx.usage.reported) {
+    // Usage that gives no output though output was relayed (a partial usage object, or one a
+    // stream sent before it was cut): the relayed text is counted rather than billed as nothing.
+    if (ctx.usage.completion == 0 && ctx.relayed_completion_chars > 0)
+      ctx.usage.completion = estimate_tokens_from_chars(ctx.relayed_completion_chars);
+    return;
+  }
   // Prompt from the estimate; completion counted from what was relayed to the caller, or, for a
   // whole answer whose body never arrived, the most it can have been (its reservation).
   ctx.usage.prompt = ctx.prompt_estimate;

@@ -199,11 +199,12 @@ bool read_usage(const json::value& v, usage_counts& out) {
     if (x->is_int64() && x->get_int64() > 0) return std::uint64_t(x->get_int64());
     return 0;
   };
-  out.prompt = num(o.if_contains("prompt_tokens"));
-  out.completion = num(o.if_contains("completion_tokens"));
-  out.cached = 0;
+  // A count this object lacks keeps what an earlier one of the same stream said (a server that
+  // sends usage in several chunks, some partial): never reset to 0 by an object that is silent on it.
+  if (auto p = o.if_contains("prompt_tokens")) out.prompt = num(p);
+  if (auto c = o.if_contains("completion_tokens")) out.completion = num(c);
   if (auto d = o.if_contains("prompt_tokens_details"); d && d->is_object())
-    out.cached = num(d->get_object().if_contains("cached_tokens"));
+    if (auto c = d->get_object().if_contains("cached_tokens")) out.cached = num(c);
   out.reported = true;
   return true;
 }

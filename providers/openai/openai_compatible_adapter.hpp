@@ -39,7 +39,8 @@ std::string normalize_error_body(unsigned status, std::string_view body);
 /// that object. False when there is none.
 bool scan_usage(std::string_view body, usage_counts& out);
 
-/// Reads OpenAI `usage` into counts; false when `v` is not a usage object.
+/// Reads OpenAI `usage` into counts (a count the object lacks keeps its value in `out`); false
+/// when `v` is not a usage object.
 bool read_usage(const boost::json::value& v, usage_counts& out);
 
 }  // namespace tollgate::providers

@@ -71,6 +71,25 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   EXPECT_EQ(error_status.usage.prompt, 0u);
 }
 
+TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) {
+  // A server's usage object said only the prompt (sent early, or partial), and the stream was
+  // then cut: the text relayed was generated, and is billed.
+  request_context partial;
+  partial.endpoint = endpoint_kind::chat_completions;
+  partial.upstream_answered = true;
+  partial.status = 200;
+  partial.usage = {7, 0, 0, true};
+  partial.relayed_completion_chars = 40;
+  policy::fill_usage(partial);
+  EXPECT_EQ(partial.usage.prompt, 7u);
+  EXPECT_EQ(partial.usage.completion, 10u);
+  request_context silent = partial;  // nothing relayed: a reported 0 stands
+  silent.usage = {7, 0, 0, true};
+  silent.relayed_completion_chars = 0;
+  policy::fill_usage(silent);
+  EXPECT_EQ(silent.usage.completion, 0u);
+}
+
 TEST(PolicySettleTest, AWholeAnswerWhoseBodyNeverArrivedIsBilledAtItsReservation) {
   // n answers of max_tokens each: the most it can have cost, as reserved at admission.
   request_context cut;

@@ -153,6 +153,23 @@ TEST(OpenAIAdapterTest, StreamWithUsageRequestedPassesBytesThroughAndReadsUsage)
   }
 }
 
+TEST(OpenAIAdapterTest, AUsageObjectSilentOnACountKeepsWhatAnEarlierOneSaid) {
+  // A server that sends usage in more than one chunk (the prompt first, the output at the end):
+  // the second object does not reset the prompt to 0.
+  fixture f;
+  auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
+  const std::string in =
+      "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],"
+      "\"usage\":{\"prompt_tokens\":11,\"prompt_tokens_details\":{\"cached_tokens\":8}}}\n\n"
+      "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"completion_tokens\":3}}\n\n"
+      "data: [DONE]\n\n";
+  translate(f, ctx, in, nullptr);
+  EXPECT_TRUE(ctx.usage.reported);
+  EXPECT_EQ(ctx.usage.prompt, 11u);
+  EXPECT_EQ(ctx.usage.cached, 8u);
+  EXPECT_EQ(ctx.usage.completion, 3u);
+}
+
 TEST(OpenAIAdapterTest, StreamWithoutUsageRequestedHidesItButStillCountsIt) {
   fixture f;
   const auto in = recorded_stream();
