@@ -17,7 +17,8 @@
 namespace tollgate::providers {
 
 /// The generated characters in an OpenAI chunk's deltas: content, reasoning, refusal, and each
-/// tool call's name and arguments (all of them output tokens), appended to `text` when given.
+/// tool call's (or the deprecated function_call's) name and arguments (all of them output
+/// tokens), appended to `text` when given.
 inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* text) {
   std::uint64_t n = 0;
   auto take = [&](std::string_view s) {
@@ -33,12 +34,15 @@ inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* 
     const auto& dobj = d->get_object();
     for (auto key : {"content", "reasoning", "reasoning_content", "refusal"})
       if (auto t = dobj.if_contains(key); t && t->is_string()) take(t->get_string());
+    auto take_function = [&](const boost::json::value* f) {
+      if (f && f->is_object())
+        for (auto key : {"name", "arguments"})
+          if (auto t = f->get_object().if_contains(key); t && t->is_string()) take(t->get_string());
+    };
     if (auto tc = dobj.if_contains("tool_calls"); tc && tc->is_array())
       for (auto& call : tc->get_array())
-        if (call.is_object())
-          if (auto f = call.get_object().if_contains("function"); f && f->is_object())
-            for (auto key : {"name", "arguments"})
-              if (auto t = f->get_object().if_contains(key); t && t->is_string()) take(t->get_string());
+        if (call.is_object()) take_function(call.get_object().if_contains("function"));
+    take_function(dobj.if_contains("function_call"));  // the deprecated single function call
   }
   return n;
 }

@@ -232,6 +232,10 @@ TEST(RelayedTextTest, ToolCallNamesAndArgumentsCountAsRelayedOutputForEveryProvi
   count_relayed_text(ctx, text);
   EXPECT_EQ(ctx.relayed_completion_chars, 11u + 16u + 5u + 2u);
   EXPECT_EQ(ctx.captured_response, "Sunnyhm");
+  // The deprecated single function call (servers that still stream `function_call`).
+  const auto legacy = boost::json::parse(R"({"choices":[{"index":0,"delta":{"function_call":{"name":"f","arguments":"{}"}}}]})").as_object();
+  count_relayed_text(ctx, legacy);
+  EXPECT_EQ(ctx.relayed_completion_chars, 11u + 16u + 5u + 2u + 1u + 2u);
 }
 
 TEST(OpenAIAdapterTest, BrokenOrUnterminatedStreamsEndProperly) {
