@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "config/config.hpp"
+#include "gateway/core/tokens.hpp"
 
 namespace tollgate::providers {
 namespace json = boost::json;
@@ -45,13 +46,13 @@ constexpr std::uint64_t image_part_chars = 1'445 * 4;
 /// name and description is text the model reads). Depth is bounded by the body parser.
 std::uint64_t json_chars(const json::value& v) {
   std::uint64_t n = 0;
-  if (v.is_string()) return v.get_string().size();
+  if (v.is_string()) return token_chars(v.get_string());
   if (v.is_array()) {
     for (auto& e : v.get_array()) n += json_chars(e) + 1;
     return n;
   }
   if (v.is_object()) {
-    for (auto& kv : v.get_object()) n += kv.key().size() + json_chars(kv.value()) + 1;
+    for (auto& kv : v.get_object()) n += token_chars(kv.key()) + json_chars(kv.value()) + 1;
     return n;
   }
   return 1;
@@ -59,13 +60,13 @@ std::uint64_t json_chars(const json::value& v) {
 
 /// A message's content in characters: its text, and each image part as image_part_chars.
 std::uint64_t text_length(const json::value& content) {
-  if (content.is_string()) return content.get_string().size();
+  if (content.is_string()) return token_chars(content.get_string());
   std::uint64_t n = 0;
   if (content.is_array())
     for (auto& part : content.get_array())
       if (part.is_object()) {
         const auto& po = part.get_object();
-        if (auto t = po.if_contains("text"); t && t->is_string()) n += t->get_string().size();
+        if (auto t = po.if_contains("text"); t && t->is_string()) n += token_chars(t->get_string());
         else if (po.contains("image_url")) n += image_part_chars;
       }
   return n;
@@ -147,11 +148,11 @@ phase_result decode_embeddings(request_context& ctx, const json::object& o) {
   if (!in) return bad(errc::missing_parameter, "Missing required parameter: 'input'.", "input");
   std::uint64_t chars = 0;
   if (in->is_string()) {
-    chars = in->get_string().size();
+    chars = token_chars(in->get_string());
   } else if (in->is_array()) {
     if (in->get_array().empty()) return bad(errc::invalid_value, "'input' must not be empty.", "input");
     for (auto& item : in->get_array()) {
-      if (item.is_string()) chars += item.get_string().size();
+      if (item.is_string()) chars += token_chars(item.get_string());
       else if (item.is_int64() || item.is_uint64()) chars += 4;  // a token id
       else if (item.is_array()) chars += 4 * item.get_array().size();
       else return wrong_type("input", "string or array of strings or tokens", item);

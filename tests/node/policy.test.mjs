@@ -302,11 +302,16 @@ keys:
       // The gateway asked the upstream for usage anyway.
       const rec = await fake.waitForRequest((r) => r.body?.model === 'no-usage-stream');
       assert.equal(rec.body.stream_options?.include_usage, true);
-      // What it counted: bytes of delta text relayed, /4 rounded up.
+      // What it counted: bytes of delta text relayed (one more for each character of three or
+      // four UTF-8 bytes, about a token on its own), /4 rounded up.
+      const tokenChars = (t) => {
+        const b = Buffer.from(t);
+        return b.length + b.filter((x) => x >= 0xe0).length;
+      };
       const chars = noUsageStreamChunks(rec.body).reduce((n, c) => {
         for (const ch of c.choices ?? [])
           for (const k of ['content', 'reasoning', 'reasoning_content', 'refusal'])
-            if (typeof ch.delta?.[k] === 'string') n += Buffer.byteLength(ch.delta[k]);
+            if (typeof ch.delta?.[k] === 'string') n += tokenChars(ch.delta[k]);
         return n;
       }, 0);
       const completion = Math.ceil(chars / 4);

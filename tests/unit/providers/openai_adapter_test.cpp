@@ -236,6 +236,10 @@ TEST(RelayedTextTest, ToolCallNamesAndArgumentsCountAsRelayedOutputForEveryProvi
   const auto legacy = boost::json::parse(R"({"choices":[{"index":0,"delta":{"function_call":{"name":"f","arguments":"{}"}}}]})").as_object();
   count_relayed_text(ctx, legacy);
   EXPECT_EQ(ctx.relayed_completion_chars, 11u + 16u + 5u + 2u + 1u + 2u);
+  // Relayed CJK text counts about a token a character, as the prompt estimate does.
+  const auto cjk = boost::json::parse("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\xE4\xBD\xA0\xE5\xA5\xBD\"}}]}").as_object();
+  count_relayed_text(ctx, cjk);
+  EXPECT_EQ(ctx.relayed_completion_chars, 11u + 16u + 5u + 2u + 1u + 2u + 8u);
 }
 
 TEST(OpenAIAdapterTest, BrokenOrUnterminatedStreamsEndProperly) {

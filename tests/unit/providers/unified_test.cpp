@@ -6,6 +6,8 @@
 
 #include <optional>
 
+#include "gateway/core/tokens.hpp"
+
 namespace tollgate::providers {
 namespace {
 
@@ -64,6 +66,20 @@ TEST(UnifiedDecodeTest, ThePromptEstimateCountsToolsSchemasToolCallsAndImages) {
                             R"({"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]})");
   ASSERT_TRUE(image.ok) << image.code;
   EXPECT_EQ(image.ctx.prompt_estimate, base.ctx.prompt_estimate + 1'445);  // the largest high-detail image
+}
+
+TEST(UnifiedDecodeTest, CharactersOfThreeOrFourUtf8BytesCountAboutATokenEach) {
+  // 10 CJK characters (30 bytes) are about 10 tokens; by bytes alone they estimated 7.5. Text of
+  // two-byte characters (Cyrillic here) counts its bytes, as before.
+  std::string cjk;
+  for (int i = 0; i < 10; ++i) cjk += "\xE4\xBD\xA0";  // U+4F60
+  EXPECT_EQ(token_chars(cjk), 40u);
+  EXPECT_EQ(token_chars("\xD0\xBF\xD1\x80\xD0\xB8"), 6u);  // three Cyrillic letters
+  EXPECT_EQ(token_chars("\xF0\x9F\x98\x80"), 5u);            // one emoji: at least a token
+  EXPECT_EQ(token_chars("plain"), 5u);
+  const auto o = decode(R"({"model":"m","messages":[{"role":"user","content":")" + cjk + R"("}]})");
+  ASSERT_TRUE(o.ok) << o.code;
+  EXPECT_EQ(o.ctx.prompt_estimate, 14u);  // ceil((40 + 16) / 4)
 }
 
 TEST(UnifiedDecodeTest, BadBodiesNameTheField) {
