@@ -31,11 +31,17 @@ TEST(MockAdapterTest, EmbeddingsAreDeterministicUnitVectors) {
   EXPECT_NEAR(std::sqrt(norm), 1.0, 1e-5);
 }
 
-TEST(PolicySettleTest, UnreportedUsageIsCountedFromRelayedText) {
+/// A chat call a provider answered with `status`.
+request_context answered(unsigned status) {
   request_context ctx;
   ctx.endpoint = endpoint_kind::chat_completions;
   ctx.upstream_answered = true;
-  ctx.status = 200;
+  ctx.status = status;
+  return ctx;
+}
+
+TEST(PolicySettleTest, UnreportedUsageIsCountedFromRelayedText) {
+  request_context ctx = answered(200);
   ctx.prompt_estimate = 12;
   ctx.relayed_completion_chars = 41;  // a stream cut short, without a usage chunk
   policy::fill_usage(ctx);
@@ -45,10 +51,7 @@ TEST(PolicySettleTest, UnreportedUsageIsCountedFromRelayedText) {
 }
 
 TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
-  request_context reported;
-  reported.endpoint = endpoint_kind::chat_completions;
-  reported.upstream_answered = true;
-  reported.status = 200;
+  request_context reported = answered(200);
   reported.usage = {7, 9, 0, true};
   reported.relayed_completion_chars = 1000;
   policy::fill_usage(reported);
@@ -62,10 +65,7 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   policy::fill_usage(refused);
   EXPECT_EQ(refused.usage.prompt, 0u);
 
-  request_context error_status;  // the provider answered 429
-  error_status.endpoint = endpoint_kind::chat_completions;
-  error_status.upstream_answered = true;
-  error_status.status = 429;
+  request_context error_status = answered(429);  // an error status costs nothing
   error_status.prompt_estimate = 50;
   policy::fill_usage(error_status);
   EXPECT_EQ(error_status.usage.prompt, 0u);
@@ -74,10 +74,7 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
 TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) {
   // A server's usage object said only the prompt (sent early, or partial), and the stream was
   // then cut: the text relayed was generated, and is billed.
-  request_context partial;
-  partial.endpoint = endpoint_kind::chat_completions;
-  partial.upstream_answered = true;
-  partial.status = 200;
+  request_context partial = answered(200);
   partial.usage = {7, 0, 0, true};
   partial.relayed_completion_chars = 40;
   policy::fill_usage(partial);
@@ -92,10 +89,7 @@ TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) 
 
 TEST(PolicySettleTest, AWholeAnswerWhoseBodyNeverArrivedIsBilledAtItsReservation) {
   // n answers of max_tokens each: the most it can have cost, as reserved at admission.
-  request_context cut;
-  cut.endpoint = endpoint_kind::chat_completions;
-  cut.upstream_answered = true;
-  cut.status = 502;
+  request_context cut = answered(502);  // the caller got 502; the provider's 200 is billed
   cut.upstream_status = 200;
   cut.answer_unread = true;
   cut.prompt_estimate = 50;
