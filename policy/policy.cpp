@@ -799,8 +799,7 @@ void engine::release_later(unsigned worker, const admission& a, std::int64_t at_
   // skew two buckets; they leave with the window, within 62 s.
   settlement s;
   s.adm = a;
-  s.periods.reserve(a.scopes.size());
-  for (const auto& sc : a.scopes) s.periods.push_back(sc.budget.set() ? period_id(sc.budget.period, at_ms) : std::string());
+  s.periods = periods_of(a, at_ms);
   s.tokens = a.tokens;
   s.admitted_at_ms = at_ms;
   auto& q = queues_[w];

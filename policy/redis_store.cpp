@@ -384,9 +384,7 @@ void redis_store::admitted(admit_result& out, const admission& a, std::int64_t n
   out.admitted_at_ms = now_ms;
   out.reset_ms = window_reset_ms(now_ms, bucket_ms_of(window_ms_));  // the script's buckets
   // The same period ids as the script's, from the same (Redis) clock reading.
-  out.periods.clear();
-  out.periods.reserve(a.scopes.size());
-  for (auto& s : a.scopes) out.periods.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
+  out.periods = periods_of(a, now_ms);
 }
 
 admit_result redis_store::parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,

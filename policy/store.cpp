@@ -50,6 +50,13 @@ std::string period_id(config::budget_period p, std::int64_t now_ms) {
   return std::string(out, 7);
 }
 
+std::vector<std::string> periods_of(const admission& a, std::int64_t now_ms) {
+  std::vector<std::string> out;
+  out.reserve(a.scopes.size());
+  for (const auto& s : a.scopes) out.push_back(s.budget.set() ? period_id(s.budget.period, now_ms) : std::string());
+  return out;
+}
+
 void store::queue_settlement(unsigned worker, settlement s, executor_t ex) {
   std::vector<settlement> batch;
   batch.push_back(std::move(s));

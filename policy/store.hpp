@@ -285,6 +285,8 @@ std::int64_t wall_ms();
 
 /// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".
 std::string period_id(config::budget_period p, std::int64_t now_ms);
+/// Each scope's budget period id at `now_ms` ("" : no budget), as admit_result::periods holds them.
+std::vector<std::string> periods_of(const admission& a, std::int64_t now_ms);
 
 /// Ids of one kind order by time as strings; ids of two kinds do not ("m202611" sorts after
 /// "d20419"), and a budget's period kind can be reconfigured. `stored` is a scope's current

@@ -134,11 +134,12 @@ phase_result decode_chat(request_context& ctx, const json::object& o) {
   ctx.choices = *n ? unsigned(*n) : 1u;  // n answers: n times the output to reserve
   if (const json::value* t = opt(o, "temperature"); t && !t->is_number()) return wrong_type("temperature", "number", *t);
   if (const json::value* t = opt(o, "top_p"); t && !t->is_number()) return wrong_type("top_p", "number", *t);
-  if (const json::value* t = opt(o, "tools"); t && !t->is_array()) return wrong_type("tools", "array", *t);
+  const json::value* tools = opt(o, "tools");
+  if (tools && !tools->is_array()) return wrong_type("tools", "array", *tools);
   // Tool and function definitions and a response schema reach the model as prompt text: an
   // agent's tools are often most of its prompt, and a reservation without them could be short.
-  for (std::string_view key : {"tools", "functions", "response_format"})
-    if (const json::value* d = opt(o, key)) chars += json_chars(*d);
+  for (const json::value* d : {tools, opt(o, "functions"), opt(o, "response_format")})
+    if (d) chars += json_chars(*d);
   ctx.prompt_estimate = estimate_tokens_from_chars(chars);
   return flow::next;
 }

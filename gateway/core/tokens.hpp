@@ -16,6 +16,5 @@ constexpr std::uint64_t token_chars(std::string_view text) noexcept {
   for (const char c : text) n += static_cast<unsigned char>(c) >= 0xE0;
   return n;
 }
-constexpr std::uint64_t estimate_tokens(std::string_view text) noexcept { return estimate_tokens_from_chars(text.size()); }
 
 }  // namespace tollgate

@@ -17,9 +17,9 @@
 
 namespace tollgate::providers {
 
-/// The generated characters in an OpenAI chunk's deltas (as token_chars() counts them): content, reasoning, refusal, and each
-/// tool call's (or the deprecated function_call's) name and arguments (all of them output
-/// tokens), appended to `text` when given.
+/// The generated characters in an OpenAI chunk's deltas, as token_chars() counts them: content,
+/// reasoning, refusal, and each tool call's (or the deprecated function_call's) name and
+/// arguments (all of them output tokens), appended to `text` when given.
 inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* text) {
   std::uint64_t n = 0;
   auto take = [&](std::string_view s) {

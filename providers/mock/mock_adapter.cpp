@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "gateway/core/sse.hpp"
+#include "gateway/core/tokens.hpp"
 #include "providers/unified.hpp"
 
 namespace tollgate::providers {
@@ -213,7 +214,7 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
     std::string data = chunk(json::object{{"content", piece}}, nullptr);
     if (!co_await sink.send_chunk(data)) co_return;
     ctx.usage.completion = i + 1;
-    ctx.relayed_completion_chars += piece.size();
+    ctx.relayed_completion_chars += token_chars(piece);  // counted as the remote providers' relays are
     if (ctx.capture_text) ctx.captured_response += piece;
   }
   std::string tail = chunk(json::object{}, ctx.max_output_tokens && count == ctx.max_output_tokens ? "length" : "stop");
