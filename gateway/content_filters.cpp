@@ -393,14 +393,17 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
   event_ = {};  // (events from the parser are not in the caller's bytes)
   if (pos < sse_bytes.size() && !blocked_) {
     events_.clear();
-    if (!parser_.feed(sse_bytes.substr(pos), events_)) {
-      flush_batch(out);
-      out.append(sse_bytes.substr(pos));
-      return out;
-    }
+    const bool ok = parser_.feed(sse_bytes.substr(pos), events_);
     for (auto& ev : events_) {
       if (blocked_) break;
       on_event(ev.name, ev.data, out);
+    }
+    if (!ok && !blocked_) {
+      // An event past the parser's limit cannot be filtered: the stream ends there (fail closed),
+      // after the events completed before it, rather than pass unchecked text.
+      flush_batch(out);
+      if (!blocked_) end_stream(out, "upstream_error", "The upstream stream sent an event too large to filter.");
+      return out;
     }
   }
   flush_batch(out);
@@ -447,8 +450,8 @@ void stream_rewriter::end_stream(std::string& out, std::string_view code, const 
   json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
   c["choices"] = json::array{json::object{{"index", 0}, {"delta", json::object{}}, {"finish_reason", "content_filter"}}};
   out += sse::format_data(json::serialize(c));
-  const bool unavailable = code == "moderation_unavailable";
-  out += sse::format_event("error", openai_error_body(message, unavailable ? "server_error" : "invalid_request_error", "", code));
+  const bool refused = code == "content_filtered";  // else the gateway or a service failed
+  out += sse::format_event("error", openai_error_body(message, refused ? "invalid_request_error" : "server_error", "", code));
   out += "data: [DONE]\n\n";
   ctx_.details = std::string(code);
   ctx_.error_code = std::string(code);

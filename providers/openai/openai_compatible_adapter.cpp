@@ -89,14 +89,13 @@ class openai_stream final : public stream_translator {
   void feed(std::string_view bytes, std::string& out) override {
     if (done_ || failed_) return;  // anything after [DONE] or an error is ignored, as the SDK does
     events_.clear();
-    if (!parser_.feed(bytes, events_)) {
-      emit_error(out, "upstream stream event too large", "upstream_error");
-      return;
-    }
+    // The events completed before an oversized one are relayed and billed; then the stream fails.
+    const bool ok = parser_.feed(bytes, events_);
     for (auto& ev : events_) {
       on_event(ev, out);
       if (done_ || failed_) break;
     }
+    if (!ok && !done_ && !failed_) emit_error(out, "upstream stream event too large", "upstream_error");
   }
 
   void finish(bool complete, std::string_view why, std::string& out) override {

@@ -46,14 +46,13 @@ class vertex_stream final : public stream_translator {
   void feed(std::string_view bytes, std::string& out) override {
     if (done_ || failed_) return;
     events_.clear();
-    if (!parser_.feed(bytes, events_)) {
-      fail_plain(out, "upstream stream event too large");
-      return;
-    }
+    // The events completed before an oversized one are relayed and billed; then the stream fails.
+    const bool ok = parser_.feed(bytes, events_);
     for (auto& ev : events_) {
       if (failed_ || ev.data.empty()) continue;
       apply(tr_.on_chunk(std::string_view(ev.data)), out);
     }
+    if (!ok && !failed_) fail_plain(out, "upstream stream event too large");
   }
 
   void finish(bool complete, std::string_view why, std::string& out) override {

@@ -484,3 +484,33 @@ TEST(StreamRewriterTest, ChunksKeepTheirTextUpToWhatIsHeldBack) {
 }
 
 }  // namespace
+
+TEST(StreamRewriterTest, AnEventTooLargeToFilterEndsTheStreamAfterTheEventsBeforeIt) {
+  // An event past the parser's limit (4 MiB) cannot be scanned: it must not pass unfiltered. The
+  // chunks completed before it in the same read still go out, filtered.
+  auto s = make();
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  // A data line split in two, so the read takes the parser's path; then an event without end.
+  const std::string split = "data: " + head +
+                            R"("choices":[{"index":0,"delta":{"content":"mail a@b.example"},)" + "\n" +
+                            "data: " + R"("logprobs":null,"finish_reason":null}]})" + "\n\n";
+  std::string out = rw.process(chunk("\"Hello \"") + split);
+  out += rw.process("data: " + std::string(5 * 1024 * 1024, 'x'));
+  EXPECT_TRUE(rw.blocked());
+  EXPECT_EQ(out.find(std::string(1024, 'x')), std::string::npos) << "unfiltered bytes went out";
+  EXPECT_EQ(out.find("a@b.example"), std::string::npos);
+  tollgate::sse::parser p;
+  std::vector<tollgate::sse::event> evs;
+  ASSERT_TRUE(p.feed(out, evs));
+  ASSERT_GE(evs.size(), 3u);
+  EXPECT_EQ(evs.back().data, "[DONE]");
+  const auto& err = evs[evs.size() - 2];
+  EXPECT_EQ(err.name, "error");
+  const auto e = json::parse(err.data).at("error");
+  EXPECT_EQ(e.at("code").as_string(), "upstream_error");
+  EXPECT_EQ(e.at("type").as_string(), "server_error");
+  EXPECT_NE(out.find("Hello "), std::string::npos);
+  EXPECT_EQ(ctx.error_code, "upstream_error");
+  EXPECT_TRUE(rw.process(chunk("\"after\"")).empty());  // nothing after the end
+}

@@ -269,6 +269,31 @@ TEST(OpenAIAdapterTest, BrokenOrUnterminatedStreamsEndProperly) {
   EXPECT_TRUE(t3->failed());
 }
 
+TEST(OpenAIAdapterTest, EventsBeforeAnOversizedOneAreRelayedAndBilled) {
+  // One read holds a text chunk, the usage chunk and the start of an event past the parser's
+  // limit (4 MiB): the first two go out and are billed, then the stream fails.
+  fixture f;
+  auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
+  auto t = f.adapter->make_stream_translator(ctx);
+  std::string out;
+  t->feed("data: {\"id\":\"1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"abcd\"}}]}\n\n"
+          "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":900}}\n\n"
+          "data: " + std::string(5 * 1024 * 1024, 'x'),
+          out);
+  EXPECT_TRUE(t->failed());
+  EXPECT_EQ(ctx.relayed_completion_chars, 4u);
+  EXPECT_TRUE(ctx.usage.reported);
+  EXPECT_EQ(ctx.usage.completion, 900u);
+  sse::parser p;
+  std::vector<sse::event> ev;
+  ASSERT_TRUE(p.feed(out, ev));
+  ASSERT_EQ(ev.size(), 3u) << out.substr(0, 400);
+  EXPECT_NE(ev[0].data.find("abcd"), std::string::npos);
+  EXPECT_NE(ev[1].data.find("\"usage\""), std::string::npos);
+  EXPECT_EQ(ev[2].name, "error");
+  EXPECT_EQ(ctx.error_code, "upstream_error");
+}
+
 TEST(OpenAIAdapterTest, NonStreamUsageIsReadFromTheRecordedResponse) {
   fixture f;
   auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}]})");
