@@ -212,10 +212,12 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
     }
     std::string piece = i ? " " + std::string(words[i]) : std::string(words[i]);
     std::string data = chunk(json::object{{"content", piece}}, nullptr);
-    if (!co_await sink.send_chunk(data)) co_return;
+    // The word is generated before it is sent: billed even when the caller leaves during the send
+    // (or a filter blocks it), as a provider bills the tokens it produced.
     ctx.usage.completion = i + 1;
     ctx.relayed_completion_chars += token_chars(piece);  // counted as the remote providers' relays are
-    if (ctx.capture_text) ctx.captured_response += piece;
+    if (!co_await sink.send_chunk(data)) co_return;
+    if (ctx.capture_text) ctx.captured_response += piece;  // (what the caller was sent)
   }
   std::string tail = chunk(json::object{}, ctx.max_output_tokens && count == ctx.max_output_tokens ? "length" : "stop");
   if (ctx.caller_wants_usage) {

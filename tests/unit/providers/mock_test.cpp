@@ -4,8 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <future>
+
+#include <boost/asio/use_future.hpp>
+#include <boost/json/parse.hpp>
 
 #include "policy/policy.hpp"
+#include "providers/unified.hpp"
+#include "gateway/core/sse.hpp"
 
 namespace tollgate::providers {
 namespace {
@@ -29,6 +35,68 @@ TEST(MockAdapterTest, EmbeddingsAreDeterministicUnitVectors) {
   double norm = 0;
   for (float x : a) norm += double(x) * x;
   EXPECT_NEAR(std::sqrt(norm), 1.0, 1e-5);
+}
+
+/// Takes what the mock sends; refuses the chunk numbered `refuse_at` (0 = the role chunk), as
+/// the gateway's sink does when the caller has left or a filter blocked the stream.
+struct refusing_sink final : response_sink {
+  int refuse_at = -1;
+  int chunks = 0;
+  std::string sent;
+  awaitable<bool> send_full(unsigned, std::string_view, std::string body, const header_list&) override {
+    sent += body;
+    co_return true;
+  }
+  awaitable<bool> start_stream(unsigned, std::string_view, const header_list&) override { co_return true; }
+  awaitable<bool> send_chunk(std::string_view data) override {
+    if (chunks++ == refuse_at) co_return false;
+    sent += data;
+    co_return true;
+  }
+  awaitable<bool> end_stream() override { co_return true; }
+  void abort() override {}
+};
+
+TEST(MockAdapterTest, AWordIsBilledWhenItsSendFails) {
+  config::provider_config cfg;
+  cfg.name = "mock";
+  cfg.type = "mock";
+  const mock_adapter mock(cfg);
+  const route_target target{&mock, "mock-1"};
+  for (const int refuse_at : {-1, 1, 3}) {
+    request_context ctx;
+    ctx.endpoint = endpoint_kind::chat_completions;
+    ctx.body = R"({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":5})";
+    ASSERT_TRUE(decode_request(ctx));
+    ctx.target = &target;
+    refusing_sink sink;
+    sink.refuse_at = refuse_at;
+    net::io_context ioc;
+    auto done = net::co_spawn(ioc, mock.serve(ctx, sink), net::use_future);
+    ioc.run();
+    done.get();
+    // Chunk k (k ≥ 1) carries word k: a refused chunk's word was generated, so it is billed.
+    const std::size_t words = refuse_at < 0 ? 5 : std::size_t(refuse_at);
+    EXPECT_EQ(ctx.usage.completion, words) << "refused at " << refuse_at;
+    const auto all = mock_adapter::words_for("hi", 5);
+    std::uint64_t chars = 0;
+    for (std::size_t i = 0; i < words; ++i) chars += all[i].size() + (i ? 1 : 0);
+    EXPECT_EQ(ctx.relayed_completion_chars, chars);
+    // The caller got the words before the refused chunk, and not the refused one.
+    const std::size_t delivered = refuse_at < 0 ? 5 : words - 1;
+    std::string want, got;
+    for (std::size_t i = 0; i < delivered; ++i) want.append(i ? " " : "").append(all[i]);
+    sse::parser p;
+    std::vector<sse::event> events;
+    ASSERT_TRUE(p.feed(sink.sent, events));
+    for (auto& e : events) {
+      if (e.data == "[DONE]") continue;
+      const auto chunk = boost::json::parse(e.data);
+      for (auto& c : chunk.at("choices").as_array())
+        if (auto* t = c.at("delta").as_object().if_contains("content"); t && t->is_string()) got += t->as_string();
+    }
+    EXPECT_EQ(got, want) << "refused at " << refuse_at;
+  }
 }
 
 /// A chat call a provider answered with `status`.
