@@ -342,6 +342,31 @@ TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
   r.expect_nothing_held_but_the_next_call();
 }
 
+TEST(RedisStore, AnAdmissionWhoseConnectionBrokeBeforeTheAnswerIsInDoubt) {
+  // The admission is in Redis's socket when the connection breaks (here Redis dies, stalled, so
+  // the kernel resets it), long before the store's timeout. For all the store knows Redis ran the
+  // script and the answer was lost with the connection: in doubt, so the engine sends a release.
+  stalled_redis r(5'000, "team-reset");
+  ASSERT_TRUE(r.st) << "redis-server did not start (deploy/install-deps installs it)";
+  r.own.pause();
+  const auto start = std::chrono::steady_clock::now();
+  const admission call = one_scope_call("broken", r.s, 100);  // (admit keeps a reference to it)
+  auto fut = net::co_spawn(r.ioc, r.st->admit(0, call), net::use_future);
+  r.ioc.restart();
+  r.ioc.run_for(std::chrono::milliseconds(50));  // the batch is written
+  ASSERT_NE(fut.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+  r.own.kill();
+  while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) r.ioc.run_one_for(std::chrono::milliseconds(5));
+  const admit_result broken = fut.get();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2)) << "the reset, not the timeout";
+  EXPECT_EQ(broken.v, verdict::unavailable);
+  EXPECT_TRUE(broken.in_doubt);
+  // Nothing is in doubt once the store knows it is not connected: refused before sending.
+  const admit_result unsent = r.admit_full("unsent");
+  EXPECT_EQ(unsent.v, verdict::unavailable);
+  EXPECT_FALSE(unsent.in_doubt);
+}
+
 TEST(RedisStore, ABatchSentBehindAnOlderCommandIsDueWhenThatOneIsGivenUp) {
   // Redis stalls with a key lookup on the wire; an admission follows 60 ms later. When the
   // lookup times out (100 ms), the connection is dropped and the admission fails with it, 40 ms
