@@ -208,6 +208,23 @@ std::string query_param(std::string_view query, std::string_view name) {
   return {};
 }
 
+/// A key's id where a whole key `tg_<id>_<secret>` was given in its place (a leaked key pasted
+/// into `tollgatectl key revoke`): the admin call acts on that id, and the secret reaches no log
+/// line, audit record or answer. Anything else is returned as it is.
+std::string key_id_only(std::string given) {
+  if (auto k = policy::parse_key(given)) return std::string(k->id);
+  return given;
+}
+
+/// The same for the key segment of a `/admin/v1/keys/<id>[/rotate]` path, in place.
+void mask_key_in_path(std::string& path) {
+  constexpr std::string_view prefix = "/admin/v1/keys/";
+  if (!path.starts_with(prefix)) return;
+  const std::size_t end = std::min(path.find('/', prefix.size()), path.size());
+  const std::string id = key_id_only(path.substr(prefix.size(), end - prefix.size()));
+  path.replace(prefix.size(), end - prefix.size(), id);
+}
+
 /// The audit trail's name for an admin request ("key.create", ...); "unknown" for other paths.
 std::string admin_action(const request_context& ctx) {
   const bool get = ctx.method == "GET", post = ctx.method == "POST", del = ctx.method == "DELETE";
@@ -230,6 +247,7 @@ awaitable<void> send(response_sink& sink, unsigned status, const json::object& o
 
 awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink& sink) {
   const auto& cfg = *ctx.snap->cfg;
+  mask_key_in_path(ctx.path);  // before anything can log it
   ctx.action = admin_action(ctx);
   if (cfg.auth.admin_tokens.empty()) {
     co_await answer_error(ctx, sink, errc::permission_denied,
@@ -397,7 +415,8 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
       co_await answer_error(ctx, sink, errc::invalid_value, err);
       co_return;
     }
-    const std::string t(team->get_string()), k = key && key->is_string() ? std::string(key->get_string()) : std::string();
+    const std::string t(team->get_string());
+    const std::string k = key_id_only(key && key->is_string() ? std::string(key->get_string()) : std::string());
     ctx.action_target = k.empty() ? t : t + "/" + k;
     auto r = co_await pol.set_quota(ctx.worker, cfg, t, k, patch);
     if (!r) {
@@ -409,7 +428,7 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     co_await send(sink, 200, o);
   } else if (a == "quota.show" || a == "budget.show") {
     // ?team=T for the team's quota and budget use, &key=ID for that key's.
-    const std::string team = query_param(ctx.query, "team"), key = query_param(ctx.query, "key");
+    const std::string team = query_param(ctx.query, "team"), key = key_id_only(query_param(ctx.query, "key"));
     ctx.action_target = key.empty() ? team : team + "/" + key;
     auto view = co_await pol.resolve_team(ctx.worker, cfg, team);
     if (!view.team) {
@@ -446,7 +465,7 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     co_await send(sink, 200, o);
   } else if (a == "usage.show") {
     // ?from=&to= (unix seconds or RFC 3339; default: the last 24 hours), &team= &key= &model=.
-    const std::string team = query_param(ctx.query, "team"), key = query_param(ctx.query, "key"),
+    const std::string team = query_param(ctx.query, "team"), key = key_id_only(query_param(ctx.query, "key")),
                       model = query_param(ctx.query, "model"), from_s = query_param(ctx.query, "from"),
                       to_s = query_param(ctx.query, "to");
     ctx.action_target = team;

@@ -156,6 +156,32 @@ describe('admin API on one gateway (memory store)', () => {
       assertOpenAIError(await admin(gw, adm.token, 'GET', `/admin/v1/usage?${q}`), { status: 400 });
   });
 
+  test('a whole key given where its id belongs acts on the id and is never logged or echoed', async () => {
+    // `tollgatectl key revoke <the leaked key>`, pasted in a hurry: the revocation works, and the
+    // secret reaches no answer, access-log line, audit record or stderr line.
+    const k = await createKey(gw, adm.token, { team: 'cfgteam', name: 'leaked' });
+    const { secret } = splitKey(k.key);
+    assert.equal((await chat(gw, k.key, body())).status, 200);
+    const shown = ok(await admin(gw, adm.token, 'GET', `/admin/v1/keys/${k.key}`));
+    assert.equal(shown.id, k.id);
+    const quota = await admin(gw, adm.token, 'GET', `/admin/v1/quotas?team=cfgteam&key=${k.key}`);
+    const rotated = await admin(gw, adm.token, 'POST', `/admin/v1/keys/${k.key}/rotate`, {});
+    const revoked = ok(await admin(gw, adm.token, 'DELETE', `/admin/v1/keys/${k.key}`));
+    assert.equal(revoked.id, k.id);
+    assert.equal(revoked.enabled, false);
+    assertOpenAIError(await chat(gw, ok(rotated).key, body()), { status: 401, code: 'invalid_api_key' });
+    for (const r of [quota, rotated]) assert.ok(!r.text.includes(secret), r.text);
+    const dir = gw.ready.audit_dir;
+    const audit = await eventually(() => {
+      const text = readdirSync(dir).filter((f) => f.endsWith('.jsonl')).map((f) => readFileSync(join(dir, f), 'utf8')).join('');
+      const rec = text.split('\n').filter(Boolean).map((l) => JSON.parse(l))
+        .find((r) => r.type === 'admin' && r.action === 'key.revoke' && r.status === 200 && r.target === k.id);
+      return rec ? text : undefined;
+    }, { what: 'the revocation in the audit trail, under the key id' });
+    for (const [where, text] of [['audit', audit], ['stdout', gw.stdout()], ['stderr', gw.stderr()]])
+      assert.ok(!text.includes(secret), `the secret appears in ${where}`);
+  });
+
   test('admin actions are in the audit trail with the admin name', async () => {
     const dir = gw.ready.audit_dir;
     const recs = await eventually(() => {
