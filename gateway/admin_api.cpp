@@ -281,7 +281,7 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     if (err.starts_with("the policy store is unavailable")) e = errc::policy_store_unavailable;
     else if (err.starts_with("no ")) e = errc::not_found;
     else if (err.find("already exists") != std::string::npos || err.find("config file") != std::string::npos ||
-             err.find("is revoked") != std::string::npos)
+             err.find("is revoked") != std::string::npos || err.find("changed while") != std::string::npos)
       e = errc::conflict;
     return e;
   };

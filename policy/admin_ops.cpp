@@ -19,6 +19,13 @@ boost::system::result<T, std::string> as_error(std::string message) {
 
 const std::string unavailable = "the policy store is unavailable";
 
+/// Admin changes are written over the record they read (store::replace_key): tries before giving
+/// up when other changes keep landing in between.
+constexpr int admin_write_tries = 5;
+std::string changed_meanwhile(std::string_view what, const std::string& name) {
+  return std::string(what) + " '" + name + "' changed while this change was made, every time it was tried: try again";
+}
+
 /// A config team with the admin API's override applied.
 config::team_config merged(const config::team_config* base, const team_record& o) {
   config::team_config t = base ? *base : config::team_config{};
@@ -59,6 +66,7 @@ awaitable<engine::team_view> engine::resolve_team(unsigned worker, const config:
   }
   if (!cached) {
     call_team_.inc();
+    const auto generation = generation_.load(std::memory_order_relaxed);  // (as engine::lookup)
     auto found = co_await store_->get_team(worker, name);
     if (!found.reachable) {
       // Unreachable: the last answer stays good (nobody can change it through the store either).
@@ -70,7 +78,7 @@ awaitable<engine::team_view> engine::resolve_team(unsigned worker, const config:
       rec = found.team;
       std::lock_guard lock(cache_mu_);
       if (team_cache_.size() > 100'000) team_cache_.clear();
-      team_cache_[name] = {rec, now};
+      if (generation_.load(std::memory_order_relaxed) == generation) team_cache_[name] = {rec, now};
     }
   }
   v.reachable = true;
@@ -146,8 +154,32 @@ awaitable<std::optional<std::vector<key_record>>> engine::list_keys(unsigned wor
 
 awaitable<key_lookup> engine::store_key(unsigned worker, const config::gateway_config& cfg, const std::string& id) {
   for (auto& k : cfg.keys)
-    if (k.id == id) co_return key_lookup{true, std::nullopt};
+    if (k.id == id) co_return key_lookup{true, std::nullopt, {}};
   co_return co_await store_->get_key(worker, id);
+}
+
+awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(unsigned worker,
+                                                                            const config::gateway_config& cfg,
+                                                                            std::string id) {
+  for (auto& k : cfg.keys)
+    if (k.id == id) co_return as_error<key_record>("key '" + id + "' is declared in the config file; remove it there");
+  forget(id);
+  // Read, change, and write only if nobody wrote in between (else read again): a rotation or a
+  // quota change made at the same moment never writes the key back enabled.
+  for (int tries = 0; tries < admin_write_tries; ++tries) {
+    auto found = co_await store_->get_key(worker, id);
+    if (!found.reachable) co_return as_error<key_record>(unavailable);
+    if (!found.key) co_return as_error<key_record>(std::string("no key with id '" + id + "'"));
+    key_record k = *found.key;
+    k.enabled = false;
+    const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
+    if (w == write_result::changed) continue;
+    if (w == write_result::unreachable) co_return as_error<key_record>(unavailable);
+    forget(id);
+    co_await store_->publish_invalidation(worker, id);
+    co_return k;
+  }
+  co_return as_error<key_record>(changed_meanwhile("key", id));
 }
 
 awaitable<boost::system::result<engine::created_key, std::string>> engine::rotate_key(unsigned worker,
@@ -155,24 +187,30 @@ awaitable<boost::system::result<engine::created_key, std::string>> engine::rotat
                                                                                      std::string id, std::int64_t overlap_s) {
   for (auto& k : cfg.keys)
     if (k.id == id) co_return as_error<created_key>("key '" + id + "' is declared in the config file; rotate it there");
-  auto found = co_await store_->get_key(worker, id);
-  if (!found.reachable) co_return as_error<created_key>(unavailable);
-  if (!found.key) co_return as_error<created_key>("no key with id '" + id + "'");
-  if (!found.key->enabled) co_return as_error<created_key>("key '" + id + "' is revoked");
-  key_record k = *found.key;
-  auto fresh = generate_key();
-  // Same id, new secret: the key keeps its team, limits, budget and usage.
-  const std::string full = "tg_" + id + "_" + fresh.secret;
-  k.old_digest = overlap_s > 0 ? k.digest : std::string();
-  k.old_digest_expires_unix = overlap_s > 0 ? std::int64_t(std::time(nullptr)) + overlap_s : 0;
-  k.digest = digest_secret(fresh.secret, cfg.auth.pepper);
-  if (!co_await store_->put_key(worker, k)) co_return as_error<created_key>(unavailable);
-  forget(id);
-  co_await store_->publish_invalidation(worker, id);
-  created_key out;
-  out.full = full;
-  out.record = std::move(k);
-  co_return out;
+  // Written only over the record read (revoke_key): never over a revocation made meanwhile.
+  for (int tries = 0; tries < admin_write_tries; ++tries) {
+    auto found = co_await store_->get_key(worker, id);
+    if (!found.reachable) co_return as_error<created_key>(unavailable);
+    if (!found.key) co_return as_error<created_key>("no key with id '" + id + "'");
+    if (!found.key->enabled) co_return as_error<created_key>("key '" + id + "' is revoked");
+    key_record k = *found.key;
+    auto fresh = generate_key();
+    // Same id, new secret: the key keeps its team, limits, budget and usage.
+    const std::string full = "tg_" + id + "_" + fresh.secret;
+    k.old_digest = overlap_s > 0 ? k.digest : std::string();
+    k.old_digest_expires_unix = overlap_s > 0 ? std::int64_t(std::time(nullptr)) + overlap_s : 0;
+    k.digest = digest_secret(fresh.secret, cfg.auth.pepper);
+    const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
+    if (w == write_result::changed) continue;
+    if (w == write_result::unreachable) co_return as_error<created_key>(unavailable);
+    forget(id);
+    co_await store_->publish_invalidation(worker, id);
+    created_key out;
+    out.full = full;
+    out.record = std::move(k);
+    co_return out;
+  }
+  co_return as_error<created_key>(changed_meanwhile("key", id));
 }
 
 awaitable<boost::system::result<std::pair<config::limits_config, config::budget_config>, std::string>> engine::set_quota(
@@ -190,16 +228,21 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
   if (!key_id.empty()) {
     for (auto& k : cfg.keys)
       if (k.id == key_id) co_return as_error<out_t>("key '" + key_id + "' is declared in the config file; change it there");
-    auto found = co_await store_->get_key(worker, key_id);
-    if (!found.reachable) co_return as_error<out_t>(unavailable);
-    if (!found.key || (!team.empty() && found.key->team != team))
-      co_return as_error<out_t>("no key '" + key_id + "'" + (team.empty() ? "" : " in team '" + team + "'"));
-    key_record k = *found.key;
-    apply(k.limits, k.budget);
-    if (!co_await store_->put_key(worker, k)) co_return as_error<out_t>(unavailable);
-    forget(key_id);
-    co_await store_->publish_invalidation(worker, key_id);
-    co_return out_t{k.limits, k.budget};
+    for (int tries = 0; tries < admin_write_tries; ++tries) {  // (as rotate_key)
+      auto found = co_await store_->get_key(worker, key_id);
+      if (!found.reachable) co_return as_error<out_t>(unavailable);
+      if (!found.key || (!team.empty() && found.key->team != team))
+        co_return as_error<out_t>("no key '" + key_id + "'" + (team.empty() ? "" : " in team '" + team + "'"));
+      key_record k = *found.key;
+      apply(k.limits, k.budget);
+      const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
+      if (w == write_result::changed) continue;
+      if (w == write_result::unreachable) co_return as_error<out_t>(unavailable);
+      forget(key_id);
+      co_await store_->publish_invalidation(worker, key_id);
+      co_return out_t{k.limits, k.budget};
+    }
+    co_return as_error<out_t>(changed_meanwhile("key", key_id));
   }
   if ((p.period || p.soft) && !p.budget_nano) {
     // Period or threshold alone change an existing budget only.
@@ -208,16 +251,22 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
       co_return as_error<out_t>("team '" + team + "' has no budget: give its amount (budget.usd) too");
   }
   const config::team_config* base = cfg.find_team(team);
-  auto found = co_await store_->get_team(worker, team);
-  if (!found.reachable) co_return as_error<out_t>(unavailable);
-  if (!found.team && !base) co_return as_error<out_t>("no team '" + team + "'");
-  // A config team's first change stores an override that starts from its config values.
-  team_record t = found.team ? *found.team : record_of(*base);
-  apply(t.limits, t.budget);
-  if (!co_await store_->put_team(worker, t)) co_return as_error<out_t>(unavailable);
-  forget("team:" + team);
-  co_await store_->publish_invalidation(worker, "team:" + team);
-  co_return out_t{t.limits, t.budget};
+  // Written only over the record read: a quota change never brings back a team deleted meanwhile.
+  for (int tries = 0; tries < admin_write_tries; ++tries) {
+    auto found = co_await store_->get_team(worker, team);
+    if (!found.reachable) co_return as_error<out_t>(unavailable);
+    if (!found.team && !base) co_return as_error<out_t>("no team '" + team + "'");
+    // A config team's first change stores an override that starts from its config values.
+    team_record t = found.team ? *found.team : record_of(*base);
+    apply(t.limits, t.budget);
+    const write_result w = co_await store_->replace_team(worker, t, std::move(found.stored));
+    if (w == write_result::changed) continue;
+    if (w == write_result::unreachable) co_return as_error<out_t>(unavailable);
+    forget("team:" + team);
+    co_await store_->publish_invalidation(worker, "team:" + team);
+    co_return out_t{t.limits, t.budget};
+  }
+  co_return as_error<out_t>(changed_meanwhile("team", team));
 }
 
 // ---- Usage: counted per worker at settle, written to the store every second.

@@ -240,9 +240,20 @@ void memory_store::renew_now(const admission& a, std::int64_t expiry_ms) {
 
 awaitable<key_lookup> memory_store::get_key(unsigned, std::string id) {
   std::lock_guard lock(mu_);
-  key_lookup r{true, std::nullopt};
-  if (auto it = keys_.find(id); it != keys_.end()) r.key = it->second;
+  key_lookup r{true, std::nullopt, {}};
+  if (auto it = keys_.find(id); it != keys_.end()) {
+    r.key = it->second;
+    r.stored = key_to_json(it->second);
+  }
   co_return r;
+}
+
+awaitable<write_result> memory_store::replace_key(unsigned, key_record k, std::string stored) {
+  std::lock_guard lock(mu_);
+  const auto it = keys_.find(k.id);
+  if ((it == keys_.end() ? std::string() : key_to_json(it->second)) != stored) co_return write_result::changed;
+  keys_[k.id] = std::move(k);
+  co_return write_result::written;
 }
 
 awaitable<bool> memory_store::put_key(unsigned, key_record k) {
@@ -260,9 +271,20 @@ awaitable<std::optional<std::vector<key_record>>> memory_store::list_keys(unsign
 
 awaitable<team_lookup> memory_store::get_team(unsigned, std::string name) {
   std::lock_guard lock(mu_);
-  team_lookup r{true, std::nullopt};
-  if (auto it = teams_.find(name); it != teams_.end()) r.team = it->second;
+  team_lookup r{true, std::nullopt, {}};
+  if (auto it = teams_.find(name); it != teams_.end()) {
+    r.team = it->second;
+    r.stored = team_to_json(it->second);
+  }
   co_return r;
+}
+
+awaitable<write_result> memory_store::replace_team(unsigned, team_record t, std::string stored) {
+  std::lock_guard lock(mu_);
+  const auto it = teams_.find(t.name);
+  if ((it == teams_.end() ? std::string() : team_to_json(it->second)) != stored) co_return write_result::changed;
+  teams_[t.name] = std::move(t);
+  co_return write_result::written;
 }
 
 awaitable<bool> memory_store::put_team(unsigned, team_record t) {

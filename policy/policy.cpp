@@ -221,30 +221,34 @@ awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_conf
   const auto now = steady_clock::now();
   if (as_of) *as_of = now;
   for (auto& k : cfg.keys)
-    if (k.id == id) co_return key_lookup{true, key_of(k)};
+    if (k.id == id) co_return key_lookup{true, key_of(k), {}};
   const auto ttl = milliseconds(cfg.auth.key_cache_ms);
   {
     std::lock_guard lock(cache_mu_);
     if (auto it = cache_.find(std::string(id)); it != cache_.end() && now - it->second.at < ttl) {
       if (as_of) *as_of = it->second.at;
-      co_return key_lookup{true, it->second.key};
+      co_return key_lookup{true, it->second.key, {}};
     }
   }
   call_key_.inc();
+  // An invalidation that arrives while the read is on its way may be about this very key: the
+  // answer then serves this call but is not cached (it may predate the change).
+  const auto generation = generation_.load(std::memory_order_relaxed);
   key_lookup r = co_await store_->get_key(worker, std::string(id));
   if (!r.reachable) {
     // The store is down, so nobody can revoke through it either: the last answer stays good.
     std::lock_guard lock(cache_mu_);
     if (auto it = cache_.find(std::string(id)); it != cache_.end()) {
       if (as_of) *as_of = it->second.at;
-      co_return key_lookup{true, it->second.key};
+      co_return key_lookup{true, it->second.key, {}};
     }
     co_return r;
   }
   {
     std::lock_guard lock(cache_mu_);
     if (cache_.size() > 100'000) cache_.clear();  // bound memory under a flood of random ids
-    cache_[std::string(id)] = {r.key, now};
+    // (forget() bumps the generation before it takes the lock: seen here if it erased first.)
+    if (generation_.load(std::memory_order_relaxed) == generation) cache_[std::string(id)] = {r.key, now};
   }
   co_return r;
 }
@@ -924,23 +928,6 @@ awaitable<boost::system::result<engine::created_key, std::string>> engine::creat
     co_return out;
   }
   co_return as_error<created_key>(std::string("could not draw an unused key id"));
-}
-
-awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(unsigned worker,
-                                                                            const config::gateway_config& cfg,
-                                                                            std::string id) {
-  for (auto& k : cfg.keys)
-    if (k.id == id) co_return as_error<key_record>("key '" + id + "' is declared in the config file; remove it there");
-  forget(id);
-  auto found = co_await store_->get_key(worker, id);
-  if (!found.reachable) co_return as_error<key_record>(std::string("the policy store is unavailable"));
-  if (!found.key) co_return as_error<key_record>(std::string("no key with id '" + id + "'"));
-  key_record k = *found.key;
-  k.enabled = false;
-  if (!co_await store_->put_key(worker, k)) co_return as_error<key_record>(std::string("the policy store is unavailable"));
-  forget(id);
-  co_await store_->publish_invalidation(worker, id);
-  co_return k;
 }
 
 }  // namespace tollgate::policy

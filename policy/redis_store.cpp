@@ -845,8 +845,32 @@ awaitable<key_lookup> redis_store::get_key(unsigned worker, std::string id) {
   key_lookup out;
   if (!r || r->type == redis::reply::kind::error) co_return out;
   out.reachable = true;
-  if (r->type == redis::reply::kind::string) out.key = key_from_json(r->str);
+  if (r->type == redis::reply::kind::string) {
+    out.key = key_from_json(r->str);
+    out.stored = r->str;
+  }
   co_return out;
+}
+
+awaitable<write_result> redis_store::replace_key(unsigned worker, key_record k, std::string stored) {
+  co_return co_await compare_and_set(worker, cfg_.key_prefix + "key:" + k.id, stored, key_to_json(k),
+                                     cfg_.key_prefix + "keys", k.id);
+}
+
+awaitable<write_result> redis_store::compare_and_set(unsigned worker, const std::string& key, const std::string& stored,
+                                                     const std::string& body, const std::string& index,
+                                                     const std::string& member) {
+  // Admin writes are rare: EVAL with the script's text, no SHA to keep loaded. One key, as every
+  // script here (a Cluster proxy routes it by that key); the index is added to as put_key does.
+  static constexpr std::string_view script =
+      "if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end redis.call('SET', KEYS[1], ARGV[2]) return 1";
+  const std::string_view argv[] = {"EVAL", script, "1", key, stored, body};
+  auto r = co_await conn(worker).command(argv);
+  if (!r || r->type != redis::reply::kind::integer) co_return write_result::unreachable;
+  if (r->integer != 1) co_return write_result::changed;
+  const std::string_view add[] = {"SADD", index, member};
+  r = co_await conn(worker).command(add);
+  co_return r && r->type != redis::reply::kind::error ? write_result::written : write_result::unreachable;
 }
 
 awaitable<bool> redis_store::put_key(unsigned worker, key_record k) {
@@ -904,8 +928,16 @@ awaitable<team_lookup> redis_store::get_team(unsigned worker, std::string name) 
   team_lookup out;
   if (!ok_reply(r)) co_return out;
   out.reachable = true;
-  if (r->type == redis::reply::kind::string) out.team = team_from_json(r->str);
+  if (r->type == redis::reply::kind::string) {
+    out.team = team_from_json(r->str);
+    out.stored = r->str;
+  }
   co_return out;
+}
+
+awaitable<write_result> redis_store::replace_team(unsigned worker, team_record t, std::string stored) {
+  co_return co_await compare_and_set(worker, cfg_.key_prefix + "team:" + t.name, stored, team_to_json(t),
+                                     cfg_.key_prefix + "teams", t.name);
 }
 
 awaitable<bool> redis_store::put_team(unsigned worker, team_record t) {

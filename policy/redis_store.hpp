@@ -37,10 +37,16 @@ class redis_store final : public store {
   awaitable<bool> renew(unsigned worker, const admission& a, std::int64_t expiry_ms) override;
   awaitable<key_lookup> get_key(unsigned worker, std::string id) override;
   awaitable<bool> put_key(unsigned worker, key_record k) override;
+  awaitable<write_result> replace_key(unsigned worker, key_record k, std::string stored) override;
   awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker) override;
   awaitable<team_lookup> get_team(unsigned worker, std::string name) override;
   awaitable<bool> put_team(unsigned worker, team_record t) override;
+  awaitable<write_result> replace_team(unsigned worker, team_record t, std::string stored) override;
   awaitable<bool> delete_team(unsigned worker, std::string name) override;
+  /// One compare-and-set: SET `key` to `body` only while it holds `stored` ("" : absent); then
+  /// SADD `member` to `index`.
+  awaitable<write_result> compare_and_set(unsigned worker, const std::string& key, const std::string& stored,
+                                          const std::string& body, const std::string& index, const std::string& member);
   awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned worker) override;
   awaitable<bool> add_usage(unsigned worker, std::vector<usage_row> rows) override;
   awaitable<std::optional<std::vector<usage_row>>> usage(unsigned worker, std::int64_t from_hour,

@@ -57,6 +57,20 @@ std::vector<std::string> periods_of(const admission& a, std::int64_t now_ms) {
   return out;
 }
 
+awaitable<write_result> store::replace_key(unsigned worker, key_record k, std::string stored) {
+  const key_lookup now = co_await get_key(worker, k.id);
+  if (!now.reachable) co_return write_result::unreachable;
+  if (now.stored != stored) co_return write_result::changed;
+  co_return co_await put_key(worker, std::move(k)) ? write_result::written : write_result::unreachable;
+}
+
+awaitable<write_result> store::replace_team(unsigned worker, team_record t, std::string stored) {
+  const team_lookup now = co_await get_team(worker, t.name);
+  if (!now.reachable) co_return write_result::unreachable;
+  if (now.stored != stored) co_return write_result::changed;
+  co_return co_await put_team(worker, std::move(t)) ? write_result::written : write_result::unreachable;
+}
+
 void store::queue_settlement(unsigned worker, settlement s, executor_t ex) {
   std::vector<settlement> batch;
   batch.push_back(std::move(s));

@@ -137,6 +137,8 @@ struct key_record {
 struct key_lookup {
   bool reachable = false;
   std::optional<key_record> key;
+  /// The record as the store holds it ("" : none): the precondition of store::replace_key.
+  std::string stored;
 };
 
 /// A team created through the admin API, or the admin API's changes to a team declared in config
@@ -152,7 +154,12 @@ struct team_record {
 struct team_lookup {
   bool reachable = false;
   std::optional<team_record> team;
+  /// The record as the store holds it ("" : none): the precondition of store::replace_team.
+  std::string stored;
 };
+
+/// A compare-and-set write's outcome.
+enum class write_result { written, changed, unreachable };
 
 /// Usage of one (team, key, model) in one UTC hour, for the admin API's usage report.
 struct usage_row {
@@ -236,8 +243,16 @@ class store {
   /// Every key record (admin API listing); nullopt when the store is unreachable.
   virtual awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker) = 0;
 
+  /// Writes `k` only while key k.id's record is still `stored` (as a get_key read it; "" : no
+  /// record), in one atomic step: two admin changes made at once never undo each other (a rotation
+  /// that read the key before a revocation must not write it back enabled). `changed`: nothing
+  /// written; read again. The default reads, compares and writes in three steps (test stores).
+  virtual awaitable<write_result> replace_key(unsigned worker, key_record k, std::string stored);
+
   virtual awaitable<team_lookup> get_team(unsigned worker, std::string name) = 0;
   virtual awaitable<bool> put_team(unsigned worker, team_record t) = 0;
+  /// As replace_key, for team `t.name` (a quota change racing the team's deletion).
+  virtual awaitable<write_result> replace_team(unsigned worker, team_record t, std::string stored);
   /// Removes the record; false when unreachable.
   virtual awaitable<bool> delete_team(unsigned worker, std::string name) = 0;
   virtual awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned worker) = 0;

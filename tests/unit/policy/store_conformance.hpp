@@ -9,6 +9,7 @@
 
 #include <boost/asio/use_future.hpp>
 
+#include <algorithm>
 #include <future>
 #include <map>
 #include <vector>
@@ -506,6 +507,45 @@ TYPED_TEST_P(StoreConformance, SettlementAppliedTwiceChargesOnce) {
   EXPECT_EQ(this->budget(s).spent, 70);
 }
 
+TYPED_TEST_P(StoreConformance, RecordsAreReplacedOnlyOverWhatWasRead) {
+  // The admin API's compare-and-set: a write made over a record read before another write landed
+  // is refused (`changed`), and writes nothing.
+  key_record k;
+  k.id = "cas" + std::to_string(this->next_++) + "x";
+  k.team = "team-cas";
+  k.digest = "sha256:" + std::string(64, '0');
+  ASSERT_TRUE(run_sync(this->ioc, this->st->put_key(0, k)));
+  const key_lookup read = run_sync(this->ioc, this->st->get_key(0, k.id));
+  ASSERT_TRUE(read.key);
+  ASSERT_FALSE(read.stored.empty());
+  key_record revoked = k;
+  revoked.enabled = false;
+  EXPECT_EQ(run_sync(this->ioc, this->st->replace_key(0, revoked, read.stored)), write_result::written);
+  key_record rotated = k;  // made from the read before the revocation
+  rotated.digest = "sha256:" + std::string(64, '1');
+  EXPECT_EQ(run_sync(this->ioc, this->st->replace_key(0, rotated, read.stored)), write_result::changed);
+  const key_lookup now = run_sync(this->ioc, this->st->get_key(0, k.id));
+  ASSERT_TRUE(now.key);
+  EXPECT_FALSE(now.key->enabled);
+  EXPECT_EQ(now.key->digest, k.digest);
+  // Teams: "" stands for no record. A first write over "" creates it, once; a write over a
+  // record read before its deletion does not bring it back.
+  team_record t;
+  t.name = "team-cas-" + std::to_string(this->next_++);
+  t.limits.rpm = 5;
+  EXPECT_EQ(run_sync(this->ioc, this->st->replace_team(0, t, "")), write_result::written);
+  EXPECT_EQ(run_sync(this->ioc, this->st->replace_team(0, t, "")), write_result::changed);
+  const team_lookup tr = run_sync(this->ioc, this->st->get_team(0, t.name));
+  ASSERT_TRUE(tr.team);
+  ASSERT_TRUE(run_sync(this->ioc, this->st->delete_team(0, t.name)));
+  t.limits.rpm = 9;
+  EXPECT_EQ(run_sync(this->ioc, this->st->replace_team(0, t, tr.stored)), write_result::changed);
+  EXPECT_FALSE(run_sync(this->ioc, this->st->get_team(0, t.name)).team);
+  const auto teams = run_sync(this->ioc, this->st->list_teams(0));
+  ASSERT_TRUE(teams);
+  EXPECT_TRUE(std::none_of(teams->begin(), teams->end(), [&](const team_record& x) { return x.name == t.name; }));
+}
+
 TYPED_TEST_P(StoreConformance, AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse) {
   // A call admitted without the store (an outage, budgets: fail_open) is charged later: only its
   // cost, to its scopes' budgets, once per lease; no hold released, no rate window changed.
@@ -637,6 +677,6 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             SettlementAppliedTwiceChargesOnce,
                             AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse,
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
-                            KeysRoundTripAndInvalidationsReachListeners);
+                            KeysRoundTripAndInvalidationsReachListeners, RecordsAreReplacedOnlyOverWhatWasRead);
 
 }  // namespace tollgate::policy::testing

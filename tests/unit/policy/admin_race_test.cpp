@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: Apache-2.0
+// Admin changes and lookups that race other replicas' changes: a store whose reads are answered
+// late (read at once, answered after a delay, as a Redis reply on its way) lets a revocation or a
+// deletion land between an operation's read and its write or cache fill.
+#include <gtest/gtest.h>
+
+#include <boost/asio/detached.hpp>
+
+#include <functional>
+#include <optional>
+#include <thread>
+
+#include "config/loader.hpp"
+#include "gateway/core/provider.hpp"
+#include "policy/keys.hpp"
+#include "policy/memory_store.hpp"
+#include "policy/policy.hpp"
+#include "tests/unit/policy/store_conformance.hpp"
+
+namespace tollgate::policy::testing {
+namespace {
+using namespace std::chrono;
+
+/// The memory store, with key and team reads answered `read_delay` after they were made, and an
+/// invalidation channel the test drives (deliver() as another replica's PUBLISH would).
+struct late_store final : store {
+  memory_store inner;
+  milliseconds read_delay{0};
+  std::vector<std::function<void(std::string_view)>> listeners;
+  void deliver(std::string_view id) {
+    for (auto& l : listeners) l(id);
+  }
+  awaitable<void> late() {
+    if (read_delay.count() == 0) co_return;
+    steady_timer_t t(co_await net::this_coro::executor);
+    t.expires_after(read_delay);
+    co_await t.async_wait();
+  }
+  std::string_view kind() const override { return "late"; }
+  awaitable<admit_result> admit(unsigned, const admission& a) override { co_return inner.admit_now(a); }
+  awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
+    std::vector<settle_result> out;
+    for (auto& s : b) out.push_back(inner.settle_now(s));
+    co_return out;
+  }
+  awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return inner.budget_now(s); }
+  awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return true; }
+  awaitable<key_lookup> get_key(unsigned w, std::string id) override {
+    key_lookup r = co_await inner.get_key(w, id);  // read now...
+    co_await late();                                // ...answered later
+    co_return r;
+  }
+  awaitable<bool> put_key(unsigned w, key_record k) override { co_return co_await inner.put_key(w, std::move(k)); }
+  awaitable<write_result> replace_key(unsigned w, key_record k, std::string stored) override {
+    co_return co_await inner.replace_key(w, std::move(k), std::move(stored));
+  }
+  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned w) override { co_return co_await inner.list_keys(w); }
+  awaitable<team_lookup> get_team(unsigned w, std::string name) override {
+    team_lookup r = co_await inner.get_team(w, name);
+    co_await late();
+    co_return r;
+  }
+  awaitable<bool> put_team(unsigned w, team_record t) override { co_return co_await inner.put_team(w, std::move(t)); }
+  awaitable<write_result> replace_team(unsigned w, team_record t, std::string stored) override {
+    co_return co_await inner.replace_team(w, std::move(t), std::move(stored));
+  }
+  awaitable<bool> delete_team(unsigned w, std::string name) override { co_return co_await inner.delete_team(w, name); }
+  awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned w) override { co_return co_await inner.list_teams(w); }
+  awaitable<bool> add_usage(unsigned, std::vector<usage_row>) override { co_return true; }
+  awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t, std::int64_t) override {
+    co_return std::nullopt;
+  }
+  awaitable<bool> publish_invalidation(unsigned, std::string id) override {
+    deliver(id);
+    co_return true;
+  }
+  void on_invalidation(std::function<void(std::string_view)> cb) override { listeners.push_back(std::move(cb)); }
+};
+
+class AdminRaceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto loaded = config::load_string(R"(providers:
+  - {name: mock, type: mock}
+models:
+  - {name: mock-gpt, provider: mock}
+prices:
+  "*": {input: 1, output: 1}
+teams:
+  - name: search
+auth: {key_cache_ms: 30000}
+)");
+    ASSERT_TRUE(loaded) << loaded.error;
+    auto s = std::make_shared<snapshot>();
+    s->cfg = loaded.config;
+    snap = s;
+    eng = std::make_unique<engine>(st, reg, [](auto, auto, auto) {});
+    eng->start({executor_t(ioc.get_executor())});
+    key_record proto;
+    proto.team = "search";
+    auto made = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+    ASSERT_TRUE(made);
+    key = *made;
+  }
+  void TearDown() override { eng->stop(); }
+  request_context ctx(std::string credential) {
+    request_context c;
+    c.id = ++next_id;
+    c.id_hex = std::to_string(c.id);
+    c.snap = snap;
+    c.credential = std::move(credential);
+    c.endpoint = endpoint_kind::chat_completions;
+    c.model = "mock-gpt";
+    return c;
+  }
+  bool accepted(const std::string& credential) {
+    auto c = ctx(credential);
+    return bool(run_sync(ioc, eng->authenticate(c)));
+  }
+  /// Another replica revokes the key: its record written disabled, the invalidation delivered.
+  void revoke_elsewhere() {
+    key_record k = *run_sync(ioc, st->inner.get_key(0, key.record.id)).key;
+    k.enabled = false;
+    ASSERT_TRUE(run_sync(ioc, st->inner.put_key(0, k)));
+    st->deliver(key.record.id);
+  }
+  /// Runs `op` until its read is on its way (answered 50 ms late), then `meanwhile`, then to its end.
+  template <class T>
+  T race(awaitable<T> op, const std::function<void()>& meanwhile) {
+    st->read_delay = milliseconds(50);
+    std::optional<T> out;
+    net::co_spawn(ioc, [&]() -> awaitable<void> { out = co_await std::move(op); }, net::detached);
+    ioc.restart();
+    ioc.run_for(milliseconds(10));
+    st->read_delay = milliseconds(0);
+    meanwhile();
+    ioc.restart();
+    const auto deadline = steady_clock::now() + seconds(5);
+    while (!out && steady_clock::now() < deadline) ioc.run_one_for(milliseconds(5));
+    if (!out) throw std::runtime_error("the raced operation did not finish");
+    return std::move(*out);
+  }
+
+  std::shared_ptr<late_store> st = std::make_shared<late_store>();
+  metrics::registry reg;
+  net::io_context ioc;
+  std::shared_ptr<const snapshot> snap;
+  std::unique_ptr<engine> eng;
+  engine::created_key key;
+  std::uint64_t next_id = 0;
+};
+
+TEST_F(AdminRaceTest, ALookupAnsweredAfterARevocationIsNotCached) {
+  // A call's lookup reads the key enabled; the revocation's invalidation arrives before that
+  // answer does. The call itself is let through (it started before the revocation), but the
+  // answer must not be cached: with a 30 s cache the key would work for 30 s more.
+  auto c = ctx(key.full);
+  const phase_result first = race(eng->authenticate(c), [&] { revoke_elsewhere(); });
+  EXPECT_TRUE(first);
+  EXPECT_FALSE(accepted(key.full)) << "the revoked key was accepted from a cache filled by a stale read";
+}
+
+TEST_F(AdminRaceTest, ARotationThatReadTheKeyBeforeARevocationDoesNotReEnableIt) {
+  auto rotated = race(eng->rotate_key(0, *snap->cfg, key.record.id, 0), [&] {
+    auto r = run_sync(ioc, eng->revoke_key(0, *snap->cfg, key.record.id));
+    ASSERT_TRUE(r);
+  });
+  ASSERT_FALSE(rotated) << "a rotation over a revocation";
+  EXPECT_NE(rotated.error().find("is revoked"), std::string::npos) << rotated.error();
+  const auto stored = run_sync(ioc, st->inner.get_key(0, key.record.id));
+  ASSERT_TRUE(stored.key);
+  EXPECT_FALSE(stored.key->enabled);
+  EXPECT_FALSE(accepted(key.full));
+}
+
+TEST_F(AdminRaceTest, AQuotaChangeThatReadTheKeyBeforeARotationKeepsTheNewSecret) {
+  // Written over the record it read, the quota change would put back the old digest: the leaked
+  // secret working again, the new one refused. It reads again and keeps the rotation.
+  engine::created_key fresh;
+  engine::quota_patch p;
+  p.rpm = 7;
+  auto quota = race(eng->set_quota(0, *snap->cfg, "search", key.record.id, p), [&] {
+    auto r = run_sync(ioc, eng->rotate_key(0, *snap->cfg, key.record.id, 0));
+    ASSERT_TRUE(r);
+    fresh = *r;
+  });
+  ASSERT_TRUE(quota) << quota.error();
+  EXPECT_EQ(quota->first.rpm, 7u);
+  EXPECT_TRUE(accepted(fresh.full));
+  EXPECT_FALSE(accepted(key.full));
+}
+
+TEST_F(AdminRaceTest, AQuotaChangeRacingATeamsDeletionDoesNotBringItBack) {
+  team_record t;
+  t.name = "ephemeral";
+  ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, t)));
+  engine::quota_patch p;
+  p.rpm = 3;
+  auto quota = race(eng->set_quota(0, *snap->cfg, "ephemeral", "", p), [&] {
+    ASSERT_TRUE(run_sync(ioc, eng->delete_team(0, *snap->cfg, "ephemeral")));
+  });
+  ASSERT_FALSE(quota);
+  EXPECT_NE(quota.error().find("no team"), std::string::npos) << quota.error();
+  EXPECT_FALSE(run_sync(ioc, st->inner.get_team(0, "ephemeral")).team);
+}
+
+}  // namespace
+}  // namespace tollgate::policy::testing
