@@ -826,6 +826,14 @@ void engine::lose(const settlement& s, std::string_view why) {
 void engine::abandon_pending(unsigned worker) {
   if (worker >= queues_.size()) return;
   auto& q = queues_[worker];
+  // Outage charges not sealed yet (calls cut by the drain's end are charged moments before this)
+  // are sealed now, and journaled with the rest when there is a journal, rather than lost.
+  if (!q.outage.empty()) {
+    const std::size_t first_new = q.items.size();
+    for (auto& s : q.outage) q.items.push_back(retry_item{std::move(s), steady_clock::now()});
+    q.outage.clear();
+    journal_add(std::span<retry_item>(q.items).subspan(first_new));
+  }
   std::size_t kept = 0;
   std::int64_t kept_nano = 0;
   for (auto& it : q.items) {
@@ -839,8 +847,6 @@ void engine::abandon_pending(unsigned worker) {
       lose(it.s, "settlement lost at shutdown: the policy store was unreachable");
     }
   }
-  for (auto& s : q.outage) lose(s, "settlement lost at shutdown: the policy store was unreachable");
-  q.outage.clear();
   if (kept)
     log_("warn", "settlements kept in the journal for the next start: the policy store was unreachable",
          "\"settlements\":" + std::to_string(kept) + ",\"cost_usd\":" + std::to_string(double(kept_nano) / 1e9));

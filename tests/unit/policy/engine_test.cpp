@@ -707,6 +707,38 @@ TEST_F(EngineTest, AReleaseTheStoreNeverTookIsDroppedAtShutdownWithoutALostLine)
   std::filesystem::remove_all(dir);
 }
 
+TEST_F(EngineTest, AnOutageChargeNotSealedYetAtShutdownIsJournaledNotLost) {
+  // Calls cut at the drain's end are charged (budgets: fail_open, the store down) moments before
+  // the workers give up: the charge is not sealed yet (100 ms). With a journal it is kept there
+  // for the next start, like any other, and no cost is logged lost.
+  auto flaky = std::make_shared<flaky_store>();
+  const std::string dir = ::testing::TempDir() + "/outage-journal-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), flaky, dir + "/j");
+  flaky->down = flaky->admit_down = true;
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  c.status = 200;
+  c.upstream_answered = true;
+  c.usage = {2, 1, 0, true};  // 4,000,000 nano-USD
+  eng->settle(c, executor_t(ioc.get_executor()));
+  EXPECT_EQ(eng->pending(), 1);
+  eng->abandon_pending(0);  // at once: before the seal
+  EXPECT_EQ(eng->pending(), 0);
+  for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
+  EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](auto& l) { return l.find("kept in the journal") != std::string::npos; }));
+  eng->stop();
+  eng.reset();
+  // The next start replays it: the budget is charged once the store is back.
+  auto back = std::make_shared<flaky_store>();
+  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), back, dir + "/j");
+  ioc.restart();
+  run_until([&] { return eng->pending() == 0; });
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(EngineTest, AnAdmissionRefusedWithoutDoubtSendsNoRelease) {
   auto flaky = std::make_shared<flaky_store>();
   make("", flaky);
