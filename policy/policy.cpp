@@ -528,6 +528,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     }
   } else {
     degraded_cell_.set(0);
+    store_answered(ctx.worker % unsigned(queues_.size() ? queues_.size() : 1));
     if (is_degraded_.exchange(false)) {
       bool tell = false;
       {
@@ -676,11 +677,15 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
   constexpr std::size_t max_batch = 128;
   auto& q = queues_[worker];
   steady_timer_t timer(co_await net::this_coro::executor);
-  auto delay = milliseconds(100);
+  milliseconds delay = retry_first;
   while (!q.items.empty()) {
     timer.expires_after(delay);
+    q.sleeping = &timer;
+    q.backing_off = delay > retry_first;
     auto [ec] = co_await timer.async_wait();  // not in the if: GCC 12 and co_await in conditions
     if (alive.expired()) co_return;
+    q.sleeping = nullptr;
+    if (ec && std::exchange(q.nudged, false)) ec = {};  // the store answers again: send now
     if (ec) {
       for (const auto& it : q.items)
         if (!it.release) --pending_;
@@ -733,9 +738,20 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
       journal_done(finished);
     }
     if (failed) settlements_.counter({"retried"}).inc(double(failed));
-    delay = failed ? std::min(delay * 2, duration_cast<milliseconds>(seconds(5))) : milliseconds(100);
+    delay = failed ? std::min(delay * 2, retry_longest) : retry_first;
   }
   q.flushing = false;
+}
+
+void engine::store_answered(unsigned worker) {
+  if (worker >= queues_.size()) return;
+  auto& q = queues_[worker];
+  // Settlements that failed while the store was away hold their calls' slots and budget holds
+  // there: once an admission shows it is back, they go at once rather than after the backoff.
+  if (q.sleeping != nullptr && q.backing_off && !q.nudged && !q.items.empty()) {
+    q.nudged = true;
+    q.sleeping->cancel();
+  }
 }
 
 void engine::charge_later(unsigned worker, const reservation& r, std::uint64_t tokens, std::int64_t cost_nano) {

@@ -186,11 +186,15 @@ class engine {
   /// Sends `worker`'s settlements the store could not reach again, with backoff, until the store
   /// answers or 10 minutes have passed since their first attempt (then they are lost).
   awaitable<void> retry_settlements(unsigned worker, std::weak_ptr<const bool> alive);
+  /// An admission on `worker` was answered by the store: ends the retry loop's backoff there.
+  void store_answered(unsigned worker);
   /// `worker`'s retry items from `first_new` on are new: journaled (when there is a journal), and
   /// the retry loop started unless it runs.
   void retry_from(unsigned worker, std::size_t first_new);
   /// How long a settlement outside the journal is retried before it is lost.
   static constexpr std::chrono::minutes retry_give_up{10};
+  /// The retry loop's first delay, and its longest (it doubles while the store is unreachable).
+  static constexpr std::chrono::milliseconds retry_first{100}, retry_longest{1000};
   /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);
@@ -263,6 +267,11 @@ class engine {
   struct retry_queue {
     std::vector<retry_item> items;
     bool flushing = false;
+    /// The retry loop's timer while it sleeps between rounds, and whether that sleep is a backoff
+    /// (longer than the first delay): an admission the store answered ends such a sleep (nudged).
+    steady_timer_t* sleeping = nullptr;
+    bool backing_off = false;
+    bool nudged = false;
     /// Charges of calls admitted without the store, being summed (charge_later), and whether a
     /// seal_outage() is due.
     std::vector<settlement> outage;

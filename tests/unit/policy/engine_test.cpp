@@ -739,6 +739,32 @@ TEST_F(EngineTest, AnOutageChargeNotSealedYetAtShutdownIsJournaledNotLost) {
   std::filesystem::remove_all(dir);
 }
 
+TEST_F(EngineTest, SettlementsBackingOffGoAtOnceWhenAnAdmissionShowsTheStoreIsBack) {
+  // A settlement the store could not take holds its call's slot and budget hold there until it
+  // lands. Its retries back off (up to 1 s); the first admission the store answers ends the wait.
+  auto flaky = std::make_shared<flaky_store>();
+  make("", flaky);
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  flaky->down = true;  // settlements fail; admissions still answered
+  c.status = 200;
+  c.upstream_answered = true;
+  c.usage = {2, 1, 0, true};
+  eng->settle(c, executor_t(ioc.get_executor()));
+  run_until([&] { return flaky->settle_calls >= 5; });  // 100, 200, 400, 800 ms: now a 1 s wait
+  ASSERT_GE(flaky->settle_calls, 5);
+  EXPECT_EQ(eng->pending(), 1);
+  flaky->down = false;
+  const auto back = std::chrono::steady_clock::now();
+  auto next = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(next), errc::ok);
+  run_until([&] { return eng->pending() == 0; });
+  EXPECT_EQ(eng->pending(), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(400)) << "waited out the backoff";
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+}
+
 TEST_F(EngineTest, AnAdmissionRefusedWithoutDoubtSendsNoRelease) {
   auto flaky = std::make_shared<flaky_store>();
   make("", flaky);
