@@ -26,11 +26,12 @@ std::string changed_meanwhile(std::string_view what, const std::string& name) {
   return std::string(what) + " '" + name + "' changed while this change was made, every time it was tried: try again";
 }
 
-/// A config team with the admin API's override applied.
+/// A config team with the admin API's override applied (its models stay the file's: the API
+/// changes quotas only), or an API team (`base` null).
 config::team_config merged(const config::team_config* base, const team_record& o) {
   config::team_config t = base ? *base : config::team_config{};
   t.name = o.name;
-  t.models = o.models;
+  if (!base) t.models = o.models;
   t.limits = o.limits;
   t.budget = o.budget;
   return t;
@@ -42,7 +43,13 @@ team_record record_of(const config::team_config& t) {
   r.models = t.models;
   r.limits = t.limits;
   r.budget = t.budget;
+  r.overrides_config = true;
   return r;
+}
+
+/// An override whose config team has left the file: as if there were no record.
+bool orphaned(const config::team_config* base, const std::optional<team_record>& rec) {
+  return !base && rec && rec->overrides_config;
 }
 
 std::int64_t hour_now() { return duration_cast<hours>(system_clock::now().time_since_epoch()).count(); }
@@ -82,6 +89,7 @@ awaitable<engine::team_view> engine::resolve_team(unsigned worker, const config:
     }
   }
   v.reachable = true;
+  if (orphaned(base, rec)) rec.reset();
   if (rec) {
     v.team = merged(base, *rec);
     v.source = base ? "config+api" : "api";
@@ -99,9 +107,14 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::create_
   if (cfg.find_team(t.name)) co_return as_error<team_view>("team '" + t.name + "' already exists (in the config file)");
   auto found = co_await store_->get_team(worker, t.name);
   if (!found.reachable) co_return as_error<team_view>(unavailable);
-  if (found.team) co_return as_error<team_view>("team '" + t.name + "' already exists");
+  // (The override of a config team since removed from the file is no team: replaced.)
+  if (found.team && !orphaned(nullptr, found.team)) co_return as_error<team_view>("team '" + t.name + "' already exists");
   t.created_unix = std::time(nullptr);
-  if (!co_await store_->put_team(worker, t)) co_return as_error<team_view>(unavailable);
+  t.overrides_config = false;
+  // Over what was read: of two creations at once, the second finds the first's record.
+  const write_result w = co_await store_->replace_team(worker, t, std::move(found.stored));
+  if (w == write_result::changed) co_return as_error<team_view>("team '" + t.name + "' already exists");
+  if (w == write_result::unreachable) co_return as_error<team_view>(unavailable);
   forget("team:" + t.name);
   co_await store_->publish_invalidation(worker, "team:" + t.name);
   co_return co_await resolve_team(worker, cfg, t.name);
@@ -135,7 +148,7 @@ awaitable<std::optional<std::vector<engine::team_view>>> engine::list_teams(unsi
     out.push_back(std::move(v));
   }
   for (auto& r : *stored)
-    if (!cfg.find_team(r.name)) out.push_back({true, merged(nullptr, r), "api", r.created_unix});
+    if (!cfg.find_team(r.name) && !r.overrides_config) out.push_back({true, merged(nullptr, r), "api", r.created_unix});
   co_return out;
 }
 
@@ -255,9 +268,10 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
   for (int tries = 0; tries < admin_write_tries; ++tries) {
     auto found = co_await store_->get_team(worker, team);
     if (!found.reachable) co_return as_error<out_t>(unavailable);
-    if (!found.team && !base) co_return as_error<out_t>("no team '" + team + "'");
+    if ((!found.team && !base) || orphaned(base, found.team)) co_return as_error<out_t>("no team '" + team + "'");
     // A config team's first change stores an override that starts from its config values.
     team_record t = found.team ? *found.team : record_of(*base);
+    t.overrides_config = base != nullptr;  // (also for an override stored before the flag)
     apply(t.limits, t.budget);
     const write_result w = co_await store_->replace_team(worker, t, std::move(found.stored));
     if (w == write_result::changed) continue;

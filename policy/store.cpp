@@ -243,6 +243,7 @@ std::string team_to_json(const team_record& t) {
   for (auto& m : t.models) models.push_back(json::string(m));
   json::object o{{"name", t.name}, {"models", models}, {"created_unix", t.created_unix},
                  {"limits", limits_json(t.limits)}, {"budget", budget_json(t.budget)}};
+  if (t.overrides_config) o["overrides_config"] = true;
   return json::serialize(o);
 }
 
@@ -258,6 +259,7 @@ std::optional<team_record> team_from_json(std::string_view s) {
     for (auto& e : m->get_array())
       if (e.is_string()) t.models.emplace_back(e.get_string());
   t.created_unix = i64(o, "created_unix");
+  if (auto* f = o.if_contains("overrides_config"); f && f->is_bool()) t.overrides_config = f->get_bool();
   read_quota(o, t.limits, t.budget);
   return t;
 }

@@ -149,6 +149,10 @@ struct team_record {
   config::limits_config limits;
   config::budget_config budget;
   std::int64_t created_unix = 0;
+  /// The quota API's override of a team declared in the config file: it stands only while the
+  /// file declares that team (a team removed from the file does not live on through it), and
+  /// the team's models stay the file's.
+  bool overrides_config = false;
 };
 
 struct team_lookup {

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Admin changes and lookups that race other replicas' changes: a store whose reads are answered
-// late (read at once, answered after a delay, as a Redis reply on its way) lets a revocation or a
-// deletion land between an operation's read and its write or cache fill.
+// The engine's admin operations. Changes and lookups that race other replicas' changes: a store
+// whose reads are answered late (read at once, answered after a delay, as a Redis reply on its
+// way) lets a revocation or a deletion land between an operation's read and its write or cache
+// fill. And the quota API's overrides of config teams across config reloads.
 #include <gtest/gtest.h>
 
 #include <boost/asio/detached.hpp>
@@ -77,23 +78,25 @@ struct late_store final : store {
   void on_invalidation(std::function<void(std::string_view)> cb) override { listeners.push_back(std::move(cb)); }
 };
 
-class AdminRaceTest : public ::testing::Test {
+class AdminOpsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    auto loaded = config::load_string(R"(providers:
-  - {name: mock, type: mock}
-models:
-  - {name: mock-gpt, provider: mock}
-prices:
-  "*": {input: 1, output: 1}
-teams:
-  - name: search
-auth: {key_cache_ms: 30000}
-)");
+  /// The config, with team `search` allowed `search_models` and team `old` declared when `with_old`.
+  static std::string yaml(const std::string& search_models = "[\"mock-*\"]", bool with_old = true) {
+    return "providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n"
+           "  - {name: other, provider: mock}\nprices:\n  \"*\": {input: 1, output: 1}\nteams:\n"
+           "  - name: search\n    models: " + search_models + "\n" + (with_old ? "  - name: old\n" : "") +
+           "auth: {key_cache_ms: 30000}\n";
+  }
+  /// A new config snapshot, as SIGHUP loads one.
+  void reload(const std::string& text) {
+    auto loaded = config::load_string(text);
     ASSERT_TRUE(loaded) << loaded.error;
     auto s = std::make_shared<snapshot>();
     s->cfg = loaded.config;
     snap = s;
+  }
+  void SetUp() override {
+    reload(yaml());
     eng = std::make_unique<engine>(st, reg, [](auto, auto, auto) {});
     eng->start({executor_t(ioc.get_executor())});
     key_record proto;
@@ -150,7 +153,7 @@ auth: {key_cache_ms: 30000}
   std::uint64_t next_id = 0;
 };
 
-TEST_F(AdminRaceTest, ALookupAnsweredAfterARevocationIsNotCached) {
+TEST_F(AdminOpsTest, ALookupAnsweredAfterARevocationIsNotCached) {
   // A call's lookup reads the key enabled; the revocation's invalidation arrives before that
   // answer does. The call itself is let through (it started before the revocation), but the
   // answer must not be cached: with a 30 s cache the key would work for 30 s more.
@@ -160,7 +163,7 @@ TEST_F(AdminRaceTest, ALookupAnsweredAfterARevocationIsNotCached) {
   EXPECT_FALSE(accepted(key.full)) << "the revoked key was accepted from a cache filled by a stale read";
 }
 
-TEST_F(AdminRaceTest, ARotationThatReadTheKeyBeforeARevocationDoesNotReEnableIt) {
+TEST_F(AdminOpsTest, ARotationThatReadTheKeyBeforeARevocationDoesNotReEnableIt) {
   auto rotated = race(eng->rotate_key(0, *snap->cfg, key.record.id, 0), [&] {
     auto r = run_sync(ioc, eng->revoke_key(0, *snap->cfg, key.record.id));
     ASSERT_TRUE(r);
@@ -173,7 +176,7 @@ TEST_F(AdminRaceTest, ARotationThatReadTheKeyBeforeARevocationDoesNotReEnableIt)
   EXPECT_FALSE(accepted(key.full));
 }
 
-TEST_F(AdminRaceTest, AQuotaChangeThatReadTheKeyBeforeARotationKeepsTheNewSecret) {
+TEST_F(AdminOpsTest, AQuotaChangeThatReadTheKeyBeforeARotationKeepsTheNewSecret) {
   // Written over the record it read, the quota change would put back the old digest: the leaked
   // secret working again, the new one refused. It reads again and keeps the rotation.
   engine::created_key fresh;
@@ -190,7 +193,7 @@ TEST_F(AdminRaceTest, AQuotaChangeThatReadTheKeyBeforeARotationKeepsTheNewSecret
   EXPECT_FALSE(accepted(key.full));
 }
 
-TEST_F(AdminRaceTest, AQuotaChangeRacingATeamsDeletionDoesNotBringItBack) {
+TEST_F(AdminOpsTest, AQuotaChangeRacingATeamsDeletionDoesNotBringItBack) {
   team_record t;
   t.name = "ephemeral";
   ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, t)));
@@ -202,6 +205,47 @@ TEST_F(AdminRaceTest, AQuotaChangeRacingATeamsDeletionDoesNotBringItBack) {
   ASSERT_FALSE(quota);
   EXPECT_NE(quota.error().find("no team"), std::string::npos) << quota.error();
   EXPECT_FALSE(run_sync(ioc, st->inner.get_team(0, "ephemeral")).team);
+}
+
+TEST_F(AdminOpsTest, AConfigTeamsModelsStayTheFilesAfterAQuotaChange) {
+  // The quota API changes limits and budgets; it cannot set a config team's models. An override
+  // stored by a quota change must not freeze them: narrowed in the file, they are narrowed.
+  engine::quota_patch p;
+  p.rpm = 100;
+  ASSERT_TRUE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "search", "", p)));
+  reload(yaml("[\"other\"]"));
+  auto c = ctx(key.full);
+  ASSERT_TRUE(run_sync(ioc, eng->authenticate(c)));
+  EXPECT_FALSE(c.grant->may_use("mock-gpt")) << "the file narrowed the models; the override kept mock-*";
+  EXPECT_TRUE(c.grant->may_use("other"));
+  const auto view = run_sync(ioc, eng->resolve_team(0, *snap->cfg, "search"));
+  ASSERT_TRUE(view.team);
+  EXPECT_EQ(view.source, "config+api");
+  EXPECT_EQ(view.team->limits.rpm, 100u);
+}
+
+TEST_F(AdminOpsTest, AConfigTeamRemovedFromTheFileDoesNotLiveOnThroughItsOverride) {
+  key_record proto;
+  proto.team = "old";
+  auto made = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+  ASSERT_TRUE(made);
+  engine::quota_patch p;
+  p.rpm = 100;
+  ASSERT_TRUE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "old", "", p)));
+  EXPECT_TRUE(accepted(made->full));
+  reload(yaml("[\"mock-*\"]", /*with_old=*/false));
+  st->deliver("*");  // (a reload drops cached answers as a reconnect does)
+  EXPECT_FALSE(accepted(made->full)) << "the team left the file; its override kept its keys working";
+  EXPECT_FALSE(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "old")).team);
+  const auto teams = run_sync(ioc, eng->list_teams(0, *snap->cfg));
+  ASSERT_TRUE(teams);
+  for (const auto& t : *teams) EXPECT_NE(t.team->name, "old");
+  EXPECT_FALSE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "old", "", p)));
+  // The name is free again for an API team of its own.
+  team_record fresh;
+  fresh.name = "old";
+  ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, fresh)));
+  EXPECT_EQ(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "old")).source, "api");
 }
 
 }  // namespace
