@@ -143,6 +143,7 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   bool readonly = false;     ///< dropped because the server answered READONLY
   bool want_read = false, want_write = false, read_waiting = false, write_waiting = false;
   bool timer_armed = false, connected = false, subscribed = false, gone = false;
+  std::uint64_t timer_generation = 0;  ///< numbers deadline_timer's waits (arm_deadline)
   int depth = 0;  ///< > 0 while inside redisAsyncHandleRead/Write: hiredis must not be freed then
   bool reading = false;  ///< inside on_ready's redisAsyncHandleRead: replies wait in `replied`
   bool sending = false;  ///< inside send(): the write is made at once, not armed
@@ -351,8 +352,9 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
       done->complete(net::error::not_connected, {});
       return;
     }
-    pending.push_back({clock::now() + timeout, std::move(done)});
-    arm_deadline();
+    const auto due = clock::now() + timeout;
+    pending.push_back({due, std::move(done)});
+    arm_deadline(due);
     write_now();
   }
 
@@ -364,20 +366,26 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
     return redisAsyncCommandArgv(ac, on_sub_reply, this, 2, ptrs.data(), lens.data()) == REDIS_OK;
   }
 
-  /// One timer for the whole FIFO: armed for the oldest command's deadline. Replies do not re-arm
-  /// it; when it fires it re-arms for the command now oldest, or drops the connection.
-  void arm_deadline() {
-    if (timer_armed || pending.empty() || gone) return;
+  /// One timer for the whole FIFO, armed for the earliest deadline it has seen. Replies do not
+  /// re-arm it; when it fires it re-arms for the earliest deadline still pending, or drops the
+  /// connection. A command whose deadline comes before the armed one (a 50 ms command behind a
+  /// handshake's 200 ms PING) re-arms it: no command waits past its own timeout.
+  void arm_deadline(clock::time_point due) {
+    if (gone || (timer_armed && deadline_timer.expiry() <= due)) return;
     timer_armed = true;
-    deadline_timer.expires_at(pending.front().deadline);
-    deadline_timer.async_wait([self = shared_from_this()](error_code ec) { self->on_deadline(ec); });
+    const std::uint64_t armed = ++timer_generation;  // a wait this replaces sees another number
+    deadline_timer.expires_at(due);
+    deadline_timer.async_wait([self = shared_from_this(), armed](error_code ec) { self->on_deadline(ec, armed); });
   }
 
-  void on_deadline(error_code ec) {
+  void on_deadline(error_code ec, std::uint64_t armed) {
+    if (armed != timer_generation) return;  // re-armed since
     timer_armed = false;
     if (ec || gone || pending.empty()) return;
-    if (pending.front().deadline > clock::now()) {
-      arm_deadline();
+    clock::time_point earliest = clock::time_point::max();
+    for (const auto& p : pending) earliest = std::min(earliest, p.deadline);  // (a pipeline's depth)
+    if (earliest > clock::now()) {
+      arm_deadline(earliest);
       return;
     }
     drop(net::error::timed_out);
@@ -673,10 +681,13 @@ struct connection::impl : std::enable_shared_from_this<impl> {
         self->set_error({});
         self->is_up = true;
         if (self->state_cb) self->state_cb(true);
+        const auto up_at = clock::now();
         co_await self->wait_on(l, clock::time_point::max(), &redis_link::gone);
-        // A replica still behind the address (the failover not finished) takes every handshake
-        // and answers the first write READONLY again: the backoff keeps growing through those.
-        if (!l->readonly) backoff = floor;
+        // The backoff starts again only after a connection that lasted (backoff_max): a server
+        // that takes every handshake and then times out each first command (overloaded), or a
+        // replica still behind the address that answers READONLY (a failover not finished), would
+        // otherwise be reconnected to every few hundred ms by every worker of every replica.
+        if (!l->readonly && clock::now() - up_at >= ceiling) backoff = floor;
         self->is_up = false;
         if (self->closed) break;
         if (self->state_cb) self->state_cb(false);

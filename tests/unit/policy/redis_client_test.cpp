@@ -280,6 +280,35 @@ TEST_F(RedisClientTest, PipelinesAThousandCommandsInOrder) {
   EXPECT_TRUE(c.up());
 }
 
+TEST_F(RedisClientTest, TheFirstCommandAfterConnectingHasItsOwnTimeoutNotTheHandshakes) {
+  // The handshake's PING is bounded by connect_timeout (2 s here); a command sent right after it
+  // must still be given up after its own 50 ms, not when the handshake's deadline comes.
+  net::io_context ioc;
+  options o = options_for(*server_);
+  o.timeout = 50ms;
+  o.connect_timeout = 2s;
+  connection c(executor_of(ioc), o);
+  c.start();
+  ASSERT_TRUE(wait_up(ioc, c));
+  std::optional<result_t> slow;
+  clock_type::time_point done{};
+  const auto sent = clock_type::now();
+  net::co_spawn(
+      ioc,
+      [&]() -> awaitable<void> {
+        std::array<std::string_view, 3> argv{"DEBUG", "SLEEP", "0.3"};
+        std::span<const std::string_view> span(argv);
+        slow = co_await c.command(span);
+        done = clock_type::now();
+      },
+      net::detached);
+  ASSERT_TRUE(pump(ioc, [&] { return bool(slow); }, 5s));
+  ASSERT_FALSE(*slow) << "answered after 300 ms: the 50 ms timeout was not applied";
+  EXPECT_EQ(slow->error(), net::error::timed_out);
+  EXPECT_LT(done - sent, 250ms);
+  ASSERT_TRUE(wait_up(ioc, c, 5s));  // (the server finishes its sleep before the next test)
+}
+
 TEST_F(RedisClientTest, SlowServerTimesOutEveryPendingCommandAndReconnects) {
   net::io_context ioc;
   options o = options_for(*server_);
@@ -760,6 +789,64 @@ TEST(RedisClientBackoffTest, ReconnectDelaysDoubleFromTheMinimumUpToTheMaximum) 
   std::vector<double> late(gaps.begin() + 4, gaps.end());
   std::nth_element(late.begin(), late.begin() + late.size() / 2, late.end());
   EXPECT_LT(late[late.size() / 2], 280) << "gaps: " << seen;
+}
+
+TEST(RedisClientBackoffTest, AServerThatTakesTheHandshakeButNotTheCommandsIsNotReconnectedToInAStorm) {
+  // An overloaded server: it answers the handshake's PING, then nothing. Each connection is up
+  // until its first command times out. The backoff must keep growing through such connections
+  // (it starts again only after one that lasted backoff_max), not restart at its minimum each time.
+  const auto [fd, port] = loopback_listener();
+  ASSERT_GE(fd, 0);
+  std::atomic<int> accepted{0};
+  std::thread server([&, fd = fd] {
+    for (;;) {
+      const int c = ::accept(fd, nullptr, nullptr);
+      if (c < 0) return;  // the listener was shut down
+      ++accepted;
+      char buf[512];
+      bool ponged = false;
+      for (;;) {  // answer the first command (the PING), then read and drop the rest
+        const ssize_t n = ::read(c, buf, sizeof buf);
+        if (n <= 0) break;
+        if (!ponged) ponged = ::write(c, "+PONG\r\n", 7) == 7;
+      }
+      ::close(c);
+    }
+  });
+  net::io_context ioc;
+  options o;
+  o.port = port;
+  o.timeout = 30ms;
+  o.connect_timeout = 1s;
+  o.backoff_min = 20ms;
+  o.backoff_max = 160ms;
+  connection c(executor_of(ioc), o);
+  c.start();
+  bool stop = false;
+  net::co_spawn(
+      ioc,
+      [&]() -> awaitable<void> {  // a caller that keeps trying (fails at once while down)
+        steady_timer_t t(co_await net::this_coro::executor);
+        while (!stop) {
+          std::array<std::string_view, 2> argv{"GET", "k"};
+          std::span<const std::string_view> span(argv);
+          (void)co_await c.command(span);
+          t.expires_after(5ms);
+          co_await t.async_wait();
+        }
+      },
+      net::detached);
+  pump(ioc, [] { return false; }, 1500ms);
+  stop = true;
+  c.close();
+  pump(ioc, [] { return false; }, 50ms);
+  ::shutdown(fd, SHUT_RDWR);
+  server.join();
+  ::close(fd);
+  // Growing: 20, 40, 80, 160, 160... ms between cycles of ~30 ms: about 10 connections in 1.5 s.
+  // Restarting at 20 ms after each would make about 30.
+  EXPECT_GE(accepted.load(), 4);
+  EXPECT_LE(accepted.load(), 16) << "reconnected to at the minimum backoff each time";
 }
 
 TEST(RedisClientRestartTest, ComesBackAfterKillAndRestartAndRerunsTheConnectHook) {
