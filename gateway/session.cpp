@@ -157,14 +157,13 @@ std::string client_address(stream_t& s) {
 }
 
 /// The API key a caller presented: `Authorization: Bearer <key>` (OpenAI SDKs), else `api-key`
-/// (Azure SDKs), else `x-api-key` (Anthropic SDKs). Empty when none.
+/// (Azure SDKs), else `x-api-key` (Anthropic SDKs). Empty when none. An Authorization header of
+/// another scheme (`Basic`, added by an ingress) is not an API key: the other headers still count.
 std::string presented_credential(const caller_fields& c) {
-  const std::string_view auth = c.authorization.value_or(std::string_view());
-  if (!auth.empty()) {
-    auto v = text::trim(auth);
-    if (v.size() > 7 && text::iequals(v.substr(0, 7), "bearer ")) return std::string(text::trim(v.substr(7)));
-    return {};  // another scheme: not an API key
-  }
+  const std::string_view auth = text::trim(c.authorization.value_or(std::string_view()));
+  // "Bearer", then spaces or tabs (RFC 9110's 1*SP, and tabs as lenient parsers take them).
+  if (auth.size() > 7 && text::iequals(auth.substr(0, 6), "bearer") && (auth[6] == ' ' || auth[6] == '\t'))
+    return std::string(text::trim(auth.substr(7)));
   if (c.api_key) return std::string(text::trim(*c.api_key));
   if (c.x_api_key) return std::string(text::trim(*c.x_api_key));
   return {};

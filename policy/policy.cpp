@@ -282,20 +282,25 @@ std::optional<phase_result> engine::try_authenticate(request_context& ctx) {
     auth_.counter({"anonymous"}).inc();
     return flow::next;
   };
-  if (ctx.credential.empty()) {
+  auto parsed = parse_key(ctx.credential);
+  // Anything that starts like a Tollgate key is checked as one: a revoked key with a character
+  // added must not pass on an open gateway as anonymous.
+  if (!parsed && !ctx.credential.starts_with("tg_")) {
+    // No key, or a credential that is not a Tollgate key (an SDK's placeholder): a verified client
+    // certificate whose SAN maps to a team identifies the caller, else an open gateway lets it in.
     const std::string* peer = nullptr;
-    if (team_of_peer(cfg, ctx, &peer)) return std::nullopt;  // its team is resolved in the store
+    if (team_of_peer(cfg, ctx, &peer)) {
+      ctx.credential.clear();  // (authenticate() takes the certificate's path)
+      return std::nullopt;     // its team is resolved in the store
+    }
     if (!cfg.auth.required) return anonymous();
+    if (!ctx.credential.empty()) return invalid_key();
     auth_.counter({"missing"}).inc();
     return make_failure(errc::invalid_api_key,
                         "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' (or in an api-key "
                         "or x-api-key header).",
                         "", error_source::policy);
   }
-  auto parsed = parse_key(ctx.credential);
-  // An open gateway ignores credentials that are not Tollgate keys (SDK placeholders); a Tollgate
-  // key is still checked, so a revoked key cannot slip through as anonymous.
-  if (!parsed && !cfg.auth.required) return anonymous();
   if (!parsed) return invalid_key();
   // A key this worker authenticated moments ago, presenting the same secret.
   const auto tag = secret_tag(parsed->secret);

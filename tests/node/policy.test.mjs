@@ -381,6 +381,18 @@ keys:
       assert.equal(ok.response?.status, 200, ok.text.slice(0, 300));
     });
 
+    test('behind an ingress that sends Authorization: Basic, the api-key and x-api-key headers still count', { timeout: 20000 }, async () => {
+      const basic = { authorization: 'Basic aW5ncmVzczpwYXNz' };
+      for (const header of ['api-key', 'x-api-key']) {
+        const r = await chat(gw, keys.free, body('mock-gpt'), { header, extraHeaders: basic });
+        assert.equal(r.status, 200, `${header} beside Basic: ${r.text}`);
+      }
+      assertOpenAIError(await chat(gw, undefined, body('mock-gpt'), { extraHeaders: basic }), { status: 401, code: 'invalid_api_key' });
+      // A tab after "Bearer" is taken as a space.
+      const tab = await chat(gw, undefined, body('mock-gpt'), { extraHeaders: { authorization: `Bearer\t${keys.free}` } });
+      assert.equal(tab.status, 200, tab.text);
+    });
+
     test('OpenAI SDK: 401 AuthenticationError, 403 PermissionDeniedError, 429 RateLimitError (budget: no retry)', { timeout: 20000 }, async () => {
       const sdk = (apiKey, opts = {}) => new OpenAI({ apiKey, baseURL: gw.baseURL, maxRetries: 0, timeout: 10000, ...opts });
       const expectError = (p) => p.then((v) => assert.fail(`expected an error, got ${JSON.stringify(v).slice(0, 200)}`), (e) => e);

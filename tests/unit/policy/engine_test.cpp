@@ -483,6 +483,15 @@ TEST_F(EngineTest, ClientCertificateNamesMapToTheirTeam) {
   auto stranger = ctx("");
   stranger.peer_names = {"spiffe://corp/ns/y/sa/api"};
   EXPECT_FALSE(auth(stranger));
+  // An SDK needs some API key string: a placeholder beside the certificate does not hide it.
+  auto placeholder = ctx("unused");
+  placeholder.peer_names = {"spiffe://corp/ns/x/sa/api"};
+  ASSERT_TRUE(auth(placeholder));
+  EXPECT_EQ(placeholder.identity.team, "spiffe");
+  // A Tollgate key beside it is checked as a key: a wrong one is refused, not replaced.
+  auto wrong = ctx("tg_abc123_" + std::string(43, 'x'));
+  wrong.peer_names = {"spiffe://corp/ns/x/sa/api"};
+  EXPECT_FALSE(auth(wrong));
 }
 
 TEST_F(EngineTest, ModelsOutsideTheGrantAre403AndUnlisted) {
@@ -814,6 +823,12 @@ TEST_F(EngineTest, OpenGatewayIgnoresForeignCredentialsButChecksTollgateKeys) {
   EXPECT_EQ(call(sdk_placeholder), errc::ok);
   auto revoked = ctx("tg_off1_" + secret);
   EXPECT_EQ(call(revoked), errc::invalid_api_key);
+  // Anything shaped like a Tollgate key is checked as one, even one that does not parse: a
+  // revoked key with a character added does not pass as anonymous.
+  for (const std::string& mangled : {"tg_off1_" + secret + "!", std::string("tg_off1_"), "tg_" + secret}) {
+    auto m = ctx(mangled);
+    EXPECT_EQ(call(m), errc::invalid_api_key) << mangled;
+  }
 }
 
 TEST(KeysTest, ParseDigestVerify) {
