@@ -908,6 +908,22 @@ std::size_t engine::open_journal(const std::string& path) {
   if (opened.skipped)
     log_("warn", "settlement journal: lines that do not parse were skipped",
          "\"path\":" + quote(path) + ",\"lines\":" + std::to_string(opened.skipped));
+  // The store remembers an expired lease, and a charge-only settlement's charge, for a day: a
+  // settlement older than that could be charged twice (a charge the store took before its answer
+  // was lost) or not at all (a lease forgotten). Not replayed, and logged with its cost.
+  const std::int64_t too_old = wall_ms() - journal_replay_limit_ms;
+  std::vector<std::string_view> stale;
+  for (const auto& s : opened.open)
+    if (s.admitted_at_ms > 0 && s.admitted_at_ms < too_old) {
+      ++pending_;  // (lose() counts it out)
+      lose(s, "settlement journal: too old to replay (the store remembers charges for a day); its cost is not charged");
+      stale.push_back(s.adm.lease);
+    }
+  if (!stale.empty()) {
+    std::string error;
+    if (!journal_.done(stale, error)) log_("error", error, {});
+    std::erase_if(opened.open, [&](const settlement& s) { return s.admitted_at_ms > 0 && s.admitted_at_ms < too_old; });
+  }
   if (opened.open.empty()) return 0;
   std::int64_t nano = 0;
   for (auto& s : opened.open) nano += s.cost_nano;

@@ -193,6 +193,9 @@ class engine {
   void retry_from(unsigned worker, std::size_t first_new);
   /// How long a settlement outside the journal is retried before it is lost.
   static constexpr std::chrono::minutes retry_give_up{10};
+  /// Journaled settlements admitted longer ago than this are not replayed (the store's memory of
+  /// expired leases and charges is a day; an hour of margin).
+  static constexpr std::int64_t journal_replay_limit_ms = 23ll * 3'600'000;
   /// The retry loop's first delay, and its longest (it doubles while the store is unreachable).
   static constexpr std::chrono::milliseconds retry_first{100}, retry_longest{1000};
   /// Every second, extends the leases of `worker`'s calls that have run half a lease since their

@@ -7,6 +7,7 @@
 
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <regex>
 #include <thread>
@@ -772,6 +773,40 @@ TEST_F(EngineTest, SettlementsBackingOffGoAtOnceWhenAnAdmissionShowsTheStoreIsBa
   EXPECT_LT(std::chrono::steady_clock::now() - back, std::chrono::milliseconds(400)) << "waited out the backoff";
   const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
   EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+}
+
+TEST_F(EngineTest, AJournaledChargeOlderThanADayIsLoggedNotReplayed) {
+  // The store remembers a charge-only settlement's charge for a day: replayed later, one it had
+  // taken (its answer lost before the stop) would be charged twice. Too old: logged with its
+  // cost, not sent. A fresh one in the same file is replayed and charged.
+  const std::string dir = ::testing::TempDir() + "/old-journal-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  auto loaded = config::load_string(yaml());
+  ASSERT_TRUE(loaded) << loaded.error;
+  const config::team_config& rich = *loaded.config->find_team("rich");
+  auto charge = [&](std::string lease, std::int64_t at_ms, std::int64_t nano) {
+    settlement s;
+    s.charge_only = true;
+    s.adm.lease = std::move(lease);
+    s.adm.scopes = {scope_spec{"t", "rich", rich.limits, rich.budget}};
+    s.periods = {"all"};
+    s.cost_nano = nano;
+    s.admitted_at_ms = at_ms;
+    return "{\"add\":" + settlement_to_json(s) + "}\n";
+  };
+  {
+    std::ofstream j(dir + "/j");
+    j << charge("old-o0-1", wall_ms() - 25ll * 3'600'000, 7'000'000) << charge("new-o0-2", wall_ms() - 60'000, 4'000'000);
+  }
+  make_from(yaml(), nullptr, dir + "/j");
+  run_until([&] { return eng->pending() == 0; });
+  EXPECT_EQ(eng->pending(), 0);
+  const scope_spec team{"t", "rich", {}, rich.budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+  EXPECT_EQ(std::count_if(logs.begin(), logs.end(),
+                          [](auto& l) { return l.find("too old to replay") != std::string::npos && l.find("old-o0-1") != std::string::npos; }),
+            1);
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(EngineTest, AnAdmissionRefusedWithoutDoubtSendsNoRelease) {
