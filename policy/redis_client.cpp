@@ -435,6 +435,14 @@ void on_reply(redisAsyncContext*, void* r, void* privdata) {
 void on_sub_reply(redisAsyncContext*, void* r, void* privdata) {
   redis_link* l = from(privdata);
   auto* rep = static_cast<const redisReply*>(r);
+  if (rep != nullptr && rep->type == REDIS_REPLY_ERROR) {
+    // Refused (an ACL without the channel: Redis 7's default for new users), where the hiredis in
+    // use passes the error on (0.14 drops it; attempt() then names the likely reason): the attempt
+    // ends now, saying why, rather than at its timeout.
+    if (l->note_error) l->note_error("SUBSCRIBE refused by Redis: " + std::string(rep->str, rep->len));
+    l->event.cancel();
+    return;
+  }
   if (rep == nullptr || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) return;
   const redisReply* kind = rep->element[0];
   const std::string_view k(kind->str, kind->len);
@@ -478,9 +486,15 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   std::string last_error;       ///< why the last attempt failed, when known
 
   void set_error(std::string e) {
-    std::lock_guard lock(error_mu);
-    last_error = std::move(e);
+    bool news = false;
+    {
+      std::lock_guard lock(error_mu);
+      news = !e.empty() && e != last_error;
+      last_error = e;
+    }
+    if (news && error_cb) error_cb(e);  // (on the connection's executor)
   }
+  std::function<void(const std::string&)> error_cb;
   std::string error() const {
     std::lock_guard lock(error_mu);
     return last_error;
@@ -661,7 +675,14 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     if (!channel.empty()) {
       if (!l->send_subscribe(channel)) co_return false;
       co_await wait_on(l, clock::now() + step, &redis_link::subscribed);
-      if (!l->subscribed) co_return false;
+      if (!l->subscribed) {
+        // hiredis 0.14 does not pass an error reply to SUBSCRIBE on (it drops the connection, or
+        // nothing comes): the likeliest reason is named, as Redis's own answer cannot be.
+        if (error().empty())
+          set_error("SUBSCRIBE " + channel + " was not confirmed (Redis 7 refuses it to an ACL user without " +
+                    "permission for the channel: add &" + channel + " or allchannels)");
+        co_return false;
+      }
     }
     co_return !closed && l->live();
   }
@@ -789,6 +810,8 @@ void connection::subscribe(std::string channel, std::function<void(std::string_v
 }
 
 void connection::on_state(std::function<void(bool)> cb) { impl_->state_cb = std::move(cb); }
+
+void connection::on_error(std::function<void(const std::string&)> cb) { impl_->error_cb = std::move(cb); }
 
 void connection::on_connect(std::function<awaitable<bool>()> hook) { impl_->hook = std::move(hook); }
 

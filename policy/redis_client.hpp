@@ -171,6 +171,9 @@ class connection {
   /// Called with true after each successful connect+AUTH+SELECT(+hook)(+SUBSCRIBE), and with false
   /// when such a connection is lost. Call before start().
   void on_state(std::function<void(bool)> cb);
+  /// Called with each new reason the connection is down or refused (last_error(), when it changes
+  /// to something other than empty). Call before start().
+  void on_error(std::function<void(const std::string&)> cb);
   /// Optional hook run after each connect+AUTH+SELECT and before the connection reports up, e.g. to
   /// SCRIPT LOAD. It sends with setup_command(). Returning false drops the connection, which is then
   /// retried with backoff. Call before start(); may be left unset.

@@ -96,6 +96,10 @@ void redis_store::start(const std::vector<executor_t>& workers) {
     if (up)
       for (auto& l : listeners_) l("*");
   });
+  sub_->on_error([this](const std::string& why) {
+    notice("warn", "the key invalidation channel is down (" + why +
+                       "): revocations made through other replicas reach this one only as auth.key_cache_ms expires");
+  });
   sub_->start();
 }
 
@@ -1027,7 +1031,11 @@ awaitable<bool> redis_store::publish_invalidation(unsigned worker, std::string i
   const std::string channel = cfg_.key_prefix + "invalidate";
   const std::string_view argv[] = {"PUBLISH", channel, id};
   auto r = co_await conn(worker).command(argv);
-  co_return r && r->type != redis::reply::kind::error;
+  const bool ok = r && r->type != redis::reply::kind::error;
+  if (!ok)
+    notice("warn", "an invalidation could not be published (" + (r ? r->str : r.error().message()) +
+                       "): the other replicas drop their copy as auth.key_cache_ms expires");
+  co_return ok;
 }
 
 void redis_store::on_invalidation(std::function<void(std::string_view)> cb) { listeners_.push_back(std::move(cb)); }

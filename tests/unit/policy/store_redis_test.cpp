@@ -382,6 +382,39 @@ TEST(RedisStore, ABatchSentBehindAnOlderCommandIsDueWhenThatOneIsGivenUp) {
   r.expect_nothing_held_but_the_next_call();
 }
 
+TEST(RedisStore, AnInvalidationChannelRedisRefusesIsReportedWithItsReason) {
+  // A Redis 7 ACL user without channel permissions (`resetchannels`, the default for new users
+  // there): SUBSCRIBE and PUBLISH are refused. Revocations then reach this replica only as its
+  // key cache expires: said at once, with Redis's answer, not left to a silent retry loop.
+  auto& srv = server();
+  ASSERT_NE(srv.port(), 0) << "redis-server did not start (deploy/install-deps installs it)";
+  net::io_context ioc;
+  const std::string user = "nochan" + std::to_string(::getpid());
+  ASSERT_TRUE(raw_command(ioc, {"ACL", "SETUSER", user, "reset", "on", ">pw-nochan", "~*", "+@all", "resetchannels"}));
+  config::redis_config c;
+  c.port = srv.port();
+  c.username = user;
+  c.password = "pw-nochan";
+  c.timeout_ms = 2000;
+  c.connect_timeout_ms = 1000;
+  c.key_prefix = "nochan" + std::to_string(::getpid()) + ":";
+  redis_store st(c, 60'000);
+  std::vector<std::string> notices;
+  st.on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
+  st.start({executor_t(ioc.get_executor())});
+  auto told = [&](std::string_view what) {
+    return std::any_of(notices.begin(), notices.end(), [&](const std::string& n) { return n.find(what) != std::string::npos; });
+  };
+  redis_backend::wait_for([&] { return told("the key invalidation channel is down"); }, ioc);
+  EXPECT_TRUE(told("warn the key invalidation channel is down (SUBSCRIBE ")) << notices.size();
+  EXPECT_TRUE(told("allchannels") || told("NOPERM"));
+  EXPECT_FALSE(run_sync(ioc, st.publish_invalidation(0, "k1")));
+  EXPECT_TRUE(told("warn an invalidation could not be published (NOPERM"));
+  for (const auto& n : notices) EXPECT_EQ(n.find("pw-nochan"), std::string::npos) << n;
+  st.stop();
+  (void)raw_command(ioc, {"ACL", "DELUSER", user});
+}
+
 TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
   // What the engine charges an outage call's budget period by. Known from the connection's set-up
   // on: shifted by a day, the estimate reads a day ahead (with no estimate it would be this
