@@ -132,6 +132,8 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
   std::string err;
   std::uint64_t expires = 0;
   if (!read_uint(o, "expires_unix", expires, err)) return err;
+  // Seconds: a value in milliseconds (today's is ~1.8e12) would be a key that never expires.
+  if (expires > 253'402'300'799) return "expires_unix must be unix seconds (at most 253402300799, the end of year 9999)";
   k.expires_unix = std::int64_t(expires);
   return parse_limits_budget(o, k.limits, k.budget);
 }

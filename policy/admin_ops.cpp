@@ -211,7 +211,7 @@ awaitable<boost::system::result<engine::created_key, std::string>> engine::rotat
     // Same id, new secret: the key keeps its team, limits, budget and usage.
     const std::string full = "tg_" + id + "_" + fresh.secret;
     k.old_digest = overlap_s > 0 ? k.digest : std::string();
-    k.old_digest_expires_unix = overlap_s > 0 ? std::int64_t(std::time(nullptr)) + overlap_s : 0;
+    k.old_digest_expires_unix = overlap_s > 0 ? store_->clock_ms(worker) / 1000 + overlap_s : 0;
     k.digest = digest_secret(fresh.secret, cfg.auth.pepper);
     const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
     if (w == write_result::changed) continue;

@@ -311,7 +311,7 @@ std::optional<phase_result> engine::try_authenticate(request_context& ctx) {
   const auth_entry& e = it->second;
   if (e.tag != *tag || e.generation != generation_.load(std::memory_order_relaxed) || e.cfg.owner_before(ctx.snap->cfg) ||
       ctx.snap->cfg.owner_before(e.cfg) || steady_clock::now() >= e.fresh_until ||
-      (e.expires_unix && e.expires_unix <= std::time(nullptr)))
+      (e.expires_unix && e.expires_unix <= store_->clock_ms(ctx.worker) / 1000))
     return std::nullopt;
   ctx.grant = e.g;
   ctx.identity.team = e.g->team;
@@ -378,14 +378,17 @@ awaitable<phase_result> engine::authenticate_with_store(request_context& ctx) {
   const key_record& k = *found.key;
   // After a rotation the previous secret stays valid for the overlap it was given.
   const bool current = verify_secret(parsed->secret, k.digest, cfg.auth.pepper);
-  if (!current && !(k.old_digest.size() && k.old_digest_expires_unix > std::time(nullptr) &&
+  // Expiries are read on the store's clock (Redis's, as estimated), as the limits are: replicas
+  // whose own clocks disagree still agree when a key, or a rotated-out secret, stops working.
+  const std::int64_t now_s = store_->clock_ms(ctx.worker) / 1000;
+  if (!current && !(k.old_digest.size() && k.old_digest_expires_unix > now_s &&
                     verify_secret(parsed->secret, k.old_digest, cfg.auth.pepper)))
     co_return invalid_key();
   if (!k.enabled) {
     auth_.counter({"revoked"}).inc();
     co_return make_failure(errc::invalid_api_key, "This API key has been revoked.", "", error_source::policy);
   }
-  if (k.expires_unix && k.expires_unix <= std::time(nullptr)) {
+  if (k.expires_unix && k.expires_unix <= now_s) {
     auth_.counter({"expired"}).inc();
     co_return make_failure(errc::invalid_api_key, "This API key has expired.", "", error_source::policy);
   }

@@ -103,6 +103,14 @@ describe('admin API on one gateway (memory store)', () => {
     assert.match(gone.message, /team no longer exists/);
   });
 
+  test('an expiry given in milliseconds is refused, not taken for a key that never expires', async () => {
+    const r = await admin(gw, adm.token, 'POST', '/admin/v1/keys', { team: 'cfgteam', expires_unix: Date.now() + 3600_000 });
+    const e = assertOpenAIError(r, { status: 400 });
+    assert.match(e.message, /expires_unix must be unix seconds/);
+    const ok1 = await admin(gw, adm.token, 'POST', '/admin/v1/keys', { team: 'cfgteam', expires_unix: Math.floor(Date.now() / 1000) + 3600 });
+    assert.equal(ok1.status, 201, ok1.text);
+  });
+
   test('keys: list without secrets; rotate with and without overlap', async () => {
     const k = await createKey(gw, adm.token, { team: 'cfgteam', name: 'rotating' });
     const list = ok(await admin(gw, adm.token, 'GET', '/admin/v1/keys?team=cfgteam')).data;

@@ -474,6 +474,19 @@ TEST(SecretTagTest, SameSecretSameTagOtherSecretOtherTag) {
   EXPECT_EQ(there, a);
 }
 
+TEST_F(EngineTest, AKeysExpiryIsReadOnTheStoresClock) {
+  // Redis's clock (as the store estimates it) reads 2100; this process's reads today. A key that
+  // expires in 2099 has expired for every replica that shares that Redis, whatever its own clock.
+  const std::int64_t store_now = 4'102'444'800'000;  // 2100-01-01T00:00:00Z
+  auto flaky = std::make_shared<flaky_store>([&] { return store_now; });
+  make_from(yaml() + "  - {id: late1, team: search, expires: 2099-01-01, digest: \"" + digest_secret(secret, "") + "\"}\n",
+            flaky);
+  auto c = ctx("tg_late1_" + secret);
+  const auto r = auth(c);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("expired"), std::string::npos) << r.error().message;
+}
+
 TEST_F(EngineTest, ClientCertificateNamesMapToTheirTeam) {
   make();
   auto c = ctx("");
