@@ -171,20 +171,16 @@ awaitable<key_lookup> engine::store_key(unsigned worker, const config::gateway_c
   co_return co_await store_->get_key(worker, id);
 }
 
-awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(unsigned worker,
-                                                                            const config::gateway_config& cfg,
-                                                                            std::string id) {
-  for (auto& k : cfg.keys)
-    if (k.id == id) co_return as_error<key_record>("key '" + id + "' is declared in the config file; remove it there");
-  forget(id);
+awaitable<boost::system::result<key_record, std::string>> engine::change_key(
+    unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change) {
   // Read, change, and write only if nobody wrote in between (else read again): a rotation or a
-  // quota change made at the same moment never writes the key back enabled.
+  // quota change made at the same moment as a revocation never writes the key back enabled.
   for (int tries = 0; tries < admin_write_tries; ++tries) {
     auto found = co_await store_->get_key(worker, id);
     if (!found.reachable) co_return as_error<key_record>(unavailable);
-    if (!found.key) co_return as_error<key_record>(std::string("no key with id '" + id + "'"));
+    if (!found.key) co_return as_error<key_record>("no key with id '" + id + "'");
     key_record k = *found.key;
-    k.enabled = false;
+    if (std::string refused = change(k); !refused.empty()) co_return as_error<key_record>(std::move(refused));
     const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
     if (w == write_result::changed) continue;
     if (w == write_result::unreachable) co_return as_error<key_record>(unavailable);
@@ -195,35 +191,43 @@ awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(uns
   co_return as_error<key_record>(changed_meanwhile("key", id));
 }
 
+awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(unsigned worker,
+                                                                            const config::gateway_config& cfg,
+                                                                            std::string id) {
+  for (auto& k : cfg.keys)
+    if (k.id == id) co_return as_error<key_record>("key '" + id + "' is declared in the config file; remove it there");
+  forget(id);
+  // (A named function, not a temporary argument: GCC 12 and coroutine arguments.)
+  const std::function<std::string(key_record&)> revoke = [](key_record& k) {
+    k.enabled = false;
+    return std::string();
+  };
+  co_return co_await change_key(worker, id, revoke);
+}
+
 awaitable<boost::system::result<engine::created_key, std::string>> engine::rotate_key(unsigned worker,
                                                                                      const config::gateway_config& cfg,
                                                                                      std::string id, std::int64_t overlap_s) {
   for (auto& k : cfg.keys)
     if (k.id == id) co_return as_error<created_key>("key '" + id + "' is declared in the config file; rotate it there");
-  // Written only over the record read (revoke_key): never over a revocation made meanwhile.
-  for (int tries = 0; tries < admin_write_tries; ++tries) {
-    auto found = co_await store_->get_key(worker, id);
-    if (!found.reachable) co_return as_error<created_key>(unavailable);
-    if (!found.key) co_return as_error<created_key>("no key with id '" + id + "'");
-    if (!found.key->enabled) co_return as_error<created_key>("key '" + id + "' is revoked");
-    key_record k = *found.key;
-    auto fresh = generate_key();
+  // Never over a revocation made meanwhile (change_key): a revoked key is not rotated.
+  std::string full;
+  const std::function<std::string(key_record&)> rotate = [&](key_record& k) {
+    if (!k.enabled) return "key '" + id + "' is revoked";
     // Same id, new secret: the key keeps its team, limits, budget and usage.
-    const std::string full = "tg_" + id + "_" + fresh.secret;
+    const auto fresh = generate_key();
+    full = "tg_" + id + "_" + fresh.secret;
     k.old_digest = overlap_s > 0 ? k.digest : std::string();
     k.old_digest_expires_unix = overlap_s > 0 ? store_->clock_ms(worker) / 1000 + overlap_s : 0;
     k.digest = digest_secret(fresh.secret, cfg.auth.pepper);
-    const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
-    if (w == write_result::changed) continue;
-    if (w == write_result::unreachable) co_return as_error<created_key>(unavailable);
-    forget(id);
-    co_await store_->publish_invalidation(worker, id);
-    created_key out;
-    out.full = full;
-    out.record = std::move(k);
-    co_return out;
-  }
-  co_return as_error<created_key>(changed_meanwhile("key", id));
+    return std::string();
+  };
+  auto r = co_await change_key(worker, id, rotate);
+  if (!r) co_return as_error<created_key>(std::move(r.error()));
+  created_key out;
+  out.full = std::move(full);
+  out.record = std::move(*r);
+  co_return out;
 }
 
 awaitable<boost::system::result<std::pair<config::limits_config, config::budget_config>, std::string>> engine::set_quota(
@@ -241,21 +245,14 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
   if (!key_id.empty()) {
     for (auto& k : cfg.keys)
       if (k.id == key_id) co_return as_error<out_t>("key '" + key_id + "' is declared in the config file; change it there");
-    for (int tries = 0; tries < admin_write_tries; ++tries) {  // (as rotate_key)
-      auto found = co_await store_->get_key(worker, key_id);
-      if (!found.reachable) co_return as_error<out_t>(unavailable);
-      if (!found.key || (!team.empty() && found.key->team != team))
-        co_return as_error<out_t>("no key '" + key_id + "'" + (team.empty() ? "" : " in team '" + team + "'"));
-      key_record k = *found.key;
+    const std::function<std::string(key_record&)> requota = [&](key_record& k) {
+      if (!team.empty() && k.team != team) return "no key '" + key_id + "' in team '" + team + "'";
       apply(k.limits, k.budget);
-      const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
-      if (w == write_result::changed) continue;
-      if (w == write_result::unreachable) co_return as_error<out_t>(unavailable);
-      forget(key_id);
-      co_await store_->publish_invalidation(worker, key_id);
-      co_return out_t{k.limits, k.budget};
-    }
-    co_return as_error<out_t>(changed_meanwhile("key", key_id));
+      return std::string();
+    };
+    auto r = co_await change_key(worker, key_id, requota);
+    if (!r) co_return as_error<out_t>(std::move(r.error()));
+    co_return out_t{r->limits, r->budget};
   }
   if ((p.period || p.soft) && !p.budget_nano) {
     // Period or threshold alone change an existing budget only.

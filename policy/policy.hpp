@@ -186,6 +186,11 @@ class engine {
   /// Sends `worker`'s settlements the store could not reach again, with backoff, until the store
   /// answers or 10 minutes have passed since their first attempt (then they are lost).
   awaitable<void> retry_settlements(unsigned worker, std::weak_ptr<const bool> alive);
+  /// Reads key `id`, lets `change` edit it (or refuse: a non-empty message), and writes it over
+  /// the record read, reading again when another change landed in between (store::replace_key);
+  /// then drops every replica's copy. The record written, or why not.
+  awaitable<boost::system::result<key_record, std::string>> change_key(
+      unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change);
   /// An admission on `worker` was answered by the store: ends the retry loop's backoff there.
   void store_answered(unsigned worker);
   /// `worker`'s retry items from `first_new` on are new: journaled (when there is a journal), and
