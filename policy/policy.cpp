@@ -693,7 +693,9 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
     auto [ec] = co_await timer.async_wait();  // not in the if: GCC 12 and co_await in conditions
     if (alive.expired()) co_return;
     q.sleeping = nullptr;
-    if (ec && std::exchange(q.nudged, false)) ec = {};  // the store answers again: send now
+    // (Cleared whatever ended the wait: a nudge that came as the timer fired must not linger.)
+    const bool nudged = std::exchange(q.nudged, false);
+    if (ec && nudged) ec = {};  // the store answers again: send now
     if (ec) {
       for (const auto& it : q.items)
         if (!it.release) --pending_;

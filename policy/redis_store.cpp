@@ -861,9 +861,8 @@ awaitable<write_result> redis_store::replace_key(unsigned worker, key_record k, 
                                      cfg_.key_prefix + "keys", k.id);
 }
 
-awaitable<write_result> redis_store::compare_and_set(unsigned worker, const std::string& key, const std::string& stored,
-                                                     const std::string& body, const std::string& index,
-                                                     const std::string& member) {
+awaitable<write_result> redis_store::compare_and_set(unsigned worker, std::string key, std::string stored,
+                                                     std::string body, std::string index, std::string member) {
   // Admin writes are rare: EVAL with the script's text, no SHA to keep loaded. One key, as every
   // script here (a Cluster proxy routes it by that key); the index is added to as put_key does.
   static constexpr std::string_view script =

@@ -45,8 +45,9 @@ class redis_store final : public store {
   awaitable<bool> delete_team(unsigned worker, std::string name) override;
   /// One compare-and-set: SET `key` to `body` only while it holds `stored` ("" : absent); then
   /// SADD `member` to `index`.
-  awaitable<write_result> compare_and_set(unsigned worker, const std::string& key, const std::string& stored,
-                                          const std::string& body, const std::string& index, const std::string& member);
+  /// (By value: the callers pass temporaries, which a coroutine frame must own.)
+  awaitable<write_result> compare_and_set(unsigned worker, std::string key, std::string stored, std::string body,
+                                          std::string index, std::string member);
   awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned worker) override;
   awaitable<bool> add_usage(unsigned worker, std::vector<usage_row> rows) override;
   awaitable<std::optional<std::vector<usage_row>>> usage(unsigned worker, std::int64_t from_hour,
