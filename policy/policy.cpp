@@ -749,6 +749,7 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
     }
     if (failed) settlements_.counter({"retried"}).inc(double(failed));
     delay = failed ? std::min(delay * 2, retry_longest) : retry_first;
+    if (!failed) q.nudge_spent = false;
   }
   q.flushing = false;
 }
@@ -758,8 +759,8 @@ void engine::store_answered(unsigned worker) {
   auto& q = queues_[worker];
   // Settlements that failed while the store was away hold their calls' slots and budget holds
   // there: once an admission shows it is back, they go at once rather than after the backoff.
-  if (q.sleeping != nullptr && q.backing_off && !q.nudged && !q.items.empty()) {
-    q.nudged = true;
+  if (q.sleeping != nullptr && q.backing_off && !q.nudged && !q.nudge_spent && !q.items.empty()) {
+    q.nudged = q.nudge_spent = true;
     q.sleeping->cancel();
   }
 }

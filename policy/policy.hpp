@@ -280,6 +280,9 @@ class engine {
     steady_timer_t* sleeping = nullptr;
     bool backing_off = false;
     bool nudged = false;
+    /// One nudge per backoff: spent until a round succeeds (a settlement the store keeps refusing
+    /// while it answers admissions is retried at the backoff's pace, not at the admissions').
+    bool nudge_spent = false;
     /// Charges of calls admitted without the store, being summed (charge_later), and whether a
     /// seal_outage() is due.
     std::vector<settlement> outage;

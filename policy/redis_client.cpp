@@ -143,6 +143,7 @@ struct redis_link : std::enable_shared_from_this<redis_link> {
   bool readonly = false;     ///< dropped because the server answered READONLY
   bool want_read = false, want_write = false, read_waiting = false, write_waiting = false;
   bool timer_armed = false, connected = false, subscribed = false, gone = false;
+  bool sub_refused = false;  ///< Redis answered SUBSCRIBE with an error (and the hiredis passed it on)
   std::uint64_t timer_generation = 0;  ///< numbers deadline_timer's waits (arm_deadline)
   int depth = 0;  ///< > 0 while inside redisAsyncHandleRead/Write: hiredis must not be freed then
   bool reading = false;  ///< inside on_ready's redisAsyncHandleRead: replies wait in `replied`
@@ -437,10 +438,10 @@ void on_sub_reply(redisAsyncContext*, void* r, void* privdata) {
   auto* rep = static_cast<const redisReply*>(r);
   if (rep != nullptr && rep->type == REDIS_REPLY_ERROR) {
     // Refused (an ACL without the channel: Redis 7's default for new users), where the hiredis in
-    // use passes the error on (0.14 drops it; attempt() then names the likely reason): the attempt
-    // ends now, saying why, rather than at its timeout.
+    // use passes the error on (0.14 does not; attempt() then names the likely reason): kept as
+    // the reason the attempt fails.
+    l->sub_refused = true;
     if (l->note_error) l->note_error("SUBSCRIBE refused by Redis: " + std::string(rep->str, rep->len));
-    l->event.cancel();
     return;
   }
   if (rep == nullptr || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) return;
@@ -677,8 +678,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       co_await wait_on(l, clock::now() + step, &redis_link::subscribed);
       if (!l->subscribed) {
         // hiredis 0.14 does not pass an error reply to SUBSCRIBE on (it drops the connection, or
-        // nothing comes): the likeliest reason is named, as Redis's own answer cannot be.
-        if (error().empty())
+        // nothing comes): the likeliest reason is named, as Redis's own answer cannot be (and
+        // replaces a reason left from an earlier attempt).
+        if (!l->sub_refused)
           set_error("SUBSCRIBE " + channel + " was not confirmed (Redis 7 refuses it to an ACL user without " +
                     "permission for the channel: add &" + channel + " or allchannels)");
         co_return false;

@@ -61,14 +61,16 @@ awaitable<write_result> store::replace_key(unsigned worker, key_record k, std::s
   const key_lookup now = co_await get_key(worker, k.id);
   if (!now.reachable) co_return write_result::unreachable;
   if (now.stored != stored) co_return write_result::changed;
-  co_return co_await put_key(worker, std::move(k)) ? write_result::written : write_result::unreachable;
+  const bool written = co_await put_key(worker, std::move(k));  // (not in a conditional: GCC 12)
+  co_return written ? write_result::written : write_result::unreachable;
 }
 
 awaitable<write_result> store::replace_team(unsigned worker, team_record t, std::string stored) {
   const team_lookup now = co_await get_team(worker, t.name);
   if (!now.reachable) co_return write_result::unreachable;
   if (now.stored != stored) co_return write_result::changed;
-  co_return co_await put_team(worker, std::move(t)) ? write_result::written : write_result::unreachable;
+  const bool written = co_await put_team(worker, std::move(t));
+  co_return written ? write_result::written : write_result::unreachable;
 }
 
 void store::queue_settlement(unsigned worker, settlement s, executor_t ex) {

@@ -822,6 +822,32 @@ TEST_F(EngineTest, AJournaledChargeOlderThanADayIsLoggedNotReplayed) {
   std::filesystem::remove_all(dir);
 }
 
+TEST_F(EngineTest, ASettlementTheStoreKeepsRefusingIsNudgedOncePerBackoffNotPerAdmission) {
+  // The store answers admissions but refuses one team's settlements (a script error on one
+  // scope): each admission must not end the backoff again, or that settlement would be retried
+  // at the admissions' rate, for ever when it is journaled.
+  auto flaky = std::make_shared<flaky_store>();
+  make("", flaky);
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  flaky->down = true;  // settlements refused; admissions answered
+  c.status = 200;
+  c.upstream_answered = true;
+  c.usage = {2, 1, 0, true};
+  eng->settle(c, executor_t(ioc.get_executor()));
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(1500)) {
+    auto next = ctx("tg_abc123_" + secret, "mock-gpt");  // another team's calls, admitted
+    (void)call(next);
+    ioc.restart();
+    ioc.run_for(std::chrono::milliseconds(5));
+  }
+  // Alone: 1 + rounds at 100, 200, 400, 800 ms; one nudge may add one. Per admission: ~300.
+  EXPECT_LE(flaky->settle_calls, 8) << "retried at the admissions' pace";
+  EXPECT_GE(flaky->settle_calls, 4);
+  EXPECT_EQ(eng->pending(), 1);
+}
+
 TEST_F(EngineTest, AnAdmissionRefusedWithoutDoubtSendsNoRelease) {
   auto flaky = std::make_shared<flaky_store>();
   make("", flaky);
