@@ -177,12 +177,16 @@ class EngineTest : public ::testing::Test {
     auto r = admit(c);
     return r ? errc::ok : static_cast<errc>(r.error().code.value());
   }
-  /// A finished, billed call: usage as reported, then settlement runs to the end.
-  void finish(request_context& c, std::uint64_t prompt, std::uint64_t completion) {
+  /// The provider answered 200 with this usage, and the call is handed to settlement (not run).
+  void settle_answered(request_context& c, std::uint64_t prompt, std::uint64_t completion) {
     c.status = 200;
     c.upstream_answered = true;
     c.usage = {prompt, completion, 0, true};
     eng->settle(c, executor_t(ioc.get_executor()));
+  }
+  /// A finished, billed call: usage as reported, then settlement runs to the end.
+  void finish(request_context& c, std::uint64_t prompt, std::uint64_t completion) {
+    settle_answered(c, prompt, completion);
     ioc.restart();
     while (eng->pending() > 0) ioc.run_one_for(std::chrono::milliseconds(5));
   }
@@ -197,10 +201,7 @@ class EngineTest : public ::testing::Test {
     for (int i = 0; i < 4; ++i) {
       auto c = ctx("tg_rich1_" + secret);
       ASSERT_EQ(call(c), errc::ok) << i;
-      c.status = 200;
-      c.upstream_answered = true;
-      c.usage = {2, 1, 0, true};  // 4,000,000 nano-USD each
-      eng->settle(c, executor_t(ioc.get_executor()));
+      settle_answered(c, 2, 1);  // 4,000,000 nano-USD each
     }
     std::string m = reg.expose();
     EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"outage\"} 4"), std::string::npos) << m;
@@ -633,10 +634,7 @@ TEST_F(EngineTest, SettlementsTheStoreDidNotTakeAreRetriedUntilItAnswersAndCharg
   auto c = ctx("tg_rich1_" + secret);
   ASSERT_EQ(call(c), errc::ok);
   flaky->down = true;
-  c.status = 200;
-  c.upstream_answered = true;
-  c.usage = {2, 1, 0, true};
-  eng->settle(c, executor_t(ioc.get_executor()));
+  settle_answered(c, 2, 1);
   ioc.restart();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (flaky->settle_calls < 2 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
@@ -741,10 +739,7 @@ TEST_F(EngineTest, AnOutageChargeNotSealedYetAtShutdownIsJournaledNotLost) {
   flaky->down = flaky->admit_down = true;
   auto c = ctx("tg_rich1_" + secret);
   ASSERT_EQ(call(c), errc::ok);
-  c.status = 200;
-  c.upstream_answered = true;
-  c.usage = {2, 1, 0, true};  // 4,000,000 nano-USD
-  eng->settle(c, executor_t(ioc.get_executor()));
+  settle_answered(c, 2, 1);  // 4,000,000 nano-USD
   EXPECT_EQ(eng->pending(), 1);
   eng->abandon_pending(0);  // at once: before the seal
   EXPECT_EQ(eng->pending(), 0);
@@ -770,10 +765,7 @@ TEST_F(EngineTest, SettlementsBackingOffGoAtOnceWhenAnAdmissionShowsTheStoreIsBa
   auto c = ctx("tg_rich1_" + secret);
   ASSERT_EQ(call(c), errc::ok);
   flaky->down = true;  // settlements fail; admissions still answered
-  c.status = 200;
-  c.upstream_answered = true;
-  c.usage = {2, 1, 0, true};
-  eng->settle(c, executor_t(ioc.get_executor()));
+  settle_answered(c, 2, 1);
   run_until([&] { return flaky->settle_calls >= 5; });  // 100, 200, 400, 800 ms: now a 1 s wait
   ASSERT_GE(flaky->settle_calls, 5);
   EXPECT_EQ(eng->pending(), 1);
@@ -831,10 +823,7 @@ TEST_F(EngineTest, ASettlementTheStoreKeepsRefusingIsNudgedOncePerBackoffNotPerA
   auto c = ctx("tg_rich1_" + secret);
   ASSERT_EQ(call(c), errc::ok);
   flaky->down = true;  // settlements refused; admissions answered
-  c.status = 200;
-  c.upstream_answered = true;
-  c.usage = {2, 1, 0, true};
-  eng->settle(c, executor_t(ioc.get_executor()));
+  settle_answered(c, 2, 1);
   const auto start = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(1500)) {
     auto next = ctx("tg_abc123_" + secret, "mock-gpt");  // another team's calls, admitted
