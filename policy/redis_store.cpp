@@ -703,15 +703,24 @@ std::int64_t redis_store::deadline_for(unsigned worker) const {
   return clock_ms(worker) + std::max<std::int64_t>(left, 0) - 1;
 }
 
+namespace {
+std::int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
 std::int64_t redis_store::clock_ms(unsigned worker) const {
-  const std::int64_t now = wall_ms();
-  if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return now;
-  return now + clock_offset_[worker];
+  // Anchored to the steady clock: a step of this host's wall clock (NTP, an operator) leaves the
+  // estimate where it was. Anchored to the wall clock, a step forward put every later deadline
+  // and budget period ahead of Redis until the estimate had sunk back, a millisecond per reply.
+  if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return wall_clock_();
+  return steady_ms() + clock_offset_[worker];
 }
 
 void redis_store::learn_offset(unsigned worker, std::int64_t redis_ms, bool fresh) {
   if (worker >= clock_offset_.size() || redis_ms <= 0) return;
-  const std::int64_t sample = redis_ms - wall_ms();
+  const std::int64_t sample = redis_ms - steady_ms();
   std::int64_t& o = clock_offset_[worker];
   o = o == offset_unknown || fresh ? sample : std::max(sample, o - 1);
 }

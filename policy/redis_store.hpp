@@ -76,11 +76,13 @@ class redis_store final : public store {
   /// Admissions Redis ran after their batch's deadline (the gateway had given up on it), which
   /// therefore reserved nothing.
   std::uint64_t late_admissions() const { return late_.load(std::memory_order_relaxed); }
-  /// For tests: `worker`'s estimate of Redis's clock moves by `ms`, as if this process's clock
-  /// had been stepped by -ms.
+  /// For tests: `worker`'s estimate of Redis's clock moves by `ms` (as a wrong first reading
+  /// would move it).
   void shift_clock_estimate(unsigned worker, std::int64_t ms) {
     if (worker < clock_offset_.size()) clock_offset_[worker] += ms;
   }
+  /// For tests: this process's wall clock, read only while no estimate of Redis's is known.
+  void use_wall_clock(std::int64_t (*clock)()) { wall_clock_ = clock; }
 
   /// A team's two lease sets (admit.lua explains them): <prefix>{<team>}:l and :x.
   std::vector<std::string> team_keys(const std::string& team) const;
@@ -227,9 +229,10 @@ class redis_store final : public store {
     std::atomic<std::uint64_t> batches{0}, settled{0}, admitted{0};
   } sums_;
   mutable std::atomic<std::uint64_t> late_{0};  ///< (counted while parsing, a const step)
-  /// Per worker (touched on its thread): Redis's clock minus this process's, in ms, estimated
-  /// from below; INT64_MIN until the first reply.
+  /// Per worker (touched on its thread): Redis's clock minus this process's steady clock, in ms,
+  /// estimated from below; INT64_MIN until the first reply.
   std::vector<std::int64_t> clock_offset_;
+  std::int64_t (*wall_clock_)() = wall_ms;
   std::string script_sha_;
   std::vector<std::unique_ptr<redis::connection>> conns_;
   std::unique_ptr<redis::connection> sub_;

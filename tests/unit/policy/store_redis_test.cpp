@@ -434,8 +434,34 @@ TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
   st->stop();
 }
 
+namespace {
+std::int64_t wall_an_hour_ahead() { return wall_ms() + 3'600'000; }
+}  // namespace
+
+TEST(RedisStore, AStepOfThisHostsWallClockLeavesTheEstimateOfRedissClock) {
+  // NTP or an operator steps this host's clock an hour ahead: deadlines and budget periods still
+  // follow Redis's clock, and so does the reading a new connection makes.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000);
+  st->use_wall_clock(wall_an_hour_ahead);
+  EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000) << "the estimate followed the step";
+  EXPECT_NEAR(double(st->clock_ms(7) - wall_ms()), 3'600'000.0, 1'000.0)
+      << "no estimate (no such worker): this host's clock, stepped";
+  ASSERT_TRUE(raw_command(ioc, {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}));
+  const scope_spec s{"t", "team-step", {0, 0, 0}, budget_of(1'000)};
+  admit_result r{};
+  redis_backend::wait_for(
+      [&] { return (r = run_sync(ioc, st->admit(0, one_scope_call("after", s, 1)))).v == verdict::admitted; }, ioc);
+  EXPECT_EQ(r.v, verdict::admitted);
+  EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000) << "a fresh reading taken against the stepped clock";
+  EXPECT_EQ(st->late_admissions(), 0u);
+  st->stop();
+}
+
 TEST(RedisStore, ABatchAnsweredPastItsDeadlineIsUnavailableAndTheClockEstimateRecovers) {
-  // As if this process's clock had been stepped forward by 10 s: the batch's deadline is already
+  // As if the estimate of Redis's clock had been read 10 s behind: the batch's deadline is already
   // past on Redis's clock. Redis answers that it reserved nothing (the store treats the call as
   // unavailable); that answer carries Redis's time, and the next batch goes through.
   net::io_context ioc;
