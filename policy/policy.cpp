@@ -162,6 +162,8 @@ engine::~engine() = default;
 
 void engine::start(const std::vector<executor_t>& workers) {
   queues_.resize(std::max<std::size_t>(1, workers.size()));
+  worker_count_ = std::max<std::size_t>(1, workers.size());
+  worker_degraded_ = std::make_unique<std::atomic<bool>[]>(worker_count_);
   inflight_.resize(std::max<std::size_t>(1, workers.size()));
   usage_.resize(std::max<std::size_t>(1, workers.size()));
   usage_last_.assign(std::max<std::size_t>(1, workers.size()), nullptr);
@@ -188,6 +190,10 @@ awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> 
     timer.expires_after(seconds(1));
     if (auto [ec] = co_await timer.async_wait(); ec) co_return;
     if (alive.expired()) co_return;
+    // A worker that has had no call since it found the store unreachable no longer counts as
+    // degraded once its link is up again (its next call would be checked in full).
+    if (worker_degraded_[worker % worker_count_].load(std::memory_order_relaxed) && store_->healthy(worker))
+      set_worker_degraded(worker, false);
     const auto now = steady_clock::now();
     std::vector<std::shared_ptr<reservation>> due;
     for (auto& [key, r] : inflight_[worker])
@@ -464,7 +470,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
                     store_->clock_ms(ctx.worker) - std::chrono::duration_cast<milliseconds>(now - asked).count(),
                     now + milliseconds(cfg.store.redis.timeout_ms) + milliseconds(5));
     }
-    degraded_cell_.set(1);
+    set_worker_degraded(ctx.worker, true);
     const bool began = !is_degraded_.exchange(true);
     const std::string why = store_->last_error();
     // One line when degraded mode begins, and one more if the reason was not known then (a call
@@ -535,7 +541,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
       co_return flow::next;
     }
   } else {
-    degraded_cell_.set(0);
+    set_worker_degraded(ctx.worker, false);
     store_answered(ctx.worker % unsigned(queues_.size() ? queues_.size() : 1));
     if (is_degraded_.exchange(false)) {
       bool tell = false;
@@ -752,6 +758,17 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
     if (!failed) q.nudge_spent = false;
   }
   q.flushing = false;
+}
+
+void engine::set_worker_degraded(unsigned worker, bool degraded) {
+  if (!worker_degraded_) return;  // (not started)
+  auto& mine = worker_degraded_[worker % worker_count_];
+  if (mine.load(std::memory_order_relaxed) == degraded) return;  // the hot path: no change
+  std::lock_guard lock(degraded_mu_);
+  mine.store(degraded, std::memory_order_relaxed);
+  bool any = false;
+  for (std::size_t i = 0; i < worker_count_ && !any; ++i) any = worker_degraded_[i].load(std::memory_order_relaxed);
+  degraded_cell_.set(any ? 1 : 0);
 }
 
 void engine::store_answered(unsigned worker) {

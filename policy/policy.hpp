@@ -240,6 +240,12 @@ class engine {
   std::string instance_;  ///< random per process: leases of two replicas never collide
   std::atomic<int> pending_{0};
   std::atomic<bool> is_degraded_{false};  ///< for one log line per transition
+  /// Per worker: whether its last call found the store unreachable. The gauge is 1 while any
+  /// worker's is (each worker has its own connection; one may be down while another is up).
+  /// Written by its worker only; the gauge is recomputed under degraded_mu_ at each change.
+  std::unique_ptr<std::atomic<bool>[]> worker_degraded_;
+  std::size_t worker_count_ = 0;
+  void set_worker_degraded(unsigned worker, bool degraded);
   /// The reason the degraded log gave (empty: none known yet); a reason learnt later in the
   /// same episode gets a line of its own. Touched only on the degraded path.
   std::mutex degraded_mu_;

@@ -120,6 +120,8 @@ bool redis_store::healthy() const {
   return !conns_.empty();
 }
 
+bool redis_store::healthy(unsigned worker) const { return worker < conns_.size() && conns_[worker]->up(); }
+
 std::vector<std::string> redis_store::team_keys(const std::string& team) const {
   return {scope_key(team, "l"), scope_key(team, "x")};
 }

@@ -25,6 +25,7 @@ class redis_store final : public store {
   void start(const std::vector<executor_t>& workers) override;
   void stop() override;
   bool healthy() const override;
+  bool healthy(unsigned worker) const override;
   std::string last_error() const override;
   /// This process's clock moved by `worker`'s estimate of Redis's clock offset, once it has
   /// one (each connection reads Redis's TIME as it connects, and every reply carries it).

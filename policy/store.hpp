@@ -204,6 +204,8 @@ class store {
   virtual void stop() {}
   /// Whether the last operations reached the store (false: degraded).
   virtual bool healthy() const { return true; }
+  /// Whether `worker`'s own link to the store is up; asked on that worker's thread.
+  virtual bool healthy(unsigned /*worker*/) const { return healthy(); }
   /// Why the store was last unreachable, when it knows (a TLS handshake error, ...); for logs.
   virtual std::string last_error() const { return {}; }
   /// The store's clock in ms since the epoch as best known on `worker`'s thread, without asking
