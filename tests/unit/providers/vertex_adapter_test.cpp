@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Vertex adapter's stream translator as the pipeline drives it: raw upstream reads in,
+// the caller's OpenAI SSE out (the chunk-by-chunk translation is tests/unit/providers/gemini).
+#include "providers/vertex/vertex_adapter.hpp"
+
+#include <gtest/gtest.h>
+
+#include "gateway/core/sse.hpp"
+#include "providers/unified.hpp"
+#include "tests/unit/testdata.hpp"
+
+namespace tollgate::providers {
+namespace {
+
+struct fixture {
+  config::provider_config cfg;
+  std::unique_ptr<vertex_adapter> adapter;
+  route_target target;
+  fixture() {
+    cfg.name = "vertex";
+    cfg.type = "vertex";
+    cfg.project = "proj-1";
+    cfg.base_url = "https://us-central1-aiplatform.googleapis.com";  // (the loader fills this in)
+    cfg.proxy = "none";
+    cfg.credentials_file =
+        (tollgate::testing::testdata_dir() / "google-auth-service-account/service_account.json").string();
+    adapter = std::make_unique<vertex_adapter>(cfg);
+    target = {adapter.get(), "gemini-2.5-flash"};
+  }
+  request_context ctx(std::string body) {
+    request_context c;
+    c.endpoint = endpoint_kind::chat_completions;
+    c.body = std::move(body);
+    EXPECT_TRUE(decode_request(c));
+    c.target = &target;
+    return c;
+  }
+};
+
+TEST(VertexAdapterTest, EventsBeforeAnOversizedOneAreRelayedAndBilled) {
+  // One read holds a chunk with text and usage, and the start of an event past the SSE parser's
+  // limit (4 MiB): the text goes out and the usage is billed, then the stream fails closed.
+  fixture f;
+  auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
+  auto t = f.adapter->make_stream_translator(ctx);
+  ASSERT_TRUE(t);
+  std::string out;
+  t->feed("data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"abcd\"}],\"role\":\"model\"},\"index\":0}],"
+          "\"usageMetadata\":{\"promptTokenCount\":7,\"candidatesTokenCount\":900,\"totalTokenCount\":907}}\r\n\r\n"
+          "data: " + std::string(5 * 1024 * 1024, 'x'),
+          out);
+  EXPECT_TRUE(t->failed());
+  EXPECT_EQ(ctx.relayed_completion_chars, 4u);
+  EXPECT_TRUE(ctx.usage.reported);
+  EXPECT_EQ(ctx.usage.prompt, 7u);
+  EXPECT_EQ(ctx.usage.completion, 900u);
+  sse::parser p;
+  std::vector<sse::event> ev;
+  ASSERT_TRUE(p.feed(out, ev));
+  ASSERT_GE(ev.size(), 2u) << out.substr(0, 400);
+  EXPECT_NE(ev.front().data.find("abcd"), std::string::npos);
+  EXPECT_EQ(ev.back().name, "error");
+  EXPECT_EQ(ctx.error_code, "upstream_error");
+  // Nothing more is relayed after the failure, not even the end of a stream.
+  std::string more;
+  t->finish(true, {}, more);
+  EXPECT_TRUE(more.empty()) << more;
+}
+
+}  // namespace
+}  // namespace tollgate::providers
