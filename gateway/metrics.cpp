@@ -5,6 +5,9 @@ namespace tollgate::gateway {
 namespace {
 const std::vector<double> latency_buckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                              0.25,   0.5,   1,      2.5,   5,    10,    30,    60, 120};
+// The gateway's own time per call: tens of microseconds when all goes well.
+const std::vector<double> overhead_buckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                              0.01,    0.025,  0.05,    0.1,    0.25,  1};
 }
 
 gateway_metrics::gateway_metrics()
@@ -16,6 +19,11 @@ gateway_metrics::gateway_metrics()
       ttft(registry.add("tollgate_time_to_first_token_seconds",
                         "Time from request head to the first response body byte of a stream.",
                         metrics::kind::histogram, {"model", "provider"}, latency_buckets)),
+      overhead(registry.add("tollgate_gateway_overhead_seconds",
+                            "Time the gateway added to a call: from request head to the last response byte, "
+                            "less the time spent waiting for remote upstreams (calls served by the built-in "
+                            "mock are not counted).",
+                            metrics::kind::histogram, {"endpoint", "provider"}, overhead_buckets)),
       upstream_errors(registry.add("tollgate_upstream_errors_total", "Upstream failures by provider and kind.",
                                    metrics::kind::counter, {"provider", "kind"})),
       tokens(registry.add("tollgate_tokens_total", "Tokens by model, provider and kind (prompt, completion).",

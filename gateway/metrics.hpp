@@ -10,6 +10,7 @@ struct gateway_metrics {
   metrics::family& requests;          ///< {endpoint, model, provider, status}
   metrics::family& request_duration;  ///< {endpoint, model, provider}
   metrics::family& ttft;              ///< {model, provider}
+  metrics::family& overhead;          ///< {endpoint, provider}: duration less upstream waits
   metrics::family& upstream_errors;   ///< {provider, kind}
   metrics::family& tokens;            ///< {model, provider, kind}
   metrics::family& rejections;        ///< {code}: requests refused before routing (framing, limits)

@@ -671,8 +671,13 @@ void log_request(worker& w, request_context& ctx) {
     c.duration = &m.request_duration.histogram({endpoint_label(ctx.endpoint), model(), provider()});
   }
   c.requests->inc();
-  const double secs = std::chrono::duration<double>(request_context::clock::now() - ctx.start).count();
-  m.request_duration.observe(*c.duration, secs);
+  const auto took = request_context::clock::now() - ctx.start;
+  m.request_duration.observe(*c.duration, std::chrono::duration<double>(took).count());
+  if ((ctx.endpoint == endpoint_kind::chat_completions || ctx.endpoint == endpoint_kind::embeddings) &&
+      (!ctx.target || !ctx.target->provider->is_local())) {
+    if (!c.overhead) c.overhead = &m.overhead.histogram({endpoint_label(ctx.endpoint), provider()});
+    m.overhead.observe(*c.overhead, std::chrono::duration<double>(took - ctx.upstream_wait).count());
+  }
   if (ctx.stream && ctx.first_byte != request_context::clock::time_point{}) {
     if (!c.ttft) c.ttft = &m.ttft.histogram({model(), provider()});
     m.ttft.observe(*c.ttft, std::chrono::duration<double>(ctx.first_byte - ctx.start).count());

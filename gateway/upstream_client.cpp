@@ -212,7 +212,17 @@ awaitable<error_code> upstream_exchange::send_and_read_head(const upstream_reque
   co_return ec;
 }
 
+namespace {
+/// Adds the time until it is destroyed to the call's upstream wait.
+struct upstream_wait_timer {
+  request_context& ctx;
+  request_context::clock::time_point from = request_context::clock::now();
+  ~upstream_wait_timer() { ctx.upstream_wait += request_context::clock::now() - from; }
+};
+}  // namespace
+
 awaitable<std::optional<failure>> upstream_exchange::start(const upstream_request& req) {
+  const upstream_wait_timer waiting{ctx_};
   req_ = &req;
   for (int attempt = 0; attempt < 2; ++attempt) {
     // A pooled connection is taken without a coroutine (a frame per request otherwise); a retry
@@ -237,6 +247,7 @@ awaitable<std::optional<failure>> upstream_exchange::start(const upstream_reques
 
 awaitable<error_code> upstream_exchange::read_some(std::string& out) {
   constexpr std::size_t scratch_size = 16 * 1024;
+  const upstream_wait_timer waiting{ctx_};
   out.clear();
   if (!conn_->scratch) conn_->scratch.reset(new char[scratch_size]);
   char* const scratch = conn_->scratch.get();

@@ -81,6 +81,7 @@ class worker {
     metrics::counter_cell* requests = nullptr;
     metrics::histogram_cell* duration = nullptr;
     metrics::histogram_cell* ttft = nullptr;
+    metrics::histogram_cell* overhead = nullptr;
     metrics::counter_cell* prompt_tokens = nullptr;
     metrics::counter_cell* completion_tokens = nullptr;
   };

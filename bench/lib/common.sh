@@ -20,6 +20,39 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
 
+ready_admin_port() { # name: the admin port from its ready file (after ready_port)
+  sed -E 's/.*"admin":\{"address":"[^"]*","port":([0-9]+).*/\1/' "$dir/$1.ready"
+}
+# The gateway's own time per call between two /metrics scrapes (files): from
+# tollgate_gateway_overhead_seconds, every series summed, as Prometheus's histogram_quantile
+# reads a histogram (linear within a bucket). Prints one JSON object: the calls, the p99 in ms
+# and the share of calls that took at most 1 ms.
+overhead_between() { # before_file after_file
+  awk '
+    /^tollgate_gateway_overhead_seconds_bucket\{/ {
+      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+      v = $NF + 0
+      if (FILENAME == ARGV[1]) a[le] -= v; else a[le] += v
+      seen[le] = 1
+    }
+    END {
+      n = 0
+      for (le in seen) if (le != "+Inf") { bounds[++n] = le + 0; key[n] = le }
+      for (i = 1; i <= n; i++) for (k = i + 1; k <= n; k++) if (bounds[k] < bounds[i]) {
+        t = bounds[i]; bounds[i] = bounds[k]; bounds[k] = t; t = key[i]; key[i] = key[k]; key[k] = t }
+      total = a["+Inf"]; if (total <= 0) { print "{\"calls\":0,\"p99_ms\":null,\"le_1ms\":null}"; exit }
+      rank = 0.99 * total; prev_b = 0; prev_c = 0; p99 = -1; under = 0
+      for (i = 1; i <= n; i++) {
+        c = a[key[i]]
+        if (p99 < 0 && c >= rank) p99 = prev_b + (bounds[i] - prev_b) * (rank - prev_c) / (c - prev_c > 0 ? c - prev_c : 1)
+        if (bounds[i] == 0.001) under = c
+        prev_b = bounds[i]; prev_c = c
+      }
+      if (p99 < 0) p99 = prev_b  # beyond the last bound: its value, as histogram_quantile does
+      printf "{\"calls\":%d,\"p99_ms\":%.3f,\"le_1ms\":%.4f}\n", total, p99 * 1000, under / total
+    }' "$1" "$2"
+}
+
 ready_port() { # name: the caller port from its ready file (bounded wait)
   for _ in $(seq 1 100); do [[ -s "$dir/$1.ready" ]] && break; sleep 0.05; done
   [[ -s "$dir/$1.ready" ]] || { echo "bench: $1 did not start" >&2; cat "$dir/$1.err" >&2; exit 1; }

@@ -130,6 +130,9 @@ struct request_context {
 
   clock::time_point start = clock::now();
   clock::time_point first_byte{};  ///< first body byte/token to the caller
+  /// Time spent waiting for remote upstreams (connecting, their heads, their bodies), summed
+  /// over attempts: what is not the gateway's own part of the call's duration.
+  clock::duration upstream_wait{};
   std::chrono::system_clock::time_point wall_start = std::chrono::system_clock::now();
 
   /// Set by whoever waits on an upstream (HTTP connection or mock timer): aborts that wait at once.

@@ -50,6 +50,9 @@ models:
   - name: gpt-endless
     provider: fake
     upstream_model: endless-stream
+  - name: gpt-slowbody
+    provider: fake
+    upstream_model: slow-body
   - name: mock-gpt
     provider: mock
 ${extraModels}`
@@ -344,6 +347,46 @@ describe('running gateway', () => {
     const check = await promtoolCheck(text);
     assert.equal(check.code, 0, `promtool check metrics failed:\n${check.stdout}${check.stderr}`);
     assert.ok(!text.includes(PROVIDER_KEY));
+  });
+
+  test("/metrics: the gateway's overhead leaves out the upstream's time, and the mock's", async () => {
+    // tollgate_gateway_overhead_seconds is a call's duration less its waits on the upstream: a
+    // body that takes the upstream 1 s and a stream that takes it 1.5 s add well under 0.2 s of
+    // overhead between them, though their durations add over 2.3 s.
+    const histogram = (text, family, labels) => {
+      const parsed = parseMetrics(text);
+      const pick = (suffix) =>
+        parsed.samples
+          .filter((x) => x.name === family + suffix && Object.entries(labels).every(([k, v]) => x.labels[k] === v))
+          .reduce((a, x) => a + x.value, 0);
+      return { count: pick('_count'), sum: pick('_sum') };
+    };
+    const scrape = async () => (await fetchT(`${gw.adminUrl}/metrics`)).text();
+    const fake = { endpoint: 'chat_completions', provider: 'fake' };
+    const t0 = await scrape();
+    const before = histogram(t0, 'tollgate_gateway_overhead_seconds', fake);
+    const durBefore = histogram(t0, 'tollgate_request_duration_seconds', fake);
+    const r = await postJson(`${gw.baseURL}/chat/completions`, { model: 'gpt-slowbody', messages: msgs });
+    assert.equal(r.status, 200, r.text);
+    const stream = await openStream(gw, 'gpt-slow');
+    const res = await stream.done;
+    assert.ok(res.done && !res.error);
+    const mock = await postJson(`${gw.baseURL}/chat/completions`, { model: 'mock-gpt', messages: msgs });
+    assert.equal(mock.status, 200, mock.text);
+    const t1 = await eventually(async () => {
+      const t = await scrape();
+      return histogram(t, 'tollgate_gateway_overhead_seconds', fake).count - before.count >= 2 ? t : undefined;
+    }, { timeoutMs: 5000, what: 'two more overhead samples for the fake provider' });
+    const after = histogram(t1, 'tollgate_gateway_overhead_seconds', fake);
+    const durAfter = histogram(t1, 'tollgate_request_duration_seconds', fake);
+    assert.equal(after.count - before.count, 2);
+    assert.ok(durAfter.sum - durBefore.sum > 2.3, `durations added ${durAfter.sum - durBefore.sum} s`);
+    assert.ok(after.sum - before.sum < 0.2, `overhead added ${after.sum - before.sum} s`);
+    assert.ok(after.sum - before.sum > 0, "the gateway took some time of its own");
+    assert.equal(histogram(t1, 'tollgate_gateway_overhead_seconds', { provider: 'mock' }).count, 0,
+      'a call the built-in mock served has no upstream to leave out');
+    const check = await promtoolCheck(t1);
+    assert.equal(check.code, 0, `promtool check metrics failed:\n${check.stdout}${check.stderr}`);
   });
 
   test('SIGHUP with a new model: served afterwards; a stream in flight is unaffected', async () => {
