@@ -20,7 +20,7 @@ gateway_metrics::gateway_metrics()
                         "Time from request head to the first response body byte of a stream.",
                         metrics::kind::histogram, {"model", "provider"}, latency_buckets)),
       overhead(registry.add("tollgate_gateway_overhead_seconds",
-                            "Time the gateway added to a call: from request head to the last response byte, "
+                            "Time the gateway added to a call: from the request read to the last response byte, "
                             "less the time spent waiting for remote upstreams (calls served by the built-in "
                             "mock are not counted).",
                             metrics::kind::histogram, {"endpoint", "provider"}, overhead_buckets)),

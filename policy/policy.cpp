@@ -111,7 +111,8 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                          "the per-instance fallback), open (admitted unchecked by fail_open).",
                          metrics::kind::counter, {"decision"})),
       degraded_(reg.add("tollgate_policy_store_degraded",
-                        "1 while the policy store is unreachable and the degraded policy applies.", metrics::kind::gauge)),
+                        "1 while any worker's last call found the policy store unreachable and the degraded policy "
+                        "applied (a worker with no call for 10 s no longer counts).", metrics::kind::gauge)),
       settlements_(reg.add("tollgate_policy_settlements_total",
                            "Settlements by result: applied, duplicate, retried, lost, local; outage: calls admitted while the "
                             "store was unreachable (budgets: fail_open), their cost charged to it later; released: "
@@ -164,6 +165,7 @@ void engine::start(const std::vector<executor_t>& workers) {
   queues_.resize(std::max<std::size_t>(1, workers.size()));
   worker_count_ = std::max<std::size_t>(1, workers.size());
   worker_degraded_ = std::make_unique<std::atomic<bool>[]>(worker_count_);
+  degraded_at_.assign(worker_count_, steady_clock::time_point{});
   inflight_.resize(std::max<std::size_t>(1, workers.size()));
   usage_.resize(std::max<std::size_t>(1, workers.size()));
   usage_last_.assign(std::max<std::size_t>(1, workers.size()), nullptr);
@@ -190,10 +192,13 @@ awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> 
     timer.expires_after(seconds(1));
     if (auto [ec] = co_await timer.async_wait(); ec) co_return;
     if (alive.expired()) co_return;
-    // A worker that has had no call since it found the store unreachable no longer counts as
-    // degraded once its link is up again (its next call would be checked in full).
-    if (worker_degraded_[worker % worker_count_].load(std::memory_order_relaxed) && store_->healthy(worker))
-      set_worker_degraded(worker, false);
+    // A worker whose last degraded call is degraded_idle_ old, with no call since, no longer
+    // counts: the gauge tells of the calls being made, and an idle worker makes none. (Asking
+    // the store instead would answer for another command: a Redis that refuses scripts for
+    // memory or permissions still answers PING, and its connection stays up.)
+    if (const unsigned w = worker % unsigned(worker_count_);
+        worker_degraded_[w].load(std::memory_order_relaxed) && steady_clock::now() - degraded_at_[w] >= degraded_idle_)
+      set_worker_degraded(w, false);
     const auto now = steady_clock::now();
     std::vector<std::shared_ptr<reservation>> due;
     for (auto& [key, r] : inflight_[worker])
@@ -460,7 +465,8 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   call_admit_.inc();
   const auto asked = steady_clock::now();
   admit_result res = co_await store_->admit(ctx.worker, a);
-  admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(steady_clock::now() - asked).count());
+  const auto answered = steady_clock::now();
+  admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(answered - asked).count());
   if (res.v == verdict::unavailable) {
     if (res.in_doubt) {
       // The batch's deadline is at most one store timeout after now (it is the moment the store
@@ -470,6 +476,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
                     store_->clock_ms(ctx.worker) - std::chrono::duration_cast<milliseconds>(now - asked).count(),
                     now + milliseconds(cfg.store.redis.timeout_ms) + milliseconds(5));
     }
+    if (!degraded_at_.empty()) degraded_at_[ctx.worker % worker_count_] = answered;
     set_worker_degraded(ctx.worker, true);
     const bool began = !is_degraded_.exchange(true);
     const std::string why = store_->last_error();

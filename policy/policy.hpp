@@ -80,6 +80,9 @@ class engine {
 
   /// Binds the store to the workers' executors. Call once before serving.
   void start(const std::vector<executor_t>& workers);
+  /// How long a worker counts as degraded after its last degraded call with no call since
+  /// (10 s; tests shorten it). Call before start().
+  void degraded_idle(std::chrono::milliseconds d) { degraded_idle_ = d; }
   /// store::stop(): once the worker threads have ended.
   void stop();
 
@@ -244,6 +247,10 @@ class engine {
   /// worker's is (each worker has its own connection; one may be down while another is up).
   /// Written by its worker only; the gauge is recomputed under degraded_mu_ at each change.
   std::unique_ptr<std::atomic<bool>[]> worker_degraded_;
+  /// Per worker, touched on its thread: when its last degraded call came. A worker with no call
+  /// for degraded_idle_ no longer counts (it has nothing to say about the store now).
+  std::vector<std::chrono::steady_clock::time_point> degraded_at_;
+  std::chrono::milliseconds degraded_idle_{10'000};
   std::size_t worker_count_ = 0;
   void set_worker_degraded(unsigned worker, bool degraded);
   /// The reason the degraded log gave (empty: none known yet); a reason learnt later in the

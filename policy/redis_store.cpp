@@ -120,8 +120,6 @@ bool redis_store::healthy() const {
   return !conns_.empty();
 }
 
-bool redis_store::healthy(unsigned worker) const { return worker < conns_.size() && conns_[worker]->up(); }
-
 std::vector<std::string> redis_store::team_keys(const std::string& team) const {
   return {scope_key(team, "l"), scope_key(team, "x")};
 }
@@ -716,7 +714,7 @@ std::int64_t redis_store::clock_ms(unsigned worker) const {
   // Anchored to the steady clock: a step of this host's wall clock (NTP, an operator) leaves the
   // estimate where it was. Anchored to the wall clock, a step forward put every later deadline
   // and budget period ahead of Redis until the estimate had sunk back, a millisecond per reply.
-  if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return wall_clock_();
+  if (worker >= clock_offset_.size() || clock_offset_[worker] == offset_unknown) return wall_ms();
   return steady_ms() + clock_offset_[worker];
 }
 

@@ -25,10 +25,10 @@ class redis_store final : public store {
   void start(const std::vector<executor_t>& workers) override;
   void stop() override;
   bool healthy() const override;
-  bool healthy(unsigned worker) const override;
   std::string last_error() const override;
-  /// This process's clock moved by `worker`'s estimate of Redis's clock offset, once it has
-  /// one (each connection reads Redis's TIME as it connects, and every reply carries it).
+  /// `worker`'s estimate of Redis's clock: this process's steady clock plus the estimated offset,
+  /// once it has one (each connection reads Redis's TIME as it connects, and every reply carries
+  /// it); this process's wall clock until then.
   std::int64_t clock_ms(unsigned worker) const override;
 
   awaitable<admit_result> admit(unsigned worker, const admission& a) override;
@@ -82,8 +82,7 @@ class redis_store final : public store {
   void shift_clock_estimate(unsigned worker, std::int64_t ms) {
     if (worker < clock_offset_.size()) clock_offset_[worker] += ms;
   }
-  /// For tests: this process's wall clock, read only while no estimate of Redis's is known.
-  void use_wall_clock(std::int64_t (*clock)()) { wall_clock_ = clock; }
+
 
   /// A team's two lease sets (admit.lua explains them): <prefix>{<team>}:l and :x.
   std::vector<std::string> team_keys(const std::string& team) const;
@@ -188,8 +187,8 @@ class redis_store final : public store {
   /// applied from them), the settlements, the admissions.
   batch_plan script_args(const std::vector<const admission*>& calls, const std::vector<settlement>& settles,
                          std::int64_t deadline_ms = 0) const;
-  /// The Redis time by which `worker` gives up on a batch sent now (0: not known yet): this
-  /// process's clock plus the worker's estimate of Redis's clock offset plus the time left before
+  /// The Redis time by which `worker` gives up on a batch sent now (0: not known yet): the
+  /// worker's estimate of Redis's clock (clock_ms) plus the time left before
   /// the connection gives up (the timeout, or less when an older command is on the wire: its
   /// timeout drops the connection and this batch with it), less a millisecond, and 2 ms more on
   /// its own timeout for the script to run and be answered. The estimate never
@@ -233,7 +232,6 @@ class redis_store final : public store {
   /// Per worker (touched on its thread): Redis's clock minus this process's steady clock, in ms,
   /// estimated from below; INT64_MIN until the first reply.
   std::vector<std::int64_t> clock_offset_;
-  std::int64_t (*wall_clock_)() = wall_ms;
   std::string script_sha_;
   std::vector<std::unique_ptr<redis::connection>> conns_;
   std::unique_ptr<redis::connection> sub_;

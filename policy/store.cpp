@@ -11,10 +11,17 @@
 namespace tollgate::policy {
 namespace json = boost::json;
 
-std::int64_t wall_ms() {
+namespace {
+std::int64_t system_wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+std::int64_t (*wall_source)() = system_wall_ms;
+}  // namespace
+
+std::int64_t wall_ms() { return wall_source(); }
+
+void use_wall_clock_for_tests(std::int64_t (*clock)()) { wall_source = clock ? clock : system_wall_ms; }
 
 std::int64_t store::clock_ms(unsigned) const { return wall_ms(); }
 

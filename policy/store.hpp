@@ -204,8 +204,6 @@ class store {
   virtual void stop() {}
   /// Whether the last operations reached the store (false: degraded).
   virtual bool healthy() const { return true; }
-  /// Whether `worker`'s own link to the store is up; asked on that worker's thread.
-  virtual bool healthy(unsigned /*worker*/) const { return healthy(); }
   /// Why the store was last unreachable, when it knows (a TLS handshake error, ...); for logs.
   virtual std::string last_error() const { return {}; }
   /// The store's clock in ms since the epoch as best known on `worker`'s thread, without asking
@@ -303,6 +301,9 @@ inline std::int64_t soft_nano(const scope_spec& sc) {
 
 /// This process's wall clock, in ms since the epoch (the stores' and the engine's one reading of it).
 std::int64_t wall_ms();
+/// For tests: wall_ms() reads `clock` instead (as if this host's clock were stepped); null: the
+/// system clock again. Not for use while other threads read the clock.
+void use_wall_clock_for_tests(std::int64_t (*clock)());
 
 /// Period id of a budget at `now_ms` (UTC): "d<days since epoch>", "m<YYYYMM>" or "all".
 std::string period_id(config::budget_period p, std::int64_t now_ms);

@@ -158,8 +158,12 @@ result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
   return r;
 }
 
-std::unique_ptr<stream_translator> vertex_adapter::make_stream_translator(request_context& ctx) const {
+std::unique_ptr<stream_translator> make_vertex_stream_translator(request_context& ctx) {
   return std::make_unique<vertex_stream>(ctx);
+}
+
+std::unique_ptr<stream_translator> vertex_adapter::make_stream_translator(request_context& ctx) const {
+  return make_vertex_stream_translator(ctx);
 }
 
 std::string vertex_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {

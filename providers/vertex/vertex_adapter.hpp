@@ -13,6 +13,10 @@
 
 namespace tollgate::providers {
 
+/// The translator make_stream_translator returns: streamGenerateContent?alt=sse reads in, the
+/// caller's OpenAI SSE out (usage recorded in `ctx`). Needs no adapter, hence no credentials.
+std::unique_ptr<stream_translator> make_vertex_stream_translator(request_context& ctx);
+
 class vertex_adapter final : public provider_adapter {
  public:
   /// Throws std::invalid_argument (config load) for a bad endpoint or unusable credentials.

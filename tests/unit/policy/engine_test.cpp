@@ -64,9 +64,7 @@ struct flaky_store final : store {
   /// that Redis never ran).
   bool doubt_only = false;
   int settle_calls = 0;
-  bool link_up = true;  ///< what healthy(worker) says
   std::string_view kind() const override { return "flaky"; }
-  bool healthy(unsigned) const override { return link_up; }
   std::int64_t clock_ms(unsigned w) const override { return inner.clock_ms(w); }
   awaitable<admit_result> admit(unsigned, const admission& a) override {
     if (lose_answers || doubt_only) {
@@ -136,9 +134,10 @@ class EngineTest : public ::testing::Test {
  protected:
   void make(const std::string& extra = {}, std::shared_ptr<store> st = nullptr) { make_from(yaml(extra), std::move(st)); }
   /// `journal`: a settlement journal file to open before start (empty: none).
-  /// `workers`: how many workers the engine has (all on `ioc`; a call's is its ctx().worker).
+  /// `workers`: how many workers the engine has (all on `ioc`; a call's is its ctx().worker);
+  /// `degraded_idle`: engine::degraded_idle.
   void make_from(const std::string& text, std::shared_ptr<store> st, const std::string& journal = {},
-                 unsigned workers = 1) {
+                 unsigned workers = 1, std::chrono::milliseconds degraded_idle = std::chrono::milliseconds(10'000)) {
     auto loaded = config::load_string(text);
     ASSERT_TRUE(loaded) << loaded.error;
     auto s = std::make_shared<snapshot>();
@@ -149,6 +148,7 @@ class EngineTest : public ::testing::Test {
       logs.push_back(std::string(lvl) + " " + std::string(msg) + " " + std::string(extra_json));
     });
     if (!journal.empty()) eng->open_journal(journal);
+    eng->degraded_idle(degraded_idle);
     eng->start(std::vector<executor_t>(workers, executor_t(ioc.get_executor())));
   }
   request_context ctx(std::string credential, std::string model = "mock-gpt") {
@@ -608,36 +608,44 @@ TEST_F(EngineTest, AStoreThatFlipsCallByCallLogsOnePairOfLinesNotOnePerFlip) {
 
 TEST_F(EngineTest, TheDegradedGaugeHoldsWhileAnyWorkerFindsTheStoreUnreachable) {
   // Each worker has its own link to the store: one may be down while another's answers. The gauge
-  // is 1 while any worker's last call found the store unreachable, not whichever call came last;
-  // a worker with no call since then counts again once its own link is up.
+  // is 1 while any worker's last call found the store unreachable, not whichever call came last.
+  // A worker with no call for the idle time (10 s; 2.5 s here) no longer counts; one whose calls
+  // keep finding the store unreachable keeps counting, however its connection looks.
   auto flaky = std::make_shared<flaky_store>();
   std::string y = yaml("store: {replicas: 2}\n");
   y.replace(y.find("limits: {rpm: 2}"), 16, "limits: {rpm: 1000}");
-  make_from(y, flaky, {}, 2);
+  make_from(y, flaky, {}, 2, std::chrono::milliseconds(2500));
   const auto gauge = [&] {
     const std::string m = reg.expose();
     const std::string name = "\ntollgate_policy_store_degraded ";
     const auto at = m.find(name);
     return at == std::string::npos ? -1 : std::stoi(m.substr(at + name.size()));
   };
+  const auto run_for = [&](int ms) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    run_until([&] { return std::chrono::steady_clock::now() >= until; });
+  };
+  const auto call_on = [&](unsigned worker, bool store_down) {
+    flaky->admit_down = store_down;
+    auto c = ctx(full_key);
+    c.worker = worker;
+    EXPECT_EQ(call(c), errc::ok);  // rpm-only team: the local fallback when down
+  };
   EXPECT_EQ(gauge(), 0);
-  flaky->admit_down = true;
-  flaky->link_up = false;
-  auto down = ctx(full_key);
-  down.worker = 1;
-  EXPECT_EQ(call(down), errc::ok);  // rpm-only team: the local fallback
+  call_on(1, true);
   EXPECT_EQ(gauge(), 1);
-  flaky->admit_down = false;
-  auto up = ctx(full_key);
-  up.worker = 0;
-  EXPECT_EQ(call(up), errc::ok);
-  EXPECT_EQ(gauge(), 1) << "worker 1 found the store unreachable and has had no call since";
-  const auto later = std::chrono::steady_clock::now() + std::chrono::milliseconds(1300);
-  run_until([&] { return std::chrono::steady_clock::now() >= later; });
-  EXPECT_EQ(gauge(), 1) << "worker 1's link is still down";
-  flaky->link_up = true;
+  call_on(0, false);
+  EXPECT_EQ(gauge(), 1) << "worker 1 found the store unreachable; worker 0's answer says nothing of it";
+  run_for(1000);
+  call_on(1, true);
+  run_for(1000);
+  EXPECT_EQ(gauge(), 1) << "worker 1's calls keep finding the store unreachable (2 s, the last 1 s ago)";
   run_until([&] { return gauge() == 0; });
-  EXPECT_EQ(gauge(), 0) << "worker 1's link is up again";
+  EXPECT_EQ(gauge(), 0) << "worker 1 has had no call for the idle time";
+  call_on(1, true);
+  EXPECT_EQ(gauge(), 1);
+  call_on(1, false);
+  EXPECT_EQ(gauge(), 0) << "worker 1's next call was answered";
 }
 
 TEST_F(EngineTest, DegradedModesReasonIsLoggedOnceEvenWhenLearntLater) {

@@ -437,7 +437,17 @@ TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
 }
 
 namespace {
-std::int64_t wall_an_hour_ahead() { return wall_ms() + 3'600'000; }
+std::int64_t wall_an_hour_ahead() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+             .count() +
+         3'600'000;
+}
+/// This process's clock as wall_ms() read it before the step.
+std::int64_t real_wall_ms() { return wall_an_hour_ahead() - 3'600'000; }
+struct wall_clock_stepped {
+  wall_clock_stepped() { use_wall_clock_for_tests(wall_an_hour_ahead); }
+  ~wall_clock_stepped() { use_wall_clock_for_tests(nullptr); }
+};
 }  // namespace
 
 TEST(RedisStore, AStepOfThisHostsWallClockLeavesTheEstimateOfRedissClock) {
@@ -447,9 +457,10 @@ TEST(RedisStore, AStepOfThisHostsWallClockLeavesTheEstimateOfRedissClock) {
   auto st = started_store(ioc);
   if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000);
-  st->use_wall_clock(wall_an_hour_ahead);
-  EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000) << "the estimate followed the step";
-  EXPECT_NEAR(double(st->clock_ms(7) - wall_ms()), 3'600'000.0, 1'000.0)
+  const wall_clock_stepped stepped;
+  ASSERT_NEAR(double(wall_ms() - real_wall_ms()), 3'600'000.0, 1'000.0);
+  EXPECT_LE(std::abs(st->clock_ms(0) - real_wall_ms()), 1'000) << "the estimate followed the step";
+  EXPECT_NEAR(double(st->clock_ms(7) - real_wall_ms()), 3'600'000.0, 1'000.0)
       << "no estimate (no such worker): this host's clock, stepped";
   ASSERT_TRUE(raw_command(ioc, {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}));
   const scope_spec s{"t", "team-step", {0, 0, 0}, budget_of(1'000)};
@@ -457,7 +468,7 @@ TEST(RedisStore, AStepOfThisHostsWallClockLeavesTheEstimateOfRedissClock) {
   redis_backend::wait_for(
       [&] { return (r = run_sync(ioc, st->admit(0, one_scope_call("after", s, 1)))).v == verdict::admitted; }, ioc);
   EXPECT_EQ(r.v, verdict::admitted);
-  EXPECT_LE(std::abs(st->clock_ms(0) - wall_ms()), 1'000) << "a fresh reading taken against the stepped clock";
+  EXPECT_LE(std::abs(st->clock_ms(0) - real_wall_ms()), 1'000) << "a fresh reading taken against the stepped clock";
   EXPECT_EQ(st->late_admissions(), 0u);
   st->stop();
 }

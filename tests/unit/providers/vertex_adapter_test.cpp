@@ -7,42 +7,25 @@
 
 #include "gateway/core/sse.hpp"
 #include "providers/unified.hpp"
-#include "tests/unit/testdata.hpp"
 
 namespace tollgate::providers {
 namespace {
 
-struct fixture {
-  config::provider_config cfg;
-  std::unique_ptr<vertex_adapter> adapter;
-  route_target target;
-  fixture() {
-    cfg.name = "vertex";
-    cfg.type = "vertex";
-    cfg.project = "proj-1";
-    cfg.base_url = "https://us-central1-aiplatform.googleapis.com";  // (the loader fills this in)
-    cfg.proxy = "none";
-    cfg.credentials_file =
-        (tollgate::testing::testdata_dir() / "google-auth-service-account/service_account.json").string();
-    adapter = std::make_unique<vertex_adapter>(cfg);
-    target = {adapter.get(), "gemini-2.5-flash"};
-  }
-  request_context ctx(std::string body) {
-    request_context c;
-    c.endpoint = endpoint_kind::chat_completions;
-    c.body = std::move(body);
-    EXPECT_TRUE(decode_request(c));
-    c.target = &target;
-    return c;
-  }
-};
+/// A chat call as the pipeline hands it to the translator (the adapter itself is not built: it
+/// would start fetching a Google token at once).
+request_context stream_call(std::string body) {
+  request_context c;
+  c.endpoint = endpoint_kind::chat_completions;
+  c.body = std::move(body);
+  EXPECT_TRUE(decode_request(c));
+  return c;
+}
 
 TEST(VertexAdapterTest, EventsBeforeAnOversizedOneAreRelayedAndBilled) {
   // One read holds a chunk with text and usage, and the start of an event past the SSE parser's
   // limit (4 MiB): the text goes out and the usage is billed, then the stream fails closed.
-  fixture f;
-  auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
-  auto t = f.adapter->make_stream_translator(ctx);
+  auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})");
+  auto t = make_vertex_stream_translator(ctx);
   ASSERT_TRUE(t);
   std::string out;
   t->feed("data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"abcd\"}],\"role\":\"model\"},\"index\":0}],"
