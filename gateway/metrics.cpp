@@ -14,10 +14,10 @@ gateway_metrics::gateway_metrics()
     : requests(registry.add("tollgate_requests_total", "Requests answered, by endpoint, model, provider and status.",
                             metrics::kind::counter, {"endpoint", "model", "provider", "status"})),
       request_duration(registry.add("tollgate_request_duration_seconds",
-                                    "Time from request head to the last response byte.", metrics::kind::histogram,
+                                    "Time from the request read (head and body) to the last response byte.", metrics::kind::histogram,
                                     {"endpoint", "model", "provider"}, latency_buckets)),
       ttft(registry.add("tollgate_time_to_first_token_seconds",
-                        "Time from request head to the first response body byte of a stream.",
+                        "Time from the request read to the first response body byte of a stream.",
                         metrics::kind::histogram, {"model", "provider"}, latency_buckets)),
       overhead(registry.add("tollgate_gateway_overhead_seconds",
                             "Time the gateway added to a call: from the request read to the last response byte, "

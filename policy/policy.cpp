@@ -112,7 +112,7 @@ engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
                          metrics::kind::counter, {"decision"})),
       degraded_(reg.add("tollgate_policy_store_degraded",
                         "1 while any worker's last call found the policy store unreachable and the degraded policy "
-                        "applied (a worker with no call for 10 s no longer counts).", metrics::kind::gauge)),
+                        "applied (a worker with no admission for 10 s no longer counts).", metrics::kind::gauge)),
       settlements_(reg.add("tollgate_policy_settlements_total",
                            "Settlements by result: applied, duplicate, retried, lost, local; outage: calls admitted while the "
                             "store was unreachable (budgets: fail_open), their cost charged to it later; released: "

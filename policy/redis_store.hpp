@@ -83,7 +83,6 @@ class redis_store final : public store {
     if (worker < clock_offset_.size()) clock_offset_[worker] += ms;
   }
 
-
   /// A team's two lease sets (admit.lua explains them): <prefix>{<team>}:l and :x.
   std::vector<std::string> team_keys(const std::string& team) const;
   /// <prefix>{<team>}:<suffix>: every key of a team shares its hash tag (one Cluster slot).
