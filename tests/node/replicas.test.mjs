@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { assertOpenAIError, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
-import { admin, adminToken, chat, createKey, splitKey, staticKey, tally } from './lib/policy_helpers.mjs';
+import { admin, adminToken, chat, createKey, metricValue, scrape, splitKey, staticKey, tally } from './lib/policy_helpers.mjs';
 import { startRedis, waitStoreUp } from './lib/redis.mjs';
 
 const RPM = 30;
@@ -19,6 +19,9 @@ const rk = staticKey('rpmkey1');
 before(async () => {
   redis = await startRedis();
   // key_cache_ms is long on purpose: a revocation seen within a second can only be the push.
+  // timeout_ms is generous: these tests are about the shared limit, not the per-instance
+  // fallback (policy.test.mjs), and the sanitizer build on a busy 2-core host has seen a Redis
+  // round trip pass 50 ms, which admitted two calls under the local share.
   const yaml =
     serverYaml({ workers: 2, openAuth: false, freePrices: false }) +
     `auth:
@@ -28,7 +31,7 @@ ${adm.yaml}prices:
   "*": {input: 1, output: 1}
 store:
   type: redis
-  redis: {address: "${redis.address}", key_prefix: "tgrep:", timeout_ms: 50}
+  redis: {address: "${redis.address}", key_prefix: "tgrep:", timeout_ms: 2000}
   replicas: 3
 teams:
   - name: shared
@@ -67,6 +70,14 @@ describe('three gateways on one Redis', () => {
       results.push(...(await Promise.all(batch)));
     }
     assert.equal(results.length, RPM * 3);
+    // Every decision was Redis's: none fell back to the per-instance share (which would be a
+    // store timeout, not a flaw of the shared limit; said first, so that a failure names it).
+    const fallbacks = [];
+    for (const gw of gws) {
+      const m = await scrape(gw);
+      for (const d of ['local', 'unavailable', 'open']) fallbacks.push(metricValue(m, 'tollgate_policy_decisions_total', { decision: d }));
+    }
+    assert.deepEqual(fallbacks, Array(9).fill(0), `decisions local/unavailable/open per replica: ${fallbacks}`);
     const statuses = tally(results.map((r) => r.status));
     assert.deepEqual(statuses, { 200: RPM, 429: RPM * 2 }, `statuses ${JSON.stringify(statuses)}`);
     for (const r of results.filter((x) => x.status === 429)) {
