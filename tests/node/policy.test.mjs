@@ -972,7 +972,12 @@ describe('Redis answer lost', () => {
       });
       assert.ok(Date.now() - t < 3000, `served again after ${Date.now() - t} ms`);
       const m = await scrape(gw);
-      assert.equal(metricValue(m, 'tollgate_policy_settlements_total', { result: 'released' }), 1);
+      // The lost one released. (A call of the polling above whose own admission timed out as the
+      // connection came back, which a sanitizer build on a busy host has done, is in doubt too and
+      // released as well: never more releases than admissions answered "unavailable".)
+      const released = metricValue(m, 'tollgate_policy_settlements_total', { result: 'released' });
+      const unavailable = metricValue(m, 'tollgate_policy_decisions_total', { decision: 'unavailable' });
+      assert.ok(released >= 1 && released <= unavailable, `released ${released}, unavailable ${unavailable}`);
       const after = await settledBudget(gw, adm.token, 'budgeted');
       // The first call and the one served after the release, each charged; the lost one nothing.
       assert.equal(after.spent_nano, 2 * before.spent_nano, JSON.stringify({ before, after }));
