@@ -476,8 +476,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
                     store_->clock_ms(ctx.worker) - std::chrono::duration_cast<milliseconds>(now - asked).count(),
                     now + milliseconds(cfg.store.redis.timeout_ms) + milliseconds(5));
     }
-    if (!degraded_at_.empty()) degraded_at_[ctx.worker % worker_count_] = answered;
-    set_worker_degraded(ctx.worker, true);
+    set_worker_degraded(ctx.worker, true, answered);
     const bool began = !is_degraded_.exchange(true);
     const std::string why = store_->last_error();
     // One line when degraded mode begins, and one more if the reason was not known then (a call
@@ -767,8 +766,9 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
   q.flushing = false;
 }
 
-void engine::set_worker_degraded(unsigned worker, bool degraded) {
+void engine::set_worker_degraded(unsigned worker, bool degraded, steady_clock::time_point at) {
   if (!worker_degraded_) return;  // (not started)
+  if (degraded) degraded_at_[worker % worker_count_] = at;  // every degraded call, not only the first
   auto& mine = worker_degraded_[worker % worker_count_];
   if (mine.load(std::memory_order_relaxed) == degraded) return;  // the hot path: no change
   std::lock_guard lock(degraded_mu_);

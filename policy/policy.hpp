@@ -252,7 +252,9 @@ class engine {
   std::vector<std::chrono::steady_clock::time_point> degraded_at_;
   std::chrono::milliseconds degraded_idle_{10'000};
   std::size_t worker_count_ = 0;
-  void set_worker_degraded(unsigned worker, bool degraded);
+  /// `at`: when a degraded call's store answer came (stamped on every one, for the idle rule).
+  void set_worker_degraded(unsigned worker, bool degraded,
+                           std::chrono::steady_clock::time_point at = std::chrono::steady_clock::time_point{});
   /// The reason the degraded log gave (empty: none known yet); a reason learnt later in the
   /// same episode gets a line of its own. Touched only on the degraded path.
   std::mutex degraded_mu_;

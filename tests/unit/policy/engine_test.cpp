@@ -188,6 +188,15 @@ class EngineTest : public ::testing::Test {
     c.usage = {prompt, completion, 0, true};
     eng->settle(c, executor_t(ioc.get_executor()));
   }
+  /// An engine on `flaky`; one call of team rich admitted and answered ($0.004), whose settlement
+  /// the store refuses from then on (flaky->down) while it still answers admissions.
+  void settlement_refused(const std::shared_ptr<flaky_store>& flaky) {
+    make("", flaky);
+    auto c = ctx("tg_rich1_" + secret);
+    ASSERT_EQ(call(c), errc::ok);
+    flaky->down = true;
+    settle_answered(c, 2, 1);
+  }
   /// A finished, billed call: usage as reported, then settlement runs to the end.
   void finish(request_context& c, std::uint64_t prompt, std::uint64_t completion) {
     settle_answered(c, prompt, completion);
@@ -809,11 +818,7 @@ TEST_F(EngineTest, SettlementsBackingOffGoAtOnceWhenAnAdmissionShowsTheStoreIsBa
   // A settlement the store could not take holds its call's slot and budget hold there until it
   // lands. Its retries back off (up to 1 s); the first admission the store answers ends the wait.
   auto flaky = std::make_shared<flaky_store>();
-  make("", flaky);
-  auto c = ctx("tg_rich1_" + secret);
-  ASSERT_EQ(call(c), errc::ok);
-  flaky->down = true;  // settlements fail; admissions still answered
-  settle_answered(c, 2, 1);
+  ASSERT_NO_FATAL_FAILURE(settlement_refused(flaky));
   run_until([&] { return flaky->settle_calls >= 5; });  // 100, 200, 400, 800 ms: now a 1 s wait
   ASSERT_GE(flaky->settle_calls, 5);
   EXPECT_EQ(eng->pending(), 1);
@@ -867,11 +872,7 @@ TEST_F(EngineTest, ASettlementTheStoreKeepsRefusingIsNudgedOncePerBackoffNotPerA
   // scope): each admission must not end the backoff again, or that settlement would be retried
   // at the admissions' rate, for ever when it is journaled.
   auto flaky = std::make_shared<flaky_store>();
-  make("", flaky);
-  auto c = ctx("tg_rich1_" + secret);
-  ASSERT_EQ(call(c), errc::ok);
-  flaky->down = true;  // settlements refused; admissions answered
-  settle_answered(c, 2, 1);
+  ASSERT_NO_FATAL_FAILURE(settlement_refused(flaky));
   const auto start = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(1500)) {
     auto next = ctx("tg_abc123_" + secret, "mock-gpt");  // another team's calls, admitted
