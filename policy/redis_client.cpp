@@ -457,7 +457,13 @@ void on_sub_reply(redisAsyncContext*, void* r, void* privdata) {
 
 bool accepted(const result_t& r) { return r && r->type != reply::kind::error; }
 
+std::vector<std::string> (*resolve_for_tests)(const std::string&) = nullptr;
+
 }  // namespace
+
+void resolve_host_names_for_tests(std::vector<std::string> (*resolve)(const std::string& host)) {
+  resolve_for_tests = resolve;
+}
 
 struct connection::impl : std::enable_shared_from_this<impl> {
   impl(executor_t e, options o) : ex(e), opt(std::move(o)), backoff_timer(e) {
@@ -562,6 +568,11 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     error_code ec;
     (void)net::ip::make_address(opt.host, ec);
     if (!ec) co_return std::vector<std::string>{opt.host};
+    if (resolve_for_tests) {
+      auto out = resolve_for_tests(opt.host);
+      if (out.empty()) set_error("cannot resolve " + opt.host + ": no address");
+      co_return out;
+    }
     // Shared with the timer's handler: one already queued when the answer comes must not touch a
     // resolver this frame has destroyed.
     auto res = std::make_shared<resolver_t>(ex);
@@ -622,7 +633,9 @@ struct connection::impl : std::enable_shared_from_this<impl> {
     co_return !closed && l->live();
   }
 
-  /// One connect + handshake. True: the connection is up.
+  /// One attempt: each address in turn, until one connects and takes the handshake. True: the
+  /// connection is up. The handshake is per address too: an address that takes TCP connections
+  /// and never answers (a paused or hung server behind a name) must not hide the next one.
   awaitable<bool> attempt() {
     if (opt.tls.enabled && !tls_ctx) co_return false;  // last_error says which file
     std::vector<std::string> hosts{std::string()};    // a unix socket: one "address"
@@ -630,19 +643,24 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       hosts = co_await addresses();
       if (hosts.empty() || closed) co_return false;
     }
-    const clock::duration step = opt.connect_timeout;
-    std::shared_ptr<redis_link> l;
-    bool connected = false;
-    for (std::size_t i = 0; i < hosts.size() && !connected && !closed; ++i) {
-      if (l) l->drop(net::error::connection_reset);  // the previous address did not answer
-      l = new_link();
-      options o = opt;
-      if (!hosts[i].empty()) {
-        if (o.tls.server_name.empty()) o.tls.server_name = opt.host;  // the certificate names the configured host
-        o.host = hosts[i];
-      }
-      connected = co_await connect(l, o, step);
+    for (std::size_t i = 0; i < hosts.size() && !closed; ++i) {
+      if (i > 0 && cur) cur->drop(net::error::connection_reset);  // the previous address failed
+      const bool up = co_await attempt_on(hosts[i]);  // GCC 12: no co_await in a condition
+      if (up) co_return true;
     }
+    co_return false;
+  }
+
+  /// Connect + handshake to one address ("" : the unix socket). True: the connection is up.
+  awaitable<bool> attempt_on(std::string host) {
+    const clock::duration step = opt.connect_timeout;
+    std::shared_ptr<redis_link> l = new_link();
+    options o = opt;
+    if (!host.empty()) {
+      if (o.tls.server_name.empty()) o.tls.server_name = opt.host;  // the certificate names the configured host
+      o.host = std::move(host);
+    }
+    const bool connected = co_await connect(l, o, step);
     if (!connected || closed || !l->live()) co_return false;
 
     if (!opt.password.empty()) {

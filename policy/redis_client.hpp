@@ -187,4 +187,9 @@ class connection {
   std::shared_ptr<impl> impl_;
 };
 
+/// For tests: a host name is resolved by `resolve` instead of Asio's resolver (the addresses to
+/// try, in order; empty: the name does not resolve), as if DNS answered that. Null: the resolver
+/// again. Not for use while connections attempt.
+void resolve_host_names_for_tests(std::vector<std::string> (*resolve)(const std::string& host));
+
 }  // namespace tollgate::policy::redis

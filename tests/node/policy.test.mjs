@@ -92,11 +92,14 @@ ${
 }`;
 }
 
-function storeYaml(kind, redis, extra = '') {
+// timeoutMs: the outage tests keep the default 50 ms, so that a stopped Redis fails fast; the main
+// behaviours give Redis a second, so that a slow sanitizer build under -j2 is never mistaken for an
+// outage (a 503 where the test asserts a 200 or a 429).
+function storeYaml(kind, redis, extra = '', { timeoutMs = 50 } = {}) {
   if (kind === 'memory') return `store:\n  type: memory\n${extra}`;
   return `store:
   type: redis
-  redis: {address: "${redis.address}", key_prefix: "tgtest:", timeout_ms: 50, connect_timeout_ms: 200}
+  redis: {address: "${redis.address}", key_prefix: "tgtest:", timeout_ms: ${timeoutMs}, connect_timeout_ms: 200}
 ${extra}`;
 }
 
@@ -148,7 +151,7 @@ for (const kind of ['memory', 'redis']) {
         `auth:
   required: true
   admin_tokens:
-${adm.yaml}${prices()}${storeYaml(kind, redis)}teams:
+${adm.yaml}${prices()}${storeYaml(kind, redis, '', { timeoutMs: 1000 })}teams:
   - name: race
     models: ["mock-*"]
     budget: {usd: ${usd(RACE_NANO)}, period: daily, soft: 0.5}

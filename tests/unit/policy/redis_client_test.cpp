@@ -22,8 +22,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -489,6 +491,46 @@ TEST_F(RedisClientTest, ConnectsToAHostNameResolvedAtConnect) {
   auto r = cmd(ioc, c, {"PING"});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->str, "PONG");
+}
+
+std::vector<std::string> three_addresses(const std::string& host) {
+  if (host != "redis.test") return {};
+  // Nothing listens on the first; the second takes connections and never answers; the third is
+  // the suite's Redis (it binds 127.0.0.1 only).
+  return {"127.0.0.3", "127.0.0.2", "127.0.0.1"};
+}
+
+TEST_F(RedisClientTest, ANameWithSeveralAddressesIsServedByTheFirstThatAnswers) {
+  // A listener on 127.0.0.2 at the Redis port that nobody reads: TCP connects, PING gets nothing.
+  int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(silent, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server_->port());
+  ASSERT_EQ(::inet_pton(AF_INET, "127.0.0.2", &a.sin_addr), 1);
+  ASSERT_EQ(::bind(silent, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(silent, 16), 0);
+  resolve_host_names_for_tests(three_addresses);
+  struct unhook {
+    ~unhook() { resolve_host_names_for_tests(nullptr); }
+  } unhook;
+  {
+    net::io_context ioc;
+    options o = options_for(*server_);
+    o.host = "redis.test";
+    o.connect_timeout = 200ms;  // each address's connect and handshake step
+    connection c(executor_of(ioc), o);
+    c.start();
+    const auto t0 = clock_type::now();
+    EXPECT_TRUE(wait_up(ioc, c)) << c.last_error();
+    // Up on the first attempt: the silent address cost its handshake step, not a backoff round.
+    EXPECT_GE(clock_type::now() - t0, 200ms);
+    EXPECT_LT(clock_type::now() - t0, 2s);
+    auto r = cmd(ioc, c, {"PING"});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->str, "PONG");
+  }
+  ::close(silent);
 }
 
 TEST_F(RedisClientTest, EvalShaOfAScriptLoadedByTheConnectHook) {
