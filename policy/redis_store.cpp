@@ -340,8 +340,16 @@ redis_store::batch_plan redis_store::script_args(const std::vector<const admissi
   }
   redis::resp_args& args = plan.args;
   args.reserve(64 + specs.header.bytes().size() + sums.size() * 64 + corrections.size() * 32);
-  if (calls.empty()) args.add(std::string_view("0"));
-  else args.add(calls.front()->lease_ms);
+  // One lease length for the batch (admit.lua): the longest asked. Calls asking less are renewed
+  // at half their own, so a longer lease costs them nothing; a shorter one (the first call's, say,
+  // from before a reload raised lease_ms) would be swept while the engine still counts on it.
+  if (calls.empty()) {
+    args.add(std::string_view("0"));
+  } else {
+    std::uint32_t lease_ms = 0;
+    for (const admission* c : calls) lease_ms = std::max(lease_ms, c->lease_ms);
+    args.add(lease_ms);
+  }
   args.add(window_ms_);
   args.add(calls.size());
   args.add(settles.size());

@@ -534,6 +534,49 @@ TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
   st->stop();
 }
 
+TEST(RedisStore, EveryLeaseOfABatchLastsAtLeastAsLongAsItsCallAsked) {
+  // One batch carries one lease length. Calls asking for different ones (a reload changed
+  // store.lease_ms between them) all get the longest: the engine renews each at half its own, so
+  // a call that asked 5 s and got the 200 ms of the call before it would be swept while in flight.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  const scope_spec s{"t", "team-lease", {0, 0, 10}, {}};
+  admission first = one_scope_call("lm0", s, 0), shorter = one_scope_call("lm1", s, 0), longer = one_scope_call("lm2", s, 0);
+  first.lease_ms = 60'000;
+  shorter.lease_ms = 200;
+  longer.lease_ms = 5'000;
+  // Redis holds commands for 300 ms: the first call's batch is on the wire, and the two after it
+  // wait for it and go out together.
+  const auto paused = raw_command(ioc, {"CLIENT", "PAUSE", "300"});
+  ASSERT_TRUE(paused && paused->str == "OK");
+  auto f0 = net::co_spawn(ioc, st->admit(0, first), net::use_future);
+  ioc.restart();
+  redis_backend::wait_for([] { return redis_store::admissions_awaited() == 1; }, ioc);
+  auto f1 = net::co_spawn(ioc, st->admit(0, shorter), net::use_future);
+  auto f2 = net::co_spawn(ioc, st->admit(0, longer), net::use_future);
+  auto ready = [](auto& f) { return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready; };
+  redis_backend::wait_for([&] { return ready(f0) && ready(f1) && ready(f2); }, ioc);
+  ASSERT_TRUE(ready(f0) && ready(f1) && ready(f2));
+  const admit_result r1 = f1.get(), r2 = f2.get();
+  ASSERT_EQ(f0.get().v, verdict::admitted);
+  ASSERT_EQ(r1.v, verdict::admitted);
+  ASSERT_EQ(r2.v, verdict::admitted);
+  auto all = raw_command(ioc, {"ZRANGE", st->scope_key("team-lease", "l"), "0", "-1", "WITHSCORES"});
+  ASSERT_TRUE(all);
+  std::map<std::string, double> expiry;  // lease -> expiry (ms, Redis's clock)
+  for (std::size_t i = 0; i + 1 < all->elements.size(); i += 2) {
+    const std::string& m = all->elements[i].str;
+    expiry[m.substr(0, m.find('|'))] = std::stod(all->elements[i + 1].str);
+  }
+  ASSERT_EQ(expiry.count("lm1"), 1u);
+  ASSERT_EQ(expiry.count("lm2"), 1u);
+  EXPECT_GE(expiry["lm2"] - double(r2.admitted_at_ms), 5'000 - 50) << "the longer call got a shorter lease";
+  EXPECT_GE(expiry["lm1"] - double(r1.admitted_at_ms), 200 - 50);
+  EXPECT_EQ(expiry["lm1"], expiry["lm2"]) << "the two calls went out in one batch";
+  st->stop();
+}
+
 TEST(RedisStore, EachScopeHashIsPinnedInItsHashtableEncodingOnceAndAgainAfterAReset) {
   // admit.lua writes a field '~' longer than hash-max-listpack-value with a scope's first state,
   // so that Redis keeps the hash a hashtable (fields found through a hash, not a scan). It writes
