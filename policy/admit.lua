@@ -465,6 +465,32 @@ else
   out[no] = 0
 end
 
+-- When a refused call may retry for one rate limit of scope s (why 1: requests, 2: tokens; excess:
+-- how much must leave the window): when enough of the window has left, its oldest buckets first
+-- (lo may be an empty bucket after a roll) until what they held covers the excess; the current
+-- bucket last. In ms, at least 1.
+local function rate_retry(s, why, excess)
+  local at = cur
+  if cur > s.lo then
+    local f = {}
+    for b = s.lo, cur - 1 do f[#f + 1] = 'b' .. b end
+    local v = call('HMGET', s.key, unpack(f))
+    local freed = 0
+    for j = 1, #f do
+      local r, tk = counts(v[j])
+      if why == 2 and s.tdelta then tk = tk + (s.tdelta[f[j]] or 0) end
+      freed = freed + (why == 1 and r or tk)
+      if freed >= excess then
+        at = s.lo + j - 1
+        break
+      end
+    end
+  end
+  local retry = (at + NB + 1) * bsize - now
+  if retry < 1 then retry = 1 end
+  return retry
+end
+
 -- Admissions, call by call.
 local ks = not fast_admit and {} or nil  -- the call's spec indexes (reused: a table per call would cost more)
 a = admit0
@@ -493,30 +519,40 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
       if spent + s.res + cost > blimit then code, why, idx = 0, 4, i break end
     end
   end
-  if code == 0 and why < 3 then
-    -- Retry when enough of the window has left: its oldest buckets first (lo may be an empty
-    -- bucket after a roll), until what they held covers the excess; the current bucket last.
-    local k = ks[idx]
-    local s = spec_scope[k]
-    local excess = why == 1 and s.rs + 1 - spec_rpm[k] or s.ts + tokens - spec_tpm[k]
-    local at = cur
-    if cur > s.lo then
-      local f = {}
-      for b = s.lo, cur - 1 do f[#f + 1] = 'b' .. b end
-      local v = call('HMGET', s.key, unpack(f))
-      local freed = 0
-      for j = 1, #f do
-        local r, tk = counts(v[j])
-        if why == 2 and s.tdelta then tk = tk + (s.tdelta[f[j]] or 0) end
-        freed = freed + (why == 1 and r or tk)
-        if freed >= excess then
-          at = s.lo + j - 1
+  if code == 0 and member ~= '' then
+    -- The first check that failed is not always the one to answer with. A budget that its spend
+    -- alone exhausts, in any scope, answers first (no wait in this period helps); then the rate
+    -- or concurrency limit that refuses for longest, with its wait (a retry after a shorter one
+    -- would be refused by the next limit); a budget held only by calls in flight, last.
+    local first_why, first_idx, best, spent_out = why, idx, 0, false
+    for i = 1, n do
+      local k = ks[i]
+      local s, blimit = spec_scope[k], spec_blimit[k]
+      if blimit >= 0 then
+        local spent = s.spent
+        if not s.pid or s.pid < spec_pid[k] or (s.pid ~= spec_pid[k] and byte(s.pid) ~= byte(spec_pid[k])) then spent = 0 end
+        if spent + cost > blimit then
+          why, idx, retry, spent_out = 4, i, 0, true
           break
         end
       end
     end
-    retry = (at + NB + 1) * bsize - now
-    if retry < 1 then retry = 1 end
+    if not spent_out then
+      for i = 1, n do
+        local k = ks[i]
+        local s, rpm, tpm, conc = spec_scope[k], spec_rpm[k], spec_tpm[k], spec_conc[k]
+        if rpm > 0 and s.rs + 1 > rpm then
+          local r = rate_retry(s, 1, s.rs + 1 - rpm)
+          if r > best then why, idx, best = 1, i, r end
+        end
+        if tpm > 0 and s.ts + tokens > tpm then
+          local r = rate_retry(s, 2, s.ts + tokens - tpm)
+          if r > best then why, idx, best = 2, i, r end
+        end
+        if conc > 0 and s.c >= conc and 1000 > best then why, idx, best = 3, i, 1000 end
+      end
+      if best > 0 then retry = best else why, idx, retry = first_why, first_idx, 0 end
+    end
   end
   -- The x-ratelimit-* figures: the fewest requests (tokens) left in any of the call's scopes,
   -- as left * 16 + the scope's index (0: no scope limits them); after the reservation when

@@ -76,9 +76,7 @@ admit_result memory_store::admit_now(const admission& a) {
     for (std::size_t i = 0; i < a.scopes.size(); ++i) {
       const auto& l = a.scopes[i].limits;
       if (!l.rpm && !l.tpm) continue;
-      // Pass 1 found (and rolled) the scopes up to the one that refused; a refusal reads the rest.
-      rate_window& w = i < states.size() ? states[i]->rate : scopes_[a.scopes[i].id + "@" + a.scopes[i].team].rate;
-      roll(w, cur);
+      rate_window& w = states[i]->rate;  // pass 1 found every scope and rolled its window
       note_window(r, int(i), l, std::int64_t(w.requests), std::int64_t(w.tokens));
     }
   };
@@ -89,7 +87,22 @@ admit_result memory_store::admit_now(const admission& a) {
     tightest();
     return r;
   };
-  // Pass 1: check every scope and kind.
+  // Pass 1: check every scope and kind. The answer to a refused call (as admit.lua's): a budget
+  // that its spend alone exhausts, in any scope (no wait in this period helps); else the rate or
+  // concurrency limit that refuses for longest, with its wait (a retry after a shorter one would
+  // be refused by the next limit); else a budget held only by calls in flight. Ranks 2, 1, 0.
+  verdict worst = verdict::admitted;
+  std::size_t worst_scope = 0;
+  std::int64_t worst_retry = 0;
+  int worst_rank = -1;
+  auto consider = [&](verdict v, std::size_t i, std::int64_t retry, int rank) {
+    if (rank > worst_rank || (rank == 1 && rank == worst_rank && retry > worst_retry)) {
+      worst = v;
+      worst_scope = i;
+      worst_retry = retry;
+      worst_rank = rank;
+    }
+  };
   for (std::size_t i = 0; i < a.scopes.size(); ++i) {
     const auto& sc = a.scopes[i];
     scope_state& st = scopes_[sc.id + "@" + sc.team];
@@ -113,9 +126,8 @@ admit_result memory_store::admit_now(const admission& a) {
         }
         return std::max<std::int64_t>(1, (at + buckets + 1) * bucket_ms_ - now);
       };
-      if (l.rpm && st.rate.requests + 1 > l.rpm) return refuse(verdict::rpm, i, retry(true, st.rate.requests + 1 - l.rpm));
-      if (l.tpm && st.rate.tokens + a.tokens > l.tpm)
-        return refuse(verdict::tpm, i, retry(false, st.rate.tokens + a.tokens - l.tpm));
+      if (l.rpm && st.rate.requests + 1 > l.rpm) consider(verdict::rpm, i, retry(true, st.rate.requests + 1 - l.rpm), 1);
+      if (l.tpm && st.rate.tokens + a.tokens > l.tpm) consider(verdict::tpm, i, retry(false, st.rate.tokens + a.tokens - l.tpm), 1);
     }
     std::int64_t spent = st.spent;
     if (budget) {
@@ -132,11 +144,13 @@ admit_result memory_store::admit_now(const admission& a) {
         auto [gone, freed] = st.held.sweep(now);
         held -= std::min(held, gone);
         st.reserved -= freed;
-        if (l.concurrency && held >= l.concurrency) return refuse(verdict::concurrency, i, 1000);
-        if (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano) return refuse(verdict::budget, i, 0);
+        if (l.concurrency && held >= l.concurrency) consider(verdict::concurrency, i, 1000, 1);
+        if (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano)
+          consider(verdict::budget, i, 0, spent + a.cost_nano > sc.budget.limit_nano ? 2 : 0);
       }
     }
   }
+  if (worst != verdict::admitted) return refuse(worst, worst_scope, worst_retry);
   // Pass 2: reserve in all of them.
   for (std::size_t i = 0; i < a.scopes.size(); ++i) {
     const auto& sc = a.scopes[i];

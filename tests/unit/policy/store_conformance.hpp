@@ -136,6 +136,57 @@ TYPED_TEST_P(StoreConformance, RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt)
   EXPECT_EQ(this->admit(this->adm({s})).v, verdict::admitted);
 }
 
+TYPED_TEST_P(StoreConformance, ARefusedCallIsToldToWaitForEveryRateLimitThatRefusesIt) {
+  // rpm 2, tpm 100: a 1-token call at 0, a 90-token call at half a window. A 20-token call is
+  // over both: the requests free up when the first call leaves (half a window on), the tokens
+  // only when the second does (a whole window on). The answer is the tokens' wait: a retry after
+  // the requests' one would be refused again.
+  const std::int64_t w = TypeParam::window_ms, bucket = w / 30;
+  auto s = scope("t", {2, 100, 0});
+  ASSERT_EQ(this->admit(this->adm({s}, 1)).v, verdict::admitted);
+  this->advance(w / 2);
+  ASSERT_EQ(this->admit(this->adm({s}, 90)).v, verdict::admitted);
+  const auto call = this->adm({s}, 20);
+  const auto refused = this->admit(call);
+  EXPECT_EQ(refused.v, verdict::tpm);
+  EXPECT_GE(refused.retry_after_ms, w - bucket) << "the 90 tokens are in the window until then";
+  EXPECT_LE(refused.retry_after_ms, w + 2 * bucket);
+  this->advance(refused.retry_after_ms + 20);
+  EXPECT_EQ(this->admit(call).v, verdict::admitted);
+}
+
+TYPED_TEST_P(StoreConformance, ARefusedCallIsToldToWaitForTheScopeThatRefusesLongest) {
+  // The team (rpm 3) is full from two calls of another key at 0 and one of key k at half a
+  // window; k (rpm 1) is full from that one call. The team frees a request half a window on, k
+  // only a whole window on: the answer names k, with its wait.
+  const std::int64_t w = TypeParam::window_ms, bucket = w / 30;
+  auto team = scope("t", {3, 0, 0});
+  auto other = scope("k:other", {0, 0, 0});
+  auto k = scope("k:k", {1, 0, 0});
+  ASSERT_EQ(this->admit(this->adm({team, other})).v, verdict::admitted);
+  ASSERT_EQ(this->admit(this->adm({team, other})).v, verdict::admitted);
+  this->advance(w / 2);
+  ASSERT_EQ(this->admit(this->adm({team, k})).v, verdict::admitted);
+  const auto refused = this->admit(this->adm({team, k}));
+  EXPECT_EQ(refused.v, verdict::rpm);
+  EXPECT_EQ(refused.scope, 1u) << "the key refuses for longest";
+  EXPECT_GE(refused.retry_after_ms, w - bucket);
+  EXPECT_LE(refused.retry_after_ms, w + 2 * bucket);
+}
+
+TYPED_TEST_P(StoreConformance, ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefuses) {
+  // rpm 1 and a budget that one call spends whole: the next call is over both, and no wait helps
+  // it, so the answer is the budget (429 insufficient_quota, not a retry that fails again).
+  auto s = scope("t", {1, 0, 0}, budget_of(100));
+  const auto a = this->adm({s}, 1, 100);
+  const auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  ASSERT_TRUE(this->settle(a, r, 1, 100).applied);
+  const auto refused = this->admit(this->adm({s}, 1, 1));
+  EXPECT_EQ(refused.v, verdict::budget);
+  EXPECT_EQ(refused.retry_after_ms, 0);
+}
+
 TYPED_TEST_P(StoreConformance, ASoftThresholdThatRoundsToNothingNeverFires) {
   // A $0 budget (free models only) with soft 0.8: 0 × 0.8 is no threshold, not one crossed at 0.
   auto s = scope("t", {}, budget_of(0, 0.8));
@@ -661,7 +712,10 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
-                            RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt, ASoftThresholdThatRoundsToNothingNeverFires,
+                            RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt,
+                            ARefusedCallIsToldToWaitForEveryRateLimitThatRefusesIt,
+                            ARefusedCallIsToldToWaitForTheScopeThatRefusesLongest,
+                            ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefuses, ASoftThresholdThatRoundsToNothingNeverFires,
                             TokensPerMinuteReservesThenCorrectsToUsage,
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
