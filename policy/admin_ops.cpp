@@ -22,6 +22,12 @@ const std::string unavailable = "the policy store is unavailable";
 /// Admin changes are written over the record they read (store::replace_key): tries before giving
 /// up when other changes keep landing in between.
 constexpr int admin_write_tries = 5;
+/// change_key's change for a revocation.
+std::string revoked(key_record& k) {
+  k.enabled = false;
+  return {};
+}
+
 std::string changed_meanwhile(std::string_view what, const std::string& name) {
   return std::string(what) + " '" + name + "' changed while this change was made, every time it was tried: try again";
 }
@@ -129,6 +135,18 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
   if (!found.reachable) co_return as_error<team_view>(unavailable);
   if (!found.team) co_return as_error<team_view>("no team '" + name + "'");
   team_view gone{true, merged(nullptr, *found.team), "api", found.team->created_unix};
+  // Its keys are revoked first: a key names its team only by name, so a team created later under
+  // the same name would otherwise take over the keys of this one, which it never issued. (A
+  // failure part-way leaves the team and some of its keys revoked: the safe side; deleting again
+  // finishes it.)
+  auto stored = co_await store_->list_keys(worker);
+  if (!stored) co_return as_error<team_view>(unavailable);
+  const std::function<std::string(key_record&)> revoke = revoked;
+  for (const key_record& k : *stored) {
+    if (k.team != name || !k.enabled) continue;
+    auto r = co_await change_key(worker, k.id, revoke);
+    if (!r) co_return as_error<team_view>(std::move(r.error()));
+  }
   if (!co_await store_->delete_team(worker, name)) co_return as_error<team_view>(unavailable);
   // Its keys stop working on every replica: their team no longer resolves.
   forget("team:" + name);
@@ -198,10 +216,7 @@ awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(uns
     if (k.id == id) co_return as_error<key_record>("key '" + id + "' is declared in the config file; remove it there");
   forget(id);
   // (A named function, not a temporary argument: GCC 12 and coroutine arguments.)
-  const std::function<std::string(key_record&)> revoke = [](key_record& k) {
-    k.enabled = false;
-    return std::string();
-  };
+  const std::function<std::string(key_record&)> revoke = revoked;
   co_return co_await change_key(worker, id, revoke);
 }
 

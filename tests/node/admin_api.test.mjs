@@ -100,7 +100,13 @@ describe('admin API on one gateway (memory store)', () => {
     // Deleting the team: its keys are refused.
     ok(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/ops'));
     const gone = assertOpenAIError(await chat(gw, k.key, body()), { status: 401, code: 'invalid_api_key' });
-    assert.match(gone.message, /team no longer exists/);
+    assert.match(gone.message, /revoked|team no longer exists/);
+    // A team created later under the same name does not take them over: they were revoked.
+    assert.equal((await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name: 'ops', models: ['*'] })).status, 201);
+    assertOpenAIError(await chat(gw, k.key, body()), { status: 401, code: 'invalid_api_key' });
+    const listed = ok(await admin(gw, adm.token, 'GET', '/admin/v1/keys?team=ops')).data.find((x) => x.id === k.id);
+    assert.equal(listed?.enabled, false, JSON.stringify(listed));
+    ok(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/ops'));
   });
 
   test('an expiry given in milliseconds is refused, not taken for a key that never expires', async () => {
