@@ -415,6 +415,9 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
   if (!ctx.route)
     co_return make_failure(errc::model_not_found,
                            "The model '" + ctx.model + "' does not exist or you do not have access to it.", "model");
+  // The grant before the content filters: a prompt for a model the caller may not use is neither
+  // scanned nor sent to a moderation endpoint (a paid call, outside the gateway).
+  if (auto r = policy::engine::check_model_grant(ctx); !r) co_return r;
   if (const auto* f = ctx.snap->filters.get())
     if (const auto* set = f->prompts_for(ctx.identity.team, ctx.route->name)) {
       auto* s = w.filter_scratch(*set);

@@ -91,6 +91,12 @@ bool engine::may_list(const request_context& ctx, std::string_view model) {
   return !ctx.grant || ctx.grant->may_use(model);
 }
 
+phase_result engine::check_model_grant(const request_context& ctx) {
+  if (may_list(ctx, ctx.model)) return flow::next;
+  return make_failure(errc::permission_denied, "This API key may not use the model '" + ctx.model + "'.", "model",
+                      error_source::policy);
+}
+
 std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion) {
   cached = std::min(cached, prompt);
   // USD per million tokens × tokens × 1e9 nano-USD / 1e6 = × 1000.
@@ -437,10 +443,7 @@ awaitable<phase_result> engine::authenticate_with_store(request_context& ctx) {
 
 awaitable<phase_result> engine::admit(request_context& ctx) {
   const auto& cfg = *ctx.snap->cfg;
-  const grant& g = *ctx.grant;
-  if (!g.may_use(ctx.model))
-    co_return make_failure(errc::permission_denied,
-                           "This API key may not use the model '" + ctx.model + "'.", "model", error_source::policy);
+  const grant& g = *ctx.grant;  // its model grant checked already (check_model_grant)
   auto r = std::make_shared<reservation>();
   r->price = cfg.find_price(ctx.model);
   if (g.anonymous) {

@@ -111,6 +111,10 @@ class engine {
 
   /// The models this caller may list (GET /v1/models).
   static bool may_list(const request_context& ctx, std::string_view model);
+  /// The caller's grant for ctx.model: 403 model_not_allowed when its team or key may not use it.
+  /// Checked right after the model is found, before the prompt is filtered or sent to a
+  /// moderation endpoint, and before admit().
+  static phase_result check_model_grant(const request_context& ctx);
 
   struct created_key {
     std::string full;  ///< tg_<id>_<secret>: shown once, never stored

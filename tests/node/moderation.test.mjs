@@ -13,7 +13,7 @@ import OpenAI from 'openai';
 
 import { startFakeOpenAI } from './lib/fake_openai.mjs';
 import { checkRefused, serverYaml, startGateway } from './lib/gateway.mjs';
-import { metricValue, scrape } from './lib/policy_helpers.mjs';
+import { chat, metricValue, scrape, staticKey } from './lib/policy_helpers.mjs';
 
 let fake;
 let closed; // prompts and answers moderated, fails closed, 300 ms timeout
@@ -51,6 +51,46 @@ after(async () => {
 
 const ask = (content, extra = {}) => ({ model: 'echo', messages: [{ role: 'user', content }], ...extra });
 const chatCalls = () => fake.requests.filter((r) => r.path === '/v1/chat/completions').length;
+
+describe('moderation endpoint and model grants', () => {
+  let gated;
+  const key = staticKey('echoonly1');
+  before(async () => {
+    gated = await startGateway(serverYaml({ openAuth: false }) + `auth:
+  required: true
+teams:
+  - {name: narrow, models: ["echo"]}
+keys:
+  - {id: ${key.id}, team: narrow, digest: "${key.digest}"}
+content_filters:
+  rules:
+    - {name: aws, detector: aws_access_key, action: block}
+  moderation: {provider: up, timeout_ms: 300}
+providers:
+  - {name: up, type: openai_compatible, base_url: "${fake.baseURL}", proxy: none}
+models:
+  - {name: echo, provider: up, upstream_model: echo}
+  - {name: echo-other, provider: up, upstream_model: echo}
+`);
+  });
+  after(async () => gated?.stopClean());
+
+  test('a model outside the grant is 403 model_not_allowed before any filter or moderation call sees the prompt', async () => {
+    const moderations = () => fake.requests.filter((r) => r.path === '/v1/moderations').length;
+    const before = moderations();
+    // A flagged prompt, and one a local rule blocks: the grant answers first either way.
+    for (const content of ['please FLAGME', 'AKIAIOSFODNN7EXAMPLE']) {
+      const r = await chat(gated, key.full, { model: 'echo-other', messages: [{ role: 'user', content }] });
+      assert.equal(r.status, 403, r.text);
+      assert.equal(r.json.error.code, 'model_not_allowed', r.text);
+    }
+    assert.equal(moderations(), before, 'the prompt was sent to the moderation endpoint');
+    // The granted model is moderated as before.
+    const ok = await chat(gated, key.full, { model: 'echo', messages: [{ role: 'user', content: 'hello' }] });
+    assert.equal(ok.status, 200, ok.text);
+    assert.ok(moderations() > before);
+  });
+});
 
 describe('moderation endpoint', () => {
   test('the fake speaks the moderation API: the official SDK reads its answer', async () => {

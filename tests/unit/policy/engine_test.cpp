@@ -174,10 +174,12 @@ class EngineTest : public ::testing::Test {
   }
   phase_result auth(request_context& c) { return run_sync(ioc, eng->authenticate(c)); }
   phase_result admit(request_context& c) { return run_sync(ioc, eng->admit(c)); }
-  /// Authenticates and admits; the error code value, or 0 when admitted.
+  /// Authenticates, checks the model grant and admits, as the pipeline does; the error code
+  /// value, or 0 when admitted.
   errc call(request_context& c) {
     auto a = auth(c);
     if (!a) return static_cast<errc>(a.error().code.value());
+    if (auto g = engine::check_model_grant(c); !g) return static_cast<errc>(g.error().code.value());
     auto r = admit(c);
     return r ? errc::ok : static_cast<errc>(r.error().code.value());
   }
