@@ -282,6 +282,10 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
   for (std::size_t i = 0; i < targets.size(); ++i) {
     ctx.target = &targets[i];
     ++ctx.attempts;
+    // Nothing of an earlier attempt decides this one's billing: a built-in fallback after a
+    // remote 503 is billed its own answer, not the 503's nothing.
+    ctx.upstream_answered = false;
+    ctx.upstream_status = 0;
     const bool more = i + 1 < targets.size();
     const provider_adapter& p = *ctx.target->provider;
     if (p.is_local()) {

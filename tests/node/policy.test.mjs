@@ -87,6 +87,7 @@ ${
     ? `  - {name: fake-nousage, provider: fake, upstream_model: no-usage-stream}
   - {name: fake-slowbody, provider: fake, upstream_model: slow-body}
   - {name: fake-cutbody, provider: fake, upstream_model: reset-mid-body, fallbacks: [{provider: fake, upstream_model: fixture-text}]}
+  - {name: fake-503-mock, provider: fake, upstream_model: error-503, fallbacks: [{provider: mock}]}
 `
     : ''
 }`;
@@ -365,6 +366,16 @@ keys:
       assert.equal(line.usage_source, 'counted');
       await sleep(200);
       assert.equal(fake.requestsFor('fixture-text').length, fallbacks, 'the fallback was not called');
+    });
+
+    test('a built-in fallback that answers after a remote provider\'s 503 is billed its usage', { timeout: 20000 }, async () => {
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const tried = fake.requestsFor('error-503').length;
+      const r = await chat(gw, keys.stream, body('fake-503-mock'));
+      assert.equal(r.status, 200, r.text);
+      assert.equal(fake.requestsFor('error-503').length, tried + 1, 'the remote provider was tried first');
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(r.json.usage.prompt_tokens, r.json.usage.completion_tokens));
     });
 
     test('a key sent only as a chunked body\'s trailer is not read (401); the same key in the head is', { timeout: 20000 }, async () => {
