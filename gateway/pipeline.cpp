@@ -286,6 +286,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     // remote 503 is billed its own answer, not the 503's nothing.
     ctx.upstream_answered = false;
     ctx.upstream_status = 0;
+    ctx.answer_paid = false;
     const bool more = i + 1 < targets.size();
     const provider_adapter& p = *ctx.target->provider;
     if (p.is_local()) {
@@ -344,7 +345,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     // is read to the end even if the caller leaves meanwhile (within the upstream's timeouts), so
     // that its usage is billed exactly.
     const bool answered = status / 100 == 2;
-    if (answered) ctx.cancel_upstream = nullptr;
+    ctx.answer_paid = answered;
     if (auto ec = co_await ex.read_all(body, max_upstream_body)) {
       // Its usage went with the body: billed at the reservation, the most it can have cost. And no
       // other target is tried after it: the call would be paid twice.

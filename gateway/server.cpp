@@ -367,9 +367,15 @@ awaitable<void> server::drain() {
   if (int n = live(); n > 0) {
     log_event("warn", "drain deadline passed; closing remaining connections", "\"connections\":" + std::to_string(n));
     for (auto& w : workers_) net::post(w->ioc(), [wp = w.get()] { wp->close_all(); });
-    // Give the sessions a moment to unwind (settle and log run) after their sockets close.
+    // Give the sessions a moment to unwind (settle and log run) after their sockets close...
     const auto grace = steady_clock::now() + milliseconds(500);
     while (live() > 0 && steady_clock::now() < grace) {
+      t.expires_after(milliseconds(10));
+      co_await t.async_wait();
+    }
+    // ...and the settlements they queued a moment to reach the store.
+    const auto sent = steady_clock::now() + milliseconds(500);
+    while (policy_->pending() > 0 && steady_clock::now() < sent) {
       t.expires_after(milliseconds(10));
       co_await t.async_wait();
     }

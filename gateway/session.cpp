@@ -369,6 +369,12 @@ class session {
   /// within 50 ms has nothing worth cancelling. A caller already gone when the watch is armed is
   /// seen at once (epoll reports the state on arming).
   awaitable<void> with_disconnect_watch(request_context& ctx, session_sink<Stream>& sink) {
+    // The request in progress, for the end of a shutdown's drain (worker::close_all).
+    slot_->active = &ctx;
+    struct inactive {  // also if the pipeline throws
+      session_slot* slot;
+      ~inactive() { slot->active = nullptr; }
+    } inactive_on_exit{slot_};
     if constexpr (std::is_same_v<Stream, stream_t>) {
       struct watch {
         stream_t& s;
@@ -386,7 +392,7 @@ class session {
             if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
               self.ctx.client_gone = true;  // orderly close or reset: nobody is waiting for this answer
               self.ctx.close_after = true;
-              if (self.ctx.cancel_upstream) self.ctx.cancel_upstream();
+              if (self.ctx.cancel_upstream && !self.ctx.answer_paid) self.ctx.cancel_upstream();
             }
             // Otherwise the caller pipelined its next request: leave it for read_head.
           });

@@ -40,6 +40,9 @@ struct session_slot {
   void (*arm)(void*) = nullptr;
   void* arm_ctx = nullptr;
   std::uint64_t arm_tick = 0;  ///< the sweep tick the request began in
+  /// The caller request in progress on this connection (null between requests): close_all() ends
+  /// its upstream wait, so that it settles and logs before the workers stop.
+  request_context* active = nullptr;
 };
 
 class worker {
@@ -121,9 +124,18 @@ class worker {
         s.lowest->socket().cancel(ec);
       }
   }
-  /// Closes every session's socket (drain deadline passed).
+  /// Closes every session's socket (drain deadline passed), and ends the upstream wait of each
+  /// request in progress: its caller gets no answer now, and the call settles (a paid whole answer
+  /// cut here at its reservation) and logs before the workers stop. Without this, a call waiting
+  /// for its provider (a head up to first_byte_ms, a paid body, a silent stream) would never
+  /// reach settle: no charge, no log line, its hold kept until the lease expired.
   void close_all() {
     for (auto& s : sessions_) {
+      if (request_context* ctx = s.active) {
+        ctx->client_gone = true;
+        ctx->close_after = true;
+        if (ctx->cancel_upstream) ctx->cancel_upstream();
+      }
       boost::system::error_code ec;
       s.lowest->socket().close(ec);
     }

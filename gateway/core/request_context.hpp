@@ -136,8 +136,13 @@ struct request_context {
   std::chrono::system_clock::time_point wall_start = std::chrono::system_clock::now();
 
   /// Set by whoever waits on an upstream (HTTP connection or mock timer): aborts that wait at once.
-  /// Called when the caller disconnects. Worker-thread only.
+  /// Called when the caller disconnects (unless answer_paid), and when a shutdown's drain deadline
+  /// passes (worker::close_all). Worker-thread only.
   std::function<void()> cancel_upstream;
+  /// A 2xx head came for a whole answer: the provider has generated it and charges for it, so its
+  /// body is read to the end even if the caller leaves (its usage is billed exactly). Only the end
+  /// of a shutdown's drain cuts it short (then it is billed at its reservation).
+  bool answer_paid = false;
 };
 
 }  // namespace tollgate

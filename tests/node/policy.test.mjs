@@ -1005,7 +1005,7 @@ describe('Redis answer lost', () => {
 });
 
 /** A one-worker gateway on `redis` (drain_ms 1000) with team `team`, a budget, and `key`; `storeExtra` adds store lines. */
-function startBudgetGateway(redis, adm, key, team, storeExtra = '') {
+function startBudgetGateway(redis, adm, key, team, storeExtra = '', fakeURL = undefined) {
   return startGateway(
     serverYaml({ workers: 1, openAuth: false, freePrices: false, timeouts: { drain_ms: 1000 } }) +
       `auth:
@@ -1016,7 +1016,7 @@ ${adm.yaml}${prices()}${storeYaml('redis', redis, storeExtra)}teams:
 keys:
   - {id: ${key.id}, team: ${team}, digest: "${key.digest}"}
 ` +
-      mockModels(),
+      mockModels(fakeURL),
   );
 }
 
@@ -1057,6 +1057,54 @@ describe('shutdown while Redis is unreachable', () => {
     } finally {
       redis.resume();
       await gw?.kill();
+      await redis.close();
+    }
+  });
+});
+
+describe('shutdown past the drain deadline', () => {
+  test('calls still waiting on their provider when the drain ends are settled and logged before the exit', { timeout: 30000 }, async () => {
+    // One call waits for its head (the mock answers after 30 s); one has its 200 head and waits
+    // for the rest of its body (10 s away). drain_ms is 1 s: both are still waiting when it ends.
+    const redis = await startRedis();
+    const fake = await startFakeOpenAI({ slowChunkMs: 1000 });
+    const adm = adminToken();
+    const kb = staticKey('cutoff1');
+    let gw;
+    let check;
+    try {
+      gw = await startBudgetGateway(redis, adm, kb, 'cutoff', '', fake.baseURL);
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      // (Their callers get no answer: the connections close at the drain's end.)
+      const waiting = settleAll([chat(gw, kb.full, body('mock-long'), { timeoutMs: 20000 })]);
+      const paid = settleAll([chat(gw, kb.full, body('fake-slowbody'), { timeoutMs: 20000 })]);
+      await eventually(async () => metricValue(await scrape(gw), 'tollgate_policy_decisions_total', { decision: 'admitted' }) >= 2,
+        { timeoutMs: 3000, intervalMs: 10, what: 'both calls admitted' });
+      await eventually(() => fake.requestsFor('slow-body').length === 1, { timeoutMs: 3000, intervalMs: 10, what: 'the slow body begun' });
+      await sleep(100);  // its head has reached the gateway
+      const t0 = Date.now();
+      const exit = await gw.stop();
+      assert.deepEqual(exit, { code: 0, signal: null }, gw.stderr());
+      assert.ok(Date.now() - t0 < 5000, `exit took ${Date.now() - t0} ms`);
+      for (const [r] of [await waiting, await paid]) assert.equal(r.status, 'network-error', JSON.stringify(r));
+      // Each logged once, as cut at the shutdown.
+      const lines = gw.accessLog();
+      for (const model of ['mock-long', 'fake-slowbody']) {
+        const mine = lines.filter((l) => l.model === model);
+        assert.equal(mine.length, 1, `${model}: ${JSON.stringify(lines)}`);
+      }
+      assert.ok(!gw.stderr().includes('settlement lost'), gw.stderr());
+      // Nothing is held any more; the paid answer is charged its reservation, the waiting call nothing.
+      check = await startBudgetGateway(redis, adm, kb, 'cutoff');
+      await waitStoreUp(check, adm.token, { rounds: 2 });
+      const b = await budget(check, adm.token, 'cutoff');
+      assert.equal(b.reserved_nano, 0, JSON.stringify(b));
+      assert.equal(b.spent_nano, CALL_NANO, JSON.stringify(b));
+      await check.stopClean();
+    } finally {
+      await gw?.kill();
+      await check?.kill();
+      await fake.close();
       await redis.close();
     }
   });
