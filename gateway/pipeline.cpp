@@ -287,6 +287,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     ctx.upstream_answered = false;
     ctx.upstream_status = 0;
     ctx.answer_paid = false;
+    ctx.upstream_retry_after_s = 0;
     const bool more = i + 1 < targets.size();
     const provider_adapter& p = *ctx.target->provider;
     if (p.is_local()) {
@@ -403,6 +404,11 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     if (!ct.empty() && ct != content_type) content_type = ct_kept.assign(ct);
     ex.release();
     const unsigned answer = ctx.answer_status ? ctx.answer_status : status;
+    // A provider's 429 passed on without a wait (Bedrock's ThrottlingException and Vertex's
+    // RESOURCE_EXHAUSTED carry no Retry-After): the provider's own hint, else 1 s.
+    if (answer == 429 &&
+        std::none_of(extra.begin(), extra.end(), [](const auto& h) { return iequals(h.first, "retry-after"); }))
+      extra.emplace_back("Retry-After", std::to_string(std::max<std::uint32_t>(1, ctx.upstream_retry_after_s)));
     co_await sink.send_full(answer, content_type, std::move(out), extra);
     co_return flow::responded;
   }

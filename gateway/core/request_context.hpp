@@ -143,6 +143,9 @@ struct request_context {
   /// body is read to the end even if the caller leaves (its usage is billed exactly). Only the end
   /// of a shutdown's drain cuts it short (then it is billed at its reservation).
   bool answer_paid = false;
+  /// A provider's own retry hint from its error body (Google's RetryInfo), in seconds: the
+  /// Retry-After of a 429 passed on without one.
+  std::uint32_t upstream_retry_after_s = 0;
 };
 
 }  // namespace tollgate

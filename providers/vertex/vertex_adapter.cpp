@@ -172,6 +172,7 @@ std::string vertex_adapter::decode_body(request_context& ctx, unsigned status, s
     // Google refusing the gateway's own token is the gateway's failure, not the caller's.
     if (e.status == 401) e.status = 502;
     ctx.answer_status = e.status;
+    if (const auto s = e.retry_after_seconds()) ctx.upstream_retry_after_s = std::uint32_t(std::min<std::uint64_t>(*s, 86'400));
     return json::serialize(vertex::to_openai_error_body(e));
   }
   boost::system::error_code ec;

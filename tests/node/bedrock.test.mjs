@@ -130,6 +130,8 @@ describe('bedrock', () => {
     await assert.rejects(client.chat.completions.create({ model: 'throttled', messages: msgs }), (e) => {
       assert.ok(e instanceof OpenAI.RateLimitError, e.constructor.name);
       assert.match(e.message, /Too many requests/);
+      // Bedrock sends no Retry-After with a ThrottlingException: the gateway's 429 has one.
+      assert.equal(e.headers.get('retry-after'), '1');
       return true;
     });
     await assert.rejects(client.chat.completions.create({ model: 'invalid', messages: msgs }), (e) => {

@@ -94,6 +94,8 @@ describe('vertex', () => {
     await assert.rejects(client.chat.completions.create({ model: 'gemini-quota', messages: msgs }), (e) => {
       assert.ok(e instanceof OpenAI.RateLimitError, e.constructor.name);
       assert.match(e.message, /exceeded your current quota/);
+      // Google's RetryInfo (retryDelay "34.4s" in the recorded answer), rounded up.
+      assert.equal(e.headers.get('retry-after'), '35');
       return true;
     });
   });
