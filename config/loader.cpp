@@ -9,6 +9,7 @@
 #include <charconv>
 #include <ctime>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -666,6 +667,22 @@ std::string validate(const gateway_config& cfg) {
     const std::string at = " (line " + std::to_string(t.line) + ")";
     if (t.name.empty()) return "teams[" + std::to_string(i) + "].name: must not be empty" + at;
     if (!teams.insert(t.name).second) return "teams[" + std::to_string(i) + "].name: duplicate team '" + t.name + "'" + at;
+  }
+  // A certificate identity names one team: listed under two, the first in file order would win,
+  // and reordering the file would move its callers silently. And identities need certificates.
+  std::map<std::string, std::string> identity_team;
+  for (std::size_t i = 0; i < cfg.teams.size(); ++i) {
+    const auto& t = cfg.teams[i];
+    const std::string at = " (line " + std::to_string(t.line) + ")";
+    if (!t.identities.empty() && cfg.server.tls.client_ca_file.empty())
+      return "teams[" + std::to_string(i) + "].identities: no caller presents a certificate without " +
+             "server.tls.client_ca_file (mTLS); set it, or remove the identities" + at;
+    for (const auto& id : t.identities) {
+      auto [it, fresh] = identity_team.emplace(id, t.name);
+      if (!fresh)
+        return "teams[" + std::to_string(i) + "].identities: '" + id + "' is already the identity of team '" +
+               it->second + "'" + at;
+    }
   }
   std::set<std::string> keys;
   for (std::size_t i = 0; i < cfg.keys.size(); ++i) {

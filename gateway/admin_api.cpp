@@ -252,7 +252,7 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
   mask_key_in_path(ctx.path);  // before anything can log it
   ctx.action = admin_action(ctx);
   if (cfg.auth.admin_tokens.empty()) {
-    co_await answer_error(ctx, sink, errc::permission_denied,
+    co_await answer_error(ctx, sink, errc::admin_api_disabled,
                           "The admin API is disabled: no auth.admin_tokens in the configuration.");
     co_return;
   }

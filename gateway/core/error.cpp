@@ -52,6 +52,7 @@ error_mapping map_error(errc e) noexcept {
     case errc::conflict: return {409, "invalid_request_error", "conflict"};
     case errc::content_filtered: return {400, "invalid_request_error", "content_filtered"};
     case errc::moderation_unavailable: return {503, "server_error", "moderation_unavailable"};
+    case errc::admin_api_disabled: return {403, "permission_denied", "admin_api_disabled"};
   }
   return {500, "server_error", "internal_error"};
 }

@@ -43,6 +43,7 @@ enum class errc {
   conflict,                  ///< 409: admin API: exists already, or declared in the config file
   content_filtered,          ///< 400: a content-filter rule blocked the prompt
   moderation_unavailable,    ///< 503: the moderation endpoint failed and moderation fails closed
+  admin_api_disabled,        ///< 403: admin API: no auth.admin_tokens configured
 };
 
 const boost::system::error_category& tollgate_category() noexcept;

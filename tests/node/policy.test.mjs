@@ -732,6 +732,7 @@ describe('admin API without admin tokens', () => {
         });
         assert.equal(r.status, 403, r.text);
         assert.equal(r.json?.error?.type, 'permission_denied', r.text);
+        assert.equal(r.json?.error?.code, 'admin_api_disabled', r.text);
       }
       await gw.stopClean();
     } finally {

@@ -167,8 +167,32 @@ TEST(ConfigLoaderTest, EveryRoutedModelNeedsAPriceAndGlobsMayProvideIt) {
       << half.error;
 }
 
+TEST(ConfigLoaderTest, AnIdentityNamesOneTeamAndNeedsClientCertificates) {
+  const std::string mtls = "server:\n  tls: {cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem}\n";
+  auto twice = load(std::string(minimal) + mtls + R"(teams:
+  - {name: a, identities: ["spiffe://corp/ns/x/sa/api"]}
+  - {name: b, identities: ["dns.example", "spiffe://corp/ns/x/sa/api"]}
+)");
+  EXPECT_NE(twice.error.find("teams[1].identities: 'spiffe://corp/ns/x/sa/api' is already the identity of team 'a'"),
+            std::string::npos)
+      << twice.error;
+  auto no_ca = load(std::string(minimal) + R"(teams:
+  - {name: a, identities: ["spiffe://corp/ns/x/sa/api"]}
+)");
+  EXPECT_NE(no_ca.error.find("teams[0].identities: no caller presents a certificate without server.tls.client_ca_file"),
+            std::string::npos)
+      << no_ca.error;
+  auto fine = load(std::string(minimal) + mtls + R"(teams:
+  - {name: a, identities: ["spiffe://corp/ns/x/sa/api"]}
+  - {name: b, identities: ["dns.example"]}
+)");
+  EXPECT_TRUE(fine.error.empty()) << fine.error;
+}
+
 TEST(ConfigLoaderTest, TeamsKeysBudgetsAndStoreParse) {
-  auto r = load(std::string(minimal) + R"(teams:
+  auto r = load(std::string(minimal) + R"(server:
+  tls: {cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem}
+teams:
   - name: search
     models: ["gpt-*", m]
     limits: {rpm: 60, tpm: 1000, concurrency: 3}

@@ -118,6 +118,8 @@ teams:
     budget: {usd: 0.030, period: total, soft: 0.5}
   - name: spiffe
     identities: ["spiffe://corp/ns/x/sa/api"]
+server:
+  tls: {cert_file: unused.pem, key_file: unused.key, client_ca_file: unused-ca.pem}
 keys:
   - {id: abc123, team: search, digest: ")" +
          digest_secret(secret, "") + R"("}
