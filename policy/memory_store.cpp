@@ -23,24 +23,31 @@ std::pair<std::size_t, std::int64_t> memory_store::leases::sweep(std::int64_t no
   std::size_t gone = 0;
   std::int64_t freed = 0;
   while (!by_expiry.empty() && by_expiry.begin()->first <= now) {
-    if (auto it = amount.find(by_expiry.begin()->second); it != amount.end()) {
-      freed += it->second;
-      amount.erase(it);
-      ++gone;
+    if (auto it = holds.find(by_expiry.begin()->second); it != holds.end()) {
+      freed += it->second.amount;
+      if (it->second.counted) {
+        ++gone;
+        --counted;
+      }
+      holds.erase(it);
     }
     by_expiry.erase(by_expiry.begin());
   }
   return {gone, freed};
 }
 
-void memory_store::leases::add(const std::string& lease, std::int64_t expiry, std::int64_t amt) {
+void memory_store::leases::add(const std::string& lease, std::int64_t expiry, hold h) {
   remove(lease);
   by_expiry.emplace(expiry, lease);
-  amount[lease] = amt;
+  holds[lease] = h;
+  if (h.counted) ++counted;
 }
 
 bool memory_store::leases::remove(const std::string& lease) {
-  if (!amount.erase(lease)) return false;
+  auto it = holds.find(lease);
+  if (it == holds.end()) return false;
+  if (it->second.counted) --counted;
+  holds.erase(it);
   for (auto e = by_expiry.begin(); e != by_expiry.end(); ++e)
     if (e->second == lease) {
       by_expiry.erase(e);
@@ -138,7 +145,7 @@ admit_result memory_store::admit_now(const admission& a) {
       }
     }
     if (l.concurrency || budget) {
-      std::size_t held = l.concurrency ? st.held.amount.size() : 0;
+      std::size_t held = l.concurrency ? st.held.counted : 0;
       // Dead leases are swept only when they could matter: when this call would not fit.
       if ((l.concurrency && held >= l.concurrency) || (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano)) {
         auto [gone, freed] = st.held.sweep(now);
@@ -172,7 +179,8 @@ admit_result memory_store::admit_now(const admission& a) {
         st.soft_sent = false;
       }
     }
-    if (l.concurrency || sc.budget.set()) st.held.add(a.lease, now + a.lease_ms, sc.budget.set() ? a.cost_nano : 0);
+    if (l.concurrency || sc.budget.set())
+      st.held.add(a.lease, now + a.lease_ms, {sc.budget.set() ? a.cost_nano : 0, l.concurrency != 0});
   }
   // In flight until settled (the idempotency anchor); a dead gateway's calls are forgotten after a day.
   forget_old(inflight_, now);
@@ -248,7 +256,7 @@ void memory_store::renew_now(const admission& a, std::int64_t expiry_ms) {
     auto it = scopes_.find(sc.id + "@" + sc.team);
     if (it == scopes_.end()) continue;
     auto& held = it->second.held;
-    if (auto amt = held.amount.find(a.lease); amt != held.amount.end()) held.add(a.lease, expiry_ms, amt->second);
+    if (auto h = held.holds.find(a.lease); h != held.holds.end()) held.add(a.lease, expiry_ms, h->second);
   }
 }
 

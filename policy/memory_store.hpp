@@ -65,13 +65,20 @@ class memory_store final : public store {
     std::int64_t lo = 0;  ///< oldest bucket that may hold counts
     bool used = false;
   };
-  /// Leases scored by expiry with their amounts (admit.lua's <p>:l): concurrency counts them,
-  /// budgets sum them.
+  /// Leases scored by expiry with their amounts (admit.lua's <p>:l): budgets sum them;
+  /// concurrency counts those admitted under a concurrency limit (as admit.lua's `c`), so that a
+  /// limit added by a reload does not count calls admitted without one, which never release it.
   struct leases {
+    struct hold {
+      std::int64_t amount = 0;
+      bool counted = false;  ///< admitted under a concurrency limit
+    };
     std::multimap<std::int64_t, std::string> by_expiry;
-    std::unordered_map<std::string, std::int64_t> amount;
-    std::pair<std::size_t, std::int64_t> sweep(std::int64_t now);  ///< {how many, amount freed}
-    void add(const std::string& lease, std::int64_t expiry, std::int64_t amt);
+    std::unordered_map<std::string, hold> holds;
+    std::size_t counted = 0;  ///< holds with `counted`
+    /// Drops the holds expired at `now`: {how many of them counted, amount freed}.
+    std::pair<std::size_t, std::int64_t> sweep(std::int64_t now);
+    void add(const std::string& lease, std::int64_t expiry, hold h);
     bool remove(const std::string& lease);
   };
   struct scope_state {

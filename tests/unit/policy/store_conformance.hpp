@@ -187,6 +187,25 @@ TYPED_TEST_P(StoreConformance, ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefu
   EXPECT_EQ(refused.retry_after_ms, 0);
 }
 
+TYPED_TEST_P(StoreConformance, AConcurrencyLimitAddedLaterCountsOnlyCallsAdmittedUnderIt) {
+  // A scope with only a budget holds a lease per call in flight; a reload then adds concurrency 1.
+  // The call admitted before holds no slot (it never releases one): the first call under the
+  // limit is admitted, the second refused until that one settles.
+  auto before = scope("t", {}, budget_of(1'000));
+  auto after = scope("t", {0, 0, 1}, budget_of(1'000));
+  const auto a = this->adm({before}, 1, 10);
+  const auto ra = this->admit(a);
+  ASSERT_EQ(ra.v, verdict::admitted);
+  const auto b = this->adm({after}, 1, 10);
+  const auto rb = this->admit(b);
+  EXPECT_EQ(rb.v, verdict::admitted) << "the call from before the limit took its slot";
+  EXPECT_EQ(this->admit(this->adm({after}, 1, 10)).v, verdict::concurrency);
+  ASSERT_TRUE(this->settle(a, ra, 1, 10).applied);
+  EXPECT_EQ(this->admit(this->adm({after}, 1, 10)).v, verdict::concurrency) << "b still holds the slot";
+  ASSERT_TRUE(this->settle(b, rb, 1, 10).applied);
+  EXPECT_EQ(this->admit(this->adm({after}, 1, 10)).v, verdict::admitted);
+}
+
 TYPED_TEST_P(StoreConformance, ASoftThresholdThatRoundsToNothingNeverFires) {
   // A $0 budget (free models only) with soft 0.8: 0 × 0.8 is no threshold, not one crossed at 0.
   auto s = scope("t", {}, budget_of(0, 0.8));
@@ -715,7 +734,9 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt,
                             ARefusedCallIsToldToWaitForEveryRateLimitThatRefusesIt,
                             ARefusedCallIsToldToWaitForTheScopeThatRefusesLongest,
-                            ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefuses, ASoftThresholdThatRoundsToNothingNeverFires,
+                            ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefuses,
+                            AConcurrencyLimitAddedLaterCountsOnlyCallsAdmittedUnderIt,
+                            ASoftThresholdThatRoundsToNothingNeverFires,
                             TokensPerMinuteReservesThenCorrectsToUsage,
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,
