@@ -280,6 +280,8 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
   const auto& targets = ctx.route->targets;
   std::optional<failure> last;
   for (std::size_t i = 0; i < targets.size(); ++i) {
+    // Not started for a caller gone meanwhile (during its admission, or an earlier attempt).
+    if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
     ctx.target = &targets[i];
     ++ctx.attempts;
     // Nothing of an earlier attempt decides this one's billing: a built-in fallback after a
@@ -456,6 +458,9 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
       }
     }
   }
+  // A caller gone meanwhile (it left during the moderation call, or the drain's end cut it:
+  // worker::close_all) is not admitted: nothing would read the answer.
+  if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
   if (auto r = co_await w.policy().admit(ctx); !r || *r == flow::responded) co_return r;
   if (w.draining()) ctx.close_after = true;
   co_return co_await proxy(w, ctx, sink);

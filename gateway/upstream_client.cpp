@@ -152,6 +152,8 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
   auto [rec, endpoints] = co_await resolver.async_resolve(host, port);
   guard.cancel();
   if (rec) co_return upstream_failure(resolve_timed_out, "Could not resolve upstream host '" + host + "': " + rec.message());
+  // A cancel_upstream while resolving closed a socket not opened yet: the connect would open it.
+  if (ctx_.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
 
   tcp->expires_after(deadline);
   auto [cec, ep] = co_await tcp->async_connect(endpoints);

@@ -2,8 +2,9 @@
 #pragma once
 /// The policy phases of the pipeline. Each is called exactly once per request, in this order:
 ///  - authenticate(): after the request is read; sets ctx.identity and ctx.grant. May refuse (401).
-///  - admit(): after routing; checks the model grant (403), then reserves rate-limit and budget
-///    capacity in every scope in one store round trip. May refuse (429) or fail closed (503).
+///  - check_model_grant(): right after routing, before the prompt filters (403).
+///  - admit(): after the prompt filters; reserves rate-limit and budget capacity in every scope
+///    in one store round trip. May refuse (429) or fail closed (503).
 ///  - settle(): after the response (success or failure); fills usage, then charges the actual
 ///    cost and releases the reservations in the background, off the response path. Never fails
 ///    the request; retries an unreachable store (settlement is idempotent) and counts losses.

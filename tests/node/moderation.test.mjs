@@ -75,6 +75,36 @@ models:
   });
   after(async () => gated?.stopClean());
 
+  test('a caller that leaves while its prompt is moderated is not admitted, and nothing is sent upstream', { timeout: 15000 }, async () => {
+    // fail_open and a moderation call that never answers (MODSLOW): after its 300 ms timeout the
+    // call would go on, but its caller left at 150 ms.
+    const lenient = await startGateway(gatewayYaml('{provider: up, timeout_ms: 300, on_error: fail_open}'));
+    try {
+      // One call first: the next finds a pooled upstream connection, nothing to connect.
+      const first = await fetch(`${lenient.baseURL}/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(ask('hello')),
+      });
+      assert.equal(first.status, 200, await first.text());
+      const calls = chatCalls();
+      const ctl = new AbortController();
+      const pending = fetch(`${lenient.baseURL}/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(ask('please MODSLOW')),
+        signal: ctl.signal,
+      }).catch((e) => e);
+      setTimeout(() => ctl.abort(), 150);
+      assert.equal((await pending).name, 'AbortError');
+      const line = await lenient.waitForLog((l) => l.model === 'echo' && l.status !== 200);
+      assert.equal(line.details, 'client_disconnected', JSON.stringify(line));
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(chatCalls(), calls, 'the prompt went upstream for a caller that had left');
+      await lenient.stopClean();
+    } finally {
+      await lenient.kill();
+    }
+  });
+
   test('a model outside the grant is 403 model_not_allowed before any filter or moderation call sees the prompt', async () => {
     const moderations = () => fake.requests.filter((r) => r.path === '/v1/moderations').length;
     const before = moderations();
