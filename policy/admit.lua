@@ -551,7 +551,9 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
         end
         if conc > 0 and s.c >= conc and 1000 > best then why, idx, best = 3, i, 1000 end
       end
-      if best > 0 then retry = best else why, idx, retry = first_why, first_idx, 0 end
+      -- (No rate or concurrency limit refuses: the first failure was a budget held by calls in
+      -- flight. Their settlements may free it: a wait of 1 s, as for concurrency.)
+      if best > 0 then retry = best else why, idx, retry = first_why, first_idx, 1000 end
     end
   end
   -- The x-ratelimit-* figures: the fewest requests (tokens) left in any of the call's scopes,

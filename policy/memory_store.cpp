@@ -152,8 +152,12 @@ admit_result memory_store::admit_now(const admission& a) {
         held -= std::min(held, gone);
         st.reserved -= freed;
         if (l.concurrency && held >= l.concurrency) consider(verdict::concurrency, i, 1000, 1);
-        if (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano)
-          consider(verdict::budget, i, 0, spent + a.cost_nano > sc.budget.limit_nano ? 2 : 0);
+        if (budget && spent + st.reserved + a.cost_nano > sc.budget.limit_nano) {
+          // Spent out: no wait helps. Held by calls in flight: their settlements may free it (1 s,
+          // as for concurrency; admit.lua gives the same).
+          const bool spent_out = spent + a.cost_nano > sc.budget.limit_nano;
+          consider(verdict::budget, i, spent_out ? 0 : 1000, spent_out ? 2 : 0);
+        }
       }
     }
   }

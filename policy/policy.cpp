@@ -571,6 +571,15 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
+  // A call that reserves more tokens than a scope's tpm never fits, whatever else refused it
+  // (a rate limit's wait may be as long): answered as that, with no retry, not with a wait.
+  if (res.v == verdict::rpm || res.v == verdict::concurrency || res.v == verdict::tpm)
+    for (std::size_t i = 0; i < r->adm.scopes.size(); ++i)
+      if (const auto tpm = r->adm.scopes[i].limits.tpm; tpm && a.tokens > tpm) {
+        res.v = verdict::tpm;
+        res.scope = i;
+        break;
+      }
   const scope_spec& s = r->adm.scopes[res.scope];
   const bool is_key = s.id != "t";
   const std::string who = is_key ? "key " + g.key_id : "team " + g.team;
@@ -589,6 +598,14 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
                                                 std::to_string(s.limits.concurrency) + ".",
                         res.retry_after_ms);
     case verdict::budget:
+      // The store gives a wait only when calls in flight hold what this call needs (their
+      // settlements, usually below their worst case, may free it): a retry may then succeed, and
+      // the SDKs retry a 429 at Retry-After. A budget its spend alone exhausts gives none.
+      if (res.retry_after_ms > 0)
+        co_return refusal(errc::budget_exceeded,
+                          "The USD budget of " + who + " for this period is committed to calls in flight (at their "
+                          "worst-case cost); retry when they finish.",
+                          res.retry_after_ms);
       co_return refusal(errc::budget_exceeded,
                         "The USD budget of " + who + " for this period is exhausted (or this call's worst-case cost "
                         "would exceed it).",

@@ -118,6 +118,8 @@ teams:
     budget: {usd: 0.030, period: total, soft: 0.5}
   - name: spiffe
     identities: ["spiffe://corp/ns/x/sa/api"]
+  - name: tight
+    limits: {rpm: 1, tpm: 20}
 server:
   tls: {cert_file: unused.pem, key_file: unused.key, client_ca_file: unused-ca.pem}
 keys:
@@ -128,6 +130,8 @@ keys:
   - {id: off1, team: search, enabled: false, digest: ")" +
          digest_secret(secret, "") + R"("}
   - {id: rich1, team: rich, digest: ")" +
+         digest_secret(secret, "") + R"("}
+  - {id: tight1, team: tight, digest: ")" +
          digest_secret(secret, "") + R"("}
 )" + extra;
 }
@@ -551,6 +555,24 @@ TEST_F(EngineTest, RateLimitRefusalCarriesRetryAfter) {
   EXPECT_TRUE(retry_after);
 }
 
+TEST_F(EngineTest, ACallLargerThanATokenLimitIsToldNoWaitHelpsEvenWhenARateLimitAlsoRefuses) {
+  make();
+  // tight: rpm 1, tpm 20. One small call fills the rpm; a call reserving 105 tokens is over both,
+  // with waits about as long, but no wait ever lets 105 tokens into 20.
+  auto small = ctx("tg_tight1_" + secret);
+  ASSERT_EQ(call(small), errc::ok);
+  auto big = ctx("tg_tight1_" + secret);
+  big.max_output_tokens = 100;
+  ASSERT_TRUE(auth(big));
+  auto r = admit(big);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, errc::rate_limited);
+  EXPECT_NE(r.error().message.find("tokens per minute"), std::string::npos) << r.error().message;
+  bool no_retry = false;
+  for (auto& [k, v] : r.error().headers) no_retry = no_retry || (k == "x-should-retry" && v == "false");
+  EXPECT_TRUE(no_retry);
+}
+
 TEST_F(EngineTest, BudgetChargesActualCostAndRefusesWhenSpentWithNoRetry) {
   make();
   // rich: $0.030 = 30e6 nano. Prices $1000/M in, $2000/M out are 1e6 and 2e6 nano a token, so
@@ -562,15 +584,28 @@ TEST_F(EngineTest, BudgetChargesActualCostAndRefusesWhenSpentWithNoRetry) {
   auto r = admit(c3);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, errc::budget_exceeded);
-  bool no_retry = false;
-  for (auto& [k, v] : r.error().headers) no_retry = no_retry || (k == "x-should-retry" && v == "false");
-  EXPECT_TRUE(no_retry);
+  // Refused while c1 and c2 hold the budget: their settlements may free some, so a wait is given.
+  auto header = [](const failure& f, std::string_view name) {
+    for (auto& [k, v] : f.headers)
+      if (k == name) return v;
+    return std::string();
+  };
+  EXPECT_EQ(header(r.error(), "Retry-After"), "1");
+  EXPECT_EQ(header(r.error(), "x-should-retry"), "");
   // c1 used less than reserved: 2 prompt + 1 completion = 4e6 nano. The soft threshold (50%) is crossed by c2.
   finish(c1, 2, 1);
   finish(c2, 5, 5);
   auto b = run_sync(ioc, eng->budget(0, scope_spec{"t", "rich", {}, snap->cfg->find_team("rich")->budget}));
   EXPECT_EQ(b.spent, 4'000'000 + 15'000'000);
   EXPECT_EQ(b.reserved, 0);
+  // Now spent: 19e6 of 30e6, and a call's worst case is 15e6. No wait helps.
+  auto c4 = ctx("tg_rich1_" + secret);
+  ASSERT_TRUE(auth(c4));
+  auto spent = admit(c4);
+  ASSERT_FALSE(spent);
+  EXPECT_EQ(spent.error().code, errc::budget_exceeded);
+  EXPECT_EQ(header(spent.error(), "x-should-retry"), "false");
+  EXPECT_EQ(header(spent.error(), "Retry-After"), "");
   std::size_t soft = 0;
   for (auto& l : logs) soft += l.find("budget soft threshold crossed") != std::string::npos;
   EXPECT_EQ(soft, 1u);

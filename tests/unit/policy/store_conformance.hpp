@@ -189,6 +189,22 @@ TYPED_TEST_P(StoreConformance, ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefu
   EXPECT_EQ(refused.retry_after_ms, 0);
 }
 
+TYPED_TEST_P(StoreConformance, ABudgetHeldByCallsInFlightIsAnsweredWithAWaitASpentOneWithout) {
+  // A call in flight reserves the whole budget: the next is refused, with a wait (its settlement
+  // may free some). Once settled at its worst case, the budget is spent: no wait helps.
+  auto s = scope("t", {}, budget_of(100));
+  const auto a = this->adm({s}, 1, 100);
+  const auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  const auto held = this->admit(this->adm({s}, 1, 1));
+  EXPECT_EQ(held.v, verdict::budget);
+  EXPECT_EQ(held.retry_after_ms, 1000);
+  ASSERT_TRUE(this->settle(a, r, 1, 100).applied);
+  const auto spent = this->admit(this->adm({s}, 1, 1));
+  EXPECT_EQ(spent.v, verdict::budget);
+  EXPECT_EQ(spent.retry_after_ms, 0);
+}
+
 TYPED_TEST_P(StoreConformance, AConcurrencyLimitAddedLaterCountsOnlyCallsAdmittedUnderIt) {
   // A scope with only a budget holds a lease per call in flight; a reload then adds concurrency 1.
   // The call admitted before holds no slot (it never releases one): the first call under the
@@ -738,6 +754,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             ARefusedCallIsToldToWaitForTheScopeThatRefusesLongest,
                             ASpentBudgetIsTheAnswerEvenWhenARateLimitAlsoRefuses,
                             AConcurrencyLimitAddedLaterCountsOnlyCallsAdmittedUnderIt,
+                            ABudgetHeldByCallsInFlightIsAnsweredWithAWaitASpentOneWithout,
                             ASoftThresholdThatRoundsToNothingNeverFires,
                             TokensPerMinuteReservesThenCorrectsToUsage,
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
