@@ -151,9 +151,11 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
   const std::string& port = proxy.host.empty() ? req.port : proxy.port;
   auto [rec, endpoints] = co_await resolver.async_resolve(host, port);
   guard.cancel();
-  if (rec) co_return upstream_failure(resolve_timed_out, "Could not resolve upstream host '" + host + "': " + rec.message());
-  // A cancel_upstream while resolving closed a socket not opened yet: the connect would open it.
+  // A caller gone while the name resolved (cancel_upstream closed a socket not opened yet, which
+  // the connect would open): nothing is sent. (A getaddrinfo already running is not interrupted
+  // by a cancel, Asio's or the guard's: its own timeouts bound it.)
   if (ctx_.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+  if (rec) co_return upstream_failure(resolve_timed_out, "Could not resolve upstream host '" + host + "': " + rec.message());
 
   tcp->expires_after(deadline);
   auto [cec, ep] = co_await tcp->async_connect(endpoints);

@@ -561,6 +561,15 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
       if (tell) log_("info", "policy store reachable again: full enforcement", "\"store\":" + quote(store_->kind()));
     }
   }
+  // A call that reserves more tokens than a scope's tpm never fits, whatever else refused it
+  // (a rate limit's wait may be as long): answered as that, with no retry, not with a wait.
+  if (res.v == verdict::rpm || res.v == verdict::concurrency || res.v == verdict::tpm)
+    for (std::size_t i = 0; i < r->adm.scopes.size(); ++i)
+      if (const auto tpm = r->adm.scopes[i].limits.tpm; tpm && a.tokens > tpm) {
+        res.v = verdict::tpm;
+        res.scope = i;
+        break;
+      }
   (res.v == verdict::admitted ? admitted_ : decisions_.counter({verdict_name(res.v)})).inc();
   rate_headers(ctx, res, r->adm);
   if (res.v == verdict::admitted) {
@@ -571,15 +580,6 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     ctx.reservation = std::move(r);
     co_return flow::next;
   }
-  // A call that reserves more tokens than a scope's tpm never fits, whatever else refused it
-  // (a rate limit's wait may be as long): answered as that, with no retry, not with a wait.
-  if (res.v == verdict::rpm || res.v == verdict::concurrency || res.v == verdict::tpm)
-    for (std::size_t i = 0; i < r->adm.scopes.size(); ++i)
-      if (const auto tpm = r->adm.scopes[i].limits.tpm; tpm && a.tokens > tpm) {
-        res.v = verdict::tpm;
-        res.scope = i;
-        break;
-      }
   const scope_spec& s = r->adm.scopes[res.scope];
   const bool is_key = s.id != "t";
   const std::string who = is_key ? "key " + g.key_id : "team " + g.team;
@@ -592,7 +592,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
       co_return refusal(errc::rate_limited,
                         "Rate limit reached for tokens per minute on " + who + ": limit " + std::to_string(s.limits.tpm) +
                             ", this call reserves " + std::to_string(a.tokens) + " (prompt estimate plus max_tokens).",
-                        res.retry_after_ms, a.tokens > s.limits.tpm);
+                        a.tokens > s.limits.tpm ? 0 : res.retry_after_ms, a.tokens > s.limits.tpm);
     case verdict::concurrency:
       co_return refusal(errc::rate_limited, "Too many requests in flight on " + who + ": limit " +
                                                 std::to_string(s.limits.concurrency) + ".",

@@ -53,7 +53,7 @@ enum class verdict { admitted, rpm, tpm, concurrency, budget, unavailable };
 struct admit_result {
   verdict v = verdict::unavailable;
   std::size_t scope = 0;              ///< which scope refused
-  std::int64_t retry_after_ms = 0;    ///< for rpm/tpm/concurrency
+  std::int64_t retry_after_ms = 0;    ///< for rpm/tpm/concurrency, and a budget held by calls in flight (1000)
   std::vector<std::string> periods;   ///< budget period id per scope ("" : no budget), for settle
   std::int64_t admitted_at_ms = 0;    ///< store clock at admission (which rate bucket to correct)
   /// For the x-ratelimit-* headers (admitted and refused calls): the scope with the fewest

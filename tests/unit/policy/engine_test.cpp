@@ -568,9 +568,17 @@ TEST_F(EngineTest, ACallLargerThanATokenLimitIsToldNoWaitHelpsEvenWhenARateLimit
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, errc::rate_limited);
   EXPECT_NE(r.error().message.find("tokens per minute"), std::string::npos) << r.error().message;
-  bool no_retry = false;
-  for (auto& [k, v] : r.error().headers) no_retry = no_retry || (k == "x-should-retry" && v == "false");
+  bool no_retry = false, retry_after = false;
+  for (auto& [k, v] : r.error().headers) {
+    no_retry = no_retry || (k == "x-should-retry" && v == "false");
+    retry_after = retry_after || k == "Retry-After";
+  }
   EXPECT_TRUE(no_retry);
+  EXPECT_FALSE(retry_after) << "no wait helps: none is given";
+  // Counted as what it was answered.
+  const std::string m = reg.expose();
+  EXPECT_NE(m.find("tollgate_policy_decisions_total{decision=\"tpm\"} 1"), std::string::npos) << m;
+  EXPECT_EQ(m.find("tollgate_policy_decisions_total{decision=\"rpm\"} 1"), std::string::npos) << m;
 }
 
 TEST_F(EngineTest, BudgetChargesActualCostAndRefusesWhenSpentWithNoRetry) {
