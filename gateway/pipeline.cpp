@@ -170,7 +170,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   extra.emplace_back("Cache-Control", "no-cache");
   stream_gauge gauge;
   if (!co_await sink.start_stream(ex.status(), "text/event-stream", extra))
-    co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    co_return caller_gone();
   std::string in, out;
   for (;;) {
     auto ec = co_await ex.read_some(in);
@@ -183,7 +183,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
         translator->feed(in, out);
         if (ctx.captured_response.size() > captured) ctx.captured_response.resize(captured);
       }
-      co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+      co_return caller_gone();
     }
     if (ec) {
       const bool timeout = ec == errc::upstream_timeout;
@@ -198,7 +198,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
     if (moderation) co_await moderation->before_send(out, ec || in.empty());
     if (!out.empty()) {
       if (!co_await sink.send_chunk(out))
-        co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+        co_return caller_gone();
       out.clear();
     }
     if (rewriter && rewriter->blocked()) break;
@@ -281,7 +281,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
   std::optional<failure> last;
   for (std::size_t i = 0; i < targets.size(); ++i) {
     // Not started for a caller gone meanwhile (during its admission, or an earlier attempt).
-    if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    if (ctx.client_gone) co_return caller_gone();
     ctx.target = &targets[i];
     ++ctx.attempts;
     // Nothing of an earlier attempt decides this one's billing: a built-in fallback after a
@@ -353,7 +353,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       // Its usage went with the body: billed at the reservation, the most it can have cost. And no
       // other target is tried after it: the call would be paid twice.
       if (answered) ctx.answer_unread = true;
-      if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+      if (ctx.client_gone) co_return caller_gone();
       count_upstream_error(ctx, ec == errc::upstream_timeout ? "timeout" : "body");
       auto f = make_failure(ec == errc::upstream_timeout ? errc::upstream_timeout : errc::upstream_error,
                             "The upstream response could not be read.", "", error_source::upstream);
@@ -371,7 +371,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
         ctx.captured_response.clear();
       }
       ex.release();
-      co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+      co_return caller_gone();
     }
     if (status / 100 != 2) {
       count_upstream_error(ctx, "status_" + std::to_string(status));
@@ -460,7 +460,7 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
   }
   // A caller gone meanwhile (it left during the moderation call, or the drain's end cut it:
   // worker::close_all) is not admitted: nothing would read the answer.
-  if (ctx.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+  if (ctx.client_gone) co_return caller_gone();
   if (auto r = co_await w.policy().admit(ctx); !r || *r == flow::responded) co_return r;
   if (w.draining()) ctx.close_after = true;
   co_return co_await proxy(w, ctx, sink);

@@ -154,7 +154,7 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
   // A caller gone while the name resolved (cancel_upstream closed a socket not opened yet, which
   // the connect would open): nothing is sent. (A getaddrinfo already running is not interrupted
   // by a cancel, Asio's or the guard's: its own timeouts bound it.)
-  if (ctx_.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+  if (ctx_.client_gone) co_return caller_gone();
   if (rec) co_return upstream_failure(resolve_timed_out, "Could not resolve upstream host '" + host + "': " + rec.message());
 
   tcp->expires_after(deadline);
@@ -235,7 +235,7 @@ awaitable<std::optional<failure>> upstream_exchange::start(const upstream_reques
       if (auto f = co_await connect(req)) co_return f;
     error_code ec = co_await send_and_read_head(req);
     if (!ec) co_return std::nullopt;
-    if (ctx_.client_gone) co_return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+    if (ctx_.client_gone) co_return caller_gone();
     // A pooled connection the peer closed while idle fails at once (the peek in take() can race
     // with the peer's close): try once more, on a new connection.
     const bool stale = reused_ && !is_timeout(ec) && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||

@@ -73,4 +73,8 @@ failure make_failure(errc e, std::string message, std::string param, error_sourc
   return failure{make_error_code(e), src, false, std::move(message), std::move(param), {}};
 }
 
+failure caller_gone() {
+  return make_failure(errc::client_disconnected, "caller disconnected", "", error_source::downstream);
+}
+
 }  // namespace tollgate

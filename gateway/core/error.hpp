@@ -84,6 +84,8 @@ std::string openai_error_body(std::string_view message, std::string_view type, s
 /// Convenience: failure for a gateway-made error.
 failure make_failure(errc e, std::string message, std::string param = {},
                      error_source src = error_source::downstream);
+/// The failure of a call whose caller has gone (logged 499 client_disconnected; nothing is sent).
+failure caller_gone();
 
 }  // namespace tollgate
 
