@@ -469,6 +469,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   const auto asked = steady_clock::now();
   admit_result res = co_await store_->admit(ctx.worker, a);
   const auto answered = steady_clock::now();
+  std::vector<std::uint64_t> whole_tpm;  // filled only when a degraded replica's share applies
   admission_wait_.observe(admission_wait_cell_, std::chrono::duration<double>(answered - asked).count());
   if (res.v == verdict::unavailable) {
     if (res.in_doubt) {
@@ -531,6 +532,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     }
     // Per-instance limits: each replica takes its share of the limit; budgets (fail_open) unchecked
     // here and charged later.
+    // Each scope's whole tpm, kept: a call larger than this replica's share but within the whole
+    // limit can fit again once the store is back, so it is not told that it never will.
+    whole_tpm.reserve(a.scopes.size());
+    for (const auto& s : a.scopes) whole_tpm.push_back(s.limits.tpm);
     admission local = a;
     local.rendered.clear();  // its scopes and cost change below
     for (auto& s : local.scopes) {
@@ -563,9 +568,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   }
   // A call that reserves more tokens than a scope's tpm never fits, whatever else refused it
   // (a rate limit's wait may be as long): answered as that, with no retry, not with a wait.
+  const auto tpm_of = [&](std::size_t i) { return whole_tpm.empty() ? r->adm.scopes[i].limits.tpm : whole_tpm[i]; };
   if (res.v == verdict::rpm || res.v == verdict::concurrency || res.v == verdict::tpm)
     for (std::size_t i = 0; i < r->adm.scopes.size(); ++i)
-      if (const auto tpm = r->adm.scopes[i].limits.tpm; tpm && a.tokens > tpm) {
+      if (const auto tpm = tpm_of(i); tpm && a.tokens > tpm) {
         res.v = verdict::tpm;
         res.scope = i;
         break;
@@ -589,6 +595,13 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
                                                 std::to_string(s.limits.rpm) + ". Retry after the time in Retry-After.",
                         res.retry_after_ms);
     case verdict::tpm:
+      if (!whole_tpm.empty() && a.tokens > s.limits.tpm && a.tokens <= tpm_of(res.scope))
+        co_return refusal(errc::rate_limited,
+                          "The policy store is unreachable and this call reserves " + std::to_string(a.tokens) +
+                              " tokens, more than this replica's share of the tokens-per-minute limit on " + who +
+                              " (" + std::to_string(s.limits.tpm) + " of " + std::to_string(tpm_of(res.scope)) +
+                              "). Retry shortly.",
+                          1000);
       co_return refusal(errc::rate_limited,
                         "Rate limit reached for tokens per minute on " + who + ": limit " + std::to_string(s.limits.tpm) +
                             ", this call reserves " + std::to_string(a.tokens) + " (prompt estimate plus max_tokens).",
@@ -637,6 +650,10 @@ void fill_usage(request_context& ctx) noexcept {
     // stream sent before it was cut): the relayed text is counted rather than billed as nothing.
     if (ctx.usage.completion == 0 && ctx.relayed_completion_chars > 0)
       ctx.usage.completion = estimate_tokens_from_chars(ctx.relayed_completion_chars);
+    // Usage that gives no prompt count (a server that omits it, or sends it as null) for a call
+    // that had a prompt: no model reads a prompt for nothing, so the admission's estimate is
+    // billed rather than 0.
+    if (ctx.usage.prompt == 0) ctx.usage.prompt = ctx.prompt_estimate;
     return;
   }
   // Prompt from the estimate; completion counted from what was relayed to the caller, or, for a

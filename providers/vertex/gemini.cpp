@@ -1347,6 +1347,11 @@ bool gemini_stream_translator::flush_pending(stream_step& step) {
   return true;
 }
 
+std::string gemini_stream_translator::pending_text() const {
+  if (!pending_ || pending_->name.empty()) return {};
+  return pending_->name + json::serialize(pending_->args);
+}
+
 void gemini_stream_translator::finish(stream_step& step, std::string_view reason) {
   flush_pending(step);
   finish_reason_ = reason;

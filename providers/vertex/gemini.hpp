@@ -328,6 +328,9 @@ class gemini_stream_translator {
   const std::string& finish_reason() const { return finish_reason_; }
   /// The last usage seen (cumulative), if any.
   const std::optional<gemini_usage>& usage() const { return usage_; }
+  /// A streamed call still being assembled (generated, not yet sent): its name and its arguments
+  /// as far as they came, serialised; empty when none. A stream cut now bills this text too.
+  std::string pending_text() const;
   const completion_meta& meta() const { return meta_; }
 
  private:

@@ -52,11 +52,17 @@ class vertex_stream final : public stream_translator {
       if (failed_ || ev.data.empty()) continue;
       apply(tr_.on_chunk(std::string_view(ev.data)), out);
     }
-    if (!ok && !failed_) fail_plain(out, "upstream stream event too large");
+    if (!ok && !failed_) {
+      count_unsent_call();
+      fail_plain(out, "upstream stream event too large");
+    }
   }
 
   void finish(bool complete, std::string_view why, std::string& out) override {
     if (done_ || failed_) return;
+    // A stream that ends before its finishReason (cut, or closed early) loses the call still being
+    // assembled: it was generated all the same, so it is counted as relayed for billing.
+    if (!tr_.finished()) count_unsent_call();
     if (!complete) {
       fail_plain(out, "The upstream stream ended unexpectedly: " + std::string(why) + ".");
       return;
@@ -77,6 +83,7 @@ class vertex_stream final : public stream_translator {
         ctx_, step, out, [&](const vertex::gemini_usage& u) { record_usage(ctx_, u); },
         [](const vertex::upstream_error& e) { return vertex::to_openai_error_body(e); });
   }
+  void count_unsent_call() { ctx_.relayed_completion_chars += token_chars(tr_.pending_text()); }
   void fail_plain(std::string& out, const std::string& message) {
     failed_ = true;
     emit_stream_failure(ctx_, out, "upstream_error", message);

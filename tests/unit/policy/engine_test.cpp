@@ -638,6 +638,34 @@ TEST_F(EngineTest, UnreachableStoreFailsBudgetsClosedAndLimitsLocally) {
   EXPECT_EQ(degraded, 1u);
 }
 
+TEST_F(EngineTest, ADegradedReplicaTellsACallOverItsShareButWithinTheLimitToRetry) {
+  make("store: {replicas: 2}\n", std::make_shared<dead_store>());
+  // tight: tpm 20, 10 per replica while degraded. 15 tokens fit the whole limit once the store is
+  // back: a wait, not "never". 105 tokens never fit: no wait.
+  auto header = [](const failure& f, std::string_view name) {
+    for (auto& [k, v] : f.headers)
+      if (k == name) return v;
+    return std::string();
+  };
+  auto over_share = ctx("tg_tight1_" + secret);
+  over_share.max_output_tokens = 10;
+  ASSERT_TRUE(auth(over_share));
+  auto r = admit(over_share);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, errc::rate_limited);
+  EXPECT_EQ(header(r.error(), "Retry-After"), "1");
+  EXPECT_EQ(header(r.error(), "x-should-retry"), "");
+  EXPECT_NE(r.error().message.find("10 of 20"), std::string::npos) << r.error().message;
+  auto over_limit = ctx("tg_tight1_" + secret);
+  over_limit.max_output_tokens = 100;
+  ASSERT_TRUE(auth(over_limit));
+  auto never = admit(over_limit);
+  ASSERT_FALSE(never);
+  EXPECT_EQ(never.error().code, errc::rate_limited);
+  EXPECT_EQ(header(never.error(), "x-should-retry"), "false");
+  EXPECT_EQ(header(never.error(), "Retry-After"), "");
+}
+
 TEST_F(EngineTest, AStoreThatFlipsCallByCallLogsOnePairOfLinesNotOnePerFlip) {
   // Some calls refused by the store and others answered (a Redis Cluster node that serves some
   // teams' slots only): each refusal starts a degraded episode and each answer ends it. The log

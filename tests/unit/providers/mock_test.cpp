@@ -10,6 +10,7 @@
 #include <boost/json/parse.hpp>
 
 #include "policy/policy.hpp"
+#include "providers/openai/openai_compatible_adapter.hpp"
 #include "providers/unified.hpp"
 #include "gateway/core/sse.hpp"
 
@@ -153,6 +154,29 @@ TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) 
   silent.relayed_completion_chars = 0;
   policy::fill_usage(silent);
   EXPECT_EQ(silent.usage.completion, 0u);
+}
+
+TEST(PolicySettleTest, ReportedUsageWithoutAPromptCountBillsThePromptEstimate) {
+  // A local server's usage with only completion_tokens (or prompt_tokens: null): the prompt was
+  // read all the same, so its estimate is billed, not 0.
+  request_context no_prompt = answered(200);
+  no_prompt.prompt_estimate = 120;
+  no_prompt.usage = {0, 9, 0, true};
+  policy::fill_usage(no_prompt);
+  EXPECT_EQ(no_prompt.usage.prompt, 120u);
+  EXPECT_EQ(no_prompt.usage.completion, 9u);
+  // Through the reader the OpenAI-compatible adapter uses, a null count reads as absent.
+  request_context read = answered(200);
+  read.prompt_estimate = 33;
+  ASSERT_TRUE(scan_usage(R"({"choices":[],"usage":{"prompt_tokens":null,"completion_tokens":4}})", read.usage));
+  policy::fill_usage(read);
+  EXPECT_EQ(read.usage.prompt, 33u);
+  EXPECT_EQ(read.usage.completion, 4u);
+  request_context counted = answered(200);  // a reported count is never replaced by the estimate
+  counted.prompt_estimate = 120;
+  counted.usage = {80, 9, 0, true};
+  policy::fill_usage(counted);
+  EXPECT_EQ(counted.usage.prompt, 80u);
 }
 
 TEST(PolicySettleTest, AWholeAnswerWhoseBodyNeverArrivedIsBilledAtItsReservation) {

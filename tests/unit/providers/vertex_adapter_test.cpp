@@ -50,5 +50,41 @@ TEST(VertexAdapterTest, EventsBeforeAnOversizedOneAreRelayedAndBilled) {
   EXPECT_TRUE(more.empty()) << more;
 }
 
+TEST(VertexAdapterTest, AStreamCutWhileACallIsAssembledBillsTheCallSoFar) {
+  // Streamed arguments (willContinue) are sent as one tool call when the call ends. A stream cut
+  // before that relayed none of it, but the model generated it: it is counted for billing, both
+  // for a reset and for a body that closed before its finishReason.
+  const std::string parts =
+      "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"functionCall\":"
+      "{\"name\":\"lookup\",\"willContinue\":true}}]}}]}\r\n\r\n"
+      "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"functionCall\":{\"partialArgs\":"
+      "[{\"jsonPath\":\"$.city\",\"stringValue\":\"Paris\",\"willContinue\":true}],\"willContinue\":true}}]}}]}\r\n\r\n";
+  const std::uint64_t want = std::string("lookup").size() + std::string(R"({"city":"Paris"})").size();
+  for (const bool complete : {false, true}) {
+    auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+    auto t = make_vertex_stream_translator(ctx);
+    ASSERT_TRUE(t);
+    std::string out;
+    t->feed(parts, out);
+    EXPECT_EQ(ctx.relayed_completion_chars, 0u) << "nothing sent yet";
+    t->finish(complete, "connection reset", out);
+    EXPECT_TRUE(t->failed());
+    EXPECT_EQ(ctx.relayed_completion_chars, want) << "complete=" << complete;
+    EXPECT_EQ(out.find("lookup"), std::string::npos) << "the unfinished call is not sent: " << out;
+  }
+  // A call that ended normally is counted once, when it is sent.
+  auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+  auto t = make_vertex_stream_translator(ctx);
+  std::string out;
+  t->feed(parts +
+              "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"functionCall\":{}}]},"
+              "\"finishReason\":\"STOP\"}]}\r\n\r\n",
+          out);
+  t->finish(true, {}, out);
+  EXPECT_FALSE(t->failed());
+  EXPECT_EQ(ctx.relayed_completion_chars, want);
+  EXPECT_NE(out.find("lookup"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace tollgate::providers
