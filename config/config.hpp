@@ -162,6 +162,7 @@ struct budget_config {
 struct price_config {
   std::string pattern;  ///< model name or glob (`*`)
   double input = 0, cached_input = 0, output = 0;
+  double cache_write = 0;  ///< prompt tokens written to a provider's cache (Bedrock); defaults to input
   int line = 0;
 };
 

@@ -527,11 +527,12 @@ void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
     pc.pattern = it->first.as<std::string>();
     const std::string p = "prices." + pc.pattern;
     pc.line = line_of(it->first);
-    check_keys(it->second, p, {"input", "cached_input", "output"});
+    check_keys(it->second, p, {"input", "cached_input", "cache_write", "output"});
     if (!it->second["input"] || !it->second["output"]) fail(p, it->second, "input and output (USD per million tokens) are required");
     pc.input = get_double(it->second["input"], p + ".input");
     pc.output = get_double(it->second["output"], p + ".output");
     pc.cached_input = it->second["cached_input"] ? get_double(it->second["cached_input"], p + ".cached_input") : pc.input;
+    pc.cache_write = it->second["cache_write"] ? get_double(it->second["cache_write"], p + ".cache_write") : pc.input;
     out.push_back(std::move(pc));
   }
 }

@@ -524,7 +524,7 @@ std::string audit_record_for(request_context& ctx, request_context::clock::time_
   if (policy::billable(ctx)) {
     const config::price_config* price = ctx.reservation && ctx.reservation->price ? ctx.reservation->price
                                                                                    : ctx.snap->cfg->find_price(ctx.model);
-    if (price) cost = policy::cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
+    if (price) cost = policy::cost_nano(*price, ctx.usage);
   }
   if (ctx.capture_text) {
     const auto text = capture_of(ctx, body);

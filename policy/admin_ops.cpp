@@ -318,7 +318,7 @@ void engine::count_usage(const request_context& ctx) {
     row->prompt += ctx.usage.prompt;
     row->completion += ctx.usage.completion;
     if (const auto* price = ctx.reservation->price)
-      row->cost_nano += cost_nano(*price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion);
+      row->cost_nano += cost_nano(*price, ctx.usage);
   }
 }
 

@@ -97,10 +97,14 @@ phase_result engine::check_model_grant(const request_context& ctx) {
                       error_source::policy);
 }
 
-std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion) {
+std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion,
+                       std::uint64_t cache_write) {
   cached = std::min(cached, prompt);
+  cache_write = std::min(cache_write, prompt - cached);
   // USD per million tokens × tokens × 1e9 nano-USD / 1e6 = × 1000.
-  const double nano = (p.input * double(prompt - cached) + p.cached_input * double(cached) + p.output * double(completion)) * 1000.0;
+  const double nano = (p.input * double(prompt - cached - cache_write) + p.cached_input * double(cached) +
+                       p.cache_write * double(cache_write) + p.output * double(completion)) *
+                      1000.0;
   // Saturated far below INT64_MAX (converting a larger double is undefined): $1,000,000,000, beyond
   // any budget, so such a cost is refused for budget, never wrapped negative.
   constexpr double cap = 1e18;
@@ -680,7 +684,7 @@ void engine::settle(request_context& ctx, executor_t ex) {
   s.admitted_at_ms = r->admitted_at_ms;
   if (billable(ctx)) {
     s.tokens = ctx.usage.prompt + ctx.usage.completion;
-    s.cost_nano = r->price ? cost_nano(*r->price, ctx.usage.prompt, ctx.usage.cached, ctx.usage.completion) : 0;
+    s.cost_nano = r->price ? cost_nano(*r->price, ctx.usage) : 0;
   }
   if (r->local || r->unchecked) {
     const std::int64_t cost = s.cost_nano;

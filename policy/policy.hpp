@@ -61,8 +61,14 @@ struct reservation {
 
 using log_fn = std::function<void(std::string_view level, std::string_view msg, std::string_view extra_json)>;
 
-/// Cost in nano-USD of `prompt` (of which `cached`) and `completion` tokens, rounded up.
-std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion);
+/// Cost in nano-USD of `prompt` (of which `cached` read from a prompt cache and `cache_write`
+/// written to one) and `completion` tokens, rounded up.
+std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion,
+                       std::uint64_t cache_write = 0);
+/// The same for a finished call's token counts.
+inline std::int64_t cost_nano(const config::price_config& p, const usage_counts& u) {
+  return cost_nano(p, u.prompt, u.cached, u.completion, u.cache_write);
+}
 
 /// Whether a finished call is charged: a provider produced a 2xx answer (even one cut short).
 bool billable(const request_context& ctx) noexcept;

@@ -60,6 +60,7 @@ std::string call_record(const request_context& ctx, std::int64_t cost_nano, requ
   jo::boolean(o, "stream", ctx.stream);
   jo::number(o, "prompt_tokens", ctx.usage.prompt);
   jo::number(o, "cached_tokens", ctx.usage.cached);
+  jo::number(o, "cache_write_tokens", ctx.usage.cache_write);
   jo::number(o, "completion_tokens", ctx.usage.completion);
   jo::boolean(o, "usage_reported", ctx.usage.reported);
   jo::signed_number(o, "cost_nano", cost_nano);

@@ -24,7 +24,8 @@ enum class endpoint_kind { chat_completions, embeddings, models, other };
 struct usage_counts {
   std::uint64_t prompt = 0;
   std::uint64_t completion = 0;
-  std::uint64_t cached = 0;
+  std::uint64_t cached = 0;       ///< of prompt: read from the provider's prompt cache
+  std::uint64_t cache_write = 0;  ///< of prompt: written to it (Bedrock's cacheWriteInputTokens)
   bool reported = false;
 };
 

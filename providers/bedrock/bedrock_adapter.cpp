@@ -30,6 +30,7 @@ void record_usage(request_context& ctx, const bedrock::converse_usage& u) {
   ctx.usage.prompt = u.prompt_tokens();
   ctx.usage.completion = u.completion_tokens();
   ctx.usage.cached = u.cache_read_tokens;
+  ctx.usage.cache_write = u.cache_write_tokens;
   ctx.usage.reported = true;
 }
 

@@ -110,7 +110,7 @@ awaitable<void> serve_embeddings(const config::provider_config& cfg, request_con
     e["embedding"] = std::move(vec);
     data.push_back(std::move(e));
   }
-  ctx.usage = {ctx.prompt_estimate, 0, 0, true};
+  ctx.usage = {ctx.prompt_estimate, 0, 0, 0, true};
   json::object res;
   res["object"] = "list";
   res["data"] = std::move(data);
@@ -160,7 +160,7 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
 
   const std::size_t count = ctx.max_output_tokens ? std::min<std::uint64_t>(ctx.max_output_tokens, 100'000) : cfg_.completion_tokens;
   const auto words = words_for(last_user_text(ctx.request_json), count);
-  ctx.usage = {ctx.prompt_estimate, 0, 0, true};
+  ctx.usage = {ctx.prompt_estimate, 0, 0, 0, true};
   const std::string id = completion_id(ctx);
   const std::int64_t created = unix_now();
   const std::string& model = ctx.target->upstream_model;

@@ -191,7 +191,7 @@ describe('audit trail', () => {
       assert.equal(r.team, e.team, e.what);
       assert.equal(r.key_id, e.key_id, e.what);
       assert.equal(r.client, '127.0.0.1', e.what);
-      for (const f of ['time', 'start_ms', 'end_ms', 'latency_us', 'first_byte_ms', 'prompt_tokens', 'cached_tokens',
+      for (const f of ['time', 'start_ms', 'end_ms', 'latency_us', 'first_byte_ms', 'prompt_tokens', 'cached_tokens', 'cache_write_tokens',
         'completion_tokens', 'cost_usd', 'cost_nano', 'stream', 'retries', 'filters', 'provider', 'upstream_model', 'user_agent'])
         assert.ok(f in r, `${e.what}: field ${f}`);
       assert.ok(r.end_ms >= r.start_ms, e.what);

@@ -153,7 +153,7 @@ TEST(ConfigLoaderTest, EveryRoutedModelNeedsAPriceAndGlobsMayProvideIt) {
   ASSERT_FALSE(r);
   EXPECT_NE(r.error.find("models[0]: model 'gpt-x' has no price"), std::string::npos) << r.error;
   auto g = load("providers:\n  - {name: a, type: mock}\nmodels:\n  - {name: gpt-x, provider: a}\n"
-                "prices:\n  \"gpt-*\": {input: 1, output: 2}\n  gpt-x: {input: 3, output: 4, cached_input: 1.5}\n");
+                "prices:\n  \"gpt-*\": {input: 1, output: 2}\n  gpt-x: {input: 3, output: 4, cached_input: 1.5, cache_write: 3.75}\n");
   ASSERT_TRUE(g) << g.error;
   const price_config* p = g.config->find_price("gpt-x");
   ASSERT_NE(p, nullptr);
@@ -161,6 +161,11 @@ TEST(ConfigLoaderTest, EveryRoutedModelNeedsAPriceAndGlobsMayProvideIt) {
   EXPECT_EQ(p->cached_input, 1.5);
   EXPECT_EQ(g.config->find_price("gpt-y")->input, 1);
   EXPECT_EQ(g.config->find_price("gpt-y")->cached_input, 1);  // defaults to the input price
+  EXPECT_EQ(p->cache_write, 3.75);
+  EXPECT_EQ(g.config->find_price("gpt-y")->cache_write, 1);  // defaults to the input price too
+  auto negative = load("prices:\n  m: {input: 1, output: 2, cache_write: -1}\n");
+  EXPECT_NE(negative.error.find("prices.m.cache_write: expected a non-negative number"), std::string::npos)
+      << negative.error;
   EXPECT_EQ(g.config->find_price("claude"), nullptr);
   auto half = load("prices:\n  m: {input: 1}\n");
   EXPECT_NE(half.error.find("prices.m: input and output (USD per million tokens) are required"), std::string::npos)

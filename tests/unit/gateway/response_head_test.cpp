@@ -117,7 +117,7 @@ TEST(AccessLogTest, OneJsonLineWithoutSecrets) {
   ctx.route = &route;
   ctx.target = &route.targets[0];
   ctx.status = 200;
-  ctx.usage = {10, 20, 0, true};
+  ctx.usage = {10, 20, 0, 0, true};
   ctx.body = R"({"messages":[{"role":"user","content":"my prompt text"}]})";
   const auto line = access_log::format(ctx);
   ASSERT_EQ(line.back(), '\n');

@@ -193,7 +193,7 @@ class EngineTest : public ::testing::Test {
   void settle_answered(request_context& c, std::uint64_t prompt, std::uint64_t completion) {
     c.status = 200;
     c.upstream_answered = true;
-    c.usage = {prompt, completion, 0, true};
+    c.usage = {prompt, completion, 0, 0, true};
     eng->settle(c, executor_t(ioc.get_executor()));
   }
   /// An engine on `flaky`; one call of team rich admitted and answered ($0.004), whose settlement
@@ -262,7 +262,7 @@ class EngineTest : public ::testing::Test {
 };
 
 TEST(CostTest, AnAbsurdTokenCountSaturatesInsteadOfWrappingNegative) {
-  config::price_config p{"m", 1000, 1000, 2000, 0};
+  config::price_config p{"m", 1000, 1000, 2000, 1000, 0};
   EXPECT_EQ(cost_nano(p, 0, 0, std::numeric_limits<std::uint64_t>::max()), 1'000'000'000'000'000'000);
   EXPECT_EQ(cost_nano(p, std::numeric_limits<std::uint64_t>::max(), 0, 0), 1'000'000'000'000'000'000);
 }
@@ -276,7 +276,7 @@ TEST_F(EngineTest, AProvidersAnswerIsBilledEvenWhenTheCallerGotAnError) {
   c.upstream_answered = true;
   c.upstream_status = 200;
   c.status = 503;
-  c.usage = {2, 1, 0, true};  // $0.004
+  c.usage = {2, 1, 0, 0, true};  // $0.004
   eng->settle(c, executor_t(ioc.get_executor()));
   ioc.restart();
   while (eng->pending() > 0) ioc.run_one_for(std::chrono::milliseconds(5));
@@ -296,13 +296,17 @@ TEST_F(EngineTest, EachOfNAnswersIsReservedAsLongAsMaxTokens) {
 }
 
 TEST(CostTest, PricesArePerMillionTokensAndRoundUpToANanoDollar) {
-  config::price_config p{"m", 0.15, 0.075, 0.60, 0};
+  config::price_config p{"m", 0.15, 0.075, 0.60, 0.1875, 0};
   // 1000 prompt tokens at $0.15/M = $0.00015 = 150000 nano; 500 output at $0.60/M = 300000 nano.
   EXPECT_EQ(cost_nano(p, 1000, 0, 500), 450'000);
   // 400 of the prompt were cached: 600*0.15 + 400*0.075 = 90000 + 30000 nano.
   EXPECT_EQ(cost_nano(p, 1000, 400, 0), 120'000);
+  // 200 more were written to the cache (Bedrock): 400*0.15 + 400*0.075 + 200*0.1875.
+  EXPECT_EQ(cost_nano(p, 1000, 400, 0, 200), 60'000 + 30'000 + 37'500);
+  // Counts that overlap past the prompt are clipped to it, never wrapped.
+  EXPECT_EQ(cost_nano(p, 100, 80, 0, 50), 80 * 75 + 20 * 187.5);
   // One token of a $0.0001/M model is 0.1 nano: rounded up, never free.
-  config::price_config cheap{"c", 0.0001, 0.0001, 0.0001, 0};
+  config::price_config cheap{"c", 0.0001, 0.0001, 0.0001, 0.0001, 0};
   EXPECT_EQ(cost_nano(cheap, 1, 0, 0), 1);
   EXPECT_EQ(cost_nano(cheap, 0, 0, 0), 0);
 }

@@ -121,7 +121,7 @@ TEST(PolicySettleTest, UnreportedUsageIsCountedFromRelayedText) {
 
 TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   request_context reported = answered(200);
-  reported.usage = {7, 9, 0, true};
+  reported.usage = {7, 9, 0, 0, true};
   reported.relayed_completion_chars = 1000;
   policy::fill_usage(reported);
   EXPECT_EQ(reported.usage.prompt, 7u);
@@ -144,13 +144,13 @@ TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) 
   // A server's usage object said only the prompt (sent early, or partial), and the stream was
   // then cut: the text relayed was generated, and is billed.
   request_context partial = answered(200);
-  partial.usage = {7, 0, 0, true};
+  partial.usage = {7, 0, 0, 0, true};
   partial.relayed_completion_chars = 40;
   policy::fill_usage(partial);
   EXPECT_EQ(partial.usage.prompt, 7u);
   EXPECT_EQ(partial.usage.completion, 10u);
   request_context silent = partial;  // nothing relayed: a reported 0 stands
-  silent.usage = {7, 0, 0, true};
+  silent.usage = {7, 0, 0, 0, true};
   silent.relayed_completion_chars = 0;
   policy::fill_usage(silent);
   EXPECT_EQ(silent.usage.completion, 0u);
@@ -161,7 +161,7 @@ TEST(PolicySettleTest, ReportedUsageWithoutAPromptCountBillsThePromptEstimate) {
   // read all the same, so its estimate is billed, not 0.
   request_context no_prompt = answered(200);
   no_prompt.prompt_estimate = 120;
-  no_prompt.usage = {0, 9, 0, true};
+  no_prompt.usage = {0, 9, 0, 0, true};
   policy::fill_usage(no_prompt);
   EXPECT_EQ(no_prompt.usage.prompt, 120u);
   EXPECT_EQ(no_prompt.usage.completion, 9u);
@@ -174,7 +174,7 @@ TEST(PolicySettleTest, ReportedUsageWithoutAPromptCountBillsThePromptEstimate) {
   EXPECT_EQ(read.usage.completion, 4u);
   request_context counted = answered(200);  // a reported count is never replaced by the estimate
   counted.prompt_estimate = 120;
-  counted.usage = {80, 9, 0, true};
+  counted.usage = {80, 9, 0, 0, true};
   policy::fill_usage(counted);
   EXPECT_EQ(counted.usage.prompt, 80u);
 }

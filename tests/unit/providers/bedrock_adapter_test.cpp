@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Bedrock adapter's answers as the pipeline reads them: the usage it records for billing.
+#include "providers/bedrock/bedrock_adapter.hpp"
+
+#include <gtest/gtest.h>
+
+#include "config/config.hpp"
+#include "policy/policy.hpp"
+#include "providers/unified.hpp"
+
+namespace tollgate::providers {
+namespace {
+
+TEST(BedrockAdapterTest, CacheReadsAndWritesAreRecordedApartAndPricedAtTheirOwnRates) {
+  config::provider_config cfg;
+  cfg.name = "bedrock";
+  cfg.type = "bedrock";
+  cfg.region = "us-east-1";
+  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";  // the loader fills the default in
+  cfg.aws_access_key_id = "AKIDEXAMPLE";
+  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+  cfg.proxy = "none";
+  bedrock_adapter adapter(cfg);
+  request_context ctx;
+  ctx.endpoint = endpoint_kind::chat_completions;
+  ctx.body = R"({"model":"m","messages":[{"role":"user","content":"x"}]})";
+  ASSERT_TRUE(decode_request(ctx));
+  // A Converse answer whose prompt was 4 plain tokens, 1,500 read from the cache and 36 written.
+  const std::string out = adapter.decode_body(ctx, 200, R"({"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},
+      "stopReason":"end_turn","usage":{"inputTokens":4,"outputTokens":7,"totalTokens":1547,
+      "cacheReadInputTokens":1500,"cacheWriteInputTokens":36}})");
+  EXPECT_NE(out.find("\"prompt_tokens\":1540"), std::string::npos) << out;
+  EXPECT_TRUE(ctx.usage.reported);
+  EXPECT_EQ(ctx.usage.prompt, 1540u);
+  EXPECT_EQ(ctx.usage.cached, 1500u);
+  EXPECT_EQ(ctx.usage.cache_write, 36u);
+  EXPECT_EQ(ctx.usage.completion, 7u);
+  // $3/M input, $0.30/M cache reads, $3.75/M cache writes, $15/M output:
+  // 4*3 + 1500*0.3 + 36*3.75 + 7*15 = 12 + 450 + 135 + 105 = 702 millionths of a dollar.
+  const config::price_config price{"m", 3, 0.30, 15, 3.75, 0};
+  EXPECT_EQ(policy::cost_nano(price, ctx.usage), 702'000);
+}
+
+}  // namespace
+}  // namespace tollgate::providers
