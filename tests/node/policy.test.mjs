@@ -489,6 +489,34 @@ keys:
       }
       assert.ok(took >= retryAfterMs - 5, `the call took ${took} ms, less than the advertised ${retryAfterMs} ms`);
       assert.ok(holdDoneAt <= attempts.at(-1).start + 50, 'the retry succeeded once the held call had finished');
+
+      // The SDK reads retry-after-ms before Retry-After, so the wait above proves only the former.
+      // A client that never sees retry-after-ms (a proxy that drops it, another SDK) has only
+      // Retry-After: with it stripped, the SDK must still wait whole advertised seconds (its own
+      // backoff for a first retry is at most 0.5 s, so a shorter wait would show it ignored).
+      const hold2 = (await holdSlot(keys.conc)).done;
+      const seen = [];
+      const onlyRetryAfter = async (url, init) => {
+        const a = { start: Date.now() };
+        seen.push(a);
+        const r = await fetch(url, init);
+        const h = new Headers(r.headers);
+        h.delete('retry-after-ms');
+        Object.assign(a, { end: Date.now(), status: r.status, retryAfter: h.get('retry-after') });
+        return new Response(r.body, { status: r.status, statusText: r.statusText, headers: h });
+      };
+      const secondsOnly = new OpenAI({ apiKey: keys.conc, baseURL: gw.baseURL, maxRetries: 2, fetch: onlyRetryAfter, timeout: 10000 });
+      const c2 = await secondsOnly.chat.completions.create(body('mock-gpt'));
+      assert.equal(c2.usage.completion_tokens, MAX);
+      assert.equal((await hold2).status, 200);
+      assert.equal(seen[0].status, 429, `attempts: ${JSON.stringify(seen)}`);
+      assert.equal(seen.at(-1).status, 200, `attempts: ${JSON.stringify(seen)}`);
+      for (let i = 1; i < seen.length; i++) {
+        const advertised = Number(seen[i - 1].retryAfter) * 1000;
+        assert.ok(advertised >= 1000, `Retry-After ${seen[i - 1].retryAfter}`);
+        const waited = seen[i].start - seen[i - 1].end;
+        assert.ok(waited >= advertised - 5, `retry ${i} after ${waited} ms, Retry-After ${seen[i - 1].retryAfter} s`);
+      }
     });
 
     test('keys: create → use → revoke → 401; admin auth; static expired/disabled; model grants; /v1/models', { timeout: 20000 }, async () => {
@@ -620,7 +648,10 @@ keys:
       assert.equal(e.code, 'rate_limit_exceeded');
       assert.equal(e.headers.get('x-ratelimit-limit-requests'), '2');
       assert.equal(e.headers.get('x-ratelimit-remaining-requests'), '0');
+      assert.equal(e.headers.get('x-ratelimit-limit-tokens'), '100');
       assert.equal(e.headers.get('x-ratelimit-remaining-tokens'), String(100 - 2 * perCall));
+      assert.match(e.headers.get('x-ratelimit-reset-requests') ?? '', reset);
+      assert.match(e.headers.get('x-ratelimit-reset-tokens') ?? '', reset);
       assert.ok(Number(e.headers.get('retry-after')) >= 1);
       // A team without limits gets none (nothing to report).
       const free = await chat(gw, keys.free, body('mock-gpt'));
@@ -819,6 +850,9 @@ keys:
         const r = await chat(gw, kr.full, body('mock-gpt'), { timeoutMs: 5000 });
         statuses.push(r.status);
         if (r.status === 429) assertOpenAIError(r, { code: 'rate_limit_exceeded' });
+        // The figures sent are this replica's share (docs/policy.md), on 200s and 429s alike.
+        assert.equal(r.headers.get('x-ratelimit-limit-requests'), '5', `call ${i}`);
+        assert.equal(r.headers.get('x-ratelimit-remaining-requests'), String(Math.max(0, 4 - i)), `call ${i}`);
       }
       assert.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429], `local limit 10/2: ${statuses}`);
       assert.equal((await decisions('local')) - localBefore, 5);
@@ -840,6 +874,12 @@ keys:
       });
       const recoveredMs = Date.now() - t0;
       assert.equal(await degraded(), 0);
+      // The budget is kept in Redis again: the call served is charged there (the fresh Redis had
+      // nothing; calls settled during the outage may add theirs).
+      const charged = await settledBudget(gw, adm.token, 'budgeted', { pred: (x) => x.spent_nano > 0 });
+      assert.ok(charged.spent_nano >= CALL_NANO, `budgeted after recovery: ${JSON.stringify(charged)}`);
+      const keysNow = await redis.command('KEYS', 'tgtest:{budgeted}*');
+      assert.ok(Array.isArray(keysNow) && keysNow.length > 0, `no Redis keys for team budgeted: ${JSON.stringify(keysNow)}`);
       // Enforced by Redis again: the global limit of 10 (a fresh window), not the local 5.
       const localAfter = await decisions('local');
       const again = [];
@@ -1548,11 +1588,26 @@ keys:
         'response bodies': bodies.join('\n'),
         'audit trail': audit,
       };
-      for (const s of secrets) {
-        for (const [where, text] of Object.entries(places)) {
-          for (const [label, needle] of [['full', s.full], ['secret', s.secret], ['digest', s.hex], ['HMAC digest', s.hmac]]) {
-            if (!needle) continue;
-            assert.ok(!text.includes(needle), `${s.what}: its ${label} appears in ${where}`);
+      // Every form a leak could take: the whole value, a prefix (a log that shortens it), a
+      // digest in either case (hex compared case-insensitively) or in base64 / base64url.
+      const forms = (s) => {
+        const out = [['full', s.full, false], ['secret', s.secret, false]];
+        if (s.secret) out.push(['secret prefix', s.secret.slice(0, 12), false]);
+        for (const [label, hex] of [['digest', s.hex], ['HMAC digest', s.hmac]]) {
+          if (!hex) continue;
+          const raw = Buffer.from(hex, 'hex');
+          out.push([label, hex, true], [`${label} prefix`, hex.slice(0, 16), true],
+            [`${label} in base64`, raw.toString('base64').slice(0, 16), false],
+            [`${label} in base64url`, raw.toString('base64url').slice(0, 16), false]);
+        }
+        return out.filter(([, needle]) => needle);
+      };
+      for (const [where, text] of Object.entries(places)) {
+        const lower = text.toLowerCase();
+        assert.ok(!text.includes(pepper), `the pepper appears in ${where}`);
+        for (const s of secrets) {
+          for (const [label, needle, anyCase] of forms(s)) {
+            assert.ok(!(anyCase ? lower.includes(needle.toLowerCase()) : text.includes(needle)), `${s.what}: its ${label} appears in ${where}`);
           }
         }
       }
