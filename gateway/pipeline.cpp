@@ -169,8 +169,13 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   header_list extra = passthrough_headers(ex.headers());
   extra.emplace_back("Cache-Control", "no-cache");
   stream_gauge gauge;
+  // The caller left: what the translator held back is counted for the bill (abandon()).
+  const auto gone = [&] {
+    translator->abandon();
+    return caller_gone();
+  };
   if (!co_await sink.start_stream(ex.status(), "text/event-stream", extra))
-    co_return caller_gone();
+    co_return gone();
   std::string in, out;
   for (;;) {
     auto ec = co_await ex.read_some(in);
@@ -183,7 +188,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
         translator->feed(in, out);
         if (ctx.captured_response.size() > captured) ctx.captured_response.resize(captured);
       }
-      co_return caller_gone();
+      co_return gone();
     }
     if (ec) {
       const bool timeout = ec == errc::upstream_timeout;
@@ -198,7 +203,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
     if (moderation) co_await moderation->before_send(out, ec || in.empty());
     if (!out.empty()) {
       if (!co_await sink.send_chunk(out))
-        co_return caller_gone();
+        co_return gone();
       out.clear();
     }
     if (rewriter && rewriter->blocked()) break;
@@ -207,6 +212,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   capture.keep();
   if (rewriter && rewriter->blocked()) {
     // The rest of the answer is not wanted: end the caller's stream, drop the upstream connection.
+    translator->abandon();
     co_await sink.end_stream();
     co_return flow::responded;
   }

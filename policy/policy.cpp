@@ -97,19 +97,32 @@ phase_result engine::check_model_grant(const request_context& ctx) {
                       error_source::policy);
 }
 
-std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion,
-                       std::uint64_t cache_write) {
-  cached = std::min(cached, prompt);
-  cache_write = std::min(cache_write, prompt - cached);
+namespace {
+
+/// USD per million tokens × tokens, as nano-USD, rounded up once.
+std::int64_t nano_of(double usd_per_million_tokens) {
   // USD per million tokens × tokens × 1e9 nano-USD / 1e6 = × 1000.
-  const double nano = (p.input * double(prompt - cached - cache_write) + p.cached_input * double(cached) +
-                       p.cache_write * double(cache_write) + p.output * double(completion)) *
-                      1000.0;
+  const double nano = usd_per_million_tokens * 1000.0;
   // Saturated far below INT64_MAX (converting a larger double is undefined): $1,000,000,000, beyond
   // any budget, so such a cost is refused for budget, never wrapped negative.
   constexpr double cap = 1e18;
   if (!(nano < cap)) return static_cast<std::int64_t>(cap);
   return static_cast<std::int64_t>(std::ceil(nano - 1e-6));
+}
+
+}  // namespace
+
+std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion,
+                       std::uint64_t cache_write) {
+  cached = std::min(cached, prompt);
+  cache_write = std::min(cache_write, prompt - cached);
+  return nano_of(p.input * double(prompt - cached - cache_write) + p.cached_input * double(cached) +
+                 p.cache_write * double(cache_write) + p.output * double(completion));
+}
+
+std::int64_t worst_cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t completion) {
+  const double per_prompt_token = std::max({p.input, p.cached_input, p.cache_write});
+  return nano_of(per_prompt_token * double(prompt) + p.output * double(completion));
 }
 
 engine::engine(std::shared_ptr<store> st, metrics::registry& reg, log_fn log)
@@ -466,7 +479,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   const std::uint64_t out = reserved_output_tokens(ctx, cfg.store.default_max_tokens);
   a.lease = instance_ + "-" + ctx.id_hex;
   a.tokens = ctx.prompt_estimate + out;
-  a.cost_nano = r->price ? cost_nano(*r->price, ctx.prompt_estimate, 0, out) : 0;
+  a.cost_nano = r->price ? worst_cost_nano(*r->price, ctx.prompt_estimate, out) : 0;
   a.lease_ms = cfg.store.lease_ms;
 
   call_admit_.inc();
@@ -598,18 +611,27 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
       co_return refusal(errc::rate_limited, "Rate limit reached for requests per minute on " + who + ": limit " +
                                                 std::to_string(s.limits.rpm) + ". Retry after the time in Retry-After.",
                         res.retry_after_ms);
-    case verdict::tpm:
-      if (!whole_tpm.empty() && a.tokens > s.limits.tpm && a.tokens <= tpm_of(res.scope))
+    case verdict::tpm: {
+      // `s` holds this replica's share while the store is unreachable; the whole limit decides
+      // whether any wait can help.
+      const std::uint64_t whole = tpm_of(res.scope);
+      const bool never = a.tokens > whole;
+      if (!never && a.tokens > s.limits.tpm)
         co_return refusal(errc::rate_limited,
                           "The policy store is unreachable and this call reserves " + std::to_string(a.tokens) +
                               " tokens, more than this replica's share of the tokens-per-minute limit on " + who +
-                              " (" + std::to_string(s.limits.tpm) + " of " + std::to_string(tpm_of(res.scope)) +
+                              " (" + std::to_string(s.limits.tpm) + " of " + std::to_string(whole) +
                               "). Retry shortly.",
                           1000);
+      const std::string limit = whole_tpm.empty() || never
+                                    ? std::to_string(whole)
+                                    : std::to_string(s.limits.tpm) + " (this replica's share of " +
+                                          std::to_string(whole) + " while the policy store is unreachable)";
       co_return refusal(errc::rate_limited,
-                        "Rate limit reached for tokens per minute on " + who + ": limit " + std::to_string(s.limits.tpm) +
-                            ", this call reserves " + std::to_string(a.tokens) + " (prompt estimate plus max_tokens).",
-                        a.tokens > s.limits.tpm ? 0 : res.retry_after_ms, a.tokens > s.limits.tpm);
+                        "Rate limit reached for tokens per minute on " + who + ": limit " + limit + ", this call reserves " +
+                            std::to_string(a.tokens) + " (prompt estimate plus max_tokens).",
+                        never ? 0 : res.retry_after_ms, never);
+    }
     case verdict::concurrency:
       co_return refusal(errc::rate_limited, "Too many requests in flight on " + who + ": limit " +
                                                 std::to_string(s.limits.concurrency) + ".",

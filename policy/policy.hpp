@@ -64,7 +64,10 @@ using log_fn = std::function<void(std::string_view level, std::string_view msg, 
 /// Cost in nano-USD of `prompt` (of which `cached` read from a prompt cache and `cache_write`
 /// written to one) and `completion` tokens, rounded up.
 std::int64_t cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t cached, std::uint64_t completion,
-                       std::uint64_t cache_write = 0);
+                       std::uint64_t cache_write);
+/// The most `prompt` and `completion` tokens can cost, what admission reserves: every prompt token
+/// at the dearest of its prices (a cache write may cost more than plain input).
+std::int64_t worst_cost_nano(const config::price_config& p, std::uint64_t prompt, std::uint64_t completion);
 /// The same for a finished call's token counts.
 inline std::int64_t cost_nano(const config::price_config& p, const usage_counts& u) {
   return cost_nano(p, u.prompt, u.cached, u.completion, u.cache_write);

@@ -192,7 +192,7 @@ std::string csv_value(const json::object& o, std::string_view name) {
 
 constexpr const char* csv_columns[] = {"seq", "type", "id", "time", "team", "key_id", "subject", "client", "user_agent",
                                        "method", "path", "model", "provider", "upstream_model", "status", "error_code",
-                                       "stream", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd",
+                                       "stream", "prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "cost_usd",
                                        "latency_us", "ttft_us", "retries", "admin", "action", "target"};
 
 /// cost_usd from the exact nano-USD integer: no binary floating point in an export.

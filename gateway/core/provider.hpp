@@ -77,6 +77,10 @@ class stream_translator {
   virtual void finish(bool complete, std::string_view why, std::string& out) = 0;
   /// True once the stream carried an error (caller gets an error event; the call failed).
   virtual bool failed() const = 0;
+  /// The stream ends here without finish(): the caller left, or a response filter stopped it.
+  /// What was generated but held back (a Vertex tool call still being assembled) is counted for
+  /// the bill.
+  virtual void abandon() {}
 };
 
 class provider_adapter {

@@ -1362,7 +1362,7 @@ void gemini_stream_translator::finish(stream_step& step, std::string_view reason
 
 stream_step gemini_stream_translator::fail(stream_step step, upstream_error e) {
   failed_ = true;
-  pending_.reset();
+  // pending_ is kept (every later chunk is ignored): pending_text() still tells what was generated.
   step.error = std::move(e);
   return step;
 }

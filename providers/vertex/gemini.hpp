@@ -329,7 +329,8 @@ class gemini_stream_translator {
   /// The last usage seen (cumulative), if any.
   const std::optional<gemini_usage>& usage() const { return usage_; }
   /// A streamed call still being assembled (generated, not yet sent): its name and its arguments
-  /// as far as they came, serialised; empty when none. A stream cut now bills this text too.
+  /// as far as they came, serialised; empty when none. Kept after a failure. A stream that ends
+  /// here bills this text too.
   std::string pending_text() const;
   const completion_meta& meta() const { return meta_; }
 

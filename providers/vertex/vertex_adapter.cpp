@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 #include "gateway/core/error.hpp"
 #include "gateway/core/sse.hpp"
@@ -76,14 +77,20 @@ class vertex_stream final : public stream_translator {
   }
 
   bool failed() const override { return failed_; }
+  void abandon() override { count_unsent_call(); }
 
  private:
   void apply(const vertex::stream_step& step, std::string& out) {
     failed_ = emit_translated_step(
         ctx_, step, out, [&](const vertex::gemini_usage& u) { record_usage(ctx_, u); },
         [](const vertex::upstream_error& e) { return vertex::to_openai_error_body(e); });
+    if (failed_) count_unsent_call();  // an error chunk or a bad one while a call was assembled
   }
-  void count_unsent_call() { ctx_.relayed_completion_chars += token_chars(tr_.pending_text()); }
+  /// Counts the call being assembled, once, whichever way the stream ends.
+  void count_unsent_call() {
+    if (std::exchange(unsent_counted_, true)) return;
+    ctx_.relayed_completion_chars += token_chars(tr_.pending_text());
+  }
   void fail_plain(std::string& out, const std::string& message) {
     failed_ = true;
     emit_stream_failure(ctx_, out, "upstream_error", message);
@@ -95,6 +102,7 @@ class vertex_stream final : public stream_translator {
   std::vector<sse::event> events_;
   bool done_ = false;
   bool failed_ = false;
+  bool unsent_counted_ = false;
 };
 
 google::credentials load_google_credentials(const config::provider_config& cfg) {

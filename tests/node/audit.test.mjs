@@ -261,6 +261,8 @@ describe('audit trail', () => {
     assert.equal(team.code, 0, team.stderr);
     const rows = team.stdout.trim().split('\n');
     assert.match(rows[0], /^instance,seq,type,id,time,team,key_id/);
+    // Every count a cost is made of is exported, so a row's cost can be checked from the row.
+    assert.match(rows[0], /,prompt_tokens,cached_tokens,cache_write_tokens,completion_tokens,cost_usd,/);
     assert.equal(rows.length, 1 + 2, team.stdout);
     assert.ok(rows.slice(1).every((r) => r.split(',')[5] === 'tiny'));
     const future = await ctl(['audit', 'export', '--dir', auditDir, '--from', '2999-01-01T00:00:00Z']);

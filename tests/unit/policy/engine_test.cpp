@@ -108,8 +108,10 @@ std::string yaml(const std::string& extra = {}) {
 models:
   - {name: mock-gpt, provider: mock}
   - {name: other, provider: mock}
+  - {name: cache-writer, provider: mock}
 prices:
   "*": {input: 1000, output: 2000}
+  cache-writer: {input: 1000, output: 2000, cache_write: 3000}
 teams:
   - name: search
     models: ["mock-*"]
@@ -263,8 +265,9 @@ class EngineTest : public ::testing::Test {
 
 TEST(CostTest, AnAbsurdTokenCountSaturatesInsteadOfWrappingNegative) {
   config::price_config p{"m", 1000, 1000, 2000, 1000, 0};
-  EXPECT_EQ(cost_nano(p, 0, 0, std::numeric_limits<std::uint64_t>::max()), 1'000'000'000'000'000'000);
-  EXPECT_EQ(cost_nano(p, std::numeric_limits<std::uint64_t>::max(), 0, 0), 1'000'000'000'000'000'000);
+  EXPECT_EQ(cost_nano(p, 0, 0, std::numeric_limits<std::uint64_t>::max(), 0), 1'000'000'000'000'000'000);
+  EXPECT_EQ(cost_nano(p, std::numeric_limits<std::uint64_t>::max(), 0, 0, 0), 1'000'000'000'000'000'000);
+  EXPECT_EQ(worst_cost_nano(p, std::numeric_limits<std::uint64_t>::max(), 0), 1'000'000'000'000'000'000);
 }
 
 TEST_F(EngineTest, AProvidersAnswerIsBilledEvenWhenTheCallerGotAnError) {
@@ -298,17 +301,42 @@ TEST_F(EngineTest, EachOfNAnswersIsReservedAsLongAsMaxTokens) {
 TEST(CostTest, PricesArePerMillionTokensAndRoundUpToANanoDollar) {
   config::price_config p{"m", 0.15, 0.075, 0.60, 0.1875, 0};
   // 1000 prompt tokens at $0.15/M = $0.00015 = 150000 nano; 500 output at $0.60/M = 300000 nano.
-  EXPECT_EQ(cost_nano(p, 1000, 0, 500), 450'000);
+  EXPECT_EQ(cost_nano(p, 1000, 0, 500, 0), 450'000);
   // 400 of the prompt were cached: 600*0.15 + 400*0.075 = 90000 + 30000 nano.
-  EXPECT_EQ(cost_nano(p, 1000, 400, 0), 120'000);
+  EXPECT_EQ(cost_nano(p, 1000, 400, 0, 0), 120'000);
   // 200 more were written to the cache (Bedrock): 400*0.15 + 400*0.075 + 200*0.1875.
   EXPECT_EQ(cost_nano(p, 1000, 400, 0, 200), 60'000 + 30'000 + 37'500);
   // Counts that overlap past the prompt are clipped to it, never wrapped.
   EXPECT_EQ(cost_nano(p, 100, 80, 0, 50), 80 * 75 + 20 * 187.5);
+  // Admission reserves every prompt token at the dearest prompt price (here the cache write), so a
+  // call whose prompt is written to the cache never settles above its reservation.
+  EXPECT_EQ(worst_cost_nano(p, 1000, 500), 187'500 + 300'000);
+  EXPECT_GE(worst_cost_nano(p, 1000, 500), cost_nano(p, 1000, 0, 500, 1000));
   // One token of a $0.0001/M model is 0.1 nano: rounded up, never free.
   config::price_config cheap{"c", 0.0001, 0.0001, 0.0001, 0.0001, 0};
-  EXPECT_EQ(cost_nano(cheap, 1, 0, 0), 1);
-  EXPECT_EQ(cost_nano(cheap, 0, 0, 0), 0);
+  EXPECT_EQ(cost_nano(cheap, 1, 0, 0, 0), 1);
+  EXPECT_EQ(cost_nano(cheap, 0, 0, 0, 0), 0);
+  EXPECT_EQ(worst_cost_nano(cheap, 1, 0), 1);
+  EXPECT_EQ(worst_cost_nano(cheap, 0, 0), 0);
+}
+
+TEST_F(EngineTest, AdmissionReservesThePromptAtItsDearestPriceSoACacheWriteNeverSettlesAbove) {
+  make();
+  const scope_spec rich{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  auto c = ctx("tg_rich1_" + secret, "cache-writer");
+  ASSERT_EQ(call(c), errc::ok);
+  // 5 prompt tokens at the cache-write price ($3000/M) and 5 output tokens ($2000/M).
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, rich)).reserved, 5 * 3'000'000 + 5 * 2'000'000);
+  // The provider wrote the whole prompt to its cache: the cost is the reservation, not above it.
+  c.status = 200;
+  c.upstream_answered = true;
+  c.usage = {5, 5, 0, 5, true};
+  eng->settle(c, executor_t(ioc.get_executor()));
+  ioc.restart();
+  while (eng->pending() > 0) ioc.run_one_for(std::chrono::milliseconds(5));
+  const auto b = run_sync(ioc, eng->budget(0, rich));
+  EXPECT_EQ(b.spent, 25'000'000);
+  EXPECT_EQ(b.reserved, 0);
 }
 
 TEST_F(EngineTest, MissingMalformedUnknownAndWrongKeysAre401WithoutEchoingThem) {
@@ -668,6 +696,7 @@ TEST_F(EngineTest, ADegradedReplicaTellsACallOverItsShareButWithinTheLimitToRetr
   EXPECT_EQ(never.error().code, errc::rate_limited);
   EXPECT_EQ(header(never.error(), "x-should-retry"), "false");
   EXPECT_EQ(header(never.error(), "Retry-After"), "");
+  EXPECT_NE(never.error().message.find("limit 20,"), std::string::npos) << "the whole limit: " << never.error().message;
 }
 
 TEST_F(EngineTest, AStoreThatFlipsCallByCallLogsOnePairOfLinesNotOnePerFlip) {

@@ -72,6 +72,26 @@ TEST(VertexAdapterTest, AStreamCutWhileACallIsAssembledBillsTheCallSoFar) {
     EXPECT_EQ(ctx.relayed_completion_chars, want) << "complete=" << complete;
     EXPECT_EQ(out.find("lookup"), std::string::npos) << "the unfinished call is not sent: " << out;
   }
+  // The caller left, or a response filter stopped the stream (no finish()): abandon() counts it.
+  {
+    auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+    auto t = make_vertex_stream_translator(ctx);
+    std::string out;
+    t->feed(parts, out);
+    t->abandon();
+    t->abandon();
+    EXPECT_EQ(ctx.relayed_completion_chars, want) << "counted once";
+  }
+  // Google sent an error chunk while the call was assembled: the stream fails, the call is counted.
+  {
+    auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
+    auto t = make_vertex_stream_translator(ctx);
+    std::string out;
+    t->feed(parts + "data: {\"error\":{\"code\":500,\"message\":\"Internal error\",\"status\":\"INTERNAL\"}}\r\n\r\n", out);
+    EXPECT_TRUE(t->failed());
+    t->finish(true, {}, out);
+    EXPECT_EQ(ctx.relayed_completion_chars, want);
+  }
   // A call that ended normally is counted once, when it is sent.
   auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
   auto t = make_vertex_stream_translator(ctx);
