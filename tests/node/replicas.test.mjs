@@ -103,9 +103,10 @@ describe('three gateways on one Redis', () => {
         assert.equal(r.status, 200, `replica ${gws.indexOf(gw)}: ${r.text}`);
       }
     }
+    // The clock starts before the DELETE is sent: the second includes the revocation's own time.
+    const revokedAt = Date.now();
     const del = await admin(a, adm.token, 'DELETE', `/admin/v1/keys/${id}`);
     assert.equal(del.status, 200, del.text);
-    const revokedAt = Date.now();
     const seen = await Promise.all(
       gws.map((gw, i) =>
         eventually(
@@ -121,5 +122,9 @@ describe('three gateways on one Redis', () => {
       ),
     );
     for (const s of seen) assert.ok(s.afterMs <= 1000, `replica ${s.replica} still accepted the key ${s.afterMs} ms after the revocation`);
+    // And it stays refused everywhere (not a refusal that a cache refill undoes).
+    for (const gw of gws) {
+      for (let k = 0; k < 3; k++) assertOpenAIError(await chat(gw, created.key, body), { status: 401, code: 'invalid_api_key' });
+    }
   });
 });

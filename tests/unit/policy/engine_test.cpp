@@ -100,6 +100,13 @@ struct flaky_store final : store {
 };
 
 const std::string secret = "S3cretS3cretS3cretS3cretS3cretS3cretS3cret1";
+
+/// A refusal's header `name`, empty when it has none.
+std::string header(const failure& f, std::string_view name) {
+  for (auto& [k, v] : f.headers)
+    if (k == name) return v;
+  return {};
+}
 const std::string full_key = "tg_abc123_" + secret;
 
 std::string yaml(const std::string& extra = {}) {
@@ -625,11 +632,6 @@ TEST_F(EngineTest, BudgetChargesActualCostAndRefusesWhenSpentWithNoRetry) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, errc::budget_exceeded);
   // Refused while c1 and c2 hold the budget: their settlements may free some, so a wait is given.
-  auto header = [](const failure& f, std::string_view name) {
-    for (auto& [k, v] : f.headers)
-      if (k == name) return v;
-    return std::string();
-  };
   EXPECT_EQ(header(r.error(), "Retry-After"), "1");
   EXPECT_EQ(header(r.error(), "x-should-retry"), "");
   // c1 used less than reserved: 2 prompt + 1 completion = 4e6 nano. The soft threshold (50%) is crossed by c2.
@@ -674,29 +676,24 @@ TEST_F(EngineTest, ADegradedReplicaTellsACallOverItsShareButWithinTheLimitToRetr
   make("store: {replicas: 2}\n", std::make_shared<dead_store>());
   // tight: tpm 20, 10 per replica while degraded. 15 tokens fit the whole limit once the store is
   // back: a wait, not "never". 105 tokens never fit: no wait.
-  auto header = [](const failure& f, std::string_view name) {
-    for (auto& [k, v] : f.headers)
-      if (k == name) return v;
-    return std::string();
+  const auto refusal_for = [&](std::uint64_t max_tokens) {
+    auto c = ctx("tg_tight1_" + secret);
+    c.max_output_tokens = max_tokens;
+    EXPECT_TRUE(auth(c));
+    auto r = admit(c);
+    EXPECT_FALSE(r);
+    return r ? failure{} : r.error();
   };
-  auto over_share = ctx("tg_tight1_" + secret);
-  over_share.max_output_tokens = 10;
-  ASSERT_TRUE(auth(over_share));
-  auto r = admit(over_share);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error().code, errc::rate_limited);
-  EXPECT_EQ(header(r.error(), "Retry-After"), "1");
-  EXPECT_EQ(header(r.error(), "x-should-retry"), "");
-  EXPECT_NE(r.error().message.find("10 of 20"), std::string::npos) << r.error().message;
-  auto over_limit = ctx("tg_tight1_" + secret);
-  over_limit.max_output_tokens = 100;
-  ASSERT_TRUE(auth(over_limit));
-  auto never = admit(over_limit);
-  ASSERT_FALSE(never);
-  EXPECT_EQ(never.error().code, errc::rate_limited);
-  EXPECT_EQ(header(never.error(), "x-should-retry"), "false");
-  EXPECT_EQ(header(never.error(), "Retry-After"), "");
-  EXPECT_NE(never.error().message.find("limit 20,"), std::string::npos) << "the whole limit: " << never.error().message;
+  const failure wait = refusal_for(10);
+  EXPECT_EQ(wait.code, errc::rate_limited);
+  EXPECT_EQ(header(wait, "Retry-After"), "1");
+  EXPECT_EQ(header(wait, "x-should-retry"), "");
+  EXPECT_NE(wait.message.find("10 of 20"), std::string::npos) << wait.message;
+  const failure never = refusal_for(100);
+  EXPECT_EQ(never.code, errc::rate_limited);
+  EXPECT_EQ(header(never, "x-should-retry"), "false");
+  EXPECT_EQ(header(never, "Retry-After"), "");
+  EXPECT_NE(never.message.find("limit 20,"), std::string::npos) << "the whole limit: " << never.message;
 }
 
 TEST_F(EngineTest, AStoreThatFlipsCallByCallLogsOnePairOfLinesNotOnePerFlip) {
