@@ -53,17 +53,11 @@ class vertex_stream final : public stream_translator {
       if (failed_ || ev.data.empty()) continue;
       apply(tr_.on_chunk(std::string_view(ev.data)), out);
     }
-    if (!ok && !failed_) {
-      count_unsent_call();
-      fail_plain(out, "upstream stream event too large");
-    }
+    if (!ok && !failed_) fail_plain(out, "upstream stream event too large");
   }
 
   void finish(bool complete, std::string_view why, std::string& out) override {
     if (done_ || failed_) return;
-    // A stream that ends before its finishReason (cut, or closed early) loses the call still being
-    // assembled: it was generated all the same, so it is counted as relayed for billing.
-    if (!tr_.finished()) count_unsent_call();
     if (!complete) {
       fail_plain(out, "The upstream stream ended unexpectedly: " + std::string(why) + ".");
       return;
@@ -84,14 +78,16 @@ class vertex_stream final : public stream_translator {
     failed_ = emit_translated_step(
         ctx_, step, out, [&](const vertex::gemini_usage& u) { record_usage(ctx_, u); },
         [](const vertex::upstream_error& e) { return vertex::to_openai_error_body(e); });
-    if (failed_) count_unsent_call();  // an error chunk or a bad one while a call was assembled
+    if (failed_) count_unsent_call();  // an error chunk, a bad one, or an end before finishReason
   }
-  /// Counts the call being assembled, once, whichever way the stream ends.
+  /// A stream that ends before its finishReason (failed, cut, or abandoned) loses the call still
+  /// being assembled: it was generated all the same, so it is counted as relayed for billing, once.
   void count_unsent_call() {
     if (std::exchange(unsent_counted_, true)) return;
     ctx_.relayed_completion_chars += token_chars(tr_.pending_text());
   }
   void fail_plain(std::string& out, const std::string& message) {
+    count_unsent_call();
     failed_ = true;
     emit_stream_failure(ctx_, out, "upstream_error", message);
   }
