@@ -59,6 +59,13 @@ ready_port() { # name: the caller port from its ready file (bounded wait)
   sed -E 's/.*"listen":\{"address":"[^"]*","port":([0-9]+).*/\1/' "$dir/$1.ready"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system time of a process, in clock ticks
+# The machine's CPU ticks (all states) and its steal ticks, as "total steal" (/proc/stat): on a VM,
+# steal is time the vCPUs were runnable while the host ran something else. A pass with a few
+# percent of steal is a noisy host, whatever the targets did (docs/benchmarks.md, "Steal").
+host_ticks() { awk 'NR == 1 { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9 }' /proc/stat; }
+steal_share() { # "total steal" before, "total steal" after: the steal's share of the interval, in %
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; printf "%.1f", (t > 0 ? 100 * (y[2] - x[2]) / t : 0) }'
+}
 us_per_req() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print 0 }'; }  # ticks, requests
 median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }  # of a file's numbers
 free_port() { # a loopback port nobody listens on
