@@ -115,6 +115,9 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::create_
   if (!found.reachable) co_return as_error<team_view>(unavailable);
   // (The override of a config team since removed from the file is no team: replaced.)
   if (found.team && !orphaned(nullptr, found.team)) co_return as_error<team_view>("team '" + t.name + "' already exists");
+  // Keys left by an earlier team of this name (a config team removed from the file keeps its
+  // store keys) are not this team's: revoked before it exists.
+  if (auto why = co_await revoke_keys_of(worker, t.name); !why.empty()) co_return as_error<team_view>(std::move(why));
   t.created_unix = std::time(nullptr);
   t.overrides_config = false;
   // Over what was read: of two creations at once, the second finds the first's record.
@@ -135,23 +138,26 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
   if (!found.reachable) co_return as_error<team_view>(unavailable);
   if (!found.team) co_return as_error<team_view>("no team '" + name + "'");
   team_view gone{true, merged(nullptr, *found.team), "api", found.team->created_unix};
-  // Its keys are revoked first: a key names its team only by name, so a team created later under
-  // the same name would otherwise take over the keys of this one, which it never issued. (A
-  // failure part-way leaves the team and some of its keys revoked: the safe side; deleting again
-  // finishes it.)
-  auto stored = co_await store_->list_keys(worker);
-  if (!stored) co_return as_error<team_view>(unavailable);
-  const std::function<std::string(key_record&)> revoke = revoked;
-  for (const key_record& k : *stored) {
-    if (k.team != name || !k.enabled) continue;
-    auto r = co_await change_key(worker, k.id, revoke);
-    if (!r) co_return as_error<team_view>(std::move(r.error()));
-  }
+  // Its keys are revoked first (revoke_keys_of). A failure part-way leaves the team and some of
+  // its keys revoked: the safe side; deleting again finishes it.
+  if (auto why = co_await revoke_keys_of(worker, name); !why.empty()) co_return as_error<team_view>(std::move(why));
   if (!co_await store_->delete_team(worker, name)) co_return as_error<team_view>(unavailable);
   // Its keys stop working on every replica: their team no longer resolves.
   forget("team:" + name);
   co_await store_->publish_invalidation(worker, "team:" + name);
   co_return gone;
+}
+
+awaitable<std::string> engine::revoke_keys_of(unsigned worker, std::string name) {
+  auto stored = co_await store_->list_keys(worker);
+  if (!stored) co_return unavailable;
+  const std::function<std::string(key_record&)> revoke = revoked;
+  for (const key_record& k : *stored) {
+    if (k.team != name || !k.enabled) continue;
+    auto r = co_await change_key(worker, k.id, revoke);
+    if (!r) co_return std::move(r.error());
+  }
+  co_return std::string{};
 }
 
 awaitable<std::optional<std::vector<engine::team_view>>> engine::list_teams(unsigned worker,

@@ -208,6 +208,9 @@ class engine {
   /// then drops every replica's copy. The record written, or why not.
   awaitable<boost::system::result<key_record, std::string>> change_key(
       unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change);
+  /// Revokes every enabled store key of team `name`: a key names its team only by name, so a team
+  /// made later under that name would otherwise take over keys it never issued. Empty, or why not.
+  awaitable<std::string> revoke_keys_of(unsigned worker, std::string name);
   /// An admission on `worker` was answered by the store: ends the retry loop's backoff there.
   void store_answered(unsigned worker);
   /// `worker`'s retry items from `first_new` on are new: journaled (when there is a journal), and

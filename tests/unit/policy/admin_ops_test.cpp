@@ -246,6 +246,13 @@ TEST_F(AdminOpsTest, AConfigTeamRemovedFromTheFileDoesNotLiveOnThroughItsOverrid
   fresh.name = "old";
   ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, fresh)));
   EXPECT_EQ(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "old")).source, "api");
+  // ... and the old team's keys are not the new one's.
+  EXPECT_FALSE(accepted(made->full)) << "a new team took over the keys of the removed one";
+  key_record mine;
+  mine.team = "old";
+  auto own = run_sync(ioc, eng->create_key(0, *snap->cfg, mine));
+  ASSERT_TRUE(own);
+  EXPECT_TRUE(accepted(own->full)) << "the new team's own keys work";
 }
 
 }  // namespace
