@@ -692,6 +692,8 @@ std::string validate(const gateway_config& cfg) {
     const std::string at = " (line " + std::to_string(k.line) + ")";
     if (k.id.empty() || k.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != std::string::npos)
       return path + ".id: must be letters and digits only (it is the middle of tg_<id>_<secret>)" + at;
+    if (k.id.size() > 64)  // (policy::parse_key's bound: a longer id could never authenticate)
+      return path + ".id: at most 64 characters (it is the middle of tg_<id>_<secret>)" + at;
     if (!keys.insert(k.id).second) return path + ".id: duplicate key id '" + k.id + "'" + at;
     if (!cfg.find_team(k.team)) return path + ".team: unknown team '" + k.team + "'" + at;
     const bool hex64 = [&] {

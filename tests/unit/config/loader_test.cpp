@@ -255,6 +255,7 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       {base + "teams:\n  - {name: t}\n  - {name: t}\n", "duplicate team 't'"},
       {base + "keys:\n  - {id: a1, team: nobody, digest: " + digest + "}\n", "keys[0].team: unknown team 'nobody'"},
       {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a_1, team: t, digest: " + digest + "}\n", "keys[0].id: must be letters and digits"},
+      {base + "teams:\n  - {name: t}\nkeys:\n  - {id: " + std::string(65, 'a') + ", team: t, digest: " + digest + "}\n", "keys[0].id: at most 64 characters"},
       {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a1, team: t, digest: md5:abc}\n", "keys[0].digest: expected sha256:"},
       {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a1, team: t, digest: hmac-" + digest + "}\n", "needs auth.pepper"},
       {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a1, team: t, digest: " + digest + ", expires: soon}\n", "keys[0].expires: expected a UTC time"},

@@ -1058,6 +1058,11 @@ TEST(KeysTest, ParseDigestVerify) {
   EXPECT_EQ(p->id, k.id);
   EXPECT_EQ(p->secret, k.secret);
   for (auto bad : {"", "tg_", "tg__x", "tg_id_", "sk_id_secret", "tg_i-d_secret", "tg_id_sec ret"}) EXPECT_FALSE(parse_key(bad)) << bad;
+  // Length bounds: an id of at most 64 characters (the loader refuses longer config ids), a secret of at most 256.
+  EXPECT_TRUE(parse_key("tg_" + std::string(64, 'i') + "_s"));
+  EXPECT_FALSE(parse_key("tg_" + std::string(65, 'i') + "_s"));
+  EXPECT_TRUE(parse_key("tg_id_" + std::string(256, 's')));
+  EXPECT_FALSE(parse_key("tg_id_" + std::string(257, 's')));
   for (int b = 0; b < 256; ++b) {  // every byte, in the id and in the secret: only ASCII letters and digits
     const char c = static_cast<char>(b);
     const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
