@@ -28,6 +28,7 @@
 #include "gateway/admin/ctl_audit.hpp"
 #include "gateway/admin/ctl_http.hpp"
 #include "gateway/admin/ctl_table.hpp"
+#include "policy/keys.hpp"
 
 namespace tollgate::ctl {
 namespace {
@@ -65,6 +66,7 @@ constexpr string_view top_help =
     "Commands:\n"
     "  key create --team T [options]    create an API key; prints its secret once\n"
     "  key list [--team T]              list keys\n"
+    "  key digest [--pepper-file F]     the digest of a key read on stdin, for the config file\n"
     "  key show ID                      show a key (never its secret)\n"
     "  key revoke ID                    revoke a key on every replica\n"
     "  key rotate ID [--overlap-seconds N]  give a key a new secret\n"
@@ -503,6 +505,43 @@ string with_query(string path, const arguments& a, std::initializer_list<std::pa
   return path;
 }
 
+/// Offline: the digest of a key for the configuration file's `keys` (the gateway stores and
+/// compares only digests). The key comes on standard input, never on the command line, where
+/// the shell's history and `ps` would show it.
+int key_digest(const context& c) {
+  string pepper;
+  if (const string* f = c.a.get("pepper-file")) {
+    std::ifstream in(*f, std::ios::binary);
+    if (!in) return usage_error(c, "cannot read pepper file '" + *f + "': " + std::strerror(errno));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    pepper = trim_space(ss.str());
+    if (pepper.empty()) return usage_error(c, "pepper file '" + *f + "' is empty");
+  }
+  string line;
+  std::getline(std::cin, line);
+  line = trim_space(std::move(line));
+  if (line.empty())
+    return usage_error(c, "'key digest' reads a key tg_<id>_<secret>, or a secret, on standard input; it got none");
+  string id, secret;
+  if (line.starts_with("tg_")) {
+    const auto k = policy::parse_key(line);
+    if (!k)  // (the input is never echoed: it is a secret)
+      return usage_error(c, "not a key of the form tg_<id>_<secret>: the id is 1-64 letters and digits, the secret 1-256");
+    id = string(k->id);
+    secret = string(k->secret);
+  } else {
+    secret = std::move(line);
+    if (secret.size() > 256 || !std::all_of(secret.begin(), secret.end(), [](char ch) {
+          return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+        }))
+      return usage_error(c, "a key's secret is 1-256 letters and digits (e.g. `openssl rand -hex 32`), and this one is not");
+  }
+  if (!id.empty()) std::cout << "id: " << id << "\n";
+  std::cout << "digest: " << policy::digest_secret(secret, pepper) << "\n";
+  return exit_ok;
+}
+
 int key_create(const context& c) {
   string err;
   const string* team = required(c, "team", err);
@@ -628,6 +667,13 @@ const std::vector<command>& commands() {
        {"team", "name", "models", "rpm", "tpm", "concurrency", "budget-usd", "period", "soft", "expires-unix"},
        {},
        key_create},
+      {"key", "digest", "key digest [--pepper-file F] < key",
+       "Prints the digest of the key (tg_<id>_<secret>) or secret read on standard input, for a key\n"
+       "declared in the configuration file (keys: {id, team, digest}). Offline: no gateway is called.\n"
+       "The secret is 1-256 letters and digits; e.g. printf 'tg_ci1_%s' \"$(openssl rand -hex 32)\".",
+       "  --pepper-file F    a file holding the gateway's auth.pepper: the digest is then\n"
+       "                     hmac-sha256:<hex>, as the gateway computes it with a pepper\n",
+       {"pepper-file"}, {}, key_digest},
       {"key", "list", "key list [--team T]", "Lists keys, of team T or all.", "  --team T           only keys of team T\n",
        {"team"}, {}, key_list},
       {"key", "show", "key show ID", "Shows key ID (never its secret).", "", {}, {"ID"}, key_show},

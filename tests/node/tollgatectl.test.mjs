@@ -3,6 +3,7 @@
 // set, usage) run against a scripted admin server, which checks the requests tollgatectl sends.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -22,9 +23,13 @@ const CTL_BIN = process.env.TOLLGATECTL_BIN ?? join(dirname(GATEWAY_BIN), 'tollg
  * Runs tollgatectl to completion with exactly `env` (plus PATH): nothing from the caller's
  * environment such as a real TOLLGATE_ADMIN_TOKEN leaks in. Returns `{code, signal, stdout, stderr, ms}`.
  */
-async function ctl(args, env = {}, { timeoutMs = 15000 } = {}) {
+async function ctl(args, env = {}, { timeoutMs = 15000, input } = {}) {
   const started = Date.now();
-  const child = spawn(CTL_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH, ...env } });
+  const child = spawn(CTL_BIN, args, {
+    stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    env: { PATH: process.env.PATH, ...env },
+  });
+  if (input !== undefined) child.stdin.end(input);
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
@@ -407,6 +412,77 @@ async function startScriptedAdmin() {
     },
   };
 }
+
+describe('tollgatectl key digest: a key for the configuration file, offline', () => {
+  test('the digest it prints (plain and with a pepper) authenticates the key at a gateway; nothing else does', { timeout: 30000 }, async () => {
+    const secret = randomBytes(24).toString('hex');
+    const plain = await ctl(['key', 'digest'], {}, { input: `tg_cfg1_${secret}\n` });
+    assertExit(plain, 0, 'key digest');
+    assert.match(plain.stdout, /^id: cfg1\ndigest: sha256:[0-9a-f]{64}\n$/);
+    assert.ok(!plain.stdout.includes(secret) && !plain.stderr.includes(secret), 'the secret was echoed');
+    // A bare secret gives the same digest, without the id.
+    const bare = await ctl(['key', 'digest'], {}, { input: secret });
+    assertExit(bare, 0, 'key digest of a bare secret');
+    assert.equal(bare.stdout, plain.stdout.split('\n')[1] + '\n');
+    const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-digest-'));
+    const pepper = randomBytes(16).toString('hex');
+    writeFileSync(join(dir, 'pepper'), `${pepper}\n`);
+    const peppered = await ctl(['key', 'digest', '--pepper-file', join(dir, 'pepper')], {}, { input: `tg_cfg2_${secret}` });
+    assertExit(peppered, 0, 'key digest --pepper-file');
+    const digestOf = (r) => /digest: (\S+)/.exec(r.stdout)[1];
+    assert.match(digestOf(peppered), /^hmac-sha256:[0-9a-f]{64}$/);
+    const yaml =
+      serverYaml({ workers: 1, openAuth: false }) +
+      `auth:
+  required: true
+  pepper: "${pepper}"
+teams:
+  - name: cfg
+providers:
+  - {name: mock, type: mock}
+models:
+  - {name: mock-gpt, provider: mock}
+keys:
+  - {id: cfg1, team: cfg, digest: "${digestOf(plain)}"}
+  - {id: cfg2, team: cfg, digest: "${digestOf(peppered)}"}
+`;
+    const gw = await startGateway(yaml);
+    try {
+      const body = { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] };
+      assert.equal((await chat(gw, `tg_cfg1_${secret}`, body)).status, 200);
+      assert.equal((await chat(gw, `tg_cfg2_${secret}`, body)).status, 200);
+      assert.equal((await chat(gw, `tg_cfg1_${secret}0`, body)).status, 401, 'another secret under the same id');
+    } finally {
+      await gw.kill();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('wrong input: nothing, a malformed key, a secret a key cannot carry, an empty or missing pepper file: exit 2, the input never echoed', { timeout: 30000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-digest-'));
+    try {
+      writeFileSync(join(dir, 'empty'), '\n');
+      const cases = [
+        [[], '', /got none/],
+        [[], 'tg_bad-id_SECRETVALUE1', /not a key of the form/],
+        [[], `tg_${'i'.repeat(65)}_SECRETVALUE2`, /not a key of the form/],
+        [[], 'SECRET+VALUE/3=', /letters and digits/],
+        [[], 'S'.repeat(257), /letters and digits/],
+        [['--pepper-file', join(dir, 'empty')], 'SECRETVALUE4', /is empty/],
+        [['--pepper-file', join(dir, 'missing')], 'SECRETVALUE5', /cannot read pepper file/],
+      ];
+      for (const [extra, input, why] of cases) {
+        const r = await ctl(['key', 'digest', ...extra], {}, { input });
+        assertExit(r, 2, `key digest with ${JSON.stringify(input.slice(0, 30))}`);
+        assert.match(r.stderr, why);
+        assert.equal(r.stdout, '');
+        if (input) assert.ok(!r.stderr.includes(input.replace(/^tg_[^_]*_/, '')), `the input was echoed: ${r.stderr}`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('tollgatectl against a scripted admin server (commands the gateway grows later)', () => {
   let srv;
