@@ -23,6 +23,14 @@ struct caller_fields {
   std::optional<std::string_view> user_agent, content_type, authorization, api_key, x_api_key;
 };
 
+/// The API key a caller presented (empty when none), from `Authorization: Bearer <key>` (OpenAI
+/// SDKs), `api-key` (Azure SDKs) or `x-api-key` (Anthropic SDKs). A Tollgate key (`tg_…`) wins over
+/// anything else in another of these headers, such as an SDK's placeholder; else the first
+/// non-empty one in that order. An Authorization header of another scheme (`Basic`, added by an
+/// ingress) is no API key, unless what follows it, or the whole value, is a `tg_` key: such a key
+/// is checked, never passed over (a revoked key must not pass an open gateway as anonymous).
+std::string presented_credential(const caller_fields& c);
+
 class caller_request_parser : public boost::beast::http::basic_parser<true> {
  public:
   /// `storage` must outlive the parser and the views it gives; it is cleared here.

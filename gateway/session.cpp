@@ -156,19 +156,6 @@ std::string client_address(stream_t& s) {
   return ec ? std::string("unknown") : ep.address().to_string();
 }
 
-/// The API key a caller presented: `Authorization: Bearer <key>` (OpenAI SDKs), else `api-key`
-/// (Azure SDKs), else `x-api-key` (Anthropic SDKs). Empty when none. An Authorization header of
-/// another scheme (`Basic`, added by an ingress) is not an API key: the other headers still count.
-std::string presented_credential(const caller_fields& c) {
-  const std::string_view auth = text::trim(c.authorization.value_or(std::string_view()));
-  // "Bearer", then spaces or tabs (RFC 9110's 1*SP, and tabs as lenient parsers take them).
-  if (auth.size() > 7 && text::iequals(auth.substr(0, 6), "bearer") && (auth[6] == ' ' || auth[6] == '\t'))
-    return std::string(text::trim(auth.substr(7)));
-  if (c.api_key) return std::string(text::trim(*c.api_key));
-  if (c.x_api_key) return std::string(text::trim(*c.x_api_key));
-  return {};
-}
-
 /// URI and DNS subject-alternative names of the peer's certificate, which OpenSSL has already
 /// verified against the configured client CA (SSL_VERIFY_FAIL_IF_NO_PEER_CERT).
 std::vector<std::string> certificate_names(SSL* ssl) {

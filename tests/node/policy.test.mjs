@@ -414,6 +414,19 @@ keys:
       // A tab after "Bearer" is taken as a space.
       const tab = await chat(gw, undefined, body('mock-gpt'), { extraHeaders: { authorization: `Bearer\t${keys.free}` } });
       assert.equal(tab.status, 200, tab.text);
+      // An SDK's placeholder in Authorization does not hide the key in api-key or x-api-key.
+      for (const header of ['api-key', 'x-api-key']) {
+        const r = await chat(gw, keys.free, body('mock-gpt'), { header, extraHeaders: { authorization: 'Bearer sk-placeholder' } });
+        assert.equal(r.status, 200, `${header} beside a placeholder: ${r.text}`);
+      }
+      // A key without "Bearer", or after another scheme, is checked as a key: good, 200; bad, 401.
+      for (const authorization of [keys.free, `Token ${keys.free}`]) {
+        const r = await chat(gw, undefined, body('mock-gpt'), { extraHeaders: { authorization } });
+        assert.equal(r.status, 200, `${authorization.split(' ')[0]}: ${r.text}`);
+        const bad = await chat(gw, undefined, body('mock-gpt'), { extraHeaders: { authorization: `${authorization}x` } });
+        assertOpenAIError(bad, { status: 401, code: 'invalid_api_key' });
+        assert.match(bad.json.error.message, /Incorrect API key/, 'the key was read, not taken for a missing one');
+      }
     });
 
     test('OpenAI SDK: 401 AuthenticationError, 403 PermissionDeniedError, 429 RateLimitError (budget: no retry)', { timeout: 20000 }, async () => {

@@ -154,5 +154,39 @@ TEST(RequestParserTest, BadRequestsAndOversizedBodiesFailAsWithBeastsParser) {
   }
 }
 
+TEST(PresentedCredentialTest, ATollgateKeyInAnyHeaderOrSchemeIsTheCredential) {
+  const auto of = [](std::optional<std::string_view> authorization, std::optional<std::string_view> api_key = {},
+                     std::optional<std::string_view> x_api_key = {}) {
+    caller_fields f;
+    f.authorization = authorization;
+    f.api_key = api_key;
+    f.x_api_key = x_api_key;
+    return presented_credential(f);
+  };
+  // The SDKs' forms.
+  EXPECT_EQ(of("Bearer tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of("bearer\t tg_a_b  "), "tg_a_b");
+  EXPECT_EQ(of({}, " tg_a_b "), "tg_a_b");
+  EXPECT_EQ(of({}, {}, "tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of({}), "");
+  EXPECT_EQ(of("Bearer"), "");
+  EXPECT_EQ(of("Bearer   "), "");
+  // A foreign credential is still the credential when nothing else is sent (an open gateway lets
+  // it in as anonymous; a closed one answers invalid_api_key).
+  EXPECT_EQ(of("Bearer sk-placeholder"), "sk-placeholder");
+  // An SDK's placeholder in one header does not hide a Tollgate key in another.
+  EXPECT_EQ(of("Bearer sk-placeholder", "tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of("Bearer sk-placeholder", {}, "tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of("Bearer tg_a_b", "tg_c_d", "tg_e_f"), "tg_a_b");
+  EXPECT_EQ(of({}, "tg_c_d", "tg_e_f"), "tg_c_d");
+  // An ingress's Basic credentials are no key: the other headers count.
+  EXPECT_EQ(of("Basic aW5ncmVzczpwYXNz", "tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of("Basic aW5ncmVzczpwYXNz"), "");
+  // A Tollgate key without "Bearer", or after another scheme, is checked, not passed over.
+  EXPECT_EQ(of("tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of("Token tg_a_b"), "tg_a_b");
+  EXPECT_EQ(of("tg_a_b", "sk-placeholder"), "tg_a_b");
+}
+
 }  // namespace
 }  // namespace tollgate::gateway
