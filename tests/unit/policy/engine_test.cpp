@@ -577,6 +577,18 @@ TEST_F(EngineTest, ModelsOutsideTheGrantAre403AndUnlisted) {
   EXPECT_TRUE(engine::may_list(c, "mock-gpt"));
 }
 
+TEST_F(EngineTest, AnEmptyModelListIsEveryModelTheTeamAllowsAndNotNone) {
+  // (docs/configuration.md: left out or [] both mean every model; the admin API lists it as [].)
+  make("  - {id: all1, team: search, models: [], digest: \"" + digest_secret(secret, "") + "\"}\n"
+       "  - {id: all2, team: rich, models: [], digest: \"" + digest_secret(secret, "") + "\"}\n");
+  auto within = ctx("tg_all1_" + secret);
+  EXPECT_EQ(call(within), errc::ok);
+  auto beyond_team = ctx("tg_all1_" + secret, "other");
+  EXPECT_EQ(call(beyond_team), errc::permission_denied) << "an empty key list widened the team's mock-*";
+  auto any = ctx("tg_all2_" + secret, "other");
+  EXPECT_EQ(call(any), errc::ok);
+}
+
 TEST_F(EngineTest, RateLimitRefusalCarriesRetryAfter) {
   make();
   for (int i = 0; i < 2; ++i) {
