@@ -77,12 +77,14 @@ std::size_t caller_request_parser::on_chunk_body_impl(std::uint64_t, string_view
 
 void caller_request_parser::on_finish_impl(error_code&) {}
 
-std::string presented_credential(const caller_fields& c) {
+std::string presented_credential(const caller_fields& c, bool prefer_keys) {
   const std::string_view auth = text::trim(c.authorization.value_or(std::string_view()));
   std::string_view from_auth;
   // "Bearer", then spaces or tabs (RFC 9110's 1*SP, and tabs as lenient parsers take them).
   if (auth.size() > 7 && text::iequals(auth.substr(0, 6), "bearer") && (auth[6] == ' ' || auth[6] == '\t')) {
     from_auth = text::trim(auth.substr(7));
+  } else if (auth.starts_with("tg_")) {
+    from_auth = auth;  // a key without a scheme (with anything after it: still checked, and refused)
   } else {
     const auto gap = auth.find_first_of(" \t");
     const std::string_view rest = gap == std::string_view::npos ? auth : text::trim(auth.substr(gap));
@@ -90,8 +92,9 @@ std::string presented_credential(const caller_fields& c) {
   }
   const std::string_view candidates[] = {from_auth, text::trim(c.api_key.value_or(std::string_view())),
                                          text::trim(c.x_api_key.value_or(std::string_view()))};
-  for (auto v : candidates)
-    if (v.starts_with("tg_")) return std::string(v);
+  if (prefer_keys)
+    for (auto v : candidates)
+      if (v.starts_with("tg_")) return std::string(v);
   for (auto v : candidates)
     if (!v.empty()) return std::string(v);
   return {};

@@ -29,7 +29,9 @@ struct caller_fields {
 /// non-empty one in that order. An Authorization header of another scheme (`Basic`, added by an
 /// ingress) is no API key, unless what follows it, or the whole value, is a `tg_` key: such a key
 /// is checked, never passed over (a revoked key must not pass an open gateway as anonymous).
-std::string presented_credential(const caller_fields& c);
+/// `prefer_keys` false (the admin listener, whose tokens are no `tg_` keys): the first non-empty
+/// one in header order, so an API key in another header never displaces the admin token.
+std::string presented_credential(const caller_fields& c, bool prefer_keys = true);
 
 class caller_request_parser : public boost::beast::http::basic_parser<true> {
  public:

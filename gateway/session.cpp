@@ -324,7 +324,7 @@ class session {
     ctx.path = std::string(target.substr(0, query_at));
     if (query_at != std::string_view::npos) ctx.query = std::string(target.substr(query_at + 1));
     ctx.user_agent = std::string(fields.user_agent.value_or(std::string_view()));
-    ctx.credential = presented_credential(fields);
+    ctx.credential = presented_credential(fields, kind_ == listener_kind::caller);
     ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
     ctx.admin_listener = kind_ == listener_kind::admin;

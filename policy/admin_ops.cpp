@@ -116,8 +116,11 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::create_
   // (The override of a config team since removed from the file is no team: replaced.)
   if (found.team && !orphaned(nullptr, found.team)) co_return as_error<team_view>("team '" + t.name + "' already exists");
   // Keys left by an earlier team of this name (a config team removed from the file keeps its
-  // store keys) are not this team's: revoked before it exists.
-  if (auto why = co_await revoke_keys_of(worker, t.name); !why.empty()) co_return as_error<team_view>(std::move(why));
+  // store keys) are not this team's. They are listed before the write and revoked only once it
+  // has won: if a concurrent creation of the name wins instead, the write below fails, and the
+  // keys it has issued meanwhile (they may be in this list) are left alone.
+  auto earlier = co_await enabled_keys_of(worker, t.name);
+  if (!earlier) co_return as_error<team_view>(unavailable);
   t.created_unix = std::time(nullptr);
   t.overrides_config = false;
   // Over what was read: of two creations at once, the second finds the first's record.
@@ -126,6 +129,9 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::create_
   if (w == write_result::unreachable) co_return as_error<team_view>(unavailable);
   forget("team:" + t.name);
   co_await store_->publish_invalidation(worker, "team:" + t.name);
+  if (auto why = co_await revoke_keys(worker, *earlier); !why.empty())
+    co_return as_error<team_view>("team '" + t.name + "' was created, but a key of an earlier team of that name could not be "
+                                  "revoked (" + why + "): list the team's keys and revoke the older ones by id");
   co_return co_await resolve_team(worker, cfg, t.name);
 }
 
@@ -138,9 +144,12 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
   if (!found.reachable) co_return as_error<team_view>(unavailable);
   if (!found.team) co_return as_error<team_view>("no team '" + name + "'");
   team_view gone{true, merged(nullptr, *found.team), "api", found.team->created_unix};
-  // Its keys are revoked first (revoke_keys_of). A failure part-way leaves the team and some of
+  // Its keys are revoked first: a key names its team only by name, so a team created later under
+  // the same name would otherwise take over keys it never issued. A failure part-way leaves the team and some of
   // its keys revoked: the safe side; deleting again finishes it.
-  if (auto why = co_await revoke_keys_of(worker, name); !why.empty()) co_return as_error<team_view>(std::move(why));
+  auto keys = co_await enabled_keys_of(worker, name);
+  if (!keys) co_return as_error<team_view>(unavailable);
+  if (auto why = co_await revoke_keys(worker, *keys); !why.empty()) co_return as_error<team_view>(std::move(why));
   if (!co_await store_->delete_team(worker, name)) co_return as_error<team_view>(unavailable);
   // Its keys stop working on every replica: their team no longer resolves.
   forget("team:" + name);
@@ -148,13 +157,19 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
   co_return gone;
 }
 
-awaitable<std::string> engine::revoke_keys_of(unsigned worker, std::string name) {
+awaitable<std::optional<std::vector<std::string>>> engine::enabled_keys_of(unsigned worker, std::string name) {
   auto stored = co_await store_->list_keys(worker);
-  if (!stored) co_return unavailable;
+  if (!stored) co_return std::nullopt;
+  std::vector<std::string> ids;
+  for (const key_record& k : *stored)
+    if (k.team == name && k.enabled) ids.push_back(k.id);
+  co_return ids;
+}
+
+awaitable<std::string> engine::revoke_keys(unsigned worker, std::vector<std::string> ids) {
   const std::function<std::string(key_record&)> revoke = revoked;
-  for (const key_record& k : *stored) {
-    if (k.team != name || !k.enabled) continue;
-    auto r = co_await change_key(worker, k.id, revoke);
+  for (const std::string& id : ids) {
+    auto r = co_await change_key(worker, id, revoke);
     if (!r) co_return std::move(r.error());
   }
   co_return std::string{};

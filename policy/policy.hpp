@@ -208,9 +208,12 @@ class engine {
   /// then drops every replica's copy. The record written, or why not.
   awaitable<boost::system::result<key_record, std::string>> change_key(
       unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change);
-  /// Revokes every enabled store key of team `name`: a key names its team only by name, so a team
-  /// made later under that name would otherwise take over keys it never issued. Empty, or why not.
-  awaitable<std::string> revoke_keys_of(unsigned worker, std::string name);
+  /// The ids of team `name`'s enabled store keys; nullopt when the store cannot be read. A key
+  /// names its team only by name, so a team made later under that name would otherwise take over
+  /// keys it never issued: delete_team and create_team revoke these (revoke_keys).
+  awaitable<std::optional<std::vector<std::string>>> enabled_keys_of(unsigned worker, std::string name);
+  /// Revokes keys `ids` in turn. Empty, or why the first that failed did.
+  awaitable<std::string> revoke_keys(unsigned worker, std::vector<std::string> ids);
   /// An admission on `worker` was answered by the store: ends the retry loop's backoff there.
   void store_answered(unsigned worker);
   /// `worker`'s retry items from `first_new` on are new: journaled (when there is a journal), and

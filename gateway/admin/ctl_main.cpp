@@ -28,6 +28,7 @@
 #include "gateway/admin/ctl_audit.hpp"
 #include "gateway/admin/ctl_http.hpp"
 #include "gateway/admin/ctl_table.hpp"
+#include "config/secrets.hpp"
 #include "policy/keys.hpp"
 
 namespace tollgate::ctl {
@@ -511,11 +512,12 @@ string with_query(string path, const arguments& a, std::initializer_list<std::pa
 int key_digest(const context& c) {
   string pepper;
   if (const string* f = c.a.get("pepper-file")) {
-    std::ifstream in(*f, std::ios::binary);
-    if (!in) return usage_error(c, "cannot read pepper file '" + *f + "': " + std::strerror(errno));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    pepper = trim_space(ss.str());
+    // Read exactly as the gateway reads `auth.pepper: file:F` (only a trailing newline dropped):
+    // any other trimming would print a digest the gateway never computes.
+    string why;
+    auto p = config::resolve_secret("file:" + *f, why);
+    if (!p) return usage_error(c, "cannot read pepper file '" + *f + "'");
+    pepper = std::move(*p);
     if (pepper.empty()) return usage_error(c, "pepper file '" + *f + "' is empty");
   }
   string line;
@@ -671,8 +673,9 @@ const std::vector<command>& commands() {
        "Prints the digest of the key (tg_<id>_<secret>) or secret read on standard input, for a key\n"
        "declared in the configuration file (keys: {id, team, digest}). Offline: no gateway is called.\n"
        "The secret is 1-256 letters and digits; e.g. printf 'tg_ci1_%s' \"$(openssl rand -hex 32)\".",
-       "  --pepper-file F    a file holding the gateway's auth.pepper: the digest is then\n"
-       "                     hmac-sha256:<hex>, as the gateway computes it with a pepper\n",
+       "  --pepper-file F    a file holding the gateway's auth.pepper, read as the gateway reads\n"
+       "                     auth.pepper: file:F (a trailing newline dropped): the digest is then\n"
+       "                     hmac-sha256:<hex>\n",
        {"pepper-file"}, {}, key_digest},
       {"key", "list", "key list [--team T]", "Lists keys, of team T or all.", "  --team T           only keys of team T\n",
        {"team"}, {}, key_list},

@@ -425,7 +425,8 @@ describe('tollgatectl key digest: a key for the configuration file, offline', ()
     assertExit(bare, 0, 'key digest of a bare secret');
     assert.equal(bare.stdout, plain.stdout.split('\n')[1] + '\n');
     const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-digest-'));
-    const pepper = randomBytes(16).toString('hex');
+    // Spaces at both ends are part of the pepper (the gateway keeps them): only the newline goes.
+    const pepper = ` ${randomBytes(16).toString('hex')}\t `;
     writeFileSync(join(dir, 'pepper'), `${pepper}\n`);
     const peppered = await ctl(['key', 'digest', '--pepper-file', join(dir, 'pepper')], {}, { input: `tg_cfg2_${secret}` });
     assertExit(peppered, 0, 'key digest --pepper-file');
@@ -435,7 +436,7 @@ describe('tollgatectl key digest: a key for the configuration file, offline', ()
       serverYaml({ workers: 1, openAuth: false }) +
       `auth:
   required: true
-  pepper: "${pepper}"
+  pepper: "file:${join(dir, 'pepper')}"
 teams:
   - name: cfg
 providers:
@@ -461,14 +462,14 @@ keys:
   test('wrong input: nothing, a malformed key, a secret a key cannot carry, an empty or missing pepper file: exit 2, the input never echoed', { timeout: 30000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-digest-'));
     try {
-      writeFileSync(join(dir, 'empty'), '\n');
+      writeFileSync(join(dir, 'newline'), '\n');
       const cases = [
         [[], '', /got none/],
         [[], 'tg_bad-id_SECRETVALUE1', /not a key of the form/],
         [[], `tg_${'i'.repeat(65)}_SECRETVALUE2`, /not a key of the form/],
         [[], 'SECRET+VALUE/3=', /letters and digits/],
         [[], 'S'.repeat(257), /letters and digits/],
-        [['--pepper-file', join(dir, 'empty')], 'SECRETVALUE4', /is empty/],
+        [['--pepper-file', join(dir, 'newline')], 'SECRETVALUE4', /is empty/],
         [['--pepper-file', join(dir, 'missing')], 'SECRETVALUE5', /cannot read pepper file/],
       ];
       for (const [extra, input, why] of cases) {

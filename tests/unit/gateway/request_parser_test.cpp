@@ -186,6 +186,14 @@ TEST(PresentedCredentialTest, ATollgateKeyInAnyHeaderOrSchemeIsTheCredential) {
   EXPECT_EQ(of("tg_a_b"), "tg_a_b");
   EXPECT_EQ(of("Token tg_a_b"), "tg_a_b");
   EXPECT_EQ(of("tg_a_b", "sk-placeholder"), "tg_a_b");
+  EXPECT_EQ(of("tg_a_b trailing"), "tg_a_b trailing");  // (then refused as malformed, not skipped)
+  EXPECT_EQ(of("tg_"), "tg_");
+  // The admin listener: header order only, so an API key beside the admin token does not displace it.
+  caller_fields admin;
+  admin.authorization = "Bearer admintoken";
+  admin.api_key = "tg_a_b";
+  EXPECT_EQ(presented_credential(admin, /*prefer_keys=*/false), "admintoken");
+  EXPECT_EQ(presented_credential(admin), "tg_a_b");
 }
 
 }  // namespace
