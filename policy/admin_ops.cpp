@@ -145,8 +145,8 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
   if (!found.team) co_return as_error<team_view>("no team '" + name + "'");
   team_view gone{true, merged(nullptr, *found.team), "api", found.team->created_unix};
   // Its keys are revoked first: a key names its team only by name, so a team created later under
-  // the same name would otherwise take over keys it never issued. A failure part-way leaves the team and some of
-  // its keys revoked: the safe side; deleting again finishes it.
+  // the same name would otherwise take over keys it never issued. A failure part-way leaves the
+  // team and some of its keys revoked: the safe side; deleting again finishes it.
   auto keys = co_await enabled_keys_of(worker, name);
   if (!keys) co_return as_error<team_view>(unavailable);
   if (auto why = co_await revoke_keys(worker, *keys); !why.empty()) co_return as_error<team_view>(std::move(why));
