@@ -67,6 +67,11 @@ steal_share() { # "total steal" before, "total steal" after: the steal's share o
   awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; printf "%.1f", (t > 0 ? 100 * (y[2] - x[2]) / t : 0) }'
 }
 us_per_req() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print 0 }'; }  # ticks, requests
+j() { echo "$1" | sed -E "s/.*\"$2\":(-?[0-9.]+).*/\1/"; }  # a number field of a JSON line
+field_median() { # file field: the field's median over a file of loadgen lines (JSON)
+  while read -r l; do [[ -n "$l" ]] && j "$l" "$2"; done < "$1" > "$1.$2"
+  median "$1.$2"
+}
 median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }  # of a file's numbers
 free_port() { # a loopback port nobody listens on
   local p
