@@ -40,14 +40,18 @@ void caller_request_parser::on_field_impl(http::field name, string_view name_str
   const auto first = [&](span& slot) {
     if (!slot.set) slot = keep(value);
   };
+  const auto only = [&](span& slot) {
+    if (slot.set) repeated_credential_ = true;
+    else slot = keep(value);
+  };
   switch (name) {
     case http::field::user_agent: first(user_agent_); break;
     case http::field::content_type: first(content_type_); break;
-    case http::field::authorization: first(authorization_); break;
+    case http::field::authorization: only(authorization_); break;
     case http::field::unknown: {
       const std::string_view n(name_string.data(), name_string.size());
-      if (text::iequals(n, "api-key")) first(api_key_);
-      else if (text::iequals(n, "x-api-key")) first(x_api_key_);
+      if (text::iequals(n, "api-key")) only(api_key_);
+      else if (text::iequals(n, "x-api-key")) only(x_api_key_);
       break;
     }
     default: break;
@@ -56,7 +60,8 @@ void caller_request_parser::on_field_impl(http::field name, string_view name_str
 
 void caller_request_parser::on_header_impl(error_code&) {
   const auto opt = [this](span s) { return s.set ? std::optional<std::string_view>(view(s)) : std::nullopt; };
-  fields_ = {opt(user_agent_), opt(content_type_), opt(authorization_), opt(api_key_), opt(x_api_key_)};
+  fields_ = {opt(user_agent_), opt(content_type_), opt(authorization_), opt(api_key_), opt(x_api_key_),
+             repeated_credential_};
 }
 
 void caller_request_parser::on_body_init_impl(boost::optional<std::uint64_t> const& content_length, error_code&) {

@@ -21,6 +21,10 @@ namespace tollgate::gateway {
 /// gives it; a chunked body's trailer fields are not read).
 struct caller_fields {
   std::optional<std::string_view> user_agent, content_type, authorization, api_key, x_api_key;
+  /// One of the credential fields (Authorization, api-key, x-api-key) came more than once. Each is
+  /// a singleton field (RFC 9110 §5.3): a hop in front may have checked another copy than the one
+  /// the gateway would use, so the request is refused rather than one copy picked.
+  bool repeated_credential = false;
 };
 
 /// The API key a caller presented (empty when none), from `Authorization: Bearer <key>` (OpenAI
@@ -76,6 +80,7 @@ class caller_request_parser : public boost::beast::http::basic_parser<true> {
   span method_at_, target_at_;
   // Offsets while the head is parsed (storage may grow and move), views once it is complete.
   span user_agent_, content_type_, authorization_, api_key_, x_api_key_;
+  bool repeated_credential_ = false;
   caller_fields fields_;
   std::string body_;
 };

@@ -311,6 +311,10 @@ class session {
     low.expires_never();
     const bool keep_alive = parser.keep_alive();  // (the parser's flags: no field lookup)
     const caller_fields& fields = parser.fields();
+    if (fields.repeated_credential) {
+      co_await refuse(errc::bad_request, "The request carries one of Authorization, api-key and x-api-key more than once");
+      co_return false;
+    }
 
     request_context ctx;
     ctx.id = w_.next_id();

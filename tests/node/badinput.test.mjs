@@ -242,6 +242,24 @@ describe('HTTP-level limits and routing', () => {
     assertRejected(res, 414, 'uri_too_long', { mustClose: false });
   });
 
+  test('a credential header sent twice → 400 bad_request and a close, whichever copy would win', async () => {
+    // A hop in front may have checked the other copy: the gateway picks none of them.
+    for (const pair of [
+      ['Authorization: Bearer tg_aaaaaaaaaaaa_one', 'Authorization: Bearer tg_bbbbbbbbbbbb_two'],
+      ['api-key: k', 'API-KEY: k'],
+      ['x-api-key: one', 'X-Api-Key: two'],
+    ]) {
+      const res = await whileProbing(() =>
+        rawExchange(gw.port, head(['GET /v1/models HTTP/1.1', 'Host: t', ...pair]), { timeoutMs: 4000, stopWhenComplete: true }),
+      );
+      assertRejected(res, 400, 'bad_request');
+      assert.match(res.response.json.error.message, /more than once/);
+    }
+    // One of each, as SDKs send a placeholder beside the real key, is still fine.
+    const ok = await fetchT(`${gw.url}/v1/models`, { headers: { authorization: 'Bearer sk-x', 'api-key': 'a', 'x-api-key': 'b' } });
+    assert.equal(ok.status, 200);
+  });
+
   test('known path, wrong method → 405 method_not_allowed', async () => {
     const r1 = await fetchT(chatUrl());
     assertOpenAIError({ status: r1.status, json: await r1.json() }, { status: 405, code: 'method_not_allowed' });

@@ -59,7 +59,7 @@ TEST(RequestParserTest, KeepsMethodTargetVersionTheFiveFieldsAndTheBody) {
   const std::string body = R"({"model":"m","messages":[{"role":"user","content":"hi"}]})";
   std::string msg = "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\nUser-Agent: OpenAI/Python 1.0\r\n"
                     "Content-Type: application/json\r\nAuthorization: Bearer tg_abc_secret\r\napi-key: azure-key\r\n"
-                    "X-API-Key: anthropic-key\r\nx-api-key: second\r\nUser-Agent: second\r\n";
+                    "X-API-Key: anthropic-key\r\nUser-Agent: second\r\n";
   // Enough other fields that the storage grows (and moves) while the head is parsed.
   for (int i = 0; i < 40; ++i) msg += "x-field-" + std::to_string(i) + ": " + std::string(40, 'v') + "\r\n";
   msg += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -77,6 +77,7 @@ TEST(RequestParserTest, KeepsMethodTargetVersionTheFiveFieldsAndTheBody) {
   EXPECT_EQ(f.authorization, "Bearer tg_abc_secret");
   EXPECT_EQ(f.api_key, "azure-key");
   EXPECT_EQ(f.x_api_key, "anthropic-key");
+  EXPECT_FALSE(f.repeated_credential);
   EXPECT_EQ(p.body(), body);
 
   http::request_parser<http::string_body> beast;
@@ -120,9 +121,31 @@ TEST(RequestParserTest, AChunkedBodysTrailerFieldsAreNotRead) {
   ASSERT_FALSE(feed(p, msg, 5));
   EXPECT_EQ(p.body(), "{}");
   expect_no_fields(p);
+  EXPECT_FALSE(p.fields().repeated_credential);
   http::request_parser<http::string_body> beast;  // (where Beast's message differs)
   ASSERT_FALSE(feed(beast, msg, 5));
   EXPECT_EQ(beast.get()[http::field::authorization], "Bearer tg_abc_secret");
+}
+
+TEST(RequestParserTest, ACredentialFieldThatComesTwiceIsFlagged) {
+  // Authorization, api-key and x-api-key are singletons: a second copy, even with the same value
+  // or another spelling of the name, is flagged (the session refuses such a request); other
+  // fields repeated are not.
+  const std::string head = "GET /v1/models HTTP/1.1\r\nHost: gw\r\nUser-Agent: a\r\nUser-Agent: b\r\n";
+  const char* repeats[] = {"Authorization: Bearer tg_a_1\r\nAuthorization: Bearer tg_b_2\r\n",
+                           "authorization: x\r\nAUTHORIZATION: x\r\n", "api-key: k\r\nApi-Key: k\r\n",
+                           "x-api-key: one\r\nX-API-KEY: two\r\n"};
+  for (const char* r : repeats) {
+    std::string storage;
+    caller_request_parser p(storage);
+    ASSERT_FALSE(feed(p, head + r + "\r\n", 4)) << r;
+    EXPECT_TRUE(p.fields().repeated_credential) << r;
+  }
+  std::string storage;
+  caller_request_parser p(storage);  // one of each is no repetition
+  ASSERT_FALSE(feed(p, head + "Authorization: Bearer k\r\napi-key: k\r\nx-api-key: k\r\n\r\n", 4));
+  EXPECT_FALSE(p.fields().repeated_credential);
+  EXPECT_EQ(p.fields().user_agent, "a");
 }
 
 TEST(RequestParserTest, BadRequestsAndOversizedBodiesFailAsWithBeastsParser) {
