@@ -7,6 +7,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
+#include <boost/url/pct_string_view.hpp>
 
 #include "gateway/audit/audit_log.hpp"
 #include "gateway/audit/audit_record.hpp"
@@ -577,14 +578,36 @@ awaitable<void> answer_json(request_context&, response_sink& sink, unsigned stat
   co_await sink.send_full(status, "application/json", std::string(body));
 }
 
+json::object model_json(const model_route& m) {
+  return {{"id", m.name}, {"object", "model"}, {"created", 0}, {"owned_by", m.targets.front().provider->name()}};
+}
+
 std::string models_body(const request_context& ctx) {
   json::array data;
-  for (const model_route* m : ctx.snap->model_order) {
-    if (!policy::engine::may_list(ctx, m->name)) continue;
-    data.push_back(json::object{{"id", m->name}, {"object", "model"}, {"created", 0},
-                                {"owned_by", m->targets.front().provider->name()}});
-  }
+  for (const model_route* m : ctx.snap->model_order)
+    if (policy::engine::may_list(ctx, m->name)) data.push_back(model_json(*m));
   return json::serialize(json::object{{"object", "list"}, {"data", std::move(data)}});
+}
+
+/// `GET /v1/models/{model}`: the model as /v1/models lists it, or 404 `model_not_found` alike for
+/// a model that does not exist and one this caller may not use (its existence is not disclosed).
+/// The id is percent-decoded, as SDKs encode it (`a%2Fb` for `a/b`); an unencoded `/` is kept.
+awaitable<void> answer_model(request_context& ctx, response_sink& sink, std::string_view encoded) {
+  auto decoded = boost::urls::make_pct_string_view(encoded);
+  if (!decoded) {
+    co_await answer_error(ctx, sink, errc::bad_request, "The model id in the URL is not valid percent-encoding.", "model");
+    co_return;
+  }
+  const std::string id = decoded->decode();
+  const model_route* m = ctx.snap->find_model(id);
+  if (!m || !policy::engine::may_list(ctx, m->name)) {
+    co_await answer_error(ctx, sink, errc::model_not_found,
+                          "The model '" + id + "' does not exist or you do not have access to it.", "model");
+    co_return;
+  }
+  ctx.route = m;
+  const std::string body = json::serialize(model_json(*m));
+  co_await answer_json(ctx, sink, 200, body);
 }
 
 }  // namespace
@@ -745,6 +768,12 @@ awaitable<void> handle_caller_request(worker& w, request_context& ctx, response_
       std::string body = models_body(ctx);
       co_await answer_json(ctx, sink, 200, body);
     }
+  } else if (ctx.path.starts_with("/v1/models/")) {
+    ctx.endpoint = endpoint_kind::models;
+    static const header_list allow{{"Allow", "GET"}};
+    if (!get) co_await answer_error(ctx, sink, errc::method_not_allowed, "Use GET for /v1/models/{model}.", "", allow);
+    else if (auto r = co_await w.policy().authenticate(ctx); !r) co_await fail(ctx, sink, r.error());
+    else co_await answer_model(ctx, sink, std::string_view(ctx.path).substr(std::string_view("/v1/models/").size()));
   } else if (ctx.path == "/healthz") {
     co_await answer_json(ctx, sink, 200, R"({"status":"ok"})");
   } else if (ctx.path == "/readyz") {

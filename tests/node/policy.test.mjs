@@ -614,6 +614,19 @@ keys:
       const none = await models(undefined);
       assert.equal(none.status, 401);
       assert.equal(none.j.error.code, 'invalid_api_key');
+      // One model: what the list has, and 404 alike for a model out of the grant and one that does not exist.
+      const one_model = async (key, id) => {
+        const r = await fetchT(`${gw.baseURL}/models/${encodeURIComponent(id)}`, { headers: key ? { authorization: `Bearer ${key}` } : {} });
+        return { status: r.status, j: await r.json() };
+      };
+      assert.deepEqual(await one_model(one.key, 'mock-gpt'), { status: 200, j: (await models(one.key)).j.data[0] });
+      const hidden = await one_model(one.key, 'mock-slow');
+      const absent = await one_model(one.key, 'no-such-model');
+      assert.equal(hidden.status, 404);
+      assert.equal(hidden.j.error.code, 'model_not_found');
+      assert.deepEqual(absent.j.error, { ...hidden.j.error, message: hidden.j.error.message.replace('mock-slow', 'no-such-model') });
+      assert.equal((await one_model(keys.free, 'other-gpt')).status, 200);
+      assert.equal((await one_model(undefined, 'mock-gpt')).j.error.code, 'invalid_api_key');
 
       // Revoke, then the very next call is refused.
       const del = await admin(gw, adm.token, 'DELETE', `/admin/v1/keys/${id}`);

@@ -12,7 +12,7 @@ import {
   startFakeOpenAI,
   upstreamErrorMessage,
 } from './lib/fake_openai.mjs';
-import { assertOpenAIError, httpRequest, postJson, serverYaml, startGateway } from './lib/gateway.mjs';
+import { assertOpenAIError, fetchT, httpRequest, postJson, serverYaml, startGateway } from './lib/gateway.mjs';
 import { contentOf } from './lib/sse.mjs';
 
 const fx = loadFixtures();
@@ -35,6 +35,7 @@ const FAKE_MODELS = {
   'llama-http': 'llama-http-error',
   hop: 'hop-headers',
   trailers: 'chunked-trailers',
+  'org/slashed-fixture': 'fixture-text',
 };
 
 let fake;
@@ -239,6 +240,32 @@ describe('openai SDK through the gateway to an OpenAI-compatible upstream', () =
     const ids = [];
     for await (const m of client.models.list()) ids.push(m.id);
     for (const name of [...Object.keys(FAKE_MODELS), 'mock-gpt', 'mock-embed']) assert.ok(ids.includes(name), `${name} missing from ${ids}`);
+  });
+
+  test('models retrieve answers one model as the list has it; unknown → NotFoundError model_not_found', async () => {
+    const m = await client.models.retrieve('gpt-fixture');
+    assert.deepEqual({ id: m.id, object: m.object, owned_by: m.owned_by }, { id: 'gpt-fixture', object: 'model', owned_by: 'fake' });
+    const listed = [];
+    for await (const x of client.models.list()) listed.push(x);
+    assert.deepEqual(m, listed.find((x) => x.id === 'gpt-fixture'));
+    // The SDK percent-encodes the id (org%2Fslashed-fixture); an unencoded slash is found too.
+    assert.equal((await client.models.retrieve('org/slashed-fixture')).id, 'org/slashed-fixture');
+    const raw = await fetchT(`${gw.baseURL}/models/org/slashed-fixture`, { headers: { authorization: `Bearer ${CALLER_KEY}` } });
+    assert.equal(raw.status, 200);
+    assert.equal((await raw.json()).id, 'org/slashed-fixture');
+
+    const err = await expectError(client.models.retrieve('no-such-model'));
+    assert.ok(err instanceof OpenAI.NotFoundError, String(err));
+    assert.equal(err.code, 'model_not_found');
+    assert.match(err.message, /no-such-model/);
+    // Wrong inputs: bad percent-encoding is 400; another method is 405 with Allow.
+    const bad = await fetchT(`${gw.baseURL}/models/gpt%zzfixture`);
+    assert.equal(bad.status, 400);
+    assert.equal((await bad.json()).error.code, 'bad_request');
+    const del = await fetchT(`${gw.baseURL}/models/gpt-fixture`, { method: 'DELETE' });
+    assert.equal(del.status, 405);
+    assert.equal(del.headers.get('allow'), 'GET');
+    assert.equal((await del.json()).error.code, 'method_not_allowed');
   });
 
   test('unknown model → NotFoundError model_not_found, upstream untouched', async () => {
