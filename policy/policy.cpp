@@ -212,7 +212,11 @@ void engine::start(const std::vector<executor_t>& workers) {
 awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> alive) {
   steady_timer_t timer(co_await net::this_coro::executor);
   for (;;) {
-    timer.expires_after(seconds(1));
+    // A lease is renewed once half of it has passed, and this loop looks every renew_tick: a
+    // quarter of the shortest lease allowed (store.lease_ms >= 1000), so a renewal lands at most
+    // three quarters into the lease, not after it (a 1 s tick renewed a 1 s lease when it had
+    // already expired, and an admission in between swept the running call's holds).
+    timer.expires_after(renew_tick);
     if (auto [ec] = co_await timer.async_wait(); ec) co_return;
     if (alive.expired()) co_return;
     // A worker whose last degraded call is degraded_idle_ old, with no call since, no longer
@@ -229,7 +233,11 @@ awaitable<void> engine::renew_leases(unsigned worker, std::weak_ptr<const bool> 
     for (auto& r : due) {
       // The new expiry on the store's clock: its admission time plus what has passed here since.
       const auto elapsed = duration_cast<milliseconds>(now - r->admitted).count();
-      const bool renewed = co_await store_->renew(worker, r->adm, r->admitted_at_ms + elapsed + r->adm.lease_ms);
+      const std::int64_t until = r->admitted_at_ms + elapsed + r->adm.lease_ms;
+      // A call admitted by the per-instance limits holds its slot in local_, on local_'s clock.
+      bool renewed = true;
+      if (r->local) local_.renew_now(r->adm, until);
+      else renewed = co_await store_->renew(worker, r->adm, until);
       if (alive.expired()) co_return;
       if (renewed) r->renewed = now;
     }
@@ -568,6 +576,10 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
       decisions_.counter({"local"}).inc();
       r->periods = std::move(res.periods);
       r->admitted_at_ms = res.admitted_at_ms;
+      // Renewed like any other: a call longer than lease_ms, in an outage as long, keeps its
+      // local concurrency slot (else the next local admission swept it and exceeded the share).
+      r->admitted = r->renewed = steady_clock::now();
+      if (!inflight_.empty()) inflight_[ctx.worker % inflight_.size()].emplace(r.get(), r);
       ctx.reservation = std::move(r);
       co_return flow::next;
     }

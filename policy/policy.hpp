@@ -226,6 +226,8 @@ class engine {
   static constexpr std::int64_t journal_replay_limit_ms = 23ll * 3'600'000;
   /// The retry loop's first delay, and its longest (it doubles while the store is unreachable).
   static constexpr std::chrono::milliseconds retry_first{100}, retry_longest{1000};
+  /// How often renew_leases() looks for leases half gone: a quarter of the shortest store.lease_ms.
+  static constexpr std::chrono::milliseconds renew_tick{250};
   /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);

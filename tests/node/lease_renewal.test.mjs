@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { serverYaml, startGateway } from './lib/gateway.mjs';
-import { adminToken, budget, chat, settledBudget, staticKey } from './lib/policy_helpers.mjs';
+import { adminToken, budget, chat, settledBudget, staticKey, tally } from './lib/policy_helpers.mjs';
 import { startRedis, waitStoreUp } from './lib/redis.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -39,11 +39,19 @@ for (const kind of ['memory', 'redis']) {
         model: 'mock-gpt', stream: true, stream_options: { include_usage: true }, max_tokens: 15, messages: [{ role: 'user', content: 'hi' }],
       };
       const running = chat(gw, key.full, body, { timeoutMs: 20000 });
-      await sleep(2200);  // two lease lengths in: without renewal the hold would have expired
+      // Admissions all along the stream, each of which sweeps expired leases: a renewal landing
+      // after its lease had expired (as with a 1 s renewal tick and a 1 s lease) let one in.
+      const statuses = [];
+      const t0 = Date.now();
+      while (Date.now() - t0 < 2200) {  // two lease lengths in: without renewal the hold would have expired
+        const second = await chat(gw, key.full, { ...body, stream: false, stream_options: undefined, max_tokens: 1 });
+        statuses.push(second.status);
+        await sleep(20);
+      }
+      assert.ok(statuses.length > 20, `only ${statuses.length} admissions tried`);
+      assert.deepEqual(tally(statuses), { 429: statuses.length }, 'the running call holds the only concurrency slot throughout');
       const mid = await budget(gw, tok.token, 'long');
       assert.ok(mid.reserved_nano > 0, `hold gone mid-stream: ${JSON.stringify(mid)}`);
-      const second = await chat(gw, key.full, { ...body, stream: false, stream_options: undefined, max_tokens: 1 });
-      assert.equal(second.status, 429, 'the running call still holds the only concurrency slot');
       const r = await running;
       assert.equal(r.status, 200);
       const end = await settledBudget(gw, tok.token, 'long', { pred: (b) => b.spent_nano > 0 });
@@ -58,3 +66,44 @@ for (const kind of ['memory', 'redis']) {
     });
   });
 }
+
+describe('lease renewal while Redis is down (per-instance limits)', () => {
+  const tok = adminToken();
+  const key = staticKey('renew2');
+  let gw, redis;
+  before(async () => {
+    redis = await startRedis();
+    gw = await startGateway(serverYaml({ openAuth: false, freePrices: false, workers: 1 }) +
+      `store:\n  type: redis\n  redis: {address: "${redis.address}"}\n  lease_ms: 1000\n` +
+      `auth:\n  admin_tokens:\n${tok.yaml}` +
+      'providers:\n  - {name: mock, type: mock, ttft_ms: 10, tokens_per_second: 5}\n' +
+      'models:\n  - {name: mock-gpt, provider: mock}\nprices:\n  mock-gpt: {input: 1, output: 1}\n' +
+      'teams:\n  - name: local\n    limits: {concurrency: 1}\n' +
+      `keys:\n  - {id: ${key.id}, team: local, digest: "${key.digest}"}\n`);
+    await waitStoreUp(gw, tok.token);
+  });
+  after(async () => {
+    await gw?.stop();
+    await redis?.close();
+  });
+
+  test('a stream admitted locally keeps its local concurrency slot past lease_ms', async () => {
+    await redis.stop();
+    const body = { model: 'mock-gpt', stream: true, max_tokens: 15, messages: [{ role: 'user', content: 'hi' }] };
+    const running = chat(gw, key.full, body, { timeoutMs: 20000 });
+    await sleep(200);
+    const statuses = [];
+    const t0 = Date.now();
+    while (Date.now() - t0 < 2200) {  // past two leases: an unrenewed local hold was swept by the next admission
+      const second = await chat(gw, key.full, { ...body, stream: false, max_tokens: 1 });
+      statuses.push(second.status);
+      await sleep(20);
+    }
+    assert.ok(statuses.length > 10, `only ${statuses.length} admissions tried`);
+    assert.deepEqual(tally(statuses), { 429: statuses.length }, 'the local share (1 of concurrency 1) held throughout');
+    const r = await running;
+    assert.equal(r.status, 200);
+    // Its slot comes back when it ends.
+    assert.equal((await chat(gw, key.full, { ...body, stream: false, max_tokens: 1 })).status, 200);
+  });
+});
