@@ -6,6 +6,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cctype>
+#include <cmath>
 #include <charconv>
 #include <ctime>
 #include <fstream>
@@ -74,7 +75,7 @@ double get_double(const YAML::Node& n, const std::string& path) {
   try {
     std::size_t used = 0;
     double v = std::stod(n.Scalar(), &used);
-    if (used != n.Scalar().size() || v < 0) throw std::invalid_argument("");
+    if (used != n.Scalar().size() || !std::isfinite(v) || v < 0) throw std::invalid_argument("");
     return v;
   } catch (const std::exception&) {
     fail(path, n, "expected a non-negative number, got '" + n.Scalar() + "'");

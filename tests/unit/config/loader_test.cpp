@@ -250,6 +250,11 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
   } cases[] = {
       {base + "teams:\n  - {name: t, budget: {usd: 5, period: weekly}}\n", "teams[0].budget.period: expected daily, monthly or total"},
       {base + "teams:\n  - {name: t, budget: {period: daily}}\n", "teams[0].budget.usd: required"},
+      // Not a number: `nan` parses as a double, and a NaN budget was no budget at all.
+      {base + "teams:\n  - {name: t, budget: {usd: nan}}\n", "teams[0].budget.usd: expected a non-negative number, got 'nan'"},
+      {base + "teams:\n  - {name: t, budget: {usd: NAN, period: daily}}\n", "teams[0].budget.usd: expected a non-negative number"},
+      {base + "teams:\n  - {name: t, budget: {usd: inf}}\n", "teams[0].budget.usd: expected a non-negative number, got 'inf'"},
+      {base + "teams:\n  - {name: t, budget: {usd: 5, soft: nan}}\n", "teams[0].budget.soft"},
       {base + "teams:\n  - {name: t, budget: {usd: 5, soft: 80}}\n", "teams[0].budget.soft: expected a fraction"},
       {base + "teams:\n  - {name: t, limits: {rpn: 5}}\n", "teams[0].limits.rpn: unknown key"},
       {base + "teams:\n  - {name: t}\n  - {name: t}\n", "duplicate team 't'"},
