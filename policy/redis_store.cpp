@@ -82,6 +82,7 @@ void redis_store::start(const std::vector<executor_t>& workers) {
       auto r = co_await c->setup_command(std::span<const std::string_view>(time));
       if (r && r->type == redis::reply::kind::array && r->elements.size() == 2)
         learn_offset(w, as_int(r->elements[0]) * 1000 + as_int(r->elements[1]) / 1000, true);
+      if (w == 0) co_await check_eviction(*c);
       co_return true;
     });
     conns_.back()->start();
@@ -101,6 +102,26 @@ void redis_store::start(const std::vector<executor_t>& workers) {
                        "): revocations made through other replicas reach this one only as auth.key_cache_ms expires");
   });
   sub_->start();
+}
+
+awaitable<void> redis_store::check_eviction(redis::connection& c) {
+  // Leases, windows and counters carry no TTL: a Redis that evicts any key may drop a lease set
+  // (its holds then stay until the scope is reset) or a scope's hash (calls in flight forgotten).
+  // Asked at each connect of worker 0; a server that refuses CONFIG (an ACL, a managed service
+  // that renames it) answers an error and nothing is said.
+  std::array<std::string_view, 3> get{"CONFIG", "GET", "maxmemory-policy"};
+  auto r = co_await c.setup_command(std::span<const std::string_view>(get));
+  if (!r || r->type != redis::reply::kind::array || r->elements.size() != 2) co_return;
+  const std::string policy = r->elements[1].str;
+  if (!policy.starts_with("allkeys-")) {
+    eviction_told_.clear();
+    co_return;
+  }
+  if (policy == eviction_told_) co_return;
+  eviction_told_ = policy;
+  notice("warn", "Redis evicts any key under memory pressure (maxmemory-policy " + policy +
+                     "): it may drop Tollgate's leases and counters, holding reservations or admitting beyond the "
+                     "limits; run it with noeviction or a volatile-* policy (docs/policy.md, \"Eviction and ACLs\")");
 }
 
 void redis_store::stop() {

@@ -200,6 +200,9 @@ class redis_store final : public store {
   /// `fresh`: the first reading of a new connection (maybe a new server, after a failover):
   /// replaces the estimate.
   void learn_offset(unsigned worker, std::int64_t redis_ms, bool fresh = false);
+  /// At worker 0's connect: warns once per policy when Redis may evict any key (allkeys-*).
+  awaitable<void> check_eviction(redis::connection& c);
+  std::string eviction_told_;  ///< the allkeys-* policy last warned of (worker 0's thread only)
   /// One call's results in admit.lua's call-by-call reply (three integers from `at` when
   /// admitted, six when refused); `at` is left after them.
   admit_result parse_admit(const std::vector<redis::reply>& e, std::size_t& at, const admission& a,

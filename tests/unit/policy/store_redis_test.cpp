@@ -814,5 +814,47 @@ TEST(RedisStore, WithoutZmscoreBatchesGoCallByCallAfterOneNotice) {
   st.stop();
 }
 
+TEST(RedisStore, ARedisThatMayEvictAnyKeyIsWarnedOfOncePerPolicy) {
+  // Leases and counters have no TTL: allkeys-* eviction could drop them. Warned of at connect;
+  // a reconnect to the same policy says nothing more; noeviction (Redis's default) says nothing.
+  for (const bool evicting : {true, false}) {
+    tollgate::testing::redis_server srv(evicting ? std::vector<std::string>{"--maxmemory-policy", "allkeys-lru"}
+                                                 : std::vector<std::string>{});
+    if (!srv.start()) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+    net::io_context ioc;
+    config::redis_config c;
+    c.port = srv.port();
+    c.timeout_ms = 2000;
+    c.connect_timeout_ms = 1000;
+    c.key_prefix = "evict:";
+    redis_store st(c, 60'000);
+    std::vector<std::string> notices;
+    st.on_notice([&](std::string_view level, std::string_view msg) { notices.push_back(std::string(level) + ": " + std::string(msg)); });
+    st.start({executor_t(ioc.get_executor())});
+    redis_backend::wait_ready(st, ioc);
+    const auto evictions = [&] {
+      return std::count_if(notices.begin(), notices.end(),
+                           [](const std::string& n) { return n.find("maxmemory-policy allkeys-lru") != std::string::npos; });
+    };
+    // A round trip after the connect's own commands: their notice, if any, came before it.
+    EXPECT_TRUE(run_sync(ioc, st.publish_invalidation(0, "x")));
+    if (!evicting) {
+      EXPECT_EQ(evictions(), 0) << (notices.empty() ? "" : notices.back());
+      st.stop();
+      continue;
+    }
+    ASSERT_EQ(evictions(), 1) << notices.size();
+    EXPECT_EQ(notices.front().rfind("warn: Redis evicts any key", 0), 0u) << notices.front();
+    EXPECT_NE(notices.front().find("noeviction"), std::string::npos);
+    // A reconnect (the server closes every client): asked again, not told again.
+    ASSERT_TRUE(raw_command(ioc, {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}, srv.port()));
+    redis_backend::wait_for([&] { return !st.healthy(); }, ioc);
+    redis_backend::wait_ready(st, ioc);
+    EXPECT_TRUE(run_sync(ioc, st.publish_invalidation(0, "y")));
+    EXPECT_EQ(evictions(), 1);
+    st.stop();
+  }
+}
+
 }  // namespace
 }  // namespace tollgate::policy::testing
