@@ -5,6 +5,9 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <functional>
+#include <utility>
+
 #include "gateway/upstream_client.hpp"
 
 namespace tollgate::gateway {
@@ -65,8 +68,13 @@ moderation_result read_moderation_answer(std::string_view body) {
   return r;
 }
 
-awaitable<moderation_result> moderate(upstream_pool& pool, const moderation_target& m, std::vector<std::string> inputs) {
+awaitable<moderation_result> moderate(upstream_pool& pool, const moderation_target& m, std::vector<std::string> inputs,
+                                      request_context& caller) {
   moderation_result r;
+  if (caller.client_gone) {
+    r.error = "the caller is gone";
+    co_return r;
+  }
   upstream_request req = request_to(m.peer, m.settings);
   req.target = m.target;
   req.headers = m.settings.headers;
@@ -80,6 +88,17 @@ awaitable<moderation_result> moderate(upstream_pool& pool, const moderation_targ
   req.body = json::serialize(body);
   // The call has its own context: the caller's holds the cancel hook of the caller's upstream.
   request_context side;
+  // The caller's hook ends this call too, and the caller's own upstream (a stream being
+  // moderated) as before; put back when this call ends, before `side` goes.
+  struct forward {
+    request_context& caller;
+    std::function<void()> own;
+    ~forward() { caller.cancel_upstream = std::move(own); }
+  } fwd{caller, std::exchange(caller.cancel_upstream, {})};
+  caller.cancel_upstream = [&side, &own = fwd.own] {
+    if (side.cancel_upstream) side.cancel_upstream();
+    if (own) own();
+  };
   upstream_exchange ex(pool, side);
   auto started = co_await ex.start(req);
   if (started) {

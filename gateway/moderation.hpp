@@ -34,8 +34,12 @@ struct moderation_result {
 };
 
 /// One call with `inputs` (one result each; flagged when any is). Never throws; a timeout,
-/// a refused connection, a non-200 status or an unreadable answer is `failed`.
-awaitable<moderation_result> moderate(upstream_pool& pool, const moderation_target& m, std::vector<std::string> inputs);
+/// a refused connection, a non-200 status or an unreadable answer is `failed`. While it runs,
+/// `caller`'s cancel_upstream also ends it (the drain's end, worker::close_all, must not wait
+/// for a moderation call: the caller's call settles within the grace); a caller already gone
+/// is `failed` without a call.
+awaitable<moderation_result> moderate(upstream_pool& pool, const moderation_target& m, std::vector<std::string> inputs,
+                                      request_context& caller);
 
 /// Reads a moderation answer body (exposed for unit tests).
 moderation_result read_moderation_answer(std::string_view body);

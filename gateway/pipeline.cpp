@@ -95,7 +95,7 @@ class stream_moderation {
       const std::size_t keep = std::min<std::size_t>(window_.size(), m.cfg.window_bytes / 4);
       overlap_ = window_.substr(window_.size() - keep);
       window_.clear();
-      const moderation_result r = co_await moderate(w_.pool(), m, std::move(one));
+      const moderation_result r = co_await moderate(w_.pool(), m, std::move(one), ctx_);
       if (moderation_stops(ctx_, f_, r, "response")) {
         held_.clear();  // (with the end a local block may have added: this end replaces it)
         done_ = true;
@@ -133,7 +133,7 @@ awaitable<std::optional<failure>> moderate_answer(worker& w, request_context& ct
   if (!f || !f->moderation() || !f->moderation()->cfg.responses) co_return std::nullopt;
   auto texts = answer_texts(body);
   if (texts.empty()) co_return std::nullopt;
-  const moderation_result r = co_await moderate(w.pool(), *f->moderation(), std::move(texts));
+  const moderation_result r = co_await moderate(w.pool(), *f->moderation(), std::move(texts), ctx);
   if (!moderation_stops(ctx, *f, r, "response")) co_return std::nullopt;
   if (r.what == moderation_result::outcome::failed)
     co_return make_failure(errc::moderation_unavailable, "The moderation endpoint could not check the response.", "",
@@ -201,14 +201,17 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
       translator->feed(in, out);
     }
     if (rewriter && !out.empty()) out = rewriter->process(out);
-    if (moderation) co_await moderation->before_send(out, ec || in.empty());
+    // An in-band failure (an error event, a corrupt frame) ends the stream too: what is held
+    // goes out with the error event, not left behind by the break below.
+    const bool ending = ec || in.empty() || translator->failed();
+    if (moderation) co_await moderation->before_send(out, ending);
     if (!out.empty()) {
       if (!co_await sink.send_chunk(out))
         co_return gone();
       out.clear();
     }
     if (rewriter && rewriter->blocked()) break;
-    if (ec || in.empty() || translator->failed()) break;
+    if (ending) break;
   }
   capture.keep();
   if (rewriter && rewriter->blocked()) {
@@ -455,7 +458,7 @@ awaitable<phase_result> run_phases(worker& w, request_context& ctx, response_sin
   if (filters && filters->moderation() && filters->moderation()->cfg.prompts) {
     auto texts = prompt_texts(ctx);
     if (!texts.empty()) {
-      const moderation_result r = co_await moderate(w.pool(), *filters->moderation(), std::move(texts));
+      const moderation_result r = co_await moderate(w.pool(), *filters->moderation(), std::move(texts), ctx);
       if (moderation_stops(ctx, *filters, r, "prompt")) {
         if (r.what != moderation_result::outcome::flagged)
           co_return make_failure(errc::moderation_unavailable, "The moderation endpoint could not check the prompt.", "",

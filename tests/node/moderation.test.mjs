@@ -30,6 +30,7 @@ providers:
   - {name: up, type: openai_compatible, base_url: "${fake.baseURL}", proxy: none}
 models:
   - {name: echo, provider: up, upstream_model: echo}
+  - {name: data-error, provider: up, upstream_model: data-error-mid-stream}
 `;
 
 before(async () => {
@@ -226,6 +227,20 @@ describe('moderation endpoint', () => {
     const r = await openClient.chat.completions.create(ask('an answer that says FLAGME'));
     assert.equal(r.choices[0].message.content, '');
     assert.equal(r.choices[0].finish_reason, 'content_filter');
+  });
+
+  test('a stream that fails in band (an error event) still reaches the caller with its error, not a silent end', async () => {
+    // Text held for its window went out with the error event only when the stream ended by a
+    // transport close; an error event broke the loop with both still held.
+    const err = await openClient.chat.completions
+      .create({ model: 'data-error', messages: [{ role: 'user', content: 'hi' }], stream: true })
+      .then(async (s) => {
+        for await (const _ of s);
+        return null;
+      })
+      .catch((e) => e);
+    assert.ok(err instanceof OpenAI.APIError, `the stream ended without its error: ${err}`);
+    assert.match(String(err.message), /had an error while processing/);
   });
 
   test('fail_open: a failing endpoint lets the answer through, and the failure is counted', async () => {

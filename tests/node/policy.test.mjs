@@ -1187,6 +1187,56 @@ describe('shutdown past the drain deadline', () => {
   });
 });
 
+describe('shutdown past the drain deadline, in a moderation call', () => {
+  test('a call whose answer waits on the moderation endpoint when the drain ends is settled and logged', { timeout: 30000 }, async () => {
+    // The fake's moderation endpoint never answers an input with MODSLOW, and the echo model
+    // answers the prompt's text: the answer's moderation waits (timeout_ms 20 s) past the drain.
+    const redis = await startRedis();
+    const fake = await startFakeOpenAI();
+    const adm = adminToken();
+    const kb = staticKey('modcut1');
+    let gw;
+    let check;
+    const config = (fakeURL) =>
+      serverYaml({ workers: 1, openAuth: false, freePrices: false, timeouts: { drain_ms: 500 } }) +
+      `auth:
+  admin_tokens:
+${adm.yaml}${prices()}${storeYaml('redis', redis, '', { timeoutMs: 1000 })}teams:
+  - name: modcut
+    budget: {usd: 100, period: total, soft: 0}
+keys:
+  - {id: ${kb.id}, team: modcut, digest: "${kb.digest}"}
+` + (fakeURL ? `content_filters:
+  moderation: {provider: fake, prompts: false, timeout_ms: 20000}
+` : '') + mockModels(fakeURL ?? fake.baseURL) + `  - {name: fake-echo, provider: fake, upstream_model: echo}
+`;
+    try {
+      gw = await startGateway(config(fake.baseURL));
+      await waitStoreUp(gw, adm.token, { rounds: 2 });
+      const call = settleAll([chat(gw, kb.full, { model: 'fake-echo', max_tokens: 20, messages: [{ role: 'user', content: 'say MODSLOW' }] }, { timeoutMs: 20000 })]);
+      await eventually(() => fake.requests.some((r) => r.path === '/v1/moderations'), { timeoutMs: 3000, intervalMs: 10, what: 'the answer sent to moderation' });
+      const t0 = Date.now();
+      assert.deepEqual(await gw.stop(), { code: 0, signal: null }, gw.stderr());
+      assert.ok(Date.now() - t0 < 5000, `exit took ${Date.now() - t0} ms`);
+      assert.equal((await call)[0].status, 'network-error');
+      assert.equal(gw.accessLog().filter((l) => l.model === 'fake-echo').length, 1, JSON.stringify(gw.accessLog()));
+      assert.ok(!gw.stderr().includes('settlement lost'), gw.stderr());
+      // Its hold is back and the answer the provider generated is charged.
+      check = await startGateway(config(undefined));
+      await waitStoreUp(check, adm.token, { rounds: 2 });
+      const b = await budget(check, adm.token, 'modcut');
+      assert.equal(b.reserved_nano, 0, JSON.stringify(b));
+      assert.ok(b.spent_nano > 0, JSON.stringify(b));
+      await check.stopClean();
+    } finally {
+      await gw?.kill();
+      await check?.kill();
+      await fake.close();
+      await redis.close();
+    }
+  });
+});
+
 describe('settlement journal', () => {
   test('settlements Redis did not take survive SIGTERM and kill -9: the next start replays them and each call is charged once', { timeout: 60000 }, async () => {
     const redis = await startRedis();
