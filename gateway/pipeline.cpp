@@ -15,6 +15,7 @@
 #include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
 #include "policy/policy.hpp"
+#include "providers/common/relayed_text.hpp"
 #include "providers/unified.hpp"
 
 namespace tollgate::gateway {
@@ -119,6 +120,17 @@ class stream_moderation {
   std::string held_;     ///< SSE not sent yet (it carries the unchecked text)
   bool done_ = false;    ///< moderation ended the stream
 };
+
+/// A 2xx whole answer that reported no usage (some OpenAI-compatible servers omit it, as some
+/// Bedrock and Vertex answers may): its generated text is counted as a stream's relayed text is,
+/// before any filter, so that it is billed for its output, not as the prompt alone. Parsed only
+/// then: answers with usage cost nothing more.
+void count_unreported_answer(request_context& ctx, std::string_view decoded) {
+  if (ctx.usage.reported || ctx.endpoint != endpoint_kind::chat_completions) return;
+  boost::system::error_code ec;
+  const json::value v = json::parse(decoded, ec);
+  if (!ec && v.is_object()) ctx.relayed_completion_chars += providers::choice_chars(v.get_object(), "message", nullptr);
+}
 
 /// Whether whole answers go to a moderation endpoint (callers skip moderate_answer's frame if not).
 bool answers_moderated(const request_context& ctx) {
@@ -377,7 +389,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       // Read for the bill alone: its usage counted, nothing sent (or captured: the audit trail
       // keeps what the caller was sent).
       if (answered) {
-        (void)p.decode_body(ctx, status, std::move(body));
+        count_unreported_answer(ctx, p.decode_body(ctx, status, std::move(body)));
         ctx.captured_response.clear();
       }
       ex.release();
@@ -390,6 +402,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     if (status / 100 != 2)
       for (auto& f : ex.headers()) ctx.upstream_error_headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
     std::string out = p.decode_body(ctx, status, std::move(body));
+    if (status / 100 == 2) count_unreported_answer(ctx, out);
     if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && ctx.snap->filters)
       if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team, ctx.route->name))
         if (auto* s = w.filter_scratch(*set)) out = filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out));

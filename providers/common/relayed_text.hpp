@@ -17,28 +17,29 @@
 
 namespace tollgate::providers {
 
-/// The generated characters in an OpenAI chunk's deltas, as token_chars() counts them: content,
-/// reasoning, refusal, and each tool call's (or the deprecated function_call's) name and
-/// arguments (all of them output tokens), appended to `text` when given.
-inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* text) {
+/// The generated characters of `key` ("delta" in a chunk, "message" in a whole answer) in each
+/// of an OpenAI object's choices, as token_chars() counts them: content, reasoning, refusal, and
+/// each tool call's (or the deprecated function_call's) name and arguments (all of them output
+/// tokens), appended to `text` when given.
+inline std::uint64_t choice_chars(const boost::json::object& obj, std::string_view key, std::string* text) {
   std::uint64_t n = 0;
   auto take = [&](std::string_view s) {
     n += token_chars(s);
     if (text) text->append(s);
   };
-  auto choices = chunk.if_contains("choices");
+  auto choices = obj.if_contains("choices");
   if (!choices || !choices->is_array()) return 0;
   for (auto& c : choices->get_array()) {
     if (!c.is_object()) continue;
-    auto d = c.get_object().if_contains("delta");
+    auto d = c.get_object().if_contains(key);
     if (!d || !d->is_object()) continue;
     const auto& dobj = d->get_object();
-    for (auto key : {"content", "reasoning", "reasoning_content", "refusal"})
-      if (auto t = dobj.if_contains(key); t && t->is_string()) take(t->get_string());
+    for (auto field : {"content", "reasoning", "reasoning_content", "refusal"})
+      if (auto t = dobj.if_contains(field); t && t->is_string()) take(t->get_string());
     auto take_function = [&](const boost::json::value* f) {
       if (f && f->is_object())
-        for (auto key : {"name", "arguments"})
-          if (auto t = f->get_object().if_contains(key); t && t->is_string()) take(t->get_string());
+        for (auto field : {"name", "arguments"})
+          if (auto t = f->get_object().if_contains(field); t && t->is_string()) take(t->get_string());
     };
     if (auto tc = dobj.if_contains("tool_calls"); tc && tc->is_array())
       for (auto& call : tc->get_array())
@@ -46,6 +47,11 @@ inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* 
     take_function(dobj.if_contains("function_call"));  // the deprecated single function call
   }
   return n;
+}
+
+/// The generated characters in an OpenAI chunk's deltas (choice_chars).
+inline std::uint64_t delta_chars(const boost::json::object& chunk, std::string* text) {
+  return choice_chars(chunk, "delta", text);
 }
 
 /// Counts what `chunk` relayed into ctx (delta_chars), and captures it for the audit trail when

@@ -338,6 +338,25 @@ keys:
       assert.equal(line.completion_tokens, completion);
     });
 
+    test('a whole answer without usage is billed from its generated text, not as the prompt alone', { timeout: 20000 }, async () => {
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const req = body('fake-nousage');
+      delete req.max_tokens;
+      const r = await chat(gw, keys.stream, req);
+      assert.equal(r.status, 200, r.text);
+      assert.ok(!('usage' in r.json), 'the upstream sent no usage');
+      // Counted as a stream's relayed text is: token_chars of the message's content, /4 rounded up.
+      const content = r.json.choices[0].message.content;
+      const b8 = Buffer.from(content);
+      const completion = Math.ceil((b8.length + b8.filter((x) => x >= 0xe0).length) / 4);
+      assert.ok(completion > 0);
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(PROMPT_EST, completion));
+      const line = await gw.waitForLog((l) => l.model === 'fake-nousage' && l.stream === false);
+      assert.equal(line.usage_source, 'counted');
+      assert.equal(line.completion_tokens, completion);
+    });
+
     test('a whole answer whose caller left after its head arrived is read to the end and billed its reported usage', { timeout: 20000 }, async () => {
       const before = await settledBudget(gw, adm.token, 'stream');
       const ac = new AbortController();

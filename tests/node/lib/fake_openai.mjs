@@ -28,7 +28,8 @@
 //   stall-mid-stream                  stream: 3 chunks, then silence with the connection open
 //   no-usage-stream                   stream: the recorded chunks without any usage (no usage chunk,
 //                                     no `usage` fields) even when `stream_options.include_usage`
-//                                     is true, as some local servers do
+//                                     is true, as some local servers do; not streamed: the
+//                                     recorded completion without its `usage` field
 //   hang                              reads the request, never answers
 //   hop-headers                       the recorded completion plus hop-by-hop response headers
 //   echo                              answers the last user message's text: whole, or streamed in
@@ -467,6 +468,10 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
         return later(slowChunkMs * 10, () => res.end(text.slice(half)));
       }
       if (model === 'stall-mid-stream' || model === 'endless-stream') return; // like hang
+      if (model === 'no-usage-stream') {
+        const { usage, ...rest } = fixtures.chatText;
+        return sendJson(res, 200, rest);
+      }
       if (model === 'chunked-trailers') {
         // The recorded completion in chunks, then trailer fields (Node writes them after the
         // last chunk): many and long, so that keeping them would grow a parser's storage.
