@@ -228,7 +228,7 @@ class engine {
   static constexpr std::chrono::milliseconds retry_first{100}, retry_longest{1000};
   /// How often renew_leases() looks for leases half gone: a quarter of the shortest store.lease_ms.
   static constexpr std::chrono::milliseconds renew_tick{250};
-  /// Every second, extends the leases of `worker`'s calls that have run half a lease since their
+  /// Every renew_tick, extends the leases of `worker`'s calls that have run half a lease since their
   /// admission or last renewal, so that a call longer than the lease keeps its reservation.
   awaitable<void> renew_leases(unsigned worker, std::weak_ptr<const bool> alive);
   void report_soft(const settlement& s, const settle_result& r);

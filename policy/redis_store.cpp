@@ -121,7 +121,7 @@ awaitable<void> redis_store::check_eviction(redis::connection& c) {
   eviction_told_ = policy;
   notice("warn", "Redis evicts any key under memory pressure (maxmemory-policy " + policy +
                      "): it may drop Tollgate's leases and counters, holding reservations or admitting beyond the "
-                     "limits; run it with noeviction or a volatile-* policy (docs/policy.md, \"Eviction and ACLs\")");
+                     "limits; run it with noeviction (docs/policy.md, \"Eviction and ACLs\")");
 }
 
 void redis_store::stop() {

@@ -39,6 +39,7 @@ for (const kind of ['memory', 'redis']) {
         model: 'mock-gpt', stream: true, stream_options: { include_usage: true }, max_tokens: 15, messages: [{ role: 'user', content: 'hi' }],
       };
       const running = chat(gw, key.full, body, { timeoutMs: 20000 });
+      await sleep(200);  // admitted (its first chunk comes at 10 ms) before the others try
       // Admissions all along the stream, each of which sweeps expired leases: a renewal landing
       // after its lease had expired (as with a 1 s renewal tick and a 1 s lease) let one in.
       const statuses = [];

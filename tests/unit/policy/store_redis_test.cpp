@@ -847,8 +847,16 @@ TEST(RedisStore, ARedisThatMayEvictAnyKeyIsWarnedOfOncePerPolicy) {
     EXPECT_EQ(notices.front().rfind("warn: Redis evicts any key", 0), 0u) << notices.front();
     EXPECT_NE(notices.front().find("noeviction"), std::string::npos);
     // A reconnect (the server closes every client): asked again, not told again.
+    const auto configs = [&] {  // CONFIG GETs the server has run (INFO commandstats)
+      const auto info = raw_command(ioc, {"INFO", "commandstats"}, srv.port());
+      const std::string text = info ? info->str : "";
+      const auto at = text.find("cmdstat_config|get:calls=");
+      return at == std::string::npos ? -1 : std::atoi(text.c_str() + at + 25);
+    };
+    ASSERT_EQ(configs(), 1);
     ASSERT_TRUE(raw_command(ioc, {"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"}, srv.port()));
-    redis_backend::wait_for([&] { return !st.healthy(); }, ioc);
+    redis_backend::wait_for([&] { return configs() == 2; }, ioc);
+    ASSERT_EQ(configs(), 2) << "the reconnect asks again";
     redis_backend::wait_ready(st, ioc);
     EXPECT_TRUE(run_sync(ioc, st.publish_invalidation(0, "y")));
     EXPECT_EQ(evictions(), 1);
