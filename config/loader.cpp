@@ -680,6 +680,7 @@ std::string validate(const gateway_config& cfg) {
       return "teams[" + std::to_string(i) + "].identities: no caller presents a certificate without " +
              "server.tls.client_ca_file (mTLS); set it, or remove the identities" + at;
     for (const auto& id : t.identities) {
+      if (id.empty()) return "teams[" + std::to_string(i) + "].identities: an identity must not be empty" + at;
       auto [it, fresh] = identity_team.emplace(id, t.name);
       if (!fresh)
         return "teams[" + std::to_string(i) + "].identities: '" + id + "' is already the identity of team '" +
@@ -741,6 +742,11 @@ std::string validate(const gateway_config& cfg) {
   if (l.max_header_count == 0) return "server.limits.max_header_count: must be at least 1";
   if (cfg.server.tls.cert_file.empty() != cfg.server.tls.key_file.empty())
     return "server.tls: cert_file and key_file must be set together";
+  // Without a certificate of its own the listener is plain HTTP and asks for none: the CA would
+  // be ignored, and an open gateway meant to require certificates would take anyone.
+  if (!cfg.server.tls.client_ca_file.empty() && cfg.server.tls.cert_file.empty())
+    return "server.tls.client_ca_file: mTLS needs the listener's own cert_file and key_file (TLS); set them, or "
+           "remove client_ca_file";
   return {};
 }
 

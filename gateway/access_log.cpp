@@ -88,6 +88,9 @@ std::string access_log::format(const request_context& ctx) {
   if (!ctx.identity.anonymous) {
     json_out::field(o, "team", ctx.identity.team);
     json_out::field(o, "key_id", ctx.identity.key_id);
+    // A caller known by its certificate: the SAN that named its team (two services of one team
+    // told apart, as in the audit record).
+    if (!ctx.identity.subject.empty()) json_out::field(o, "subject", ctx.identity.subject);
   }
   if (ctx.usage.prompt || ctx.usage.completion) {
     json_out::number(o, "prompt_tokens", ctx.usage.prompt);

@@ -159,6 +159,15 @@ int server::run() {
         return 1;
       }
       server_tls_->set_verify_mode(net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert);
+      // With peer verification on, OpenSSL refuses to resume a session (a TLS 1.3 ticket, the
+      // session cache) whose context id is unset, failing the handshake: every SDK that caches
+      // sessions (Node's https agents, undici, Java) failed its second connection. The id names
+      // this listener's verification: sessions resumed carry the certificate verified then.
+      static constexpr unsigned char sid_ctx[] = "tollgate-caller-mtls";
+      if (SSL_CTX_set_session_id_context(server_tls_->native_handle(), sid_ctx, sizeof sid_ctx - 1) != 1) {
+        log_event("error", "cannot set the TLS session id context");
+        return 1;
+      }
     }
   }
   caller_ = bind(control_, cfg.server.listen, error);
@@ -330,6 +339,10 @@ void server::reload() {
   if (old.listen.host != now.listen.host || old.listen.port != now.listen.port || old.workers != now.workers ||
       old.admin_listen.port != now.admin_listen.port || old.access_log != now.access_log)
     log_event("warn", "listen addresses, workers and access_log change only on restart");
+  if (old.tls.cert_file != now.tls.cert_file || old.tls.key_file != now.tls.key_file ||
+      old.tls.client_ca_file != now.tls.client_ca_file)
+    log_event("warn", "server.tls (cert_file, key_file, client_ca_file) changes only on restart: the listener keeps "
+                      "the certificate and client CA it started with");
   const auto& os = snap_->cfg->store;
   const auto& ns = snap->cfg->store;
   if (os.type != ns.type || os.redis.host != ns.redis.host || os.redis.port != ns.redis.port ||

@@ -301,17 +301,24 @@ awaitable<key_lookup> engine::find_key(unsigned worker, const config::gateway_co
 }
 
 namespace {
-/// The team whose identities name one of the caller's certificate SANs, if any (and the SAN).
+/// The team whose identities name one of the caller's certificate SANs, if any (and the first
+/// such SAN). A certificate whose SANs name two teams names none (`*ambiguous` set): which one
+/// won would depend on the order of the SANs in the certificate.
 const config::team_config* team_of_peer(const config::gateway_config& cfg, const request_context& ctx,
-                                        const std::string** peer) {
+                                        const std::string** peer, bool* ambiguous = nullptr) {
+  const config::team_config* found = nullptr;
   for (auto& name : ctx.peer_names)
     for (auto& t : cfg.teams)
       for (auto& id : t.identities)
         if (id == name) {
-          *peer = &name;
-          return &t;
+          if (found && found != &t) {
+            if (ambiguous) *ambiguous = true;
+            return nullptr;
+          }
+          if (!found) *peer = &name;
+          found = &t;
         }
-  return nullptr;
+  return found;
 }
 }  // namespace
 
@@ -331,9 +338,16 @@ std::optional<phase_result> engine::try_authenticate(request_context& ctx) {
     // No key, or a credential that is not a Tollgate key (an SDK's placeholder): a verified client
     // certificate whose SAN maps to a team identifies the caller, else an open gateway lets it in.
     const std::string* peer = nullptr;
-    if (team_of_peer(cfg, ctx, &peer)) {
+    bool ambiguous = false;
+    if (team_of_peer(cfg, ctx, &peer, &ambiguous)) {
       ctx.credential.clear();  // (authenticate() takes the certificate's path)
       return std::nullopt;     // its team is resolved in the store
+    }
+    if (ambiguous) {
+      auth_.counter({"invalid"}).inc();
+      return make_failure(errc::invalid_api_key,
+                          "The client certificate's names map to more than one team; the gateway uses none of them.",
+                          "", error_source::policy);
     }
     if (!cfg.auth.required) return anonymous();
     if (!ctx.credential.empty()) return invalid_key();

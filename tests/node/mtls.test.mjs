@@ -36,7 +36,7 @@ function call(port, path, { client, body } = {}) {
 }
 
 describe('mTLS identities', () => {
-  let gw, search, batch, stranger, rogue;
+  let gw, search, batch, stranger, rogue, both, yamlFor, otherCaFile;
   before(async () => {
     const ca = makeCa('clients-ca');
     const otherCa = makeCa('other-ca');
@@ -45,14 +45,18 @@ describe('mTLS identities', () => {
     // A DNS SAN names its team; the URI beside it maps to nothing (the DNS name must be read too).
     batch = makeLeaf('batch', ca, 'URI:spiffe://corp.example/ns/batch/sa/unmapped,DNS:batch.svc.corp.example');
     stranger = makeLeaf('stranger', ca, 'URI:spiffe://corp.example/ns/other/sa/api,DNS:other.svc.corp.example');
+    // Two SANs, each the identity of another team.
+    both = makeLeaf('both', ca, 'URI:spiffe://corp.example/ns/search/sa/api,DNS:batch.svc.corp.example');
     rogue = makeLeaf('rogue', otherCa, 'URI:spiffe://corp.example/ns/search/sa/api');
     writeFileSync(join(dir, 'server.key.pem'), server.key);
     writeFileSync(join(dir, 'server.cert.pem'), server.cert);
-    gw = await startGateway(serverYaml({ openAuth: false }) +
-      `  tls:\n    cert_file: ${join(dir, 'server.cert.pem')}\n    key_file: ${join(dir, 'server.key.pem')}\n    client_ca_file: ${ca.cert}\n` +
+    otherCaFile = otherCa.cert;
+    yamlFor = (caFile) => serverYaml({ openAuth: false }) +
+      `  tls:\n    cert_file: ${join(dir, 'server.cert.pem')}\n    key_file: ${join(dir, 'server.key.pem')}\n    client_ca_file: ${caFile}\n` +
       `providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n  - {name: secret-model, provider: mock}\n` +
       `teams:\n  - name: search\n    models: [mock-gpt]\n    identities: ["spiffe://corp.example/ns/search/sa/api"]\n` +
-      `  - name: batch\n    models: [secret-model]\n    identities: ["batch.svc.corp.example"]\n`);
+      `  - name: batch\n    models: [secret-model]\n    identities: ["batch.svc.corp.example"]\n`;
+    gw = await startGateway(yamlFor(ca.cert));
   });
   after(async () => {
     await gw?.stop();
@@ -76,6 +80,7 @@ describe('mTLS identities', () => {
     assert.equal(ok.status, 200, ok.text);
     const line = await gw.waitForLog((l) => l.model === 'secret-model' && l.status === 200);
     assert.equal(line.team, 'batch', JSON.stringify(line));
+    assert.equal(line.subject, 'batch.svc.corp.example', 'the access log names the SAN that matched');
     const denied = await call(gw.port, '/v1/chat/completions', { client, body: { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] } });
     assert.equal(denied.status, 403, denied.text);
     assert.equal(JSON.parse(denied.text).error.code, 'model_not_allowed');
@@ -89,11 +94,53 @@ describe('mTLS identities', () => {
     assert.equal(JSON.parse(r.text).error.code, 'invalid_api_key');
   });
 
+  test('a certificate whose SANs name two teams gets 401: neither team, whatever the SANs\' order', async () => {
+    const r = await call(gw.port, '/v1/models', { client: { key: both.key, cert: both.cert } });
+    assert.equal(r.status, 401, r.text);
+    assert.equal(JSON.parse(r.text).error.code, 'invalid_api_key');
+    assert.match(JSON.parse(r.text).error.message, /more than one team/);
+  });
+
+  test('a client that resumes its TLS session (as SDK agents do) is served, as the same team', async () => {
+    // With verification on and no session id context, OpenSSL failed every resumed handshake.
+    const agent = new https.Agent({ keepAlive: false, maxCachedSessions: 10 });
+    const once = () => new Promise((resolve, reject) => {
+      const req = https.request({ host: '127.0.0.1', port: gw.port, path: '/v1/models', rejectUnauthorized: false, agent,
+        key: search.key, cert: search.cert }, (res) => {
+        let text = '';
+        const reused = res.socket.isSessionReused();
+        res.setEncoding('utf8').on('data', (d) => (text += d)).on('end', () => resolve({ status: res.statusCode, text, reused }));
+      });
+      req.setTimeout(10000, () => req.destroy(new Error('timeout')));
+      req.on('error', reject);
+      req.end();
+    });
+    const first = await once();
+    assert.equal(first.status, 200, first.text);
+    let resumed;
+    for (let i = 0; i < 5 && !resumed?.reused; i++) {
+      resumed = await once();  // (the ticket may come after the first answer: a few tries)
+      assert.equal(resumed.status, 200, resumed.text);
+      assert.deepEqual(JSON.parse(resumed.text).data.map((m) => m.id), ['mock-gpt'], 'still team search');
+    }
+    assert.ok(resumed.reused, 'the session was resumed');
+    agent.destroy();
+  });
+
   test('no certificate, or one from another CA, fails the handshake', async () => {
     await assert.rejects(call(gw.port, '/v1/models'), /certificate|handshake|alert|socket hang up|ECONNRESET/i);
     await assert.rejects(call(gw.port, '/v1/models', { client: { key: rogue.key, cert: rogue.cert } }), /certificate|unknown ca|alert|socket hang up|ECONNRESET/i);
     // The gateway keeps serving good callers afterwards.
     const again = await call(gw.port, '/v1/models', { client: { key: search.key, cert: search.cert } });
     assert.equal(again.status, 200);
+  });
+
+  test('a reload that changes the client CA says it needs a restart, and the listener keeps its CA', async () => {
+    const from = gw.stderr().length;
+    gw.writeConfig(yamlFor(otherCaFile));
+    gw.signal('SIGHUP');
+    await gw.waitForStderr(/server\.tls \(cert_file, key_file, client_ca_file\) changes only on restart/, 5000, from);
+    assert.equal((await call(gw.port, '/v1/models', { client: { key: search.key, cert: search.cert } })).status, 200);
+    await assert.rejects(call(gw.port, '/v1/models', { client: { key: rogue.key, cert: rogue.cert } }), /certificate|unknown ca|alert|socket hang up|ECONNRESET/i);
   });
 });

@@ -192,6 +192,14 @@ TEST(ConfigLoaderTest, AnIdentityNamesOneTeamAndNeedsClientCertificates) {
   - {name: b, identities: ["dns.example"]}
 )");
   EXPECT_TRUE(fine.error.empty()) << fine.error;
+  auto empty = load(std::string(minimal) + mtls + "teams:\n  - {name: a, identities: [\"\"]}\n");
+  EXPECT_NE(empty.error.find("teams[0].identities: an identity must not be empty"), std::string::npos) << empty.error;
+  // A CA without the listener's own certificate: the listener would be plain HTTP and ask for no
+  // certificate at all.
+  auto ca_only = load(std::string(minimal) + "server:\n  tls: {client_ca_file: ca.pem}\n");
+  EXPECT_NE(ca_only.error.find("server.tls.client_ca_file: mTLS needs the listener's own cert_file and key_file"),
+            std::string::npos)
+      << ca_only.error;
 }
 
 TEST(ConfigLoaderTest, TeamsKeysBudgetsAndStoreParse) {
