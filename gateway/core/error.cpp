@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/core/error.hpp"
 
+#include "gateway/core/json_out.hpp"
+
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
@@ -59,14 +61,19 @@ error_mapping map_error(errc e) noexcept {
 
 std::string openai_error_body(std::string_view message, std::string_view type, std::string_view param,
                               std::string_view code) {
-  boost::json::object err;
-  err["message"] = message;
-  err["type"] = type;
-  err["param"] = param.empty() ? boost::json::value(nullptr) : boost::json::value(param);
-  err["code"] = code.empty() ? boost::json::value(nullptr) : boost::json::value(code);
-  boost::json::object root;
-  root["error"] = std::move(err);
-  return boost::json::serialize(root);
+  // By json_out: a message may echo what a caller sent (a path, a name) and bytes that are no
+  // UTF-8 become U+FFFD, so the body is always JSON text the SDKs' strict parsers read.
+  std::string out = "{\"error\":{\"message\":";
+  json_out::string(out, message);
+  json_out::field(out, "type", type);
+  json_out::key(out, "param");
+  if (param.empty()) out.append("null");
+  else json_out::string(out, param);
+  json_out::key(out, "code");
+  if (code.empty()) out.append("null");
+  else json_out::string(out, code);
+  out.append("}}");
+  return out;
 }
 
 failure make_failure(errc e, std::string message, std::string param, error_source src) {

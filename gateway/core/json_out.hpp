@@ -10,14 +10,41 @@
 
 namespace tollgate::json_out {
 
-/// True when one of the 8 bytes in `x` needs an escape in a JSON string: '"', '\\' or a control
-/// character (< 0x20). Bytes of 0x80 and above (UTF-8) never do.
+/// True when one of the 8 bytes in `x` needs a look: '"', '\\' or a control character (< 0x20),
+/// which are escaped, or a byte of 0x80 and above, which must begin or continue valid UTF-8.
 constexpr bool any_needs_escape(std::uint64_t x) {
-  return (swar::less_than(x, 0x20) | swar::equal_to(x, '"') | swar::equal_to(x, '\\')) != 0;
+  return (swar::less_than(x, 0x20) | swar::equal_to(x, '"') | swar::equal_to(x, '\\') |
+          (x & 0x8080808080808080ull)) != 0;
 }
 
-/// Appends `v` as a JSON string (quotes, backslashes and control characters escaped). Runs of
-/// bytes that need no escape are appended whole, and found 8 bytes at a time: byte by byte
+/// The length of the valid UTF-8 sequence at `p` (`n` bytes available), 0 when it is none
+/// (a stray continuation byte, a truncated sequence, an overlong form, a surrogate, > U+10FFFF).
+constexpr std::size_t utf8_sequence(const unsigned char* p, std::size_t n) {
+  const unsigned c = p[0];
+  std::size_t len = 0;
+  unsigned lo = 0x80, hi = 0xbf;  // the second byte's range
+  if (c >= 0xc2 && c <= 0xdf) len = 2;
+  else if (c >= 0xe0 && c <= 0xef) {
+    len = 3;
+    if (c == 0xe0) lo = 0xa0;       // no overlong forms
+    else if (c == 0xed) hi = 0x9f;  // no surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    len = 4;
+    if (c == 0xf0) lo = 0x90;
+    else if (c == 0xf4) hi = 0x8f;  // at most U+10FFFF
+  } else {
+    return 0;
+  }
+  if (n < len || p[1] < lo || p[1] > hi) return 0;
+  for (std::size_t k = 2; k < len; ++k)
+    if ((p[k] & 0xc0) != 0x80) return 0;
+  return len;
+}
+
+/// Appends `v` as a JSON string (quotes, backslashes and control characters escaped; bytes that
+/// are no valid UTF-8 replaced by U+FFFD, so that every line stays JSON text a strict parser
+/// reads: a caller's `User-Agent: \xff` must not keep its call out of an audit export). Runs of
+/// ASCII that need no escape are appended whole, and found 8 bytes at a time: byte by byte
 /// showed in the filtered relay's profile.
 inline void string(std::string& out, std::string_view v) {
   static constexpr char hex[] = "0123456789abcdef";
@@ -32,11 +59,24 @@ inline void string(std::string& out, std::string_view v) {
       i += 8;
     }
     const std::size_t stop = i + 8 <= n ? i + 8 : n;  // the word with an escape, or the tail
-    for (; i < stop; ++i) {
+    while (i < stop) {
       const auto c = static_cast<unsigned char>(d[i]);
-      if (c != '"' && c != '\\' && c >= 0x20) continue;
+      if (c >= 0x80) {
+        if (const std::size_t len = utf8_sequence(reinterpret_cast<const unsigned char*>(d + i), n - i)) {
+          i += len;  // (may end past this word: the scan goes on from there)
+          continue;
+        }
+        out.append(d + run, i - run);
+        out.append("\xef\xbf\xbd");  // U+FFFD
+        run = ++i;
+        continue;
+      }
+      if (c != '"' && c != '\\' && c >= 0x20) {
+        ++i;
+        continue;
+      }
       out.append(d + run, i - run);
-      run = i + 1;
+      run = ++i;
       if (c < 0x20) {
         out.append("\\u00").push_back(hex[c >> 4]);
         out.push_back(hex[c & 0xf]);

@@ -244,6 +244,13 @@ describe('audit trail', () => {
   });
 
   test('a clean stop closes the chain: verify OK, export as JSON Lines and CSV with filters', async () => {
+    // An admin request whose User-Agent is no UTF-8 (0xff): its record must stay JSON text that
+    // the export reads, not be skipped by it (it was written raw, and the export dropped it).
+    const rawUa = await rawExchange(gw.adminPort, [Buffer.concat([
+      Buffer.from('GET /admin/v1/keys HTTP/1.1\r\nHost: x\r\nUser-Agent: probe-'), Buffer.from([0xff, 0xfe]),
+      Buffer.from('\r\nConnection: close\r\n\r\n')])], { timeoutMs: 4000, stopWhenComplete: true });
+    assert.equal(rawUa.response?.status, 401, rawUa.text);
+    await eventually(() => records(auditDir).some((r) => String(r.user_agent).startsWith('probe-')), { what: 'the probe audited' });
     await gw.stopClean();
     gw = undefined;
     const { code, report } = await verify(auditDir);
@@ -256,7 +263,8 @@ describe('audit trail', () => {
 
     const all = await ctl(['audit', 'export', '--dir', auditDir]);
     assert.equal(all.code, 0, all.stderr);
-    assert.equal(all.stdout.trim().split('\n').length, recs.length);
+    assert.equal(all.stdout.trim().split('\n').length, recs.length, all.stderr);
+    assert.ok(all.stdout.includes('"user_agent":"probe-\ufffd\ufffd"'), 'the probe exported, its bytes replaced');
     const team = await ctl(['audit', 'export', '--dir', auditDir, '--team', 'tiny', '--format', 'csv']);
     assert.equal(team.code, 0, team.stderr);
     const rows = team.stdout.trim().split('\n');

@@ -34,6 +34,11 @@ TEST(ErrorTest, BodyHasAllFourKeysWithNullsWhereEmpty) {
             R"({"error":{"message":"Bad \"thing\".","type":"invalid_request_error","param":null,"code":null}})");
   EXPECT_EQ(openai_error_body("m", "t", "messages", "invalid_type"),
             R"({"error":{"message":"m","type":"t","param":"messages","code":"invalid_type"}})");
+  // A message echoing what a caller sent: bytes that are no UTF-8 become U+FFFD (the body stays
+  // JSON text), valid UTF-8 and control characters are written as JSON has them.
+  EXPECT_EQ(openai_error_body("Unknown URL: /x\xff\xfey é\n", "t", "", ""),
+            "{\"error\":{\"message\":\"Unknown URL: /x\xef\xbf\xbd\xef\xbf\xbdy é\\u000a\",\"type\":\"t\",\"param\":null,"
+            "\"code\":null}}");
 }
 
 }  // namespace

@@ -53,7 +53,7 @@ TEST(JsonOutTest, AnyTextReadsBackAsItself) {
 // The word test agrees with the byte test for every byte value at every position, among fillers
 // that sit next to the thresholds (0x20, '!', '#', '[', ']', 0x7f, 0x80, 0xff).
 TEST(JsonOutTest, WordTestMatchesTheByteTestForEveryByteAtEveryPosition) {
-  auto needs = [](unsigned char c) { return c == '"' || c == '\\' || c < 0x20; };
+  auto needs = [](unsigned char c) { return c == '"' || c == '\\' || c < 0x20 || c >= 0x80; };
   for (unsigned char filler : {'a', ' ', '!', '#', '[', ']', '\x7f', '\x80', '\xff', '\xa0'}) {
     for (int c = 0; c < 256; ++c) {
       for (int pos = 0; pos < 8; ++pos) {
@@ -80,6 +80,42 @@ TEST(JsonOutTest, EscapesAtEveryPositionOfEveryLength) {
         expect_reads_back(text);
       }
     }
+  }
+}
+
+// Valid UTF-8 of every length (2, 3 and 4 bytes), at every position, across word edges, reads
+// back as itself; bytes that are no UTF-8 become U+FFFD and the rest stays: the output is always
+// text a strict parser (Boost.JSON rejects invalid UTF-8) reads.
+TEST(JsonOutTest, ValidUtf8IsKeptAndAnythingElseBecomesAReplacementCharacter) {
+  for (const std::string& ch : {std::string("é"), std::string("中"), std::string("😀"), std::string("\xf4\x8f\xbf\xbf")}) {
+    for (std::size_t len = 0; len <= 20; ++len)
+      for (std::size_t at = 0; at <= len; ++at) {
+        std::string text(len, 'x');
+        text.insert(at, ch);
+        expect_reads_back(text);
+      }
+  }
+  const std::string fffd = "\xef\xbf\xbd";
+  struct bad {
+    std::string in, out;
+  } cases[] = {
+      {"\xff", fffd},                                       // never UTF-8
+      {"ab\x80" "cd", "ab" + fffd + "cd"},                      // a stray continuation byte
+      {"\xc3", fffd},                                       // truncated at the end
+      {"\xe4\xb8" "x", fffd + fffd + "x"},                      // truncated before ASCII
+      {"\xc0\xaf", fffd + fffd},                             // overlong '/'
+      {"\xed\xa0\x80", fffd + fffd + fffd},                  // a surrogate
+      {"\xf4\x90\x80\x80", fffd + fffd + fffd + fffd},       // past U+10FFFF
+      {"Mozilla\xff/5.0 \"q\" é", "Mozilla" + fffd + "/5.0 \"q\" é"},
+  };
+  for (const auto& c : cases) {
+    std::string out = "[";
+    string(out, c.in);
+    out += "]";
+    boost::system::error_code ec;
+    auto v = boost::json::parse(out, ec);
+    ASSERT_FALSE(ec) << out;
+    EXPECT_EQ(std::string_view(v.as_array().at(0).as_string()), c.out) << out;
   }
 }
 
