@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The admin API (admin listener only): create, show and revoke keys; read budget usage.
 // Authenticated with admin tokens whose SHA-256 digests are in config (auth.admin_tokens).
+#include <boost/url/pct_string_view.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
@@ -78,8 +79,11 @@ std::string parse_usd(const json::value& usd, std::int64_t& nano) {
   return {};
 }
 
-/// "period" and "soft" of a budget object (absent ones untouched).
+/// "period" and "soft" of a budget object (absent ones untouched); any field but usd, period and
+/// soft is refused (a misspelt "perod" left the period monthly without a word).
 std::string parse_period_soft(const json::object& bo, std::optional<config::budget_period>& period, std::optional<double>& soft) {
+  for (auto& [name, _] : bo)
+    if (name != "usd" && name != "period" && name != "soft") return "budget." + std::string(name) + ": unknown field";
   if (auto* p = bo.if_contains("period")) {
     period = p->is_string() ? config::parse_period(p->get_string()) : std::nullopt;
     if (!period) return "budget.period must be daily, monthly or total";
@@ -121,6 +125,10 @@ std::string parse_limits_budget(const json::object& o, config::limits_config& li
 
 /// Fills a key prototype from the POST body; returns an error message or "".
 std::string parse_key_request(const json::object& o, policy::key_record& k) {
+  for (auto& [name, _] : o)
+    if (name != "team" && name != "name" && name != "models" && name != "expires_unix" && name != "limits" &&
+        name != "budget")
+      return std::string(name) + ": unknown field (limits go in \"limits\": {rpm, tpm, concurrency})";
   auto* team = o.if_contains("team");
   if (!team || !team->is_string() || team->get_string().empty()) return "team (string) is required";
   k.team = std::string(team->get_string());
@@ -232,7 +240,7 @@ std::string admin_action(const request_context& ctx) {
   const bool get = ctx.method == "GET", post = ctx.method == "POST", del = ctx.method == "DELETE";
   if (ctx.path == "/admin/v1/keys") return post ? "key.create" : get ? "key.list" : "unknown";
   if (ctx.path.starts_with("/admin/v1/keys/"))
-    return ctx.path.ends_with("/rotate") ? "key.rotate" : del ? "key.revoke" : get ? "key.show" : "unknown";
+    return ctx.path.ends_with("/rotate") ? (post ? "key.rotate" : "unknown") : del ? "key.revoke" : get ? "key.show" : "unknown";
   if (ctx.path == "/admin/v1/teams") return post ? "team.create" : get ? "team.list" : "unknown";
   if (ctx.path.starts_with("/admin/v1/teams/")) return del ? "team.delete" : get ? "team.show" : "unknown";
   if (ctx.path == "/admin/v1/quotas") return ctx.method == "PUT" ? "quota.set" : get ? "quota.show" : "unknown";
@@ -280,7 +288,9 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
   // An engine error as an answer: unreachable store 503, unknown 404, exists or in config 409.
   auto fail_with = [&](const std::string& err) {
     errc e = errc::invalid_value;
-    if (err.starts_with("the policy store is unavailable")) e = errc::policy_store_unavailable;
+    // (A team created whose earlier keys could not all be revoked: the store failed half-way.)
+    if (err.starts_with("the policy store is unavailable") || err.find("' was created, but") != std::string::npos)
+      e = errc::policy_store_unavailable;
     else if (err.starts_with("no ")) e = errc::not_found;
     else if (err.find("already exists") != std::string::npos || err.find("config file") != std::string::npos ||
              err.find("is revoked") != std::string::npos || err.find("changed while") != std::string::npos)
@@ -318,8 +328,13 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     const json::object list = list_json(std::move(data));
     co_await send(sink, 200, list);
   } else if (a == "key.rotate") {
+    // (`/admin/v1/keys/rotate` names no key: its id would be cut from "rotate" itself.)
     std::string id = ctx.path.substr(keys_prefix.size());
-    id.resize(id.size() - std::string_view("/rotate").size());
+    id.resize(id.size() >= std::string_view("/rotate").size() ? id.size() - std::string_view("/rotate").size() : 0);
+    if (id.empty()) {
+      co_await answer_error(ctx, sink, errc::not_found, "No key id in the URL: POST /admin/v1/keys/<id>/rotate.");
+      co_return;
+    }
     ctx.action_target = id;
     std::string err;
     std::uint64_t overlap = 0;
@@ -388,7 +403,13 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     const json::object list = list_json(std::move(data));
     co_await send(sink, 200, list);
   } else if (a == "team.show" || a == "team.delete") {
-    const std::string name = ctx.path.substr(teams_prefix.size());
+    // Percent-decoded, as tollgatectl encodes it: a config team may be named "data science".
+    auto decoded = boost::urls::make_pct_string_view(std::string_view(ctx.path).substr(teams_prefix.size()));
+    if (!decoded) {
+      co_await answer_error(ctx, sink, errc::bad_request, "The team name in the URL is not valid percent-encoding.");
+      co_return;
+    }
+    const std::string name = decoded->decode();
     ctx.action_target = name;
     if (a == "team.delete") {
       auto r = co_await pol.delete_team(ctx.worker, cfg, name);
@@ -442,6 +463,10 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     policy::scope_spec s{"t", t.name, t.limits, t.budget};
     if (!key.empty()) {
       auto r = co_await pol.find_key(ctx.worker, cfg, key);
+      if (!r.reachable) {  // not "no such key": a script reading 404 as "gone" must not be told so
+        co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
+        co_return;
+      }
       if (!r.key || r.key->team != t.name) {
         co_await answer_error(ctx, sink, errc::not_found, "No key '" + key + "' in team '" + team + "'.", "key");
         co_return;

@@ -283,6 +283,9 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
       if (k.id == key_id) co_return as_error<out_t>("key '" + key_id + "' is declared in the config file; change it there");
     const std::function<std::string(key_record&)> requota = [&](key_record& k) {
       if (!team.empty() && k.team != team) return "no key '" + key_id + "' in team '" + team + "'";
+      // Period or threshold alone change an existing budget only (as for a team).
+      if ((p.period || p.soft) && !p.budget_nano && !k.budget.set())
+        return "key '" + key_id + "' has no budget: give its amount (budget.usd) too";
       apply(k.limits, k.budget);
       return std::string();
     };

@@ -491,7 +491,13 @@ std::optional<std::int64_t> nano_of(const json::object& o, string_view name) {
 // ---------------------------------------------------------------------------------------------
 // Verbs
 
-string key_path(const string& id) { return "/admin/v1/keys/" + encode_component(id); }
+/// A key's URL. A whole key pasted in place of its id (`key revoke tg_<id>_<secret>`, a leaked
+/// key) is cut to its id here, so the secret never goes on the wire: pointed at the wrong
+/// listener, or through a proxy that logs URLs, nothing would mask it.
+string key_path(const string& given) {
+  const auto k = policy::parse_key(given);
+  return "/admin/v1/keys/" + encode_component(k ? string(k->id) : given);
+}
 string team_path(const string& name) { return "/admin/v1/teams/" + encode_component(name); }
 
 /// Appends `&name=value` (or `?name=value`) for each option present.

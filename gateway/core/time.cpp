@@ -12,7 +12,9 @@ std::optional<std::int64_t> parse_time_ms(std::string_view s) {
   if (s.find_first_not_of("0123456789") == std::string_view::npos) {
     std::int64_t v = 0;
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc{}) return std::nullopt;
+    // Up to the end of year 9999, as the RFC 3339 form: beyond, × 1000 could overflow, and a
+    // wrapped bound passed the usage report's range check (billions of hours read one by one).
+    if (ec != std::errc{} || v > 253'402'300'799) return std::nullopt;
     return v * 1000;
   }
   std::tm tm{};

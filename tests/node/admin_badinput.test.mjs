@@ -49,6 +49,10 @@ describe('admin API: bad input', () => {
       [{ team: 'search', budget: { usd: 1e12 } }, /budget\.usd must be a number from 0 to 9000000/],
       [{ team: 'search', budget: { usd: 5, period: 'weekly' } }, /budget\.period must be daily, monthly or total/],
       [{ team: 'search', budget: { usd: 5, soft: 2 } }, /budget\.soft must be a fraction/],
+      // Unknown fields are refused, not dropped: a top-level rpm was a key with no limits at all,
+      // a misspelt period a monthly budget.
+      [{ team: 'search', rpm: 60 }, /rpm: unknown field/],
+      [{ team: 'search', budget: { usd: 5, perod: 'daily' } }, /budget\.perod: unknown field/],
     ];
     for (const [body, why] of cases) {
       const r = await admin(gw, tok.token, 'POST', '/admin/v1/keys', body);
@@ -58,6 +62,32 @@ describe('admin API: bad input', () => {
     }
     const unknownTeam = await admin(gw, tok.token, 'POST', '/admin/v1/keys', { team: 'nosuch' });
     assertOpenAIError(unknownTeam, { status: 400, code: 'invalid_value', param: 'team' });
+  });
+
+  test('odd URLs and values: rotate without POST or without an id, a huge usage bound, raw bytes, a bad quota budget', async () => {
+    const call = (method, path, body) => admin(gw, tok.token, method, path, body);
+    const k = await call('POST', '/admin/v1/keys', { team: 'search', name: 'odd' });
+    assert.equal(k.status, 201, k.text);
+    // GET or DELETE on a rotation URL is no rotation (the body it would read does not exist).
+    for (const m of ['GET', 'DELETE']) {
+      const r = await call(m, `/admin/v1/keys/${k.json.id}/rotate`);
+      assertOpenAIError(r, { status: 404, code: 'not_found' });
+    }
+    assertOpenAIError(await call('POST', '/admin/v1/keys/rotate'), { status: 404, code: 'not_found' });
+    // Unix seconds past year 9999 overflowed to a bound that passed the 400-day check.
+    const huge = await call('GET', '/admin/v1/usage?from=9223372036854776&to=9223372036854777');
+    assertOpenAIError(huge, { status: 400, code: 'invalid_value' });
+    // A budget period for a key that has no budget says so, as for a team.
+    const nobudget = await call('PUT', '/admin/v1/quotas', { team: 'search', key_id: k.json.id, budget: { period: 'daily' } });
+    assertOpenAIError(nobudget, { status: 400, code: 'invalid_value' });
+    assert.match(nobudget.json.error.message, /has no budget/);
+    // Bytes that are no UTF-8 in the URL: the error body is still JSON text.
+    const res = await fetchT(`${gw.adminUrl}/admin/v1/nope%FF\xff`.replace('\\xff', ''), { headers: { authorization: `Bearer ${tok.token}` } });
+    const bytes = Buffer.from(await res.arrayBuffer());
+    assert.equal(res.status, 404);
+    assert.equal(JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes)).error.code, 'not_found');
+    // The API keeps serving.
+    assert.equal((await call('GET', `/admin/v1/keys/${k.json.id}`)).status, 200);
   });
 
   test('an oversized body is refused with 413 and the connection closed; the API keeps serving', async () => {

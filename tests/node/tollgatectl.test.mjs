@@ -319,6 +319,14 @@ models:
     const caller = await ctl(['--url', gw.url, 'key', 'show', 'x'], env);
     assertExit(caller, 4, 'caller listener');
     assert.match(caller.stderr, /is not an admin listener/);
+    // A whole (leaked) key given to revoke at the wrong listener: tollgatectl sends only its id,
+    // so the secret is in neither the answer it prints nor the gateway's logs.
+    const leaked = `tg_AbCdEfGh1234_${'s'.repeat(43)}`;
+    const wrong = await ctl(['--url', gw.url, 'key', 'revoke', leaked], env);
+    assertExit(wrong, 4, 'caller listener, whole key');
+    assert.ok(!wrong.stderr.includes('s'.repeat(43)) && !wrong.stdout.includes('s'.repeat(43)), wrong.stderr);
+    assert.match(wrong.stderr, /AbCdEfGh1234/);
+    assert.ok(!gw.stderr().includes('s'.repeat(43)) && !JSON.stringify(gw.accessLog()).includes('s'.repeat(43)));
   });
 
   test('exit 5: nothing listening, or a name that does not resolve', { timeout: 30000 }, async () => {
