@@ -9,8 +9,6 @@
 #include <boost/json/value.hpp>
 #include <boost/url/pct_string_view.hpp>
 
-#include <algorithm>
-
 #include "gateway/audit/audit_log.hpp"
 #include "gateway/audit/audit_record.hpp"
 #include "gateway/content_filters.hpp"
@@ -619,12 +617,9 @@ awaitable<void> answer_model(request_context& ctx, response_sink& sink, std::str
   const std::string id = decoded->decode();
   const model_route* m = ctx.snap->find_model(id);
   if (!m || !policy::engine::may_list(ctx, m->name)) {
-    // Echoed only when plain ASCII: decoded bytes may be no UTF-8 at all (%FF), and the error
-    // body must stay valid JSON text.
-    const bool plain = std::all_of(id.begin(), id.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
-    const std::string named = plain ? " '" + id + "'" : "";
+    // (Decoded bytes may be no UTF-8 at all, %FF: the error body replaces them, as any echo.)
     co_await answer_error(ctx, sink, errc::model_not_found,
-                          "The model" + named + " does not exist or you do not have access to it.", "model");
+                          "The model '" + id + "' does not exist or you do not have access to it.", "model");
     co_return;
   }
   ctx.route = m;

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { assertOpenAIError, fetchT, serverYaml, startGateway } from './lib/gateway.mjs';
+import { assertOpenAIError, fetchT, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
 import { admin, adminToken } from './lib/policy_helpers.mjs';
 
 describe('admin API: bad input', () => {
@@ -81,11 +81,14 @@ describe('admin API: bad input', () => {
     const nobudget = await call('PUT', '/admin/v1/quotas', { team: 'search', key_id: k.json.id, budget: { period: 'daily' } });
     assertOpenAIError(nobudget, { status: 400, code: 'invalid_value' });
     assert.match(nobudget.json.error.message, /has no budget/);
-    // Bytes that are no UTF-8 in the URL: the error body is still JSON text.
-    const res = await fetchT(`${gw.adminUrl}/admin/v1/nope%FF\xff`.replace('\\xff', ''), { headers: { authorization: `Bearer ${tok.token}` } });
-    const bytes = Buffer.from(await res.arrayBuffer());
-    assert.equal(res.status, 404);
-    assert.equal(JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes)).error.code, 'not_found');
+    // Raw bytes that are no UTF-8 in the URL, echoed by the 404: the error body is still JSON text.
+    const res = await rawExchange(gw.adminPort, [Buffer.concat([Buffer.from('GET /admin/v1/nope'), Buffer.from([0xff, 0xfe]),
+      Buffer.from(` HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok.token}\r\nConnection: close\r\n\r\n`)])],
+    { timeoutMs: 4000, stopWhenComplete: true });
+    assert.equal(res.response?.status, 404, res.text);
+    const text = new TextDecoder('utf-8', { fatal: true }).decode(res.data.subarray(res.data.indexOf('\r\n\r\n') + 4));
+    assert.equal(JSON.parse(text).error.code, 'not_found');
+    assert.match(JSON.parse(text).error.message, /nope\ufffd\ufffd/);
     // The API keeps serving.
     assert.equal((await call('GET', `/admin/v1/keys/${k.json.id}`)).status, 200);
   });
