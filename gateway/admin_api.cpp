@@ -12,6 +12,7 @@
 #include <map>
 #include <optional>
 
+#include "gateway/audit/audit_log.hpp"
 #include "gateway/core/text.hpp"
 #include "gateway/core/time.hpp"
 #include "gateway/pipeline.hpp"
@@ -268,6 +269,18 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
   ctx.admin = admin;
   if (admin.empty()) {
     co_await answer_error(ctx, sink, errc::invalid_api_key, "A valid admin token is required (Authorization: Bearer <token>).");
+    co_return;
+  }
+  if (auto* au = w.audit(); au && !au->healthy() && !au->fail_open()) {
+    // Fail closed as for calls: no key is created, revoked or requoted (and no new secret shown)
+    // while the record of it could not be kept. Reads too: each is audited, and a strict trail
+    // would cut its answer (/metrics and /healthz, outside the admin API, go on).
+    static const header_list retry{{"Retry-After", "1"}};
+    ctx.details = "audit_unavailable";
+    co_await answer_error(ctx, sink, errc::audit_unavailable,
+                          "The gateway cannot write its audit trail; the admin API is refused until it can. Retry "
+                          "shortly.",
+                          "", retry);
     co_return;
   }
   policy::engine& pol = w.policy();

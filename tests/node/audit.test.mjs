@@ -469,6 +469,12 @@ describe('durability', () => {
       await gw.waitForStderr(/audit: writes fail/);
       assert.equal(metricValue(await scrape(gw), 'tollgate_audit_degraded'), 1);
       assert.ok(gw.alive);
+      // The admin API fails closed too (no key is made, no secret shown), reads included (each is
+      // audited); /metrics goes on (read above).
+      const change = await admin(gw, adm.token, 'POST', '/admin/v1/keys', { team: 't1', name: 'while full' });
+      assertOpenAIError(change, { status: 503, code: 'audit_unavailable' });
+      assert.equal(change.json.key, undefined);
+      assertOpenAIError(await admin(gw, adm.token, 'GET', '/admin/v1/keys?team=t1'), { status: 503, code: 'audit_unavailable' });
       // Space comes back: the held records are written, calls are admitted again.
       const res = spawnSync('prlimit', ['--pid', String(gw.pid), '--fsize=unlimited']);
       assert.equal(res.status, 0, String(res.stderr));
@@ -477,6 +483,7 @@ describe('durability', () => {
         return r.status === 200 ? r : undefined;
       }, { timeoutMs: 5000, what: 'calls admitted again' });
       ids.push(ok.headers.get('x-request-id'));
+      assert.equal((await admin(gw, adm.token, 'POST', '/admin/v1/keys', { team: 't1', name: 'after' })).status, 201);
       const m = await scrape(gw);
       assert.equal(metricValue(m, 'tollgate_audit_degraded'), 0);
       assert.ok(metricValue(m, 'tollgate_audit_records_total', { result: 'late' }) >= 1);
