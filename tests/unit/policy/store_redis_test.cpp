@@ -23,20 +23,27 @@ tollgate::testing::redis_server& server() {
   return s;
 }
 
+/// The config of a store under test on `port`: timeouts for behaviour, not latency (ASan builds
+/// too), and its own key prefix.
+config::redis_config test_config(std::uint16_t port, std::string key_prefix) {
+  config::redis_config c;
+  c.port = port;
+  c.timeout_ms = 2000;
+  c.connect_timeout_ms = 1000;
+  c.key_prefix = std::move(key_prefix);
+  return c;
+}
+
 struct redis_backend {
   // Real time passes on the Redis clock: a short window keeps the suite fast.
   static constexpr std::int64_t window_ms = 600;
   static std::unique_ptr<store> make(std::int64_t window) {
     auto& s = server();
     if (s.port() == 0) return nullptr;
-    config::redis_config c;
-    c.port = s.port();
-    c.timeout_ms = 2000;  // behaviour, not latency (ASan builds too)
-    c.connect_timeout_ms = 1000;
     // A fresh prefix per test: no state leaks between tests.
     static int n = 0;
-    c.key_prefix = "conf" + std::to_string(::getpid()) + "-" + std::to_string(n++) + ":";
-    return std::make_unique<redis_store>(c, window);
+    return std::make_unique<redis_store>(
+        test_config(s.port(), "conf" + std::to_string(::getpid()) + "-" + std::to_string(n++) + ":"), window);
   }
   static void advance(store&, std::int64_t ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
   static void wait_ready(store& st, net::io_context& ioc) {
@@ -391,13 +398,9 @@ TEST(RedisStore, AnInvalidationChannelRedisRefusesIsReportedWithItsReason) {
   net::io_context ioc;
   const std::string user = "nochan" + std::to_string(::getpid());
   ASSERT_TRUE(raw_command(ioc, {"ACL", "SETUSER", user, "reset", "on", ">pw-nochan", "~*", "+@all", "resetchannels"}));
-  config::redis_config c;
-  c.port = srv.port();
+  config::redis_config c = test_config(srv.port(), "nochan" + std::to_string(::getpid()) + ":");
   c.username = user;
   c.password = "pw-nochan";
-  c.timeout_ms = 2000;
-  c.connect_timeout_ms = 1000;
-  c.key_prefix = "nochan" + std::to_string(::getpid()) + ":";
   redis_store st(c, 60'000);
   std::vector<std::string> notices;
   st.on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
@@ -764,12 +767,7 @@ TEST(RedisStore, WithoutZmscoreBatchesGoCallByCallAfterOneNotice) {
   tollgate::testing::redis_server old({"--rename-command", "ZMSCORE", ""});
   if (!old.start()) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   net::io_context ioc;
-  config::redis_config c;
-  c.port = old.port();
-  c.timeout_ms = 2000;
-  c.connect_timeout_ms = 1000;
-  c.key_prefix = "old:";
-  redis_store st(c, 60'000);
+  redis_store st(test_config(old.port(), "old:"), 60'000);
   std::vector<std::string> notices;
   st.on_notice([&](std::string_view level, std::string_view msg) { notices.push_back(std::string(level) + ": " + std::string(msg)); });
   std::vector<settle_result> settled;
@@ -822,12 +820,7 @@ TEST(RedisStore, ARedisThatMayEvictAnyKeyIsWarnedOfOncePerPolicy) {
                                                  : std::vector<std::string>{});
     if (!srv.start()) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
     net::io_context ioc;
-    config::redis_config c;
-    c.port = srv.port();
-    c.timeout_ms = 2000;
-    c.connect_timeout_ms = 1000;
-    c.key_prefix = "evict:";
-    redis_store st(c, 60'000);
+    redis_store st(test_config(srv.port(), "evict:"), 60'000);
     std::vector<std::string> notices;
     st.on_notice([&](std::string_view level, std::string_view msg) { notices.push_back(std::string(level) + ": " + std::string(msg)); });
     st.start({executor_t(ioc.get_executor())});
