@@ -8,6 +8,7 @@
 #include <charconv>
 #include <limits>
 #include <map>
+#include <set>
 
 #include "policy/keys.hpp"
 #include "policy/scripts.hpp"
@@ -938,22 +939,65 @@ bool ok_reply(const boost::system::result<redis::reply>& r) { return r && r->typ
 /// Field separator in usage hashes: a control character no team, key id or model name holds.
 constexpr char usage_sep = '\x1f';
 
+/// pipelined()'s shared state: its lanes may outlive the awaiting caller (a stopped worker).
+struct pipeline_run {
+  pipeline_run(executor_t ex, std::vector<std::string> c) : cmds(std::move(c)), out(cmds.size()), done(ex) {}
+  std::vector<std::string> cmds;
+  std::vector<redis::reply> out;
+  std::size_t next = 0, lanes = 0;
+  bool failed = false;
+  steady_timer_t done;
+};
+
+/// One lane: the next command not yet sent, until none is left or one failed.
+awaitable<void> pipeline_lane(std::shared_ptr<pipeline_run> run, redis::connection* c) {
+  while (!run->failed && run->next < run->cmds.size()) {
+    const std::size_t i = run->next++;
+    auto r = co_await c->command_resp(run->cmds[i]);
+    if (!ok_reply(r)) {
+      run->failed = true;
+      break;
+    }
+    run->out[i] = std::move(*r);
+  }
+  if (--run->lanes == 0) run->done.cancel();
+}
+
 }  // namespace
 
+awaitable<std::optional<std::vector<redis::reply>>> redis_store::pipelined(unsigned worker,
+                                                                           std::vector<std::string> cmds,
+                                                                           std::size_t window) {
+  const executor_t ex = co_await net::this_coro::executor;
+  auto run = std::make_shared<pipeline_run>(ex, std::move(cmds));
+  run->lanes = std::min(std::max<std::size_t>(window, 1), run->cmds.size());
+  for (std::size_t i = 0, n = run->lanes; i < n; ++i) net::co_spawn(ex, pipeline_lane(run, &conn(worker)), net::detached);
+  if (run->lanes > 0) {
+    run->done.expires_at(steady_timer_t::time_point::max());
+    co_await run->done.async_wait();  // cancelled by the last lane to finish
+  }
+  if (run->failed) co_return std::nullopt;
+  co_return std::move(run->out);
+}
+
 awaitable<std::optional<std::vector<std::string>>> redis_store::members_docs(unsigned worker, std::string kind) {
-  // SMEMBERS of the index, then each document (GETs pipeline on one connection).
+  // SMEMBERS of the index, then each document (the GETs pipelined).
   const std::string index = cfg_.key_prefix + kind + "s";
   const std::string_view argv[] = {"SMEMBERS", index};
   auto r = co_await conn(worker).command(argv);
   if (!ok_reply(r)) co_return std::nullopt;
-  std::vector<std::string> out;
+  std::vector<std::string> gets;
+  gets.reserve(r->elements.size());
   for (auto& e : r->elements) {
     const std::string key = cfg_.key_prefix + kind + ":" + e.str;
     const std::string_view get[] = {"GET", key};
-    auto d = co_await conn(worker).command(get);
-    if (!ok_reply(d)) co_return std::nullopt;
-    if (d->type == redis::reply::kind::string) out.push_back(d->str);
+    gets.push_back(redis::resp_command(get, redis::resp_args{}));
   }
+  auto docs = co_await pipelined(worker, std::move(gets), 64);
+  if (!docs) co_return std::nullopt;
+  std::vector<std::string> out;
+  for (auto& d : *docs)
+    if (d.type == redis::reply::kind::string) out.push_back(std::move(d.str));
   co_return out;
 }
 
@@ -1012,6 +1056,8 @@ awaitable<std::optional<std::vector<team_record>>> redis_store::list_teams(unsig
 }
 
 awaitable<bool> redis_store::add_usage(unsigned worker, std::vector<usage_row> rows) {
+  std::vector<std::string> cmds;
+  std::set<std::int64_t> hours;
   for (auto& r : rows) {
     const std::string key = cfg_.key_prefix + "usage:" + std::to_string(r.hour);
     const std::string base = r.team + usage_sep + r.key_id + usage_sep + r.model + usage_sep;
@@ -1023,24 +1069,33 @@ awaitable<bool> redis_store::add_usage(unsigned worker, std::vector<usage_row> r
       if (v == 0) continue;
       const std::string field = base + f, amount = std::to_string(v);
       const std::string_view argv[] = {"HINCRBY", key, field, amount};
-      if (!ok_reply(co_await conn(worker).command(argv))) co_return false;
+      cmds.push_back(redis::resp_command(argv, redis::resp_args{}));
     }
-    const std::string_view expire[] = {"EXPIRE", key, "34560000"};  // 400 days
-    if (!ok_reply(co_await conn(worker).command(expire))) co_return false;
+    hours.insert(r.hour);
   }
-  co_return true;
+  for (const std::int64_t h : hours) {
+    const std::string key = cfg_.key_prefix + "usage:" + std::to_string(h);
+    const std::string_view expire[] = {"EXPIRE", key, "34560000"};  // 400 days
+    cmds.push_back(redis::resp_command(expire, redis::resp_args{}));
+  }
+  co_return (co_await pipelined(worker, std::move(cmds), 64)).has_value();
 }
 
 awaitable<std::optional<std::vector<usage_row>>> redis_store::usage(unsigned worker, std::int64_t from_hour,
                                                                     std::int64_t to_hour) {
-  std::vector<usage_row> out;
+  // One hash per hour: up to 9,600 of them for the longest report (400 days), read 32 at a time.
+  std::vector<std::string> cmds;
   for (std::int64_t h = from_hour; h < to_hour; ++h) {
     const std::string key = cfg_.key_prefix + "usage:" + std::to_string(h);
     const std::string_view argv[] = {"HGETALL", key};
-    auto r = co_await conn(worker).command(argv);
-    if (!ok_reply(r)) co_return std::nullopt;
+    cmds.push_back(redis::resp_command(argv, redis::resp_args{}));
+  }
+  auto replies = co_await pipelined(worker, std::move(cmds), 32);
+  if (!replies) co_return std::nullopt;
+  std::vector<usage_row> out;
+  for (std::int64_t h = from_hour; h < to_hour; ++h) {
     std::map<std::string, usage_row> rows;
-    const auto& e = r->elements;
+    const auto& e = (*replies)[std::size_t(h - from_hour)].elements;
     for (std::size_t i = 0; i + 1 < e.size(); i += 2) {
       const std::string& field = e[i].str;
       if (field.size() < 2 || field[field.size() - 2] != usage_sep) continue;

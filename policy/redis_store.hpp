@@ -101,6 +101,13 @@ class redis_store final : public store {
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
   /// The documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>" each).
   awaitable<std::optional<std::vector<std::string>>> members_docs(unsigned worker, std::string kind);
+  /// Sends `cmds` (RESP, resp_command()) on `worker`'s connection, pipelined, at most `window` on
+  /// the wire at once: the admin API's reads and the usage writes wait one round trip per window,
+  /// not per command, while the window keeps the last command's wait within the command timeout
+  /// and a long read from holding the admissions queued behind it. The replies in order, or
+  /// nullopt when any command failed or Redis refused it.
+  awaitable<std::optional<std::vector<redis::reply>>> pipelined(unsigned worker, std::vector<std::string> cmds,
+                                                                std::size_t window);
 
   /// An admission waiting for its worker's next batch.
   struct pending_admit {

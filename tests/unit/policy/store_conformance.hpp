@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <future>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "policy/store.hpp"
@@ -748,6 +749,86 @@ TYPED_TEST_P(StoreConformance, KeysRoundTripAndInvalidationsReachListeners) {
   EXPECT_NE(std::find(seen.begin(), seen.end(), "abc123"), seen.end());
 }
 
+TYPED_TEST_P(StoreConformance, EveryKeyAndTeamIsListedHoweverMany) {
+  // More records than the Redis store reads at once (its GETs go in windows of 64).
+  std::set<std::string> put_keys, put_teams;
+  for (int i = 0; i < 150; ++i) {
+    key_record k;
+    k.id = "key" + std::to_string(i);
+    k.team = "team-" + std::to_string(i % 7);
+    k.name = "n" + std::to_string(i);
+    k.digest = "sha256:" + std::string(64, 'a');
+    k.limits.rpm = std::uint64_t(i + 1);
+    ASSERT_TRUE(run_sync(this->ioc, this->st->put_key(0, k)));
+    put_keys.insert(k.id);
+  }
+  for (int i = 0; i < 70; ++i) {
+    team_record t;
+    t.name = "team-" + std::to_string(i);
+    ASSERT_TRUE(run_sync(this->ioc, this->st->put_team(0, t)));
+    put_teams.insert(t.name);
+  }
+  auto keys = run_sync(this->ioc, this->st->list_keys(0));
+  ASSERT_TRUE(keys);
+  std::set<std::string> listed;
+  for (auto& k : *keys) {
+    listed.insert(k.id);
+    // Each id with its own document, not a neighbour's.
+    EXPECT_EQ(k.limits.rpm, std::uint64_t(std::stoi(k.id.substr(3)) + 1)) << k.id;
+  }
+  EXPECT_EQ(listed, put_keys);
+  auto teams = run_sync(this->ioc, this->st->list_teams(0));
+  ASSERT_TRUE(teams);
+  std::set<std::string> listed_teams;
+  for (auto& t : *teams) listed_teams.insert(t.name);
+  EXPECT_EQ(listed_teams, put_teams);
+}
+
+TYPED_TEST_P(StoreConformance, UsageOverManyHoursIsReadBackWholeAndSummed) {
+  // 200 hours (more than the Redis store reads at once), two rows an hour, each written twice.
+  const std::int64_t first = 480'000;
+  std::vector<usage_row> rows;
+  for (std::int64_t h = first; h < first + 200; ++h)
+    for (const char* team : {"team-a", "team-b"}) {
+      usage_row r;
+      r.hour = h;
+      r.team = team;
+      r.key_id = "k1";
+      r.model = "gpt-4o";
+      r.requests = std::uint64_t(h - first + 1);
+      r.prompt = 10;
+      r.completion = std::uint64_t(team[5] == 'a' ? 3 : 0);  // a zero count is not written
+      r.cost_nano = 1'000'000'007;
+      rows.push_back(r);
+    }
+  ASSERT_TRUE(run_sync(this->ioc, this->st->add_usage(0, rows)));
+  ASSERT_TRUE(run_sync(this->ioc, this->st->add_usage(0, rows)));
+  // Hours [first + 50, first + 180): 130 hours, 260 rows.
+  auto got = run_sync(this->ioc, this->st->usage(0, first + 50, first + 180));
+  ASSERT_TRUE(got);
+  ASSERT_EQ(got->size(), 260u);
+  std::map<std::string, usage_row> by_id;
+  for (auto& r : *got) by_id[r.id()] = r;
+  ASSERT_EQ(by_id.size(), 260u);
+  for (std::int64_t h = first + 50; h < first + 180; ++h)
+    for (const char* team : {"team-a", "team-b"}) {
+      usage_row want;
+      want.hour = h;
+      want.team = team;
+      want.key_id = "k1";
+      want.model = "gpt-4o";
+      const auto it = by_id.find(want.id());
+      ASSERT_NE(it, by_id.end()) << want.id();
+      EXPECT_EQ(it->second.requests, 2 * std::uint64_t(h - first + 1)) << want.id();
+      EXPECT_EQ(it->second.prompt, 20u);
+      EXPECT_EQ(it->second.completion, team[5] == 'a' ? 6u : 0u);
+      EXPECT_EQ(it->second.cost_nano, 2'000'000'014);
+    }
+  auto none = run_sync(this->ioc, this->st->usage(0, first + 300, first + 400));
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+}
+
 REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheLimitThenRecoversAfterTheWindow,
                             RetryAfterIsWhenTheCallsThatFillTheWindowLeaveIt,
                             ARefusedCallIsToldToWaitForEveryRateLimitThatRefusesIt,
@@ -771,6 +852,8 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             SettlementAppliedTwiceChargesOnce,
                             AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse,
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
-                            KeysRoundTripAndInvalidationsReachListeners, RecordsAreReplacedOnlyOverWhatWasRead);
+                            KeysRoundTripAndInvalidationsReachListeners, RecordsAreReplacedOnlyOverWhatWasRead,
+                            EveryKeyAndTeamIsListedHoweverMany,
+                            UsageOverManyHoursIsReadBackWholeAndSummed);
 
 }  // namespace tollgate::policy::testing

@@ -537,6 +537,48 @@ TEST(RedisStore, TheLeaseSetKeepsItsSkiplistEncodingAndItsPinHoldsNothing) {
   st->stop();
 }
 
+TEST(RedisStore, AReportOverAHashRedisRefusesFailsWholeAndTheConnectionServesOn) {
+  // Reads pipelined in windows: one refused command (WRONGTYPE, in the middle of the second
+  // window) fails the whole read, not a report with an hour silently missing.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  const std::string tagged = st->scope_key("x", "y");  // <prefix>{x}:y
+  const std::string prefix = tagged.substr(0, tagged.size() - std::string("{x}:y").size());
+  const std::int64_t first = 480'000;
+  std::vector<usage_row> rows;
+  for (std::int64_t h = first; h < first + 100; ++h) {
+    usage_row r;
+    r.hour = h;
+    r.team = "team-a";
+    r.key_id = "k1";
+    r.model = "m";
+    r.requests = 1;
+    rows.push_back(r);
+  }
+  ASSERT_TRUE(run_sync(ioc, st->add_usage(0, rows)));
+  ASSERT_TRUE(raw_command(ioc, {"SET", prefix + "usage:" + std::to_string(first + 40), "not a hash"}));
+  EXPECT_FALSE(run_sync(ioc, st->usage(0, first, first + 100)));
+  // So is a write to it (the other rows' counts are kept by the caller for its next try).
+  EXPECT_FALSE(run_sync(ioc, st->add_usage(0, rows)));
+  auto rest = run_sync(ioc, st->usage(0, first + 41, first + 100));
+  ASSERT_TRUE(rest);
+  EXPECT_EQ(rest->size(), 59u);
+  // A key document Redis refuses to GET fails the listing the same way.
+  key_record k;
+  k.id = "good";
+  k.team = "team-a";
+  k.digest = "sha256:" + std::string(64, 'a');
+  ASSERT_TRUE(run_sync(ioc, st->put_key(0, k)));
+  ASSERT_TRUE(run_sync(ioc, st->list_keys(0)));
+  ASSERT_TRUE(raw_command(ioc, {"SADD", prefix + "keys", "bad"}));
+  ASSERT_TRUE(raw_command(ioc, {"HSET", prefix + "key:bad", "f", "v"}));
+  EXPECT_FALSE(run_sync(ioc, st->list_keys(0)));
+  EXPECT_TRUE(st->healthy());
+  EXPECT_TRUE(run_sync(ioc, st->get_key(0, "good")).key);
+  st->stop();
+}
+
 TEST(RedisStore, EveryLeaseOfABatchLastsAtLeastAsLongAsItsCallAsked) {
   // One batch carries one lease length. Calls asking for different ones (a reload changed
   // store.lease_ms between them) all get the longest: the engine renews each at half its own, so
