@@ -514,10 +514,11 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     if (res.in_doubt) {
       // The batch's deadline is at most one store timeout after now (it is the moment the store
       // gives up on it, which a reset can come before); Redis's clock is read when it was sent.
+      // The store's own timeout, not this snapshot's: a reload does not change the store's.
       const auto now = steady_clock::now();
       release_later(ctx.worker, a,
                     store_->clock_ms(ctx.worker) - std::chrono::duration_cast<milliseconds>(now - asked).count(),
-                    now + milliseconds(cfg.store.redis.timeout_ms) + milliseconds(5));
+                    now + store_->command_timeout() + milliseconds(5));
     }
     set_worker_degraded(ctx.worker, true, answered);
     const bool began = !is_degraded_.exchange(true);

@@ -1083,14 +1083,16 @@ awaitable<bool> redis_store::add_usage(unsigned worker, std::vector<usage_row> r
 
 awaitable<std::optional<std::vector<usage_row>>> redis_store::usage(unsigned worker, std::int64_t from_hour,
                                                                     std::int64_t to_hour) {
-  // One hash per hour: up to 9,600 of them for the longest report (400 days), read 32 at a time.
+  // One hash per hour: up to 9,600 of them for the longest report (400 days), read 8 at a time
+  // (an hour of a large deployment holds thousands of fields: 8 of them stay far within the
+  // command timeout, which would drop the admissions sharing this connection).
   std::vector<std::string> cmds;
   for (std::int64_t h = from_hour; h < to_hour; ++h) {
     const std::string key = cfg_.key_prefix + "usage:" + std::to_string(h);
     const std::string_view argv[] = {"HGETALL", key};
     cmds.push_back(redis::resp_command(argv, redis::resp_args{}));
   }
-  auto replies = co_await pipelined(worker, std::move(cmds), 32);
+  auto replies = co_await pipelined(worker, std::move(cmds), 8);
   if (!replies) co_return std::nullopt;
   std::vector<usage_row> out;
   for (std::int64_t h = from_hour; h < to_hour; ++h) {

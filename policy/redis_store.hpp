@@ -26,6 +26,7 @@ class redis_store final : public store {
   void stop() override;
   bool healthy() const override;
   std::string last_error() const override;
+  std::chrono::milliseconds command_timeout() const override { return std::chrono::milliseconds(cfg_.timeout_ms); }
   /// `worker`'s estimate of Redis's clock: this process's steady clock plus the estimated offset,
   /// once it has one (each connection reads Redis's TIME as it connects, and every reply carries
   /// it); this process's wall clock until then.

@@ -14,6 +14,7 @@
 ///  - budgets: spent + reserved + this call's worst case <= limit, reservations being leases.
 /// Admission checks every scope and every kind, then reserves in all of them: all or nothing.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -206,6 +207,9 @@ class store {
   virtual bool healthy() const { return true; }
   /// Why the store was last unreachable, when it knows (a TLS handshake error, ...); for logs.
   virtual std::string last_error() const { return {}; }
+  /// How long the store waits for an answer before it gives up on a command (fixed when it was
+  /// made: a reload does not change it); 0 when it never gives up (the memory store).
+  virtual std::chrono::milliseconds command_timeout() const { return {}; }
   /// The store's clock in ms since the epoch as best known on `worker`'s thread, without asking
   /// it (for a call admitted while it is unreachable): this process's clock unless the store
   /// keeps an estimate of its own.

@@ -64,7 +64,9 @@ struct flaky_store final : store {
   /// that Redis never ran).
   bool doubt_only = false;
   int settle_calls = 0;
+  std::chrono::milliseconds timeout{50};  ///< command_timeout(): the store's, whatever the config says
   std::string_view kind() const override { return "flaky"; }
+  std::chrono::milliseconds command_timeout() const override { return timeout; }
   std::int64_t clock_ms(unsigned w) const override { return inner.clock_ms(w); }
   awaitable<admit_result> admit(unsigned, const admission& a) override {
     if (lose_answers || doubt_only) {
@@ -875,6 +877,25 @@ TEST_F(EngineTest, AReleaseForAnAdmissionTheStoreNeverMadeChangesNothing) {
   EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"released\"} 1"), std::string::npos) << m;
   EXPECT_EQ(m.find("tollgate_policy_settlements_total{result=\"lost\"}"), std::string::npos) << m;
   EXPECT_NE(m.find("tollgate_policy_settlements_total{result=\"duplicate\"} 0"), std::string::npos) << m;
+}
+
+TEST_F(EngineTest, AReleaseWaitsForTheStoresOwnTimeoutNotTheReloadedConfigs) {
+  // The store was made with a 400 ms timeout; a reload lowered store.redis.timeout_ms to 20 (the
+  // store keeps its own). A release sent before the store's deadline can reach Redis before the
+  // batch it releases, find no lease, and leave that batch's hold for the whole lease.
+  auto flaky = std::make_shared<flaky_store>();
+  flaky->timeout = std::chrono::milliseconds(400);
+  make_from(yaml("store: {redis: {timeout_ms: 20}}\n"), flaky);
+  ASSERT_EQ(snap->cfg->store.redis.timeout_ms, 20u);
+  flaky->doubt_only = true;
+  auto c = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(c), errc::policy_store_unavailable);
+  flaky->doubt_only = false;
+  ioc.restart();
+  ioc.run_for(std::chrono::milliseconds(150));
+  EXPECT_EQ(flaky->settle_calls, 0) << "released before the store's own deadline";
+  run_until([&] { return released(); });
+  EXPECT_TRUE(released());
 }
 
 TEST_F(EngineTest, AReleaseTheStoreNeverTookIsDroppedAtShutdownWithoutALostLine) {
