@@ -248,7 +248,9 @@ struct redis_config {
     bool enabled = false;
     bool verify = true;
     std::string ca_file, cert_file, key_file, server_name;
+    bool operator==(const tls_config&) const = default;
   } tls;  ///< store.redis.tls: TLS to Redis (docs/policy.md)
+  bool operator==(const redis_config&) const = default;
 };
 
 enum class on_store_failure { fail_closed, fail_open, local };

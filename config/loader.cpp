@@ -36,6 +36,25 @@ std::string join(const std::string& path, const std::string& key) {
   return path.empty() ? key : path + "." + key;
 }
 
+/// Rejects a key given twice in one mapping, anywhere in the document. yaml-cpp keeps both and
+/// lookups find the first, so a second `auth:` or `teams:` block, or a repeated `usd:`, would be
+/// dropped without a word. Also bounds the nesting (an alias may refer to its own ancestor).
+void reject_duplicate_keys(const YAML::Node& n, const std::string& path, int depth = 0) {
+  if (depth > 64) fail(path.empty() ? "<root>" : path, n, "nested more than 64 levels deep");
+  if (n.IsMap()) {
+    std::set<std::string> seen;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
+      if (it->first.IsScalar() && !seen.insert(key).second)
+        fail(join(path, key), it->first, "given twice in one mapping (YAML would keep only the first): merge them");
+      reject_duplicate_keys(it->second, join(path, key), depth + 1);
+    }
+  } else if (n.IsSequence()) {
+    for (std::size_t i = 0; i < n.size(); ++i)
+      reject_duplicate_keys(n[i], path + "[" + std::to_string(i) + "]", depth + 1);
+  }
+}
+
 /// Rejects keys that are not in `allowed`, naming the path and line.
 void check_keys(const YAML::Node& map, const std::string& path, std::initializer_list<const char*> allowed) {
   if (!map.IsMap()) fail(path.empty() ? "<root>" : path, map, "expected a mapping");
@@ -727,7 +746,9 @@ std::string validate(const gateway_config& cfg) {
   if (cfg.audit.mode == audit_config::durability::batched && cfg.audit.batch_ms == 0)
     return "audit.batch_ms: must be at least 1 in batched mode";
   if (cfg.store.lease_ms < 1000) return "store.lease_ms: must be at least 1000";
-  if (cfg.store.type == "redis" && cfg.store.redis.timeout_ms == 0) return "store.redis.timeout_ms: must be at least 1";
+  if (cfg.store.type == "redis" && cfg.store.redis.timeout_ms < 5)
+    return "store.redis.timeout_ms: must be at least 5 (an admission batch must reach Redis, run and be answered "
+           "within it; 2 ms of it are kept for the answer)";
   if (const auto& t = cfg.store.redis.tls; cfg.store.type == "redis" && t.enabled) {
     if (!cfg.store.redis.unix_path.empty()) return "store.redis.tls: TLS needs a TCP address, not a unix socket";
     if (t.cert_file.empty() != t.key_file.empty()) return "store.redis.tls: cert_file and key_file must be set together";
@@ -782,7 +803,9 @@ bool glob_match(std::string_view pat, std::string_view s) noexcept {
 
 load_result load_string(const std::string& yaml, const std::string& origin) {
   try {
-    return finish(parse_root(YAML::Load(yaml)), origin);
+    const YAML::Node root = YAML::Load(yaml);
+    reject_duplicate_keys(root, "");
+    return finish(parse_root(root), origin);
   } catch (const config_error& e) {
     return {nullptr, origin + ": " + e.what()};
   } catch (const YAML::Exception& e) {

@@ -259,7 +259,10 @@ void server::create_demo_key() {
   policy::key_record proto;
   proto.team = "demo";
   proto.name = "quickstart demo key";
-  auto fut = net::co_spawn(workers_.front()->ioc(), policy_->create_key(0, *snap_->cfg, proto), net::use_future);
+  // The coroutine holds the snapshot: past the wait below, a reload may replace snap_.
+  auto fut = net::co_spawn(
+      workers_.front()->ioc(),
+      [snap = snap_, proto, pol = policy_.get()]() { return pol->create_key(0, *snap->cfg, proto); }, net::use_future);
   if (fut.wait_for(seconds(5)) != std::future_status::ready) {
     log_event("error", "demo key: the policy store did not answer");
     return;
@@ -337,7 +340,8 @@ void server::reload() {
   const auto& old = snap_->cfg->server;
   const auto& now = snap->cfg->server;
   if (old.listen.host != now.listen.host || old.listen.port != now.listen.port || old.workers != now.workers ||
-      old.admin_listen.port != now.admin_listen.port || old.access_log != now.access_log)
+      old.admin_listen.host != now.admin_listen.host || old.admin_listen.port != now.admin_listen.port ||
+      old.access_log != now.access_log)
     log_event("warn", "listen addresses, workers and access_log change only on restart");
   if (old.tls.cert_file != now.tls.cert_file || old.tls.key_file != now.tls.key_file ||
       old.tls.client_ca_file != now.tls.client_ca_file)
@@ -345,11 +349,12 @@ void server::reload() {
                       "the certificate and client CA it started with");
   const auto& os = snap_->cfg->store;
   const auto& ns = snap->cfg->store;
-  if (os.type != ns.type || os.redis.host != ns.redis.host || os.redis.port != ns.redis.port ||
-      os.redis.unix_path != ns.redis.unix_path || os.redis.key_prefix != ns.redis.key_prefix ||
-      os.redis.timeout_ms != ns.redis.timeout_ms || os.redis.connect_timeout_ms != ns.redis.connect_timeout_ms ||
-      os.redis.busy_poll_us != ns.redis.busy_poll_us)
-    log_event("warn", "the policy store's settings (type, address, key_prefix, timeouts, busy_poll_us) change only on restart");
+  if (os.type != ns.type || os.redis != ns.redis || os.settlement_journal != ns.settlement_journal)
+    log_event("warn", "the policy store's settings (store.type, everything under store.redis, "
+                      "store.settlement_journal) change only on restart: the store keeps the ones it started with");
+  if (snap_->cfg->auth.pepper != snap->cfg->auth.pepper)
+    log_event("warn", "auth.pepper changed: keys created through the admin API with an hmac-sha256 digest under the "
+                      "old pepper no longer authenticate (rotate them, or restore the pepper)");
   const auto& oa = snap_->cfg->audit;
   const auto& na = snap->cfg->audit;
   if (oa.enabled != na.enabled || oa.dir != na.dir || oa.mode != na.mode || oa.fail_open != na.fail_open)

@@ -53,9 +53,11 @@ team_record record_of(const config::team_config& t) {
   return r;
 }
 
-/// An override whose config team has left the file: as if there were no record.
-bool orphaned(const config::team_config* base, const std::optional<team_record>& rec) {
-  return !base && rec && rec->overrides_config;
+/// A record that does not apply: an override whose config team has left the file, or an API
+/// team whose name the file has since declared (the file's team wins, with the file's quotas; the
+/// record stays shadowed until the file drops the name). As if there were no record.
+bool ignored(const config::team_config* base, const std::optional<team_record>& rec) {
+  return rec && rec->overrides_config != (base != nullptr);
 }
 
 std::int64_t hour_now() { return duration_cast<hours>(system_clock::now().time_since_epoch()).count(); }
@@ -95,7 +97,7 @@ awaitable<engine::team_view> engine::resolve_team(unsigned worker, const config:
     }
   }
   v.reachable = true;
-  if (orphaned(base, rec)) rec.reset();
+  if (ignored(base, rec)) rec.reset();
   if (rec) {
     v.team = merged(base, *rec);
     v.source = base ? "config+api" : "api";
@@ -114,7 +116,7 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::create_
   auto found = co_await store_->get_team(worker, t.name);
   if (!found.reachable) co_return as_error<team_view>(unavailable);
   // (The override of a config team since removed from the file is no team: replaced.)
-  if (found.team && !orphaned(nullptr, found.team)) co_return as_error<team_view>("team '" + t.name + "' already exists");
+  if (found.team && !ignored(nullptr, found.team)) co_return as_error<team_view>("team '" + t.name + "' already exists");
   // Keys left by an earlier team of this name (a config team removed from the file keeps its
   // store keys) are not this team's. They are listed before the write and revoked only once it
   // has won: if a concurrent creation of the name wins instead, the write below fails, and the
@@ -183,7 +185,7 @@ awaitable<std::optional<std::vector<engine::team_view>>> engine::list_teams(unsi
   for (auto& t : cfg.teams) {
     team_view v{true, t, "config", 0};
     for (auto& r : *stored)
-      if (r.name == t.name) v = {true, merged(&t, r), "config+api", r.created_unix};
+      if (r.name == t.name && r.overrides_config) v = {true, merged(&t, r), "config+api", r.created_unix};
     out.push_back(std::move(v));
   }
   for (auto& r : *stored)
@@ -304,10 +306,11 @@ awaitable<boost::system::result<std::pair<config::limits_config, config::budget_
   for (int tries = 0; tries < admin_write_tries; ++tries) {
     auto found = co_await store_->get_team(worker, team);
     if (!found.reachable) co_return as_error<out_t>(unavailable);
-    if ((!found.team && !base) || orphaned(base, found.team)) co_return as_error<out_t>("no team '" + team + "'");
-    // A config team's first change stores an override that starts from its config values.
-    team_record t = found.team ? *found.team : record_of(*base);
-    t.overrides_config = base != nullptr;  // (also for an override stored before the flag)
+    const bool stands = found.team && !ignored(base, found.team);
+    if (!base && !stands) co_return as_error<out_t>("no team '" + team + "'");
+    // A config team's first change stores an override that starts from its config values (also
+    // over an API team of that name that the file's team shadows).
+    team_record t = stands ? *found.team : record_of(*base);
     apply(t.limits, t.budget);
     const write_result w = co_await store_->replace_team(worker, t, std::move(found.stored));
     if (w == write_result::changed) continue;

@@ -40,3 +40,40 @@ test('SIGHUP: new limits, removed keys and new prices apply to the next call', {
     await gw.stop();
   }
 });
+
+test('SIGHUP: settings the store keeps, and a new pepper, are named in a warning', { timeout: 30000 }, async () => {
+  // The store is made once: a reload that changes its database, credentials, TLS or settlement
+  // journal is not applied, and says so. A pepper change is applied, and locks out every API key
+  // digested under the old one: said too.
+  const config = ({ db, journal, pepper }) =>
+    serverYaml({ workers: 1, openAuth: false }) +
+    `auth:\n  pepper: "${pepper}"\n` +
+    `store:\n  redis: {db: ${db}}\n${journal ? `  settlement_journal: ${journal}\n` : ''}` +
+    'providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n';
+  const gw = await startGateway(config({ db: 0, journal: '', pepper: 'pepper-one-0123456789' }));
+  try {
+    let from = gw.stderr().length;
+    gw.writeConfig(config({ db: 3, journal: '', pepper: 'pepper-one-0123456789' }));
+    gw.signal('SIGHUP');
+    await gw.waitForStderr(/"config reloaded"/, 5000, from);
+    assert.match(gw.stderr().slice(from), /store\.settlement_journal\) change only on restart/);
+    assert.doesNotMatch(gw.stderr().slice(from), /auth\.pepper changed/);
+
+    from = gw.stderr().length;
+    gw.writeConfig(config({ db: 3, journal: 'settle.journal', pepper: 'pepper-one-0123456789' }));
+    gw.signal('SIGHUP');
+    await gw.waitForStderr(/"config reloaded"/, 5000, from);
+    assert.match(gw.stderr().slice(from), /change only on restart/);
+
+    from = gw.stderr().length;
+    gw.writeConfig(config({ db: 3, journal: 'settle.journal', pepper: 'pepper-two-0123456789' }));
+    gw.signal('SIGHUP');
+    await gw.waitForStderr(/"config reloaded"/, 5000, from);
+    const said = gw.stderr().slice(from);
+    assert.match(said, /auth\.pepper changed: keys created through the admin API/);
+    assert.doesNotMatch(said, /change only on restart/, 'the store settings are as before');
+    assert.doesNotMatch(said, /pepper-(one|two)/, 'never the pepper itself');
+  } finally {
+    await gw.stop();
+  }
+});

@@ -106,6 +106,43 @@ TEST(ConfigLoaderTest, DuplicatesAndSanityAreRefused) {
             std::string::npos);
 }
 
+TEST(ConfigLoaderTest, AKeyGivenTwiceInOneMappingIsRefusedWherever) {
+  // yaml-cpp keeps both and a lookup finds the first: a second `auth:` block (its pepper), a
+  // second `teams:` list or a repeated `usd:` was dropped without a word.
+  struct {
+    std::string yaml;
+    const char* expected;
+  } cases[] = {
+      {std::string(minimal) + "auth: {required: false}\nauth:\n  pepper: p\n",
+       "auth: given twice in one mapping (YAML would keep only the first): merge them (line 8)"},
+      {std::string(minimal) + "teams:\n  - name: a\n    budget: {usd: 100, usd: 1}\n",
+       "teams[0].budget.usd: given twice in one mapping"},
+      {std::string(minimal) + "server:\n  limits: {max_body_bytes: 10}\n  limits: {max_header_bytes: 300}\n",
+       "server.limits: given twice in one mapping"},
+      {"providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: m, provider: mock}\nprices:\n  m: {input: 1, output: 2}\n"
+       "  m: {input: 0, output: 0}\n",
+       "prices.m: given twice in one mapping"},
+  };
+  for (auto& c : cases) {
+    auto r = load(c.yaml);
+    EXPECT_FALSE(r) << c.yaml;
+    EXPECT_NE(r.error.find(c.expected), std::string::npos) << "got: " << r.error;
+  }
+  // The same key in two different mappings is fine.
+  auto ok = load(std::string(minimal) + "teams:\n  - {name: a, limits: {rpm: 1}}\n  - {name: b, limits: {rpm: 2}}\n");
+  EXPECT_TRUE(ok) << ok.error;
+  // An alias that refers to its own ancestor is not walked forever.
+  auto deep = load(std::string(minimal) + "x: &a [*a]\n");
+  EXPECT_FALSE(deep);
+}
+
+TEST(ConfigLoaderTest, ARedisTimeoutTooShortForAnyBatchIsRefused) {
+  const std::string redis = std::string(minimal) + "store:\n  type: redis\n  redis: {timeout_ms: ";
+  EXPECT_NE(load(redis + "4}\n").error.find("store.redis.timeout_ms: must be at least 5"), std::string::npos);
+  auto five = load(redis + "5}\n");
+  EXPECT_TRUE(five) << five.error;
+}
+
 TEST(ConfigLoaderTest, BadYamlAndEmptyFilesAreRefusedWithALine) {
   auto r = load("server: [\n");
   ASSERT_FALSE(r);

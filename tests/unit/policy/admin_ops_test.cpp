@@ -255,5 +255,45 @@ TEST_F(AdminOpsTest, AConfigTeamRemovedFromTheFileDoesNotLiveOnThroughItsOverrid
   EXPECT_TRUE(accepted(own->full)) << "the new team's own keys work";
 }
 
+
+TEST_F(AdminOpsTest, AnApiTeamWhoseNameTheFileLaterDeclaresGivesWayToTheFilesQuotas) {
+  // The file is the authority for the teams it declares: an API team of the same name, created
+  // before, had kept its own quotas (here: no budget at all) and dropped the file's silently.
+  reload(yaml("[\"mock-*\"]", /*with_old=*/false));
+  team_record api;
+  api.name = "old";
+  api.limits.rpm = 5;
+  ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, api)));
+  EXPECT_EQ(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "old")).source, "api");
+  reload("providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n"
+         "prices:\n  \"*\": {input: 1, output: 1}\nteams:\n  - name: search\n"
+         "  - name: old\n    limits: {rpm: 9}\n    budget: {usd: 100, period: monthly}\n"
+         "auth: {key_cache_ms: 30000}\n");
+  st->deliver("*");
+  auto view = run_sync(ioc, eng->resolve_team(0, *snap->cfg, "old"));
+  ASSERT_TRUE(view.team);
+  EXPECT_EQ(view.source, "config");
+  EXPECT_EQ(view.team->limits.rpm, 9u);
+  EXPECT_EQ(view.team->budget.limit_nano, 100'000'000'000);
+  const auto teams = run_sync(ioc, eng->list_teams(0, *snap->cfg));
+  ASSERT_TRUE(teams);
+  int listed = 0;
+  for (const auto& t : *teams)
+    if (t.team->name == "old") {
+      ++listed;
+      EXPECT_EQ(t.source, "config");
+      EXPECT_EQ(t.team->limits.rpm, 9u);
+    }
+  EXPECT_EQ(listed, 1);
+  // A quota change starts from the file's values, not the shadowed API team's.
+  engine::quota_patch p;
+  p.rpm = 50;
+  ASSERT_TRUE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "old", "", p)));
+  view = run_sync(ioc, eng->resolve_team(0, *snap->cfg, "old"));
+  ASSERT_TRUE(view.team);
+  EXPECT_EQ(view.source, "config+api");
+  EXPECT_EQ(view.team->limits.rpm, 50u);
+  EXPECT_EQ(view.team->budget.limit_nano, 100'000'000'000);
+}
 }  // namespace
 }  // namespace tollgate::policy::testing
