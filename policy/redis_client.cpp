@@ -758,6 +758,12 @@ void connection::start() {
 
 void connection::close() { impl_->close(); }
 
+void connection::reconnect(std::string why) {
+  if (!impl_->up()) return;
+  impl_->set_error(std::move(why));
+  impl_->cur->drop(net::error::make_error_code(net::error::timed_out));
+}
+
 std::chrono::steady_clock::time_point connection::gives_up_at() const {
   const auto& l = impl_->cur;
   if (!l || l->pending.empty()) return clock::time_point::max();

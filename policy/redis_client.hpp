@@ -126,7 +126,8 @@ enum class state { connecting, up, down };
 /// (connect_timeout) → AUTH when a password is set, SELECT when db is non-zero, or a PING when
 /// neither (so `up` always means the server answered) → the on_connect hook → SUBSCRIBE in
 /// subscriber mode → up. A failure at any step drops the connection and retries after a backoff
-/// that doubles from backoff_min to backoff_max and resets after each time it is up. A READONLY
+/// that doubles from backoff_min to backoff_max and resets after a connection that stayed up for
+/// at least backoff_max (one that drops sooner keeps the doubled backoff). A READONLY
 /// answer (the server became a replica) drops it too. Answers that say something about the server
 /// (Cluster refusals, LOADING, OOM, ...) become last_error() until the next good answer.
 class connection {
@@ -143,6 +144,10 @@ class connection {
   /// Drops the connection and stops reconnecting; pending commands complete with operation_aborted.
   /// on_state is not called. Idempotent.
   void close();
+  /// Drops the connection as a lost one (on_state(false), then reconnects with the backoff), with
+  /// `why` as last_error() (told to on_error): for a connection its owner finds no longer works,
+  /// such as a subscriber that stopped delivering. Nothing when it is not up.
+  void reconnect(std::string why);
   state current() const;
   bool up() const;
   /// When the connection gives up on the oldest command on the wire (its timeout drops the

@@ -43,6 +43,10 @@ redis::options client_options(const config::redis_config& c) {
 
 constexpr std::string_view cmd_evalsha = "EVALSHA", cmd_eval = "EVAL";
 
+constexpr std::string_view beat_prefix = "~beat:";
+constexpr auto beat_every = std::chrono::milliseconds(500);
+constexpr unsigned deaf_after = 4;  // beats in a row: 2 s
+
 char period_kind(config::budget_period p) {
   return p == config::budget_period::daily ? 'd' : p == config::budget_period::total ? 't' : 'm';
 }
@@ -64,7 +68,8 @@ std::int64_t as_int(const redis::reply& r) {
 redis_store::redis_store(config::redis_config cfg, std::int64_t window_ms)
     : cfg_(std::move(cfg)),
       window_ms_(window_ms),
-      script_sha_(sha1_hex(scripts::admit)) {}
+      script_sha_(sha1_hex(scripts::admit)),
+      beat_(std::string(beat_prefix) + random_hex(12)) {}
 
 redis_store::~redis_store() { stop(); }
 
@@ -91,10 +96,15 @@ void redis_store::start(const std::vector<executor_t>& workers) {
   if (workers.empty()) return;
   sub_ = std::make_unique<redis::connection>(workers.front(), client_options(cfg_));
   sub_->subscribe(cfg_.key_prefix + "invalidate", [this](std::string_view id) {
+    if (id.starts_with(beat_prefix)) {  // a heartbeat, ours or another replica's: no key
+      if (id == beat_) unheard_ = 0;
+      return;
+    }
     for (auto& l : listeners_) l(id);
   });
   sub_->on_state([this](bool up) {
     // Messages sent while we were not subscribed are lost: forget every cached key instead.
+    unheard_ = 0;
     if (up)
       for (auto& l : listeners_) l("*");
   });
@@ -103,6 +113,31 @@ void redis_store::start(const std::vector<executor_t>& workers) {
                        "): revocations made through other replicas reach this one only as auth.key_cache_ms expires");
   });
   sub_->start();
+  auto alive = std::make_shared<const bool>(true);
+  alive_ = alive;
+  net::co_spawn(workers.front(), beat_loop(alive), net::detached);
+}
+
+awaitable<void> redis_store::beat_loop(std::weak_ptr<const bool> alive) {
+  steady_timer_t timer(co_await net::this_coro::executor);
+  const std::string channel = cfg_.key_prefix + "invalidate";
+  for (;;) {
+    timer.expires_after(beat_every);
+    if (auto [ec] = co_await timer.async_wait(); ec) co_return;
+    if (alive.expired()) co_return;
+    if (!sub_->up() || !conns_.front()->up()) continue;  // (a subscriber down says so itself)
+    const std::string_view argv[] = {"PUBLISH", channel, beat_};
+    auto r = co_await conns_.front()->command(argv);
+    if (alive.expired()) co_return;
+    if (!r || r->type == redis::reply::kind::error || !sub_->up()) continue;  // not published: nothing learnt
+    if (++unheard_ < deaf_after) continue;
+    unheard_ = 0;
+    // Cached keys may be stale from the moment it went deaf: dropped now, and again once it is
+    // back (on_state).
+    for (auto& l : listeners_) l("*");
+    sub_->reconnect("it delivered none of this replica's last " + std::to_string(deaf_after) +
+                    " heartbeats; reconnecting");
+  }
 }
 
 awaitable<void> redis_store::check_eviction(redis::connection& c) {
@@ -126,6 +161,7 @@ awaitable<void> redis_store::check_eviction(redis::connection& c) {
 }
 
 void redis_store::stop() {
+  alive_.reset();
   if (sub_) sub_->close();
   for (auto& c : conns_) c->close();
 }

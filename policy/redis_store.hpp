@@ -246,6 +246,17 @@ class redis_store final : public store {
   std::vector<std::unique_ptr<redis::connection>> conns_;
   std::unique_ptr<redis::connection> sub_;
   std::vector<std::function<void(std::string_view)>> listeners_;
+
+  /// The subscriber's heartbeat. A subscriber sends nothing once subscribed: one whose path went
+  /// dark (a host gone without a reset, a NAT entry dropped) or that stayed on the old primary
+  /// after a failover that the workers followed would never hear another invalidation, and
+  /// nothing would say so. Every beat_every, worker 0 publishes this process's own beat on the
+  /// invalidation channel; a subscriber that misses deaf_after of them in a row is reconnected
+  /// (which drops every cached key and team).
+  awaitable<void> beat_loop(std::weak_ptr<const bool> alive);
+  std::string beat_;        ///< "~beat:<random>": this process's; every beat starts "~beat:"
+  unsigned unheard_ = 0;    ///< beats published since ours was last heard (worker 0's thread)
+  std::shared_ptr<const bool> alive_;  ///< the beat loop's: reset by stop()
 };
 
 }  // namespace tollgate::policy

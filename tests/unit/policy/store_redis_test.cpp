@@ -6,6 +6,7 @@
 #include "policy/redis_client.hpp"
 #include "policy/scripts.hpp"
 
+#include <filesystem>
 #include <random>
 #include <set>
 #include <sstream>
@@ -418,6 +419,59 @@ TEST(RedisStore, AnInvalidationChannelRedisRefusesIsReportedWithItsReason) {
   for (const auto& n : notices) EXPECT_EQ(n.find("pw-nochan"), std::string::npos) << n;
   st.stop();
   (void)raw_command(ioc, {"ACL", "DELUSER", user});
+}
+
+TEST(RedisStore, ASubscriberLeftOnTheOldServerAfterAFailoverIsFoundDeafAndMoved) {
+  // The address (a unix socket path switched like a DNS name) moves to a new server; the worker
+  // connections are dropped and follow it, while the subscriber, which sends nothing, stays on the
+  // old server and hears none of the new one's invalidations. Nothing dropped it before: a revoked
+  // key stayed cached here (up to auth.key_cache_ms, 60 s at most) with no word. The store's own
+  // heartbeat is not heard there: within a few beats the subscriber is moved and the caches drop.
+  tollgate::testing::redis_server old_primary, new_primary;
+  ASSERT_TRUE(old_primary.start() && new_primary.start()) << "redis-server did not start (deploy/install-deps installs it)";
+  const std::string link = old_primary.unix_path() + ".current";
+  std::filesystem::create_symlink(old_primary.unix_path(), link);
+  net::io_context ioc;
+  config::redis_config c = test_config(0, "deaf:");
+  c.unix_path = link;
+  redis_store st(c, 60'000);
+  std::vector<std::string> notices, heard;
+  st.on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
+  st.on_invalidation([&](std::string_view id) { heard.emplace_back(id); });
+  st.start({executor_t(ioc.get_executor())});
+  redis_backend::wait_for([&] { return st.healthy() && !heard.empty(); }, ioc);  // up, "*" at subscribe
+  ASSERT_TRUE(st.healthy());
+  ASSERT_TRUE(run_sync(ioc, st.publish_invalidation(0, "before")));
+  redis_backend::wait_for([&] { return std::find(heard.begin(), heard.end(), "before") != heard.end(); }, ioc);
+  ASSERT_NE(std::find(heard.begin(), heard.end(), "before"), heard.end());
+  const std::string moved = link + ".new";
+  std::filesystem::create_symlink(new_primary.unix_path(), moved);
+  std::filesystem::rename(moved, link);
+  // The workers' connections go (CLIENT KILL TYPE normal leaves subscribers alone) and come back
+  // on the new server.
+  ASSERT_TRUE(raw_command(ioc, {"CLIENT", "KILL", "TYPE", "normal"}, old_primary.port()));
+  redis_backend::wait_for([&] { return st.healthy(); }, ioc);
+  heard.clear();
+  ASSERT_TRUE(run_sync(ioc, st.publish_invalidation(0, "revoked")));
+  // Heard only once the subscriber is on the new server: the caches were dropped on the way.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool got = false;
+  while (!got && std::chrono::steady_clock::now() < deadline) {
+    ioc.restart();
+    ioc.run_for(std::chrono::milliseconds(100));
+    if (std::find(heard.begin(), heard.end(), "*") != heard.end()) {
+      (void)run_sync(ioc, st.publish_invalidation(0, "revoked"));
+      got = std::find(heard.begin(), heard.end(), "revoked") != heard.end();
+    }
+  }
+  EXPECT_TRUE(got) << "the subscriber never left the old server";
+  EXPECT_TRUE(std::any_of(notices.begin(), notices.end(), [](const std::string& n) {
+    return n.find("warn the key invalidation channel is down (it delivered none of this replica's last 4 heartbeats") !=
+           std::string::npos;
+  })) << (notices.empty() ? "no notice" : notices.back());
+  // Heartbeats never reach the listeners as key ids.
+  for (const auto& id : heard) EXPECT_NE(id.rfind("~beat:", 0), 0u) << id;
+  st.stop();
 }
 
 TEST(RedisStore, TheStoresClockIsRedissAsEstimatedFromTheTimeReadAtConnect) {
