@@ -109,18 +109,20 @@ local bcur = 'b' .. cur
 
 -- Budget period ids: 'd<days>', 'm<yyyymm>' or 'all'. Ids of one kind order by time as strings;
 -- ids of two kinds do not ('m202611' sorts after 'd20419'), and a budget's period kind can be
--- reconfigured, so the tests below never let '<' alone compare two kinds:
---   new period (an admission, under the current config): later, or of another kind:
---     not sp or sp < p or (sp ~= p and byte(sp) ~= byte(p))
---   later period (a settlement): later and of the same kind; one admitted before the change is
---   charged to the current period:
+-- reconfigured, so the tests below never let '<' alone compare two kinds. A period starts (its
+-- spend from 0) only when it is later and of the same kind:
 --     not sp or (sp < p and byte(sp) == byte(p))
+--   A batch with a budget under a period of another kind (the config changed) takes that period's
+--   id and keeps the spend (where the specs are read, below): a change of kind never forgets what was spent (a change back, or replicas
+--   that reload one after the other, would otherwise reset it at each switch); the new kind's
+--   next boundary starts it again. A settlement admitted before the change is charged to the
+--   current period.
 --   where p is not the settlement's own period but the current one of its kind ('d' is byte 100,
 --   'm' 109; 'all' stays), written out where used like the tests above: a
 --   call admitted on one day and settled on the next is charged to the next, even when no
 --   admission has opened that day yet (else the next admission would reset it away).
 -- Written out where used: as functions, their two closures cost ~2k instructions per script call.
--- (policy/store.hpp: new_period, later_period, the memory store's copies.)
+-- (policy/store.hpp: later_period, kind_changed, the memory store's copies.)
 local byte = string.byte
 
 local pids = {}
@@ -314,7 +316,15 @@ end
 if #gone > 0 or charged_only then call('ZREMRANGEBYSCORE', X, '-inf', now - 86400000) end
 
 local spec_scope = {}
-for k = 1, nspecs do spec_scope[k] = scope(spec_sfx[k]) end
+for k = 1, nspecs do
+  local s = scope(spec_sfx[k])
+  spec_scope[k] = s
+  -- A budget whose period kind the config changed takes the new kind's current id and keeps its
+  -- spend, also when every call of the batch is refused (else a spend carried from the old kind
+  -- would never meet the new kind's next boundary).
+  local p = spec_pid[k]
+  if p and s.pid and byte(s.pid) ~= byte(p) then s.pid, s.bd = p, true end
+end
 
 -- A settlement's token correction: the current bucket's count here, an older one's summed and
 -- written once (if its bucket is still in the window and holds counts).
@@ -429,7 +439,7 @@ if agg and nadmit > 0 and not expired then
       end
       if blimit >= 0 then
         local spent = s.spent
-        if not s.pid or s.pid < spec_pid[k] or (s.pid ~= spec_pid[k] and byte(s.pid) ~= byte(spec_pid[k])) then spent = 0 end
+        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) then spent = 0 end
         if spent + s.res + N[ARGV[f + 2]] > blimit then
           fast_admit = false
           break
@@ -455,7 +465,7 @@ if fast_admit then
       if spec_blimit[k] >= 0 then
         s.res = s.res + N[ARGV[f + 2]]
         local pid = spec_pid[k]
-        if not s.pid or s.pid < pid or (s.pid ~= pid and byte(s.pid) ~= byte(pid)) then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
+        if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
       end
     end
   end
@@ -514,7 +524,7 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
     if conc > 0 and s.c >= conc then code, why, idx, retry = 0, 3, i, 1000 break end
     if blimit >= 0 then
       local spent = s.spent
-      if not s.pid or s.pid < spec_pid[k] or (s.pid ~= spec_pid[k] and byte(s.pid) ~= byte(spec_pid[k])) then spent = 0 end  -- a new period: the spend starts again
+      if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) then spent = 0 end  -- a new period: the spend starts again
       if member == '' then code, why, idx = 2, spent, s.res break end
       if spent + s.res + cost > blimit then code, why, idx = 0, 4, i break end
     end
@@ -530,7 +540,7 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
       local s, blimit = spec_scope[k], spec_blimit[k]
       if blimit >= 0 then
         local spent = s.spent
-        if not s.pid or s.pid < spec_pid[k] or (s.pid ~= spec_pid[k] and byte(s.pid) ~= byte(spec_pid[k])) then spent = 0 end
+        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) then spent = 0 end
         if spent + cost > blimit then
           why, idx, retry, spent_out = 4, i, 0, true
           break
@@ -577,7 +587,7 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
       if spec_blimit[k] >= 0 then
         s.res = s.res + cost
         local pid = spec_pid[k]
-        if not s.pid or s.pid < pid or (s.pid ~= pid and byte(s.pid) ~= byte(pid)) then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
+        if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then s.pid, s.spent, s.soft, s.bd = pid, 0, '0', true end  -- holds carry over
       end
     end
     held[nh + 1], held[nh + 2], nh = expiry, member, nh + 2

@@ -139,7 +139,10 @@ admit_result memory_store::admit_now(const admission& a) {
     std::int64_t spent = st.spent;
     if (budget) {
       r.periods[i] = period_id(sc.budget.period, now);
-      if (new_period(st.pid, r.periods[i])) {
+      // A change of kind (the config changed): the new kind's current id, the spend kept, also
+      // when the call is refused (admit.lua: where the specs are read).
+      if (kind_changed(st.pid, r.periods[i])) st.pid = r.periods[i];
+      if (later_period(st.pid, r.periods[i])) {
         spent = 0;  // a new period: reservations in flight carry over, the spend starts again
         starts_period[i] = true;
       }
@@ -249,7 +252,7 @@ budget_state memory_store::budget_now(const scope_spec& s) {
   const std::int64_t now = now_();
   auto& st = scopes_[s.id + "@" + s.team];
   st.reserved -= st.held.sweep(now).second;
-  b.spent = new_period(st.pid, period_id(s.budget.period, now)) ? 0 : st.spent;
+  b.spent = later_period(st.pid, period_id(s.budget.period, now)) ? 0 : st.spent;
   b.reserved = st.reserved;
   return b;
 }

@@ -316,16 +316,18 @@ std::vector<std::string> periods_of(const admission& a, std::int64_t now_ms);
 
 /// Ids of one kind order by time as strings; ids of two kinds do not ("m202611" sorts after
 /// "d20419"), and a budget's period kind can be reconfigured. `stored` is a scope's current
-/// period ("" : none yet). An admission, under the current config, starts a new period when its
-/// id is later or of another kind (admit.lua: new_period).
-inline bool new_period(std::string_view stored, std::string_view pid) {
-  return stored.empty() || stored < pid || (!pid.empty() && stored[0] != pid[0]);
-}
-/// A settlement starts a new period only when its id is later and of the same kind: one admitted
-/// before the period kind changed is charged to the current period (admit.lua: later_period).
-/// `pid` is settled_period()'s: the period now, of the kind the call was admitted under.
+/// period ("" : none yet). A period starts (its spend from 0) only when `pid` is later and of the
+/// same kind, for an admission (`pid`: its period under the current config) and a settlement
+/// (`pid`: settled_period()'s, the period now of the kind the call was admitted under) alike.
+/// Under another kind (kind_changed: the config changed) an admission takes the new id and keeps
+/// the spend: a change of kind, or replicas reloading one after the other, never forgets what was
+/// spent; a settlement admitted before the change is charged to the current period (admit.lua).
 inline bool later_period(std::string_view stored, std::string_view pid) {
   return stored.empty() || (stored < pid && stored[0] == pid[0]);
+}
+/// An admission's period is of another kind than the stored one: the id changes, the spend stays.
+inline bool kind_changed(std::string_view stored, std::string_view pid) {
+  return !stored.empty() && !pid.empty() && stored[0] != pid[0];
 }
 /// The period a settlement is charged to: the current one (at `now_ms`) of the kind of `admitted`,
 /// its admission's period id. A call that spans midnight is charged to the new day.

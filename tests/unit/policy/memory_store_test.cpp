@@ -51,6 +51,65 @@ TEST(MemoryStore, ACallThatSpansMidnightIsChargedToTheNewDay) {
   EXPECT_EQ(st.admit_now(b).v, verdict::budget);  // 60 + 60 > 100
 }
 
+TEST(MemoryStore, SpendCarriedOverAChangeOfKindStartsAgainAtTheNewKindsNextBoundary) {
+  std::int64_t now = 1'795'564'799'999 - 10'000;  // 2026-11-24T23:59:49.999Z
+  memory_store st([&] { return now; });
+  const auto monthly = budget_scope(100, config::budget_period::monthly),
+             daily = budget_scope(100, config::budget_period::daily);
+  admission a;
+  a.lease = "m1";
+  a.scopes = {monthly};
+  a.tokens = 1;
+  a.cost_nano = 70;
+  a.lease_ms = 60'000;
+  const admit_result r = st.admit_now(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  settlement s;
+  s.adm = a;
+  s.periods = r.periods;
+  s.admitted_at_ms = r.admitted_at_ms;
+  s.tokens = 1;
+  s.cost_nano = 70;
+  ASSERT_TRUE(st.settle_now(s).applied);
+  admission b = a;
+  b.lease = "d1";
+  b.scopes = {daily};
+  b.cost_nano = 40;
+  EXPECT_EQ(st.admit_now(b).v, verdict::budget);  // the month's 70 count today: 70 + 40 > 100
+  now += 20'000;                                  // the next day
+  EXPECT_EQ(st.budget_now(daily).spent, 0);
+  EXPECT_EQ(st.admit_now(b).v, verdict::admitted);
+}
+
+TEST(MemoryStore, ASoftThresholdIsReportedAgainInTheNextPeriod) {
+  std::int64_t now = 1'795'564'799'999 - 10'000;  // 2026-11-24T23:59:49.999Z
+  memory_store st([&] { return now; });
+  auto daily = budget_scope(100, config::budget_period::daily);
+  daily.budget.soft = 0.5;
+  int n = 0;
+  const auto crossed = [&] {
+    admission a;
+    a.lease = "soft" + std::to_string(n++);
+    a.scopes = {daily};
+    a.tokens = 1;
+    a.cost_nano = 60;
+    a.lease_ms = 60'000;
+    const admit_result r = st.admit_now(a);
+    EXPECT_EQ(r.v, verdict::admitted);
+    settlement s;
+    s.adm = a;
+    s.periods = r.periods;
+    s.admitted_at_ms = r.admitted_at_ms;
+    s.tokens = 1;
+    s.cost_nano = 60;
+    const settle_result out = st.settle_now(s);
+    return !out.soft_crossed.empty() && out.soft_crossed[0];
+  };
+  EXPECT_TRUE(crossed());  // 60 of 100: past 50
+  now += 20'000;           // the next day
+  EXPECT_TRUE(crossed());  // reported again, once in this period too
+}
+
 TEST(PeriodId, CalendarPeriodsInUtc) {
   // 2026-11-24T23:59:59.999Z and one millisecond later.
   const std::int64_t before = 1'795'564'799'999, after = before + 1;

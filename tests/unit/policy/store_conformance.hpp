@@ -432,36 +432,42 @@ TYPED_TEST_P(StoreConformance, BudgetReservesWorstCaseAndChargesActual) {
   EXPECT_EQ(this->admit(this->adm({s}, 1, 30)).v, verdict::budget);
 }
 
-TYPED_TEST_P(StoreConformance, ABudgetWhosePeriodKindChangesStartsAFreshPeriod) {
-  // An operator changes a budget's period (monthly → daily, say). Period ids of different kinds
-  // do not order by time ("m202611" sorts after "d20419"), so the new kind's first admission
-  // starts a fresh period, whichever way the change goes; what is reserved carries over.
+TYPED_TEST_P(StoreConformance, ABudgetWhosePeriodKindChangesKeepsWhatWasSpent) {
+  // An operator changes a budget's period (monthly -> daily, say), or replicas reload one after
+  // the other and admit under both kinds in turn. Until 2026-11-28 each change of kind started a
+  // fresh period: changing back, or every switch between two replicas' configs, forgot the spend
+  // (a $1000 monthly budget with $990 spent had $1000 again). The spend now carries over every
+  // change of kind; the new kind's next boundary starts it again (MemoryStore test).
   const auto monthly = budget_scope(100, config::budget_period::monthly),
              daily = budget_scope(100, config::budget_period::daily),
              total = budget_scope(100, config::budget_period::total);
-  auto a = this->adm({monthly}, 1, 60);
+  auto a = this->adm({monthly}, 1, 30);
   auto r = this->admit(a);
   ASSERT_EQ(r.v, verdict::admitted);
-  ASSERT_TRUE(this->settle(a, r, 1, 60).applied);
-  EXPECT_EQ(this->budget(monthly).spent, 60);
-  EXPECT_EQ(this->admit(this->adm({monthly}, 1, 60)).v, verdict::budget);  // 60 + 60 > 100
-  // Now daily: the month's spend is not today's.
-  EXPECT_EQ(this->budget(daily).spent, 0);
+  ASSERT_TRUE(this->settle(a, r, 1, 30).applied);
+  EXPECT_EQ(this->budget(monthly).spent, 30);
+  // Daily now: the 30 count against it.
+  EXPECT_EQ(this->budget(daily).spent, 30);
+  EXPECT_EQ(this->admit(this->adm({daily}, 1, 80)).v, verdict::budget);  // 30 + 80 > 100
   auto d = this->adm({daily}, 1, 60);
   auto dr = this->admit(d);
   ASSERT_EQ(dr.v, verdict::admitted);
-  // It settles to 50, in the daily period (a call admitted before the change: the next test).
   ASSERT_TRUE(this->settle(d, dr, 1, 50).applied);
-  EXPECT_EQ(this->budget(daily).spent, 50);
-  // And back, and on to a total budget: each change starts afresh too.
-  for (const auto& next : {monthly, total, daily}) {
-    EXPECT_EQ(this->budget(next).spent, 0);
-    auto n = this->adm({next}, 1, 70);
+  EXPECT_EQ(this->budget(daily).spent, 80);
+  // And back to monthly (a replica not reloaded yet), and on to total: nothing is forgotten.
+  EXPECT_EQ(this->budget(monthly).spent, 80);
+  EXPECT_EQ(this->admit(this->adm({monthly}, 1, 30)).v, verdict::budget);  // 80 + 30 > 100
+  auto m = this->adm({monthly}, 1, 20);
+  auto mr = this->admit(m);
+  ASSERT_EQ(mr.v, verdict::admitted);
+  ASSERT_TRUE(this->settle(m, mr, 1, 15).applied);
+  for (const auto& next : {total, daily, monthly}) {
+    EXPECT_EQ(this->budget(next).spent, 95);
+    EXPECT_EQ(this->admit(this->adm({next}, 1, 6)).v, verdict::budget);  // 95 + 6 > 100
+    auto n = this->adm({next}, 1, 1);
     auto nr = this->admit(n);
     ASSERT_EQ(nr.v, verdict::admitted);
-    ASSERT_TRUE(this->settle(n, nr, 1, 70).applied);
-    EXPECT_EQ(this->budget(next).spent, 70);
-    EXPECT_EQ(this->admit(this->adm({next}, 1, 40)).v, verdict::budget);  // 70 + 40 > 100
+    ASSERT_TRUE(this->settle(n, nr, 1, 0).applied);
   }
 }
 
@@ -697,9 +703,16 @@ TYPED_TEST_P(StoreConformance, SoftThresholdIsReportedOncePerPeriod) {
   auto s = scope("t", {}, budget_of(100, 0.5));
   // 20, 40, 60 (crosses 50), 80.
   EXPECT_EQ(crossings(s), (std::vector<bool>{false, false, true, false}));
-  // A new period (here: the budget became daily) is reported again, once.
+  // A change of the period's kind keeps the spend, and the threshold stays crossed: not reported
+  // again (a new period of the new kind is: MemoryStore.ASoftThresholdIsReportedAgainInTheNextPeriod).
   s.budget.period = config::budget_period::daily;
-  EXPECT_EQ(crossings(s), (std::vector<bool>{false, false, true, false}));
+  auto a = this->adm({s}, 1, 20);
+  auto r = this->admit(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  auto st = this->settle(a, r, 1, 20);
+  ASSERT_EQ(st.soft_crossed.size(), 1u);
+  EXPECT_FALSE(st.soft_crossed[0]);
+  EXPECT_EQ(this->budget(s).spent, 100);
 }
 
 TYPED_TEST_P(StoreConformance, LargeAmountsStayExact) {
@@ -843,7 +856,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             ASettlementInALaterBucketCorrectsItsOwnBucket, ConcurrencyIsReleasedBySettlement,
                             ManyCallsAtOnceAdmitExactlyTheLimit,
                             BudgetReservesWorstCaseAndChargesActual,
-                            ABudgetWhosePeriodKindChangesStartsAFreshPeriod,
+                            ABudgetWhosePeriodKindChangesKeepsWhatWasSpent,
                             ASettlementFromBeforeAPeriodChangeIsChargedToTheCurrentPeriod,
                             AdmissionIsAllOrNothingAcrossScopes,
                             AnswersCarryTheTightestScopesRateFigures,

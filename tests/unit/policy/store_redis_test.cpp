@@ -289,6 +289,30 @@ TEST(RedisStore, ACallSettledAfterMidnightIsChargedToTheNewDayEvenBeforeItsFirst
   st->stop();
 }
 
+TEST(RedisStore, AChangeOfKindTakesTheNewKindsIdEvenWhenRefusedSoItsNextBoundaryResetsTheSpend) {
+  // The spend carries over a change of the period's kind; the scope takes the new kind's id at
+  // once, even when every call is refused, or the carried spend would never meet the new kind's
+  // next boundary (Redis's clock cannot be moved: the stored id is set by hand).
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  auto b = budget_of(100);
+  b.period = config::budget_period::daily;
+  const scope_spec daily{"t", "team-kind", {}, b};
+  const std::string key = st->scope_key("team-kind", "t");
+  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "pid", "m202001", "spent", "95", "soft", "0"}));
+  const admit_result refused = run_sync(ioc, st->admit(0, one_scope_call("k1", daily, 10)));
+  EXPECT_EQ(refused.v, verdict::budget);  // 95 carried + 10 > 100
+  const auto pid = raw_command(ioc, {"HGET", key, "pid"});
+  ASSERT_TRUE(pid);
+  ASSERT_EQ(pid->str.rfind("d", 0), 0u) << pid->str;
+  const std::string yesterday = "d" + std::to_string(std::stoll(pid->str.substr(1)) - 1);
+  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "pid", yesterday}));  // as if the day had turned since
+  EXPECT_EQ(run_sync(ioc, st->budget(0, daily)).spent, 0);
+  EXPECT_EQ(run_sync(ioc, st->admit(0, one_scope_call("k2", daily, 10))).v, verdict::admitted);
+  st->stop();
+}
+
 /// A store of its own, one worker, on a redis-server of its own that a test stalls mid-call (the
 /// admission script already loaded, as after another replica's calls, so a stalled EVALSHA runs
 /// when Redis resumes). Team `team`: concurrency 1 and a budget.
