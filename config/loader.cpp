@@ -38,20 +38,23 @@ std::string join(const std::string& path, const std::string& key) {
 
 /// Rejects a key given twice in one mapping, anywhere in the document. yaml-cpp keeps both and
 /// lookups find the first, so a second `auth:` or `teams:` block, or a repeated `usd:`, would be
-/// dropped without a word. Also bounds the nesting (an alias may refer to its own ancestor).
-void reject_duplicate_keys(const YAML::Node& n, const std::string& path, int depth = 0) {
+/// dropped without a word. Also bounds the nesting (an alias may refer to its own ancestor) and
+/// the nodes walked (aliases of aliases expand exponentially: a few lines could make a reload
+/// walk for ever).
+void reject_duplicate_keys(const YAML::Node& n, const std::string& path, std::size_t& budget, int depth = 0) {
   if (depth > 64) fail(path.empty() ? "<root>" : path, n, "nested more than 64 levels deep");
+  if (budget-- == 0) fail(path.empty() ? "<root>" : path, n, "more than 1,000,000 values (aliases expanding?)");
   if (n.IsMap()) {
     std::set<std::string> seen;
     for (auto it = n.begin(); it != n.end(); ++it) {
       const std::string key = it->first.IsScalar() ? it->first.Scalar() : std::string("?");
       if (it->first.IsScalar() && !seen.insert(key).second)
         fail(join(path, key), it->first, "given twice in one mapping (YAML would keep only the first): merge them");
-      reject_duplicate_keys(it->second, join(path, key), depth + 1);
+      reject_duplicate_keys(it->second, join(path, key), budget, depth + 1);
     }
   } else if (n.IsSequence()) {
     for (std::size_t i = 0; i < n.size(); ++i)
-      reject_duplicate_keys(n[i], path + "[" + std::to_string(i) + "]", depth + 1);
+      reject_duplicate_keys(n[i], path + "[" + std::to_string(i) + "]", budget, depth + 1);
   }
 }
 
@@ -804,7 +807,8 @@ bool glob_match(std::string_view pat, std::string_view s) noexcept {
 load_result load_string(const std::string& yaml, const std::string& origin) {
   try {
     const YAML::Node root = YAML::Load(yaml);
-    reject_duplicate_keys(root, "");
+    std::size_t budget = 1'000'000;
+    reject_duplicate_keys(root, "", budget);
     return finish(parse_root(root), origin);
   } catch (const config_error& e) {
     return {nullptr, origin + ": " + e.what()};

@@ -353,8 +353,9 @@ void server::reload() {
     log_event("warn", "the policy store's settings (store.type, everything under store.redis, "
                       "store.settlement_journal) change only on restart: the store keeps the ones it started with");
   if (snap_->cfg->auth.pepper != snap->cfg->auth.pepper)
-    log_event("warn", "auth.pepper changed: keys created through the admin API with an hmac-sha256 digest under the "
-                      "old pepper no longer authenticate (rotate them, or restore the pepper)");
+    log_event("warn", "auth.pepper changed: every key whose hmac-sha256 digest was made under the old pepper (keys "
+                      "created through the admin API, and config keys digested with it) no longer authenticates "
+                      "(rotate them, or restore the pepper)");
   const auto& oa = snap_->cfg->audit;
   const auto& na = snap->cfg->audit;
   if (oa.enabled != na.enabled || oa.dir != na.dir || oa.mode != na.mode || oa.fail_open != na.fail_open)

@@ -112,15 +112,16 @@ local bcur = 'b' .. cur
 -- reconfigured, so the tests below never let '<' alone compare two kinds. A period starts (its
 -- spend from 0) only when it is later and of the same kind:
 --     not sp or (sp < p and byte(sp) == byte(p))
---   A batch with a budget under a period of another kind (the config changed) takes that period's
---   id and keeps the spend (where the specs are read, below): a change of kind never forgets what was spent (a change back, or replicas
---   that reload one after the other, would otherwise reset it at each switch); the new kind's
---   next boundary starts it again. A settlement admitted before the change is charged to the
---   current period.
---   where p is not the settlement's own period but the current one of its kind ('d' is byte 100,
---   'm' 109; 'all' stays), written out where used like the tests above: a
---   call admitted on one day and settled on the next is charged to the next, even when no
---   admission has opened that day yet (else the next admission would reset it away).
+--   where, for a settlement, p is not its own period but the current one of its kind ('d' is
+--   byte 100, 'm' 109; 'all' stays): a call admitted on one day and settled on the next is
+--   charged to the next, even when no admission has opened that day yet (else the next admission
+--   would reset it away); one admitted before a change of kind is charged to the current period.
+-- A change of kind (the config changed): an admission, admitted or refused (not a settlement, not
+-- a read), takes the new kind's current id and keeps the spend, unless the stored period has ended
+-- by its own kind's calendar (ended() below), when it starts from 0. So a change of kind never
+-- forgets what was spent in the current period (changed back, or replicas that reload one after
+-- the other, it would otherwise reset at each switch); the new kind's next boundary starts it
+-- again. Reads count a stored period of another kind as the admissions would.
 -- Written out where used: as functions, their two closures cost ~2k instructions per script call.
 -- (policy/store.hpp: later_period, kind_changed, the memory store's copies.)
 local byte = string.byte
@@ -151,6 +152,15 @@ local function pid_of(kind)
   end
   pids[kind] = p
   return p
+end
+
+-- A stored period of another kind than the config's (the config changed) whose own period has
+-- ended ('all' never does): its spend no longer counts.
+local function ended(sp)
+  local sk = byte(sp)
+  if sk == 100 then return sp ~= pid_of('d') end
+  if sk == 109 then return sp ~= pid_of('m') end
+  return false
 end
 
 local function counts(packed)
@@ -316,15 +326,7 @@ end
 if #gone > 0 or charged_only then call('ZREMRANGEBYSCORE', X, '-inf', now - 86400000) end
 
 local spec_scope = {}
-for k = 1, nspecs do
-  local s = scope(spec_sfx[k])
-  spec_scope[k] = s
-  -- A budget whose period kind the config changed takes the new kind's current id and keeps its
-  -- spend, also when every call of the batch is refused (else a spend carried from the old kind
-  -- would never meet the new kind's next boundary).
-  local p = spec_pid[k]
-  if p and s.pid and byte(s.pid) ~= byte(p) then s.pid, s.bd = p, true end
-end
+for k = 1, nspecs do spec_scope[k] = scope(spec_sfx[k]) end
 
 -- A settlement's token correction: the current bucket's count here, an older one's summed and
 -- written once (if its bucket is still in the window and holds counts).
@@ -433,13 +435,18 @@ if agg and nadmit > 0 and not expired then
     local n = N[ARGV[f]]
     if n > 0 then
       local rpm, tpm, conc, blimit = spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k]
+      local p = spec_pid[k]
+      if blimit >= 0 and s.pid and byte(s.pid) ~= byte(p) then  -- a change of kind: see 'kind' above
+        if ended(s.pid) then s.spent, s.soft = 0, '0' end
+        s.pid, s.bd = p, true
+      end
       if (rpm > 0 and s.rs + n > rpm) or (tpm > 0 and s.ts + N[ARGV[f + 1]] > tpm) or (conc > 0 and s.c + n > conc) then
         fast_admit = false
         break
       end
       if blimit >= 0 then
         local spent = s.spent
-        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) then spent = 0 end
+        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) or (byte(s.pid) ~= byte(spec_pid[k]) and ended(s.pid)) then spent = 0 end
         if spent + s.res + N[ARGV[f + 2]] > blimit then
           fast_admit = false
           break
@@ -517,6 +524,10 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
   for i = 1, n do
     local k = ks[i]
     local s, rpm, tpm, conc, blimit = spec_scope[k], spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k]
+    if blimit >= 0 and member ~= '' and s.pid and byte(s.pid) ~= byte(spec_pid[k]) then  -- a change of kind
+      if ended(s.pid) then s.spent, s.soft = 0, '0' end
+      s.pid, s.bd = spec_pid[k], true
+    end
     if rpm > 0 or tpm > 0 then
       if rpm > 0 and s.rs + 1 > rpm then code, why, idx = 0, 1, i break end
       if tpm > 0 and s.ts + tokens > tpm then code, why, idx = 0, 2, i break end
@@ -524,7 +535,7 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
     if conc > 0 and s.c >= conc then code, why, idx, retry = 0, 3, i, 1000 break end
     if blimit >= 0 then
       local spent = s.spent
-      if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) then spent = 0 end  -- a new period: the spend starts again
+      if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) or (byte(s.pid) ~= byte(spec_pid[k]) and ended(s.pid)) then spent = 0 end  -- a new period: the spend starts again
       if member == '' then code, why, idx = 2, spent, s.res break end
       if spent + s.res + cost > blimit then code, why, idx = 0, 4, i break end
     end
@@ -540,7 +551,7 @@ for _ = 1, (fast_admit or expired) and 0 or nadmit do
       local s, blimit = spec_scope[k], spec_blimit[k]
       if blimit >= 0 then
         local spent = s.spent
-        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) then spent = 0 end
+        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) or (byte(s.pid) ~= byte(spec_pid[k]) and ended(s.pid)) then spent = 0 end
         if spent + cost > blimit then
           why, idx, retry, spent_out = 4, i, 0, true
           break

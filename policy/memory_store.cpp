@@ -139,9 +139,15 @@ admit_result memory_store::admit_now(const admission& a) {
     std::int64_t spent = st.spent;
     if (budget) {
       r.periods[i] = period_id(sc.budget.period, now);
-      // A change of kind (the config changed): the new kind's current id, the spend kept, also
-      // when the call is refused (admit.lua: where the specs are read).
-      if (kind_changed(st.pid, r.periods[i])) st.pid = r.periods[i];
+      // A change of kind (the config changed): the new kind's current id, the spend kept unless
+      // its period has ended, also when the call is refused (admit.lua: 'A change of kind').
+      if (kind_changed(st.pid, r.periods[i])) {
+        if (period_ended(st.pid, now)) {
+          st.spent = spent = 0;
+          st.soft_sent = false;
+        }
+        st.pid = r.periods[i];
+      }
       if (later_period(st.pid, r.periods[i])) {
         spent = 0;  // a new period: reservations in flight carry over, the spend starts again
         starts_period[i] = true;
@@ -252,7 +258,7 @@ budget_state memory_store::budget_now(const scope_spec& s) {
   const std::int64_t now = now_();
   auto& st = scopes_[s.id + "@" + s.team];
   st.reserved -= st.held.sweep(now).second;
-  b.spent = later_period(st.pid, period_id(s.budget.period, now)) ? 0 : st.spent;
+  b.spent = spend_counted(st.pid, st.spent, period_id(s.budget.period, now), now);
   b.reserved = st.reserved;
   return b;
 }

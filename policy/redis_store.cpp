@@ -1114,7 +1114,14 @@ awaitable<bool> redis_store::add_usage(unsigned worker, std::vector<usage_row> r
     const std::string_view expire[] = {"EXPIRE", key, "34560000"};  // 400 days
     cmds.push_back(redis::resp_command(expire, redis::resp_args{}));
   }
-  co_return (co_await pipelined(worker, std::move(cmds), 64)).has_value();
+  if (co_await pipelined(worker, std::move(cmds), 64)) co_return true;
+  // Unreachable (the connection dropped): the caller keeps the counts for its next try. Refused
+  // with the connection up (a key of the wrong type): a retry would add the rows that went
+  // through again every second, so this flush's counts are dropped instead, and said.
+  if (!conn(worker).up()) co_return false;
+  notice("warn", "Redis refused a usage count (a usage:<hour> key of another type?): this second's counts are "
+                 "left out of the usage report; budgets and the audit trail are not affected");
+  co_return true;
 }
 
 awaitable<std::optional<std::vector<usage_row>>> redis_store::usage(unsigned worker, std::int64_t from_hour,

@@ -32,6 +32,13 @@ std::string settled_period(const std::string& admitted, std::int64_t now_ms) {
   return admitted;
 }
 
+bool period_ended(std::string_view stored, std::int64_t now_ms) {
+  if (stored.empty()) return false;
+  if (stored[0] == 'd') return stored != period_id(config::budget_period::daily, now_ms);
+  if (stored[0] == 'm') return stored != period_id(config::budget_period::monthly, now_ms);
+  return false;
+}
+
 std::string period_id(config::budget_period p, std::int64_t now_ms) {
   if (p == config::budget_period::total) return "all";
   const std::int64_t days = now_ms / 86'400'000;

@@ -325,9 +325,20 @@ std::vector<std::string> periods_of(const admission& a, std::int64_t now_ms);
 inline bool later_period(std::string_view stored, std::string_view pid) {
   return stored.empty() || (stored < pid && stored[0] == pid[0]);
 }
-/// An admission's period is of another kind than the stored one: the id changes, the spend stays.
+/// An admission's period is of another kind than the stored one: the id changes, the spend stays
+/// unless the stored period has ended by its own kind's calendar (period_ended).
 inline bool kind_changed(std::string_view stored, std::string_view pid) {
   return !stored.empty() && !pid.empty() && stored[0] != pid[0];
+}
+/// A stored period id is no longer its kind's current one at `now_ms` ("all" never ends).
+bool period_ended(std::string_view stored, std::int64_t now_ms);
+/// The spend of a scope whose stored period is `stored` that counts under period `pid` (the
+/// config's, now): 0 when `pid` starts a new period of the same kind, or when `stored` is of
+/// another kind and has ended.
+inline std::int64_t spend_counted(std::string_view stored, std::int64_t spent, std::string_view pid, std::int64_t now_ms) {
+  if (later_period(stored, pid)) return 0;
+  if (kind_changed(stored, pid) && period_ended(stored, now_ms)) return 0;
+  return spent;
 }
 /// The period a settlement is charged to: the current one (at `now_ms`) of the kind of `admitted`,
 /// its admission's period id. A call that spans midnight is charged to the new day.

@@ -131,9 +131,17 @@ TEST(ConfigLoaderTest, AKeyGivenTwiceInOneMappingIsRefusedWherever) {
   // The same key in two different mappings is fine.
   auto ok = load(std::string(minimal) + "teams:\n  - {name: a, limits: {rpm: 1}}\n  - {name: b, limits: {rpm: 2}}\n");
   EXPECT_TRUE(ok) << ok.error;
-  // An alias that refers to its own ancestor is not walked forever.
-  auto deep = load(std::string(minimal) + "x: &a [*a]\n");
-  EXPECT_FALSE(deep);
+  // Aliases of aliases (each level ten times the one before) are not walked for ever.
+  std::string bomb = std::string(minimal) + "x0: &a0 [1,1,1,1,1,1,1,1,1,1]\n";
+  for (int i = 1; i < 9; ++i) {
+    const std::string prev = "*a" + std::to_string(i - 1);
+    bomb += "x" + std::to_string(i) + ": &a" + std::to_string(i) + " [" + prev;
+    for (int j = 1; j < 10; ++j) bomb += "," + prev;
+    bomb += "]\n";
+  }
+  const auto big = load(bomb);
+  ASSERT_FALSE(big);
+  EXPECT_NE(big.error.find("more than 1,000,000 values (aliases expanding?)"), std::string::npos) << big.error;
 }
 
 TEST(ConfigLoaderTest, ARedisTimeoutTooShortForAnyBatchIsRefused) {

@@ -110,6 +110,38 @@ TEST(MemoryStore, ASoftThresholdIsReportedAgainInTheNextPeriod) {
   EXPECT_TRUE(crossed());  // reported again, once in this period too
 }
 
+TEST(MemoryStore, AChangeOfKindCarriesNothingFromAPeriodThatHasEnded) {
+  // The stored period is October's; the budget became daily in November: October's spend is not
+  // today's (it carried only while its own period was current).
+  std::int64_t now = 1'793'491'200'000 - 1'000;  // 2026-10-31T23:59:59Z
+  memory_store st([&] { return now; });
+  const auto monthly = budget_scope(100, config::budget_period::monthly),
+             daily = budget_scope(100, config::budget_period::daily);
+  admission a;
+  a.lease = "oct";
+  a.scopes = {monthly};
+  a.tokens = 1;
+  a.cost_nano = 90;
+  a.lease_ms = 60'000;
+  const admit_result r = st.admit_now(a);
+  ASSERT_EQ(r.v, verdict::admitted);
+  settlement s;
+  s.adm = a;
+  s.periods = r.periods;
+  s.admitted_at_ms = r.admitted_at_ms;
+  s.tokens = 1;
+  s.cost_nano = 90;
+  ASSERT_TRUE(st.settle_now(s).applied);
+  EXPECT_EQ(st.budget_now(daily).spent, 90);  // still October: carried
+  now += 15ll * 86'400'000;                   // mid-November
+  EXPECT_EQ(st.budget_now(daily).spent, 0);
+  admission b = a;
+  b.lease = "nov";
+  b.scopes = {daily};
+  b.cost_nano = 40;
+  EXPECT_EQ(st.admit_now(b).v, verdict::admitted);
+}
+
 TEST(PeriodId, CalendarPeriodsInUtc) {
   // 2026-11-24T23:59:59.999Z and one millisecond later.
   const std::int64_t before = 1'795'564'799'999, after = before + 1;

@@ -292,24 +292,50 @@ TEST(RedisStore, ACallSettledAfterMidnightIsChargedToTheNewDayEvenBeforeItsFirst
 TEST(RedisStore, AChangeOfKindTakesTheNewKindsIdEvenWhenRefusedSoItsNextBoundaryResetsTheSpend) {
   // The spend carries over a change of the period's kind; the scope takes the new kind's id at
   // once, even when every call is refused, or the carried spend would never meet the new kind's
-  // next boundary (Redis's clock cannot be moved: the stored id is set by hand).
+  // next boundary. A settlement of the old kind, and a read, leave the id alone; a stored period
+  // that has ended carries nothing. (Redis's clock cannot be moved: the stored id is set by hand.)
   net::io_context ioc;
   auto st = started_store(ioc);
   if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   auto b = budget_of(100);
   b.period = config::budget_period::daily;
   const scope_spec daily{"t", "team-kind", {}, b};
+  auto mb = budget_of(100);
+  mb.period = config::budget_period::monthly;
+  const scope_spec monthly{"t", "team-kind", {}, mb};
   const std::string key = st->scope_key("team-kind", "t");
-  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "pid", "m202001", "spent", "95", "soft", "0"}));
+  const auto stored_pid = [&] {
+    const auto r = raw_command(ioc, {"HGET", key, "pid"});
+    return r ? r->str : std::string();
+  };
+  // A monthly call in flight when the config changes.
+  const admission old_call = one_scope_call("old", monthly, 5);
+  const admit_result old_r = run_sync(ioc, st->admit(0, old_call));
+  ASSERT_EQ(old_r.v, verdict::admitted);
+  const std::string month = stored_pid();
+  ASSERT_EQ(month.rfind("m", 0), 0u) << month;
+  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "spent", "90"}));
+  // A read under the new kind counts the month's spend, and changes nothing.
+  EXPECT_EQ(run_sync(ioc, st->budget(0, daily)).spent, 90);
+  EXPECT_EQ(stored_pid(), month);
   const admit_result refused = run_sync(ioc, st->admit(0, one_scope_call("k1", daily, 10)));
-  EXPECT_EQ(refused.v, verdict::budget);  // 95 carried + 10 > 100
-  const auto pid = raw_command(ioc, {"HGET", key, "pid"});
-  ASSERT_TRUE(pid);
-  ASSERT_EQ(pid->str.rfind("d", 0), 0u) << pid->str;
-  const std::string yesterday = "d" + std::to_string(std::stoll(pid->str.substr(1)) - 1);
-  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "pid", yesterday}));  // as if the day had turned since
+  EXPECT_EQ(refused.v, verdict::budget);  // 90 carried + 5 held + 10 > 100
+  const std::string today = stored_pid();
+  ASSERT_EQ(today.rfind("d", 0), 0u) << today;
+  // The monthly call settles: charged to the current period, which stays today's.
+  ASSERT_TRUE(run_sync(ioc, st->settle(0, settlement{old_call, old_r.periods, 1, 4, old_r.admitted_at_ms})).applied);
+  EXPECT_EQ(stored_pid(), today);
+  EXPECT_EQ(run_sync(ioc, st->budget(0, daily)).spent, 94);
+  // The day turns (the stored id put back a day): the carried spend is gone.
+  const std::string yesterday = "d" + std::to_string(std::stoll(today.substr(1)) - 1);
+  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "pid", yesterday}));
   EXPECT_EQ(run_sync(ioc, st->budget(0, daily)).spent, 0);
   EXPECT_EQ(run_sync(ioc, st->admit(0, one_scope_call("k2", daily, 10))).v, verdict::admitted);
+  // A period of another kind that has ended (a month long gone) carries nothing either.
+  ASSERT_TRUE(raw_command(ioc, {"HSET", key, "pid", "m202001", "spent", "95"}));
+  EXPECT_EQ(run_sync(ioc, st->budget(0, daily)).spent, 0);
+  EXPECT_EQ(run_sync(ioc, st->admit(0, one_scope_call("k3", daily, 10))).v, verdict::admitted);
+  EXPECT_EQ(stored_pid(), today);
   st->stop();
 }
 
@@ -637,11 +663,17 @@ TEST(RedisStore, AReportOverAHashRedisRefusesFailsWholeAndTheConnectionServesOn)
   ASSERT_TRUE(run_sync(ioc, st->add_usage(0, rows)));
   ASSERT_TRUE(raw_command(ioc, {"SET", prefix + "usage:" + std::to_string(first + 40), "not a hash"}));
   EXPECT_FALSE(run_sync(ioc, st->usage(0, first, first + 100)));
-  // So is a write to it (the other rows' counts are kept by the caller for its next try).
-  EXPECT_FALSE(run_sync(ioc, st->add_usage(0, rows)));
+  // A write to it is refused too, with the connection up: the rows that went through are not
+  // sent again by the caller's next try (which would add them every second), the refusal is said.
+  std::vector<std::string> notices;
+  st->on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
+  EXPECT_TRUE(run_sync(ioc, st->add_usage(0, rows)));
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_NE(notices[0].find("warn Redis refused a usage count"), std::string::npos) << notices[0];
   auto rest = run_sync(ioc, st->usage(0, first + 41, first + 100));
   ASSERT_TRUE(rest);
   EXPECT_EQ(rest->size(), 59u);
+  for (const auto& r : *rest) EXPECT_EQ(r.requests, 2u) << r.hour;  // written twice, once each
   // A key document Redis refuses to GET fails the listing the same way.
   key_record k;
   k.id = "good";
