@@ -28,7 +28,6 @@ namespace tollgate::gateway {
 namespace json = boost::json;
 using boost::system::error_code;
 using namespace std::chrono;
-using signal_set_t = net::signal_set::rebind_executor<executor_t>::other;
 
 namespace {
 
@@ -226,7 +225,11 @@ int server::run() {
 
   net::co_spawn(control_, accept_loop(*caller_, false), net::detached);
   net::co_spawn(control_, accept_loop(*admin_, true), net::detached);
-  net::co_spawn(control_, signal_loop(), net::detached);
+  // The handlers are installed here, before the ready file says the gateway is up (the coroutine
+  // starts only with control_.run()): a SIGHUP or SIGTERM sent as soon as it is ready found the
+  // default action, which ended the process undrained.
+  auto signals = std::make_shared<signal_set_t>(executor_t(control_.get_executor()), SIGTERM, SIGINT, SIGHUP);
+  net::co_spawn(control_, signal_loop(std::move(signals)), net::detached);
 
   if (cfg.auth.demo_key) create_demo_key();
   if (!write_ready_file(error)) log_event("error", error);
@@ -310,10 +313,9 @@ awaitable<void> server::accept_loop(acceptor_t& acceptor, bool admin) {
   }
 }
 
-awaitable<void> server::signal_loop() {
-  signal_set_t signals(co_await net::this_coro::executor, SIGTERM, SIGINT, SIGHUP);
+awaitable<void> server::signal_loop(std::shared_ptr<signal_set_t> signals) {
   for (;;) {
-    auto [ec, sig] = co_await signals.async_wait();
+    auto [ec, sig] = co_await signals->async_wait();
     if (ec) co_return;
     if (sig == SIGHUP) {
       reload();

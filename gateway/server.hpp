@@ -2,6 +2,8 @@
 #pragma once
 /// Owns the worker threads, the listeners, and the process signals: SIGTERM/SIGINT drain and
 /// stop, SIGHUP reloads the config (a bad new config keeps the old one).
+#include <boost/asio/signal_set.hpp>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,7 +33,8 @@ class server {
 
  private:
   awaitable<void> accept_loop(acceptor_t& acceptor, bool admin);
-  awaitable<void> signal_loop();
+  using signal_set_t = net::signal_set::rebind_executor<executor_t>::other;
+  awaitable<void> signal_loop(std::shared_ptr<signal_set_t> signals);
   awaitable<void> drain();
   void reload();
   bool write_ready_file(std::string& error);
