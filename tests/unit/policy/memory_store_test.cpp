@@ -22,6 +22,28 @@ struct memory_backend {
 
 INSTANTIATE_TYPED_TEST_SUITE_P(Memory, StoreConformance, memory_backend);
 
+/// One call of `cost_nano` in scope `s`.
+admission call_of(std::string lease, const scope_spec& s, std::int64_t cost_nano) {
+  admission a;
+  a.lease = std::move(lease);
+  a.scopes = {s};
+  a.tokens = 1;
+  a.cost_nano = cost_nano;
+  a.lease_ms = 60'000;
+  return a;
+}
+
+/// Its settlement at `cost_nano`.
+settlement settled(const admission& a, const admit_result& r, std::int64_t cost_nano) {
+  settlement s;
+  s.adm = a;
+  s.periods = r.periods;
+  s.admitted_at_ms = r.admitted_at_ms;
+  s.tokens = 1;
+  s.cost_nano = cost_nano;
+  return s;
+}
+
 TEST(MemoryStore, ACallThatSpansMidnightIsChargedToTheNewDay) {
   // Admitted at 23:59:59 on a quiet team, settled after midnight before any other admission of
   // the new day: its cost is the new day's spend (docs/policy.md), not the closed day's, which the
@@ -29,26 +51,13 @@ TEST(MemoryStore, ACallThatSpansMidnightIsChargedToTheNewDay) {
   std::int64_t now = 1'795'564'799'999 - 1'000;  // 2026-11-24T23:59:58.999Z
   memory_store st([&] { return now; });
   const auto daily = budget_scope(100, config::budget_period::daily);
-  admission a;
-  a.lease = "midnight";
-  a.scopes = {daily};
-  a.tokens = 1;
-  a.cost_nano = 60;
-  a.lease_ms = 60'000;
+  const admission a = call_of("midnight", daily, 60);
   const admit_result r = st.admit_now(a);
   ASSERT_EQ(r.v, verdict::admitted);
   now += 2'000;
-  settlement s;
-  s.adm = a;
-  s.periods = r.periods;
-  s.admitted_at_ms = r.admitted_at_ms;
-  s.tokens = 1;
-  s.cost_nano = 60;
-  ASSERT_TRUE(st.settle_now(s).applied);
+  ASSERT_TRUE(st.settle_now(settled(a, r, 60)).applied);
   EXPECT_EQ(st.budget_now(daily).spent, 60);
-  admission b = a;
-  b.lease = "next";
-  EXPECT_EQ(st.admit_now(b).v, verdict::budget);  // 60 + 60 > 100
+  EXPECT_EQ(st.admit_now(call_of("next", daily, 60)).v, verdict::budget);  // 60 + 60 > 100
 }
 
 TEST(MemoryStore, SpendCarriedOverAChangeOfKindStartsAgainAtTheNewKindsNextBoundary) {
@@ -56,25 +65,11 @@ TEST(MemoryStore, SpendCarriedOverAChangeOfKindStartsAgainAtTheNewKindsNextBound
   memory_store st([&] { return now; });
   const auto monthly = budget_scope(100, config::budget_period::monthly),
              daily = budget_scope(100, config::budget_period::daily);
-  admission a;
-  a.lease = "m1";
-  a.scopes = {monthly};
-  a.tokens = 1;
-  a.cost_nano = 70;
-  a.lease_ms = 60'000;
+  const admission a = call_of("m1", monthly, 70);
   const admit_result r = st.admit_now(a);
   ASSERT_EQ(r.v, verdict::admitted);
-  settlement s;
-  s.adm = a;
-  s.periods = r.periods;
-  s.admitted_at_ms = r.admitted_at_ms;
-  s.tokens = 1;
-  s.cost_nano = 70;
-  ASSERT_TRUE(st.settle_now(s).applied);
-  admission b = a;
-  b.lease = "d1";
-  b.scopes = {daily};
-  b.cost_nano = 40;
+  ASSERT_TRUE(st.settle_now(settled(a, r, 70)).applied);
+  const admission b = call_of("d1", daily, 40);
   EXPECT_EQ(st.admit_now(b).v, verdict::budget);  // the month's 70 count today: 70 + 40 > 100
   now += 20'000;                                  // the next day
   EXPECT_EQ(st.budget_now(daily).spent, 0);
@@ -88,21 +83,10 @@ TEST(MemoryStore, ASoftThresholdIsReportedAgainInTheNextPeriod) {
   daily.budget.soft = 0.5;
   int n = 0;
   const auto crossed = [&] {
-    admission a;
-    a.lease = "soft" + std::to_string(n++);
-    a.scopes = {daily};
-    a.tokens = 1;
-    a.cost_nano = 60;
-    a.lease_ms = 60'000;
+    const admission a = call_of("soft" + std::to_string(n++), daily, 60);
     const admit_result r = st.admit_now(a);
     EXPECT_EQ(r.v, verdict::admitted);
-    settlement s;
-    s.adm = a;
-    s.periods = r.periods;
-    s.admitted_at_ms = r.admitted_at_ms;
-    s.tokens = 1;
-    s.cost_nano = 60;
-    const settle_result out = st.settle_now(s);
+    const settle_result out = st.settle_now(settled(a, r, 60));
     return !out.soft_crossed.empty() && out.soft_crossed[0];
   };
   EXPECT_TRUE(crossed());  // 60 of 100: past 50
@@ -117,29 +101,14 @@ TEST(MemoryStore, AChangeOfKindCarriesNothingFromAPeriodThatHasEnded) {
   memory_store st([&] { return now; });
   const auto monthly = budget_scope(100, config::budget_period::monthly),
              daily = budget_scope(100, config::budget_period::daily);
-  admission a;
-  a.lease = "oct";
-  a.scopes = {monthly};
-  a.tokens = 1;
-  a.cost_nano = 90;
-  a.lease_ms = 60'000;
+  const admission a = call_of("oct", monthly, 90);
   const admit_result r = st.admit_now(a);
   ASSERT_EQ(r.v, verdict::admitted);
-  settlement s;
-  s.adm = a;
-  s.periods = r.periods;
-  s.admitted_at_ms = r.admitted_at_ms;
-  s.tokens = 1;
-  s.cost_nano = 90;
-  ASSERT_TRUE(st.settle_now(s).applied);
+  ASSERT_TRUE(st.settle_now(settled(a, r, 90)).applied);
   EXPECT_EQ(st.budget_now(daily).spent, 90);  // still October: carried
   now += 15ll * 86'400'000;                   // mid-November
   EXPECT_EQ(st.budget_now(daily).spent, 0);
-  admission b = a;
-  b.lease = "nov";
-  b.scopes = {daily};
-  b.cost_nano = 40;
-  EXPECT_EQ(st.admit_now(b).v, verdict::admitted);
+  EXPECT_EQ(st.admit_now(call_of("nov", daily, 40)).v, verdict::admitted);
 }
 
 TEST(PeriodId, CalendarPeriodsInUtc) {
