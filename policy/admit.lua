@@ -445,8 +445,8 @@ if agg and nadmit > 0 and not expired then
         break
       end
       if blimit >= 0 then
-        local spent = s.spent
-        if not s.pid or (s.pid < spec_pid[k] and byte(s.pid) == byte(spec_pid[k])) or (byte(s.pid) ~= byte(spec_pid[k]) and ended(s.pid)) then spent = 0 end
+        local spent = s.spent  -- (of the config's kind: switched above)
+        if not s.pid or (s.pid < p and byte(s.pid) == byte(p)) then spent = 0 end
         if spent + s.res + N[ARGV[f + 2]] > blimit then
           fast_admit = false
           break

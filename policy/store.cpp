@@ -32,12 +32,7 @@ std::string settled_period(const std::string& admitted, std::int64_t now_ms) {
   return admitted;
 }
 
-bool period_ended(std::string_view stored, std::int64_t now_ms) {
-  if (stored.empty()) return false;
-  if (stored[0] == 'd') return stored != period_id(config::budget_period::daily, now_ms);
-  if (stored[0] == 'm') return stored != period_id(config::budget_period::monthly, now_ms);
-  return false;
-}
+bool period_ended(const std::string& stored, std::int64_t now_ms) { return stored != settled_period(stored, now_ms); }
 
 std::string period_id(config::budget_period p, std::int64_t now_ms) {
   if (p == config::budget_period::total) return "all";

@@ -331,11 +331,12 @@ inline bool kind_changed(std::string_view stored, std::string_view pid) {
   return !stored.empty() && !pid.empty() && stored[0] != pid[0];
 }
 /// A stored period id is no longer its kind's current one at `now_ms` ("all" never ends).
-bool period_ended(std::string_view stored, std::int64_t now_ms);
+/// (settled_period() of `stored` is its kind's current one.)
+bool period_ended(const std::string& stored, std::int64_t now_ms);
 /// The spend of a scope whose stored period is `stored` that counts under period `pid` (the
 /// config's, now): 0 when `pid` starts a new period of the same kind, or when `stored` is of
 /// another kind and has ended.
-inline std::int64_t spend_counted(std::string_view stored, std::int64_t spent, std::string_view pid, std::int64_t now_ms) {
+inline std::int64_t spend_counted(const std::string& stored, std::int64_t spent, std::string_view pid, std::int64_t now_ms) {
   if (later_period(stored, pid)) return 0;
   if (kind_changed(stored, pid) && period_ended(stored, now_ms)) return 0;
   return spent;
