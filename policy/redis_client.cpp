@@ -13,6 +13,7 @@
 #include <array>
 #include <deque>
 #include <mutex>
+#include <random>
 #include <utility>
 
 #include "policy/redis_tls.hpp"
@@ -465,8 +466,15 @@ void resolve_host_names_for_tests(std::vector<std::string> (*resolve)(const std:
   resolve_for_tests = resolve;
 }
 
+std::chrono::milliseconds jittered_backoff(std::chrono::milliseconds step, std::uint64_t random) {
+  if (step.count() <= 1) return step;
+  const auto half = step.count() / 2;
+  const auto span = static_cast<std::uint64_t>(step.count() - half) + 1;  // [half, step]
+  return std::chrono::milliseconds(half + static_cast<long long>(random % span));
+}
+
 struct connection::impl : std::enable_shared_from_this<impl> {
-  impl(executor_t e, options o) : ex(e), opt(std::move(o)), backoff_timer(e) {
+  impl(executor_t e, options o) : ex(e), opt(std::move(o)), backoff_timer(e), jitter(std::random_device{}()) {
     if (opt.tls.enabled) {
       std::string error;
       tls_ctx = tls_bridge::make_context(opt.tls, error);
@@ -482,6 +490,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
   executor_t ex;
   options opt;
   steady_timer_t backoff_timer;
+  std::mt19937_64 jitter;  ///< draws each backoff wait (jittered_backoff)
   std::shared_ptr<redis_link> cur;
   bool started = false, closed = false, is_up = false, attempting = false, in_hook = false;
   std::string channel;
@@ -736,7 +745,7 @@ struct connection::impl : std::enable_shared_from_this<impl> {
       } else if (l) {
         l->drop(net::error::connection_reset);
       }
-      self->backoff_timer.expires_after(backoff);
+      self->backoff_timer.expires_after(jittered_backoff(backoff, self->jitter()));
       co_await self->backoff_timer.async_wait();
       backoff = std::min(backoff * 2, ceiling);
     }

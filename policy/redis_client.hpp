@@ -126,7 +126,7 @@ enum class state { connecting, up, down };
 /// (connect_timeout) → AUTH when a password is set, SELECT when db is non-zero, or a PING when
 /// neither (so `up` always means the server answered) → the on_connect hook → SUBSCRIBE in
 /// subscriber mode → up. A failure at any step drops the connection and retries after a backoff
-/// that doubles from backoff_min to backoff_max and resets after a connection that stayed up for
+/// that doubles from backoff_min to backoff_max (each wait jittered: jittered_backoff) and resets after a connection that stayed up for
 /// at least backoff_max (one that drops sooner keeps the doubled backoff). A READONLY
 /// answer (the server became a replica) drops it too. Answers that say something about the server
 /// (Cluster refusals, LOADING, OOM, ...) become last_error() until the next good answer.
@@ -191,6 +191,12 @@ class connection {
   struct impl;
   std::shared_ptr<impl> impl_;
 };
+
+/// The wait before a reconnect attempt whose backoff step is `step`: a point drawn by `random` in
+/// [step/2, step] ("equal jitter"), never longer than the step. Every worker of every replica loses
+/// its connection at the same moment when Redis restarts; without jitter they would all retry in the
+/// same millisecond at every step, a wave each time.
+std::chrono::milliseconds jittered_backoff(std::chrono::milliseconds step, std::uint64_t random);
 
 /// For tests: a host name is resolved by `resolve` instead of Asio's resolver (the addresses to
 /// try, in order; empty: the name does not resolve), as if DNS answered that. Null: the resolver

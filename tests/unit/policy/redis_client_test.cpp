@@ -781,6 +781,25 @@ TEST(RedisClientRestartTest, CloseFromTheStateCallbackStopsReconnecting) {
   EXPECT_EQ(ups, 1) << "closed: no reconnect";
 }
 
+TEST(RedisClientBackoffTest, EachWaitIsJitteredIntoTheUpperHalfOfItsStep) {
+  using std::chrono::milliseconds;
+  // Every value of [step/2, step] is reached, and nothing outside it.
+  std::vector<bool> hit(161, false);
+  for (std::uint64_t r = 0; r < 1000; ++r) {
+    const auto w = jittered_backoff(milliseconds(160), r).count();
+    ASSERT_GE(w, 80) << "random " << r;
+    ASSERT_LE(w, 160) << "random " << r;
+    hit[static_cast<std::size_t>(w)] = true;
+  }
+  for (int w = 80; w <= 160; ++w) EXPECT_TRUE(hit[static_cast<std::size_t>(w)]) << w << " ms never drawn";
+  const auto top = jittered_backoff(milliseconds(160), ~std::uint64_t{0}).count();  // no overflow
+  EXPECT_GE(top, 80);
+  EXPECT_LE(top, 160);
+  EXPECT_EQ(jittered_backoff(milliseconds(2000), 0), milliseconds(1000));
+  EXPECT_EQ(jittered_backoff(milliseconds(1), 12345), milliseconds(1)) << "a 1 ms step cannot be halved";
+  EXPECT_EQ(jittered_backoff(milliseconds(0), 7), milliseconds(0));
+}
+
 TEST(RedisClientBackoffTest, ReconnectDelaysDoubleFromTheMinimumUpToTheMaximum) {
   // A listener that accepts each connection and closes it at once: every attempt fails right
   // after connecting. The gaps between attempts are the backoff (plus the attempt itself).
@@ -817,15 +836,15 @@ TEST(RedisClientBackoffTest, ReconnectDelaysDoubleFromTheMinimumUpToTheMaximum) 
   std::vector<double> gaps;  // ms
   for (std::size_t i = 1; i < at.size(); ++i)
     gaps.push_back(std::chrono::duration<double, std::milli>(at[i] - at[i - 1]).count());
-  // 20, 40, 80, 160, then 160 each: about 11 attempts in 1.5 s. A constant 20 ms would make ~70;
-  // an uncapped doubling 7.
+  // Steps 20, 40, 80, 160, then 160 each, each wait jittered into [step/2, step]: 11 to 21
+  // attempts in 1.5 s (about 15). A constant 20 ms would make ~70; an uncapped doubling 7.
   ASSERT_GE(gaps.size(), 7u) << "attempts: " << at.size();
-  EXPECT_LE(gaps.size(), 14u) << "attempts: " << at.size();
+  EXPECT_LE(gaps.size(), 24u) << "attempts: " << at.size();
   std::string seen;
   for (double g : gaps) seen += std::to_string(int(g)) + " ";
-  // A timer never fires early: each gap is at least its backoff.
+  // A timer never fires early: each gap is at least half its step (the jitter's floor).
   for (std::size_t i = 0; i < gaps.size(); ++i)
-    EXPECT_GE(gaps[i], std::min(20.0 * (1 << std::min<std::size_t>(i, 4)), 160.0) - 1) << "gap " << i << " of: " << seen;
+    EXPECT_GE(gaps[i], std::min(20.0 * (1 << std::min<std::size_t>(i, 3)), 160.0) / 2 - 1) << "gap " << i << " of: " << seen;
   // Capped: after the fourth the gaps stay near the maximum (the median, so one host stall
   // cannot fail it), not 320 and more.
   std::vector<double> late(gaps.begin() + 4, gaps.end());
@@ -885,10 +904,11 @@ TEST(RedisClientBackoffTest, AServerThatTakesTheHandshakeButNotTheCommandsIsNotR
   ::shutdown(fd, SHUT_RDWR);
   server.join();
   ::close(fd);
-  // Growing: 20, 40, 80, 160, 160... ms between cycles of ~30 ms: about 10 connections in 1.5 s.
-  // Restarting at 20 ms after each would make about 30.
+  // Growing: steps of 20, 40, 80, 160, 160... ms (each wait jittered into [step/2, step]) between
+  // cycles of ~30 ms: 10 to 15 connections in 1.5 s. Restarting at the minimum after each would
+  // make 35 and more.
   EXPECT_GE(accepted.load(), 4);
-  EXPECT_LE(accepted.load(), 16) << "reconnected to at the minimum backoff each time";
+  EXPECT_LE(accepted.load(), 22) << "reconnected to at the minimum backoff each time";
 }
 
 TEST(RedisClientRestartTest, ComesBackAfterKillAndRestartAndRerunsTheConnectHook) {
