@@ -133,6 +133,10 @@ struct limits_config {
   std::uint64_t tpm = 0;          ///< tokens (reserved, then corrected to usage) in any sliding 60 s window
   std::uint64_t concurrency = 0;  ///< requests in flight
   bool any() const { return rpm || tpm || concurrency; }
+  /// The largest values accepted, from the file and the admin API alike: the script packs each
+  /// figure with its scope's index into a Lua double (exact below 2^53), and the headers print
+  /// them as signed 64-bit numbers.
+  static constexpr std::uint64_t max_rpm = 1'000'000'000, max_tpm = 1'000'000'000'000, max_concurrency = 1'000'000;
 };
 
 enum class budget_period { daily, monthly, total };

@@ -297,9 +297,9 @@ std::vector<std::string> get_string_list(const YAML::Node& n, const std::string&
 limits_config parse_limits(const YAML::Node& n, const std::string& p) {
   check_keys(n, p, {"rpm", "tpm", "concurrency"});
   limits_config l;
-  if (auto v = n["rpm"]) l.rpm = get_uint<std::uint64_t>(v, p + ".rpm", 1'000'000'000);
-  if (auto v = n["tpm"]) l.tpm = get_uint<std::uint64_t>(v, p + ".tpm", 1'000'000'000'000);
-  if (auto v = n["concurrency"]) l.concurrency = get_uint<std::uint64_t>(v, p + ".concurrency", 1'000'000);
+  if (auto v = n["rpm"]) l.rpm = get_uint<std::uint64_t>(v, p + ".rpm", limits_config::max_rpm);
+  if (auto v = n["tpm"]) l.tpm = get_uint<std::uint64_t>(v, p + ".tpm", limits_config::max_tpm);
+  if (auto v = n["concurrency"]) l.concurrency = get_uint<std::uint64_t>(v, p + ".concurrency", limits_config::max_concurrency);
   return l;
 }
 

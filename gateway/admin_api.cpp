@@ -9,6 +9,8 @@
 
 #include <cctype>
 #include <chrono>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <optional>
 
@@ -47,18 +49,30 @@ json::object key_json(const policy::key_record& k) {
   return o;
 }
 
-/// Reads a non-negative integer field; false with a message when present but wrong.
-bool read_uint(const json::object& o, std::string_view name, std::uint64_t& out, std::string& err) {
+/// Reads a non-negative integer field of at most `max`; false with a message when present but wrong.
+bool read_uint(const json::object& o, std::string_view name, std::uint64_t& out, std::string& err,
+               std::uint64_t max = std::numeric_limits<std::uint64_t>::max()) {
   auto* v = o.if_contains(name);
   if (!v) return true;
-  if (v->is_uint64()) out = v->get_uint64();
-  else if (v->is_int64() && v->get_int64() >= 0) out = std::uint64_t(v->get_int64());
+  std::uint64_t got = 0;
+  if (v->is_uint64()) got = v->get_uint64();
+  else if (v->is_int64() && v->get_int64() >= 0) got = std::uint64_t(v->get_int64());
   else {
     err = std::string(name) + " must be a non-negative integer";
     return false;
   }
+  if (got > max) {
+    err = std::string(name) + " must be at most " + std::to_string(max);
+    return false;
+  }
+  out = got;
   return true;
 }
+
+/// The rate limits' fields, with the largest value each accepts (the config file's too).
+constexpr std::pair<const char*, std::uint64_t> limit_fields[] = {{"rpm", config::limits_config::max_rpm},
+                                                                    {"tpm", config::limits_config::max_tpm},
+                                                                    {"concurrency", config::limits_config::max_concurrency}};
 
 /// "models": a list of names or globs.
 std::string parse_models(const json::object& o, std::vector<std::string>& out) {
@@ -105,8 +119,9 @@ std::string parse_limits_budget(const json::object& o, config::limits_config& li
     const auto& lo = l->get_object();
     for (auto& [name, _] : lo)
       if (name != "rpm" && name != "tpm" && name != "concurrency") return "limits." + std::string(name) + ": unknown field";
-    if (!read_uint(lo, "rpm", limits.rpm, err) || !read_uint(lo, "tpm", limits.tpm, err) ||
-        !read_uint(lo, "concurrency", limits.concurrency, err))
+    if (!read_uint(lo, "rpm", limits.rpm, err, limit_fields[0].second) ||
+        !read_uint(lo, "tpm", limits.tpm, err, limit_fields[1].second) ||
+        !read_uint(lo, "concurrency", limits.concurrency, err, limit_fields[2].second))
       return "limits." + err;
   }
   if (auto* b = o.if_contains("budget"); b && !b->is_null()) {
@@ -161,11 +176,13 @@ std::string parse_quota_patch(const json::object& o, policy::engine::quota_patch
     if (name != "team" && name != "key_id" && name != "rpm" && name != "tpm" && name != "concurrency" && name != "budget")
       return std::string(name) + ": unknown field";
   std::string err;
-  for (auto [name, slot] : {std::pair{"rpm", &p.rpm}, std::pair{"tpm", &p.tpm}, std::pair{"concurrency", &p.concurrency}}) {
+  decltype(&p.rpm) slots[] = {&p.rpm, &p.tpm, &p.concurrency};
+  for (std::size_t i = 0; i < std::size(slots); ++i) {
+    const auto [name, max] = limit_fields[i];
     if (!o.if_contains(name)) continue;
     std::uint64_t v = 0;
-    if (!read_uint(o, name, v, err)) return err;
-    *slot = v;
+    if (!read_uint(o, name, v, err, max)) return err;
+    *slots[i] = v;
   }
   if (auto* b = o.if_contains("budget")) {
     if (b->is_null()) {

@@ -545,15 +545,20 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
            began ? "policy store unreachable: degraded mode (budgets and limits per store.on_unavailable)"
                  : "policy store unreachable: the reason (degraded mode continues)",
            "\"store\":" + quote(store_->kind()) + (why.empty() ? std::string() : ",\"reason\":" + quote(why)));
-    bool has_budget = false;
-    for (auto& s : a.scopes) has_budget = has_budget || s.budget.set();
+    bool has_budget = false, has_limits = false;
+    for (auto& s : a.scopes) {
+      has_budget = has_budget || s.budget.set();
+      has_limits = has_limits || s.limits.any();
+    }
     const auto closed = [&] {
       decisions_.counter({"unavailable"}).inc();
       return refusal(errc::policy_store_unavailable,
                      "The policy store is unavailable and this call's limits cannot be checked. Retry shortly.", 1000);
     };
     if (has_budget && cfg.store.budgets == config::on_store_failure::fail_closed) co_return closed();
-    if (cfg.store.rate_limits == config::on_store_failure::fail_closed) co_return closed();
+    // Rate limits fail closed only for a call that has one: a call with a budget alone (fail_open)
+    // has no rate limit to fail.
+    if (has_limits && cfg.store.rate_limits == config::on_store_failure::fail_closed) co_return closed();
     if (has_budget) {
       // Budgets fail_open: unchecked now, but the call's cost is charged when the store is back,
       // to the periods of the store's clock as last known (Redis's, estimated from its replies).

@@ -44,6 +44,11 @@ describe('admin API: bad input', () => {
       [{ team: 'search', limits: { rpm: -5 } }, /limits\.rpm must be a non-negative integer/],
       [{ team: 'search', limits: { rpm: 1.5 } }, /limits\.rpm must be a non-negative integer/],
       [{ team: 'search', limits: { rpn: 5 } }, /limits\.rpn: unknown field/],
+      // The config file's bounds: past them the script's packed figures lose their scope and the
+      // headers print negative limits.
+      [{ team: 'search', limits: { rpm: 1000000001 } }, /limits\.rpm must be at most 1000000000/],
+      [{ team: 'search', limits: { tpm: 9223372036854775808 } }, /limits\.tpm must be at most 1000000000000/],
+      [{ team: 'search', limits: { concurrency: 1000001 } }, /limits\.concurrency must be at most 1000000/],
       [{ team: 'search', budget: 5 }, /budget must be an object/],
       [{ team: 'search', budget: { period: 'daily' } }, /budget\.usd must be a number/],
       [{ team: 'search', budget: { usd: 1e12 } }, /budget\.usd must be a number from 0 to 9000000/],
@@ -77,6 +82,13 @@ describe('admin API: bad input', () => {
     // Unix seconds past year 9999 overflowed to a bound that passed the 400-day check.
     const huge = await call('GET', '/admin/v1/usage?from=9223372036854776&to=9223372036854777');
     assertOpenAIError(huge, { status: 400, code: 'invalid_value' });
+    // A quota above the config file's bound is refused, and the stored limits stay as they were.
+    for (const [field, value] of [['rpm', 1e10], ['tpm', 2 ** 63], ['concurrency', 2e6]]) {
+      const big = await call('PUT', '/admin/v1/quotas', { team: 'search', key_id: k.json.id, [field]: value });
+      assertOpenAIError(big, { status: 400, code: 'invalid_value' });
+      assert.match(big.json.error.message, new RegExp(`${field} must be at most`), big.text);
+    }
+    assert.deepEqual((await call('GET', `/admin/v1/keys/${k.json.id}`)).json.limits, { rpm: 0, tpm: 0, concurrency: 0 });
     // A budget period for a key that has no budget says so, as for a team.
     const nobudget = await call('PUT', '/admin/v1/quotas', { team: 'search', key_id: k.json.id, budget: { period: 'daily' } });
     assertOpenAIError(nobudget, { status: 400, code: 'invalid_value' });

@@ -64,11 +64,13 @@ struct flaky_store final : store {
   /// that Redis never ran).
   bool doubt_only = false;
   int settle_calls = 0;
+  int admit_calls = 0;
   std::chrono::milliseconds timeout{50};  ///< command_timeout(): the store's, whatever the config says
   std::string_view kind() const override { return "flaky"; }
   std::chrono::milliseconds command_timeout() const override { return timeout; }
   std::int64_t clock_ms(unsigned w) const override { return inner.clock_ms(w); }
   awaitable<admit_result> admit(unsigned, const admission& a) override {
+    ++admit_calls;
     if (lose_answers || doubt_only) {
       if (lose_answers) inner.admit_now(a);
       admit_result r;
@@ -1014,12 +1016,17 @@ TEST_F(EngineTest, ASettlementTheStoreKeepsRefusingIsNudgedOncePerBackoffNotPerA
   auto flaky = std::make_shared<flaky_store>();
   ASSERT_NO_FATAL_FAILURE(settlement_refused(flaky));
   const auto start = std::chrono::steady_clock::now();
+  const int admits_before = flaky->admit_calls;
   while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(1500)) {
-    auto next = ctx("tg_abc123_" + secret, "mock-gpt");  // another team's calls, admitted
+    // Another team's calls, each answered by the store (admitted, or refused for its rpm of 2:
+    // an answer all the same, which is what could nudge the retry).
+    auto next = ctx("tg_abc123_" + secret, "mock-gpt");
     (void)call(next);
     ioc.restart();
     ioc.run_for(std::chrono::milliseconds(5));
   }
+  // The calls did reach the store (else no nudge could come, and the bound below proves nothing).
+  EXPECT_GE(flaky->admit_calls - admits_before, 100);
   // Alone: 1 + rounds at 100, 200, 400, 800 ms; one nudge may add one. Per admission: ~300.
   EXPECT_LE(flaky->settle_calls, 8) << "retried at the admissions' pace";
   EXPECT_GE(flaky->settle_calls, 4);
@@ -1040,6 +1047,17 @@ TEST_F(EngineTest, UnreachableStoreWithFailOpenBudgetsAdmitsUnderLocalLimits) {
   make("store: {on_unavailable: {budgets: fail_open}}\n", std::make_shared<dead_store>());
   auto rich = ctx("tg_rich1_" + secret);
   EXPECT_EQ(call(rich), errc::ok);
+}
+
+TEST_F(EngineTest, RateLimitsFailClosedRefuseOnlyCallsThatHaveARateLimit) {
+  // Budgets fail_open, rate limits fail_closed: a team with a budget and no rate limit has nothing
+  // that fails closed, so it is admitted (its budget unchecked, charged later); a team with an rpm
+  // is refused.
+  make("store: {on_unavailable: {budgets: fail_open, rate_limits: fail_closed}}\n", std::make_shared<dead_store>());
+  auto rich = ctx("tg_rich1_" + secret);
+  EXPECT_EQ(call(rich), errc::ok);
+  auto limited = ctx(full_key, "mock-gpt");
+  EXPECT_EQ(call(limited), errc::policy_store_unavailable);
 }
 
 TEST_F(EngineTest, CallsAdmittedUnderLocalLimitsDuringAnOutageAreChargedToTheBudgetOnceTheStoreIsBack) {
