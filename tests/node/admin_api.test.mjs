@@ -236,13 +236,31 @@ describe('admin API on two replicas sharing Redis', () => {
     ok(await admin(a, adm.token, 'POST', '/admin/v1/teams', { name: 'shared', limits: { rpm: 100 } }), 201);
     const k = await createKey(a, adm.token, { team: 'shared' });
     assert.equal((await chat(b, k.key, body())).status, 200, 'the other replica knows the new team and key');
+    // Each change is seen on B within a second of the change request being sent (its own time
+    // included), by B's answer: the code, not only the status.
+    const seenWithin1s = async (what, change, code) => {
+      const sentAt = Date.now();
+      const out = await change();
+      await eventually(
+        async () => {
+          const r = await chat(b, k.key, body());
+          if (r.status === 200) return undefined;
+          assertOpenAIError(r, code);
+          return true;
+        },
+        { timeoutMs: 1000, intervalMs: 50, what },
+      );
+      const took = Date.now() - sentAt;
+      assert.ok(took <= 1000, `${what}: ${took} ms after the change was sent`);
+      return out;
+    };
     // B has the team cached for 30 s now; only the invalidation push can make it see this.
-    ok(await admin(a, adm.token, 'PUT', '/admin/v1/quotas', { team: 'shared', rpm: 2 }));
-    await eventually(async () => (await chat(b, k.key, body())).status === 429, { timeoutMs: 1000, intervalMs: 50, what: 'B enforcing the new rpm' });
+    await seenWithin1s('B enforcing the new rpm', async () => ok(await admin(a, adm.token, 'PUT', '/admin/v1/quotas', { team: 'shared', rpm: 2 })),
+      { status: 429, code: 'rate_limit_exceeded' });
     // Rotation without overlap: the old secret is refused on B.
     ok(await admin(a, adm.token, 'PUT', '/admin/v1/quotas', { team: 'shared', rpm: 1000 }));
-    const rot = ok(await admin(a, adm.token, 'POST', `/admin/v1/keys/${k.id}/rotate`, {}));
-    await eventually(async () => (await chat(b, k.key, body())).status === 401, { timeoutMs: 1000, intervalMs: 50, what: 'old secret refused on B' });
+    const rot = await seenWithin1s('old secret refused on B', async () => ok(await admin(a, adm.token, 'POST', `/admin/v1/keys/${k.id}/rotate`, {})),
+      { status: 401, code: 'invalid_api_key' });
     assert.equal((await chat(b, rot.key, body())).status, 200);
     // Usage written by B is read through A.
     const u = await eventually(async () => {
@@ -251,8 +269,14 @@ describe('admin API on two replicas sharing Redis', () => {
     }, { timeoutMs: 5000, what: 'B usage visible on A' });
     assert.ok(u.data.every((d) => d.team === 'shared'));
     // Deleting the team on A: B refuses its keys.
+    const deletedAt = Date.now();
     ok(await admin(a, adm.token, 'DELETE', '/admin/v1/teams/shared'));
-    await eventually(async () => (await chat(b, rot.key, body())).status === 401, { timeoutMs: 1000, intervalMs: 50, what: 'deleted team refused on B' });
+    const gone = await eventually(async () => {
+      const r = await chat(b, rot.key, body());
+      return r.status === 200 ? undefined : r;
+    }, { timeoutMs: 1000, intervalMs: 50, what: 'deleted team refused on B' });
+    assertOpenAIError(gone, { status: 401, code: 'invalid_api_key' });
+    assert.ok(Date.now() - deletedAt <= 1000, `deleted team refused on B ${Date.now() - deletedAt} ms after the deletion was sent`);
     // The listing on B shows what A did.
     const names = ok(await admin(b, adm.token, 'GET', '/admin/v1/teams')).data.map((t) => t.name);
     assert.deepEqual(names, ['cfgteam']);

@@ -207,6 +207,36 @@ TEST_F(AdminOpsTest, AQuotaChangeRacingATeamsDeletionDoesNotBringItBack) {
   EXPECT_FALSE(run_sync(ioc, st->inner.get_team(0, "ephemeral")).team);
 }
 
+TEST_F(AdminOpsTest, OfTwoCreationsOfOneNameAtOnceOneWinsAndKeepsTheKeysItIssued) {
+  // Two replicas create team "twin" at once. The first read "no such team" before the second
+  // wrote it and issued a key. The first's write is over what it read (nothing): it fails, and
+  // the keys of "an earlier team of that name" it listed, which now include the winner's key,
+  // stay enabled. Revoking them before the write had won would cut off the winner's callers.
+  team_record first;
+  first.name = "twin";
+  first.limits.rpm = 1;
+  engine::created_key winners;
+  auto lost = race(eng->create_team(0, *snap->cfg, first), [&] {
+    team_record second;
+    second.name = "twin";
+    second.limits.rpm = 5;
+    ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, second)));
+    key_record proto;
+    proto.team = "twin";
+    auto made = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+    ASSERT_TRUE(made) << made.error();
+    winners = *made;
+  });
+  ASSERT_FALSE(lost) << "two creations of one name both succeeded";
+  EXPECT_NE(lost.error().find("already exists"), std::string::npos) << lost.error();
+  const auto stored = run_sync(ioc, st->inner.get_team(0, "twin"));
+  ASSERT_TRUE(stored.team);
+  EXPECT_EQ(stored.team->limits.rpm, 5u) << "the loser's write replaced the winner's team";
+  const auto k = run_sync(ioc, st->inner.get_key(0, winners.record.id));
+  ASSERT_TRUE(k.key);
+  EXPECT_TRUE(k.key->enabled) << "the losing creation revoked the winner's key";
+}
+
 TEST_F(AdminOpsTest, AConfigTeamsModelsStayTheFilesAfterAQuotaChange) {
   // The quota API changes limits and budgets; it cannot set a config team's models. An override
   // stored by a quota change must not freeze them: narrowed in the file, they are narrowed.

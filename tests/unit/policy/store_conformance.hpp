@@ -55,6 +55,7 @@ class StoreConformance : public ::testing::Test {
     std::vector<executor_t> ex{executor_t(ioc.get_executor())};
     st->start(ex);
     Backend::wait_ready(*st, ioc);
+    ASSERT_TRUE(st->healthy()) << "the backend did not come up: " << st->last_error();
   }
   void TearDown() override {
     if (st) st->stop();

@@ -17,11 +17,15 @@
 namespace tollgate::policy::testing {
 namespace {
 
+/// The suite's shared redis-server, started on first use. Its port is drawn before it starts:
+/// whether it came up is server_up(), not a port of 0.
 tollgate::testing::redis_server& server() {
   static tollgate::testing::redis_server s;
-  static const bool started = s.start();
-  (void)started;
   return s;
+}
+bool server_up() {
+  static const bool started = server().start();
+  return started;
 }
 
 /// The config of a store under test on `port`: timeouts for behaviour, not latency (ASan builds
@@ -39,8 +43,8 @@ struct redis_backend {
   // Real time passes on the Redis clock: a short window keeps the suite fast.
   static constexpr std::int64_t window_ms = 600;
   static std::unique_ptr<store> make(std::int64_t window) {
+    if (!server_up()) return nullptr;
     auto& s = server();
-    if (s.port() == 0) return nullptr;
     // A fresh prefix per test: no state leaks between tests.
     static int n = 0;
     return std::make_unique<redis_store>(
@@ -165,7 +169,7 @@ admission one_scope_call(std::string lease, const scope_spec& s, std::int64_t co
 /// completion (nullopt: none).
 std::optional<redis::reply> raw_command(net::io_context& ioc, std::vector<std::string> args, std::uint16_t port = 0) {
   redis::options o;
-  o.port = port ? port : server().port();
+  o.port = port ? port : (server_up(), server().port());
   o.timeout = std::chrono::seconds(2);
   o.connect_timeout = std::chrono::seconds(1);
   redis::connection c(executor_t(ioc.get_executor()), o);
@@ -198,7 +202,7 @@ TEST(RedisStore, TheScriptsCalendarAgreesWithPeriodIdOnEveryDayFrom1970To2400) {
                              "for i = 1, #ARGV do now = ARGV[i] + 0; pids = {}; out[i] = pid_of('m') .. ' ' .. pid_of('d') end\n"
                              "return out\n";
   net::io_context ioc;
-  ASSERT_NE(server().port(), 0) << "redis-server did not start (deploy/install-deps installs it)";
+  ASSERT_TRUE(server_up()) << "redis-server did not start (deploy/install-deps installs it)";
   constexpr std::int64_t day = 86'400'000, days = 157'054;  // 1970-01-01 .. 2400-01-01 (+ a day)
   constexpr std::int64_t chunk = 5'000;
   std::int64_t checked = 0;
@@ -444,8 +448,8 @@ TEST(RedisStore, AnInvalidationChannelRedisRefusesIsReportedWithItsReason) {
   // A Redis 7 ACL user without channel permissions (`resetchannels`, the default for new users
   // there): SUBSCRIBE and PUBLISH are refused. Revocations then reach this replica only as its
   // key cache expires: said at once, with Redis's answer, not left to a silent retry loop.
+  ASSERT_TRUE(server_up()) << "redis-server did not start (deploy/install-deps installs it)";
   auto& srv = server();
-  ASSERT_NE(srv.port(), 0) << "redis-server did not start (deploy/install-deps installs it)";
   net::io_context ioc;
   const std::string user = "nochan" + std::to_string(::getpid());
   ASSERT_TRUE(raw_command(ioc, {"ACL", "SETUSER", user, "reset", "on", ">pw-nochan", "~*", "+@all", "resetchannels"}));
@@ -467,6 +471,109 @@ TEST(RedisStore, AnInvalidationChannelRedisRefusesIsReportedWithItsReason) {
   EXPECT_FALSE(run_sync(ioc, st.publish_invalidation(0, "k1")));
   EXPECT_TRUE(told("warn an invalidation could not be published (NOPERM")) << (notices.empty() ? "" : notices.back());
   for (const auto& n : notices) EXPECT_EQ(n.find("pw-nochan"), std::string::npos) << n;
+  st.stop();
+  (void)raw_command(ioc, {"ACL", "DELUSER", user});
+}
+
+TEST(RedisStore, AnAclUserWithTheDocumentedCommandsRunsEveryPath) {
+  // docs/policy.md lists what an ACL user for Tollgate needs. A user with exactly that list (and
+  // the documented key and channel patterns) runs every store path: admissions under every kind
+  // of limit and a budget, a settlement riding an admission, a settlement alone, a renewal, a
+  // budget read, key and team writes (compare-and-set included), listings, usage and an
+  // invalidation. A command missing from the list fails here, not in an operator's Redis.
+  ASSERT_TRUE(server_up()) << "redis-server did not start (deploy/install-deps installs it)";
+  auto& srv = server();
+  net::io_context ioc;
+  const std::string user = "acl" + std::to_string(::getpid());
+  const std::string prefix = "acl" + std::to_string(::getpid()) + ":";
+  std::vector<std::string> acl = {"ACL", "SETUSER", user, "reset", "on", ">pw-acl", "~" + prefix + "*",
+                                   "&" + prefix + "invalidate"};
+  for (const char* c : {"auth", "select", "ping", "time", "evalsha", "eval", "get", "set", "del", "sadd", "srem",
+                        "smembers", "hincrby", "expire", "hgetall", "zadd", "publish", "subscribe", "hmget", "hset",
+                        "hdel", "zrem", "zmscore", "zrangebyscore", "zremrangebyscore"})
+    acl.push_back(std::string("+") + c);
+  ASSERT_TRUE(raw_command(ioc, acl));
+  config::redis_config c = test_config(srv.port(), prefix);
+  c.username = user;
+  c.password = "pw-acl";
+  redis_store st(c, 60'000);
+  std::vector<std::string> notices;
+  st.on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
+  std::vector<settle_result> rode;
+  st.on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
+    rode.insert(rode.end(), r.begin(), r.end());
+  });
+  st.start({executor_t(ioc.get_executor())});
+  redis_backend::wait_ready(st, ioc);
+  ASSERT_TRUE(st.healthy()) << st.last_error();
+
+  const scope_spec team{"t", "acl-team", {100, 10'000, 2}, budget_of(1'000)};
+  const scope_spec key{"k", "acl-team", {100, 10'000, 2}, budget_of(1'000)};
+  auto call = [&](std::string lease) {
+    admission a;
+    a.lease = std::move(lease);
+    a.scopes = {team, key};
+    a.tokens = 10;
+    a.cost_nano = 100;
+    return a;
+  };
+  const admission a1 = call("a1"), a2 = call("a2");
+  const admit_result r1 = run_sync(ioc, st.admit(0, a1));
+  ASSERT_EQ(r1.v, verdict::admitted) << st.last_error();
+  // a1's settlement rides a2's admission.
+  auto second = net::co_spawn(ioc, st.admit(0, a2), net::use_future);
+  st.queue_settlement(0, settlement{a1, r1.periods, 5, 60, r1.admitted_at_ms}, executor_t(ioc.get_executor()));
+  redis_backend::wait_for([&] { return !rode.empty() && second.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }, ioc);
+  ASSERT_EQ(rode.size(), 1u);
+  EXPECT_TRUE(rode[0].reachable && rode[0].applied);
+  const admit_result r2 = second.get();
+  ASSERT_EQ(r2.v, verdict::admitted) << st.last_error();
+  EXPECT_TRUE(run_sync(ioc, st.renew(0, a2, st.clock_ms(0) + 60'000)));
+  const settle_result s2 = run_sync(ioc, st.settle(0, settlement{a2, r2.periods, 5, 40, r2.admitted_at_ms}));
+  EXPECT_TRUE(s2.reachable && s2.applied);
+  const budget_state b = run_sync(ioc, st.budget(0, team));
+  ASSERT_TRUE(b.reachable);
+  EXPECT_EQ(b.spent, 100);
+  EXPECT_EQ(b.reserved, 0);
+
+  key_record k;
+  k.id = "aclkey";
+  k.team = "acl-team";
+  k.digest = "sha256:" + std::string(64, 'b');
+  ASSERT_TRUE(run_sync(ioc, st.put_key(0, k)));
+  auto found = run_sync(ioc, st.get_key(0, "aclkey"));
+  ASSERT_TRUE(found.key);
+  k.enabled = false;
+  EXPECT_EQ(run_sync(ioc, st.replace_key(0, k, found.stored)), write_result::written);
+  const auto keys = run_sync(ioc, st.list_keys(0));
+  ASSERT_TRUE(keys);
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_FALSE(keys->front().enabled);
+  team_record t;
+  t.name = "acl-api-team";
+  const auto none = run_sync(ioc, st.get_team(0, t.name));
+  ASSERT_TRUE(none.reachable);
+  EXPECT_EQ(run_sync(ioc, st.replace_team(0, t, none.stored)), write_result::written);
+  const auto teams = run_sync(ioc, st.list_teams(0));
+  ASSERT_TRUE(teams);
+  EXPECT_EQ(teams->size(), 1u);
+  EXPECT_TRUE(run_sync(ioc, st.delete_team(0, t.name)));
+  EXPECT_FALSE(run_sync(ioc, st.get_team(0, t.name)).team);
+  usage_row u;
+  u.hour = 490'000;
+  u.team = "acl-team";
+  u.key_id = "aclkey";
+  u.model = "m";
+  u.requests = 3;
+  std::vector<usage_row> one{u};
+  EXPECT_TRUE(run_sync(ioc, st.add_usage(0, one)));
+  const auto rows = run_sync(ioc, st.usage(0, u.hour, u.hour + 1));
+  ASSERT_TRUE(rows);
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ(rows->front().requests, 3u);
+  EXPECT_TRUE(run_sync(ioc, st.publish_invalidation(0, "aclkey")));
+  EXPECT_TRUE(st.healthy());
+  for (const auto& n : notices) EXPECT_EQ(n.find("NOPERM"), std::string::npos) << n;
   st.stop();
   (void)raw_command(ioc, {"ACL", "DELUSER", user});
 }
