@@ -9,6 +9,7 @@
 #include <boost/json/value.hpp>
 
 #include <algorithm>
+#include <limits>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -174,7 +175,10 @@ std::string audit_log::open() {
          "\"segment\":\"" + torn_segment + "\",\"torn_bytes\":" + std::to_string(torn_bytes));
   }
   queue_.push_back(item{json::serialize(start), {}, false});
-  last_sync_ = last_checkpoint_ = last_retention_ = steady_clock::now();
+  last_sync_ = last_checkpoint_ = steady_clock::now();
+  // Retention runs at start, then hourly: a gateway restarted more often than hourly (each
+  // deploy, a crash loop) would otherwise never apply it.
+  last_retention_ = steady_clock::now() - hours(1);
   thread_ = std::thread([this] { run(); });
   return {};
 }
@@ -344,11 +348,13 @@ void audit_log::apply_retention() {
   if (cfg_.retention_days == 0) return;
   const auto cutoff = fs::file_time_type::clock::now() - hours(24) * cfg_.retention_days;
   std::vector<std::pair<std::uint64_t, fs::path>> old;
+  std::uint64_t kept_from = std::numeric_limits<std::uint64_t>::max();  // the oldest segment left
   std::error_code ec;
   for (auto& e : fs::directory_iterator(cfg_.dir, ec)) {
     auto id = parse_segment_name(e.path().filename().string());
-    if (!id || id->instance != instance_ || e.path().string() == segment_path_) continue;
-    if (e.last_write_time(ec) < cutoff && !ec) old.emplace_back(id->first_seq, e.path());
+    if (!id || id->instance != instance_) continue;
+    if (e.path().string() != segment_path_ && e.last_write_time(ec) < cutoff && !ec) old.emplace_back(id->first_seq, e.path());
+    else kept_from = std::min(kept_from, id->first_seq);
   }
   if (old.empty()) return;
   std::sort(old.begin(), old.end());
@@ -357,7 +363,13 @@ void audit_log::apply_retention() {
   json::array names;
   for (auto& [seq, p] : old) names.push_back(json::value(p.filename().string()));
   std::vector<item> rec;
-  rec.push_back(item{json::serialize(json::object{{"type", "retention"}, {"time_ms", now_ms()}, {"removed", names}}), {}, false});
+  // kept_from: the first seq left after this removal. Verify accepts a trail that starts later
+  // than seq 1 only up to there: a segment deleted past it is a deletion, not retention.
+  rec.push_back(item{json::serialize(json::object{{"type", "retention"},
+                                                  {"time_ms", now_ms()},
+                                                  {"removed", names},
+                                                  {"kept_from", kept_from}}),
+                     {}, false});
   if (!write_group(rec)) return;
   if (!strict()) ::fdatasync(fd_);
   for (auto& [seq, p] : old) fs::remove(p, ec);
@@ -376,7 +388,10 @@ void audit_log::run() {
     lk.unlock();
 
     const auto now = steady_clock::now();
-    if (!held_.empty() && (now - last_retry_ >= milliseconds(250) || stopping)) {
+    // (Also with nothing held but records dropped: every failed record past max_pending_bytes.
+    // Only this retry's success makes the writer healthy again and writes the chain's account
+    // of the loss; without it fail_closed refused every call until a restart.)
+    if ((!held_.empty() || dropped_ > 0) && (now - last_retry_ >= milliseconds(250) || stopping)) {
       // Retry what failed before, in its order, before anything newer.
       last_retry_ = now;
       if (dropped_ > 0)  // the chain itself says how many records were lost, and when

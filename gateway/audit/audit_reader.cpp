@@ -126,6 +126,7 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
   std::uint64_t prev_line = 0;
   std::uint64_t first_seq = 0;
   bool retention_seen = false;
+  std::optional<std::uint64_t> kept_from;  // the latest retention record's first seq left
   // A torn tail waiting for the next segment's start record to account for it.
   struct torn_tail {
     std::string segment;
@@ -242,7 +243,18 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
           return true;
         }
       }
-      if (!retention_seen && line.find("\"type\":\"retention\"") != std::string_view::npos) retention_seen = true;
+      if (line.find("\"type\":\"retention\"") != std::string_view::npos) {
+        // Parsed, not matched: a caller's captured text may hold the same bytes.
+        boost::system::error_code ec;
+        const auto v = json::parse(line, ec);
+        const auto* o = ec ? nullptr : v.if_object();
+        const auto* type = o ? o->if_contains("type") : nullptr;
+        if (type && type->is_string() && type->get_string() == "retention") {
+          retention_seen = true;
+          if (const auto* k = o->if_contains("kept_from"); k && k->is_number())
+            kept_from = std::max(kept_from.value_or(0), k->to_number<std::uint64_t>());
+        }
+      }
       prev_hash = cur_hash;
       prev_seq = h->seq;
       prev_loc = loc(seg->name, lineno);
@@ -279,7 +291,16 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
                 ": records 1.." + std::to_string(first_seq - 1) + " are missing and no retention record explains it");
     return;
   }
-  if (first_seq > 1) r.notes.push_back(instance + ": records before seq " + std::to_string(first_seq) + " were removed by retention");
+  if (first_seq > 1 && kept_from && first_seq > *kept_from) {
+    problem("deleted", segs.front()->name, 1, *kept_from,
+            "the trail starts at seq " + std::to_string(first_seq) + ", but retention removed only the records before seq " +
+                std::to_string(*kept_from) + ": records " + std::to_string(*kept_from) + ".." + std::to_string(first_seq - 1) +
+                " are missing");
+    return;
+  }
+  if (first_seq > 1)
+    r.notes.push_back(instance + ": records before seq " + std::to_string(first_seq) + " were removed by retention" +
+                      (kept_from ? "" : " (a retention record without kept_from: which ones is not checked)"));
   if (cp.present) {
     if (cp.seq > prev_seq) {
       problem("truncated", segs.back()->name, 0, prev_seq + 1,
@@ -306,6 +327,21 @@ verify_report verify(const std::string& dir, const std::function<void(std::uint6
   }
   std::map<std::string, std::vector<const segment_file*>> by_instance;
   for (auto& s : segs) by_instance[s.instance].push_back(&s);
+  // A checkpoint with no segment of its instance left: the whole trail of that instance was
+  // deleted (retention never removes the segment being written).
+  std::error_code ec;
+  constexpr std::string_view cp_suffix = ".checkpoint";
+  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() <= cp_suffix.size() || !name.ends_with(cp_suffix)) continue;
+    const std::string instance = name.substr(0, name.size() - cp_suffix.size());
+    if (by_instance.count(instance)) continue;
+    if (!read_checkpoint(dir, instance).present) continue;
+    r.instances.push_back(instance);
+    r.problem = verify_problem{"deleted", name, 0, 0,
+                               "instance " + instance + " has a checkpoint but no segment: its whole trail was deleted"};
+    return r;
+  }
   for (auto& [instance, list] : by_instance) {
     r.instances.push_back(instance);
     verify_instance(dir, list, r, on_bytes);

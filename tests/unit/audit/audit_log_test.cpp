@@ -434,6 +434,47 @@ TEST(AuditLogTest, AsyncAppendKeepsItsIoContextBusyUntilItCompletes) {
   log.close();
 }
 
+TEST(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
+  // Two runs' segments, the first made 10 days old; retention_days 1. The next start removes it
+  // at once (not an hour later: a gateway restarted more often never applied retention), records
+  // what it removed and the first seq left, and the trail verifies without the removed segment.
+  temp_dir tmp;
+  log_sink logs;
+  completions done;
+  auto cfg = strict_config(tmp.path());
+  for (int run = 0; run < 2; ++run) {
+    metrics::registry reg;
+    audit_log log(cfg, "gw", reg, logs.fn());
+    ASSERT_EQ(log.open(), "");
+    ASSERT_TRUE(append_and_wait(log, done, run + 1));
+    log.close();
+  }
+  const std::string first = tmp.path() + "/" + segment_name("gw", 1);
+  ASSERT_TRUE(fs::exists(first));
+  fs::last_write_time(first, fs::file_time_type::clock::now() - std::chrono::hours(24 * 10));
+  cfg.retention_days = 1;
+  {
+    metrics::registry reg;
+    audit_log log(cfg, "gw", reg, logs.fn());
+    ASSERT_EQ(log.open(), "");
+    ASSERT_TRUE(logs.wait_for("info", "audit: retention removed old segments", 2s));
+    log.close();
+  }
+  EXPECT_FALSE(fs::exists(first));
+  const auto lines = trail_lines(tmp.path(), "gw");
+  bool found = false;
+  for (const auto& l : lines) {
+    auto o = object_of(l);
+    if (o.at("type").as_string() != "retention") continue;
+    found = true;
+    EXPECT_EQ(o.at("kept_from").to_number<std::uint64_t>(), 4u) << l;  // start, 1, stop | start...
+    EXPECT_EQ(o.at("removed").as_array().size(), 1u) << l;
+  }
+  EXPECT_TRUE(found);
+  auto report = verify(tmp.path());
+  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+}
+
 TEST(AuditLogTest, RestartContinuesTheChainInANewSegment) {
   temp_dir tmp;
   log_sink logs;
@@ -845,6 +886,42 @@ TEST(AuditLogTest, RecordsBeyondMaxPendingBytesAreDroppedAndCounted) {
   EXPECT_EQ(object_of(lines[4]).at("type").as_string(), "dropped");
   EXPECT_EQ(object_of(lines[4]).at("count").to_number<int>(), 2);
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"late\"} 2")) << s.reg.expose();
+  auto report = verify(s.tmp.path());
+  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+}
+
+TEST(AuditLogTest, AWriterThatHeldNothingComesBackOnceWritingWorksAndRecordsTheLoss) {
+  // max_pending_bytes 0: every record of a failed group is dropped, none held. Writing works
+  // again: the writer must turn healthy (fail_closed answers 503 while it is not) and the chain
+  // must say how many were lost, though nothing held is left to retry.
+  failing_setup s;
+  s.seg = s.tmp.path() + "/" + segment_name("gw", 1);
+  auto cfg = strict_config(s.tmp.path());
+  cfg.max_pending_bytes = 0;
+  audit_log log(cfg, "gw", s.reg, s.logs.fn());
+  ASSERT_EQ(log.open(), "");
+  ASSERT_TRUE(append_and_wait(log, s.done, 1, 200));
+  s.size_before = fs::file_size(s.seg);
+  {
+    file_size_limit limit(s.size_before + 64);
+    ASSERT_TRUE(limit.ok()) << "cannot lower RLIMIT_FSIZE";
+    log.append(call(2, 400), s.done.make(2));
+    ASSERT_TRUE(s.done.wait_for_id(2));
+    EXPECT_EQ(s.done.result(2), std::optional<bool>(false));
+    EXPECT_FALSE(log.healthy());
+    limit.lift();
+    ASSERT_TRUE(s.logs.wait_for("info", "writing works again", 2s)) << "the writer stayed unhealthy with nothing held";
+  }
+  EXPECT_TRUE(log.healthy());
+  EXPECT_TRUE(exposes(s.reg, "tollgate_audit_degraded 0")) << s.reg.expose();
+  ASSERT_TRUE(append_and_wait(log, s.done, 3));
+  log.close();
+  const auto lines = trail_lines(s.tmp.path(), "gw");
+  ASSERT_EQ(lines.size(), 5u);  // start, 1, the loss of 2, 3, stop
+  expect_chain(lines, 1, std::string(genesis_hash));
+  EXPECT_EQ(object_of(lines[2]).at("type").as_string(), "dropped");
+  EXPECT_EQ(object_of(lines[2]).at("count").to_number<int>(), 1);
+  EXPECT_EQ(object_of(lines[3]).at("i").to_number<int>(), 3);
   auto report = verify(s.tmp.path());
   EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
 }

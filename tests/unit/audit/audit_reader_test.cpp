@@ -468,6 +468,58 @@ TEST(AuditVerifyChainTest, WithoutTheRetentionRecordTheSameGapIsDeleted) {
   EXPECT_EQ(r.problem->seq, 4u);
 }
 
+TEST(AuditVerifyChainTest, RetentionExcusesOnlyTheSegmentsItRemoved) {
+  // Retention removed segment 1 and said the trail is kept from seq 4. Segment 4 deleted too (by
+  // someone else): the trail now starts at 7, which that retention record does not explain.
+  const std::vector<std::string> records = {
+      R"({"type":"start"})", R"({"type":"call"})", R"({"type":"stop"})",
+      R"({"type":"start"})", R"({"type":"call"})", R"({"type":"stop"})",
+      R"({"type":"start"})", R"({"type":"retention","removed":["gw.00000000000000000001.jsonl"],"kept_from":4})",
+      R"({"type":"call"})"};
+  {
+    temp_dir tmp;
+    write_chain(tmp.path(), "gw", records, {1, 4, 7});
+    fs::remove(tmp.path() + "/" + segment_name("gw", 1));
+    auto r = verify(tmp.path());
+    EXPECT_TRUE(r.ok()) << describe(r);
+    EXPECT_EQ(r.records, 6u);
+  }
+  temp_dir tmp;
+  write_chain(tmp.path(), "gw", records, {1, 4, 7});
+  fs::remove(tmp.path() + "/" + segment_name("gw", 1));
+  fs::remove(tmp.path() + "/" + segment_name("gw", 4));
+  auto r = verify(tmp.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->kind, "deleted") << describe(r);
+  EXPECT_NE(r.problem->message.find("records 4..6 are missing"), std::string::npos) << r.problem->message;
+}
+
+TEST(AuditVerifyChainTest, RetentionTextInsideARecordIsNoRetentionRecord) {
+  // A captured prompt can hold the bytes "type":"retention": only a record of that type counts.
+  temp_dir tmp;
+  const std::vector<std::string> records = {
+      R"({"type":"start"})", R"({"type":"call"})", R"({"type":"stop"})",
+      R"({"type":"start"})", R"({"type":"call","prompt":"{\"type\":\"retention\"}"})", R"({"type":"call"})"};
+  write_chain(tmp.path(), "gw", records, {1, 4});
+  fs::remove(tmp.path() + "/" + segment_name("gw", 1));
+  auto r = verify(tmp.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->kind, "deleted") << describe(r);
+}
+
+TEST(AuditVerifyChainTest, ACheckpointWhoseSegmentsAreAllGoneIsADeletedTrail) {
+  temp_dir tmp;
+  auto lines = write_chain(tmp.path(), "gw", {R"({"type":"start"})", R"({"type":"call"})"}, {1});
+  write_file(tmp.path() + "/" + checkpoint_name("gw"),
+             "{\"instance\":\"gw\",\"seq\":2,\"hash\":\"" + sha256_hex(lines[1]) + "\"}\n");
+  ASSERT_TRUE(verify(tmp.path()).ok());
+  fs::remove(tmp.path() + "/" + segment_name("gw", 1));
+  auto r = verify(tmp.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->kind, "deleted") << describe(r);
+  EXPECT_NE(r.problem->message.find("has a checkpoint but no segment"), std::string::npos) << r.problem->message;
+}
+
 TEST(AuditVerifyChainTest, StaleCheckpointMatchingAnEarlierRecordIsFine) {
   // A running writer checkpoints every checkpoint_s: the trail may be ahead of it.
   temp_dir tmp;
