@@ -16,6 +16,7 @@
 #include <boost/json/value.hpp>
 
 #include <chrono>
+#include <memory>
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
@@ -780,6 +781,17 @@ struct failing_setup {
   metrics::registry reg;
   std::string seg;
   std::uintmax_t size_before = 0;
+  /// A strict writer holding at most `max_pending_bytes`, opened, with record 1 written; `seg`
+  /// and `size_before` describe its segment then.
+  std::unique_ptr<audit_log> writer(std::uint64_t max_pending_bytes) {
+    seg = tmp.path() + "/" + segment_name("gw", 1);
+    auto cfg = strict_config(tmp.path());
+    cfg.max_pending_bytes = max_pending_bytes;
+    auto log = std::make_unique<audit_log>(cfg, "gw", reg, logs.fn());
+    if (!log->open().empty() || !append_and_wait(*log, done, 1, 200)) return nullptr;
+    size_before = fs::file_size(seg);
+    return log;
+  }
 };
 
 TEST(AuditLogTest, WriteFailureRollsBackReportsDegradedAndWritesHeldRecordsLate) {
@@ -854,13 +866,9 @@ TEST(AuditLogTest, WriteFailureRollsBackReportsDegradedAndWritesHeldRecordsLate)
 
 TEST(AuditLogTest, RecordsBeyondMaxPendingBytesAreDroppedAndCounted) {
   failing_setup s;
-  s.seg = s.tmp.path() + "/" + segment_name("gw", 1);
-  auto cfg = strict_config(s.tmp.path());
-  cfg.max_pending_bytes = 1000;
-  audit_log log(cfg, "gw", s.reg, s.logs.fn());
-  ASSERT_EQ(log.open(), "");
-  ASSERT_TRUE(append_and_wait(log, s.done, 1, 200));
-  s.size_before = fs::file_size(s.seg);
+  auto writer = s.writer(1000);
+  ASSERT_TRUE(writer);
+  audit_log& log = *writer;
   {
     file_size_limit limit(s.size_before + 64);
     ASSERT_TRUE(limit.ok()) << "cannot lower RLIMIT_FSIZE";
@@ -895,13 +903,9 @@ TEST(AuditLogTest, AWriterThatHeldNothingComesBackOnceWritingWorksAndRecordsTheL
   // again: the writer must turn healthy (fail_closed answers 503 while it is not) and the chain
   // must say how many were lost, though nothing held is left to retry.
   failing_setup s;
-  s.seg = s.tmp.path() + "/" + segment_name("gw", 1);
-  auto cfg = strict_config(s.tmp.path());
-  cfg.max_pending_bytes = 0;
-  audit_log log(cfg, "gw", s.reg, s.logs.fn());
-  ASSERT_EQ(log.open(), "");
-  ASSERT_TRUE(append_and_wait(log, s.done, 1, 200));
-  s.size_before = fs::file_size(s.seg);
+  auto writer = s.writer(0);
+  ASSERT_TRUE(writer);
+  audit_log& log = *writer;
   {
     file_size_limit limit(s.size_before + 64);
     ASSERT_TRUE(limit.ok()) << "cannot lower RLIMIT_FSIZE";

@@ -113,6 +113,19 @@ std::unique_ptr<redis_store> started_store(net::io_context& ioc) {
   return rs;
 }
 
+/// What a store tells its owner: its notices ("<level>: <message>") and the results of its
+/// queued settlements. Attach before start().
+struct store_reports {
+  std::vector<std::string> notices;
+  std::vector<settle_result> settled;
+  void attach(redis_store& st) {
+    st.on_notice([this](std::string_view level, std::string_view msg) { notices.push_back(std::string(level) + ": " + std::string(msg)); });
+    st.on_settled([this](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
+      settled.insert(settled.end(), r.begin(), r.end());
+    });
+  }
+};
+
 TEST(RedisStore, SettlementsRideTheNextAdmissionOfTheirTeamAndGoAloneOtherwise) {
   net::io_context ioc;
   auto st = started_store(ioc);
@@ -162,6 +175,16 @@ admission one_scope_call(std::string lease, const scope_spec& s, std::int64_t co
   a.lease = std::move(lease);
   a.scopes = {s};
   a.cost_nano = cost_nano;
+  return a;
+}
+
+/// A call in two scopes (a team's and a key's), 10 tokens, worth 100 nano-USD.
+admission two_scope_call(std::string lease, const scope_spec& first, const scope_spec& second) {
+  admission a;
+  a.lease = std::move(lease);
+  a.scopes = {first, second};
+  a.tokens = 10;
+  a.cost_nano = 100;
   return a;
 }
 
@@ -497,26 +520,16 @@ TEST(RedisStore, AnAclUserWithTheDocumentedCommandsRunsEveryPath) {
   c.username = user;
   c.password = "pw-acl";
   redis_store st(c, 60'000);
-  std::vector<std::string> notices;
-  st.on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
-  std::vector<settle_result> rode;
-  st.on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
-    rode.insert(rode.end(), r.begin(), r.end());
-  });
+  store_reports told;
+  told.attach(st);
+  auto& rode = told.settled;
   st.start({executor_t(ioc.get_executor())});
   redis_backend::wait_ready(st, ioc);
   ASSERT_TRUE(st.healthy()) << st.last_error();
 
   const scope_spec team{"t", "acl-team", {100, 10'000, 2}, budget_of(1'000)};
   const scope_spec key{"k", "acl-team", {100, 10'000, 2}, budget_of(1'000)};
-  auto call = [&](std::string lease) {
-    admission a;
-    a.lease = std::move(lease);
-    a.scopes = {team, key};
-    a.tokens = 10;
-    a.cost_nano = 100;
-    return a;
-  };
+  auto call = [&](std::string lease) { return two_scope_call(std::move(lease), team, key); };
   const admission a1 = call("a1"), a2 = call("a2");
   const admit_result r1 = run_sync(ioc, st.admit(0, a1));
   ASSERT_EQ(r1.v, verdict::admitted) << st.last_error();
@@ -573,7 +586,7 @@ TEST(RedisStore, AnAclUserWithTheDocumentedCommandsRunsEveryPath) {
   EXPECT_EQ(rows->front().requests, 3u);
   EXPECT_TRUE(run_sync(ioc, st.publish_invalidation(0, "aclkey")));
   EXPECT_TRUE(st.healthy());
-  for (const auto& n : notices) EXPECT_EQ(n.find("NOPERM"), std::string::npos) << n;
+  for (const auto& n : told.notices) EXPECT_EQ(n.find("NOPERM"), std::string::npos) << n;
   st.stop();
   (void)raw_command(ioc, {"ACL", "DELUSER", user});
 }
@@ -849,14 +862,7 @@ TEST(RedisStore, EachScopeHashIsPinnedInItsHashtableEncodingOnceAndAgainAfterARe
   if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   const scope_spec rated{"t", "team-hpin", {1'000, 100'000, 10}, budget_of(1'000'000)};
   const scope_spec budget_only{"k:b", "team-hpin", {0, 0, 0}, budget_of(1'000'000)};
-  auto call = [&](std::string lease) {
-    admission a;
-    a.lease = std::move(lease);
-    a.scopes = {rated, budget_only};
-    a.tokens = 10;
-    a.cost_nano = 100;
-    return a;
-  };
+  auto call = [&](std::string lease) { return two_scope_call(std::move(lease), rated, budget_only); };
   const std::string keys[] = {st->scope_key("team-hpin", "t"), st->scope_key("team-hpin", "k:b")};
   auto field = [&](const std::string& key) { return raw_command(ioc, {"HGET", key, "~"}); };
   auto expect_pinned = [&](const std::string& key) {
@@ -1027,12 +1033,10 @@ TEST(RedisStore, WithoutZmscoreBatchesGoCallByCallAfterOneNotice) {
   if (!old.start()) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
   net::io_context ioc;
   redis_store st(test_config(old.port(), "old:"), 60'000);
-  std::vector<std::string> notices;
-  st.on_notice([&](std::string_view level, std::string_view msg) { notices.push_back(std::string(level) + ": " + std::string(msg)); });
-  std::vector<settle_result> settled;
-  st.on_settled([&](unsigned, std::vector<settlement>&, const std::vector<settle_result>& r, bool) {
-    settled.insert(settled.end(), r.begin(), r.end());
-  });
+  store_reports told;
+  told.attach(st);
+  auto& notices = told.notices;
+  auto& settled = told.settled;
   st.start({executor_t(ioc.get_executor())});
   redis_backend::wait_ready(st, ioc);
   const scope_spec s{"t", "team-old", {0, 0, 1}, budget_of(1'000)};
