@@ -660,7 +660,9 @@ struct stream_engine {
   };
 
   const filter_set* set_ = nullptr;
-  hs_scratch_t* scratch_ = nullptr;
+  // The worker's scratch object, not its hs_scratch_t: scratch::grow() (a reload whose set needs
+  // more space) frees and reallocates the Hyperscan scratch while streams of the old set run on.
+  const scratch* scratch_ = nullptr;
   std::vector<hs_stream_t*> streams_;  // one per stream database of the set
 
   std::string own_;         // streaming: retained text
@@ -989,7 +991,7 @@ result<stream_filter> stream_filter::create(const filter_set& set, scratch& s) {
   stream_filter f;
   f.e_ = std::make_unique<stream_engine>();
   f.e_->set_ = &set;
-  f.e_->scratch_ = s.s_;
+  f.e_->scratch_ = &s;
   for (const hs_database_t* db : set.stream_dbs_) {
     hs_stream_t* st = nullptr;
     if (hs_open_stream(db, 0, &st) != HS_SUCCESS) return make_error(0, "", "cannot open Hyperscan stream");
@@ -1009,7 +1011,7 @@ chunk_result stream_filter::feed(std::string_view piece) {
   e.view_ = e.own_;
   e.total_ += piece.size();
   for (hs_stream_t* st : e.streams_) {
-    if (!piece.empty() && hs_scan_stream(st, piece.data(), static_cast<unsigned>(piece.size()), 0, e.scratch_,
+    if (!piece.empty() && hs_scan_stream(st, piece.data(), static_cast<unsigned>(piece.size()), 0, e.scratch_->s_,
                                          &stream_engine::on_match, &e) != HS_SUCCESS) {
       e.blocked_ = e.failed_ = true;  // fail closed
       r.blocked = true;
@@ -1031,7 +1033,7 @@ chunk_result stream_filter::finish() {
   }
   bool failed = false;
   for (hs_stream_t* st : e.streams_) {
-    failed |= hs_close_stream(st, e.scratch_, &stream_engine::on_match, &e) != HS_SUCCESS;
+    failed |= hs_close_stream(st, e.scratch_->s_, &stream_engine::on_match, &e) != HS_SUCCESS;
   }
   e.streams_.clear();
   if (failed) {
