@@ -297,15 +297,13 @@ std::string filter_answer(request_context& ctx, const content_filters& f, const 
     if (!content || !content->is_string()) return;
     auto verdict = cf::scan_text(set, s, content->get_string());
     fired.insert(fired.end(), verdict.rules.begin(), verdict.rules.end());
-    if (verdict.blocked) {
-      // The safe part before the blocking match, and the reason the answer stopped.
-      *content = json::string(verdict.redacted_text ? *verdict.redacted_text : std::string());
-      c["finish_reason"] = "content_filter";
-      changed = true;
-    } else if (verdict.redacted_text) {
-      *content = json::string(*verdict.redacted_text);
-      changed = true;
-    }
+    if (!verdict.blocked && !verdict.redacted_text) return;
+    // The safe part before the blocking match and the reason the answer stopped, or the
+    // redacted text; its log probabilities would carry the tokens of the text taken out.
+    *content = json::string(verdict.redacted_text ? *verdict.redacted_text : std::string());
+    if (verdict.blocked) c["finish_reason"] = "content_filter";
+    if (auto* lp = c.if_contains("logprobs"); lp && !lp->is_null()) *lp = nullptr;
+    changed = true;
   });
   record_filter_actions(ctx, f, fired, "response");
   return changed ? json::serialize(v) : body;
@@ -337,9 +335,31 @@ std::string withhold_answer(std::string body) {
 
 stream_rewriter::stream_rewriter(request_context& ctx, const content_filters& f, const cf::filter_set& set,
                                  cf::scratch& s)
-    : ctx_(ctx), f_(f), set_(set), scratch_(s) {
+    : ctx_(ctx), f_(f), set_(set), scratch_(s), multi_(ctx.choices > 1) {
   if (auto sf = cf::stream_filter::create(set, s)) filter_.emplace(std::move(*sf));
 }
+
+stream_rewriter::choice_ref stream_rewriter::choice(std::uint64_t index) {
+  if (index == 0) return {filter_ ? &*filter_ : nullptr, &finished_};
+  if (index >= ctx_.choices) return {};  // an answer the request did not ask for
+  if (more_.size() < index) more_.resize(static_cast<std::size_t>(index));
+  auto& m = more_[static_cast<std::size_t>(index - 1)];
+  if (!m.filter)
+    if (auto sf = cf::stream_filter::create(set_, scratch_)) m.filter.emplace(std::move(*sf));
+  return {m.filter ? &*m.filter : nullptr, &m.finished};
+}
+
+std::vector<std::string> stream_rewriter::fired_rules() const {
+  std::vector<std::string> all = filter_ ? filter_->fired_rules() : std::vector<std::string>{};
+  for (const auto& m : more_) {
+    if (!m.filter) continue;
+    for (auto& r : m.filter->fired_rules())
+      if (std::find(all.begin(), all.end(), r) == all.end()) all.push_back(std::move(r));
+  }
+  return all;
+}
+
+void stream_rewriter::record_rules() { record_filter_actions(ctx_, f_, fired_rules(), "response"); }
 
 void stream_rewriter::on_event(std::string_view name, std::string_view data, std::string& out) {
   if (!name.empty()) {  // error events and the like pass through as they are
@@ -348,7 +368,7 @@ void stream_rewriter::on_event(std::string_view name, std::string_view data, std
     return;
   }
   // Runs of common text chunks are batched (one scan each run); the rest is parsed whole.
-  if (filter_ && !finished_ && data != "[DONE]" && in_place(data, out)) return;
+  if (filter_ && !finished_ && !multi_ && data != "[DONE]" && in_place(data, out)) return;
   on_data(data, out);
 }
 
@@ -410,7 +430,7 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
   return out;
 }
 
-void stream_rewriter::content_chunk(std::string& s, std::string_view text) const {
+void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::uint64_t index) const {
   s.reserve(s.size() + 160 + id_.size() + model_.size() + text.size());
   s += "data: {\"id\":";
   json_out::string(s, id_);
@@ -418,18 +438,34 @@ void stream_rewriter::content_chunk(std::string& s, std::string_view text) const
   s += std::to_string(created_);
   s += ",\"model\":";
   json_out::string(s, model_);
-  s += ",\"choices\":[{\"index\":0,\"delta\":{\"content\":";
+  s += ",\"choices\":[{\"index\":";
+  s += std::to_string(index);
+  s += ",\"delta\":{\"content\":";
   json_out::string(s, text);
   s += "},\"finish_reason\":null}]}\n\n";
 }
 
 void stream_rewriter::flush(std::string& out) {
-  if (finished_ || !filter_) return;
+  // (Not after a block: a block found in the batch before the finish chunk ended the stream.)
+  if (finished_ || !filter_ || blocked_) return;
   finished_ = true;
   auto r = filter_->finish();
   sent(r.text);
   if (!r.text.empty()) content_chunk(out, r.text);
   if (r.blocked) end_blocked(out);
+}
+
+void stream_rewriter::flush_all(std::string& out) {
+  flush(out);
+  for (std::size_t i = 0; i < more_.size() && !blocked_; ++i) {
+    auto& m = more_[i];
+    if (m.finished || !m.filter) continue;
+    m.finished = true;
+    auto r = m.filter->finish();
+    sent(r.text);
+    if (!r.text.empty()) content_chunk(out, r.text, i + 1);
+    if (r.blocked) end_blocked(out);
+  }
 }
 
 void stream_rewriter::sent(std::string_view text) {
@@ -439,16 +475,28 @@ void stream_rewriter::sent(std::string_view text) {
 
 void stream_rewriter::end_blocked(std::string& out) {
   std::vector<std::string> block_rules;
-  for (auto& r : filter_->fired_rules())
+  const auto fired = fired_rules();
+  for (auto& r : fired)
     if (f_.action_of(r) == "block") block_rules.push_back(r);
-  record_filter_actions(ctx_, f_, filter_->fired_rules(), "response");
+  if (block_rules.empty()) block_rules.push_back("content_filter");  // a failed scan fails closed
+  record_filter_actions(ctx_, f_, fired, "response");
   end_stream(out, "content_filtered", "The response was blocked by content filter rules: " + joined_rules(block_rules) + ".");
 }
 
 void stream_rewriter::end_stream(std::string& out, std::string_view code, const std::string& message) {
   blocked_ = true;
+  record_rules();  // (a redaction sent before the end is on the record however the stream ends)
   json::object c{{"id", id_}, {"object", "chat.completion.chunk"}, {"created", created_}, {"model", model_}};
-  c["choices"] = json::array{json::object{{"index", 0}, {"delta", json::object{}}, {"finish_reason", "content_filter"}}};
+  // Every answer still open ends here (one, unless the request asked for several).
+  json::array ended;
+  for (std::uint64_t i = 0; i < std::max(1u, ctx_.choices); ++i) {
+    const bool done = i == 0 ? finished_ : i - 1 < more_.size() && more_[std::size_t(i - 1)].finished;
+    if (!done || (i == 0 && !multi_))
+      ended.push_back(json::object{{"index", i}, {"delta", json::object{}}, {"finish_reason", "content_filter"}});
+  }
+  if (ended.empty())
+    ended.push_back(json::object{{"index", 0}, {"delta", json::object{}}, {"finish_reason", "content_filter"}});
+  c["choices"] = std::move(ended);
   out += sse::format_data(json::serialize(c));
   const bool refused = code == "content_filtered";  // else the gateway or a service failed
   out += sse::format_event("error", openai_error_body(message, refused ? "invalid_request_error" : "server_error", "", code));
@@ -766,19 +814,19 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
   flush_batch(out);  // (callers batch only through in_place(); this keeps the order)
   if (blocked_) return;
   if (data == "[DONE]") {
-    flush(out);
+    flush_all(out);
     if (blocked_) return;
-    record_filter_actions(ctx_, f_, filter_ ? filter_->fired_rules() : std::vector<std::string>{}, "response");
+    record_rules();
     out += "data: [DONE]\n\n";
     return;
   }
-  if (finished_) {  // after the finish chunk (a usage chunk): nothing left to filter
+  if (finished_ && !multi_) {  // after the finish chunk (a usage chunk): nothing left to filter
     out.append("data: ").append(data).append("\n\n");
     return;
   }
   boost::system::error_code ec;
   auto v = json::parse(data, ec);
-  if (ec || !v.is_object() || !filter_) {
+  if (ec || !v.is_object()) {
     out += sse::format_data(data);
     return;
   }
@@ -787,35 +835,75 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
   if (auto* m = o.if_contains("model"); m && m->is_string() && !m->get_string().empty()) model_ = m->get_string();
   if (auto* cr = o.if_contains("created"); cr && cr->is_int64()) created_ = cr->get_int64();
   auto* choices = o.if_contains("choices");
-  json::object* choice = choices && choices->is_array() && !choices->get_array().empty() && choices->get_array()[0].is_object()
-                             ? &choices->get_array()[0].get_object()
-                             : nullptr;
-  auto* finish = choice ? choice->if_contains("finish_reason") : nullptr;
-  const bool finishing = finish && !finish->is_null();
-  auto* delta = choice ? choice->if_contains("delta") : nullptr;
-  auto* content = delta && delta->is_object() ? delta->get_object().if_contains("content") : nullptr;
-  if (content && content->is_string() && !finished_) {
-    auto r = filter_->feed(content->get_string());
-    sent(r.text);
-    if (finishing && !r.blocked) {
-      // A chunk with text that ends the answer: the text held back goes out in it, after its own.
-      finished_ = true;
-      auto rest = filter_->finish();
-      sent(rest.text);
-      r.text += rest.text;
-      r.blocked = rest.blocked;
-    }
-    *content = json::string(r.text);
-    if (r.blocked) {
-      if (finish) *finish = nullptr;  // the block's own chunk ends the answer (content_filter)
-      if (!r.text.empty()) out += sse::format_data(json::serialize(v));
-      end_blocked(out);
-      return;
+  bool changed = false;
+  if (choices && choices->is_array()) {
+    auto& arr = choices->get_array();
+    // Each choice of the chunk (one, unless the request asked for several answers) through the
+    // filter of its answer.
+    for (std::size_t i = 0; i < arr.size(); ++i) {
+      if (!arr[i].is_object()) continue;
+      auto& c = arr[i].get_object();
+      std::uint64_t index = 0;
+      if (auto* ix = c.if_contains("index")) {
+        if (ix->is_uint64()) index = ix->get_uint64();
+        else if (ix->is_int64() && ix->get_int64() >= 0) index = std::uint64_t(ix->get_int64());
+      }
+      auto* finish = c.if_contains("finish_reason");
+      const bool finishing = finish && !finish->is_null();
+      auto* delta = c.if_contains("delta");
+      auto* content = delta && delta->is_object() ? delta->get_object().if_contains("content") : nullptr;
+      const bool has_text = content && content->is_string();
+      if (!has_text && !finishing) continue;  // a role or tool-call delta: no text of the answer
+      const choice_ref ch = choice(index);
+      if (ch.filter == nullptr) {  // text that cannot be filtered is not sent (fail closed)
+        end_stream(out, "upstream_error",
+                   ch.finished == nullptr ? "The upstream stream sent an answer the request did not ask for."
+                                          : "The content filter could not start for this stream.");
+        return;
+      }
+      if (*ch.finished) {  // text after its answer's end: nothing the filter could still check
+        if (has_text && !content->get_string().empty()) {
+          *content = "";
+          changed = true;
+        }
+        continue;
+      }
+      cf::chunk_result r;
+      if (has_text) r = ch.filter->feed(content->get_string());
+      if (finishing && !r.blocked) {
+        // The answer's end: the text held back goes out in this chunk after its own text, or, in
+        // a chunk without text, in a chunk of its own before it.
+        *ch.finished = true;
+        auto rest = ch.filter->finish();
+        r.blocked = rest.blocked;
+        if (has_text) {
+          r.text += rest.text;
+        } else if (!rest.text.empty() && !rest.blocked) {
+          sent(rest.text);
+          content_chunk(out, rest.text, index);
+        }
+      }
+      if (has_text) {
+        sent(r.text);
+        if (std::string_view(content->get_string()) != r.text) {
+          *content = json::string(r.text);
+          // Log probabilities carry the tokens' text: kept only with a text that went out as it came.
+          if (auto* lp = c.if_contains("logprobs"); lp && !lp->is_null()) *lp = nullptr;
+          changed = true;
+        }
+      }
+      if (r.blocked) {
+        if (finish) *finish = nullptr;  // the block's own chunk ends the answers (content_filter)
+        arr.erase(arr.begin() + std::ptrdiff_t(i + 1), arr.end());  // choices after it: not filtered
+        if ((has_text && !r.text.empty()) || i > 0) out += sse::format_data(json::serialize(v));
+        end_blocked(out);
+        return;
+      }
     }
   }
-  if (finishing) flush(out);  // held-back text goes out before the finish chunk (unless sent above)
-  if (blocked_) return;
-  out += sse::format_data(json::serialize(v));
+  // (A chunk as it came when unchanged, unless its data spanned lines: one line is written.)
+  if (changed || data.find_first_of("\r\n") != std::string_view::npos) out += sse::format_data(json::serialize(v));
+  else out.append("data: ").append(data).append("\n\n");
 }
 
 }  // namespace tollgate::gateway

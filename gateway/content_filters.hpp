@@ -87,6 +87,10 @@ class stream_rewriter {
   /// content_filter finish chunk, an error event with `code` and `message`, and [DONE] (also
   /// after a local block: the caller, which held that block's end unsent, drops it).
   std::string end_by_moderation(std::string_view code, const std::string& message);
+  /// The rules that fired so far go to the metrics and the request's record (again: no effect).
+  /// [DONE] and a block do it; call it too when the stream ends otherwise (the upstream failed,
+  /// the caller left, moderation ended it), before the audit record is sealed.
+  void record_rules();
   /// The content text sent so far, as filtered (what the audit trail's text capture keeps).
   const std::string& emitted_text() const { return emitted_; }
 
@@ -133,12 +137,25 @@ class stream_rewriter {
   /// Adds a text chunk to the batch (false: its escaped literal does not decode: parse it whole).
   bool add_text(std::string_view data, std::pair<std::size_t, std::size_t> literal, bool escaped);
   std::string_view event_;  ///< the event being handled, when read in place (see pending_text)
+  /// The filter and state of the answer `index` (n > 1 streams several); filter nullptr when the
+  /// index is past the request's n or a filter cannot start (the stream then ends, fail closed).
+  struct choice_ref {
+    cf::stream_filter* filter = nullptr;
+    bool* finished = nullptr;
+  };
+  choice_ref choice(std::uint64_t index);
+  /// The end of choice 0's text: what its filter held back goes out in a chunk of its own.
   void flush(std::string& out);
+  /// flush() for every choice (at [DONE]).
+  void flush_all(std::string& out);
+  /// The rules that fired in any choice's text.
+  std::vector<std::string> fired_rules() const;
   void end_blocked(std::string& out);
   void end_stream(std::string& out, std::string_view code, const std::string& message);
   void sent(std::string_view text);  ///< text emitted to the caller (capture, moderation)
-  /// Appends a chunk of the rewriter's own carrying `text` (the text held back, at the end).
-  void content_chunk(std::string& out, std::string_view text) const;
+  /// Appends a chunk of the rewriter's own carrying `text` (the text held back, at the end) for
+  /// the choice `index`.
+  void content_chunk(std::string& out, std::string_view text, std::uint64_t index = 0) const;
 
   request_context& ctx_;
   const content_filters& f_;
@@ -151,6 +168,15 @@ class stream_rewriter {
   std::int64_t created_ = 0;
   bool blocked_ = false;
   bool finished_ = false;  ///< the filter was flushed (finish chunk or [DONE] seen)
+  /// The request asked for several answers (n > 1): their chunks interleave, each answer's text
+  /// goes through a filter of its own, and every chunk takes the general path (parsed whole).
+  bool multi_ = false;
+  /// Choices 1 to n-1 (choice 0 is filter_ and finished_), made as their first chunk comes.
+  struct more_choice {
+    std::optional<cf::stream_filter> filter;
+    bool finished = false;
+  };
+  std::vector<more_choice> more_;
   std::string emitted_;
   bool track_ = false;
   std::string tracked_;

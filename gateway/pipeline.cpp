@@ -170,11 +170,15 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
       }
   // Text capture keeps what the caller was sent (the filtered text, not the upstream's): set before
   // the stream's end seals the audit record, and on any other way out (a caller that leaves).
+  // The rules that fired go on the record too, however the stream ended (a caller that left, an
+  // upstream that failed: what was redacted before was redacted all the same).
   struct capture_filtered {
     request_context& ctx;
-    const std::optional<stream_rewriter>& rewriter;
+    std::optional<stream_rewriter>& rewriter;
     void keep() const {
-      if (rewriter && ctx.capture_text) ctx.captured_response = rewriter->emitted_text();
+      if (!rewriter) return;
+      if (ctx.capture_text) ctx.captured_response = rewriter->emitted_text();
+      rewriter->record_rules();
     }
     ~capture_filtered() { keep(); }
   } capture{ctx, rewriter};
@@ -245,9 +249,7 @@ class filtering_sink final : public response_sink {
   filtering_sink(worker& w, response_sink& inner, request_context& ctx, const content_filters& f,
                  const cf::filter_set& set, cf::scratch& s)
       : w_(w), inner_(inner), ctx_(ctx), f_(f), set_(set), scratch_(s) {}
-  ~filtering_sink() override {
-    if (rewriter_ && ctx_.capture_text) ctx_.captured_response = rewriter_->emitted_text();
-  }
+  ~filtering_sink() override { keep(); }
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
@@ -277,15 +279,25 @@ class filtering_sink final : public response_sink {
     if (moderation_) co_await moderation_->before_send(out, false);
     if (!out.empty() && !co_await inner_.send_chunk(out)) co_return false;
     if (rewriter_->blocked()) {  // the answer ended here; the provider stops at the false
+      keep();
       co_await inner_.end_stream();
       co_return false;
     }
     co_return true;
   }
-  awaitable<bool> end_stream() override { co_return co_await inner_.end_stream(); }
+  awaitable<bool> end_stream() override {
+    keep();  // (before the end seals the audit record)
+    co_return co_await inner_.end_stream();
+  }
   void abort() override { inner_.abort(); }
 
  private:
+  /// What relay_stream's capture keeps: the text sent, and the rules that fired.
+  void keep() {
+    if (!rewriter_) return;
+    if (ctx_.capture_text) ctx_.captured_response = rewriter_->emitted_text();
+    rewriter_->record_rules();
+  }
   worker& w_;
   response_sink& inner_;
   request_context& ctx_;

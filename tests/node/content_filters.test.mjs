@@ -79,6 +79,34 @@ describe('content filters', () => {
     assert.ok(chunks.length > 5, 'still streamed in pieces');
   });
 
+  test('a stream of several answers (n: 2) filters each answer, the ones that go on after another has finished too', async () => {
+    // The fake interleaves the answers, the second two pieces behind the first: its last pieces
+    // come after the first answer's finish chunk.
+    const text = 'Write to jane.doe@example.com now';
+    const res = await fetch(`${gw.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(ask(text, { stream: true, n: 2 })),
+    });
+    const body = await res.text();
+    assert.equal(res.status, 200);
+    assert.ok(!body.includes('jane.doe'), body);
+    const chunks = body.split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)));
+    const texts = ['', ''];
+    const finishes = [];
+    let afterFirstFinish = '';
+    for (const c of chunks)
+      for (const ch of c.choices ?? []) {
+        texts[ch.index] += ch.delta?.content ?? '';
+        if (ch.index === 1 && finishes.includes(0)) afterFirstFinish += ch.delta?.content ?? '';
+        if (ch.finish_reason) finishes.push(ch.index);
+      }
+    assert.deepEqual(texts, ['Write to [REDACTED:emails] now', 'Write to [REDACTED:emails] now']);
+    assert.deepEqual(finishes, [0, 1]);
+    assert.ok(afterFirstFinish.length > 0, 'the second answer went on after the first had finished');
+    assert.ok(body.endsWith('data: [DONE]\n\n'));
+  });
+
   test('a whole answer is redacted too', async () => {
     const r = await client.chat.completions.create(ask('mail jane.doe@example.com'));
     assert.equal(r.choices[0].message.content, 'mail [REDACTED:emails]');

@@ -34,7 +34,8 @@
 //   hop-headers                       the recorded completion plus hop-by-hop response headers
 //   echo                              answers the last user message's text: whole, or streamed in
 //                                     3-byte pieces (split anywhere, inside UTF-8 characters too, as
-//                                     far as JSON strings allow: pieces are cut at code points)
+//                                     far as JSON strings allow: pieces are cut at code points);
+//                                     streamed with n > 1: n answers, their chunks interleaved
 //
 // Every request is recorded (method, path, headers, raw header list, raw and parsed body, times,
 // whether the client closed it before the reply finished) so tests can assert what was sent.
@@ -447,10 +448,22 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
         return sendJson(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } });
       startStream(res);
       const cps = [...text];
-      const chunk = (delta, finish = null) => ({ ...base, object: 'chat.completion.chunk', choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] });
-      const list = [chunk({ role: 'assistant', content: '' })];
-      for (let i = 0; i < cps.length; i += 3) list.push(chunk({ content: cps.slice(i, i + 3).join('') }));
-      list.push(chunk({}, 'stop'));
+      const chunk = (delta, finish = null, index = 0) => ({ ...base, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs: null, finish_reason: finish }] });
+      // n answers (each the same echo), their chunks interleaved as OpenAI's are: answer k starts
+      // 2k pieces after answer 0, so later answers go on after earlier ones have finished.
+      const n = Number.isInteger(body.n) && body.n > 1 ? body.n : 1;
+      const lists = [];
+      for (let k = 0; k < n; k++) {
+        const own = [];
+        for (let d = 0; d < 2 * k; d++) own.push(null);
+        own.push(chunk({ role: 'assistant', content: '' }, null, k));
+        for (let i = 0; i < cps.length; i += 3) own.push(chunk({ content: cps.slice(i, i + 3).join('') }, null, k));
+        own.push(chunk({}, 'stop', k));
+        lists.push(own);
+      }
+      const list = [];
+      for (let i = 0; lists.some((l) => i < l.length); i++)
+        for (const l of lists) if (i < l.length && l[i] !== null) list.push(l[i]);
       if (body.stream_options?.include_usage) list.push({ ...base, object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } });
       for (const c of list) res.write(`data: ${JSON.stringify(c)}\n\n`);
       return finish(res, rec);

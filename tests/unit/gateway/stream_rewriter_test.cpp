@@ -264,6 +264,190 @@ TEST(StreamRewriterTest, HeldTextAndAFinalBlockInOneRead) {
   }
 }
 
+// A block found in the last run of text chunks, with the finish chunk in the same read: the
+// stream ends once (one content_filter chunk, one error event, one [DONE]), not a second time
+// when the finish chunk asks for the text held back.
+TEST(StreamRewriterTest, ABlockInTheLastRunBeforeTheFinishChunkEndsTheStreamOnce) {
+  auto s = make("forbidden");
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string out = rw.process(stream_of({"Hello ", "the forbidden word", " and more"}));
+  EXPECT_TRUE(rw.blocked());
+  const outcome o = read_stream(out);
+  EXPECT_EQ(o.text, "Hello the ");
+  EXPECT_EQ(o.finish_reason, "content_filter");
+  auto count = [&](std::string_view needle) {
+    std::size_t n = 0;
+    for (auto at = out.find(needle); at != std::string::npos; at = out.find(needle, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_EQ(count("data: [DONE]"), 1u) << out;
+  EXPECT_EQ(count("event: error"), 1u) << out;
+  EXPECT_EQ(count(R"("finish_reason":"content_filter")"), 1u) << out;
+}
+
+namespace {
+// A chunk of answer `index` (n > 1), its content as a JSON value.
+std::string indexed(int index, std::string_view content_json, std::string_view finish = "null",
+                    std::string_view logprobs = "null") {
+  return "data: " + head + R"("choices":[{"index":)" + std::to_string(index) + R"(,"delta":{"content":)" +
+         std::string(content_json) + R"(},"logprobs":)" + std::string(logprobs) + R"(,"finish_reason":)" +
+         std::string(finish) + "}]}\n\n";
+}
+std::string indexed_finish(int index) {
+  return "data: " + head + R"("choices":[{"index":)" + std::to_string(index) +
+         R"(,"delta":{},"logprobs":null,"finish_reason":"stop"}]})" + "\n\n";
+}
+struct answers {
+  std::vector<std::string> text;
+  std::vector<std::string> finish;
+  int errors = 0;
+  int done = 0;
+};
+answers read_answers(const std::string& sse_bytes, std::size_t n) {
+  tollgate::sse::parser p;
+  std::vector<tollgate::sse::event> evs;
+  EXPECT_TRUE(p.feed(sse_bytes, evs));
+  answers a;
+  a.text.resize(n);
+  a.finish.resize(n);
+  for (auto& ev : evs) {
+    if (ev.name == "error") {
+      ++a.errors;
+      continue;
+    }
+    if (ev.data == "[DONE]") {
+      ++a.done;
+      continue;
+    }
+    auto v = json::parse(ev.data);
+    for (auto& c : v.at("choices").as_array()) {
+      const auto i = static_cast<std::size_t>(c.at("index").to_number<std::int64_t>());
+      EXPECT_LT(i, n) << ev.data;
+      if (i >= n) continue;
+      if (auto* d = c.at("delta").as_object().if_contains("content"); d && d->is_string()) {
+        EXPECT_TRUE(d->as_string().empty() || a.finish[i].empty()) << "text after its answer's end: " << ev.data;
+        a.text[i] += d->as_string();
+      }
+      if (auto& f = c.at("finish_reason"); f.is_string()) a.finish[i] = f.as_string();
+    }
+  }
+  return a;
+}
+}  // namespace
+
+// n: 2. Each answer has a filter of its own: a word split across the two answers' chunks is no
+// match, an address in one is redacted however the other's chunks fall around it, and the
+// second answer's text after the first answer's end is filtered still.
+TEST(StreamRewriterTest, SeveralAnswersAreFilteredEachOnItsOwn) {
+  auto s = make("forbidden");
+  const std::string in = indexed(0, R"("forb")") + indexed(1, R"("idden fruit, mail a.b@exam")") +
+                         indexed(0, R"("ade it")") + indexed(0, R"("")", R"("stop")") +
+                         indexed(1, R"("ple.com now")") + indexed_finish(1) + "data: [DONE]\n\n";
+  std::mt19937 rng(5);
+  for (int round = 0; round < 20; ++round) {
+    tollgate::request_context ctx;
+    ctx.choices = 2;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    std::string out;
+    for (std::size_t i = 0; i < in.size();) {
+      const std::size_t n = round == 0 ? in.size() : std::uniform_int_distribution<std::size_t>(1, 120)(rng);
+      out += rw.process(std::string_view(in).substr(i, n));
+      i += n;
+    }
+    EXPECT_FALSE(rw.blocked());
+    const answers a = read_answers(out, 2);
+    EXPECT_EQ(a.text[0], "forbade it");
+    EXPECT_EQ(a.text[1], "idden fruit, mail [REDACTED:email] now");
+    EXPECT_EQ(a.finish, (std::vector<std::string>{"stop", "stop"}));
+    EXPECT_EQ(a.done, 1);
+    EXPECT_EQ(out.find("a.b@"), std::string::npos) << out;
+    EXPECT_EQ(ctx.filter_actions, std::vector<std::string>{"email:redact:response"});
+  }
+}
+
+// A block in one answer ends the stream for all: every answer still open finishes with
+// content_filter, once.
+TEST(StreamRewriterTest, ABlockInOneOfSeveralAnswersEndsThemAll) {
+  auto s = make("forbidden");
+  tollgate::request_context ctx;
+  ctx.choices = 3;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string out = rw.process(indexed(0, R"("fine ")") + indexed(0, R"("")", R"("stop")") +
+                                     indexed(1, R"("also fine ")") + indexed(2, R"("the forbidden word")") +
+                                     indexed(1, R"("more of answer one")") + indexed_finish(1) +
+                                     indexed_finish(2) + "data: [DONE]\n\n");
+  EXPECT_TRUE(rw.blocked());
+  const answers a = read_answers(out, 3);
+  EXPECT_EQ(a.text[0], "fine ");
+  EXPECT_EQ(a.text[2], "the ");
+  EXPECT_EQ(a.finish, (std::vector<std::string>{"stop", "content_filter", "content_filter"}));
+  EXPECT_EQ(a.errors, 1);
+  EXPECT_EQ(a.done, 1);
+  EXPECT_EQ(out.find("more of answer one"), std::string::npos);
+  EXPECT_EQ(out.find("forbidden"), std::string::npos);
+}
+
+// An answer the request did not ask for cannot be told apart from another's text: the stream
+// ends there rather than relay it unfiltered.
+TEST(StreamRewriterTest, AnAnswerPastTheRequestedCountEndsTheStream) {
+  auto s = make();
+  tollgate::request_context ctx;
+  ctx.choices = 2;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string out = rw.process(indexed(0, R"("one ")") + indexed(5, R"("x@y.com")"));
+  EXPECT_TRUE(rw.blocked());
+  EXPECT_EQ(out.find("x@y.com"), std::string::npos);
+  EXPECT_NE(out.find("upstream_error"), std::string::npos);
+  EXPECT_EQ(ctx.error_code, "upstream_error");
+}
+
+// Log probabilities carry their tokens' text: a chunk whose text the filter changed (redacted or
+// held back) loses them; one whose text went out as it came keeps them. Whole answers alike.
+TEST(StreamRewriterTest, LogprobsGoOnlyWithTextThatWentOutAsItCame) {
+  auto s = make();
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string plain_lp = R"({"content":[{"token":"plain","logprob":-0.1,"bytes":null,"top_logprobs":[]}]})";
+  const std::string mail_lp = R"({"content":[{"token":"me@corp.io","logprob":-0.2,"bytes":null,"top_logprobs":[]}]})";
+  const std::string out = rw.process(indexed(0, R"("plain words. ")", "null", plain_lp) +
+                                     indexed(0, R"("mail me@corp.io")", "null", mail_lp) + indexed_finish(0) +
+                                     "data: [DONE]\n\n");
+  EXPECT_EQ(out.find("me@corp.io"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("token":"plain")"), std::string::npos) << out;
+  EXPECT_EQ(read_answers(out, 1).text[0], "plain words. mail [REDACTED:email]");
+
+  const std::string whole =
+      R"({"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"mail me@corp.io"},)"
+      R"("logprobs":)" + mail_lp + R"(,"finish_reason":"stop"},{"index":1,"message":{"role":"assistant","content":"plain"},)"
+      R"("logprobs":)" + plain_lp + R"(,"finish_reason":"stop"}]})";
+  const std::string filtered = tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, whole);
+  EXPECT_EQ(filtered.find("me@corp.io"), std::string::npos) << filtered;
+  EXPECT_NE(filtered.find(R"("token":"plain")"), std::string::npos) << filtered;
+}
+
+// However the stream ends (moderation, an upstream failure), the rules that fired in what was
+// sent are on the record.
+TEST(StreamRewriterTest, RulesThatFiredAreRecordedWhenTheStreamEndsWithoutDone) {
+  auto s = make();
+  {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    rw.process(chunk(R"("mail me@corp.io and more")"));
+    rw.end_by_moderation("moderation_unavailable", "The moderation endpoint failed.");
+    EXPECT_EQ(ctx.filter_actions, std::vector<std::string>{"email:redact:response"});
+  }
+  {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    rw.process(chunk(R"("mail me@corp.io and more")"));
+    EXPECT_TRUE(ctx.filter_actions.empty());
+    rw.record_rules();
+    rw.record_rules();
+    EXPECT_EQ(ctx.filter_actions, std::vector<std::string>{"email:redact:response"});
+  }
+}
+
 // A chunk with text that also ends the answer (some OpenAI-compatible servers send
 // the last text with finish_reason): the text held back before it goes out in it,
 // after its own text, not ahead of it.
@@ -336,7 +520,7 @@ TEST(StreamRewriterTest, CommonChunksRewrittenByteForByte) {
 // key; a "content" key in logprobs; another ending; another beginning; tool calls;
 // null content; texts with escapes or that look like keys), split at random: the
 // text is the whole answer filtered at once, and every upstream chunk arrives, in
-// order, with its fields unchanged but its content.
+// order, with its fields unchanged but its content (and logprobs).
 TEST(StreamRewriterTest, MixedShapesKeepTheirFieldsAndText) {
   auto s = make();
   std::mt19937 rng(13);
@@ -404,9 +588,14 @@ TEST(StreamRewriterTest, MixedShapesKeepTheirFieldsAndText) {
         auto v = json::parse(ev.data);
         if (!v.as_object().contains("system_fingerprint"))
           continue;
-        auto &d = v.as_object()["choices"].as_array()[0].as_object()["delta"].as_object();
+        auto &ch = v.as_object()["choices"].as_array()[0].as_object();
+        auto &d = ch["delta"].as_object();
         if (auto *c = d.if_contains("content"); c && c->is_string())
           *c = "";
+        // (A chunk whose text changed loses its logprobs: see
+        // LogprobsGoOnlyWithTextThatWentOutAsItCame.)
+        if (auto *lp = ch.if_contains("logprobs"))
+          *lp = nullptr;
         list.push_back(json::serialize(v));
       }
       return list;
