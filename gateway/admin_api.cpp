@@ -74,6 +74,20 @@ constexpr std::pair<const char*, std::uint64_t> limit_fields[] = {{"rpm", config
                                                                     {"tpm", config::limits_config::max_tpm},
                                                                     {"concurrency", config::limits_config::max_concurrency}};
 
+/// The limit fields present in `o`, each read and checked against its bound into the slot of the
+/// same place in limit_fields; false with a message at the first wrong one (slots then partly set).
+template <class Slot>
+bool read_limit_fields(const json::object& o, Slot* const (&slots)[std::size(limit_fields)], std::string& err) {
+  for (std::size_t i = 0; i < std::size(limit_fields); ++i) {
+    const auto [name, max] = limit_fields[i];
+    if (!o.if_contains(name)) continue;
+    std::uint64_t v = 0;
+    if (!read_uint(o, name, v, err, max)) return false;
+    *slots[i] = v;
+  }
+  return true;
+}
+
 /// "models": a list of names or globs.
 std::string parse_models(const json::object& o, std::vector<std::string>& out) {
   if (auto* m = o.if_contains("models")) {
@@ -119,10 +133,7 @@ std::string parse_limits_budget(const json::object& o, config::limits_config& li
     const auto& lo = l->get_object();
     for (auto& [name, _] : lo)
       if (name != "rpm" && name != "tpm" && name != "concurrency") return "limits." + std::string(name) + ": unknown field";
-    if (!read_uint(lo, "rpm", limits.rpm, err, limit_fields[0].second) ||
-        !read_uint(lo, "tpm", limits.tpm, err, limit_fields[1].second) ||
-        !read_uint(lo, "concurrency", limits.concurrency, err, limit_fields[2].second))
-      return "limits." + err;
+    if (!read_limit_fields(lo, {&limits.rpm, &limits.tpm, &limits.concurrency}, err)) return "limits." + err;
   }
   if (auto* b = o.if_contains("budget"); b && !b->is_null()) {
     if (!b->is_object()) return "budget must be an object with usd, period, soft";
@@ -176,14 +187,7 @@ std::string parse_quota_patch(const json::object& o, policy::engine::quota_patch
     if (name != "team" && name != "key_id" && name != "rpm" && name != "tpm" && name != "concurrency" && name != "budget")
       return std::string(name) + ": unknown field";
   std::string err;
-  decltype(&p.rpm) slots[] = {&p.rpm, &p.tpm, &p.concurrency};
-  for (std::size_t i = 0; i < std::size(slots); ++i) {
-    const auto [name, max] = limit_fields[i];
-    if (!o.if_contains(name)) continue;
-    std::uint64_t v = 0;
-    if (!read_uint(o, name, v, err, max)) return err;
-    *slots[i] = v;
-  }
+  if (!read_limit_fields(o, {&p.rpm, &p.tpm, &p.concurrency}, err)) return err;
   if (auto* b = o.if_contains("budget")) {
     if (b->is_null()) {
       p.remove_budget = true;
