@@ -185,7 +185,7 @@ std::string audit_log::open() {
 
 bool audit_log::open_segment() {
   if (fd_ >= 0) {
-    ::fdatasync(fd_);
+    if (unsynced_) sync_batched();
     ::close(fd_);
     fd_ = -1;
   }
@@ -225,7 +225,7 @@ void audit_log::close() {
   cv_.notify_one();
   thread_.join();
   if (fd_ >= 0) {
-    ::fdatasync(fd_);
+    if (sync_(fd_) != 0) log_("error", "audit: the last records may not be on disk", "\"error\":" + json::serialize(json::value(errno_text(errno))));
     ::close(fd_);
     fd_ = -1;
   }
@@ -244,6 +244,22 @@ void audit_log::set_healthy(bool h, std::string_view why) {
     log_("error", cfg_.fail_open ? "audit: writes fail; calls continue (on_error: fail_open)"
                                  : "audit: writes fail; new calls answer 503 audit_unavailable (on_error: fail_closed)",
          std::string("\"error\":") + json::serialize(json::value(std::string(why))));
+}
+
+bool audit_log::sync_batched() {
+  unsynced_ = false;
+  last_sync_ = steady_clock::now();
+  const std::uint64_t records = std::exchange(unsynced_records_, 0);
+  if (sync_(fd_) == 0) return true;
+  // The kernel may have dropped the pages it could not write (and will not report it again):
+  // those records may be lost. Calls stop (fail_closed) until a write and sync work again.
+  const int err = errno;
+  errors_.counter({}).inc();
+  sync_lost_ += records;
+  sync_error_ = "fdatasync: " + errno_text(err);
+  last_error_ = sync_error_;
+  set_healthy(false, last_error_);
+  return false;
 }
 
 bool audit_log::rotate_if_needed(std::size_t incoming) {
@@ -297,7 +313,7 @@ bool audit_log::write_group(std::vector<item>& batch) {
   bool ok = write_all(fd_, buf.data(), buf.size(), err);
   if (ok && strict()) {
     const auto t0 = steady_clock::now();
-    if (::fdatasync(fd_) != 0) {
+    if (sync_(fd_) != 0) {
       ok = false;
       err = errno;
     }
@@ -316,6 +332,7 @@ bool audit_log::write_group(std::vector<item>& batch) {
     return false;
   }
   unsynced_ = !strict();
+  if (unsynced_) unsynced_records_ += batch.size();
   segment_bytes_ += buf.size();
   next_seq_ = seq;
   head_ = std::move(head);
@@ -371,7 +388,7 @@ void audit_log::apply_retention() {
                                                   {"kept_from", kept_from}}),
                      {}, false});
   if (!write_group(rec)) return;
-  if (!strict()) ::fdatasync(fd_);
+  if (!strict() && !sync_batched()) return;  // (segments are removed only once their record is durable)
   for (auto& [seq, p] : old) fs::remove(p, ec);
   sync_dir(cfg_.dir);
   log_("info", "audit: retention removed old segments", "\"count\":" + std::to_string(old.size()));
@@ -391,20 +408,30 @@ void audit_log::run() {
     // (Also with nothing held but records dropped: every failed record past max_pending_bytes.
     // Only this retry's success makes the writer healthy again and writes the chain's account
     // of the loss; without it fail_closed refused every call until a restart.)
-    if ((!held_.empty() || dropped_ > 0) && (now - last_retry_ >= milliseconds(250) || stopping)) {
+    if ((!held_.empty() || dropped_ > 0 || sync_lost_ > 0) && (now - last_retry_ >= milliseconds(250) || stopping)) {
       // Retry what failed before, in its order, before anything newer.
       last_retry_ = now;
-      if (dropped_ > 0)  // the chain itself says how many records were lost, and when
+      const bool with_dropped = dropped_ > 0, with_sync = sync_lost_ > 0;
+      if (with_dropped)  // the chain itself says how many records were lost, and when
         held_.push_back(item{"{\"type\":\"dropped\",\"time_ms\":" + std::to_string(now_ms()) +
                                  ",\"count\":" + std::to_string(dropped_) + "}",
+                             {}, false});
+      if (with_sync)  // records written whose sync failed: maybe not on disk
+        held_.push_back(item{json::serialize(json::object{{"type", "sync_failed"},
+                                                          {"time_ms", now_ms()},
+                                                          {"count", sync_lost_},
+                                                          {"error", sync_error_}}),
                              {}, false});
       if (write_group(held_)) {
         held_.clear();
         held_bytes_ = 0;
-        dropped_ = 0;
-        set_healthy(true, {});
-      } else if (dropped_ > 0) {
-        held_.pop_back();
+        if (with_dropped) dropped_ = 0;
+        if (with_sync) sync_lost_ = 0;
+        // (Batched: healthy once this account is durable too; a failed sync counts it again.)
+        if (strict() || sync_batched()) set_healthy(true, {});
+      } else {
+        if (with_sync) held_.pop_back();
+        if (with_dropped) held_.pop_back();
       }
     }
     if (!batch.empty()) {
@@ -427,16 +454,9 @@ void audit_log::run() {
         complete(batch, true);
       }
     }
-    if (unsynced_ && (steady_clock::now() - last_sync_ >= milliseconds(cfg_.batch_ms) || stopping)) {
-      ::fdatasync(fd_);
-      unsynced_ = false;
-      last_sync_ = steady_clock::now();
-    }
+    if (unsynced_ && (steady_clock::now() - last_sync_ >= milliseconds(cfg_.batch_ms) || stopping)) sync_batched();
     if (stopping || steady_clock::now() - last_checkpoint_ >= seconds(std::max<std::uint32_t>(1, cfg_.checkpoint_s))) {
-      if (unsynced_) {
-        ::fdatasync(fd_);
-        unsynced_ = false;
-      }
+      if (unsynced_) sync_batched();
       write_checkpoint();
       last_checkpoint_ = steady_clock::now();
     }

@@ -84,6 +84,9 @@ class audit_log {
   const std::string& dir() const { return cfg_.dir; }
   const std::string& instance() const { return instance_; }
 
+  /// Tests only: the call that makes written records durable (::fdatasync), to make it fail.
+  void set_sync_for_test(int (*sync)(int)) { sync_ = sync; }
+
  private:
   struct item {
     std::string body;
@@ -99,6 +102,10 @@ class audit_log {
   void apply_retention();
   void complete(std::vector<item>& batch, bool ok);
   void set_healthy(bool h, std::string_view why);
+  /// Batched mode: makes the records written since the last sync durable. On failure the
+  /// writer turns unhealthy and counts them as possibly lost (a "sync_failed" record says so
+  /// once a later write and sync work).
+  bool sync_batched();
 
   config::audit_config cfg_;
   std::string instance_;
@@ -122,6 +129,10 @@ class audit_log {
   std::uint64_t held_bytes_ = 0;
   std::uint64_t dropped_ = 0;  ///< records lost since writes failed (a "dropped" record says so)
   bool unsynced_ = false;
+  std::uint64_t unsynced_records_ = 0;  ///< batched: records written since the last sync
+  std::uint64_t sync_lost_ = 0;         ///< batched: records of failed syncs, not yet on the chain
+  std::string sync_error_;
+  int (*sync_)(int) = ::fdatasync;
   std::chrono::steady_clock::time_point last_sync_{}, last_checkpoint_{}, last_retry_{}, last_retention_{};
   std::string last_error_;
   std::string group_buf_;

@@ -15,6 +15,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/value.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <condition_variable>
@@ -927,6 +928,59 @@ TEST(AuditLogTest, AWriterThatHeldNothingComesBackOnceWritingWorksAndRecordsTheL
   EXPECT_EQ(object_of(lines[2]).at("count").to_number<int>(), 1);
   EXPECT_EQ(object_of(lines[3]).at("i").to_number<int>(), 3);
   auto report = verify(s.tmp.path());
+  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+}
+
+namespace {
+std::atomic<bool> sync_fails{false};
+int failing_sync(int fd) {
+  if (sync_fails.load()) {
+    errno = EIO;
+    return -1;
+  }
+  return ::fdatasync(fd);
+}
+}  // namespace
+
+TEST(AuditLogTest, ABatchedSyncThatFailsTurnsTheWriterUnhealthyAndTheChainSaysSo) {
+  // Batched mode completes a record once written; its sync comes later. A sync that fails (EIO:
+  // the kernel may have dropped the pages) must not pass unseen: the writer turns unhealthy
+  // (fail_closed then refuses calls), and once writing and syncing work again the chain says
+  // how many records may be lost.
+  temp_dir tmp;
+  auto cfg = strict_config(tmp.path());
+  cfg.mode = config::audit_config::durability::batched;
+  cfg.batch_ms = 20;
+  log_sink logs;
+  completions done;
+  metrics::registry reg;
+  audit_log log(cfg, "gw", reg, logs.fn());
+  log.set_sync_for_test(&failing_sync);
+  ASSERT_EQ(log.open(), "");
+  ASSERT_TRUE(append_and_wait(log, done, 1));
+  sync_fails = true;
+  log.append(call(2), done.make(2));
+  log.append(call(3), done.make(3));
+  ASSERT_TRUE(logs.wait_for("error", "audit: writes fail", 2s)) << "a failed sync went unseen";
+  EXPECT_FALSE(log.healthy());
+  EXPECT_NE(logs.extra_of("error", "audit: writes fail")->find("fdatasync"), std::string::npos);
+  EXPECT_TRUE(exposes(reg, "tollgate_audit_degraded 1")) << reg.expose();
+  EXPECT_FALSE(exposes(reg, "tollgate_audit_write_errors_total 0")) << reg.expose();
+  sync_fails = false;
+  ASSERT_TRUE(logs.wait_for("info", "writing works again", 2s));
+  EXPECT_TRUE(log.healthy());
+  ASSERT_TRUE(append_and_wait(log, done, 4));
+  log.close();
+  const auto lines = trail_lines(tmp.path(), "gw");
+  expect_chain(lines, 1, std::string(genesis_hash));
+  std::uint64_t lost = 0;
+  for (auto& l : lines)
+    if (type_of(l) == "sync_failed") {
+      lost += object_of(l).at("count").to_number<std::uint64_t>();
+      EXPECT_NE(std::string(object_of(l).at("error").as_string()).find("Input/output error"), std::string::npos) << l;
+    }
+  EXPECT_GE(lost, 2u) << "records 2 and 3 were written and their sync failed";
+  auto report = verify(tmp.path());
   EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
 }
 
