@@ -657,6 +657,7 @@ struct stream_engine {
     std::uint64_t start;
     std::uint64_t end;
     std::uint32_t rule;
+    bool silent = false;  // the rest of a redaction already emitted: dropped without a token
   };
 
   const filter_set* set_ = nullptr;
@@ -816,7 +817,21 @@ struct stream_engine {
     for (const candidate& c : batch) {
       const rule& r = rule_of(c);
       if (r.act == action::block) continue;  // valid ones end the stream in check_block()
-      if (r.act == action::redact && c.start < sel_end_) continue;
+      if (r.act == action::redact && c.start < sel_end_) {
+        // A clipped pattern's match is reported at each end with its start clipped to the last
+        // `clip` bytes: one that ends past the redaction it overlaps is the same longer match
+        // (a JWT past 512 bytes) going on, and the redaction goes on with it: merged while not
+        // emitted, else its rest dropped without a second token. (Skipping it, as an overlapping
+        // match of another pattern is skipped, sent the rest of the signature.)
+        if (set_->patterns_[c.pattern].clip == 0 || c.end <= sel_end_ || !valid(c)) continue;
+        const std::uint32_t ri = set_->patterns_[c.pattern].rule;
+        fire(ri);
+        if (any_selected() && selected_.back().end == sel_end_) selected_.back().end = c.end;
+        else selected_.push_back({sel_end_, c.end, ri, true});
+        sel_end_ = c.end;
+        any_redaction_ = true;
+        continue;
+      }
       if (r.act == action::flag && c.start < sel_end_ && c.end <= sel_end_) continue;
       if (!valid(c)) continue;
       const std::uint32_t ri = set_->patterns_[c.pattern].rule;
@@ -859,9 +874,11 @@ struct stream_engine {
   void emit(std::uint64_t limit, std::string& out) {
     while (pos_ < limit) {
       if (any_selected() && next_selected().start == pos_) {
-        out += "[REDACTED:";
-        out += set_->rules_[next_selected().rule].name;
-        out += ']';
+        if (!next_selected().silent) {
+          out += "[REDACTED:";
+          out += set_->rules_[next_selected().rule].name;
+          out += ']';
+        }
         pos_ = next_selected().end;
         pop_selected();
         continue;

@@ -151,6 +151,31 @@ TEST(ContentFilterDetectorTest, Jwt) {
   expect_negative(cf::detector::jwt, "abc.def.ghi and eyJ.x.y");
 }
 
+// A token longer than the 512-byte bound (docs/content-filters.md): redacted from 512 bytes before
+// its first possible end to its end, the whole signature among them, in a whole text and in a
+// stream fed a few bytes at a time, with one token.
+TEST(ContentFilterDetectorTest, AJwtLongerThanTheBoundLosesItsSignature) {
+  const std::string header = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9";
+  const std::string payload(1400, 'Q');
+  const std::string signature = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+  const std::string token = header + "." + payload + "." + signature;
+  const std::string text = "token " + token + " end";
+  // The first match ends at the signature's 10th character; it and every longer one are clipped
+  // to 512 bytes: the redaction runs from 512 bytes before that end to the token's end.
+  const std::size_t first_end = token.size() - signature.size() + 10;
+  const std::string kept = "token " + token.substr(0, first_end - 512);
+  const std::string want = kept + "[REDACTED:jwt] end";
+  EXPECT_EQ(redact_with(cf::detector::jwt, text), want);
+  auto f = make({cf::rule::make_builtin(cf::detector::jwt, cf::action::redact)});
+  auto sf = cf::stream_filter::create(f.set, f.scratch);
+  ASSERT_TRUE(sf.has_value());
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); i += 7) out += sf->feed(std::string_view(text).substr(i, 7)).text;
+  out += sf->finish().text;
+  EXPECT_EQ(out, want);
+  EXPECT_EQ(out.find(signature), std::string::npos);
+}
+
 TEST(ContentFilterDetectorTest, ApiKey) {
   expect_positive(cf::detector::api_key, "sk-proj-Ab3dEfGhIjKlMnOpQrStUvWx");
   expect_positive(cf::detector::api_key, "sk-ant-api03-AbCdEf0123456789_xyzXYZ-abcdefgh");
