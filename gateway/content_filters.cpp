@@ -284,13 +284,13 @@ std::vector<std::string> filter_prompt(request_context& ctx, const content_filte
   return blocked_by;
 }
 
-std::string filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s,
-                          std::string body) {
+std::optional<std::string> filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set,
+                                         cf::scratch& s, std::string body) {
   boost::system::error_code ec;
   auto v = json::parse(body, ec);
-  if (ec || !v.is_object()) return body;
+  if (ec || !v.is_object()) return std::nullopt;
   auto* choices = v.get_object().if_contains("choices");
-  if (!choices || !choices->is_array()) return body;
+  if (!choices || !choices->is_array()) return std::nullopt;
   bool changed = false;
   std::vector<std::string> fired;
   visit_answer_contents(*choices, [&](json::object& c, json::value* content) {

@@ -62,8 +62,10 @@ void record_filter_actions(request_context& ctx, const content_filters& f, const
 std::vector<std::string> filter_prompt(request_context& ctx, const content_filters& f, const cf::filter_set& set,
                                        cf::scratch& s);
 
-/// Filters a whole chat.completion body's message contents; returns the new body.
-std::string filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s,
+/// Filters a whole chat.completion body's message contents; returns the new body, or nothing
+/// when the body is no chat.completion (no JSON object with a `choices` list): its text cannot be
+/// found to filter, so it must not be sent (fail closed).
+std::optional<std::string> filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s,
                           std::string body);
 
 /// Rewrites a translated SSE stream: every chunk's `delta.content` goes through a stream filter;

@@ -163,11 +163,16 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   std::optional<stream_rewriter> rewriter;
   std::optional<stream_moderation> moderation;
   if (const auto* f = ctx.snap->filters.get())
-    if (const auto* set = f->responses_for(ctx.identity.team, ctx.route->name))
-      if (auto* s = w.filter_scratch(*set)) {
-        rewriter.emplace(ctx, *f, *set, *s);
-        if (f->moderation() && f->moderation()->cfg.responses) moderation.emplace(w, ctx, *f, *rewriter);
+    if (const auto* set = f->responses_for(ctx.identity.team, ctx.route->name)) {
+      auto* s = w.filter_scratch(*set);
+      if (s == nullptr) {  // not relayed unfiltered; billed at its reservation (its usage unread)
+        ctx.answer_unread = true;
+        co_return make_failure(errc::internal, "Content filter scratch space could not be allocated.", "",
+                               error_source::internal);
       }
+      rewriter.emplace(ctx, *f, *set, *s);
+      if (f->moderation() && f->moderation()->cfg.responses) moderation.emplace(w, ctx, *f, *rewriter);
+    }
   // Text capture keeps what the caller was sent (the filtered text, not the upstream's): set before
   // the stream's end seals the audit record, and on any other way out (a caller that leaves).
   // The rules that fired go on the record too, however the stream ended (a caller that left, an
@@ -255,11 +260,18 @@ class filtering_sink final : public response_sink {
                             const header_list& extra) override {
     // (Text capture reads the body sent, so it keeps the filtered answer.)
     if (status / 100 == 2 && ctx_.endpoint == endpoint_kind::chat_completions) {
-      body = filter_answer(ctx_, f_, set_, scratch_, std::move(body));
+      auto filtered = filter_answer(ctx_, f_, set_, scratch_, std::move(body));
       std::optional<failure> stop;
-      if (answers_moderated(ctx_)) stop = co_await moderate_answer(w_, ctx_, body);
-      if (stop) {  // the moderation endpoint failed and moderation fails closed
-        const auto m = map_error(errc::moderation_unavailable);
+      errc why = errc::moderation_unavailable;
+      if (!filtered) {  // (the built-in mock answers a chat.completion: never expected)
+        why = errc::internal;
+        stop = make_failure(why, "The answer could not be read to filter it.", "", error_source::internal);
+      } else {
+        body = std::move(*filtered);
+        if (answers_moderated(ctx_)) stop = co_await moderate_answer(w_, ctx_, body);
+      }
+      if (stop) {  // the answer cannot be filtered, or the moderation endpoint failed (fail closed)
+        const auto m = map_error(why);
         ctx_.error_code = std::string(m.code);
         std::string err = openai_error_body(stop->message, m.type, {}, m.code);
         const header_list none;
@@ -416,8 +428,22 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     std::string out = p.decode_body(ctx, status, std::move(body));
     if (status / 100 == 2) count_unreported_answer(ctx, out);
     if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && ctx.snap->filters)
-      if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team, ctx.route->name))
-        if (auto* s = w.filter_scratch(*set)) out = filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out));
+      if (const auto* set = ctx.snap->filters->responses_for(ctx.identity.team, ctx.route->name)) {
+        // An answer the filters cannot read (a stream sent as text/plain, a body that is no
+        // chat.completion) or cannot scan is not sent unfiltered: it was generated, so it is
+        // billed (counted above), and the caller gets a 502.
+        auto* s = w.filter_scratch(*set);
+        auto filtered = s ? filter_answer(ctx, *ctx.snap->filters, *set, *s, std::move(out)) : std::nullopt;
+        if (!filtered) {
+          ex.release();
+          ctx.details = "unfilterable_answer";
+          co_return make_failure(s ? errc::upstream_error : errc::internal,
+                                 s ? "The upstream answer is no chat completion the content filters can read."
+                                   : "Content filter scratch space could not be allocated.",
+                                 "", s ? error_source::upstream : error_source::internal);
+        }
+        out = std::move(*filtered);
+      }
     if (status / 100 == 2 && ctx.endpoint == endpoint_kind::chat_completions && answers_moderated(ctx)) {
       const std::optional<failure> stop = co_await moderate_answer(w, ctx, out);
       if (stop) {

@@ -35,6 +35,7 @@ before(async () => {
   - {name: up, type: openai_compatible, base_url: "${fake.baseURL}", proxy: none}
 models:
   - {name: echo, provider: up, upstream_model: echo}
+  - {name: echo-as-text, provider: up, upstream_model: echo-as-text}
 `);
   client = new OpenAI({ apiKey: 'unused', baseURL: gw.baseURL, maxRetries: 0 });
 });
@@ -105,6 +106,20 @@ describe('content filters', () => {
     assert.deepEqual(finishes, [0, 1]);
     assert.ok(afterFirstFinish.length > 0, 'the second answer went on after the first had finished');
     assert.ok(body.endsWith('data: [DONE]\n\n'));
+  });
+
+  test('a streamed answer the filters cannot read (SSE sent as text/plain) is refused with 502, not relayed raw', async () => {
+    const res = await fetch(`${gw.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ...ask('mail jane.doe@example.com'), model: 'echo-as-text', stream: true }),
+    });
+    const body = await res.text();
+    assert.equal(res.status, 502, body);
+    assert.ok(!body.includes('jane.doe'), body);
+    const err = JSON.parse(body).error;
+    assert.equal(err.code, 'upstream_error');
+    assert.match(err.message, /content filters/);
   });
 
   test('a whole answer is redacted too', async () => {

@@ -36,6 +36,8 @@
 //                                     3-byte pieces (split anywhere, inside UTF-8 characters too, as
 //                                     far as JSON strings allow: pieces are cut at code points);
 //                                     streamed with n > 1: n answers, their chunks interleaved
+//   echo-as-text                      echo, its stream sent as `content-type: text/plain` (as a
+//                                     misconfigured local server might)
 //
 // Every request is recorded (method, path, headers, raw header list, raw and parsed body, times,
 // whether the client closed it before the reply finished) so tests can assert what was sent.
@@ -351,9 +353,9 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     });
   }
 
-  function startStream(res) {
+  function startStream(res, contentType = 'text/event-stream; charset=utf-8') {
     res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
+      'content-type': contentType,
       'cache-control': 'no-cache, must-revalidate',
       ...openaiHeaders(),
     });
@@ -440,13 +442,13 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     if (isEmbed) return sendJson(res, 200, embeddingsFor(body));
 
     const stream = body.stream === true;
-    if (model === 'echo') {
+    if (model === 'echo' || model === 'echo-as-text') {
       const last = [...(body.messages ?? [])].reverse().find((m) => m.role === 'user');
       const text = typeof last?.content === 'string' ? last.content : '';
       const base = { id: 'chatcmpl-echo', created: 1700000000, model: 'echo', system_fingerprint: null };
       if (!stream)
         return sendJson(res, 200, { ...base, object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: 'stop' }], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } });
-      startStream(res);
+      startStream(res, model === 'echo-as-text' ? 'text/plain' : undefined);
       const cps = [...text];
       const chunk = (delta, finish = null, index = 0) => ({ ...base, object: 'chat.completion.chunk', choices: [{ index, delta, logprobs: null, finish_reason: finish }] });
       // n answers (each the same echo), their chunks interleaved as OpenAI's are: answer k starts

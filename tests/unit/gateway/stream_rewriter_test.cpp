@@ -421,9 +421,21 @@ TEST(StreamRewriterTest, LogprobsGoOnlyWithTextThatWentOutAsItCame) {
       R"({"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"mail me@corp.io"},)"
       R"("logprobs":)" + mail_lp + R"(,"finish_reason":"stop"},{"index":1,"message":{"role":"assistant","content":"plain"},)"
       R"("logprobs":)" + plain_lp + R"(,"finish_reason":"stop"}]})";
-  const std::string filtered = tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, whole);
+  const std::string filtered = tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, whole).value_or("");
   EXPECT_EQ(filtered.find("me@corp.io"), std::string::npos) << filtered;
   EXPECT_NE(filtered.find(R"("token":"plain")"), std::string::npos) << filtered;
+}
+
+// A 2xx body that is no chat.completion (SSE sent as text/plain, a body cut short) has no text
+// the filters can find: nothing is returned to send, rather than the body unfiltered.
+TEST(StreamRewriterTest, AWholeAnswerTheFiltersCannotReadIsNotPassedOn) {
+  auto s = make();
+  tollgate::request_context ctx;
+  for (const std::string& body : {std::string("data: {\"choices\":[{\"delta\":{\"content\":\"x@y.com\"}}]}\n\n"),
+                                 std::string(R"({"object":"chat.completion","choices":[{"message":{"content":"x@y.com"}})"),
+                                 std::string(R"({"object":"chat.completion"})"), std::string("x@y.com")})
+    EXPECT_FALSE(tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, body).has_value()) << body;
+  EXPECT_EQ(tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, R"({"choices":[]})").value_or("none"), R"({"choices":[]})");
 }
 
 // However the stream ends (moderation, an upstream failure), the rules that fired in what was
