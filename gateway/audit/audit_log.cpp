@@ -2,6 +2,7 @@
 #include "gateway/audit/audit_log.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -110,7 +111,16 @@ audit_log::audit_log(config::audit_config cfg, std::string instance, metrics::re
   degraded_.gauge({});
 }
 
-audit_log::~audit_log() { close(); }
+audit_log::~audit_log() {
+  close();
+  release_lock();
+}
+
+void audit_log::release_lock() noexcept {
+  if (lock_fd_ < 0) return;
+  ::close(lock_fd_);  // (releases the flock)
+  lock_fd_ = -1;
+}
 
 std::string audit_log::open() {
   std::error_code ec;
@@ -118,6 +128,19 @@ std::string audit_log::open() {
   if (ec) return "audit.dir: cannot create '" + cfg_.dir + "': " + ec.message();
   ::chmod(cfg_.dir.c_str(), 0700);
   if (::access(cfg_.dir.c_str(), W_OK) != 0) return "audit.dir: '" + cfg_.dir + "' is not writable: " + errno_text(errno);
+  if (lock_fd_ < 0) {
+    const std::string lock_path = cfg_.dir + "/" + instance_ + ".lock";
+    lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0) return "audit.dir: cannot create '" + lock_path + "': " + errno_text(errno);
+    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      release_lock();
+      if (err != EWOULDBLOCK) return "audit.dir: cannot lock '" + lock_path + "': " + errno_text(err);
+      return "audit.dir: instance '" + instance_ + "' is already writing in '" + cfg_.dir +
+             "' (another gateway with the same audit.instance?): two writers would fork its chain; give each "
+             "gateway its own audit.instance or directory";
+    }
+  }
 
   // This instance's segments, oldest first.
   std::vector<std::pair<std::uint64_t, std::string>> segs;
@@ -229,6 +252,7 @@ void audit_log::close() {
     ::close(fd_);
     fd_ = -1;
   }
+  release_lock();
 }
 
 void audit_log::complete(std::vector<item>& batch, bool ok) {

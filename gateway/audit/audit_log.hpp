@@ -118,6 +118,12 @@ class audit_log {
   std::thread thread_;
   std::atomic<bool> healthy_{true};
 
+  /// `<instance>.lock` in the directory, held (flock) from open() until closed: a second writer of
+  /// the same instance (two gateways given one audit.instance and one directory) would fork its
+  /// chain, so it refuses to start instead.
+  int lock_fd_ = -1;
+  void release_lock() noexcept;
+
   // Writer thread only.
   int fd_ = -1;
   std::string segment_path_;

@@ -477,6 +477,36 @@ TEST(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
   EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
 }
 
+TEST(AuditLogTest, ASecondWriterOfTheSameInstanceIsRefusedWhileTheFirstRuns) {
+  // Two gateways given one audit.instance and one directory would both append to its chain from
+  // the same head (a fork that verify reports as tampering): the second refuses to start.
+  temp_dir tmp;
+  log_sink logs;
+  completions done;
+  metrics::registry reg_a, reg_b, reg_c, reg_d;
+  audit_log first(strict_config(tmp.path()), "gw", reg_a, logs.fn());
+  ASSERT_EQ(first.open(), "");
+  ASSERT_TRUE(append_and_wait(first, done, 1));
+  const std::string before = read_file(tmp.path() + "/" + segment_name("gw", 1));
+  {
+    audit_log second(strict_config(tmp.path()), "gw", reg_b, logs.fn());
+    const std::string err = second.open();
+    EXPECT_NE(err.find("instance 'gw' is already writing"), std::string::npos) << err;
+  }
+  {
+    audit_log other(strict_config(tmp.path()), "gw-2", reg_d, logs.fn());  // another instance: fine
+    EXPECT_EQ(other.open(), "");
+  }
+  EXPECT_EQ(read_file(tmp.path() + "/" + segment_name("gw", 1)), before);
+  ASSERT_TRUE(append_and_wait(first, done, 2));
+  first.close();
+  audit_log third(strict_config(tmp.path()), "gw", reg_c, logs.fn());  // once the first has stopped
+  EXPECT_EQ(third.open(), "");
+  third.close();
+  auto report = verify(tmp.path());
+  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+}
+
 TEST(AuditLogTest, RestartContinuesTheChainInANewSegment) {
   temp_dir tmp;
   log_sink logs;
