@@ -323,6 +323,7 @@ bool audit_log::write_group(std::vector<item>& batch) {
     buf += head;
     buf += "\",";
     if (it.late) buf += "\"late\":true,";
+    if (it.withheld) buf += "\"withheld\":true,";
     if (it.body.size() > 2 && it.body.front() == '{' && it.body.back() == '}') {
       buf.append(it.body, 1, std::string::npos);  // the record's fields after its '{'
     } else {
@@ -472,7 +473,8 @@ void audit_log::run() {
             continue;
           }
           held_bytes_ += it.body.size();
-          held_.push_back(item{std::move(it.body), {}, true});
+          // (A record waited on is a response held for it: fail_closed cut that response.)
+          held_.push_back(item{std::move(it.body), {}, true, it.done && !cfg_.fail_open});
         }
       } else {
         complete(batch, true);

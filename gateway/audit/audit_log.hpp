@@ -92,6 +92,9 @@ class audit_log {
     std::string body;
     completion done;
     bool late = false;
+    /// Written late, and its caller never got the answer it records: a strict, fail_closed
+    /// writer whose group failed cuts the response before its last byte.
+    bool withheld = false;
   };
   void run();
   /// Writes `batch` as one group (and fsyncs it in strict mode). False on a write error (rolled back).

@@ -462,12 +462,14 @@ describe('durability', () => {
     try {
       const ids = [];
       let refused;
+      let cut = 0;
       for (let i = 0; i < 40 && !refused; ++i) {
         let r;
         try {
           r = await chat(gw, ka.full, body('mock-gpt'));
         } catch {
-          continue; // the call whose record failed: its response was cut before the last byte
+          ++cut; // the call whose record failed: its response was cut before the last byte
+          continue;
         }
         ids.push(r.headers.get('x-request-id'));
         if (r.status === 503) refused = r;
@@ -502,6 +504,11 @@ describe('durability', () => {
       const recs = records(dir);
       for (const id of ids) assert.ok(recs.some((r) => r.id === id), `record of ${id}`);
       assert.ok(recs.some((r) => r.late === true && r.error_code === 'audit_unavailable'), 'the 503s are recorded, late');
+      // The first record that failed was a call's (only calls were made): its caller was cut, and
+      // its late record says the answer it records was withheld; the 503s went out, so are not.
+      assert.ok(cut >= 1, 'a call was cut');
+      assert.equal(recs.filter((r) => r.withheld === true && r.type === 'call' && r.status === 200).length, cut);
+      assert.ok(!recs.some((r) => r.withheld === true && r.error_code === 'audit_unavailable'));
       const { code, report } = await verify(dir);
       assert.equal(code, 0, JSON.stringify(report));
     } finally {
