@@ -294,6 +294,24 @@ std::optional<std::string> filter_answer(request_context& ctx, const content_fil
   bool changed = false;
   std::vector<std::string> fired;
   visit_answer_contents(*choices, [&](json::object& c, json::value* content) {
+    // The reasoning text first (reasoning_content, or reasoning): a block in it withholds the
+    // content too, as a stream's would.
+    auto* msg = c.if_contains("message");
+    for (const char* key : {"reasoning_content", "reasoning"}) {
+      auto* rv = msg && msg->is_object() ? msg->get_object().if_contains(key) : nullptr;
+      if (!rv || !rv->is_string()) continue;
+      auto rverdict = cf::scan_text(set, s, rv->get_string());
+      fired.insert(fired.end(), rverdict.rules.begin(), rverdict.rules.end());
+      if (!rverdict.blocked && !rverdict.redacted_text) continue;
+      *rv = json::string(rverdict.redacted_text ? *rverdict.redacted_text : std::string());
+      changed = true;
+      if (rverdict.blocked) {
+        if (content && content->is_string()) *content = "";
+        c["finish_reason"] = "content_filter";
+        if (auto* lp = c.if_contains("logprobs"); lp && !lp->is_null()) *lp = nullptr;
+        return;
+      }
+    }
     if (!content || !content->is_string()) return;
     auto verdict = cf::scan_text(set, s, content->get_string());
     fired.insert(fired.end(), verdict.rules.begin(), verdict.rules.end());
@@ -340,21 +358,38 @@ stream_rewriter::stream_rewriter(request_context& ctx, const content_filters& f,
 }
 
 stream_rewriter::choice_ref stream_rewriter::choice(std::uint64_t index) {
-  if (index == 0) return {filter_ ? &*filter_ : nullptr, &finished_};
+  if (index == 0) return {filter_ ? &*filter_ : nullptr, &finished_, &reasoning_};
   if (index >= ctx_.choices) return {};  // an answer the request did not ask for
   if (more_.size() < index) more_.resize(static_cast<std::size_t>(index));
   auto& m = more_[static_cast<std::size_t>(index - 1)];
   if (!m.filter)
     if (auto sf = cf::stream_filter::create(set_, scratch_)) m.filter.emplace(std::move(*sf));
-  return {m.filter ? &*m.filter : nullptr, &m.finished};
+  return {m.filter ? &*m.filter : nullptr, &m.finished, &m.reasoning};
+}
+
+bool stream_rewriter::end_reasoning(reasoning_state& r, std::uint64_t index, json::value* in_chunk, std::string& out) {
+  if (!r.pending()) return true;
+  r.finished = true;
+  auto rest = r.filter->finish();
+  if (rest.blocked) return false;
+  if (rest.text.empty()) return true;
+  if (in_chunk != nullptr) *in_chunk = json::string(std::string(in_chunk->get_string()) + rest.text);
+  else content_chunk(out, rest.text, index, "reasoning_content");
+  return true;
 }
 
 std::vector<std::string> stream_rewriter::fired_rules() const {
-  std::vector<std::string> all = filter_ ? filter_->fired_rules() : std::vector<std::string>{};
-  for (const auto& m : more_) {
-    if (!m.filter) continue;
-    for (auto& r : m.filter->fired_rules())
+  std::vector<std::string> all;
+  auto add = [&all](const std::optional<cf::stream_filter>& f) {
+    if (!f) return;
+    for (auto& r : f->fired_rules())
       if (std::find(all.begin(), all.end(), r) == all.end()) all.push_back(std::move(r));
+  };
+  add(filter_);
+  add(reasoning_.filter);
+  for (const auto& m : more_) {
+    add(m.filter);
+    add(m.reasoning.filter);
   }
   return all;
 }
@@ -430,7 +465,8 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
   return out;
 }
 
-void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::uint64_t index) const {
+void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::uint64_t index,
+                                    std::string_view key) const {
   s.reserve(s.size() + 160 + id_.size() + model_.size() + text.size());
   s += "data: {\"id\":";
   json_out::string(s, id_);
@@ -440,7 +476,9 @@ void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::
   json_out::string(s, model_);
   s += ",\"choices\":[{\"index\":";
   s += std::to_string(index);
-  s += ",\"delta\":{\"content\":";
+  s += ",\"delta\":{\"";
+  s += key;
+  s += "\":";
   json_out::string(s, text);
   s += "},\"finish_reason\":null}]}\n\n";
 }
@@ -448,6 +486,10 @@ void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::
 void stream_rewriter::flush(std::string& out) {
   // (Not after a block: a block found in the batch before the finish chunk ended the stream.)
   if (finished_ || !filter_ || blocked_) return;
+  if (!end_reasoning(reasoning_, 0, nullptr, out)) {
+    end_blocked(out);
+    return;
+  }
   finished_ = true;
   auto r = filter_->finish();
   sent(r.text);
@@ -460,6 +502,10 @@ void stream_rewriter::flush_all(std::string& out) {
   for (std::size_t i = 0; i < more_.size() && !blocked_; ++i) {
     auto& m = more_[i];
     if (m.finished || !m.filter) continue;
+    if (!end_reasoning(m.reasoning, i + 1, nullptr, out)) {
+      end_blocked(out);
+      return;
+    }
     m.finished = true;
     auto r = m.filter->finish();
     sent(r.text);
@@ -627,6 +673,9 @@ bool deciding_suffix(std::string_view suffix) {
 }  // namespace
 
 bool stream_rewriter::in_place(std::string_view data, std::string& out) {
+  // Reasoning text, and the first chunk after it (its held-back text goes out first), take the
+  // general path. (A key inside a string would read \"reasoning: this errs towards parsing.)
+  if (reasoning_.pending() || find_in(data, "\"reasoning") != std::string_view::npos) return false;
   // The first chunk names the id, model and creation time that the chunks the rewriter makes
   // itself carry: read without parsing when they are plain, else the chunk is parsed whole.
   if (id_.empty()) {
@@ -678,7 +727,7 @@ std::size_t stream_rewriter::common_event(std::string_view bytes) {
   // in the delta) and after it, up to the blank line. Those bytes were searched once; this
   // event's string is only scanned for its end (the answer in_place() would give, without the
   // search for the event's end and for its keys).
-  if (known_tail_.empty() || !filter_ || finished_ || id_.empty()) return 0;
+  if (known_tail_.empty() || !filter_ || finished_ || id_.empty() || reasoning_.pending()) return 0;
   const std::size_t head = known_head_.size(), tail = known_tail_.size();
   const char* const p = bytes.data();
   const std::size_t n = bytes.size();
@@ -851,9 +900,18 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
       auto* finish = c.if_contains("finish_reason");
       const bool finishing = finish && !finish->is_null();
       auto* delta = c.if_contains("delta");
-      auto* content = delta && delta->is_object() ? delta->get_object().if_contains("content") : nullptr;
+      json::object* d = delta && delta->is_object() ? &delta->get_object() : nullptr;
+      auto* content = d ? d->if_contains("content") : nullptr;
       const bool has_text = content && content->is_string();
-      if (!has_text && !finishing) continue;  // a role or tool-call delta: no text of the answer
+      json::value* reasoning = nullptr;
+      if (d)
+        for (const char* key : {"reasoning_content", "reasoning"})
+          if (auto* rv = d->if_contains(key); rv && rv->is_string()) {
+            reasoning = rv;
+            break;
+          }
+      // A role or tool-call delta: no text of the answer.
+      if (!has_text && !finishing && reasoning == nullptr) continue;
       const choice_ref ch = choice(index);
       if (ch.filter == nullptr) {  // text that cannot be filtered is not sent (fail closed)
         end_stream(out, "upstream_error",
@@ -862,11 +920,60 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
         return;
       }
       if (*ch.finished) {  // text after its answer's end: nothing the filter could still check
-        if (has_text && !content->get_string().empty()) {
-          *content = "";
-          changed = true;
-        }
+        for (json::value* t : {has_text ? content : nullptr, reasoning})
+          if (t != nullptr && !t->get_string().empty()) {
+            *t = "";
+            changed = true;
+          }
         continue;
+      }
+      // Its end, or the end of the answer before it: no text of the answer goes out unfiltered.
+      const auto end_here = [&](bool keep_chunk_text) {
+        if (finish) *finish = nullptr;  // the block's own chunk ends the answers (content_filter)
+        arr.erase(arr.begin() + std::ptrdiff_t(i + 1), arr.end());  // choices after it: not filtered
+        if (keep_chunk_text || i > 0) out += sse::format_data(json::serialize(v));
+        end_blocked(out);
+      };
+      // The reasoning comes first: its text, then (once the content begins or the answer ends)
+      // what its filter held back.
+      bool reasoning_kept = false;
+      if (reasoning != nullptr) {
+        reasoning_state& rs = *ch.reasoning;
+        if (!rs.filter)
+          if (auto sf = cf::stream_filter::create(set_, scratch_)) rs.filter.emplace(std::move(*sf));
+        if (!rs.filter) {
+          end_stream(out, "upstream_error", "The content filter could not start for this stream.");
+          return;
+        }
+        if (rs.finished) {  // reasoning after the content began: no stream of its own left
+          if (!reasoning->get_string().empty()) {
+            *reasoning = "";
+            changed = true;
+          }
+        } else {
+          auto rr = rs.filter->feed(reasoning->get_string());
+          if (std::string_view(reasoning->get_string()) != rr.text) {
+            *reasoning = json::string(rr.text);
+            changed = true;
+          }
+          reasoning_kept = !rr.text.empty();
+          if (rr.blocked) {
+            if (has_text) *content = "";
+            changed = true;
+            end_here(reasoning_kept);
+            return;
+          }
+        }
+      }
+      if ((has_text && !content->get_string().empty()) || finishing) {
+        const std::size_t before = reasoning != nullptr ? reasoning->get_string().size() : 0;
+        if (!end_reasoning(*ch.reasoning, index, reasoning, out)) {
+          if (has_text) *content = "";
+          changed = true;
+          end_here(reasoning_kept);
+          return;
+        }
+        if (reasoning != nullptr && reasoning->get_string().size() != before) changed = true;
       }
       cf::chunk_result r;
       if (has_text) r = ch.filter->feed(content->get_string());
@@ -893,10 +1000,7 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
         }
       }
       if (r.blocked) {
-        if (finish) *finish = nullptr;  // the block's own chunk ends the answers (content_filter)
-        arr.erase(arr.begin() + std::ptrdiff_t(i + 1), arr.end());  // choices after it: not filtered
-        if ((has_text && !r.text.empty()) || i > 0) out += sse::format_data(json::serialize(v));
-        end_blocked(out);
+        end_here((has_text && !r.text.empty()) || reasoning_kept);
         return;
       }
     }

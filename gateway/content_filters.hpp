@@ -141,11 +141,24 @@ class stream_rewriter {
   std::string_view event_;  ///< the event being handled, when read in place (see pending_text)
   /// The filter and state of the answer `index` (n > 1 streams several); filter nullptr when the
   /// index is past the request's n or a filter cannot start (the stream then ends, fail closed).
+  /// An answer's reasoning text (`delta.reasoning_content` or `delta.reasoning`: Gemini's thoughts
+  /// as the Vertex translator writes them, DeepSeek's and vLLM's), filtered as its own stream
+  /// that ends when the answer's content begins (or at the answer's end).
+  struct reasoning_state {
+    std::optional<cf::stream_filter> filter;  ///< made at the answer's first reasoning text
+    bool finished = false;
+    bool pending() const { return filter && !finished; }
+  };
   struct choice_ref {
     cf::stream_filter* filter = nullptr;
     bool* finished = nullptr;
+    reasoning_state* reasoning = nullptr;
   };
   choice_ref choice(std::uint64_t index);
+  /// The end of an answer's reasoning: what its filter held back goes out, appended to
+  /// `in_chunk` (the reasoning string of the chunk being handled) or else in a chunk of its own.
+  /// False when that end revealed a block (the stream has ended).
+  bool end_reasoning(reasoning_state& r, std::uint64_t index, boost::json::value* in_chunk, std::string& out);
   /// The end of choice 0's text: what its filter held back goes out in a chunk of its own.
   void flush(std::string& out);
   /// flush() for every choice (at [DONE]).
@@ -156,8 +169,9 @@ class stream_rewriter {
   void end_stream(std::string& out, std::string_view code, const std::string& message);
   void sent(std::string_view text);  ///< text emitted to the caller (capture, moderation)
   /// Appends a chunk of the rewriter's own carrying `text` (the text held back, at the end) for
-  /// the choice `index`.
-  void content_chunk(std::string& out, std::string_view text, std::uint64_t index = 0) const;
+  /// the choice `index`, as its delta's `key`.
+  void content_chunk(std::string& out, std::string_view text, std::uint64_t index = 0,
+                     std::string_view key = "content") const;
 
   request_context& ctx_;
   const content_filters& f_;
@@ -177,7 +191,9 @@ class stream_rewriter {
   struct more_choice {
     std::optional<cf::stream_filter> filter;
     bool finished = false;
+    reasoning_state reasoning;
   };
+  reasoning_state reasoning_;  ///< choice 0's
   std::vector<more_choice> more_;
   std::string emitted_;
   bool track_ = false;

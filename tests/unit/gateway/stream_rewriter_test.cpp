@@ -438,6 +438,93 @@ TEST(StreamRewriterTest, AWholeAnswerTheFiltersCannotReadIsNotPassedOn) {
   EXPECT_EQ(tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, R"({"choices":[]})").value_or("none"), R"({"choices":[]})");
 }
 
+namespace {
+std::string reasoning_chunk(std::string_view text, std::string_view key = "reasoning_content") {
+  return "data: " + head + R"("choices":[{"index":0,"delta":{")" + std::string(key) + R"(":)" +
+         json::serialize(json::string_view(text)) + R"(},"logprobs":null,"finish_reason":null}]})" + "\n\n";
+}
+struct reasoned {
+  std::string reasoning, content, finish;
+  bool reasoning_after_content = false;
+  int done = 0;
+};
+reasoned read_reasoned(const std::string& sse_bytes) {
+  tollgate::sse::parser p;
+  std::vector<tollgate::sse::event> evs;
+  EXPECT_TRUE(p.feed(sse_bytes, evs));
+  reasoned r;
+  for (auto& ev : evs) {
+    if (ev.data == "[DONE]") ++r.done;
+    if (!ev.name.empty() || ev.data == "[DONE]") continue;
+    auto v = json::parse(ev.data);
+    for (auto& c : v.at("choices").as_array()) {
+      const auto& d = c.at("delta").as_object();
+      for (const char* key : {"reasoning_content", "reasoning"})
+        if (auto* t = d.if_contains(key); t && t->is_string() && !t->as_string().empty()) {
+          r.reasoning += t->as_string();
+          if (!r.content.empty()) r.reasoning_after_content = true;
+        }
+      if (auto* t = d.if_contains("content"); t && t->is_string()) r.content += t->as_string();
+      if (auto& f = c.at("finish_reason"); f.is_string()) r.finish = f.as_string();
+    }
+  }
+  return r;
+}
+}  // namespace
+
+// Reasoning text (Gemini's thoughts as the Vertex translator writes them, DeepSeek's and vLLM's
+// reasoning_content, or "reasoning") is filtered as its own stream, for any read split, and what
+// its filter held back goes out before the content begins.
+TEST(StreamRewriterTest, ReasoningTextIsFilteredOnItsOwnBeforeTheContent) {
+  auto s = make("forbidden");
+  std::mt19937 rng(21);
+  for (const char* key : {"reasoning_content", "reasoning"}) {
+    const std::string in = reasoning_chunk("Thinking: mail x@exa", key) + reasoning_chunk("mple.com, then answer", key) +
+                           chunk(R"("The answer")") + chunk(R"(" is 42.")") +
+                           "data: " + head + R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]})" +
+                           "\n\n" + "data: [DONE]\n\n";
+    for (int round = 0; round < 60; ++round) {
+      tollgate::request_context ctx;
+      const std::string out = rewrite(s, in, rng, nullptr, round % 2 == 0);
+      const reasoned r = read_reasoned(out);
+      EXPECT_EQ(r.reasoning, "Thinking: mail [REDACTED:email], then answer") << key << " round " << round;
+      EXPECT_EQ(r.content, "The answer is 42.");
+      EXPECT_FALSE(r.reasoning_after_content) << out;
+      EXPECT_EQ(r.finish, "stop");
+      EXPECT_EQ(r.done, 1);
+      EXPECT_EQ(out.find("x@exa"), std::string::npos);
+    }
+  }
+  // A block in the reasoning ends the stream before any content.
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string out = rw.process(reasoning_chunk("I must not say the forbidden word") + chunk(R"("Sure.")") +
+                                     "data: [DONE]\n\n");
+  EXPECT_TRUE(rw.blocked());
+  const reasoned r = read_reasoned(out);
+  EXPECT_EQ(r.reasoning, "I must not say the ");
+  EXPECT_EQ(r.content, "");
+  EXPECT_EQ(r.finish, "content_filter");
+  EXPECT_EQ(r.done, 1);
+  EXPECT_EQ(ctx.filter_actions, std::vector<std::string>{"secret_word:block:response"});
+
+  // Whole answers alike.
+  const std::string whole =
+      R"({"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"fine",)"
+      R"("reasoning_content":"mail x@example.com"},"finish_reason":"stop"},{"index":1,"message":{"role":"assistant",)"
+      R"("content":"fine too","reasoning":"the forbidden plan"},"finish_reason":"stop"}]})";
+  const auto filtered = tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, whole);
+  ASSERT_TRUE(filtered.has_value());
+  const auto v = json::parse(*filtered);
+  const auto& c0 = v.at("choices").at(0).as_object();
+  const auto& c1 = v.at("choices").at(1).as_object();
+  EXPECT_EQ(c0.at("message").at("reasoning_content").as_string(), "mail [REDACTED:email]");
+  EXPECT_EQ(c0.at("message").at("content").as_string(), "fine");
+  EXPECT_EQ(c1.at("message").at("reasoning").as_string(), "the ");
+  EXPECT_EQ(c1.at("message").at("content").as_string(), "");
+  EXPECT_EQ(c1.at("finish_reason").as_string(), "content_filter");
+}
+
 // However the stream ends (moderation, an upstream failure), the rules that fired in what was
 // sent are on the record.
 TEST(StreamRewriterTest, RulesThatFiredAreRecordedWhenTheStreamEndsWithoutDone) {
