@@ -115,6 +115,13 @@ config::audit_config strict_config(const std::string& dir) {
   return c;
 }
 
+config::audit_config batched_config(const std::string& dir, std::uint32_t batch_ms) {
+  auto c = strict_config(dir);
+  c.mode = config::audit_config::durability::batched;
+  c.batch_ms = batch_ms;
+  return c;
+}
+
 /// Collects the writer's log lines; lets a test wait for one.
 class log_sink {
  public:
@@ -349,9 +356,7 @@ TEST(AuditLogTest, StrictCompletionFiresOnceTheRecordIsInTheFile) {
 
 TEST(AuditLogTest, BatchedWriterCompletesEveryRecordFromManyThreads) {
   temp_dir tmp;
-  auto cfg = strict_config(tmp.path());
-  cfg.mode = config::audit_config::durability::batched;
-  cfg.batch_ms = 50;
+  const auto cfg = batched_config(tmp.path(), 50);
   log_sink logs;
   completions done;
   metrics::registry reg;
@@ -979,9 +984,7 @@ TEST(AuditLogTest, ABatchedSyncThatFailsTurnsTheWriterUnhealthyAndTheChainSaysSo
   // (fail_closed then refuses calls), and once writing and syncing work again the chain says
   // how many records may be lost.
   temp_dir tmp;
-  auto cfg = strict_config(tmp.path());
-  cfg.mode = config::audit_config::durability::batched;
-  cfg.batch_ms = 20;
+  const auto cfg = batched_config(tmp.path(), 20);
   log_sink logs;
   completions done;
   metrics::registry reg;

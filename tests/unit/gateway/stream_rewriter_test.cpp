@@ -91,12 +91,18 @@ struct outcome {
   bool error_event = false;
 };
 
-// Parses what the caller gets; fails the test on invalid SSE or JSON or a
-// changed field.
-outcome read_stream(const std::string &sse_bytes) {
+// The events of what the caller gets; fails the test on invalid SSE.
+std::vector<tollgate::sse::event> events_of(const std::string &sse_bytes) {
   tollgate::sse::parser p;
   std::vector<tollgate::sse::event> evs;
   EXPECT_TRUE(p.feed(sse_bytes, evs));
+  return evs;
+}
+
+// Parses what the caller gets; fails the test on invalid SSE or JSON or a
+// changed field.
+outcome read_stream(const std::string &sse_bytes) {
+  const auto evs = events_of(sse_bytes);
   outcome o;
   for (auto &ev : evs) {
     if (ev.name == "error") {
@@ -305,9 +311,7 @@ struct answers {
   int done = 0;
 };
 answers read_answers(const std::string& sse_bytes, std::size_t n) {
-  tollgate::sse::parser p;
-  std::vector<tollgate::sse::event> evs;
-  EXPECT_TRUE(p.feed(sse_bytes, evs));
+  const auto evs = events_of(sse_bytes);
   answers a;
   a.text.resize(n);
   a.finish.resize(n);
@@ -449,9 +453,7 @@ struct reasoned {
   int done = 0;
 };
 reasoned read_reasoned(const std::string& sse_bytes) {
-  tollgate::sse::parser p;
-  std::vector<tollgate::sse::event> evs;
-  EXPECT_TRUE(p.feed(sse_bytes, evs));
+  const auto evs = events_of(sse_bytes);
   reasoned r;
   for (auto& ev : evs) {
     if (ev.data == "[DONE]") ++r.done;
