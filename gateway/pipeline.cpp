@@ -549,7 +549,8 @@ awaitable<void> fail(request_context& ctx, response_sink& sink, const failure& f
 /// Whether this request gets an audit record: every request on the caller listener but health
 /// checks, and every admin API request (not /metrics or health checks).
 bool audited(const request_context& ctx) {
-  if (ctx.admin_listener) return ctx.path.starts_with("/admin/");
+  // On the admin listener: the admin API, and requests refused before their target was read.
+  if (ctx.admin_listener) return ctx.path.empty() || ctx.path.starts_with("/admin/");
   return ctx.path != "/healthz" && ctx.path != "/readyz";
 }
 

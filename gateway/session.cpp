@@ -209,8 +209,12 @@ class session {
   const config::server_config& server() const { return w_.snap()->cfg->server; }
 
   /// An error answered before the pipeline (framing, limits, timeouts); closes the connection.
-  awaitable<void> refuse(errc code, std::string_view reason) {
+  /// `method` and `target`: the request's, when its head was read (so that a refused admin
+  /// request is audited as one).
+  awaitable<void> refuse(errc code, std::string_view reason, std::string_view method = {}, std::string_view target = {}) {
     request_context ctx;
+    ctx.method = std::string(method);
+    ctx.path = std::string(target.substr(0, target.find('?')));
     ctx.id = w_.next_id();
     ctx.id_hex = snowflake::to_hex(ctx.id);
     ctx.worker = w_.index();
@@ -299,10 +303,15 @@ class session {
     auto [ec, n] = co_await http::async_read(s_, buf_, parser);
     disarm_deadline();
     if (ec) {
+      // (The request line is parsed first: set when the head was, or a Content-Length past the
+      // limit stopped it; empty otherwise.)
+      const std::string_view method = parser.method_string();
+      const std::string_view target = parser.target();
       if (ec == http::error::body_limit)
-        co_await refuse(errc::request_too_large, "Request body exceeds " + std::to_string(srv.limits.max_body_bytes) + " bytes");
+        co_await refuse(errc::request_too_large, "Request body exceeds " + std::to_string(srv.limits.max_body_bytes) + " bytes",
+                        method, target);
       else if (timed_out())
-        co_await refuse(errc::request_timeout, "Request body not received in time");
+        co_await refuse(errc::request_timeout, "Request body not received in time", method, target);
       else if (ec.category() == make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
                ec != http::error::partial_message)
         co_await refuse(errc::bad_request, "Malformed HTTP request: " + ec.message());

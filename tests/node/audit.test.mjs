@@ -209,6 +209,9 @@ describe('audit trail', () => {
     assert.equal(cut.details, 'client_disconnected');
     assert.ok(cut.completion_tokens > 0 && cut.cost_nano > 0, 'a cut stream is billed for what was relayed');
     assert.ok(recs.some((r) => r.status === 400 && r.details && r.path === ''), 'the malformed request has a record');
+    // A body refused for its size was read past its head: its record names what was asked.
+    const tooLarge = recs.find((r) => r.id === expected.find((e) => e.what === 'too large').id);
+    assert.deepEqual([tooLarge.method, tooLarge.path], ['POST', '/v1/chat/completions']);
     assert.ok(!recs.some((r) => r.id === healthId), 'health checks are not audited');
 
     const text = auditText(auditDir);
@@ -225,10 +228,19 @@ describe('audit trail', () => {
     assert.equal(created.status, 201);
     const revoked = await admin(gw, adm.token, 'DELETE', `/admin/v1/keys/${created.json.id}`);
     assert.equal(revoked.status, 200);
+    // Refused before the admin API saw them (a body over the limit, a malformed request): audited
+    // as admin requests all the same.
+    const huge = await admin(gw, adm.token, 'POST', '/admin/v1/keys', { team: 't1', name: 'x'.repeat(8000) });
+    assert.equal(huge.status, 413);
+    const malformed = await rawExchange(gw.adminPort, ['POST /admin/v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n']);
+    assert.match(malformed.text, /^HTTP\/1\.1 400/);
     const recs = await eventually(() => {
       const a = records(auditDir).filter((r) => r.type === 'admin');
-      return a.length >= 3 ? a : undefined;
-    }, { what: 'three admin records' });
+      return a.length >= 5 ? a : undefined;
+    }, { what: 'five admin records' });
+    const large = recs.find((r) => r.id === huge.headers.get('x-request-id'));
+    assert.deepEqual([large?.status, large?.method, large?.path, large?.error_code], [413, 'POST', '/admin/v1/keys', 'request_too_large']);
+    assert.ok(recs.some((r) => r.status === 400 && r.path === '' && r.details), 'the malformed admin request has a record');
     const unauth = recs.find((r) => r.id === bad.headers.get('x-request-id'));
     assert.equal(unauth.status, 401);
     assert.equal(unauth.admin, null);
