@@ -58,6 +58,10 @@ class bedrock_stream final : public stream_translator {
            "The upstream stream ended unexpectedly: " + std::string(complete ? "inside an event" : why) + ".");
       return;
     }
+    if (!tr_.finished()) {  // closed cleanly between events, but before the answer's end
+      fail(out, "upstream_error", "The Bedrock stream ended before its messageStop event.");
+      return;
+    }
     if (tr_.usage() && ctx_.caller_wants_usage)
       out += sse::format_data(json::serialize(bedrock::make_usage_chunk(tr_.meta(), *tr_.usage())));
     out += "data: [DONE]\n\n";

@@ -469,7 +469,9 @@ constexpr error_row error_table[] = {
     {"ModelNotReadyException", 503, "server_error", "model_not_ready", true},
     {"ValidationException", 400, "invalid_request_error", "invalid_request", false},
     {"ConflictException", 400, "invalid_request_error", "conflict", false},
-    {"AccessDeniedException", 403, "permission_error", "access_denied", false},
+    // The gateway's credentials or IAM role lack a permission (or the model's access is not
+    // enabled in the account): the gateway's fault, not the caller's.
+    {"AccessDeniedException", 502, "server_error", "upstream_access_denied", false},
     {"ResourceNotFoundException", 404, "not_found_error", "model_not_found", false},
     {"ModelTimeoutException", 504, "server_error", "upstream_timeout", true},
     {"ModelErrorException", 500, "server_error", "model_error", false},
@@ -708,7 +710,13 @@ upstream_error map_bedrock_error(std::string_view error_type, std::string_view m
   } else {
     e = {502, "server_error", "upstream_error", {}, false, std::move(e.bedrock_type)};
   }
-  if (!message.empty()) {
+  if (e.code == "upstream_authentication_failed" || e.code == "upstream_access_denied") {
+    // Bedrock's own text names the account and role ("User: arn:aws:iam::…:role/… is not
+    // authorized"), and AWS signature errors can quote the canonical request with its session
+    // token: none of it goes to a caller.
+    e.message = "Amazon Bedrock refused the gateway's AWS credentials (" + e.bedrock_type +
+                "): check the gateway's credentials and their IAM permissions for this model.";
+  } else if (!message.empty()) {
     e.message = message;
   } else {
     e.message = "Amazon Bedrock returned " + (e.bedrock_type.empty() ? std::string("an error") : e.bedrock_type);

@@ -371,6 +371,15 @@ std::string decode_openai_body(request_context& ctx, unsigned status, std::strin
     scan_usage(body, ctx.usage);
     return body;
   }
+  if (status == 401 || status == 403) {
+    // The upstream refused the gateway's own key (callers never send one upstream): the caller's
+    // key is fine, and OpenAI's text ("Incorrect API key provided: sk-…abcd") would show the
+    // end of the gateway's.
+    ctx.answer_status = 502;
+    return openai_error_body("The upstream provider refused the gateway's credentials (HTTP " + std::to_string(status) +
+                                 "): check the provider's api_key in the gateway's configuration.",
+                             "server_error", "", "upstream_authentication_failed");
+  }
   return normalize_error_body(status, body);
 }
 

@@ -146,9 +146,11 @@ describe('azure_openai', () => {
     });
   });
 
-  test('a wrong key: Azure 401 becomes AuthenticationError, and the key is in no answer', async () => {
+  test('a wrong key: Azure 401 becomes 502 upstream_authentication_failed (the caller\'s key is fine), and the key is in no answer', async () => {
     await assert.rejects(client.chat.completions.create({ model: 'gpt-az-badkey', messages: msgs }), (e) => {
-      assert.ok(e instanceof OpenAI.AuthenticationError, e.constructor.name);
+      assert.ok(e instanceof OpenAI.InternalServerError, e.constructor.name);
+      assert.equal(e.status, 502);
+      assert.equal(e.code, 'upstream_authentication_failed');
       assert.ok(!JSON.stringify(e.error).includes(KEY));
       return true;
     });

@@ -45,6 +45,7 @@ models:
   - {name: throttled, provider: bedrock, upstream_model: throttled}
   - {name: invalid, provider: bedrock, upstream_model: invalid}
   - {name: stream-throttled, provider: bedrock, upstream_model: stream-throttled}
+  - {name: stream-cut, provider: bedrock, upstream_model: stream-cut}
   - {name: badsig, provider: bedrock-wrong-secret, upstream_model: "anthropic.claude-3-haiku-20240307-v1:0"}
   - {name: titan, provider: bedrock, upstream_model: "amazon.titan-embed-text-v2:0"}
   - {name: cohere, provider: bedrock, upstream_model: "cohere.embed-english-v3"}
@@ -140,8 +141,11 @@ describe('bedrock', () => {
       return true;
     });
     await assert.rejects(client.chat.completions.create({ model: 'badsig', messages: msgs }), (e) => {
-      // The gateway's credentials are wrong, not the caller's request: 502, not 403.
+      // The gateway's credentials are wrong, not the caller's request: 502, not 403, and none of
+      // Bedrock's text (which can quote the signed request) passed on.
       assert.equal(e.status, 502);
+      assert.equal(e.code, 'upstream_authentication_failed');
+      assert.match(e.message, /refused the gateway's AWS credentials/);
       assert.ok(!JSON.stringify(e.error ?? {}).includes('not-the-secret'));
       return true;
     });
@@ -157,6 +161,14 @@ describe('bedrock', () => {
     const err = JSON.parse(events.at(-2));
     assert.equal(err.error.type, 'rate_limit_error');
     assert.match(err.error.message, /Too many tokens/);
+  });
+
+  test('a stream closed cleanly before its messageStop ends with an error event, not as a success', async () => {
+    const r = await fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stream-cut', messages: msgs, stream: true }) });
+    const text = await r.text();
+    assert.equal(r.status, 200);
+    assert.match(text, /event: error\ndata: .*messageStop/);
+    assert.ok(!/"finish_reason":"(stop|length)"/.test(text), text);
   });
 
   test('a request Bedrock cannot take is refused before it is sent (400 with the param)', async () => {

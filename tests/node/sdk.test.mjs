@@ -25,6 +25,7 @@ const FAKE_MODELS = {
   'embed-fixture': 'text-embedding-3-small',
   'rate-limited': 'error-429',
   'rate-limited-once': 'error-429-once',
+  'wrong-upstream-key': 'error-401',
   broken: 'error-500',
   resetting: 'reset-mid-stream',
   'llama-broken': 'llama-error-line',
@@ -289,6 +290,16 @@ describe('openai SDK through the gateway to an OpenAI-compatible upstream', () =
     assert.ok(err instanceof OpenAI.APIError, String(err));
     assert.equal(err.status, 413, String(err));
     assert.equal(err.code, 'request_too_large');
+  });
+
+  test('upstream 401 (the gateway\'s own key refused) → 502 upstream_authentication_failed, not the caller\'s AuthenticationError', async () => {
+    const err = await expectError(client.chat.completions.create({ model: 'wrong-upstream-key', messages: msgs }));
+    assert.ok(err instanceof OpenAI.InternalServerError, String(err));
+    assert.equal(err.status, 502);
+    assert.equal(err.code, 'upstream_authentication_failed');
+    assert.equal(err.type, 'server_error');
+    // OpenAI's text quotes the end of the key it refused: not passed on.
+    assert.ok(!/Incorrect API key|sk-/.test(err.error.message), err.error.message);
   });
 
   test('upstream 429 → RateLimitError, message and retry-after passed through (maxRetries 0)', async () => {

@@ -102,7 +102,10 @@ export async function startFakeBedrock({ accessKeyId, secretAccessKey, sessionTo
     const fx = model.includes('tool') ? BEDROCK_TOOL : BEDROCK_TEXT;
     if (op === 'converse') return send(res, 200, fx.body);
     res.writeHead(200, { 'content-type': 'application/vnd.amazon.eventstream', 'x-amzn-requestid': 'b0f1c2d3-1111-4222-8333-944455556667', 'transfer-encoding': 'chunked' });
-    const list = model === 'stream-throttled' ? fx.events.slice(0, 3) : fx.events;
+    // stream-cut: every event up to the answer's end, then a clean close without messageStop.
+    const list = model === 'stream-throttled' ? fx.events.slice(0, 3)
+      : model === 'stream-cut' ? fx.events.filter((e) => !('messageStop' in e) && !('metadata' in e))
+        : fx.events;
     for (const e of list) {
       const [type, payload] = Object.entries(e)[0];
       res.write(frame(type, payload));

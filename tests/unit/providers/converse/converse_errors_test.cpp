@@ -30,7 +30,7 @@ constexpr row table[] = {
     {"ModelNotReadyException", 429, 503, "server_error", "model_not_ready", true},
     {"ValidationException", 400, 400, "invalid_request_error", "invalid_request", false},
     {"ConflictException", 400, 400, "invalid_request_error", "conflict", false},
-    {"AccessDeniedException", 403, 403, "permission_error", "access_denied", false},
+    {"AccessDeniedException", 403, 502, "server_error", "upstream_access_denied", false},
     {"ResourceNotFoundException", 404, 404, "not_found_error", "model_not_found", false},
     {"ModelTimeoutException", 408, 504, "server_error", "upstream_timeout", true},
     {"ModelErrorException", 424, 500, "server_error", "model_error", false},
@@ -51,7 +51,20 @@ TEST(ConverseErrorsTest, HttpErrorTable) {
     EXPECT_EQ(e.code, r.code) << r.bedrock_type;
     EXPECT_EQ(e.retryable, r.retryable) << r.bedrock_type;
     EXPECT_EQ(e.bedrock_type, r.bedrock_type);
-    EXPECT_EQ(e.message, "it went wrong");
+    // The gateway's own credentials refused: Bedrock's text (account, role, signed request) stays.
+    if (r.status == 502) EXPECT_NE(e.message.find("refused the gateway's AWS credentials (" + std::string(r.bedrock_type) + ")"), std::string::npos) << e.message;
+    else EXPECT_EQ(e.message, "it went wrong");
+  }
+}
+
+TEST(ConverseErrorsTest, CredentialRefusalsNeverCarryBedrocksText) {
+  const std::string arn = "arn:aws:iam::123456789012:role/gateway";
+  for (const char* type : {"AccessDeniedException", "InvalidSignatureException", "ExpiredTokenException"}) {
+    const upstream_error e = map_bedrock_http_error(
+        403, type, R"({"message":"User: )" + arn + R"( is not authorized; x-amz-security-token:IQoJb3JpZ2luX2VjEXAMPLE"})");
+    EXPECT_EQ(e.status, 502u) << type;
+    EXPECT_EQ(e.message.find("arn:aws"), std::string::npos) << e.message;
+    EXPECT_EQ(e.message.find("IQoJ"), std::string::npos) << e.message;
   }
 }
 
@@ -110,10 +123,10 @@ TEST(ConverseErrorsTest, UnknownTypesFallBackOnTheHttpStatus) {
 
 TEST(ConverseErrorsTest, OpenAiErrorObjects) {
   const upstream_error e = map_bedrock_http_error(
-      403, "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.bedrock/",
-      R"({"message":"You don't have access to the model with the specified model ID."})");
-  const json::value inner = json::parse(R"({"message":"You don't have access to the model with the specified model ID.",
-      "type":"permission_error","param":null,"code":"access_denied"})");
+      400, "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+      R"({"message":"The model returned the following errors: max_tokens must be at least 1."})");
+  const json::value inner = json::parse(R"({"message":"The model returned the following errors: max_tokens must be at least 1.",
+      "type":"invalid_request_error","param":null,"code":"invalid_request"})");
   EXPECT_EQ(to_openai_error(e), inner);
   EXPECT_EQ(to_openai_error_body(e), json::object({{"error", inner}}));
 }
