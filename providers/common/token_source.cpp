@@ -137,9 +137,10 @@ reaper& reaper_instance() {
 
 }  // namespace
 
-token_source::token_source(token_fn fetch_token) : s_(std::make_shared<state>()) {
+token_source::token_source(token_fn fetch_token, std::chrono::milliseconds min_age) : s_(std::make_shared<state>()) {
   reaper_instance();  // constructed first, so destroyed (and joining) after every token source
   s_->fetch_token = std::move(fetch_token);
+  s_->min_age = min_age;
   thread_ = std::thread([s = s_] { run(s); });
 }
 
@@ -214,10 +215,14 @@ void token_source::run(const std::shared_ptr<state>& sp) {
       auto t = s.fetch_token();
       lk.lock();
       if (t) {
-        s.authorization = t->authorization();
-        s.cache.complete(d.ticket, std::move(*t), sent);
-        s.usable_until = s.cache.expires_at() - seconds(10);  // margin for the request in flight
-        s.last_error.clear();
+        std::string header = t->authorization();
+        // (A token the cache refuses, one that expires within its margin, is not handed out.)
+        if (s.cache.complete(d.ticket, std::move(*t), sent)) {
+          s.authorization = std::move(header);
+          s.usable_until = s.cache.expires_at() - seconds(10);  // margin for the request in flight
+          s.obtained_at = steady_clock::now();
+          s.last_error.clear();
+        }
       } else {
         s.last_error = t.error().message;
         s.cache.fail(d.ticket, t.error(), steady_clock::now());
@@ -225,8 +230,21 @@ void token_source::run(const std::shared_ptr<state>& sp) {
       continue;
     }
     // Nothing to do now: look again in a second (at once when told to stop).
-    s.cv.wait_for(lk, seconds(1), [&] { return s.stop; });
+    s.cv.wait_for(lk, seconds(1), [&] { return s.stop || s.wake; });
+    s.wake = false;
   }
+}
+
+void token_source::invalidate() const {
+  {
+    std::lock_guard lk(s_->mu);
+    if (s_->authorization.empty() || steady_clock::now() - s_->obtained_at < s_->min_age) return;
+    s_->cache.invalidate();
+    s_->authorization.clear();
+    s_->usable_until = {};
+    s_->wake = true;
+  }
+  s_->cv.notify_one();
 }
 
 }  // namespace tollgate::providers::oauth

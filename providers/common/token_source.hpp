@@ -32,8 +32,9 @@ class token_source {
   /// One token request, done on the refresh thread: the token, or why not (never a secret).
   using token_fn = std::function<google::auth_result<google::access_token>()>;
 
-  /// Starts the refresh thread.
-  explicit token_source(token_fn fetch_token);
+  /// Starts the refresh thread. `min_age`: invalidate() leaves a token younger than this (the
+  /// 401s of requests sent with the token it replaced must not throw the new one away).
+  explicit token_source(token_fn fetch_token, std::chrono::milliseconds min_age = std::chrono::seconds(10));
   /// Google: a service-account JWT exchange, or the metadata server (http_fetch, 10 s bound).
   static std::unique_ptr<token_source> for_google(google::credentials creds);
   /// Microsoft Entra ID client-credentials grant: POST `{authority}/{tenant}/oauth2/v2.0/token`.
@@ -50,6 +51,9 @@ class token_source {
   /// refreshing has failed past its expiry (last_error() says why; never a secret).
   std::optional<std::string> authorization() const;
   std::string last_error() const;
+  /// The upstream refused the token (a 401): drop it and fetch a new one now, unless it is
+  /// younger than min_age. Requests fail fast (no token) until the new one arrives.
+  void invalidate() const;
 
  private:
   struct state {
@@ -61,6 +65,9 @@ class token_source {
     std::string authorization;  ///< current header value, or empty
     std::chrono::steady_clock::time_point usable_until{};
     std::string last_error;
+    std::chrono::steady_clock::time_point obtained_at{};
+    std::chrono::milliseconds min_age{0};
+    bool wake = false;  ///< invalidate() asks the thread to look again at once
   };
   static void run(const std::shared_ptr<state>& s);
 

@@ -180,8 +180,19 @@ std::unique_ptr<stream_translator> vertex_adapter::make_stream_translator(reques
 std::string vertex_adapter::decode_body(request_context& ctx, unsigned status, std::string body) const {
   if (status / 100 != 2) {
     auto e = vertex::map_google_error(status, body);
-    // Google refusing the gateway's own token is the gateway's failure, not the caller's.
-    if (e.status == 401) e.status = 502;
+    // Google refusing the gateway's own token, or its service account's permissions, is the
+    // gateway's failure, not the caller's; Google's text names the project and the account.
+    if (e.status == 401 || e.status == 403) {
+      const bool token = e.status == 401;
+      if (token) token_->invalidate();  // fetch a new one now (PROTOCOLS §4.6), not at its expiry
+      e.status = 502;
+      e.type = "server_error";
+      e.code = token ? "upstream_authentication_failed" : "upstream_access_denied";
+      e.message = token ? "Vertex AI refused the gateway's access token; a new one is being fetched."
+                        : "Vertex AI refused the gateway's service account (PERMISSION_DENIED): check its roles on "
+                          "the project and that the Vertex AI API is enabled.";
+      e.retryable = token;
+    }
     ctx.answer_status = e.status;
     if (const auto s = e.retry_after_seconds()) ctx.upstream_retry_after_s = std::uint32_t(std::min<std::uint64_t>(*s, 86'400));
     return json::serialize(vertex::to_openai_error_body(e));

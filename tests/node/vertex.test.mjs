@@ -107,6 +107,23 @@ describe('vertex', () => {
     assert.ok(r.data[0].embedding.length > 0);
   });
 
+  test('a token Vertex refuses (401): 502 upstream_authentication_failed, then a new token is fetched at once', { timeout: 30000 }, async () => {
+    fake.tokens.clear(); // Vertex no longer accepts the gateway's token
+    const err = await client.chat.completions.create({ model: 'gemini', messages: msgs }).catch((e) => e);
+    assert.equal(err.status, 502, String(err));
+    assert.equal(err.code, 'upstream_authentication_failed');
+    assert.ok(!/invalid authentication credentials/.test(err.message), err.message);
+    // The refused token is dropped and another fetched (a token younger than 10 s is kept: the
+    // 401s of calls sent with the one before must not throw it away), not at its scheduled
+    // refresh an hour on.
+    const ok = await eventually(async () => {
+      const r = await client.chat.completions.create({ model: 'gemini', messages: msgs }).catch(() => undefined);
+      return r;
+    }, { timeoutMs: 20000, what: 'a call that succeeds with a new token' });
+    assert.equal(ok.choices[0].message.content, fixtureText);
+    assert.equal(fake.tokens.size, 1);
+  });
+
   test('no secret, token or signature in any log line or audit record', () => {
     const audit = gw.ready.audit_dir;
     const text = gw.stdout() + gw.stderr() + readdirSync(audit).map((f) => readFileSync(join(audit, f), 'utf8')).join('');
