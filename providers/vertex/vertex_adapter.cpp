@@ -144,9 +144,15 @@ result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
     return make_error_code(errc::invalid_value);
   }
   if (embed) {
-    auto calls = vertex::to_predict_requests(ctx.request_json);
+    // gemini-embedding models take one instance per predict call (Google's model reference);
+    // the text-embedding ones up to 250.
+    const std::string_view model = ctx.target->upstream_model;
+    const std::size_t per_call = model.find("gemini-embedding") != std::string_view::npos ? 1 : vertex::default_max_instances;
+    auto calls = vertex::to_predict_requests(ctx.request_json, per_call);
     if (!calls || calls->bodies.size() != 1) {
-      ctx.reject_message = calls ? "Too many inputs for one Vertex AI predict call." : calls.error().message;
+      ctx.reject_message = calls ? "This Vertex AI embedding model takes at most " + std::to_string(per_call) +
+                                       " input(s) per request: send the inputs in separate requests."
+                                 : calls.error().message;
       ctx.reject_param = calls ? "input" : calls.error().param;
       return make_error_code(errc::invalid_value);
     }

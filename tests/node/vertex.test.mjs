@@ -36,6 +36,7 @@ models:
   - {name: gemini, provider: vertex, upstream_model: gemini-2.5-flash}
   - {name: gemini-quota, provider: vertex, upstream_model: quota-exceeded}
   - {name: vembed, provider: vertex, upstream_model: text-embedding-005}
+  - {name: gembed, provider: vertex, upstream_model: gemini-embedding-001}
 `;
   gw = await startGateway(yaml);
   client = new OpenAI({ apiKey: 'unused', baseURL: gw.baseURL, maxRetries: 0 });
@@ -105,6 +106,19 @@ describe('vertex', () => {
     assert.equal(fake.requests.at(-1).method, 'predict');
     assert.deepEqual(fake.requests.at(-1).body.instances, [{ content: 'hello' }]);
     assert.ok(r.data[0].embedding.length > 0);
+    // Several inputs go in one call to the text-embedding models...
+    const two = await client.embeddings.create({ model: 'vembed', input: ['a', 'b'], encoding_format: 'float' });
+    assert.equal(two.data.length, 2);
+    assert.equal(fake.requests.at(-1).body.instances.length, 2);
+    // ...but gemini-embedding models take one per call: refused with the param, nothing sent.
+    const sent = fake.requests.length;
+    const err = await client.embeddings.create({ model: 'gembed', input: ['a', 'b'], encoding_format: 'float' }).catch((e) => e);
+    assert.equal(err.status, 400, String(err));
+    assert.equal(err.param, 'input');
+    assert.match(err.message, /at most 1 input/);
+    assert.equal(fake.requests.length, sent);
+    const one = await client.embeddings.create({ model: 'gembed', input: ['a'], encoding_format: 'float' });
+    assert.equal(one.data.length, 1);
   });
 
   test('a token Vertex refuses (401): 502 upstream_authentication_failed, then a new token is fetched at once', { timeout: 30000 }, async () => {
