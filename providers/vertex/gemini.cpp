@@ -940,8 +940,9 @@ std::optional<std::vector<path_segment>> parse_json_path(std::string_view p) {
   return out;
 }
 
-/// Applies one `PartialArg` to the arguments being assembled; false when its path is unusable.
-bool apply_partial_arg(json::value& root, const json::object& arg) {
+/// Applies one `PartialArg` to the arguments being assembled; false when its path is unusable or
+/// would create more than `room` values in all.
+bool apply_partial_arg(json::value& root, const json::object& arg, std::size_t& room) {
   const auto path = parse_json_path(string_or_empty(arg, "jsonPath"));
   if (!path || path->empty()) return false;
   json::value* cur = &root;
@@ -950,12 +951,20 @@ bool apply_partial_arg(json::value& root, const json::object& arg) {
       if (cur->is_null()) *cur = json::array();
       json::array* a = cur->if_array();
       if (!a) return false;
-      if (seg.index >= a->size()) a->resize(seg.index + 1);
+      if (seg.index >= a->size()) {
+        if (seg.index + 1 - a->size() > room) return false;
+        room -= seg.index + 1 - a->size();
+        a->resize(seg.index + 1);
+      }
       cur = &(*a)[seg.index];
     } else {
       if (cur->is_null()) *cur = json::object();
       json::object* o = cur->if_object();
       if (!o) return false;
+      if (!o->contains(seg.key)) {
+        if (room == 0) return false;
+        --room;
+      }
       cur = &(*o)[seg.key];
     }
   }
@@ -1415,7 +1424,7 @@ stream_step gemini_stream_translator::on_chunk(const json::value& chunk) {
           if (const json::array* partial = array_member(*fc, "partialArgs")) {
             for (const json::value& a : *partial) {
               const json::object* ao = a.if_object();
-              if (!ao || !apply_partial_arg(pending_->args, *ao))
+              if (!ao || !apply_partial_arg(pending_->args, *ao, pending_->room))
                 return fail(std::move(step), invalid_upstream("a Vertex AI stream chunk has an unusable partialArgs entry"));
             }
           }

@@ -339,6 +339,9 @@ class gemini_stream_translator {
     std::string name;
     std::string thought_signature;
     boost::json::value args;  ///< object being assembled
+    /// JSON values the partialArgs may still create (array slots and keys): an upstream's paths
+    /// (`$.a[99999]`, event after event) would otherwise grow it without bound.
+    std::size_t room = 1 << 16;
   };
 
   boost::json::object make_chunk(boost::json::object delta, std::string_view finish_reason = {});

@@ -323,6 +323,21 @@ TEST(GeminiStreamTest, UnusablePartialArgumentFailsTheStream) {
   EXPECT_TRUE(t.failed());
 }
 
+// Paths that each make a long array ($.a0[99999], $.a1[99999], ...), event after event, would
+// grow the arguments without bound: past 65,536 values in one call the stream fails.
+TEST(GeminiStreamTest, PartialArgumentsThatGrowWithoutBoundFailTheStream) {
+  gemini_stream_translator t(meta);
+  std::vector<std::string> events = {R"({"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","willContinue":true}}]}}]})"};
+  for (int i = 0; i < 8; ++i)
+    events.push_back(R"({"candidates":[{"content":{"parts":[{"functionCall":{"partialArgs":[{"jsonPath":"$.a)" +
+                     std::to_string(i) + R"([99999]","stringValue":"z"}],"willContinue":true}}]}}]})");
+  assembled a;
+  for (const std::string& c : events) absorb(a, t.on_chunk(c));
+  ASSERT_TRUE(a.error);
+  EXPECT_EQ(a.error->code, "invalid_upstream_response");
+  EXPECT_TRUE(t.failed());
+}
+
 TEST(GeminiStreamTest, ErrorChunkEndsTheStream) {
   gemini_stream_translator t(meta);
   assembled a = feed({R"({"candidates":[{"content":{"parts":[{"text":"partial"}]}}]})",
