@@ -462,9 +462,11 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     }
     header_list extra = passthrough_headers(ex.headers());
     // The head's storage goes back to the pool with the connection: keep the content type.
+    // An error body is always ours, OpenAI-shaped JSON (an upstream proxy's text/html page is
+    // wrapped): only a 2xx answer passed on keeps the upstream's type.
     std::string ct_kept;
     std::string_view content_type = "application/json";
-    if (!ct.empty() && ct != content_type) content_type = ct_kept.assign(ct);
+    if (status / 100 == 2 && !ctx.answer_status && !ct.empty() && ct != content_type) content_type = ct_kept.assign(ct);
     ex.release();
     const unsigned answer = ctx.answer_status ? ctx.answer_status : status;
     // A provider's 429 passed on without a wait (Bedrock's ThrottlingException and Vertex's

@@ -26,6 +26,7 @@ const FAKE_MODELS = {
   'rate-limited': 'error-429',
   'rate-limited-once': 'error-429-once',
   'wrong-upstream-key': 'error-401',
+  'html-error': 'html-502',
   broken: 'error-500',
   resetting: 'reset-mid-stream',
   'llama-broken': 'llama-error-line',
@@ -300,6 +301,19 @@ describe('openai SDK through the gateway to an OpenAI-compatible upstream', () =
     assert.equal(err.type, 'server_error');
     // OpenAI's text quotes the end of the key it refused: not passed on.
     assert.ok(!/Incorrect API key|sk-/.test(err.error.message), err.error.message);
+  });
+
+  test('an upstream error page in HTML reaches the caller as OpenAI-shaped JSON, typed so', async () => {
+    const r = await fetch(`${gw.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${CALLER_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'html-error', messages: msgs }),
+    });
+    assert.equal(r.status, 502);
+    assert.match(r.headers.get('content-type'), /^application\/json/);
+    const e = (await r.json()).error;
+    assert.equal(e.type, 'server_error');
+    assert.match(e.message, /502 Bad Gateway/);
   });
 
   test('upstream 429 → RateLimitError, message and retry-after passed through (maxRetries 0)', async () => {

@@ -31,6 +31,7 @@
 //                                     is true, as some local servers do; not streamed: the
 //                                     recorded completion without its `usage` field
 //   hang                              reads the request, never answers
+//   html-502                          502 with a proxy's text/html page
 //   hop-headers                       the recorded completion plus hop-by-hop response headers
 //   echo                              answers the last user message's text: whole, or streamed in
 //                                     3-byte pieces (split anywhere, inside UTF-8 characters too, as
@@ -433,6 +434,10 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
     counters.set(model, n);
 
     if (model === 'hang') return; // never answer; the gateway's first-byte timeout must act
+    if (model === 'html-502') { // a proxy in front of the upstream answering with its own page
+      res.writeHead(502, { 'content-type': 'text/html; charset=utf-8' });
+      return res.end('<html><body><h1>502 Bad Gateway</h1></body></html>');
+    }
     if (model === 'error-429-once') {
       if (n === 1) return sendError(res, 'error-429');
     } else if (ERRORS[model]) {
