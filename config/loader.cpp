@@ -196,9 +196,9 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
       if (c.location.empty() || c.location.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") != std::string::npos)
         fail(p + ".location", n["location"] ? n["location"] : n, "expected a location such as us-central1 or global");
       if (auto v = n["credentials_file"]) c.credentials_file = get_string(v, p + ".credentials_file");
-      c.base_url = n["endpoint"] ? get_string(n["endpoint"], p + ".endpoint")
-                                 : "https://" + (c.location == "global" ? std::string("aiplatform.googleapis.com")
-                                                                       : c.location + "-aiplatform.googleapis.com");
+      // Without an endpoint the adapter calls Google's host for the location (vertex_host():
+      // regional, global, or the us/eu multi-regions' aiplatform.<loc>.rep.googleapis.com).
+      if (auto v = n["endpoint"]) c.base_url = get_string(v, p + ".endpoint");
     }
     const char* url_key = azure ? "endpoint" : "base_url";
     if (!bedrock && !vertex && !n[url_key]) fail(p + "." + url_key, n, std::string("required for type ") + c.type);

@@ -120,18 +120,21 @@ google::credentials load_google_credentials(const config::provider_config& cfg) 
 
 }  // namespace
 
+namespace {
+/// The provider's settings with Google's host for its location when no endpoint was configured.
+config::provider_config with_google_host(config::provider_config c) {
+  if (c.base_url.empty()) c.base_url = "https://" + vertex::vertex_host(c.location);
+  return c;
+}
+}  // namespace
+
 vertex_adapter::vertex_adapter(const config::provider_config& cfg)
     : provider_adapter(cfg),
-      peer_(make_upstream_peer(cfg)),
+      peer_(make_upstream_peer(with_google_host(cfg))),
+      google_host_(cfg.base_url.empty()),
       token_(oauth::token_source::for_google(load_google_credentials(cfg))) {}
 
 result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
-  const auto auth = token_->authorization();
-  if (!auth) {
-    ctx.reject_status = 502;
-    ctx.reject_message = "The gateway has no Vertex AI access token yet (" + token_->last_error() + "). Retry shortly.";
-    return make_error_code(errc::upstream_error);
-  }
   const bool embed = ctx.endpoint == endpoint_kind::embeddings;
   const auto method = embed ? vertex::vertex_method::predict
                             : ctx.stream ? vertex::vertex_method::stream_generate_content
@@ -142,6 +145,21 @@ result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
     ctx.reject_message = url.error().message;
     ctx.reject_param = url.error().param;
     return make_error_code(errc::invalid_value);
+  }
+  if (google_host_ && url->host != peer_.host) {
+    // A full model name (projects/*/locations/<other>/...) lives in another location than this
+    // provider's: sent to this host, Google would refuse it. An operator's fix, so a 502.
+    ctx.reject_status = 502;
+    ctx.reject_message = "The model '" + ctx.target->upstream_model + "' is served at " + url->host + ", but provider '" +
+                         cfg_.name + "' calls " + peer_.host + ": give it a provider with that location.";
+    return make_error_code(errc::upstream_error);
+  }
+  // (After the URL's checks: a request that could never be sent says so even without a token.)
+  const auto auth = token_->authorization();
+  if (!auth) {
+    ctx.reject_status = 502;
+    ctx.reject_message = "The gateway has no Vertex AI access token yet (" + token_->last_error() + "). Retry shortly.";
+    return make_error_code(errc::upstream_error);
   }
   if (embed) {
     // gemini-embedding models take one instance per predict call (Google's model reference);

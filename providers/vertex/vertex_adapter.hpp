@@ -28,6 +28,7 @@ class vertex_adapter final : public provider_adapter {
 
  private:
   upstream_peer peer_;
+  bool google_host_;  ///< no endpoint configured: peer_ is Google's host for the location
   std::unique_ptr<oauth::token_source> token_;
 };
 

@@ -5,8 +5,15 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <filesystem>
+#include <fstream>
+
 #include "gateway/core/sse.hpp"
 #include "providers/unified.hpp"
+#include "tests/unit/testdata.hpp"
 
 namespace tollgate::providers {
 namespace {
@@ -107,4 +114,47 @@ TEST(VertexAdapterTest, AStreamCutWhileACallIsAssembledBillsTheCallSoFar) {
 }
 
 }  // namespace
+
+// A provider without an endpoint calls Google's host for its location: the us and eu
+// multi-regions are aiplatform.<loc>.rep.googleapis.com (PROTOCOLS 4.1), not <loc>-aiplatform.
+// A full model name in another location than the provider's is refused with the fix, not sent
+// to the wrong host. (The token endpoint is a closed port: no token, no network.)
+TEST(VertexAdapterTest, GooglesHostForTheLocationAndAFullNameElsewhereIsRefused) {
+  const auto dir = std::filesystem::temp_directory_path() / ("tollgate-vertex-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto sa = boost::json::parse(tollgate::testing::read_file(tollgate::testing::testdata_dir() /
+                                                            "google-auth-service-account/service_account.json"))
+                .as_object();
+  sa["token_uri"] = "http://127.0.0.1:1/token";
+  const auto key = dir / "sa.json";
+  std::ofstream(key) << boost::json::serialize(sa);
+  for (const auto& [location, host] : {std::pair<std::string, std::string>{"us", "aiplatform.us.rep.googleapis.com"},
+                                       {"eu", "aiplatform.eu.rep.googleapis.com"},
+                                       {"europe-west4", "europe-west4-aiplatform.googleapis.com"},
+                                       {"global", "aiplatform.googleapis.com"}}) {
+    config::provider_config cfg;
+    cfg.name = "v";
+    cfg.type = "vertex";
+    cfg.project = "p";
+    cfg.location = location;
+    cfg.credentials_file = key.string();
+    cfg.proxy = "none";
+    vertex_adapter a(cfg);
+    route_target here{&a, "gemini-2.5-flash"};
+    auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}]})");
+    ctx.target = &here;
+    auto r = a.encode(ctx);
+    EXPECT_FALSE(r);  // no token: but the URL was checked first
+    EXPECT_NE(ctx.reject_message.find("no Vertex AI access token"), std::string::npos) << location << ": " << ctx.reject_message;
+    route_target elsewhere{&a, "projects/p/locations/us-east5/publishers/google/models/gemini-2.5-flash"};
+    auto ctx2 = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}]})");
+    ctx2.target = &elsewhere;
+    EXPECT_FALSE(a.encode(ctx2));
+    EXPECT_EQ(ctx2.reject_status, 502u);
+    EXPECT_NE(ctx2.reject_message.find("us-east5-aiplatform.googleapis.com, but provider 'v' calls " + host), std::string::npos)
+        << ctx2.reject_message;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace tollgate::providers
