@@ -31,7 +31,7 @@ class azure_openai_adapter final : public provider_adapter {
 
  private:
   upstream_peer peer_;
-  std::unique_ptr<oauth::token_source> entra_;  ///< null with an api_key
+  std::shared_ptr<oauth::token_source> entra_;  ///< null with an api_key; shared across reloads
 };
 
 }  // namespace tollgate::providers

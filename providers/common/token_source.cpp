@@ -16,6 +16,7 @@
 
 #include <openssl/ssl.h>
 
+#include <map>
 #include <vector>
 
 namespace tollgate::providers::oauth {
@@ -144,8 +145,27 @@ token_source::token_source(token_fn fetch_token, std::chrono::milliseconds min_a
   thread_ = std::thread([s = s_] { run(s); });
 }
 
-std::unique_ptr<token_source> token_source::for_google(google::credentials creds) {
-  return std::make_unique<token_source>([creds = std::move(creds)]() -> google::auth_result<google::access_token> {
+std::shared_ptr<token_source> token_source::shared(const std::string& identity,
+                                                  const std::function<std::unique_ptr<token_source>()>& make) {
+  static std::mutex mu;
+  static std::map<std::string, std::weak_ptr<token_source>> live;
+  std::lock_guard lk(mu);
+  std::erase_if(live, [](const auto& e) { return e.second.expired(); });
+  if (auto s = live[identity].lock()) return s;
+  std::shared_ptr<token_source> s = make();
+  live[identity] = s;
+  return s;
+}
+
+std::shared_ptr<token_source> token_source::for_google(google::credentials creds) {
+  // (In memory only: the key id, not the key, tells two service-account keys apart.)
+  const std::string identity =
+      std::holds_alternative<google::metadata_server_credentials>(creds)
+          ? "google-metadata|" + std::get<google::metadata_server_credentials>(creds).host
+          : "google-sa|" + std::get<google::service_account_key>(creds).client_email + "|" +
+                std::get<google::service_account_key>(creds).private_key_id + "|" +
+                std::get<google::service_account_key>(creds).token_uri;
+  return shared(identity, [&creds] { return std::make_unique<token_source>([creds = std::move(creds)]() -> google::auth_result<google::access_token> {
     google::http_request_data req;
     const bool metadata = std::holds_alternative<google::metadata_server_credentials>(creds);
     if (metadata) {
@@ -163,10 +183,10 @@ std::unique_ptr<token_source> token_source::for_google(google::credentials creds
       return google::auth_error{google::auth_errc::token_rejected, "token request failed: " + res.error, "", true};
     return metadata ? google::parse_metadata_token_response(res.status, res.body)
                     : google::parse_token_response(res.status, res.body);
-  });
+  }); });
 }
 
-std::unique_ptr<token_source> token_source::for_entra(std::string authority, std::string tenant_id, std::string client_id,
+std::shared_ptr<token_source> token_source::for_entra(std::string authority, std::string tenant_id, std::string client_id,
                                                       std::string client_secret, std::string scope) {
   while (!authority.empty() && authority.back() == '/') authority.pop_back();
   google::http_request_data req;
@@ -175,13 +195,14 @@ std::unique_ptr<token_source> token_source::for_entra(std::string authority, std
   req.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded");
   req.body = "grant_type=client_credentials&client_id=" + google::form_urlencode(client_id) +
              "&client_secret=" + google::form_urlencode(client_secret) + "&scope=" + google::form_urlencode(scope);
-  return std::make_unique<token_source>([req = std::move(req)]() -> google::auth_result<google::access_token> {
+  const std::string identity = "entra|" + req.url + "|" + req.body;  // (the grant, secret included: in memory only)
+  return shared(identity, [&req] { return std::make_unique<token_source>([req = std::move(req)]() -> google::auth_result<google::access_token> {
     auto res = http_fetch(req, seconds(10));
     if (!res.error.empty())
       return google::auth_error{google::auth_errc::token_rejected, "token request failed: " + res.error, "", true};
     // Entra answers the standard OAuth 2.0 token and error shapes.
     return google::parse_token_response(res.status, res.body);
-  });
+  }); });
 }
 
 token_source::~token_source() {

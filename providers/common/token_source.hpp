@@ -36,10 +36,16 @@ class token_source {
   /// 401s of requests sent with the token it replaced must not throw the new one away).
   explicit token_source(token_fn fetch_token, std::chrono::milliseconds min_age = std::chrono::seconds(10));
   /// Google: a service-account JWT exchange, or the metadata server (http_fetch, 10 s bound).
-  static std::unique_ptr<token_source> for_google(google::credentials creds);
+  /// Shared (see shared()) by the adapters of every snapshot with the same credentials.
+  static std::shared_ptr<token_source> for_google(google::credentials creds);
   /// Microsoft Entra ID client-credentials grant: POST `{authority}/{tenant}/oauth2/v2.0/token`.
-  static std::unique_ptr<token_source> for_entra(std::string authority, std::string tenant_id, std::string client_id,
+  static std::shared_ptr<token_source> for_entra(std::string authority, std::string tenant_id, std::string client_id,
                                                  std::string client_secret, std::string scope);
+  /// The live source for `identity` (the credentials, as a string), else a new one from `make`:
+  /// a config reload builds new adapters, which keep the token their predecessors fetched
+  /// instead of answering 502 until a first fetch of their own completes.
+  static std::shared_ptr<token_source> shared(const std::string& identity,
+                                              const std::function<std::unique_ptr<token_source>()>& make);
   /// Tells the thread to stop and does not wait for it (a config reload must not block a worker
   /// on a token request in flight): the thread owns its state, ends on its own, and is joined at
   /// process exit.

@@ -29,7 +29,7 @@ class vertex_adapter final : public provider_adapter {
  private:
   upstream_peer peer_;
   bool google_host_;  ///< no endpoint configured: peer_ is Google's host for the location
-  std::unique_ptr<oauth::token_source> token_;
+  std::shared_ptr<oauth::token_source> token_;  ///< shared across reloads (token_source::shared)
 };
 
 }  // namespace tollgate::providers

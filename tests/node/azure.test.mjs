@@ -173,6 +173,18 @@ describe('azure_openai', () => {
     assert.equal(sent.headers['api-key'], undefined);
   });
 
+  test('a config reload keeps the Entra token: the next call needs no new token request', async () => {
+    await eventually(() => azure.tokens.size > 0, { timeoutMs: 10000, what: 'an Entra token issued to the gateway' });
+    const tokenRequests = () => azure.requests.filter((r) => r.form?.client_secret === ENTRA.clientSecret).length;
+    const before = tokenRequests();
+    const from = gw.stderr().length;
+    gw.signal('SIGHUP');
+    await gw.waitForStderr(/config reloaded/, 5000, from);
+    const r = await client.chat.completions.create({ model: 'gpt-az-entra', messages: msgs });
+    assert.equal(r.choices[0].message.content, AZURE_STREAM_TEXT);
+    assert.equal(tokenRequests(), before, 'the new snapshot shares the live token source');
+  });
+
   test('Entra ID with a wrong client secret: 502 naming the Entra error, never the secret', async () => {
     await eventually(() => azure.requests.some((r) => r.form?.client_secret === 'wrong-secret'), { timeoutMs: 10000, what: 'the failed token request' });
     await assert.rejects(client.chat.completions.create({ model: 'gpt-az-entra-bad', messages: msgs }), (e) => {

@@ -58,3 +58,26 @@ TEST(TokenSourceTest, ATokenYoungerThanMinAgeIsKept) {
   EXPECT_EQ(ts.authorization(), std::optional<std::string>("Bearer t1"));
   EXPECT_EQ(calls->load(), 1);
 }
+
+TEST(TokenSourceTest, ASharedSourceOutlivesTheAdapterItWasMadeForWhileAnotherHoldsIt) {
+  // A reload builds new adapters while the old snapshot still serves: the new ones get the live
+  // source of the same credentials (its token already fetched), not a new one without a token.
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  int made = 0;
+  const auto make = [&] {
+    ++made;
+    return std::make_unique<oauth::token_source>(numbered_tokens(calls), 0ms);
+  };
+  auto old_snapshot = oauth::token_source::shared("test-identity-a", make);
+  ASSERT_TRUE(hands_out(*old_snapshot, "Bearer t1"));
+  auto new_snapshot = oauth::token_source::shared("test-identity-a", make);
+  EXPECT_EQ(new_snapshot.get(), old_snapshot.get());
+  EXPECT_EQ(new_snapshot->authorization(), std::optional<std::string>("Bearer t1"));
+  auto other = oauth::token_source::shared("test-identity-b", make);  // other credentials: their own
+  EXPECT_NE(other.get(), old_snapshot.get());
+  EXPECT_EQ(made, 2);
+  old_snapshot.reset();
+  new_snapshot.reset();
+  auto later = oauth::token_source::shared("test-identity-a", make);  // none alive: a new one
+  EXPECT_EQ(made, 3);
+}
