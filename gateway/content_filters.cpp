@@ -280,6 +280,32 @@ std::vector<std::string> filter_prompt(request_context& ctx, const content_filte
     if (verdict.redacted_text) v = json::string(*verdict.redacted_text);
   };
   visit_prompt_texts(ctx.request_json, check);
+  // A message's text parts reach the model one after the other: a match split across them ("AKIA"
+  // in one part, the rest of the key in the next) is found in their joined text (as redacted
+  // above). A block blocks; a redaction that only the joined text shows cannot be made in the
+  // parts, so it refuses the request too (rather than send the match upstream).
+  if (auto* msgs = ctx.request_json.if_contains("messages"); msgs && msgs->is_array() && blocked_by.empty()) {
+    for (auto& m : msgs->get_array()) {
+      auto* content = m.is_object() ? m.get_object().if_contains("content") : nullptr;
+      if (!content || !content->is_array()) continue;
+      std::string joined;
+      int parts = 0;
+      for (auto& part : content->get_array())
+        if (auto* t = part.is_object() ? part.get_object().if_contains("text") : nullptr; t && t->is_string()) {
+          joined += t->get_string();
+          ++parts;
+        }
+      if (parts < 2) continue;
+      auto verdict = cf::scan_text(set, s, joined);
+      if (!verdict.blocked && !verdict.redacted_text) continue;
+      for (auto& r : verdict.rules) {
+        if (std::find(fired.begin(), fired.end(), r) == fired.end()) fired.push_back(r);
+        if (f.action_of(r) != "flag" && std::find(blocked_by.begin(), blocked_by.end(), r) == blocked_by.end())
+          blocked_by.push_back(r);
+      }
+      if (blocked_by.empty()) blocked_by.push_back("content_filter");  // a failed scan fails closed
+    }
+  }
   record_filter_actions(ctx, f, fired, "prompt");
   return blocked_by;
 }

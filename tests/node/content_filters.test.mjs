@@ -63,6 +63,23 @@ describe('content filters', () => {
     assert.equal(fake.requests.length, before);
   });
 
+  test('a match split across a message\'s text parts is caught in their joined text', async () => {
+    const parts = (...texts) => ({ model: 'echo', messages: [{ role: 'user', content: texts.map((text) => ({ type: 'text', text })) }] });
+    const before = fake.requests.length;
+    for (const [texts, rule] of [[['pay with 4111 1111', ' 1111 1111 please'], /cards/], [['ticket PRJ-12', '3456 now'], /project/]]) {
+      await assert.rejects(client.chat.completions.create(parts(...texts)), (e) => {
+        assert.ok(e instanceof OpenAI.BadRequestError, e.constructor.name);
+        assert.equal(e.code, 'content_filtered');
+        assert.match(e.message, rule);
+        return true;
+      });
+    }
+    assert.equal(fake.requests.length, before, 'nothing sent upstream');
+    // Matches within one part are redacted in place, as for a string content.
+    await client.chat.completions.create(parts('ticket PRJ-123456', ' and PRJ-654321 too'));
+    assert.deepEqual(fake.requests.at(-1).body.messages[0].content.map((p) => p.text), ['ticket [REDACTED:project]', ' and [REDACTED:project] too']);
+  });
+
   test('a prompt is redacted before it leaves; a flagged word passes unchanged', async () => {
     const r = await client.chat.completions.create(ask('ticket PRJ-123456 about bananas'));
     assert.equal(fake.requests.at(-1).body.messages[0].content, 'ticket [REDACTED:project] about bananas');
