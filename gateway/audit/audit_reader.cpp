@@ -2,6 +2,12 @@
 #include "gateway/audit/audit_reader.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <boost/json/parse.hpp>
@@ -115,6 +121,15 @@ checkpoint read_checkpoint(const std::string& dir, const std::string& instance) 
 }
 
 std::string loc(const std::string& seg, std::uint64_t line) { return seg + ":" + std::to_string(line); }
+
+/// Whether a writer holds the instance's lock (audit_log::open): the instance is running.
+bool instance_writing(const std::string& dir, const std::string& instance) {
+  const int fd = ::open((dir + "/" + instance + ".lock").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;  // none: written by a gateway before the lock, or never locked
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // (releases the shared lock if it was taken)
+  return held;
+}
 
 /// Verifies one instance's segments (in order). Fills `r.problem` on the first problem.
 void verify_instance(const std::string& dir, const std::vector<const segment_file*>& segs, verify_report& r,
@@ -278,6 +293,14 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
   if (pending_gap) {
     r.problem = pending_gap->at;
     return;
+  }
+  if (torn && instance_writing(dir, instance)) {
+    // The writer holds the instance's lock: the incomplete line is the record it is writing now,
+    // not a crash's torn tail (verify run on a live trail).
+    r.notes.push_back(torn->segment + ": " + std::to_string(torn->bytes) +
+                      " bytes of a record being written (the instance is running); verified up to seq " +
+                      std::to_string(prev_seq));
+    torn.reset();
   }
   if (torn) {
     problem("torn", torn->segment, 0, prev_seq + 1,

@@ -4,6 +4,9 @@
 #include "gateway/audit/audit_reader.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -387,6 +390,26 @@ TEST_F(AuditVerifyTest, TornTailInAnEarlierSegmentIsUnaccountedTruncation) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.problem->kind, "truncated") << describe(r);
   EXPECT_EQ(r.problem->segment, segs_[1]);
+}
+
+TEST_F(AuditVerifyTest, AnIncompleteLastLineOfARunningInstanceIsARecordBeingWritten) {
+  // verify run beside a live gateway: the writer holds <instance>.lock while it writes, and the
+  // last line may be half written. That is no torn tail; once the writer is gone, it is.
+  std::ofstream(seg_path(segs_.size() - 1), std::ios::binary | std::ios::app) << "{\"seq\":43,\"pr";
+  {
+    const int fd = ::open((dir() + "/gw.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+    auto live = verify(dir());
+    EXPECT_TRUE(live.ok()) << describe(live);
+    bool noted = false;
+    for (auto& n : live.notes) noted |= n.find("being written") != std::string::npos;
+    EXPECT_TRUE(noted) << describe(live);
+    ::close(fd);
+  }
+  auto r = verify(dir());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->kind, "torn") << describe(r);
 }
 
 TEST_F(AuditVerifyTest, TornTailAtTheEndIsTorn) {
