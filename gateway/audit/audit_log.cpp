@@ -66,25 +66,32 @@ bool read_tail(const std::string& path, tail_info& out, std::string& error) {
   struct stat st {};
   ::fstat(fd, &st);
   const std::uint64_t size = std::uint64_t(st.st_size);
-  constexpr std::uint64_t window = 4u << 20;  // a record is far smaller
-  const std::uint64_t from = size > window ? size - window : 0;
-  std::string buf(size - from, '\0');
-  ssize_t n = buf.empty() ? 0 : ::pread(fd, buf.data(), buf.size(), off_t(from));
-  ::close(fd);
-  if (n < 0 || std::size_t(n) != buf.size()) {
-    error = path + ": cannot read its tail";
-    return false;
-  }
-  const auto nl = buf.rfind('\n');
-  if (nl == std::string::npos) {
-    out.torn = size;  // no whole line at all
+  // The last whole line and what follows it, read from the end in growing windows: a record is
+  // mostly small, but one with captured text can be megabytes, and a line cut at the window's
+  // start would continue the chain from the hash of its end alone.
+  for (std::uint64_t window = 4u << 20;; window *= 4) {
+    const std::uint64_t from = size > window ? size - window : 0;
+    std::string buf(size - from, '\0');
+    const ssize_t n = buf.empty() ? 0 : ::pread(fd, buf.data(), buf.size(), off_t(from));
+    if (n < 0 || std::size_t(n) != buf.size()) {
+      ::close(fd);
+      error = path + ": cannot read its tail";
+      return false;
+    }
+    const auto nl = buf.rfind('\n');
+    const auto prev_nl = nl == std::string::npos || nl == 0 ? std::string::npos : buf.rfind('\n', nl - 1);
+    if (from > 0 && prev_nl == std::string::npos) continue;  // the last line may begin before the window
+    ::close(fd);
+    if (nl == std::string::npos) {
+      out.torn = size;  // no whole line at all
+      return true;
+    }
+    out.torn = buf.size() - nl - 1;
+    const std::size_t begin = prev_nl == std::string::npos ? 0 : prev_nl + 1;
+    out.last_line = buf.substr(begin, nl - begin);
+    out.has_line = true;
     return true;
   }
-  out.torn = buf.size() - nl - 1;
-  const auto prev_nl = nl == 0 ? std::string::npos : buf.rfind('\n', nl - 1);
-  out.last_line = buf.substr(prev_nl == std::string::npos ? 0 : prev_nl + 1, nl - (prev_nl == std::string::npos ? 0 : prev_nl + 1));
-  out.has_line = true;
-  return true;
 }
 
 }  // namespace

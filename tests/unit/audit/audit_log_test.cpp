@@ -512,6 +512,41 @@ TEST(AuditLogTest, ASecondWriterOfTheSameInstanceIsRefusedWhileTheFirstRuns) {
   EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
 }
 
+TEST(AuditLogTest, ARestartAfterARecordLargerThanTheTailWindowContinuesTheChain) {
+  // A record with captured text can be megabytes. At start the writer reads its newest segment
+  // from the end; a last line longer than the first window (4 MiB) was hashed from its end alone,
+  // and the chain went on from a wrong hash.
+  temp_dir tmp;
+  log_sink logs;
+  completions done;
+  {
+    metrics::registry reg;
+    audit_log first(strict_config(tmp.path()), "gw", reg, logs.fn());
+    ASSERT_EQ(first.open(), "");
+    first.append(R"({"type":"call","i":1,"response":")" + std::string(5u << 20, 'x') + R"("})", done.make(1));
+    ASSERT_TRUE(done.wait_for_id(1));
+    first.close();
+  }
+  // The stop record follows the big one; cut it so that the big record is the last line.
+  const std::string seg = tmp.path() + "/" + segment_name("gw", 1);
+  std::string text = read_file(seg);
+  text.resize(text.rfind('\n', text.size() - 2) + 1);
+  std::ofstream(seg, std::ios::binary | std::ios::trunc) << text;
+  fs::remove(tmp.path() + "/" + checkpoint_name("gw"));  // (it named the cut stop record)
+  {
+    metrics::registry reg;
+    audit_log second(strict_config(tmp.path()), "gw", reg, logs.fn());
+    ASSERT_EQ(second.open(), "");
+    ASSERT_TRUE(append_and_wait(second, done, 2));
+    second.close();
+  }
+  const auto lines = trail_lines(tmp.path(), "gw");
+  ASSERT_EQ(lines.size(), 5u);  // start, the big one, (its stop cut,) start, 2, stop
+  expect_chain(lines, 1, std::string(genesis_hash));
+  auto report = verify(tmp.path());
+  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+}
+
 TEST(AuditLogTest, RestartContinuesTheChainInANewSegment) {
   temp_dir tmp;
   log_sink logs;
