@@ -215,6 +215,24 @@ bool exposes(const metrics::registry& reg, const std::string& sample) {
 
 /// Lowers RLIMIT_FSIZE's soft limit (SIGXFSZ ignored, so write() fails with EFBIG); puts both back
 /// when lifted or destroyed, whatever the test's path.
+/// Verifies the whole trail in `dir`; the report goes to `out` when the test reads it further.
+::testing::AssertionResult trail_verifies(const std::string& dir, verify_report* out = nullptr) {
+  verify_report report = verify(dir);
+  const bool ok = report.ok();
+  std::string why = ok ? "" : report.problem->kind + " at " + report.problem->segment + ": " + report.problem->message;
+  if (out) *out = std::move(report);
+  if (ok) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << why;
+}
+
+/// Each test writes its trail in a private directory, with its log lines and completions.
+class AuditLogTest : public ::testing::Test {
+ protected:
+  temp_dir tmp;
+  log_sink logs;
+  completions done;
+};
+
 class file_size_limit {
  public:
   explicit file_size_limit(rlim_t soft) {
@@ -242,12 +260,9 @@ class file_size_limit {
   void (*old_handler_)(int) = SIG_ERR;
 };
 
-TEST(AuditLogTest, StrictWriterChainsRecordsFromStartToStop) {
-  temp_dir tmp;
+TEST_F(AuditLogTest, StrictWriterChainsRecordsFromStartToStop) {
   ASSERT_FALSE(tmp.path().empty());
   const std::string dir = tmp.path() + "/trail";  // open() creates it
-  log_sink logs;
-  completions done;
   metrics::registry reg;
   {
     audit_log log(strict_config(dir), "gw-1", reg, logs.fn());
@@ -304,8 +319,8 @@ TEST(AuditLogTest, StrictWriterChainsRecordsFromStartToStop) {
   EXPECT_EQ(cp.at("segment").as_string(), segs[0]);
   EXPECT_FALSE(fs::exists(dir + "/" + checkpoint_name("gw-1") + ".tmp"));
 
-  auto report = verify(dir);
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  verify_report report;
+  EXPECT_TRUE(trail_verifies(dir, &report));
   EXPECT_EQ(report.records, 22u);
   EXPECT_EQ(report.segments, 1u);
   EXPECT_EQ(report.instances, std::vector<std::string>{"gw-1"});
@@ -316,10 +331,7 @@ TEST(AuditLogTest, StrictWriterChainsRecordsFromStartToStop) {
   EXPECT_TRUE(exposes(reg, "tollgate_audit_write_errors_total 0")) << reg.expose();
 }
 
-TEST(AuditLogTest, RecordFieldsArePreservedAfterSeqAndPrev) {
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
+TEST_F(AuditLogTest, RecordFieldsArePreservedAfterSeqAndPrev) {
   metrics::registry reg;
   {
     audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -336,10 +348,7 @@ TEST(AuditLogTest, RecordFieldsArePreservedAfterSeqAndPrev) {
   EXPECT_EQ(type_of(lines[2]), "stop");
 }
 
-TEST(AuditLogTest, StrictCompletionFiresOnceTheRecordIsInTheFile) {
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
+TEST_F(AuditLogTest, StrictCompletionFiresOnceTheRecordIsInTheFile) {
   metrics::registry reg;
   audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
   ASSERT_EQ(log.open(), "");
@@ -354,11 +363,8 @@ TEST(AuditLogTest, StrictCompletionFiresOnceTheRecordIsInTheFile) {
   log.close();
 }
 
-TEST(AuditLogTest, BatchedWriterCompletesEveryRecordFromManyThreads) {
-  temp_dir tmp;
+TEST_F(AuditLogTest, BatchedWriterCompletesEveryRecordFromManyThreads) {
   const auto cfg = batched_config(tmp.path(), 50);
-  log_sink logs;
-  completions done;
   metrics::registry reg;
   constexpr int threads = 4, per_thread = 50;
   const std::string seg = tmp.path() + "/" + segment_name("gw", 1);
@@ -398,13 +404,10 @@ TEST(AuditLogTest, BatchedWriterCompletesEveryRecordFromManyThreads) {
     EXPECT_EQ(i % 1000, next[i / 1000]++) << "thread " << i / 1000;
   }
   for (int t = 0; t < threads; ++t) EXPECT_EQ(next[t], per_thread);
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, AsyncAppendCompletesOnTheHandlersExecutor) {
-  temp_dir tmp;
-  log_sink logs;
+TEST_F(AuditLogTest, AsyncAppendCompletesOnTheHandlersExecutor) {
   metrics::registry reg;
   boost::asio::io_context ioc;  // outlives the writer, which may still post to it
   audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -425,11 +428,9 @@ TEST(AuditLogTest, AsyncAppendCompletesOnTheHandlersExecutor) {
   EXPECT_EQ(trail_lines(tmp.path(), "gw").size(), 3u);
 }
 
-TEST(AuditLogTest, AsyncAppendKeepsItsIoContextBusyUntilItCompletes) {
+TEST_F(AuditLogTest, AsyncAppendKeepsItsIoContextBusyUntilItCompletes) {
   // Asio's contract for an asynchronous operation: it keeps outstanding work on the handler's
   // executor until the handler runs, so io_context::run() does not return under it.
-  temp_dir tmp;
-  log_sink logs;
   metrics::registry reg;
   boost::asio::io_context ioc;
   audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -441,13 +442,10 @@ TEST(AuditLogTest, AsyncAppendKeepsItsIoContextBusyUntilItCompletes) {
   log.close();
 }
 
-TEST(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
+TEST_F(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
   // Two runs' segments, the first made 10 days old; retention_days 1. The next start removes it
   // at once (not an hour later: a gateway restarted more often never applied retention), records
   // what it removed and the first seq left, and the trail verifies without the removed segment.
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
   auto cfg = strict_config(tmp.path());
   for (int run = 0; run < 2; ++run) {
     metrics::registry reg;
@@ -478,16 +476,12 @@ TEST(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
     EXPECT_EQ(o.at("removed").as_array().size(), 1u) << l;
   }
   EXPECT_TRUE(found);
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, ASecondWriterOfTheSameInstanceIsRefusedWhileTheFirstRuns) {
+TEST_F(AuditLogTest, ASecondWriterOfTheSameInstanceIsRefusedWhileTheFirstRuns) {
   // Two gateways given one audit.instance and one directory would both append to its chain from
   // the same head (a fork that verify reports as tampering): the second refuses to start.
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
   metrics::registry reg_a, reg_b, reg_c, reg_d;
   audit_log first(strict_config(tmp.path()), "gw", reg_a, logs.fn());
   ASSERT_EQ(first.open(), "");
@@ -508,17 +502,13 @@ TEST(AuditLogTest, ASecondWriterOfTheSameInstanceIsRefusedWhileTheFirstRuns) {
   audit_log third(strict_config(tmp.path()), "gw", reg_c, logs.fn());  // once the first has stopped
   EXPECT_EQ(third.open(), "");
   third.close();
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, ARestartAfterARecordLargerThanTheTailWindowContinuesTheChain) {
+TEST_F(AuditLogTest, ARestartAfterARecordLargerThanTheTailWindowContinuesTheChain) {
   // A record with captured text can be megabytes. At start the writer reads its newest segment
   // from the end; a last line longer than the first window (4 MiB) was hashed from its end alone,
   // and the chain went on from a wrong hash.
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
   {
     metrics::registry reg;
     audit_log first(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -543,14 +533,10 @@ TEST(AuditLogTest, ARestartAfterARecordLargerThanTheTailWindowContinuesTheChain)
   const auto lines = trail_lines(tmp.path(), "gw");
   ASSERT_EQ(lines.size(), 5u);  // start, the big one, (its stop cut,) start, 2, stop
   expect_chain(lines, 1, std::string(genesis_hash));
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, RestartContinuesTheChainInANewSegment) {
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
+TEST_F(AuditLogTest, RestartContinuesTheChainInANewSegment) {
   {
     metrics::registry reg;
     audit_log first(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -587,16 +573,13 @@ TEST(AuditLogTest, RestartContinuesTheChainInANewSegment) {
   EXPECT_EQ(cp.at("hash").as_string(), sha256_hex(second_lines.back()));
   EXPECT_EQ(cp.at("segment").as_string(), segs[1]);
 
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  verify_report report;
+  EXPECT_TRUE(trail_verifies(tmp.path(), &report));
   EXPECT_EQ(report.records, 9u);
   EXPECT_EQ(report.segments, 2u);
 }
 
-TEST(AuditLogTest, InstancesInOneDirectoryKeepSeparateChains) {
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
+TEST_F(AuditLogTest, InstancesInOneDirectoryKeepSeparateChains) {
   metrics::registry reg_a, reg_b;
   {
     audit_log a(strict_config(tmp.path()), "gw-a", reg_a, logs.fn());
@@ -614,18 +597,15 @@ TEST(AuditLogTest, InstancesInOneDirectoryKeepSeparateChains) {
   const auto b_lines = trail_lines(tmp.path(), "gw-b");
   ASSERT_EQ(b_lines.size(), 3u);
   expect_chain(b_lines, 1, std::string(genesis_hash));
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  verify_report report;
+  EXPECT_TRUE(trail_verifies(tmp.path(), &report));
   EXPECT_EQ(report.instances, (std::vector<std::string>{"gw-a", "gw-b"}));
   EXPECT_EQ(report.records, 8u);
 }
 
-TEST(AuditLogTest, SegmentsRotateAtMaxBytesAndAreNamedForTheirFirstSeq) {
-  temp_dir tmp;
+TEST_F(AuditLogTest, SegmentsRotateAtMaxBytesAndAreNamedForTheirFirstSeq) {
   auto cfg = strict_config(tmp.path());
   cfg.segment_max_bytes = 4096;
-  log_sink logs;
-  completions done;
   metrics::registry reg;
   {
     audit_log log(cfg, "gw", reg, logs.fn());
@@ -653,18 +633,15 @@ TEST(AuditLogTest, SegmentsRotateAtMaxBytesAndAreNamedForTheirFirstSeq) {
 
   auto cp = object_of(read_file(tmp.path() + "/" + checkpoint_name("gw")));
   EXPECT_EQ(cp.at("segment").as_string(), segs.back());
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  verify_report report;
+  EXPECT_TRUE(trail_verifies(tmp.path(), &report));
   EXPECT_EQ(report.segments, segs.size());
   EXPECT_EQ(report.records, 62u);
 }
 
-TEST(AuditLogTest, SegmentsRotateAtMaxAge) {
-  temp_dir tmp;
+TEST_F(AuditLogTest, SegmentsRotateAtMaxAge) {
   auto cfg = strict_config(tmp.path());
   cfg.segment_max_age_s = 1;
-  log_sink logs;
-  completions done;
   metrics::registry reg;
   {
     audit_log log(cfg, "gw", reg, logs.fn());
@@ -677,14 +654,10 @@ TEST(AuditLogTest, SegmentsRotateAtMaxAge) {
   const auto segs = segment_names(tmp.path(), "gw");
   ASSERT_EQ(segs.size(), 2u);
   EXPECT_EQ(segs[1], segment_name("gw", 3));
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, TornTailIsRecordedByTheNextStartAndThenVerifies) {
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
+TEST_F(AuditLogTest, TornTailIsRecordedByTheNextStartAndThenVerifies) {
   {
     metrics::registry reg;
     audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -729,19 +702,16 @@ TEST(AuditLogTest, TornTailIsRecordedByTheNextStartAndThenVerifies) {
   EXPECT_EQ(h->seq, 6u);
   EXPECT_EQ(h->prev, sha256_hex(before.back()));  // the chain skips the torn bytes
 
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  verify_report report;
+  EXPECT_TRUE(trail_verifies(tmp.path(), &report));
   ASSERT_EQ(report.notes.size(), 1u);
   EXPECT_NE(report.notes[0].find(first_seg), std::string::npos) << report.notes[0];
   EXPECT_NE(report.notes[0].find("torn"), std::string::npos) << report.notes[0];
   EXPECT_EQ(report.records, 8u);
 }
 
-TEST(AuditLogTest, EmptyNewestSegmentIsReused) {
+TEST_F(AuditLogTest, EmptyNewestSegmentIsReused) {
   // A start that died after creating its segment and before writing a record.
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
   {
     metrics::registry reg;
     audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -759,16 +729,12 @@ TEST(AuditLogTest, EmptyNewestSegmentIsReused) {
   }
   EXPECT_EQ(segment_names(tmp.path(), "gw"), (std::vector<std::string>{segment_name("gw", 1), segment_name("gw", 3)}));
   EXPECT_EQ(whole_lines(read_file(tmp.path() + "/" + segment_name("gw", 3))).size(), 3u);
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, TornTailBehindAnEmptyNewestSegmentIsStillRecorded) {
+TEST_F(AuditLogTest, TornTailBehindAnEmptyNewestSegmentIsStillRecorded) {
   // Two crashes in a row: the first mid-line, the second after its new segment was created and
   // before its start record. The third start must still account for the torn bytes.
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
   {
     metrics::registry reg;
     audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -785,17 +751,12 @@ TEST(AuditLogTest, TornTailBehindAnEmptyNewestSegmentIsStillRecorded) {
     ASSERT_TRUE(append_and_wait(log, done, 2));
     log.close();
   }
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << " at " << report.problem->segment << ": "
-                           << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, NewestSegmentHoldingOnlyATornLineDoesNotBlockTheNextStart) {
+TEST_F(AuditLogTest, NewestSegmentHoldingOnlyATornLineDoesNotBlockTheNextStart) {
   // A crash in the middle of the first line of a new segment (a start record or the first group
   // after a rotation) leaves a segment without one whole line, named for the next seq.
-  temp_dir tmp;
-  log_sink logs;
-  completions done;
   {
     metrics::registry reg;
     audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -811,14 +772,10 @@ TEST(AuditLogTest, NewestSegmentHoldingOnlyATornLineDoesNotBlockTheNextStart) {
     ASSERT_TRUE(append_and_wait(log, done, 2));
     log.close();
   }
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << " at " << report.problem->segment << ": "
-                           << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, OpenRefusesATrailWhoseLastLineIsNotARecord) {
-  temp_dir tmp;
-  log_sink logs;
+TEST_F(AuditLogTest, OpenRefusesATrailWhoseLastLineIsNotARecord) {
   {
     metrics::registry reg;
     audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
@@ -833,10 +790,8 @@ TEST(AuditLogTest, OpenRefusesATrailWhoseLastLineIsNotARecord) {
   EXPECT_EQ(segment_names(tmp.path(), "gw").size(), 1u);  // nothing new was started
 }
 
-TEST(AuditLogTest, OpenReportsADirectoryItCannotCreate) {
-  temp_dir tmp;
+TEST_F(AuditLogTest, OpenReportsADirectoryItCannotCreate) {
   append_file(tmp.path() + "/file", "x");
-  log_sink logs;
   metrics::registry reg;
   audit_log log(strict_config(tmp.path() + "/file/audit"), "gw", reg, logs.fn());
   const std::string err = log.open();
@@ -865,7 +820,7 @@ struct failing_setup {
   }
 };
 
-TEST(AuditLogTest, WriteFailureRollsBackReportsDegradedAndWritesHeldRecordsLate) {
+TEST(AuditLogWriteFailureTest, WriteFailureRollsBackReportsDegradedAndWritesHeldRecordsLate) {
   failing_setup s;
   s.seg = s.tmp.path() + "/" + segment_name("gw", 1);
   audit_log log(strict_config(s.tmp.path()), "gw", s.reg, s.logs.fn());
@@ -932,11 +887,10 @@ TEST(AuditLogTest, WriteFailureRollsBackReportsDegradedAndWritesHeldRecordsLate)
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"late\"} 2")) << s.reg.expose();
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"written\"} 5")) << s.reg.expose();
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"dropped\"} 0")) << s.reg.expose();
-  auto report = verify(s.tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(s.tmp.path()));
 }
 
-TEST(AuditLogTest, RecordsBeyondMaxPendingBytesAreDroppedAndCounted) {
+TEST(AuditLogWriteFailureTest, RecordsBeyondMaxPendingBytesAreDroppedAndCounted) {
   failing_setup s;
   auto writer = s.writer(1000);
   ASSERT_TRUE(writer);
@@ -966,11 +920,10 @@ TEST(AuditLogTest, RecordsBeyondMaxPendingBytesAreDroppedAndCounted) {
   EXPECT_EQ(object_of(lines[4]).at("type").as_string(), "dropped");
   EXPECT_EQ(object_of(lines[4]).at("count").to_number<int>(), 2);
   EXPECT_TRUE(exposes(s.reg, "tollgate_audit_records_total{result=\"late\"} 2")) << s.reg.expose();
-  auto report = verify(s.tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(s.tmp.path()));
 }
 
-TEST(AuditLogTest, AWriterThatHeldNothingComesBackOnceWritingWorksAndRecordsTheLoss) {
+TEST(AuditLogWriteFailureTest, AWriterThatHeldNothingComesBackOnceWritingWorksAndRecordsTheLoss) {
   // max_pending_bytes 0: every record of a failed group is dropped, none held. Writing works
   // again: the writer must turn healthy (fail_closed answers 503 while it is not) and the chain
   // must say how many were lost, though nothing held is left to retry.
@@ -998,8 +951,7 @@ TEST(AuditLogTest, AWriterThatHeldNothingComesBackOnceWritingWorksAndRecordsTheL
   EXPECT_EQ(object_of(lines[2]).at("type").as_string(), "dropped");
   EXPECT_EQ(object_of(lines[2]).at("count").to_number<int>(), 1);
   EXPECT_EQ(object_of(lines[3]).at("i").to_number<int>(), 3);
-  auto report = verify(s.tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(s.tmp.path()));
 }
 
 namespace {
@@ -1013,15 +965,12 @@ int failing_sync(int fd) {
 }
 }  // namespace
 
-TEST(AuditLogTest, ABatchedSyncThatFailsTurnsTheWriterUnhealthyAndTheChainSaysSo) {
+TEST_F(AuditLogTest, ABatchedSyncThatFailsTurnsTheWriterUnhealthyAndTheChainSaysSo) {
   // Batched mode completes a record once written; its sync comes later. A sync that fails (EIO:
   // the kernel may have dropped the pages) must not pass unseen: the writer turns unhealthy
   // (fail_closed then refuses calls), and once writing and syncing work again the chain says
   // how many records may be lost.
-  temp_dir tmp;
   const auto cfg = batched_config(tmp.path(), 20);
-  log_sink logs;
-  completions done;
   metrics::registry reg;
   audit_log log(cfg, "gw", reg, logs.fn());
   log.set_sync_for_test(&failing_sync);
@@ -1049,14 +998,11 @@ TEST(AuditLogTest, ABatchedSyncThatFailsTurnsTheWriterUnhealthyAndTheChainSaysSo
       EXPECT_NE(std::string(object_of(l).at("error").as_string()).find("Input/output error"), std::string::npos) << l;
     }
   EXPECT_GE(lost, 2u) << "records 2 and 3 were written and their sync failed";
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, RecordsThatAreNotObjectsWithFieldsStillMakeValidLines) {
-  temp_dir tmp;
+TEST_F(AuditLogTest, RecordsThatAreNotObjectsWithFieldsStillMakeValidLines) {
   metrics::registry reg;
-  log_sink logs;
   audit_log log(strict_config(tmp.path()), "gw", reg, logs.fn());
   ASSERT_EQ(log.open(), "");
   log.append("");
@@ -1069,18 +1015,14 @@ TEST(AuditLogTest, RecordsThatAreNotObjectsWithFieldsStillMakeValidLines) {
   EXPECT_EQ(object_of(lines[1]).at("type").as_string(), "invalid_record");
   EXPECT_EQ(object_of(lines[2]).size(), 2u);  // seq and prev only
   EXPECT_EQ(object_of(lines[3]).at("type").as_string(), "invalid_record");
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok());
+  EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
-TEST(AuditLogTest, FailedRotationRecoversOnceANewSegmentCanBeCreated) {
+TEST_F(AuditLogTest, FailedRotationRecoversOnceANewSegmentCanBeCreated) {
   // Creating the next segment fails (here: its name is taken; in production: no space, no
   // inodes, too many open files). Once creation works again, writing must resume.
-  temp_dir tmp;
   auto cfg = strict_config(tmp.path());
   cfg.segment_max_bytes = 4096;
-  log_sink logs;
-  completions done;
   metrics::registry reg;
   audit_log log(cfg, "gw", reg, logs.fn());
   ASSERT_EQ(log.open(), "");
@@ -1100,8 +1042,8 @@ TEST(AuditLogTest, FailedRotationRecoversOnceANewSegmentCanBeCreated) {
   EXPECT_TRUE(log.healthy());
   ASSERT_TRUE(append_and_wait(log, done, 1000));
   log.close();
-  auto report = verify(tmp.path());
-  EXPECT_TRUE(report.ok()) << report.problem->kind << ": " << report.problem->message;
+  verify_report report;
+  EXPECT_TRUE(trail_verifies(tmp.path(), &report));
   const auto lines = trail_lines(tmp.path(), "gw");
   ASSERT_GE(lines.size(), 3u);
   EXPECT_EQ(object_of(lines[lines.size() - 2]).at("i").to_number<int>(), 1000);
