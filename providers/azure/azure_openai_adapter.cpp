@@ -10,10 +10,15 @@
 namespace tollgate::providers {
 
 azure_openai_adapter::azure_openai_adapter(const config::provider_config& cfg)
-    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)) {
+    : provider_adapter(cfg), peer_(make_upstream_peer(cfg)), stream_usage_(accepts_stream_options(cfg.api_version)) {
   if (!cfg.entra_tenant_id.empty())
     entra_ = oauth::token_source::for_entra(cfg.entra_authority, cfg.entra_tenant_id, cfg.entra_client_id,
                                             cfg.entra_client_secret, cfg.entra_scope);
+}
+
+bool azure_openai_adapter::accepts_stream_options(std::string_view api_version) {
+  // Dated versions compare as strings: "2024-09-01-preview" >= "2024-09-01" > "2024-08-01-preview".
+  return api_version == "v1" || api_version >= std::string_view("2024-09-01");
 }
 
 std::string azure_openai_adapter::target_for(std::string_view base_path, std::string_view api_version,
@@ -39,7 +44,7 @@ result<upstream_request> azure_openai_adapter::encode(request_context& ctx) cons
   upstream_request r = request_to(peer_, cfg_);
   const std::string& deployment = ctx.target->upstream_model;
   r.target = target_for(peer_.base_path, cfg_.api_version, deployment, ctx.endpoint);
-  r.body = encode_openai_body(ctx, deployment);
+  r.body = encode_openai_body(ctx, deployment, stream_usage_);
   r.headers.reserve(4 + cfg_.headers.size());
   r.headers.emplace_back("Content-Type", "application/json");
   r.headers.emplace_back("Accept", ctx.stream ? "text/event-stream" : "application/json");

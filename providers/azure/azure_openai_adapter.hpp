@@ -25,6 +25,12 @@ class azure_openai_adapter final : public provider_adapter {
   std::unique_ptr<stream_translator> make_stream_translator(request_context& ctx) const override;
   std::string decode_body(request_context& ctx, unsigned status, std::string body) const override;
 
+  /// Whether Azure accepts `stream_options` at this API version: from 2024-09-01-preview (and the
+  /// GA 2024-10-21) on, and in the v1 API. Older versions answer 400 "Unrecognized request
+  /// argument supplied: stream_options", so the member is left out and such streams are billed
+  /// from their counted output. Pure.
+  static bool accepts_stream_options(std::string_view api_version);
+
   /// The request target (path and query) for a deployment and endpoint kind. Pure.
   static std::string target_for(std::string_view base_path, std::string_view api_version, std::string_view deployment,
                                 endpoint_kind endpoint);
@@ -32,6 +38,7 @@ class azure_openai_adapter final : public provider_adapter {
  private:
   upstream_peer peer_;
   std::shared_ptr<oauth::token_source> entra_;  ///< null with an api_key; shared across reloads
+  bool stream_usage_;                           ///< accepts_stream_options(api_version)
 };
 
 }  // namespace tollgate::providers

@@ -234,10 +234,12 @@ result<upstream_request> openai_compatible_adapter::encode(request_context& ctx)
   return r;
 }
 
-std::string encode_openai_body(request_context& ctx, std::string_view model) {
+std::string encode_openai_body(request_context& ctx, std::string_view model, bool ask_usage) {
   json::object& body = ctx.request_json;  // edited in place: no deep copy per request
   body["model"] = model;
-  if (ctx.stream) {
+  if (ctx.stream && !ask_usage) {
+    body.erase("stream_options");
+  } else if (ctx.stream) {
     auto& so = body["stream_options"];
     if (!so.is_object()) so = json::object();
     so.get_object()["include_usage"] = true;

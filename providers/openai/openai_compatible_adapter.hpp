@@ -28,8 +28,10 @@ std::unique_ptr<stream_translator> make_openai_stream_translator(request_context
 std::string decode_openai_body(request_context& ctx, unsigned status, std::string body);
 
 /// Sets `model` and, for streams, `stream_options.include_usage` (always asked for, so streams are
-/// billed exactly; hidden again from a caller who did not ask), then serialises the body.
-std::string encode_openai_body(request_context& ctx, std::string_view model);
+/// billed exactly; hidden again from a caller who did not ask), then serialises the body. With
+/// `ask_usage` false (an upstream that refuses the member) a stream's `stream_options` is removed
+/// instead, and the stream is billed from its counted output.
+std::string encode_openai_body(request_context& ctx, std::string_view model, bool ask_usage = true);
 
 /// Rewrites an error body from any OpenAI-compatible server into OpenAI's shape
 /// `{"error":{"message","type","param","code"}}` (code always a string or null). Pure.

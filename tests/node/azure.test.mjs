@@ -43,6 +43,12 @@ before(async () => {
     endpoint: ${azure.url}
     entra: {tenant_id: ${ENTRA.tenantId}, client_id: ${ENTRA.clientId}, client_secret: wrong-secret, authority: "${azure.url}"}
     proxy: none
+  - name: azure-2024-06
+    type: azure_openai
+    endpoint: ${azure.url}
+    api_key: ${KEY}
+    api_version: 2024-06-01
+    proxy: none
   - name: azure-badkey
     type: azure_openai
     endpoint: ${azure.url}
@@ -54,6 +60,7 @@ models:
   - {name: gpt-az-filtered, provider: azure-dated, upstream_model: prompt-filtered}
   - {name: gpt-az-throttled, provider: azure-dated, upstream_model: throttled}
   - {name: gpt-az-outfilter, provider: azure-dated, upstream_model: output-filtered}
+  - {name: gpt-az-old, provider: azure-2024-06, upstream_model: prod-gpt5-nano}
   - {name: gpt-az-badkey, provider: azure-badkey, upstream_model: prod-gpt5-nano}
   - {name: embed-az, provider: azure-dated, upstream_model: emb-small}
   - {name: gpt-az-entra, provider: azure-entra, upstream_model: prod-gpt5-nano}
@@ -75,6 +82,9 @@ after(async () => {
 const msgs = [{ role: 'user', content: 'What is the capital of France?' }];
 /** The last API request (the Entra token requests run in the background beside them). */
 const lastApi = () => azure.requests.filter((r) => !r.form).at(-1);
+/** Every record of the gateway's audit trail so far. */
+const auditRecords = () => readdirSync(gw.ready.audit_dir).filter((f) => f.endsWith('.jsonl'))
+  .flatMap((f) => readFileSync(join(gw.ready.audit_dir, f), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)));
 
 describe('azure_openai', () => {
   test('dated API: deployment URL with api-version, api-key header, annotations passed through, usage read', async () => {
@@ -115,6 +125,25 @@ describe('azure_openai', () => {
     for await (const c of await client.chat.completions.create({ model: 'gpt-az', messages: msgs, stream: true })) quiet.push(c);
     assert.ok(quiet.every((c) => !c.usage), 'no usage chunk for a caller that did not ask');
     assert.equal(lastApi().body.stream_options.include_usage, true);
+  });
+
+  test('an api-version older than 2024-09-01-preview: streams go without stream_options and are billed from counted output', async () => {
+    // Azure refuses stream_options there (the fake answers its 400): the caller's own
+    // include_usage is left out too, and the stream's completion is counted from its chunks.
+    const chunks = [];
+    const s = await client.chat.completions.create({ model: 'gpt-az-old', messages: msgs, stream: true, stream_options: { include_usage: true } });
+    for await (const c of s) chunks.push(c);
+    assert.equal(chunks.map((c) => c.choices?.[0]?.delta?.content ?? '').join(''), AZURE_STREAM_TEXT);
+    const sent = lastApi();
+    assert.equal(sent.query['api-version'], '2024-06-01');
+    assert.equal('stream_options' in sent.body, false, 'no stream_options to an old api-version');
+    const record = await eventually(() => auditRecords().find((r) => r.type === 'call' && r.model === 'gpt-az-old' && r.stream));
+    assert.equal(record.status, 200);
+    assert.equal(record.usage_reported, false);
+    assert.ok(record.completion_tokens > 0, `counted output billed: ${JSON.stringify(record)}`);
+    // Whole answers carry usage at every version.
+    const whole = await client.chat.completions.create({ model: 'gpt-az-old', messages: msgs });
+    assert.equal(whole.usage.completion_tokens, AZURE_STREAM_USAGE.completion_tokens);
   });
 
   test('output filtered mid-stream: finish_reason content_filter reaches the caller', async () => {

@@ -21,6 +21,10 @@
 //   prompt-filtered       400 content_filter body (type null, param "prompt", innererror)
 //   throttled             429 with code "429" as a string, retry-after and retry-after-ms
 //   output-filtered       stream: two content chunks, then finish_reason "content_filter"
+//
+// A dated api-version older than 2024-09-01-preview does not know `stream_options` and answers
+// 400 "Unrecognized request argument supplied: stream_options", as Azure does (openai-python #1469,
+// azure-rest-api-specs #29157; accepted from 2024-09-01-preview and the GA 2024-10-21 on).
 import { readFileSync } from 'node:fs';
 
 import { FIXTURES } from './paths.mjs';
@@ -47,6 +51,7 @@ function wholeAnswer(model) {
 }
 
 export const AZURE_ERRORS = {
+  unrecognizedStreamOptions: { error: { message: 'Unrecognized request argument supplied: stream_options', type: 'invalid_request_error', param: null, code: null } },
   unauthorized: { error: { code: '401', message: 'Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.' } },
   notFound: { error: { code: '404', message: 'Resource not found' } },
   promptFiltered: { error: { message: "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.", type: null, param: 'prompt', code: 'content_filter', status: 400,
@@ -82,6 +87,8 @@ export async function startFakeAzure({ apiKey, entra }) {
       deployment = decodeURIComponent(m[1]);
       op = m[2];
       if (!url.searchParams.get('api-version')) return send(res, 404, AZURE_ERRORS.notFound);
+      if (url.searchParams.get('api-version') < '2024-09-01' && rec.body && 'stream_options' in rec.body)
+        return send(res, 400, AZURE_ERRORS.unrecognizedStreamOptions);
     } else if ((m = /^\/openai\/v1\/(chat\/completions|embeddings)$/.exec(url.pathname))) {
       op = m[1];
       deployment = rec.body?.model;

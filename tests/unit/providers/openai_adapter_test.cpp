@@ -398,6 +398,46 @@ TEST(AzureOpenaiAdapterTest, V1ApiHasNoDeploymentInThePathAndNoApiVersion) {
   EXPECT_EQ(azure_openai_adapter::target_for("", "v1", "prod", endpoint_kind::embeddings), "/openai/v1/embeddings");
 }
 
+TEST(AzureOpenaiAdapterTest, StreamOptionsGoOnlyToApiVersionsThatAcceptThem) {
+  // Azure answers 400 "Unrecognized request argument supplied: stream_options" before
+  // 2024-09-01-preview: such streams go without it (billed from counted output), the caller's
+  // own stream_options included.
+  EXPECT_FALSE(azure_openai_adapter::accepts_stream_options("2024-02-01"));
+  EXPECT_FALSE(azure_openai_adapter::accepts_stream_options("2024-06-01"));
+  EXPECT_FALSE(azure_openai_adapter::accepts_stream_options("2024-08-01-preview"));
+  EXPECT_TRUE(azure_openai_adapter::accepts_stream_options("2024-09-01-preview"));
+  EXPECT_TRUE(azure_openai_adapter::accepts_stream_options("2024-10-21"));
+  EXPECT_TRUE(azure_openai_adapter::accepts_stream_options("2025-04-01-preview"));
+  EXPECT_TRUE(azure_openai_adapter::accepts_stream_options("v1"));
+
+  auto body_sent = [](std::string version, std::string request) {
+    config::provider_config cfg;
+    cfg.name = "azure";
+    cfg.type = "azure_openai";
+    cfg.base_url = "https://res.openai.azure.com";
+    cfg.api_key = "azure-key";
+    cfg.proxy = "none";
+    cfg.api_version = std::move(version);
+    azure_openai_adapter adapter(cfg);
+    route_target target{&adapter, "prod-gpt4o"};
+    request_context ctx;
+    ctx.endpoint = endpoint_kind::chat_completions;
+    ctx.body = std::move(request);
+    EXPECT_TRUE(decode_request(ctx));
+    ctx.target = &target;
+    auto r = adapter.encode(ctx);
+    EXPECT_TRUE(r);
+    return r ? boost::json::parse(r->body).as_object() : boost::json::object();
+  };
+  const std::string stream = R"({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true})";
+  const std::string asked =
+      R"({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}})";
+  EXPECT_FALSE(body_sent("2024-06-01", stream).contains("stream_options"));
+  EXPECT_FALSE(body_sent("2024-06-01", asked).contains("stream_options"));
+  EXPECT_EQ(body_sent("2024-10-21", stream).at("stream_options").at("include_usage").as_bool(), true);
+  EXPECT_EQ(body_sent("v1", stream).at("stream_options").at("include_usage").as_bool(), true);
+}
+
 TEST(AzureOpenaiAdapterTest, AzureErrorBodiesBecomeOpenaiShaped) {
   // 429 with a string code and no type; 400 content filter with type null and extra members.
   auto throttled = boost::json::parse(normalize_error_body(429, R"({"error":{"code":"429","message":"Requests ... exceeded token rate limit"}})"));
