@@ -21,6 +21,7 @@ struct tls_server {
   std::string cert_file;
   std::string key_file;
   std::string client_ca_file;      ///< set: callers must present a certificate signed by this CA (mTLS)
+  std::string client_crl_file;     ///< set (with client_ca_file): certificates revoked by these CRLs are refused
   bool enabled() const { return !cert_file.empty(); }
 };
 

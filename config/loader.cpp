@@ -131,10 +131,11 @@ void parse_server(const YAML::Node& n, server_config& s) {
   if (auto v = n["admin_listen"]) s.admin_listen = parse_endpoint(v, p + ".admin_listen");
   if (auto v = n["access_log"]) s.access_log = get_string(v, p + ".access_log");
   if (auto t = n["tls"]) {
-    check_keys(t, p + ".tls", {"cert_file", "key_file", "client_ca_file"});
+    check_keys(t, p + ".tls", {"cert_file", "key_file", "client_ca_file", "client_crl_file"});
     if (auto v = t["cert_file"]) s.tls.cert_file = get_string(v, p + ".tls.cert_file");
     if (auto v = t["client_ca_file"]) s.tls.client_ca_file = get_string(v, p + ".tls.client_ca_file");
     if (auto v = t["key_file"]) s.tls.key_file = get_string(v, p + ".tls.key_file");
+    if (auto v = t["client_crl_file"]) s.tls.client_crl_file = get_string(v, p + ".tls.client_crl_file");
   }
   if (auto l = n["limits"]) {
     const std::string lp = p + ".limits";
@@ -771,6 +772,8 @@ std::string validate(const gateway_config& cfg) {
   if (!cfg.server.tls.client_ca_file.empty() && cfg.server.tls.cert_file.empty())
     return "server.tls.client_ca_file: mTLS needs the listener's own cert_file and key_file (TLS); set them, or "
            "remove client_ca_file";
+  if (!cfg.server.tls.client_crl_file.empty() && cfg.server.tls.client_ca_file.empty())
+    return "server.tls.client_crl_file: revocation lists apply to client certificates; set client_ca_file too";
   return {};
 }
 

@@ -7,6 +7,8 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <openssl/err.h>
+#include <openssl/x509_vfy.h>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
@@ -61,6 +63,53 @@ json::object endpoint_json(const acceptor_t& a) {
   error_code ec;
   auto ep = a.local_endpoint(ec);
   return json::object{{"address", ep.address().to_string()}, {"port", ep.port()}};
+}
+
+/// The caller listener's TLS context, read from its files now: the certificate chain and key and,
+/// for mTLS, the client CA and revocation lists. Null with `error` set when a file is unusable.
+/// Each reload builds a new one, so session tickets of the previous context no longer resume:
+/// a certificate revoked since is checked again.
+std::shared_ptr<net::ssl::context> make_server_tls(const config::tls_server& tls, std::string& error) {
+  auto ctx = std::make_shared<net::ssl::context>(net::ssl::context::tls_server);
+  ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 | net::ssl::context::no_sslv3 |
+                   net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
+  error_code ec;
+  ctx->use_certificate_chain_file(tls.cert_file, ec);
+  if (!ec) ctx->use_private_key_file(tls.key_file, net::ssl::context::pem, ec);
+  if (ec) {
+    error = "cannot load TLS certificate or key: " + ec.message();
+    return nullptr;
+  }
+  if (tls.client_ca_file.empty()) return ctx;
+  // mTLS: a caller without a certificate signed by this CA fails the handshake.
+  ctx->load_verify_file(tls.client_ca_file, ec);
+  if (ec) {
+    error = "cannot load the client CA file: " + ec.message();
+    return nullptr;
+  }
+  if (!tls.client_crl_file.empty()) {
+    // Revocation lists (PEM, one or more): a revoked certificate, or one whose issuer has no list
+    // in the file, fails the handshake. X509_V_FLAG_CRL_CHECK checks the leaf.
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx->native_handle());
+    X509_LOOKUP* lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+    if (lookup == nullptr || X509_load_crl_file(lookup, tls.client_crl_file.c_str(), X509_FILETYPE_PEM) <= 0) {
+      ERR_clear_error();
+      error = "cannot load the client CRL file " + tls.client_crl_file + " (PEM revocation lists expected)";
+      return nullptr;
+    }
+    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+  }
+  ctx->set_verify_mode(net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert);
+  // With peer verification on, OpenSSL refuses to resume a session (a TLS 1.3 ticket, the
+  // session cache) whose context id is unset, failing the handshake: every SDK that caches
+  // sessions (Node's https agents, undici, Java) failed its second connection. The id names
+  // this listener's verification: sessions resumed carry the certificate verified then.
+  static constexpr unsigned char sid_ctx[] = "tollgate-caller-mtls";
+  if (SSL_CTX_set_session_id_context(ctx->native_handle(), sid_ctx, sizeof sid_ctx - 1) != 1) {
+    error = "cannot set the TLS session id context";
+    return nullptr;
+  }
+  return ctx;
 }
 
 }  // namespace
@@ -140,33 +189,10 @@ int server::run() {
     return 1;
   }
   if (cfg.server.tls.enabled()) {
-    server_tls_ = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
-    server_tls_->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
-                             net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
-    error_code ec;
-    server_tls_->use_certificate_chain_file(cfg.server.tls.cert_file, ec);
-    if (!ec) server_tls_->use_private_key_file(cfg.server.tls.key_file, net::ssl::context::pem, ec);
-    if (ec) {
-      log_event("error", "cannot load TLS certificate or key: " + ec.message());
+    server_tls_ = make_server_tls(cfg.server.tls, error);
+    if (!server_tls_) {
+      log_event("error", error);
       return 1;
-    }
-    if (!cfg.server.tls.client_ca_file.empty()) {
-      // mTLS: a caller without a certificate signed by this CA fails the handshake.
-      server_tls_->load_verify_file(cfg.server.tls.client_ca_file, ec);
-      if (ec) {
-        log_event("error", "cannot load the client CA file: " + ec.message());
-        return 1;
-      }
-      server_tls_->set_verify_mode(net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert);
-      // With peer verification on, OpenSSL refuses to resume a session (a TLS 1.3 ticket, the
-      // session cache) whose context id is unset, failing the handshake: every SDK that caches
-      // sessions (Node's https agents, undici, Java) failed its second connection. The id names
-      // this listener's verification: sessions resumed carry the certificate verified then.
-      static constexpr unsigned char sid_ctx[] = "tollgate-caller-mtls";
-      if (SSL_CTX_set_session_id_context(server_tls_->native_handle(), sid_ctx, sizeof sid_ctx - 1) != 1) {
-        log_event("error", "cannot set the TLS session id context");
-        return 1;
-      }
     }
   }
   caller_ = bind(control_, cfg.server.listen, error);
@@ -307,7 +333,7 @@ awaitable<void> server::accept_loop(acceptor_t& acceptor, bool admin) {
       }
     };
     if (server_tls_ && !admin)
-      net::co_spawn(w.ioc(), run_tls_session(w, std::move(socket), *server_tls_, kind), on_done);
+      net::co_spawn(w.ioc(), run_tls_session(w, std::move(socket), server_tls_, kind), on_done);
     else
       net::co_spawn(w.ioc(), run_session(w, std::move(socket), kind), on_done);
   }
@@ -345,10 +371,6 @@ void server::reload() {
       old.admin_listen.host != now.admin_listen.host || old.admin_listen.port != now.admin_listen.port ||
       old.access_log != now.access_log)
     log_event("warn", "listen addresses, workers and access_log change only on restart");
-  if (old.tls.cert_file != now.tls.cert_file || old.tls.key_file != now.tls.key_file ||
-      old.tls.client_ca_file != now.tls.client_ca_file)
-    log_event("warn", "server.tls (cert_file, key_file, client_ca_file) changes only on restart: the listener keeps "
-                      "the certificate and client CA it started with");
   const auto& os = snap_->cfg->store;
   const auto& ns = snap->cfg->store;
   if (os.type != ns.type || os.redis != ns.redis || os.settlement_journal != ns.settlement_journal)
@@ -362,6 +384,21 @@ void server::reload() {
   const auto& na = snap->cfg->audit;
   if (oa.enabled != na.enabled || oa.dir != na.dir || oa.mode != na.mode || oa.fail_open != na.fail_open)
     log_event("warn", "audit settings change only on restart");
+  // The listener's certificate, key, client CA and CRLs are read again (files rotated in place
+  // included); connections open keep the context they began with. Turning TLS on or off needs a
+  // restart (another kind of listener).
+  std::shared_ptr<net::ssl::context> tls = server_tls_;
+  if (old.tls.enabled() != now.tls.enabled()) {
+    log_event("warn", "server.tls turned on or off changes only on restart: the listener keeps its current setting");
+  } else if (now.tls.enabled()) {
+    tls = make_server_tls(now.tls, error);
+    if (!tls) {
+      m.reloads.counter({"failure"}).inc();
+      log_event("error", "config reload failed; keeping the current config", "\"reason\":" + json::serialize(json::value(error)));
+      return;
+    }
+  }
+  server_tls_ = std::move(tls);
   snap_ = snap;
   for (auto& w : workers_) net::post(w->ioc(), [wp = w.get(), snap] { wp->set_snapshot(snap); });
   m.reloads.counter({"success"}).inc();

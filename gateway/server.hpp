@@ -53,7 +53,7 @@ class server {
   std::vector<std::unique_ptr<worker>> workers_;
   net::io_context control_{1};  ///< signals and accept loops
   std::unique_ptr<acceptor_t> caller_, admin_;
-  std::unique_ptr<net::ssl::context> server_tls_;
+  std::shared_ptr<net::ssl::context> server_tls_;  ///< the caller listener's; replaced by each reload
   std::size_t next_worker_ = 0;
   bool stopping_ = false;
   std::string demo_key_;  ///< auth.demo_key: the quickstart key, for the ready file

@@ -468,8 +468,9 @@ awaitable<void> run_session(worker& w, socket_t socket, listener_kind kind) {
   co_await s.run();
 }
 
-awaitable<void> run_tls_session(worker& w, socket_t socket, net::ssl::context& tls, listener_kind kind) {
-  net::ssl::stream<stream_t> stream(stream_t(std::move(socket)), tls);
+awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net::ssl::context> tls, listener_kind kind) {
+  // `tls` is held for the session's life: a reload may replace the listener's context meanwhile.
+  net::ssl::stream<stream_t> stream(stream_t(std::move(socket)), *tls);
   stream.next_layer().socket().set_option(net::ip::tcp::no_delay(true));
   stream.next_layer().expires_after(milliseconds(w.snap()->cfg->server.timeouts.header_read_ms));
   auto [ec] = co_await stream.async_handshake(net::ssl::stream_base::server);

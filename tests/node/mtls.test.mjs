@@ -14,10 +14,10 @@ import { serverYaml, startGateway } from './lib/gateway.mjs';
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-mtls-'));
 const certs = certMaker(dir);
 const makeCa = (name) => certs.ca(name);
-/** A leaf signed by `ca` with the given SAN, as PEM contents (https options take them). */
+/** A leaf signed by `ca` with the given SAN, as PEM contents (https options take them), and its files. */
 function makeLeaf(name, ca, san) {
   const files = certs.leaf(name, ca, san);
-  return { key: readFileSync(files.key), cert: readFileSync(files.cert) };
+  return { key: readFileSync(files.key), cert: readFileSync(files.cert), files };
 }
 
 function call(port, path, { client, body } = {}) {
@@ -27,7 +27,8 @@ function call(port, path, { client, body } = {}) {
       headers: body ? { 'content-type': 'application/json' } : {}, ...(client ?? {}),
     }, (res) => {
       let text = '';
-      res.setEncoding('utf8').on('data', (d) => (text += d)).on('end', () => resolve({ status: res.statusCode, text }));
+      const issuer = res.socket.getPeerCertificate().issuer?.CN;
+      res.setEncoding('utf8').on('data', (d) => (text += d)).on('end', () => resolve({ status: res.statusCode, text, issuer }));
     });
     req.setTimeout(10000, () => req.destroy(new Error('timeout')));
     req.on('error', reject);
@@ -36,9 +37,9 @@ function call(port, path, { client, body } = {}) {
 }
 
 describe('mTLS identities', () => {
-  let gw, search, batch, stranger, rogue, both, yamlFor, otherCaFile;
+  let gw, ca, search, batch, stranger, rogue, both, yamlFor, otherCaFile;
   before(async () => {
-    const ca = makeCa('clients-ca');
+    ca = makeCa('clients-ca');
     const otherCa = makeCa('other-ca');
     const server = makeLeaf('server', makeCa('server-ca'), 'IP:127.0.0.1');
     search = makeLeaf('search', ca, 'URI:spiffe://corp.example/ns/search/sa/api');
@@ -51,8 +52,9 @@ describe('mTLS identities', () => {
     writeFileSync(join(dir, 'server.key.pem'), server.key);
     writeFileSync(join(dir, 'server.cert.pem'), server.cert);
     otherCaFile = otherCa.cert;
-    yamlFor = (caFile) => serverYaml({ openAuth: false }) +
+    yamlFor = (caFile, crlFile) => serverYaml({ openAuth: false }) +
       `  tls:\n    cert_file: ${join(dir, 'server.cert.pem')}\n    key_file: ${join(dir, 'server.key.pem')}\n    client_ca_file: ${caFile}\n` +
+      (crlFile ? `    client_crl_file: ${crlFile}\n` : '') +
       `providers:\n  - {name: mock, type: mock}\nmodels:\n  - {name: mock-gpt, provider: mock}\n  - {name: secret-model, provider: mock}\n` +
       `teams:\n  - name: search\n    models: [mock-gpt]\n    identities: ["spiffe://corp.example/ns/search/sa/api"]\n` +
       `  - name: batch\n    models: [secret-model]\n    identities: ["batch.svc.corp.example"]\n`;
@@ -135,12 +137,61 @@ describe('mTLS identities', () => {
     assert.equal(again.status, 200);
   });
 
-  test('a reload that changes the client CA says it needs a restart, and the listener keeps its CA', async () => {
+  /** Writes `yaml`, sends SIGHUP and waits for the reload's outcome line. */
+  async function reloadWith(yaml, outcome = /config reloaded/) {
     const from = gw.stderr().length;
-    gw.writeConfig(yamlFor(otherCaFile));
+    gw.writeConfig(yaml);
     gw.signal('SIGHUP');
-    await gw.waitForStderr(/server\.tls \(cert_file, key_file, client_ca_file\) changes only on restart/, 5000, from);
-    assert.equal((await call(gw.port, '/v1/models', { client: { key: search.key, cert: search.cert } })).status, 200);
-    await assert.rejects(call(gw.port, '/v1/models', { client: { key: rogue.key, cert: rogue.cert } }), /certificate|unknown ca|alert|socket hang up|ECONNRESET/i);
+    await gw.waitForStderr(outcome, 5000, from);
+  }
+  const refused = /certificate|unknown ca|revoked|alert|socket hang up|ECONNRESET/i;
+  const asSearch = { get client() { return { key: search.key, cert: search.cert }; } };
+
+  test('a reload reads the client CA again: new connections are verified against the new one', async () => {
+    await reloadWith(yamlFor(otherCaFile));
+    await assert.rejects(call(gw.port, '/v1/models', asSearch), refused);
+    const r = await call(gw.port, '/v1/models', { client: { key: rogue.key, cert: rogue.cert } });
+    assert.equal(r.status, 200, 'a certificate of the new CA, naming team search');
+    await reloadWith(yamlFor(ca.cert));
+    assert.equal((await call(gw.port, '/v1/models', asSearch)).status, 200);
+    await assert.rejects(call(gw.port, '/v1/models', { client: { key: rogue.key, cert: rogue.cert } }), refused);
+  });
+
+  test('a server certificate rotated in place is served after a reload; a connection open before keeps working', async () => {
+    // A keep-alive connection opened before the rotation.
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    const viaAgent = () => call(gw.port, '/v1/models', { client: { key: search.key, cert: search.cert, agent } });
+    const before = await viaAgent();
+    assert.equal(before.status, 200);
+    assert.equal(before.issuer, 'server-ca');
+    const next = makeLeaf('server-2', makeCa('server-ca-2'), 'IP:127.0.0.1');
+    writeFileSync(join(dir, 'server.key.pem'), next.key);
+    writeFileSync(join(dir, 'server.cert.pem'), next.cert);
+    await reloadWith(yamlFor(ca.cert));
+    const fresh = await call(gw.port, '/v1/models', asSearch);
+    assert.equal(fresh.status, 200);
+    assert.equal(fresh.issuer, 'server-ca-2', 'new connections get the new certificate');
+    const kept = await viaAgent();
+    assert.equal(kept.status, 200, 'the connection opened before is still served');
+    assert.equal(kept.issuer, 'server-ca', 'on the context it began with');
+    agent.destroy();
+  });
+
+  test('client_crl_file: a revoked certificate fails the handshake once the CRL is loaded; others keep working', async () => {
+    await reloadWith(yamlFor(ca.cert, certs.crl('none-revoked', ca)));
+    const asBatch = { client: { key: batch.key, cert: batch.cert } };
+    assert.equal((await call(gw.port, '/v1/models', asBatch)).status, 200, 'an empty CRL revokes nothing');
+    await reloadWith(yamlFor(ca.cert, certs.crl('batch-revoked', ca, [batch.files])));
+    await assert.rejects(call(gw.port, '/v1/models', asBatch), refused);
+    assert.equal((await call(gw.port, '/v1/models', asSearch)).status, 200);
+  });
+
+  test('a reload whose TLS files are unusable fails whole: the listener keeps its certificate, CA and CRL', async () => {
+    const bad = join(dir, 'garbage.crl.pem');
+    writeFileSync(bad, 'not a CRL\n');
+    await reloadWith(yamlFor(ca.cert, bad), /config reload failed.*cannot load the client CRL file/);
+    assert.equal((await call(gw.port, '/v1/models', asSearch)).status, 200);
+    await assert.rejects(call(gw.port, '/v1/models', { client: { key: batch.key, cert: batch.cert } }), refused,
+      'the CRL loaded before still applies');
   });
 });

@@ -26,5 +26,16 @@ export function certMaker(dir) {
         '-extfile', ext);
       return { key, cert };
     },
+    /** A PEM CRL issued by `ca` revoking the leaves `revoked` (`{cert}` files); empty when none. */
+    crl(name, ca, revoked = []) {
+      const db = join(dir, `${name}.index`), cnf = join(dir, `${name}.cnf`), out = join(dir, `${name}.crl.pem`);
+      writeFileSync(db, '');
+      writeFileSync(join(dir, `${name}.crlnumber`), '01\n');
+      writeFileSync(cnf, `[ca]\ndefault_ca = d\n[d]\ndatabase = ${db}\ncrlnumber = ${join(dir, `${name}.crlnumber`)}\n` +
+        'default_md = sha256\ndefault_crl_days = 1\n');
+      for (const leaf of revoked) openssl('ca', '-config', cnf, '-keyfile', ca.key, '-cert', ca.cert, '-revoke', leaf.cert);
+      openssl('ca', '-config', cnf, '-keyfile', ca.key, '-cert', ca.cert, '-gencrl', '-out', out);
+      return out;
+    },
   };
 }

@@ -245,6 +245,15 @@ TEST(ConfigLoaderTest, AnIdentityNamesOneTeamAndNeedsClientCertificates) {
   EXPECT_NE(ca_only.error.find("server.tls.client_ca_file: mTLS needs the listener's own cert_file and key_file"),
             std::string::npos)
       << ca_only.error;
+  // Revocation lists without a client CA would check no certificate.
+  auto crl_only = load(std::string(minimal) + "server:\n  tls: {cert_file: c.pem, key_file: k.pem, client_crl_file: crl.pem}\n");
+  EXPECT_NE(crl_only.error.find("server.tls.client_crl_file: revocation lists apply to client certificates"),
+            std::string::npos)
+      << crl_only.error;
+  auto with_crl = load(std::string(minimal) +
+                       "server:\n  tls: {cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, client_crl_file: crl.pem}\n");
+  EXPECT_TRUE(with_crl.error.empty()) << with_crl.error;
+  EXPECT_EQ(with_crl.config->server.tls.client_crl_file, "crl.pem");
 }
 
 TEST(ConfigLoaderTest, TeamsKeysBudgetsAndStoreParse) {
