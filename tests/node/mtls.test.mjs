@@ -181,8 +181,14 @@ describe('mTLS identities', () => {
     await reloadWith(yamlFor(ca.cert, certs.crl('none-revoked', ca)));
     const asBatch = { client: { key: batch.key, cert: batch.cert } };
     assert.equal((await call(gw.port, '/v1/models', asBatch)).status, 200, 'an empty CRL revokes nothing');
+    // An agent that caches TLS sessions holds a ticket from before the revocation.
+    const agent = new https.Agent({ keepAlive: false, maxCachedSessions: 10 });
+    const viaAgent = { client: { ...asBatch.client, agent } };
+    for (let i = 0; i < 3; i++) assert.equal((await call(gw.port, '/v1/models', viaAgent)).status, 200);
     await reloadWith(yamlFor(ca.cert, certs.crl('batch-revoked', ca, [batch.files])));
     await assert.rejects(call(gw.port, '/v1/models', asBatch), refused);
+    await assert.rejects(call(gw.port, '/v1/models', viaAgent), refused, 'a ticket from before the reload does not resume');
+    agent.destroy();
     assert.equal((await call(gw.port, '/v1/models', asSearch)).status, 200);
   });
 
