@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <set>
+#include <thread>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -396,6 +398,7 @@ void audit_log::write_checkpoint() {
 void audit_log::apply_retention() {
   if (cfg_.retention_days == 0) return;
   const auto cutoff = fs::file_time_type::clock::now() - hours(24) * cfg_.retention_days;
+  if (!idle_pass_) retain_idle_instances(cutoff);
   std::vector<std::pair<std::uint64_t, fs::path>> old;
   std::uint64_t kept_from = std::numeric_limits<std::uint64_t>::max();  // the oldest segment left
   std::error_code ec;
@@ -424,6 +427,33 @@ void audit_log::apply_retention() {
   for (auto& [seq, p] : old) fs::remove(p, ec);
   sync_dir(cfg_.dir);
   log_("info", "audit: retention removed old segments", "\"count\":" + std::to_string(old.size()));
+}
+
+void audit_log::retain_idle_instances(fs::file_time_type cutoff) {
+  std::set<std::string> idle;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(cfg_.dir, ec)) {
+    auto id = parse_segment_name(e.path().filename().string());
+    std::error_code tec;
+    if (id && id->instance != instance_ && e.last_write_time(tec) < cutoff && !tec) idle.insert(std::string(id->instance));
+  }
+  for (const std::string& name : idle) {
+    metrics::registry scratch;  // (its counters are not this gateway's)
+    audit_log other(cfg_, name, scratch, log_);
+    other.idle_pass_ = true;
+    // A running writer holds the lock: it applies its own retention, and open() refuses.
+    if (auto err = other.open(); !err.empty()) {
+      if (err.find("is already writing") == std::string::npos)
+        log_("warn", "audit: retention could not open an idle instance", "\"instance\":" + json::serialize(json::value(name)) +
+                                                                             ",\"error\":" + json::serialize(json::value(err)));
+      continue;
+    }
+    // Its first pass writes the start record and applies retention; then it stops (start,
+    // retention, stop: the idle chain says what was removed, and when).
+    for (int i = 0; i < 10000 && !other.first_pass_done_.load(); ++i) std::this_thread::sleep_for(milliseconds(1));
+    other.close();
+    log_("info", "audit: retention ran for an idle instance", "\"instance\":" + json::serialize(json::value(name)));
+  }
 }
 
 void audit_log::run() {
@@ -493,8 +523,10 @@ void audit_log::run() {
       write_checkpoint();
       last_checkpoint_ = steady_clock::now();
     }
-    if (!stopping && steady_clock::now() - last_retention_ >= hours(1)) {
+    if (!retention_ran_ || (!stopping && steady_clock::now() - last_retention_ >= hours(1))) {
       apply_retention();
+      retention_ran_ = true;
+      first_pass_done_ = true;
       last_retention_ = steady_clock::now();
     }
     lk.lock();

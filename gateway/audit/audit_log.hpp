@@ -26,6 +26,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -103,6 +104,10 @@ class audit_log {
   bool open_segment();
   void write_checkpoint();
   void apply_retention();
+  /// Retention for the other instances in the directory that no writer runs (no gateway holds
+  /// their lock: a host or port renamed, a replica removed): each with segments past retention is
+  /// opened as its own writer here, which records and applies the removal in its own chain.
+  void retain_idle_instances(std::filesystem::file_time_type cutoff);
   void complete(std::vector<item>& batch, bool ok);
   void set_healthy(bool h, std::string_view why);
   /// Batched mode: makes the records written since the last sync durable. On failure the
@@ -145,6 +150,9 @@ class audit_log {
   std::chrono::steady_clock::time_point last_sync_{}, last_checkpoint_{}, last_retry_{}, last_retention_{};
   std::string last_error_;
   std::string group_buf_;
+  bool retention_ran_ = false;  ///< retention runs once at start even if the writer stops at once
+  bool idle_pass_ = false;      ///< a writer opened for retain_idle_instances: no such pass of its own
+  std::atomic<bool> first_pass_done_{false};  ///< the writer's first pass (start record, retention) is over
 
   metrics::family& records_;   ///< {result}: written, late, dropped
   metrics::family& errors_;    ///< write errors

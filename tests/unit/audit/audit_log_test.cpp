@@ -479,6 +479,46 @@ TEST_F(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
   EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
+TEST_F(AuditLogTest, RetentionAlsoRunsForAnIdleInstanceAndLeavesARunningOneAlone) {
+  // Segments of instance names no gateway runs any more (a host renamed, a replica removed) were
+  // kept forever. A writer's retention now opens each idle instance as its own writer, which
+  // records the removal in that instance's chain. An instance whose writer runs is left to it.
+  auto cfg = strict_config(tmp.path());
+  for (const char* name : {"old", "busy"})
+    for (int run = 0; run < 2; ++run) {
+      metrics::registry reg;
+      audit_log log(cfg, name, reg, logs.fn());
+      ASSERT_EQ(log.open(), "");
+      ASSERT_TRUE(append_and_wait(log, done, run + 1));
+      log.close();
+    }
+  const auto ten_days_ago = fs::file_time_type::clock::now() - std::chrono::hours(24 * 10);
+  const std::string old_first = tmp.path() + "/" + segment_name("old", 1);
+  const std::string busy_first = tmp.path() + "/" + segment_name("busy", 1);
+  fs::last_write_time(old_first, ten_days_ago);
+  fs::last_write_time(busy_first, ten_days_ago);
+  metrics::registry busy_reg;
+  audit_log busy(strict_config(tmp.path()), "busy", busy_reg, logs.fn());  // running, without retention
+  ASSERT_EQ(busy.open(), "");
+  cfg.retention_days = 1;
+  {
+    metrics::registry reg;
+    audit_log log(cfg, "gw", reg, logs.fn());
+    ASSERT_EQ(log.open(), "");
+    ASSERT_TRUE(logs.wait_for("info", "audit: retention ran for an idle instance", 5s));
+    log.close();
+  }
+  EXPECT_FALSE(fs::exists(old_first)) << "the idle instance's old segment is removed";
+  EXPECT_TRUE(fs::exists(busy_first)) << "a running instance's segments are its own writer's business";
+  busy.close();
+  std::vector<std::string> types;
+  for (const auto& l : trail_lines(tmp.path(), "old")) types.push_back(type_of(l));
+  const std::vector<std::string> tail(types.end() - 3, types.end());
+  EXPECT_EQ(tail, (std::vector<std::string>{"start", "retention", "stop"}));
+  EXPECT_TRUE(trail_verifies(tmp.path()));
+  EXPECT_EQ(logs.extra_of("info", "audit: retention ran for an idle instance"), std::optional<std::string>("\"instance\":\"old\""));
+}
+
 TEST_F(AuditLogTest, ASecondWriterOfTheSameInstanceIsRefusedWhileTheFirstRuns) {
   // Two gateways given one audit.instance and one directory would both append to its chain from
   // the same head (a fork that verify reports as tampering): the second refuses to start.
