@@ -106,7 +106,10 @@ void upstream_exchange::release() {
   ctx_.cancel_upstream = nullptr;
   // A caller that left as the answer ended may have closed this connection through
   // cancel_upstream: a closed socket must never go back to the pool.
-  if (conn_ && conn_->lowest().socket().is_open() && parser_ && parser_->is_done() && parser_->keep_alive())
+  // Bytes already read past the answer (a body longer than its Content-Length, a 204 with one)
+  // would be the next call's answer: such a connection is closed, not pooled.
+  if (conn_ && conn_->lowest().socket().is_open() && parser_ && parser_->is_done() && parser_->keep_alive() &&
+      conn_->buffer.size() == 0)
     pool_.give_back(std::move(conn_), req_->settings->max_idle_connections);
   conn_.reset();
 }
@@ -212,6 +215,19 @@ awaitable<error_code> upstream_exchange::send_and_read_head(const upstream_reque
   } else {
     ec = std::get<0>(co_await net::async_write(*conn_->tcp, bufs));
     if (!ec) ec = std::get<0>(co_await http::async_read_header(*conn_->tcp, conn_->buffer, *parser_));
+  }
+  // Interim answers (100 Continue, 103 Early Hints: RFC 9110 §15.2, a client must take them
+  // unasked) precede the real one on the same connection. Taken as the answer, the real one was
+  // left unread on a pooled connection, and the next call on it read it as its own.
+  for (int interim = 0; !ec && parser_->status() / 100 == 1; ++interim) {
+    if (parser_->status() == 101 || interim == 16) {  // (never asked for; no longer HTTP)
+      ec = make_error_code(errc::upstream_error);
+      break;
+    }
+    parser_.emplace(conn_->head);
+    parser_->body_limit(boost::none);
+    if (conn_->tls) ec = std::get<0>(co_await http::async_read_header(*conn_->tls, conn_->buffer, *parser_));
+    else ec = std::get<0>(co_await http::async_read_header(*conn_->tcp, conn_->buffer, *parser_));
   }
   co_return ec;
 }

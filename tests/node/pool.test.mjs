@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http from 'node:http';
+import net from 'node:net';
 import { test } from 'node:test';
 
 import { delay, serverYaml, startGateway } from './lib/gateway.mjs';
@@ -46,4 +47,81 @@ models:
     up.closeAllConnections();
     up.close();
   }
+});
+
+/**
+ * A raw upstream: each request's answer is `respond(who, n)` (bytes written as they are), where
+ * `who` is the first message's content and `n` counts requests from 1.
+ */
+async function rawUpstream(respond) {
+  const completion = (text) => {
+    const body = JSON.stringify({ ...JSON.parse(COMPLETION), choices: [{ index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: 'stop' }] });
+    return `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  };
+  let n = 0;
+  const up = net.createServer((sock) => {
+    let buf = '';
+    sock.on('error', () => {});
+    sock.on('data', (d) => {
+      buf += d.toString();
+      for (;;) {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const length = Number(/content-length: *(\d+)/i.exec(buf.slice(0, end))?.[1] ?? 0);
+        if (buf.length < end + 4 + length) return;
+        const who = JSON.parse(buf.slice(end + 4, end + 4 + length)).messages[0].content;
+        buf = buf.slice(end + 4 + length);
+        sock.write(respond(who, ++n, completion));
+      }
+    });
+  });
+  up.listen(0, '127.0.0.1');
+  await once(up, 'listening');
+  return up;
+}
+
+async function askEach(names, respond) {
+  const up = await rawUpstream(respond);
+  const gw = await startGateway(serverYaml({ workers: 1 }) + `providers:
+  - {name: up, type: openai_compatible, base_url: "http://127.0.0.1:${up.address().port}/v1"}
+models:
+  - {name: m, provider: up}
+`);
+  const out = [];
+  try {
+    for (const who of names) {
+      const r = await fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: who }] }) });
+      const body = await r.json();
+      out.push({ status: r.status, text: body.choices?.[0]?.message?.content, error: body.error });
+    }
+  } finally {
+    await gw.stopClean();
+    up.close();
+  }
+  return out;
+}
+
+test('interim 1xx answers (103 Early Hints, 100 Continue) are skipped: each caller gets its own answer', async () => {
+  // Taken as the answer, the 103 went to the caller and the real answer stayed on the pooled
+  // connection, where the next caller read it as its own.
+  const got = await askEach(['ALICE', 'BOB', 'CAROL'], (who, n, completion) =>
+    (n === 1 ? 'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n' : '') +
+    (n === 2 ? 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n' : '') + completion(`answer for ${who}`));
+  assert.deepEqual(got.map((g) => [g.status, g.text]), [[200, 'answer for ALICE'], [200, 'answer for BOB'], [200, 'answer for CAROL']]);
+});
+
+test('bytes past an answer\'s end are never read as the next caller\'s answer', async () => {
+  // An upstream that sends more than its Content-Length: a whole second answer here.
+  const got = await askEach(['ALICE', 'BOB'], (who, n, completion) =>
+    completion(`answer for ${who}`) + (n === 1 ? completion('answer for MALLORY') : ''));
+  assert.deepEqual(got.map((g) => [g.status, g.text]), [[200, 'answer for ALICE'], [200, 'answer for BOB']]);
+});
+
+test('a 101 Switching Protocols the gateway never asked for is an upstream failure, not an answer', async () => {
+  const got = await askEach(['ALICE', 'BOB'], (who, n, completion) =>
+    n === 1 ? 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n' : completion(`answer for ${who}`));
+  assert.equal(got[0].status, 502);
+  assert.equal(got[0].error.code, 'upstream_error', JSON.stringify(got[0].error));
+  assert.deepEqual([got[1].status, got[1].text], [200, 'answer for BOB']);
 });
