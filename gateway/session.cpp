@@ -181,7 +181,14 @@ std::vector<std::string> certificate_names(SSL* ssl) {
 template <class Stream>
 class session {
  public:
-  session(worker& w, Stream& s, listener_kind kind) : w_(w), s_(s), kind_(kind) {}
+  session(worker& w, Stream& s, listener_kind kind)
+      : w_(w), s_(s), kind_(kind), buf_(read_buffer_limit(w.snap()->cfg->server.limits)) {}
+
+  /// The most a connection's read buffer holds: a head, read_head's last read, and one read of
+  /// body. Body bytes leave it as the parser takes them, but a chunk-size line's extensions and a
+  /// trailer section stay until they end, and Beast bounds neither: a caller sending megabytes of
+  /// either, before any key is checked, grew it without limit.
+  static std::size_t read_buffer_limit(const config::server_limits& l) { return l.max_header_bytes + 4096 + 65536; }
 
   /// SANs of the verified client certificate (mTLS listeners).
   void set_peer_names(std::vector<std::string> names) { peer_names_ = std::move(names); }
@@ -259,7 +266,8 @@ class session {
         disarm_deadline();
         co_return n;
       }
-      if (sv.size() > lim.max_header_bytes) {
+      // (The buffer's own bound too: a reload may raise max_header_bytes past what it was made for.)
+      if (sv.size() > lim.max_header_bytes || buf_.size() + 4096 > buf_.max_size()) {
         disarm_deadline();
         co_await refuse(errc::header_fields_too_large, "Request head exceeds " + std::to_string(lim.max_header_bytes) + " bytes");
         co_return std::nullopt;
@@ -310,6 +318,9 @@ class session {
       if (ec == http::error::body_limit)
         co_await refuse(errc::request_too_large, "Request body exceeds " + std::to_string(srv.limits.max_body_bytes) + " bytes",
                         method, target);
+      else if (ec == http::error::buffer_overflow)
+        co_await refuse(errc::bad_request, "A chunk-size line or the trailer section is too long (chunk extensions and "
+                        "trailers are limited to " + std::to_string(buf_.max_size() - 4096) + " bytes)", method, target);
       else if (timed_out())
         co_await refuse(errc::request_timeout, "Request body not received in time", method, target);
       else if (ec.category() == make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&

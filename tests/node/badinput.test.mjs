@@ -179,6 +179,21 @@ describe('HTTP-level limits and routing', () => {
     assertRejected(res, 413, 'request_too_large');
   });
 
+  test('chunk extensions or a trailer section beyond the read buffer → 400, closed (memory stays bounded)', async () => {
+    // Beast bounds neither a chunk-size line nor the trailers: before any key was checked, a
+    // caller could make one connection buffer hundreds of megabytes.
+    const body = '{"model":"mock-gpt","messages":[{"role":"user","content":"hi"}]}';
+    const chunked = ['POST /v1/chat/completions HTTP/1.1', 'Host: t', 'Content-Type: application/json', 'Transfer-Encoding: chunked'];
+    const longExtension = [head(chunked), `${body.length.toString(16)};x=${'a'.repeat(512 * 1024)}\r\n${body}\r\n0\r\n\r\n`];
+    const longTrailer = [head(chunked), `${body.length.toString(16)}\r\n${body}\r\n0\r\n`,
+      ...Array.from({ length: 64 }, (_, i) => `X-Pad-${i}: ${'b'.repeat(8192)}\r\n`), '\r\n'];
+    for (const parts of [longExtension, longTrailer]) {
+      const res = await whileProbing(() => rawExchange(gw.port, parts, { timeoutMs: 4000 }));
+      assertRejected(res, 400, 'bad_request');
+      assert.match(res.text, /chunk-size line or the trailer section is too long/);
+    }
+  });
+
   test('a refused upload is drained, not reset: the caller still sending after its 413 sees a clean close', async () => {
     // Closing a socket with unread bytes makes the kernel reset the connection, and a reset can
     // discard the 413 before the caller reads it. The gateway half-closes and reads on instead.
