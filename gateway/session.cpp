@@ -45,7 +45,10 @@ class session_sink final : public response_sink {
     std::string head = format_response_head({status, content_type, ctx_.id_hex, &extra, body.size(), ka, false, &ctx_.rate});
     begin(status);
     if (first_chunk_time_unset()) ctx_.first_byte = request_context::clock::now();
-    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
+    // A HEAD answer is the head alone, Content-Length included (RFC 9110 §9.3.2): body bytes after
+    // it would be read as the start of the next answer on the connection.
+    const std::size_t body_bytes = ctx_.method == "HEAD" ? 0 : body.size();
+    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body_bytes)};
     auto [ec, n] = co_await net::async_write(s_, bufs);
     co_return done(ec);
   }

@@ -282,6 +282,20 @@ describe('HTTP-level limits and routing', () => {
     assertOpenAIError({ status: r2.status, json: await r2.json() }, { status: 405, code: 'method_not_allowed' });
   });
 
+  test('HEAD answers carry no body: the next answer on the connection starts right after the head', async () => {
+    // A HEAD answered with its JSON body left those bytes to be read as the next answer's start
+    // by any client or front proxy reusing the connection.
+    for (const path of ['/v1/models', '/v1/chat/completions', '/v1/nowhere']) {
+      const res = await rawExchange(gw.port, `HEAD ${path} HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n`,
+        { timeoutMs: 4000 });
+      const data = res.data.toString('latin1');
+      const first = data.indexOf('\r\n\r\n');
+      assert.ok(first > 0, data.slice(0, 200));
+      assert.match(data.slice(0, first), /^HTTP\/1\.1 \d{3} [^\r]*\r\n[^]*content-length: [1-9]/i, 'the HEAD answer keeps its Content-Length');
+      assert.match(data.slice(first + 4), /^HTTP\/1\.1 200 /, `after HEAD ${path}: ${data.slice(first + 4, first + 80)}`);
+    }
+  });
+
   test('unknown path → 404 not_found', async () => {
     const r = await fetchT(`${gw.url}/v1/does-not-exist`);
     assertOpenAIError({ status: r.status, json: await r.json() }, { status: 404, code: 'not_found' });
