@@ -489,6 +489,10 @@ awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net:
   stream.next_layer().expires_after(milliseconds(w.snap()->cfg->server.timeouts.header_read_ms));
   auto [ec] = co_await stream.async_handshake(net::ssl::stream_base::server);
   if (ec) co_return;
+  // The handshake's bound ends with it: the session's own deadlines (head, body, idle: the
+  // worker's sweeper, which answers 408) take over. Left armed, it cut the first request's body
+  // at header_read_ms from the accept, closing the socket with no answer.
+  stream.next_layer().expires_never();
   session<net::ssl::stream<stream_t>> s(w, stream, kind);
   s.set_peer_names(certificate_names(stream.native_handle()));
   co_await s.run();

@@ -8,11 +8,12 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
+import tls from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { serverYaml, startGateway } from './lib/gateway.mjs';
+import { delay, serverYaml, startGateway } from './lib/gateway.mjs';
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-tls-'));
 function makeCert(name, cn, san) {
@@ -141,6 +142,32 @@ describe('TLS', () => {
         setTimeout(() => s.destroy(), 3000);
       });
       assert.ok(!plain.startsWith('HTTP/1.1 200'), `plain HTTP must not be served on the TLS port: ${plain.slice(0, 80)}`);
+    } finally {
+      await gw.stopClean();
+    }
+  });
+
+  test('the first request on a TLS connection has body_read_ms for its body, not the handshake\'s header_read_ms', async () => {
+    // The handshake's timer stayed armed: a body still arriving header_read_ms after the accept
+    // was cut with no answer at all.
+    const gw = await startGateway(serverYaml({ timeouts: { header_read_ms: 1500, body_read_ms: 10000 } }) +
+      `  tls:\n    cert_file: ${server.cert}\n    key_file: ${server.key}\n` + providers());
+    try {
+      const body = JSON.stringify({ model: 'm-tls', messages: [{ role: 'user', content: 'hi' }] });
+      const s = tls.connect({ port: gw.port, host: '127.0.0.1', servername: 'localhost', ca: readFileSync(server.cert) });
+      await once(s, 'secureConnect');
+      let got = '';
+      s.on('data', (d) => (got += d));
+      const closed = once(s, 'close');
+      s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`);
+      const third = Math.ceil(body.length / 3);
+      for (let i = 0; i < body.length; i += third) {
+        await delay(1000);  // the whole body takes ~3 s: twice header_read_ms
+        s.write(body.slice(i, i + third));
+      }
+      await closed;
+      assert.match(got, /^HTTP\/1\.1 200 /, got.slice(0, 200));
+      assert.match(got, /over tls/);
     } finally {
       await gw.stopClean();
     }
