@@ -37,6 +37,7 @@ struct server_timeouts {
   std::uint32_t body_read_ms = 30'000;
   std::uint32_t idle_ms = 60'000;
   std::uint32_t drain_ms = 30'000;
+  std::uint32_t write_ms = 30'000;  ///< per MiB written to a caller; a caller that stops reading is cut
 };
 
 struct server_config {

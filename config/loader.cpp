@@ -147,11 +147,12 @@ void parse_server(const YAML::Node& n, server_config& s) {
   }
   if (auto t = n["timeouts"]) {
     const std::string tp = p + ".timeouts";
-    check_keys(t, tp, {"header_read_ms", "body_read_ms", "idle_ms", "drain_ms"});
+    check_keys(t, tp, {"header_read_ms", "body_read_ms", "idle_ms", "drain_ms", "write_ms"});
     if (auto v = t["header_read_ms"]) s.timeouts.header_read_ms = get_uint<std::uint32_t>(v, tp + ".header_read_ms");
     if (auto v = t["body_read_ms"]) s.timeouts.body_read_ms = get_uint<std::uint32_t>(v, tp + ".body_read_ms");
     if (auto v = t["idle_ms"]) s.timeouts.idle_ms = get_uint<std::uint32_t>(v, tp + ".idle_ms");
     if (auto v = t["drain_ms"]) s.timeouts.drain_ms = get_uint<std::uint32_t>(v, tp + ".drain_ms");
+    if (auto v = t["write_ms"]) s.timeouts.write_ms = get_uint<std::uint32_t>(v, tp + ".write_ms");
   }
 }
 
@@ -745,6 +746,7 @@ std::string validate(const gateway_config& cfg) {
       if (r.name == "moderation") return "content_filters.rules: the name 'moderation' is the moderation endpoint's" + at;
   }
   if (cfg.store.replicas == 0) return "store.replicas: must be at least 1";
+  if (cfg.server.timeouts.write_ms < 100) return "server.timeouts.write_ms: must be at least 100";
   if (cfg.audit.enabled && cfg.audit.dir.empty()) return "audit.dir: must not be empty (or set audit.enabled: false)";
   if (cfg.audit.segment_max_bytes < 4096) return "audit.segment_max_bytes: must be at least 4096";
   if (cfg.audit.mode == audit_config::durability::batched && cfg.audit.batch_ms == 0)

@@ -534,7 +534,7 @@ awaitable<void> fail(request_context& ctx, response_sink& sink, const failure& f
   if (f.code == errc::client_disconnected || ctx.client_gone) {
     ctx.client_gone = true;
     if (!ctx.response_started) ctx.status = 499;
-    ctx.details = "client_disconnected";
+    ctx.details = ctx.write_timed_out ? "caller_write_timeout" : "client_disconnected";
     co_return;
   }
   if (ctx.response_started) {
@@ -624,7 +624,7 @@ awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
     w.policy().settle(ctx, w.executor());
     throw;
   }
-  if (ctx.client_gone && ctx.details.empty()) ctx.details = "client_disconnected";
+  if (ctx.client_gone && ctx.details.empty()) ctx.details = ctx.write_timed_out ? "caller_write_timeout" : "client_disconnected";
   w.policy().settle(ctx, w.executor());
   log_request(w, ctx);
 }

@@ -34,8 +34,8 @@ namespace {
 template <class Stream>
 class session_sink final : public response_sink {
  public:
-  session_sink(worker& w, Stream& s, request_context& ctx, bool keep_alive, bool http11 = true)
-      : w_(w), s_(s), ctx_(ctx), keep_alive_(keep_alive), http11_(http11) {}
+  session_sink(worker& w, Stream& s, request_context& ctx, session_slot* slot, bool keep_alive, bool http11 = true)
+      : w_(w), s_(s), ctx_(ctx), slot_(slot), keep_alive_(keep_alive), http11_(http11) {}
 
   awaitable<bool> send_full(unsigned status, std::string_view content_type, std::string body,
                             const header_list& extra) override {
@@ -49,8 +49,7 @@ class session_sink final : public response_sink {
     // it would be read as the start of the next answer on the connection.
     const std::size_t body_bytes = ctx_.method == "HEAD" ? 0 : body.size();
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body_bytes)};
-    auto [ec, n] = co_await net::async_write(s_, bufs);
-    co_return done(ec);
+    co_return done(co_await write(bufs, head.size() + body_bytes));
   }
 
   awaitable<bool> start_stream(unsigned status, std::string_view content_type, const header_list& extra) override {
@@ -69,15 +68,13 @@ class session_sink final : public response_sink {
     pending_head_.clear();
     if (!http11_) {
       std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(data.data(), data.size())};
-      auto [ec, n] = co_await net::async_write(s_, bufs);
-      co_return done(ec);
+      co_return done(co_await write(bufs, head.size() + data.size()));
     }
     char size_line[24];
     int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
     std::array<net::const_buffer, 4> bufs{net::buffer(head), net::buffer(size_line, std::size_t(len)),
                                           net::buffer(data.data(), data.size()), net::buffer("\r\n", 2)};
-    auto [ec, n] = co_await net::async_write(s_, bufs);
-    co_return done(ec);
+    co_return done(co_await write(bufs, head.size() + data.size()));
   }
 
   awaitable<bool> end_stream() override {
@@ -86,8 +83,7 @@ class session_sink final : public response_sink {
     std::string head = std::move(pending_head_);  // a stream that ended before any chunk
     pending_head_.clear();
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer("0\r\n\r\n", http11_ ? 5 : 0)};
-    auto [ec, n] = co_await net::async_write(s_, bufs);
-    co_return done(ec);
+    co_return done(co_await write(bufs, head.size() + 5));
   }
 
   void abort() override {
@@ -114,6 +110,23 @@ class session_sink final : public response_sink {
     ctx_.client_gone = true;
     co_return false;
   }
+  /// Writes to the caller under a deadline (the worker's sweeper cancels the socket's operations
+  /// when it passes): write_ms for each MiB, so a caller that stops reading cannot hold the
+  /// connection, its stream and its upstream for ever.
+  template <class Buffers>
+  awaitable<error_code> write(Buffers bufs, std::size_t bytes) {
+    if (slot_) {
+      const auto per_mib = milliseconds(ctx_.snap->cfg->server.timeouts.write_ms);
+      slot_->timed_out = false;
+      slot_->deadline = std::chrono::steady_clock::now() + per_mib * (1 + bytes / (std::size_t(1) << 20));
+    }
+    auto [ec, n] = co_await net::async_write(s_, bufs);
+    if (slot_) {
+      slot_->deadline = std::chrono::steady_clock::time_point::max();
+      if (ec && slot_->timed_out) ctx_.write_timed_out = true;
+    }
+    co_return ec;
+  }
   bool first_chunk_time_unset() const { return ctx_.first_byte == request_context::clock::time_point{}; }
   bool done(const error_code& ec) {
     if (ec) {
@@ -126,6 +139,7 @@ class session_sink final : public response_sink {
   worker& w_;
   Stream& s_;
   request_context& ctx_;
+  session_slot* slot_;
   bool keep_alive_;
   bool http11_;
   std::string pending_head_;  ///< stream head not written yet
@@ -234,7 +248,7 @@ class session {
     ctx.close_after = true;
     ctx.details = std::string(reason);
     linger_ = true;  // the caller may still be sending the request we refused
-    session_sink<Stream> sink(w_, s_, ctx, false);
+    session_sink<Stream> sink(w_, s_, ctx, slot_, false);
     beast::get_lowest_layer(s_).expires_after(seconds(5));  // a caller that will not read its error
     gateway_metrics::get().rejections.counter({std::string(map_error(code).code)}).inc();
     co_await answer_error(ctx, sink, code, std::string(reason) + ".");
@@ -355,7 +369,7 @@ class session {
     ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
     ctx.admin_listener = kind_ == listener_kind::admin;
-    session_sink<Stream> sink(w_, s_, ctx, keep_alive, parser.version() >= 11);
+    session_sink<Stream> sink(w_, s_, ctx, slot_, keep_alive, parser.version() >= 11);
 
     if (kind_ == listener_kind::admin) {
       ctx.body = std::move(parser.body());

@@ -114,6 +114,7 @@ struct request_context {
   bool answer_unread = false;
   bool response_started = false;  ///< some response bytes went out: errors can no longer be a status
   bool client_gone = false;
+  bool write_timed_out = false;  ///< the caller stopped reading: a write passed server.timeouts.write_ms
   bool close_after = false;       ///< close the connection after this response
 
   // Audit (gateway/audit): the record is written once, before the last response byte.

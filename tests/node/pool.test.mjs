@@ -6,7 +6,14 @@ import http from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
 
-import { delay, serverYaml, startGateway } from './lib/gateway.mjs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { delay, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
+
+/** Every record of a gateway's audit trail so far. */
+const auditRecords = (gw) => readdirSync(gw.ready.audit_dir).filter((f) => f.endsWith('.jsonl'))
+  .flatMap((f) => readFileSync(join(gw.ready.audit_dir, f), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)));
 
 const COMPLETION = JSON.stringify({
   id: 'chatcmpl-pool', object: 'chat.completion', created: 1732000000, model: 'm',
@@ -124,4 +131,46 @@ test('a 101 Switching Protocols the gateway never asked for is an upstream failu
   assert.equal(got[0].status, 502);
   assert.equal(got[0].error.code, 'upstream_error', JSON.stringify(got[0].error));
   assert.deepEqual([got[1].status, got[1].text], [200, 'answer for BOB']);
+});
+
+test('a caller that stops reading is cut after server.timeouts.write_ms: its stream ends, is billed, and the upstream is closed', async () => {
+  // A blocked write to the caller had no deadline: the upstream's idle timeout never fired (the
+  // gateway was not reading it), and the connection, stream and upstream were held for ever.
+  let upstreamClosed = false;
+  const up = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const ev = `data: ${JSON.stringify({ id: 'c', object: 'chat.completion.chunk', created: 1, model: 'm',
+      choices: [{ index: 0, delta: { content: 'word '.repeat(800) }, finish_reason: null }] })}\n\n`;
+    const pump = () => {
+      while (!upstreamClosed) if (!res.write(ev)) return void res.once('drain', pump);
+    };
+    res.on('close', () => (upstreamClosed = true));
+    pump();
+  });
+  up.listen(0, '127.0.0.1');
+  await once(up, 'listening');
+  const gw = await startGateway(serverYaml({ workers: 1, timeouts: { write_ms: 1000 } }) + `providers:
+  - {name: up, type: openai_compatible, base_url: "http://127.0.0.1:${up.address().port}/v1", timeouts: {idle_ms: 60000}}
+models:
+  - {name: m, provider: up}
+`);
+  try {
+    const s = net.connect(gw.port, '127.0.0.1');
+    await once(s, 'connect');
+    s.pause();  // never reads
+    const body = JSON.stringify({ model: 'm', stream: true, messages: [{ role: 'user', content: 'hi' }] });
+    s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+    const closedAt = Date.now();
+    await eventually(() => upstreamClosed, { timeoutMs: 15000, what: 'the upstream closed by the gateway' });
+    const record = await eventually(() => auditRecords(gw).find((r) => r.type === 'call' && r.stream), { timeoutMs: 5000, what: 'the audit record' });
+    assert.equal(record.details, 'caller_write_timeout', JSON.stringify(record));
+    assert.ok(record.completion_tokens > 0, `what was generated is billed: ${JSON.stringify(record)}`);
+    assert.ok(Date.now() - closedAt < 14000);
+    s.destroy();
+  } finally {
+    await gw.stopClean();
+    up.closeAllConnections();
+    up.close();
+  }
 });
