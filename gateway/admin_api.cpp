@@ -248,15 +248,6 @@ std::string key_id_only(std::string given) {
   return given;
 }
 
-/// The same for the key segment of a `/admin/v1/keys/<id>[/rotate]` path, in place.
-void mask_key_in_path(std::string& path) {
-  constexpr std::string_view prefix = "/admin/v1/keys/";
-  if (!path.starts_with(prefix)) return;
-  const std::size_t end = std::min(path.find('/', prefix.size()), path.size());
-  const std::string id = key_id_only(path.substr(prefix.size(), end - prefix.size()));
-  path.replace(prefix.size(), end - prefix.size(), id);
-}
-
 /// The audit trail's name for an admin request ("key.create", ...); "unknown" for other paths.
 std::string admin_action(const request_context& ctx) {
   const bool get = ctx.method == "GET", post = ctx.method == "POST", del = ctx.method == "DELETE";
@@ -279,7 +270,7 @@ awaitable<void> send(response_sink& sink, unsigned status, const json::object& o
 
 awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink& sink) {
   const auto& cfg = *ctx.snap->cfg;
-  mask_key_in_path(ctx.path);  // before anything can log it
+  policy::mask_keys_in_path(ctx.path);  // (the session did it already; callers of this function may not)
   ctx.action = admin_action(ctx);
   if (cfg.auth.admin_tokens.empty()) {
     co_await answer_error(ctx, sink, errc::admin_api_disabled,

@@ -22,6 +22,7 @@
 #include "gateway/pipeline.hpp"
 #include "gateway/request_parser.hpp"
 #include "gateway/response_head.hpp"
+#include "policy/keys.hpp"
 
 namespace tollgate::gateway {
 namespace http = beast::http;
@@ -239,6 +240,7 @@ class session {
     request_context ctx;
     ctx.method = std::string(method);
     ctx.path = std::string(target.substr(0, target.find('?')));
+    policy::mask_keys_in_path(ctx.path);  // a key pasted into the URL is logged by its id only
     ctx.id = w_.next_id();
     ctx.id_hex = snowflake::to_hex(ctx.id);
     ctx.worker = w_.index();
@@ -363,6 +365,7 @@ class session {
     std::string_view target = parser.target();
     const auto query_at = target.find('?');
     ctx.path = std::string(target.substr(0, query_at));
+    policy::mask_keys_in_path(ctx.path);  // before anything can log or echo it
     if (query_at != std::string_view::npos) ctx.query = std::string(target.substr(query_at + 1));
     ctx.user_agent = std::string(fields.user_agent.value_or(std::string_view()));
     ctx.credential = presented_credential(fields, kind_ == listener_kind::caller);

@@ -80,6 +80,55 @@ std::optional<parsed_key> parse_key(std::string_view s) noexcept {
   return k;
 }
 
+namespace {
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// `%XX` escapes decoded; a malformed escape is kept as it is (only for recognising keys).
+std::string percent_decoded(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const int hi = s[i] == '%' && i + 2 < s.size() ? hex_value(s[i + 1]) : -1;
+    const int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
+    if (lo >= 0) {
+      out.push_back(char(hi * 16 + lo));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+void mask_keys_in_path(std::string& path) {
+  if (path.find("tg") == std::string::npos) return;  // (every caller's path: nothing to do)
+  std::string out;
+  out.reserve(path.size());
+  std::size_t at = 0;
+  for (;;) {
+    const std::size_t end = std::min(path.find('/', at), path.size());
+    const std::string_view segment(path.data() + at, end - at);
+    const std::string decoded = segment.find('%') == std::string_view::npos ? std::string(segment) : percent_decoded(segment);
+    if (auto k = parse_key(decoded)) {
+      out.append(k->id);
+    } else if (decoded.starts_with("tg_") && decoded.find('_', 3) != std::string::npos) {
+      out.append(decoded, 0, decoded.find('_', 3) + 1).append("[masked]");
+    } else {
+      out.append(segment);
+    }
+    if (end == path.size()) break;
+    out.push_back('/');
+    at = end + 1;
+  }
+  path = std::move(out);
+}
+
 std::string digest_secret(std::string_view secret, std::string_view pepper) {
   if (!pepper.empty()) {
     auto md = hmac_sha256(pepper, secret);

@@ -20,6 +20,13 @@ struct parsed_key {
 /// Splits `tg_<id>_<secret>`; nullopt when the shape is wrong (never echo the input).
 std::optional<parsed_key> parse_key(std::string_view presented) noexcept;
 
+/// Masks keys in a request path (in place) before anything logs or echoes it: a segment that is a
+/// whole key `tg_<id>_<secret>` (percent-encoded or not) becomes its id; another segment that
+/// starts like one (`tg_<id>_...`) keeps `tg_<id>_` and loses the rest. A key pasted into a URL
+/// (a revoke sent to the wrong listener, a body too large for the admin API) then reaches no
+/// access-log line, audit record or error body.
+void mask_keys_in_path(std::string& path);
+
 /// "hmac-sha256:<hex>" when `pepper` is set, else "sha256:<hex>".
 std::string digest_secret(std::string_view secret, std::string_view pepper);
 

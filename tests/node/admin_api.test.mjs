@@ -6,7 +6,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { assertOpenAIError, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
+import { assertOpenAIError, eventually, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
 import { admin, adminToken, chat, createKey, splitKey, staticKey } from './lib/policy_helpers.mjs';
 import { startRedis, waitStoreUp } from './lib/redis.mjs';
 
@@ -185,6 +185,22 @@ describe('admin API on one gateway (memory store)', () => {
     assert.equal(revoked.enabled, false);
     assertOpenAIError(await chat(gw, ok(rotated).key, body()), { status: 401, code: 'invalid_api_key' });
     for (const r of [quota, rotated]) assert.ok(!r.text.includes(secret), r.text);
+    // Sent to the caller listener by mistake: a 404 naming the path, by the key's id only.
+    const wrongPort = await fetch(`${gw.url}/admin/v1/keys/${k.key}`, { method: 'DELETE' });
+    const wrongText = await wrongPort.text();
+    assert.equal(wrongPort.status, 404);
+    assert.ok(wrongText.includes(k.id) && !wrongText.includes(secret), wrongText);
+    // Refused before the admin API reads it (a body over the limit, percent-encoded, and a
+    // key with something after it): audited and logged with the id only.
+    for (const path of [`/admin/v1/keys/${k.key}/rotate`, `/admin/v1/keys/${k.key.replaceAll('_', '%5F')}/rotate`,
+      `/admin/v1/keys/${k.key}.json`]) {
+      const big = await rawExchange(gw.adminPort, `POST ${path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n` +
+        `Content-Length: 999999999\r\n\r\n`, { timeoutMs: 4000 });
+      assert.equal(big.response?.status, 413, big.text);
+      assert.ok(!big.text.includes(secret), big.text);
+    }
+    await eventually(() => gw.stdout().split('\n').filter((l) => l.includes('"status":413')).length >= 3,
+      { what: 'the refusals in the access log' });
     const dir = gw.ready.audit_dir;
     const audit = await eventually(() => {
       const text = readdirSync(dir).filter((f) => f.endsWith('.jsonl')).map((f) => readFileSync(join(dir, f), 'utf8')).join('');

@@ -1101,6 +1101,26 @@ TEST_F(EngineTest, OpenGatewayIgnoresForeignCredentialsButChecksTollgateKeys) {
   }
 }
 
+TEST(KeysTest, KeysInAPathAreMaskedToTheirIds) {
+  auto masked = [](std::string p) {
+    mask_keys_in_path(p);
+    return p;
+  };
+  const std::string key = "tg_abc123DEF456_" + std::string(43, 'S');
+  EXPECT_EQ(masked("/admin/v1/keys/" + key), "/admin/v1/keys/abc123DEF456");
+  EXPECT_EQ(masked("/admin/v1/keys/" + key + "/rotate"), "/admin/v1/keys/abc123DEF456/rotate");
+  EXPECT_EQ(masked("/v1/" + key + "/x"), "/v1/abc123DEF456/x");  // any segment, any listener
+  EXPECT_EQ(masked("/admin/v1/keys/tg%5Fabc123DEF456%5F" + std::string(43, 'S')), "/admin/v1/keys/abc123DEF456");
+  // Not a key's shape, but a key's start: what follows its id is dropped.
+  EXPECT_EQ(masked("/admin/v1/keys/" + key + ".json"), "/admin/v1/keys/tg_abc123DEF456_[masked]");
+  // Ids, other paths and a bare prefix stay as they are.
+  EXPECT_EQ(masked("/admin/v1/keys/abc123DEF456"), "/admin/v1/keys/abc123DEF456");
+  EXPECT_EQ(masked("/v1/chat/completions"), "/v1/chat/completions");
+  EXPECT_EQ(masked("/tg_/x/"), "/tg_/x/");
+  EXPECT_EQ(masked(""), "");
+  EXPECT_EQ(masked("/%zz/tg"), "/%zz/tg");
+}
+
 TEST(KeysTest, ParseDigestVerify) {
   auto k = generate_key();
   EXPECT_EQ(k.full, "tg_" + k.id + "_" + k.secret);
