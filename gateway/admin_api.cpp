@@ -162,6 +162,10 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
   if (auto* n = o.if_contains("name")) {
     if (!n->is_string()) return "name must be a string";
     k.name = std::string(n->get_string());
+    // Listed in tables on admins' terminals: no escape sequences, no line breaks.
+    if (k.name.size() > 128) return "name must be at most 128 bytes";
+    for (unsigned char c : k.name)
+      if (c < 0x20 || c == 0x7f) return "name must not contain control characters";
   }
   if (auto err = parse_models(o, k.models); !err.empty()) return err;
   std::string err;
@@ -169,6 +173,9 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
   if (!read_uint(o, "expires_unix", expires, err)) return err;
   // Seconds: a value in milliseconds (today's is ~1.8e12) would be a key that never expires.
   if (expires > 253'402'300'799) return "expires_unix must be unix seconds (at most 253402300799, the end of year 9999)";
+  // A key that is expired at birth would show its secret for nothing (0: never expires).
+  const auto now_s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  if (expires != 0 && std::int64_t(expires) <= now_s) return "expires_unix is in the past (0, or leave it out, for a key that never expires)";
   k.expires_unix = std::int64_t(expires);
   return parse_limits_budget(o, k.limits, k.budget);
 }
@@ -240,6 +247,19 @@ std::string query_param(std::string_view query, std::string_view name) {
   return {};
 }
 
+/// Whether `name` is in the query, even with an empty value (`?key=`).
+bool has_query_param(std::string_view query, std::string_view name) {
+  auto params = boost::urls::parse_query(query);
+  if (!params) return false;
+  for (auto p : *params)
+    if (p.key == name) return true;
+  return false;
+}
+
+/// A blank key id where one was given: a script's unset variable, which would otherwise act on
+/// the whole team (`"key_id": ""` set the team's quota).
+bool blank(std::string_view s) { return s.find_first_not_of(" \t") == std::string_view::npos; }
+
 /// A key's id where a whole key `tg_<id>_<secret>` was given in its place (a leaked key pasted
 /// into `tollgatectl key revoke`): the admin call acts on that id, and the secret reaches no log
 /// line, audit record or answer. Anything else is returned as it is.
@@ -257,8 +277,8 @@ std::string admin_action(const request_context& ctx) {
   if (ctx.path == "/admin/v1/teams") return post ? "team.create" : get ? "team.list" : "unknown";
   if (ctx.path.starts_with("/admin/v1/teams/")) return del ? "team.delete" : get ? "team.show" : "unknown";
   if (ctx.path == "/admin/v1/quotas") return ctx.method == "PUT" ? "quota.set" : get ? "quota.show" : "unknown";
-  if (ctx.path == "/admin/v1/budget") return "budget.show";
-  if (ctx.path == "/admin/v1/usage") return "usage.show";
+  if (ctx.path == "/admin/v1/budget") return get ? "budget.show" : "unknown";
+  if (ctx.path == "/admin/v1/usage") return get ? "usage.show" : "unknown";
   return "unknown";
 }
 
@@ -458,6 +478,8 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     std::string err;
     if (!team || !team->is_string() || team->get_string().empty()) err = "team (string) is required";
     else if (key && !key->is_null() && !key->is_string()) err = "key_id must be a string";
+    else if (key && key->is_string() && blank(key->get_string()))
+      err = "key_id must not be empty: leave it out (or null) to set the team's quota";
     if (err.empty()) err = parse_quota_patch(*body, patch);
     if (!err.empty()) {
       co_await answer_error(ctx, sink, errc::invalid_value, err);
@@ -478,6 +500,10 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     // ?team=T for the team's quota and budget use, &key=ID for that key's.
     const std::string team = query_param(ctx.query, "team"), key = key_id_only(query_param(ctx.query, "key"));
     ctx.action_target = key.empty() ? team : team + "/" + key;
+    if (key.empty() && has_query_param(ctx.query, "key")) {
+      co_await answer_error(ctx, sink, errc::invalid_value, "key must not be empty: leave it out for the team's", "key");
+      co_return;
+    }
     auto view = co_await pol.resolve_team(ctx.worker, cfg, team);
     if (!view.team) {
       if (!view.reachable) co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
@@ -521,6 +547,10 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
                       model = query_param(ctx.query, "model"), from_s = query_param(ctx.query, "from"),
                       to_s = query_param(ctx.query, "to");
     ctx.action_target = team;
+    if (blank(key) && has_query_param(ctx.query, "key")) {
+      co_await answer_error(ctx, sink, errc::invalid_value, "key must not be empty: leave it out for every key's usage", "key");
+      co_return;
+    }
     const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                     std::chrono::system_clock::now().time_since_epoch()).count();
     const auto to_ms = to_s.empty() ? std::optional<std::int64_t>(now_ms) : parse_time_ms(to_s);

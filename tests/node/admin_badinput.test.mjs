@@ -58,6 +58,12 @@ describe('admin API: bad input', () => {
       // a misspelt period a monthly budget.
       [{ team: 'search', rpm: 60 }, /rpm: unknown field/],
       [{ team: 'search', budget: { usd: 5, perod: 'daily' } }, /budget\.perod: unknown field/],
+      // A key expired at birth; a name that would write escape sequences on an admin's terminal.
+      [{ team: 'search', expires_unix: 1 }, /expires_unix is in the past/],
+      [{ team: 'search', expires_unix: Math.floor(Date.now() / 1000) - 60 }, /expires_unix is in the past/],
+      [{ team: 'search', name: 'ci\u001b[2J\u001b[31mjob' }, /name must not contain control characters/],
+      [{ team: 'search', name: 'line\nbreak' }, /name must not contain control characters/],
+      [{ team: 'search', name: 'n'.repeat(129) }, /name must be at most 128 bytes/],
     ];
     for (const [body, why] of cases) {
       const r = await admin(gw, tok.token, 'POST', '/admin/v1/keys', body);
@@ -93,6 +99,18 @@ describe('admin API: bad input', () => {
     const nobudget = await call('PUT', '/admin/v1/quotas', { team: 'search', key_id: k.json.id, budget: { period: 'daily' } });
     assertOpenAIError(nobudget, { status: 400, code: 'invalid_value' });
     assert.match(nobudget.json.error.message, /has no budget/);
+    // An empty key id (a script's unset variable) would have set or shown the whole team's quota.
+    for (const key_id of ['', '  ']) {
+      const r = await call('PUT', '/admin/v1/quotas', { team: 'search', key_id, budget: { usd: 0 } });
+      assertOpenAIError(r, { status: 400, code: 'invalid_value' });
+      assert.match(r.json.error.message, /key_id must not be empty/);
+    }
+    assert.equal((await call('GET', '/admin/v1/quotas?team=search')).json.budget, null, 'the team kept its (absent) budget');
+    for (const path of ['/admin/v1/quotas?team=search&key=', '/admin/v1/budget?team=search&key=', '/admin/v1/usage?key='])
+      assertOpenAIError(await call('GET', path), { status: 400, code: 'invalid_value', param: 'key' });
+    // Reads answer GET only: another method is no read (and not audited as one).
+    for (const [m, path] of [['DELETE', '/admin/v1/usage'], ['POST', '/admin/v1/budget'], ['PUT', '/admin/v1/usage']])
+      assertOpenAIError(await call(m, path, m === 'DELETE' ? undefined : {}), { status: 404, code: 'not_found' });
     // Raw bytes that are no UTF-8 in the URL, echoed by the 404: the error body is still JSON text.
     const res = await rawExchange(gw.adminPort, [Buffer.concat([Buffer.from('GET /admin/v1/nope'), Buffer.from([0xff, 0xfe]),
       Buffer.from(` HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${tok.token}\r\nConnection: close\r\n\r\n`)])],
