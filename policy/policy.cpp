@@ -248,11 +248,14 @@ void engine::stop() { store_->stop(); }
 void engine::forget(std::string_view id) {
   generation_.fetch_add(1, std::memory_order_relaxed);  // every cached authentication ends
   std::lock_guard lock(cache_mu_);
+  // Team records are marked stale, not dropped: while the store is unreachable the last one read
+  // still holds. Dropped, a config team resolved to the file's quotas alone, and an admin's
+  // override (a budget cut to zero, a lowered rpm) was lost for the outage.
   if (id == "*") {  // the invalidation channel was down: anything may have changed
     cache_.clear();
-    team_cache_.clear();
+    for (auto& [name, t] : team_cache_) t.at = {};
   } else if (id.starts_with("team:")) {
-    team_cache_.erase(std::string(id.substr(5)));
+    if (auto it = team_cache_.find(std::string(id.substr(5))); it != team_cache_.end()) it->second.at = {};
   } else {
     cache_.erase(std::string(id));
   }

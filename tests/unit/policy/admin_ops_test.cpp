@@ -56,7 +56,9 @@ struct late_store final : store {
     co_return co_await inner.replace_key(w, std::move(k), std::move(stored));
   }
   awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned w) override { co_return co_await inner.list_keys(w); }
+  bool teams_down = false;  ///< team reads find the store unreachable
   awaitable<team_lookup> get_team(unsigned w, std::string name) override {
+    if (teams_down) co_return team_lookup{};
     team_lookup r = co_await inner.get_team(w, name);
     co_await late();
     co_return r;
@@ -252,6 +254,36 @@ TEST_F(AdminOpsTest, AConfigTeamsModelsStayTheFilesAfterAQuotaChange) {
   ASSERT_TRUE(view.team);
   EXPECT_EQ(view.source, "config+api");
   EXPECT_EQ(view.team->limits.rpm, 100u);
+}
+
+TEST_F(AdminOpsTest, AConfigTeamsOverrideHoldsThroughAnOutageAfterTheCacheWasInvalidated) {
+  // An admin cut team `search` off (usd 0). The invalidation channel then reconnects ("*": every
+  // replica drops what it cached), and the store is unreachable. The team resolved to the file's
+  // quotas alone, with no budget: its config keys were admitted under local limits, uncharged.
+  engine::quota_patch p;
+  p.rpm = 100;
+  p.budget_nano = 0;
+  p.period = config::budget_period::total;
+  ASSERT_TRUE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "search", "", p)));
+  auto before = run_sync(ioc, eng->resolve_team(0, *snap->cfg, "search"));
+  ASSERT_TRUE(before.team);
+  ASSERT_EQ(before.team->limits.rpm, 100u);
+  ASSERT_TRUE(before.team->budget.set());
+  st->deliver("*");
+  st->teams_down = true;
+  auto during = run_sync(ioc, eng->resolve_team(0, *snap->cfg, "search"));
+  ASSERT_TRUE(during.team);
+  EXPECT_EQ(during.source, "config+api");
+  EXPECT_EQ(during.team->limits.rpm, 100u) << "the file's quota, not the admin's override";
+  EXPECT_TRUE(during.team->budget.set()) << "the admin's zero budget was lost";
+  EXPECT_EQ(during.as_of, steady_clock::time_point{}) << "an answer kept through an outage is not fresh";
+  // The same after a change of that team elsewhere, and once the store answers again it is read.
+  st->deliver("team:search");
+  EXPECT_EQ(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "search")).team->limits.rpm, 100u);
+  st->teams_down = false;
+  p.rpm = 7;
+  ASSERT_TRUE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "search", "", p)));
+  EXPECT_EQ(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "search")).team->limits.rpm, 7u);
 }
 
 TEST_F(AdminOpsTest, AConfigTeamRemovedFromTheFileDoesNotLiveOnThroughItsOverride) {
