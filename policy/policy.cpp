@@ -299,7 +299,13 @@ awaitable<key_lookup> engine::lookup(unsigned worker, const config::gateway_conf
 }
 
 awaitable<key_lookup> engine::find_key(unsigned worker, const config::gateway_config& cfg, std::string id) {
-  forget(id);
+  // A fresh read of this key only. (Not forget(): its generation bump ends every cached
+  // authentication of this replica, and an admin dashboard polling a key's budget made every
+  // caller pay a full digest check again.)
+  {
+    std::lock_guard lock(cache_mu_);
+    cache_.erase(id);
+  }
   co_return co_await lookup(worker, cfg, id);
 }
 

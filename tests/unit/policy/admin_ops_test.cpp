@@ -46,7 +46,9 @@ struct late_store final : store {
   }
   awaitable<budget_state> budget(unsigned, const scope_spec& s) override { co_return inner.budget_now(s); }
   awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return true; }
+  int key_reads = 0;
   awaitable<key_lookup> get_key(unsigned w, std::string id) override {
+    ++key_reads;
     key_lookup r = co_await inner.get_key(w, id);  // read now...
     co_await late();                                // ...answered later
     co_return r;
@@ -284,6 +286,24 @@ TEST_F(AdminOpsTest, AConfigTeamsOverrideHoldsThroughAnOutageAfterTheCacheWasInv
   p.rpm = 7;
   ASSERT_TRUE(run_sync(ioc, eng->set_quota(0, *snap->cfg, "search", "", p)));
   EXPECT_EQ(run_sync(ioc, eng->resolve_team(0, *snap->cfg, "search")).team->limits.rpm, 7u);
+}
+
+TEST_F(AdminOpsTest, AnAdminReadOfOneKeyLeavesOtherCachedAuthenticationsAlone) {
+  // find_key (every admin read of a key) ended every cached authentication of the replica: a
+  // dashboard polling one key's budget made each caller's next call read the store again.
+  key_record proto;
+  proto.team = "search";
+  auto other = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+  ASSERT_TRUE(other);
+  ASSERT_TRUE(accepted(key.full));
+  const int reads = st->key_reads;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(run_sync(ioc, eng->find_key(0, *snap->cfg, other->record.id)).key);
+  const int after_reads = st->key_reads;
+  EXPECT_EQ(after_reads - reads, 3) << "each admin read reads the store";
+  const auto full_checks = eng->full_key_checks();
+  ASSERT_TRUE(accepted(key.full));
+  EXPECT_EQ(st->key_reads, after_reads) << "the first key's record was read again";
+  EXPECT_EQ(eng->full_key_checks(), full_checks) << "the first key's cached authentication was dropped (a digest again)";
 }
 
 TEST_F(AdminOpsTest, AConfigTeamRemovedFromTheFileDoesNotLiveOnThroughItsOverride) {
