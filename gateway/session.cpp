@@ -436,7 +436,14 @@ class session {
         session_slot* slot;
         ~disarm() { slot->arm = nullptr; }
       } disarm_on_exit{slot_};
-      co_await handle_caller_request(w_, ctx, sink);
+      // A throw (a bug, bad_alloc) must not skip the wait below: an armed wait's handler writes
+      // into `wt`, which lives in this frame. (No co_await in a handler: caught, then rethrown.)
+      std::exception_ptr thrown;
+      try {
+        co_await handle_caller_request(w_, ctx, sink);
+      } catch (...) {
+        thrown = std::current_exception();
+      }
       // Nothing below suspends unless the watch was armed (pending), so the sweeper cannot arm it
       // now; `disarm_on_exit` clears the slot on the way out.
       wt.done = true;
@@ -446,6 +453,7 @@ class session {
         // The cancelled wait completes through the queue; let it run before `wt` goes away.
         while (wt.pending) co_await net::post(co_await net::this_coro::executor, net::use_awaitable_t<base_executor_t>{});
       }
+      if (thrown) std::rethrow_exception(thrown);
     } else {
       co_await handle_caller_request(w_, ctx, sink);
     }
