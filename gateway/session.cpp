@@ -313,11 +313,14 @@ class session {
       auto data = buf_.cdata();
       std::string_view head(static_cast<const char*>(data.data()), head_size);
       head_limits hl{srv.limits.max_header_bytes, srv.limits.max_header_count, srv.limits.max_url_bytes};
-      if (auto v = check_head(head, hl); !v) {
+      const head_verdict v = check_head(head, hl);
+      if (!v) {
         co_await refuse(v.code, v.reason);
         co_return false;
       }
-      if (expects_continue(head) && buf_.size() == head_size) {
+      // Not for a body the parser will refuse at once (413): the caller would start sending it.
+      const bool too_large = v.content_length && *v.content_length > srv.limits.max_body_bytes;
+      if (!too_large && expects_continue(head) && buf_.size() == head_size) {
         static constexpr std::string_view interim = "HTTP/1.1 100 Continue\r\n\r\n";
         auto [wec, wn] = co_await net::async_write(s_, net::buffer(interim.data(), interim.size()));
         if (wec) co_return false;

@@ -24,7 +24,7 @@ constexpr auto tchar_table = [] {
 }();
 bool is_tchar(char c) { return tchar_table[static_cast<unsigned char>(c)]; }
 
-constexpr head_verdict bad(std::string_view why) { return {errc::bad_request, why}; }
+constexpr head_verdict bad(std::string_view why) { return {errc::bad_request, why, std::nullopt}; }
 
 }  // namespace
 
@@ -60,7 +60,7 @@ bool has_control(std::string_view v) noexcept {
 }  // namespace
 
 head_verdict check_head(std::string_view head, const head_limits& limits) noexcept {
-  if (head.size() > limits.max_header_bytes) return {errc::header_fields_too_large, "request head too large"};
+  if (head.size() > limits.max_header_bytes) return {errc::header_fields_too_large, "request head too large", std::nullopt};
   std::size_t pos = 0, line_no = 0, fields = 0;
   bool has_cl = false, has_te = false;
   std::string_view cl_value;
@@ -76,7 +76,7 @@ head_verdict check_head(std::string_view head, const head_limits& limits) noexce
       auto sp1 = line.find(' ');
       auto sp2 = line.rfind(' ');
       if (sp1 == std::string_view::npos || sp2 == sp1) return bad("malformed request line");
-      if (sp2 - sp1 - 1 > limits.max_url_bytes) return {errc::uri_too_long, "request target too long"};
+      if (sp2 - sp1 - 1 > limits.max_url_bytes) return {errc::uri_too_long, "request target too long", std::nullopt};
       continue;
     }
     if (line.empty()) break;  // end of head
@@ -87,7 +87,7 @@ head_verdict check_head(std::string_view head, const head_limits& limits) noexce
     if (!std::all_of(name.begin(), name.end(), is_tchar)) return bad("invalid header field name");
     std::string_view value = trim(line.substr(colon + 1));
     if (has_control(value)) return bad("control character in header value");
-    if (++fields > limits.max_header_count) return {errc::header_fields_too_large, "too many header fields"};
+    if (++fields > limits.max_header_count) return {errc::header_fields_too_large, "too many header fields", std::nullopt};
     if (iequals(name, "content-length")) {
       // Several fields, or a list, are allowed only when every value is the same number.
       bool ok = text::for_each_item(value, [&](std::string_view v) {
@@ -116,11 +116,18 @@ head_verdict check_head(std::string_view head, const head_limits& limits) noexce
     }
   }
   if (has_cl && has_te) return bad("both Content-Length and Transfer-Encoding");
-  return {};
+  head_verdict ok;
+  if (has_cl) {
+    std::uint64_t n = 0;
+    for (char c : cl_value) n = n * 10 + std::uint64_t(c - '0');  // (at most 18 digits: no overflow)
+    ok.content_length = n;
+  }
+  return ok;
 }
 
 bool expects_continue(std::string_view head) noexcept {
   std::size_t pos = head.find("\r\n");
+  if (pos == std::string_view::npos || !head.substr(0, pos).ends_with(" HTTP/1.1")) return false;
   while (pos != std::string_view::npos && pos + 2 < head.size()) {
     std::size_t next = head.find("\r\n", pos + 2);
     std::string_view line = head.substr(pos + 2, next == std::string_view::npos ? std::string_view::npos : next - pos - 2);

@@ -194,6 +194,21 @@ describe('HTTP-level limits and routing', () => {
     }
   });
 
+  test('Expect: 100-continue: the interim answer only for a body that can be taken, and never to HTTP/1.0', async () => {
+    const body = '{"model":"mock-gpt","messages":[{"role":"user","content":"hi"}]}';
+    const expectHead = (version, length) => head([`POST /v1/chat/completions HTTP/${version}`, 'Host: t', 'Content-Type: application/json',
+      `Content-Length: ${length}`, 'Expect: 100-continue', 'Connection: close']);
+    const text = (res) => res.data.toString('latin1');
+    const fits = await rawExchange(gw.port, [expectHead('1.1', body.length), { data: body, delayMs: 300 }], { timeoutMs: 4000 });
+    assert.match(text(fits), /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 /, text(fits).slice(0, 120));
+    // A body over max_body_bytes: the 413 at once, no invitation to start sending it.
+    const tooLarge = await rawExchange(gw.port, [expectHead('1.1', 999999999)], { timeoutMs: 4000 });
+    assert.match(text(tooLarge), /^HTTP\/1\.1 413 /, text(tooLarge).slice(0, 120));
+    const old = await rawExchange(gw.port, [expectHead('1.0', body.length), { data: body, delayMs: 300 }], { timeoutMs: 4000 });
+    assert.doesNotMatch(text(old), /^HTTP\/1\.1 100/, 'no 1xx to an HTTP/1.0 client');
+    assert.match(text(old), /^HTTP\/1\.[01] 200 /, text(old).slice(0, 120));
+  });
+
   test('a refused upload is drained, not reset: the caller still sending after its 413 sees a clean close', async () => {
     // Closing a socket with unread bytes makes the kernel reset the connection, and a reset can
     // discard the 413 before the caller reads it. The gateway half-closes and reads on instead.

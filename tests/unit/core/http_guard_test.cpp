@@ -118,6 +118,16 @@ TEST(HttpGuardTest, DetectsExpectContinue) {
   EXPECT_TRUE(expects_continue("POST / HTTP/1.1\r\nexpect:  100-Continue \r\n\r\n"));
   EXPECT_FALSE(expects_continue("POST / HTTP/1.1\r\nX-Expect: 100-continue\r\n\r\n"));
   EXPECT_FALSE(expects_continue("POST / HTTP/1.1\r\n\r\n"));
+  // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
+  EXPECT_FALSE(expects_continue("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n"));
+}
+
+TEST(HttpGuardTest, ReportsTheContentLengthOfACheckedHead) {
+  const head_limits lim{8192, 100, 4096};
+  EXPECT_EQ(check_head("POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", lim).content_length,
+            std::optional<std::uint64_t>(999999999));
+  EXPECT_EQ(check_head("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", lim).content_length, std::optional<std::uint64_t>(5));
+  EXPECT_EQ(check_head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", lim).content_length, std::nullopt);
 }
 
 }  // namespace
