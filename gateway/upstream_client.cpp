@@ -241,6 +241,12 @@ struct upstream_wait_timer {
 };
 }  // namespace
 
+namespace {
+/// How soon a reused connection must fail for the request to be sent again: a peer that closed it
+/// while idle answers the write with a reset or an EOF within a round trip.
+constexpr auto stale_window = std::chrono::milliseconds(100);
+}  // namespace
+
 awaitable<std::optional<failure>> upstream_exchange::start(const upstream_request& req) {
   const upstream_wait_timer waiting{ctx_};
   req_ = &req;
@@ -249,14 +255,18 @@ awaitable<std::optional<failure>> upstream_exchange::start(const upstream_reques
     // always gets a new one.
     if (attempt > 0 || !take_pooled(req))
       if (auto f = co_await connect(req)) co_return f;
+    const auto sent_at = steady_clock::now();
     error_code ec = co_await send_and_read_head(req);
     if (!ec) co_return std::nullopt;
     if (ctx_.client_gone) co_return caller_gone();
     // A pooled connection the peer closed while idle fails at once (the peek in take() can race
-    // with the peer's close): try once more, on a new connection.
-    const bool stale = reused_ && !is_timeout(ec) && (ec == http::error::end_of_stream || ec == net::error::connection_reset ||
-                                                      ec == net::error::eof || ec == net::error::broken_pipe ||
-                                                      ec == net::error::bad_descriptor);
+    // with the peer's close): try once more, on a new connection. Only at once: a POST the
+    // upstream may have taken and worked on before its connection broke is not sent twice (a
+    // second paid completion), it fails.
+    const bool at_once = steady_clock::now() - sent_at < stale_window;
+    const bool stale = reused_ && at_once && !is_timeout(ec) &&
+                       (ec == http::error::end_of_stream || ec == net::error::connection_reset || ec == net::error::eof ||
+                        ec == net::error::broken_pipe || ec == net::error::bad_descriptor);
     conn_.reset();
     if (stale) continue;
     co_return upstream_failure(is_timeout(ec), is_timeout(ec) ? "The upstream did not answer in time."

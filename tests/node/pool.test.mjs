@@ -78,7 +78,8 @@ async function rawUpstream(respond) {
         if (buf.length < end + 4 + length) return;
         const who = JSON.parse(buf.slice(end + 4, end + 4 + length)).messages[0].content;
         buf = buf.slice(end + 4 + length);
-        sock.write(respond(who, ++n, completion));
+        const answer = respond(who, ++n, completion);
+        if (answer !== null) sock.write(answer);
       }
     });
   });
@@ -171,6 +172,37 @@ models:
   } finally {
     await gw.stopClean();
     up.closeAllConnections();
+    up.close();
+  }
+});
+
+test('a POST whose reused connection breaks after the upstream began on it is not sent twice', async () => {
+  // Taken for a stale pooled connection, it was sent again on a new one: a second paid
+  // completion when the upstream had worked on the first and then failed.
+  let requests = 0;
+  const up = await rawUpstream((who, n, completion) => {
+    requests = n;
+    if (n === 1) return completion(`answer for ${who}`);
+    return null;  // the second request: worked on for a while, then the connection breaks
+  });
+  up.on('connection', (sock) => sock.on('data', () => {
+    if (requests >= 2) setTimeout(() => sock.destroy(), 300);
+  }));
+  const gw = await startGateway(serverYaml({ workers: 1 }) + `providers:
+  - {name: up, type: openai_compatible, base_url: "http://127.0.0.1:${up.address().port}/v1"}
+models:
+  - {name: m, provider: up}
+`);
+  try {
+    const ask = (who) => fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: who }] }) });
+    assert.equal((await ask('ALICE')).status, 200);
+    const r = await ask('BOB');  // on the pooled connection
+    assert.equal(r.status, 502, await r.text());
+    await delay(200);
+    assert.equal(requests, 2, 'the upstream received BOB\'s request once');
+  } finally {
+    await gw.stopClean();
     up.close();
   }
 });
