@@ -152,7 +152,10 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
   auto keys = co_await enabled_keys_of(worker, name);
   if (!keys) co_return as_error<team_view>(unavailable);
   if (auto why = co_await revoke_keys(worker, *keys); !why.empty()) co_return as_error<team_view>(std::move(why));
-  if (!co_await store_->delete_team(worker, name)) co_return as_error<team_view>(unavailable);
+  const write_result w = co_await store_->delete_team(worker, name, std::move(found.stored));
+  if (w == write_result::unreachable) co_return as_error<team_view>(unavailable);
+  if (w == write_result::changed)  // (its keys were revoked: deleting again finishes the job)
+    co_return as_error<team_view>("team '" + name + "' changed while it was being deleted; read it and delete it again");
   // Its keys stop working on every replica: their team no longer resolves.
   forget("team:" + name);
   co_await store_->publish_invalidation(worker, "team:" + name);

@@ -328,10 +328,12 @@ awaitable<bool> memory_store::put_team(unsigned, team_record t) {
   co_return true;
 }
 
-awaitable<bool> memory_store::delete_team(unsigned, std::string name) {
+awaitable<write_result> memory_store::delete_team(unsigned, std::string name, std::string stored) {
   std::lock_guard lock(mu_);
-  teams_.erase(name);
-  co_return true;
+  const auto it = teams_.find(name);
+  if (it == teams_.end() || team_to_json(it->second) != stored) co_return write_result::changed;
+  teams_.erase(it);
+  co_return write_result::written;
 }
 
 awaitable<std::optional<std::vector<team_record>>> memory_store::list_teams(unsigned) {

@@ -44,7 +44,7 @@ class memory_store final : public store {
   awaitable<team_lookup> get_team(unsigned, std::string name) override;
   awaitable<bool> put_team(unsigned, team_record t) override;
   awaitable<write_result> replace_team(unsigned, team_record t, std::string stored) override;
-  awaitable<bool> delete_team(unsigned, std::string name) override;
+  awaitable<write_result> delete_team(unsigned, std::string name, std::string stored) override;
   awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned) override;
   awaitable<bool> add_usage(unsigned, std::vector<usage_row> rows) override;
   awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t from_hour, std::int64_t to_hour) override;

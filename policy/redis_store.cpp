@@ -1074,12 +1074,19 @@ awaitable<bool> redis_store::put_team(unsigned worker, team_record t) {
   co_return ok_reply(co_await conn(worker).command(add));
 }
 
-awaitable<bool> redis_store::delete_team(unsigned worker, std::string name) {
+awaitable<write_result> redis_store::delete_team(unsigned worker, std::string name, std::string stored) {
   const std::string key = cfg_.key_prefix + "team:" + name, index = cfg_.key_prefix + "teams";
-  const std::string_view del[] = {"DEL", key};
-  if (!ok_reply(co_await conn(worker).command(del))) co_return false;
+  static constexpr std::string_view script =
+      "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end redis.call('DEL', KEYS[1]) return 1";
+  const std::string_view argv[] = {"EVAL", script, "1", key, stored};
+  auto r = co_await conn(worker).command(argv);
+  if (!r || r->type != redis::reply::kind::integer) co_return write_result::unreachable;
+  if (r->integer != 1) co_return write_result::changed;
+  // Removed: so reported whatever the index's answer, so that every replica is told.
   const std::string_view rem[] = {"SREM", index, name};
-  co_return ok_reply(co_await conn(worker).command(rem));
+  if (!ok_reply(co_await conn(worker).command(rem)))
+    notice("warn", "a team was deleted but not removed from its listing index (" + index + "): it is listed until removed");
+  co_return write_result::written;
 }
 
 awaitable<std::optional<std::vector<team_record>>> redis_store::list_teams(unsigned worker) {

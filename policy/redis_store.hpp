@@ -44,7 +44,7 @@ class redis_store final : public store {
   awaitable<team_lookup> get_team(unsigned worker, std::string name) override;
   awaitable<bool> put_team(unsigned worker, team_record t) override;
   awaitable<write_result> replace_team(unsigned worker, team_record t, std::string stored) override;
-  awaitable<bool> delete_team(unsigned worker, std::string name) override;
+  awaitable<write_result> delete_team(unsigned worker, std::string name, std::string stored) override;
   /// One compare-and-set: SET `key` to `body` only while it holds `stored` ("" : absent); then
   /// SADD `member` to `index`.
   /// (By value: the callers pass temporaries, which a coroutine frame must own.)

@@ -261,8 +261,10 @@ class store {
   virtual awaitable<bool> put_team(unsigned worker, team_record t) = 0;
   /// As replace_key, for team `t.name` (a quota change racing the team's deletion).
   virtual awaitable<write_result> replace_team(unsigned worker, team_record t, std::string stored);
-  /// Removes the record; false when unreachable.
-  virtual awaitable<bool> delete_team(unsigned worker, std::string name) = 0;
+  /// Removes the record while it is still `stored` (as get_team read it), in one atomic step: a
+  /// slow deletion never removes a team created again under that name meanwhile. `changed`:
+  /// nothing removed.
+  virtual awaitable<write_result> delete_team(unsigned worker, std::string name, std::string stored) = 0;
   virtual awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned worker) = 0;
 
   /// Adds usage counts (summed per hour, team, key and model); false when unreachable.

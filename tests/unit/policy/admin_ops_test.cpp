@@ -69,7 +69,9 @@ struct late_store final : store {
   awaitable<write_result> replace_team(unsigned w, team_record t, std::string stored) override {
     co_return co_await inner.replace_team(w, std::move(t), std::move(stored));
   }
-  awaitable<bool> delete_team(unsigned w, std::string name) override { co_return co_await inner.delete_team(w, name); }
+  awaitable<write_result> delete_team(unsigned w, std::string name, std::string stored) override {
+    co_return co_await inner.delete_team(w, name, std::move(stored));
+  }
   awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned w) override { co_return co_await inner.list_teams(w); }
   awaitable<bool> add_usage(unsigned, std::vector<usage_row>) override { co_return true; }
   awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t, std::int64_t) override {

@@ -39,7 +39,7 @@ struct dead_store final : store {
   awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override { co_return std::nullopt; }
   awaitable<team_lookup> get_team(unsigned, std::string) override { co_return team_lookup{}; }
   awaitable<bool> put_team(unsigned, team_record) override { co_return false; }
-  awaitable<bool> delete_team(unsigned, std::string) override { co_return false; }
+  awaitable<write_result> delete_team(unsigned, std::string, std::string) override { co_return write_result::unreachable; }
   awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned) override { co_return std::nullopt; }
   awaitable<bool> add_usage(unsigned, std::vector<usage_row>) override { co_return false; }
   awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t, std::int64_t) override {
@@ -93,7 +93,7 @@ struct flaky_store final : store {
   awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override { co_return std::nullopt; }
   awaitable<team_lookup> get_team(unsigned w, std::string name) override { co_return co_await inner.get_team(w, name); }
   awaitable<bool> put_team(unsigned, team_record) override { co_return false; }
-  awaitable<bool> delete_team(unsigned, std::string) override { co_return false; }
+  awaitable<write_result> delete_team(unsigned, std::string, std::string) override { co_return write_result::unreachable; }
   awaitable<std::optional<std::vector<team_record>>> list_teams(unsigned) override { co_return std::nullopt; }
   awaitable<bool> add_usage(unsigned, std::vector<usage_row>) override { co_return true; }
   awaitable<std::optional<std::vector<usage_row>>> usage(unsigned, std::int64_t, std::int64_t) override {

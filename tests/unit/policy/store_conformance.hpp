@@ -633,7 +633,16 @@ TYPED_TEST_P(StoreConformance, RecordsAreReplacedOnlyOverWhatWasRead) {
   EXPECT_EQ(run_sync(this->ioc, this->st->replace_team(0, t, "")), write_result::changed);
   const team_lookup tr = run_sync(this->ioc, this->st->get_team(0, t.name));
   ASSERT_TRUE(tr.team);
-  ASSERT_TRUE(run_sync(this->ioc, this->st->delete_team(0, t.name)));
+  // A deletion over a record read before a change removes nothing; over the current one, it does.
+  team_record changed = t;
+  changed.limits.rpm = 6;
+  EXPECT_EQ(run_sync(this->ioc, this->st->delete_team(0, t.name, "")), write_result::changed);
+  ASSERT_EQ(run_sync(this->ioc, this->st->replace_team(0, changed, tr.stored)), write_result::written);
+  EXPECT_EQ(run_sync(this->ioc, this->st->delete_team(0, t.name, tr.stored)), write_result::changed);
+  EXPECT_EQ(run_sync(this->ioc, this->st->get_team(0, t.name)).team->limits.rpm, 6u) << "the newer record survives";
+  const team_lookup current = run_sync(this->ioc, this->st->get_team(0, t.name));
+  ASSERT_EQ(run_sync(this->ioc, this->st->delete_team(0, t.name, current.stored)), write_result::written);
+  EXPECT_EQ(run_sync(this->ioc, this->st->delete_team(0, t.name, current.stored)), write_result::changed) << "gone already";
   t.limits.rpm = 9;
   EXPECT_EQ(run_sync(this->ioc, this->st->replace_team(0, t, tr.stored)), write_result::changed);
   EXPECT_FALSE(run_sync(this->ioc, this->st->get_team(0, t.name)).team);

@@ -570,7 +570,7 @@ TEST(RedisStore, AnAclUserWithTheDocumentedCommandsRunsEveryPath) {
   const auto teams = run_sync(ioc, st.list_teams(0));
   ASSERT_TRUE(teams);
   EXPECT_EQ(teams->size(), 1u);
-  EXPECT_TRUE(run_sync(ioc, st.delete_team(0, t.name)));
+  EXPECT_EQ(run_sync(ioc, st.delete_team(0, t.name, run_sync(ioc, st.get_team(0, t.name)).stored)), write_result::written);
   EXPECT_FALSE(run_sync(ioc, st.get_team(0, t.name)).team);
   usage_row u;
   u.hour = 490'000;
