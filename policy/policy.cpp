@@ -1098,7 +1098,12 @@ awaitable<boost::system::result<engine::created_key, std::string>> engine::creat
     proto.id = k.id;
     proto.digest = digest_secret(k.secret, cfg.auth.pepper);
     proto.created_unix = std::time(nullptr);
-    if (!co_await store_->put_key(worker, proto)) co_return as_error<created_key>(std::string("the policy store is unavailable"));
+    // Over "no record": never overwrites a key drawn with the same id meanwhile, and a record
+    // written counts as created even if its listing index could not be updated (a 503 then would
+    // leave an enabled key whose secret nobody was shown).
+    const write_result w = co_await store_->replace_key(worker, proto, "");
+    if (w == write_result::unreachable) co_return as_error<created_key>(std::string("the policy store is unavailable"));
+    if (w == write_result::changed) continue;
     forget(proto.id);
     out.full = std::move(k.full);
     out.record = std::move(proto);
