@@ -1017,15 +1017,25 @@ awaitable<std::optional<std::vector<redis::reply>>> redis_store::pipelined(unsig
 }
 
 awaitable<std::optional<std::vector<std::string>>> redis_store::members_docs(unsigned worker, std::string kind) {
-  // SMEMBERS of the index, then each document (the GETs pipelined).
+  // The index in SSCAN pages, then each document (the GETs pipelined). Pages, not one SMEMBERS:
+  // the index only grows (revoked keys stay listed), and one reply of a few hundred thousand ids
+  // outlasted the command timeout, which drops the worker's connection with its admissions.
   const std::string index = cfg_.key_prefix + kind + "s";
-  const std::string_view argv[] = {"SMEMBERS", index};
-  auto r = co_await conn(worker).command(argv);
-  if (!ok_reply(r)) co_return std::nullopt;
+  std::vector<std::string> ids;
+  std::string cursor = "0";
+  do {
+    const std::string_view argv[] = {"SSCAN", index, cursor, "COUNT", "500"};
+    auto r = co_await conn(worker).command(argv);
+    if (!ok_reply(r) || r->elements.size() != 2) co_return std::nullopt;
+    cursor = r->elements[0].str;
+    for (auto& e : r->elements[1].elements) ids.push_back(std::move(e.str));
+  } while (cursor != "0");
+  std::sort(ids.begin(), ids.end());  // (SSCAN may return a member twice)
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   std::vector<std::string> gets;
-  gets.reserve(r->elements.size());
-  for (auto& e : r->elements) {
-    const std::string key = cfg_.key_prefix + kind + ":" + e.str;
+  gets.reserve(ids.size());
+  for (auto& id : ids) {
+    const std::string key = cfg_.key_prefix + kind + ":" + id;
     const std::string_view get[] = {"GET", key};
     gets.push_back(redis::resp_command(get, redis::resp_args{}));
   }
