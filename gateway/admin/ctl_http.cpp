@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // tollgatectl's HTTP client. Blocking for its caller, but built from async operations inside a
-// private io_context: beast::tcp_stream applies expires_after only to asynchronous operations, and
-// getaddrinfo can only be bounded from outside (a timer cancelling the resolver).
+// private io_context: beast::tcp_stream applies expires_after only to asynchronous operations.
+// getaddrinfo cannot be interrupted at all (Asio's resolver cancel does not stop a call already
+// running): it runs on a thread of its own, waited for at most the timeout, and left behind.
 #include "gateway/admin/ctl_http.hpp"
 
 #include <boost/beast/core/flat_buffer.hpp>
@@ -12,8 +13,11 @@
 #include <boost/url/parse.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
 
+#include <condition_variable>
 #include <exception>
+#include <mutex>
 #include <optional>
+#include <thread>
 
 #include "gateway/core/net.hpp"
 
@@ -37,23 +41,40 @@ awaitable<result_t> exchange(const options& opt, http::verb method, std::string 
   auto ex = co_await net::this_coro::executor;
   const endpoint& e = opt.where;
 
-  resolver_t resolver(ex);
-  steady_timer_t guard(ex);
-  guard.expires_after(opt.timeout);
-  bool resolve_timed_out = false;
-  // The guard only cancels the resolver, which outlives it in this frame; the resolve below is
-  // always awaited before either goes away.
-  guard.async_wait([&](error_code ec) {
-    if (!ec) {
-      resolve_timed_out = true;
-      resolver.cancel();
+  // Name resolution on its own thread, waited for at most the timeout (the process may end with
+  // that thread still in getaddrinfo: nothing joins it).
+  struct resolution {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    error_code ec;
+    net::ip::tcp::resolver::results_type endpoints;
+  };
+  auto state = std::make_shared<resolution>();
+  std::thread([state, host = e.host, port = e.port] {
+    net::io_context own;
+    net::ip::tcp::resolver r(own);
+    error_code ec;
+    auto found = r.resolve(host, port, ec);
+    std::lock_guard lock(state->mu);
+    state->ec = ec;
+    state->endpoints = std::move(found);
+    state->done = true;
+    state->cv.notify_all();
+  }).detach();
+  bool resolved = false;
+  error_code rec;
+  net::ip::tcp::resolver::results_type endpoints;
+  {
+    std::unique_lock lock(state->mu);
+    resolved = state->cv.wait_for(lock, opt.timeout, [&] { return state->done; });
+    if (resolved) {
+      rec = state->ec;
+      endpoints = state->endpoints;
     }
-  });
-  auto [rec, endpoints] = co_await resolver.async_resolve(e.host, e.port);
-  guard.cancel();
-  if (rec)
-    co_return fail(kind::unreachable, resolve_timed_out ? "resolving '" + e.host + "' timed out"
-                                                        : "cannot resolve '" + e.host + "': " + rec.message());
+  }
+  if (!resolved) co_return fail(kind::unreachable, "resolving '" + e.host + "' timed out");
+  if (rec) co_return fail(kind::unreachable, "cannot resolve '" + e.host + "': " + rec.message());
 
   stream_t stream(ex);
   stream.expires_after(opt.timeout);
@@ -112,8 +133,13 @@ boost::system::result<endpoint, std::string> parse_admin_url(std::string_view ur
   if (!u->has_authority() || u->encoded_host().empty()) return bad("admin URL '" + std::string(url) + "' has no host");
   if (u->has_userinfo()) return bad("admin URLs must not carry credentials; use TOLLGATE_ADMIN_TOKEN");
   if (u->has_query() || u->has_fragment()) return bad("admin URL '" + std::string(url) + "' must not have a query or fragment");
-  if (u->has_port() && !u->port().empty() && u->port_number() == 0)
-    return bad("invalid port in admin URL '" + std::string(url) + "'");
+  // (port_number() is 16 bits: ":99999" wrapped to 34463, and the token went to that port.)
+  if (u->has_port() && !u->port().empty()) {
+    const std::string_view p = u->port();
+    unsigned long n = 0;
+    for (char ch : p) n = n < 100000 ? n * 10 + unsigned(ch - '0') : n;  // (digits only, by the URL grammar)
+    if (n == 0 || n > 65535 || p.size() > 5) return bad("invalid port in admin URL '" + std::string(url) + "' (1-65535)");
+  }
   endpoint e;
   e.url = std::string(url);
   e.host = u->host_address();

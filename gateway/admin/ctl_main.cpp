@@ -443,6 +443,15 @@ int print_with_secret(const context& c, const answer& r) {
     std::cerr << "tollgatectl: the gateway's answer has no key secret\n";
     return exit_failure;
   }
+  // The secret exists nowhere else: output that could not be written (a full disk, a closed
+  // pipe) is a failure, not a success with the key lost.
+  std::cout.flush();
+  if (!std::cout) {
+    const json::value* id = r.body.get_object().if_contains("id");
+    std::cerr << "tollgatectl: could not write the new secret to standard output; it is lost: revoke key "
+              << (id && id->is_string() ? string(id->get_string()) : string("(unknown id)")) << " and create another\n";
+    return exit_failure;
+  }
   std::cerr << "tollgatectl: save the key now: its secret is shown only this once and cannot be retrieved again\n";
   return exit_ok;
 }
@@ -836,6 +845,14 @@ int run_command(const command& cmd, int argc, char** argv, int first, globals& g
       return usage_error("unknown option '--" + string(name) + "' for '" + cmd.name() + "'", cmd.name());
     auto v = option_value(argc, argv, i, name, inline_value, err);
     if (!v) return usage_error(err, cmd.name());
+    // A repeated option was the last one, silently: `--team search --team nosuch`.
+    if (a.get(name)) return usage_error("--" + string(name) + " is given more than once", cmd.name());
+    // An empty team (an unset $TEAM) would list or change every team's keys.
+    if (name == "team" && v->empty()) return usage_error("--team needs a team name", cmd.name());
+    // A whole key where its id belongs is cut to the id here, as for key paths: the secret never
+    // goes on the wire (a query string is what proxies log).
+    if (name == "key")
+      if (const auto k = policy::parse_key(*v)) *v = string(k->id);
     a.opts[string(name)] = std::move(*v);
   }
   if (a.positional.size() < cmd.positionals.size())
@@ -903,7 +920,14 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   // Nothing may escape: every failure maps to a documented exit code.
   try {
-    return tollgate::ctl::run(argc, argv);
+    const int rc = tollgate::ctl::run(argc, argv);
+    // An answer that could not be written (a full disk, a closed pipe) is no success.
+    std::cout.flush();
+    if (rc == tollgate::ctl::exit_ok && !std::cout) {
+      std::cerr << "tollgatectl: could not write the output\n";
+      return tollgate::ctl::exit_failure;
+    }
+    return rc;
   } catch (const std::exception& e) {
     std::cerr << "tollgatectl: " << e.what() << "\n";
   } catch (...) {

@@ -2,10 +2,10 @@
 // --json; every exit code. Commands the gateway does not serve yet (teams, key list/rotate, quota
 // set, usage) run against a scripted admin server, which checks the requests tollgatectl sends.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -618,6 +618,72 @@ describe('tollgatectl against a scripted admin server (commands the gateway grow
     assertExit(r, 5, 'no answer');
     assert.match(r.stderr, /no answer within 5 s/);
     assert.ok(r.ms >= 4500 && r.ms < 12000, `gave up after ${r.ms} ms`);
+  });
+
+  test('exit 5 within the 5 s bound when name resolution hangs (getaddrinfo cannot be cancelled)', { timeout: 40000 }, async () => {
+    // A stub that makes getaddrinfo sleep 20 s, preloaded: the CLI waited the whole 20 s.
+    const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-dns-'));
+    try {
+      writeFileSync(join(dir, 'slowdns.c'), '#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <netdb.h>\n#include <unistd.h>\n' +
+        'int getaddrinfo(const char *n, const char *s, const struct addrinfo *h, struct addrinfo **r) {\n' +
+        '  int (*real)(const char*, const char*, const struct addrinfo*, struct addrinfo**) = dlsym(RTLD_NEXT, "getaddrinfo");\n' +
+        '  sleep(20);\n  return real(n, s, h, r);\n}\n');
+      execFileSync('cc', ['-shared', '-fPIC', '-o', join(dir, 'slowdns.so'), join(dir, 'slowdns.c'), '-ldl']);
+      const r = await ctl(['--url', 'http://localhost:9', 'team', 'list'], { ...env, LD_PRELOAD: join(dir, 'slowdns.so') }, { timeoutMs: 30000 });
+      assertExit(r, 5, 'hung resolver');
+      assert.match(r.stderr, /resolving 'localhost' timed out/);
+      assert.ok(r.ms < 12000, `gave up after ${r.ms} ms`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a whole key given to --key goes out as its id only; repeated and empty options are usage errors', { timeout: 15000 }, async () => {
+    const secret = 'S'.repeat(43);
+    const whole = `tg_AbCdEf123456_${secret}`;
+    for (const args of [['quota', 'show', '--team', 'search', '--key', whole], ['usage', '--key', whole],
+      ['quota', 'set', '--team', 'search', '--key', whole, '--rpm', '5']]) {
+      const r = await ctl(args, env);
+      const sent = srv.last();
+      assert.ok(!JSON.stringify(sent).includes(secret), `${args.join(' ')} sent the secret: ${JSON.stringify(sent)}`);
+      assert.ok(JSON.stringify(sent).includes('AbCdEf123456'), JSON.stringify(sent));
+      assert.ok(!r.stderr.includes(secret) && !r.stdout.includes(secret), r.stderr);
+    }
+    const twice = await ctl(['key', 'list', '--team', 'search', '--team', 'nosuch'], env);
+    assertExit(twice, 2, 'a repeated option');
+    assert.match(twice.stderr, /--team is given more than once/);
+    const empty = await ctl(['key', 'list', '--team='], env);
+    assertExit(empty, 2, 'an empty team');
+    assert.match(empty.stderr, /--team needs a team name/);
+  });
+
+  test('output that cannot be written is a failure: a new secret lost to a full disk exits 1 and says which key to revoke', { timeout: 15000 }, async () => {
+    // /dev/full: every write fails with ENOSPC. The rotation's new secret exists nowhere else.
+    const run = (args) => new Promise((resolve) => {
+      const out = openSync('/dev/full', 'w');
+      const child = spawn(CTL_BIN, args, { stdio: ['ignore', out, 'pipe'], env: { PATH: process.env.PATH, ...env } });
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
+      child.on('close', (code) => {
+        closeSync(out);
+        resolve({ code, stderr });
+      });
+    });
+    const rotated = await run(['key', 'rotate', 'abc']);
+    assert.equal(rotated.code, 1, rotated.stderr);
+    assert.match(rotated.stderr, /could not write the new secret.*revoke key abc/);
+    assert.doesNotMatch(rotated.stderr, /save the key now/);
+    const listed = await run(['team', 'list']);
+    assert.equal(listed.code, 1, listed.stderr);
+    assert.match(listed.stderr, /could not write the output/);
+  });
+
+  test('an admin URL whose port is out of range is refused, not wrapped to another port', { timeout: 15000 }, async () => {
+    for (const port of ['99999', '65536', '0']) {
+      const r = await ctl(['--url', `http://127.0.0.1:${port}`, 'team', 'list'], env);
+      assertExit(r, 2, `port ${port}`);
+      assert.match(r.stderr, /invalid port/);
+    }
   });
 });
 
