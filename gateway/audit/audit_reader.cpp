@@ -103,20 +103,51 @@ struct checkpoint {
   std::uint64_t seq = 0;
   std::string hash;
   bool present = false;
+  /// Set when a checkpoint file exists but is not one (the writer replaces it atomically, so a
+  /// crash never leaves it half-written): damaged or replaced, which hides a cut end.
+  std::string broken;
 };
+
+/// A count in a record (seq, kept_from, torn_bytes): nullopt unless a non-negative integer.
+std::optional<std::uint64_t> count_of(const json::value* v) {
+  if (!v || !v->is_number()) return std::nullopt;
+  boost::system::error_code ec;
+  const auto n = v->to_number<std::uint64_t>(ec);
+  if (ec) return std::nullopt;
+  return n;
+}
 
 checkpoint read_checkpoint(const std::string& dir, const std::string& instance) {
   checkpoint cp;
-  std::ifstream in(dir + "/" + checkpoint_name(instance));
+  const std::string path = dir + "/" + checkpoint_name(instance);
+  std::error_code fec;
+  const auto st = std::filesystem::status(path, fec);
+  if (!std::filesystem::exists(st)) return cp;
+  if (!std::filesystem::is_regular_file(st)) {
+    cp.broken = "is not a file";
+    return cp;
+  }
+  std::ifstream in(path);
   std::string text;
-  if (!in || !std::getline(in, text)) return cp;
+  if (!in || !std::getline(in, text)) {
+    cp.broken = "cannot be read";
+    return cp;
+  }
   boost::system::error_code ec;
   auto v = json::parse(text, ec);
-  if (ec || !v.is_object()) return cp;
+  if (ec || !v.is_object()) {
+    cp.broken = "is not a JSON object";
+    return cp;
+  }
   auto& o = v.get_object();
-  if (auto s = o.if_contains("seq"); s && s->is_number()) cp.seq = s->to_number<std::uint64_t>();
-  if (auto h = o.if_contains("hash"); h && h->is_string()) cp.hash = std::string(h->get_string());
-  cp.present = !cp.hash.empty();
+  const auto seq = count_of(o.if_contains("seq"));
+  const auto* h = o.if_contains("hash");
+  if (!seq || *seq == 0) cp.broken = "has no seq of 1 or more";
+  else if (!h || !h->is_string() || h->get_string().size() != 64) cp.broken = "has no SHA-256 hash";
+  if (!cp.broken.empty()) return cp;
+  cp.seq = *seq;
+  cp.hash = std::string(h->get_string());
+  cp.present = true;
   return cp;
 }
 
@@ -196,8 +227,7 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
               auto& o = rec->get_object();
               auto s = o.if_contains("segment");
               auto b = o.if_contains("torn_bytes");
-              accounted = s && s->is_string() && s->get_string() == torn->segment && b && b->is_number() &&
-                          b->to_number<std::uint64_t>() == torn->bytes;
+              accounted = s && s->is_string() && s->get_string() == torn->segment && count_of(b) == torn->bytes;
             }
         }
         if (!accounted) {
@@ -266,8 +296,8 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
         const auto* type = o ? o->if_contains("type") : nullptr;
         if (type && type->is_string() && type->get_string() == "retention") {
           retention_seen = true;
-          if (const auto* k = o->if_contains("kept_from"); k && k->is_number())
-            kept_from = std::max(kept_from.value_or(0), k->to_number<std::uint64_t>());
+          if (const auto k = count_of(o->if_contains("kept_from")))
+            kept_from = std::max(kept_from.value_or(0), *k);
         }
       }
       prev_hash = cur_hash;
@@ -333,6 +363,10 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
       problem("edited", segs.back()->name, 0, cp.seq,
               "record seq " + std::to_string(cp.seq) + " does not match the checkpoint's hash: it was changed");
     }
+  } else if (!cp.broken.empty()) {
+    problem("checkpoint", checkpoint_name(instance), 0, 0,
+            "the checkpoint of instance " + instance + " " + cp.broken +
+                ": it was damaged or replaced, so records removed from the end could not be detected");
   } else {
     r.notes.push_back(instance + ": no checkpoint; a change to the very last record cannot be detected");
   }
@@ -359,7 +393,7 @@ verify_report verify(const std::string& dir, const std::function<void(std::uint6
     if (name.size() <= cp_suffix.size() || !name.ends_with(cp_suffix)) continue;
     const std::string instance = name.substr(0, name.size() - cp_suffix.size());
     if (by_instance.count(instance)) continue;
-    if (!read_checkpoint(dir, instance).present) continue;
+    if (const checkpoint cp = read_checkpoint(dir, instance); !cp.present && cp.broken.empty()) continue;
     r.instances.push_back(instance);
     r.problem = verify_problem{"deleted", name, 0, 0,
                                "instance " + instance + " has a checkpoint but no segment: its whole trail was deleted"};

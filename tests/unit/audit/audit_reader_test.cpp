@@ -429,6 +429,37 @@ TEST_F(AuditVerifyTest, WithoutACheckpointTheTrailVerifiesWithANote) {
   EXPECT_NE(r.notes[0].find("no checkpoint"), std::string::npos) << r.notes[0];
 }
 
+TEST_F(AuditVerifyTest, ACheckpointThatIsNotOneIsAProblemNotAMissingCheckpoint) {
+  // The writer replaces its checkpoint atomically: one that cannot be read was damaged or
+  // replaced. Taken for "no checkpoint", it let the last records be cut with a clean OK; a seq of
+  // 0 skipped the check silently, and a seq of -1 threw out of verify.
+  const std::string cp_path = dir() + "/" + checkpoint_name("gw");
+  const std::string good = read_file(cp_path);
+  // The last segment's last line removed: truncation only the checkpoint can show.
+  const std::string last = seg_path(segs_.size() - 1);
+  auto ls = lines(segs_.size() - 1);
+  ls.pop_back();
+  std::string cut;
+  for (auto& l : ls) cut += l + "\n";
+  write_file(last, cut);
+  const auto hash_at = good.find("\"hash\":\"");
+  ASSERT_NE(hash_at, std::string::npos);
+  const std::string hash = good.substr(hash_at + 8, 64);
+  for (const std::string& bad : {std::string("garbage\n"), std::string("{\"seq\":0,\"hash\":\"") + hash + "\"}\n",
+                                 std::string("{\"seq\":-1,\"hash\":\"") + hash + "\"}\n",
+                                 std::string("{\"seq\":31.5,\"hash\":\"") + hash + "\"}\n", std::string("{\"seq\":3}\n")}) {
+    write_file(cp_path, bad);
+    auto r = verify(dir());
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.problem->kind, "checkpoint") << bad << describe(r);
+  }
+  fs::remove(cp_path);
+  fs::create_directory(cp_path);
+  auto r = verify(dir());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->kind, "checkpoint") << describe(r);
+}
+
 TEST_F(AuditVerifyTest, CheckpointWithAnotherHashIsEdited) {
   const std::string cp_path = dir() + "/" + checkpoint_name("gw");
   std::string cp = read_file(cp_path);
