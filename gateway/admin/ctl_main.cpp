@@ -368,12 +368,12 @@ answer call(const context& c, http::verb method, const string& target, const jso
   if (!ec && parsed.is_object()) {
     if (auto* err = parsed.get_object().if_contains("error"); err && err->is_object()) {
       const auto& eo = err->get_object();
-      if (auto* m = eo.if_contains("message"); m && m->is_string()) message = string(m->get_string());
-      if (auto* k = eo.if_contains("code"); k && k->is_string()) code = string(k->get_string());
+      if (auto* m = eo.if_contains("message"); m && m->is_string()) message = printable(m->get_string());
+      if (auto* k = eo.if_contains("code"); k && k->is_string()) code = printable(k->get_string());
       else if (auto* t = eo.if_contains("type"); t && t->is_string()) code = string(t->get_string());
     }
   }
-  const string request_line = string(http::to_string(method)) + " " + target;
+  const string request_line = string(http::to_string(method)) + " " + printable(target);
   if (status == 405 || (status == 404 && message.starts_with("Unknown admin URL"))) {
     std::cerr << "tollgatectl: the gateway at " << url << " does not support '" << c.cmd.name() << "' yet\n";
     out.code = exit_not_found;

@@ -93,16 +93,63 @@ inline void flatten(const boost::json::object& o, std::string_view prefix, std::
   }
 }
 
-/// Display width of UTF-8 text (code points; good enough for names and numbers).
-inline std::size_t text_width(std::string_view s) {
-  return static_cast<std::size_t>(std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+/// Text from the gateway made safe for a terminal: C0 and C1 control characters and DEL become
+/// `\n`, `\t` or `\xNN` (`\u0080`.. for C1), so that a name or model cannot move the cursor,
+/// recolour the terminal or break a table's row. Other UTF-8 is kept.
+inline std::string printable(std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7f) out.append("\\x").push_back(hex[c >> 4]), out.push_back(hex[c & 15]);
+    else if (c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+             static_cast<unsigned char>(s[i + 1]) <= 0x9F) {  // C1 controls (U+0080..U+009F)
+      const auto d = static_cast<unsigned char>(s[++i]);
+      out.append("\\u00").push_back(hex[d >> 4]), out.push_back(hex[d & 15]);
+    } else out.push_back(static_cast<char>(c));
+  }
+  return out;
 }
 
-/// Writes `rows` as two aligned columns.
+/// Columns a code point takes in a terminal: 2 for East Asian wide and fullwidth ranges and
+/// emoji, 0 for combining marks, 1 otherwise (wcwidth's answer for the common cases, without
+/// depending on the process's locale).
+inline std::size_t code_point_width(char32_t cp) {
+  if ((cp >= 0x0300 && cp <= 0x036F) || (cp >= 0x200B && cp <= 0x200F) || (cp >= 0xFE00 && cp <= 0xFE0F)) return 0;
+  if ((cp >= 0x1100 && cp <= 0x115F) || (cp >= 0x2E80 && cp <= 0x303E) || (cp >= 0x3041 && cp <= 0x33FF) ||
+      (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0xA000 && cp <= 0xA4CF) ||
+      (cp >= 0xAC00 && cp <= 0xD7A3) || (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0xFE30 && cp <= 0xFE4F) ||
+      (cp >= 0xFF00 && cp <= 0xFF60) || (cp >= 0xFFE0 && cp <= 0xFFE6) || (cp >= 0x1F300 && cp <= 0x1F64F) ||
+      (cp >= 0x1F900 && cp <= 0x1F9FF) || (cp >= 0x20000 && cp <= 0x3FFFD))
+    return 2;
+  return 1;
+}
+
+/// Display width of (printable) UTF-8 text in terminal columns.
+inline std::size_t text_width(std::string_view s) {
+  std::size_t w = 0;
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+    char32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (std::size_t k = 1; k < n && i + k < s.size(); ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+    w += code_point_width(cp);
+    i += n;
+  }
+  return w;
+}
+
+/// Writes `rows` as two aligned columns (values made printable).
 inline void print_fields(std::ostream& os, const std::vector<field_row>& rows) {
   std::size_t w = 0;
-  for (const auto& r : rows) w = std::max(w, text_width(r.first));
-  for (const auto& r : rows) os << r.first << std::string(w - text_width(r.first) + 2, ' ') << r.second << '\n';
+  for (const auto& r : rows) w = std::max(w, text_width(printable(r.first)));
+  for (const auto& r : rows) {
+    const std::string name = printable(r.first);
+    os << name << std::string(w - text_width(name) + 2, ' ') << printable(r.second) << '\n';
+  }
 }
 
 /// Writes a list of objects as a table: one column per flattened field (in order of first
@@ -125,7 +172,7 @@ inline void print_table(std::ostream& os, const boost::json::array& items) {
   std::vector<std::vector<std::string>> cells;
   std::vector<std::string> header;
   for (const auto& c : columns) {
-    std::string h = c;
+    std::string h = printable(c);
     for (auto& ch : h) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
     header.push_back(std::move(h));
   }
@@ -134,7 +181,7 @@ inline void print_table(std::ostream& os, const boost::json::array& items) {
     std::vector<std::string> line;
     for (const auto& c : columns) {
       auto it = std::find_if(r.begin(), r.end(), [&](const field_row& f) { return f.first == c; });
-      line.push_back(it == r.end() ? "-" : it->second);
+      line.push_back(it == r.end() ? "-" : printable(it->second));
     }
     cells.push_back(std::move(line));
   }
