@@ -25,6 +25,8 @@
 #include <string_view>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include "gateway/admin/ctl_audit.hpp"
 #include "gateway/admin/ctl_http.hpp"
 #include "gateway/admin/ctl_table.hpp"
@@ -96,6 +98,7 @@ constexpr string_view top_help =
     "  3  authentication: no admin token set, or the gateway refused it (401, 403)\n"
     "  4  not found (404), including commands the gateway does not support yet\n"
     "  5  gateway unreachable: name resolution, connection refused, connect or read timeout (5 s)\n"
+    "  6  audit verify: the audit chain is broken (a record edited, deleted, reordered or cut)\n"
     "\n"
     "Run 'tollgatectl <command> --help' for a command's options.\n";
 
@@ -287,6 +290,16 @@ string trim_space(string s) {
 boost::system::result<string, int> admin_token(const globals& g) {
   string token;
   if (!g.token_file.empty()) {
+    // A regular file of a few KiB: /dev/zero was read for ever, and a directory was "empty". A
+    // token others can read is used, with a warning (container secret mounts are often 0644).
+    struct stat st {};
+    if (::stat(g.token_file.c_str(), &st) != 0)
+      return usage_error("cannot read token file '" + g.token_file + "': " + std::strerror(errno), "");
+    if (!S_ISREG(st.st_mode)) return usage_error("token file '" + g.token_file + "' is not a regular file", "");
+    if (st.st_size > 4096) return usage_error("token file '" + g.token_file + "' is larger than 4 KiB: not a token", "");
+    if ((st.st_mode & 077) != 0)
+      std::cerr << "tollgatectl: warning: token file '" << g.token_file << "' can be read by others (mode "
+                << std::oct << (st.st_mode & 0777) << std::dec << "); chmod 600 it\n";
     std::ifstream f(g.token_file, std::ios::binary);
     if (!f) return usage_error("cannot read token file '" + g.token_file + "': " + std::strerror(errno), "");
     std::ostringstream ss;

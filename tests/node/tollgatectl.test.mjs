@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -278,7 +278,7 @@ models:
 
     // --token-file: trimmed, and it wins over the environment.
     const good = join(tmp, 'good.token');
-    writeFileSync(good, `${adm.token}\n`);
+    writeFileSync(good, `${adm.token}\n`, { mode: 0o600 });
     const bad = join(tmp, 'bad.token');
     writeFileSync(bad, 'wrong-token\n');
     const empty = join(tmp, 'empty.token');
@@ -291,6 +291,22 @@ models:
     assertExit(emptyFile, 3, 'empty token file');
     assert.match(emptyFile.stderr, /is empty/);
     assertExit(await ctl(['--token-file', join(tmp, 'missing'), 'quota', 'show', '--team', 'search'], env), 2, 'missing token file');
+    // Not a token: a directory, a device read for ever, a large file; a token others can read
+    // works with a warning.
+    const big = join(tmp, 'big.token');
+    writeFileSync(big, 'x'.repeat(5000), { mode: 0o600 });
+    for (const [file, why] of [[tmp, /is not a regular file/], ['/dev/zero', /is not a regular file/], [big, /larger than 4 KiB/]]) {
+      const r = await ctl(['--token-file', file, 'quota', 'show', '--team', 'search'], env, { timeoutMs: 10000 });
+      assertExit(r, 2, `token file ${file}`);
+      assert.match(r.stderr, why);
+    }
+    const open = join(tmp, 'open.token');
+    writeFileSync(open, `${adm.token}\n`, { mode: 0o644 });
+    chmodSync(open, 0o644);
+    const opened = await ctl(['--token-file', open, 'quota', 'show', '--team', 'search'], { TOLLGATE_ADMIN_URL: gw.adminUrl });
+    assertExit(opened, 0, 'a token file others can read');
+    assert.match(opened.stderr, /can be read by others \(mode 644\)/);
+    assert.doesNotMatch(withFile.stderr, /can be read by others/, 'no warning for a 0600 file');
   });
 
   test('exit 4: unknown ids and teams on every verb that names one; the caller listener', { timeout: 30000 }, async () => {
