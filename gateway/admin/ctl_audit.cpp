@@ -2,6 +2,8 @@
 // tollgatectl audit export|verify: local verbs that read the audit segments directly.
 #include "gateway/admin/ctl_audit.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/json/parse.hpp>
@@ -254,9 +256,12 @@ int run_export(int argc, char** argv) {
     std::cerr << "tollgatectl: " << error << "\n";
     return exit_failed;
   }
+  std::vector<std::string> torn_segments;
   std::FILE* out = stdout;
   if (!output.empty()) {
-    out = std::fopen(output.c_str(), "wb");
+    // Owner-only, as the segments it copies are (captured prompts may be in them).
+    const int fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    out = fd < 0 ? nullptr : ::fdopen(fd, "wb");
     if (!out) {
       std::cerr << "tollgatectl: cannot write '" << output << "': " << std::strerror(errno) << "\n";
       return exit_failed;
@@ -313,6 +318,7 @@ int run_export(int argc, char** argv) {
       std::cerr << "tollgatectl: " << error << "\n";
       return exit_failed;
     }
+    if (*torn > 0) torn_segments.push_back(seg.name + " (" + std::to_string(*torn) + " bytes)");
   }
   prog.finish();
   const bool write_failed = std::fflush(out) != 0 || std::ferror(out);
@@ -322,6 +328,10 @@ int run_export(int argc, char** argv) {
     return exit_failed;
   }
   if (bad) std::cerr << "tollgatectl: skipped " << bad << " line(s) that are not JSON; run tollgatectl audit verify\n";
+  // A last line cut short is not exported; say so (a running gateway's line being written is one).
+  for (const auto& t : torn_segments)
+    std::cerr << "tollgatectl: skipped a partial last line in " << t
+              << " (a record being written, or a cut trail: run tollgatectl audit verify)\n";
   if (::isatty(2) && show_progress) std::cerr << "exported " << written << " records\n";
   return exit_ok;
 }

@@ -12,6 +12,7 @@ import {
   readFileSync,
   readdirSync,
   rmSync,
+  statSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -303,6 +304,19 @@ describe('audit trail', () => {
     assert.match(bad.stderr, /RFC 3339/);
     const missing = await ctl(['audit', 'verify', '--dir', join(auditDir, 'nope')]);
     assert.equal(missing.code, 4);
+    // -o writes owner-only, as the segments are; a cut last line is not exported silently.
+    const outFile = join(dirname(auditDir), 'export.jsonl');
+    const toFile = await ctl(['audit', 'export', '--dir', auditDir, '-o', outFile]);
+    assert.equal(toFile.code, 0, toFile.stderr);
+    assert.equal(statSync(outFile).mode & 0o777, 0o600);
+    const seg = segments(auditDir).at(-1);
+    const whole = readFileSync(seg);
+    writeFileSync(seg, whole.subarray(0, whole.length - 20));
+    const cut = await ctl(['audit', 'export', '--dir', auditDir]);
+    assert.equal(cut.code, 0, cut.stderr);
+    assert.equal(cut.stdout.trim().split('\n').length, recs.length - 1);
+    assert.match(cut.stderr, /skipped a partial last line in .*\(\d+ bytes\)/);
+    writeFileSync(seg, whole);
   });
 });
 
