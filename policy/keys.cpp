@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "policy/keys.hpp"
 
+#include <boost/url/pct_string_view.hpp>
+
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -80,31 +82,6 @@ std::optional<parsed_key> parse_key(std::string_view s) noexcept {
   return k;
 }
 
-namespace {
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/// `%XX` escapes decoded; a malformed escape is kept as it is (only for recognising keys).
-std::string percent_decoded(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const int hi = s[i] == '%' && i + 2 < s.size() ? hex_value(s[i + 1]) : -1;
-    const int lo = hi >= 0 ? hex_value(s[i + 2]) : -1;
-    if (lo >= 0) {
-      out.push_back(char(hi * 16 + lo));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-}  // namespace
 
 void mask_keys_in_path(std::string& path) {
   if (path.find("tg") == std::string::npos) return;  // (every caller's path: nothing to do)
@@ -114,7 +91,10 @@ void mask_keys_in_path(std::string& path) {
   for (;;) {
     const std::size_t end = std::min(path.find('/', at), path.size());
     const std::string_view segment(path.data() + at, end - at);
-    const std::string decoded = segment.find('%') == std::string_view::npos ? std::string(segment) : percent_decoded(segment);
+    // %XX decoded (Boost.URL); a segment that is no valid percent-encoding is taken as it is.
+    std::string decoded(segment);
+    if (segment.find('%') != std::string_view::npos)
+      if (auto pct = boost::urls::make_pct_string_view(segment)) decoded = pct->decode();
     if (auto k = parse_key(decoded)) {
       out.append(k->id);
     } else if (decoded.starts_with("tg_") && decoded.find('_', 3) != std::string::npos) {
