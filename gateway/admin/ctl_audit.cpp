@@ -123,20 +123,29 @@ class progress {
   std::chrono::steady_clock::time_point last_{};
 };
 
-int run_verify(int argc, char** argv) {
+/// `--name=value` as `--name` and its value, as every other command takes options.
+std::pair<std::string, std::optional<std::string>> split_inline(const std::string& a) {
+  const auto eq = a.find('=');
+  if (!a.starts_with("--") || eq == std::string::npos) return {a, std::nullopt};
+  return {a.substr(0, eq), a.substr(eq + 1)};
+}
+
+int run_verify(int argc, char** argv, bool as_json) {
   std::string dir = default_dir();
-  bool as_json = false;
   for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
+    auto [a, inline_value] = split_inline(argv[i]);
     if (a == "--help" || a == "-h") {
       std::cout << verify_help;
       return exit_ok;
     }
-    if (a == "--json") as_json = true;
+    if (a == "--json" && !inline_value) as_json = true;
+    else if (a == "--dir" && inline_value) dir = *inline_value;
     else if (a == "--dir" && i + 1 < argc) dir = argv[++i];
-    else return usage_error("audit verify: unknown or incomplete option '" + a + "'", "verify");
+    else return usage_error("audit verify: unknown or incomplete option '" + std::string(argv[i]) + "'", "verify");
   }
   if (::access(dir.c_str(), F_OK) != 0) {
+    if (as_json)
+      std::cout << json::serialize(json::object{{"ok", false}, {"error", "audit directory '" + dir + "' not found"}}) << "\n";
     std::cerr << "tollgatectl: audit directory '" << dir << "' not found\n";
     return exit_not_found;
   }
@@ -216,8 +225,12 @@ int run_export(int argc, char** argv) {
   std::optional<std::int64_t> from, to;
   bool show_progress = true;
   for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&](std::string& out) {
+    auto [a, inline_value] = split_inline(argv[i]);
+    auto value = [&, inline_value = inline_value](std::string& out) {
+      if (inline_value) {
+        out = *inline_value;
+        return true;
+      }
       if (i + 1 >= argc) return false;
       out = argv[++i];
       return true;
@@ -338,7 +351,7 @@ int run_export(int argc, char** argv) {
 
 }  // namespace
 
-int run_audit(int argc, char** argv) {
+int run_audit(int argc, char** argv, bool as_json) {
   if (argc < 2) {
     std::cerr << audit_help;
     return exit_usage;
@@ -348,7 +361,7 @@ int run_audit(int argc, char** argv) {
     std::cout << audit_help;
     return exit_ok;
   }
-  if (verb == "verify") return run_verify(argc, argv);
+  if (verb == "verify") return run_verify(argc, argv, as_json);
   if (verb == "export") return run_export(argc, argv);
   std::cerr << "tollgatectl: unknown audit verb '" << verb << "' (see tollgatectl audit --help)\n";
   return exit_usage;

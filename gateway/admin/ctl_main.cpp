@@ -907,12 +907,16 @@ int run(int argc, char** argv) {
   if (noun == "help") {
     // help [noun [verb]]
     if (i + 1 >= argc) std::cout << top_help;
-    else if (const command* c = find_command(argv[i + 1], i + 2 < argc ? argv[i + 2] : ""); c) print_command_help(*c);
+    else if (string_view(argv[i + 1]) == "audit") {
+      char audit_arg[] = "audit", help_arg[] = "--help";
+      char* help_argv[] = {audit_arg, help_arg};
+      return run_audit(2, help_argv);
+    } else if (const command* c = find_command(argv[i + 1], i + 2 < argc ? argv[i + 2] : ""); c) print_command_help(*c);
     else if (is_noun(argv[i + 1])) print_noun_help(argv[i + 1]);
     else return usage_error("unknown command '" + string(argv[i + 1]) + "'", "");
     return exit_ok;
   }
-  if (noun == "audit") return run_audit(argc - i, argv + i);  // argv'[0] == "audit"
+  if (noun == "audit") return run_audit(argc - i, argv + i, g.json);  // argv'[0] == "audit"
   if (!is_noun(noun)) return usage_error("unknown command '" + string(noun) + "'", "");
   if (const command* c = find_command(noun, ""); c) return run_command(*c, argc, argv, i + 1, g);
 

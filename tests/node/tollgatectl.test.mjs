@@ -764,4 +764,26 @@ describe('tollgatectl help and version (no gateway)', () => {
     assert.notEqual(r.code, 3, r.stderr);
     assert.doesNotMatch(r.stderr, /unknown command|TOLLGATE_ADMIN_TOKEN/);
   });
+
+  test('audit verbs take the global --json, --opt=value like every command, and have help', { timeout: 15000 }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-audit-'));
+    try {
+      // An empty directory verifies (no instance yet): as JSON with --json before or after.
+      for (const args of [['--json', 'audit', 'verify', '--dir', dir], ['audit', 'verify', `--dir=${dir}`, '--json']]) {
+        const r = await ctl(args);
+        assertExit(r, 0, args.join(' '));
+        assert.equal(JSON.parse(r.stdout).ok, true, r.stdout);
+      }
+      const missing = await ctl(['--json', 'audit', 'verify', `--dir=${join(dir, 'nope')}`]);
+      assertExit(missing, 4, 'a missing directory');
+      assert.equal(JSON.parse(missing.stdout).ok, false, missing.stdout);
+      const exported = await ctl(['audit', 'export', `--dir=${dir}`, '--from=2026-01-01']);
+      assertExit(exported, 0, 'export with --opt=value');
+      const help = await ctl(['help', 'audit']);
+      assertExit(help, 0, 'help audit');
+      assert.match(help.stdout, /usage: tollgatectl audit <verb>[^]*verify/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
