@@ -228,6 +228,17 @@ bool exposes(const metrics::registry& reg, const std::string& sample) {
 /// Each test writes its trail in a private directory, with its log lines and completions.
 class AuditLogTest : public ::testing::Test {
  protected:
+  /// Opens writer "gw" with `cfg`, waits for an info line containing `needle`, and closes it.
+  ::testing::AssertionResult run_once_until(const config::audit_config& cfg, std::string_view needle) {
+    metrics::registry reg;
+    audit_log log(cfg, "gw", reg, logs.fn());
+    if (auto err = log.open(); !err.empty()) return ::testing::AssertionFailure() << err;
+    const bool seen = logs.wait_for("info", needle, 5s);
+    log.close();
+    if (!seen) return ::testing::AssertionFailure() << "no info line with '" << needle << "'";
+    return ::testing::AssertionSuccess();
+  }
+
   temp_dir tmp;
   log_sink logs;
   completions done;
@@ -458,13 +469,7 @@ TEST_F(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
   ASSERT_TRUE(fs::exists(first));
   fs::last_write_time(first, fs::file_time_type::clock::now() - std::chrono::hours(24 * 10));
   cfg.retention_days = 1;
-  {
-    metrics::registry reg;
-    audit_log log(cfg, "gw", reg, logs.fn());
-    ASSERT_EQ(log.open(), "");
-    ASSERT_TRUE(logs.wait_for("info", "audit: retention removed old segments", 2s));
-    log.close();
-  }
+  ASSERT_TRUE(run_once_until(cfg, "audit: retention removed old segments"));
   EXPECT_FALSE(fs::exists(first));
   const auto lines = trail_lines(tmp.path(), "gw");
   bool found = false;
@@ -501,13 +506,7 @@ TEST_F(AuditLogTest, RetentionAlsoRunsForAnIdleInstanceAndLeavesARunningOneAlone
   audit_log busy(strict_config(tmp.path()), "busy", busy_reg, logs.fn());  // running, without retention
   ASSERT_EQ(busy.open(), "");
   cfg.retention_days = 1;
-  {
-    metrics::registry reg;
-    audit_log log(cfg, "gw", reg, logs.fn());
-    ASSERT_EQ(log.open(), "");
-    ASSERT_TRUE(logs.wait_for("info", "audit: retention ran for an idle instance", 5s));
-    log.close();
-  }
+  ASSERT_TRUE(run_once_until(cfg, "audit: retention ran for an idle instance"));
   EXPECT_FALSE(fs::exists(old_first)) << "the idle instance's old segment is removed";
   EXPECT_TRUE(fs::exists(busy_first)) << "a running instance's segments are its own writer's business";
   busy.close();
