@@ -359,6 +359,12 @@ void server::reload() {
   std::string error = loaded.error;
   std::shared_ptr<const snapshot> snap;
   if (loaded) snap = load_snapshot(with_demo_admin(loaded.config), error);
+  // The listener's certificate, key, client CA and CRLs are read again (files rotated in place
+  // included); connections open keep the context they began with. A file that cannot be used
+  // fails the whole reload. Turning TLS on or off needs a restart (another kind of listener).
+  std::shared_ptr<net::ssl::context> tls = server_tls_;
+  if (snap && server_tls_ && snap->cfg->server.tls.enabled() && !(tls = make_server_tls(snap->cfg->server.tls, error)))
+    snap.reset();
   if (!snap) {
     m.reloads.counter({"failure"}).inc();
     log_event("error", "config reload failed; keeping the current config",
@@ -384,20 +390,8 @@ void server::reload() {
   const auto& na = snap->cfg->audit;
   if (oa.enabled != na.enabled || oa.dir != na.dir || oa.mode != na.mode || oa.fail_open != na.fail_open)
     log_event("warn", "audit settings change only on restart");
-  // The listener's certificate, key, client CA and CRLs are read again (files rotated in place
-  // included); connections open keep the context they began with. Turning TLS on or off needs a
-  // restart (another kind of listener).
-  std::shared_ptr<net::ssl::context> tls = server_tls_;
-  if (old.tls.enabled() != now.tls.enabled()) {
+  if (old.tls.enabled() != now.tls.enabled())
     log_event("warn", "server.tls turned on or off changes only on restart: the listener keeps its current setting");
-  } else if (now.tls.enabled()) {
-    tls = make_server_tls(now.tls, error);
-    if (!tls) {
-      m.reloads.counter({"failure"}).inc();
-      log_event("error", "config reload failed; keeping the current config", "\"reason\":" + json::serialize(json::value(error)));
-      return;
-    }
-  }
   server_tls_ = std::move(tls);
   snap_ = snap;
   for (auto& w : workers_) net::post(w->ioc(), [wp = w.get(), snap] { wp->set_snapshot(snap); });

@@ -239,9 +239,7 @@ struct upstream_wait_timer {
   request_context::clock::time_point from = request_context::clock::now();
   ~upstream_wait_timer() { ctx.upstream_wait += request_context::clock::now() - from; }
 };
-}  // namespace
 
-namespace {
 /// How soon a reused connection must fail for the request to be sent again: a peer that closed it
 /// while idle answers the write with a reset or an EOF within a round trip.
 constexpr auto stale_window = std::chrono::milliseconds(100);

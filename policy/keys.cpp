@@ -82,7 +82,6 @@ std::optional<parsed_key> parse_key(std::string_view s) noexcept {
   return k;
 }
 
-
 void mask_keys_in_path(std::string& path) {
   if (path.find("tg") == std::string::npos) return;  // (every caller's path: nothing to do)
   std::string out;
@@ -95,10 +94,11 @@ void mask_keys_in_path(std::string& path) {
     std::string decoded(segment);
     if (segment.find('%') != std::string_view::npos)
       if (auto pct = boost::urls::make_pct_string_view(segment)) decoded = pct->decode();
+    const std::size_t id_end = decoded.starts_with("tg_") ? decoded.find('_', 3) : std::string::npos;
     if (auto k = parse_key(decoded)) {
       out.append(k->id);
-    } else if (decoded.starts_with("tg_") && decoded.find('_', 3) != std::string::npos) {
-      out.append(decoded, 0, decoded.find('_', 3) + 1).append("[masked]");
+    } else if (id_end != std::string::npos) {
+      out.append(decoded, 0, id_end + 1).append("[masked]");
     } else {
       out.append(segment);
     }
