@@ -7,7 +7,9 @@
 #include <boost/json/value.hpp>
 #include <boost/url/parse_query.hpp>
 
+#include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <iterator>
 #include <limits>
@@ -227,6 +229,14 @@ json::value budget_json(const config::budget_config& b) {
 
 // Built outside the coroutine: GCC 12 miscompiles string literals in brace-initialisers there.
 json::object list_json(json::array data) { return {{"object", "list"}, {"data", std::move(data)}}; }
+/// A page of a listing, as OpenAI's lists: `first_id`, `last_id` (the cursor for `?after=`), `has_more`.
+json::object page_json(json::array data, std::string first, std::string last, bool has_more) {
+  json::object o = list_json(std::move(data));
+  o["first_id"] = first.empty() ? json::value(nullptr) : json::value(first);
+  o["last_id"] = last.empty() ? json::value(nullptr) : json::value(last);
+  o["has_more"] = has_more;
+  return o;
+}
 json::object usage_json(std::int64_t from, std::int64_t to, json::array data, json::object total) {
   return {{"object", "usage"}, {"from", from}, {"to", to}, {"data", std::move(data)}, {"total", std::move(total)}};
 }
@@ -247,6 +257,10 @@ std::string query_param(std::string_view query, std::string_view name) {
   return {};
 }
 
+/// A blank key id where one was given: a script's unset variable, which would otherwise act on
+/// the whole team (`"key_id": ""` set the team's quota).
+bool blank(std::string_view s) { return s.find_first_not_of(" \t") == std::string_view::npos; }
+
 /// Whether `name` is in the query, even with an empty value (`?key=`).
 bool has_query_param(std::string_view query, std::string_view name) {
   auto params = boost::urls::parse_query(query);
@@ -256,9 +270,28 @@ bool has_query_param(std::string_view query, std::string_view name) {
   return false;
 }
 
-/// A blank key id where one was given: a script's unset variable, which would otherwise act on
-/// the whole team (`"key_id": ""` set the team's quota).
-bool blank(std::string_view s) { return s.find_first_not_of(" \t") == std::string_view::npos; }
+/// A listing's page: `?limit=` (1 to 1000, default 100) and `?after=` (the previous page's
+/// last_id). Empty, or why the query is wrong, with the parameter's name in `param`.
+constexpr std::size_t default_page = 100, max_page = 1000;
+std::string page_query(std::string_view query, std::size_t& limit, std::string& after, std::string& param) {
+  limit = default_page;
+  after = query_param(query, "after");
+  if (has_query_param(query, "limit")) {
+    param = "limit";
+    const std::string v = query_param(query, "limit");
+    std::size_t n = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || n < 1 || n > max_page)
+      return "limit must be a whole number from 1 to " + std::to_string(max_page);
+    limit = n;
+  }
+  if (has_query_param(query, "after") && blank(after)) {
+    param = "after";
+    return "after is empty: give the last_id of the previous page, or leave it out for the first";
+  }
+  return {};
+}
+
 
 /// A key's id where a whole key `tg_<id>_<secret>` was given in its place (a leaked key pasted
 /// into `tollgatectl key revoke`): the admin call acts on that id, and the secret reaches no log
@@ -361,16 +394,30 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     o["key"] = r->full;  // the only time the secret leaves the gateway
     co_await send(sink, 201, o);
   } else if (a == "key.list") {
-    const std::string team = query_param(ctx.query, "team");
-    ctx.action_target = team;
-    auto keys = co_await pol.list_keys(ctx.worker, cfg, team);
-    if (!keys) {
+    policy::key_query q;
+    q.team = query_param(ctx.query, "team");
+    ctx.action_target = q.team;
+    std::string param;
+    std::string err = page_query(ctx.query, q.limit, q.after, param);
+    if (err.empty() && blank(q.team) && has_query_param(ctx.query, "team")) {
+      // (an unset $TEAM would list every team's keys)
+      err = "team is empty: name a team, or leave the parameter out to list every team's keys";
+      param = "team";
+    }
+    if (!err.empty()) {
+      co_await answer_error(ctx, sink, errc::invalid_value, err, param);
+      co_return;
+    }
+    auto page = co_await pol.list_keys(ctx.worker, cfg, q);
+    if (!page) {
       co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
       co_return;
     }
     json::array data;
-    for (auto& k : *keys) data.push_back(key_json(k));
-    const json::object list = list_json(std::move(data));
+    for (auto& k : page->keys) data.push_back(key_json(k));
+    const bool empty = page->keys.empty();
+    const json::object list = page_json(std::move(data), empty ? std::string() : page->keys.front().id,
+                                        empty ? std::string() : page->keys.back().id, page->has_more);
     co_await send(sink, 200, list);
   } else if (a == "key.rotate") {
     // (`/admin/v1/keys/rotate` names no key: its id would be cut from "rotate" itself.)
@@ -438,14 +485,33 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     }
     co_await send(sink, 201, team_json(*r));
   } else if (a == "team.list") {
+    std::size_t limit = 0;
+    std::string after, param;
+    if (std::string err = page_query(ctx.query, limit, after, param); !err.empty()) {
+      co_await answer_error(ctx, sink, errc::invalid_value, err, param);
+      co_return;
+    }
     auto teams = co_await pol.list_teams(ctx.worker, cfg);
     if (!teams) {
       co_await answer_error(ctx, sink, errc::policy_store_unavailable, "The policy store is unavailable.");
       co_return;
     }
+    // Pages by name (teams are few: the store's are read whole, the page cut here).
+    std::sort(teams->begin(), teams->end(), [](const auto& a, const auto& b) { return a.team->name < b.team->name; });
     json::array data;
-    for (auto& t : *teams) data.push_back(team_json(t));
-    const json::object list = list_json(std::move(data));
+    std::string first, last;
+    bool more = false;
+    for (auto& t : *teams) {
+      if (t.team->name <= after) continue;
+      if (data.size() == limit) {
+        more = true;
+        break;
+      }
+      if (first.empty()) first = t.team->name;
+      last = t.team->name;
+      data.push_back(team_json(t));
+    }
+    const json::object list = page_json(std::move(data), first, last, more);
     co_await send(sink, 200, list);
   } else if (a == "team.show" || a == "team.delete") {
     // Percent-decoded, as tollgatectl encodes it: a config team may be named "data science".

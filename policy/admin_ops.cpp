@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The policy engine's admin operations: teams, key listing and rotation, quotas, usage. The store
 // holds every change; an invalidation on the store's channel drops every replica's cached copy.
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 
@@ -163,12 +164,16 @@ awaitable<boost::system::result<engine::team_view, std::string>> engine::delete_
 }
 
 awaitable<std::optional<std::vector<std::string>>> engine::enabled_keys_of(unsigned worker, std::string name) {
-  auto stored = co_await store_->list_keys(worker);
-  if (!stored) co_return std::nullopt;
   std::vector<std::string> ids;
-  for (const key_record& k : *stored)
-    if (k.team == name && k.enabled) ids.push_back(k.id);
-  co_return ids;
+  key_query q{name, "", 1000};
+  for (;;) {
+    auto page = co_await store_->list_keys(worker, q);
+    if (!page) co_return std::nullopt;
+    for (const key_record& k : page->keys)
+      if (k.team == name && k.enabled) ids.push_back(k.id);
+    if (!page->has_more || page->keys.empty()) co_return ids;
+    q.after = page->keys.back().id;
+  }
 }
 
 awaitable<std::string> engine::revoke_keys(unsigned worker, std::vector<std::string> ids) {
@@ -196,16 +201,18 @@ awaitable<std::optional<std::vector<engine::team_view>>> engine::list_teams(unsi
   co_return out;
 }
 
-awaitable<std::optional<std::vector<key_record>>> engine::list_keys(unsigned worker, const config::gateway_config& cfg,
-                                                                    std::string team) {
-  auto stored = co_await store_->list_keys(worker);
+awaitable<std::optional<key_page>> engine::list_keys(unsigned worker, const config::gateway_config& cfg, key_query q) {
+  auto stored = co_await store_->list_keys(worker, q);
   if (!stored) co_return std::nullopt;
-  std::vector<key_record> out;
+  // The file's keys of this page merged in by id: the page's first `limit` of both. A stored key
+  // pushed past the page by a config key comes first on the next (after = this page's last id).
+  key_page out;
+  out.keys = std::move(stored->keys);
   for (auto& k : cfg.keys)
-    if (team.empty() || k.team == team)
-      out.push_back(key_of(k));
-  for (auto& k : *stored)
-    if (team.empty() || k.team == team) out.push_back(k);
+    if ((q.team.empty() || k.team == q.team) && k.id > q.after) out.keys.push_back(key_of(k));
+  std::sort(out.keys.begin(), out.keys.end(), [](const key_record& a, const key_record& b) { return a.id < b.id; });
+  out.has_more = stored->has_more || out.keys.size() > q.limit;
+  if (out.keys.size() > q.limit) out.keys.resize(q.limit);
   co_return out;
 }
 

@@ -297,10 +297,17 @@ awaitable<bool> memory_store::put_key(unsigned, key_record k) {
   co_return true;
 }
 
-awaitable<std::optional<std::vector<key_record>>> memory_store::list_keys(unsigned) {
+awaitable<std::optional<key_page>> memory_store::list_keys(unsigned, key_query q) {
   std::lock_guard lock(mu_);
-  std::vector<key_record> out;
-  for (auto& [id, k] : keys_) out.push_back(k);
+  key_page out;
+  for (auto it = keys_.upper_bound(q.after); it != keys_.end(); ++it) {
+    if (!q.team.empty() && it->second.team != q.team) continue;
+    if (out.keys.size() == q.limit) {
+      out.has_more = true;
+      break;
+    }
+    out.keys.push_back(it->second);
+  }
   co_return out;
 }
 

@@ -40,7 +40,7 @@ class memory_store final : public store {
   awaitable<key_lookup> get_key(unsigned, std::string id) override;
   awaitable<bool> put_key(unsigned, key_record k) override;
   awaitable<write_result> replace_key(unsigned, key_record k, std::string stored) override;
-  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override;
+  awaitable<std::optional<key_page>> list_keys(unsigned, key_query q) override;
   awaitable<team_lookup> get_team(unsigned, std::string name) override;
   awaitable<bool> put_team(unsigned, team_record t) override;
   awaitable<write_result> replace_team(unsigned, team_record t, std::string stored) override;

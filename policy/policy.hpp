@@ -157,9 +157,9 @@ class engine {
   awaitable<boost::system::result<team_view, std::string>> delete_team(unsigned worker, const config::gateway_config& cfg,
                                                                       std::string name);
   awaitable<std::optional<std::vector<team_view>>> list_teams(unsigned worker, const config::gateway_config& cfg);
-  /// Keys of `team` (every team when empty): config keys and created ones. Never a secret.
-  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker, const config::gateway_config& cfg,
-                                                              std::string team);
+  /// One page of the keys of `q.team` (every team when empty), config keys and created ones
+  /// together, ids ascending after `q.after`. Never a secret.
+  awaitable<std::optional<key_page>> list_keys(unsigned worker, const config::gateway_config& cfg, key_query q);
   /// A new secret for key `id`; the old one keeps working for `overlap_s` seconds.
   awaitable<boost::system::result<created_key, std::string>> rotate_key(unsigned worker, const config::gateway_config& cfg,
                                                                         std::string id, std::int64_t overlap_s);

@@ -932,8 +932,10 @@ awaitable<key_lookup> redis_store::get_key(unsigned worker, std::string id) {
 }
 
 awaitable<write_result> redis_store::replace_key(unsigned worker, key_record k, std::string stored) {
-  co_return co_await compare_and_set(worker, cfg_.key_prefix + "key:" + k.id, stored, key_to_json(k),
-                                     cfg_.key_prefix + "keys", k.id);
+  const write_result w = co_await compare_and_set(worker, cfg_.key_prefix + "key:" + k.id, stored, key_to_json(k),
+                                                  cfg_.key_prefix + "keys", k.id);
+  if (w == write_result::written && stored.empty()) co_await index_key(worker, k);  // (a new key)
+  co_return w;
 }
 
 awaitable<write_result> redis_store::compare_and_set(unsigned worker, std::string key, std::string stored,
@@ -965,7 +967,19 @@ awaitable<bool> redis_store::put_key(unsigned worker, key_record k) {
   const std::string index = cfg_.key_prefix + "keys";
   const std::string_view add[] = {"SADD", index, k.id};
   r = co_await conn(worker).command(add);
-  co_return r && r->type != redis::reply::kind::error;
+  if (!r || r->type == redis::reply::kind::error) co_return false;
+  co_return co_await index_key(worker, k);
+}
+
+awaitable<bool> redis_store::index_key(unsigned worker, const key_record& k) {
+  const std::string all = cfg_.key_prefix + "key_ids", team = cfg_.key_prefix + "team_key_ids:" + k.team;
+  const std::string_view add_all[] = {"ZADD", all, "0", k.id}, add_team[] = {"ZADD", team, "0", k.id};
+  std::vector<std::string> cmds{redis::resp_command(add_all, redis::resp_args{}),
+                                redis::resp_command(add_team, redis::resp_args{})};
+  if (co_await pipelined(worker, std::move(cmds), 2)) co_return true;
+  // Listed again after the next listing's check (the id set then counts more than the index).
+  notice("warn", "a key was written but not added to the listing index (" + all + "); the next listing rebuilds it");
+  co_return false;
 }
 
 namespace {
@@ -1016,7 +1030,7 @@ awaitable<std::optional<std::vector<redis::reply>>> redis_store::pipelined(unsig
   co_return std::move(run->out);
 }
 
-awaitable<std::optional<std::vector<std::string>>> redis_store::members_docs(unsigned worker, std::string kind) {
+awaitable<std::optional<std::vector<std::pair<std::string, std::string>>>> redis_store::members_docs(unsigned worker, std::string kind) {
   // The index in SSCAN pages, then each document (the GETs pipelined). Pages, not one SMEMBERS:
   // the index only grows (revoked keys stay listed), and one reply of a few hundred thousand ids
   // outlasted the command timeout, which drops the worker's connection with its admissions.
@@ -1041,18 +1055,65 @@ awaitable<std::optional<std::vector<std::string>>> redis_store::members_docs(uns
   }
   auto docs = co_await pipelined(worker, std::move(gets), 64);
   if (!docs) co_return std::nullopt;
-  std::vector<std::string> out;
-  for (auto& d : *docs)
-    if (d.type == redis::reply::kind::string) out.push_back(std::move(d.str));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::size_t i = 0; i < docs->size(); ++i)
+    if ((*docs)[i].type == redis::reply::kind::string) out.emplace_back(std::move(ids[i]), std::move((*docs)[i].str));
   co_return out;
 }
 
-awaitable<std::optional<std::vector<key_record>>> redis_store::list_keys(unsigned worker) {
+awaitable<bool> redis_store::ensure_key_index(unsigned worker) {
+  // Listings page through sorted sets of ids (all keys, and each team's), kept beside the id set
+  // "keys" that every key write adds to. Keys written before those indexes existed (an older
+  // version), or whose index write failed, make the id set the larger: then the indexes are
+  // rebuilt from it, once, by whichever listing notices. Two counts per listing, O(1) each.
+  const std::string ids = cfg_.key_prefix + "keys", all = cfg_.key_prefix + "key_ids";
+  const std::string_view scard[] = {"SCARD", ids}, zcard[] = {"ZCARD", all};
+  std::vector<std::string> counts{redis::resp_command(scard, redis::resp_args{}),
+                                  redis::resp_command(zcard, redis::resp_args{})};
+  auto n = co_await pipelined(worker, std::move(counts), 2);
+  if (!n) co_return false;
+  if (as_int((*n)[0]) <= as_int((*n)[1])) co_return true;
+  notice("info", "building the key listing index from " + ids + " (" + std::to_string(as_int((*n)[0])) +
+                     " ids, " + std::to_string(as_int((*n)[1])) + " indexed)");
   auto docs = co_await members_docs(worker, "key");
+  if (!docs) co_return false;
+  std::vector<std::string> adds;
+  for (const auto& [id, doc] : *docs) {
+    const std::string_view add_all[] = {"ZADD", all, "0", id};
+    adds.push_back(redis::resp_command(add_all, redis::resp_args{}));
+    // (An unreadable record is counted in the global index, so that the counts agree, and listed
+    // nowhere: a listing shows only records it can read.)
+    if (auto k = key_from_json(doc)) {
+      const std::string team = cfg_.key_prefix + "team_key_ids:" + k->team;
+      const std::string_view add_team[] = {"ZADD", team, "0", id};
+      adds.push_back(redis::resp_command(add_team, redis::resp_args{}));
+    }
+  }
+  auto added = co_await pipelined(worker, std::move(adds), 64);
+  co_return added.has_value();
+}
+
+awaitable<std::optional<key_page>> redis_store::list_keys(unsigned worker, key_query q) {
+  if (!co_await ensure_key_index(worker)) co_return std::nullopt;
+  const std::string index = q.team.empty() ? cfg_.key_prefix + "key_ids" : cfg_.key_prefix + "team_key_ids:" + q.team;
+  const std::string from = q.after.empty() ? std::string("-") : "(" + q.after, count = std::to_string(q.limit + 1);
+  const std::string_view range[] = {"ZRANGEBYLEX", index, from, "+", "LIMIT", "0", count};
+  auto r = co_await conn(worker).command(range);
+  if (!ok_reply(r) || r->type != redis::reply::kind::array) co_return std::nullopt;
+  key_page out;
+  out.has_more = r->elements.size() > q.limit;
+  if (out.has_more) r->elements.resize(q.limit);
+  std::vector<std::string> gets;
+  for (const auto& id : r->elements) {
+    const std::string key = cfg_.key_prefix + "key:" + id.str;
+    const std::string_view get[] = {"GET", key};
+    gets.push_back(redis::resp_command(get, redis::resp_args{}));
+  }
+  auto docs = co_await pipelined(worker, std::move(gets), 64);
   if (!docs) co_return std::nullopt;
-  std::vector<key_record> out;
   for (auto& d : *docs)
-    if (auto k = key_from_json(d)) out.push_back(std::move(*k));
+    if (d.type == redis::reply::kind::string)
+      if (auto k = key_from_json(d.str)) out.keys.push_back(std::move(*k));
   co_return out;
 }
 
@@ -1103,7 +1164,7 @@ awaitable<std::optional<std::vector<team_record>>> redis_store::list_teams(unsig
   auto docs = co_await members_docs(worker, "team");
   if (!docs) co_return std::nullopt;
   std::vector<team_record> out;
-  for (auto& d : *docs)
+  for (auto& [name, d] : *docs)
     if (auto t = team_from_json(d)) out.push_back(std::move(*t));
   co_return out;
 }

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "policy/redis_client.hpp"
@@ -40,7 +41,7 @@ class redis_store final : public store {
   awaitable<key_lookup> get_key(unsigned worker, std::string id) override;
   awaitable<bool> put_key(unsigned worker, key_record k) override;
   awaitable<write_result> replace_key(unsigned worker, key_record k, std::string stored) override;
-  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker) override;
+  awaitable<std::optional<key_page>> list_keys(unsigned worker, key_query q) override;
   awaitable<team_lookup> get_team(unsigned worker, std::string name) override;
   awaitable<bool> put_team(unsigned worker, team_record t) override;
   awaitable<write_result> replace_team(unsigned worker, team_record t, std::string stored) override;
@@ -100,8 +101,16 @@ class redis_store final : public store {
                                                       const std::vector<std::string>& keys, const redis::resp_args& args,
                                                       const redis::resp_args& more);
   redis::connection& conn(unsigned worker) { return *conns_[worker % conns_.size()]; }
-  /// The documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>" each).
-  awaitable<std::optional<std::vector<std::string>>> members_docs(unsigned worker, std::string kind);
+  /// The ids and documents of an index set ("<prefix><kind>s" of ids, "<prefix><kind>:<id>"
+  /// each); ids without a document are left out.
+  awaitable<std::optional<std::vector<std::pair<std::string, std::string>>>> members_docs(unsigned worker,
+                                                                                          std::string kind);
+  /// Adds key `k` to the sorted id indexes that listings page through ("<prefix>key_ids" and
+  /// "<prefix>team_key_ids:<team>"); false when Redis did not take it.
+  awaitable<bool> index_key(unsigned worker, const key_record& k);
+  /// Rebuilds those indexes from the id set "<prefix>keys" when it holds more ids than they do
+  /// (keys written by an older version); false when Redis is unreachable.
+  awaitable<bool> ensure_key_index(unsigned worker);
   /// Sends `cmds` (RESP, resp_command()) on `worker`'s connection, pipelined, at most `window` on
   /// the wire at once: the admin API's reads and the usage writes wait one round trip per window,
   /// not per command, while the window keeps the last command's wait within the command timeout

@@ -135,6 +135,19 @@ struct key_record {
   config::budget_config budget;
 };
 
+/// Which keys a listing wants: ids in ascending byte order, after a cursor, a page at a time.
+struct key_query {
+  std::string team;   ///< "" : every team's keys
+  std::string after;  ///< only ids greater than this ("" : from the first)
+  std::size_t limit = 100;
+};
+
+/// One page of a key listing.
+struct key_page {
+  std::vector<key_record> keys;  ///< at most the query's limit, ids ascending
+  bool has_more = false;         ///< more keys match after the last one
+};
+
 struct key_lookup {
   bool reachable = false;
   std::optional<key_record> key;
@@ -248,8 +261,9 @@ class store {
   virtual awaitable<key_lookup> get_key(unsigned worker, std::string id) = 0;
   /// Creates or replaces; false when the store is unreachable.
   virtual awaitable<bool> put_key(unsigned worker, key_record k) = 0;
-  /// Every key record (admin API listing); nullopt when the store is unreachable.
-  virtual awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned worker) = 0;
+  /// One page of key records (admin API listing), ids ascending; nullopt when the store is
+  /// unreachable. Reads only the page's records, not every key ever issued.
+  virtual awaitable<std::optional<key_page>> list_keys(unsigned worker, key_query q) = 0;
 
   /// Writes `k` only while key k.id's record is still `stored` (as a get_key read it; "" : no
   /// record), in one atomic step: two admin changes made at once never undo each other (a rotation

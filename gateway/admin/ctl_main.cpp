@@ -18,6 +18,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -68,7 +69,7 @@ constexpr string_view top_help =
     "\n"
     "Commands:\n"
     "  key create --team T [options]    create an API key; prints its secret once\n"
-    "  key list [--team T]              list keys\n"
+    "  key list [--team T] [--limit N]  list keys\n"
     "  key digest [--pepper-file F]     the digest of a key read on stdin, for the config file\n"
     "  key show ID                      show a key (never its secret)\n"
     "  key revoke ID                    revoke a key on every replica\n"
@@ -488,9 +489,12 @@ int print_list_answer(const context& c, const answer& r) {
   }
   print_table(std::cout, *list);
   if (r.body.is_object()) {
+    // Other members (a usage answer's totals) follow as fields; a list's own framing does not.
     json::object rest;
     for (const auto& [k, v] : r.body.get_object())
-      if (!(v.is_array() && &v.get_array() == list)) rest[k] = v;
+      if (!(v.is_array() && &v.get_array() == list) && k != "object" && k != "first_id" && k != "last_id" &&
+          k != "has_more")
+        rest[k] = v;
     if (!rest.empty()) {
       std::vector<field_row> rows;
       flatten(rest, "", rows);
@@ -587,9 +591,53 @@ int key_create(const context& c) {
   return r.code ? r.code : print_with_secret(c, r);
 }
 
+/// A paged listing (`?limit=&after=`), read page by page into one list: every record, or the
+/// first --limit of them (from --after). More left past --limit is said on standard error, with
+/// the --after that reads on.
+int list_pages(const context& c, const string& path, string_view noun) {
+  std::uint64_t wanted = std::numeric_limits<std::uint64_t>::max();
+  if (const string* v = c.a.get("limit"); v && (!parse_uint(*v, wanted) || wanted == 0))
+    return usage_error(c, "--limit must be a positive integer, not '" + *v + "'");
+  string after = c.a.get("after") ? *c.a.get("after") : string();
+  if (c.a.get("after") && after.empty()) return usage_error(c, "--after is empty: give the id or name to list after");
+  json::array data;
+  bool more = false;
+  for (;;) {
+    const std::uint64_t page = std::min<std::uint64_t>(1000, wanted - data.size());
+    string target = path + (path.find('?') == string::npos ? "?" : "&") + "limit=" + std::to_string(page);
+    if (!after.empty()) target += "&after=" + encode_component(after);
+    auto r = call(c, http::verb::get, target);
+    if (r.code) return r.code;
+    const json::object* o = r.body.if_object();
+    const json::array* d = o ? find_list(r.body) : nullptr;
+    if (!d) {  // (a gateway before paging, or not a list: shown as it came)
+      return print_list_answer(c, r);
+    }
+    for (const auto& v : *d) data.push_back(v);
+    const json::value* has_more = o->if_contains("has_more");
+    const json::value* last = o->if_contains("last_id");
+    more = has_more && has_more->is_bool() && has_more->get_bool();
+    if (!more) break;
+    if (!last || !last->is_string() || last->get_string() == after || d->empty()) {
+      std::cerr << "tollgatectl: the gateway said there are more " << noun << " but gave no new last_id; stopping\n";
+      return exit_failure;
+    }
+    after = string(last->get_string());
+    if (data.size() >= wanted) break;
+  }
+  answer all;
+  all.code = exit_ok;
+  json::object body{{"object", "list"}, {"data", std::move(data)}, {"has_more", more}};
+  if (more) body["last_id"] = after;
+  all.raw = json::serialize(body);
+  all.body = std::move(body);
+  const int code = print_list_answer(c, all);
+  if (more) std::cerr << "tollgatectl: more " << noun << " follow; list them with --after " << printable(after) << "\n";
+  return code;
+}
+
 int key_list(const context& c) {
-  auto r = call(c, http::verb::get, with_query("/admin/v1/keys", c.a, {{"team", "team"}}));
-  return r.code ? r.code : print_list_answer(c, r);
+  return list_pages(c, with_query("/admin/v1/keys", c.a, {{"team", "team"}}), "keys");
 }
 
 int key_show(const context& c) {
@@ -621,10 +669,7 @@ int team_create(const context& c) {
   return r.code ? r.code : print_record_answer(c, r);
 }
 
-int team_list(const context& c) {
-  auto r = call(c, http::verb::get, "/admin/v1/teams");
-  return r.code ? r.code : print_list_answer(c, r);
-}
+int team_list(const context& c) { return list_pages(c, "/admin/v1/teams", "teams"); }
 
 int team_show(const context& c) {
   auto r = call(c, http::verb::get, team_path(c.a.positional[0]));
@@ -704,8 +749,12 @@ const std::vector<command>& commands() {
        "                     auth.pepper: file:F (a trailing newline dropped): the digest is then\n"
        "                     hmac-sha256:<hex>\n",
        {"pepper-file"}, {}, key_digest},
-      {"key", "list", "key list [--team T]", "Lists keys, of team T or all.", "  --team T           only keys of team T\n",
-       {"team"}, {}, key_list},
+      {"key", "list", "key list [--team T] [--limit N] [--after ID]",
+       "Lists keys, of team T or all, in id order (revoked ones included).",
+       "  --team T           only keys of team T\n"
+       "  --limit N          at most N keys (default: all)\n"
+       "  --after ID         only keys after id ID (where a --limit listing stopped)\n",
+       {"team", "limit", "after"}, {}, key_list},
       {"key", "show", "key show ID", "Shows key ID (never its secret).", "", {}, {"ID"}, key_show},
       {"key", "revoke", "key revoke ID",
        "Revokes key ID: every replica refuses it within auth.key_cache_ms. Keys from the configuration\n"
@@ -720,7 +769,10 @@ const std::vector<command>& commands() {
        {"models", "rpm", "tpm", "concurrency", "budget-usd", "period", "soft"},
        {"NAME"},
        team_create},
-      {"team", "list", "team list", "Lists teams.", "", {}, {}, team_list},
+      {"team", "list", "team list [--limit N] [--after NAME]", "Lists teams, in name order.",
+       "  --limit N          at most N teams (default: all)\n"
+       "  --after NAME       only teams after NAME (where a --limit listing stopped)\n",
+       {"limit", "after"}, {}, team_list},
       {"team", "show", "team show NAME", "Shows team NAME.", "", {}, {"NAME"}, team_show},
       {"team", "delete", "team delete NAME", "Deletes team NAME.", "", {}, {"NAME"}, team_delete},
       {"quota", "show", "quota show --team T [--key ID]",

@@ -41,6 +41,28 @@ const ok = (r, status = 200) => {
   return r.json;
 };
 
+/// Every record of a paged listing at `path`, `limit` a page, following last_id while has_more;
+/// checks each page's framing and order on the way. Returns the ids and the number of pages.
+async function allPages(gw, path, limit, idOf = (x) => x.id) {
+  const ids = [];
+  let after = null;
+  for (let pages = 1; ; ++pages) {
+    const sep = path.includes('?') ? '&' : '?';
+    const page = ok(await admin(gw, adm.token, 'GET', `${path}${sep}limit=${limit}${after ? `&after=${encodeURIComponent(after)}` : ''}`));
+    assert.equal(page.object, 'list');
+    assert.ok(page.data.length <= limit, `a page of ${page.data.length} > ${limit}`);
+    for (const x of page.data) {
+      if (ids.length) assert.ok(idOf(x) > ids.at(-1), `${idOf(x)} after ${ids.at(-1)}: out of order`);
+      ids.push(idOf(x));
+    }
+    assert.equal(page.first_id, page.data.length ? idOf(page.data[0]) : null);
+    assert.equal(page.last_id, page.data.length ? idOf(page.data.at(-1)) : null);
+    if (!page.has_more) return { ids, pages };
+    assert.equal(page.data.length, limit, 'a short page says there is more');
+    after = page.last_id;
+  }
+}
+
 describe('admin API on one gateway (memory store)', () => {
   let gw;
   before(async () => {
@@ -107,6 +129,36 @@ describe('admin API on one gateway (memory store)', () => {
     const listed = ok(await admin(gw, adm.token, 'GET', '/admin/v1/keys?team=ops')).data.find((x) => x.id === k.id);
     assert.equal(listed?.enabled, false, JSON.stringify(listed));
     ok(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/ops'));
+  });
+
+  test('listings come in pages: config and created keys merged in id order; bad paging parameters are 400', async () => {
+    for (let i = 0; i < 5; ++i) await createKey(gw, adm.token, { team: 'cfgteam', name: `paged-${i}` });
+    for (const name of ['pg-a', 'pg-b', 'pg-c'])
+      assert.equal((await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name, models: ['*'] })).status, 201);
+    const whole = ok(await admin(gw, adm.token, 'GET', '/admin/v1/keys?team=cfgteam&limit=1000'));
+    assert.equal(whole.has_more, false);
+    const every = whole.data.map((k) => k.id);
+    assert.ok(every.includes(ck.id), 'the config key is listed with the created ones');
+    assert.ok(every.length >= 6, JSON.stringify(every));
+    for (const limit of [1, 2, 5]) {
+      const { ids, pages } = await allPages(gw, '/admin/v1/keys?team=cfgteam', limit);
+      assert.deepEqual(ids, [...every].sort(), `pages of ${limit}`);
+      assert.equal(pages, Math.ceil(every.length / limit), `pages of ${limit}`);
+    }
+    // Without a limit: the first 100, in id order.
+    const dflt = ok(await admin(gw, adm.token, 'GET', '/admin/v1/keys'));
+    assert.deepEqual(dflt.data.map((k) => k.id), [...dflt.data.map((k) => k.id)].sort());
+    // Teams page by name, config and API teams together.
+    const teams = ok(await admin(gw, adm.token, 'GET', '/admin/v1/teams?limit=1000')).data.map((t) => t.name);
+    assert.ok(['cfgteam', 'pg-a', 'pg-b', 'pg-c'].every((n) => teams.includes(n)), JSON.stringify(teams));
+    assert.deepEqual((await allPages(gw, '/admin/v1/teams', 2, (t) => t.name)).ids, [...teams].sort());
+    for (const [q, param] of [['limit=0', 'limit'], ['limit=1001', 'limit'], ['limit=', 'limit'], ['limit=2x', 'limit'],
+      ['limit=-1', 'limit'], ['after=', 'after'], ['team=', 'team'], ['team=%20', 'team']]) {
+      const e = assertOpenAIError(await admin(gw, adm.token, 'GET', `/admin/v1/keys?${q}`), { status: 400, code: 'invalid_value' });
+      assert.equal(e.param, param, q);
+    }
+    assertOpenAIError(await admin(gw, adm.token, 'GET', '/admin/v1/teams?limit=0'), { status: 400, code: 'invalid_value' });
+    for (const name of ['pg-a', 'pg-b', 'pg-c']) ok(await admin(gw, adm.token, 'DELETE', `/admin/v1/teams/${name}`));
   });
 
   test('an expiry given in milliseconds is refused, not taken for a key that never expires', async () => {

@@ -394,6 +394,20 @@ async function startScriptedAdmin() {
           ],
         });
       if (route === 'GET /admin/v1/teams/empty') return json(res, 200, {});
+      if (route === 'GET /admin/v1/keys' && rec.query.team === 'paged') {
+        // Five keys, in pages the server caps at 2 whatever the limit asked (as a gateway may).
+        const ids = ['k1', 'k2', 'k3', 'k4', 'k5'].filter((id) => !rec.query.after || id > rec.query.after);
+        const page = ids.slice(0, Math.min(2, Number(rec.query.limit)));
+        return json(res, 200, {
+          object: 'list',
+          data: page.map((id) => ({ id, team: 'paged', enabled: true })),
+          first_id: page[0] ?? null,
+          last_id: page.at(-1) ?? null,
+          has_more: ids.length > page.length,
+        });
+      }
+      if (route === 'GET /admin/v1/keys' && rec.query.team === 'stuck')  // more, but never a new cursor
+        return json(res, 200, { object: 'list', data: [{ id: 'k1' }], first_id: 'k1', last_id: rec.query.after ?? 'k1', has_more: true });
       if (route === 'GET /admin/v1/keys') return json(res, 200, { data: [] });
       if (route === 'POST /admin/v1/teams') return json(res, 201, rec.body);
       if (route === 'DELETE /admin/v1/teams/a%20b%2Fc') return json(res, 200, { name: 'a b/c', deleted: true });
@@ -535,7 +549,46 @@ describe('tollgatectl against a scripted admin server (commands the gateway grow
     const keys = await ctl(['key', 'list', '--team', 'search'], env);
     assertExit(keys, 0, 'key list');
     assert.equal(keys.stdout, '(none)\n');
-    assert.deepEqual(srv.last().query, { team: 'search' });
+    assert.deepEqual(srv.last().query, { team: 'search', limit: '1000' });
+  });
+
+  test('key list follows the pages to the end; --limit and --after take part of them', { timeout: 15000 }, async () => {
+    const idsOf = (stdout) => table(stdout).slice(1).map((row) => row[0]);
+    const before = srv.requests.length;
+    const all = await ctl(['key', 'list', '--team', 'paged'], env);
+    assertExit(all, 0, 'key list over three pages');
+    assert.deepEqual(idsOf(all.stdout), ['k1', 'k2', 'k3', 'k4', 'k5']);
+    assert.deepEqual(
+      srv.requests.slice(before).map((q) => q.query.after ?? '-'),
+      ['-', 'k2', 'k4'],
+      'each page asked after the last one\'s last_id',
+    );
+    assert.doesNotMatch(all.stdout, /object|has_more|last_id/, 'no list framing printed under the table');
+    assert.equal(all.stderr, '');
+
+    const first = await ctl(['key', 'list', '--team', 'paged', '--limit', '3'], env);
+    assertExit(first, 0, 'key list --limit 3');
+    assert.deepEqual(idsOf(first.stdout), ['k1', 'k2', 'k3']);
+    assert.equal(srv.last().query.limit, '1', 'the last page asks only for what is still wanted');
+    assert.match(first.stderr, /more keys follow; list them with --after k3/);
+    const rest = await ctl(['key', 'list', '--team', 'paged', '--after', 'k3'], env);
+    assertExit(rest, 0, 'key list --after k3');
+    assert.deepEqual(idsOf(rest.stdout), ['k4', 'k5']);
+
+    const j = await ctl(['--json', 'key', 'list', '--team', 'paged', '--limit', '4'], env);
+    assertExit(j, 0, 'key list --json');
+    const body = JSON.parse(j.stdout);
+    assert.deepEqual(body.data.map((k) => k.id), ['k1', 'k2', 'k3', 'k4']);
+    assert.equal(body.has_more, true);
+    assert.equal(body.last_id, 'k4');
+
+    const stuck = await ctl(['key', 'list', '--team', 'stuck'], env);
+    assertExit(stuck, 1, 'a server that says there is more but gives no new cursor');
+    assert.match(stuck.stderr, /gave no new last_id/);
+    for (const bad of [['--limit', '0'], ['--limit', 'x'], ['--after', '']]) {
+      const r = await ctl(['key', 'list', '--team', 'paged', ...bad], env);
+      assertExit(r, 2, `key list ${bad.join(' ')}`);
+    }
   });
 
   test('team create, team delete, key rotate and quota set send the documented requests', { timeout: 15000 }, async () => {

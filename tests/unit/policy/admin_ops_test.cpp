@@ -62,7 +62,7 @@ struct late_store final : store {
   awaitable<write_result> replace_key(unsigned w, key_record k, std::string stored) override {
     co_return co_await inner.replace_key(w, std::move(k), std::move(stored));
   }
-  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned w) override { co_return co_await inner.list_keys(w); }
+  awaitable<std::optional<key_page>> list_keys(unsigned w, key_query q) override { co_return co_await inner.list_keys(w, q); }
   bool teams_down = false;  ///< team reads find the store unreachable
   awaitable<team_lookup> get_team(unsigned w, std::string name) override {
     if (teams_down) co_return team_lookup{};

@@ -36,7 +36,7 @@ struct dead_store final : store {
   awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return false; }
   awaitable<key_lookup> get_key(unsigned, std::string) override { co_return key_lookup{}; }
   awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
-  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override { co_return std::nullopt; }
+  awaitable<std::optional<key_page>> list_keys(unsigned, key_query) override { co_return std::nullopt; }
   awaitable<team_lookup> get_team(unsigned, std::string) override { co_return team_lookup{}; }
   awaitable<bool> put_team(unsigned, team_record) override { co_return false; }
   awaitable<write_result> delete_team(unsigned, std::string, std::string) override { co_return write_result::unreachable; }
@@ -90,7 +90,7 @@ struct flaky_store final : store {
   awaitable<bool> renew(unsigned, const admission&, std::int64_t) override { co_return true; }
   awaitable<key_lookup> get_key(unsigned w, std::string id) override { co_return co_await inner.get_key(w, id); }
   awaitable<bool> put_key(unsigned, key_record) override { co_return false; }
-  awaitable<std::optional<std::vector<key_record>>> list_keys(unsigned) override { co_return std::nullopt; }
+  awaitable<std::optional<key_page>> list_keys(unsigned, key_query) override { co_return std::nullopt; }
   awaitable<team_lookup> get_team(unsigned w, std::string name) override { co_return co_await inner.get_team(w, name); }
   awaitable<bool> put_team(unsigned, team_record) override { co_return false; }
   awaitable<write_result> delete_team(unsigned, std::string, std::string) override { co_return write_result::unreachable; }

@@ -72,6 +72,27 @@ class StoreConformance : public ::testing::Test {
     return a;
   }
   admit_result admit(const admission& a) { return run_sync(ioc, st->admit(0, a)); }
+  /// Every key of `team` ("" : all), read page by page (`limit` a page); each page's ids ascending
+  /// and after the last page's. Fails the test on an unreachable store or a page out of order.
+  std::vector<key_record> all_keys(std::string team, std::size_t limit, std::size_t* pages = nullptr) {
+    std::vector<key_record> out;
+    key_query q{std::move(team), "", limit};
+    for (std::size_t n = 1;; ++n) {
+      auto page = run_sync(ioc, st->list_keys(0, q));
+      EXPECT_TRUE(page);
+      if (!page) return out;
+      EXPECT_LE(page->keys.size(), limit);
+      for (auto& k : page->keys) {
+        EXPECT_GT(k.id, q.after) << "page " << n << " is not after the last";
+        q.after = k.id;
+        out.push_back(std::move(k));
+      }
+      if (pages) *pages = n;
+      if (!page->has_more) return out;
+      EXPECT_EQ(page->keys.size(), limit) << "a page short of its limit says there is more";
+      if (page->keys.empty()) return out;
+    }
+  }
   settle_result settle(const admission& a, const admit_result& r, std::uint64_t tokens, std::int64_t cost) {
     return run_sync(ioc, st->settle(0, settlement_of(a, r, tokens, cost)));
   }
@@ -791,10 +812,9 @@ TYPED_TEST_P(StoreConformance, EveryKeyAndTeamIsListedHoweverMany) {
     ASSERT_TRUE(run_sync(this->ioc, this->st->put_team(0, t)));
     put_teams.insert(t.name);
   }
-  auto keys = run_sync(this->ioc, this->st->list_keys(0));
-  ASSERT_TRUE(keys);
+  const auto keys = this->all_keys("", 1000);
   std::set<std::string> listed;
-  for (auto& k : *keys) {
+  for (auto& k : keys) {
     listed.insert(k.id);
     // Each id with its own document, not a neighbour's.
     EXPECT_EQ(k.limits.rpm, std::uint64_t(std::stoi(k.id.substr(3)) + 1)) << k.id;
@@ -805,6 +825,61 @@ TYPED_TEST_P(StoreConformance, EveryKeyAndTeamIsListedHoweverMany) {
   std::set<std::string> listed_teams;
   for (auto& t : *teams) listed_teams.insert(t.name);
   EXPECT_EQ(listed_teams, put_teams);
+}
+
+TYPED_TEST_P(StoreConformance, KeysArePagedInIdOrderByTeamAfterACursor) {
+  // 40 keys over 3 teams, created in a shuffled order, some by the admin API's compare-and-set
+  // write (replace_key over no record), some replaced later (revoked): listed once each.
+  std::vector<int> order(40);
+  for (int i = 0; i < 40; ++i) order[i] = (i * 17) % 40;
+  std::map<std::string, std::set<std::string>> by_team;
+  for (const int i : order) {
+    key_record k;
+    k.id = "k" + std::string(i < 10 ? "0" : "") + std::to_string(i);
+    k.team = "team-" + std::to_string(i % 3);
+    k.digest = "sha256:" + std::string(64, 'b');
+    if (i % 2) ASSERT_TRUE(run_sync(this->ioc, this->st->put_key(0, k)));
+    else ASSERT_EQ(run_sync(this->ioc, this->st->replace_key(0, k, "")), write_result::written);
+    by_team[k.team].insert(k.id);
+    by_team[""].insert(k.id);
+  }
+  const key_lookup read = run_sync(this->ioc, this->st->get_key(0, "k04"));
+  key_record revoked = *read.key;
+  revoked.enabled = false;
+  ASSERT_EQ(run_sync(this->ioc, this->st->replace_key(0, revoked, read.stored)), write_result::written);
+  for (const auto& [team, ids] : by_team) {
+    for (const std::size_t limit : {std::size_t(1), std::size_t(7), ids.size(), std::size_t(1000)}) {
+      std::size_t pages = 0;
+      std::set<std::string> listed;
+      for (const auto& k : this->all_keys(team, limit, &pages)) {
+        EXPECT_TRUE(listed.insert(k.id).second) << k.id << " listed twice";
+        if (!team.empty()) {
+          EXPECT_EQ(k.team, team);
+        }
+        if (k.id == "k04") {
+          EXPECT_FALSE(k.enabled) << "the listing shows the record as last written";
+        }
+      }
+      EXPECT_EQ(listed, ids) << "team '" << team << "', pages of " << limit;
+      EXPECT_EQ(pages, (ids.size() + limit - 1) / limit) << "team '" << team << "', pages of " << limit;
+    }
+  }
+  // A cursor that is no key's id (a key deleted from the file meanwhile) still pages on.
+  auto page = run_sync(this->ioc, this->st->list_keys(0, key_query{"", "k10x", 3}));
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->keys.size(), 3u);
+  EXPECT_EQ(page->keys[0].id, "k11");
+  EXPECT_EQ(page->keys[2].id, "k13");
+  EXPECT_TRUE(page->has_more);
+  // Past the last id, and a team with no keys: empty pages, nothing more.
+  page = run_sync(this->ioc, this->st->list_keys(0, key_query{"", "k39", 5}));
+  ASSERT_TRUE(page);
+  EXPECT_TRUE(page->keys.empty());
+  EXPECT_FALSE(page->has_more);
+  page = run_sync(this->ioc, this->st->list_keys(0, key_query{"team-none", "", 5}));
+  ASSERT_TRUE(page);
+  EXPECT_TRUE(page->keys.empty());
+  EXPECT_FALSE(page->has_more);
 }
 
 TYPED_TEST_P(StoreConformance, UsageOverManyHoursIsReadBackWholeAndSummed) {
@@ -876,7 +951,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse,
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
                             KeysRoundTripAndInvalidationsReachListeners, RecordsAreReplacedOnlyOverWhatWasRead,
-                            EveryKeyAndTeamIsListedHoweverMany,
+                            EveryKeyAndTeamIsListedHoweverMany, KeysArePagedInIdOrderByTeamAfterACursor,
                             UsageOverManyHoursIsReadBackWholeAndSummed);
 
 }  // namespace tollgate::policy::testing

@@ -513,7 +513,8 @@ TEST(RedisStore, AnAclUserWithTheDocumentedCommandsRunsEveryPath) {
                                    "&" + prefix + "invalidate"};
   for (const char* c : {"auth", "select", "ping", "time", "evalsha", "eval", "get", "set", "del", "sadd", "srem",
                         "sscan", "hincrby", "expire", "hgetall", "zadd", "publish", "subscribe", "hmget", "hset",
-                        "hdel", "zrem", "zmscore", "zrangebyscore", "zremrangebyscore"})
+                        "hdel", "zrem", "zmscore", "zrangebyscore", "zremrangebyscore", "scard", "zcard",
+                        "zrangebylex"})
     acl.push_back(std::string("+") + c);
   ASSERT_TRUE(raw_command(ioc, acl));
   config::redis_config c = test_config(srv.port(), prefix);
@@ -558,10 +559,10 @@ TEST(RedisStore, AnAclUserWithTheDocumentedCommandsRunsEveryPath) {
   ASSERT_TRUE(found.key);
   k.enabled = false;
   EXPECT_EQ(run_sync(ioc, st.replace_key(0, k, found.stored)), write_result::written);
-  const auto keys = run_sync(ioc, st.list_keys(0));
+  const auto keys = run_sync(ioc, st.list_keys(0, key_query{"acl-team", "", 10}));
   ASSERT_TRUE(keys);
-  ASSERT_EQ(keys->size(), 1u);
-  EXPECT_FALSE(keys->front().enabled);
+  ASSERT_EQ(keys->keys.size(), 1u);
+  EXPECT_FALSE(keys->keys.front().enabled);
   team_record t;
   t.name = "acl-api-team";
   const auto none = run_sync(ioc, st.get_team(0, t.name));
@@ -800,10 +801,11 @@ TEST(RedisStore, AReportOverAHashRedisRefusesFailsWholeAndTheConnectionServesOn)
   k.team = "team-a";
   k.digest = "sha256:" + std::string(64, 'a');
   ASSERT_TRUE(run_sync(ioc, st->put_key(0, k)));
-  ASSERT_TRUE(run_sync(ioc, st->list_keys(0)));
+  ASSERT_TRUE(run_sync(ioc, st->list_keys(0, key_query{})));
   ASSERT_TRUE(raw_command(ioc, {"SADD", prefix + "keys", "bad"}));
+  ASSERT_TRUE(raw_command(ioc, {"ZADD", prefix + "key_ids", "0", "bad"}));
   ASSERT_TRUE(raw_command(ioc, {"HSET", prefix + "key:bad", "f", "v"}));
-  EXPECT_FALSE(run_sync(ioc, st->list_keys(0)));
+  EXPECT_FALSE(run_sync(ioc, st->list_keys(0, key_query{})));
   EXPECT_TRUE(st->healthy());
   EXPECT_TRUE(run_sync(ioc, st->get_key(0, "good")).key);
   st->stop();
@@ -1120,10 +1122,11 @@ TEST(RedisStore, ARedisThatMayEvictAnyKeyIsWarnedOfOncePerPolicy) {
   }
 }
 
-TEST(RedisStore, ListingsReadTheIndexInPagesAndReturnEveryRecordOnce) {
-  // One SMEMBERS of an index that only grows (revoked keys stay) outlasted the command timeout
-  // at a few hundred thousand ids, dropping the worker's connection. SSCAN pages of 500: a listing
-  // larger than one page comes back whole, each record once.
+TEST(RedisStore, ListingsReadOnlyTheirPageAndIndexKeysWrittenBeforeTheIndexExisted) {
+  // A listing once read every key ever created (revoked ones included) to answer; it now reads a
+  // sorted index of ids, then only its page's records. Keys written by an older version are in
+  // the id set "keys" but not in the sorted indexes: the first listing that sees the id set
+  // larger builds them, so no key goes missing from listings after an upgrade.
   ASSERT_TRUE(server_up()) << "redis-server did not start (deploy/install-deps installs it)";
   net::io_context ioc;
   const std::string prefix = "pages" + std::to_string(::getpid()) + ":";
@@ -1134,16 +1137,42 @@ TEST(RedisStore, ListingsReadTheIndexInPagesAndReturnEveryRecordOnce) {
   for (int i = 0; i < n; ++i) {
     key_record k;
     k.id = "page" + std::to_string(i);
-    k.team = "paged";
+    k.team = i % 2 ? "odd" : "even";
     k.digest = "sha256:" + std::string(64, '0');
     ASSERT_EQ(run_sync(ioc, st.replace_key(0, k, "")), write_result::written);
   }
-  const auto keys = run_sync(ioc, st.list_keys(0));
-  ASSERT_TRUE(keys);
+  // Three written as an older version wrote them: the record and the id set only.
+  for (const char* id : {"old1", "old2", "zold3"}) {
+    key_record k;
+    k.id = id;
+    k.team = "even";
+    k.digest = "sha256:" + std::string(64, '1');
+    ASSERT_TRUE(raw_command(ioc, {"SET", prefix + "key:" + id, key_to_json(k)}));
+    ASSERT_TRUE(raw_command(ioc, {"SADD", prefix + "keys", id}));
+  }
+  const auto page = run_sync(ioc, st.list_keys(0, key_query{"", "", 10}));
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->keys.size(), 10u);
+  EXPECT_TRUE(page->has_more);
+  EXPECT_EQ(page->keys.front().id, "old1") << "the older version's keys are indexed and sorted in";
+  EXPECT_EQ(page->keys[1].id, "old2");
+  EXPECT_EQ(page->keys[2].id, "page0");
+  EXPECT_EQ(page->keys[3].id, "page1");
+  EXPECT_EQ(page->keys[4].id, "page10");
   std::set<std::string> ids;
-  for (const auto& k : *keys) ids.insert(k.id);
-  EXPECT_EQ(keys->size(), std::size_t(n));
-  EXPECT_EQ(ids.size(), std::size_t(n));
+  key_query q{"even", "", 1000};
+  for (;;) {
+    auto p = run_sync(ioc, st.list_keys(0, q));
+    ASSERT_TRUE(p);
+    for (const auto& k : p->keys) {
+      EXPECT_EQ(k.team, "even");
+      EXPECT_TRUE(ids.insert(k.id).second) << k.id;
+    }
+    if (!p->has_more) break;
+    q.after = p->keys.back().id;
+  }
+  EXPECT_EQ(ids.size(), std::size_t(n / 2 + 3));
+  EXPECT_TRUE(ids.count("zold3"));
   st.stop();
 }
 
