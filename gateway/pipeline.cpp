@@ -121,12 +121,13 @@ class stream_moderation {
   bool done_ = false;    ///< moderation ended the stream
 };
 
-/// A 2xx whole answer that reported no usage (some OpenAI-compatible servers omit it, as some
-/// Bedrock and Vertex answers may): its generated text is counted as a stream's relayed text is,
-/// before any filter, so that it is billed for its output, not as the prompt alone. Parsed only
-/// then: answers with usage cost nothing more.
+/// A 2xx whole answer that reported no usage, or usage without an output count (some
+/// OpenAI-compatible servers omit it, or send `"completion_tokens": null`; some Bedrock and Vertex
+/// answers may): its generated text is counted as a stream's relayed text is, before any filter,
+/// so that it is billed for its output (fill_usage), not as the prompt alone. Parsed only then:
+/// answers with full usage cost nothing more.
 void count_unreported_answer(request_context& ctx, std::string_view decoded) {
-  if (ctx.usage.reported || ctx.endpoint != endpoint_kind::chat_completions) return;
+  if ((ctx.usage.reported && ctx.usage.completion > 0) || ctx.endpoint != endpoint_kind::chat_completions) return;
   boost::system::error_code ec;
   const json::value v = json::parse(decoded, ec);
   if (!ec && v.is_object()) ctx.relayed_completion_chars += providers::choice_chars(v.get_object(), "message", nullptr);

@@ -34,8 +34,13 @@ inline std::uint64_t choice_chars(const boost::json::object& obj, std::string_vi
     auto d = c.get_object().if_contains(key);
     if (!d || !d->is_object()) continue;
     const auto& dobj = d->get_object();
-    for (auto field : {"content", "reasoning", "reasoning_content", "refusal"})
+    for (auto field : {"content", "reasoning", "refusal"})
       if (auto t = dobj.if_contains(field); t && t->is_string()) take(t->get_string());
+    // vLLM sends its reasoning twice, as `reasoning` and as the deprecated alias
+    // `reasoning_content` (kept in sync, vllm#27755): that text is generated once. The alias
+    // counts only where it is the only one (DeepSeek, older vLLM).
+    if (auto t = dobj.if_contains("reasoning_content"); t && t->is_string() && !dobj.contains("reasoning"))
+      take(t->get_string());
     auto take_function = [&](const boost::json::value* f) {
       if (f && f->is_object())
         for (auto field : {"name", "arguments"})

@@ -7,6 +7,7 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -18,6 +19,14 @@
 namespace tollgate::providers {
 namespace json = boost::json;
 namespace {
+
+/// A token count a server wrote as a number with a fraction or exponent (`12.0`, `1.2e3`: JSON
+/// has one number type, and some servers serialise counts through floats): the nearest whole
+/// count, not 0. Negative, NaN, infinite or absurd (over 2^53) values count 0.
+std::uint64_t count_of_double(double d) {
+  if (!std::isfinite(d) || d < 0 || d > 9007199254740992.0) return 0;
+  return std::uint64_t(std::llround(d));
+}
 
 std::string_view default_type_for(unsigned status) {
   if (status == 401) return "authentication_error";
@@ -196,6 +205,7 @@ bool read_usage(const json::value& v, usage_counts& out) {
     if (!x) return 0;
     if (x->is_uint64()) return x->get_uint64();
     if (x->is_int64() && x->get_int64() > 0) return std::uint64_t(x->get_int64());
+    if (x->is_double()) return count_of_double(x->get_double());
     return 0;
   };
   // A count this object lacks keeps what an earlier one of the same stream said (a server that
@@ -327,7 +337,7 @@ struct usage_reader {
   bool on_number_part(string_view, error_code&) { return true; }
   bool on_int64(std::int64_t i, string_view, error_code&) { set(i > 0 ? std::uint64_t(i) : 0); return true; }
   bool on_uint64(std::uint64_t u, string_view, error_code&) { set(u); return true; }
-  bool on_double(double, string_view, error_code&) { set(0); return true; }
+  bool on_double(double d, string_view, error_code&) { set(count_of_double(d)); return true; }
   bool on_bool(bool, error_code&) { set(0); return true; }
   bool on_null(error_code&) { set(0); return true; }
   bool on_comment_part(string_view, error_code&) { return true; }

@@ -85,6 +85,8 @@ ${
 ${
   fakeURL
     ? `  - {name: fake-nousage, provider: fake, upstream_model: no-usage-stream}
+  - {name: fake-nullout, provider: fake, upstream_model: null-output-usage}
+  - {name: fake-floatusage, provider: fake, upstream_model: float-usage}
   - {name: fake-slowbody, provider: fake, upstream_model: slow-body}
   - {name: fake-cutbody, provider: fake, upstream_model: reset-mid-body, fallbacks: [{provider: fake, upstream_model: fixture-text}]}
   - {name: fake-503-mock, provider: fake, upstream_model: error-503, fallbacks: [{provider: mock}]}
@@ -324,7 +326,8 @@ keys:
       const chars = noUsageStreamChunks(rec.body).reduce((n, c) => {
         for (const ch of c.choices ?? [])
           for (const k of ['content', 'reasoning', 'reasoning_content', 'refusal'])
-            if (typeof ch.delta?.[k] === 'string') n += tokenChars(ch.delta[k]);
+            // (vLLM's alias reasoning_content repeats reasoning: counted only alone)
+            if (typeof ch.delta?.[k] === 'string' && !(k === 'reasoning_content' && 'reasoning' in ch.delta)) n += tokenChars(ch.delta[k]);
         return n;
       }, 0);
       const completion = Math.ceil(chars / 4);
@@ -355,6 +358,31 @@ keys:
       const line = await gw.waitForLog((l) => l.model === 'fake-nousage' && l.stream === false);
       assert.equal(line.usage_source, 'counted');
       assert.equal(line.completion_tokens, completion);
+    });
+
+    test('a whole answer whose usage gives no output count is billed from its text; counts written as 19.0 are read as 19', { timeout: 20000 }, async () => {
+      const fixture = loadFixtures().chatText;
+      const content = fixture.choices[0].message.content;
+      const b8 = Buffer.from(content);
+      const counted = Math.ceil((b8.length + b8.filter((x) => x >= 0xe0).length) / 4);
+      assert.ok(counted > 0 && counted !== fixture.usage.completion_tokens, 'the counted output differs from the reported one');
+      // `"completion_tokens": null`: the reported prompt, the output counted from the answer's text.
+      let before = await settledBudget(gw, adm.token, 'stream');
+      let r = await chat(gw, keys.stream, body('fake-nullout'));
+      assert.equal(r.status, 200, r.text);
+      let b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(fixture.usage.prompt_tokens, counted), 'billed the answer\'s output, not 0');
+      let line = await gw.waitForLog((l) => l.model === 'fake-nullout');
+      assert.equal(line.completion_tokens, counted);
+      // Counts with a fraction: the provider's own counts, not 0 (and not the text's count).
+      before = b;
+      r = await chat(gw, keys.stream, body('fake-floatusage'));
+      assert.equal(r.status, 200, r.text);
+      b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(fixture.usage.prompt_tokens, fixture.usage.completion_tokens));
+      line = await gw.waitForLog((l) => l.model === 'fake-floatusage');
+      assert.equal(line.prompt_tokens, fixture.usage.prompt_tokens);
+      assert.equal(line.completion_tokens, fixture.usage.completion_tokens);
     });
 
     test('a whole answer whose caller left after its head arrived is read to the end and billed its reported usage', { timeout: 20000 }, async () => {

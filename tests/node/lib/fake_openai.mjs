@@ -30,6 +30,10 @@
 //                                     no `usage` fields) even when `stream_options.include_usage`
 //                                     is true, as some local servers do; not streamed: the
 //                                     recorded completion without its `usage` field
+//   null-output-usage                 not streamed: the recorded completion, its usage giving the
+//                                     prompt count and `"completion_tokens": null`
+//   float-usage                       not streamed: the recorded completion, its usage counts
+//                                     written with a fraction (`"prompt_tokens": 19.0`)
 //   hang                              reads the request, never answers
 //   html-502                          502 with a proxy's text/html page
 //   hop-headers                       the recorded completion plus hop-by-hop response headers
@@ -491,6 +495,17 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
       if (model === 'no-usage-stream') {
         const { usage, ...rest } = fixtures.chatText;
         return sendJson(res, 200, rest);
+      }
+      if (model === 'null-output-usage') {
+        const u = fixtures.chatText.usage;
+        return sendJson(res, 200, { ...fixtures.chatText, usage: { prompt_tokens: u.prompt_tokens, completion_tokens: null, total_tokens: null } });
+      }
+      if (model === 'float-usage') {
+        const u = fixtures.chatText.usage;
+        const { usage, ...rest } = fixtures.chatText;
+        const text = JSON.stringify(rest).replace(/}$/,
+          `,"usage":{"prompt_tokens":${u.prompt_tokens}.0,"completion_tokens":${u.completion_tokens}.0,"total_tokens":${u.total_tokens}.0}}`);
+        return sendJson(res, 200, text);
       }
       if (model === 'chunked-trailers') {
         // The recorded completion in chunks, then trailer fields (Node writes them after the

@@ -242,6 +242,22 @@ TEST(RelayedTextTest, ToolCallNamesAndArgumentsCountAsRelayedOutputForEveryProvi
   EXPECT_EQ(ctx.relayed_completion_chars, 11u + 16u + 5u + 2u + 1u + 2u + 8u);
 }
 
+TEST(RelayedTextTest, ReasoningSentUnderBothNamesIsCountedAndCapturedOnce) {
+  // vLLM fills `reasoning` and its deprecated alias `reasoning_content` with the same text: a
+  // stream cut before its usage was billed that reasoning twice.
+  request_context ctx;
+  ctx.capture_text = true;
+  count_relayed_text(ctx, boost::json::parse(R"({"choices":[{"index":0,"delta":{"reasoning":"abcd","reasoning_content":"abcd"}}]})")
+                              .as_object());
+  EXPECT_EQ(ctx.relayed_completion_chars, 4u);
+  EXPECT_EQ(ctx.captured_response, "abcd");
+  // Either name alone counts (DeepSeek and older vLLM send only reasoning_content).
+  count_relayed_text(ctx, boost::json::parse(R"({"choices":[{"index":0,"delta":{"reasoning_content":"xy"}}]})").as_object());
+  count_relayed_text(ctx, boost::json::parse(R"({"choices":[{"index":0,"delta":{"reasoning":"z"}}]})").as_object());
+  EXPECT_EQ(ctx.relayed_completion_chars, 7u);
+  EXPECT_EQ(ctx.captured_response, "abcdxyz");
+}
+
 TEST(OpenAIAdapterTest, BrokenOrUnterminatedStreamsEndProperly) {
   fixture f;
   auto ctx = f.ctx(R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
