@@ -274,6 +274,9 @@ struct store_config {
   on_store_failure rate_limits = on_store_failure::local;       ///< local, fail_closed or fail_open
   std::uint32_t lease_ms = 300'000;       ///< reservations of a dead gateway expire after this
   std::uint64_t default_max_tokens = 4096;  ///< output reserved when the caller gives no max_tokens
+  /// Sends default_max_tokens upstream as the limit of a call that gave none and counts against
+  /// a token limit or a budget, so that no call outgrows its reservation.
+  bool send_default_max_tokens = true;
   /// Settlements the store could not take, kept here until it does (replayed at the next start);
   /// empty: none kept. Relative paths are resolved against the config file's directory.
   std::string settlement_journal;

@@ -366,7 +366,8 @@ on_store_failure get_failure_mode(const YAML::Node& n, const std::string& path, 
 
 void parse_store(const YAML::Node& n, store_config& s) {
   const std::string p = "store";
-  check_keys(n, p, {"type", "redis", "replicas", "on_unavailable", "lease_ms", "default_max_tokens", "settlement_journal"});
+  check_keys(n, p, {"type", "redis", "replicas", "on_unavailable", "lease_ms", "default_max_tokens", "send_default_max_tokens",
+                 "settlement_journal"});
   if (auto v = n["type"]) {
     s.type = get_string(v, p + ".type");
     if (s.type != "memory" && s.type != "redis") fail(p + ".type", v, "expected memory or redis, got '" + s.type + "'");
@@ -414,6 +415,7 @@ void parse_store(const YAML::Node& n, store_config& s) {
   }
   if (auto v = n["lease_ms"]) s.lease_ms = get_uint<std::uint32_t>(v, p + ".lease_ms", 86'400'000);
   if (auto v = n["default_max_tokens"]) s.default_max_tokens = get_uint<std::uint64_t>(v, p + ".default_max_tokens", max_output_tokens);
+  if (auto v = n["send_default_max_tokens"]) s.send_default_max_tokens = get_bool(v, p + ".send_default_max_tokens");
   if (auto v = n["settlement_journal"]) s.settlement_journal = get_string(v, p + ".settlement_journal");
 }
 

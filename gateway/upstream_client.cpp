@@ -209,13 +209,15 @@ awaitable<error_code> upstream_exchange::send_and_read_head(const upstream_reque
   const std::string head = request_head(req);
   const std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(req.body)};
   error_code ec;
-  if (conn_->tls) {
-    ec = std::get<0>(co_await net::async_write(*conn_->tls, bufs));
-    if (!ec) ec = std::get<0>(co_await http::async_read_header(*conn_->tls, conn_->buffer, *parser_));
-  } else {
-    ec = std::get<0>(co_await net::async_write(*conn_->tcp, bufs));
-    if (!ec) ec = std::get<0>(co_await http::async_read_header(*conn_->tcp, conn_->buffer, *parser_));
-  }
+  if (conn_->tls) ec = std::get<0>(co_await net::async_write(*conn_->tls, bufs));
+  else ec = std::get<0>(co_await net::async_write(*conn_->tcp, bufs));
+  // Once a whole (non-stream) request is written, the provider generates the answer whether or
+  // not the caller still waits, and charges for it: a caller that leaves now no longer cancels
+  // the exchange (the disconnect watch), so that the answer is read and billed, not abandoned
+  // unbilled. (A stream is cancelled: closing it stops the generation.)
+  if (!ec && !ctx_.stream) ctx_.answer_paid = true;
+  if (!ec && conn_->tls) ec = std::get<0>(co_await http::async_read_header(*conn_->tls, conn_->buffer, *parser_));
+  else if (!ec) ec = std::get<0>(co_await http::async_read_header(*conn_->tcp, conn_->buffer, *parser_));
   // Interim answers (100 Continue, 103 Early Hints: RFC 9110 §15.2, a client must take them
   // unasked) precede the real one on the same connection. Taken as the answer, the real one was
   // left unread on a pooled connection, and the next call on it read it as its own.

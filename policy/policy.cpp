@@ -4,6 +4,7 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <ctime>
 
@@ -508,6 +509,11 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
     co_return flow::next;
   }
   const std::uint64_t out = reserved_output_tokens(ctx, cfg.store.default_max_tokens);
+  // A call reserved at the default cap is held to it upstream: its output, and so its cost, can
+  // then not outgrow the reservation (a model's own limit may be far above the default).
+  if (ctx.max_output_tokens == 0 && ctx.endpoint == endpoint_kind::chat_completions && cfg.store.send_default_max_tokens &&
+      std::any_of(a.scopes.begin(), a.scopes.end(), [](const scope_spec& s) { return s.budget.set() || s.limits.tpm > 0; }))
+    ctx.output_cap = cfg.store.default_max_tokens;
   a.lease = instance_ + "-" + ctx.id_hex;
   a.tokens = ctx.prompt_estimate + out;
   a.cost_nano = r->price ? worst_cost_nano(*r->price, ctx.prompt_estimate, out) : 0;

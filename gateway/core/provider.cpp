@@ -28,6 +28,14 @@ std::unique_ptr<stream_translator> provider_adapter::make_stream_translator(requ
 
 std::string provider_adapter::decode_body(request_context&, unsigned, std::string body) const { return body; }
 
+void apply_output_cap(request_context& ctx, std::string_view field) {
+  if (ctx.output_cap == 0 || ctx.endpoint != endpoint_kind::chat_completions) return;
+  // (The caller gave neither name: output_cap is set only then; so both are the gateway's own.)
+  ctx.request_json.erase("max_tokens");
+  ctx.request_json.erase("max_completion_tokens");
+  ctx.request_json[field] = ctx.output_cap;
+}
+
 upstream_request request_to(const upstream_peer& peer, const config::provider_config& settings) {
   upstream_request r;
   r.scheme = peer.scheme;

@@ -116,6 +116,11 @@ class provider_adapter {
   const config::provider_config& cfg_;  ///< owned by the snapshot's config, which outlives us
 };
 
+/// Puts ctx.output_cap into the OpenAI request (ctx.request_json) as `field` ("max_tokens" or
+/// "max_completion_tokens", whichever the upstream takes), for a call whose caller gave neither.
+/// Clears what an earlier target's encode put there (a fallback to another kind of provider).
+void apply_output_cap(request_context& ctx, std::string_view field);
+
 /// One place a model can be served: a provider and the model name it knows.
 struct route_target {
   const provider_adapter* provider = nullptr;

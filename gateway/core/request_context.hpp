@@ -82,6 +82,9 @@ struct request_context {
   bool caller_wants_usage = false;  ///< stream_options.include_usage as the caller sent it
   std::uint64_t prompt_estimate = 0;
   std::uint64_t max_output_tokens = 0;  ///< 0: not given
+  /// The output limit the gateway sends upstream for a call whose caller gave none, so that it
+  /// cannot outgrow its reservation (store.default_max_tokens; policy::engine::admit); 0: none.
+  std::uint64_t output_cap = 0;
   unsigned choices = 1;                 ///< chat's `n`: answers generated, each up to max_output_tokens
 
   // Routing.
@@ -141,9 +144,11 @@ struct request_context {
   /// Called when the caller disconnects (unless answer_paid), and when a shutdown's drain deadline
   /// passes (worker::close_all). Worker-thread only.
   std::function<void()> cancel_upstream;
-  /// A 2xx head came for a whole answer: the provider has generated it and charges for it, so its
-  /// body is read to the end even if the caller leaves (its usage is billed exactly). Only the end
-  /// of a shutdown's drain cuts it short (then it is billed at its reservation).
+  /// A whole (non-stream) request was written upstream, and then a 2xx head came: the provider
+  /// generates the answer and charges for it whether the caller waits or not, so the head is
+  /// awaited and the body read to the end even if the caller leaves (its usage is billed
+  /// exactly). Only the end of a shutdown's drain cuts it short (after a 2xx head it is then
+  /// billed at its reservation).
   bool answer_paid = false;
   /// A provider's own retry hint from its error body (Google's RetryInfo), in seconds: the
   /// Retry-After of a 429 passed on without one.

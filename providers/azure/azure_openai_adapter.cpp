@@ -44,6 +44,9 @@ result<upstream_request> azure_openai_adapter::encode(request_context& ctx) cons
   upstream_request r = request_to(peer_, cfg_);
   const std::string& deployment = ctx.target->upstream_model;
   r.target = target_for(peer_.base_path, cfg_.api_version, deployment, ctx.endpoint);
+  // max_completion_tokens from the same API versions as stream_options (o-series deployments
+  // refuse max_tokens); the older ones know only max_tokens.
+  apply_output_cap(ctx, stream_usage_ ? "max_completion_tokens" : "max_tokens");
   r.body = encode_openai_body(ctx, deployment, stream_usage_);
   r.headers.reserve(4 + cfg_.headers.size());
   r.headers.emplace_back("Content-Type", "application/json");

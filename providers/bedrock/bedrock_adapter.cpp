@@ -134,6 +134,7 @@ result<upstream_request> bedrock_adapter::encode(request_context& ctx) const {
     r.body = json::serialize(calls->bodies.front());
     operation = "invoke";
   } else {
+    apply_output_cap(ctx, "max_tokens");  // (as inferenceConfig.maxTokens)
     auto body = bedrock::to_converse_request(ctx.request_json);
     if (!body) {
       ctx.reject_message = body.error().message;

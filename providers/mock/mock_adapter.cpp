@@ -158,7 +158,12 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
   if (f.what == config::mock_fault::kind::error) co_return co_await serve_error(f, ctx, sink);
   if (ctx.endpoint == endpoint_kind::embeddings) co_return co_await serve_embeddings(cfg_, ctx, sink);
 
-  const std::size_t count = ctx.max_output_tokens ? std::min<std::uint64_t>(ctx.max_output_tokens, 100'000) : cfg_.completion_tokens;
+  // The caller's max_tokens, else the configured length within the gateway's own cap (as a
+  // model stops at the max_tokens the gateway sent for it).
+  const std::uint64_t limit = ctx.max_output_tokens ? ctx.max_output_tokens : ctx.output_cap;
+  const std::size_t count = ctx.max_output_tokens ? std::min<std::uint64_t>(ctx.max_output_tokens, 100'000)
+                            : ctx.output_cap  ? std::min<std::uint64_t>(cfg_.completion_tokens, ctx.output_cap)
+                                              : cfg_.completion_tokens;
   const auto words = words_for(last_user_text(ctx.request_json), count);
   ctx.usage = {ctx.prompt_estimate, 0, 0, 0, true};
   const std::string id = completion_id(ctx);
@@ -176,7 +181,7 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
     if (ttft.count() && !co_await wait_for(ctx, ttft + gap * words.size())) co_return;
     json::object msg{{"role", "assistant"}, {"content", text}, {"refusal", nullptr}};
     json::object choice{{"index", 0}, {"message", std::move(msg)}, {"logprobs", nullptr},
-                        {"finish_reason", ctx.max_output_tokens && count == ctx.max_output_tokens ? "length" : "stop"}};
+                        {"finish_reason", limit && count == limit ? "length" : "stop"}};
     json::object res{{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", model},
                      {"choices", json::array{std::move(choice)}}, {"usage", usage_json(ctx.usage)},
                      {"system_fingerprint", "fp_tollgate_mock"}};
@@ -219,7 +224,7 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
     if (!co_await sink.send_chunk(data)) co_return;
     if (ctx.capture_text) ctx.captured_response += piece;  // (what the caller was sent)
   }
-  std::string tail = chunk(json::object{}, ctx.max_output_tokens && count == ctx.max_output_tokens ? "length" : "stop");
+  std::string tail = chunk(json::object{}, limit && count == limit ? "length" : "stop");
   if (ctx.caller_wants_usage) {
     json::object u{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", model},
                    {"system_fingerprint", "fp_tollgate_mock"}, {"choices", json::array{}}, {"usage", usage_json(ctx.usage)}};

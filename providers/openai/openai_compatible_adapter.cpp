@@ -235,6 +235,9 @@ openai_compatible_adapter::openai_compatible_adapter(const config::provider_conf
 result<upstream_request> openai_compatible_adapter::encode(request_context& ctx) const {
   upstream_request r = request_to(peer_, cfg_);
   r.target = peer_.base_path + (ctx.endpoint == endpoint_kind::embeddings ? "/embeddings" : "/chat/completions");
+  // OpenAI's reasoning models refuse the deprecated max_tokens; local servers (vLLM, llama.cpp,
+  // Ollama, TGI) all take max_tokens, not all max_completion_tokens.
+  apply_output_cap(ctx, peer_.host == "api.openai.com" ? "max_completion_tokens" : "max_tokens");
   r.body = encode_openai_body(ctx, ctx.target->upstream_model);
   r.headers.reserve(4 + cfg_.headers.size());
   r.headers.emplace_back("Content-Type", "application/json");

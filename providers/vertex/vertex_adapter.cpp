@@ -176,6 +176,7 @@ result<upstream_request> vertex_adapter::encode(request_context& ctx) const {
     }
     r.body = json::serialize(calls->bodies.front());
   } else {
+    apply_output_cap(ctx, "max_tokens");  // (as generationConfig.maxOutputTokens)
     auto body = vertex::to_generate_content_request(ctx.request_json);
     if (!body) {
       ctx.reject_message = body.error().message;

@@ -87,6 +87,7 @@ ${
     ? `  - {name: fake-nousage, provider: fake, upstream_model: no-usage-stream}
   - {name: fake-nullout, provider: fake, upstream_model: null-output-usage}
   - {name: fake-floatusage, provider: fake, upstream_model: float-usage}
+  - {name: fake-slowwhole, provider: fake, upstream_model: slow-stream}
   - {name: fake-slowbody, provider: fake, upstream_model: slow-body}
   - {name: fake-cutbody, provider: fake, upstream_model: reset-mid-body, fallbacks: [{provider: fake, upstream_model: fixture-text}]}
   - {name: fake-503-mock, provider: fake, upstream_model: error-503, fallbacks: [{provider: mock}]}
@@ -383,6 +384,30 @@ keys:
       line = await gw.waitForLog((l) => l.model === 'fake-floatusage');
       assert.equal(line.prompt_tokens, fixture.usage.prompt_tokens);
       assert.equal(line.completion_tokens, fixture.usage.completion_tokens);
+    });
+
+    test('a whole answer whose caller left before its head arrived is still awaited and billed its reported usage', { timeout: 20000 }, async () => {
+      // The provider generates a whole answer once it has the request, whether the caller waits or
+      // not, and charges for it: a caller that leaves early (a client timeout) must not make it free.
+      const fixture = loadFixtures().chatText;
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const ac = new AbortController();
+      const sent = fetchT(`${gw.baseURL}/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${keys.stream}` },
+        body: JSON.stringify(body('fake-slowwhole')),
+        signal: ac.signal,
+      }).catch((e) => e);
+      // The fake answers 600 ms after the request; the caller leaves once the request is upstream.
+      await fake.waitForRequest((r) => r.body?.model === 'slow-stream' && r.body?.stream !== true);
+      await sleep(150);
+      ac.abort();
+      assert.ok((await sent) instanceof Error, 'the caller aborted');
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, nanoOf(fixture.usage.prompt_tokens, fixture.usage.completion_tokens));
+      const line = await gw.waitForLog((l) => l.model === 'fake-slowwhole');
+      assert.equal(line.details, 'client_disconnected');
+      assert.equal(line.usage_source, 'provider');
     });
 
     test('a whole answer whose caller left after its head arrived is read to the end and billed its reported usage', { timeout: 20000 }, async () => {
@@ -801,6 +826,28 @@ keys:
       const second = await chat(gw, keys.capd, body('mock-gpt'));
       assert.equal(second.status, 200, second.text);
       assert.equal(second.headers.get('x-ratelimit-remaining-tokens'), String(10000 - (PROMPT_EST + used) - (PROMPT_EST + MAX)));
+    });
+
+    test('no max_tokens: the reserved cap is sent upstream for calls that count against a token limit or a budget, and only for them', { timeout: 20000 }, async () => {
+      const sent = async (key, tag, extra = {}) => {
+        const req = { model: 'fake-nousage', messages: [{ role: 'user', content: `cap ${tag} ${kind}` }], ...extra };
+        const r = await chat(gw, key, req);
+        assert.equal(r.status, 200, r.text);
+        return (await fake.waitForRequest((q) => q.body?.messages?.[0]?.content === `cap ${tag} ${kind}`)).body;
+      };
+      // Team capd has a TPM limit and a budget: the model is held to the 4,096 tokens reserved
+      // (as max_tokens to this local-style upstream; OpenAI itself gets max_completion_tokens).
+      const capped = await sent(keys.capd, 'capd');
+      assert.equal(capped.max_tokens, 4096);
+      assert.ok(!('max_completion_tokens' in capped));
+      // The stream team has only a budget: capped too.
+      assert.equal((await sent(keys.stream, 'stream')).max_tokens, 4096);
+      // The caller's own limit goes as the caller sent it, under its own name.
+      const own = await sent(keys.capd, 'own', { max_completion_tokens: 7 });
+      assert.equal(own.max_completion_tokens, 7);
+      assert.ok(!('max_tokens' in own));
+      // Team free counts nothing against tokens or money: the call goes as sent.
+      assert.ok(!('max_tokens' in (await sent(keys.free, 'free'))));
     });
 
     test('teams are accounted separately: one team’s RPM and spend do not count against another’s', { timeout: 20000 }, async () => {

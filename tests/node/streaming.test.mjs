@@ -175,7 +175,7 @@ describe('SSE relay', () => {
     await eventually(async () => (await openStreams()) === 0, { timeoutMs: 3000, what: 'open streams back to 0' });
   });
 
-  test('client gone before the watch is armed (non-stream, no answer yet) → upstream cancelled well before its timeout', async () => {
+  test('client gone before the watch is armed (stream, no answer yet) → upstream cancelled well before its timeout', async () => {
     // The disconnect watch is armed by the worker's sweeper 50-100 ms into a call; a caller that
     // left earlier must be seen when it is armed, not at the first-byte timeout.
     fake.reset();
@@ -183,7 +183,7 @@ describe('SSE relay', () => {
     const pending = fetchT(`${gw.baseURL}/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-hang', messages: msgs }),
+      body: JSON.stringify({ model: 'gpt-hang', messages: msgs, stream: true }),
       signal: ac.signal,
     }).catch((e) => e);
     const rec = await fake.waitForRequest((q) => q.body?.model === 'hang');
@@ -193,6 +193,28 @@ describe('SSE relay', () => {
     await fake.waitClosed(rec, 3000);
     assert.equal(rec.closedEarly, true);
     assert.ok(rec.closedAt - cutAt < IDLE_MS / 2, `upstream closed ${rec.closedAt - cutAt} ms after the client left; first_byte_ms is ${IDLE_MS}`);
+  });
+
+  test('client gone before a whole answer → the answer the provider is generating is awaited, up to first_byte_ms, then closed', async () => {
+    // A whole answer is generated (and charged for) once the provider has the request, whether
+    // the caller waits or not: the gateway waits for it to bill it (docs/policy.md), but no
+    // longer than the upstream's first-byte timeout.
+    fake.reset();
+    const ac = new AbortController();
+    const pending = fetchT(`${gw.baseURL}/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-hang', messages: msgs }),
+      signal: ac.signal,
+    }).catch((e) => e);
+    const rec = await fake.waitForRequest((q) => q.body?.model === 'hang');
+    const sentAt = Date.now();
+    ac.abort();
+    assert.equal((await pending).name, 'AbortError');
+    await fake.waitClosed(rec, 3000);
+    assert.equal(rec.closedEarly, true);
+    const held = rec.closedAt - sentAt;
+    assert.ok(held >= IDLE_MS - 100 && held < IDLE_MS + 1500, `upstream closed ${held} ms after the request; first_byte_ms is ${IDLE_MS}`);
   });
 
   test('upstream stall mid-stream → error event (upstream_timeout) after the idle timeout; upstream closed', async () => {

@@ -277,6 +277,7 @@ store:
   replicas: 3
   on_unavailable: {budgets: fail_open, rate_limits: fail_closed}
   lease_ms: 60000
+  send_default_max_tokens: false
 auth:
   pepper: pep
   key_cache_ms: 500
@@ -298,6 +299,8 @@ auth:
   EXPECT_FALSE(c.store.redis.tls.enabled);  // no tls section: plain TCP
   EXPECT_EQ(c.store.redis.busy_poll_us, 0u);  // 0: sleep at once
   EXPECT_EQ(c.store.replicas, 3u);
+  EXPECT_FALSE(c.store.send_default_max_tokens);
+  EXPECT_TRUE(store_config{}.send_default_max_tokens);  // on unless turned off
   EXPECT_EQ(c.store.budgets, on_store_failure::fail_open);
   EXPECT_EQ(c.store.rate_limits, on_store_failure::fail_closed);
   EXPECT_EQ(c.auth.admin_tokens.at(0).name, "ops");
@@ -332,6 +335,8 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       // Bounded like a request's max_tokens: what a call reserves stays finite in 64 bits.
       {base + "store: {default_max_tokens: 100000001}\n",
        "store.default_max_tokens: expected a non-negative integer up to 100000000"},
+      {base + "store: {send_default_max_tokens: sometimes}\n", "store.send_default_max_tokens"},
+      {base + "store: {send_default_max_tokens: [true]}\n", "store.send_default_max_tokens"},
       {base + "store: {settlement_journal: [a, b]}\n", "store.settlement_journal"},
       {base + "store: {settlement_journal: {path: x}}\n", "store.settlement_journal"},
       {base + "store: {redis: {adress: x}}\n", "store.redis.adress: unknown key"},

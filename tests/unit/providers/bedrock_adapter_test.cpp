@@ -3,6 +3,7 @@
 #include "providers/bedrock/bedrock_adapter.hpp"
 
 #include <gtest/gtest.h>
+#include <boost/json/parse.hpp>
 
 #include "config/config.hpp"
 #include "policy/policy.hpp"
@@ -10,6 +11,33 @@
 
 namespace tollgate::providers {
 namespace {
+
+TEST(BedrockAdapterTest, TheGatewaysOutputCapBecomesInferenceConfigMaxTokens) {
+  config::provider_config cfg;
+  cfg.name = "bedrock";
+  cfg.type = "bedrock";
+  cfg.region = "us-east-1";
+  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";
+  cfg.aws_access_key_id = "AKIDEXAMPLE";
+  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+  cfg.proxy = "none";
+  bedrock_adapter adapter(cfg);
+  route_target target{&adapter, "anthropic.claude-3-haiku-20240307-v1:0"};
+  auto sent = [&](std::uint64_t cap) {
+    request_context ctx;
+    ctx.endpoint = endpoint_kind::chat_completions;
+    ctx.body = R"({"model":"m","messages":[{"role":"user","content":"x"}]})";
+    EXPECT_TRUE(decode_request(ctx));
+    ctx.target = &target;
+    ctx.output_cap = cap;
+    auto r = adapter.encode(ctx);
+    EXPECT_TRUE(r) << ctx.reject_message;
+    return r ? boost::json::parse(r->body).as_object() : boost::json::object();
+  };
+  EXPECT_EQ(sent(700).at("inferenceConfig").at("maxTokens").as_int64(), 700);
+  const auto none = sent(0);
+  EXPECT_FALSE(none.contains("inferenceConfig") && none.at("inferenceConfig").as_object().contains("maxTokens"));
+}
 
 TEST(BedrockAdapterTest, CacheReadsAndWritesAreRecordedApartAndPricedAtTheirOwnRates) {
   config::provider_config cfg;

@@ -454,6 +454,71 @@ TEST(AzureOpenaiAdapterTest, StreamOptionsGoOnlyToApiVersionsThatAcceptThem) {
   EXPECT_EQ(body_sent("v1", stream).at("stream_options").at("include_usage").as_bool(), true);
 }
 
+TEST(OutputCapTest, TheGatewaysCapGoesUpstreamUnderTheNameEachProviderTakes) {
+  // A call that gave no max_tokens but counts against a budget or token limit is held to the
+  // output it reserved (policy::engine::admit sets output_cap): OpenAI under
+  // max_completion_tokens (its reasoning models refuse max_tokens), local servers and old Azure
+  // API versions under max_tokens, newer Azure under max_completion_tokens.
+  const std::string call = R"({"model":"m","messages":[{"role":"user","content":"hi"}]})";
+  auto openai_body = [&](std::string base, std::uint64_t cap, endpoint_kind e = endpoint_kind::chat_completions,
+                         std::string request = "") {
+    fixture f(std::move(base));
+    auto ctx = f.ctx(request.empty() ? call : request, e);
+    ctx.output_cap = cap;
+    auto r = f.adapter->encode(ctx);
+    EXPECT_TRUE(r);
+    return r ? json::parse(r->body).as_object() : json::object();
+  };
+  auto b = openai_body("https://api.openai.com/v1", 512);
+  EXPECT_EQ(b.at("max_completion_tokens").as_int64(), 512);
+  EXPECT_FALSE(b.contains("max_tokens"));
+  b = openai_body("http://127.0.0.1:8000/v1", 512);  // vLLM, llama.cpp, Ollama, TGI
+  EXPECT_EQ(b.at("max_tokens").as_int64(), 512);
+  EXPECT_FALSE(b.contains("max_completion_tokens"));
+  // No cap: nothing added; embeddings never get one.
+  EXPECT_FALSE(openai_body("https://api.openai.com/v1", 0).contains("max_completion_tokens"));
+  EXPECT_FALSE(openai_body("https://api.openai.com/v1", 0).contains("max_tokens"));
+  const auto emb = openai_body("https://api.openai.com/v1", 512, endpoint_kind::embeddings, R"({"model":"e","input":"x"})");
+  EXPECT_FALSE(emb.contains("max_completion_tokens") || emb.contains("max_tokens"));
+
+  auto azure_body = [&](std::string version) {
+    config::provider_config cfg;
+    cfg.name = "azure";
+    cfg.type = "azure_openai";
+    cfg.base_url = "https://res.openai.azure.com";
+    cfg.api_key = "azure-key";
+    cfg.proxy = "none";
+    cfg.api_version = std::move(version);
+    azure_openai_adapter adapter(cfg);
+    route_target target{&adapter, "prod"};
+    request_context ctx;
+    ctx.endpoint = endpoint_kind::chat_completions;
+    ctx.body = call;
+    EXPECT_TRUE(decode_request(ctx));
+    ctx.target = &target;
+    ctx.output_cap = 300;
+    auto r = adapter.encode(ctx);
+    EXPECT_TRUE(r);
+    return r ? json::parse(r->body).as_object() : json::object();
+  };
+  EXPECT_EQ(azure_body("2024-06-01").at("max_tokens").as_int64(), 300);
+  EXPECT_FALSE(azure_body("2024-06-01").contains("max_completion_tokens"));
+  EXPECT_EQ(azure_body("2024-10-21").at("max_completion_tokens").as_int64(), 300);
+  EXPECT_FALSE(azure_body("2024-10-21").contains("max_tokens"));
+  EXPECT_EQ(azure_body("v1").at("max_completion_tokens").as_int64(), 300);
+
+  // A fallback to another kind of provider: the first target's name for the cap is taken back.
+  request_context ctx;
+  ctx.endpoint = endpoint_kind::chat_completions;
+  ctx.body = call;
+  ASSERT_TRUE(decode_request(ctx));
+  ctx.output_cap = 64;
+  apply_output_cap(ctx, "max_completion_tokens");
+  apply_output_cap(ctx, "max_tokens");
+  EXPECT_EQ(ctx.request_json.at("max_tokens").to_number<std::int64_t>(), 64);
+  EXPECT_FALSE(ctx.request_json.contains("max_completion_tokens"));
+}
+
 TEST(AzureOpenaiAdapterTest, AzureErrorBodiesBecomeOpenaiShaped) {
   // 429 with a string code and no type; 400 content filter with type null and extra members.
   auto throttled = boost::json::parse(normalize_error_body(429, R"({"error":{"code":"429","message":"Requests ... exceeded token rate limit"}})"));
