@@ -658,15 +658,66 @@ std::vector<settlement> redis_store::take_settles(worker_queue& q, const std::st
   return out;
 }
 
-awaitable<void> redis_store::send_batch(unsigned worker) {
+std::string redis_store::oldest_team(const worker_queue& q) {
+  // The oldest admission's team, unless a settlement of another team has waited longer: then that
+  // team's turn (with its admissions, if any) comes.
+  if (!q.settles.empty() && (q.admits.empty() || q.settles.front().seq < q.admits.front()->seq))
+    return q.settles.front().s.adm.scopes.front().team;
+  return q.admits.front()->a->scopes.front().team;
+}
+
+namespace {
+/// send_round()'s shared state: its batches may outlive the awaiting caller (a stopped worker).
+struct round_state {
+  explicit round_state(executor_t ex) : done(ex) {}
+  std::size_t left = 0;
+  steady_timer_t done;
+};
+}  // namespace
+
+awaitable<void> redis_store::send_round(unsigned worker) {
+  auto& q = queues_[worker];
+  // Each team with a queued admission (and the team of a settlement older than them all), oldest
+  // first. One team, the common case: its batch, no more frames.
+  std::vector<std::string> teams{oldest_team(q)};
+  for (const auto& p : q.admits) {
+    if (teams.size() == max_round_teams) break;
+    const std::string& t = p->a->scopes.front().team;
+    if (std::find(teams.begin(), teams.end(), t) == teams.end()) teams.push_back(t);
+  }
+  if (teams.size() == 1) {
+    co_await send_batch(worker, std::move(teams.front()));
+    co_return;
+  }
+  // Several teams: a batch each (a script stays in one team's slot), all on the wire together,
+  // pipelined on the worker's connection. One after another, the tenth team's caller waited ten
+  // round trips, and a worker admitted about two calls per round trip whatever the load: with a
+  // remote Redis (a few ms away) a queue that grows, inside no timeout. Each batch stays atomic,
+  // and Redis runs them in the order sent.
+  const executor_t ex = co_await net::this_coro::executor;
+  auto round = std::make_shared<round_state>(ex);
+  round->left = teams.size();
+  for (auto& t : teams) net::co_spawn(ex, send_in_round(worker, std::move(t), round), net::detached);
+  round->done.expires_at(steady_timer_t::time_point::max());
+  co_await round->done.async_wait();  // cancelled by the last batch to finish
+}
+
+awaitable<void> redis_store::send_in_round(unsigned worker, std::string team, std::shared_ptr<void> state) {
+  auto* round = static_cast<round_state*>(state.get());
+  struct finished {  // also if the batch throws: the round must end
+    round_state* r;
+    ~finished() {
+      if (--r->left == 0) r->done.cancel();
+    }
+  } on_exit{round};
+  co_await send_batch(worker, std::move(team));
+}
+
+awaitable<void> redis_store::send_batch(unsigned worker, std::string team) {
   constexpr std::size_t max_batch = 64;
   auto& q = queues_[worker];
   // One batch: the oldest calls of one team (a Redis Cluster script stays in one slot), with that
-  // team's settlements. The team is the oldest admission's, unless a settlement of another team
-  // has waited longer: then that team's turn (with its admissions, if any) comes.
-  std::string team = q.admits.front()->a->scopes.front().team;
-  if (!q.settles.empty() && q.settles.front().seq < q.admits.front()->seq)
-    team = q.settles.front().s.adm.scopes.front().team;
+  // team's settlements.
   std::vector<std::shared_ptr<pending_admit>> batch;
   auto keep = q.admits.begin();
   for (auto it = q.admits.begin(); it != q.admits.end(); ++it) {
@@ -675,20 +726,21 @@ awaitable<void> redis_store::send_batch(unsigned worker) {
   }
   q.admits.erase(keep, q.admits.end());
   std::vector<settlement> settles = take_settles(q, team, max_settles);
+  if (batch.empty() && settles.empty()) co_return;  // (taken meanwhile by another batch)
   std::vector<settle_result> res = co_await run_batch(worker, team, batch, settles);
   if (!settles.empty()) report_settled(worker, settles, res, batch.empty());
 }
 
 awaitable<void> redis_store::send_second_batch(unsigned worker) {
   auto& q = queues_[worker];
-  if (!q.admits.empty()) co_await send_batch(worker);
+  if (!q.admits.empty()) co_await send_batch(worker, oldest_team(q));
   q.second = false;
 }
 
 awaitable<void> redis_store::flush_admissions(unsigned worker) {
   auto& q = queues_[worker];
   for (;;) {
-    while (!q.admits.empty()) co_await send_batch(worker);
+    while (!q.admits.empty()) co_await send_round(worker);
     // Settlements with no admission to carry them: the worker's next admission usually follows
     // within a moment; wait that long for it (it ends the wait at once) rather than send them
     // alone.

@@ -153,8 +153,8 @@ class redis_store final : public store {
   /// and 5 to 9% more requests per second. A settlement is thus applied at most 0.5 ms plus a
   /// round trip after its call ended (when the store answers).
   static constexpr std::chrono::microseconds carry_wait{500};
-  /// Sends the worker's queued admissions, one batch per team and round trip, each with its
-  /// team's queued settlements, until no admission is left; then waits up to carry_wait for an
+  /// Sends the worker's queued admissions, in rounds of one batch per team (send_round), each
+  /// with its team's queued settlements, until no admission is left; then waits up to carry_wait for an
   /// admission to carry leftover settlements, and sends them alone when none comes.
   awaitable<void> flush_admissions(unsigned worker);
   /// How many queued calls send a second batch while the first is on the wire. With one batch
@@ -167,9 +167,17 @@ class redis_store final : public store {
   /// runs them in the order sent, so the limits hold as with one.
   static constexpr std::size_t second_batch_at = 12;
   static constexpr std::size_t max_settles = 128;  ///< settlements per script call
-  /// One script call: the oldest queued calls of one team (at most 64) with that team's queued
-  /// settlements; the results go to the callers and to report_settled.
-  awaitable<void> send_batch(unsigned worker);
+  /// One script call: the oldest queued calls of `team` (at most 64) with that team's queued
+  /// settlements; the results go to the callers and to report_settled. Nothing when none is left.
+  awaitable<void> send_batch(unsigned worker, std::string team);
+  /// A batch for each team with queued admissions (at most max_round_teams), all on the wire
+  /// together; returns when every one is answered.
+  awaitable<void> send_round(unsigned worker);
+  static constexpr std::size_t max_round_teams = 32;
+  /// One batch of a round; the last to finish ends the round (`state`: its round_state).
+  awaitable<void> send_in_round(unsigned worker, std::string team, std::shared_ptr<void> state);
+  /// The team whose turn is next: the oldest admission's, or a settlement's that waited longer.
+  static std::string oldest_team(const worker_queue& q);
   /// send_batch() once, while flush_admissions has a batch on the wire.
   awaitable<void> send_second_batch(unsigned worker);
   /// Sends queued settlements alone while no admission batch is running to carry them (called

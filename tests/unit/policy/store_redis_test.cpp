@@ -7,9 +7,11 @@
 #include "policy/scripts.hpp"
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "tests/unit/policy/redis_server.hpp"
 #include "tests/unit/policy/store_conformance.hpp"
@@ -425,6 +427,72 @@ TEST(RedisStore, AnAdmissionRedisRunsAfterTheGatewayGaveUpReservesNothing) {
   EXPECT_TRUE(stalled.in_doubt);
   r.own.resume();
   r.expect_nothing_held_but_the_next_call();
+}
+
+/// Bytes waiting in the receive queues of the sockets listening side on `port` has accepted
+/// (/proc/net/tcp and tcp6): what clients have sent a stopped Redis that it has not read.
+std::size_t unread_at_server(std::uint16_t port) {
+  std::size_t total = 0;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream f(line);
+      std::string slot, local, remote, state, queues;
+      f >> slot >> local >> remote >> state >> queues;
+      const auto colon = local.rfind(':'), qcolon = queues.find(':');
+      if (colon == std::string::npos || qcolon == std::string::npos || state != "01") continue;  // established only
+      if (std::stoul(local.substr(colon + 1), nullptr, 16) != port) continue;
+      total += std::stoul(queues.substr(qcolon + 1), nullptr, 16);
+    }
+  }
+  return total;
+}
+
+TEST(RedisStore, AdmissionsOfManyTeamsGoOutTogetherNotOneRoundTripEach) {
+  // A batch holds one team's calls (its script stays in one Cluster slot). Batches of different
+  // teams went one round trip after another: the sixteenth team's call waited sixteen round
+  // trips, and a worker admitted about two calls per round trip. Now the teams queued while a
+  // batch is on the wire go out together when it is answered. Seen from a stopped Redis: what
+  // reaches its socket. (The test runs the store's io_context itself, so it decides when the
+  // store reads Redis's answers.)
+  stalled_redis r(5'000, "rounds");
+  ASSERT_TRUE(r.st) << "redis-server did not start (deploy/install-deps installs it)";
+  std::vector<admission> calls;
+  calls.reserve(17);  // (admit keeps a reference to each)
+  for (int i = 0; i < 17; ++i) {
+    const scope_spec s{"t", "rt-" + std::to_string(10 + i), {0, 0, 1}, budget_of(1'000)};
+    calls.push_back(one_scope_call("round-" + std::to_string(i), s, 100));
+  }
+  auto run = [&](int ms) {
+    r.ioc.restart();
+    r.ioc.run_for(std::chrono::milliseconds(ms));
+  };
+  r.own.pause();
+  std::vector<std::future<admit_result>> futs;
+  futs.push_back(net::co_spawn(r.ioc, r.st->admit(0, calls[0]), net::use_future));
+  run(100);  // the first team's batch is on the wire, unanswered
+  const std::size_t one = unread_at_server(r.own.port());
+  ASSERT_GT(one, 0u) << "the first batch reached Redis's socket";
+  for (int i = 1; i < 17; ++i) futs.push_back(net::co_spawn(r.ioc, r.st->admit(0, calls[std::size_t(i)]), net::use_future));
+  run(100);  // sixteen more teams queue behind it (a second batch may go meanwhile)
+  const std::size_t before = unread_at_server(r.own.port());
+  // Redis answers what it has; the store reads those answers only once Redis is stopped again.
+  r.own.resume();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  r.own.pause();
+  ASSERT_EQ(unread_at_server(r.own.port()), 0u) << "Redis read what was sent";
+  run(100);
+  const std::size_t after = unread_at_server(r.own.port());
+  r.own.resume();
+  for (std::size_t i = 0; i < futs.size(); ++i) {
+    while (futs[i].wait_for(std::chrono::seconds(0)) != std::future_status::ready) r.ioc.run_one_for(std::chrono::milliseconds(5));
+    EXPECT_EQ(futs[i].get().v, verdict::admitted) << "call " << i;
+  }
+  const std::size_t queued_batches = 17 - before / one;  // (before: the first, and a second batch or not)
+  EXPECT_GE(after, (queued_batches - 1) * one) << "the " << queued_batches << " queued teams' batches did not go out together: "
+                                               << after << " bytes sent, " << one << " a batch";
 }
 
 TEST(RedisStore, AnAdmissionWhoseConnectionBrokeBeforeTheAnswerIsInDoubt) {
