@@ -125,6 +125,10 @@ local bcur = 'b' .. cur
 -- Written out where used: as functions, their two closures cost ~2k instructions per script call.
 -- (policy/store.hpp: later_period, kind_changed, the memory store's copies.)
 local byte = string.byte
+-- A period's spend stops here (4e18 nano-USD, exact in a double): far above any budget (at most
+-- 9e15), and far below 2^63, where '%d' would wrap a sum of absurd reported costs (each at most
+-- 1e18) to a negative spend that reopened the budget.
+local SPENT_MAX = 4e18
 
 local pids = {}
 local function pid_of(kind)
@@ -365,6 +369,7 @@ if fast_settle then
         before = s.spent
         if s.soft == '1' then was = 1 end
         local spent, soft = before + N[ARGV[f + 5]], spec_soft[k]
+        if spent > SPENT_MAX then spent = SPENT_MAX end
         s.spent, s.bd = spent, true
         if soft > 0 and spent >= soft then s.soft = '1' end
       end
@@ -408,6 +413,7 @@ for ci = 1, fast_settle and 0 or nsettle do
         s.pid, s.spent, s.soft = pid, 0, '0'
       end
       spent = s.spent + cost
+      if spent > SPENT_MAX then spent = SPENT_MAX end
       s.spent, s.bd = spent, true
       if soft > 0 and spent >= soft and s.soft ~= '1' then
         s.soft = '1'

@@ -13,6 +13,9 @@ memory_store::memory_store(clock_fn now, std::int64_t window_ms)
 }
 
 namespace {
+/// Where a period's spend stops (admit.lua's SPENT_MAX): far above any budget, far below 2^63.
+constexpr std::int64_t spent_max = 4'000'000'000'000'000'000;
+
 /// Drops the leases a map has held for more than a day, once it has grown past a few thousand.
 void forget_old(std::unordered_map<std::string, std::int64_t>& since, std::int64_t now) {
   if (since.size() > 4096) std::erase_if(since, [&](const auto& kv) { return kv.second <= now - 86'400'000; });
@@ -237,7 +240,8 @@ settle_result memory_store::settle_now(const settlement& s) {
           st.spent = 0;
           st.soft_sent = false;
         }
-        st.spent += s.cost_nano;
+        // Saturated as admit.lua does (4e18): absurd reported costs never wrap to a negative spend.
+        st.spent = s.cost_nano > spent_max - st.spent ? spent_max : st.spent + s.cost_nano;
         if (held) st.reserved -= s.adm.cost_nano;
         spent = st.spent;
         const std::int64_t soft = soft_nano(sc);

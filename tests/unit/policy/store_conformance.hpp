@@ -672,6 +672,28 @@ TYPED_TEST_P(StoreConformance, RecordsAreReplacedOnlyOverWhatWasRead) {
   EXPECT_TRUE(std::none_of(teams->begin(), teams->end(), [&](const team_record& x) { return x.name == t.name; }));
 }
 
+TYPED_TEST_P(StoreConformance, AbsurdReportedCostsSaturateTheSpendAndNeverReopenTheBudget) {
+  // Reported usage is not bounded (a broken upstream can report 2^62 tokens); each call's cost is
+  // (1e18 at most), but their sum was not: it wrapped past 2^63 to a negative spend, and the
+  // budget admitted calls again until the period ended.
+  auto t = scope("t", {}, budget_of(1'000'000'000));
+  std::vector<std::pair<admission, admit_result>> calls;
+  for (int i = 0; i < 10; ++i) {
+    auto a = this->adm({t}, 1, 1);
+    auto r = this->admit(a);
+    ASSERT_EQ(r.v, verdict::admitted);
+    calls.emplace_back(std::move(a), r);
+  }
+  for (auto& [a, r] : calls) {
+    const auto s = this->settle(a, r, 1, 1'000'000'000'000'000'000);
+    ASSERT_TRUE(s.reachable);
+    ASSERT_EQ(s.spent.size(), 1u);
+    EXPECT_GT(s.spent[0], 0) << "the spend wrapped";
+  }
+  EXPECT_EQ(this->budget(t).spent, 4'000'000'000'000'000'000);
+  EXPECT_EQ(this->admit(this->adm({t}, 1, 1)).v, verdict::budget);
+}
+
 TYPED_TEST_P(StoreConformance, AChargeOnlySettlementChargesItsCostOnceAndTouchesNothingElse) {
   // A call admitted without the store (an outage, budgets: fail_open) is charged later: only its
   // cost, to its scopes' budgets, once per lease; no hold released, no rate window changed.
@@ -952,6 +974,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             SoftThresholdIsReportedOncePerPeriod, LargeAmountsStayExact,
                             KeysRoundTripAndInvalidationsReachListeners, RecordsAreReplacedOnlyOverWhatWasRead,
                             EveryKeyAndTeamIsListedHoweverMany, KeysArePagedInIdOrderByTeamAfterACursor,
+                            AbsurdReportedCostsSaturateTheSpendAndNeverReopenTheBudget,
                             UsageOverManyHoursIsReadBackWholeAndSummed);
 
 }  // namespace tollgate::policy::testing
