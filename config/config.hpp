@@ -335,6 +335,12 @@ struct gateway_config {
   }
   /// The price entry for a model: an exact name first, then the longest matching glob.
   const price_config* find_price(std::string_view model) const;
+  /// The entry whose pattern is exactly `model` (no glob), or none.
+  const price_config* find_exact_price(std::string_view model) const {
+    for (auto& p : prices)
+      if (p.pattern == model) return &p;
+    return nullptr;
+  }
 };
 
 /// `*` matches any run of characters; everything else matches itself.

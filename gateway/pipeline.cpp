@@ -587,9 +587,8 @@ std::string audit_record_for(request_context& ctx, request_context::clock::time_
   policy::fill_usage(ctx);
   std::int64_t cost = 0;
   if (policy::billable(ctx)) {
-    const config::price_config* price = ctx.reservation && ctx.reservation->price ? ctx.reservation->price
-                                                                                   : ctx.snap->cfg->find_price(ctx.model);
-    if (price) cost = policy::cost_nano(*price, ctx.usage);
+    if (const config::price_config* price = policy::served_price(*ctx.snap->cfg, ctx))
+      cost = policy::cost_nano(*price, ctx.usage);
   }
   if (ctx.capture_text) {
     const auto text = capture_of(ctx, body);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <ctime>
 
+#include "gateway/core/provider.hpp"
 #include "policy/keys.hpp"
 #include "policy/policy.hpp"
 
@@ -354,8 +355,8 @@ void engine::count_usage(const request_context& ctx) {
   if (billable(ctx)) {
     row->prompt += ctx.usage.prompt;
     row->completion += ctx.usage.completion;
-    if (const auto* price = ctx.reservation->price)
-      row->cost_nano += cost_nano(*price, ctx.usage);
+    const auto* price = ctx.snap && ctx.snap->cfg ? served_price(*ctx.snap->cfg, ctx) : ctx.reservation->price;
+    if (price) row->cost_nano += cost_nano(*price, ctx.usage);
   }
 }
 

@@ -517,6 +517,12 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   a.lease = instance_ + "-" + ctx.id_hex;
   a.tokens = ctx.prompt_estimate + out;
   a.cost_nano = r->price ? worst_cost_nano(*r->price, ctx.prompt_estimate, out) : 0;
+  // Which target will answer is not known yet: the dearest of them is reserved (a fallback to a
+  // model priced above the primary's must fit the budget too).
+  if (ctx.route)
+    for (const route_target& t : ctx.route->targets)
+      if (const auto* p = target_price(cfg, ctx, &t); p && p != r->price)
+        a.cost_nano = std::max(a.cost_nano, worst_cost_nano(*p, ctx.prompt_estimate, out));
   a.lease_ms = cfg.store.lease_ms;
 
   call_admit_.inc();
@@ -701,11 +707,24 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   }
 }
 
+const config::price_config* target_price(const config::gateway_config& cfg, const request_context& ctx,
+                                         const route_target* t) noexcept {
+  if (t && ctx.route && !ctx.route->targets.empty() && t != &ctx.route->targets.front() && t->upstream_model != ctx.model)
+    if (const auto* own = cfg.find_exact_price(t->upstream_model)) return own;
+  return cfg.find_price(ctx.model);
+}
+
 bool billable(const request_context& ctx) noexcept {
   // Only answers a provider produced are billed: a refused connect or an error status is not. A
   // stream cut short keeps its 200 (the status went out before the cut) and is billed. A remote
   // provider's 2xx is billed whatever the caller got: the provider charged for it.
   const unsigned status = ctx.upstream_status ? ctx.upstream_status : ctx.status;
+  // A stream its provider ended with an error event before any output and without usage (a
+  // throttling exception in Bedrock's first frame, a Gemini RESOURCE_EXHAUSTED event, an OpenAI
+  // error event) was refused in-band: the provider charges nothing for it, and neither does the
+  // budget. (A stream cut by a reset is still billed its prompt: the provider may have read it.)
+  if (ctx.stream && ctx.details == "upstream_stream_error" && !ctx.usage.reported && ctx.relayed_completion_chars == 0)
+    return false;
   return ctx.upstream_answered && status / 100 == 2 &&
          (ctx.endpoint == endpoint_kind::chat_completions || ctx.endpoint == endpoint_kind::embeddings);
 }
@@ -753,7 +772,8 @@ void engine::settle(request_context& ctx, executor_t ex) {
   s.admitted_at_ms = r->admitted_at_ms;
   if (billable(ctx)) {
     s.tokens = ctx.usage.prompt + ctx.usage.completion;
-    s.cost_nano = r->price ? cost_nano(*r->price, ctx.usage) : 0;
+    const config::price_config* price = ctx.snap && ctx.snap->cfg ? served_price(*ctx.snap->cfg, ctx) : r->price;
+    s.cost_nano = price ? cost_nano(*price, ctx.usage) : 0;
   }
   if (r->local || r->unchecked) {
     const std::int64_t cost = s.cost_nano;

@@ -55,6 +55,7 @@ function prices() {
   return `prices:
   "mock-*": {input: ${IN_PRICE}, output: ${OUT_PRICE}}
   "fake-*": {input: ${IN_PRICE}, output: ${OUT_PRICE}}
+  "dear-model": {input: ${3 * IN_PRICE}, output: ${3 * OUT_PRICE}}
   "other-*": {input: 0, output: 0}
 `;
 }
@@ -91,6 +92,7 @@ ${
   - {name: fake-slowbody, provider: fake, upstream_model: slow-body}
   - {name: fake-cutbody, provider: fake, upstream_model: reset-mid-body, fallbacks: [{provider: fake, upstream_model: fixture-text}]}
   - {name: fake-503-mock, provider: fake, upstream_model: error-503, fallbacks: [{provider: mock}]}
+  - {name: fake-503-dear, provider: fake, upstream_model: error-503, fallbacks: [{provider: fake, upstream_model: dear-model}]}
 `
     : ''
 }`;
@@ -181,6 +183,8 @@ ${adm.yaml}${prices()}${storeYaml(kind, redis, '', { timeoutMs: 1000 })}teams:
   - name: hdrq
     limits: {rpm: 100, tpm: 100000, concurrency: 1}
     budget: {usd: ${usd(2 * CALL_NANO)}, period: total, soft: 0}
+  - name: dear
+    budget: {usd: ${usd(2 * CALL_NANO)}, period: total, soft: 0}
   - name: capd
     limits: {tpm: 10000}
     budget: {usd: 100, period: daily, soft: 0}
@@ -191,7 +195,7 @@ keys:
         mockModels(fake.baseURL);
       gw = await startGateway(yaml);
       if (kind === 'redis') await waitStoreUp(gw, adm.token);
-      for (const team of ['race', 'stream', 'conc', 'broke', 'search', 'narrow', 'free', 'sepa', 'sepb', 'hdrq', 'capd']) {
+      for (const team of ['race', 'stream', 'conc', 'broke', 'search', 'narrow', 'free', 'sepa', 'sepb', 'hdrq', 'capd', 'dear']) {
         keys[team] = (await createKey(gw, adm.token, { team, name: `${team}-key` })).key;
       }
       // Its own requests limit, below its team's.
@@ -384,6 +388,23 @@ keys:
       line = await gw.waitForLog((l) => l.model === 'fake-floatusage');
       assert.equal(line.prompt_tokens, fixture.usage.prompt_tokens);
       assert.equal(line.completion_tokens, fixture.usage.completion_tokens);
+    });
+
+    test('a fallback to a dearer model is reserved and billed at its own price, not the public model\'s', { timeout: 20000 }, async () => {
+      // fake-503-dear: its primary answers 503, its fallback is dear-model, priced 3x fake-*.
+      const fixture = loadFixtures().chatText;
+      const before = await settledBudget(gw, adm.token, 'stream');
+      const r = await chat(gw, keys.stream, body('fake-503-dear'));
+      assert.equal(r.status, 200, r.text);
+      const b = await settledBudget(gw, adm.token, 'stream', { pred: (x) => x.spent_nano > before.spent_nano });
+      assert.equal(b.spent_nano - before.spent_nano, 3 * nanoOf(fixture.usage.prompt_tokens, fixture.usage.completion_tokens),
+        'billed at the fallback\'s price');
+      // Team dear's budget covers the call's worst case at the public price (CALL_NANO) twice, but
+      // not once at the fallback's (3 x CALL_NANO): which target answers is not known at admission.
+      const refused = await chat(gw, keys.dear, body('fake-503-dear'));
+      assertOpenAIError(refused, { status: 429, code: 'budget_exceeded' });
+      const single = await chat(gw, keys.dear, body('fake-nousage'));
+      assert.equal(single.status, 200, single.text);
     });
 
     test('a whole answer whose caller left before its head arrived is still awaited and billed its reported usage', { timeout: 20000 }, async () => {

@@ -140,6 +140,35 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
   EXPECT_EQ(error_status.usage.prompt, 0u);
 }
 
+TEST(PolicySettleTest, AStreamItsProviderRefusedInBandBeforeAnyOutputCostsNothing) {
+  // A 200 head, then at once an error event (Bedrock's throttlingException frame, Gemini's
+  // RESOURCE_EXHAUSTED): refused in-band, not charged by the provider, so not billed either.
+  request_context refused = answered(200);
+  refused.stream = true;
+  refused.prompt_estimate = 50;
+  refused.details = "upstream_stream_error";
+  policy::fill_usage(refused);
+  EXPECT_EQ(refused.usage.prompt, 0u);
+  EXPECT_EQ(refused.usage.completion, 0u);
+  EXPECT_FALSE(policy::billable(refused));
+  // The same error after some output: what was generated is billed, with the prompt.
+  request_context late = answered(200);
+  late.stream = true;
+  late.prompt_estimate = 50;
+  late.details = "upstream_stream_error";
+  late.relayed_completion_chars = 8;
+  policy::fill_usage(late);
+  EXPECT_EQ(late.usage.prompt, 50u);
+  EXPECT_EQ(late.usage.completion, 2u);
+  // A stream cut by a reset before any output: the provider may have read the prompt; billed it.
+  request_context reset = answered(200);
+  reset.stream = true;
+  reset.prompt_estimate = 50;
+  reset.details = "upstream_reset";
+  policy::fill_usage(reset);
+  EXPECT_EQ(reset.usage.prompt, 50u);
+}
+
 TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) {
   // A server's usage object said only the prompt (sent early, or partial), and the stream was
   // then cut: the text relayed was generated, and is billed.
