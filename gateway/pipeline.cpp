@@ -410,6 +410,9 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       }
       co_return f;
     }
+    if (answered && ctx.endpoint == endpoint_kind::embeddings)
+      for (const auto& f : ex.headers())
+        if (iequals(f.name_string(), "x-amzn-bedrock-input-token-count")) ctx.upstream_input_tokens = f.value();
     if (ctx.client_gone) {
       // Read for the bill alone: its usage counted, nothing sent (or captured: the audit trail
       // keeps what the caller was sent).

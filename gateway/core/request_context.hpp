@@ -100,6 +100,9 @@ struct request_context {
   /// The upstream's response headers when it answered an error status (decode_body reads
   /// provider error details from them, such as Bedrock's x-amzn-errortype). Empty otherwise.
   header_list upstream_error_headers;
+  /// A 2xx embeddings answer's `X-Amzn-Bedrock-Input-Token-Count` (Bedrock's Cohere models give
+  /// their input token count only there); empty otherwise.
+  std::string upstream_input_tokens;
 
   // Outcome.
   usage_counts usage;

@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include <array>
+#include <charconv>
 #include <chrono>
 #include <stdexcept>
 
@@ -181,7 +182,14 @@ std::string bedrock_adapter::decode_body(request_context& ctx, unsigned status, 
   if (ctx.endpoint == endpoint_kind::embeddings) {
     auto calls = bedrock::to_embedding_calls(ctx.request_json, ctx.target->upstream_model);
     if (!ec && calls) {
-      std::array<bedrock::invoke_response, 1> one{bedrock::invoke_response{std::move(v), std::nullopt}};
+      // Cohere's input token count comes only in a header (the pipeline keeps it for embeddings).
+      std::optional<std::uint64_t> counted;
+      if (std::uint64_t n = 0; !ctx.upstream_input_tokens.empty() &&
+                               std::from_chars(ctx.upstream_input_tokens.data(),
+                                               ctx.upstream_input_tokens.data() + ctx.upstream_input_tokens.size(), n)
+                                       .ec == std::errc{})
+        counted = n;
+      std::array<bedrock::invoke_response, 1> one{bedrock::invoke_response{std::move(v), counted}};
       if (auto e = bedrock::to_openai_embeddings(*calls, one, ctx.model)) {
         ctx.usage.prompt = e->prompt_tokens;
         ctx.usage.reported = e->tokens_reported;

@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
 
-import { BEDROCK_TEXT, BEDROCK_TOOL, startFakeBedrock } from './lib/fake_bedrock.mjs';
+import { BEDROCK_TEXT, BEDROCK_TOOL, cohereTokens, startFakeBedrock } from './lib/fake_bedrock.mjs';
 import { serverYaml, startGateway } from './lib/gateway.mjs';
 
 // The public AWS example keys (never real).
@@ -189,6 +189,11 @@ describe('bedrock', () => {
     const c = await client.embeddings.create({ model: 'cohere', input: ['a', 'b'] });
     assert.equal(c.data.length, 2);
     assert.deepEqual(fake.requests.at(-1).body.texts, ['a', 'b']);
+    // Cohere's count comes only in X-Amzn-Bedrock-Input-Token-Count: reported, and billed, as given.
+    assert.equal(c.usage.prompt_tokens, cohereTokens(['a', 'b']));
+    const line = await gw.waitForLog((l) => l.model === 'cohere');
+    assert.equal(line.usage_source, 'provider');
+    assert.equal(line.prompt_tokens, cohereTokens(['a', 'b']));
   });
 
   test('no secret, token or signature in any log line or audit record', () => {

@@ -35,6 +35,9 @@ const load = (name) => ({
   body: JSON.parse(readFileSync(join(dir, `${name}.json`), 'utf8')),
   events: readFileSync(join(dir, `${name}.chunks.txt`), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)),
 });
+/** The input token count the fake reports for Cohere embeddings (its header): ⌈chars/4⌉ + 1 a text. */
+export const cohereTokens = (texts) => texts.reduce((n, t) => n + Math.ceil(t.length / 4) + 1, 0);
+
 export const BEDROCK_TEXT = load('amazon-bedrock-text');
 export const BEDROCK_TOOL = load('amazon-bedrock-tool-call.1');
 
@@ -52,9 +55,9 @@ export async function startFakeBedrock({ accessKeyId, secretAccessKey, sessionTo
   // applyChecksum off: Bedrock clients do not send x-amz-content-sha256 (that is S3's).
   const signer = new SignatureV4({ credentials: { accessKeyId, secretAccessKey, sessionToken }, region, service: 'bedrock', sha256: Hash.bind(null, 'sha256'), applyChecksum: false });
 
-  const send = (res, status, obj, errType) => {
+  const send = (res, status, obj, errType, extra = {}) => {
     const b = JSON.stringify(obj);
-    const h = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b), 'x-amzn-requestid': 'b0f1c2d3-1111-4222-8333-944455556666' };
+    const h = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(b), 'x-amzn-requestid': 'b0f1c2d3-1111-4222-8333-944455556666', ...extra };
     if (errType) h['x-amzn-errortype'] = `${errType}:http://internal.amazon.com/coral/com.amazon.bedrock/`;
     res.writeHead(status, h);
     res.end(b);
@@ -95,8 +98,15 @@ export async function startFakeBedrock({ accessKeyId, secretAccessKey, sessionTo
     if (model === 'throttled') return send(res, 429, { message: 'Too many requests, please wait before trying again.' }, 'ThrottlingException');
     if (model === 'invalid') return send(res, 400, { message: 'Malformed input request, please reformat your input and try again.' }, 'ValidationException');
     if (op === 'invoke') {
-      if (model.startsWith('amazon.titan-embed')) return send(res, 200, { embedding: [0.125, -0.25, 0.5, 0.75], embeddingsByType: { float: [0.125, -0.25, 0.5, 0.75] }, inputTextTokenCount: 5 });
-      if (model.startsWith('cohere.embed')) return send(res, 200, { embeddings: (rec.body?.texts ?? []).map((_, i) => [i, 0.5, -0.5]), id: 'emb-1', response_type: 'embeddings_floats', texts: rec.body?.texts ?? [] });
+      // InvokeModel answers carry the token counts in headers, for every model; Cohere's body has none.
+      if (model.startsWith('amazon.titan-embed'))
+        return send(res, 200, { embedding: [0.125, -0.25, 0.5, 0.75], embeddingsByType: { float: [0.125, -0.25, 0.5, 0.75] }, inputTextTokenCount: 5 }, undefined,
+          { 'x-amzn-bedrock-input-token-count': '5', 'x-amzn-bedrock-invocation-latency': '12' });
+      if (model.startsWith('cohere.embed')) {
+        const texts = rec.body?.texts ?? [];
+        return send(res, 200, { embeddings: texts.map((_, i) => [i, 0.5, -0.5]), id: 'emb-1', response_type: 'embeddings_floats', texts }, undefined,
+          { 'X-Amzn-Bedrock-Input-Token-Count': String(cohereTokens(texts)), 'x-amzn-bedrock-invocation-latency': '12' });
+      }
       return send(res, 400, { message: 'The provided model identifier is invalid.' }, 'ValidationException');
     }
     const fx = model.includes('tool') ? BEDROCK_TOOL : BEDROCK_TEXT;

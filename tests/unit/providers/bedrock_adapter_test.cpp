@@ -39,6 +39,40 @@ TEST(BedrockAdapterTest, TheGatewaysOutputCapBecomesInferenceConfigMaxTokens) {
   EXPECT_FALSE(none.contains("inferenceConfig") && none.at("inferenceConfig").as_object().contains("maxTokens"));
 }
 
+TEST(BedrockAdapterTest, CohereEmbeddingsAreBilledTheInputTokenCountOfTheirHeader) {
+  // Cohere's embeddings on Bedrock carry no token count in the body, only the response header
+  // X-Amzn-Bedrock-Input-Token-Count, which the pipeline keeps for a 2xx embeddings answer. It
+  // was never passed on: the caller saw prompt_tokens 0 and the call was billed an estimate.
+  config::provider_config cfg;
+  cfg.name = "bedrock";
+  cfg.type = "bedrock";
+  cfg.region = "us-east-1";
+  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";
+  cfg.aws_access_key_id = "AKIDEXAMPLE";
+  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+  cfg.proxy = "none";
+  bedrock_adapter adapter(cfg);
+  route_target target{&adapter, "cohere.embed-english-v3"};
+  auto decoded = [&](std::string header) {
+    request_context ctx;
+    ctx.endpoint = endpoint_kind::embeddings;
+    ctx.body = R"({"model":"m","input":"hello world"})";
+    EXPECT_TRUE(decode_request(ctx));
+    ctx.target = &target;
+    ctx.upstream_input_tokens = std::move(header);
+    const std::string out = adapter.decode_body(ctx, 200, R"({"id":"e1","embeddings":[[0.1,0.2]],"texts":["hello world"],"response_type":"embeddings_floats"})");
+    return std::make_pair(std::move(ctx), boost::json::parse(out));
+  };
+  auto [ctx, body] = decoded("7");
+  EXPECT_EQ(body.at("usage").at("prompt_tokens").to_number<std::int64_t>(), 7);
+  EXPECT_EQ(ctx.usage.prompt, 7u);
+  EXPECT_TRUE(ctx.usage.reported);
+  auto [none, body2] = decoded("");  // no header: estimated, and said so
+  EXPECT_FALSE(none.usage.reported);
+  auto [bad, body3] = decoded("seven");
+  EXPECT_FALSE(bad.usage.reported);
+}
+
 TEST(BedrockAdapterTest, CacheReadsAndWritesAreRecordedApartAndPricedAtTheirOwnRates) {
   config::provider_config cfg;
   cfg.name = "bedrock";
