@@ -202,6 +202,11 @@ std::string bedrock_adapter::decode_body(request_context& ctx, unsigned status, 
       if (ctx.capture_text) ctx.captured_response.clear();  // the whole answer's text is read from the body
       return json::serialize(c->body);
     }
+    // An answer the gateway cannot translate was still generated and charged: its own usage, when
+    // it has one, is billed rather than the prompt estimate alone.
+    if (v.is_object())
+      if (const auto* u = v.get_object().if_contains("usage"))
+        if (auto usage = bedrock::parse_usage(*u)) record_usage(ctx, *usage);
   }
   ctx.details = "upstream_invalid_response";
   ctx.answer_status = 502;

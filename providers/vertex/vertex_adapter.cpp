@@ -238,6 +238,11 @@ std::string vertex_adapter::decode_body(request_context& ctx, unsigned status, s
       if (c->usage) record_usage(ctx, *c->usage);
       return json::serialize(c->body);
     }
+    // An answer the gateway cannot translate was still generated and charged: its own usage, when
+    // it has one, is billed rather than the prompt estimate alone.
+    if (v.is_object())
+      if (const auto* m = v.get_object().if_contains("usageMetadata"))
+        if (auto u = vertex::parse_usage(*m)) record_usage(ctx, *u);
   }
   ctx.details = "upstream_invalid_response";
   ctx.answer_status = 502;

@@ -73,6 +73,29 @@ TEST(BedrockAdapterTest, CohereEmbeddingsAreBilledTheInputTokenCountOfTheirHeade
   EXPECT_FALSE(bad.usage.reported);
 }
 
+TEST(BedrockAdapterTest, AnAnswerTheGatewayCannotTranslateIsStillBilledItsOwnUsage) {
+  // A 2xx Converse body without output.message (a shape the translator does not know): the caller
+  // gets 502, but the provider generated and charged it, so its usage is billed, not 0 output.
+  config::provider_config cfg;
+  cfg.name = "bedrock";
+  cfg.type = "bedrock";
+  cfg.region = "us-east-1";
+  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";
+  cfg.aws_access_key_id = "AKIDEXAMPLE";
+  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+  cfg.proxy = "none";
+  bedrock_adapter adapter(cfg);
+  request_context ctx;
+  ctx.endpoint = endpoint_kind::chat_completions;
+  ctx.body = R"({"model":"m","messages":[{"role":"user","content":"x"}]})";
+  ASSERT_TRUE(decode_request(ctx));
+  adapter.decode_body(ctx, 200, R"({"output":{"somethingNew":{}},"stopReason":"end_turn","usage":{"inputTokens":9,"outputTokens":20,"totalTokens":29}})");
+  EXPECT_EQ(ctx.details, "upstream_invalid_response");
+  EXPECT_TRUE(ctx.usage.reported);
+  EXPECT_EQ(ctx.usage.prompt, 9u);
+  EXPECT_EQ(ctx.usage.completion, 20u);
+}
+
 TEST(BedrockAdapterTest, CacheReadsAndWritesAreRecordedApartAndPricedAtTheirOwnRates) {
   config::provider_config cfg;
   cfg.name = "bedrock";

@@ -119,6 +119,36 @@ TEST(VertexAdapterTest, AStreamCutWhileACallIsAssembledBillsTheCallSoFar) {
 // multi-regions are aiplatform.<loc>.rep.googleapis.com (PROTOCOLS 4.1), not <loc>-aiplatform.
 // A full model name in another location than the provider's is refused with the fix, not sent
 // to the wrong host. (The token endpoint is a closed port: no token, no network.)
+TEST(VertexAdapterTest, AnAnswerTheGatewayCannotTranslateIsStillBilledItsOwnUsage) {
+  // A 2xx body with usage but no candidates and no block reason: the caller gets 502, but the
+  // provider charged it, so its usageMetadata is billed, not the prompt estimate alone.
+  const auto dir = std::filesystem::temp_directory_path() / ("tollgate-vertex-usage-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto sa = boost::json::parse(tollgate::testing::read_file(tollgate::testing::testdata_dir() /
+                                                            "google-auth-service-account/service_account.json"))
+                .as_object();
+  sa["token_uri"] = "http://127.0.0.1:1/token";
+  const auto key = dir / "sa.json";
+  std::ofstream(key) << boost::json::serialize(sa);
+  config::provider_config cfg;
+  cfg.name = "v";
+  cfg.type = "vertex";
+  cfg.project = "p";
+  cfg.location = "us-central1";
+  cfg.credentials_file = key.string();
+  cfg.proxy = "none";
+  {
+    vertex_adapter a(cfg);
+    auto ctx = stream_call(R"({"model":"m","messages":[{"role":"user","content":"x"}]})");
+    a.decode_body(ctx, 200, R"({"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":20,"totalTokenCount":29}})");
+    EXPECT_EQ(ctx.details, "upstream_invalid_response");
+    EXPECT_TRUE(ctx.usage.reported);
+    EXPECT_EQ(ctx.usage.prompt, 9u);
+    EXPECT_EQ(ctx.usage.completion, 20u);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(VertexAdapterTest, GooglesHostForTheLocationAndAFullNameElsewhereIsRefused) {
   const auto dir = std::filesystem::temp_directory_path() / ("tollgate-vertex-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
