@@ -12,7 +12,17 @@
 namespace tollgate::providers {
 namespace {
 
-TEST(BedrockAdapterTest, TheGatewaysOutputCapBecomesInferenceConfigMaxTokens) {
+/// A chat call with one user message, decoded as the pipeline hands it on.
+request_context chat_call() {
+  request_context ctx;
+  ctx.endpoint = endpoint_kind::chat_completions;
+  ctx.body = R"({"model":"m","messages":[{"role":"user","content":"x"}]})";
+  EXPECT_TRUE(decode_request(ctx));
+  return ctx;
+}
+
+/// A Bedrock provider with static keys (AWS's documentation example), as the loader fills it in.
+config::provider_config bedrock_config() {
   config::provider_config cfg;
   cfg.name = "bedrock";
   cfg.type = "bedrock";
@@ -21,6 +31,11 @@ TEST(BedrockAdapterTest, TheGatewaysOutputCapBecomesInferenceConfigMaxTokens) {
   cfg.aws_access_key_id = "AKIDEXAMPLE";
   cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
   cfg.proxy = "none";
+  return cfg;
+}
+
+TEST(BedrockAdapterTest, TheGatewaysOutputCapBecomesInferenceConfigMaxTokens) {
+  const config::provider_config cfg = bedrock_config();
   bedrock_adapter adapter(cfg);
   route_target target{&adapter, "anthropic.claude-3-haiku-20240307-v1:0"};
   auto sent = [&](std::uint64_t cap) {
@@ -43,14 +58,7 @@ TEST(BedrockAdapterTest, CohereEmbeddingsAreBilledTheInputTokenCountOfTheirHeade
   // Cohere's embeddings on Bedrock carry no token count in the body, only the response header
   // X-Amzn-Bedrock-Input-Token-Count, which the pipeline keeps for a 2xx embeddings answer. It
   // was never passed on: the caller saw prompt_tokens 0 and the call was billed an estimate.
-  config::provider_config cfg;
-  cfg.name = "bedrock";
-  cfg.type = "bedrock";
-  cfg.region = "us-east-1";
-  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";
-  cfg.aws_access_key_id = "AKIDEXAMPLE";
-  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-  cfg.proxy = "none";
+  const config::provider_config cfg = bedrock_config();
   bedrock_adapter adapter(cfg);
   route_target target{&adapter, "cohere.embed-english-v3"};
   auto decoded = [&](std::string header) {
@@ -76,19 +84,9 @@ TEST(BedrockAdapterTest, CohereEmbeddingsAreBilledTheInputTokenCountOfTheirHeade
 TEST(BedrockAdapterTest, AnAnswerTheGatewayCannotTranslateIsStillBilledItsOwnUsage) {
   // A 2xx Converse body without output.message (a shape the translator does not know): the caller
   // gets 502, but the provider generated and charged it, so its usage is billed, not 0 output.
-  config::provider_config cfg;
-  cfg.name = "bedrock";
-  cfg.type = "bedrock";
-  cfg.region = "us-east-1";
-  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";
-  cfg.aws_access_key_id = "AKIDEXAMPLE";
-  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-  cfg.proxy = "none";
+  const config::provider_config cfg = bedrock_config();
   bedrock_adapter adapter(cfg);
-  request_context ctx;
-  ctx.endpoint = endpoint_kind::chat_completions;
-  ctx.body = R"({"model":"m","messages":[{"role":"user","content":"x"}]})";
-  ASSERT_TRUE(decode_request(ctx));
+  request_context ctx = chat_call();
   adapter.decode_body(ctx, 200, R"({"output":{"somethingNew":{}},"stopReason":"end_turn","usage":{"inputTokens":9,"outputTokens":20,"totalTokens":29}})");
   EXPECT_EQ(ctx.details, "upstream_invalid_response");
   EXPECT_TRUE(ctx.usage.reported);
@@ -97,19 +95,9 @@ TEST(BedrockAdapterTest, AnAnswerTheGatewayCannotTranslateIsStillBilledItsOwnUsa
 }
 
 TEST(BedrockAdapterTest, CacheReadsAndWritesAreRecordedApartAndPricedAtTheirOwnRates) {
-  config::provider_config cfg;
-  cfg.name = "bedrock";
-  cfg.type = "bedrock";
-  cfg.region = "us-east-1";
-  cfg.base_url = "https://bedrock-runtime.us-east-1.amazonaws.com";  // the loader fills the default in
-  cfg.aws_access_key_id = "AKIDEXAMPLE";
-  cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-  cfg.proxy = "none";
+  const config::provider_config cfg = bedrock_config();
   bedrock_adapter adapter(cfg);
-  request_context ctx;
-  ctx.endpoint = endpoint_kind::chat_completions;
-  ctx.body = R"({"model":"m","messages":[{"role":"user","content":"x"}]})";
-  ASSERT_TRUE(decode_request(ctx));
+  request_context ctx = chat_call();
   // A Converse answer whose prompt was 4 plain tokens, 1,500 read from the cache and 36 written.
   const std::string out = adapter.decode_body(ctx, 200, R"({"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},
       "stopReason":"end_turn","usage":{"inputTokens":4,"outputTokens":7,"totalTokens":1547,

@@ -141,32 +141,28 @@ TEST(PolicySettleTest, ReportedUsageIsKeptAndUnansweredCallsAreNotBilled) {
 }
 
 TEST(PolicySettleTest, AStreamItsProviderRefusedInBandBeforeAnyOutputCostsNothing) {
-  // A 200 head, then at once an error event (Bedrock's throttlingException frame, Gemini's
-  // RESOURCE_EXHAUSTED): refused in-band, not charged by the provider, so not billed either.
-  request_context refused = answered(200);
-  refused.stream = true;
-  refused.prompt_estimate = 50;
-  refused.details = "upstream_stream_error";
-  policy::fill_usage(refused);
+  // A 200 head, then an error event (Bedrock's throttlingException frame, Gemini's
+  // RESOURCE_EXHAUSTED), or a reset: how the stream ended, and what it relayed first.
+  auto ended = [](std::string details, std::uint64_t relayed_chars) {
+    request_context ctx = answered(200);
+    ctx.stream = true;
+    ctx.prompt_estimate = 50;
+    ctx.details = std::move(details);
+    ctx.relayed_completion_chars = relayed_chars;
+    policy::fill_usage(ctx);
+    return ctx;
+  };
+  // Refused in-band before any output: not charged by the provider, so not billed either.
+  const auto refused = ended("upstream_stream_error", 0);
   EXPECT_EQ(refused.usage.prompt, 0u);
   EXPECT_EQ(refused.usage.completion, 0u);
   EXPECT_FALSE(policy::billable(refused));
   // The same error after some output: what was generated is billed, with the prompt.
-  request_context late = answered(200);
-  late.stream = true;
-  late.prompt_estimate = 50;
-  late.details = "upstream_stream_error";
-  late.relayed_completion_chars = 8;
-  policy::fill_usage(late);
+  const auto late = ended("upstream_stream_error", 8);
   EXPECT_EQ(late.usage.prompt, 50u);
   EXPECT_EQ(late.usage.completion, 2u);
-  // A stream cut by a reset before any output: the provider may have read the prompt; billed it.
-  request_context reset = answered(200);
-  reset.stream = true;
-  reset.prompt_estimate = 50;
-  reset.details = "upstream_reset";
-  policy::fill_usage(reset);
-  EXPECT_EQ(reset.usage.prompt, 50u);
+  // Cut by a reset before any output: the provider may have read the prompt; billed it.
+  EXPECT_EQ(ended("upstream_reset", 0).usage.prompt, 50u);
 }
 
 TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) {

@@ -59,6 +59,29 @@ struct fixture {
   }
 };
 
+/// The body an Azure deployment on API version `version` is sent for `request` (with the
+/// gateway's output cap `cap` when not 0).
+json::object azure_body_sent(std::string version, std::string request, std::uint64_t cap = 0) {
+  config::provider_config cfg;
+  cfg.name = "azure";
+  cfg.type = "azure_openai";
+  cfg.base_url = "https://res.openai.azure.com";
+  cfg.api_key = "azure-key";
+  cfg.proxy = "none";
+  cfg.api_version = std::move(version);
+  azure_openai_adapter adapter(cfg);
+  route_target target{&adapter, "prod-gpt4o"};
+  request_context ctx;
+  ctx.endpoint = endpoint_kind::chat_completions;
+  ctx.body = std::move(request);
+  EXPECT_TRUE(decode_request(ctx));
+  ctx.target = &target;
+  ctx.output_cap = cap;
+  auto r = adapter.encode(ctx);
+  EXPECT_TRUE(r);
+  return r ? json::parse(r->body).as_object() : json::object();
+}
+
 std::string header(const upstream_request& r, std::string_view name) {
   for (auto& [k, v] : r.headers)
     if (k == name) return v;
@@ -426,25 +449,7 @@ TEST(AzureOpenaiAdapterTest, StreamOptionsGoOnlyToApiVersionsThatAcceptThem) {
   EXPECT_TRUE(azure_openai_adapter::accepts_stream_options("2025-04-01-preview"));
   EXPECT_TRUE(azure_openai_adapter::accepts_stream_options("v1"));
 
-  auto body_sent = [](std::string version, std::string request) {
-    config::provider_config cfg;
-    cfg.name = "azure";
-    cfg.type = "azure_openai";
-    cfg.base_url = "https://res.openai.azure.com";
-    cfg.api_key = "azure-key";
-    cfg.proxy = "none";
-    cfg.api_version = std::move(version);
-    azure_openai_adapter adapter(cfg);
-    route_target target{&adapter, "prod-gpt4o"};
-    request_context ctx;
-    ctx.endpoint = endpoint_kind::chat_completions;
-    ctx.body = std::move(request);
-    EXPECT_TRUE(decode_request(ctx));
-    ctx.target = &target;
-    auto r = adapter.encode(ctx);
-    EXPECT_TRUE(r);
-    return r ? boost::json::parse(r->body).as_object() : boost::json::object();
-  };
+  auto body_sent = [](std::string version, std::string request) { return azure_body_sent(std::move(version), std::move(request)); };
   const std::string stream = R"({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true})";
   const std::string asked =
       R"({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}})";
@@ -481,26 +486,7 @@ TEST(OutputCapTest, TheGatewaysCapGoesUpstreamUnderTheNameEachProviderTakes) {
   const auto emb = openai_body("https://api.openai.com/v1", 512, endpoint_kind::embeddings, R"({"model":"e","input":"x"})");
   EXPECT_FALSE(emb.contains("max_completion_tokens") || emb.contains("max_tokens"));
 
-  auto azure_body = [&](std::string version) {
-    config::provider_config cfg;
-    cfg.name = "azure";
-    cfg.type = "azure_openai";
-    cfg.base_url = "https://res.openai.azure.com";
-    cfg.api_key = "azure-key";
-    cfg.proxy = "none";
-    cfg.api_version = std::move(version);
-    azure_openai_adapter adapter(cfg);
-    route_target target{&adapter, "prod"};
-    request_context ctx;
-    ctx.endpoint = endpoint_kind::chat_completions;
-    ctx.body = call;
-    EXPECT_TRUE(decode_request(ctx));
-    ctx.target = &target;
-    ctx.output_cap = 300;
-    auto r = adapter.encode(ctx);
-    EXPECT_TRUE(r);
-    return r ? json::parse(r->body).as_object() : json::object();
-  };
+  auto azure_body = [&](std::string version) { return azure_body_sent(std::move(version), call, 300); };
   EXPECT_EQ(azure_body("2024-06-01").at("max_tokens").as_int64(), 300);
   EXPECT_FALSE(azure_body("2024-06-01").contains("max_completion_tokens"));
   EXPECT_EQ(azure_body("2024-10-21").at("max_completion_tokens").as_int64(), 300);

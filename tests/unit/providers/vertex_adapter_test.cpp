@@ -28,6 +28,19 @@ request_context stream_call(std::string body) {
   return c;
 }
 
+/// The test service account's key file, written into `dir` with a token endpoint nothing listens
+/// on (an adapter built on it fetches no token).
+std::filesystem::path unreachable_service_account(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  auto sa = boost::json::parse(tollgate::testing::read_file(tollgate::testing::testdata_dir() /
+                                                            "google-auth-service-account/service_account.json"))
+                .as_object();
+  sa["token_uri"] = "http://127.0.0.1:1/token";
+  const auto key = dir / "sa.json";
+  std::ofstream(key) << boost::json::serialize(sa);
+  return key;
+}
+
 TEST(VertexAdapterTest, EventsBeforeAnOversizedOneAreRelayedAndBilled) {
   // One read holds a chunk with text and usage, and the start of an event past the SSE parser's
   // limit (4 MiB): the text goes out and the usage is billed, then the stream fails closed.
@@ -123,13 +136,7 @@ TEST(VertexAdapterTest, AnAnswerTheGatewayCannotTranslateIsStillBilledItsOwnUsag
   // A 2xx body with usage but no candidates and no block reason: the caller gets 502, but the
   // provider charged it, so its usageMetadata is billed, not the prompt estimate alone.
   const auto dir = std::filesystem::temp_directory_path() / ("tollgate-vertex-usage-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto sa = boost::json::parse(tollgate::testing::read_file(tollgate::testing::testdata_dir() /
-                                                            "google-auth-service-account/service_account.json"))
-                .as_object();
-  sa["token_uri"] = "http://127.0.0.1:1/token";
-  const auto key = dir / "sa.json";
-  std::ofstream(key) << boost::json::serialize(sa);
+  const auto key = unreachable_service_account(dir);
   config::provider_config cfg;
   cfg.name = "v";
   cfg.type = "vertex";
@@ -151,13 +158,7 @@ TEST(VertexAdapterTest, AnAnswerTheGatewayCannotTranslateIsStillBilledItsOwnUsag
 
 TEST(VertexAdapterTest, GooglesHostForTheLocationAndAFullNameElsewhereIsRefused) {
   const auto dir = std::filesystem::temp_directory_path() / ("tollgate-vertex-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto sa = boost::json::parse(tollgate::testing::read_file(tollgate::testing::testdata_dir() /
-                                                            "google-auth-service-account/service_account.json"))
-                .as_object();
-  sa["token_uri"] = "http://127.0.0.1:1/token";
-  const auto key = dir / "sa.json";
-  std::ofstream(key) << boost::json::serialize(sa);
+  const auto key = unreachable_service_account(dir);
   for (const auto& [location, host] : {std::pair<std::string, std::string>{"us", "aiplatform.us.rep.googleapis.com"},
                                        {"eu", "aiplatform.eu.rep.googleapis.com"},
                                        {"europe-west4", "europe-west4-aiplatform.googleapis.com"},
