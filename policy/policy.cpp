@@ -494,7 +494,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   const auto& cfg = *ctx.snap->cfg;
   const grant& g = *ctx.grant;  // its model grant checked already (check_model_grant)
   auto r = std::make_shared<reservation>();
-  r->price = cfg.find_price(ctx.model);
+  r->price = ctx.route && !ctx.route->targets.empty() ? ctx.route->targets.front().price : cfg.find_price(ctx.model);
   if (g.anonymous) {
     ctx.reservation = std::move(r);
     co_return flow::next;
@@ -521,8 +521,7 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   // model priced above the primary's must fit the budget too).
   if (ctx.route)
     for (const route_target& t : ctx.route->targets)
-      if (const auto* p = target_price(cfg, ctx, &t); p && p != r->price)
-        a.cost_nano = std::max(a.cost_nano, worst_cost_nano(*p, ctx.prompt_estimate, out));
+      if (t.price && t.price != r->price) a.cost_nano = std::max(a.cost_nano, worst_cost_nano(*t.price, ctx.prompt_estimate, out));
   a.lease_ms = cfg.store.lease_ms;
 
   call_admit_.inc();
@@ -707,11 +706,8 @@ awaitable<phase_result> engine::admit(request_context& ctx) {
   }
 }
 
-const config::price_config* target_price(const config::gateway_config& cfg, const request_context& ctx,
-                                         const route_target* t) noexcept {
-  if (t && ctx.route && !ctx.route->targets.empty() && t != &ctx.route->targets.front() && t->upstream_model != ctx.model)
-    if (const auto* own = cfg.find_exact_price(t->upstream_model)) return own;
-  return cfg.find_price(ctx.model);
+const config::price_config* served_price(const config::gateway_config& cfg, const request_context& ctx) noexcept {
+  return ctx.target && ctx.target->price ? ctx.target->price : cfg.find_price(ctx.model);
 }
 
 bool billable(const request_context& ctx) noexcept {

@@ -75,15 +75,10 @@ inline std::int64_t cost_nano(const config::price_config& p, const usage_counts&
 
 /// Whether a finished call is charged: a provider produced a 2xx answer (even one cut short).
 bool billable(const request_context& ctx) noexcept;
-/// The price of target `t` of ctx's model: a fallback whose `upstream_model` has a price entry of
-/// its own (that exact name, not a glob) is priced by it, as a fallback to a dearer model costs
-/// more; the primary and every other fallback by the public model's price. Null when none.
-const config::price_config* target_price(const config::gateway_config& cfg, const request_context& ctx,
-                                         const route_target* t) noexcept;
-/// The price of the target that served ctx (ctx.target; the public model's before routing).
-inline const config::price_config* served_price(const config::gateway_config& cfg, const request_context& ctx) noexcept {
-  return target_price(cfg, ctx, ctx.target);
-}
+/// The price of the target that served ctx (route_target::price: a fallback serving another
+/// model with an exact price entry of its own is priced by it); before routing, the public
+/// model's. Null when none.
+const config::price_config* served_price(const config::gateway_config& cfg, const request_context& ctx) noexcept;
 /// The output tokens a call reserves at admission: `n` answers of max_tokens each (or
 /// `default_max_tokens` when the caller set none); 0 for embeddings.
 std::uint64_t reserved_output_tokens(const request_context& ctx, std::uint64_t default_max_tokens) noexcept;

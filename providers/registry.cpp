@@ -52,8 +52,15 @@ std::shared_ptr<snapshot> build_snapshot(std::shared_ptr<const config::gateway_c
   for (const auto& m : cfg->models) {
     model_route r;
     r.name = m.name;
-    r.targets.push_back({by_name.at(m.primary.provider), m.primary.upstream_model});
-    for (auto& fb : m.fallbacks) r.targets.push_back({by_name.at(fb.provider), fb.upstream_model});
+    // Priced once here, not per call: a fallback serving another model by that model's own entry
+    // (an exact name: a catch-all glob would undercut the public model's price), else as the
+    // public model.
+    const config::price_config* public_price = cfg->find_price(m.name);
+    r.targets.push_back({by_name.at(m.primary.provider), m.primary.upstream_model, public_price});
+    for (auto& fb : m.fallbacks) {
+      const config::price_config* own = fb.upstream_model != m.name ? cfg->find_exact_price(fb.upstream_model) : nullptr;
+      r.targets.push_back({by_name.at(fb.provider), fb.upstream_model, own ? own : public_price});
+    }
     snap->models.emplace(m.name, std::move(r));
   }
   for (const auto& m : cfg->models) snap->model_order.push_back(&snap->models.at(m.name));

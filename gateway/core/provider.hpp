@@ -125,6 +125,9 @@ void apply_output_cap(request_context& ctx, std::string_view field);
 struct route_target {
   const provider_adapter* provider = nullptr;
   std::string upstream_model;
+  /// What its answers cost (into the snapshot's config): the public model's price, or, for a
+  /// fallback serving another model that has an exact entry of its own in `prices`, that one.
+  const config::price_config* price = nullptr;
 };
 
 /// A public model name and its targets in order (primary first, then fallbacks).
