@@ -882,11 +882,22 @@ bool global_option(int argc, char** argv, int& i, globals& g, string& err) {
 
 int run_command(const command& cmd, int argc, char** argv, int first, globals& g) {
   // --help wins over everything else after the command, so `key create --help` needs no --team.
-  for (int i = first; i < argc && string_view(argv[i]) != "--"; ++i)
-    if (is_help(argv[i])) {
+  // But an option's value is never taken for it: `key create --name -h` names the key "-h" (a
+  // value is what follows a value option unless it starts with "--", as option_value reads it).
+  for (int i = first; i < argc && string_view(argv[i]) != "--"; ++i) {
+    const string_view arg = argv[i];
+    if (is_help(arg)) {
       print_command_help(cmd);
       return exit_ok;
     }
+    if (!arg.starts_with("--") || arg.find('=') != string_view::npos || i + 1 >= argc ||
+        string_view(argv[i + 1]).starts_with("--"))
+      continue;
+    const string_view name = arg.substr(2);
+    if (name == "url" || name == "token-file" ||
+        std::find(cmd.value_opts.begin(), cmd.value_opts.end(), name) != cmd.value_opts.end())
+      ++i;  // its value
+  }
   arguments a;
   bool options_done = false;
   for (int i = first; i < argc; ++i) {

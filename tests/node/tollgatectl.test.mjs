@@ -707,6 +707,21 @@ describe('tollgatectl against a scripted admin server (commands the gateway grow
     }
   });
 
+  test('an option\'s value that looks like -h is the value, not a request for help', { timeout: 15000 }, async () => {
+    const before = srv.requests.length;
+    const named = await ctl(['key', 'create', '--team', 'search', '--name', '-h'], env);
+    assert.doesNotMatch(named.stdout, /Usage|--team T/, 'no help printed');
+    assert.equal(srv.requests.length, before + 1, 'the key create went to the gateway');
+    assert.deepEqual([srv.last().method, srv.last().path, srv.last().body?.name], ['POST', '/admin/v1/keys', '-h']);
+    // -h where no value is due, and --help even after a value option, still ask for help.
+    for (const args of [['key', 'create', '--team', 'search', '-h'], ['key', 'create', '--name', '--help']]) {
+      const h = await ctl(args, env);
+      assertExit(h, 0, args.join(' '));
+      assert.match(h.stdout, /key create/);
+    }
+    assert.equal(srv.requests.length, before + 1, 'help sends nothing');
+  });
+
   test('a whole key given to --key goes out as its id only; repeated and empty options are usage errors', { timeout: 15000 }, async () => {
     const secret = 'S'.repeat(43);
     const whole = `tg_AbCdEf123456_${secret}`;
