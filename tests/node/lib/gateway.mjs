@@ -397,7 +397,15 @@ export function rawExchange(port, parts, { timeoutMs = 5000, host = '127.0.0.1',
     sock.on('data', (d) => {
       res.firstByteAt ??= Date.now();
       chunks.push(d);
-      if (stopWhenComplete && parseResponse(Buffer.concat(chunks))?.complete) finish();
+      const done = stopWhenComplete ? parseResponse(Buffer.concat(chunks)) : undefined;
+      if (done?.complete) {
+        // An answer that says it closes the connection: its close is waited for (briefly), as it
+        // may come a moment after the last byte (a slow ASan build); otherwise done at once.
+        if (/\bclose\b/i.test(String(done.headers?.connection ?? ''))) {
+          clearTimeout(timer);
+          timer = setTimeout(finish, 1000);
+        } else finish();
+      }
     });
     sock.on('end', () => {
       res.closed = true;
