@@ -16,6 +16,34 @@
 namespace tollgate::policy {
 namespace {
 
+/// join_all()'s shared state: its tasks may outlive the awaiting caller (a stopped worker).
+struct join_state {
+  explicit join_state(executor_t ex) : done(ex) {}
+  std::size_t left = 0;
+  steady_timer_t done;
+};
+
+awaitable<void> joined(std::shared_ptr<join_state> j, awaitable<void> task) {
+  struct finished {  // also if the task throws: the join must end
+    join_state& j;
+    ~finished() {
+      if (--j.left == 0) j.done.cancel();
+    }
+  } on_exit{*j};
+  co_await std::move(task);
+}
+
+/// Runs `tasks` side by side on `ex` and returns when every one has finished (an exception ends
+/// its task, not the others; it is dropped, as a detached coroutine's is).
+awaitable<void> join_all(executor_t ex, std::vector<awaitable<void>> tasks) {
+  if (tasks.empty()) co_return;
+  auto j = std::make_shared<join_state>(ex);
+  j->left = tasks.size();
+  for (auto& t : tasks) net::co_spawn(ex, joined(j, std::move(t)), net::detached);
+  j->done.expires_at(steady_timer_t::time_point::max());
+  co_await j->done.async_wait();  // cancelled by the last task to finish
+}
+
 std::string sha1_hex(std::string_view s) {
   unsigned char md[SHA_DIGEST_LENGTH];
   SHA1(reinterpret_cast<const unsigned char*>(s.data()), s.size(), md);
@@ -666,15 +694,6 @@ std::string redis_store::oldest_team(const worker_queue& q) {
   return q.admits.front()->a->scopes.front().team;
 }
 
-namespace {
-/// send_round()'s shared state: its batches may outlive the awaiting caller (a stopped worker).
-struct round_state {
-  explicit round_state(executor_t ex) : done(ex) {}
-  std::size_t left = 0;
-  steady_timer_t done;
-};
-}  // namespace
-
 awaitable<void> redis_store::send_round(unsigned worker) {
   auto& q = queues_[worker];
   // Each team with a queued admission (and the team of a settlement older than them all), oldest
@@ -694,23 +713,10 @@ awaitable<void> redis_store::send_round(unsigned worker) {
   // round trips, and a worker admitted about two calls per round trip whatever the load: with a
   // remote Redis (a few ms away) a queue that grows, inside no timeout. Each batch stays atomic,
   // and Redis runs them in the order sent.
+  std::vector<awaitable<void>> batches;
+  for (auto& t : teams) batches.push_back(send_batch(worker, std::move(t)));
   const executor_t ex = co_await net::this_coro::executor;
-  auto round = std::make_shared<round_state>(ex);
-  round->left = teams.size();
-  for (auto& t : teams) net::co_spawn(ex, send_in_round(worker, std::move(t), round), net::detached);
-  round->done.expires_at(steady_timer_t::time_point::max());
-  co_await round->done.async_wait();  // cancelled by the last batch to finish
-}
-
-awaitable<void> redis_store::send_in_round(unsigned worker, std::string team, std::shared_ptr<void> state) {
-  auto* round = static_cast<round_state*>(state.get());
-  struct finished {  // also if the batch throws: the round must end
-    round_state* r;
-    ~finished() {
-      if (--r->left == 0) r->done.cancel();
-    }
-  } on_exit{round};
-  co_await send_batch(worker, std::move(team));
+  co_await join_all(ex, std::move(batches));
 }
 
 awaitable<void> redis_store::send_batch(unsigned worker, std::string team) {
@@ -1043,12 +1049,11 @@ constexpr char usage_sep = '\x1f';
 
 /// pipelined()'s shared state: its lanes may outlive the awaiting caller (a stopped worker).
 struct pipeline_run {
-  pipeline_run(executor_t ex, std::vector<std::string> c) : cmds(std::move(c)), out(cmds.size()), done(ex) {}
+  explicit pipeline_run(std::vector<std::string> c) : cmds(std::move(c)), out(cmds.size()) {}
   std::vector<std::string> cmds;
   std::vector<redis::reply> out;
-  std::size_t next = 0, lanes = 0;
+  std::size_t next = 0;
   bool failed = false;
-  steady_timer_t done;
 };
 
 /// One lane: the next command not yet sent, until none is left or one failed.
@@ -1062,7 +1067,6 @@ awaitable<void> pipeline_lane(std::shared_ptr<pipeline_run> run, redis::connecti
     }
     run->out[i] = std::move(*r);
   }
-  if (--run->lanes == 0) run->done.cancel();
 }
 
 }  // namespace
@@ -1070,14 +1074,12 @@ awaitable<void> pipeline_lane(std::shared_ptr<pipeline_run> run, redis::connecti
 awaitable<std::optional<std::vector<redis::reply>>> redis_store::pipelined(unsigned worker,
                                                                            std::vector<std::string> cmds,
                                                                            std::size_t window) {
+  auto run = std::make_shared<pipeline_run>(std::move(cmds));
+  std::vector<awaitable<void>> lanes;
+  for (std::size_t i = 0, n = std::min(std::max<std::size_t>(window, 1), run->cmds.size()); i < n; ++i)
+    lanes.push_back(pipeline_lane(run, &conn(worker)));
   const executor_t ex = co_await net::this_coro::executor;
-  auto run = std::make_shared<pipeline_run>(ex, std::move(cmds));
-  run->lanes = std::min(std::max<std::size_t>(window, 1), run->cmds.size());
-  for (std::size_t i = 0, n = run->lanes; i < n; ++i) net::co_spawn(ex, pipeline_lane(run, &conn(worker)), net::detached);
-  if (run->lanes > 0) {
-    run->done.expires_at(steady_timer_t::time_point::max());
-    co_await run->done.async_wait();  // cancelled by the last lane to finish
-  }
+  co_await join_all(ex, std::move(lanes));
   if (run->failed) co_return std::nullopt;
   co_return std::move(run->out);
 }

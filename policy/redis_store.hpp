@@ -174,8 +174,6 @@ class redis_store final : public store {
   /// together; returns when every one is answered.
   awaitable<void> send_round(unsigned worker);
   static constexpr std::size_t max_round_teams = 32;
-  /// One batch of a round; the last to finish ends the round (`state`: its round_state).
-  awaitable<void> send_in_round(unsigned worker, std::string team, std::shared_ptr<void> state);
   /// The team whose turn is next: the oldest admission's, or a settlement's that waited longer.
   static std::string oldest_team(const worker_queue& q);
   /// send_batch() once, while flush_admissions has a batch on the wire.
