@@ -19,7 +19,9 @@
 --   KEYS[3..] the scope hashes the batch touches: "<prefix>{team}:t" for the team, ":k:<id>" for a
 --            key, with fields rs ts (requests and tokens in the window), lo (oldest bucket that may
 --            hold counts), b<bucket> ("<requests>:<tokens>"), c (calls in flight), pid spent res
---            soft (budget period, spent and reserved nano-USD, soft-threshold flag), ~ (HPIN below)
+--            soft (budget period, spent and reserved nano-USD, and the soft threshold in nano-USD
+--            last reported in this period, '0': none; '1', written before 2026-11-29, stands for
+--            the current one), ~ (HPIN below)
 -- ARGV      lease_ms, window_ms, nadmit, nsettle, nspecs, deadline_ms (the latest Redis time at
 --           which the admissions may still be applied; 0: any), then per scope spec: scope ("t" or
 --           "k:<id>"), rpm, tpm, concurrency, budget_limit_nano (-1: none), period kind (d|m|t),
@@ -39,7 +41,8 @@
 --           A call's numbers travel as one argument: each argument costs Redis a parse, an
 --           object and a Lua string, and with the sums only the slow path reads them.
 -- Returns   {now_ms, then 1 and per scope spec its spend before the settlements (after a new
---           period's reset) and 1 if its soft threshold had been crossed already, else 0: when the
+--           period's reset) and 1 if its current soft threshold had been reported already, else 0
+--           (a threshold an admin changed mid-period is reported again at its new level): when the
 --           settlements were applied from the sums; or 0 and per settlement: 0 (applied before:
 --           nothing more), or 1 and then per scope the spend after it in nano-USD, as
 --           -(spent + 1) when this charge crossed the soft threshold first; then 1 and per scope
@@ -176,9 +179,10 @@ end
 -- Scope specs, parsed once per batch (calls refer to them by index).
 local SPEC = 7
 local spec_sfx, spec_rpm, spec_tpm, spec_conc, spec_blimit, spec_pid, spec_soft = {}, {}, {}, {}, {}, {}, {}
+local spec_softs = {}  -- the soft threshold as sent: what a scope's 'soft' field records once reported
 for k = 1, nspecs do
   local j = 7 + (k - 1) * SPEC
-  spec_sfx[k] = ARGV[j]
+  spec_sfx[k], spec_softs[k] = ARGV[j], ARGV[j + 6]
   spec_rpm[k], spec_tpm[k], spec_conc[k], spec_blimit[k], spec_soft[k] =
       (ARGV[j + 1] + 0), (ARGV[j + 2] + 0), (ARGV[j + 3] + 0), (ARGV[j + 4] + 0), (ARGV[j + 6] + 0)
   if spec_blimit[k] >= 0 then spec_pid[k] = pid_of(ARGV[j + 5]) end
@@ -367,11 +371,11 @@ if fast_settle then
         if pk == 100 then pid = pid_of('d') elseif pk == 109 then pid = pid_of('m') end
         if not s.pid or (s.pid < pid and byte(s.pid) == byte(pid)) then s.pid, s.spent, s.soft = pid, 0, '0' end
         before = s.spent
-        if s.soft == '1' then was = 1 end
+        if s.soft == spec_softs[k] or s.soft == '1' then was = 1 end
         local spent, soft = before + N[ARGV[f + 5]], spec_soft[k]
         if spent > SPENT_MAX then spent = SPENT_MAX end
         s.spent, s.bd = spent, true
-        if soft > 0 and spent >= soft then s.soft = '1' end
+        if soft > 0 and spent >= soft then s.soft = spec_softs[k] end
       end
     end
     out[no + 1], out[no + 2], no = before, was, no + 2
@@ -415,8 +419,8 @@ for ci = 1, fast_settle and 0 or nsettle do
       spent = s.spent + cost
       if spent > SPENT_MAX then spent = SPENT_MAX end
       s.spent, s.bd = spent, true
-      if soft > 0 and spent >= soft and s.soft ~= '1' then
-        s.soft = '1'
+      if soft > 0 and spent >= soft and s.soft ~= spec_softs[k] and s.soft ~= '1' then
+        s.soft = spec_softs[k]
         crossed = 1
       end
     end

@@ -147,7 +147,7 @@ admit_result memory_store::admit_now(const admission& a) {
       if (kind_changed(st.pid, r.periods[i])) {
         if (period_ended(st.pid, now)) {
           st.spent = spent = 0;
-          st.soft_sent = false;
+          st.soft_reported = 0;
         }
         st.pid = r.periods[i];
       }
@@ -192,7 +192,7 @@ admit_result memory_store::admit_now(const admission& a) {
       if (starts_period[i]) {
         st.pid = r.periods[i];
         st.spent = 0;
-        st.soft_sent = false;
+        st.soft_reported = 0;
       }
     }
     if (l.concurrency || sc.budget.set())
@@ -238,14 +238,17 @@ settle_result memory_store::settle_now(const settlement& s) {
         if (later_period(st.pid, pid)) {  // first news of a new period
           st.pid = pid;
           st.spent = 0;
-          st.soft_sent = false;
+          st.soft_reported = 0;
         }
         // Saturated as admit.lua does (4e18): absurd reported costs never wrap to a negative spend.
         st.spent = s.cost_nano > spent_max - st.spent ? spent_max : st.spent + s.cost_nano;
         if (held) st.reserved -= s.adm.cost_nano;
         spent = st.spent;
         const std::int64_t soft = soft_nano(sc);
-        if (soft > 0 && spent >= soft && !st.soft_sent) crossed = st.soft_sent = true;
+        if (soft > 0 && spent >= soft && st.soft_reported != soft) {
+          st.soft_reported = soft;
+          crossed = true;
+        }
       }
     }
     r.spent.push_back(spent);

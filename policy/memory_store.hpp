@@ -86,7 +86,9 @@ class memory_store final : public store {
     leases held;
     std::string pid;  ///< budget period the spend belongs to
     std::int64_t spent = 0, reserved = 0;
-    bool soft_sent = false;
+    /// The soft threshold (nano-USD) last reported in this period, 0: none. A threshold an admin
+    /// changed mid-period is reported again at its new level (admit.lua keeps the same).
+    std::int64_t soft_reported = 0;
   };
   void roll(rate_window& w, std::int64_t cur) const;
   static constexpr std::int64_t buckets = window_buckets;

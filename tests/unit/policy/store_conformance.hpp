@@ -768,6 +768,31 @@ TYPED_TEST_P(StoreConformance, SoftThresholdIsReportedOncePerPeriod) {
   EXPECT_EQ(this->budget(s).spent, 100);
 }
 
+TYPED_TEST_P(StoreConformance, ABudgetChangedMidPeriodReportsItsNewSoftThreshold) {
+  // One settlement of `cost` against `s`: whether it crossed the soft threshold.
+  const auto crossed = [this](const scope_spec& s, std::int64_t cost) {
+    auto a = this->adm({s}, 1, cost);
+    auto r = this->admit(a);
+    EXPECT_EQ(r.v, verdict::admitted);
+    auto st = this->settle(a, r, 1, cost);
+    EXPECT_EQ(st.soft_crossed.size(), 1u);
+    return !st.soft_crossed.empty() && st.soft_crossed[0];
+  };
+  auto s = scope("t", {}, budget_of(100, 0.5));
+  EXPECT_TRUE(crossed(s, 60));   // 60 of 100: past 50
+  EXPECT_FALSE(crossed(s, 10));  // 70: reported already
+  // An admin raises the budget to 200 in the same period: its threshold is 100, not yet reached.
+  s.budget.limit_nano = 200;
+  EXPECT_FALSE(crossed(s, 20));  // 90
+  EXPECT_TRUE(crossed(s, 20));   // 110: past the new threshold, reported at its level
+  EXPECT_FALSE(crossed(s, 10));  // 120
+  // A new share of the same budget is a new threshold too (150), and it is reported once.
+  s.budget.soft = 0.75;
+  EXPECT_TRUE(crossed(s, 40));   // 160
+  EXPECT_FALSE(crossed(s, 10));  // 170
+  EXPECT_EQ(this->budget(s).spent, 170);
+}
+
 TYPED_TEST_P(StoreConformance, LargeAmountsStayExact) {
   // $5,000,000 in nano-USD is 5e15: beyond 14 significant digits, exact as integers.
   const std::int64_t limit = 5'000'000'000'000'000;
@@ -957,6 +982,7 @@ REGISTER_TYPED_TEST_SUITE_P(StoreConformance, RequestsPerMinuteAdmitsExactlyTheL
                             AConcurrencyLimitAddedLaterCountsOnlyCallsAdmittedUnderIt,
                             ABudgetHeldByCallsInFlightIsAnsweredWithAWaitASpentOneWithout,
                             ASoftThresholdThatRoundsToNothingNeverFires,
+                            ABudgetChangedMidPeriodReportsItsNewSoftThreshold,
                             TokensPerMinuteReservesThenCorrectsToUsage,
                             ABatchOfSettlementsCorrectsAndChargesEachCallOnce,
                             QueuedSettlementsAreAppliedOnceBeforeTheNextAdmission,

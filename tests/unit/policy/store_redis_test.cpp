@@ -69,6 +69,18 @@ struct redis_backend {
 
 INSTANTIATE_TYPED_TEST_SUITE_P(Redis, StoreConformance, redis_backend);
 
+/// The same store with the batch sums off: every batch goes through admit.lua's call-by-call
+/// path, which otherwise runs only when a call does not fit or a lease is not found.
+struct redis_call_by_call_backend : redis_backend {
+  static std::unique_ptr<store> make(std::int64_t window) {
+    auto st = redis_backend::make(window);
+    if (st) static_cast<redis_store&>(*st).use_sums(false);
+    return st;
+  }
+};
+
+INSTANTIATE_TYPED_TEST_SUITE_P(RedisCallByCall, StoreConformance, redis_call_by_call_backend);
+
 TEST(RedisStore, UnreachableRedisIsReportedNotHung) {
   config::redis_config c;
   c.port = 1;  // nothing listens there
@@ -920,6 +932,62 @@ TEST(RedisStore, EveryLeaseOfABatchLastsAtLeastAsLongAsItsCallAsked) {
   EXPECT_GE(expiry["lm1"] - double(r1.admitted_at_ms), 200 - 50);
   EXPECT_EQ(expiry["lm1"], expiry["lm2"]) << "the two calls went out in one batch";
   st->stop();
+}
+
+TEST(RedisStore, AKeyWrittenIsCreatedEvenIfItsListingIndexesRefuseIt) {
+  // A creation is a write over "no record"; the listing indexes are best effort: when Redis
+  // refuses them (here: the index keys hold the wrong type), the key is still written and
+  // reported written (its caller shows the secret once), and the store warns.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  const std::string tagged = st->scope_key("x", "y");  // <prefix>{x}:y
+  const std::string prefix = tagged.substr(0, tagged.size() - std::string("{x}:y").size());
+  std::vector<std::string> notices;
+  st->on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
+  ASSERT_TRUE(raw_command(ioc, {"SET", prefix + "keys", "not a set"}));
+  ASSERT_TRUE(raw_command(ioc, {"SET", prefix + "key_ids", "not a sorted set"}));
+  key_record k;
+  k.id = "unlisted";
+  k.team = "team-a";
+  k.digest = "sha256:" + std::string(64, 'a');
+  EXPECT_EQ(run_sync(ioc, st->replace_key(0, k, "")), write_result::written);
+  const auto found = run_sync(ioc, st->get_key(0, "unlisted"));
+  ASSERT_TRUE(found.key);
+  EXPECT_EQ(found.key->team, "team-a");
+  ASSERT_EQ(notices.size(), 2u);
+  EXPECT_NE(notices[0].find("warn a record was written but not added to its listing index"), std::string::npos) << notices[0];
+  EXPECT_NE(notices[1].find("warn a key was written but not added to the listing index"), std::string::npos) << notices[1];
+  st->stop();
+}
+
+TEST(RedisStore, ASoftThresholdFlagWrittenByAnOlderVersionCountsAsReported) {
+  // Before 2026-11-29 admit.lua marked a reported threshold with soft=1; it now records the
+  // threshold itself. A flag found after an upgrade stands for the current threshold: no second
+  // event in that period, from the sums or call by call.
+  for (const bool sums : {true, false}) {
+    net::io_context ioc;
+    auto st = started_store(ioc);
+    if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+    st->use_sums(sums);
+    const scope_spec s{"t", "team-legacy", {}, budget_of(100, 0.5)};
+    const auto settle_one = [&](std::string lease, std::int64_t cost) {
+      admission a;
+      a.lease = std::move(lease);
+      a.scopes = {s};
+      a.tokens = 1;
+      a.cost_nano = cost;
+      const admit_result r = run_sync(ioc, st->admit(0, a));
+      EXPECT_EQ(r.v, verdict::admitted);
+      return run_sync(ioc, st->settle(0, settlement{a, r.periods, 1, cost, r.admitted_at_ms}));
+    };
+    ASSERT_TRUE(settle_one("before", 10).applied);  // the scope's state exists: 10 of 100
+    ASSERT_TRUE(raw_command(ioc, {"HSET", st->scope_key("team-legacy", "t"), "soft", "1"}));
+    const settle_result past = settle_one("past", 60);  // 70: past 50, reported before the upgrade
+    ASSERT_EQ(past.soft_crossed.size(), 1u);
+    EXPECT_FALSE(past.soft_crossed[0]) << (sums ? "from the sums" : "call by call");
+    st->stop();
+  }
 }
 
 TEST(RedisStore, EachScopeHashIsPinnedInItsHashtableEncodingOnceAndAgainAfterAReset) {
