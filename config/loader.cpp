@@ -5,6 +5,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <charconv>
@@ -113,6 +114,13 @@ std::string get_secret(const YAML::Node& n, const std::string& path) {
 
 endpoint parse_endpoint(const YAML::Node& n, const std::string& path) {
   std::string s = get_string(n, path);
+  // A host name or an IP address (IPv6 in brackets, with a zone): a URL is refused, and never
+  // echoed, since it may carry a password ("redis://:pw@host:6379" once loaded as a host named
+  // "redis://:pw@host", and its resolver errors put the password in the logs).
+  for (const char c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_' && c != ':' && c != '[' &&
+        c != ']' && c != '%')
+      fail(path, n, "expected host:port (a host name or IP address, and a port; not a URL)");
   auto colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0) fail(path, n, "expected host:port, got '" + s + "'");
   endpoint e;
@@ -342,7 +350,12 @@ void parse_auth(const YAML::Node& n, auth_config& a) {
   const std::string p = "auth";
   check_keys(n, p, {"required", "pepper", "key_cache_ms", "demo_key", "admin_tokens"});
   if (auto v = n["required"]) a.required = get_bool(v, p + ".required");
-  if (auto v = n["pepper"]) a.pepper = get_secret(v, p + ".pepper");
+  if (auto v = n["pepper"]) {
+    a.pepper = get_secret(v, p + ".pepper");
+    // (An unset variable or an empty file: keys would be digested without a pepper, silently,
+    // and every key digested under the real one refused.)
+    if (a.pepper.empty()) fail(p + ".pepper", v, "is empty (leave it out for no pepper)");
+  }
   if (auto v = n["key_cache_ms"]) a.key_cache_ms = get_uint<std::uint32_t>(v, p + ".key_cache_ms", 60'000);
   if (auto v = n["demo_key"]) a.demo_key = get_bool(v, p + ".demo_key");
   if (auto ts = n["admin_tokens"]) {
@@ -352,6 +365,17 @@ void parse_auth(const YAML::Node& n, auth_config& a) {
       check_keys(ts[i], tp, {"name", "digest"});
       if (!ts[i]["name"] || !ts[i]["digest"]) fail(tp, ts[i], "name and digest are required");
       a.admin_tokens.push_back({get_string(ts[i]["name"], tp + ".name"), get_string(ts[i]["digest"], tp + ".digest")});
+      const auto& t = a.admin_tokens.back();
+      // A digest no token can match (upper-case hex, hmac-sha256, cut short) would lock the admin
+      // out without a word; a name given twice or empty would blur who did what in the audit trail.
+      if (t.name.empty()) fail(tp + ".name", ts[i]["name"], "must not be empty (it names the admin in the audit trail)");
+      const std::string_view hex = std::string_view(t.digest).substr(std::min<std::size_t>(7, t.digest.size()));
+      if (!t.digest.starts_with("sha256:") || hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string_view::npos)
+        fail(tp + ".digest", ts[i]["digest"], "expected sha256:<64 lowercase hex> (of the token: printf %s TOKEN | sha256sum)");
+      for (std::size_t j = 0; j + 1 < a.admin_tokens.size(); ++j) {
+        if (a.admin_tokens[j].name == t.name) fail(tp + ".name", ts[i]["name"], "duplicate admin token name '" + t.name + "'");
+        if (a.admin_tokens[j].digest == t.digest) fail(tp + ".digest", ts[i]["digest"], "the same token as admin_tokens[" + std::to_string(j) + "]");
+      }
     }
   }
 }
@@ -392,6 +416,8 @@ void parse_store(const YAML::Node& n, store_config& s) {
     if (auto v = r["timeout_ms"]) s.redis.timeout_ms = get_uint<std::uint32_t>(v, rp + ".timeout_ms", 60'000);
     if (auto v = r["connect_timeout_ms"])
       s.redis.connect_timeout_ms = get_uint<std::uint32_t>(v, rp + ".connect_timeout_ms", 60'000);
+    if (s.redis.connect_timeout_ms == 0)  // (each step of a connection gets it: 0 never connects)
+      fail(rp + ".connect_timeout_ms", r["connect_timeout_ms"], "must be at least 1");
     if (auto v = r["busy_poll_us"]) s.redis.busy_poll_us = get_uint<std::uint32_t>(v, rp + ".busy_poll_us", 1'000);
     if (auto t = r["tls"]) {
       const std::string tp = rp + ".tls";

@@ -146,6 +146,11 @@ bool server::write_ready_file(std::string& error) {
 }
 
 std::shared_ptr<const snapshot> load_snapshot(std::shared_ptr<const config::gateway_config> cfg, std::string& error) {
+  if (!cfg->auth.pepper.empty() && !policy::pepper_usable(cfg->auth.pepper)) {
+    // (A FIPS provider refuses HMAC keys under 112 bits.) Never a key made or checked without it.
+    error = "auth.pepper: OpenSSL refuses HMAC-SHA-256 with this pepper (FIPS providers need at least 14 bytes)";
+    return nullptr;
+  }
   auto snap = providers::build_snapshot(cfg, error);
   if (!snap) return nullptr;
   snap->filters = content_filters::compile(*cfg, error);
@@ -153,9 +158,14 @@ std::shared_ptr<const snapshot> load_snapshot(std::shared_ptr<const config::gate
   return snap;
 }
 
+namespace {
+/// The quickstart admin token serves a config that asks for the demo key and names no admin token.
+bool wants_demo_admin(const config::gateway_config& cfg) { return cfg.auth.demo_key && cfg.auth.admin_tokens.empty(); }
+}  // namespace
+
 std::shared_ptr<const config::gateway_config> server::with_demo_admin(
     std::shared_ptr<const config::gateway_config> cfg) const {
-  if (demo_admin_token_.empty()) return cfg;
+  if (demo_admin_token_.empty() || !wants_demo_admin(*cfg)) return cfg;
   auto c = std::make_shared<config::gateway_config>(*cfg);
   c->auth.admin_tokens.push_back({"quickstart", policy::digest_secret(demo_admin_token_, {})});
   return c;
@@ -174,7 +184,7 @@ std::string server::audit_instance() const {
 
 int server::run() {
   std::string error;
-  if (snap_->cfg->auth.demo_key && snap_->cfg->auth.admin_tokens.empty()) {
+  if (wants_demo_admin(*snap_->cfg)) {
     // Quickstart: an admin token for tollgatectl, printed once like the demo key.
     demo_admin_token_ = "tga_" + policy::random_hex(24);
     snap_ = load_snapshot(with_demo_admin(snap_->cfg), error);
@@ -370,6 +380,12 @@ void server::reload() {
     log_event("error", "config reload failed; keeping the current config",
               "\"reason\":" + json::serialize(json::value(error)));
     return;
+  }
+  if (!demo_admin_token_.empty() && !wants_demo_admin(*loaded.config)) {
+    // The printed token (on stdout, in the ready file, in container logs) must not outlive the
+    // quickstart: a config with admin tokens of its own, or without the demo key, ends it.
+    demo_admin_token_.clear();
+    log_event("info", "the quickstart admin token is retired: the config has its own admin_tokens or no demo_key");
   }
   const auto& old = snap_->cfg->server;
   const auto& now = snap->cfg->server;

@@ -40,7 +40,8 @@ class server {
   bool write_ready_file(std::string& error);
   void create_demo_key();
   /// Quickstart (auth.demo_key without admin tokens): an admin token made at start, its digest
-  /// added to every config this process loads.
+  /// added to every config this process loads that still has the demo key and no admin tokens
+  /// (a reload to any other config retires the token for good).
   std::shared_ptr<const config::gateway_config> with_demo_admin(std::shared_ptr<const config::gateway_config> cfg) const;
   std::string audit_instance() const;
 

@@ -14,6 +14,9 @@
 #include <stdexcept>
 
 namespace tollgate::policy {
+namespace detail {
+hmac_function hmac_fn = &HMAC;
+}  // namespace detail
 namespace {
 
 constexpr std::string_view alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -34,7 +37,8 @@ const EVP_MD* sha256_md() {
   return fetched != nullptr ? fetched : EVP_sha256();
 }
 
-std::array<unsigned char, 32> sha256(std::string_view data) {
+/// nullopt when OpenSSL fails: never a digest of zeros (which a zeroed stored digest would match).
+std::optional<std::array<unsigned char, 32>> sha256(std::string_view data) {
   std::array<unsigned char, 32> md{};
   unsigned len = 0;
   // One context per thread, reinitialised per digest: EVP_Digest allocates and frees one on
@@ -44,16 +48,23 @@ std::array<unsigned char, 32> sha256(std::string_view data) {
   };
   thread_local const std::unique_ptr<EVP_MD_CTX, ctx_deleter> ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestInit_ex2(ctx.get(), sha256_md(), nullptr) != 1 ||
-      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 || EVP_DigestFinal_ex(ctx.get(), md.data(), &len) != 1)
-    EVP_Digest(data.data(), data.size(), md.data(), &len, sha256_md(), nullptr);
+      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 || EVP_DigestFinal_ex(ctx.get(), md.data(), &len) != 1) {
+    len = 0;
+    if (EVP_Digest(data.data(), data.size(), md.data(), &len, sha256_md(), nullptr) != 1) return std::nullopt;
+  }
+  if (len != md.size()) return std::nullopt;
   return md;
 }
 
-std::array<unsigned char, 32> hmac_sha256(std::string_view key, std::string_view data) {
+/// nullopt when OpenSSL refuses (a FIPS provider refuses keys under 112 bits): the array it
+/// would have filled stays zeros, and a check against a digest of zeros would pass any secret.
+std::optional<std::array<unsigned char, 32>> hmac_sha256(std::string_view key, std::string_view data) {
   std::array<unsigned char, 32> md{};
   unsigned len = 0;
-  HMAC(sha256_md(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
-       data.size(), md.data(), &len);
+  if (detail::hmac_fn(sha256_md(), key.data(), static_cast<int>(key.size()),
+                      reinterpret_cast<const unsigned char*>(data.data()), data.size(), md.data(), &len) == nullptr ||
+      len != md.size())
+    return std::nullopt;
   return md;
 }
 
@@ -83,7 +94,8 @@ std::optional<parsed_key> parse_key(std::string_view s) noexcept {
 }
 
 void mask_keys_in_path(std::string& path) {
-  if (path.find("tg") == std::string::npos) return;  // (every caller's path: nothing to do)
+  // (Every caller's path: nothing to do. A '%' may hide a "tg": %74g, t%67.)
+  if (path.find("tg") == std::string::npos && path.find('%') == std::string::npos) return;
   std::string out;
   out.reserve(path.size());
   std::size_t at = 0;
@@ -112,11 +124,15 @@ void mask_keys_in_path(std::string& path) {
 std::string digest_secret(std::string_view secret, std::string_view pepper) {
   if (!pepper.empty()) {
     auto md = hmac_sha256(pepper, secret);
-    return "hmac-sha256:" + to_hex(md.data(), md.size());
+    if (!md) throw std::runtime_error("OpenSSL refused HMAC-SHA-256 with auth.pepper: no key digest made");
+    return "hmac-sha256:" + to_hex(md->data(), md->size());
   }
   auto md = sha256(secret);
-  return "sha256:" + to_hex(md.data(), md.size());
+  if (!md) throw std::runtime_error("OpenSSL failed to compute SHA-256: no key digest made");
+  return "sha256:" + to_hex(md->data(), md->size());
 }
+
+bool pepper_usable(std::string_view pepper) noexcept { return hmac_sha256(pepper, "tollgate").has_value(); }
 
 namespace {
 /// `n` bytes as 2n lowercase hex digits at `out`.
@@ -130,7 +146,7 @@ void write_hex(const unsigned char* p, std::size_t n, char* out) noexcept {
 }  // namespace
 
 bool verify_secret(std::string_view secret, std::string_view stored, std::string_view pepper) noexcept {
-  std::array<unsigned char, 32> md{};
+  std::optional<std::array<unsigned char, 32>> md;
   std::string_view hex;
   if (stored.starts_with("hmac-sha256:")) {
     if (pepper.empty()) return false;
@@ -142,9 +158,9 @@ bool verify_secret(std::string_view secret, std::string_view stored, std::string
   } else {
     return false;
   }
-  if (hex.size() != 64) return false;
+  if (!md || hex.size() != 64) return false;  // (no digest computed: no secret matches)
   char mine[64];  // on the stack: this runs on every authenticated call (a std::string of 64 allocates)
-  write_hex(md.data(), md.size(), mine);
+  write_hex(md->data(), md->size(), mine);
   return CRYPTO_memcmp(mine, hex.data(), 64) == 0;
 }
 

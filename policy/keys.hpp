@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+struct evp_md_st;  // OpenSSL's EVP_MD
+
 namespace tollgate::policy {
 
 struct parsed_key {
@@ -27,11 +29,23 @@ std::optional<parsed_key> parse_key(std::string_view presented) noexcept;
 /// access-log line, audit record or error body.
 void mask_keys_in_path(std::string& path);
 
-/// "hmac-sha256:<hex>" when `pepper` is set, else "sha256:<hex>".
+/// "hmac-sha256:<hex>" when `pepper` is set, else "sha256:<hex>". Throws std::runtime_error when
+/// OpenSSL cannot compute it (a FIPS provider refuses an HMAC key under 14 bytes).
 std::string digest_secret(std::string_view secret, std::string_view pepper);
 
-/// Constant-time check of `secret` against a stored digest of either kind.
+/// Constant-time check of `secret` against a stored digest of either kind; false when OpenSSL
+/// cannot compute the digest (never a match against what it failed to fill).
 bool verify_secret(std::string_view secret, std::string_view stored_digest, std::string_view pepper) noexcept;
+
+/// Whether OpenSSL computes HMAC-SHA-256 keyed with `pepper` (checked when a config is loaded).
+bool pepper_usable(std::string_view pepper) noexcept;
+
+namespace detail {
+/// OpenSSL's HMAC(): a test replaces it with one that fails, as a FIPS provider does for a short key.
+using hmac_function = unsigned char* (*)(const ::evp_md_st*, const void*, int, const unsigned char*, std::size_t,
+                                         unsigned char*, unsigned int*);
+extern hmac_function hmac_fn;
+}  // namespace detail
 
 /// A 128-bit SipHash-2-4 of `secret` under a key drawn at random once per process (OpenSSL's
 /// SIPHASH MAC): lets a replica recognise a secret it verified moments ago for ~1/3 of a digest's

@@ -570,8 +570,9 @@ int key_digest(const context& c) {
       return usage_error(c, "a key's secret is 1-256 letters and digits (e.g. `openssl rand -hex 32`), and this one is not");
     secret = std::move(line);
   }
+  const string digest = policy::digest_secret(secret, pepper);  // (throws, printing nothing, if OpenSSL refuses the pepper)
   if (!id.empty()) std::cout << "id: " << id << "\n";
-  std::cout << "digest: " << policy::digest_secret(secret, pepper) << "\n";
+  std::cout << "digest: " << digest << "\n";
   return exit_ok;
 }
 

@@ -13,6 +13,7 @@ import OpenAI from 'openai';
 
 import { REPO } from './lib/paths.mjs';
 import { eventually, GATEWAY_BIN, startGateway } from './lib/gateway.mjs';
+import { admin, adminToken } from './lib/policy_helpers.mjs';
 
 test('quickstart.yaml: demo key and admin token printed once; calls billed to team demo and audited', async () => {
   const yaml = readFileSync(join(REPO, 'config/examples/quickstart.yaml'), 'utf8')
@@ -46,6 +47,27 @@ test('quickstart.yaml: demo key and admin token printed once; calls billed to te
     const shown = JSON.parse(execFileSync(ctl, ['--url', gw.adminUrl, '--json', 'quota', 'show', '--team', 'demo'],
       { env: { ...process.env, TOLLGATE_ADMIN_TOKEN: token } }).toString());
     assert.equal(shown.team, 'demo');
+
+    // The printed token lives on in stdout, the ready file and container logs: a reload to a
+    // config with admin tokens of its own retires it, for good (also when the quickstart config
+    // comes back), while the config's own token works.
+    const reloads = async () => Number(/tollgate_config_reloads_total\{result="success"\} (\d+)/
+      .exec(await (await fetch(`${gw.adminUrl}/metrics`)).text())?.[1] ?? -1);
+    const ops = adminToken();
+    assert.equal((await admin(gw, token, 'GET', '/admin/v1/teams')).status, 200, 'the quickstart token works before');
+    gw.writeConfig(yaml.replace('auth:\n  demo_key: true\n', `auth:\n  demo_key: true\n  admin_tokens:\n${ops.yaml}`));
+    gw.signal('SIGHUP');
+    await eventually(async () => (await reloads()) === 1, { what: 'the reload with admin_tokens' });
+    assert.equal((await admin(gw, ops.token, 'GET', '/admin/v1/teams')).status, 200);
+    assert.equal((await admin(gw, token, 'GET', '/admin/v1/teams')).status, 401, 'the quickstart token is retired');
+    gw.writeConfig(yaml);
+    gw.signal('SIGHUP');
+    await eventually(async () => (await reloads()) === 2, { what: 'the reload back to quickstart.yaml' });
+    // (quickstart.yaml names no admin token: without the retired one, the admin API is off.)
+    const off = await admin(gw, token, 'GET', '/admin/v1/teams');
+    assert.equal(off.status, 403, 'a retired token stays retired');
+    assert.equal(off.json.error.code, 'admin_api_disabled');
+    await gw.waitForStderr(/the quickstart admin token is retired/);
     await gw.stopClean();
     const verified = execFileSync(ctl, ['audit', 'verify', '--dir', gw.ready.audit_dir]).toString();
     assert.match(verified, /^audit verify: OK/);

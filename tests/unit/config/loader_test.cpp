@@ -352,11 +352,41 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
        "store.redis.tls: cert_file and key_file must be set together"},
       {base + "store: {type: redis, redis: {address: \"unix:/run/redis.sock\", tls: {}}}\n",
        "store.redis.tls: TLS needs a TCP address"},
+      {base + "store: {type: redis, redis: {address: \"redis://:s3cret@redis.internal:6379\"}}\n",
+       "store.redis.address: expected host:port (a host name or IP address, and a port; not a URL)"},
+      {base + "store: {type: redis, redis: {address: \"user:s3cret@redis.internal:6379\"}}\n",
+       "store.redis.address: expected host:port (a host name or IP address, and a port; not a URL)"},
+      {base + "server: {listen: \"http://0.0.0.0:8080\"}\n", "server.listen: expected host:port"},
+      {base + "store: {type: redis, redis: {connect_timeout_ms: 0}}\n", "store.redis.connect_timeout_ms: must be at least 1"},
+      {base + "auth: {pepper: \"\"}\n", "auth.pepper: is empty"},
+      {base + "auth: {admin_tokens: [{name: ops, digest: \"sha256:" + std::string(64, 'B') + "\"}]}\n",
+       "auth.admin_tokens[0].digest: expected sha256:<64 lowercase hex>"},
+      {base + "auth: {admin_tokens: [{name: ops, digest: \"hmac-sha256:" + std::string(64, 'b') + "\"}]}\n",
+       "auth.admin_tokens[0].digest: expected sha256:<64 lowercase hex>"},
+      {base + "auth: {admin_tokens: [{name: ops, digest: \"sha256:" + std::string(63, 'b') + "\"}]}\n",
+       "auth.admin_tokens[0].digest: expected sha256:<64 lowercase hex>"},
+      {base + "auth: {admin_tokens: [{name: \"\", digest: \"sha256:" + std::string(64, 'b') + "\"}]}\n",
+       "auth.admin_tokens[0].name: must not be empty"},
+      {base + "auth: {admin_tokens: [{name: ops, digest: \"sha256:" + std::string(64, 'b') + "\"}, {name: ops, digest: \"sha256:" +
+           std::string(64, 'c') + "\"}]}\n",
+       "auth.admin_tokens[1].name: duplicate admin token name 'ops'"},
+      {base + "auth: {admin_tokens: [{name: a, digest: \"sha256:" + std::string(64, 'b') + "\"}, {name: b, digest: \"sha256:" +
+           std::string(64, 'b') + "\"}]}\n",
+       "auth.admin_tokens[1].digest: the same token as admin_tokens[0]"},
   };
   for (auto& c : cases) {
     auto r = load(c.yaml);
     EXPECT_FALSE(r) << c.yaml;
     EXPECT_NE(r.error.find(c.expected), std::string::npos) << "got: " << r.error;
+    EXPECT_EQ(r.error.find("s3cret"), std::string::npos) << "a password in an address is echoed: " << r.error;
+  }
+}
+
+TEST(ConfigLoaderTest, EndpointsTakeHostNamesAndAddressesOfEveryKind) {
+  for (const char* address : {"redis.internal:6380", "10.0.0.5:6380", "[::1]:6380", "[fe80::1%eth0]:6380", "my_host-1:1"}) {
+    auto r = load(std::string(minimal) + "store: {type: redis, redis: {address: \"" + address + "\"}}\n");
+    ASSERT_TRUE(r) << address << ": " << r.error;
+    EXPECT_EQ(r.config->store.redis.port, std::stoi(std::string(address).substr(std::string(address).rfind(':') + 1)));
   }
 }
 

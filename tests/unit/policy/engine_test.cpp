@@ -1111,6 +1111,9 @@ TEST(KeysTest, KeysInAPathAreMaskedToTheirIds) {
   EXPECT_EQ(masked("/admin/v1/keys/" + key + "/rotate"), "/admin/v1/keys/abc123DEF456/rotate");
   EXPECT_EQ(masked("/v1/" + key + "/x"), "/v1/abc123DEF456/x");  // any segment, any listener
   EXPECT_EQ(masked("/admin/v1/keys/tg%5Fabc123DEF456%5F" + std::string(43, 'S')), "/admin/v1/keys/abc123DEF456");
+  // "tg" itself percent-encoded: no "tg" in the raw path, a key all the same.
+  EXPECT_EQ(masked("/admin/v1/keys/%74g_abc123DEF456_" + std::string(43, 'S')), "/admin/v1/keys/abc123DEF456");
+  EXPECT_EQ(masked("/x/t%67_abc123DEF456_" + std::string(43, 'S') + "/y"), "/x/abc123DEF456/y");
   // Not a key's shape, but a key's start: what follows its id is dropped.
   EXPECT_EQ(masked("/admin/v1/keys/" + key + ".json"), "/admin/v1/keys/tg_abc123DEF456_[masked]");
   // Ids, other paths and a bare prefix stay as they are.
@@ -1119,6 +1122,28 @@ TEST(KeysTest, KeysInAPathAreMaskedToTheirIds) {
   EXPECT_EQ(masked("/tg_/x/"), "/tg_/x/");
   EXPECT_EQ(masked(""), "");
   EXPECT_EQ(masked("/%zz/tg"), "/%zz/tg");
+}
+
+TEST(KeysTest, AnHmacOpenSslRefusesMatchesNoSecretAndMakesNoDigest) {
+  // A FIPS provider refuses HMAC keys under 112 bits: HMAC() then returns NULL and fills nothing.
+  // The digest it would have made must match no secret (a zeroed buffer matched every one against
+  // a stored digest of zeros), no digest may be made, and a config with that pepper is refused.
+  const std::string zeros = "hmac-sha256:" + std::string(64, '0');
+  const std::string good = digest_secret("s3cret", "short-pepper");
+  struct restore {
+    detail::hmac_function saved = detail::hmac_fn;
+    ~restore() { detail::hmac_fn = saved; }
+  } on_exit;
+  detail::hmac_fn = [](const ::evp_md_st*, const void*, int, const unsigned char*, std::size_t, unsigned char*,
+                       unsigned int*) -> unsigned char* { return nullptr; };
+  EXPECT_FALSE(verify_secret("anything", zeros, "short-pepper"));
+  EXPECT_FALSE(verify_secret("s3cret", good, "short-pepper"));
+  EXPECT_THROW(digest_secret("s3cret", "short-pepper"), std::runtime_error);
+  EXPECT_FALSE(pepper_usable("short-pepper"));
+  EXPECT_EQ(digest_secret("abc", "").substr(0, 7), "sha256:");  // SHA-256 without a pepper is unaffected
+  detail::hmac_fn = on_exit.saved;
+  EXPECT_TRUE(pepper_usable("short-pepper"));
+  EXPECT_TRUE(verify_secret("s3cret", good, "short-pepper"));
 }
 
 TEST(KeysTest, ParseDigestVerify) {
