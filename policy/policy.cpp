@@ -852,16 +852,33 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
     }
     round.resize(due);
     std::size_t failed = 0;
-    while (!round.empty()) {
-      const std::string team = round.front().s.adm.scopes.front().team;
-      std::vector<retry_item> batch, rest;
-      for (auto& it : round) {
-        if (batch.size() < max_batch && it.s.adm.scopes.front().team == team) batch.push_back(std::move(it));
-        else rest.push_back(std::move(it));
+    // A batch per team, in one pass: the round's items in team order (each team's in the order
+    // queued), then cut into batches of up to max_batch. The first batch is one settlement, a
+    // probe, one sent before when there is one: when the store does not answer it and says it is
+    // unreachable, the round ends there and the rest wait unsent (an outage's charges keep taking
+    // sums: seal_outage), rather than every batch of the round waiting out its own timeout. (A
+    // store that answers but refuses the probe, an error reply, is reachable: the round goes on.)
+    std::stable_sort(round.begin(), round.end(), [](const retry_item& a, const retry_item& b) {
+      return a.s.adm.scopes.front().team < b.s.adm.scopes.front().team;
+    });
+    for (std::size_t i = 1; i < round.size(); ++i)
+      if (round[i].sent && !round[0].sent) {
+        std::swap(round[0], round[i]);
+        break;
       }
-      round = std::move(rest);
+    std::size_t next = 0;
+    bool probe = true;
+    while (next < round.size()) {
+      const std::string team = round[next].s.adm.scopes.front().team;
+      std::vector<retry_item> batch;
+      const std::size_t most = probe ? 1 : max_batch;
+      while (next < round.size() && batch.size() < most && round[next].s.adm.scopes.front().team == team)
+        batch.push_back(std::move(round[next++]));
       std::vector<settlement> sends;
-      for (auto& it : batch) sends.push_back(it.s);
+      for (auto& it : batch) {
+        it.sent = true;
+        sends.push_back(it.s);
+      }
       call_settle_.inc();
       std::vector<settle_result> res = co_await store_->settle_batch(worker, std::move(sends));
       if (alive.expired()) co_return;
@@ -884,6 +901,10 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
         }
       }
       journal_done(finished);
+      const bool answered = !res.empty() && res.front().reachable;
+      if (probe && !answered && !store_->healthy())
+        for (; next < round.size(); ++next) q.items.push_back(std::move(round[next]));  // unsent: still open to sums
+      probe = false;
     }
     if (failed) settlements_.counter({"retried"}).inc(double(failed));
     delay = failed ? std::min(delay * 2, retry_longest) : retry_first;
@@ -915,21 +936,27 @@ void engine::store_answered(unsigned worker) {
   }
 }
 
+namespace {
+/// Whether a charge-only settlement charges these scopes' budgets in these periods (then a
+/// charge for the same may be added to it).
+bool charges_same(const settlement& s, const std::vector<scope_spec>& scopes, const std::vector<std::string>& periods) {
+  if (s.periods != periods || s.adm.scopes.size() != scopes.size()) return false;
+  for (std::size_t i = 0; i < scopes.size(); ++i) {
+    const auto &a = s.adm.scopes[i], &b = scopes[i];
+    if (a.id != b.id || a.team != b.team || a.budget.limit_nano != b.budget.limit_nano ||
+        a.budget.period != b.budget.period || a.budget.soft != b.budget.soft)
+      return false;
+  }
+  return true;
+}
+}  // namespace
+
 void engine::charge_later(unsigned worker, const reservation& r, std::uint64_t tokens, std::int64_t cost_nano) {
   if (queues_.empty()) return;
   const unsigned w = worker % unsigned(queues_.size());
   auto& q = queues_[w];
   settlements_.counter({"outage"}).inc();
-  const auto same = [&r](const settlement& s) {
-    if (s.periods != r.charge_periods || s.adm.scopes.size() != r.charge_scopes.size()) return false;
-    for (std::size_t i = 0; i < s.adm.scopes.size(); ++i) {
-      const auto &a = s.adm.scopes[i], &b = r.charge_scopes[i];
-      if (a.id != b.id || a.team != b.team || a.budget.limit_nano != b.budget.limit_nano ||
-          a.budget.period != b.budget.period || a.budget.soft != b.budget.soft)
-        return false;
-    }
-    return true;
-  };
+  const auto same = [&r](const settlement& s) { return charges_same(s, r.charge_scopes, r.charge_periods); };
   for (auto& s : q.outage)
     if (same(s)) {
       s.tokens += tokens;
@@ -960,13 +987,45 @@ awaitable<void> engine::seal_outage(unsigned worker, std::weak_ptr<const bool> a
   auto& q = queues_[worker];
   q.sealing = false;
   if (q.outage.empty()) co_return;  // (given up at shutdown)
-  // Sealed: each sum is final from here on (its journal line and every resend carry the same
-  // figures under the same lease, so the store charges it once).
+  // Sealed. A charge of the same scopes and periods still waiting, never sent, takes the sum
+  // (its journal line written again with the new figures: the journal keeps a lease's last);
+  // else the sum is a new charge. Once sent, a charge is final (every resend carries the same
+  // figures under the same lease, so the store charges it once). Since a retry round stops at
+  // the first send the store does not answer, a long outage leaves one charge per scope set
+  // waiting, not one per seal (ten a second: memory, journal and each round grew with the outage).
   const std::size_t first_new = q.items.size();
   const auto give_up = steady_clock::now() + retry_give_up;
-  for (auto& s : q.outage) q.items.push_back(retry_item{std::move(s), give_up});
+  std::vector<std::size_t> merged;  // (indexes: the pushes below may move the items)
+  for (auto& s : q.outage) {
+    std::size_t into = first_new;
+    for (std::size_t i = 0; i < first_new && into == first_new; ++i) {
+      const retry_item& it = q.items[i];
+      if (!it.sent && !it.release && it.s.charge_only && charges_same(it.s, s.adm.scopes, s.periods)) into = i;
+    }
+    if (into == first_new) {
+      q.items.push_back(retry_item{std::move(s), give_up});
+      continue;
+    }
+    q.items[into].s.tokens += s.tokens;
+    q.items[into].s.cost_nano += s.cost_nano;
+    --pending_;  // (counted once, in the charge it joined)
+    if (q.items[into].journaled) merged.push_back(into);
+  }
   q.outage.clear();
+  journal_again(q.items, merged);
   retry_from(worker, first_new);
+}
+
+void engine::journal_again(const std::vector<retry_item>& items, std::span<const std::size_t> which) {
+  if (which.empty()) return;
+  std::vector<const settlement*> s;
+  for (std::size_t i : which) s.push_back(&items[i].s);
+  std::string error;
+  if (!journal_.add(s, error)) {
+    // The journal holds the charge's earlier figures: a crash now replays those, and the rest of
+    // the sum lives in memory only, as without a journal.
+    if (!journal_error_told_.exchange(true)) log_("error", error, {});
+  }
 }
 
 void engine::release_later(unsigned worker, const admission& a, std::int64_t at_ms, steady_clock::time_point not_before) {
@@ -1047,7 +1106,6 @@ void engine::journal_add(std::span<retry_item> items) {
     it.journaled = true;
     it.give_up = steady_clock::time_point::max();
   }
-  journal_open_cell_.set(double(journal_.open_count()));
 }
 
 void engine::journal_done(std::span<const retry_item> items) {
@@ -1056,11 +1114,11 @@ void engine::journal_done(std::span<const retry_item> items) {
   for (auto& it : items) leases.push_back(it.s.adm.lease);
   std::string error;
   if (!journal_.done(leases, error) && !journal_error_told_.exchange(true)) log_("error", error, {});
-  journal_open_cell_.set(double(journal_.open_count()));
 }
 
 std::size_t engine::open_journal(const std::string& path) {
   auto opened = journal_.open(path);  // throws with the reason
+  journal_.on_count([this](std::size_t n) { journal_open_cell_.set(double(n)); });
   if (opened.skipped)
     log_("warn", "settlement journal: lines that do not parse were skipped",
          "\"path\":" + quote(path) + ",\"lines\":" + std::to_string(opened.skipped));

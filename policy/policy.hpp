@@ -304,7 +304,12 @@ class engine {
     bool release = false;
     /// Not sent before (a release: until its admission batch is past its deadline).
     std::chrono::steady_clock::time_point not_before{};
+    /// Sent to the store at least once: its figures are final (an outage charge not yet sent
+    /// still takes later sums of the same scopes: seal_outage).
+    bool sent = false;
   };
+  /// Journals these items' settlements again, with their new figures (outage charges that took a sum).
+  void journal_again(const std::vector<retry_item>& items, std::span<const std::size_t> which);
   /// Settlements the store could not take, on disk until it does (unused when not configured).
   settlement_journal journal_;
   std::vector<settlement> replay_;  ///< from the journal, until start()

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/json/parse.hpp>
@@ -72,7 +73,10 @@ settlement_journal::opened settlement_journal::open(const std::string& path) {
     const auto& o = v.get_object();
     if (const auto* a = o.if_contains("add"); a && a->is_object()) {
       if (auto s = settlement_from_json(a->get_object())) {
-        if (!index.count(s->adm.lease)) {
+        // A lease added again carries its latest figures (an outage charge that took another
+        // sum before it was ever sent): the last line wins, in the first one's place.
+        if (auto it = index.find(s->adm.lease); it != index.end()) added[it->second] = std::move(*s);
+        else {
           index[s->adm.lease] = added.size();
           added.push_back(std::move(*s));
         }
@@ -130,13 +134,30 @@ bool settlement_journal::write_all(int fd, const std::string& text, std::string&
   return true;
 }
 
+bool settlement_journal::append(std::string text, std::string& error) {
+  struct stat before {};
+  const bool sized = ::fstat(fd_, &before) == 0;
+  if (torn_) text.insert(text.begin(), '\n');
+  if (write_all(fd_, text, error)) {
+    torn_ = false;
+    return true;
+  }
+  // A short write (a full disk, a file size limit) left part of a line at the end, and a failed
+  // sync a line the caller counts as not written: cut back to where it began. Else the next line
+  // would be appended to that part, and both would be skipped at replay as one line that does
+  // not parse; when the cut fails, the next write starts on a line of its own.
+  if (!sized || ::ftruncate(fd_, before.st_size) != 0) torn_ = true;
+  return false;
+}
+
 bool settlement_journal::add(std::span<const settlement* const> s, std::string& error) {
   std::lock_guard lock(mu_);
   if (fd_ < 0 || s.empty()) return fd_ >= 0;
   std::string text;
   for (const settlement* x : s) text += "{\"add\":" + settlement_to_json(*x) + "}\n";
-  if (!write_all(fd_, text, error)) return false;
+  if (!append(std::move(text), error)) return false;
   for (const settlement* x : s) open_.insert(x->adm.lease);
+  counted();
   return true;
 }
 
@@ -144,14 +165,18 @@ bool settlement_journal::done(std::span<const std::string_view> leases, std::str
   std::lock_guard lock(mu_);
   if (fd_ < 0 || leases.empty()) return fd_ >= 0;
   for (auto l : leases) open_.erase(std::string(l));
+  counted();
   if (open_.empty()) {  // nothing left to replay: start the file afresh
-    if (::ftruncate(fd_, 0) == 0 && ::fdatasync(fd_) == 0) return true;
+    if (::ftruncate(fd_, 0) == 0 && ::fdatasync(fd_) == 0) {
+      torn_ = false;
+      return true;
+    }
     error = "store.settlement_journal: cannot truncate " + path_ + ": " + errno_text();
     return false;
   }
   std::string text;
   for (auto l : leases) text += "{\"done\":" + quoted(l) + "}\n";
-  return write_all(fd_, text, error);
+  return append(std::move(text), error);
 }
 
 std::size_t settlement_journal::open_count() const {

@@ -7,12 +7,14 @@
 // one the store had taken after all charges nothing twice.
 //
 // One file per gateway process, held with flock(LOCK_EX): JSON lines, appended and fdatasync'd.
-//   {"add":{settlement}}   the store could not be reached with it
+//   {"add":{settlement}}   the store could not be reached with it (a lease added again: its
+//                          new figures, which replace the earlier line's)
 //   {"done":"<lease>"}     the store took it (or it was given up)
 // Opening reads the file, keeps the settlements not done and rewrites the file to hold just those;
 // once none is open the file is truncated. Written only while the store is unreachable: the
 // normal path never touches it.
 #include <cstddef>
+#include <functional>
 #include <mutex>
 #include <span>
 #include <string>
@@ -46,14 +48,27 @@ class settlement_journal {
   bool done(std::span<const std::string_view> leases, std::string& error);
   /// Settlements added and not done.
   std::size_t open_count() const;
+  /// Called with open_count() after every change, under the journal's lock (so that a gauge set
+  /// from it never goes back to an older count: two workers' changes each set theirs in order).
+  void on_count(std::function<void(std::size_t)> f) {
+    std::lock_guard lock(mu_);
+    on_count_ = std::move(f);
+  }
 
  private:
   /// Writes all of `text` to `fd`, then fdatasync; false with `error` set (naming path_) on failure.
   bool write_all(int fd, const std::string& text, std::string& error);
+  /// write_all() at the end of the journal; on failure the file is cut back to where it was.
+  bool append(std::string text, std::string& error);
   mutable std::mutex mu_;
   int fd_ = -1;
   std::string path_;
   std::unordered_set<std::string> open_;
+  bool torn_ = false;
+  std::function<void(std::size_t)> on_count_;
+  void counted() {
+    if (on_count_) on_count_(open_.size());
+  }  ///< a failed write left part of a line that could not be cut off
 };
 
 }  // namespace tollgate::policy

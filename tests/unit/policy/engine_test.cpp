@@ -64,6 +64,7 @@ struct flaky_store final : store {
   /// that Redis never ran).
   bool doubt_only = false;
   int settle_calls = 0;
+  int settlements_sent = 0;  ///< in all the settle_batch calls
   int admit_calls = 0;
   std::chrono::milliseconds timeout{50};  ///< command_timeout(): the store's, whatever the config says
   std::string_view kind() const override { return "flaky"; }
@@ -79,8 +80,10 @@ struct flaky_store final : store {
     }
     co_return admit_down ? admit_result{} : inner.admit_now(a);
   }
+  bool healthy() const override { return !down; }
   awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
     ++settle_calls;
+    settlements_sent += int(b.size());
     std::vector<settle_result> out(b.size());
     if (!down)
       for (std::size_t i = 0; i < b.size(); ++i) out[i] = inner.settle_now(b[i]);
@@ -924,6 +927,64 @@ TEST_F(EngineTest, AReleaseTheStoreNeverTookIsDroppedAtShutdownWithoutALostLine)
   EXPECT_EQ(flaky->settle_calls, tried);
   for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
   EXPECT_EQ(std::filesystem::file_size(dir + "/j"), 0u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(EngineTest, ALongOutageKeepsOneChargeWaitingPerScopeSetAndTriesOneSettlementARound) {
+  // Budgets fail_open, the store down: eight calls 150 ms apart, each charge sealed on its own
+  // (every 100 ms). The first charge is sent, and fails; the later ones take sums into one charge
+  // that waits unsent, rather than a new charge per seal (which grew memory, the journal and
+  // every retry round with the outage). Each round tries one settlement while the store is down.
+  auto flaky = std::make_shared<flaky_store>();
+  make("store: {on_unavailable: {budgets: fail_open}}\n", flaky);
+  flaky->down = flaky->admit_down = true;
+  for (int i = 0; i < 8; ++i) {
+    auto c = ctx("tg_rich1_" + secret);
+    ASSERT_EQ(call(c), errc::ok) << i;
+    settle_answered(c, 2, 1);  // 4,000,000 nano-USD each
+    ioc.restart();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(150);
+    while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_GE(flaky->settle_calls, 2);
+  EXPECT_EQ(flaky->settlements_sent, flaky->settle_calls) << "a round sent more than its probe to a store that is down";
+  EXPECT_LE(eng->pending(), 3) << "a charge per seal";  // the one sent, the one taking sums, one being summed
+  flaky->down = flaky->admit_down = false;
+  ioc.restart();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (eng->pending() > 0 && std::chrono::steady_clock::now() < deadline) ioc.run_one_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(eng->pending(), 0);
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 32'000'000);  // every cent, once
+}
+
+TEST_F(EngineTest, AnOutageChargeThatTookSumsIsJournaledWithThemAndReplayedWhole) {
+  // With a journal, a waiting charge that takes later sums is journaled again each time: the
+  // next start replays its last figures, so the budget gets every call's cost, once.
+  auto flaky = std::make_shared<flaky_store>();
+  const std::string dir = ::testing::TempDir() + "/outage-sums-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), flaky, dir + "/j");
+  flaky->down = flaky->admit_down = true;
+  for (int i = 0; i < 5; ++i) {
+    auto c = ctx("tg_rich1_" + secret);
+    ASSERT_EQ(call(c), errc::ok) << i;
+    settle_answered(c, 2, 1);  // 4,000,000 nano-USD each
+    ioc.restart();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(150);
+    while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_LE(eng->pending(), 3);
+  eng->abandon_pending(0);
+  for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
+  eng->stop();
+  eng.reset();
+  auto back = std::make_shared<flaky_store>();
+  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), back, dir + "/j");
+  ioc.restart();
+  run_until([&] { return eng->pending() == 0; });
+  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 20'000'000);
   std::filesystem::remove_all(dir);
 }
 

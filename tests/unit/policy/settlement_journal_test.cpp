@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -145,6 +148,71 @@ TEST_F(SettlementJournalTest, ATornLastLineAndForeignLinesAreSkippedAndCounted) 
   ASSERT_EQ(opened.open.size(), 1u);
   EXPECT_EQ(opened.open[0].adm.lease, "kept");
   EXPECT_EQ(opened.open[0].cost_nano, 5);
+}
+
+TEST_F(SettlementJournalTest, ALeaseAddedAgainComesBackWithItsLastFigures) {
+  // An outage charge that took another sum before it was ever sent is journaled again: the
+  // last line's figures, in the first one's place, once.
+  {
+    settlement_journal j;
+    ASSERT_TRUE(j.open(path).open.empty());
+    std::string error;
+    const settlement a = sample("a", 1), b = sample("b", 2), a2 = sample("a", 5);
+    const settlement* both[] = {&a, &b};
+    const settlement* again[] = {&a2};
+    ASSERT_TRUE(j.add(both, error)) << error;
+    ASSERT_TRUE(j.add(again, error)) << error;
+    EXPECT_EQ(j.open_count(), 2u);
+  }
+  settlement_journal j;
+  const auto opened = j.open(path);
+  ASSERT_EQ(opened.open.size(), 2u);
+  EXPECT_EQ(opened.open[0].adm.lease, "a");
+  EXPECT_EQ(opened.open[0].cost_nano, 5);
+  EXPECT_EQ(opened.open[1].adm.lease, "b");
+  std::string error;
+  const std::vector<std::string_view> done{"a"};
+  ASSERT_TRUE(j.done(done, error)) << error;
+  EXPECT_EQ(j.open_count(), 1u);
+}
+
+TEST_F(SettlementJournalTest, AShortWriteLeavesNoPartOfALineForTheNextToJoin) {
+  // A file size limit (as a full disk would) lets only part of the second add's line reach the
+  // file. The add fails; the next one, once there is room, must come back at the next start: not
+  // glued to that part and skipped with it as one line that does not parse.
+  {
+    settlement_journal j;
+    ASSERT_TRUE(j.open(path).open.empty());
+    std::string error;
+    const settlement a = sample("a", 1), b = sample("b", 2), c = sample("c", 3);
+    const settlement* first[] = {&a};
+    ASSERT_TRUE(j.add(first, error)) << error;
+    const auto size = fs::file_size(path);
+    struct sigaction ignore {}, old_action{};
+    ignore.sa_handler = SIG_IGN;
+    ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &old_action), 0);
+    rlimit old_limit{};
+    ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    rlimit small = old_limit;
+    small.rlim_cur = size + 40;  // room for part of a line only
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+    const settlement* second[] = {&b};
+    const bool added = j.add(second, error);
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+    ASSERT_EQ(::sigaction(SIGXFSZ, &old_action, nullptr), 0);
+    EXPECT_FALSE(added);
+    EXPECT_NE(error.find("cannot write"), std::string::npos) << error;
+    EXPECT_EQ(fs::file_size(path), size) << "the part of b's line was left in the file";
+    const settlement* third[] = {&c};
+    ASSERT_TRUE(j.add(third, error)) << error;
+    EXPECT_EQ(j.open_count(), 2u);  // a and c: b was not journaled (its caller keeps it in memory)
+  }  // the process ends
+  settlement_journal j;
+  const auto opened = j.open(path);
+  EXPECT_EQ(opened.skipped, 0u);
+  ASSERT_EQ(opened.open.size(), 2u);
+  EXPECT_EQ(opened.open[0].adm.lease, "a");
+  EXPECT_EQ(opened.open[1].adm.lease, "c");
 }
 
 TEST_F(SettlementJournalTest, ASecondGatewayCannotTakeAJournalInUse) {
