@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "gateway/request_parser.hpp"
 
+#include <array>
+
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/field.hpp>
 
@@ -82,7 +84,9 @@ std::size_t caller_request_parser::on_chunk_body_impl(std::uint64_t, string_view
 
 void caller_request_parser::on_finish_impl(error_code&) {}
 
-std::string presented_credential(const caller_fields& c, bool prefer_keys) {
+namespace {
+/// What each credential field offers: Authorization's (per its scheme), api-key's, x-api-key's.
+std::array<std::string_view, 3> credential_candidates(const caller_fields& c) {
   const std::string_view auth = text::trim(c.authorization.value_or(std::string_view()));
   std::string_view from_auth;
   // "Bearer", then spaces or tabs (RFC 9110's 1*SP, and tabs as lenient parsers take them).
@@ -95,8 +99,24 @@ std::string presented_credential(const caller_fields& c, bool prefer_keys) {
     const std::string_view rest = gap == std::string_view::npos ? auth : text::trim(auth.substr(gap));
     if (rest.starts_with("tg_")) from_auth = rest;
   }
-  const std::string_view candidates[] = {from_auth, text::trim(c.api_key.value_or(std::string_view())),
-                                         text::trim(c.x_api_key.value_or(std::string_view()))};
+  return {from_auth, text::trim(c.api_key.value_or(std::string_view())), text::trim(c.x_api_key.value_or(std::string_view()))};
+}
+}  // namespace
+
+bool conflicting_keys(const caller_fields& c) {
+  if (!c.api_key && !c.x_api_key) return false;  // (the common case: one field, nothing to compare)
+  const auto candidates = credential_candidates(c);
+  std::string_view first;
+  for (auto v : candidates) {
+    if (!v.starts_with("tg_")) continue;
+    if (first.empty()) first = v;
+    else if (v != first) return true;
+  }
+  return false;
+}
+
+std::string presented_credential(const caller_fields& c, bool prefer_keys) {
+  const auto candidates = credential_candidates(c);
   if (prefer_keys)
     for (auto v : candidates)
       if (v.starts_with("tg_")) return std::string(v);

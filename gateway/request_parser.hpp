@@ -30,12 +30,16 @@ struct caller_fields {
 /// The API key a caller presented (empty when none), from `Authorization: Bearer <key>` (OpenAI
 /// SDKs), `api-key` (Azure SDKs) or `x-api-key` (Anthropic SDKs). A Tollgate key (`tg_…`) wins over
 /// anything else in another of these headers, such as an SDK's placeholder; else the first
-/// non-empty one in that order. An Authorization header of another scheme (`Basic`, added by an
+/// non-empty one in that order (two different `tg_` keys: conflicting_keys). An Authorization header of another scheme (`Basic`, added by an
 /// ingress) is no API key, unless what follows it, or the whole value, is a `tg_` key: such a key
 /// is checked, never passed over (a revoked key must not pass an open gateway as anonymous).
 /// `prefer_keys` false (the admin listener, whose tokens are no `tg_` keys): the first non-empty
 /// one in header order, so an API key in another header never displaces the admin token.
 std::string presented_credential(const caller_fields& c, bool prefer_keys = true);
+
+/// Two different Tollgate keys (`tg_…`) in these fields: an ingress that meters or checks one
+/// header would see another caller than the gateway bills, so the request is refused.
+bool conflicting_keys(const caller_fields& c);
 
 class caller_request_parser : public boost::beast::http::basic_parser<true> {
  public:

@@ -285,6 +285,15 @@ describe('HTTP-level limits and routing', () => {
       assertRejected(res, 400, 'bad_request');
       assert.match(res.response.json.error.message, /more than once/);
     }
+    // Two different Tollgate keys in two headers: an ingress metering one header would see
+    // another caller than the one billed.
+    const two = await whileProbing(() =>
+      rawExchange(gw.port, head(['GET /v1/models HTTP/1.1', 'Host: t', 'Authorization: Bearer tg_aaaaaaaaaaaa_one',
+        'x-api-key: tg_bbbbbbbbbbbb_two']), { timeoutMs: 4000, stopWhenComplete: true }),
+    );
+    assertRejected(two, 400, 'bad_request');
+    assert.match(two.response.json.error.message, /two different Tollgate keys/);
+    assert.ok(!two.text.includes('_one') && !two.text.includes('_two'), 'a key was echoed');
     // One of each, as SDKs send a placeholder beside the real key, is still fine.
     const ok = await fetchT(`${gw.url}/v1/models`, { headers: { authorization: 'Bearer sk-x', 'api-key': 'a', 'x-api-key': 'b' } });
     assert.equal(ok.status, 200);

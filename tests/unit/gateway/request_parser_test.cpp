@@ -200,8 +200,7 @@ TEST(PresentedCredentialTest, ATollgateKeyInAnyHeaderOrSchemeIsTheCredential) {
   // An SDK's placeholder in one header does not hide a Tollgate key in another.
   EXPECT_EQ(of("Bearer sk-placeholder", "tg_a_b"), "tg_a_b");
   EXPECT_EQ(of("Bearer sk-placeholder", {}, "tg_a_b"), "tg_a_b");
-  EXPECT_EQ(of("Bearer tg_a_b", "tg_c_d", "tg_e_f"), "tg_a_b");
-  EXPECT_EQ(of({}, "tg_c_d", "tg_e_f"), "tg_c_d");
+  EXPECT_EQ(of("Bearer tg_a_b", "tg_a_b", "tg_a_b"), "tg_a_b");  // (two different keys: ConflictingKeys)
   // An ingress's Basic credentials are no key: the other headers count.
   EXPECT_EQ(of("Basic aW5ncmVzczpwYXNz", "tg_a_b"), "tg_a_b");
   EXPECT_EQ(of("Basic aW5ncmVzczpwYXNz"), "");
@@ -217,6 +216,26 @@ TEST(PresentedCredentialTest, ATollgateKeyInAnyHeaderOrSchemeIsTheCredential) {
   admin.api_key = "tg_a_b";
   EXPECT_EQ(presented_credential(admin, /*prefer_keys=*/false), "admintoken");
   EXPECT_EQ(presented_credential(admin), "tg_a_b");
+}
+
+TEST(PresentedCredentialTest, TwoDifferentTollgateKeysConflictTheSameOneTwiceDoesNot) {
+  const auto conflict = [](std::optional<std::string_view> authorization, std::optional<std::string_view> api_key = {},
+                           std::optional<std::string_view> x_api_key = {}) {
+    caller_fields f;
+    f.authorization = authorization;
+    f.api_key = api_key;
+    f.x_api_key = x_api_key;
+    return conflicting_keys(f);
+  };
+  EXPECT_TRUE(conflict("Bearer tg_a_b", "tg_c_d"));
+  EXPECT_TRUE(conflict("Bearer tg_a_b", {}, "tg_c_d"));
+  EXPECT_TRUE(conflict({}, "tg_a_b", "tg_a_c"));
+  EXPECT_TRUE(conflict("Token tg_a_b", " tg_a_B "));
+  EXPECT_FALSE(conflict("Bearer tg_a_b", " tg_a_b", "tg_a_b "));  // one key, sent in every header
+  EXPECT_FALSE(conflict("Bearer sk-placeholder", "tg_a_b"));      // an SDK's placeholder beside it
+  EXPECT_FALSE(conflict("Bearer tg_a_b", "sk-x", "other"));
+  EXPECT_FALSE(conflict("Bearer tg_a_b"));
+  EXPECT_FALSE(conflict({}, {}, {}));
 }
 
 }  // namespace
