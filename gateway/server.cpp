@@ -408,9 +408,15 @@ void server::reload() {
     log_event("warn", "audit settings change only on restart");
   if (old.tls.enabled() != now.tls.enabled())
     log_event("warn", "server.tls turned on or off changes only on restart: the listener keeps its current setting");
+  const bool new_tls = tls != server_tls_;
+  if (new_tls) ++tls_generation_;
   server_tls_ = std::move(tls);
   snap_ = snap;
-  for (auto& w : workers_) net::post(w->ioc(), [wp = w.get(), snap] { wp->set_snapshot(snap); });
+  for (auto& w : workers_)
+    net::post(w->ioc(), [wp = w.get(), snap, new_tls, gen = tls_generation_] {
+      wp->set_snapshot(snap);
+      if (new_tls) wp->set_tls_generation(gen);
+    });
   m.reloads.counter({"success"}).inc();
   log_event("info", "config reloaded", "\"models\":" + std::to_string(snap->models.size()));
 }

@@ -58,6 +58,7 @@ class server {
   std::size_t next_worker_ = 0;
   bool stopping_ = false;
   std::string demo_key_;  ///< auth.demo_key: the quickstart key, for the ready file
+  std::uint64_t tls_generation_ = 0;  ///< worker::tls_generation: the TLS contexts made so far
   std::string demo_admin_token_;  ///< auth.demo_key: an admin token for tollgatectl, for the ready file
   std::unique_ptr<audit::audit_log> audit_;
 };

@@ -208,8 +208,12 @@ class session {
   /// either, before any key is checked, grew it without limit.
   static std::size_t read_buffer_limit(const config::server_limits& l) { return l.max_header_bytes + 4096 + 65536; }
 
-  /// SANs of the verified client certificate (mTLS listeners).
-  void set_peer_names(std::vector<std::string> names) { peer_names_ = std::move(names); }
+  /// SANs of the verified client certificate (mTLS listeners), and the worker's TLS generation
+  /// at the handshake (worker::tls_generation).
+  void set_peer_names(std::vector<std::string> names, std::uint64_t tls_generation) {
+    peer_names_ = std::move(names);
+    tls_generation_ = tls_generation;
+  }
 
   awaitable<void> run() {
     stream_t& low = beast::get_lowest_layer(s_);
@@ -357,6 +361,10 @@ class session {
       co_await refuse(errc::bad_request, "The request carries one of Authorization, api-key and x-api-key more than once");
       co_return false;
     }
+    if (conflicting_keys(fields)) {
+      co_await refuse(errc::bad_request, "The request carries two different Tollgate keys (in Authorization, api-key and x-api-key)");
+      co_return false;
+    }
 
     request_context ctx;
     ctx.id = w_.next_id();
@@ -374,6 +382,9 @@ class session {
     ctx.credential = presented_credential(fields, kind_ == listener_kind::caller);
     ctx.peer_names = peer_names_;
     if (w_.draining()) ctx.close_after = true;
+    // A client certificate verified under a CA or CRL a reload has replaced: this request is the
+    // connection's last, and the next connection is verified against the new ones.
+    if (!peer_names_.empty() && tls_generation_ != w_.tls_generation()) ctx.close_after = true;
     ctx.admin_listener = kind_ == listener_kind::admin;
     session_sink<Stream> sink(w_, s_, ctx, slot_, keep_alive, parser.version() >= 11);
 
@@ -498,6 +509,7 @@ class session {
   std::string head_text_;  ///< the parsed request head's kept text, reused across requests
   std::string peer_;
   std::vector<std::string> peer_names_;
+  std::uint64_t tls_generation_ = 0;
   session_slot* slot_ = nullptr;  ///< this session's entry in the worker's registry
 };
 
@@ -522,7 +534,7 @@ awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net:
   // at header_read_ms from the accept, closing the socket with no answer.
   stream.next_layer().expires_never();
   session<net::ssl::stream<stream_t>> s(w, stream, kind);
-  s.set_peer_names(certificate_names(stream.native_handle()));
+  s.set_peer_names(certificate_names(stream.native_handle()), w.tls_generation());
   co_await s.run();
 }
 

@@ -57,6 +57,12 @@ class worker {
   // Worker-thread only from here on.
   const std::shared_ptr<const snapshot>& snap() const { return snap_; }
   void set_snapshot(std::shared_ptr<const snapshot> s) { snap_ = std::move(s); }
+  /// Counts the caller listener's TLS contexts (each reload makes one): an mTLS connection made
+  /// under an earlier one closes after its current request, so that its next connection is
+  /// verified against the reloaded client CA and CRL (a revoked certificate must not live on in
+  /// a keep-alive connection).
+  std::uint64_t tls_generation() const { return tls_generation_; }
+  void set_tls_generation(std::uint64_t g) { tls_generation_ = g; }
   std::uint64_t next_id() { return ids_.next(); }
   upstream_pool& pool() { return pool_; }
   access_log& log() { return log_; }
@@ -185,6 +191,7 @@ class worker {
   policy::engine& policy_;
   audit::audit_log* audit_ = nullptr;
   bool draining_ = false;
+  std::uint64_t tls_generation_ = 0;
   std::uint64_t sweep_tick_ = 0;
   std::string log_buffer_;
   std::shared_ptr<const snapshot> cells_snap_;

@@ -28,7 +28,7 @@ function call(port, path, { client, body } = {}) {
     }, (res) => {
       let text = '';
       const issuer = res.socket.getPeerCertificate().issuer?.CN;
-      res.setEncoding('utf8').on('data', (d) => (text += d)).on('end', () => resolve({ status: res.statusCode, text, issuer }));
+      res.setEncoding('utf8').on('data', (d) => (text += d)).on('end', () => resolve({ status: res.statusCode, text, issuer, headers: res.headers }));
     });
     req.setTimeout(10000, () => req.destroy(new Error('timeout')));
     req.on('error', reject);
@@ -174,6 +174,12 @@ describe('mTLS identities', () => {
     const kept = await viaAgent();
     assert.equal(kept.status, 200, 'the connection opened before is still served');
     assert.equal(kept.issuer, 'server-ca', 'on the context it began with');
+    // ...once: its client certificate was verified under the CA and CRL before the reload, so the
+    // connection closes after that request and the next one is verified anew.
+    assert.equal(kept.headers.connection, 'close');
+    const again = await viaAgent();
+    assert.equal(again.status, 200);
+    assert.equal(again.issuer, 'server-ca-2', 'a new connection, on the new context');
     agent.destroy();
   });
 
@@ -185,9 +191,19 @@ describe('mTLS identities', () => {
     const agent = new https.Agent({ keepAlive: false, maxCachedSessions: 10 });
     const viaAgent = { client: { ...asBatch.client, agent } };
     for (let i = 0; i < 3; i++) assert.equal((await call(gw.port, '/v1/models', viaAgent)).status, 200);
+    // And a keep-alive connection opened before the revocation.
+    const open = new https.Agent({ keepAlive: true, maxSockets: 1 });
+    const viaOpen = { client: { ...asBatch.client, agent: open } };
+    assert.equal((await call(gw.port, '/v1/models', viaOpen)).status, 200);
     await reloadWith(yamlFor(ca.cert, certs.crl('batch-revoked', ca, [batch.files])));
     await assert.rejects(call(gw.port, '/v1/models', asBatch), refused);
     await assert.rejects(call(gw.port, '/v1/models', viaAgent), refused, 'a ticket from before the reload does not resume');
+    // The open connection ends with its next request: the one after needs a handshake, which the
+    // CRL refuses (the revoked certificate does not live on while the client keeps sending).
+    const last = await call(gw.port, '/v1/models', viaOpen);
+    assert.equal(last.headers.connection, 'close');
+    await assert.rejects(call(gw.port, '/v1/models', viaOpen), refused, 'the revoked certificate lived on in a kept connection');
+    open.destroy();
     agent.destroy();
     assert.equal((await call(gw.port, '/v1/models', asSearch)).status, 200);
   });
