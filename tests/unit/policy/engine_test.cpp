@@ -269,6 +269,31 @@ class EngineTest : public ::testing::Test {
     EXPECT_EQ(call(next), errc::budget_exceeded);
   }
 
+  /// `n` calls of team rich admitted and answered ($0.004 each) while the store is down, `apart`
+  /// from each other (the io_context runs meanwhile: seals and retry rounds happen).
+  void outage_calls(int n, std::chrono::milliseconds apart) {
+    for (int i = 0; i < n; ++i) {
+      auto c = ctx("tg_rich1_" + secret);
+      ASSERT_EQ(call(c), errc::ok) << i;
+      settle_answered(c, 2, 1);  // 4,000,000 nano-USD
+      ioc.restart();
+      const auto until = std::chrono::steady_clock::now() + apart;
+      while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
+    }
+  }
+  /// Stops this engine, starts another on `journal` with a store that answers, lets it replay,
+  /// and returns team rich's spend.
+  std::int64_t replayed_spend(const std::string& journal) {
+    eng->stop();
+    eng.reset();
+    auto back = std::make_shared<flaky_store>();
+    make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), back, journal);
+    ioc.restart();
+    run_until([&] { return eng->pending() == 0; });
+    const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+    return run_sync(ioc, eng->budget(0, team)).spent;
+  }
+
   metrics::registry reg;
   net::io_context ioc;
   std::shared_ptr<const snapshot> snap;
@@ -938,14 +963,7 @@ TEST_F(EngineTest, ALongOutageKeepsOneChargeWaitingPerScopeSetAndTriesOneSettlem
   auto flaky = std::make_shared<flaky_store>();
   make("store: {on_unavailable: {budgets: fail_open}}\n", flaky);
   flaky->down = flaky->admit_down = true;
-  for (int i = 0; i < 8; ++i) {
-    auto c = ctx("tg_rich1_" + secret);
-    ASSERT_EQ(call(c), errc::ok) << i;
-    settle_answered(c, 2, 1);  // 4,000,000 nano-USD each
-    ioc.restart();
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(150);
-    while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
-  }
+  outage_calls(8, std::chrono::milliseconds(150));
   EXPECT_GE(flaky->settle_calls, 2);
   EXPECT_EQ(flaky->settlements_sent, flaky->settle_calls) << "a round sent more than its probe to a store that is down";
   EXPECT_LE(eng->pending(), 3) << "a charge per seal";  // the one sent, the one taking sums, one being summed
@@ -966,25 +984,11 @@ TEST_F(EngineTest, AnOutageChargeThatTookSumsIsJournaledWithThemAndReplayedWhole
   std::filesystem::create_directories(dir);
   make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), flaky, dir + "/j");
   flaky->down = flaky->admit_down = true;
-  for (int i = 0; i < 5; ++i) {
-    auto c = ctx("tg_rich1_" + secret);
-    ASSERT_EQ(call(c), errc::ok) << i;
-    settle_answered(c, 2, 1);  // 4,000,000 nano-USD each
-    ioc.restart();
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(150);
-    while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
-  }
+  outage_calls(5, std::chrono::milliseconds(150));
   EXPECT_LE(eng->pending(), 3);
   eng->abandon_pending(0);
   for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
-  eng->stop();
-  eng.reset();
-  auto back = std::make_shared<flaky_store>();
-  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), back, dir + "/j");
-  ioc.restart();
-  run_until([&] { return eng->pending() == 0; });
-  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
-  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 20'000'000);
+  EXPECT_EQ(replayed_spend(dir + "/j"), 20'000'000);
   std::filesystem::remove_all(dir);
 }
 
@@ -1005,15 +1009,8 @@ TEST_F(EngineTest, AnOutageChargeNotSealedYetAtShutdownIsJournaledNotLost) {
   EXPECT_EQ(eng->pending(), 0);
   for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
   EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](auto& l) { return l.find("kept in the journal") != std::string::npos; }));
-  eng->stop();
-  eng.reset();
   // The next start replays it: the budget is charged once the store is back.
-  auto back = std::make_shared<flaky_store>();
-  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), back, dir + "/j");
-  ioc.restart();
-  run_until([&] { return eng->pending() == 0; });
-  const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
-  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+  EXPECT_EQ(replayed_spend(dir + "/j"), 4'000'000);
   std::filesystem::remove_all(dir);
 }
 
