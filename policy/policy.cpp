@@ -1008,6 +1008,7 @@ awaitable<void> engine::seal_outage(unsigned worker, std::weak_ptr<const bool> a
     }
     q.items[into].s.tokens += s.tokens;
     q.items[into].s.cost_nano += s.cost_nano;
+    q.items[into].give_up = std::max(q.items[into].give_up, give_up);  // (the newest cost's 10 minutes)
     --pending_;  // (counted once, in the charge it joined)
     if (q.items[into].journaled) merged.push_back(into);
   }
