@@ -203,7 +203,12 @@ void engine::start(const std::vector<executor_t>& workers) {
   // Settlements from the journal of an earlier run: worker 0 sends them until the store takes them.
   if (!replay_.empty() && !workers.empty()) {
     auto& q = queues_.front();
-    for (auto& s : replay_) q.items.push_back(retry_item{std::move(s), steady_clock::time_point::max(), true});
+    for (auto& s : replay_) {
+      // Sent before, maybe (an earlier run's answer lost): its figures are final, and an outage
+      // charge of this run never joins it (seal_outage).
+      q.items.push_back(retry_item{std::move(s), steady_clock::time_point::max(), true});
+      q.items.back().sent = true;
+    }
     replay_.clear();
     q.flushing = true;
     net::co_spawn(workers.front(), retry_settlements(0, alive_), net::detached);
@@ -880,8 +885,14 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
         sends.push_back(it.s);
       }
       call_settle_.inc();
+      q.in_batch = &batch;
+      q.in_round = &round;
+      q.in_next = &next;
       std::vector<settle_result> res = co_await store_->settle_batch(worker, std::move(sends));
       if (alive.expired()) co_return;
+      q.in_batch = q.in_round = nullptr;
+      q.in_next = nullptr;
+      if (q.abandoned) co_return;  // (shutdown took this round's items meanwhile: abandon_pending)
       const auto now = steady_clock::now();
       std::vector<retry_item> finished;
       for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -895,6 +906,12 @@ awaitable<void> engine::retry_settlements(unsigned worker, std::weak_ptr<const b
         } else if (now >= batch[i].give_up) {
           // A release: its lease has expired, nothing is left to release.
           if (!batch[i].release) lose(batch[i].s, "settlement lost: the policy store stayed unreachable");
+        } else if (batch[i].journaled && batch[i].s.admitted_at_ms > 0 &&
+                   batch[i].s.admitted_at_ms < wall_ms() - journal_replay_limit_ms) {
+          // Journaled settlements are never given up, but past the store's day of memory one
+          // could be charged twice or not at all: as at a replay, logged with its cost instead.
+          lose(batch[i].s, "settlement journal: too old to send (the store remembers charges for a day); its cost is not charged");
+          finished.push_back(std::move(batch[i]));
         } else {
           q.items.push_back(std::move(batch[i]));
           ++failed;
@@ -1063,6 +1080,18 @@ void engine::lose(const settlement& s, std::string_view why) {
 void engine::abandon_pending(unsigned worker) {
   if (worker >= queues_.size()) return;
   auto& q = queues_[worker];
+  q.abandoned = true;
+  // A retry round on the wire: its batch (whose answer may still come: applied or not, it is
+  // kept or logged here, and a replay of a kept one charges nothing twice) and what it had not
+  // sent yet. Left in the round, they were neither kept nor logged, only counted in the drain's
+  // last line.
+  if (q.in_batch != nullptr) {
+    for (auto& it : *q.in_batch) q.items.push_back(std::move(it));
+    q.in_batch->clear();
+  }
+  if (q.in_round != nullptr && q.in_next != nullptr) {
+    for (std::size_t& i = *q.in_next; i < q.in_round->size(); ++i) q.items.push_back(std::move((*q.in_round)[i]));
+  }
   // Outage charges not sealed yet (calls cut by the drain's end are charged moments before this)
   // are sealed now, and journaled with the rest when there is a journal, rather than lost.
   if (!q.outage.empty()) {
@@ -1070,6 +1099,12 @@ void engine::abandon_pending(unsigned worker) {
     for (auto& s : q.outage) q.items.push_back(retry_item{std::move(s), steady_clock::now()});
     q.outage.clear();
     journal_add(std::span<retry_item>(q.items).subspan(first_new));
+  }
+  // Settlements whose journal line could not be written when they first failed (a full disk
+  // then): one more try, now, rather than a loss.
+  if (journal_.enabled()) {
+    const auto unjournaled = std::stable_partition(q.items.begin(), q.items.end(), [](const retry_item& it) { return it.journaled; });
+    journal_add(std::span<retry_item>(q.items).subspan(std::size_t(unjournaled - q.items.begin())));
   }
   std::size_t kept = 0;
   std::int64_t kept_nano = 0;
@@ -1098,10 +1133,11 @@ void engine::journal_add(std::span<retry_item> items) {
   if (s.empty()) return;
   std::string error;
   if (!journal_.add(s, error)) {
-    // Kept in memory and retried as without a journal; said once.
+    // Kept in memory and retried as without a journal; said once per run of failures.
     if (!journal_error_told_.exchange(true)) log_("error", error, {});
     return;
   }
+  journal_error_told_.store(false);  // (written again: the next failure is news)
   for (auto& it : items) {
     if (it.release) continue;
     it.journaled = true;

@@ -115,8 +115,9 @@ class engine {
   /// Settlements not finished yet (shutdown waits for them).
   int pending() const { return pending_.load(); }
   /// At shutdown, once the drain's deadline has passed: `worker`'s settlements still waiting for
-  /// an unreachable store are given up, each counted as lost and logged with its lease, team and
-  /// cost (error), so that no charge disappears without a record. Run on that worker's thread.
+  /// an unreachable store, those of a retry round on the wire included, are given up: journaled
+  /// (when there is a journal) or else counted as lost and logged with their lease, team and cost
+  /// (error), so that no charge disappears without a record. Run on that worker's thread.
   void abandon_pending(unsigned worker);
   /// Opens the settlement journal (store.settlement_journal), before start(): the settlements it
   /// holds from an earlier run are sent by worker 0 from start() on, until the store takes them.
@@ -333,6 +334,12 @@ class engine {
     /// seal_outage() is due.
     std::vector<settlement> outage;
     bool sealing = false;
+    /// The retry round on the wire (retry_settlements' own): its batch awaiting the store and the
+    /// round's items not sent yet (from *in_next), for abandon_pending; null between sends.
+    std::vector<retry_item>* in_batch = nullptr;
+    std::vector<retry_item>* in_round = nullptr;
+    std::size_t* in_next = nullptr;
+    bool abandoned = false;  ///< abandon_pending ran: the retry loop touches nothing more
   };
   std::atomic<std::uint64_t> outage_seq_{0};  ///< numbers the charge-only settlements' leases
   std::vector<retry_queue> queues_;

@@ -12,6 +12,8 @@
 #include <regex>
 #include <thread>
 
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "config/loader.hpp"
@@ -81,9 +83,16 @@ struct flaky_store final : store {
     co_return admit_down ? admit_result{} : inner.admit_now(a);
   }
   bool healthy() const override { return !down; }
+  /// Settlements wait this long before their answer (a blackholed Redis, up to its timeout).
+  std::chrono::milliseconds hang{0};
   awaitable<std::vector<settle_result>> settle_batch(unsigned, std::vector<settlement> b) override {
     ++settle_calls;
     settlements_sent += int(b.size());
+    if (hang.count() > 0) {
+      steady_timer_t t(co_await net::this_coro::executor);
+      t.expires_after(hang);
+      [[maybe_unused]] auto [ec] = co_await t.async_wait();
+    }
     std::vector<settle_result> out(b.size());
     if (!down)
       for (std::size_t i = 0; i < b.size(); ++i) out[i] = inner.settle_now(b[i]);
@@ -269,6 +278,28 @@ class EngineTest : public ::testing::Test {
     EXPECT_EQ(call(next), errc::budget_exceeded);
   }
 
+  /// A charge-only settlement of team rich's budget (period "all"), admitted at `at_ms`, and its
+  /// journal line.
+  static settlement rich_charge(std::string lease, std::int64_t at_ms, std::int64_t nano) {
+    auto loaded = config::load_string(yaml());
+    EXPECT_TRUE(loaded) << loaded.error;
+    const config::team_config& rich = *loaded.config->find_team("rich");
+    settlement s;
+    s.charge_only = true;
+    s.adm.lease = std::move(lease);
+    s.adm.scopes = {scope_spec{"t", "rich", rich.limits, rich.budget}};
+    s.periods = {"all"};
+    s.cost_nano = nano;
+    s.admitted_at_ms = at_ms;
+    return s;
+  }
+  static std::string journal_line(const settlement& s) { return "{\"add\":" + settlement_to_json(s) + "}\n"; }
+  /// Team rich's spend in the store.
+  std::int64_t rich_spent() {
+    const scope_spec team{"t", "rich", {}, snap->cfg->find_team("rich")->budget};
+    return run_sync(ioc, eng->budget(0, team)).spent;
+  }
+
   /// `n` calls of team rich admitted and answered ($0.004 each) while the store is down, `apart`
   /// from each other (the io_context runs meanwhile: seals and retry rounds happen).
   void outage_calls(int n, std::chrono::milliseconds apart) {
@@ -281,12 +312,13 @@ class EngineTest : public ::testing::Test {
       while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
     }
   }
-  /// Stops this engine, starts another on `journal` with a store that answers, lets it replay,
-  /// and returns team rich's spend.
-  std::int64_t replayed_spend(const std::string& journal) {
+  /// Stops this engine, starts another on `journal` with a store that answers (`back`, or a new
+  /// one: enough for charge-only settlements, which need no lease), lets it replay, and returns
+  /// team rich's spend.
+  std::int64_t replayed_spend(const std::string& journal, std::shared_ptr<flaky_store> back = nullptr) {
     eng->stop();
     eng.reset();
-    auto back = std::make_shared<flaky_store>();
+    if (!back) back = std::make_shared<flaky_store>();
     make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), back, journal);
     ioc.restart();
     run_until([&] { return eng->pending() == 0; });
@@ -992,6 +1024,68 @@ TEST_F(EngineTest, AnOutageChargeThatTookSumsIsJournaledWithThemAndReplayedWhole
   std::filesystem::remove_all(dir);
 }
 
+TEST_F(EngineTest, ASettlementOfARetryRoundOnTheWireAtShutdownIsLoggedLostNotDropped) {
+  // The store refuses the settlement, and the retry round's send hangs (a blackholed Redis, up to
+  // its timeout) when the drain gives up: abandon_pending must find the settlement in that round
+  // and log it lost with its cost, not leave it to the drain's count-only line; the round's
+  // late answer then changes nothing.
+  auto flaky = std::make_shared<flaky_store>();
+  settlement_refused(flaky);
+  ASSERT_EQ(eng->pending(), 1);
+  flaky->hang = std::chrono::milliseconds(1500);
+  ioc.restart();
+  run_until([&] { return flaky->settle_calls >= 2; });  // the first attempt, then the round's, hanging
+  ASSERT_GE(flaky->settle_calls, 2);
+  eng->abandon_pending(0);
+  EXPECT_EQ(eng->pending(), 0);
+  const auto lost = [&] {
+    return std::count_if(logs.begin(), logs.end(), [](auto& l) { return l.find("settlement lost at shutdown") != std::string::npos; });
+  };
+  EXPECT_EQ(lost(), 1);
+  ioc.restart();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2000);
+  while (std::chrono::steady_clock::now() < until) ioc.run_one_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(eng->pending(), 0) << "counted twice";
+  EXPECT_EQ(lost(), 1);
+  EXPECT_EQ(flaky->settle_calls, 2) << "the round went on after shutdown gave it up";
+}
+
+TEST_F(EngineTest, ASettlementTheJournalCouldNotTakeIsJournaledAtShutdownNotLost) {
+  // The disk is full (a file size limit here) when the settlement's first attempt fails: its
+  // journal line is refused, and it waits in memory. At shutdown the disk has room again: it is
+  // journaled then, and replayed at the next start, rather than logged lost.
+  auto flaky = std::make_shared<flaky_store>();
+  const std::string dir = ::testing::TempDir() + "/journal-full-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  make_from(yaml(), flaky, dir + "/j");
+  auto c = ctx("tg_rich1_" + secret);
+  ASSERT_EQ(call(c), errc::ok);
+  flaky->down = true;
+  struct sigaction ignore {}, old_action{};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &old_action), 0);
+  rlimit old_limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  rlimit full = old_limit;
+  full.rlim_cur = 0;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &full), 0);
+  settle_answered(c, 2, 1);  // 4,000,000 nano-USD
+  ioc.restart();
+  const auto refused = [&] {
+    return std::any_of(logs.begin(), logs.end(), [](auto& l) { return l.find("cannot write") != std::string::npos; });
+  };
+  run_until(refused);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  ASSERT_EQ(::sigaction(SIGXFSZ, &old_action, nullptr), 0);
+  ASSERT_TRUE(refused());
+  eng->abandon_pending(0);
+  for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;
+  EXPECT_TRUE(std::any_of(logs.begin(), logs.end(), [](auto& l) { return l.find("kept in the journal") != std::string::npos; }));
+  flaky->down = false;  // the same store (which holds the call's lease), back
+  EXPECT_EQ(replayed_spend(dir + "/j", flaky), 4'000'000);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(EngineTest, AnOutageChargeNotSealedYetAtShutdownIsJournaledNotLost) {
   // Calls cut at the drain's end are charged (budgets: fail_open, the store down) moments before
   // the workers give up: the charge is not sealed yet (100 ms). With a journal it is kept there
@@ -1039,31 +1133,73 @@ TEST_F(EngineTest, AJournaledChargeOlderThanADayIsLoggedNotReplayed) {
   // cost, not sent. A fresh one in the same file is replayed and charged.
   const std::string dir = ::testing::TempDir() + "/old-journal-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
-  auto loaded = config::load_string(yaml());
-  ASSERT_TRUE(loaded) << loaded.error;
-  const config::team_config& rich = *loaded.config->find_team("rich");
-  auto charge = [&](std::string lease, std::int64_t at_ms, std::int64_t nano) {
-    settlement s;
-    s.charge_only = true;
-    s.adm.lease = std::move(lease);
-    s.adm.scopes = {scope_spec{"t", "rich", rich.limits, rich.budget}};
-    s.periods = {"all"};
-    s.cost_nano = nano;
-    s.admitted_at_ms = at_ms;
-    return "{\"add\":" + settlement_to_json(s) + "}\n";
-  };
   {
     std::ofstream j(dir + "/j");
-    j << charge("old-o0-1", wall_ms() - 25ll * 3'600'000, 7'000'000) << charge("new-o0-2", wall_ms() - 60'000, 4'000'000);
+    j << journal_line(rich_charge("old-o0-1", wall_ms() - 25ll * 3'600'000, 7'000'000))
+      << journal_line(rich_charge("new-o0-2", wall_ms() - 60'000, 4'000'000));
   }
   make_from(yaml(), nullptr, dir + "/j");
   run_until([&] { return eng->pending() == 0; });
   EXPECT_EQ(eng->pending(), 0);
-  const scope_spec team{"t", "rich", {}, rich.budget};
-  EXPECT_EQ(run_sync(ioc, eng->budget(0, team)).spent, 4'000'000);
+  EXPECT_EQ(rich_spent(), 4'000'000);
   EXPECT_EQ(std::count_if(logs.begin(), logs.end(),
                           [](auto& l) { return l.find("too old to replay") != std::string::npos && l.find("old-o0-1") != std::string::npos; }),
             1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(EngineTest, AJournaledSettlementThatOutlivesTheStoresDayWhileRetriedIsLoggedNotSent) {
+  // Replayed a moment before the day limit, with the store down: once past it, the settlement is
+  // no longer sent (the store may have forgotten the charge or the lease), but logged with its
+  // cost and marked done in the journal.
+  const std::string dir = ::testing::TempDir() + "/aging-journal-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream j(dir + "/j");
+    j << journal_line(rich_charge("aging-o0-1", wall_ms() - 23ll * 3'600'000 + 1'500, 7'000'000));  // 1.5 s inside the limit
+  }
+  auto flaky = std::make_shared<flaky_store>();
+  flaky->down = true;
+  make_from(yaml(), flaky, dir + "/j");
+  EXPECT_EQ(eng->pending(), 1);
+  ioc.restart();
+  run_until([&] { return eng->pending() == 0; });
+  EXPECT_EQ(eng->pending(), 0);
+  EXPECT_GE(flaky->settle_calls, 1) << "sent while it was young enough";
+  EXPECT_EQ(std::count_if(logs.begin(), logs.end(),
+                          [](auto& l) { return l.find("too old to send") != std::string::npos && l.find("aging-o0-1") != std::string::npos; }),
+            1);
+  eng->stop();
+  eng.reset();
+  EXPECT_EQ(std::filesystem::file_size(dir + "/j"), 0u) << "still open in the journal";
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(EngineTest, AnOutageChargeNeverJoinsAChargeReplayedFromTheJournal) {
+  // Charges replayed from the journal while the store is down: a retry round sends only its
+  // probe, so the others wait unsent. One of them may have been taken by the store in the last
+  // run (its answer lost): a later outage sum must not join it under its lease, where the store
+  // would find it charged already and drop the sum.
+  const std::string dir = ::testing::TempDir() + "/replayed-charge-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const settlement probed = rich_charge("probed-o0-1", wall_ms() - 60'000, 4'000'000),
+                   taken = rich_charge("taken-o0-2", wall_ms() - 60'000, 4'000'000);
+  {
+    std::ofstream j(dir + "/j");
+    j << journal_line(probed) << journal_line(taken);
+  }
+  auto flaky = std::make_shared<flaky_store>();
+  ASSERT_TRUE(flaky->inner.settle_now(taken).applied);  // taken in the last run
+  flaky->down = flaky->admit_down = true;
+  make_from(yaml("store: {on_unavailable: {budgets: fail_open}}\n"), flaky, dir + "/j");
+  ioc.restart();
+  run_until([&] { return flaky->settle_calls >= 1; });  // the first round: its probe only
+  EXPECT_EQ(flaky->settlements_sent, 1);
+  outage_calls(1, std::chrono::milliseconds(300));  // sealed while "taken" waits unsent
+  flaky->down = flaky->admit_down = false;
+  ioc.restart();
+  run_until([&] { return eng->pending() == 0; });
+  EXPECT_EQ(rich_spent(), 12'000'000) << "the outage call's cost was dropped";
   std::filesystem::remove_all(dir);
 }
 
