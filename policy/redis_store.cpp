@@ -872,6 +872,7 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
     r = co_await eval(worker, script_sha_, scripts::admit, keys, plan.args, plan.calls);
   }
   due.end();  // answered (or failed): from here on the callers run
+  if (r && r->type == redis::reply::kind::error) refused_batch(team, r->str);
   const bool ok = r && r->type == redis::reply::kind::array && !r->elements.empty();
   std::size_t at = 1;
   std::vector<settle_result> out;
@@ -915,6 +916,21 @@ awaitable<std::vector<settle_result>> redis_store::run_batch(unsigned worker, co
     if (p.wake) p.wake();
   }
   co_return out;
+}
+
+void redis_store::refused_batch(const std::string& team, const std::string& reply) {
+  // An error reply is Redis's own word (NOPERM from an ACL, WRONGTYPE on a scope key, OOM): the
+  // batch's calls are answered as if Redis were unreachable and its settlements retried, so
+  // without this line nothing would say why. Said again when the reply changes, else once a
+  // minute (a settlement Redis keeps refusing is retried every second).
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(refusal_mu_);
+    if (reply == last_refusal_ && now - last_refusal_at_ < std::chrono::minutes(1)) return;
+    last_refusal_ = reply;
+    last_refusal_at_ = now;
+  }
+  notice("error", "Redis refused a policy batch of team '" + team + "': " + reply.substr(0, 200));
 }
 
 awaitable<std::vector<settle_result>> redis_store::settle_batch(unsigned worker, std::vector<settlement> batch) {

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -250,6 +252,11 @@ class redis_store final : public store {
   std::int64_t window_ms_;
   /// Cleared for good (every worker) when the server lacks ZMSCORE (Redis before 6.2).
   std::atomic<bool> aggregate_{true};
+  /// Logs an error reply to a policy batch (refused_batch), at most once a minute per reply text.
+  void refused_batch(const std::string& team, const std::string& reply);
+  std::mutex refusal_mu_;
+  std::string last_refusal_;
+  std::chrono::steady_clock::time_point last_refusal_at_{};
   struct {
     std::atomic<std::uint64_t> batches{0}, settled{0}, admitted{0};
   } sums_;

@@ -961,6 +961,29 @@ TEST(RedisStore, AKeyWrittenIsCreatedEvenIfItsListingIndexesRefuseIt) {
   st->stop();
 }
 
+TEST(RedisStore, ABatchRedisRefusesIsLoggedWithItsReplyOnceNotPerRetry) {
+  // A scope key of the wrong type makes admit.lua fail with WRONGTYPE: the calls are answered as
+  // unavailable, and the store says why, with the team, once for a reply that repeats.
+  net::io_context ioc;
+  auto st = started_store(ioc);
+  if (!st) GTEST_FAIL() << "redis-server did not start (deploy/install-deps installs it)";
+  std::vector<std::string> notices;
+  st->on_notice([&](std::string_view level, std::string_view message) { notices.push_back(std::string(level) + " " + std::string(message)); });
+  ASSERT_TRUE(raw_command(ioc, {"SET", st->scope_key("team-refused", "t"), "not a hash"}));
+  const scope_spec s{"t", "team-refused", {100, 0, 0}, {}};
+  for (int i = 0; i < 3; ++i) {
+    admission a;
+    a.lease = "refused-" + std::to_string(i);
+    a.scopes = {s};
+    a.tokens = 1;
+    const admit_result r = run_sync(ioc, st->admit(0, a));
+    EXPECT_EQ(r.v, verdict::unavailable);
+  }
+  ASSERT_EQ(notices.size(), 1u);
+  EXPECT_NE(notices[0].find("error Redis refused a policy batch of team 'team-refused': WRONGTYPE"), std::string::npos) << notices[0];
+  st->stop();
+}
+
 TEST(RedisStore, ASoftThresholdFlagWrittenByAnOlderVersionCountsAsReported) {
   // Before 2026-11-29 admit.lua marked a reported threshold with soft=1; it now records the
   // threshold itself. A flag found after an upgrade stands for the current threshold: no second
