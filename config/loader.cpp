@@ -5,7 +5,6 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <charconv>
@@ -20,6 +19,12 @@
 
 namespace tollgate::config {
 namespace {
+
+/// `digest` is "<kind>:" and 64 lowercase hex digits (as tollgatectl and sha256sum print them).
+bool digest_of_kind(std::string_view digest, std::string_view kind) {
+  if (!digest.starts_with(kind) || digest.size() != kind.size() + 1 + 64 || digest[kind.size()] != ':') return false;
+  return digest.substr(kind.size() + 1).find_first_not_of("0123456789abcdef") == std::string_view::npos;
+}
 
 struct config_error : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -369,8 +374,7 @@ void parse_auth(const YAML::Node& n, auth_config& a) {
       // A digest no token can match (upper-case hex, hmac-sha256, cut short) would lock the admin
       // out without a word; a name given twice or empty would blur who did what in the audit trail.
       if (t.name.empty()) fail(tp + ".name", ts[i]["name"], "must not be empty (it names the admin in the audit trail)");
-      const std::string_view hex = std::string_view(t.digest).substr(std::min<std::size_t>(7, t.digest.size()));
-      if (!t.digest.starts_with("sha256:") || hex.size() != 64 || hex.find_first_not_of("0123456789abcdef") != std::string_view::npos)
+      if (!digest_of_kind(t.digest, "sha256"))
         fail(tp + ".digest", ts[i]["digest"], "expected sha256:<64 lowercase hex> (of the token: printf %s TOKEN | sha256sum)");
       for (std::size_t j = 0; j + 1 < a.admin_tokens.size(); ++j) {
         if (a.admin_tokens[j].name == t.name) fail(tp + ".name", ts[i]["name"], "duplicate admin token name '" + t.name + "'");
@@ -750,13 +754,7 @@ std::string validate(const gateway_config& cfg) {
       return path + ".id: at most 64 characters (it is the middle of tg_<id>_<secret>)" + at;
     if (!keys.insert(k.id).second) return path + ".id: duplicate key id '" + k.id + "'" + at;
     if (!cfg.find_team(k.team)) return path + ".team: unknown team '" + k.team + "'" + at;
-    const bool hex64 = [&] {
-      auto colon = k.digest.find(':');
-      if (colon == std::string::npos) return false;
-      auto hex = std::string_view(k.digest).substr(colon + 1);
-      return hex.size() == 64 && hex.find_first_not_of("0123456789abcdef") == std::string_view::npos;
-    }();
-    if (!hex64 || (k.digest.rfind("sha256:", 0) != 0 && k.digest.rfind("hmac-sha256:", 0) != 0))
+    if (!digest_of_kind(k.digest, "sha256") && !digest_of_kind(k.digest, "hmac-sha256"))
       return path + ".digest: expected sha256:<64 lowercase hex> or hmac-sha256:<64 lowercase hex> (tollgatectl key digest prints it)" + at;
     if (k.digest.rfind("hmac-sha256:", 0) == 0 && cfg.auth.pepper.empty())
       return path + ".digest: an hmac-sha256 digest needs auth.pepper" + at;
