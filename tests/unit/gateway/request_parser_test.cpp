@@ -177,15 +177,18 @@ TEST(RequestParserTest, BadRequestsAndOversizedBodiesFailAsWithBeastsParser) {
   }
 }
 
+/// The credential fields of a request head.
+using field = std::optional<std::string_view>;
+caller_fields credentials(field authorization, field api_key, field x_api_key) {
+  caller_fields f;
+  f.authorization = authorization;
+  f.api_key = api_key;
+  f.x_api_key = x_api_key;
+  return f;
+}
+
 TEST(PresentedCredentialTest, ATollgateKeyInAnyHeaderOrSchemeIsTheCredential) {
-  const auto of = [](std::optional<std::string_view> authorization, std::optional<std::string_view> api_key = {},
-                     std::optional<std::string_view> x_api_key = {}) {
-    caller_fields f;
-    f.authorization = authorization;
-    f.api_key = api_key;
-    f.x_api_key = x_api_key;
-    return presented_credential(f);
-  };
+  const auto of = [](field a, field k = {}, field x = {}) { return presented_credential(credentials(a, k, x)); };
   // The SDKs' forms.
   EXPECT_EQ(of("Bearer tg_a_b"), "tg_a_b");
   EXPECT_EQ(of("bearer\t tg_a_b  "), "tg_a_b");
@@ -219,14 +222,7 @@ TEST(PresentedCredentialTest, ATollgateKeyInAnyHeaderOrSchemeIsTheCredential) {
 }
 
 TEST(PresentedCredentialTest, TwoDifferentTollgateKeysConflictTheSameOneTwiceDoesNot) {
-  const auto conflict = [](std::optional<std::string_view> authorization, std::optional<std::string_view> api_key = {},
-                           std::optional<std::string_view> x_api_key = {}) {
-    caller_fields f;
-    f.authorization = authorization;
-    f.api_key = api_key;
-    f.x_api_key = x_api_key;
-    return conflicting_keys(f);
-  };
+  const auto conflict = [](field a, field k = {}, field x = {}) { return conflicting_keys(credentials(a, k, x)); };
   EXPECT_TRUE(conflict("Bearer tg_a_b", "tg_c_d"));
   EXPECT_TRUE(conflict("Bearer tg_a_b", {}, "tg_c_d"));
   EXPECT_TRUE(conflict({}, "tg_a_b", "tg_a_c"));

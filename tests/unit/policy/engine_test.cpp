@@ -12,13 +12,12 @@
 #include <regex>
 #include <thread>
 
-#include <signal.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "config/loader.hpp"
 #include "gateway/core/provider.hpp"
 #include "policy/keys.hpp"
+#include "tests/unit/policy/file_size_limit.hpp"
 #include "tests/unit/policy/store_conformance.hpp"
 
 namespace tollgate::policy::testing {
@@ -1061,22 +1060,15 @@ TEST_F(EngineTest, ASettlementTheJournalCouldNotTakeIsJournaledAtShutdownNotLost
   auto c = ctx("tg_rich1_" + secret);
   ASSERT_EQ(call(c), errc::ok);
   flaky->down = true;
-  struct sigaction ignore {}, old_action{};
-  ignore.sa_handler = SIG_IGN;
-  ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &old_action), 0);
-  rlimit old_limit{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
-  rlimit full = old_limit;
-  full.rlim_cur = 0;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &full), 0);
-  settle_answered(c, 2, 1);  // 4,000,000 nano-USD
-  ioc.restart();
   const auto refused = [&] {
     return std::any_of(logs.begin(), logs.end(), [](auto& l) { return l.find("cannot write") != std::string::npos; });
   };
-  run_until(refused);
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
-  ASSERT_EQ(::sigaction(SIGXFSZ, &old_action, nullptr), 0);
+  {
+    testing::file_size_limit full(0);
+    settle_answered(c, 2, 1);  // 4,000,000 nano-USD
+    ioc.restart();
+    run_until(refused);
+  }
   ASSERT_TRUE(refused());
   eng->abandon_pending(0);
   for (const auto& l : logs) EXPECT_EQ(l.find("lost"), std::string::npos) << l;

@@ -5,12 +5,11 @@
 
 #include <gtest/gtest.h>
 
-#include <signal.h>
-#include <sys/resource.h>
-
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include "tests/unit/policy/file_size_limit.hpp"
 
 namespace tollgate::policy {
 namespace {
@@ -188,18 +187,12 @@ TEST_F(SettlementJournalTest, AShortWriteLeavesNoPartOfALineForTheNextToJoin) {
     const settlement* first[] = {&a};
     ASSERT_TRUE(j.add(first, error)) << error;
     const auto size = fs::file_size(path);
-    struct sigaction ignore {}, old_action{};
-    ignore.sa_handler = SIG_IGN;
-    ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &old_action), 0);
-    rlimit old_limit{};
-    ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
-    rlimit small = old_limit;
-    small.rlim_cur = size + 40;  // room for part of a line only
-    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
     const settlement* second[] = {&b};
-    const bool added = j.add(second, error);
-    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
-    ASSERT_EQ(::sigaction(SIGXFSZ, &old_action, nullptr), 0);
+    bool added = true;
+    {
+      testing::file_size_limit full(size + 40);  // room for part of a line only
+      added = j.add(second, error);
+    }
     EXPECT_FALSE(added);
     EXPECT_NE(error.find("cannot write"), std::string::npos) << error;
     EXPECT_EQ(fs::file_size(path), size) << "the part of b's line was left in the file";
