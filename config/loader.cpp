@@ -594,6 +594,35 @@ void parse_prices(const YAML::Node& n, std::vector<price_config>& out) {
   }
 }
 
+}  // namespace
+
+std::optional<std::string> canonical_san(std::string_view value, bool is_uri) {
+  auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
+  auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  std::string out(value);
+  if (is_uri) {
+    const auto colon = value.find(':');
+    if (colon == 0 || colon == std::string_view::npos || colon + 1 == value.size() || !alpha(value[0])) return std::nullopt;
+    for (std::size_t i = 0; i < colon; ++i) {
+      const char c = value[i];
+      if (!alpha(c) && !digit(c) && c != '+' && c != '-' && c != '.') return std::nullopt;
+      out[i] = lower(c);
+    }
+    for (char c : value)
+      if (c <= ' ' || c >= 0x7f) return std::nullopt;
+    return out;
+  }
+  if (value.empty()) return std::nullopt;
+  for (auto& c : out) {
+    if (!alpha(c) && !digit(c) && c != '-' && c != '.' && c != '_' && c != '*') return std::nullopt;
+    c = lower(c);
+  }
+  return out;
+}
+
+namespace {
+
 team_config parse_team(const YAML::Node& n, const std::string& p) {
   check_keys(n, p, {"name", "models", "limits", "budget", "identities", "capture_text", "content_filters"});
   team_config t;
@@ -603,7 +632,18 @@ team_config parse_team(const YAML::Node& n, const std::string& p) {
   if (auto v = n["models"]) t.models = get_string_list(v, p + ".models");
   if (auto v = n["limits"]) t.limits = parse_limits(v, p + ".limits");
   if (auto v = n["budget"]) t.budget = parse_budget(v, p + ".budget");
-  if (auto v = n["identities"]) t.identities = get_string_list(v, p + ".identities");
+  if (auto v = n["identities"]) {
+    t.identities = get_string_list(v, p + ".identities");
+    for (std::size_t i = 0; i < t.identities.size(); ++i) {
+      auto& id = t.identities[i];
+      auto canonical = canonical_san(id, id.find(':') != std::string::npos);
+      if (!canonical)
+        fail(p + ".identities[" + std::to_string(i) + "]", v[i],
+             "must be a URI with a scheme (spiffe://trust-domain/path) or a DNS name (letters, digits, '-', '.', "
+             "'_', '*'), without spaces");
+      id = std::move(*canonical);
+    }
+  }
   if (auto v = n["capture_text"]) t.capture_text = get_bool(v, p + ".capture_text");
   if (auto v = n["content_filters"]) t.content_filters = parse_filter_selection(v, p + ".content_filters");
   return t;

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 
 #include "config/config.hpp"
@@ -19,6 +21,13 @@ struct load_result {
 load_result load_file(const std::string& path);
 /// Same from text (tests). `origin` names the source in messages.
 load_result load_string(const std::string& yaml, const std::string& origin = "<string>");
+
+/// A certificate SAN in the form `teams[].identities` are compared in, or nullopt when `value`
+/// is not a well-formed name of its kind. A URI (`is_uri`) needs a scheme (`spiffe:`), which is
+/// lower-cased, and printable ASCII without spaces; a DNS name is letters, digits, `-`, `.`, `_`
+/// and `*` only, lower-cased (DNS names are case-insensitive). So a DNS SAN can never equal a URI
+/// identity: a CA that issued `DNS:spiffe://corp/...` does not thereby grant that SPIFFE ID.
+std::optional<std::string> canonical_san(std::string_view value, bool is_uri);
 
 /// Cross-field checks (unique names, references, sanity of limits). Returns "" when valid.
 std::string validate(const gateway_config& cfg);

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <optional>
 
+#include "config/loader.hpp"
 #include "gateway/core/http_guard.hpp"
 #include "gateway/core/text.hpp"
 #include "gateway/metrics.hpp"
@@ -187,7 +188,11 @@ std::vector<std::string> certificate_names(SSL* ssl) {
         const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
         if (n->type != GEN_URI && n->type != GEN_DNS) continue;
         const ASN1_IA5STRING* v = n->type == GEN_URI ? n->d.uniformResourceIdentifier : n->d.dNSName;
-        out.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)), std::size_t(ASN1_STRING_length(v)));
+        const std::string_view raw(reinterpret_cast<const char*>(ASN1_STRING_get0_data(v)),
+                                   std::size_t(ASN1_STRING_length(v)));
+        // Each kind only in its own form, as identities are written: a DNS SAN spelled like a
+        // SPIFFE URI (or with a NUL in it) names nothing.
+        if (auto name = config::canonical_san(raw, n->type == GEN_URI)) out.push_back(std::move(*name));
       }
       GENERAL_NAMES_free(names);
     }

@@ -37,7 +37,7 @@ function call(port, path, { client, body } = {}) {
 }
 
 describe('mTLS identities', () => {
-  let gw, ca, search, batch, stranger, rogue, both, yamlFor, otherCaFile;
+  let gw, ca, search, batch, stranger, rogue, both, spoof, shouting, yamlFor, otherCaFile;
   before(async () => {
     ca = makeCa('clients-ca');
     const otherCa = makeCa('other-ca');
@@ -49,6 +49,10 @@ describe('mTLS identities', () => {
     // Two SANs, each the identity of another team.
     both = makeLeaf('both', ca, 'URI:spiffe://corp.example/ns/search/sa/api,DNS:batch.svc.corp.example');
     rogue = makeLeaf('rogue', otherCa, 'URI:spiffe://corp.example/ns/search/sa/api');
+    // search's SPIFFE ID spelled as a DNS name (a CA that checks DNS names only would sign it),
+    // and batch's DNS name in capitals (DNS names are case-insensitive).
+    spoof = makeLeaf('spoof', ca, 'DNS:spiffe://corp.example/ns/search/sa/api');
+    shouting = makeLeaf('shouting', ca, 'DNS:BATCH.Svc.corp.example');
     writeFileSync(join(dir, 'server.key.pem'), server.key);
     writeFileSync(join(dir, 'server.cert.pem'), server.cert);
     otherCaFile = otherCa.cert;
@@ -94,6 +98,15 @@ describe('mTLS identities', () => {
     const r = await call(gw.port, '/v1/chat/completions', { client: { key: stranger.key, cert: stranger.cert }, body: { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] } });
     assert.equal(r.status, 401, r.text);
     assert.equal(JSON.parse(r.text).error.code, 'invalid_api_key');
+  });
+
+  test('a DNS SAN spelled like a team\'s SPIFFE ID grants nothing; a DNS SAN matches whatever its case', async () => {
+    const r = await call(gw.port, '/v1/models', { client: { key: spoof.key, cert: spoof.cert } });
+    assert.equal(r.status, 401, r.text);
+    assert.equal(JSON.parse(r.text).error.code, 'invalid_api_key');
+    const ok = await call(gw.port, '/v1/models', { client: { key: shouting.key, cert: shouting.cert } });
+    assert.equal(ok.status, 200, ok.text);
+    assert.deepEqual(JSON.parse(ok.text).data.map((m) => m.id), ['secret-model']);
   });
 
   test('a certificate whose SANs name two teams gets 401: neither team, whatever the SANs\' order', async () => {

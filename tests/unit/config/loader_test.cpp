@@ -217,6 +217,48 @@ TEST(ConfigLoaderTest, EveryRoutedModelNeedsAPriceAndGlobsMayProvideIt) {
       << half.error;
 }
 
+TEST(ConfigLoaderTest, AnIdentityIsAUriOrADnsNameInTheFormCertificatesAreComparedIn) {
+  const std::string mtls = "server:\n  tls: {cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem}\n";
+  // DNS names are case-insensitive and so is a URI's scheme: both are kept lower-cased, as the
+  // handshake lower-cases the certificate's SANs. A URI's path keeps its case.
+  auto g = load(std::string(minimal) + mtls + R"(teams:
+  - {name: a, identities: ["SPIFFE://corp/NS/x", "Batch.SVC.corp.example", "*.jobs.example", "svc_1.example"]}
+)");
+  ASSERT_TRUE(g.error.empty()) << g.error;
+  EXPECT_EQ(g.config->teams[0].identities,
+            (std::vector<std::string>{"spiffe://corp/NS/x", "batch.svc.corp.example", "*.jobs.example", "svc_1.example"}));
+  // Spelled differently, the same DNS name under two teams is still one identity twice.
+  auto twice = load(std::string(minimal) + mtls + R"(teams:
+  - {name: a, identities: ["dns.example"]}
+  - {name: b, identities: ["DNS.example"]}
+)");
+  EXPECT_NE(twice.error.find("teams[1].identities: 'dns.example' is already the identity of team 'a'"), std::string::npos)
+      << twice.error;
+  // Neither a URI (no scheme, a bad scheme, nothing after it, a space) nor a DNS name ('/', a
+  // space, non-ASCII): each is refused at its index rather than loaded to match nothing.
+  for (const char* bad : {"spiffe:", ":corp/x", "1x://corp", "sp iffe://corp", "spiffe://corp/a b", "corp/ns/x",
+                          "svc .example", "sv\u00e9.example", "spiffe://corp/\u00e9"}) {
+    auto r = load(std::string(minimal) + mtls + "teams:\n  - {name: a, identities: [\"ok.example\", \"" + bad + "\"]}\n");
+    EXPECT_NE(r.error.find("teams[0].identities[1]: must be a URI with a scheme (spiffe://trust-domain/path) or a DNS name"),
+              std::string::npos)
+        << bad << ": " << r.error;
+  }
+}
+
+TEST(ConfigLoaderTest, ACertificateNameIsReadOnlyInTheFormOfItsKind) {
+  using tollgate::config::canonical_san;
+  EXPECT_EQ(canonical_san("spiffe://corp/ns/x", true), "spiffe://corp/ns/x");
+  EXPECT_EQ(canonical_san("Batch.Example", false), "batch.example");
+  // A DNS SAN spelled like a SPIFFE ID, or a URI SAN without a scheme, is no name at all: else a
+  // CA that signs DNS names only would grant whatever URI identity it was asked to spell.
+  EXPECT_EQ(canonical_san("spiffe://corp/ns/x", false), std::nullopt);
+  EXPECT_EQ(canonical_san("batch.example", true), std::nullopt);
+  // An embedded NUL (IA5String allows it) ends neither kind early.
+  EXPECT_EQ(canonical_san(std::string_view("ok.example\0.evil", 16), false), std::nullopt);
+  EXPECT_EQ(canonical_san(std::string_view("spiffe://ok\0/x", 14), true), std::nullopt);
+  EXPECT_EQ(canonical_san("", false), std::nullopt);
+}
+
 TEST(ConfigLoaderTest, AnIdentityNamesOneTeamAndNeedsClientCertificates) {
   const std::string mtls = "server:\n  tls: {cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem}\n";
   auto twice = load(std::string(minimal) + mtls + R"(teams:
@@ -238,7 +280,7 @@ TEST(ConfigLoaderTest, AnIdentityNamesOneTeamAndNeedsClientCertificates) {
 )");
   EXPECT_TRUE(fine.error.empty()) << fine.error;
   auto empty = load(std::string(minimal) + mtls + "teams:\n  - {name: a, identities: [\"\"]}\n");
-  EXPECT_NE(empty.error.find("teams[0].identities: an identity must not be empty"), std::string::npos) << empty.error;
+  EXPECT_NE(empty.error.find("teams[0].identities[0]: must be a URI with a scheme"), std::string::npos) << empty.error;
   // A CA without the listener's own certificate: the listener would be plain HTTP and ask for no
   // certificate at all.
   auto ca_only = load(std::string(minimal) + "server:\n  tls: {client_ca_file: ca.pem}\n");
