@@ -25,7 +25,24 @@ std::string errno_text() { return std::strerror(errno); }
 /// `text` quoted as a JSON string (leases are ASCII, but a journal must never be malformed).
 std::string quoted(std::string_view text) { return json::serialize(json::value(json::string(text))); }
 
+/// fsync of the directory holding `path`, so that a rename into it survives a power loss: else
+/// the old journal could come back with the name, and the lines appended since to the new one be
+/// lost with it. A file system that cannot sync a directory (EINVAL) has nothing to make durable.
+bool sync_directory_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return false;
+  const bool ok = ::fsync(d) == 0 || errno == EINVAL;
+  ::close(d);
+  return ok;
+}
+
 }  // namespace
+
+namespace detail {
+void (*journal_locked_hook)(const std::string& path) = nullptr;
+}  // namespace detail
 
 settlement_journal::~settlement_journal() {
   if (fd_ >= 0) ::close(fd_);  // releases the lock
@@ -33,12 +50,28 @@ settlement_journal::~settlement_journal() {
 
 settlement_journal::opened settlement_journal::open(const std::string& path) {
   std::lock_guard lock(mu_);
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) throw std::runtime_error("store.settlement_journal: cannot open " + path + ": " + errno_text());
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    const std::string why = errno == EWOULDBLOCK ? "another gateway holds it (one journal per gateway process)" : errno_text();
+  // A lock held on a file no longer at `path` guards nothing: a gateway that opened the file just
+  // before another one's open() renamed its rewrite over it would lock the old file once the
+  // other closed it, replay that, and rename its own rewrite over the other's live journal,
+  // whose later lines then went to a file no name reaches. So the file locked must still be the
+  // one the path names; else open again (the usual lock-file loop).
+  int fd = -1;
+  for (int attempt = 0;; ++attempt) {
+    fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::runtime_error("store.settlement_journal: cannot open " + path + ": " + errno_text());
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const std::string why = errno == EWOULDBLOCK ? "another gateway holds it (one journal per gateway process)" : errno_text();
+      ::close(fd);
+      throw std::runtime_error("store.settlement_journal: cannot lock " + path + ": " + why);
+    }
+    if (detail::journal_locked_hook) detail::journal_locked_hook(path);
+    struct stat held {}, named {};
+    if (::fstat(fd, &held) == 0 && ::stat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino)
+      break;
     ::close(fd);
-    throw std::runtime_error("store.settlement_journal: cannot lock " + path + ": " + why);
+    if (attempt == 100)
+      throw std::runtime_error("store.settlement_journal: cannot lock " + path + ": it keeps being replaced");
   }
   std::string text;
   char buf[65536];
@@ -104,7 +137,7 @@ settlement_journal::opened settlement_journal::open(const std::string& path) {
   path_ = path;
   std::string error;
   const bool ok = tfd >= 0 && ::flock(tfd, LOCK_EX | LOCK_NB) == 0 && write_all(tfd, compact, error) &&
-                  ::rename(tmp.c_str(), path.c_str()) == 0;
+                  ::rename(tmp.c_str(), path.c_str()) == 0 && sync_directory_of(path);
   if (!ok) {
     if (error.empty()) error = "store.settlement_journal: cannot rewrite " + path + ": " + errno_text();
     if (tfd >= 0) ::close(tfd);

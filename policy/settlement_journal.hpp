@@ -26,6 +26,13 @@
 
 namespace tollgate::policy {
 
+namespace detail {
+/// Called by settlement_journal::open() once it holds the lock of the file it opened, before it
+/// checks that this file is still the one named by the path. Tests set it to replace the file in
+/// between, as another gateway finishing its own open() does.
+extern void (*journal_locked_hook)(const std::string& path);
+}  // namespace detail
+
 class settlement_journal {
  public:
   settlement_journal() = default;

@@ -222,6 +222,41 @@ TEST_F(SettlementJournalTest, ASecondGatewayCannotTakeAJournalInUse) {
   EXPECT_FALSE(second.enabled());
 }
 
+TEST_F(SettlementJournalTest, AFileReplacedWhileItWasBeingLockedIsOpenedAgainByName) {
+  // Another gateway's open() renamed its rewrite over the journal after this one opened the old
+  // file and before this one took its lock: the old file, unlinked, must not be what is replayed
+  // and rewritten over the live one.
+  {
+    settlement_journal old;
+    old.open(path);
+    std::string error;
+    const std::vector<settlement> s{sample("stale", 1)};
+    ASSERT_TRUE(old.add(ptrs(s), error)) << error;
+  }
+  static std::string fresh_line;
+  fresh_line = "{\"add\":" + settlement_to_json(sample("fresh", 2)) + "}\n";
+  static int calls;
+  calls = 0;
+  detail::journal_locked_hook = [](const std::string& p) {
+    if (calls++ > 0) return;
+    fs::rename(p, p + ".old");
+    std::ofstream(p) << fresh_line;
+  };
+  settlement_journal j;
+  const auto opened = j.open(path);
+  detail::journal_locked_hook = nullptr;
+  EXPECT_EQ(calls, 2) << "opened once more after the file was replaced";
+  ASSERT_EQ(opened.open.size(), 1u);
+  EXPECT_EQ(opened.open[0].adm.lease, "fresh");
+  std::string error;
+  const std::vector<settlement> more{sample("more", 3)};
+  ASSERT_TRUE(j.add(ptrs(more), error)) << error;
+  const std::string text = read();
+  EXPECT_NE(text.find("\"fresh\""), std::string::npos) << text;
+  EXPECT_NE(text.find("\"more\""), std::string::npos) << "appends go to the file the path names: " << text;
+  EXPECT_EQ(text.find("\"stale\""), std::string::npos) << text;
+}
+
 TEST_F(SettlementJournalTest, APathThatCannotBeCreatedIsAClearError) {
   settlement_journal j;
   const std::string bad = (dir / "no-such-dir" / "settlements.journal").string();
