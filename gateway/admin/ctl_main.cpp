@@ -505,15 +505,6 @@ int print_list_answer(const context& c, const answer& r) {
   return exit_ok;
 }
 
-/// A USD amount from `<name>_nano` (exact) or `<name>_usd`; nullopt when neither is there.
-std::optional<std::int64_t> nano_of(const json::object& o, string_view name) {
-  if (auto* n = o.if_contains(string(name) + "_nano"); n && (n->is_int64() || n->is_uint64()))
-    return n->is_int64() ? n->get_int64() : std::int64_t(n->get_uint64());
-  if (auto* u = o.if_contains(string(name) + "_usd"); u && u->is_number())
-    return std::llround(u->to_number<double>() * 1e9);
-  return std::nullopt;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Verbs
 
@@ -698,7 +689,7 @@ int quota_show(const context& c) {
   rows.emplace_back("spent", spent ? format_usd_nano(*spent) : "-");
   rows.emplace_back("reserved", reserved ? format_usd_nano(*reserved) : "-");
   rows.emplace_back("limit", limit ? format_usd_nano(*limit) : "none");
-  if (limit) rows.emplace_back("remaining", format_usd_nano(*limit - spent.value_or(0) - reserved.value_or(0)));
+  if (limit) rows.emplace_back("remaining", format_usd_nano(remaining_nano(*limit, spent.value_or(0), reserved.value_or(0))));
   print_fields(std::cout, rows);
   return exit_ok;
 }

@@ -2,14 +2,18 @@
 #pragma once
 /// tollgatectl's human-readable output: admin API JSON as aligned (field, value) rows or as a table.
 /// Pure, apart from the stream it is given.
+#include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <charconv>
 #include <cstdint>
 #include <ctime>
+#include <limits>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -39,6 +43,34 @@ inline std::string format_usd_nano(std::int64_t nano) {
   frac.insert(0, 9 - frac.size(), '0');
   while (frac.size() > 2 && frac.back() == '0') frac.pop_back();
   return sign + "$" + std::to_string(a / 1000000000) + "." + frac;
+}
+
+/// `<name>_nano` (an integer) or `<name>_usd` (dollars) of an admin API answer, in nano-USD; nullopt
+/// when neither is there, or the figure is beyond what 64 bits of nano-USD hold (not wrapped into
+/// a negative amount, nor rounded by an undefined conversion).
+inline std::optional<std::int64_t> nano_of(const boost::json::object& o, std::string_view name) {
+  constexpr auto max = std::numeric_limits<std::int64_t>::max();
+  if (auto* n = o.if_contains(std::string(name) + "_nano"); n && (n->is_int64() || n->is_uint64())) {
+    if (n->is_int64()) return n->get_int64();
+    if (n->get_uint64() <= std::uint64_t(max)) return std::int64_t(n->get_uint64());
+    return std::nullopt;
+  }
+  if (auto* u = o.if_contains(std::string(name) + "_usd"); u && u->is_number()) {
+    const double nano = u->to_number<double>() * 1e9;
+    if (std::isfinite(nano) && std::fabs(nano) < 9.2e18) return std::llround(nano);
+  }
+  return std::nullopt;
+}
+
+/// What a budget has left: limit - spent - reserved, held to the 64-bit range (a server's figures
+/// are not trusted to be small: a spend near the store's cap minus a negative reservation wrapped).
+inline std::int64_t remaining_nano(std::int64_t limit, std::int64_t spent, std::int64_t reserved) {
+  auto sub = [](std::int64_t a, std::int64_t b) {
+    std::int64_t r;
+    if (!__builtin_sub_overflow(a, b, &r)) return r;
+    return b < 0 ? std::numeric_limits<std::int64_t>::max() : std::numeric_limits<std::int64_t>::min();
+  };
+  return sub(sub(limit, spent), reserved);
 }
 
 /// A JSON number as people write it (Boost.JSON serializes 0.5 as 5E-1).

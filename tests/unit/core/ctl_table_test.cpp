@@ -44,5 +44,26 @@ TEST(CtlTableTest, WideTextIsMeasuredInTerminalColumns) {
   EXPECT_EQ(team_column[0], team_column[2]) << os.str();
 }
 
+TEST(CtlTableTest, BudgetFiguresBeyondSixtyFourBitsAreNotWrapped) {
+  const auto o = boost::json::parse(R"({"spent_nano": 18446744073709551615, "limit_nano": 5000000000,
+    "reserved_usd": 1e300, "cap_usd": 12.5, "held_nano": -7, "big_usd": -9.3e9})").as_object();
+  // An unsigned figure past 2^63 is no amount, not a negative one; neither are dollars past it.
+  EXPECT_EQ(nano_of(o, "spent"), std::nullopt);
+  EXPECT_EQ(nano_of(o, "reserved"), std::nullopt);
+  EXPECT_EQ(nano_of(o, "big"), std::nullopt);
+  EXPECT_EQ(nano_of(o, "limit"), 5'000'000'000);
+  EXPECT_EQ(nano_of(o, "cap"), 12'500'000'000);
+  EXPECT_EQ(nano_of(o, "held"), -7);
+  EXPECT_EQ(nano_of(o, "absent"), std::nullopt);
+  constexpr auto max = std::numeric_limits<std::int64_t>::max(), min = std::numeric_limits<std::int64_t>::min();
+  EXPECT_EQ(remaining_nano(10, 3, 2), 5);
+  EXPECT_EQ(remaining_nano(10, 30, 2), -22) << "an overrun shows as a negative remainder";
+  // A spend near the store's cap and a reservation as large: held at the bottom, not wrapped to a
+  // huge positive remainder; a negative spend held at the top.
+  EXPECT_EQ(remaining_nano(9'000'000'000'000'000, 4'000'000'000'000'000'000, 9'000'000'000'000'000'000), min);
+  EXPECT_EQ(remaining_nano(max, -5, 0), max);
+  EXPECT_EQ(format_usd_nano(min), "-$9223372036.854775808");
+}
+
 }  // namespace
 }  // namespace tollgate::ctl
