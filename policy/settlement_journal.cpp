@@ -10,6 +10,7 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -127,27 +128,61 @@ settlement_journal::opened settlement_journal::open(const std::string& path) {
   for (auto& s : added)
     if (!s.adm.lease.empty()) out.open.push_back(std::move(s));
 
-  // Rewrite the file with the open ones only.
+  // Rewrite the file with the open ones only: a new file, locked before it replaces the old one
+  // (no other process can take it in between), written and synced, then renamed over it (never
+  // half-written). Appends go to it.
   std::string compact;
-  for (const auto& s : out.open) compact += "{\"add\":" + settlement_to_json(s) + "}\n";
-  // A new file, locked before it replaces the old one (no other process can take it in between),
-  // written and synced, then renamed over it (never half-written). Appends go to it.
-  const std::string tmp = path + ".tmp";
-  const int tfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  for (const auto& s : out.open) {
+    std::string line = "{\"add\":" + settlement_to_json(s) + "}\n";
+    compact += line;
+    live_bytes_ += line.size();
+    open_[s.adm.lease] = entry{seq_++, std::move(line)};
+  }
   path_ = path;
+  fd_ = fd;
   std::string error;
-  const bool ok = tfd >= 0 && ::flock(tfd, LOCK_EX | LOCK_NB) == 0 && write_all(tfd, compact, error) &&
-                  ::rename(tmp.c_str(), path.c_str()) == 0 && sync_directory_of(path);
-  if (!ok) {
-    if (error.empty()) error = "store.settlement_journal: cannot rewrite " + path + ": " + errno_text();
-    if (tfd >= 0) ::close(tfd);
-    ::close(fd);
+  if (!rewrite(compact, error)) {
+    ::close(fd_);  // the old file and its lock, or the new one
+    fd_ = -1;
+    open_.clear();
+    live_bytes_ = 0;
     throw std::runtime_error(error);
   }
-  ::close(fd);  // the old file and its lock
-  fd_ = tfd;
-  for (const auto& s : out.open) open_.insert(s.adm.lease);
   return out;
+}
+
+bool settlement_journal::rewrite(const std::string& text, std::string& error) {
+  const std::string tmp = path_ + ".tmp";
+  const int tfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+  const bool written = tfd >= 0 && ::flock(tfd, LOCK_EX | LOCK_NB) == 0 && write_all(tfd, text, error);
+  if (written && ::rename(tmp.c_str(), path_.c_str()) == 0) {
+    // From here the new file is the journal, whatever follows: appends must go to it.
+    ::close(fd_);  // the old file and its lock
+    fd_ = tfd;
+    torn_ = false;
+    if (sync_directory_of(path_)) return true;
+    error = "store.settlement_journal: cannot sync the directory of " + path_ + ": " + errno_text();
+    return false;
+  }
+  if (error.empty()) error = "store.settlement_journal: cannot rewrite " + path_ + ": " + errno_text();
+  if (tfd >= 0) ::close(tfd);
+  return false;
+}
+
+void settlement_journal::maybe_compact() {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) return;
+  const auto size = std::size_t(st.st_size);
+  if (size < std::max(compact_at_, retry_at_) || size < 4 * live_bytes_) return;
+  std::vector<const entry*> order;
+  order.reserve(open_.size());
+  for (const auto& [lease, e] : open_) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const entry* a, const entry* b) { return a->seq < b->seq; });
+  std::string text;
+  text.reserve(live_bytes_);
+  for (const entry* e : order) text += e->line;
+  std::string error;
+  retry_at_ = rewrite(text, error) ? 0 : size * 2;
 }
 
 bool settlement_journal::write_all(int fd, const std::string& text, std::string& error) {
@@ -186,18 +221,34 @@ bool settlement_journal::append(std::string text, std::string& error) {
 bool settlement_journal::add(std::span<const settlement* const> s, std::string& error) {
   std::lock_guard lock(mu_);
   if (fd_ < 0 || s.empty()) return fd_ >= 0;
+  std::vector<std::string> lines;
+  lines.reserve(s.size());
   std::string text;
-  for (const settlement* x : s) text += "{\"add\":" + settlement_to_json(*x) + "}\n";
+  for (const settlement* x : s) {
+    lines.push_back("{\"add\":" + settlement_to_json(*x) + "}\n");
+    text += lines.back();
+  }
   if (!append(std::move(text), error)) return false;
-  for (const settlement* x : s) open_.insert(x->adm.lease);
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    live_bytes_ += lines[i].size();
+    auto [it, fresh] = open_.try_emplace(s[i]->adm.lease, entry{seq_, std::string()});
+    if (fresh) ++seq_;
+    else live_bytes_ -= it->second.line.size();  // its new figures replace the old
+    it->second.line = std::move(lines[i]);
+  }
   counted();
+  maybe_compact();
   return true;
 }
 
 bool settlement_journal::done(std::span<const std::string_view> leases, std::string& error) {
   std::lock_guard lock(mu_);
   if (fd_ < 0 || leases.empty()) return fd_ >= 0;
-  for (auto l : leases) open_.erase(std::string(l));
+  for (auto l : leases)
+    if (auto it = open_.find(std::string(l)); it != open_.end()) {
+      live_bytes_ -= it->second.line.size();
+      open_.erase(it);
+    }
   counted();
   if (open_.empty()) {  // nothing left to replay: start the file afresh
     if (::ftruncate(fd_, 0) == 0 && ::fdatasync(fd_) == 0) {
@@ -209,12 +260,20 @@ bool settlement_journal::done(std::span<const std::string_view> leases, std::str
   }
   std::string text;
   for (auto l : leases) text += "{\"done\":" + quoted(l) + "}\n";
-  return append(std::move(text), error);
+  if (!append(std::move(text), error)) return false;
+  maybe_compact();
+  return true;
 }
 
 std::size_t settlement_journal::open_count() const {
   std::lock_guard lock(mu_);
   return open_.size();
+}
+
+std::size_t settlement_journal::file_bytes() const {
+  std::lock_guard lock(mu_);
+  struct stat st {};
+  return fd_ >= 0 && ::fstat(fd_, &st) == 0 ? std::size_t(st.st_size) : 0;
 }
 
 }  // namespace tollgate::policy

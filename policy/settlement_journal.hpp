@@ -11,15 +11,19 @@
 //                          new figures, which replace the earlier line's)
 //   {"done":"<lease>"}     the store took it (or it was given up)
 // Opening reads the file, keeps the settlements not done and rewrites the file to hold just those;
-// once none is open the file is truncated. Written only while the store is unreachable: the
-// normal path never touches it.
+// once none is open the file is truncated. While settlements stay open, the file is rewritten the
+// same way whenever it has grown to four times what they take (and at least compact_at bytes):
+// during a long outage a charge taking a sum every 100 ms adds a line each time, and the file
+// would otherwise grow by tens of megabytes an hour. Written only while the store is unreachable:
+// the normal path never touches it.
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_set>
+#include <unordered_map>
 #include <vector>
 
 #include "policy/store.hpp"
@@ -55,6 +59,14 @@ class settlement_journal {
   bool done(std::span<const std::string_view> leases, std::string& error);
   /// Settlements added and not done.
   std::size_t open_count() const;
+  /// The journal's size on disk (bytes).
+  std::size_t file_bytes() const;
+  /// The least size at which the file is rewritten to hold only its open settlements (default
+  /// 1 MiB; tests lower it).
+  void compact_at(std::size_t bytes) {
+    std::lock_guard lock(mu_);
+    compact_at_ = bytes;
+  }
   /// Called with open_count() after every change, under the journal's lock (so that a gauge set
   /// from it never goes back to an older count: two workers' changes each set theirs in order).
   void on_count(std::function<void(std::size_t)> f) {
@@ -67,10 +79,27 @@ class settlement_journal {
   bool write_all(int fd, const std::string& text, std::string& error);
   /// write_all() at the end of the journal; on failure the file is cut back to where it was.
   bool append(std::string text, std::string& error);
+  /// Writes the open settlements' last lines to a new file, synced, and renames it over the
+  /// journal (then syncs the directory); appends go to it from then on. False (and `error` set)
+  /// when any step fails: the old file, still whole, stays the journal.
+  bool rewrite(const std::string& text, std::string& error);
+  /// Rewrites the file when it has outgrown its open settlements (see the header); a failure is
+  /// not the caller's (its line was written), and the next attempt waits for the file to double.
+  void maybe_compact();
   mutable std::mutex mu_;
   int fd_ = -1;
   std::string path_;
-  std::unordered_set<std::string> open_;
+  /// Open leases: the order they were first added in (replay keeps it) and their last line.
+  struct entry {
+    std::uint64_t seq;
+    std::string line;
+  };
+  std::unordered_map<std::string, entry> open_;
+  std::uint64_t seq_ = 0;
+  std::size_t live_bytes_ = 0;  ///< the open settlements' lines, as a rewrite would hold them
+  std::size_t file_bytes_ = 0;  ///< the file's size as this journal wrote it
+  std::size_t compact_at_ = std::size_t(1) << 20;
+  std::size_t retry_at_ = 0;  ///< after a failed rewrite: the size at which to try again
   bool torn_ = false;
   std::function<void(std::size_t)> on_count_;
   void counted() {

@@ -257,6 +257,47 @@ TEST_F(SettlementJournalTest, AFileReplacedWhileItWasBeingLockedIsOpenedAgainByN
   EXPECT_EQ(text.find("\"stale\""), std::string::npos) << text;
 }
 
+TEST_F(SettlementJournalTest, AFileThatOutgrowsItsOpenSettlementsIsRewrittenWithJustThose) {
+  // A long outage: one charge takes a new sum every seal (its line written again each time),
+  // others come and are done. The file stays near what is open, and replays the last figures.
+  std::size_t one_line = 0;
+  {
+    settlement_journal j;
+    j.open(path);
+    j.compact_at(8192);
+    std::string error;
+    const std::vector<settlement> first{sample("a", 1)};
+    ASSERT_TRUE(j.add(ptrs(first), error)) << error;
+    one_line = j.file_bytes();
+    std::size_t largest = 0;
+    for (int i = 1; i <= 300; ++i) {
+      const std::vector<settlement> again{sample("b", i)};
+      ASSERT_TRUE(j.add(ptrs(again), error)) << error;
+      if (i % 10 == 0) {
+        const std::vector<settlement> passing{sample("c" + std::to_string(i), 5)};
+        ASSERT_TRUE(j.add(ptrs(passing), error)) << error;
+        const std::vector<std::string_view> gone{passing[0].adm.lease};
+        ASSERT_TRUE(j.done(gone, error)) << error;
+      }
+      largest = std::max(largest, j.file_bytes());
+    }
+    EXPECT_GT(300 * one_line, 10 * 8192u) << "without rewrites the file would pass the threshold many times over";
+    EXPECT_LE(largest, 8192 + 2 * one_line) << "rewritten once past the threshold";
+    EXPECT_EQ(j.open_count(), 2u);
+    EXPECT_EQ(j.file_bytes(), read().size()) << "appends go to the rewritten file";
+  }
+  settlement_journal again;
+  const auto opened = again.open(path);
+  EXPECT_EQ(opened.skipped, 0u);
+  ASSERT_EQ(opened.open.size(), 2u);
+  EXPECT_EQ(opened.open[0].adm.lease, "a") << "in the order first added";
+  EXPECT_EQ(opened.open[0].cost_nano, 1);
+  EXPECT_EQ(opened.open[1].adm.lease, "b");
+  EXPECT_EQ(opened.open[1].cost_nano, 300) << "the last figures";
+  EXPECT_EQ(again.file_bytes(), read().size());
+  EXPECT_LT(again.file_bytes(), 3 * one_line) << "two lines";
+}
+
 TEST_F(SettlementJournalTest, APathThatCannotBeCreatedIsAClearError) {
   settlement_journal j;
   const std::string bad = (dir / "no-such-dir" / "settlements.journal").string();
