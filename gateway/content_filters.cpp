@@ -317,21 +317,40 @@ std::optional<std::string> filter_answer(request_context& ctx, const content_fil
   if (ec || !v.is_object()) return std::nullopt;
   auto* choices = v.get_object().if_contains("choices");
   if (!choices || !choices->is_array()) return std::nullopt;
-  bool changed = false;
+  bool changed = false, unreadable = false;
   std::vector<std::string> fired;
   visit_answer_contents(*choices, [&](json::object& c, json::value* content) {
-    // The reasoning text first (reasoning_content, or reasoning): a block in it withholds the
-    // content too, as a stream's would.
+    // Text in a shape the filters cannot read (parts, not a string) is not sent.
     auto* msg = c.if_contains("message");
-    for (const char* key : {"reasoning_content", "reasoning"}) {
-      auto* rv = msg && msg->is_object() ? msg->get_object().if_contains(key) : nullptr;
+    json::value* keys[2] = {nullptr, nullptr};  // reasoning_content, reasoning
+    if (msg && msg->is_object()) {
+      keys[0] = msg->get_object().if_contains("reasoning_content");
+      keys[1] = msg->get_object().if_contains("reasoning");
+    }
+    for (json::value* t : {content, keys[0], keys[1]})
+      if (t && !t->is_string() && !t->is_null()) unreadable = true;
+    if (unreadable) return;
+    // The reasoning text first (reasoning_content, or reasoning): a block in it withholds the
+    // content too, as a stream's would. vLLM sends it under both keys (kept in sync): the same
+    // text is filtered once and both keys get the result.
+    json::value* filtered = nullptr;
+    std::string original;
+    for (json::value* rv : keys) {
       if (!rv || !rv->is_string()) continue;
+      if (filtered && std::string_view(rv->get_string()) == original) {
+        *rv = *filtered;
+        continue;
+      }
+      original = rv->get_string();
+      filtered = rv;
       auto rverdict = cf::scan_text(set, s, rv->get_string());
       fired.insert(fired.end(), rverdict.rules.begin(), rverdict.rules.end());
       if (!rverdict.blocked && !rverdict.redacted_text) continue;
       *rv = json::string(rverdict.redacted_text ? *rverdict.redacted_text : std::string());
       changed = true;
       if (rverdict.blocked) {
+        for (json::value* other : keys)
+          if (other && other != rv && other->is_string()) *other = *rv;
         if (content && content->is_string()) *content = "";
         c["finish_reason"] = "content_filter";
         if (auto* lp = c.if_contains("logprobs"); lp && !lp->is_null()) *lp = nullptr;
@@ -349,6 +368,7 @@ std::optional<std::string> filter_answer(request_context& ctx, const content_fil
     if (auto* lp = c.if_contains("logprobs"); lp && !lp->is_null()) *lp = nullptr;
     changed = true;
   });
+  if (unreadable) return std::nullopt;
   record_filter_actions(ctx, f, fired, "response");
   return changed ? json::serialize(v) : body;
 }
@@ -400,7 +420,8 @@ bool stream_rewriter::end_reasoning(reasoning_state& r, std::uint64_t index, jso
   if (rest.blocked) return false;
   if (rest.text.empty()) return true;
   if (in_chunk != nullptr) *in_chunk = json::string(std::string(in_chunk->get_string()) + rest.text);
-  else content_chunk(out, rest.text, index, "reasoning_content");
+  else if (r.as_reasoning && !r.as_content) content_chunk(out, rest.text, index, "reasoning");
+  else content_chunk(out, rest.text, index, "reasoning_content", r.as_reasoning ? "reasoning" : "");
   return true;
 }
 
@@ -492,7 +513,7 @@ std::string stream_rewriter::process(std::string_view sse_bytes) {
 }
 
 void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::uint64_t index,
-                                    std::string_view key) const {
+                                    std::string_view key, std::string_view key2) const {
   s.reserve(s.size() + 160 + id_.size() + model_.size() + text.size());
   s += "data: {\"id\":";
   json_out::string(s, id_);
@@ -506,6 +527,12 @@ void stream_rewriter::content_chunk(std::string& s, std::string_view text, std::
   s += key;
   s += "\":";
   json_out::string(s, text);
+  if (!key2.empty()) {
+    s += ",\"";
+    s += key2;
+    s += "\":";
+    json_out::string(s, text);
+  }
   s += "},\"finish_reason\":null}]}\n\n";
 }
 
@@ -911,6 +938,16 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
   if (auto* cr = o.if_contains("created"); cr && cr->is_int64()) created_ = cr->get_int64();
   auto* choices = o.if_contains("choices");
   bool changed = false;
+  // Each choice's reasoning and its alias (see below): the alias is made the filtered text's copy
+  // before the chunk goes out.
+  std::vector<std::pair<json::value*, json::value*>> aliases;
+  const auto sync_aliases = [&] {
+    for (auto [r, a] : aliases)
+      if (*a != *r) {
+        *a = *r;
+        changed = true;
+      }
+  };
   if (choices && choices->is_array()) {
     auto& arr = choices->get_array();
     // Each choice of the chunk (one, unless the request asked for several answers) through the
@@ -929,13 +966,21 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
       json::object* d = delta && delta->is_object() ? &delta->get_object() : nullptr;
       auto* content = d ? d->if_contains("content") : nullptr;
       const bool has_text = content && content->is_string();
-      json::value* reasoning = nullptr;
-      if (d)
-        for (const char* key : {"reasoning_content", "reasoning"})
-          if (auto* rv = d->if_contains(key); rv && rv->is_string()) {
-            reasoning = rv;
-            break;
-          }
+      // vLLM sends the reasoning twice, as `reasoning_content` and as `reasoning` (kept in sync):
+      // the first is filtered, and the second goes out as a copy of what it became.
+      json::value* reasoning = d ? d->if_contains("reasoning_content") : nullptr;
+      json::value* alias = d ? d->if_contains("reasoning") : nullptr;
+      bool unreadable = (content && !content->is_string() && !content->is_null()) ||
+                        (reasoning && !reasoning->is_string() && !reasoning->is_null()) ||
+                        (alias && !alias->is_string() && !alias->is_null());
+      if (reasoning && !reasoning->is_string()) reasoning = nullptr;
+      if (alias && !alias->is_string()) alias = nullptr;
+      if (!reasoning) std::swap(reasoning, alias);
+      if (unreadable) {  // text in a shape the filters cannot read (parts, not a string): not sent
+        end_stream(out, "upstream_error", "The upstream stream sent answer text the content filter cannot read.");
+        return;
+      }
+      if (alias) aliases.emplace_back(reasoning, alias);
       // A role or tool-call delta: no text of the answer.
       if (!has_text && !finishing && reasoning == nullptr) continue;
       const choice_ref ch = choice(index);
@@ -957,6 +1002,7 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
       const auto end_here = [&](bool keep_chunk_text) {
         if (finish) *finish = nullptr;  // the block's own chunk ends the answers (content_filter)
         arr.erase(arr.begin() + std::ptrdiff_t(i + 1), arr.end());  // choices after it: not filtered
+        sync_aliases();
         if (keep_chunk_text || i > 0) out += sse::format_data(json::serialize(v));
         end_blocked(out);
       };
@@ -965,6 +1011,8 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
       bool reasoning_kept = false;
       if (reasoning != nullptr) {
         reasoning_state& rs = *ch.reasoning;
+        (reasoning == d->if_contains("reasoning") ? rs.as_reasoning : rs.as_content) = true;
+        if (alias) rs.as_reasoning = true;
         if (!rs.filter)
           if (auto sf = cf::stream_filter::create(set_, scratch_)) rs.filter.emplace(std::move(*sf));
         if (!rs.filter) {
@@ -1031,6 +1079,7 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
       }
     }
   }
+  sync_aliases();
   // (A chunk as it came when unchanged, unless its data spanned lines: one line is written.)
   if (changed || data.find_first_of("\r\n") != std::string_view::npos) out += sse::format_data(json::serialize(v));
   else out.append("data: ").append(data).append("\n\n");

@@ -63,8 +63,9 @@ std::vector<std::string> filter_prompt(request_context& ctx, const content_filte
                                        cf::scratch& s);
 
 /// Filters a whole chat.completion body's message contents; returns the new body, or nothing
-/// when the body is no chat.completion (no JSON object with a `choices` list): its text cannot be
-/// found to filter, so it must not be sent (fail closed).
+/// when the body is no chat.completion (no JSON object with a `choices` list) or a message's
+/// content or reasoning is neither a string nor null (a list of parts): its text cannot be found
+/// to filter, so it must not be sent (fail closed).
 std::optional<std::string> filter_answer(request_context& ctx, const content_filters& f, const cf::filter_set& set, cf::scratch& s,
                           std::string body);
 
@@ -147,6 +148,9 @@ class stream_rewriter {
   struct reasoning_state {
     std::optional<cf::stream_filter> filter;  ///< made at the answer's first reasoning text
     bool finished = false;
+    /// The keys the upstream sends it under: `reasoning_content`, `reasoning`, or both (vLLM's
+    /// alias, kept in sync). What the filter held back goes out under the same ones.
+    bool as_content = false, as_reasoning = false;
     bool pending() const { return filter && !finished; }
   };
   struct choice_ref {
@@ -169,9 +173,9 @@ class stream_rewriter {
   void end_stream(std::string& out, std::string_view code, const std::string& message);
   void sent(std::string_view text);  ///< text emitted to the caller (capture, moderation)
   /// Appends a chunk of the rewriter's own carrying `text` (the text held back, at the end) for
-  /// the choice `index`, as its delta's `key`.
+  /// the choice `index`, as its delta's `key` (and as `key2` too, when given).
   void content_chunk(std::string& out, std::string_view text, std::uint64_t index = 0,
-                     std::string_view key = "content") const;
+                     std::string_view key = "content", std::string_view key2 = {}) const;
 
   request_context& ctx_;
   const content_filters& f_;

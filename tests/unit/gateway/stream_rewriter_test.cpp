@@ -9,6 +9,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -525,6 +526,113 @@ TEST(StreamRewriterTest, ReasoningTextIsFilteredOnItsOwnBeforeTheContent) {
   EXPECT_EQ(c1.at("message").at("reasoning").as_string(), "the ");
   EXPECT_EQ(c1.at("message").at("content").as_string(), "");
   EXPECT_EQ(c1.at("finish_reason").as_string(), "content_filter");
+}
+
+namespace {
+/// A delta with the same reasoning under both keys, as vLLM sends it.
+std::string both_keys_chunk(std::string_view text) {
+  const std::string t = json::serialize(json::string_view(text));
+  return "data: " + head + R"("choices":[{"index":0,"delta":{"reasoning_content":)" + t + R"(,"reasoning":)" + t +
+         R"(},"logprobs":null,"finish_reason":null}]})" + "\n\n";
+}
+/// The reasoning text each key carried over the whole stream.
+std::map<std::string, std::string> reasoning_per_key(const std::string& sse_bytes) {
+  std::map<std::string, std::string> out;
+  for (auto& ev : events_of(sse_bytes)) {
+    if (!ev.name.empty() || ev.data == "[DONE]") continue;
+    auto v = json::parse(ev.data);
+    for (auto& c : v.at("choices").as_array())
+      for (const char* key : {"reasoning_content", "reasoning"})
+        if (auto* t = c.at("delta").as_object().if_contains(key); t && t->is_string()) out[key] += t->as_string();
+  }
+  return out;
+}
+}  // namespace
+
+// vLLM sends its reasoning twice, as `reasoning_content` and as `reasoning`: both go out
+// filtered alike (the second is no unfiltered copy of the first), for any read split, and what
+// the filter held back goes out under the keys the stream uses.
+TEST(StreamRewriterTest, ReasoningSentUnderBothKeysIsFilteredInBoth) {
+  auto s = make("forbidden");
+  std::mt19937 rng(27);
+  const std::string finish = "data: " + head + R"("choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]})" + "\n\n";
+  const std::string in = both_keys_chunk("Thinking: mail x@exa") + both_keys_chunk("mple.com, then answer") +
+                         chunk(R"("The answer")") + finish + "data: [DONE]\n\n";
+  for (int round = 0; round < 40; ++round) {
+    const std::string out = rewrite(s, in, rng, nullptr, round % 2 == 0);
+    const auto keys = reasoning_per_key(out);
+    EXPECT_EQ(keys.at("reasoning_content"), "Thinking: mail [REDACTED:email], then answer") << out;
+    EXPECT_EQ(keys.at("reasoning"), "Thinking: mail [REDACTED:email], then answer") << out;
+    EXPECT_EQ(out.find("x@exa"), std::string::npos) << out;
+    EXPECT_EQ(read_reasoned(out).content, "The answer");
+  }
+  // A block: neither key carries the match, whatever came before it in the chunk.
+  {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const std::string out = rw.process(both_keys_chunk("I must not say the forbidden word") + chunk(R"("Sure.")") +
+                                       "data: [DONE]\n\n");
+    EXPECT_TRUE(rw.blocked());
+    EXPECT_EQ(out.find("forbidden"), std::string::npos) << out;
+    const auto keys = reasoning_per_key(out);
+    EXPECT_EQ(keys.at("reasoning_content"), "I must not say the ") << out;
+    EXPECT_EQ(keys.at("reasoning"), "I must not say the ") << out;
+  }
+  // Only `reasoning`: the text held back at the reasoning's end goes out under that key, where
+  // the client reads it.
+  {
+    const std::string only = reasoning_chunk("Thinking about x@exa", "reasoning") + reasoning_chunk("mple.com now", "reasoning") +
+                             chunk(R"("Done")") + finish + "data: [DONE]\n\n";
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const auto keys = reasoning_per_key(rw.process(only));
+    EXPECT_EQ(keys.count("reasoning_content"), 0u);
+    EXPECT_EQ(keys.at("reasoning"), "Thinking about [REDACTED:email] now");
+  }
+  // Whole answers alike: redacted in both, or both cut before the block.
+  tollgate::request_context ctx;
+  const std::string whole =
+      R"({"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"fine",)"
+      R"("reasoning_content":"mail x@example.com","reasoning":"mail x@example.com"},"finish_reason":"stop"},)"
+      R"({"index":1,"message":{"role":"assistant","content":"fine too","reasoning_content":"the forbidden plan",)"
+      R"("reasoning":"the forbidden plan"},"finish_reason":"stop"}]})";
+  const auto filtered = tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, whole);
+  ASSERT_TRUE(filtered.has_value());
+  EXPECT_EQ(filtered->find("x@example.com"), std::string::npos) << *filtered;
+  EXPECT_EQ(filtered->find("forbidden"), std::string::npos) << *filtered;
+  const auto v = json::parse(*filtered);
+  for (const char* key : {"reasoning_content", "reasoning"}) {
+    EXPECT_EQ(v.at("choices").at(0).at("message").at(key).as_string(), "mail [REDACTED:email]") << key;
+    EXPECT_EQ(v.at("choices").at(1).at("message").at(key).as_string(), "the ") << key;
+  }
+  EXPECT_EQ(v.at("choices").at(1).at("finish_reason").as_string(), "content_filter");
+}
+
+// Answer text in a shape the filters cannot read (a list of parts instead of a string) is not
+// relayed: the stream ends with upstream_error, and a whole answer is not passed on.
+TEST(StreamRewriterTest, AnswerTextThatIsNotAStringIsNotRelayed) {
+  auto s = make();
+  for (const char* key : {"content", "reasoning_content", "reasoning"}) {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const std::string parts = std::string(R"([{"type":"text","text":"mail x@y.com"}])");
+    const std::string out = rw.process(chunk(R"("fine ")") + "data: " + head + R"("choices":[{"index":0,"delta":{")" + key +
+                                       R"(":)" + parts + R"(},"logprobs":null,"finish_reason":null}]})" + "\n\n" +
+                                       "data: [DONE]\n\n");
+    EXPECT_TRUE(rw.blocked()) << key;
+    EXPECT_EQ(out.find("x@y.com"), std::string::npos) << key << ": " << out;
+    EXPECT_EQ(ctx.error_code, "upstream_error") << key;
+    const std::string whole = R"({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant",")" +
+                              std::string(key) + R"(":)" + parts + R"(},"finish_reason":"stop"}]})";
+    EXPECT_FALSE(tg::filter_answer(ctx, *s.filters, *s.set, *s.scratch, whole).has_value()) << key;
+  }
+  // A null content (a tool call's delta, a refusal) is no text, and goes through.
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string out = rw.process("data: " + head + R"("choices":[{"index":0,"delta":{"content":null,"refusal":"no"},"logprobs":null,"finish_reason":null}]})" +
+                                     "\n\n" + "data: [DONE]\n\n");
+  EXPECT_FALSE(rw.blocked()) << out;
+  EXPECT_NE(out.find(R"("refusal":"no")"), std::string::npos) << out;
 }
 
 // However the stream ends (moderation, an upstream failure), the rules that fired in what was
