@@ -697,6 +697,7 @@ struct stream_engine {
   std::vector<bool> fired_;
   std::vector<int> scores_;  // block mode: per rule, the summed scores of the phrases present
   bool any_redaction_ = false;
+  bool after_redaction_ = false;  // emit(): continuation bytes here belong to the redaction's last character
 
   static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned, void* ctx) {
     auto* self = static_cast<stream_engine*>(ctx);
@@ -818,12 +819,14 @@ struct stream_engine {
       const rule& r = rule_of(c);
       if (r.act == action::block) continue;  // valid ones end the stream in check_block()
       if (r.act == action::redact && c.start < sel_end_) {
-        // A clipped pattern's match is reported at each end with its start clipped to the last
-        // `clip` bytes: one that ends past the redaction it overlaps is the same longer match
-        // (a JWT past 512 bytes) going on, and the redaction goes on with it: merged while not
-        // emitted, else its rest dropped without a second token. (Skipping it, as an overlapping
-        // match of another pattern is skipped, sent the rest of the signature.)
-        if (set_->patterns_[c.pattern].clip == 0 || c.end <= sel_end_ || !valid(c)) continue;
+        // A redact match that overlaps the last redaction and ends past it: the redaction goes
+        // on to its end (merged while not emitted, else its rest dropped without a second
+        // token). Every byte some redact rule matched is taken out: a clipped pattern's match is
+        // reported at each end with its start clipped (a JWT past 512 bytes going on), and a
+        // custom regex with an upper bound (`[A-Za-z0-9]{20,40}`) matches a 50-byte token as
+        // 0-40 and then, leftmost, 1-41 ... 10-50. Skipping those sent the token's tail (until
+        // 2026-11-29 for all but clipped patterns).
+        if (c.end <= sel_end_ || !valid(c)) continue;
         const std::uint32_t ri = set_->patterns_[c.pattern].rule;
         fire(ri);
         if (any_selected() && selected_.back().end == sel_end_) selected_.back().end = c.end;
@@ -837,12 +840,25 @@ struct stream_engine {
       const std::uint32_t ri = set_->patterns_[c.pattern].rule;
       fire(ri);
       if (r.act == action::redact) {
-        selected_.push_back({c.start, c.end, ri});
+        // From the start of the character the match begins in: a custom regex works on bytes
+        // and may begin or end inside a multi-byte character (its rest is dropped in emit()).
+        selected_.push_back({char_start(c.start), c.end, ri});
         sel_end_ = c.end;
         any_redaction_ = true;
       }
     }
     done_ = std::max(done_, limit);
+  }
+
+  /// The start of the UTF-8 character byte `x` lies in (at most 3 bytes back, never before the
+  /// text emitted or retained).
+  std::uint64_t char_start(std::uint64_t x) const noexcept {
+    int steps = 0;
+    while (x > pos_ && x > base_ && x < total_ && steps < 3 && (static_cast<unsigned char>(byte_at(x)) & 0xC0) == 0x80) {
+      --x;
+      ++steps;
+    }
+    return x;
   }
 
   // Largest offset <= x (and >= pos_) that does not split a UTF-8 character.
@@ -881,10 +897,15 @@ struct stream_engine {
         }
         pos_ = next_selected().end;
         pop_selected();
+        after_redaction_ = true;
         continue;
       }
       std::uint64_t stop = limit;
       if (any_selected()) stop = std::min(stop, next_selected().start);
+      // The rest of a character a redaction ended inside goes with it: sent alone, its bytes
+      // would be no UTF-8 (and JSON-escaped as U+FFFD, or sent invalid).
+      while (after_redaction_ && pos_ < stop && (static_cast<unsigned char>(byte_at(pos_)) & 0xC0) == 0x80) ++pos_;
+      if (pos_ < stop) after_redaction_ = false;
       out.append(slice(pos_, stop));
       pos_ = stop;
     }

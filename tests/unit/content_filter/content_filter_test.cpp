@@ -263,13 +263,53 @@ TEST(ContentFilterScanTest, RedactBeatsFlagAndLongestWinsAtSameStart) {
   EXPECT_EQ(v.rules, (std::vector<std::string>{"long", "outer_flag"}));
 }
 
-TEST(ContentFilterScanTest, LeftmostWinsOverLongerLaterMatch) {
+/// `text` through a stream filter one byte at a time: what the caller would receive.
+std::string streamed(fixture& f, std::string_view text) {
+  auto sf = cf::stream_filter::create(f.set, f.scratch);
+  EXPECT_TRUE(sf.has_value());
+  std::string out;
+  for (char c : text) out += sf->feed(std::string_view(&c, 1)).text;
+  out += sf->finish().text;
+  return out;
+}
+
+TEST(ContentFilterScanTest, OverlappingRedactionsTakeOutEveryByteTheyMatched) {
+  // The leftmost match names the token; a match of another rule that overlaps it and goes on
+  // takes its rest too (until 2026-11-29 "defg", most of b's match, went out).
   auto f = make({cf::rule::make_regex("a", "abc", cf::action::redact),
                  cf::rule::make_regex("b", "bcdefg", cf::action::redact)});
-  auto v = cf::scan_text(f.set, f.scratch, "abcdefg");
+  auto v = cf::scan_text(f.set, f.scratch, "abcdefgh");
   ASSERT_TRUE(v.redacted_text.has_value());
-  EXPECT_EQ(*v.redacted_text, "[REDACTED:a]defg");
-  EXPECT_EQ(v.rules, std::vector<std::string>{"a"});
+  EXPECT_EQ(*v.redacted_text, "[REDACTED:a]h");
+  EXPECT_EQ(v.rules, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(streamed(f, "abcdefgh"), "[REDACTED:a]h");
+}
+
+TEST(ContentFilterScanTest, ATokenLongerThanACustomRegexsBoundIsRedactedWhole) {
+  // [A-Za-z0-9]{20,40} matches a 50-byte token as 0-40, then (leftmost for each later end)
+  // 1-41 ... 10-50: all of it is the rule's, none of it goes out.
+  auto f = make({cf::rule::make_regex("token", "[A-Za-z0-9]{20,40}", cf::action::redact)});
+  const std::string token = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0U1v2W3x4Y5";
+  ASSERT_EQ(token.size(), 50u);
+  const std::string text = "key " + token + " end";
+  auto v = cf::scan_text(f.set, f.scratch, text);
+  ASSERT_TRUE(v.redacted_text.has_value());
+  EXPECT_EQ(*v.redacted_text, "key [REDACTED:token] end");
+  EXPECT_EQ(streamed(f, text), "key [REDACTED:token] end");
+}
+
+TEST(ContentFilterScanTest, ARedactionOfACustomRegexNeverSplitsACharacter) {
+  // A custom regex works on bytes: key=[^ ]{1,5} ends 2 bytes into 本 (E6 9C AC), and \xa5abc
+  // begins in the last byte of 日 (E6 97 A5). The character is redacted whole, never half sent.
+  auto f = make({cf::rule::make_regex("k", "key=[^ ]{1,5}", cf::action::redact),
+                 cf::rule::make_regex("tail", "\\xa5abc", cf::action::redact)});
+  for (const auto& [text, want] : std::vector<std::pair<std::string, std::string>>{
+           {"key=\u65e5\u672c\u8a9e ok", "[REDACTED:k]\u8a9e ok"}, {"x \u65e5abc y", "x [REDACTED:tail] y"}}) {
+    auto v = cf::scan_text(f.set, f.scratch, text);
+    ASSERT_TRUE(v.redacted_text.has_value()) << text;
+    EXPECT_EQ(*v.redacted_text, want);
+    EXPECT_EQ(streamed(f, text), want);
+  }
 }
 
 TEST(ContentFilterStreamTest, BlockStopsAtMatchStart) {
