@@ -402,13 +402,20 @@ void audit_log::apply_retention() {
   std::vector<std::pair<std::uint64_t, fs::path>> old;
   std::uint64_t kept_from = std::numeric_limits<std::uint64_t>::max();  // the oldest segment left
   std::error_code ec;
+  // The segment being written is told by its name: its path was put together from audit.dir
+  // ("/a/" + "/" + name), the listing's from the directory ("/a/name"), and compared whole, a
+  // trailing slash in audit.dir made the open segment one more old file once the writer had
+  // been idle past retention: removed, and every later record written to a file no name reached.
+  const auto current = fs::path(segment_path_).filename();
   for (auto& e : fs::directory_iterator(cfg_.dir, ec)) {
     auto id = parse_segment_name(e.path().filename().string());
     if (!id || id->instance != instance_) continue;
-    if (e.path().string() != segment_path_ && e.last_write_time(ec) < cutoff && !ec) old.emplace_back(id->first_seq, e.path());
+    if (e.path().filename() != current && e.last_write_time(ec) < cutoff && !ec) old.emplace_back(id->first_seq, e.path());
     else kept_from = std::min(kept_from, id->first_seq);
   }
   if (old.empty()) return;
+  // No segment left (none open): the retention record itself begins the next one.
+  if (kept_from == std::numeric_limits<std::uint64_t>::max()) kept_from = next_seq_;
   std::sort(old.begin(), old.end());
   // Removal is itself recorded: the chain names what retention removed, so verify can tell it
   // from a deleted segment.
@@ -460,7 +467,7 @@ void audit_log::run() {
   std::unique_lock lk(mu_);
   for (;;) {
     const auto wait = unsynced_ ? milliseconds(cfg_.batch_ms) : (healthy() ? milliseconds(1000) : milliseconds(250));
-    cv_.wait_for(lk, wait, [&] { return stop_ || !queue_.empty(); });
+    cv_.wait_for(lk, wait, [&] { return stop_ || !queue_.empty() || retention_due_; });
     std::vector<item> batch;
     batch.swap(queue_);
     const bool stopping = stop_;
@@ -523,7 +530,8 @@ void audit_log::run() {
       write_checkpoint();
       last_checkpoint_ = steady_clock::now();
     }
-    if (!retention_ran_ || (!stopping && steady_clock::now() - last_retention_ >= hours(1))) {
+    if (!retention_ran_ || retention_due_.exchange(false) ||
+        (!stopping && steady_clock::now() - last_retention_ >= hours(1))) {
       apply_retention();
       retention_ran_ = true;
       first_pass_done_ = true;

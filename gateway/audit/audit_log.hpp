@@ -87,6 +87,11 @@ class audit_log {
 
   /// Tests only: the call that makes written records durable (::fdatasync), to make it fail.
   void set_sync_for_test(int (*sync)(int)) { sync_ = sync; }
+  /// Tests only: the writer's next pass (within a second) applies retention, as its hourly one.
+  void retain_now_for_test() {
+    retention_due_ = true;
+    cv_.notify_one();
+  }
 
  private:
   struct item {
@@ -121,6 +126,7 @@ class audit_log {
 
   std::mutex mu_;
   std::condition_variable cv_;
+  std::atomic<bool> retention_due_{false};  ///< retain_now_for_test()
   std::vector<item> queue_;
   bool stop_ = false;
   std::thread thread_;

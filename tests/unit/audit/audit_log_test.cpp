@@ -484,6 +484,51 @@ TEST_F(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
   EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
+TEST_F(AuditLogTest, HourlyRetentionNeverRemovesTheSegmentBeingWritten) {
+  // audit.dir with a trailing slash, and a writer idle past retention (no age rotation): its
+  // open segment is as old as any other. Retention removes the old run's segment and keeps the
+  // open one, to which the next records go; the trail verifies.
+  auto cfg = strict_config(tmp.path() + "/");
+  cfg.segment_max_age_s = 0;
+  {
+    metrics::registry reg;
+    audit_log log(cfg, "gw", reg, logs.fn());
+    ASSERT_EQ(log.open(), "");
+    ASSERT_TRUE(append_and_wait(log, done, 1));
+    log.close();
+  }
+  const std::string first = tmp.path() + "/" + segment_name("gw", 1);
+  cfg.retention_days = 1;
+  metrics::registry reg;
+  audit_log log(cfg, "gw", reg, logs.fn());
+  ASSERT_EQ(log.open(), "");
+  ASSERT_TRUE(append_and_wait(log, done, 2));
+  const std::string open_segment = tmp.path() + "/" + segment_name("gw", 4);  // start, 1, stop | start, 2
+  ASSERT_TRUE(fs::exists(open_segment));
+  for (const auto& p : {first, open_segment})
+    fs::last_write_time(p, fs::file_time_type::clock::now() - std::chrono::hours(24 * 10));
+  log.retain_now_for_test();
+  ASSERT_TRUE(logs.wait_for("info", "audit: retention removed old segments"));
+  EXPECT_FALSE(fs::exists(first));
+  EXPECT_TRUE(fs::exists(open_segment)) << "the segment being written was removed";
+  ASSERT_TRUE(append_and_wait(log, done, 3));
+  log.close();
+  const auto lines = trail_lines(tmp.path(), "gw");
+  bool retention = false, third = false;
+  for (const auto& l : lines) {
+    auto o = object_of(l);
+    if (o.at("type").as_string() == "retention") {
+      retention = true;
+      EXPECT_EQ(o.at("kept_from").to_number<std::uint64_t>(), 4u) << l;
+      EXPECT_EQ(o.at("removed").as_array().size(), 1u) << l;
+    }
+    if (o.at("type").as_string() == "call" && o.at("i").to_number<int>() == 3) third = true;
+  }
+  EXPECT_TRUE(retention);
+  EXPECT_TRUE(third) << "a record after retention is in the trail";
+  EXPECT_TRUE(trail_verifies(tmp.path()));
+}
+
 TEST_F(AuditLogTest, RetentionAlsoRunsForAnIdleInstanceAndLeavesARunningOneAlone) {
   // Segments of instance names no gateway runs any more (a host renamed, a replica removed) were
   // kept forever. A writer's retention now opens each idle instance as its own writer, which
