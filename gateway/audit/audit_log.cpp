@@ -207,7 +207,10 @@ std::string audit_log::open() {
          "\"segment\":\"" + torn_segment + "\",\"torn_bytes\":" + std::to_string(torn_bytes));
   }
   queue_.push_back(item{json::serialize(start), {}, false});
-  last_sync_ = last_checkpoint_ = steady_clock::now();
+  last_sync_ = steady_clock::now();
+  // The first checkpoint goes with the start record: a trail without one can then be told from
+  // one whose end was removed together with its checkpoint (audit_reader's verify).
+  last_checkpoint_ = steady_clock::now() - hours(1);
   // Retention runs at start, then hourly: a gateway restarted more often than hourly (each
   // deploy, a crash loop) would otherwise never apply it.
   last_retention_ = steady_clock::now() - hours(1);
@@ -526,8 +529,9 @@ void audit_log::run() {
     }
     if (unsynced_ && (steady_clock::now() - last_sync_ >= milliseconds(cfg_.batch_ms) || stopping)) sync_batched();
     if (stopping || steady_clock::now() - last_checkpoint_ >= seconds(std::max<std::uint32_t>(1, cfg_.checkpoint_s))) {
-      if (unsynced_) sync_batched();
-      write_checkpoint();
+      // Only over records on disk: a checkpoint past a failed sync would make verify call the
+      // records a power loss took "removed".
+      if (!unsynced_ || sync_batched()) write_checkpoint();
       last_checkpoint_ = steady_clock::now();
     }
     if (!retention_ran_ || retention_due_.exchange(false) ||

@@ -187,6 +187,7 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
   std::optional<gap> pending_gap;
   const checkpoint cp = read_checkpoint(dir, instance);
   std::string hash_at_checkpoint;
+  bool ends_with_stop = false;  // the last record is the writer's stop record
 
   auto problem = [&](std::string kind, const std::string& seg, std::uint64_t line, std::uint64_t seq, std::string msg) {
     if (!r.problem) r.problem = verify_problem{std::move(kind), seg, line, seq, std::move(msg)};
@@ -300,6 +301,14 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
             kept_from = std::max(kept_from.value_or(0), *k);
         }
       }
+      ends_with_stop = false;
+      if (line.find("\"type\":\"stop\"") != std::string_view::npos) {  // (parsed, as above)
+        boost::system::error_code ec;
+        const auto v = json::parse(line, ec);
+        const auto* o = ec ? nullptr : v.if_object();
+        const auto* type = o ? o->if_contains("type") : nullptr;
+        ends_with_stop = type && type->is_string() && type->get_string() == "stop";
+      }
       prev_hash = cur_hash;
       prev_seq = h->seq;
       prev_loc = loc(seg->name, lineno);
@@ -367,8 +376,16 @@ void verify_instance(const std::string& dir, const std::vector<const segment_fil
     problem("checkpoint", checkpoint_name(instance), 0, 0,
             "the checkpoint of instance " + instance + " " + cp.broken +
                 ": it was damaged or replaced, so records removed from the end could not be detected");
+  } else if (ends_with_stop) {
+    r.notes.push_back(instance + ": no checkpoint; the trail ends with its writer's stop record, but whole runs "
+                      "removed from its end together with the checkpoint could not be detected");
   } else {
-    r.notes.push_back(instance + ": no checkpoint; a change to the very last record cannot be detected");
+    // A writer checkpoints as soon as its start record is written: a trail without one that does
+    // not end with a stop record lost its end, or its writer was killed at that very moment.
+    problem("checkpoint", checkpoint_name(instance), 0, 0,
+            "instance " + instance + " has no checkpoint and its trail does not end with a stop record: records at "
+            "its end may have been removed together with the checkpoint (or its writer was killed moments after it "
+            "started, before its first checkpoint)");
   }
 }
 

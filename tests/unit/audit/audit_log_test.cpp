@@ -484,6 +484,20 @@ TEST_F(AuditLogTest, RetentionRunsAtStartAndSaysWhereTheTrailNowBegins) {
   EXPECT_TRUE(trail_verifies(tmp.path()));
 }
 
+TEST_F(AuditLogTest, TheFirstCheckpointIsWrittenWithTheStartRecord) {
+  // Not checkpoint_s later: a trail without a checkpoint is then one whose end was removed.
+  auto cfg = strict_config(tmp.path());
+  cfg.checkpoint_s = 3600;
+  metrics::registry reg;
+  audit_log log(cfg, "gw", reg, logs.fn());
+  ASSERT_EQ(log.open(), "");
+  ASSERT_TRUE(append_and_wait(log, done, 1));
+  const std::string cp = tmp.path() + "/" + checkpoint_name("gw");
+  for (int i = 0; i < 100 && !fs::exists(cp); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(fs::exists(cp)) << "no checkpoint while the writer runs";
+  log.close();
+}
+
 TEST_F(AuditLogTest, HourlyRetentionNeverRemovesTheSegmentBeingWritten) {
   // audit.dir with a trailing slash, and a writer idle past retention (no age rotation): its
   // open segment is as old as any other. Retention removes the old run's segment and keeps the

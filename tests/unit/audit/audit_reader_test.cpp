@@ -499,12 +499,13 @@ TEST(AuditVerifyChainTest, RetentionRecordExplainsAMissingStart) {
   temp_dir tmp;
   const std::vector<std::string> records = {
       R"({"type":"start"})", R"({"type":"call"})", R"({"type":"stop"})",
-      R"({"type":"start"})", R"({"type":"retention","removed":["gw.00000000000000000001.jsonl"]})", R"({"type":"call"})"};
+      R"({"type":"start"})", R"({"type":"retention","removed":["gw.00000000000000000001.jsonl"]})", R"({"type":"call"})",
+      R"({"type":"stop"})"};
   write_chain(tmp.path(), "gw", records, {1, 4});
   fs::remove(tmp.path() + "/" + segment_name("gw", 1));
   auto r = verify(tmp.path());
   EXPECT_TRUE(r.ok()) << describe(r);
-  EXPECT_EQ(r.records, 3u);
+  EXPECT_EQ(r.records, 4u);
   bool noted = false;
   for (auto& n : r.notes) noted = noted || n.find("retention") != std::string::npos;
   EXPECT_TRUE(noted);
@@ -529,14 +530,14 @@ TEST(AuditVerifyChainTest, RetentionExcusesOnlyTheSegmentsItRemoved) {
       R"({"type":"start"})", R"({"type":"call"})", R"({"type":"stop"})",
       R"({"type":"start"})", R"({"type":"call"})", R"({"type":"stop"})",
       R"({"type":"start"})", R"({"type":"retention","removed":["gw.00000000000000000001.jsonl"],"kept_from":4})",
-      R"({"type":"call"})"};
+      R"({"type":"call"})", R"({"type":"stop"})"};
   {
     temp_dir tmp;
     write_chain(tmp.path(), "gw", records, {1, 4, 7});
     fs::remove(tmp.path() + "/" + segment_name("gw", 1));
     auto r = verify(tmp.path());
     EXPECT_TRUE(r.ok()) << describe(r);
-    EXPECT_EQ(r.records, 6u);
+    EXPECT_EQ(r.records, 7u);
   }
   temp_dir tmp;
   write_chain(tmp.path(), "gw", records, {1, 4, 7});
@@ -583,6 +584,23 @@ TEST(AuditVerifyChainTest, StaleCheckpointMatchingAnEarlierRecordIsFine) {
   auto r = verify(tmp.path());
   EXPECT_TRUE(r.ok()) << describe(r);
   EXPECT_EQ(r.records, 3u);
+}
+
+TEST(AuditVerifyChainTest, ACutEndRemovedWithTheCheckpointIsAProblem) {
+  // The last segment and the checkpoint deleted: what is left ends mid-run (no stop record).
+  // A writer checkpoints with its start record, so no checkpoint there means a cut end.
+  temp_dir tmp;
+  write_chain(tmp.path(), "gw", {R"({"type":"start"})", R"({"type":"call"})", R"({"type":"call"})"}, {1});
+  auto r = verify(tmp.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->kind, "checkpoint") << describe(r);
+  EXPECT_NE(r.problem->message.find("does not end with a stop record"), std::string::npos) << r.problem->message;
+  // A record that only holds the bytes of a stop record does not count as one.
+  temp_dir other;
+  write_chain(other.path(), "gw", {R"({"type":"start"})", R"({"type":"call","meta":{"type":"stop"}})"}, {1});
+  auto spelled = verify(other.path());
+  ASSERT_FALSE(spelled.ok());
+  EXPECT_EQ(spelled.problem->kind, "checkpoint") << describe(spelled);
 }
 
 TEST(AuditVerifyChainTest, EveryInstanceIsCheckedAndAProblemInTheSecondIsFound) {
