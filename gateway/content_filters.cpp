@@ -31,19 +31,27 @@ std::string key_of(std::vector<std::string> names) {
 }
 
 /// Calls `fn` on every prompt text of a request body: each message's string content or text
-/// parts, and an embeddings input (string or array). `Obj` is json::object, const or not.
+/// parts, a predicted output (`prediction.content`, the same shapes), each tool's description
+/// (the model reads it), and an embeddings input (string or array). `Obj` is json::object,
+/// const or not.
 template <class Obj, class Fn>
 void visit_prompt_texts(Obj& body, Fn&& fn) {
-  if (auto* msgs = body.if_contains("messages"); msgs && msgs->is_array()) {
-    for (auto& m : msgs->get_array()) {
-      auto* content = m.is_object() ? m.get_object().if_contains("content") : nullptr;
-      if (!content) continue;
-      if (content->is_string()) fn(*content);
-      else if (content->is_array())
-        for (auto& part : content->get_array())
-          if (auto* t = part.is_object() ? part.get_object().if_contains("text") : nullptr) fn(*t);
+  auto content_of = [&fn](auto* content) {
+    if (!content) return;
+    if (content->is_string()) fn(*content);
+    else if (content->is_array())
+      for (auto& part : content->get_array())
+        if (auto* t = part.is_object() ? part.get_object().if_contains("text") : nullptr) fn(*t);
+  };
+  if (auto* msgs = body.if_contains("messages"); msgs && msgs->is_array())
+    for (auto& m : msgs->get_array()) content_of(m.is_object() ? m.get_object().if_contains("content") : nullptr);
+  if (auto* pred = body.if_contains("prediction"); pred && pred->is_object())
+    content_of(pred->get_object().if_contains("content"));
+  if (auto* tools = body.if_contains("tools"); tools && tools->is_array())
+    for (auto& t : tools->get_array()) {
+      auto* function = t.is_object() ? t.get_object().if_contains("function") : nullptr;
+      if (auto* d = function && function->is_object() ? function->get_object().if_contains("description") : nullptr) fn(*d);
     }
-  }
   if (auto* in = body.if_contains("input")) {
     if (in->is_string()) fn(*in);
     else if (in->is_array())

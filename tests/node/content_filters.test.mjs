@@ -80,6 +80,26 @@ describe('content filters', () => {
     assert.deepEqual(fake.requests.at(-1).body.messages[0].content.map((p) => p.text), ['ticket [REDACTED:project]', ' and [REDACTED:project] too']);
   });
 
+  test('a predicted output and the tools\' descriptions are prompt text too: blocked and redacted alike', async () => {
+    const before = fake.requests.length;
+    const tool = (description) => [{ type: 'function', function: { name: 'lookup', description, parameters: { type: 'object', properties: {} } } }];
+    for (const extra of [{ prediction: { type: 'content', content: 'card 4111 1111 1111 1111' } },
+      { prediction: { type: 'content', content: [{ type: 'text', text: 'card 4111 1111 1111 1111' }] } },
+      { tools: tool('Charges card 4111 1111 1111 1111.') }]) {
+      await assert.rejects(client.chat.completions.create(ask('hello', extra)), (e) => {
+        assert.ok(e instanceof OpenAI.BadRequestError, e.constructor.name);
+        assert.equal(e.code, 'content_filtered');
+        assert.match(e.message, /cards/);
+        return true;
+      }, JSON.stringify(extra));
+    }
+    assert.equal(fake.requests.length, before, 'nothing sent upstream');
+    await client.chat.completions.create(ask('hello', { prediction: { type: 'content', content: 'see PRJ-123456' }, tools: tool('Opens PRJ-654321.') }));
+    const sent = fake.requests.at(-1).body;
+    assert.equal(sent.prediction.content, 'see [REDACTED:project]');
+    assert.equal(sent.tools[0].function.description, 'Opens [REDACTED:project].');
+  });
+
   test('a prompt is redacted before it leaves; a flagged word passes unchanged', async () => {
     const r = await client.chat.completions.create(ask('ticket PRJ-123456 about bananas'));
     assert.equal(fake.requests.at(-1).body.messages[0].content, 'ticket [REDACTED:project] about bananas');
@@ -249,7 +269,9 @@ models:
     const prompt = 'Tell me something about gateways.';
     const plain = (await mclient.chat.completions.create(q('plain', prompt))).choices[0].message.content;
     assert.match(plain, /[A-Za-z]{5,}/, 'the mock answer has long words to redact');
-    const want = plain.replace(/[A-Za-z]{5,12}/g, '[REDACTED:long_words]');
+    // Every letter some match of [A-Za-z]{5,12} covers is taken out: a run of 13 letters is one
+    // redaction, not one and a letter (its 2..13 is a match too).
+    const want = plain.replace(/[A-Za-z]{5,}/g, '[REDACTED:long_words]');
     const whole = (await mclient.chat.completions.create(q('filtered', prompt))).choices[0].message.content;
     assert.equal(whole, want);
     const chunks = [];
