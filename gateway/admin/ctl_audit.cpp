@@ -155,6 +155,11 @@ int run_verify(int argc, char** argv, bool as_json) {
   progress prog("verifying", total, !as_json);
   auto report = audit::verify(dir, [&](std::uint64_t n) { prog.add(n, 0); });
   prog.finish();
+  // Nothing to verify is no failure (a gateway that has not written yet), but a directory that
+  // is not an audit trail must not pass for an intact one.
+  if (report.ok() && report.instances.empty())
+    report.notes.push_back("no audit trail in '" + dir +
+                           "': no segment of any instance (a gateway that has not written yet, or the wrong --dir)");
   if (as_json) {
     json::object o{{"ok", report.ok()},
                    {"records", report.records},
@@ -209,11 +214,22 @@ constexpr const char* csv_columns[] = {"seq", "type", "id", "time", "team", "key
                                        "stream", "prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "cost_usd",
                                        "latency_us", "ttft_us", "retries", "admin", "action", "target"};
 
+/// A record's integer field; nullopt when absent or not an integer a 64-bit count holds (an
+/// edited record: 1.5, 1e30), which the throwing to_number turned into the end of the export.
+std::optional<std::int64_t> int_field(const json::object& o, std::string_view name) {
+  auto* v = o.if_contains(name);
+  if (!v || !v->is_number()) return std::nullopt;
+  boost::system::error_code ec;
+  const auto n = v->to_number<std::int64_t>(ec);
+  if (ec) return std::nullopt;
+  return n;
+}
+
 /// cost_usd from the exact nano-USD integer: no binary floating point in an export.
 std::string usd(const json::object& o) {
-  auto* v = o.if_contains("cost_nano");
-  if (!v || !v->is_number()) return {};
-  const std::int64_t n = v->to_number<std::int64_t>();
+  const auto cost = int_field(o, "cost_nano");
+  if (!cost) return {};
+  const std::int64_t n = *cost;
   char buf[48];
   std::snprintf(buf, sizeof buf, "%lld.%09lld", static_cast<long long>(n / 1'000'000'000),
                 static_cast<long long>(n % 1'000'000'000));
@@ -302,9 +318,13 @@ int run_export(int argc, char** argv) {
         return true;
       }
       const auto& o = v.get_object();
-      std::int64_t t = 0;
-      if (auto* s = o.if_contains("start_ms"); s && s->is_number()) t = s->to_number<std::int64_t>();
-      else if (auto* s2 = o.if_contains("time_ms"); s2 && s2->is_number()) t = s2->to_number<std::int64_t>();
+      const char* time_field = o.contains("start_ms") ? "start_ms" : o.contains("time_ms") ? "time_ms" : nullptr;
+      const auto when = time_field ? int_field(o, time_field) : std::optional<std::int64_t>(0);
+      if (!when) {
+        ++bad;  // a time that is no integer: not a record the writer made
+        return true;
+      }
+      const std::int64_t t = *when;
       if ((from && t < *from) || (to && t >= *to)) return true;
       if (!team.empty()) {
         auto* tm = o.if_contains("team");
@@ -332,6 +352,7 @@ int run_export(int argc, char** argv) {
       return exit_failed;
     }
     if (*torn > 0) torn_segments.push_back(seg.name + " (" + std::to_string(*torn) + " bytes)");
+    if (std::ferror(out)) break;  // (a full disk, a closed pipe: said below, without reading the rest)
   }
   prog.finish();
   const bool write_failed = std::fflush(out) != 0 || std::ferror(out);
@@ -340,7 +361,9 @@ int run_export(int argc, char** argv) {
     std::cerr << "tollgatectl: writing the export failed: " << std::strerror(errno) << "\n";
     return exit_failed;
   }
-  if (bad) std::cerr << "tollgatectl: skipped " << bad << " line(s) that are not JSON; run tollgatectl audit verify\n";
+  if (bad)
+    std::cerr << "tollgatectl: skipped " << bad
+              << " line(s) that are not audit records (not JSON, or a time that is no integer); run tollgatectl audit verify\n";
   // A last line cut short is not exported; say so (a running gateway's line being written is one).
   for (const auto& t : torn_segments)
     std::cerr << "tollgatectl: skipped a partial last line in " << t

@@ -29,7 +29,8 @@ std::optional<std::int64_t> parse_time_ms(std::string_view s) {
   std::size_t i = 10;
   if (i < s.size()) {
     if (s[i] != 'T' && s[i] != 't' && s[i] != ' ') return std::nullopt;
-    if (!num(i + 1, 2, h) || s[i + 3] != ':' || !num(i + 4, 2, mi) || s.size() < i + 9 || s[i + 6] != ':' || !num(i + 7, 2, se))
+    if (s.size() < i + 9 || !num(i + 1, 2, h) || s[i + 3] != ':' || !num(i + 4, 2, mi) || s[i + 6] != ':' ||
+        !num(i + 7, 2, se))
       return std::nullopt;
     i += 9;
     if (i < s.size() && s[i] == '.') {
@@ -47,7 +48,8 @@ std::optional<std::int64_t> parse_time_ms(std::string_view s) {
     if (s[i] == 'Z' || s[i] == 'z') ++i;
     else if (s[i] == '+' || s[i] == '-') {
       int oh, om;
-      if (!num(i + 1, 2, oh) || s.size() < i + 6 || s[i + 3] != ':' || !num(i + 4, 2, om)) return std::nullopt;
+      if (s.size() < i + 6 || !num(i + 1, 2, oh) || s[i + 3] != ':' || !num(i + 4, 2, om) || oh > 23 || om > 59)
+        return std::nullopt;
       off_min = (s[i] == '-' ? -1 : 1) * (oh * 60 + om);
       i += 6;
     } else {
@@ -55,7 +57,11 @@ std::optional<std::int64_t> parse_time_ms(std::string_view s) {
     }
     if (i != s.size()) return std::nullopt;
   }
-  if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || se > 60) return std::nullopt;
+  if (mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || se > 60) return std::nullopt;
+  // A day the month does not have is refused, not moved on by timegm (2026-02-30 is no March 2).
+  static constexpr int days_in[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (d > days_in[mo - 1] + (mo == 2 && leap ? 1 : 0)) return std::nullopt;
   tm.tm_year = y - 1900;
   tm.tm_mon = mo - 1;
   tm.tm_mday = d;

@@ -316,6 +316,21 @@ describe('audit trail', () => {
     assert.equal(cut.code, 0, cut.stderr);
     assert.equal(cut.stdout.trim().split('\n').length, recs.length - 1);
     assert.match(cut.stderr, /skipped a partial last line in .*\(\d+ bytes\)/);
+    // Edited records whose time is no integer are skipped and counted, not the end of the
+    // export; a cost no 64-bit count holds leaves its CSV cell empty.
+    writeFileSync(seg, Buffer.concat([whole, Buffer.from(
+      '{"seq":900,"type":"call","start_ms":1.5}\n{"seq":901,"type":"call","start_ms":1e30}\n' +
+      `{"seq":902,"type":"call","start_ms":${Date.now()},"team":"edited","cost_nano":1e30}\n`)]));
+    const edited = await ctl(['audit', 'export', '--dir', auditDir]);
+    assert.equal(edited.code, 0, edited.stderr);
+    assert.equal(edited.stdout.trim().split('\n').length, recs.length + 1, edited.stderr);
+    assert.match(edited.stderr, /skipped 2 line\(s\) that are not audit records/);
+    const editedCsv = await ctl(['audit', 'export', '--dir', auditDir, '--format', 'csv', '--team', 'edited']);
+    assert.equal(editedCsv.code, 0, editedCsv.stderr);
+    const editedRows = editedCsv.stdout.trim().split('\n');
+    assert.equal(editedRows.length, 2, editedCsv.stdout);
+    const costAt = editedRows[0].split(',').indexOf('cost_usd');
+    assert.equal(editedRows[1].split(',')[costAt], '', editedRows[1]);
     writeFileSync(seg, whole);
   });
 });

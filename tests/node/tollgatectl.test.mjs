@@ -836,12 +836,16 @@ describe('tollgatectl help and version (no gateway)', () => {
   test('audit verbs take the global --json, --opt=value like every command, and have help', { timeout: 15000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'tollgatectl-audit-'));
     try {
-      // An empty directory verifies (no instance yet): as JSON with --json before or after.
+      // An empty directory verifies (no instance yet), with a note that there was nothing to
+      // verify (a wrong --dir must not read as an intact trail): as JSON with --json before or after.
       for (const args of [['--json', 'audit', 'verify', '--dir', dir], ['audit', 'verify', `--dir=${dir}`, '--json']]) {
         const r = await ctl(args);
         assertExit(r, 0, args.join(' '));
         assert.equal(JSON.parse(r.stdout).ok, true, r.stdout);
+        assert.match(JSON.parse(r.stdout).notes.join(' '), /no audit trail in .*no segment of any instance/, r.stdout);
       }
+      const plain = await ctl(['audit', 'verify', '--dir', dir]);
+      assert.match(plain.stdout, /note: no audit trail in/, plain.stdout);
       const missing = await ctl(['--json', 'audit', 'verify', `--dir=${join(dir, 'nope')}`]);
       assertExit(missing, 4, 'a missing directory');
       assert.equal(JSON.parse(missing.stdout).ok, false, missing.stdout);
