@@ -45,7 +45,12 @@ family::cell& family::find(label_values values) {
   thread_local std::unordered_map<std::string, cell*> seen;
   key.clear();
   key.append(reinterpret_cast<const char*>(&id_), sizeof id_);
-  for (auto& v : values) key.append(v).push_back('\x1f');
+  // Each value after its length: joined with a separator, two tuples that differ only in where
+  // the separator falls inside a value (team names are the admin API's to choose) shared a cell.
+  for (auto& v : values) {
+    const auto n = static_cast<std::uint32_t>(v.size());
+    key.append(reinterpret_cast<const char*>(&n), sizeof n).append(v);
+  }
   if (auto it = seen.find(key); it != seen.end()) return *it->second;
   const std::string_view own = std::string_view(key).substr(sizeof id_);
   cell* found = nullptr;
@@ -103,7 +108,14 @@ std::string family::label_block(const labels& values, std::string_view extra_nam
 
 void family::expose(std::string& out) const {
   static constexpr const char* type_names[] = {"counter", "gauge", "histogram"};
-  out.append("# HELP ").append(name_).append(" ").append(help_).append("\n");
+  // HELP text escapes backslash and line feed (the exposition format's rule for it).
+  out.append("# HELP ").append(name_).append(" ");
+  for (char ch : help_) {
+    if (ch == '\\') out += "\\\\";
+    else if (ch == '\n') out += "\\n";
+    else out += ch;
+  }
+  out += '\n';
   out.append("# TYPE ").append(name_).append(" ").append(type_names[int(kind_)]).append("\n");
   std::shared_lock lock(mu_);
   for (auto& [key, c] : cells_) {

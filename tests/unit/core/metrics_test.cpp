@@ -36,6 +36,23 @@ TEST(MetricsTest, LabelValuesAreEscaped) {
   EXPECT_EQ(escape_label("plain"), "plain");
 }
 
+TEST(MetricsTest, LabelTuplesThatJoinAlikeAreStillTwoCells) {
+  // ("a\x1fb", "c") and ("a", "b\x1fc") joined with a separator byte are one key.
+  registry r;
+  auto& c = r.add("t_total", "x", kind::counter, {"team", "scope"});
+  c.counter({"a\x1f" "b", "c"}).inc();
+  c.counter({"a", "b\x1f" "c"}).inc(5);
+  EXPECT_EQ(c.counter({"a\x1f" "b", "c"}).value.load(), 1.0);
+  EXPECT_EQ(c.counter({"a", "b\x1f" "c"}).value.load(), 5.0);
+}
+
+TEST(MetricsTest, HelpTextEscapesBackslashAndLineFeed) {
+  registry r;
+  r.add("t_total", "Paths like C:\\dir,\nover two lines.", kind::counter).counter({}).inc();
+  EXPECT_NE(r.expose().find("# HELP t_total Paths like C:\\\\dir,\\nover two lines.\n# TYPE"), std::string::npos)
+      << r.expose();
+}
+
 TEST(MetricsTest, HistogramBucketsAreCumulative) {
   registry r;
   auto& h = r.add("t_seconds", "Latency.", kind::histogram, {"m"}, {0.1, 1, 10});
