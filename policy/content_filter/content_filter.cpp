@@ -6,6 +6,7 @@
 #include <array>
 #include <cctype>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <utility>
 
@@ -698,6 +699,8 @@ struct stream_engine {
   std::vector<int> scores_;  // block mode: per rule, the summed scores of the phrases present
   bool any_redaction_ = false;
   bool after_redaction_ = false;  // emit(): continuation bytes here belong to the redaction's last character
+  std::vector<std::size_t> last_of_;  // on_match(): per pattern, where its last candidate went in pending_
+  std::size_t peak_ = 0;               // the most candidates pending_ held
 
   static int on_match(unsigned id, unsigned long long from, unsigned long long to, unsigned, void* ctx) {
     auto* self = static_cast<stream_engine*>(ctx);
@@ -717,7 +720,26 @@ struct stream_engine {
       if (s == from) return 0;  // no local part
       from = s;
     }
+    // A redact match of a plain pattern that overlaps the pattern's last candidate joins it: the
+    // redaction takes every byte either matched anyway (resolve()), and a permissive custom
+    // regex over a long run ([A-Za-z0-9+/]{40,80} on 4 MiB of base64) otherwise made a candidate
+    // per byte: ~100 MB per such prompt, held until the scan ended.
+    if (p.check == validator::none && p.clip == 0 && p.start == start_rule::as_reported &&
+        self->set_->rules_[p.rule].act == action::redact) {
+      if (self->last_of_.size() < self->set_->patterns_.size()) self->last_of_.resize(self->set_->patterns_.size(), SIZE_MAX);
+      const std::size_t at = self->last_of_[id];
+      if (at < self->pending_.size()) {
+        candidate& c = self->pending_[at];
+        if (c.pattern == id && from < c.end && to > c.start) {
+          c.start = std::min<std::uint64_t>(c.start, from);
+          c.end = std::max<std::uint64_t>(c.end, to);
+          return 0;
+        }
+      }
+      self->last_of_[id] = self->pending_.size();
+    }
     self->pending_.push_back({from, to, id});
+    self->peak_ = std::max(self->peak_, self->pending_.size());
     return 0;
   }
 
@@ -986,6 +1008,7 @@ verdict scan_text(const filter_set& set, scratch& s, std::string_view text) {
       return v;
     }
   }
+  v.peak_candidates = e.peak_;  // (all found by now: what follows only resolves them)
   // Injection rules: a score at or above the threshold fires the rule; a block stops the whole text.
   bool injection_block = false;
   for (std::size_t r = 0; r < e.scores_.size(); ++r) {

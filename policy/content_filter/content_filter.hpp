@@ -208,6 +208,9 @@ struct verdict {
   /// (when blocked: the safe prefix a stream would have emitted). Not engaged: forward the input.
   std::optional<std::string> redacted_text;
   bool scan_failed = false;  ///< Hyperscan failed (treat as blocked: fail closed)
+  /// The most matches the scan held at once before resolving them (24 bytes each): what a
+  /// prompt costs the filter in memory, beyond its text.
+  std::size_t peak_candidates = 0;
 };
 
 /// Scan a whole text with the block-mode database.

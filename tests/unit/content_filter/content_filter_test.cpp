@@ -298,6 +298,22 @@ TEST(ContentFilterScanTest, ATokenLongerThanACustomRegexsBoundIsRedactedWhole) {
   EXPECT_EQ(streamed(f, text), "key [REDACTED:token] end");
 }
 
+TEST(ContentFilterScanTest, APermissiveRegexOverALongRunHoldsFewMatches) {
+  // [A-Za-z0-9+/]{40,80} over 1 MiB of base64: a match ends at every byte. Each overlapping
+  // match joins the one before, so the scan holds a few candidates, not a million (24 MB here,
+  // ~100 MB for a 4 MiB prompt), and the run is one redaction.
+  auto f = make({cf::rule::make_regex("b64", "[A-Za-z0-9+/]{40,80}", cf::action::redact),
+                 cf::rule::make_regex("flagged", "QUJD", cf::action::flag)});
+  std::string run;
+  const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (std::size_t i = 0; i < (1u << 20); ++i) run += alphabet[(i * 7 + i / 64) % 64];
+  auto v = cf::scan_text(f.set, f.scratch, "data: " + run + " end");
+  ASSERT_TRUE(v.redacted_text.has_value());
+  EXPECT_EQ(*v.redacted_text, "data: [REDACTED:b64] end");
+  EXPECT_LT(v.peak_candidates, 1000u);
+  EXPECT_EQ(streamed(f, "x " + run.substr(0, 5000) + " y"), "x [REDACTED:b64] y");
+}
+
 TEST(ContentFilterScanTest, ARedactionOfACustomRegexNeverSplitsACharacter) {
   // A custom regex works on bytes: key=[^ ]{1,5} ends 2 bytes into 本 (E6 9C AC), and \xa5abc
   // begins in the last byte of 日 (E6 97 A5). The character is redacted whole, never half sent.
