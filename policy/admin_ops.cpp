@@ -224,7 +224,8 @@ awaitable<key_lookup> engine::store_key(unsigned worker, const config::gateway_c
 }
 
 awaitable<boost::system::result<key_record, std::string>> engine::change_key(
-    unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change) {
+    unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change,
+    const change_check* check) {
   // Read, change, and write only if nobody wrote in between (else read again): a rotation or a
   // quota change made at the same moment as a revocation never writes the key back enabled.
   for (int tries = 0; tries < admin_write_tries; ++tries) {
@@ -235,7 +236,14 @@ awaitable<boost::system::result<key_record, std::string>> engine::change_key(
     if (std::string refused = change(k); !refused.empty()) co_return as_error<key_record>(std::move(refused));
     const write_result w = co_await store_->replace_key(worker, k, std::move(found.stored));
     if (w == write_result::changed) continue;
-    if (w == write_result::unreachable) co_return as_error<key_record>(unavailable);
+    if (w == write_result::unreachable) {
+      if (!check) co_return as_error<key_record>(unavailable);
+      // Sent and unanswered: the store may have taken it. Read back, the change is made if it
+      // is there; if not (nothing landed, or another change did), it is tried again.
+      auto again = co_await store_->get_key(worker, id);
+      if (!again.reachable) co_return as_error<key_record>(unavailable + ": " + check->if_unknown);
+      if (!again.key || !check->landed(*again.key)) continue;
+    }
     forget(id);
     co_await store_->publish_invalidation(worker, id);
     co_return k;
@@ -251,7 +259,10 @@ awaitable<boost::system::result<key_record, std::string>> engine::revoke_key(uns
   forget(id);
   // (A named function, not a temporary argument: GCC 12 and coroutine arguments.)
   const std::function<std::string(key_record&)> revoke = revoked;
-  co_return co_await change_key(worker, id, revoke);
+  const change_check check{[](const key_record& k) { return !k.enabled; },
+                           "the store did not confirm the revocation of key '" + id +
+                               "', which may not have been made: revoke it again"};
+  co_return co_await change_key(worker, id, revoke, &check);
 }
 
 awaitable<boost::system::result<engine::created_key, std::string>> engine::rotate_key(unsigned worker,
@@ -260,7 +271,7 @@ awaitable<boost::system::result<engine::created_key, std::string>> engine::rotat
   for (auto& k : cfg.keys)
     if (k.id == id) co_return as_error<created_key>("key '" + id + "' is declared in the config file; rotate it there");
   // Never over a revocation made meanwhile (change_key): a revoked key is not rotated.
-  std::string full;
+  std::string full, digest;
   const std::function<std::string(key_record&)> rotate = [&](key_record& k) {
     if (!k.enabled) return "key '" + id + "' is revoked";
     // Same id, new secret: the key keeps its team, limits, budget and usage.
@@ -269,9 +280,19 @@ awaitable<boost::system::result<engine::created_key, std::string>> engine::rotat
     k.old_digest = overlap_s > 0 ? k.digest : std::string();
     k.old_digest_expires_unix = overlap_s > 0 ? store_->clock_ms(worker) / 1000 + overlap_s : 0;
     k.digest = digest_secret(fresh.secret, cfg.auth.pepper);
+    digest = k.digest;
     return std::string();
   };
-  auto r = co_await change_key(worker, id, rotate);
+  // A rotation whose write went unanswered and landed set a secret that only this answer can
+  // show: it is read back, and the secret shown when it is there (until 2026-11-29 the admin got
+  // a 503, and the key a secret nobody had).
+  const change_check check{[&digest](const key_record& k) { return k.digest == digest; },
+                           "the store did not confirm the rotation of key '" + id +
+                               "'; if it was made, the key's new secret is one nobody was shown" +
+                               (overlap_s > 0 ? std::string(" (the old one works until the overlap ends)")
+                                              : std::string(" and the old one no longer works")) +
+                               ": rotate the key again"};
+  auto r = co_await change_key(worker, id, rotate, &check);
   if (!r) co_return as_error<created_key>(std::move(r.error()));
   created_key out;
   out.full = std::move(full);

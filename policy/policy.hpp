@@ -208,11 +208,21 @@ class engine {
   /// Sends `worker`'s settlements the store could not reach again, with backoff, until the store
   /// answers or 10 minutes have passed since their first attempt (then they are lost).
   awaitable<void> retry_settlements(unsigned worker, std::weak_ptr<const bool> alive);
+  /// How a change tells whether it landed when its write went unanswered (the store took it or
+  /// not: a reply lost to a timeout): `landed` on the record read again, and what to tell the
+  /// admin when even that read fails.
+  struct change_check {
+    std::function<bool(const key_record&)> landed;
+    std::string if_unknown;
+  };
   /// Reads key `id`, lets `change` edit it (or refuse: a non-empty message), and writes it over
   /// the record read, reading again when another change landed in between (store::replace_key);
-  /// then drops every replica's copy. The record written, or why not.
+  /// then drops every replica's copy. The record written, or why not. With `check`, a write the
+  /// store did not answer is read back: the change counts as made when it is there, and is tried
+  /// again when it is not.
   awaitable<boost::system::result<key_record, std::string>> change_key(
-      unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change);
+      unsigned worker, const std::string& id, const std::function<std::string(key_record&)>& change,
+      const change_check* check = nullptr);
   /// The ids of team `name`'s enabled store keys; nullopt when the store cannot be read. A key
   /// names its team only by name, so a team made later under that name would otherwise take over
   /// keys it never issued: delete_team and create_team revoke these (revoke_keys).

@@ -49,13 +49,29 @@ struct late_store final : store {
   int key_reads = 0;
   awaitable<key_lookup> get_key(unsigned w, std::string id) override {
     ++key_reads;
+    if (keys_down) co_return key_lookup{};
     key_lookup r = co_await inner.get_key(w, id);  // read now...
     co_await late();                                // ...answered later
     co_return r;
   }
   awaitable<bool> put_key(unsigned w, key_record k) override { co_return co_await inner.put_key(w, std::move(k)); }
+  int lose_key_replies = 0;   ///< key writes applied, answered as unreachable (a reply lost to a timeout)
+  int drop_key_writes = 0;    ///< key writes not applied, answered as unreachable
+  bool keys_down_after = false;  ///< once a write was answered unreachable, key reads fail too
+  bool keys_down = false;
   awaitable<write_result> replace_key(unsigned w, key_record k, std::string stored) override {
-    co_return co_await inner.replace_key(w, std::move(k), std::move(stored));
+    if (drop_key_writes > 0) {
+      --drop_key_writes;
+      keys_down = keys_down_after;
+      co_return write_result::unreachable;
+    }
+    const write_result r = co_await inner.replace_key(w, std::move(k), std::move(stored));
+    if (lose_key_replies > 0 && r == write_result::written) {
+      --lose_key_replies;
+      keys_down = keys_down_after;
+      co_return write_result::unreachable;
+    }
+    co_return r;
   }
   awaitable<std::optional<key_page>> list_keys(unsigned w, key_query q) override { co_return co_await inner.list_keys(w, q); }
   bool teams_down = false;  ///< team reads find the store unreachable
@@ -196,6 +212,40 @@ TEST_F(AdminOpsTest, AQuotaChangeThatReadTheKeyBeforeARotationKeepsTheNewSecret)
   ASSERT_TRUE(quota) << quota.error();
   EXPECT_EQ(quota->first.rpm, 7u);
   EXPECT_TRUE(accepted(fresh.full));
+  EXPECT_FALSE(accepted(key.full));
+}
+
+TEST_F(AdminOpsTest, ARotationWhoseReplyWasLostShowsTheSecretItSet) {
+  // The store took the new digest and the reply was lost: read back, the rotation is made and
+  // its secret shown (it was a 503, and the key held a secret nobody had).
+  st->lose_key_replies = 1;
+  auto r = run_sync(ioc, eng->rotate_key(0, *snap->cfg, key.record.id, 0));
+  ASSERT_TRUE(r) << r.error();
+  EXPECT_TRUE(accepted(r->full));
+  EXPECT_FALSE(accepted(key.full)) << "no overlap: the old secret ends";
+  // A write that did not land is made again, with a secret of its own.
+  st->drop_key_writes = 1;
+  auto again = run_sync(ioc, eng->rotate_key(0, *snap->cfg, key.record.id, 0));
+  ASSERT_TRUE(again) << again.error();
+  EXPECT_TRUE(accepted(again->full));
+  EXPECT_FALSE(accepted(r->full));
+}
+
+TEST_F(AdminOpsTest, ARotationTheStoreCannotConfirmSaysSoAndWhatToDo) {
+  st->lose_key_replies = 1;
+  st->keys_down_after = true;
+  auto r = run_sync(ioc, eng->rotate_key(0, *snap->cfg, key.record.id, 0));
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(r.error().starts_with("the policy store is unavailable")) << r.error();  // (a 503)
+  EXPECT_NE(r.error().find("rotate the key again"), std::string::npos) << r.error();
+  EXPECT_NE(r.error().find("the old one no longer works"), std::string::npos) << r.error();
+}
+
+TEST_F(AdminOpsTest, ARevocationWhoseReplyWasLostIsConfirmedByReadingBack) {
+  st->lose_key_replies = 1;
+  auto r = run_sync(ioc, eng->revoke_key(0, *snap->cfg, key.record.id));
+  ASSERT_TRUE(r) << r.error();
+  EXPECT_FALSE(r->enabled);
   EXPECT_FALSE(accepted(key.full));
 }
 
