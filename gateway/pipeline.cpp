@@ -376,11 +376,23 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       co_return *last;
     }
     const unsigned status = ex.status();
-    ctx.upstream_answered = status / 100 == 2;
+    ctx.upstream_answered = status / 100 == 2 && status != 204 && status != 205;
     ctx.upstream_status = status;
     if ((status == 429 || status >= 500) && more) {
       count_upstream_error(ctx, "status_" + std::to_string(status));
       continue;  // nothing went to the caller yet: try the fallback
+    }
+    if (status / 100 == 3 || status == 204 || status == 205) {
+      // No answer to a completion: a redirect (its Location is the provider's business, not the
+      // caller's) or a status without a body. Relayed, a 204 or 304 went out with the body made
+      // for it, which a client does not read: its connection's next answer began inside it.
+      count_upstream_error(ctx, "status_" + std::to_string(status));
+      ctx.details = "upstream_status_" + std::to_string(status);
+      last = make_failure(errc::upstream_error,
+                          "The upstream answered with status " + std::to_string(status) + ", which is no answer to this request.",
+                          "", error_source::upstream);
+      if (more) continue;
+      co_return *last;
     }
     const std::string_view ct = ex.header(http::field::content_type);
     // SSE from OpenAI-style servers, a binary AWS event stream from Bedrock: the adapter's
@@ -715,10 +727,15 @@ header_list passthrough_headers_of(const Fields& upstream) {
       case http::field::server:
       case http::field::set_cookie:
       case http::field::strict_transport_security:
+      // The provider's to its client, the gateway: a challenge for the gateway's credentials (a
+      // 401 is the caller's 502), a redirect, the gateway's account.
+      case http::field::www_authenticate:
+      case http::field::location:
         return true;
       case http::field::unknown: {
         auto n = f.name_string();
-        return iequals(n, "alt-svc") || iequals(n, "cf-ray") || iequals(n, "cf-cache-status") || iequals(n, "x-request-id");
+        return iequals(n, "alt-svc") || iequals(n, "cf-ray") || iequals(n, "cf-cache-status") || iequals(n, "x-request-id") ||
+               iequals(n, "openai-organization") || iequals(n, "openai-project");
       }
       default:
         return false;

@@ -25,6 +25,11 @@ using boost::system::error_code;
 
 bool is_timeout(const error_code& ec) { return ec == beast::error::timeout; }
 
+/// The most an upstream connection's read buffer holds: a head (Beast's header_limit, 8 KiB), one
+/// read (Beast reads up to 64 KiB at a time) and a chunk-size line. Body bytes leave it as the
+/// parser takes them.
+constexpr std::size_t upstream_buffer_limit = 8 * 1024 + 64 * 1024 + 16 * 1024;
+
 failure upstream_failure(bool timeout, std::string what) {
   failure f = make_failure(timeout ? errc::upstream_timeout : errc::upstream_error, std::move(what), "",
                            error_source::upstream);
@@ -39,7 +44,9 @@ std::string request_head(const upstream_request& r) {
   head.append("POST ").append(r.target).append(" HTTP/1.1\r\nHost: ").append(r.host);
   if (!((r.scheme == "https" && r.port == "443") || (r.scheme == "http" && r.port == "80"))) head.append(":").append(r.port);
   head.append("\r\nContent-Length: ").append(std::to_string(r.body.size()));
-  head.append("\r\nUser-Agent: tollgate/0.1\r\n");
+  // Identity: the answer is read (usage, content filters, translation); a compressed one could
+  // not be. Without the field, RFC 9110 lets a server pick any coding.
+  head.append("\r\nUser-Agent: tollgate/0.1\r\nAccept-Encoding: identity\r\n");
   for (auto& [k, v] : r.headers) head.append(k).append(": ").append(v).append("\r\n");
   head.append("\r\n");
   return head;
@@ -54,11 +61,13 @@ std::unique_ptr<upstream_connection> upstream_pool::take(const std::string& key)
   while (!v.empty()) {
     auto c = std::move(v.back());
     v.pop_back();
-    // A peer may have closed an idle connection (keep-alive timeouts: nginx 75 s, Node 5 s).
-    // One non-blocking peek tells: EOF or any byte means the connection is not reusable. A
-    // connection back in the pool for under 250 ms is taken without the syscall; should its
-    // peer have closed it anyway, start() retries once on a new connection.
-    if (std::chrono::steady_clock::now() - c->idle_since < std::chrono::milliseconds(250)) return c;
+    // A peer may have closed an idle connection (keep-alive timeouts: nginx 75 s, Node 5 s), or
+    // sent bytes after its answer (a body longer than its Content-Length, arriving late): one
+    // non-blocking peek tells; EOF or any byte means the connection is not reusable (the bytes
+    // would be read as the next call's answer). Every time: a connection back in the pool for
+    // under 250 ms was once taken without it, and a late tail went to the next caller. Bytes
+    // OpenSSL has already decrypted and holds count too.
+    if (c->tls && SSL_pending(c->tls->native_handle()) > 0) continue;
     char byte;
     const ssize_t n = ::recv(c->lowest().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return c;
@@ -135,6 +144,11 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
   // Beast reads at most the buffer's free capacity (512 bytes when empty): a larger buffer takes a
   // typical response head and body in one read instead of two.
   c->buffer.reserve(16 * 1024);
+  // And no more than a head and a read of body: Beast bounds neither a chunk-size line's
+  // extensions nor, while they last, the lines of a head or trailer to the buffer, so an upstream
+  // sending "1;" and then megabytes without a line end grew it without limit (the caller's side
+  // has the same bound: session::read_buffer_limit).
+  c->buffer.max_size(upstream_buffer_limit);
   auto tcp = std::make_unique<stream_t>(ex);
   ctx_.cancel_upstream = [raw = tcp.get()] { raw->close(); };
   const auto deadline = milliseconds(s.timeouts.connect_ms);
@@ -176,6 +190,11 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
     if (pec) co_return upstream_failure(is_timeout(pec), "The HTTPS proxy did not answer CONNECT: " + pec.message());
     if (p.get().result_int() / 100 != 2)
       co_return upstream_failure(false, "The HTTPS proxy refused CONNECT with status " + std::to_string(p.get().result_int()));
+    // The tunnel's first bytes are the TLS server's, and they come after the proxy's answer. Any
+    // byte read past that answer is the proxy's own: left in the buffer (the handshake reads the
+    // socket, not it), it was read as the upstream's answer, past the certificate check.
+    if (c->buffer.size() != 0)
+      co_return upstream_failure(false, "The HTTPS proxy sent bytes after its answer to CONNECT");
   }
 
   if (req.scheme == "https") {

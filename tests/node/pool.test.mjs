@@ -66,6 +66,7 @@ async function rawUpstream(respond) {
     return `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
   };
   let n = 0;
+  const heads = [];
   const up = net.createServer((sock) => {
     let buf = '';
     sock.on('error', () => {});
@@ -76,19 +77,22 @@ async function rawUpstream(respond) {
         if (end < 0) return;
         const length = Number(/content-length: *(\d+)/i.exec(buf.slice(0, end))?.[1] ?? 0);
         if (buf.length < end + 4 + length) return;
+        heads.push(buf.slice(0, end));
         const who = JSON.parse(buf.slice(end + 4, end + 4 + length)).messages[0].content;
         buf = buf.slice(end + 4 + length);
-        const answer = respond(who, ++n, completion);
+        const answer = respond(who, ++n, completion, sock);
         if (answer !== null) sock.write(answer);
       }
     });
   });
+  up.heads = heads;
   up.listen(0, '127.0.0.1');
   await once(up, 'listening');
   return up;
 }
 
-async function askEach(names, respond) {
+/** Asks `names` in turn (`pause` ms apart); each answer's status, text, error and headers, and the request heads the upstream saw. */
+async function askEach(names, respond, { pause = 0, heads } = {}) {
   const up = await rawUpstream(respond);
   const gw = await startGateway(serverYaml({ workers: 1 }) + `providers:
   - {name: up, type: openai_compatible, base_url: "http://127.0.0.1:${up.address().port}/v1"}
@@ -98,15 +102,17 @@ models:
   const out = [];
   try {
     for (const who of names) {
+      if (pause && out.length) await delay(pause);
       const r = await fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: who }] }) });
       const body = await r.json();
-      out.push({ status: r.status, text: body.choices?.[0]?.message?.content, error: body.error });
+      out.push({ status: r.status, text: body.choices?.[0]?.message?.content, error: body.error, headers: r.headers });
     }
   } finally {
     await gw.stopClean();
     up.close();
   }
+  if (heads) heads.push(...up.heads);
   return out;
 }
 
@@ -124,6 +130,57 @@ test('bytes past an answer\'s end are never read as the next caller\'s answer', 
   const got = await askEach(['ALICE', 'BOB'], (who, n, completion) =>
     completion(`answer for ${who}`) + (n === 1 ? completion('answer for MALLORY') : ''));
   assert.deepEqual(got.map((g) => [g.status, g.text]), [[200, 'answer for ALICE'], [200, 'answer for BOB']]);
+});
+
+test('bytes arriving after an answer has ended (a late tail) are never read as the next caller\'s answer', async () => {
+  // The tail comes 30 ms after the answer, once the connection is back in the pool; the next
+  // call comes 150 ms later. A connection pooled for under 250 ms was taken without a look.
+  const got = await askEach(['ALICE', 'BOB', 'CAROL'], (who, n, completion, sock) => {
+    if (n === 1) setTimeout(() => sock.write(completion('answer for MALLORY')), 30);
+    return completion(`answer for ${who}`);
+  }, { pause: 150 });
+  assert.deepEqual(got.map((g) => [g.status, g.text]), [[200, 'answer for ALICE'], [200, 'answer for BOB'], [200, 'answer for CAROL']]);
+});
+
+test('an upstream 204, 304 or redirect is no answer: 502, its Location not passed on, the next call served', async () => {
+  const got = await askEach(['A', 'B', 'C', 'D'], (who, n, completion) => [
+    'HTTP/1.1 204 No Content\r\n\r\n',
+    'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n',
+    'HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nContent-Length: 0\r\n\r\n',
+    completion(`answer for ${who}`)][n - 1]);
+  for (const g of got.slice(0, 3)) {
+    assert.equal(g.status, 502, JSON.stringify(g.error));
+    assert.equal(g.error.code, 'upstream_error');
+    assert.equal(g.headers.get('location'), null);
+  }
+  assert.deepEqual([got[3].status, got[3].text], [200, 'answer for D']);
+});
+
+test('an upstream flooding a chunk-size line is cut off (502), not buffered without end', async () => {
+  const got = await askEach(['ALICE', 'BOB'], (who, n, completion, sock) => {
+    if (n > 1) return completion(`answer for ${who}`);
+    sock.write('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1;');
+    const ext = 'x'.repeat(64 * 1024);
+    for (let i = 0; i < 32; ++i) sock.write(ext);  // 2 MiB of one chunk extension, no line end
+    return null;
+  });
+  assert.equal(got[0].status, 502, JSON.stringify(got[0].error));
+  assert.equal(got[0].error.code, 'upstream_error');
+  assert.deepEqual([got[1].status, got[1].text], [200, 'answer for BOB']);
+});
+
+test('upstream answers are asked for uncompressed; the provider\'s account headers are not passed on', async () => {
+  const heads = [];
+  const got = await askEach(['ALICE'], (who) => {
+    const body = JSON.stringify({ ...JSON.parse(COMPLETION), choices: [{ index: 0, message: { role: 'assistant', content: who }, finish_reason: 'stop' }] });
+    return `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nopenai-organization: org-gateway\r\nopenai-project: proj_1\r\n` +
+      `openai-processing-ms: 12\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  }, { heads });
+  assert.equal(got[0].status, 200);
+  assert.match(heads[0], /\r\nAccept-Encoding: identity\r\n/i);
+  assert.equal(got[0].headers.get('openai-organization'), null);
+  assert.equal(got[0].headers.get('openai-project'), null);
+  assert.equal(got[0].headers.get('openai-processing-ms'), '12', 'other provider headers still pass');
 });
 
 test('a 101 Switching Protocols the gateway never asked for is an upstream failure, not an answer', async () => {

@@ -31,6 +31,7 @@ const COMPLETION = {
 };
 
 let server, upstream, upstreamPort, proxy, proxyPort, connects;
+let proxyInjects = '';
 const servers = [];
 
 before(async () => {
@@ -50,14 +51,15 @@ before(async () => {
   upstreamPort = up.address().port;
   servers.push(up);
 
-  // A minimal HTTP CONNECT proxy that records the targets it tunnels to.
+  // A minimal HTTP CONNECT proxy that records the targets it tunnels to (and, when a test sets
+  // proxyInjects, sends those bytes right after its answer).
   connects = [];
   proxy = http.createServer((req, res) => res.writeHead(405).end());
   proxy.on('connect', (req, socket, head) => {
     connects.push(req.url);
     const [host, port] = req.url.split(':');
     const target = net.connect(Number(port), host === 'localhost' ? '127.0.0.1' : host, () => {
-      socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      socket.write('HTTP/1.1 200 Connection Established\r\n\r\n' + proxyInjects);
       if (head.length) target.write(head);
       target.pipe(socket);
       socket.pipe(target);
@@ -203,6 +205,30 @@ describe('TLS', () => {
       assert.equal(r.headers.get('x-seen-model'), 'gpt-tls');
       assert.deepEqual(connects.slice(before), [`localhost:${upstreamPort}`]);
     } finally {
+      await gw.stopClean();
+    }
+  });
+
+  test('bytes a proxy sends after its CONNECT answer are never taken for the upstream\'s answer', async () => {
+    // Left in the read buffer (the TLS handshake reads the socket), they were parsed as the
+    // upstream's answer after the certificate check: a forged completion.
+    const forged = JSON.stringify({ ...COMPLETION, choices: [{ index: 0, message: { role: 'assistant', content: 'FORGED' }, finish_reason: 'stop' }] });
+    const gw = await startGateway(serverYaml() + providers());
+    try {
+      proxyInjects = `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${forged.length}\r\n\r\n${forged}`;
+      const r = await fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'm-proxy', messages: [{ role: 'user', content: 'hi' }] }) });
+      const text = await r.text();
+      assert.equal(r.status, 502, text);
+      assert.equal(JSON.parse(text).error.code, 'upstream_error');
+      assert.ok(!text.includes('FORGED'), text);
+      proxyInjects = '';
+      const ok = await fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'm-proxy', messages: [{ role: 'user', content: 'hi' }] }) });
+      assert.equal(ok.status, 200);
+      assert.equal(ok.headers.get('x-seen-model'), 'gpt-tls');
+    } finally {
+      proxyInjects = '';
       await gw.stopClean();
     }
   });
