@@ -325,7 +325,7 @@ class filtering_sink final : public response_sink {
 /// (connect error, timeout, 429, 5xx) moves on to the next target.
 awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& sink) {
   const auto& targets = ctx.route->targets;
-  std::optional<failure> last;
+  std::optional<failure> last, refusal;
   for (std::size_t i = 0; i < targets.size(); ++i) {
     // Not started for a caller gone meanwhile (during its admission, or an earlier attempt).
     if (ctx.client_gone) co_return caller_gone();
@@ -362,8 +362,15 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
         if (more) continue;
         co_return *last;
       }
-      // The request asks for what this provider cannot do.
-      co_return make_failure(errc::invalid_value, ctx.reject_message, ctx.reject_param, error_source::downstream);
+      // The request asks for what this provider cannot do: another target may (an image to a
+      // route of Bedrock, then OpenAI). When none serves it, the caller hears of an upstream
+      // failure first (it may pass), else of the first refusal.
+      if (!refusal) refusal = make_failure(errc::invalid_value, ctx.reject_message, ctx.reject_param, error_source::downstream);
+      ctx.reject_message.clear();
+      ctx.reject_param.clear();
+      ctx.reject_status = 0;
+      if (more) continue;
+      co_return last ? *last : *refusal;
     }
     if (!req) co_return make_failure(errc::internal, "could not build the upstream request", "", error_source::internal);
     upstream_exchange ex(w.pool(), ctx);
@@ -493,7 +500,9 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     co_await sink.send_full(answer, content_type, std::move(out), extra);
     co_return flow::responded;
   }
-  co_return last ? *last : make_failure(errc::internal, "model has no targets", "", error_source::internal);
+  if (last) co_return *last;
+  if (refusal) co_return *refusal;
+  co_return make_failure(errc::internal, "model has no targets", "", error_source::internal);
 }
 
 /// Phases 2–10 in table order.

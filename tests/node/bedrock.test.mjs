@@ -38,8 +38,10 @@ providers:
     access_key_id: ${AK}
     secret_access_key: not-the-secret
     proxy: none
+  - {name: mock, type: mock}
 models:
   - {name: claude, provider: bedrock, upstream_model: "anthropic.claude-3-haiku-20240307-v1:0"}
+  - {name: claude-or-mock, provider: bedrock, upstream_model: "anthropic.claude-3-haiku-20240307-v1:0", fallbacks: [{provider: mock}]}
   - {name: claude-tools, provider: bedrock, upstream_model: "anthropic.claude-tool-v1:0"}
   - {name: profile-arn, provider: bedrock, upstream_model: "arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.anthropic.claude-3-haiku-20240307-v1:0"}
   - {name: throttled, provider: bedrock, upstream_model: throttled}
@@ -179,6 +181,17 @@ describe('bedrock', () => {
       return true;
     });
     assert.equal(fake.requests.length, before);
+  });
+
+  test('a request Bedrock cannot take goes to the route\'s next target, which can', async () => {
+    // A refusal says this target cannot serve the request, not that nothing can.
+    const before = fake.requests.length;
+    const r = await client.chat.completions.create({ model: 'claude-or-mock', messages: msgs, n: 2 });
+    assert.equal(r.object, 'chat.completion');
+    assert.ok(r.choices[0].message.content.length > 0);
+    assert.equal(fake.requests.length, before, 'Bedrock was not called');
+    const line = await gw.waitForLog((l) => l.model === 'claude-or-mock' && l.status === 200);
+    assert.equal(line.attempts, 2, JSON.stringify(line));
   });
 
   test('embeddings through InvokeModel: Titan and Cohere', async () => {
