@@ -753,6 +753,25 @@ std::string validate(const gateway_config& cfg) {
       if (!cfg.find_provider(m.fallbacks[j].provider))
         return path + ".fallbacks[" + std::to_string(j) + "].provider: model '" + m.name +
                "' refers to unknown provider '" + m.fallbacks[j].provider + "'" + line(m.fallbacks[j]);
+    // Vertex serves partner models (anthropic/claude-..., meta/...) through rawPredict in their
+    // publisher's own request format; the adapter speaks Gemini's generateContent only, which
+    // such a model answers with 404 or 400 on every call.
+    for (std::size_t j = 0; j <= m.fallbacks.size(); ++j) {
+      const target_config& t = j == 0 ? m.primary : m.fallbacks[j - 1];
+      const auto* prov = cfg.find_provider(t.provider);
+      if (!prov || prov->type != "vertex") continue;
+      const std::string_view model = t.upstream_model.empty() ? std::string_view(m.name) : std::string_view(t.upstream_model);
+      std::string_view publisher = "google";
+      if (const auto at = model.find("publishers/"); at != std::string_view::npos && (at == 0 || model[at - 1] == '/'))
+        publisher = model.substr(at + 11, model.find('/', at + 11) - (at + 11));
+      else if (!model.starts_with("projects/") && !model.starts_with("models/") && model.find('/') != std::string_view::npos)
+        publisher = model.substr(0, model.find('/'));
+      if (publisher != "google")
+        return path + (j == 0 ? std::string(".upstream_model") : ".fallbacks[" + std::to_string(j - 1) + "].upstream_model") +
+               ": '" + std::string(model) + "' is a '" + std::string(publisher) +
+               "' model, which Vertex serves through rawPredict in that publisher's own request format; the vertex "
+               "provider speaks Gemini's generateContent only (for Claude, use a bedrock provider)" + line(t);
+    }
   }
   for (std::size_t i = 0; i < cfg.models.size(); ++i)
     if (!cfg.find_price(cfg.models[i].name))

@@ -245,6 +245,29 @@ TEST(ConfigLoaderTest, AnIdentityIsAUriOrADnsNameInTheFormCertificatesAreCompare
   }
 }
 
+TEST(ConfigLoaderTest, AVertexPartnerModelIsALoadErrorNotAFailureOnEveryCall) {
+  auto with = [](const std::string& models) {
+    return load("providers:\n  - {name: mock, type: mock}\n  - {name: v, type: vertex, project: p, location: us-east5, endpoint: \"https://vertex.example\"}\n"
+                "models:\n" + models + "prices:\n  \"*\": {input: 1, output: 2}\n");
+  };
+  for (const char* fine : {"gemini-2.5-flash", "google/gemini-2.5-flash", "publishers/google/models/gemini-2.5-pro",
+                           "projects/p/locations/us-east5/endpoints/123", "projects/p/locations/l/publishers/google/models/g"}) {
+    auto r = with("  - {name: m, provider: v, upstream_model: \"" + std::string(fine) + "\"}\n");
+    EXPECT_TRUE(r.error.empty()) << fine << ": " << r.error;
+  }
+  auto claude = with("  - {name: m, provider: v, upstream_model: \"anthropic/claude-sonnet-4@20250514\"}\n");
+  EXPECT_NE(claude.error.find("models[0].upstream_model: 'anthropic/claude-sonnet-4@20250514' is a 'anthropic' model, which "
+                              "Vertex serves through rawPredict"),
+            std::string::npos)
+      << claude.error;
+  auto full = with("  - {name: m, provider: mock, fallbacks: [{provider: v, upstream_model: "
+                   "\"projects/p/locations/l/publishers/meta/models/llama\"}]}\n");
+  EXPECT_NE(full.error.find("models[0].fallbacks[0].upstream_model: 'projects/p/locations/l/publishers/meta/models/llama' is a "
+                            "'meta' model"),
+            std::string::npos)
+      << full.error;
+}
+
 TEST(ConfigLoaderTest, ACertificateNameIsReadOnlyInTheFormOfItsKind) {
   using tollgate::config::canonical_san;
   EXPECT_EQ(canonical_san("spiffe://corp/ns/x", true), "spiffe://corp/ns/x");
