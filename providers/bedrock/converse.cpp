@@ -11,6 +11,8 @@
 #include <cstring>
 #include <utility>
 
+#include "providers/common/data_url.hpp"
+
 namespace tollgate::providers::bedrock {
 namespace json = boost::json;
 namespace {
@@ -88,12 +90,42 @@ json::object empty_object_schema() {
 // ---------------------------------------------------------------------------------------------
 // Request
 
+/// A Converse image block from an OpenAI image_url part's `data:` URL (png, jpeg, gif or webp,
+/// the formats Converse takes; the base64 text goes as it came: the REST API's `bytes` are base64).
+translate_result<json::object> image_block(const json::object& part, const std::string& p) {
+  const json::value* img = opt(part, "image_url");
+  const json::value* url = img && img->is_object() ? opt(img->get_object(), "url") : nullptr;
+  if (!url) return missing(p + ".image_url.url");
+  if (!url->is_string()) return wrong_type(p + ".image_url.url", "string", *url);
+  const auto d = parse_data_url(url->get_string());
+  if (!d)
+    return refuse(translate_errc::unsupported,
+                  "Amazon Bedrock models take images sent inline, as base64 data: URLs, not image URLs.",
+                  p + ".image_url.url");
+  std::string_view format;
+  if (d->mime_type == "image/png") format = "png";
+  else if (d->mime_type == "image/jpeg" || d->mime_type == "image/jpg") format = "jpeg";
+  else if (d->mime_type == "image/gif") format = "gif";
+  else if (d->mime_type == "image/webp") format = "webp";
+  else
+    return refuse(translate_errc::unsupported,
+                  "Amazon Bedrock models take png, jpeg, gif or webp images, not '" + d->mime_type + "'.",
+                  p + ".image_url.url");
+  return json::object{{"image", json::object{{"format", format}, {"source", json::object{{"bytes", d->data}}}}}};
+}
+
 /// Collects the text parts of a message's `content` (a string or an array of parts). Refusal parts
-/// (assistant history) carry no content for the model and are skipped.
+/// (assistant history) carry no content for the model and are skipped. With `blocks` (a user
+/// message), the text goes there as Converse blocks (blank ones dropped) in order with the
+/// message's images; without, an image is refused.
 translate_result<void> collect_text(const json::value& content, const std::string& param,
-                                    std::vector<std::string_view>& out) {
+                                    std::vector<std::string_view>& out, json::array* blocks = nullptr) {
+  auto take = [&](std::string_view text) {
+    if (!blocks) out.emplace_back(text);
+    else if (!is_blank(text)) blocks->push_back(text_block(text));
+  };
   if (content.is_string()) {
-    out.emplace_back(content.get_string());
+    take(content.get_string());
     return {};
   }
   if (!content.is_array()) return wrong_type(param, "string or array", content);
@@ -110,11 +142,14 @@ translate_result<void> collect_text(const json::value& content, const std::strin
       const json::value* text = opt(part, "text");
       if (!text) return missing(p + ".text");
       if (!text->is_string()) return wrong_type(p + ".text", "string", *text);
-      out.emplace_back(text->get_string());
+      take(text->get_string());
     } else if (t == "refusal") {
       continue;
     } else if (t == "image_url") {
-      return unsupported(p, "Image inputs are");
+      if (!blocks) return unsupported(p, "Image inputs (outside user messages) are");
+      auto block = image_block(part, p);
+      if (!block) return block.error();
+      blocks->push_back(std::move(*block));
     } else if (t == "input_audio") {
       return unsupported(p, "Audio inputs are");
     } else if (t == "file") {
@@ -130,8 +165,10 @@ translate_result<void> collect_text(const json::value& content, const std::strin
 /// Converse messages, merging consecutive messages of one role (Converse requires alternation).
 class conversation {
  public:
-  void add(std::string_view role, json::array blocks) {
+  /// `index`: the message of the request it comes from (the first turn's is kept).
+  void add(std::string_view role, json::array blocks, std::size_t index) {
     if (blocks.empty()) return;
+    if (messages_.empty()) first_index_ = index;
     if (!messages_.empty() && last_role_ == role) {
       json::array& content = messages_.back().get_object()["content"].get_array();
       for (json::value& b : blocks) content.push_back(std::move(b));
@@ -144,11 +181,17 @@ class conversation {
     last_role_ = role;
   }
   bool empty() const { return messages_.empty(); }
+  /// The first turn's role ("user" or "assistant"), and the request message it came from.
+  std::string_view first_role() const {
+    return messages_.empty() ? std::string_view() : std::string_view(messages_.front().get_object().at("role").get_string());
+  }
+  std::size_t first_index() const { return first_index_; }
   json::array take() { return std::move(messages_); }
 
  private:
   json::array messages_;
   std::string last_role_;
+  std::size_t first_index_ = 0;
 };
 
 /// What the message walk learned beyond the messages themselves.
@@ -225,12 +268,12 @@ translate_result<json::array> translate_messages(const json::object& req, histor
 
     if (role == "system" || role == "developer" || role == "user") {
       if (!content) return missing(p + ".content");
-      if (auto r = collect_text(*content, p + ".content", texts); !r) return r.error();
       json::array blocks;
+      if (auto r = collect_text(*content, p + ".content", texts, role == "user" ? &blocks : nullptr); !r) return r.error();
       for (std::string_view t : texts)
         if (!is_blank(t)) blocks.push_back(text_block(t));
       if (role == "user") {
-        conv.add("user", std::move(blocks));
+        conv.add("user", std::move(blocks), i);
       } else {
         for (json::value& b : blocks) h.system.push_back(std::move(b));
       }
@@ -252,7 +295,7 @@ translate_result<json::array> translate_messages(const json::object& req, histor
           blocks.push_back(std::move(*block));
         }
       }
-      conv.add("assistant", std::move(blocks));
+      conv.add("assistant", std::move(blocks), i);
     } else if (role == "tool") {
       const json::value* id = opt(m, "tool_call_id");
       if (!id) return missing(p + ".tool_call_id");
@@ -272,7 +315,7 @@ translate_result<json::array> translate_messages(const json::object& req, histor
       json::array blocks;
       blocks.push_back(json::object{{"toolResult", std::move(result)}});
       h.has_tool_blocks = true;
-      conv.add("user", std::move(blocks));
+      conv.add("user", std::move(blocks), i);
     } else if (role == "function") {
       return unsupported(p + ".role", "Deprecated 'function' messages are");
     } else {
@@ -284,6 +327,15 @@ translate_result<json::array> translate_messages(const json::object& req, histor
     return refuse(translate_errc::invalid_value,
                   "'messages' must contain at least one user or assistant message with non-empty content.",
                   "messages");
+  // Converse takes a conversation that begins with the user only (Bedrock answers a
+  // ValidationException otherwise): said here, naming the message, before anything is sent.
+  if (conv.first_role() == "assistant") {
+    const std::string p = indexed("messages", conv.first_index());
+    return refuse(translate_errc::invalid_value,
+                  "Amazon Bedrock models take a conversation that begins with a user message; '" + p +
+                      "', the first after the system messages, is an assistant message.",
+                  p + ".role");
+  }
   return conv.take();
 }
 

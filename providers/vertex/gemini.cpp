@@ -13,6 +13,8 @@
 #include <map>
 #include <utility>
 
+#include "providers/common/data_url.hpp"
+
 namespace tollgate::providers::vertex {
 
 namespace json = boost::json;
@@ -330,26 +332,6 @@ bool is_empty_object_schema(const json::object& schema) {
 
 // ---------------------------------------------------------------------------------------------
 // Chat request
-
-struct data_url {
-  std::string mime_type;
-  std::string_view data;
-};
-
-/// `data:<mime>[;params];base64,<data>`; nullopt for anything else.
-std::optional<data_url> parse_data_url(std::string_view url) {
-  if (!starts_with(url, "data:")) return std::nullopt;
-  const std::size_t comma = url.find(',');
-  if (comma == std::string_view::npos) return std::nullopt;
-  std::string_view meta = url.substr(5, comma - 5);
-  const std::string_view data = url.substr(comma + 1);
-  constexpr std::string_view b64 = ";base64";
-  if (meta.size() < b64.size() || ascii_lower(meta.substr(meta.size() - b64.size())) != b64) return std::nullopt;
-  meta.remove_suffix(b64.size());
-  const std::string_view mime = meta.substr(0, meta.find(';'));
-  if (mime.empty() || mime.find('/') == std::string_view::npos || data.empty()) return std::nullopt;
-  return data_url{ascii_lower(mime), data};
-}
 
 using maybe_error = std::optional<translate_error>;
 

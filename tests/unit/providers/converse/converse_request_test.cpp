@@ -99,6 +99,16 @@ TEST(ConverseRequestTest, OnlyBlankMessagesAreRefused) {
   EXPECT_EQ(e.param, "messages");
 }
 
+TEST(ConverseRequestTest, AConversationThatBeginsWithTheAssistantIsRefusedNamingTheMessage) {
+  // Bedrock answers a ValidationException; OpenAI takes it. Said before anything is sent, with
+  // the message that begins it (after the system messages, and after a blank user message).
+  const translate_error e = refused(R"({"messages":[{"role":"system","content":"sys"},{"role":"user","content":" "},
+    {"role":"assistant","content":"Hi, how can I help?"},{"role":"user","content":"weather?"}]})");
+  EXPECT_EQ(e.code, translate_errc::invalid_value);
+  EXPECT_EQ(e.param, "messages[2].role");
+  EXPECT_NE(e.message.find("begins with a user message"), std::string::npos) << e.message;
+}
+
 TEST(ConverseRequestTest, ToolRoundTrip) {
   const json::object body = ok(R"({"messages":[
       {"role":"user","content":"Weather in Paris and Rome?"},
@@ -263,7 +273,12 @@ TEST(ConverseRequestTest, UnsupportedInputsNameTheirParam) {
   const row rows[] = {
       {R"({"messages":[{"role":"user","content":[{"type":"text","text":"see"},
           {"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]})",
-       "messages[0].content[1]"},
+       "messages[0].content[1].image_url.url"},
+      {R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/bmp;base64,Qk0="}}]}]})",
+       "messages[0].content[0].image_url.url"},
+      {R"({"messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBO"}}]},
+          {"role":"user","content":"x"}]})",
+       "messages[0].content[0]"},
       {R"({"messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"AA==","format":"wav"}}]}]})",
        "messages[0].content[0]"},
       {R"({"messages":[{"role":"user","content":[{"type":"file","file":{"file_id":"f"}}]}]})", "messages[0].content[0]"},
@@ -281,6 +296,17 @@ TEST(ConverseRequestTest, UnsupportedInputsNameTheirParam) {
     EXPECT_EQ(e.param, r.param) << r.request;
     EXPECT_NE(e.message.find("Amazon Bedrock"), std::string::npos) << e.message;
   }
+}
+
+TEST(ConverseRequestTest, ImagesSentAsDataUrlsBecomeImageBlocksInTheirPlace) {
+  // Converse takes png, jpeg, gif and webp as base64 bytes in the JSON API; the text around an
+  // image keeps its order.
+  const json::object body = ok(R"({"messages":[{"role":"user","content":[{"type":"text","text":"what is"},
+      {"type":"image_url","image_url":{"url":"data:image/PNG;base64,iVBORw0KGgo=","detail":"high"}},
+      {"type":"text","text":"and"},{"type":"image_url","image_url":{"url":"data:image/jpeg;base64,/9j/4AAQ"}}]}]})");
+  EXPECT_EQ(body.at("messages"), json::parse(R"([{"role":"user","content":[{"text":"what is"},
+      {"image":{"format":"png","source":{"bytes":"iVBORw0KGgo="}}},{"text":"and"},
+      {"image":{"format":"jpeg","source":{"bytes":"/9j/4AAQ"}}}]}])"));
 }
 
 TEST(ConverseRequestTest, HarmlessOpenAiFieldsAreAccepted) {
