@@ -34,12 +34,16 @@ struct upstream_connection {
   std::unique_ptr<char[]> scratch;
   upstream_head_storage head;  ///< the current response's fields (upstream_response_parser)
   std::chrono::steady_clock::time_point idle_since{};  ///< when it went back to the pool
+  /// Set, while the connection is pooled, once its socket turns readable (a byte past its last
+  /// answer, or the peer's close): it is then dropped instead of taken (upstream_pool).
+  std::shared_ptr<bool> readable;
   stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
 };
 
 class upstream_pool {
  public:
-  /// A live idle connection for `key`, or null. Connections the peer closed are dropped.
+  /// A live idle connection for `key`, or null. Connections the peer closed, or that received
+  /// bytes while pooled, are dropped.
   std::unique_ptr<upstream_connection> take(const std::string& key);
   void give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle);
   /// TLS client context for these settings (system CA store, optional extra CA file).
