@@ -76,7 +76,13 @@ class bedrock_stream final : public stream_translator {
     bedrock::stream_step step;
     switch (m.kind()) {
       case aws::message_kind::event: step = tr_.on_event_text(m.event_type(), m.payload); break;
-      case aws::message_kind::exception: step = tr_.on_event_text(m.exception_type(), m.payload); break;
+      case aws::message_kind::exception:
+        // Named: its own mapping (throttlingException, validationException, ...). Unnamed, still
+        // the stream's end with an error: read as an event of no type, it was ignored, and the
+        // stream then failed as cut off before messageStop, hiding what Bedrock said.
+        step = tr_.on_event_text(m.exception_type().empty() ? std::string_view("internalServerException") : m.exception_type(),
+                                 m.payload);
+        break;
       default: {
         // `error` messages (and unknown kinds, as the AWS SDKs treat them) end the stream.
         const std::string code(m.error_code().empty() ? "InternalServerException" : m.error_code());

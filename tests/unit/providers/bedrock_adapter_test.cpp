@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 #include "policy/policy.hpp"
 #include "providers/unified.hpp"
+#include "tests/unit/providers/eventstream/frames.hpp"
 
 namespace tollgate::providers {
 namespace {
@@ -32,6 +33,26 @@ config::provider_config bedrock_config() {
   cfg.aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
   cfg.proxy = "none";
   return cfg;
+}
+
+TEST(BedrockAdapterTest, AnExceptionFrameWithoutItsTypeStillEndsTheStreamWithItsMessage) {
+  // Read as an event of no type, it was ignored, and the stream failed later as cut off before
+  // messageStop, without what Bedrock said.
+  using namespace aws::testing;
+  const config::provider_config cfg = bedrock_config();
+  bedrock_adapter adapter(cfg);
+  request_context ctx = chat_call();
+  ctx.stream = true;
+  auto tr = adapter.make_stream_translator(ctx);
+  std::string out;
+  tr->feed(event_frame("messageStart", R"({"role":"assistant"})") +
+               event_frame("contentBlockDelta", R"({"contentBlockIndex":0,"delta":{"text":"Hel"}})") +
+               frame(string_header(":message-type", "exception") + string_header(":content-type", "application/json"),
+                     R"({"message":"the model stopped: internal fault 42"})"),
+           out);
+  EXPECT_TRUE(tr->failed()) << out;
+  EXPECT_NE(out.find("internal fault 42"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"Hel\""), std::string::npos) << "the text before it went out: " << out;
 }
 
 TEST(BedrockAdapterTest, TheGatewaysOutputCapBecomesInferenceConfigMaxTokens) {
