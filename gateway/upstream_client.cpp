@@ -80,7 +80,6 @@ void upstream_pool::give_back(std::unique_ptr<upstream_connection> c, std::size_
   auto& v = idle_[c->key];
   if (v.size() >= max_idle) return;  // dropping it closes it
   c->lowest().expires_never();
-  c->idle_since = std::chrono::steady_clock::now();
   // Marked (not dropped) when readable: the handler may run after the pool let go of it, so it
   // holds the flag, never the connection.
   c->readable = std::make_shared<bool>(false);

@@ -33,7 +33,6 @@ struct upstream_connection {
   /// ~1k instructions of jemalloc's large-size path per request (not zero-filled per read).
   std::unique_ptr<char[]> scratch;
   upstream_head_storage head;  ///< the current response's fields (upstream_response_parser)
-  std::chrono::steady_clock::time_point idle_since{};  ///< when it went back to the pool
   /// Set, while the connection is pooled, once its socket turns readable (a byte past its last
   /// answer, or the peer's close): it is then dropped instead of taken (upstream_pool).
   std::shared_ptr<bool> readable;
