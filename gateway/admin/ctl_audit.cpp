@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 
+#include "gateway/admin/ctl_table.hpp"
 #include "gateway/audit/audit_reader.hpp"
 #include "gateway/core/time.hpp"
 
@@ -214,15 +215,10 @@ constexpr const char* csv_columns[] = {"seq", "type", "id", "time", "team", "key
                                        "stream", "prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "cost_usd",
                                        "latency_us", "ttft_us", "retries", "admin", "action", "target"};
 
-/// A record's integer field; nullopt when absent or not an integer a 64-bit count holds (an
-/// edited record: 1.5, 1e30), which the throwing to_number turned into the end of the export.
+/// A record's integer field (int_of); nullopt when absent or not an integer a 64-bit count holds.
 std::optional<std::int64_t> int_field(const json::object& o, std::string_view name) {
-  auto* v = o.if_contains(name);
-  if (!v || !v->is_number()) return std::nullopt;
-  boost::system::error_code ec;
-  const auto n = v->to_number<std::int64_t>(ec);
-  if (ec) return std::nullopt;
-  return n;
+  const auto* v = o.if_contains(name);
+  return v ? int_of(*v) : std::nullopt;
 }
 
 /// cost_usd from the exact nano-USD integer: no binary floating point in an export.

@@ -45,16 +45,21 @@ inline std::string format_usd_nano(std::int64_t nano) {
   return sign + "$" + std::to_string(a / 1000000000) + "." + frac;
 }
 
+/// A JSON number as a 64-bit integer; nullopt when it is not one (1.5, 1e30, 2^63): the throwing
+/// to_number turned such a figure in an edited record or a server's answer into the end of the run.
+inline std::optional<std::int64_t> int_of(const boost::json::value& v) {
+  if (!v.is_number()) return std::nullopt;
+  boost::system::error_code ec;
+  const auto n = v.to_number<std::int64_t>(ec);
+  if (ec) return std::nullopt;
+  return n;
+}
+
 /// `<name>_nano` (an integer) or `<name>_usd` (dollars) of an admin API answer, in nano-USD; nullopt
 /// when neither is there, or the figure is beyond what 64 bits of nano-USD hold (not wrapped into
 /// a negative amount, nor rounded by an undefined conversion).
 inline std::optional<std::int64_t> nano_of(const boost::json::object& o, std::string_view name) {
-  constexpr auto max = std::numeric_limits<std::int64_t>::max();
-  if (auto* n = o.if_contains(std::string(name) + "_nano"); n && (n->is_int64() || n->is_uint64())) {
-    if (n->is_int64()) return n->get_int64();
-    if (n->get_uint64() <= std::uint64_t(max)) return std::int64_t(n->get_uint64());
-    return std::nullopt;
-  }
+  if (auto* n = o.if_contains(std::string(name) + "_nano"); n && (n->is_int64() || n->is_uint64())) return int_of(*n);
   if (auto* u = o.if_contains(std::string(name) + "_usd"); u && u->is_number()) {
     const double nano = u->to_number<double>() * 1e9;
     if (std::isfinite(nano) && std::fabs(nano) < 9.2e18) return std::llround(nano);

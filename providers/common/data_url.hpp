@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "gateway/core/text.hpp"
+
 namespace tollgate::providers {
 
 struct data_url {
@@ -15,23 +17,19 @@ struct data_url {
 
 /// `data:<mime>[;params];base64,<data>`; nullopt for anything else.
 inline std::optional<data_url> parse_data_url(std::string_view url) {
-  auto lower = [](std::string_view s) {
-    std::string out(s);
-    for (char& c : out)
-      if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
-    return out;
-  };
   if (url.substr(0, 5) != "data:") return std::nullopt;
   const std::size_t comma = url.find(',');
   if (comma == std::string_view::npos) return std::nullopt;
   std::string_view meta = url.substr(5, comma - 5);
   const std::string_view data = url.substr(comma + 1);
   constexpr std::string_view b64 = ";base64";
-  if (meta.size() < b64.size() || lower(meta.substr(meta.size() - b64.size())) != b64) return std::nullopt;
+  if (meta.size() < b64.size() || !text::iequals(meta.substr(meta.size() - b64.size()), b64)) return std::nullopt;
   meta.remove_suffix(b64.size());
   const std::string_view mime = meta.substr(0, meta.find(';'));
   if (mime.empty() || mime.find('/') == std::string_view::npos || data.empty()) return std::nullopt;
-  return data_url{lower(mime), data};
+  data_url out{std::string(mime), data};
+  for (char& c : out.mime_type) c = char(text::ascii_lower(static_cast<unsigned char>(c)));
+  return out;
 }
 
 }  // namespace tollgate::providers
