@@ -472,6 +472,12 @@ awaitable<phase_result> engine::authenticate_with_store(request_context& ctx) {
                              error_source::policy);
     co_return make_failure(errc::invalid_api_key, "This API key's team no longer exists.", "", error_source::policy);
   }
+  if (view.source == "api" && k.created_unix > 0 && k.created_unix < view.created_unix) {
+    // Made before its team: the key of an earlier team of that name, deleted since. The team
+    // created later does not take it over, even where the deletion failed to revoke it.
+    auth_.counter({"invalid"}).inc();
+    co_return make_failure(errc::invalid_api_key, "This API key's team no longer exists.", "", error_source::policy);
+  }
   const config::team_config* t = &*view.team;
   g = std::make_shared<grant>();
   from_team(*t);

@@ -1006,10 +1006,15 @@ awaitable<key_lookup> redis_store::get_key(unsigned worker, std::string id) {
 }
 
 awaitable<write_result> redis_store::replace_key(unsigned worker, key_record k, std::string stored) {
-  const write_result w = co_await compare_and_set(worker, cfg_.key_prefix + "key:" + k.id, stored, key_to_json(k),
-                                                  cfg_.key_prefix + "keys", k.id);
-  if (w == write_result::written && stored.empty()) co_await index_key(worker, k);  // (a new key)
-  co_return w;
+  // A new key is listed before it is written: a key written but missing from its team's listing
+  // would escape the team's deletion (which revokes the keys listed) and pass to a team created
+  // later under the name. Listed and then not written, an id is skipped by every listing.
+  if (stored.empty()) {
+    const bool listed = co_await index_key(worker, k);  // (not in a conditional: GCC 12)
+    if (!listed) co_return write_result::unreachable;
+  }
+  co_return co_await compare_and_set(worker, cfg_.key_prefix + "key:" + k.id, stored, key_to_json(k),
+                                     cfg_.key_prefix + "keys", k.id);
 }
 
 awaitable<write_result> redis_store::compare_and_set(unsigned worker, std::string key, std::string stored,
@@ -1018,16 +1023,18 @@ awaitable<write_result> redis_store::compare_and_set(unsigned worker, std::strin
   // script here (a Cluster proxy routes it by that key); the index is added to as put_key does.
   static constexpr std::string_view script =
       "if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end redis.call('SET', KEYS[1], ARGV[2]) return 1";
+  // A new record is added to its index first: one written and not indexed would be missing from
+  // listings for good (nothing rebuilds an index both of whose counts lack it). An index entry
+  // whose record was then not written is skipped by every listing.
+  const std::string_view add[] = {"SADD", index, member};
+  if (stored.empty()) {
+    auto a = co_await conn(worker).command(add);
+    if (!a || a->type == redis::reply::kind::error) co_return write_result::unreachable;
+  }
   const std::string_view argv[] = {"EVAL", script, "1", key, stored, body};
   auto r = co_await conn(worker).command(argv);
   if (!r || r->type != redis::reply::kind::integer) co_return write_result::unreachable;
   if (r->integer != 1) co_return write_result::changed;
-  // Written: so reported whatever the index's answer (it only serves listings; a record already
-  // listed is in it), so that the caller invalidates every replica's copy of what changed.
-  const std::string_view add[] = {"SADD", index, member};
-  r = co_await conn(worker).command(add);
-  if (!r || r->type == redis::reply::kind::error)
-    notice("warn", "a record was written but not added to its listing index (" + index + "): it is missing from admin listings");
   co_return write_result::written;
 }
 
@@ -1051,8 +1058,7 @@ awaitable<bool> redis_store::index_key(unsigned worker, const key_record& k) {
   std::vector<std::string> cmds{redis::resp_command(add_all, redis::resp_args{}),
                                 redis::resp_command(add_team, redis::resp_args{})};
   if (co_await pipelined(worker, std::move(cmds), 2)) co_return true;
-  // Listed again after the next listing's check (the id set then counts more than the index).
-  notice("warn", "a key was written but not added to the listing index (" + all + "); the next listing rebuilds it");
+  notice("warn", "a key could not be added to the listing indexes (" + all + ", " + team + ")");
   co_return false;
 }
 

@@ -429,5 +429,37 @@ TEST_F(AdminOpsTest, AnApiTeamWhoseNameTheFileLaterDeclaresGivesWayToTheFilesQuo
   EXPECT_EQ(view.team->limits.rpm, 50u);
   EXPECT_EQ(view.team->budget.limit_nano, 100'000'000'000);
 }
+TEST_F(AdminOpsTest, AKeyOlderThanItsApiTeamBelongedToAnEarlierTeamOfThatNameAndIsRefused) {
+  // A team's deletion revokes the keys its listing shows; one missing from the listing (an index
+  // write lost) stays enabled. The team created later under the name must not take it over: the
+  // key was made before the team was.
+  team_record t;
+  t.name = "reborn";
+  ASSERT_TRUE(run_sync(ioc, eng->create_team(0, *snap->cfg, t)));
+  key_record proto;
+  proto.team = "reborn";
+  auto made = run_sync(ioc, eng->create_key(0, *snap->cfg, proto));
+  ASSERT_TRUE(made);
+  EXPECT_TRUE(accepted(made->full));
+  // The earlier team gone and a new one written in its place, the key left as it was.
+  auto old = run_sync(ioc, st->inner.get_team(0, "reborn"));
+  ASSERT_TRUE(old.team);
+  ASSERT_EQ(run_sync(ioc, st->inner.delete_team(0, "reborn", old.stored)), write_result::written);
+  team_record later = *old.team;
+  later.created_unix = std::time(nullptr);
+  ASSERT_TRUE(run_sync(ioc, st->inner.put_team(0, later)));
+  key_record earlier = made->record;  // (made a minute before the new team)
+  earlier.created_unix = later.created_unix - 60;
+  ASSERT_TRUE(run_sync(ioc, st->inner.put_key(0, earlier)));
+  st->deliver("*");
+  EXPECT_TRUE(run_sync(ioc, st->inner.get_key(0, made->record.id)).key->enabled);
+  EXPECT_FALSE(accepted(made->full)) << "a team created later took over an earlier team's key";
+  // A key made for the new team works.
+  key_record mine;
+  mine.team = "reborn";
+  auto own = run_sync(ioc, eng->create_key(0, *snap->cfg, mine));
+  ASSERT_TRUE(own);
+  EXPECT_TRUE(accepted(own->full));
+}
 }  // namespace
 }  // namespace tollgate::policy::testing
