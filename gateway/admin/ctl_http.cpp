@@ -106,9 +106,11 @@ awaitable<result_t> exchange(const options& opt, http::verb method, std::string 
   parser.body_limit(body_limit);
   auto [ec, n] = co_await http::async_read(stream, buffer, parser);
   if (ec) {
-    if (is_timeout(ec))
-      co_return fail(kind::timeout, "no answer within " + std::to_string(opt.timeout.count() / 1000) + " s");
-    co_return fail(kind::bad_answer, "reading the answer failed: " + ec.message());
+    transport_error e = is_timeout(ec)
+                            ? fail(kind::timeout, "no answer within " + std::to_string(opt.timeout.count() / 1000) + " s")
+                            : fail(kind::bad_answer, "reading the answer failed: " + ec.message());
+    e.sent = true;
+    co_return e;
   }
   // Best effort: the answer is complete, a failing shutdown changes nothing.
   error_code ignored;

@@ -48,6 +48,8 @@ struct transport_error {
   };
   kind what = kind::bad_answer;
   std::string message;
+  /// The whole request was sent before the failure: the gateway may have acted on it.
+  bool sent = false;
 };
 
 /// Sends `method target` (target is appended to the endpoint's base path and must start with '/')

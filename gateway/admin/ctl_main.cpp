@@ -49,6 +49,7 @@ enum exit_code : int {
   exit_auth = 3,         ///< no admin token, or the gateway refused it (401/403)
   exit_not_found = 4,    ///< 404, including commands the gateway does not support yet
   exit_unreachable = 5,  ///< name resolution, connection refused, connect or read timeout
+  exit_unknown = 7,      ///< a change was sent but its answer did not arrive: it may have been made
 };
 
 constexpr string_view version = "0.1.0";
@@ -100,6 +101,8 @@ constexpr string_view top_help =
     "  4  not found (404), including commands the gateway does not support yet\n"
     "  5  gateway unreachable: name resolution, connection refused, connect or read timeout (5 s)\n"
     "  6  audit verify: the audit chain is broken (a record edited, deleted, reordered or cut)\n"
+    "  7  a change (create, rotate, revoke, delete, set) was sent but its answer did not arrive:\n"
+    "     it may have been made; the message says how to check\n"
     "\n"
     "Run 'tollgatectl <command> --help' for a command's options.\n";
 
@@ -335,8 +338,10 @@ string admin_url(const globals& g) {
   return string(default_url);
 }
 
-/// Sends one request and classifies the answer. Prints every failure.
-answer call(const context& c, http::verb method, const string& target, const json::object* body = nullptr) {
+/// Sends one request and classifies the answer. Prints every failure. `if_sent`: for a change,
+/// what to do when the request went out but no answer came back (the change may have been made).
+answer call(const context& c, http::verb method, const string& target, const json::object* body = nullptr,
+            string_view if_sent = {}) {
   answer out;
   const string url = admin_url(c.g);
   auto where = parse_admin_url(url);
@@ -353,7 +358,12 @@ answer call(const context& c, http::verb method, const string& target, const jso
   auto r = request(opt, method, target, body ? json::serialize(*body) : string());
   if (!r) {
     const auto& e = r.error();
-    if (e.what == transport_error::kind::bad_answer) {
+    if (e.sent && method != http::verb::get) {
+      std::cerr << "tollgatectl: the request reached " << url << " but its answer did not arrive (" << e.message
+                << "): the change may have been made. " << (if_sent.empty() ? "Check before you repeat it." : if_sent)
+                << "\n";
+      out.code = exit_unknown;
+    } else if (e.what == transport_error::kind::bad_answer) {
       std::cerr << "tollgatectl: bad answer from " << url << ": " << e.message << "\n";
       out.code = exit_failure;
     } else {
@@ -579,7 +589,9 @@ int key_create(const context& c) {
   if (!limits.empty()) body["limits"] = std::move(limits);
   if (!budget.empty()) body["budget"] = std::move(budget);
   if (err = read_uint(c.a, "expires-unix", body, "expires_unix"); !err.empty()) return usage_error(c, err);
-  auto r = call(c, http::verb::post, "/admin/v1/keys", &body);
+  const string check = "A key may have been created whose secret nobody was shown: list the team's keys (tollgatectl "
+                       "key list --team " + printable(*team) + ") and revoke one you do not know.";
+  auto r = call(c, http::verb::post, "/admin/v1/keys", &body, check);
   return r.code ? r.code : print_with_secret(c, r);
 }
 
@@ -638,14 +650,18 @@ int key_show(const context& c) {
 }
 
 int key_revoke(const context& c) {
-  auto r = call(c, http::verb::delete_, key_path(c.a.positional[0]));
+  auto r = call(c, http::verb::delete_, key_path(c.a.positional[0]), nullptr,
+                "Revoking again is safe: tollgatectl key revoke " + printable(c.a.positional[0]) + ".");
   return r.code ? r.code : print_record_answer(c, r);
 }
 
 int key_rotate(const context& c) {
   json::object body{{"overlap_seconds", 0}};
   if (auto err = read_uint(c.a, "overlap-seconds", body, "overlap_seconds"); !err.empty()) return usage_error(c, err);
-  auto r = call(c, http::verb::post, key_path(c.a.positional[0]) + "/rotate", &body);
+  // (With no overlap, a rotation made has cut the old secret off and shown the new one to nobody.)
+  auto r = call(c, http::verb::post, key_path(c.a.positional[0]) + "/rotate", &body,
+                "If it was, its new secret was shown to nobody: rotate the key again (tollgatectl key rotate " +
+                    printable(c.a.positional[0]) + ") to get one.");
   return r.code ? r.code : print_with_secret(c, r);
 }
 
@@ -657,7 +673,8 @@ int team_create(const context& c) {
   if (err = read_limits(c.a, limits, budget, true); !err.empty()) return usage_error(c, err);
   if (!limits.empty()) body["limits"] = std::move(limits);
   if (!budget.empty()) body["budget"] = std::move(budget);
-  auto r = call(c, http::verb::post, "/admin/v1/teams", &body);
+  auto r = call(c, http::verb::post, "/admin/v1/teams", &body,
+                "Check with tollgatectl team show " + printable(c.a.positional[0]) + ".");
   return r.code ? r.code : print_record_answer(c, r);
 }
 
@@ -669,7 +686,8 @@ int team_show(const context& c) {
 }
 
 int team_delete(const context& c) {
-  auto r = call(c, http::verb::delete_, team_path(c.a.positional[0]));
+  auto r = call(c, http::verb::delete_, team_path(c.a.positional[0]), nullptr,
+                "Deleting again is safe: tollgatectl team delete " + printable(c.a.positional[0]) + ".");
   return r.code ? r.code : print_record_answer(c, r);
 }
 
@@ -709,7 +727,7 @@ int quota_set(const context& c) {
     return usage_error(c, "'quota set' needs at least one of --rpm, --tpm, --concurrency, --budget-usd, --period, --soft");
   for (auto& [k, v] : limits) body[k] = v;
   if (!budget.empty()) body["budget"] = std::move(budget);
-  auto r = call(c, http::verb::put, "/admin/v1/quotas", &body);
+  auto r = call(c, http::verb::put, "/admin/v1/quotas", &body, "Setting the same quota again is safe.");
   return r.code ? r.code : print_record_answer(c, r);
 }
 

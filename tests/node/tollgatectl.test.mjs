@@ -418,6 +418,11 @@ async function startScriptedAdmin() {
         return res.end('<html>hello</html>');
       }
       if (route === 'GET /admin/v1/teams/slow') return; // never answers
+      // A change read in full, then the connection cut before any answer (a gateway that made it
+      // and could not answer): the CLI cannot know whether it was made.
+      if (route === 'POST /admin/v1/keys/cut/rotate' || route === 'DELETE /admin/v1/teams/cut' || route === 'GET /admin/v1/teams/cut' ||
+          (route === 'POST /admin/v1/keys' && rec.body?.team === 'cut'))
+        return res.socket.destroy();
       if (route === 'GET /admin/v1/teams/nosuch') return notFound(res, "No team 'nosuch'.");
       if (route === 'POST /admin/v1/keys/abc/rotate')
         return json(res, 200, { id: 'abc', team: 'search', enabled: true, key: 'tg_abc_NEWSECRET', old_key_expires_unix: 1767225600 });
@@ -680,6 +685,24 @@ describe('tollgatectl against a scripted admin server (commands the gateway grow
     const empty = await ctl(['team', 'show', 'empty'], env);
     assertExit(empty, 0, 'empty object');
     assert.equal(empty.stdout, '');
+  });
+
+  test('exit 7: a change sent whose answer never came may have been made; the message says how to check', { timeout: 15000 }, async () => {
+    const rotated = await ctl(['key', 'rotate', 'cut'], env);
+    assertExit(rotated, 7, 'rotate cut');
+    assert.equal(`${srv.last().method} ${srv.last().path}`, 'POST /admin/v1/keys/cut/rotate');
+    assert.match(rotated.stderr, /the change may have been made/);
+    assert.match(rotated.stderr, /rotate the key again \(tollgatectl key rotate cut\)/);
+    const created = await ctl(['key', 'create', '--team', 'cut'], env);
+    assertExit(created, 7, 'create cut');
+    assert.match(created.stderr, /key list --team cut\) and revoke one you do not know/);
+    const deleted = await ctl(['team', 'delete', 'cut'], env);
+    assertExit(deleted, 7, 'delete cut');
+    assert.match(deleted.stderr, /Deleting again is safe/);
+    // A read cut the same way changes nothing: a bad answer, exit 1, no such advice.
+    const shown = await ctl(['team', 'show', 'cut'], env);
+    assertExit(shown, 1, 'show cut');
+    assert.doesNotMatch(shown.stderr, /may have been made/);
   });
 
   test('exit 5: a server that accepts but never answers, after the 5 s read timeout', { timeout: 20000 }, async () => {
