@@ -783,6 +783,11 @@ std::string validate(const gateway_config& cfg) {
     const auto& t = cfg.teams[i];
     const std::string at = " (line " + std::to_string(t.line) + ")";
     if (t.name.empty()) return "teams[" + std::to_string(i) + "].name: must not be empty" + at;
+    // "-" is the team usage records anonymous calls under; "tg_..." is an API key's shape, which
+    // is masked in every URL that holds it (the admin API could not name such a team).
+    if (t.name == "-") return "teams[" + std::to_string(i) + "].name: '-' is reserved for anonymous callers" + at;
+    if (t.name.starts_with("tg_"))
+      return "teams[" + std::to_string(i) + "].name: must not start with 'tg_', as API keys do" + at;
     if (!teams.insert(t.name).second) return "teams[" + std::to_string(i) + "].name: duplicate team '" + t.name + "'" + at;
   }
   // A certificate identity names one team: listed under two, the first in file order would win,

@@ -182,9 +182,10 @@ std::string parse_key_request(const json::object& o, policy::key_record& k) {
   return parse_limits_budget(o, k.limits, k.budget);
 }
 
-/// A team name: what config accepts, and safe in a URL path.
+/// A team name: what config accepts, and safe in a URL path. Not "-" (usage records anonymous
+/// calls under it), and not "tg_..." (a key's shape: masked in every path that holds it).
 bool valid_team_name(std::string_view n) {
-  if (n.empty() || n.size() > 64) return false;
+  if (n.empty() || n.size() > 64 || n == "-" || n.starts_with("tg_")) return false;
   for (char c : n)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
   return true;
@@ -323,7 +324,8 @@ awaitable<void> send(response_sink& sink, unsigned status, const json::object& o
 
 awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink& sink) {
   const auto& cfg = *ctx.snap->cfg;
-  policy::mask_keys_in_path(ctx.path);  // (the session did it already; callers of this function may not)
+  // (The session did it already; callers of this function may not.)
+  if (policy::mask_keys_in_path(ctx.path)) ctx.path_masked = true;
   ctx.action = admin_action(ctx);
   if (cfg.auth.admin_tokens.empty()) {
     co_await answer_error(ctx, sink, errc::admin_api_disabled,
@@ -376,7 +378,14 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     return e;
   };
 
+  // A refused write is audited with what it asked for: the team a key was to be made for, the
+  // team (and key) a quota was to be set on, the team to create. (Strings only, keys cut to ids.)
+  auto target_of = [&](std::string_view field) {
+    auto* v = body ? body->if_contains(field) : nullptr;
+    return v && v->is_string() ? key_id_only(std::string(v->get_string())) : std::string();
+  };
   if (a == "key.create") {
+    ctx.action_target = target_of("team");
     policy::key_record proto;
     if (auto err = parse_key_request(*body, proto); !err.empty()) {
       co_await answer_error(ctx, sink, errc::invalid_value, err);
@@ -429,6 +438,14 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     }
     ctx.action_target = id;
     std::string err;
+    // Strict as every body: "overlap": 3600 read as no overlap would cut the old secret off now.
+    for (auto& [field, _] : *body)
+      if (field != "overlap_seconds") {
+        const std::string name(field);
+        co_await answer_error(ctx, sink, errc::invalid_value,
+                              name + ": unknown field (a rotation takes only overlap_seconds)", name);
+        co_return;
+      }
     std::uint64_t overlap = 0;
     if (!read_uint(*body, "overlap_seconds", overlap, err) || overlap > 30 * 86400) {
       // Named, not a temporary of a conditional: GCC 12 destroyed that one twice in this coroutine.
@@ -461,11 +478,13 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
       else co_await send(sink, 200, key_json(*r.key));
     }
   } else if (a == "team.create") {
+    ctx.action_target = target_of("name");
     policy::team_record t;
     auto* name = body->if_contains("name");
     std::string err;
     if (!name || !name->is_string() || !valid_team_name(name->get_string()))
-      err = "name is required: 1 to 64 letters, digits, '-', '_' or '.'";
+      err = "name is required: 1 to 64 letters, digits, '-', '_' or '.' (not \"-\" alone, and not starting with "
+            "\"tg_\" as API keys do)";
     else t.name = std::string(name->get_string());
     for (auto& [field, _] : *body)
       if (err.empty() && field != "name" && field != "models" && field != "limits" && field != "budget")
@@ -514,6 +533,12 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
     const json::object list = page_json(std::move(data), first, last, more);
     co_await send(sink, 200, list);
   } else if (a == "team.show" || a == "team.delete") {
+    if (ctx.path_masked) {
+      // Masked to an id, tg_ml_research would name the team "ml": refused, never acted on.
+      co_await answer_error(ctx, sink, errc::not_found,
+                            "No team is named like an API key: team names never start with \"tg_\".");
+      co_return;
+    }
     // Percent-decoded, as tollgatectl encodes it: a config team may be named "data science".
     auto decoded = boost::urls::make_pct_string_view(std::string_view(ctx.path).substr(teams_prefix.size()));
     if (!decoded) {
@@ -538,6 +563,8 @@ awaitable<void> handle_admin_api(worker& w, request_context& ctx, response_sink&
       else co_await send(sink, 200, team_json(v));
     }
   } else if (a == "quota.set") {
+    ctx.action_target = target_of("team");
+    if (const std::string k = target_of("key_id"); !k.empty() && !ctx.action_target.empty()) ctx.action_target += "/" + k;
     auto* team = body->if_contains("team");
     auto* key = body->if_contains("key_id");
     policy::engine::quota_patch patch;

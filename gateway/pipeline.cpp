@@ -674,6 +674,12 @@ std::string models_body(const request_context& ctx) {
 /// a model that does not exist and one this caller may not use (its existence is not disclosed).
 /// The id is percent-decoded, as SDKs encode it (`a%2Fb` for `a/b`); an unencoded `/` is kept.
 awaitable<void> answer_model(request_context& ctx, response_sink& sink, std::string_view encoded) {
+  if (ctx.path_masked) {
+    // (A key-shaped id was masked to another id: never looked up, and never echoed.)
+    co_await answer_error(ctx, sink, errc::model_not_found,
+                          "The model in the URL does not exist or you do not have access to it.", "model");
+    co_return;
+  }
   auto decoded = boost::urls::make_pct_string_view(encoded);
   if (!decoded) {
     co_await answer_error(ctx, sink, errc::bad_request, "The model id in the URL is not valid percent-encoding.", "model");

@@ -381,7 +381,7 @@ class session {
     std::string_view target = parser.target();
     const auto query_at = target.find('?');
     ctx.path = std::string(target.substr(0, query_at));
-    policy::mask_keys_in_path(ctx.path);  // before anything can log or echo it
+    ctx.path_masked = policy::mask_keys_in_path(ctx.path);  // before anything can log or echo it
     if (query_at != std::string_view::npos) ctx.query = std::string(target.substr(query_at + 1));
     ctx.user_agent = std::string(fields.user_agent.value_or(std::string_view()));
     ctx.credential = presented_credential(fields, kind_ == listener_kind::caller);

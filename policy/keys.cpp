@@ -93,9 +93,10 @@ std::optional<parsed_key> parse_key(std::string_view s) noexcept {
   return k;
 }
 
-void mask_keys_in_path(std::string& path) {
+bool mask_keys_in_path(std::string& path) {
   // (Every caller's path: nothing to do. A '%' may hide a "tg": %74g, t%67.)
-  if (path.find("tg") == std::string::npos && path.find('%') == std::string::npos) return;
+  if (path.find("tg") == std::string::npos && path.find('%') == std::string::npos) return false;
+  bool masked = false;
   std::string out;
   out.reserve(path.size());
   std::size_t at = 0;
@@ -109,8 +110,10 @@ void mask_keys_in_path(std::string& path) {
     const std::size_t id_end = decoded.starts_with("tg_") ? decoded.find('_', 3) : std::string::npos;
     if (auto k = parse_key(decoded)) {
       out.append(k->id);
+      masked = true;
     } else if (id_end != std::string::npos) {
       out.append(decoded, 0, id_end + 1).append("[masked]");
+      masked = true;
     } else {
       out.append(segment);
     }
@@ -119,6 +122,7 @@ void mask_keys_in_path(std::string& path) {
     at = end + 1;
   }
   path = std::move(out);
+  return masked;
 }
 
 std::string digest_secret(std::string_view secret, std::string_view pepper) {

@@ -26,8 +26,9 @@ std::optional<parsed_key> parse_key(std::string_view presented) noexcept;
 /// whole key `tg_<id>_<secret>` (percent-encoded or not) becomes its id; another segment that
 /// starts like one (`tg_<id>_...`) keeps `tg_<id>_` and loses the rest. A key pasted into a URL
 /// (a revoke sent to the wrong listener, a body too large for the admin API) then reaches no
-/// access-log line, audit record or error body.
-void mask_keys_in_path(std::string& path);
+/// access-log line, audit record or error body. True when a segment was masked: a route that
+/// names anything but a key must then refuse the path, not act on its masked form.
+bool mask_keys_in_path(std::string& path);
 
 /// "hmac-sha256:<hex>" when `pepper` is set, else "sha256:<hex>". Throws std::runtime_error when
 /// OpenSSL cannot compute it (a FIPS provider refuses an HMAC key under 14 bytes).

@@ -64,6 +64,9 @@ struct request_context {
 
   // From the caller.
   std::string method, path, client_addr, user_agent;
+  /// `path` had a segment shaped like an API key, masked (policy::mask_keys_in_path): a route that
+  /// names a team or a model refuses it rather than act on the masked name.
+  bool path_masked = false;
   std::string query;  ///< after '?' (the admin API reads it)
   endpoint_kind endpoint = endpoint_kind::other;
   std::string body;

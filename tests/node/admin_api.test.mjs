@@ -85,8 +85,15 @@ describe('admin API on one gateway (memory store)', () => {
     assertOpenAIError(await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name: 'cfgteam' }), { status: 409, code: 'conflict' });
     for (const bad of [{}, { name: '' }, { name: 'a/b' }, { name: 'x'.repeat(65) }, { name: 'ok', color: 'red' },
       { name: 'ok', limits: { rpm: -1 } }, { name: 'ok', budget: { usd: 'ten' } }, { name: 'ok', budget: { period: 'weekly' } },
-      { name: 'ok', models: 'mock-gpt' }])
+      { name: 'ok', models: 'mock-gpt' }, { name: '-' }, { name: 'tg_ml_research' }])
       assertOpenAIError(await admin(gw, adm.token, 'POST', '/admin/v1/teams', bad), { status: 400 });
+    // A URL segment shaped like a key is masked to its id before anything logs it: it must not
+    // then name the team "ml".
+    ok(await admin(gw, adm.token, 'POST', '/admin/v1/teams', { name: 'ml' }), 201);
+    for (const method of ['DELETE', 'GET'])
+      assertOpenAIError(await admin(gw, adm.token, method, '/admin/v1/teams/tg_ml_research'), { status: 404, code: 'not_found' });
+    assert.equal(ok(await admin(gw, adm.token, 'GET', '/admin/v1/teams/ml')).name, 'ml', 'team ml still there');
+    ok(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/ml'));
     assertOpenAIError(await admin(gw, adm.token, 'GET', '/admin/v1/teams/nosuch'), { status: 404, code: 'not_found' });
     assertOpenAIError(await admin(gw, adm.token, 'DELETE', '/admin/v1/teams/cfgteam'), { status: 409, code: 'conflict' });
     // Malformed JSON.
@@ -273,10 +280,15 @@ describe('admin API on one gateway (memory store)', () => {
       const actions = new Set(all.map((r) => r.action));
       return ['team.create', 'team.delete', 'quota.set', 'key.rotate', 'key.list', 'usage.show'].every((a) => actions.has(a)) ? all : undefined;
     }, { what: 'admin records' });
-    const del = recs.find((r) => r.action === 'team.delete' && r.status === 200);
+    const del = recs.find((r) => r.action === 'team.delete' && r.status === 200 && r.target === 'ops');
     assert.deepEqual([del.admin, del.target], ['platform', 'ops']);
     const refused = recs.find((r) => r.action === 'team.delete' && r.status === 409);
     assert.equal(refused.target, 'cfgteam');
+    // Refused before any change, a write still names what it asked for.
+    const badCreate = recs.find((r) => r.action === 'team.create' && r.status === 400 && r.target === 'ok');
+    assert.ok(badCreate, 'a refused team.create names the team');
+    const badQuota = recs.find((r) => r.action === 'quota.set' && r.status === 400 && r.target === 'ops');
+    assert.ok(badQuota, 'a refused quota.set names the team');
   });
 });
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { assertOpenAIError, fetchT, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
-import { admin, adminToken } from './lib/policy_helpers.mjs';
+import { admin, adminToken, chat } from './lib/policy_helpers.mjs';
 
 describe('admin API: bad input', () => {
   const tok = adminToken();
@@ -85,6 +85,15 @@ describe('admin API: bad input', () => {
       assertOpenAIError(r, { status: 404, code: 'not_found' });
     }
     assertOpenAIError(await call('POST', '/admin/v1/keys/rotate'), { status: 404, code: 'not_found' });
+    // A misspelt overlap read as none would cut the old secret off at once: refused, not rotated.
+    for (const field of ['overlap', 'overlap_secs']) {
+      const r = await call('POST', `/admin/v1/keys/${k.json.id}/rotate`, { [field]: 3600 });
+      assertOpenAIError(r, { status: 400, code: 'invalid_value', param: field });
+      assert.match(r.json.error.message, new RegExp(`${field}: unknown field`));
+      assert.equal(r.json.key, undefined);
+    }
+    const still = await chat(gw, k.json.key, { model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] });
+    assert.equal(still.status, 200, 'the secret still works: no rotation was made');
     // Unix seconds past year 9999 overflowed to a bound that passed the 400-day check.
     const huge = await call('GET', '/admin/v1/usage?from=9223372036854776&to=9223372036854777');
     assertOpenAIError(huge, { status: 400, code: 'invalid_value' });

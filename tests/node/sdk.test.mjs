@@ -266,6 +266,14 @@ describe('openai SDK through the gateway to an OpenAI-compatible upstream', () =
     const ffText = new TextDecoder('utf-8', { fatal: true }).decode(await raw_ff.arrayBuffer());
     assert.equal(JSON.parse(ffText).error.code, 'model_not_found');
     assert.match(JSON.parse(ffText).error.message, /'gpt\ufffd\ufffd'/);
+    // An id shaped like a key is masked to the key's id before anything logs it: never looked up
+    // as that id (the model "broken"), and never echoed.
+    const keyish = await fetchT(`${gw.baseURL}/models/tg_broken_s3cretpart`);
+    assert.equal(keyish.status, 404);
+    const keyishText = await keyish.text();
+    assert.equal(JSON.parse(keyishText).error.code, 'model_not_found');
+    assert.doesNotMatch(keyishText, /s3cretpart/);
+    assert.equal((await client.models.retrieve('broken')).id, 'broken');
     // Wrong inputs: bad percent-encoding is 400; another method is 405 with Allow.
     const bad = await fetchT(`${gw.baseURL}/models/gpt%zzfixture`);
     assert.equal(bad.status, 400);

@@ -388,6 +388,8 @@ TEST(ConfigLoaderTest, BadPolicyConfigIsRefusedWithPathAndLine) {
       {base + "teams:\n  - {name: t, budget: {usd: 5, soft: 80}}\n", "teams[0].budget.soft: expected a fraction"},
       {base + "teams:\n  - {name: t, limits: {rpn: 5}}\n", "teams[0].limits.rpn: unknown key"},
       {base + "teams:\n  - {name: t}\n  - {name: t}\n", "duplicate team 't'"},
+      {base + "teams:\n  - {name: '-'}\n", "'-' is reserved for anonymous callers"},
+      {base + "teams:\n  - {name: tg_ml_research}\n", "must not start with 'tg_'"},
       {base + "keys:\n  - {id: a1, team: nobody, digest: " + digest + "}\n", "keys[0].team: unknown team 'nobody'"},
       {base + "teams:\n  - {name: t}\nkeys:\n  - {id: a_1, team: t, digest: " + digest + "}\n", "keys[0].id: must be letters and digits"},
       {base + "teams:\n  - {name: t}\nkeys:\n  - {id: " + std::string(65, 'a') + ", team: t, digest: " + digest + "}\n", "keys[0].id: at most 64 characters"},
