@@ -638,6 +638,7 @@ std::size_t find_in(std::string_view d, std::string_view needle, std::size_t fro
 enum class chunk_shape { no_text, text, other };
 
 constexpr std::string_view content_key = "\"content\":";
+constexpr std::string_view content_name = "\"content\"";  ///< the key however it is spaced
 constexpr std::string_view delta_key = "\"delta\":{";
 constexpr std::string_view finish_key = "\"finish_reason\":";
 constexpr std::string_view data_field = "data: ";
@@ -692,20 +693,29 @@ bool integer_field(std::string_view d, std::string_view key, std::int64_t& out) 
 // search; otherwise it is searched for and remembered.
 chunk_shape delta_content_literal(std::string_view d, std::pair<std::size_t, std::size_t>& lit,
                                   std::string& known_prefix) {
+  // Only what is an object for sure is passed on unparsed: anything else may be text in a shape
+  // the searches below do not see, and is parsed (and, not JSON, not relayed).
+  if (d.size() < 2 || d.front() != '{' || d.back() != '}') return chunk_shape::other;
+  // No text: no "content" key however spaced (`"content" :` is JSON too), nor one spelt with an
+  // escape (`"cont\u0065nt"`); either needs the parse.
+  const auto no_text_or_other = [&](std::size_t from) {
+    return find_in(d, content_name, from) == std::string_view::npos && find_in(d, "\\u") == std::string_view::npos
+               ? chunk_shape::no_text
+               : chunk_shape::other;
+  };
   std::size_t delta;
   if (!known_prefix.empty() && d.starts_with(known_prefix)) {
     delta = known_prefix.size() - delta_key.size();
   } else {
     delta = find_in(d, delta_key);
-    if (delta == std::string_view::npos)
-      return find_in(d, content_key) == std::string_view::npos ? chunk_shape::no_text : chunk_shape::other;
+    if (delta == std::string_view::npos) return no_text_or_other(0);
     known_prefix.assign(d.substr(0, delta + delta_key.size()));
   }
   // The common chunk has its content first in the delta.
   const std::size_t first = delta + delta_key.size();
   const std::size_t k = d.substr(first).starts_with(content_key) ? first : find_in(d, content_key, delta);
-  if (k == std::string_view::npos) return chunk_shape::no_text;
-  if (find_in(d, content_key, k + content_key.size()) != std::string_view::npos) return chunk_shape::other;
+  if (k == std::string_view::npos) return no_text_or_other(delta);
+  if (find_in(d, content_name, k + content_key.size()) != std::string_view::npos) return chunk_shape::other;
   if (d[k - 1] != '{' && d[k - 1] != ',') return chunk_shape::other;
   const std::size_t b = k + content_key.size();
   if (b >= d.size() || d[b] != '"') return chunk_shape::other;
@@ -931,13 +941,13 @@ void stream_rewriter::on_data(std::string_view data, std::string& out) {
     return;
   }
   if (finished_ && !multi_) {  // after the finish chunk (a usage chunk): nothing left to filter
-    out.append("data: ").append(data).append("\n\n");
+    out += sse::format_data(data);
     return;
   }
   boost::system::error_code ec;
   auto v = json::parse(data, ec);
-  if (ec || !v.is_object()) {
-    out += sse::format_data(data);
+  if (ec || !v.is_object()) {  // nothing the filters can read is sent (fail closed)
+    end_stream(out, "upstream_error", "The upstream stream sent an event the content filter cannot read.");
     return;
   }
   auto& o = v.get_object();

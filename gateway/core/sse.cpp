@@ -108,7 +108,20 @@ void parser::on_line(std::string_view line, std::vector<event>& out) {
 std::string format_data(std::string_view payload) {
   std::string s;
   s.reserve(payload.size() + 8);
-  s.append("data: ").append(payload).append("\n\n");
+  if (payload.find_first_of("\r\n") == std::string_view::npos) {
+    s.append("data: ").append(payload).append("\n\n");
+    return s;
+  }
+  // An upstream's event of several data lines (JSON may break between its tokens): a line each,
+  // which the reader joins with '\n' again. Written as one, the second line would be read as a
+  // field of its own and dropped, leaving the caller half an object.
+  for (std::size_t at = 0;;) {
+    const std::size_t end = std::min(payload.find_first_of("\r\n", at), payload.size());
+    s.append("data: ").append(payload.substr(at, end - at)).push_back('\n');
+    if (end == payload.size()) break;
+    at = end + (payload[end] == '\r' && end + 1 < payload.size() && payload[end + 1] == '\n' ? 2 : 1);
+  }
+  s.push_back('\n');
   return s;
 }
 

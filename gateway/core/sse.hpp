@@ -41,7 +41,8 @@ class parser {
   std::string bom_buf_;  ///< the first bytes, until it is known whether they are a BOM
 };
 
-/// `data: <payload>\n\n` (payload must not contain newlines; JSON from a serializer never does).
+/// `data: <payload>\n\n`; a payload of several lines (CR, LF or CRLF) becomes a `data:` line each,
+/// which a reader joins with LF (JSON from a serializer has none; an upstream's event may).
 std::string format_data(std::string_view payload);
 /// `event: <name>\ndata: <payload>\n\n`.
 std::string format_event(std::string_view name, std::string_view payload);

@@ -145,5 +145,21 @@ TEST(SseWriterTest, FormatsDataAndNamedEvents) {
   EXPECT_EQ(ev[0].name, "error");
 }
 
+TEST(SseWriterTest, APayloadOfSeveralLinesBecomesADataLineEachAndReadsBackJoined) {
+  // An upstream's event split over data lines, relayed: one `data:` line per line (LF, CRLF or
+  // CR), never a bare second line a reader would take for a field of its own.
+  EXPECT_EQ(format_data("{\"a\":[1\n]}"), "data: {\"a\":[1\ndata: ]}\n\n");
+  EXPECT_EQ(format_data("x\r\ny\rz\n"), "data: x\ndata: y\ndata: z\ndata: \n\n");
+  for (const std::string payload : {"{\"a\":[1\n]}", "one\ntwo", "x\r\ny", "\nlead", "trail\n"}) {
+    auto ev = parse_whole(format_data(payload));
+    ASSERT_EQ(ev.size(), 1u) << payload;
+    std::string joined = payload;  // (the reader joins with LF: CRLF and CR read back as LF)
+    for (std::size_t at; (at = joined.find("\r\n")) != std::string::npos;) joined.replace(at, 2, "\n");
+    for (auto& c : joined)
+      if (c == '\r') c = '\n';
+    EXPECT_EQ(ev[0].data, joined) << payload;
+  }
+}
+
 }  // namespace
 }  // namespace tollgate::sse

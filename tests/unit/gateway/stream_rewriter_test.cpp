@@ -635,6 +635,38 @@ TEST(StreamRewriterTest, AnswerTextThatIsNotAStringIsNotRelayed) {
   EXPECT_NE(out.find(R"("refusal":"no")"), std::string::npos) << out;
 }
 
+// An event whose JSON is split over two data lines (legal SSE) is read whole and filtered, and
+// reaches the caller as data lines it can join; an event that is no JSON is not relayed.
+TEST(StreamRewriterTest, AnEventOfSeveralDataLinesIsFilteredAndOneThatIsNotJsonIsNotRelayed) {
+  auto s = make();
+  {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const std::string out = rw.process("data: " + head + R"("choices":[{"index":0,"delta":{"content":"mail x@example.com"},)" +
+                                       "\ndata: " + R"("logprobs":null,"finish_reason":"stop"}]})" + "\n\ndata: [DONE]\n\n");
+    EXPECT_FALSE(rw.blocked()) << out;
+    EXPECT_EQ(out.find("x@example.com"), std::string::npos) << out;
+    EXPECT_NE(out.find("[REDACTED:email]"), std::string::npos) << out;
+  }
+  // A content key spaced or spelt with an escape is JSON too: read as text, never passed on as a
+  // chunk without any.
+  for (const std::string key : {R"("content" :)", R"("content"  :  )", R"("cont\u0065nt":)"}) {
+    tollgate::request_context ctx;
+    tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+    const std::string out = rw.process(chunk(R"("fine ")") + "data: " + head + R"("choices":[{"index":0,"delta":{)" + key +
+                                       R"("mail x@example.com"},"logprobs":null,"finish_reason":null}]})" +
+                                       "\n\ndata: [DONE]\n\n");
+    EXPECT_EQ(out.find("x@example.com"), std::string::npos) << key << ": " << out;
+    EXPECT_NE(out.find("[REDACTED:email]"), std::string::npos) << key << ": " << out;
+  }
+  tollgate::request_context ctx;
+  tg::stream_rewriter rw(ctx, *s.filters, *s.set, *s.scratch);
+  const std::string out = rw.process(chunk(R"("fine ")") + "data: mail x@example.com, not JSON\n\n" + "data: [DONE]\n\n");
+  EXPECT_TRUE(rw.blocked());
+  EXPECT_EQ(out.find("x@example.com"), std::string::npos) << out;
+  EXPECT_EQ(ctx.error_code, "upstream_error");
+}
+
 // However the stream ends (moderation, an upstream failure), the rules that fired in what was
 // sent are on the record.
 TEST(StreamRewriterTest, RulesThatFiredAreRecordedWhenTheStreamEndsWithoutDone) {

@@ -176,6 +176,30 @@ TEST(OpenAIAdapterTest, StreamWithUsageRequestedPassesBytesThroughAndReadsUsage)
   }
 }
 
+TEST(OpenAIAdapterTest, AnEventOfSeveralDataLinesReachesTheCallerAsOneEventItCanRead) {
+  // Legal SSE: one event's JSON over two data lines. Relayed as one `data:` line it would hold a
+  // raw newline, and the caller would read the second line as a field of its own and drop it.
+  fixture f;
+  for (const char* body : {R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true,"stream_options":{"include_usage":true}})",
+                           R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})"}) {
+    auto ctx = f.ctx(body);
+    const std::string in =
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\n"
+        "data: \"usage\":null}\n\n"
+        "data: [DONE]\n\n";
+    const std::string out = translate(f, ctx, in, nullptr);
+    tollgate::sse::parser p(1 << 20);
+    std::vector<tollgate::sse::event> events;
+    ASSERT_TRUE(p.feed(out, events)) << out;
+    ASSERT_EQ(events.size(), 2u) << out;
+    boost::system::error_code ec;
+    const auto v = json::parse(events[0].data, ec);
+    ASSERT_FALSE(ec) << body << ": " << out;
+    EXPECT_EQ(v.at("choices").at(0).at("delta").at("content").as_string(), "hi");
+    EXPECT_EQ(events[1].data, "[DONE]");
+  }
+}
+
 TEST(OpenAIAdapterTest, AUsageObjectSilentOnACountKeepsWhatAnEarlierOneSaid) {
   // A server that sends usage in more than one chunk (the prompt first, the output at the end):
   // the second object does not reset the prompt to 0.
