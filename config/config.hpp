@@ -62,7 +62,8 @@ struct upstream_tls {
 };
 
 struct mock_fault {
-  enum class kind { none, error, reset, stall };
+  /// `raise`: the mock throws (how the gateway handles a bug of its own, in tests).
+  enum class kind { none, error, reset, stall, raise };
   kind what = kind::none;
   unsigned status = 500;
   unsigned after_tokens = 1;

@@ -277,7 +277,8 @@ provider_config parse_provider(const YAML::Node& n, const std::string& p) {
         else if (k == "error") c.fault.what = mock_fault::kind::error;
         else if (k == "reset") c.fault.what = mock_fault::kind::reset;
         else if (k == "stall") c.fault.what = mock_fault::kind::stall;
-        else fail(fp + ".kind", v, "expected none, error, reset or stall, got '" + k + "'");
+        else if (k == "throw") c.fault.what = mock_fault::kind::raise;
+        else fail(fp + ".kind", v, "expected none, error, reset, stall or throw, got '" + k + "'");
       }
       if (auto v = f["status"]) c.fault.status = get_uint<unsigned>(v, fp + ".status", 599);
       if (auto v = f["after_tokens"]) c.fault.after_tokens = get_uint<unsigned>(v, fp + ".after_tokens");

@@ -200,6 +200,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
   if (!co_await sink.start_stream(ex.status(), "text/event-stream", extra))
     co_return gone();
   std::string in, out;
+  bool broke_off = false;  // (counted once: a reset's failed() is not a second error)
   for (;;) {
     auto ec = co_await ex.read_some(in);
     if (ctx.client_gone) {
@@ -215,6 +216,7 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
     }
     if (ec) {
       const bool timeout = ec == errc::upstream_timeout;
+      broke_off = true;
       count_upstream_error(ctx, timeout ? "stream_timeout" : "stream_reset");
       translator->finish(false, timeout ? "timeout" : "connection closed before the end of the stream", out);
     } else if (in.empty()) {
@@ -225,7 +227,9 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
     if (rewriter && !out.empty()) out = rewriter->process(out);
     // An in-band failure (an error event, a corrupt frame) ends the stream too: what is held
     // goes out with the error event, not left behind by the break below.
-    const bool ending = ec || in.empty() || translator->failed();
+    // And so does the upstream's end marker: the caller's stream ends with it, not when the
+    // upstream's body does (a proxy that holds the last chunk back would hold the caller too).
+    const bool ending = ec || in.empty() || translator->failed() || translator->done();
     if (moderation) co_await moderation->before_send(out, ending);
     if (!out.empty()) {
       if (!co_await sink.send_chunk(out))
@@ -242,8 +246,15 @@ awaitable<phase_result> relay_stream(worker& w, request_context& ctx, response_s
     co_await sink.end_stream();
     co_return flow::responded;
   }
-  if (translator->failed()) count_upstream_error(ctx, "stream_error");
+  if (translator->failed() && !broke_off) count_upstream_error(ctx, "stream_error");
   co_await sink.end_stream();
+  // After the end marker the body's own end usually follows at once: read up to it (nothing of it
+  // is sent), so that the connection goes back to the pool. A few reads at most: an upstream that
+  // goes on sending after its end is not read to its end.
+  for (int reads = 0; reads < 4 && !translator->failed() && !ex.done() && !ctx.client_gone; ++reads) {
+    const auto drained = co_await ex.read_some(in);
+    if (drained || in.empty()) break;
+  }
   if (!translator->failed() && ex.done()) ex.release();
   co_return flow::responded;
 }
@@ -326,7 +337,14 @@ class filtering_sink final : public response_sink {
 awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& sink) {
   const auto& targets = ctx.route->targets;
   std::optional<failure> last, refusal;
+  // What an attempt says of itself (upstream_timeout, upstream_status_503) is not said of the
+  // next: a fallback that answers is logged as it ended, with what came before the proxy.
+  const std::string details_before = ctx.details, error_code_before = ctx.error_code;
   for (std::size_t i = 0; i < targets.size(); ++i) {
+    if (i > 0) {
+      ctx.details = details_before;
+      ctx.error_code = error_code_before;
+    }
     // Not started for a caller gone meanwhile (during its admission, or an earlier attempt).
     if (ctx.client_gone) co_return caller_gone();
     ctx.target = &targets[i];
@@ -337,6 +355,7 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
     ctx.upstream_status = 0;
     ctx.answer_paid = false;
     ctx.upstream_retry_after_s = 0;
+    ctx.refused_in_band = false;
     const bool more = i + 1 < targets.size();
     const provider_adapter& p = *ctx.target->provider;
     if (p.is_local()) {
@@ -639,14 +658,30 @@ awaitable<void> run_api(worker& w, request_context& ctx, response_sink& sink) {
     log_request(w, ctx);
     co_return;
   }
+  std::exception_ptr thrown;
   try {
     phase_result r = co_await run_phases(w, ctx, sink);
     if (!r) co_await fail(ctx, sink, r.error());
   } catch (...) {
-    // A bug (the session logs it). What admission reserved goes back now: left alone, the
-    // worker would renew the call's lease, and hold its slot and budget, until a restart.
+    thrown = std::current_exception();  // (no co_await in a handler)
+  }
+  if (thrown) {
+    // A bug (the session logs it, and closes the connection). The call still ends as every call
+    // does: answered (500, or its stream cut), settled (left alone, the worker would renew its
+    // lease and hold its slot and budget until a restart), logged and audited. A call billed
+    // without a record is what the audit trail exists to rule out.
+    ctx.close_after = true;
+    ctx.details = "internal_error";
+    try {
+      if (ctx.response_started) sink.abort();
+      else if (!ctx.client_gone)
+        co_await answer_error(ctx, sink, errc::internal, "The gateway failed on this request; it has been logged.");
+    } catch (...) {
+      sink.abort();  // (the answer itself failed: the caller sees the connection close)
+    }
     w.policy().settle(ctx, w.executor());
-    throw;
+    log_request(w, ctx);
+    std::rethrow_exception(thrown);
   }
   if (ctx.client_gone && ctx.details.empty()) ctx.details = ctx.write_timed_out ? "caller_write_timeout" : "client_disconnected";
   w.policy().settle(ctx, w.executor());

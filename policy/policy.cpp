@@ -730,7 +730,7 @@ bool billable(const request_context& ctx) noexcept {
   // throttling exception in Bedrock's first frame, a Gemini RESOURCE_EXHAUSTED event, an OpenAI
   // error event) was refused in-band: the provider charges nothing for it, and neither does the
   // budget. (A stream cut by a reset is still billed its prompt: the provider may have read it.)
-  if (ctx.stream && ctx.details == "upstream_stream_error" && !ctx.usage.reported && ctx.relayed_completion_chars == 0)
+  if (ctx.stream && ctx.refused_in_band && !ctx.usage.reported && ctx.relayed_completion_chars == 0)
     return false;
   return ctx.upstream_answered && status / 100 == 2 &&
          (ctx.endpoint == endpoint_kind::chat_completions || ctx.endpoint == endpoint_kind::embeddings);

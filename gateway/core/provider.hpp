@@ -77,6 +77,9 @@ class stream_translator {
   virtual void finish(bool complete, std::string_view why, std::string& out) = 0;
   /// True once the stream carried an error (caller gets an error event; the call failed).
   virtual bool failed() const = 0;
+  /// True once the upstream's own end marker passed (OpenAI's `[DONE]`): nothing after it is
+  /// relayed, and the caller's stream can end before the upstream's body does.
+  virtual bool done() const { return false; }
   /// The stream ends here without finish(): the caller left, or a response filter stopped it.
   /// What was generated but held back (a Vertex tool call still being assembled) is counted for
   /// the bill.

@@ -114,6 +114,9 @@ struct request_context {
   std::string error_code;  ///< OpenAI `code` of an error answer, if any
   std::string details;     ///< lower_snake reason for logs (`upstream_timeout`, `client_disconnected`, ...)
   bool upstream_answered = false;  ///< a provider produced an answer (billable even if cut short)
+  /// The stream's provider ended it with an error event of its own (policy::billable: not billed
+  /// when nothing was generated). A flag, not `details`, which a caller leaving overwrites.
+  bool refused_in_band = false;
   /// The remote provider's status (0: none, or a built-in provider, whose status is `status`).
   /// A 2xx is billed even when the caller got something else (a moderation failure, an answer
   /// the gateway could not translate, a caller gone before the body was read).

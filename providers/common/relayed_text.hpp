@@ -80,6 +80,7 @@ bool emit_translated_step(request_context& ctx, const Step& step, std::string& o
   if (step.usage) record(*step.usage);
   if (!step.error) return false;
   ctx.details = "upstream_stream_error";
+  ctx.refused_in_band = true;
   ctx.error_code = step.error->code;
   out += sse::format_data(boost::json::serialize(error_body(*step.error)));
   out += "data: [DONE]\n\n";

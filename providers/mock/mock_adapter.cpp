@@ -174,7 +174,9 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
                        ? std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(1.0 / cfg_.tokens_per_second))
                        : std::chrono::steady_clock::duration::zero();
 
+  const auto raise = [] { throw std::runtime_error("mock provider fault: throw"); };
   if (!ctx.stream) {
+    if (f.what == config::mock_fault::kind::raise) raise();
     std::string text;
     for (std::size_t i = 0; i < words.size(); ++i) text.append(i ? " " : "").append(words[i]);
     ctx.usage.completion = words.size();
@@ -206,6 +208,7 @@ awaitable<void> mock_adapter::serve(request_context& ctx, response_sink& sink) c
   if (!co_await sink.send_chunk(first)) co_return;
   for (std::size_t i = 0; i < words.size(); ++i) {
     if (gap.count() && i && !co_await wait_for(ctx, gap)) co_return;
+    if (f.what == config::mock_fault::kind::raise && i == f.after_tokens) raise();
     if (f.what != config::mock_fault::kind::none && i == f.after_tokens) {
       ctx.details = f.what == config::mock_fault::kind::reset ? "mock_fault_reset" : "mock_fault_stall";
       if (f.what == config::mock_fault::kind::reset) {

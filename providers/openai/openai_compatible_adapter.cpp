@@ -120,6 +120,7 @@ class openai_stream final : public stream_translator {
   }
 
   bool failed() const override { return failed_; }
+  bool done() const override { return done_; }
 
  private:
   void emit_error(std::string& out, std::string message, std::string_view code) {
@@ -154,6 +155,7 @@ class openai_stream final : public stream_translator {
       }
       failed_ = true;
       ctx_.details = "upstream_stream_error";
+      ctx_.refused_in_band = true;
       ctx_.error_code = "upstream_error";
       out += sse::format_event("error", wrap(err ? std::move(*err) : error_object(ev.data, "server_error", nullptr, nullptr)));
       return;

@@ -1,6 +1,8 @@
 // Streaming relay at the SSE level: framing, pacing, client disconnects, upstream stalls and
 // resets, and the mock provider's faults.
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { LLAMA_STREAM_ERROR, fixtureStreamChunks, loadFixtures, shortChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
@@ -45,6 +47,11 @@ before(async () => {
     fault:
       kind: stall
       after_tokens: 2
+  - name: mock-throw
+    type: mock
+    fault:
+      kind: throw
+      after_tokens: 2
   - name: mock-paced
     type: mock
     ttft_ms: 50
@@ -69,6 +76,16 @@ models:
   - name: gpt-reset
     provider: fake
     upstream_model: reset-mid-stream
+  - name: gpt-hang-fallback
+    provider: fake
+    upstream_model: hang
+    fallbacks: [{provider: mock-paced}]
+  - name: gpt-done-hold
+    provider: fake
+    upstream_model: done-then-hold
+  - name: gpt-split
+    provider: fake
+    upstream_model: split-data-lines
   - name: gpt-llama-error
     provider: fake
     upstream_model: llama-error-line
@@ -80,6 +97,8 @@ models:
     provider: mock-stall
   - name: mock-paced
     provider: mock-paced
+  - name: mock-throw
+    provider: mock-throw
 `,
   );
 });
@@ -111,6 +130,18 @@ async function openStreams() {
   const s = m.samples.filter((x) => x.name === 'tollgate_open_streams');
   assert.ok(s.length > 0, 'tollgate_open_streams missing from /metrics');
   return s.reduce((a, x) => a + x.value, 0);
+}
+
+/** tollgate_upstream_errors_total of provider `fake`: the sum and each kind's count. */
+async function upstreamErrors() {
+  const m = parseMetrics(await (await fetchT(`${gw.adminUrl}/metrics`)).text());
+  const kinds = {};
+  let total = 0;
+  for (const s of m.samples.filter((x) => x.name === 'tollgate_upstream_errors_total' && x.labels.provider === 'fake')) {
+    kinds[s.labels.kind] = s.value;
+    total += s.value;
+  }
+  return { total, kinds };
 }
 
 /** Asserts a well-formed terminal error event and a cleanly closed body. */
@@ -240,10 +271,66 @@ describe('SSE relay', () => {
     }
   });
 
-  test('upstream reset mid-stream → error event (upstream_error), stream closed properly', async () => {
+  test('upstream reset mid-stream → error event (upstream_error), stream closed properly, counted once', async () => {
+    const before = await upstreamErrors();
     const sse = await readSse(await streamRequest('gpt-reset'));
     assert.ok(dataEvents(sse).length >= 1);
     assertErrorEvent(sse, { code: 'upstream_error' });
+    const after = await eventually(async () => {
+      const a = await upstreamErrors();
+      return a.total > before.total ? a : undefined;
+    }, { what: 'the reset counted' });
+    assert.equal(after.total - before.total, 1, JSON.stringify(after.kinds));
+    assert.equal((after.kinds.stream_reset ?? 0) - (before.kinds.stream_reset ?? 0), 1);
+  });
+
+  test('[DONE] ends the caller\'s stream at once, though the upstream holds its body open', async () => {
+    const t0 = Date.now();
+    const sse = await readSse(await streamRequest('gpt-done-hold'), { timeoutMs: 10000 });
+    const took = Date.now() - t0;
+    assert.ok(sse.ended && !sse.error && sse.done, `ended ${sse.ended}, [DONE] ${sse.done}, error ${sse.error}`);
+    assert.equal(errorEvents(sse).length, 0, sse.rawText.slice(-300));
+    assert.equal(contentOf(dataEvents(sse).map((e) => e.json)), contentOf(fixtureStreamChunks({})));
+    assert.ok(took < IDLE_MS, `the caller's stream ended after ${took} ms; the upstream's idle timeout is ${IDLE_MS} ms`);
+  });
+
+  test('a fallback that answers after a timed-out target is logged as it ended, not as the timeout', async () => {
+    const r = await postJson(`${gw.baseURL}/chat/completions`, { model: 'gpt-hang-fallback', messages: msgs });
+    assert.equal(r.status, 200, r.text);
+    const line = await gw.waitForLog((l) => l.model === 'gpt-hang-fallback');
+    assert.equal(line.status, 200);
+    assert.ok(!line.details, `details ${line.details}`);
+    assert.ok(!line.error_code, `error_code ${line.error_code}`);
+  });
+
+  test('a bug mid-call (the mock throws): answered 500 or cut, logged and audited, the gateway serves on', async () => {
+    const whole = await postJson(`${gw.baseURL}/chat/completions`, { model: 'mock-throw', messages: msgs });
+    assertOpenAIError(whole, { status: 500, code: 'internal_error' });
+    const sse = await readSse(await streamRequest('mock-throw'));
+    assert.ok(!sse.done, 'a stream the gateway failed in does not end with [DONE]');
+    assert.equal(contentOf(dataEvents(sse).map((e) => e.json)).split(' ').filter(Boolean).length, 2, sse.rawText);
+    const lines = await eventually(() => {
+      const l = gw.accessLog().filter((x) => x.model === 'mock-throw');
+      return l.length === 2 ? l : undefined;
+    }, { what: 'two log lines' });
+    assert.deepEqual(lines.map((l) => [l.status, l.details]).sort(), [[200, 'internal_error'], [500, 'internal_error']]);
+    const recs = await eventually(() => {
+      const all = readdirSync(gw.ready.audit_dir).filter((f) => f.endsWith('.jsonl'))
+        .flatMap((f) => readFileSync(join(gw.ready.audit_dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)))
+        .filter((r) => r.model === 'mock-throw');
+      return all.length === 2 ? all : undefined;
+    }, { what: 'two audit records' });
+    assert.ok(recs.every((r) => r.details === 'internal_error'), JSON.stringify(recs));
+    assert.equal((await postJson(`${gw.baseURL}/chat/completions`, { model: 'gpt-fixture', messages: msgs })).status, 200);
+    assert.equal(await openStreams(), 0);
+  });
+
+  test('an upstream event over several data lines reaches the caller as one event it can parse', async () => {
+    const sse = await readSse(await streamRequest('gpt-split', { stream_options: { include_usage: true } }));
+    assert.ok(sse.ended && !sse.error && sse.done);
+    assert.equal(errorEvents(sse).length, 0);
+    const got = dataEvents(sse).map((e) => e.json);
+    assert.deepEqual(got, fixtureStreamChunks({ stream_options: { include_usage: true } }), sse.rawText.slice(0, 400));
   });
 
   test('llama.cpp `error:` line → standard error event carrying its message', async () => {

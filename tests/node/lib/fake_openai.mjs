@@ -554,6 +554,16 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
       }
       case 'stall-mid-stream':
         return paced(res, fixtureStreamChunks(body).slice(0, 3), 0, () => {}); // then silence
+      case 'done-then-hold': // [DONE], and the body held open (a proxy that keeps the last chunk)
+        return paced(res, fixtureStreamChunks(body), 0, () => res.write('data: [DONE]\n\n'));
+      case 'split-data-lines': { // legal SSE: each chunk's JSON over two data lines
+        for (const c of fixtureStreamChunks(body)) {
+          const text = JSON.stringify(c);
+          const cut = text.indexOf(',"choices"');
+          res.write(`data: ${text.slice(0, cut + 1)}\ndata: ${text.slice(cut + 1)}\n\n`);
+        }
+        return finish(res, rec);
+      }
       case 'no-usage-stream':
         return paced(res, noUsageStreamChunks(body), 0, () => finish(res, rec));
       default:

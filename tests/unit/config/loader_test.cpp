@@ -72,7 +72,7 @@ TEST(ConfigLoaderTest, WrongTypesAndValuesAreRefused) {
       {"providers:\n  - {name: a, type: openai_compatible, base_url: ftp://x}\n", "must start with http:// or https://"},
       {"providers:\n  - {type: mock}\n", "providers[0].name: required"},
       {"providers: {a: 1}\n", "providers: expected a list"},
-      {"providers:\n  - {name: a, type: mock, fault: {kind: explode}}\n", "providers[0].fault.kind: expected none, error, reset or stall"},
+      {"providers:\n  - {name: a, type: mock, fault: {kind: explode}}\n", "providers[0].fault.kind: expected none, error, reset, stall or throw"},
   };
   for (auto& c : cases) {
     auto r = load(c.yaml);

@@ -147,6 +147,7 @@ TEST(PolicySettleTest, AStreamItsProviderRefusedInBandBeforeAnyOutputCostsNothin
     request_context ctx = answered(200);
     ctx.stream = true;
     ctx.prompt_estimate = 50;
+    ctx.refused_in_band = details == "upstream_stream_error";
     ctx.details = std::move(details);
     ctx.relayed_completion_chars = relayed_chars;
     policy::fill_usage(ctx);
@@ -163,6 +164,15 @@ TEST(PolicySettleTest, AStreamItsProviderRefusedInBandBeforeAnyOutputCostsNothin
   EXPECT_EQ(late.usage.completion, 2u);
   // Cut by a reset before any output: the provider may have read the prompt; billed it.
   EXPECT_EQ(ended("upstream_reset", 0).usage.prompt, 50u);
+  // The caller leaving as the refusal was written overwrites the details, not the refusal.
+  request_context gone = answered(200);
+  gone.stream = true;
+  gone.prompt_estimate = 50;
+  gone.refused_in_band = true;
+  gone.details = "client_disconnected";
+  policy::fill_usage(gone);
+  EXPECT_FALSE(policy::billable(gone));
+  EXPECT_EQ(gone.usage.prompt, 0u);
 }
 
 TEST(PolicySettleTest, ReportedUsageWithoutOutputIsCompletedFromTheRelayedText) {
