@@ -420,6 +420,22 @@ awaitable<phase_result> proxy(worker& w, request_context& ctx, response_sink& si
       if (more) continue;
       co_return *last;
     }
+    if (const std::string_view enc = ex.header(http::field::content_encoding); !enc.empty() && !iequals(enc, "identity")) {
+      // Asked for identity, answered compressed (a proxy that ignores Accept-Encoding): nothing
+      // in it can be read (usage, errors, text to filter), and relayed as it is, the caller was
+      // told gzip for bytes the gateway rewrote. A 2xx is billed at its reservation, and no
+      // other target runs the call again: the provider produced it, and charges for it.
+      count_upstream_error(ctx, "content_encoding");
+      ctx.details = "upstream_content_encoding";
+      const bool answered = status / 100 == 2;
+      if (answered) ctx.answer_unread = true;
+      last = make_failure(errc::upstream_error,
+                          "The upstream answered with Content-Encoding '" + std::string(enc.substr(0, 40)) +
+                              "' though the gateway asked for identity; its answer cannot be read.",
+                          "", error_source::upstream);
+      if (more && !answered) continue;
+      co_return *last;
+    }
     const std::string_view ct = ex.header(http::field::content_type);
     // SSE from OpenAI-style servers, a binary AWS event stream from Bedrock: the adapter's
     // translator turns either into the caller's SSE.
@@ -781,6 +797,8 @@ header_list passthrough_headers_of(const Fields& upstream) {
       // 401 is the caller's 502), a redirect, the gateway's account.
       case http::field::www_authenticate:
       case http::field::location:
+      // The gateway reads and rewrites every body it relays: never the upstream's encoding.
+      case http::field::content_encoding:
         return true;
       case http::field::unknown: {
         auto n = f.name_string();

@@ -80,6 +80,12 @@ models:
     provider: fake
     upstream_model: hang
     fallbacks: [{provider: mock-paced}]
+  - name: gpt-gzip
+    provider: fake
+    upstream_model: gzip-answer
+  - name: gpt-gzip-error
+    provider: fake
+    upstream_model: gzip-error
   - name: gpt-done-hold
     provider: fake
     upstream_model: done-then-hold
@@ -323,6 +329,18 @@ describe('SSE relay', () => {
     assert.ok(recs.every((r) => r.details === 'internal_error'), JSON.stringify(recs));
     assert.equal((await postJson(`${gw.baseURL}/chat/completions`, { model: 'gpt-fixture', messages: msgs })).status, 200);
     assert.equal(await openStreams(), 0);
+  });
+
+  test('a compressed answer (asked for identity) is 502 upstream_error, never relayed labelled gzip', async () => {
+    for (const [model, stream] of [['gpt-gzip', false], ['gpt-gzip', true], ['gpt-gzip-error', false]]) {
+      const r = await fetchT(`${gw.baseURL}/chat/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, messages: msgs, stream }),
+      });
+      assert.equal(r.headers.get('content-encoding'), null, `${model} ${stream}`);
+      const text = await r.text();
+      assertOpenAIError({ status: r.status, json: JSON.parse(text) }, { status: 502, code: 'upstream_error' });
+      assert.match(JSON.parse(text).error.message, /Content-Encoding 'gzip'/);
+    }
   });
 
   test('an upstream event over several data lines reaches the caller as one event it can parse', async () => {

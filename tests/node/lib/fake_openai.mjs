@@ -50,6 +50,7 @@ import { EventEmitter, once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 
 import { FIXTURES } from './paths.mjs';
 
@@ -478,6 +479,20 @@ export async function startFakeOpenAI({ apiKey, slowChunkMs = 120 } = {}) {
       if (body.stream_options?.include_usage) list.push({ ...base, object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 } });
       for (const c of list) res.write(`data: ${JSON.stringify(c)}\n\n`);
       return finish(res, rec);
+    }
+    if (model === 'gzip-answer' || model === 'gzip-error') {
+      // Compressed though the gateway asked for identity (a proxy that ignores Accept-Encoding).
+      const text = model === 'gzip-error'
+        ? JSON.stringify({ error: { message: 'bad', type: 'invalid_request_error', param: null, code: null } })
+        : stream
+          ? fixtureStreamChunks(body).map((c) => `data: ${JSON.stringify(c)}\n\n`).join('') + 'data: [DONE]\n\n'
+          : fixtures.chatTextRaw;
+      const z = gzipSync(text);
+      res.writeHead(model === 'gzip-error' ? 400 : 200, {
+        'content-type': stream && model === 'gzip-answer' ? 'text/event-stream' : 'application/json',
+        'content-encoding': 'gzip', 'content-length': z.length, ...openaiHeaders(),
+      });
+      return res.end(z);
     }
     if (!stream) {
       if (model === 'reset-mid-stream') return req.socket.resetAndDestroy();
