@@ -80,8 +80,15 @@ class stream_rewriter {
   /// The SSE to send for `sse_bytes` of translator output.
   std::string process(std::string_view sse_bytes);
   bool blocked() const { return blocked_; }
-  /// The finish chunk or [DONE] went through: the answer's text is complete.
+  /// The finish chunk or [DONE] went through: the answer's text is complete (choice 0's, with `n`).
   bool finished() const { return finished_; }
+  /// Every answer the request asked for (`n`) is complete.
+  bool all_finished() const {
+    if (!finished_ || more_.size() + 1 < std::max(1u, ctx_.choices)) return false;
+    for (const auto& m : more_)
+      if (!m.finished) return false;
+    return true;
+  }
   /// Keeps the text sent from now on for take_text() (the moderation windows).
   void track_text() { track_ = true; }
   /// The text sent since the last call.

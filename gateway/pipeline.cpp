@@ -89,7 +89,9 @@ class stream_moderation {
     out.clear();
     const auto& m = *f_.moderation();
     // A local rule's block ends the answer too: its last text is checked before it goes out.
-    if (window_.size() < m.cfg.window_bytes && !ending && !rw_.finished() && !rw_.blocked()) co_return;
+    // (Every answer's end: with `n`, the first to finish would send each later chunk of the
+    // others to the endpoint alone.)
+    if (window_.size() < m.cfg.window_bytes && !ending && !rw_.all_finished() && !rw_.blocked()) co_return;
     if (!window_.empty()) {
       std::vector<std::string> one;
       one.push_back(overlap_ + window_);

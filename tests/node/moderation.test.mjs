@@ -194,6 +194,23 @@ describe('moderation endpoint', () => {
     assert.equal(chunks.at(-1).choices[0].finish_reason, 'content_filter');
   });
 
+  test('with n answers, each later answer is still checked in windows after the first has finished', async () => {
+    // The fake's answers start 2k pieces apart, so answer 0 ends first. Each later chunk went to
+    // the endpoint alone once it had: a call per token, stalling the stream a round trip each.
+    const text = 'A harmless answer, long enough to fill a few windows of moderation.';
+    const n = 5;
+    const before = await scrape(open);
+    const stream = await openClient.chat.completions.create(ask(text, { stream: true, n }));
+    const got = Array.from({ length: n }, () => '');
+    for await (const c of stream) for (const ch of c.choices) got[ch.index] += ch.delta?.content ?? '';
+    assert.deepEqual(got, Array(n).fill(text));
+    const m = await scrape(open);
+    const calls = metricValue(m, 'tollgate_moderation_calls_total', { direction: 'response', outcome: 'passed' }) -
+      (metricValue(before, 'tollgate_moderation_calls_total', { direction: 'response', outcome: 'passed' }) ?? 0);
+    const windows = Math.ceil((n * text.length) / 32);
+    assert.ok(calls >= 1 && calls <= windows + 1, `${calls} moderation calls for ${n * text.length} bytes in 32-byte windows`);
+  });
+
   test('the raw stream ends with an error event naming content_filtered, then [DONE]', async () => {
     const res = await fetch(`${open.baseURL}/chat/completions`, {
       method: 'POST',
