@@ -3,6 +3,7 @@
 
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <boost/asio/post.hpp>
@@ -429,7 +430,19 @@ class session {
       struct watch {
         stream_t& s;
         request_context& ctx;
+        session_slot& slot;
+        worker& w;
         bool done = false, pending = false;
+        void gone() {  // orderly close or reset: nobody is waiting for this answer
+          ctx.client_gone = true;
+          ctx.close_after = true;
+          if (ctx.cancel_upstream && !ctx.answer_paid) ctx.cancel_upstream();
+        }
+        void again() {  // checked once more at the sweeper's next tick
+          slot.arm = &watch::check;
+          slot.arm_ctx = this;
+          slot.arm_tick = w.sweep_tick();
+        }
         static void arm(void* p) {
           auto& self = *static_cast<watch*>(p);
           self.pending = true;
@@ -439,15 +452,21 @@ class session {
             if (self.done || ec) return;
             char c;
             const ssize_t n = ::recv(sock.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-              self.ctx.client_gone = true;  // orderly close or reset: nobody is waiting for this answer
-              self.ctx.close_after = true;
-              if (self.ctx.cancel_upstream && !self.ctx.answer_paid) self.ctx.cancel_upstream();
-            }
-            // Otherwise the caller pipelined its next request: leave it for read_head.
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) self.gone();
+            // Bytes wait (a pipelined request, a stray CRLF after the body): left for read_head.
+            // The socket stays readable, so a readiness wait says no more; the caller's close
+            // (its FIN behind those bytes) is looked for at each tick instead.
+            else if (n > 0) self.again();
           });
         }
-      } wt{s_, ctx};
+        static void check(void* p) {
+          auto& self = *static_cast<watch*>(p);
+          if (self.done) return;
+          pollfd pfd{self.s.socket().native_handle(), POLLRDHUP, 0};
+          if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) self.gone();
+          else self.again();
+        }
+      } wt{s_, ctx, *slot_, w_};
       slot_->arm = &watch::arm;
       slot_->arm_ctx = &wt;
       slot_->arm_tick = w_.sweep_tick();

@@ -1,7 +1,9 @@
 // Streaming relay at the SSE level: framing, pacing, client disconnects, upstream stalls and
 // resets, and the mock provider's faults.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
@@ -32,6 +34,13 @@ before(async () => {
     timeouts:
       first_byte_ms: ${IDLE_MS}
       idle_ms: ${IDLE_MS}
+  - name: fake-patient
+    type: openai_compatible
+    base_url: ${fake.baseURL}
+    api_key: ${KEY}
+    proxy: none
+    timeouts:
+      first_byte_ms: 20000
   - name: mock-reset
     type: mock
     fault:
@@ -76,6 +85,9 @@ models:
   - name: gpt-reset
     provider: fake
     upstream_model: reset-mid-stream
+  - name: gpt-hang-long
+    provider: fake-patient
+    upstream_model: hang
   - name: gpt-hang-fallback
     provider: fake
     upstream_model: hang
@@ -209,6 +221,30 @@ describe('SSE relay', () => {
     await fake.waitClosed(rec, 2000);
     assert.equal(rec.closedEarly, true);
     assert.ok(rec.closedAt - cutAt < 2000, `upstream closed ${rec.closedAt - cutAt} ms after the client left`);
+    await eventually(async () => (await openStreams()) === 0, { timeoutMs: 3000, what: 'open streams back to 0' });
+  });
+
+  test('client disconnect after a stray CRLF or a pipelined request still cancels the upstream promptly', async () => {
+    // Bytes after the request keep the socket readable: the watch cannot wait for readiness, and
+    // looks for the caller's close at each tick instead.
+    // An upstream that has not answered (nothing is written to the caller that could fail), and
+    // would wait 20 s for its first byte.
+    for (const extra of ['\r\n', 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n']) {
+      fake.reset();
+      const body = JSON.stringify({ model: 'gpt-hang-long', messages: msgs, stream: true });
+      const sock = net.connect(gw.port, '127.0.0.1');
+      await once(sock, 'connect');
+      sock.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      const rec = await fake.waitForRequest((q) => q.body?.model === 'hang');
+      // After the request was read: the bytes stay in the kernel, the socket readable.
+      sock.write(extra);
+      await new Promise((r) => setTimeout(r, 300));  // past the sweeper's arming (50-100 ms)
+      sock.destroy();
+      const cutAt = Date.now();
+      await fake.waitClosed(rec, 3000);
+      assert.equal(rec.closedEarly, true);
+      assert.ok(rec.closedAt - cutAt < 1500, `${JSON.stringify(extra)}: upstream closed ${rec.closedAt - cutAt} ms after the client left`);
+    }
     await eventually(async () => (await openStreams()) === 0, { timeoutMs: 3000, what: 'open streams back to 0' });
   });
 
