@@ -10,7 +10,12 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 BUILD_DIR="${BUILD_DIR:-build/release}"  # another release build dir keeps two benches apart
 echo "bench: building release in $BUILD_DIR"
 cmake --preset release -B "$BUILD_DIR" >/dev/null
-cmake --build "$BUILD_DIR" -j "${TOLLGATE_JOBS:-2}" --target tollgate tollgate_loadgen >/dev/null
+# (The build's own output only when it fails: the compiler's messages, not just "build stopped".)
+if ! build_log=$(cmake --build "$BUILD_DIR" -j "${TOLLGATE_JOBS:-2}" --target tollgate tollgate_loadgen 2>&1); then
+  echo "$build_log" | tail -60 >&2
+  echo "bench: the release build failed" >&2
+  exit 1
+fi
 TOLLGATE="$root/$BUILD_DIR/gateway/tollgate"
 LOADGEN="$root/$BUILD_DIR/bench/tollgate_loadgen"
 
@@ -71,6 +76,18 @@ j() { echo "$1" | sed -E "s/.*\"$2\":(-?[0-9.]+).*/\1/"; }  # a number field of 
 field_median() { # file field: the field's median over a file of loadgen lines (JSON)
   while read -r l; do [[ -n "$l" ]] && j "$l" "$2"; done < "$1" > "$1.$2"
   median "$1.$2"
+}
+# Why a round's figures are not valid, or nothing: wrk's non-2xx answers and socket errors, a
+# loadgen line's "errors" (a target answering errors fast would look faster). Such a round is
+# shown marked and left out of the medians.
+wrk_invalid() { # wrk output
+  echo "$1" | awk '/Non-2xx or 3xx responses/ {printf "%s non-2xx answers; ", $NF}
+    /Socket errors/ {gsub(",", ""); if ($4 + $6 + $8 > 0) printf "socket errors (connect %s, read %s, write %s); ", $4, $6, $8}'
+}
+loadgen_invalid() { # loadgen JSON line
+  local e
+  e=$(echo "$1" | sed -nE 's/.*"errors":([0-9]+).*/\1/p')
+  if [[ -z "$e" ]]; then echo "no result; "; elif (( e > 0 )); then echo "$e errors; "; fi
 }
 median() { sort -n "$1" | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "n/a"}'; }  # of a file's numbers
 free_port() { # a loopback port nobody listens on

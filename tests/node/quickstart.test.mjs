@@ -85,7 +85,7 @@ test('deploy/quickstart: every command it prints works as printed; SIGTERM drain
     .replace('127.0.0.1:8080', '127.0.0.1:0').replace('127.0.0.1:9090', '127.0.0.1:0'));
   // TOLLGATE_BIN: the binary under test, so the script neither installs nor builds.
   const child = spawn(join(REPO, 'deploy', 'quickstart'), [], {
-    env: { ...process.env, TOLLGATE_BIN: GATEWAY_BIN, TOLLGATE_CONFIG: config, TOLLGATE_AUDIT_DIR: join(dir, 'audit') },
+    env: { ...process.env, TOLLGATE_BIN: GATEWAY_BIN, TOLLGATE_CONFIG: config, TOLLGATE_AUDIT_DIR: join(dir, 'audit trail') },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
