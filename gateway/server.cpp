@@ -2,6 +2,8 @@
 #include "gateway/server.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -264,11 +266,25 @@ int server::run() {
   // The handlers are installed here, before the ready file says the gateway is up (the coroutine
   // starts only with control_.run()): a SIGHUP or SIGTERM sent as soon as it is ready found the
   // default action, which ended the process undrained.
+  // Held here too, until the audit trail is closed: its last owner gone, Asio puts back the
+  // default actions, and a SIGTERM after the drain (a script's trap after the Ctrl-C that began
+  // it) would end the process before the stop record and checkpoint were written.
   auto signals = std::make_shared<signal_set_t>(executor_t(control_.get_executor()), SIGTERM, SIGINT, SIGHUP);
-  net::co_spawn(control_, signal_loop(std::move(signals)), net::detached);
+  net::co_spawn(control_, signal_loop(signals), net::detached);
 
   if (cfg.auth.demo_key) create_demo_key();
-  if (!write_ready_file(error)) log_event("error", error);
+  if (!write_ready_file(error)) {
+    // Asked for and not written: whatever waits for it would wait in vain, then kill the gateway.
+    log_event("error", error);
+    signals.reset();
+    for (auto& w : workers_) w->ioc().stop();
+    for (auto& w : workers_)
+      if (w->thread.joinable()) w->thread.join();
+    policy_->stop();
+    policy_.reset();
+    if (audit_) audit_->close();
+    return 1;
+  }
   log_event("info", "tollgate listening",
             "\"listen\":" + json::serialize(endpoint_json(*caller_)) + ",\"admin\":" + json::serialize(endpoint_json(*admin_)) +
                 ",\"workers\":" + std::to_string(n) + ",\"tls\":" + (server_tls_ ? "true" : "false"));
@@ -285,11 +301,27 @@ int server::run() {
   // threads (hiredis contexts are not thread-safe), and closing one here while its worker still
   // read from it aborted the process in hiredis (redisProcessCallbacks' assertion).
   policy_->stop();
+  // A charge given up (logged with its cost as it was) makes the exit code 3: a supervisor, CI or
+  // a runbook can tell a stop that lost records from a clean one.
+  const std::uint64_t lost = policy_->lost() + lost_in_drain_;
   // The store's Redis connections own timers and descriptors of the workers' io_contexts: they go
   // first, while those contexts still exist (ASan caught the reverse order at exit).
   policy_.reset();
   // Every session has ended: the stop record and the checkpoint close the chain.
-  if (audit_) audit_->close();
+  const bool audit_whole = !audit_ || audit_->close();
+  // Nothing is left to lose: a stop signal from here on is held back (blocked, on this, the last
+  // thread) rather than met by the default action Asio puts back as the set goes, which ended the
+  // process with the signal's status instead of its own exit code.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stop_signals, s);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signals.reset();
+  if (lost > 0 || !audit_whole) {
+    log_event("error", "tollgate stopped, with records lost",
+              "\"settlements_lost\":" + std::to_string(lost) + ",\"audit_complete\":" + (audit_whole ? "true" : "false"));
+    return 3;
+  }
   log_event("info", "tollgate stopped");
   return 0;
 }
@@ -343,7 +375,7 @@ awaitable<void> server::accept_loop(acceptor_t& acceptor, bool admin) {
       }
     };
     if (server_tls_ && !admin)
-      net::co_spawn(w.ioc(), run_tls_session(w, std::move(socket), server_tls_, kind), on_done);
+      net::co_spawn(w.ioc(), run_tls_session(w, std::move(socket), server_tls_, tls_generation_, kind), on_done);
     else
       net::co_spawn(w.ioc(), run_session(w, std::move(socket), kind), on_done);
   }
@@ -415,6 +447,7 @@ void server::reload() {
   for (auto& w : workers_)
     net::post(w->ioc(), [wp = w.get(), snap, new_tls, gen = tls_generation_] {
       wp->set_snapshot(snap);
+      wp->pool().reload();
       if (new_tls) wp->set_tls_generation(gen);
     });
   m.reloads.counter({"success"}).inc();
@@ -454,6 +487,24 @@ awaitable<void> server::drain() {
       co_await t.async_wait();
     }
   }
+  {
+    // The usage counts of the last second (each worker sends its own every second): sent now, or
+    // a clean stop lost them. Bounded: an unreachable store fails each within its timeout.
+    auto flushed = std::make_shared<std::atomic<unsigned>>(0);
+    for (auto& w : workers_)
+      net::co_spawn(
+          w->ioc(),
+          [this, flushed, i = w->index()]() -> awaitable<void> {
+            co_await policy_->flush_usage(i);
+            ++*flushed;
+          },
+          net::detached);
+    const auto until = steady_clock::now() + milliseconds(500);
+    while (flushed->load() < workers_.size() && steady_clock::now() < until) {
+      t.expires_after(milliseconds(5));
+      co_await t.async_wait();
+    }
+  }
   if (policy_->pending() > 0) {
     // The store stayed unreachable through the drain: say which charges go unrecorded (each is
     // logged with its cost) rather than drop them silently when the workers stop.
@@ -468,9 +519,11 @@ awaitable<void> server::drain() {
       t.expires_after(milliseconds(5));
       co_await t.async_wait();
     }
-    if (int n = policy_->pending(); n > 0)
+    if (int n = policy_->pending(); n > 0) {
+      lost_in_drain_ = std::uint64_t(n);
       log_event("error", "settlements still in flight at shutdown: they are lost",
                 "\"settlements\":" + std::to_string(n));
+    }
   }
   control_.stop();
 }

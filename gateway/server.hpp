@@ -57,6 +57,7 @@ class server {
   std::shared_ptr<net::ssl::context> server_tls_;  ///< the caller listener's; replaced by each reload
   std::size_t next_worker_ = 0;
   bool stopping_ = false;
+  std::uint64_t lost_in_drain_ = 0;  ///< settlements the drain gave up without a log line of their own
   std::string demo_key_;  ///< auth.demo_key: the quickstart key, for the ready file
   std::uint64_t tls_generation_ = 0;  ///< worker::tls_generation: the TLS contexts made so far
   std::string demo_admin_token_;  ///< auth.demo_key: an admin token for tollgatectl, for the ready file

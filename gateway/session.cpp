@@ -280,9 +280,12 @@ class session {
   /// Reads bytes until a whole request head is buffered; returns its size, or nullopt when the
   /// connection should end (closed, idle timeout, or refused).
   awaitable<std::optional<std::size_t>> read_head(bool first) {
-    const auto& lim = server().limits;
+    // The snapshot held across the reads: a reload meanwhile frees the one the worker had, and
+    // `lim` would point into it (an idle connection waits here for minutes).
+    const std::shared_ptr<const snapshot> snap = w_.snap();
+    const auto& lim = snap->cfg->server.limits;
     bool started = buf_.size() > 0;
-    arm_deadline(milliseconds(started || first ? server().timeouts.header_read_ms : server().timeouts.idle_ms));
+    arm_deadline(milliseconds(started || first ? snap->cfg->server.timeouts.header_read_ms : snap->cfg->server.timeouts.idle_ms));
     for (;;) {
       auto data = buf_.cdata();
       std::string_view sv(static_cast<const char*>(data.data()), data.size());
@@ -310,7 +313,7 @@ class session {
       buf_.commit(n);
       if (!started) {
         started = true;
-        arm_deadline(milliseconds(server().timeouts.header_read_ms));
+        arm_deadline(milliseconds(snap->cfg->server.timeouts.header_read_ms));
       }
     }
   }
@@ -318,7 +321,8 @@ class session {
   /// Reads the body and runs the request. Returns false when the connection must close.
   awaitable<bool> serve_one(std::size_t head_size) {
     stream_t& low = beast::get_lowest_layer(s_);
-    const auto& srv = server();
+    const std::shared_ptr<const snapshot> snap = w_.snap();  // (held across the body's reads, as in read_head)
+    const auto& srv = snap->cfg->server;
     {
       auto data = buf_.cdata();
       std::string_view head(static_cast<const char*>(data.data()), head_size);
@@ -546,8 +550,12 @@ awaitable<void> run_session(worker& w, socket_t socket, listener_kind kind) {
   co_await s.run();
 }
 
-awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net::ssl::context> tls, listener_kind kind) {
+awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net::ssl::context> tls,
+                                std::uint64_t tls_generation, listener_kind kind) {
   // `tls` is held for the session's life: a reload may replace the listener's context meanwhile.
+  // `tls_generation` is that context's, taken with it at the accept: read from the worker after
+  // the handshake, a reload landing during it would stamp a certificate checked against the old
+  // CA and CRL as checked against the new ones, and the connection would never be closed for it.
   net::ssl::stream<stream_t> stream(stream_t(std::move(socket)), *tls);
   stream.next_layer().socket().set_option(net::ip::tcp::no_delay(true));
   stream.next_layer().expires_after(milliseconds(w.snap()->cfg->server.timeouts.header_read_ms));
@@ -558,7 +566,7 @@ awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net:
   // at header_read_ms from the accept, closing the socket with no answer.
   stream.next_layer().expires_never();
   session<net::ssl::stream<stream_t>> s(w, stream, kind);
-  s.set_peer_names(certificate_names(stream.native_handle()), w.tls_generation());
+  s.set_peer_names(certificate_names(stream.native_handle()), tls_generation);
   co_await s.run();
 }
 

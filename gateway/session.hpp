@@ -15,6 +15,7 @@ enum class listener_kind { caller, admin };
 awaitable<void> run_session(worker& w, socket_t socket, listener_kind kind);
 
 /// Runs one TLS connection (handshake first) to its end.
-awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net::ssl::context> tls, listener_kind kind);
+awaitable<void> run_tls_session(worker& w, socket_t socket, std::shared_ptr<net::ssl::context> tls,
+                                std::uint64_t tls_generation, listener_kind kind);
 
 }  // namespace tollgate::gateway

@@ -77,6 +77,7 @@ std::unique_ptr<upstream_connection> upstream_pool::take(const std::string& key)
 }
 
 void upstream_pool::give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle) {
+  if (c->generation != generation_) return;  // made before a reload: closed (reload())
   auto& v = idle_[c->key];
   if (v.size() >= max_idle) return;  // dropping it closes it
   c->lowest().expires_never();
@@ -89,22 +90,25 @@ void upstream_pool::give_back(std::unique_ptr<upstream_connection> c, std::size_
   v.push_back(std::move(c));
 }
 
-net::ssl::context& upstream_pool::tls_context(const config::upstream_tls& tls, std::string& error) {
-  auto& slot = contexts_[{tls.verify, tls.ca_file}];
-  if (!slot) {
-    auto ctx = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
-    ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
-                     net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
-    error_code ec;
-    ctx->set_default_verify_paths(ec);
-    if (!tls.ca_file.empty()) {
-      ctx->load_verify_file(tls.ca_file, ec);
-      if (ec) error = "cannot load ca_file " + tls.ca_file + ": " + ec.message();
+std::shared_ptr<net::ssl::context> upstream_pool::tls_context(const config::upstream_tls& tls, std::string& error) {
+  const std::pair<bool, std::string> key{tls.verify, tls.ca_file};
+  if (auto it = contexts_.find(key); it != contexts_.end()) return it->second;
+  auto ctx = std::make_shared<net::ssl::context>(net::ssl::context::tls_client);
+  ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                   net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 | net::ssl::context::no_tlsv1_1);
+  error_code ec;
+  ctx->set_default_verify_paths(ec);
+  if (!tls.ca_file.empty()) {
+    ctx->load_verify_file(tls.ca_file, ec);
+    if (ec) {
+      // Not kept: cached, every later call went on with the system CAs alone and no error.
+      error = "cannot load ca_file " + tls.ca_file + ": " + ec.message();
+      return ctx;
     }
-    ctx->set_verify_mode(tls.verify ? net::ssl::verify_peer : net::ssl::verify_none);
-    slot = std::move(ctx);
   }
-  return *slot;
+  ctx->set_verify_mode(tls.verify ? net::ssl::verify_peer : net::ssl::verify_none);
+  contexts_.emplace(key, ctx);
+  return ctx;
 }
 
 upstream_exchange::~upstream_exchange() { ctx_.cancel_upstream = nullptr; }
@@ -147,6 +151,7 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
   auto ex = co_await net::this_coro::executor;
   auto c = std::make_unique<upstream_connection>();
   c->key = key;
+  c->generation = pool_.generation();
   // Beast reads at most the buffer's free capacity (512 bytes when empty): a larger buffer takes a
   // typical response head and body in one read instead of two.
   c->buffer.reserve(16 * 1024);
@@ -205,9 +210,9 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
 
   if (req.scheme == "https") {
     std::string err;
-    auto& tls_ctx = pool_.tls_context(s.tls, err);
+    auto tls_ctx = pool_.tls_context(s.tls, err);
     if (!err.empty()) co_return upstream_failure(false, err);
-    auto tls = std::make_unique<ssl_stream_t>(std::move(*tcp), tls_ctx);
+    auto tls = std::make_unique<ssl_stream_t>(std::move(*tcp), *tls_ctx);
     ctx_.cancel_upstream = [raw = tls.get()] { raw->next_layer().close(); };
     if (!SSL_set_tlsext_host_name(tls->native_handle(), req.host.c_str()))
       co_return upstream_failure(false, "Could not set TLS server name");
@@ -215,6 +220,7 @@ awaitable<std::optional<failure>> upstream_exchange::connect(const upstream_requ
     tls->next_layer().expires_after(deadline);
     auto [hec] = co_await tls->async_handshake(net::ssl::stream_base::client);
     if (hec) co_return upstream_failure(is_timeout(hec), "TLS handshake with the upstream failed: " + hec.message());
+    c->tls_ctx = tls_ctx;  // (before the stream: members go in reverse, the stream first)
     c->tls = std::move(tls);
   } else {
     c->tcp = std::move(tcp);

@@ -26,6 +26,9 @@ using ssl_stream_t = net::ssl::stream<stream_t>;
 /// One connection to a peer, plain or TLS.
 struct upstream_connection {
   std::string key;
+  /// The TLS context the stream was made with (set when TLS): outlives the stream, and a reload
+  /// that replaces the pool's contexts while this connection is in use.
+  std::shared_ptr<net::ssl::context> tls_ctx;
   std::unique_ptr<stream_t> tcp;     ///< set when plain
   std::unique_ptr<ssl_stream_t> tls; ///< set when TLS (owns its TCP stream)
   beast::flat_buffer buffer;
@@ -36,6 +39,7 @@ struct upstream_connection {
   /// Set, while the connection is pooled, once its socket turns readable (a byte past its last
   /// answer, or the peer's close): it is then dropped instead of taken (upstream_pool).
   std::shared_ptr<bool> readable;
+  std::uint64_t generation = 0;  ///< the pool's, when it was made (upstream_pool::reload)
   stream_t& lowest() { return tls ? tls->next_layer() : *tcp; }
 };
 
@@ -45,13 +49,25 @@ class upstream_pool {
   /// bytes while pooled, are dropped.
   std::unique_ptr<upstream_connection> take(const std::string& key);
   void give_back(std::unique_ptr<upstream_connection> c, std::size_t max_idle);
-  /// TLS client context for these settings (system CA store, optional extra CA file).
-  net::ssl::context& tls_context(const config::upstream_tls& tls, std::string& error);
+  /// TLS client context for these settings (system CA store, optional extra CA file). One whose
+  /// CA file failed to load is returned with `error` set and not kept: the next call tries again.
+  std::shared_ptr<net::ssl::context> tls_context(const config::upstream_tls& tls, std::string& error);
   void clear() { idle_.clear(); }
+  /// A new configuration: CA files are read again when next used (a bundle rewritten in place
+  /// is taken), and idle connections, verified against the old trust and keyed by the old
+  /// settings (a provider's URL or proxy changed), are closed rather than left open for good.
+  /// A connection in use at the reload is closed when given back, as the idle ones are now.
+  void reload() {
+    contexts_.clear();
+    idle_.clear();
+    ++generation_;
+  }
+  std::uint64_t generation() const { return generation_; }
 
  private:
   std::unordered_map<std::string, std::vector<std::unique_ptr<upstream_connection>>> idle_;
-  std::map<std::pair<bool, std::string>, std::unique_ptr<net::ssl::context>> contexts_;
+  std::map<std::pair<bool, std::string>, std::shared_ptr<net::ssl::context>> contexts_;
+  std::uint64_t generation_ = 0;
 };
 
 /// One request/response exchange with an upstream. Usage: start() → status()/header() →

@@ -1076,6 +1076,7 @@ void engine::release_later(unsigned worker, const admission& a, std::int64_t at_
 
 void engine::lose(const settlement& s, std::string_view why) {
   settlements_.counter({"lost"}).inc();
+  lost_.fetch_add(1, std::memory_order_relaxed);
   const std::string team = s.adm.scopes.empty() ? std::string() : s.adm.scopes.front().team;
   log_("error", why,
        "\"lease\":" + quote(s.adm.lease) + ",\"team\":" + quote(team) + ",\"cost_usd\":" +

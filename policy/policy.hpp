@@ -114,6 +114,11 @@ class engine {
   void settle(request_context& ctx, executor_t ex);
   /// Settlements not finished yet (shutdown waits for them).
   int pending() const { return pending_.load(); }
+  /// Sends this worker's usage counts now (each worker does every second; the drain once more, so
+  /// that a clean stop loses none). On its worker's thread.
+  awaitable<void> flush_usage(unsigned worker);
+  /// Settlements given up since the start (each logged with its cost): the exit code says so.
+  std::uint64_t lost() const { return lost_.load(std::memory_order_relaxed); }
   /// At shutdown, once the drain's deadline has passed: `worker`'s settlements still waiting for
   /// an unreachable store, those of a retry round on the wire included, are given up: journaled
   /// (when there is a journal) or else counted as lost and logged with their lease, team and cost
@@ -266,7 +271,6 @@ class engine {
   void lose(const settlement& s, std::string_view why);
   /// Counts a finished call in this worker's usage table (written to the store every second).
   void count_usage(const request_context& ctx);
-  awaitable<void> flush_usage(unsigned worker);
   awaitable<void> usage_loop(unsigned worker, std::weak_ptr<const bool> alive);
   /// Expires with the engine: its background loops (given a weak copy when spawned) stop at their
   /// next wake-up instead of touching an engine that is gone (tests make and drop engines on one
@@ -279,6 +283,7 @@ class engine {
   log_fn log_;
   std::string instance_;  ///< random per process: leases of two replicas never collide
   std::atomic<int> pending_{0};
+  std::atomic<std::uint64_t> lost_{0};
   std::atomic<bool> is_degraded_{false};  ///< for one log line per transition
   /// Per worker: whether its last call found the store unreachable. The gauge is 1 while any
   /// worker's is (each worker has its own connection; one may be down while another is up).

@@ -250,21 +250,26 @@ void audit_log::append(std::string record, completion done) {
 
 void audit_log::append(std::string record) { append(std::move(record), completion{}); }
 
-void audit_log::close() {
+bool audit_log::close() {
   {
     std::lock_guard lk(mu_);
-    if (stop_ || !thread_.joinable()) return;
+    if (stop_ || !thread_.joinable()) return true;
     queue_.push_back(item{json::serialize(json::object{{"type", "stop"}, {"time_ms", now_ms()}}), {}, false});
     stop_ = true;
   }
   cv_.notify_one();
   thread_.join();
+  bool ok = !dropped_at_stop_;
   if (fd_ >= 0) {
-    if (sync_(fd_) != 0) log_("error", "audit: the last records may not be on disk", "\"error\":" + json::serialize(json::value(errno_text(errno))));
+    if (sync_(fd_) != 0) {
+      log_("error", "audit: the last records may not be on disk", "\"error\":" + json::serialize(json::value(errno_text(errno))));
+      ok = false;
+    }
     ::close(fd_);
     fd_ = -1;
   }
   release_lock();
+  return ok;
 }
 
 void audit_log::complete(std::vector<item>& batch, bool ok) {
@@ -545,6 +550,7 @@ void audit_log::run() {
     if (stopping && queue_.empty()) break;
   }
   if (!held_.empty()) {
+    dropped_at_stop_ = true;
     records_.counter({"dropped"}).inc(double(held_.size()));
     log_("error", "audit: records could not be written before shutdown",
          "\"count\":" + std::to_string(held_.size()));

@@ -55,7 +55,9 @@ class audit_log {
   /// segment and the writer thread. Returns "" or an error message (the gateway does not start).
   std::string open();
   /// Writes what is queued, fsyncs, writes the checkpoint and stops the thread. Idempotent.
-  void close();
+  /// Writes the stop record and closes the trail. False when records were lost on the way out
+  /// (held ones dropped, or the last sync failed): the process's exit code says so.
+  bool close();
 
   /// Queues one record: a JSON object text (`{"type":...}`); the writer puts `seq` and `prev` in
   /// front. `done(ok)` runs on the writer thread when the record is durable (strict) or written
@@ -129,6 +131,7 @@ class audit_log {
   std::atomic<bool> retention_due_{false};  ///< retain_now_for_test()
   std::vector<item> queue_;
   bool stop_ = false;
+  bool dropped_at_stop_ = false;  ///< held records dropped as the writer stopped (close() says so)
   std::thread thread_;
   std::atomic<bool> healthy_{true};
 

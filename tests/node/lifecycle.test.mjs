@@ -1,8 +1,10 @@
 // Process lifecycle and observability: --check, the ready file, SIGTERM drain, SIGHUP reload,
 // request ids, the access log, /metrics, health endpoints.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
@@ -403,6 +405,43 @@ describe('running gateway', () => {
     assert.ok(gw.alive);
   });
 
+  test('connections idle across two reloads read their next head under live limits (no freed config)', async () => {
+    // An idle connection waits in its head read holding the limits of the config it began under;
+    // two reloads and a request logged on each worker free that config. (Under AddressSanitizer, a
+    // read of it aborts the gateway.)
+    // (Each config keeps gpt-added, which the tests after this one call.)
+    const added = '  - name: gpt-added\n    provider: fake\n    upstream_model: fixture-text\n';
+    const reload = async (extra) => {
+      gw.writeConfig(config({ extraModels: added + extra }));
+      gw.signal('SIGHUP');
+      await eventually(async () => (await modelIds(gw)).includes('gpt-idle-a') === Boolean(extra), { timeoutMs: 5000, what: 'the reload' });
+    };
+    // The connections begin their head reads under a reloaded config (the first one lives on in
+    // the process); the next reload leaves it to them alone.
+    await reload('  - name: gpt-idle-a\n    provider: fake\n    upstream_model: fixture-text\n');
+    const socks = [];
+    for (let i = 0; i < 4; i++) {
+      const s = net.connect(gw.port, '127.0.0.1');
+      await once(s, 'connect');
+      socks.push(s);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    await reload('');
+    for (let i = 0; i < 6; i++) assert.equal((await postJson(`${gw.baseURL}/chat/completions`, { model: 'mock-gpt', messages: msgs })).status, 200);
+    const pad = 'x'.repeat(5000);
+    for (const s of socks) {
+      let got = '';
+      s.setEncoding('utf8').on('data', (d) => (got += d));
+      // A head past one 4 KiB read, in two writes: the limit is read again between them.
+      s.write(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ${pad.slice(0, 2500)}`);
+      await new Promise((r) => setTimeout(r, 50));
+      s.write(`${pad.slice(2500)}\r\n\r\n`);
+      await eventually(() => /^HTTP\/1\.1 200 /.test(got) || undefined, { timeoutMs: 5000, what: `an answer (got ${JSON.stringify(got.slice(0, 80))})` });
+      s.destroy();
+    }
+    assert.ok(gw.alive);
+  });
+
   test('SIGHUP with a broken config: rejected with a reason on stderr, old config keeps serving', async () => {
     const idsBefore = await modelIds(gw);
     const errLen = gw.stderr().length;
@@ -455,6 +494,45 @@ describe('SIGTERM', () => {
       assert.ok(Date.now() - t0 < 6000);
     } finally {
       await gw.kill();
+    }
+  });
+
+  test('stop signals that keep coming after the drain do not cut the audit trail\'s close: exit 0, a stop record', async () => {
+    // A Ctrl-C and then a script's trap (deploy/quickstart), or an impatient supervisor: once the
+    // drain ended, Asio's handlers went with it and the default action ended the process while
+    // the trail was being closed.
+    const gw = await start();
+    try {
+      assert.equal((await postJson(`${gw.baseURL}/chat/completions`, { model: 'mock-gpt', messages: msgs })).status, 200);
+      gw.signal('SIGINT');
+      const spam = setInterval(() => {
+        try {
+          gw.signal('SIGTERM');
+        } catch {
+          // (gone)
+        }
+      }, 1);
+      const exit = await Promise.race([gw.exited, new Promise((r) => setTimeout(() => r('timeout'), 8000))]);
+      clearInterval(spam);
+      assert.deepEqual(exit, { code: 0, signal: null }, gw.stderr().slice(-2000));
+      const dir = gw.ready.audit_dir;
+      const last = readdirSync(dir).filter((f) => f.endsWith('.jsonl')).sort()
+        .flatMap((f) => readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))).at(-1);
+      assert.equal(last.type, 'stop', JSON.stringify(last));
+    } finally {
+      await gw.kill();
+    }
+  });
+
+  test('a --ready-file that cannot be written: exit 1 with the reason, not a gateway nobody knows is up', async () => {
+    const cfg = tempConfig(config());
+    try {
+      const r = await runTollgate(['--config', cfg.path, '--ready-file', join(cfg.dir, 'no-such-dir', 'ready.json')],
+        { env: { TOLLGATE_TEST_FAKE_KEY: PROVIDER_KEY } });
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, /ready/i);
+    } finally {
+      cfg.cleanup();
     }
   });
 

@@ -1227,7 +1227,7 @@ async function callDuringOutage(gw, redis, adm, key) {
 }
 
 describe('shutdown while Redis is unreachable', () => {
-  test('a settlement that could not reach Redis by the end of the drain is logged as lost, with its cost', { timeout: 30000 }, async () => {
+  test('a settlement that could not reach Redis by the end of the drain is logged as lost, with its cost, and the exit code is 3', { timeout: 30000 }, async () => {
     const redis = await startRedis();
     const adm = adminToken();
     const kb = staticKey('drained1');
@@ -1236,7 +1236,9 @@ describe('shutdown while Redis is unreachable', () => {
       gw = await startBudgetGateway(redis, adm, kb, 'drained');
       await callDuringOutage(gw, redis, adm, kb);
       const exit = await gw.stop();
-      assert.deepEqual(exit, { code: 0, signal: null }, gw.stderr());
+      // A stop that lost a charge is not a clean one: a supervisor or runbook can tell.
+      assert.deepEqual(exit, { code: 3, signal: null }, gw.stderr());
+      assert.match(gw.stderr(), /tollgate stopped, with records lost[^\n]*"settlements_lost":1/);
       const lost = gw.stderr().split('\n').filter((l) => l.includes('settlement lost at shutdown')).map((l) => JSON.parse(l));
       assert.equal(lost.length, 1, gw.stderr());
       assert.equal(lost[0].level, 'error');

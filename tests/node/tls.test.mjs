@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
+import { certMaker } from './lib/certs.mjs';
 import { delay, serverYaml, startGateway } from './lib/gateway.mjs';
 
 const dir = mkdtempSync(join(tmpdir(), 'tollgate-tls-'));
@@ -189,6 +190,52 @@ describe('TLS', () => {
         const err = (await bad.json()).error;
         assert.equal(err.code, 'upstream_error');
         assert.match(err.message, /TLS|certificate|handshake/i, model);
+      }
+    } finally {
+      await gw.stopClean();
+    }
+  });
+
+  test('a CA bundle rewritten in place is read again at a reload: the upstream\'s new certificate is trusted', { timeout: 30000 }, async () => {
+    // Workers kept each CA file's context for good, so a private upstream moved to a certificate
+    // from a new CA failed every call until a restart, reload or not.
+    const certs = certMaker(dir);
+    const caA = certs.ca('rot-ca-a'), caB = certs.ca('rot-ca-b');
+    const leafA = certs.leaf('rot-leaf-a', caA, 'DNS:localhost'), leafB = certs.leaf('rot-leaf-b', caB, 'DNS:localhost');
+    const bundle = join(dir, 'rot-bundle.pem');
+    copyFileSync(caA.cert, bundle);
+    // Each answer closes its connection: none is pooled, every call makes (and verifies) one.
+    const rot = https.createServer({ key: readFileSync(leafA.key), cert: readFileSync(leafA.cert) }, (req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json', connection: 'close' });
+        res.end(JSON.stringify(COMPLETION));
+      });
+    });
+    rot.listen(0, '127.0.0.1');
+    await once(rot, 'listening');
+    servers.push(rot);
+    const yaml = () => serverYaml() + `providers:
+  - {name: rot, type: openai_compatible, base_url: "https://localhost:${rot.address().port}/v1", proxy: none, tls: {ca_file: ${bundle}}}
+models:
+  - {name: m-rot, provider: rot, upstream_model: gpt-tls}
+`;
+    const gw = await startGateway(yaml());
+    const call = () => fetch(`${gw.baseURL}/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm-rot', messages: [{ role: 'user', content: 'hi' }] }) }).then(async (r) => ({ status: r.status, text: await r.text() }));
+    try {
+      for (let i = 0; i < 3; i++) assert.equal((await call()).status, 200);  // (both workers' contexts made)
+      rot.setSecureContext({ key: readFileSync(leafB.key), cert: readFileSync(leafB.cert) });
+      const refused = await call();
+      assert.equal(refused.status, 502, 'the new certificate is not trusted before the bundle changes');
+      copyFileSync(caB.cert, bundle);  // rewritten in place, the same path
+      const errLen = gw.stderr().length;
+      gw.writeConfig(yaml());
+      gw.signal('SIGHUP');
+      await gw.waitForStderr(/config reloaded/, 5000, errLen);
+      for (let i = 0; i < 4; i++) {
+        const r = await call();
+        assert.equal(r.status, 200, r.text);
       }
     } finally {
       await gw.stopClean();
