@@ -273,23 +273,17 @@ int server::run() {
   net::co_spawn(control_, signal_loop(signals), net::detached);
 
   if (cfg.auth.demo_key) create_demo_key();
-  if (!write_ready_file(error)) {
-    // Asked for and not written: whatever waits for it would wait in vain, then kill the gateway.
+  // A ready file asked for and not written: whatever waits for it would wait in vain, then kill
+  // the gateway. It stops at once instead (exit 1), through the same shutdown as a drained stop.
+  const bool ready = write_ready_file(error);
+  if (ready) {
+    log_event("info", "tollgate listening",
+              "\"listen\":" + json::serialize(endpoint_json(*caller_)) + ",\"admin\":" + json::serialize(endpoint_json(*admin_)) +
+                  ",\"workers\":" + std::to_string(n) + ",\"tls\":" + (server_tls_ ? "true" : "false"));
+    control_.run();
+  } else {
     log_event("error", error);
-    signals.reset();
-    for (auto& w : workers_) w->ioc().stop();
-    for (auto& w : workers_)
-      if (w->thread.joinable()) w->thread.join();
-    policy_->stop();
-    policy_.reset();
-    if (audit_) audit_->close();
-    return 1;
   }
-  log_event("info", "tollgate listening",
-            "\"listen\":" + json::serialize(endpoint_json(*caller_)) + ",\"admin\":" + json::serialize(endpoint_json(*admin_)) +
-                ",\"workers\":" + std::to_string(n) + ",\"tls\":" + (server_tls_ ? "true" : "false"));
-
-  control_.run();
 
   guards.clear();
   for (auto& w : workers_) {
@@ -317,6 +311,7 @@ int server::run() {
   for (int s : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stop_signals, s);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signals.reset();
+  if (!ready) return 1;
   if (lost > 0 || !audit_whole) {
     log_event("error", "tollgate stopped, with records lost",
               "\"settlements_lost\":" + std::to_string(lost) + ",\"audit_complete\":" + (audit_whole ? "true" : "false"));
