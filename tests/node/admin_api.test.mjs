@@ -6,7 +6,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
-import { assertOpenAIError, eventually, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
+import { assertOpenAIError, auditRecords, eventually, rawExchange, serverYaml, startGateway } from './lib/gateway.mjs';
 import { admin, adminToken, chat, createKey, splitKey, staticKey } from './lib/policy_helpers.mjs';
 import { startRedis, waitStoreUp } from './lib/redis.mjs';
 
@@ -274,9 +274,7 @@ describe('admin API on one gateway (memory store)', () => {
   test('admin actions are in the audit trail with the admin name', async () => {
     const dir = gw.ready.audit_dir;
     const recs = await eventually(() => {
-      const all = readdirSync(dir).filter((f) => f.endsWith('.jsonl'))
-        .flatMap((f) => readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)))
-        .filter((r) => r.type === 'admin');
+      const all = auditRecords(dir).filter((r) => r.type === 'admin');
       const actions = new Set(all.map((r) => r.action));
       return ['team.create', 'team.delete', 'quota.set', 'key.rotate', 'key.list', 'usage.show'].every((a) => actions.has(a)) ? all : undefined;
     }, { what: 'admin records' });

@@ -11,7 +11,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { AZURE_STREAM_TEXT, AZURE_STREAM_USAGE, startFakeAzure } from './lib/fake_azure.mjs';
-import { eventually, serverYaml, startGateway } from './lib/gateway.mjs';
+import { auditRecords, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
 
 const KEY = 'azure-test-key-0123456789abcdef';
 const ENTRA = { tenantId: 'contoso-tenant', clientId: 'tollgate-client', clientSecret: 'entra-secret-value-42' };
@@ -82,9 +82,6 @@ after(async () => {
 const msgs = [{ role: 'user', content: 'What is the capital of France?' }];
 /** The last API request (the Entra token requests run in the background beside them). */
 const lastApi = () => azure.requests.filter((r) => !r.form).at(-1);
-/** Every record of the gateway's audit trail so far. */
-const auditRecords = () => readdirSync(gw.ready.audit_dir).filter((f) => f.endsWith('.jsonl'))
-  .flatMap((f) => readFileSync(join(gw.ready.audit_dir, f), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)));
 
 describe('azure_openai', () => {
   test('dated API: deployment URL with api-version, api-key header, annotations passed through, usage read', async () => {
@@ -137,7 +134,7 @@ describe('azure_openai', () => {
     const sent = lastApi();
     assert.equal(sent.query['api-version'], '2024-06-01');
     assert.equal('stream_options' in sent.body, false, 'no stream_options to an old api-version');
-    const record = await eventually(() => auditRecords().find((r) => r.type === 'call' && r.model === 'gpt-az-old' && r.stream));
+    const record = await eventually(() => auditRecords(gw.ready.audit_dir).find((r) => r.type === 'call' && r.model === 'gpt-az-old' && r.stream));
     assert.equal(record.status, 200);
     assert.equal(record.usage_reported, false);
     assert.ok(record.completion_tokens > 0, `counted output billed: ${JSON.stringify(record)}`);

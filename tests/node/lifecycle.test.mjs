@@ -2,7 +2,7 @@
 // request ids, the access log, /metrics, health endpoints.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { loadFixtures, shortChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
 import {
   REQUEST_ID_RE,
+  auditRecords,
   eventually,
   fetchT,
   httpRequest,
@@ -515,9 +516,7 @@ describe('SIGTERM', () => {
       const exit = await Promise.race([gw.exited, new Promise((r) => setTimeout(() => r('timeout'), 8000))]);
       clearInterval(spam);
       assert.deepEqual(exit, { code: 0, signal: null }, gw.stderr().slice(-2000));
-      const dir = gw.ready.audit_dir;
-      const last = readdirSync(dir).filter((f) => f.endsWith('.jsonl')).sort()
-        .flatMap((f) => readFileSync(join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))).at(-1);
+      const last = auditRecords(gw.ready.audit_dir).at(-1);
       assert.equal(last.type, 'stop', JSON.stringify(last));
     } finally {
       await gw.kill();

@@ -6,14 +6,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { test } from 'node:test';
 
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-
-import { delay, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
-
-/** Every record of a gateway's audit trail so far. */
-const auditRecords = (gw) => readdirSync(gw.ready.audit_dir).filter((f) => f.endsWith('.jsonl'))
-  .flatMap((f) => readFileSync(join(gw.ready.audit_dir, f), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)));
+import { auditRecords, delay, eventually, serverYaml, startGateway } from './lib/gateway.mjs';
 
 const COMPLETION = JSON.stringify({
   id: 'chatcmpl-pool', object: 'chat.completion', created: 1732000000, model: 'm',
@@ -221,7 +214,7 @@ models:
     s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
     const closedAt = Date.now();
     await eventually(() => upstreamClosed, { timeoutMs: 15000, what: 'the upstream closed by the gateway' });
-    const record = await eventually(() => auditRecords(gw).find((r) => r.type === 'call' && r.stream), { timeoutMs: 5000, what: 'the audit record' });
+    const record = await eventually(() => auditRecords(gw.ready.audit_dir).find((r) => r.type === 'call' && r.stream), { timeoutMs: 5000, what: 'the audit record' });
     assert.equal(record.details, 'caller_write_timeout', JSON.stringify(record));
     assert.ok(record.completion_tokens > 0, `what was generated is billed: ${JSON.stringify(record)}`);
     assert.ok(Date.now() - closedAt < 14000);

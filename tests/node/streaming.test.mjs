@@ -2,13 +2,11 @@
 // resets, and the mock provider's faults.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { LLAMA_STREAM_ERROR, fixtureStreamChunks, loadFixtures, shortChunks, startFakeOpenAI } from './lib/fake_openai.mjs';
-import { assertOpenAIError, eventually, fetchT, postJson, serverYaml, startGateway } from './lib/gateway.mjs';
+import { assertOpenAIError, auditRecords, eventually, fetchT, postJson, serverYaml, startGateway } from './lib/gateway.mjs';
 import { parseMetrics } from './lib/prom.mjs';
 import { contentOf, readSse } from './lib/sse.mjs';
 
@@ -357,9 +355,7 @@ describe('SSE relay', () => {
     }, { what: 'two log lines' });
     assert.deepEqual(lines.map((l) => [l.status, l.details]).sort(), [[200, 'internal_error'], [500, 'internal_error']]);
     const recs = await eventually(() => {
-      const all = readdirSync(gw.ready.audit_dir).filter((f) => f.endsWith('.jsonl'))
-        .flatMap((f) => readFileSync(join(gw.ready.audit_dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)))
-        .filter((r) => r.model === 'mock-throw');
+      const all = auditRecords(gw.ready.audit_dir).filter((r) => r.model === 'mock-throw');
       return all.length === 2 ? all : undefined;
     }, { what: 'two audit records' });
     assert.ok(recs.every((r) => r.details === 'internal_error'), JSON.stringify(recs));

@@ -92,6 +92,12 @@ export async function checkRefused(yaml, ...patterns) {
 }
 
 /** A temporary directory with a config file in it. */
+/** Every record of the audit trail in `dir` so far, in chain order (segments by name). */
+export function auditRecords(dir) {
+  return readdirSync(dir).filter((f) => f.endsWith('.jsonl')).sort()
+    .flatMap((f) => readFileSync(join(dir, f), 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l)));
+}
+
 export function tempConfig(yaml, name = 'tollgate.yaml') {
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-test-'));
   const path = join(dir, name);
